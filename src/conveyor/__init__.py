@@ -1,0 +1,1 @@
+"""Conveyor: a distributed task queue for Python and Django."""

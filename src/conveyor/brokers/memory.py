@@ -1,0 +1,308 @@
+"""In-process broker (``memory://``): every promise that applies inside one process.
+
+Used by tests and the eager/in-process worker. State lives in this object only, so producers
+and workers must share the app instance.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .base import (
+    Broker,
+    BrokerOptions,
+    DeadLetter,
+    DeadLetterReason,
+    Delivery,
+    Message,
+    QueueStats,
+    clamp_priority,
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    seq: int
+    count: int = 0
+
+
+class MemoryBroker(Broker):
+    schemes = ("memory",)
+
+    def __init__(self, url: str = "memory://", options: BrokerOptions | None = None) -> None:
+        super().__init__(url, options)
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._seq = itertools.count()
+        self._receipts = itertools.count(1)
+        self._ready: dict[str, list[tuple[int, int, _Entry]]] = {}
+        self._delayed: list[tuple[float, int, _Entry]] = []
+        self._leased: dict[str, tuple[_Entry, float]] = {}
+        self._dead: dict[int, DeadLetter] = {}
+        self._revoked: dict[str, float] = {}
+        self._values: dict[str, tuple[bytes, float | None]] = {}
+
+    # -- helpers (lock held) -------------------------------------------------------------
+    def _push_ready(self, entry: _Entry) -> None:
+        heapq.heappush(self._ready.setdefault(entry.queue, []), (-entry.priority, entry.seq, entry))
+
+    def _promote_due(self, now: float) -> int:
+        moved = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(self._delayed)
+            entry.seq = next(self._seq)
+            self._push_ready(entry)
+            moved += 1
+        return moved
+
+    def _add(self, message: Message, now: float) -> None:
+        entry = _Entry(
+            message.id,
+            message.queue,
+            message.body,
+            clamp_priority(message.priority),
+            next(self._seq),
+        )
+        due = max(now + message.countdown, message.eta or 0.0)
+        if due > now:
+            heapq.heappush(self._delayed, (due, entry.seq, entry))
+        else:
+            self._push_ready(entry)
+
+    def _bury(self, entry: _Entry, reason: str, detail: str, now: float) -> None:
+        self._dead[next(self._seq)] = DeadLetter(
+            entry.id, entry.queue, entry.body, reason, detail, now, entry.count
+        )
+
+    # -- producing -----------------------------------------------------------------------
+    def publish(self, messages: Sequence[Message]) -> None:
+        now = self.time()
+        with self._lock:
+            for message in messages:
+                self._add(message, now)
+            self._arrived.notify_all()
+
+    # -- consuming -----------------------------------------------------------------------
+    def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
+        deadline = time.monotonic() + wait
+        with self._lock:
+            while True:
+                now = self.time()
+                self._promote_due(now)
+                out = self._take(queues, limit, now)
+                if out:
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if self._delayed:  # wake when the next delayed message is due
+                    remaining = min(remaining, max(self._delayed[0][0] - now, 0.001))
+                self._arrived.wait(remaining)
+
+    def _take(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        heaps = [self._ready[q] for q in dict.fromkeys(queues) if self._ready.get(q)]
+        while len(out) < limit and heaps:
+            best = min(heaps, key=lambda h: h[0][:2])
+            _, _, entry = heapq.heappop(best)
+            if not best:
+                heaps.remove(best)
+            entry.count += 1
+            receipt = str(next(self._receipts))
+            self._leased[receipt] = (entry, now + self.options.lease_timeout)
+            out.append(
+                Delivery(entry.id, entry.queue, entry.body, entry.priority, receipt, entry.count)
+            )
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            for delivery in deliveries:
+                self._leased.pop(delivery.receipt, None)
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        deadline = self.time() + self.options.lease_timeout
+        with self._lock:
+            for delivery in deliveries:
+                held = self._leased.get(delivery.receipt)
+                if held is not None:
+                    self._leased[delivery.receipt] = (held[0], deadline)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            for delivery in deliveries:
+                held = self._leased.pop(delivery.receipt, None)
+                if held is not None:
+                    entry = held[0]
+                    entry.count -= 1
+                    self._push_ready(entry)
+            self._arrived.notify_all()
+
+    def retry_later(self, delivery: Delivery, message: Message) -> None:
+        now = self.time()
+        with self._lock:
+            self._leased.pop(delivery.receipt, None)
+            self._add(message, now)
+            self._arrived.notify_all()
+
+    def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
+        now = self.time()
+        with self._lock:
+            held = self._leased.pop(delivery.receipt, None)
+            entry = (
+                held[0]
+                if held
+                else _Entry(
+                    delivery.id,
+                    delivery.queue,
+                    delivery.body,
+                    delivery.priority,
+                    0,
+                    delivery.delivery_count,
+                )
+            )
+            self._bury(entry, reason, detail, now)
+
+    def sweep(self) -> int:
+        now = self.time()
+        moved = 0
+        with self._lock:
+            for receipt, (entry, deadline) in list(self._leased.items()):
+                if deadline > now:
+                    continue
+                del self._leased[receipt]
+                moved += 1
+                if entry.count >= self.options.max_deliveries:
+                    self._bury(
+                        entry,
+                        DeadLetterReason.WORKER_LOST,
+                        f"lease expired after {entry.count} deliveries",
+                        now,
+                    )
+                else:
+                    entry.seq = next(self._seq)
+                    self._push_ready(entry)
+            moved += self._promote_due(now)
+            for key in [
+                k for k, (_, exp) in self._values.items() if exp is not None and exp <= now
+            ]:
+                del self._values[key]
+            for key in [k for k, exp in self._revoked.items() if exp <= now]:
+                del self._revoked[key]
+            if moved:
+                self._arrived.notify_all()
+        return moved
+
+    # -- revocation ----------------------------------------------------------------------
+    def revoke(self, ids: Iterable[str], ttl: float) -> None:
+        expiry = self.time() + ttl
+        with self._lock:
+            for task_id in ids:
+                self._revoked[task_id] = expiry
+
+    def revoked(self, ids: Iterable[str]) -> set[str]:
+        now = self.time()
+        with self._lock:
+            return {i for i in ids if self._revoked.get(i, 0.0) > now}
+
+    # -- inspection ----------------------------------------------------------------------
+    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        with self._lock:
+            out: dict[str, QueueStats] = {}
+
+            def of(queue: str) -> QueueStats:
+                return out.setdefault(queue, QueueStats())
+
+            for queue, heap in self._ready.items():
+                of(queue).ready += len(heap)
+            for _, _, entry in self._delayed:
+                of(entry.queue).delayed += 1
+            for entry, _ in self._leased.values():
+                of(entry.queue).leased += 1
+            for dead in self._dead.values():
+                of(dead.queue).dead += 1
+        if queues is not None:
+            return {q: out.get(q, QueueStats()) for q in queues}
+        return out
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        with self._lock:
+            found = [d for d in self._dead.values() if queue is None or d.queue == queue]
+        return found[:limit]
+
+    def replay_dead(self, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+        with self._lock:
+            keys = [k for k, d in self._dead.items() if wanted is None or d.id in wanted]
+            for key in keys:
+                dead = self._dead.pop(key)
+                self._push_ready(_Entry(dead.id, dead.queue, dead.body, 5, next(self._seq)))
+            self._arrived.notify_all()
+        return len(keys)
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+        with self._lock:
+            keys = [k for k, d in self._dead.items() if wanted is None or d.id in wanted]
+            for key in keys:
+                del self._dead[key]
+        return len(keys)
+
+    def purge(self, queues: Sequence[str]) -> int:
+        wanted = set(queues)
+        with self._lock:
+            count = sum(len(self._ready.pop(q, [])) for q in wanted)
+            kept = [item for item in self._delayed if item[2].queue not in wanted]
+            count += len(self._delayed) - len(kept)
+            heapq.heapify(kept)
+            self._delayed = kept
+        return count
+
+    def time(self) -> float:
+        return time.time()
+
+    # -- small shared state --------------------------------------------------------------
+    def _live(self, key: str, now: float) -> bytes | None:
+        held = self._values.get(key)
+        if held is None:
+            return None
+        value, expiry = held
+        if expiry is not None and expiry <= now:
+            del self._values[key]
+            return None
+        return value
+
+    def claim(self, key: str, ttl: float) -> bool:
+        now = self.time()
+        with self._lock:
+            if self._live(key, now) is not None:
+                return False
+            self._values[key] = (b"1", now + ttl)
+            return True
+
+    def get_value(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._live(key, self.time())
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        with self._lock:
+            self._values[key] = (value, None if ttl is None else self.time() + ttl)
+
+    def delete_value(self, key: str) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+
+    def values(self, prefix: str) -> dict[str, bytes]:
+        now = self.time()
+        with self._lock:
+            keys = [k for k in self._values if k.startswith(prefix)]
+            return {k: v for k in keys if (v := self._live(k, now)) is not None}

@@ -1,0 +1,120 @@
+"""The ResultStore interface: where task states and results live.
+
+Records are small JSON documents (:class:`ResultRecord`). A store must let ``wait()`` return
+promptly when a task becomes ready without busy polling where the backend allows it
+(condition variables in memory, blocking pops or pub/sub in Redis, short backoff in SQL).
+It also offers two primitives the canvas builds on: ``join()`` (an idempotent set-add whose
+answer is the set's size, for exactly-once chord joins under redelivery) and ``claim()``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import msgspec
+
+from ..states import READY_STATES
+
+
+class ResultRecord(msgspec.Struct, omit_defaults=True):
+    """What is known about one task. ``result`` holds tagged JSON (see ``message.to_json_value``):
+    the return value on SUCCESS, the ``meta`` of custom states such as PROGRESS, or the
+    exception info ``{"type", "message"}`` on FAILURE."""
+
+    id: str
+    state: str
+    result: Any = None
+    traceback: str | None = None
+    date_done: float | None = None
+    retries: int = 0
+    name: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    worker: str | None = None
+    queue: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    children: list[str] | None = None
+    periodic_entry: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ResultRecord)
+
+
+def encode_record(record: ResultRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_record(data: bytes | str) -> ResultRecord:
+    return _decoder.decode(data)
+
+
+class ResultStore(abc.ABC):
+    """Abstract result store. Implementations must be safe to use from several threads."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self, url: str, *, expires: float | None = 86400.0, key_prefix: str = "conveyor"
+    ) -> None:
+        self.url = url
+        #: Seconds a record lives after it is written (None = forever).
+        self.expires = expires
+        self.key_prefix = key_prefix
+
+    @abc.abstractmethod
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        """Write records (replacing earlier ones of the same id); wake waiters of ready ones."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> ResultRecord | None:
+        """The record of ``task_id``, or None (PENDING)."""
+
+    def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]:
+        return [self.get(task_id) for task_id in task_ids]
+
+    @abc.abstractmethod
+    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
+        """Block until ``task_id`` is ready or ``timeout`` passes; return the latest record."""
+
+    @abc.abstractmethod
+    def forget(self, task_ids: Sequence[str]) -> None:
+        """Delete records."""
+
+    @abc.abstractmethod
+    def cleanup(self) -> int:
+        """Delete expired records and values; return how many. (Stores with native TTLs may
+        return 0.)"""
+
+    @abc.abstractmethod
+    def join(self, key: str, member: str, ttl: float | None = None) -> int:
+        """Add ``member`` to the set ``key`` (idempotently) and return the set's size."""
+
+    @abc.abstractmethod
+    def claim(self, key: str, ttl: float | None = None) -> bool:
+        """Atomically create ``key`` if absent; True if this call created it."""
+
+    @abc.abstractmethod
+    def get_value(self, key: str) -> bytes | None:
+        """Read a small value (groups, chord bodies)."""
+
+    @abc.abstractmethod
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Write a small value."""
+
+    @abc.abstractmethod
+    def delete_value(self, key: str) -> None:
+        """Delete a small value (and a ``join`` set of that key)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

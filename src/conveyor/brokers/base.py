@@ -23,8 +23,11 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from ..results.base import ResultRecord, ResultStore
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -114,6 +117,15 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish(self, messages: Sequence[Message]) -> None:
         """Add messages (ready now, or delayed until due) in one batch."""
+
+    def publish_recorded(
+        self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
+    ) -> None:
+        """Record QUEUED states, then publish. Brokers sharing a server with the result store
+        override this to do both in one round trip."""
+        if records:
+            results.store(records)
+        self.publish(messages)
 
     # -- consuming -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,1 +1,59 @@
-"""Conveyor: a distributed task queue for Python and Django."""
+"""Conveyor: a distributed task queue for Python and Django.
+
+>>> from conveyor import Conveyor
+>>> app = Conveyor("proj")               # embedded SQLite broker, no server needed
+>>> @app.task
+... def add(x: int, y: int) -> int:
+...     return x + y
+>>> add.delay(2, 3).get(timeout=10)      # with a worker running: `conveyor worker -A proj`
+5
+"""
+
+from . import states
+from .app import Conveyor, Signal, default_app
+from .canvas import Signature, signature
+from .exceptions import (
+    ChordError,
+    ConfigurationError,
+    ConveyorError,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Reject,
+    Retry,
+    SerializationError,
+    SoftTimeLimitExceeded,
+    TaskFailed,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from .result import AsyncResult, GroupResult
+from .task import Request, Task, current_request, shared_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "ChordError",
+    "ConfigurationError",
+    "Conveyor",
+    "ConveyorError",
+    "GroupResult",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "Reject",
+    "Request",
+    "Retry",
+    "SerializationError",
+    "Signal",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TaskFailed",
+    "TimeLimitExceeded",
+    "WorkerLostError",
+    "current_request",
+    "default_app",
+    "shared_task",
+    "signature",
+    "states",
+]

@@ -1,0 +1,260 @@
+"""Handles on task outcomes: :class:`AsyncResult` and :class:`GroupResult`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import states
+from ._exceptions_registry import rebuild_exception
+from .exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
+from .message import from_json_value
+from .results.base import ResultRecord
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+
+R = TypeVar("R")
+
+
+class AsyncResult(Generic[R]):
+    """The outcome of one task, fetched from the app's result store on access.
+
+    ``state`` is PENDING for ids the store has never seen, QUEUED once the broker accepted the
+    message, then STARTED, RETRY, and one of the ready states SUCCESS, FAILURE, REVOKED, EXPIRED.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        app: Conveyor | None = None,
+        *,
+        task_name: str | None = None,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
+        from .app import default_app
+
+        self.id = id
+        self.app = app if app is not None else default_app()
+        self.task_name = task_name
+        self.parent = parent
+        self._ready_record: ResultRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- reading -------------------------------------------------------------------------
+    def _record(self) -> ResultRecord | None:
+        if self._ready_record is not None:
+            return self._ready_record
+        record = self.app.results.get(self.id)
+        if record is not None and record.ready:
+            self._ready_record = record
+        return record
+
+    @property
+    def state(self) -> str:
+        record = self._record()
+        return record.state if record is not None else states.PENDING
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception (FAILURE), or the meta of custom states."""
+        record = self._record()
+        return None if record is None else self._value(record)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        record = self._record()
+        return None if record is None else record.traceback
+
+    @property
+    def date_done(self) -> datetime | None:
+        record = self._record()
+        if record is None or record.date_done is None:
+            return None
+        return datetime.fromtimestamp(record.date_done, UTC)
+
+    @property
+    def retries(self) -> int:
+        record = self._record()
+        return 0 if record is None else record.retries
+
+    @property
+    def name(self) -> str | None:
+        record = self._record()
+        return record.name if record is not None and record.name else self.task_name
+
+    @property
+    def args(self) -> list[Any] | None:
+        record = self._record()
+        return None if record is None or record.args is None else from_json_value(record.args)
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        record = self._record()
+        return None if record is None or record.kwargs is None else from_json_value(record.kwargs)
+
+    @property
+    def worker(self) -> str | None:
+        record = self._record()
+        return None if record is None else record.worker
+
+    @property
+    def queue(self) -> str | None:
+        record = self._record()
+        return None if record is None else record.queue
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        record = self._record()
+        if record is None or not record.children:
+            return []
+        return [AsyncResult(child, self.app, parent=self) for child in record.children]
+
+    def _value(self, record: ResultRecord) -> Any:
+        if record.state == states.FAILURE or record.state == states.RETRY:
+            return self._exception(record)
+        if record.state == states.REVOKED:
+            return TaskRevokedError(f"task {self.id} was revoked")
+        if record.state == states.EXPIRED:
+            return TaskExpiredError(f"task {self.id} expired before it started")
+        return from_json_value(record.result)
+
+    def _exception(self, record: ResultRecord) -> BaseException:
+        declared: tuple[type[BaseException], ...] = ()
+        name = record.name or self.task_name
+        if name and name in self.app.tasks:
+            declared = tuple(self.app.tasks[name].throws)
+        return rebuild_exception(record.result, record.traceback, declared)
+
+    # -- waiting -------------------------------------------------------------------------
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
+        """Wait for the task to finish and return its value.
+
+        Raises the task's exception on failure (when ``propagate``), TaskRevokedError or
+        TaskExpiredError for those states, and :class:`conveyor.exceptions.TimeoutError`
+        when ``timeout`` passes. Waiting is done by the result store without busy polling.
+        """
+        from .task import current_request
+
+        if disable_sync_subtasks and current_request() is not None:
+            raise InvalidTaskCall(
+                "never call result.get() inside a task: it can deadlock the worker. "
+                "Use a chain or a chord, or pass disable_sync_subtasks=False if you must."
+            )
+        record = self._ready_record or self.app.results.wait(self.id, timeout)
+        if record is None or not record.ready:
+            raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
+        self._ready_record = record
+        value = self._value(record)
+        if record.state != states.SUCCESS:
+            if propagate:
+                raise value
+            return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]
+
+    wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """``get()`` for async code: waits in a worker thread, never blocking the loop."""
+        return await asyncio.to_thread(self.get, timeout, propagate)
+
+    def forget(self) -> None:
+        self.app.results.forget([self.id])
+        self._ready_record = None
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Revoke the task: it will never start; with ``terminate`` a running one is stopped."""
+        self.app.revoke(self.id, terminate=terminate)
+
+    def as_tuple(self) -> tuple[str, Any]:
+        return (self.id, self.parent.as_tuple() if self.parent else None)
+
+
+class GroupResult:
+    """Results of a group of tasks, in the group's order."""
+
+    def __init__(
+        self, id: str, results: Sequence[AsyncResult[Any]], app: Conveyor | None = None
+    ) -> None:
+        from .app import default_app
+
+        self.id = id
+        self.results = list(results)
+        self.app = app if app is not None else default_app()
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Every task's value in order; raises the first failure when ``propagate``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.get(timeout=remaining, propagate=propagate))
+        return values
+
+    join = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        return await asyncio.to_thread(self.get, timeout, propagate)
+
+    def revoke(self, terminate: bool = False) -> None:
+        self.app.revoke([r.id for r in self.results], terminate=terminate)
+
+    def forget(self) -> None:
+        self.app.results.forget([r.id for r in self.results])

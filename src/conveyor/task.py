@@ -1,0 +1,448 @@
+"""Tasks: the ``Task`` class, ``shared_task``, the request context and the retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from . import states
+from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+    from .canvas import Signature
+    from .result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Request:
+    """What a running task knows about its own message (``self.request`` in bound tasks)."""
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    hostname: str | None = None
+    delivery_count: int = 1
+    headers: dict[str, Any] = field(default_factory=dict)
+    is_eager: bool = False
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    #: ids of tasks sent while this one ran (stored as the result's ``children``)
+    children: list[str] = field(default_factory=list)
+    #: the envelope this request came from (for retries); not part of the public API
+    envelope: Any = None
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        return {"routing_key": self.queue, "priority": self.priority}
+
+
+_current_request: ContextVar[Request | None] = ContextVar("conveyor_request", default=None)
+
+
+def current_request() -> Request | None:
+    """The request of the task running in this thread or asyncio task, if any."""
+    return _current_request.get()
+
+
+def retry_delay(
+    retries: int,
+    *,
+    backoff: bool | float,
+    backoff_max: float,
+    jitter: bool,
+    default_delay: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number ``retries + 1`` (``retries`` done so far).
+
+    Without backoff: ``default_delay``. With backoff: ``base * 2**retries`` capped at
+    ``backoff_max`` (base is 1 s for ``True``, else the given number), and with jitter a
+    uniformly random value in ``[0, that]`` ("full jitter"), so a fleet of failing tasks
+    does not retry in lockstep.
+    """
+    if backoff is False or backoff is None:
+        return float(default_delay)
+    base = 1.0 if backoff is True else float(backoff)
+    delay = min(base * (2**retries), backoff_max)
+    if jitter:
+        delay = rng.uniform(0, delay) if rng is not None else random.uniform(0, delay)
+    return max(0.0, float(delay))
+
+
+class Task(Generic[P, R]):
+    """A function registered with an app. Call it to run inline; ``delay()`` to queue it.
+
+    Subclass it to add hooks (``before_start``, ``on_success``, ``on_failure``, ``on_retry``,
+    ``after_return``) and pass the subclass as ``base=`` to ``@app.task``.
+    """
+
+    name: str = ""
+    bind: bool = False
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    acks_late: bool | None = None
+    ignore_result: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    expires: float | datetime | None = None
+    rate_limit: str | None = None
+    throws: tuple[type[BaseException], ...] = ()
+    typing: bool = True
+
+    _OPTIONS = frozenset(
+        {
+            "name",
+            "bind",
+            "max_retries",
+            "default_retry_delay",
+            "autoretry_for",
+            "dont_autoretry_for",
+            "retry_backoff",
+            "retry_backoff_max",
+            "retry_jitter",
+            "acks_late",
+            "ignore_result",
+            "time_limit",
+            "soft_time_limit",
+            "queue",
+            "priority",
+            "expires",
+            "rate_limit",
+            "throws",
+            "typing",
+            "retry_kwargs",
+        }
+    )
+
+    def __init__(self, fn: Callable[..., Any], app: Conveyor | None = None, **options: Any) -> None:
+        unknown = set(options) - self._OPTIONS
+        if unknown:
+            raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        retry_kwargs = options.pop("retry_kwargs", None) or {}
+        for key, value in {**options, **retry_kwargs}.items():
+            setattr(self, key, value)
+        if self.priority is not None and not 0 <= self.priority <= 9:
+            raise ConfigurationError(f"priority must be 0-9, got {self.priority}")
+        self.fn = fn
+        self.name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.throws = tuple(self.throws)
+        self.autoretry_for = tuple(self.autoretry_for)
+        self.dont_autoretry_for = tuple(self.dont_autoretry_for)
+        self._app = app
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+        self.__module__ = fn.__module__
+        self.__qualname__ = fn.__qualname__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<@task {self.name}>"
+
+    # -- the app -------------------------------------------------------------------------
+    @property
+    def app(self) -> Conveyor:
+        """The app this task belongs to; shared tasks bind to the default app at first use."""
+        if self._app is None:
+            from .app import default_app
+
+            self._app = default_app()
+            self._app.register(self)
+        return self._app
+
+    def bind_app(self, app: Conveyor) -> None:
+        self._app = app
+
+    # -- running -------------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function inline (no broker, no result)."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)  # type: ignore[no-any-return]
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        """The current request (inside a running task); a blank one otherwise."""
+        request = _current_request.get()
+        if request is None or request.task != self.name:
+            return request or Request(id="", task=self.name)
+        return request
+
+    # -- sending -------------------------------------------------------------------------
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Queue the task with these arguments; returns at once."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Queue the task. Options: ``countdown``, ``eta``, ``expires``, ``queue``,
+        ``priority``, ``task_id``, ``headers``, ``link``, ``link_error``, ``ignore_result``,
+        ``time_limit``, ``soft_time_limit``, ``on_commit``."""
+        return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay()`` for async code (the broker call runs in a worker thread)."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        return await asyncio.to_thread(lambda: self.apply_async(args, kwargs, **options))
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Queue the task when the current database transaction commits (Django).
+
+        Unlike Celery, this returns the AsyncResult (its id is known at once)."""
+        return self.apply_async(args, kwargs, on_commit=True)
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Run the task here and now, through the same path as a worker (results stored)."""
+        return self.app.send_task(self.name, args, kwargs, _task=self, _eager=True, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
+        from .result import AsyncResult
+
+        return AsyncResult(task_id, self.app, task_name=self.name)
+
+    # -- signatures (see conveyor.canvas) ------------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        from .canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self._app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        from .canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True, app=self._app)
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        from .canvas import Signature
+
+        return Signature(self.name, args or (), kwargs or {}, options=options, app=self._app)
+
+    subtask = signature
+
+    # -- inside a running task -----------------------------------------------------------
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        throw: bool = True,
+        **options: Any,
+    ) -> Retry:
+        """Ask for this task to run again later. Use as ``raise self.retry(exc=exc)``.
+
+        When retries are used up, raises ``exc`` (or MaxRetriesExceededError if none given).
+        The delay is ``countdown`` if given, else the task's policy (``retry_backoff``...).
+        """
+        request = self.request
+        if request.is_eager and not request.id:
+            raise RuntimeError("retry() can only be called from a running task")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"task {self.name}[{request.id}] exceeded max_retries={limit}"
+            )
+        if eta is not None:
+            when = max(0.0, eta.timestamp() - datetime.now(eta.tzinfo).timestamp())
+        elif countdown is not None:
+            when = float(countdown)
+        else:
+            when = self.retry_delay(request.retries)
+        signal = Retry(f"Retry in {when:.3g}s" + (f": {exc!r}" if exc else ""), exc=exc, when=when)
+        if throw:
+            raise signal
+        return signal
+
+    def retry_delay(self, retries: int) -> float:
+        """The policy's delay before retry number ``retries + 1``."""
+        return retry_delay(
+            retries,
+            backoff=self.retry_backoff,
+            backoff_max=self.retry_backoff_max,
+            jitter=self.retry_jitter,
+            default_delay=self.default_retry_delay,
+        )
+
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None
+    ) -> None:
+        """Record a custom state (e.g. ``PROGRESS``) and meta, visible to ``AsyncResult``."""
+        from .message import to_json_value
+        from .results.base import ResultRecord
+
+        request = self.request
+        target = task_id or request.id
+        if not target:
+            raise RuntimeError("update_state() needs a task id outside a running task")
+        record = ResultRecord(
+            id=target,
+            state=state or states.STARTED,
+            result=to_json_value(meta, "meta"),
+            name=self.name,
+            retries=request.retries,
+            worker=request.hostname,
+            queue=request.queue,
+        )
+        self.app.results.store([record])
+
+    # -- hooks (override in a base class) ------------------------------------------------
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Called before the task runs."""
+
+    def on_success(
+        self, retval: Any, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> None:
+        """Called after the task succeeded."""
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: str,
+    ) -> None:
+        """Called after the task failed for good."""
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: str,
+    ) -> None:
+        """Called when the task is handed back for a retry."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        einfo: str | None,
+    ) -> None:
+        """Called after every run, whatever the outcome."""
+
+    # -- helpers for the worker ----------------------------------------------------------
+    def should_autoretry(self, exc: BaseException) -> bool:
+        if not self.autoretry_for or isinstance(exc, self.dont_autoretry_for):
+            return False
+        return isinstance(exc, self.autoretry_for)
+
+    def call_with_request(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+
+# -- decorators ---------------------------------------------------------------------------
+
+_shared_tasks: list[Task[Any, Any]] = []
+
+
+def shared_tasks() -> list[Task[Any, Any]]:
+    """Tasks defined with ``@shared_task`` so far (every app registers them)."""
+    return list(_shared_tasks)
+
+
+TaskDecorator = Callable[[Callable[P, R]], Task[P, R]]
+
+
+@overload
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(
+    *, bind: bool = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
+) -> Callable[[Callable[..., Any]], Task[Any, Any]]: ...
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Define a task not tied to one app: it binds to the default app at first use.
+
+    Defining or importing it opens no connection.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+        base: type[Task[Any, Any]] = options.pop("base", None) or Task
+        task = base(func, None, **options)
+        _shared_tasks.append(task)
+        from .app import registered_apps
+
+        for app in registered_apps():
+            app.register(task, shared=True)
+        return task
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def make_task_decorator(
+    app: Conveyor, fn: Callable[..., Any] | None, options: dict[str, Any]
+) -> Any:
+    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+        opts = dict(options)
+        base: type[Task[Any, Any]] = opts.pop("base", None) or Task
+        if opts.pop("shared", False):
+            opts.pop("shared", None)
+        task = base(func, app, **opts)
+        app.register(task)
+        return task
+
+    return decorate(fn) if fn is not None else decorate
+
+
+BoundFunction = Callable[Concatenate[Any, P], R]
+AnyAwaitable = Awaitable[Any]

@@ -1,0 +1,545 @@
+"""The in-process worker: lease a batch, run tasks on threads or an event loop, finish in batches.
+
+``Worker`` is used directly by tests (``app.Worker()``, ``conveyor.testing``) and ``--pool
+solo``, and is what each child process of the production supervisor runs.
+
+Threads: one *consumer* leases (only as many messages as there are free slots times the
+prefetch multiplier) and dispatches; a pool of *task threads* runs sync tasks; one *event
+loop* thread runs async tasks; a *finisher* stores results, sends follow-ups and acks in
+batches; a *heartbeat* renews leases, watches for terminate requests, sweeps the broker and
+announces the worker; a *timer* enforces soft and hard time limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import heapq
+import itertools
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ..brokers.base import Delivery
+from ..exceptions import (
+    BrokerError,
+    ConveyorError,
+    ResultStoreError,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
+from .execution import Job, Outcome, TaskRunner
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+_STRAY = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
+
+
+def default_hostname() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    """Control block of a running task (for time limits and terminate)."""
+
+    job: Job
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread_id: int | None = None
+    active: bool = False
+    loop_task: asyncio.Task[Any] | None = None
+    interrupted: type[BaseException] | None = None
+
+
+class Worker:
+    """Consume tasks of ``app`` from ``queues`` in this process.
+
+    ``concurrency`` is the number of tasks run at once (task threads; async tasks share the
+    same slots). Use :meth:`start` / :meth:`stop`, :meth:`run` (blocks), or as a context
+    manager. :meth:`drain` waits until the queues are empty and nothing runs.
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        hostname: str | None = None,
+        prefetch_multiplier: int | None = None,
+        max_tasks: int | None = None,
+        lease_wait: float = 1.0,
+        sweep_interval: float | None = None,
+        on_task_start: Callable[[Job], None] | None = None,
+        on_task_end: Callable[[Job], None] | None = None,
+        on_hard_time_limit: Callable[[Job], None] | None = None,
+    ) -> None:
+        app.finalize()
+        self.app = app
+        self.queues = list(queues or [app.conf.task_default_queue])
+        self.concurrency = concurrency or app.conf.worker_threads or 1
+        self.hostname = hostname or default_hostname()
+        self.prefetch_multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
+        self.max_tasks = max_tasks
+        self.lease_wait = lease_wait
+        self.sweep_interval = sweep_interval or app.conf.broker_sweep_interval
+        self.heartbeat_interval = max(0.05, min(app.conf.broker_lease_timeout / 3, 5.0))
+        self.on_task_start = on_task_start
+        self.on_task_end = on_task_end
+        self.on_hard_time_limit = on_hard_time_limit
+        self.runner = TaskRunner(app, self.hostname)
+        self.processed = 0
+        self.started_at = 0.0
+
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._held: dict[str, Delivery] = {}  # receipt -> delivery, renewed by heartbeat
+        self._running: dict[str, _Running] = {}  # task id -> control block
+        self._done: queue.SimpleQueue[tuple[Outcome, _Running | None]] = queue.SimpleQueue()
+        self._pending_finish = 0
+        self._leasing = threading.Event()
+        self._stopped = threading.Event()
+        self._cold = False
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: list[tuple[float, int, str, _Running]] = []
+        self._timer_seq = itertools.count()
+        self._timer_cond = threading.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Worker:
+        self.started_at = time.time()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="conveyor-task")
+        self._leasing.set()
+        for name, target in (
+            ("consumer", self._consume),
+            ("finisher", self._finish_loop),
+            ("heartbeat", self._heartbeat_loop),
+            ("timer", self._timer_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info(
+            "worker %s consuming %s with %d slots",
+            self.hostname,
+            ",".join(self.queues),
+            self.concurrency,
+        )
+        return self
+
+    def stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
+        """Warm stop: lease nothing more, let running tasks finish (up to ``timeout``), store
+        and ack. Cold stop (or timeout passed): return unfinished leases to the broker now."""
+        self._leasing.clear()
+        if not cold:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cond:
+                while self._in_flight or self._pending_finish:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        cold = True
+                        break
+                    self._cond.wait(remaining if remaining is not None else 0.5)
+        if cold:
+            self._cold = True
+            with self._cond:
+                unfinished = list(self._held.values())
+                self._held.clear()
+            if unfinished:
+                try:
+                    self.app.broker.release(unfinished)
+                    logger.warning(
+                        "cold shutdown: returned %d unfinished message(s)", len(unfinished)
+                    )
+                except ConveyorError as exc:
+                    logger.error("cold shutdown: could not release leases: %s", exc)
+        self._stopped.set()
+        with self._timer_cond:
+            self._timer_cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=not cold, cancel_futures=cold)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        with contextlib.suppress(ConveyorError):
+            self.app.broker.delete_value(f"worker:{self.hostname}")
+
+    def run(self) -> None:
+        """Start and block until :meth:`stop` is called from another thread or a signal."""
+        self.start()
+        self._stopped.wait()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._stopped.is_set():
+            self.stop(timeout=self.app.conf.worker_shutdown_timeout)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def drain(self, timeout: float = 30.0, *, include_delayed: bool = True) -> None:
+        """Block until the worker's queues are empty and no task is running or finishing.
+
+        Raises TimeoutError (the builtin) if that does not happen within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                busy = self._in_flight or self._pending_finish or self._held
+            if not busy:
+                stats = self.app.broker.stats(self.queues)
+                waiting = sum(
+                    s.ready + s.leased + (s.delayed if include_delayed else 0)
+                    for s in stats.values()
+                )
+                if not waiting:
+                    with self._cond:
+                        if not (self._in_flight or self._pending_finish or self._held):
+                            return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"worker did not become idle within {timeout} s")
+            with self._cond:
+                self._cond.wait(0.01)
+
+    # -- consuming -----------------------------------------------------------------------
+    def _consume(self) -> None:
+        backoff = 0.0
+        capacity = self.concurrency * self.prefetch_multiplier
+        while self._leasing.is_set():
+            with self._cond:
+                while self._leasing.is_set() and self._in_flight >= capacity:
+                    self._cond.wait(0.5)
+                free = capacity - self._in_flight
+                if self.max_tasks is not None:
+                    free = min(free, self.max_tasks - self.processed - self._in_flight)
+            if not self._leasing.is_set():
+                break
+            if free <= 0:
+                if self.max_tasks is not None and self.processed >= self.max_tasks:
+                    logger.info("worker %s reached max_tasks=%d", self.hostname, self.max_tasks)
+                    threading.Thread(target=self.stop, daemon=True).start()
+                    return
+                with self._cond:
+                    self._cond.wait(0.1)
+                continue
+            try:
+                deliveries = self.app.broker.lease(self.queues, free, self.lease_wait)
+                if deliveries:
+                    self._dispatch(deliveries)
+                backoff = 0.0
+            except (BrokerError, ResultStoreError) as exc:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                logger.error("broker error (retrying in %.1fs): %s", backoff, exc)
+                self._leasing.wait(0)  # keep the flag check explicit
+                self._stopped.wait(backoff)
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        with self._cond:
+            for delivery in deliveries:
+                self._held[delivery.receipt] = delivery
+        revoked = self.app.broker.revoked([d.id for d in deliveries])
+        jobs: list[Job] = []
+        for delivery in deliveries:
+            prepared = self.runner.prepare(delivery, revoked)
+            if isinstance(prepared, Outcome):
+                self._submit_outcome(prepared, None)
+            else:
+                jobs.append(prepared)
+        if not jobs:
+            return
+        early = [j.delivery for j in jobs if j.delivery is not None and not j.envelope.acks_late]
+        if early:
+            self.app.broker.ack(early)
+            with self._cond:
+                for delivery in early:
+                    self._held.pop(delivery.receipt, None)
+        started = [r for j in jobs if (r := self.runner.started_record(j)) is not None]
+        if started:
+            self.app.results.store(started)
+        for job in jobs:
+            control = _Running(job)
+            with self._cond:
+                self._in_flight += 1
+                self._running[job.envelope.id] = control
+            self._arm_timers(control)
+            if self.on_task_start is not None:
+                self.on_task_start(job)
+            if job.task.is_async:
+                asyncio.run_coroutine_threadsafe(self._run_async(control), self._event_loop())
+            else:
+                assert self._pool is not None
+                self._pool.submit(self._run_sync, control)
+
+    def _run_sync(self, control: _Running) -> None:
+        outcome: Outcome | None = None
+        try:
+            try:
+                with control.lock:
+                    control.thread_id = threading.get_ident()
+                    control.active = True
+                outcome = self.runner.run(control.job)
+            finally:
+                with control.lock:
+                    control.active = False
+        except _STRAY:
+            pass  # a time limit or terminate that landed just after the task returned
+        except BaseException as exc:
+            outcome = self.runner.finish(control.job, None, exc, 0.0)
+        if outcome is None:
+            error = (control.interrupted or TaskRevokedError)(
+                f"task {control.job.envelope.id} interrupted"
+            )
+            outcome = self.runner.finish(control.job, None, error, 0.0)
+        self._submit_outcome(outcome, control)
+
+    async def _run_async(self, control: _Running) -> None:
+        control.loop_task = asyncio.current_task()
+        control.active = True
+        try:
+            outcome = await self.runner.arun(control.job)
+        finally:
+            control.active = False
+        self._submit_outcome(outcome, control)
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            thread = threading.Thread(target=serve, name="conveyor-loop", daemon=True)
+            thread.start()
+            ready.wait(5)
+            self._loop = loop
+        return self._loop
+
+    # -- finishing -----------------------------------------------------------------------
+    def _submit_outcome(self, outcome: Outcome, control: _Running | None) -> None:
+        with self._cond:
+            self._pending_finish += 1
+        self._done.put((outcome, control))
+
+    def _finish_loop(self) -> None:
+        while not (self._stopped.is_set() and self._done.empty()):
+            try:
+                first = self._done.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._done.get_nowait())
+                except queue.Empty:
+                    break
+            if self._cold:
+                self._release_controls(batch)
+                continue
+            self._apply(batch)
+
+    def _apply(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
+        outcomes = [outcome for outcome, _ in batch]
+        records = [record for outcome in outcomes for record in outcome.records]
+        self._retrying(
+            lambda: self.app.results.store(records) if records else None, "store results"
+        )
+        for outcome in outcomes:
+            for followup in outcome.followups:
+                try:
+                    followup()
+                except Exception:
+                    logger.exception(
+                        "follow-up of task %s failed",
+                        outcome.delivery.id if outcome.delivery else "?",
+                    )
+        broker = self.app.broker
+        acks = [o.delivery for o in outcomes if o.action == "ack" and o.delivery is not None]
+        if acks:
+            self._retrying(lambda: broker.ack(acks), "ack")
+        for outcome in outcomes:
+            delivery = outcome.delivery
+            if delivery is None:
+                continue
+            if outcome.action == "retry" and outcome.retry_message is not None:
+                self._retrying(
+                    partial(broker.retry_later, delivery, outcome.retry_message), "retry"
+                )
+            elif outcome.action == "dead":
+                dead = partial(broker.dead_letter, delivery, outcome.reason, outcome.detail)
+                self._retrying(dead, "dead-letter")
+        self._release_controls(batch)
+
+    def _release_controls(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
+        finished = 0
+        with self._cond:
+            for outcome, control in batch:
+                if outcome.delivery is not None:
+                    self._held.pop(outcome.delivery.receipt, None)
+                if control is not None:
+                    self._running.pop(control.job.envelope.id, None)
+                    self._in_flight -= 1
+                    finished += 1
+            self.processed += finished
+            self._pending_finish -= len(batch)
+            self._cond.notify_all()
+        if self.on_task_end is not None:
+            for _, control in batch:
+                if control is not None:
+                    self.on_task_end(control.job)
+
+    def _retrying(self, action: Callable[[], Any], what: str) -> None:
+        """Results and acks must not be dropped on a transient error: retry with backoff
+        until it works or the worker is cold-stopped (the lease then expires and the
+        message is redelivered, which keeps the at-least-once promise)."""
+        delay = 0.05
+        while True:
+            try:
+                action()
+                return
+            except (BrokerError, ResultStoreError) as exc:
+                if self._cold:
+                    return
+                logger.error("could not %s (retrying in %.1fs): %s", what, delay, exc)
+                time.sleep(delay)  # backoff between reconnect attempts
+                delay = min(delay * 2, 5.0)
+
+    # -- heartbeat -----------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        last_sweep = 0.0
+        last_announce = 0.0
+        last_cleanup = time.monotonic()
+        while not self._stopped.wait(self.heartbeat_interval):
+            try:
+                with self._cond:
+                    held = list(self._held.values())
+                    running = list(self._running)
+                if held:
+                    self.app.broker.extend(held)
+                if running:
+                    self._check_terminate(running)
+                now = time.monotonic()
+                if now - last_sweep >= self.sweep_interval:
+                    last_sweep = now
+                    self.app.broker.sweep()
+                if now - last_announce >= max(self.heartbeat_interval, 2.0):
+                    last_announce = now
+                    self._announce()
+                if now - last_cleanup >= 60.0:
+                    last_cleanup = now
+                    self.app.results.cleanup()
+            except ConveyorError as exc:
+                logger.error("heartbeat failed: %s", exc)
+
+    def _announce(self) -> None:
+        info = {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "processed": self.processed,
+            "running": len(self._running),
+            "started_at": self.started_at,
+            "seen_at": time.time(),
+        }
+        ttl = max(10.0, self.heartbeat_interval * 4)
+        self.app.broker.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
+
+    def _check_terminate(self, running: list[str]) -> None:
+        wanted = self.app.broker.revoked([f"terminate:{task_id}" for task_id in running])
+        for key in wanted:
+            control = self._running.get(key.removeprefix("terminate:"))
+            if control is not None:
+                logger.warning(
+                    "terminating %s[%s] (revoked)", control.job.task.name, control.job.envelope.id
+                )
+                self._interrupt(control, TaskRevokedError)
+
+    # -- time limits ---------------------------------------------------------------------
+    def _arm_timers(self, control: _Running) -> None:
+        envelope = control.job.envelope
+        now = time.monotonic()
+        with self._timer_cond:
+            if envelope.soft_time_limit:
+                heapq.heappush(
+                    self._timers,
+                    (now + envelope.soft_time_limit, next(self._timer_seq), "soft", control),
+                )
+            if envelope.time_limit:
+                heapq.heappush(
+                    self._timers,
+                    (now + envelope.time_limit, next(self._timer_seq), "hard", control),
+                )
+            self._timer_cond.notify()
+
+    def _timer_loop(self) -> None:
+        while not self._stopped.is_set():
+            with self._timer_cond:
+                while not self._timers and not self._stopped.is_set():
+                    self._timer_cond.wait()
+                if self._stopped.is_set():
+                    return
+                due, _, kind, control = self._timers[0]
+                delay = due - time.monotonic()
+                if delay > 0:
+                    self._timer_cond.wait(delay)
+                    continue
+                heapq.heappop(self._timers)
+            if control.job.envelope.id not in self._running or not control.active:
+                continue
+            if kind == "soft":
+                logger.warning(
+                    "%s[%s] soft time limit exceeded",
+                    control.job.task.name,
+                    control.job.envelope.id,
+                )
+                self._interrupt(control, SoftTimeLimitExceeded)
+            elif self.on_hard_time_limit is not None:
+                self.on_hard_time_limit(control.job)
+            else:
+                logger.error(
+                    "%s[%s] hard time limit exceeded",
+                    control.job.task.name,
+                    control.job.envelope.id,
+                )
+                self._interrupt(control, TimeLimitExceeded)
+
+    def _interrupt(self, control: _Running, exc_type: type[BaseException]) -> None:
+        """Raise ``exc_type`` inside the running task (thread) or cancel it (async)."""
+        if control.loop_task is not None:
+            task, loop = control.loop_task, self._loop
+            if loop is not None:
+                loop.call_soon_threadsafe(
+                    task.cancel, exc_type(f"task {control.job.envelope.id} interrupted")
+                )
+            return
+        with control.lock:
+            if not control.active or control.thread_id is None:
+                return
+            control.interrupted = exc_type
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(control.thread_id), ctypes.py_object(exc_type)
+            )

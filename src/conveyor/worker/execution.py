@@ -1,0 +1,394 @@
+"""Running one task: decode, check, run, and decide what happens to its message.
+
+The runner never talks to the broker; it returns an :class:`Outcome` (ack, retry later, or
+dead-letter, plus the result records to store and follow-up work such as callbacks). The
+consumer applies outcomes in batches: records first, then follow-ups, then acks, so a crash
+at any point leads to a redelivery, never to a lost result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
+
+from .. import states
+from .._exceptions_registry import exception_info, format_traceback
+from ..brokers.base import DeadLetterReason, Delivery, Message
+from ..exceptions import (
+    MalformedMessage,
+    NotRegistered,
+    Reject,
+    Retry,
+    SerializationError,
+    TaskRevokedError,
+)
+from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
+from ..results.base import ResultRecord
+from ..task import Request, Task, _current_request
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class Job:
+    """A decoded, checked message whose task is about to run."""
+
+    envelope: Envelope
+    task: Task[Any, Any]
+    args: list[Any]
+    kwargs: dict[str, Any]
+    request: Request
+    delivery: Delivery | None = None
+    started_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to do with a message after its task ran (or could not run)."""
+
+    delivery: Delivery | None
+    action: str  # "ack" | "retry" | "dead"
+    records: list[ResultRecord] = field(default_factory=list)
+    retry_message: Message | None = None
+    reason: str = ""
+    detail: str = ""
+    followups: list[Callable[[], None]] = field(default_factory=list)
+    state: str = ""
+    error: BaseException | None = None
+
+
+class TaskRunner:
+    """Turns deliveries into outcomes for one app; shared by every thread of a worker."""
+
+    def __init__(self, app: Conveyor, hostname: str) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.extended = bool(app.conf.result_extended)
+        self.log_tasks = bool(app.conf.worker_log_tasks)
+
+    # -- before running ------------------------------------------------------------------
+    def prepare(
+        self, delivery: Delivery, revoked: set[str] | frozenset[str] = frozenset()
+    ) -> Job | Outcome:
+        """Decode and check a delivery: a Job to run, or the Outcome of not running it."""
+        try:
+            envelope = decode_envelope(delivery.body)
+        except MalformedMessage as exc:
+            logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
+            return Outcome(delivery, "dead", reason=exc.reason, detail=exc.detail)
+        return self.prepare_envelope(envelope, delivery, revoked)
+
+    def prepare_envelope(
+        self,
+        envelope: Envelope,
+        delivery: Delivery | None,
+        revoked: set[str] | frozenset[str] = frozenset(),
+    ) -> Job | Outcome:
+        now = time.time()
+        task = self.app.tasks.get(envelope.task)
+        if task is None:
+            error = NotRegistered(envelope.task)
+            logger.error("unknown task %r (id %s): dead-lettered", envelope.task, envelope.id)
+            return Outcome(
+                delivery,
+                "dead",
+                [self._failure_record(envelope, error, None)],
+                reason=DeadLetterReason.UNKNOWN_TASK,
+                detail=f"task {envelope.task!r} is not registered",
+                state=states.FAILURE,
+                error=error,
+            )
+        try:
+            args, kwargs = decode_arguments(envelope)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return Outcome(
+                delivery, "dead", reason=DeadLetterReason.MALFORMED, detail=f"bad arguments: {exc}"
+            )
+        if envelope.id in revoked:
+            logger.info("%s[%s] revoked: not run", envelope.task, envelope.id)
+            return Outcome(
+                delivery,
+                "ack",
+                [self._final_record(envelope, states.REVOKED, None)],
+                state=states.REVOKED,
+            )
+        if envelope.expires is not None and now >= envelope.expires:
+            logger.info("%s[%s] expired: not run", envelope.task, envelope.id)
+            return Outcome(
+                delivery,
+                "dead",
+                [self._final_record(envelope, states.EXPIRED, None)],
+                reason=DeadLetterReason.EXPIRED,
+                detail=f"expired at {envelope.expires:.3f}",
+                state=states.EXPIRED,
+            )
+        request = Request(
+            id=envelope.id,
+            task=envelope.task,
+            args=args,
+            kwargs=kwargs,
+            retries=envelope.retries,
+            eta=envelope.eta,
+            expires=envelope.expires,
+            queue=envelope.queue,
+            priority=envelope.priority,
+            root_id=envelope.root_id,
+            parent_id=envelope.parent_id,
+            group_id=envelope.group_id,
+            group_index=envelope.group_index,
+            hostname=self.hostname,
+            delivery_count=delivery.delivery_count if delivery else 1,
+            headers=envelope.headers,
+            is_eager=delivery is None,
+            time_limit=envelope.time_limit,
+            soft_time_limit=envelope.soft_time_limit,
+            envelope=envelope,
+        )
+        return Job(envelope, task, args, kwargs, request, delivery)
+
+    def started_record(self, job: Job) -> ResultRecord | None:
+        if job.envelope.ignore_result:
+            return None
+        job.started_at = time.time()
+        return self._record(job.envelope, states.STARTED, None, started_at=job.started_at)
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, job: Job) -> Outcome:
+        """Run a sync task in this thread (async tasks: :meth:`arun`)."""
+        token = _current_request.set(job.request)
+        started = time.perf_counter()
+        try:
+            job.task.before_start(job.envelope.id, job.args, job.kwargs)
+            retval = job.task.call_with_request(job.args, job.kwargs)
+        except Exception as exc:
+            return self.finish(job, None, exc, time.perf_counter() - started)
+        finally:
+            _current_request.reset(token)
+        return self.finish(job, retval, None, time.perf_counter() - started)
+
+    async def arun(self, job: Job) -> Outcome:
+        """Run an async task on the current event loop."""
+        token = _current_request.set(job.request)
+        started = time.perf_counter()
+        try:
+            job.task.before_start(job.envelope.id, job.args, job.kwargs)
+            retval = await job.task.call_with_request(job.args, job.kwargs)
+        except asyncio.CancelledError as exc:
+            reason = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+            return self.finish(
+                job, None, reason or TaskRevokedError("cancelled"), time.perf_counter() - started
+            )
+        except Exception as exc:
+            return self.finish(job, None, exc, time.perf_counter() - started)
+        finally:
+            _current_request.reset(token)
+        return self.finish(job, retval, None, time.perf_counter() - started)
+
+    def finish(self, job: Job, retval: Any, exc: BaseException | None, runtime: float) -> Outcome:
+        """Turn a return value or exception into an Outcome (runs task hooks)."""
+        envelope, task = job.envelope, job.task
+        if exc is None:
+            try:
+                value = to_json_value(retval, f"return value of {task.name}")
+            except SerializationError as error:
+                exc = error
+            else:
+                return self._succeeded(job, retval, value, runtime)
+        if isinstance(exc, Retry) or (
+            task.should_autoretry(exc) and not self._retries_exhausted(job)
+        ):
+            return self._retried(job, exc, runtime)
+        if isinstance(exc, Reject):
+            self._log(logging.WARNING, "%s[%s] rejected: %s", task.name, envelope.id, exc)
+            return Outcome(
+                job.delivery,
+                "dead",
+                [self._failure_record(envelope, exc, format_traceback(exc))],
+                reason=DeadLetterReason.REJECTED,
+                detail=str(exc),
+                state=states.FAILURE,
+                error=exc,
+            )
+        if isinstance(exc, TaskRevokedError):
+            self._log(logging.INFO, "%s[%s] terminated (revoked)", task.name, envelope.id)
+            return Outcome(
+                job.delivery,
+                "ack",
+                [self._final_record(envelope, states.REVOKED, None)],
+                state=states.REVOKED,
+            )
+        return self._failed(job, exc, runtime)
+
+    def _retries_exhausted(self, job: Job) -> bool:
+        limit = job.task.max_retries
+        return limit is not None and job.envelope.retries >= limit
+
+    def _succeeded(self, job: Job, retval: Any, value: Any, runtime: float) -> Outcome:
+        envelope, task = job.envelope, job.task
+        self._hook(task.on_success, retval, envelope.id, job.args, job.kwargs)
+        self._hook(
+            task.after_return, states.SUCCESS, retval, envelope.id, job.args, job.kwargs, None
+        )
+        records = []
+        if not envelope.ignore_result:
+            records.append(
+                self._final_record(envelope, states.SUCCESS, value, children=job.request.children)
+            )
+        self._log(
+            logging.INFO,
+            "%s[%s] succeeded in %.3fs: %.200r",
+            task.name,
+            envelope.id,
+            runtime,
+            retval,
+        )
+        from ..canvas import on_task_finished
+
+        followups = [lambda: on_task_finished(self.app, envelope, states.SUCCESS, value)]
+        return Outcome(job.delivery, "ack", records, followups=followups, state=states.SUCCESS)
+
+    def _retried(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
+        envelope, task = job.envelope, job.task
+        if isinstance(exc, Retry):
+            when, cause = exc.when, exc.exc or exc
+        else:
+            when, cause = task.retry_delay(envelope.retries), exc
+        einfo = format_traceback(cause)
+        self._hook(task.on_retry, cause, envelope.id, job.args, job.kwargs, einfo)
+        retry_envelope = replace(envelope, retries=envelope.retries + 1, eta=time.time() + when)
+        body = encode_envelope(retry_envelope)
+        message = Message(envelope.id, envelope.queue, body, envelope.priority, countdown=when)
+        records = []
+        if not envelope.ignore_result:
+            records.append(
+                self._record(envelope, states.RETRY, exception_info(cause), traceback=einfo)
+            )
+        self._log(
+            logging.INFO,
+            "%s[%s] retry %d in %.3gs: %r",
+            task.name,
+            envelope.id,
+            envelope.retries + 1,
+            when,
+            cause,
+        )
+        return Outcome(
+            job.delivery, "retry", records, retry_message=message, state=states.RETRY, error=cause
+        )
+
+    def _failed(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
+        envelope, task = job.envelope, job.task
+        einfo = format_traceback(exc)
+        self._hook(task.on_failure, exc, envelope.id, job.args, job.kwargs, einfo)
+        self._hook(task.after_return, states.FAILURE, exc, envelope.id, job.args, job.kwargs, einfo)
+        record = self._failure_record(envelope, exc, einfo)
+        self._log(logging.ERROR, "%s[%s] failed in %.3fs: %r", task.name, envelope.id, runtime, exc)
+        from ..canvas import on_task_finished
+
+        info = record.result
+        followups = [lambda: on_task_finished(self.app, envelope, states.FAILURE, info)]
+        return Outcome(
+            job.delivery, "ack", [record], followups=followups, state=states.FAILURE, error=exc
+        )
+
+    # -- records -------------------------------------------------------------------------
+    def _record(self, envelope: Envelope, state: str, result: Any, **extra: Any) -> ResultRecord:
+        record = ResultRecord(
+            id=envelope.id,
+            state=state,
+            result=result,
+            retries=envelope.retries,
+            name=envelope.task,
+            worker=self.hostname,
+            queue=envelope.queue,
+            created_at=envelope.created_at or None,
+            parent_id=envelope.parent_id,
+            root_id=envelope.root_id,
+            group_id=envelope.group_id,
+            periodic_entry=envelope.headers.get("periodic_entry"),
+            **extra,
+        )
+        if self.extended:
+            record.args = envelope.args
+            record.kwargs = envelope.kwargs
+        return record
+
+    def _final_record(
+        self, envelope: Envelope, state: str, result: Any, children: list[str] | None = None
+    ) -> ResultRecord:
+        return self._record(
+            envelope, state, result, date_done=time.time(), children=children or None
+        )
+
+    def _failure_record(
+        self, envelope: Envelope, exc: BaseException, einfo: str | None
+    ) -> ResultRecord:
+        return self._record(
+            envelope, states.FAILURE, exception_info(exc), traceback=einfo, date_done=time.time()
+        )
+
+    def _hook(self, hook: Callable[..., Any], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("task hook %s raised", getattr(hook, "__qualname__", hook))
+
+    def _log(self, level: int, msg: str, *args: Any) -> None:
+        if self.log_tasks and logger.isEnabledFor(level):
+            logger.log(level, msg, *args)
+
+
+# -- eager mode -----------------------------------------------------------------------------
+
+
+def run_eager(app: Conveyor, envelope: Envelope, body: bytes) -> None:
+    """Run a task inline as a worker would (``task_always_eager``, ``Task.apply``).
+
+    The envelope was encoded (arguments serialized, size checked) before this is called.
+    Retries run again at once, ignoring their delay; results are stored as usual.
+    """
+    runner = TaskRunner(app, hostname="eager")
+    while True:
+        prepared = runner.prepare_envelope(decode_envelope(body), None)
+        if isinstance(prepared, Outcome):
+            outcome = prepared
+        else:
+            record = runner.started_record(prepared)
+            if record is not None:
+                app.results.store([record])
+            outcome = _run_inline(runner, prepared)
+        if outcome.records:
+            app.results.store(outcome.records)
+        for followup in outcome.followups:
+            followup()
+        if outcome.action == "retry" and outcome.retry_message is not None:
+            body = outcome.retry_message.body
+            continue
+        if outcome.error is not None and app.conf.task_eager_propagates:
+            raise outcome.error
+        return
+
+
+def _run_inline(runner: TaskRunner, job: Job) -> Outcome:
+    if not job.task.is_async:
+        return runner.run(job)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(runner.arun(job))
+    # Called from inside an event loop: run the coroutine on a private loop in a thread.
+    box: list[Outcome] = []
+    thread = threading.Thread(target=lambda: box.append(asyncio.run(runner.arun(job))))
+    thread.start()
+    thread.join()
+    return box[0]

@@ -1,0 +1,41 @@
+-- Ack leased messages, then add new ones (publish, retry_later). ARGV: prefix, nacks,
+-- all_held ('1': add nothing unless every receipt was still held), (queue, receipt) * nacks,
+-- then (id, queue, priority, countdown_ms, eta_ms, body) * n.
+-- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
+local i = 4
+local held = 0
+for _ = 1, tonumber(ARGV[2]) do
+  if redis.call('ZREM', P .. 'leased:' .. ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('DEL', P .. 'msg:' .. uid_of(ARGV[i + 1]))
+    held = held + 1
+  end
+  i = i + 2
+end
+if ARGV[3] == '1' and held < tonumber(ARGV[2]) then
+  return 0
+end
+local count = (#ARGV - i + 1) / 6
+if count == 0 then
+  return 0
+end
+local now = now_ms()
+local base = reserve(count)
+local touched = {}
+for k = 1, count do
+  local q, priority = ARGV[i + 1], tonumber(ARGV[i + 2])
+  local due = math.max(now + tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]))
+  local uid = base + k
+  redis.call('HSET', P .. 'msg:' .. uid, 'id', ARGV[i], 'q', q, 'p', priority, 'b', ARGV[i + 5], 'n', 0)
+  if due > now then
+    redis.call('ZADD', P .. 'delayed:' .. q, fmt(due), uid)
+  else
+    make_ready(q, uid, priority, uid)
+  end
+  if not touched[q] then
+    touched[q] = true
+    redis.call('SADD', P .. 'queues', q)
+    wake(q)
+  end
+  i = i + 6
+end
+return count

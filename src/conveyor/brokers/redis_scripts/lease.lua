@@ -1,0 +1,79 @@
+-- Lease up to limit messages from the given queues: due delayed ones first become ready, then
+-- the lowest scores win (priority 9 first, FIFO within a priority, across all the queues).
+-- ARGV: prefix, limit, lease_ms, promote_max, queue...
+-- Returns {next_due_ms} when nothing is ready (-1: nothing delayed), else
+-- {0, (receipt, id, queue, priority, body, deliveries) * k}.
+local limit, lease_ms, promote_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local queues = {}
+for i = 5, #ARGV do
+  queues[#queues + 1] = ARGV[i]
+end
+local now = now_ms()
+for _, q in ipairs(queues) do
+  promote(q, now, promote_max)
+end
+
+local picked = {}
+if #queues == 1 then
+  local q = queues[1]
+  local popped = redis.call('ZPOPMIN', P .. 'ready:' .. q, limit)
+  for i = 1, #popped, 2 do
+    picked[#picked + 1] = {popped[i], q, popped[i + 1]}
+  end
+else
+  local candidates = {}
+  for _, q in ipairs(queues) do
+    local top = redis.call('ZRANGE', P .. 'ready:' .. q, 0, limit - 1, 'WITHSCORES')
+    for i = 1, #top, 2 do
+      candidates[#candidates + 1] = {top[i], q, top[i + 1], tonumber(top[i + 1])}
+    end
+  end
+  table.sort(candidates, function(a, b) return a[4] < b[4] end)
+  for i = 1, math.min(limit, #candidates) do
+    local c = candidates[i]
+    redis.call('ZREM', P .. 'ready:' .. c[2], c[1])
+    picked[#picked + 1] = c
+  end
+end
+
+if #picked == 0 then
+  local next_due = -1
+  for _, q in ipairs(queues) do
+    local first = redis.call('ZRANGE', P .. 'delayed:' .. q, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local wait = math.max(1, math.ceil(tonumber(first[2]) - now))
+      if next_due < 0 or wait < next_due then
+        next_due = wait
+      end
+    end
+  end
+  return {next_due}
+end
+
+local token = reserve(1) + 1
+local deadline = fmt(now + lease_ms)
+local out = {0}
+for _, item in ipairs(picked) do
+  local uid, q, score = item[1], item[2], item[3]
+  local key = P .. 'msg:' .. uid
+  local fields = redis.call('HMGET', key, 'id', 'p', 'b')
+  if fields[1] then
+    local receipt = uid .. ':' .. token
+    local n = redis.call('HINCRBY', key, 'n', 1)
+    redis.call('HSET', key, 's', score)
+    redis.call('ZADD', P .. 'leased:' .. q, deadline, receipt)
+    out[#out + 1] = receipt
+    out[#out + 1] = fields[1]
+    out[#out + 1] = q
+    out[#out + 1] = fields[2]
+    out[#out + 1] = fields[3]
+    out[#out + 1] = n
+  end
+end
+-- Work left behind: pass the wake-up on to the next blocked consumer.
+for _, q in ipairs(queues) do
+  if redis.call('ZCARD', P .. 'ready:' .. q) > 0 then
+    wake(q)
+  end
+end
+return out

@@ -1,0 +1,143 @@
+"""Redis result store (``redis://``, ``rediss://``, ``unix://``).
+
+Keys, under the prefix: ``result:<id>`` (the JSON record, expiring after ``expires``),
+``result-wake:<id>`` (a short-lived list that gets a token when a ready record is stored),
+``join:<key>`` (sets for ``join``) and ``value:<key>`` (small values and claims).
+
+``wait()`` reads the record and, if it is not ready, blocks on the wake list with BLMOVE from
+the list to itself: the token stays in place, so every waiter wakes, and a waiter that arrives
+later finds the ready record on its first read. No polling; TTLs are Redis' own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import redis
+from redis.client import Pipeline
+
+from .._redis import ErrorMapper, block_limit, connect
+from ..exceptions import ResultStoreError
+from .base import ResultRecord, ResultStore, decode_record, encode_record
+
+#: How long a wake token outlives the store of a ready record; waiters read the record before
+#: blocking, so it only has to bridge that gap.
+WAKE_TTL_MS = 60_000
+
+
+class RedisResultStore(ResultStore):
+    schemes = ("redis", "rediss", "unix")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        expires: float | None = 86400.0,
+        key_prefix: str = "conveyor",
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(url, expires=expires, key_prefix=key_prefix)
+        self.client: redis.Redis = connect(url, transport_options)
+        self._errors = ErrorMapper(ResultStoreError, url, "Redis result store")
+        self._px = None if expires is None else _ms(expires)
+        self._wake_px = WAKE_TTL_MS if self._px is None else min(WAKE_TTL_MS, self._px)
+        self._block = block_limit(self.client)
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.key_prefix}:{kind}:{name}"
+
+    def queue_store(self, pipe: Pipeline, records: Sequence[ResultRecord]) -> None:
+        """Queue the commands of :meth:`store` on ``pipe`` (the broker shares round trips)."""
+        for record in records:
+            pipe.set(self._key("result", record.id), encode_record(record), px=self._px)
+            if record.ready:
+                wake = self._key("result-wake", record.id)
+                pipe.rpush(wake, b"1")
+                pipe.pexpire(wake, self._wake_px)
+
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        if not records:
+            return
+        with self._errors:
+            pipe = self.client.pipeline(transaction=False)
+            self.queue_store(pipe, records)
+            pipe.execute()
+
+    def get(self, task_id: str) -> ResultRecord | None:
+        with self._errors:
+            data = self.client.get(self._key("result", task_id))
+        return None if data is None else decode_record(data)
+
+    def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]:
+        if not task_ids:
+            return []
+        with self._errors:
+            found = self.client.mget([self._key("result", i) for i in task_ids])
+        return [None if data is None else decode_record(data) for data in found]
+
+    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wake = self._key("result-wake", task_id)
+        woken = False
+        while True:
+            record = self.get(task_id)
+            if record is not None and record.ready:
+                return record
+            with self._errors:
+                if woken:  # a token left from an earlier ready state; do not spin on it
+                    self.client.lpop(wake)
+                remaining = self._block if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return record
+                block = math.ceil(min(remaining, self._block) * 1000) / 1000
+                # redis-py annotates the timeout as int; Redis takes fractional seconds.
+                moved = self.client.blmove(wake, wake, block, "RIGHT", "LEFT")  # type: ignore[arg-type]
+                woken = moved is not None
+
+    def forget(self, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        with self._errors:
+            keys = [self._key(k, i) for i in task_ids for k in ("result", "result-wake")]
+            self.client.delete(*keys)
+
+    def cleanup(self) -> int:
+        return 0  # every key carries its own TTL
+
+    def join(self, key: str, member: str, ttl: float | None = None) -> int:
+        name = self._key("join", key)
+        with self._errors:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.sadd(name, member)
+            if ttl is not None:
+                pipe.pexpire(name, _ms(ttl))
+            pipe.scard(name)
+            return int(pipe.execute()[-1])
+
+    def claim(self, key: str, ttl: float | None = None) -> bool:
+        px = None if ttl is None else _ms(ttl)
+        with self._errors:
+            return bool(self.client.set(self._key("value", key), b"1", nx=True, px=px))
+
+    def get_value(self, key: str) -> bytes | None:
+        with self._errors:
+            return cast("bytes | None", self.client.get(self._key("value", key)))
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        px = None if ttl is None else _ms(ttl)
+        with self._errors:
+            self.client.set(self._key("value", key), value, px=px)
+
+    def delete_value(self, key: str) -> None:
+        with self._errors:
+            self.client.delete(self._key("value", key), self._key("join", key))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))

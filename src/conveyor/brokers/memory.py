@@ -80,7 +80,7 @@ class MemoryBroker(Broker):
 
     def _bury(self, entry: _Entry, reason: str, detail: str, now: float) -> None:
         self._dead[next(self._seq)] = DeadLetter(
-            entry.id, entry.queue, entry.body, reason, detail, now, entry.count
+            entry.id, entry.queue, entry.body, str(reason), detail, now, entry.count
         )
 
     # -- producing -----------------------------------------------------------------------
@@ -148,29 +148,23 @@ class MemoryBroker(Broker):
             self._arrived.notify_all()
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:
+        # A receipt that is no longer held (acked, released, or reclaimed by sweep()) means
+        # another worker owns the message now: publishing the retry would run it twice.
         now = self.time()
         with self._lock:
-            self._leased.pop(delivery.receipt, None)
+            if self._leased.pop(delivery.receipt, None) is None:
+                return
             self._add(message, now)
             self._arrived.notify_all()
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
+        # Like ack(): a receipt that is no longer held is a no-op, so a late worker cannot
+        # bury a message that another worker holds.
         now = self.time()
         with self._lock:
             held = self._leased.pop(delivery.receipt, None)
-            entry = (
-                held[0]
-                if held
-                else _Entry(
-                    delivery.id,
-                    delivery.queue,
-                    delivery.body,
-                    delivery.priority,
-                    0,
-                    delivery.delivery_count,
-                )
-            )
-            self._bury(entry, reason, detail, now)
+            if held is not None:
+                self._bury(held[0], reason, detail, now)
 
     def sweep(self) -> int:
         now = self.time()

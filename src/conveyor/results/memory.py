@@ -79,7 +79,9 @@ class MemoryResultStore(ResultStore):
 
     def join(self, key: str, member: str, ttl: float | None = None) -> int:
         with self._lock:
-            members, _ = self._sets.get(key, (set(), None))
+            members, expiry = self._sets.get(key, (set(), None))
+            if expiry is not None and expiry <= time.time():
+                members = set()  # an expired set starts over
             members.add(member)
             self._sets[key] = (members, self._expiry(ttl))
             return len(members)

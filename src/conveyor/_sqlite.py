@@ -1,8 +1,9 @@
 """Shared plumbing of the SQLite broker and result store: URLs, connections, schema versions.
 
 One :class:`Database` object serves one component (``broker`` or ``results``) of one file. It
-keeps a connection per thread and per process (connections are reopened after ``os.fork()``),
-puts the file in WAL mode, and creates or upgrades the component's tables on first use. Broker
+keeps a pool of connections per process that threads borrow for one operation each (a child
+process after ``os.fork()`` opens its own and never touches the parent's), puts the file in WAL
+mode, and creates or upgrades the component's tables on first use. Broker
 and result store may share a file: each keeps its own tables and its own row in
 ``conveyor_meta``; the file is marked as Conveyor's through ``PRAGMA application_id``.
 """
@@ -14,7 +15,6 @@ import sqlite3
 import stat
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
@@ -56,18 +56,14 @@ def marks(count: int) -> str:
     return ",".join("?" * count)
 
 
-class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced (the base class cannot)."""
-
-
-class _PerProcess:
-    """Connections opened by one process; replaced wholesale after a fork."""
+class _Pool:
+    """Idle connections of one process; replaced wholesale after a fork or ``close()``."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.local = threading.local()
-        self.open: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self.generation = 0
+        self.lock = threading.Lock()
+        self.idle: list[sqlite3.Connection] = []
+        self.closed = False
 
 
 class Database:
@@ -94,46 +90,54 @@ class Database:
         self.error = error
         self.busy_timeout = busy_timeout
         self.lock_timeout = lock_timeout
-        self._process = _PerProcess()
+        self._pool = _Pool()
         self._schema_pid = 0
         # Connections inherited over fork() must never be used or closed in the child.
-        self._inherited: list[_PerProcess] = []
+        self._inherited: list[_Pool] = []
 
     # -- connections -----------------------------------------------------------------------
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened, and the schema checked, on first use)."""
-        process = self._process
-        if process.pid != os.getpid():
-            self._inherited.append(process)
-            process = self._process = _PerProcess()
-        held = getattr(process.local, "conn", None)
-        if held is not None and held[0] == process.generation:
-            conn: sqlite3.Connection = held[1]
-            return conn
-        conn = self._open()
-        process.open.add(conn)
-        process.local.conn = (process.generation, conn)
-        return conn
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow an idle connection of this process (or open one) for one operation."""
+        pool = self._pool
+        if pool.pid != os.getpid():
+            self._inherited.append(pool)
+            pool = self._pool = _Pool()
+        try:
+            conn = pool.idle.pop()
+        except IndexError:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            _rollback(conn)
+            with pool.lock:
+                kept = not pool.closed
+                if kept:
+                    pool.idle.append(conn)
+            if not kept:
+                conn.close()
 
     def close(self) -> None:
         """Close this process's connections; later calls open new ones."""
-        process = self._process
-        if process.pid != os.getpid():
+        pool = self._pool
+        if pool.pid != os.getpid():
             return
-        process.generation += 1
-        for conn in list(process.open):
+        self._pool = _Pool()
+        with pool.lock:
+            pool.closed = True
+            idle, pool.idle = pool.idle, []
+        for conn in idle:
             conn.close()
-        process.open.clear()
 
-    def _open(self) -> _Connection:
+    def _open(self) -> sqlite3.Connection:
         self._check_path()
         try:
-            conn: _Connection = sqlite3.connect(
+            conn = sqlite3.connect(
                 self.path,
                 timeout=self.busy_timeout,
                 autocommit=True,
                 check_same_thread=False,
-                factory=_Connection,
             )
         except sqlite3.Error as exc:
             raise self.error(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -254,27 +258,21 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction (``BEGIN IMMEDIATE``), retried while the file is locked."""
-        with self.guard():
-            conn = self.connection()
-            with self._transaction(conn):
-                yield conn
+        with self.guard(), self.connection() as conn, self._transaction(conn):
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, with SQLite errors translated."""
-        with self.guard():
-            yield self.connection()
+        with self.guard(), self.connection() as conn:
+            yield conn
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: several queries see one state of the file."""
-        with self.guard():
-            conn = self.connection()
+        with self.guard(), self.connection() as conn:
             conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                _rollback(conn)
+            yield conn
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -304,7 +302,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
-    # The transaction may be gone already (e.g. the connection broke).
-    if conn.in_transaction:
-        with suppress(sqlite3.Error):
+    # The transaction may be gone already (e.g. the connection broke or was closed).
+    with suppress(sqlite3.Error):
+        if conn.in_transaction:
             conn.execute("ROLLBACK")

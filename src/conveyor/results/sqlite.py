@@ -1,0 +1,253 @@
+"""Embedded result store (``sqlite:///path.db``), usually in the broker's file.
+
+Records are JSON documents keyed by task id, each with an expiry time. ``wait()`` polls with
+a backoff (1 ms doubling up to ``poll_interval``) and is woken at once by stores made through
+the same object. Expired rows are invisible to reads and deleted by ``cleanup()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._sqlite import Database, chunks, marks, path_from_url
+from ..exceptions import ConfigurationError, ResultStoreError
+from .base import ResultRecord, ResultStore, decode_record, encode_record
+
+if TYPE_CHECKING:
+    import sqlite3
+
+MIGRATIONS = [
+    (
+        "CREATE TABLE conveyor_results (ns TEXT NOT NULL, id TEXT NOT NULL, "
+        "record BLOB NOT NULL, expires REAL, PRIMARY KEY (ns, id))",
+        "CREATE INDEX conveyor_results_expires ON conveyor_results (ns, expires) "
+        "WHERE expires IS NOT NULL",
+        "CREATE TABLE conveyor_result_values (ns TEXT NOT NULL, key TEXT NOT NULL, "
+        "value BLOB NOT NULL, expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
+        "CREATE TABLE conveyor_result_sets (ns TEXT NOT NULL, key TEXT NOT NULL, "
+        "member TEXT NOT NULL, PRIMARY KEY (ns, key, member)) WITHOUT ROWID",
+        "CREATE TABLE conveyor_result_set_expiry (ns TEXT NOT NULL, key TEXT NOT NULL, "
+        "expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
+    ),
+]
+
+_LIVE = "(expires IS NULL OR expires > ?)"
+
+
+class SQLiteResultStore(ResultStore):
+    schemes = ("sqlite",)
+
+    #: Longest pause (s) between two looks while ``wait()`` waits for another process.
+    poll_interval = 0.02
+
+    def __init__(
+        self,
+        url: str = "sqlite://",
+        *,
+        expires: float | None = 86400.0,
+        key_prefix: str = "conveyor",
+    ) -> None:
+        super().__init__(url, expires=expires, key_prefix=key_prefix)
+        if ":memory:" in url:
+            raise ConfigurationError(
+                "an in-memory SQLite database cannot be shared between processes; "
+                "use memory:// or a file (sqlite:///conveyor.sqlite3)"
+            )
+        self.path = path_from_url(url)
+        #: Rows of this store carry its key prefix, so apps can share one file.
+        self.ns = key_prefix
+        self._db = Database(
+            self.path, component="results", migrations=MIGRATIONS, error=ResultStoreError
+        )
+        self._changed = threading.Condition()
+        self._changes = 0
+
+    def __repr__(self) -> str:
+        return f"<SQLiteResultStore {self.path}>"
+
+    # -- used by the SQLite broker to write records and messages in one transaction ---------
+    def prepare(self) -> None:
+        """Open this thread's connection (creating the tables if needed)."""
+        with self._db.read():
+            pass
+
+    def write_records(self, conn: sqlite3.Connection, records: Sequence[ResultRecord]) -> None:
+        """Upsert ``records`` inside the caller's transaction."""
+        expires = None if self.expires is None else time.time() + self.expires
+        conn.executemany(
+            "INSERT INTO conveyor_results (ns, id, record, expires) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, "
+            "expires = excluded.expires",
+            [(self.ns, record.id, encode_record(record), expires) for record in records],
+        )
+
+    def notify(self) -> None:
+        """Wake this object's waiters."""
+        with self._changed:
+            self._changes += 1
+            self._changed.notify_all()
+
+    # -- records ---------------------------------------------------------------------------
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        if not records:
+            return
+        with self._db.write() as conn:
+            self.write_records(conn, records)
+        self.notify()
+
+    def get(self, task_id: str) -> ResultRecord | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT record FROM conveyor_results WHERE ns = ? AND id = ? AND {_LIVE}",
+                (self.ns, task_id, time.time()),
+            ).fetchone()
+        return None if row is None else self._decode(task_id, row[0])
+
+    def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]:
+        found: dict[str, Any] = {}
+        unique = list(dict.fromkeys(task_ids))
+        with self._db.read() as conn:
+            for part in chunks(unique):
+                found.update(
+                    conn.execute(
+                        "SELECT id, record FROM conveyor_results WHERE ns = ? "
+                        f"AND id IN ({marks(len(part))}) AND {_LIVE}",
+                        (self.ns, *part, time.time()),
+                    ).fetchall()
+                )
+        return [
+            None if (data := found.get(task_id)) is None else self._decode(task_id, data)
+            for task_id in task_ids
+        ]
+
+    def _decode(self, task_id: str, data: Any) -> ResultRecord:
+        try:
+            return decode_record(data)
+        except (msgspec.DecodeError, TypeError) as exc:
+            raise ResultStoreError(
+                f"the result record of task {task_id} in {self.path} is corrupt: {exc}"
+            ) from exc
+
+    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            with self._changed:
+                seen = self._changes
+            record = self.get(task_id)
+            if record is not None and record.ready:
+                return record
+            remaining = self.poll_interval if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            with self._changed:
+                if self._changes == seen:
+                    self._changed.wait(min(pause, remaining))
+            pause = min(pause * 2, self.poll_interval)
+
+    def forget(self, task_ids: Sequence[str]) -> None:
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return
+        with self._db.write() as conn:
+            for part in chunks(unique):
+                conn.execute(
+                    f"DELETE FROM conveyor_results WHERE ns = ? AND id IN ({marks(len(part))})",
+                    (self.ns, *part),
+                )
+
+    def cleanup(self) -> int:
+        expired = (self.ns, time.time())
+        with self._db.write() as conn:
+            removed = conn.execute(
+                "DELETE FROM conveyor_results WHERE ns = ? AND expires <= ?", expired
+            ).rowcount
+            removed += conn.execute(
+                "DELETE FROM conveyor_result_values WHERE ns = ? AND expires <= ?", expired
+            ).rowcount
+            conn.execute(
+                "DELETE FROM conveyor_result_sets WHERE ns = ?1 AND key IN (SELECT key FROM "
+                "conveyor_result_set_expiry WHERE ns = ?1 AND expires <= ?2)",
+                expired,
+            )
+            removed += conn.execute(
+                "DELETE FROM conveyor_result_set_expiry WHERE ns = ? AND expires <= ?", expired
+            ).rowcount
+        return int(removed)
+
+    # -- canvas primitives -----------------------------------------------------------------
+    def join(self, key: str, member: str, ttl: float | None = None) -> int:
+        now = time.time()
+        expires = None if ttl is None else now + ttl
+        with self._db.write() as conn:
+            # A set whose time ran out starts again empty, as if cleanup() had run.
+            conn.execute(
+                "DELETE FROM conveyor_result_sets WHERE ns = ?1 AND key = ?2 AND EXISTS ("
+                "SELECT 1 FROM conveyor_result_set_expiry "
+                "WHERE ns = ?1 AND key = ?2 AND expires <= ?3)",
+                (self.ns, key, now),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO conveyor_result_sets (ns, key, member) VALUES (?, ?, ?)",
+                (self.ns, key, member),
+            )
+            conn.execute(
+                "INSERT INTO conveyor_result_set_expiry (ns, key, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (ns, key) DO UPDATE SET expires = excluded.expires",
+                (self.ns, key, expires),
+            )
+            (size,) = conn.execute(
+                "SELECT count(*) FROM conveyor_result_sets WHERE ns = ? AND key = ?",
+                (self.ns, key),
+            ).fetchone()
+        return int(size)
+
+    def claim(self, key: str, ttl: float | None = None) -> bool:
+        with self._db.write() as conn:
+            now = time.time()
+            created = conn.execute(
+                "INSERT INTO conveyor_result_values (ns, key, value, expires) "
+                "VALUES (?, ?, x'31', ?) ON CONFLICT (ns, key) DO UPDATE SET "
+                "value = excluded.value, expires = excluded.expires "
+                "WHERE expires IS NOT NULL AND expires <= ?",
+                (self.ns, key, None if ttl is None else now + ttl, now),
+            ).rowcount
+        return created == 1
+
+    def get_value(self, key: str) -> bytes | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT value FROM conveyor_result_values WHERE ns = ? AND key = ? AND {_LIVE}",
+                (self.ns, key, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        value = row[0]
+        return value if type(value) is bytes else str(value).encode("utf-8", "surrogateescape")
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        expires = None if ttl is None else time.time() + ttl
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO conveyor_result_values (ns, key, value, expires) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET "
+                "value = excluded.value, expires = excluded.expires",
+                (self.ns, key, value, expires),
+            )
+
+    def delete_value(self, key: str) -> None:
+        with self._db.write() as conn:
+            for table in (
+                "conveyor_result_values",
+                "conveyor_result_sets",
+                "conveyor_result_set_expiry",
+            ):
+                conn.execute(f"DELETE FROM {table} WHERE ns = ? AND key = ?", (self.ns, key))
+
+    def close(self) -> None:
+        self._db.close()

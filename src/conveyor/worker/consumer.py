@@ -117,6 +117,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._timers: list[tuple[float, int, str, _Running]] = []
         self._timer_seq = itertools.count()
         self._timer_cond = threading.Condition()
@@ -180,6 +181,11 @@ class Worker:
             self._pool.shutdown(wait=not cold, cancel_futures=cold)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=5)
+            if not self._loop.is_running():
+                self._loop.close()
+            self._loop = None
         with contextlib.suppress(ConveyorError):
             self.app.broker.delete_value(f"worker:{self.hostname}")
 
@@ -335,7 +341,7 @@ class Worker:
             thread = threading.Thread(target=serve, name="conveyor-loop", daemon=True)
             thread.start()
             ready.wait(5)
-            self._loop = loop
+            self._loop, self._loop_thread = loop, thread
         return self._loop
 
     # -- finishing -----------------------------------------------------------------------

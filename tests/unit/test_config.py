@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import types
+from datetime import timedelta
+
+import pytest
+
+from conveyor import ConfigurationError, Conveyor
+from conveyor.config import SETTINGS, Settings
+
+
+def test_defaults_match_the_documented_values() -> None:
+    conf = Settings()
+    assert conf.result_expires == 86400.0
+    assert conf.task_default_queue == "default"
+    assert conf.task_acks_late is True
+    assert conf.message_max_bytes == 256 * 1024
+    assert conf.broker_lease_timeout == 30.0
+    assert conf.broker_sweep_interval == 5.0
+    assert conf.task_max_deliveries == 4
+    assert conf.timezone == "UTC"
+    assert conf.beat_schedule == {}
+
+
+def test_attribute_and_update_assignment() -> None:
+    app = Conveyor("t", broker="memory://")
+    app.conf.task_default_queue = "emails"
+    app.conf.update(result_expires=timedelta(hours=1), worker_concurrency=3)
+    assert app.conf.task_default_queue == "emails"
+    assert app.conf.result_expires == 3600.0
+    assert app.conf["worker_concurrency"] == 3
+
+
+def test_unknown_setting_names_the_closest_valid_one() -> None:
+    conf = Settings()
+    with pytest.raises(ConfigurationError, match="did you mean 'broker_url'"):
+        conf.broker_ulr = "redis://"
+    with pytest.raises(ConfigurationError, match="result_expires"):
+        conf.update(result_expire=10)
+    with pytest.raises(ConfigurationError, match="unknown setting"):
+        Conveyor("t", task_defualt_queue="x")
+
+
+def test_update_is_all_or_nothing() -> None:
+    conf = Settings()
+    with pytest.raises(ConfigurationError):
+        conf.update(task_default_queue="q", task_default_priority=42)
+    assert conf.task_default_queue == "default"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("task_default_priority", 10),
+        ("broker_lease_timeout", -1),
+        ("task_max_deliveries", 0),
+        ("timezone", "Mars/Olympus"),
+        ("task_acks_late", "maybe"),
+    ],
+)
+def test_invalid_values_are_rejected(name: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        Settings(**{name: value})
+
+
+def test_pickle_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="only speaks JSON"):
+        Settings(task_serializer="pickle")
+    with pytest.raises(ConfigurationError, match="only speaks JSON"):
+        Settings(accept_content=["json", "pickle"])
+    assert Settings(accept_content=["json"]).accept_content == ["json"]
+
+
+def test_config_from_mapping_object_and_module() -> None:
+    app = Conveyor("t", broker="memory://")
+    app.config_from_object({"task_default_queue": "a"})
+    assert app.conf.task_default_queue == "a"
+
+    class Config:
+        task_default_queue = "b"
+        REDIS_HOST = "ignored: not lowercase"
+
+    app.config_from_object(Config)
+    assert app.conf.task_default_queue == "b"
+    module = types.ModuleType("cfg")
+    module.task_default_queue = "c"  # type: ignore[attr-defined]
+    app.config_from_object(module)
+    assert app.conf.task_default_queue == "c"
+
+
+def test_config_from_dotted_path_with_namespace(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "proj_settings.py").write_text(
+        "CONVEYOR_BROKER_URL = 'memory://'\n"
+        "CONVEYOR_TASK_DEFAULT_QUEUE = 'reports'\n"
+        "CELERY_TIMEZONE = 'Asia/Shanghai'\n"
+        "DEBUG = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Conveyor("t")
+    app.config_from_object("proj_settings", namespace="CONVEYOR")
+    assert app.conf.broker_url == "memory://"
+    assert app.conf.task_default_queue == "reports"
+    assert app.conf.timezone == "UTC"  # other namespaces are ignored
+    app.config_from_object("proj_settings", namespace="CELERY")
+    assert app.conf.timezone == "Asia/Shanghai"
+
+
+def test_unknown_namespaced_setting_is_an_error() -> None:
+    app = Conveyor("t", broker="memory://")
+    with pytest.raises(ConfigurationError, match="CONVEYOR_BROKER_URL"):
+        app.config_from_object({"CONVEYOR_BROKER_UR": "x"}, namespace="CONVEYOR")
+
+
+def test_missing_config_module_is_a_clear_error() -> None:
+    app = Conveyor("t", broker="memory://")
+    with pytest.raises(ConfigurationError, match="cannot import configuration"):
+        app.config_from_object("no.such.module")
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Conveyor("t", broker="memory://")
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CONVEYOR_RESULT_BACKEND", "memory://")
+    assert app.broker_url == "redis://127.0.0.1:1/0"
+    assert app.result_backend_url == "memory://"
+
+
+def test_result_backend_follows_broker() -> None:
+    app = Conveyor("t", broker="memory://")
+    assert app.result_backend_url == "memory://"
+    app2 = Conveyor("t", broker="memory://", result_backend="sqlite:///r.db")
+    assert app2.result_backend_url == "sqlite:///r.db"
+
+
+def test_every_setting_has_documentation() -> None:
+    assert all(setting.doc for setting in SETTINGS.values())
+
+
+def test_repr_redacts_passwords() -> None:
+    app = Conveyor("t", broker="redis://user:s3cret@localhost:6379/0")
+    assert "s3cret" not in repr(app)
+    assert "***" in repr(app)

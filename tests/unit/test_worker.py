@@ -1,0 +1,578 @@
+"""Running tasks on the in-process worker (memory broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+import pytest
+
+from conveyor import (
+    Conveyor,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Reject,
+    SoftTimeLimitExceeded,
+    Task,
+    TaskFailed,
+    states,
+)
+from conveyor.brokers.base import Message
+from conveyor.exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
+from conveyor.testing import TestWorker
+from tests.conftest import wait_until
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+class Undeclared(Exception):
+    pass
+
+
+def test_success_and_states(app: Conveyor, worker: TestWorker) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        started.set()
+        release.wait(10)
+        return x + y
+
+    result = add.delay(2, 3)
+    assert started.wait(5)
+    assert result.state == states.STARTED
+    assert not result.ready()
+    release.set()
+    assert result.get(timeout=5) == 5
+    assert result.state == states.SUCCESS
+    assert result.successful() and not result.failed()
+    assert result.date_done is not None
+    assert result.name == add.name
+
+
+def test_get_timeout(app: Conveyor) -> None:
+    with pytest.raises(TimeoutError):
+        app.send_task("nobody.runs.this").get(timeout=0.05)
+
+
+def test_builtin_exception_is_rebuilt(app: Conveyor, worker: TestWorker) -> None:
+    @app.task
+    def fail() -> None:
+        raise ValueError("bad value")
+
+    result = fail.delay()
+    with pytest.raises(ValueError, match="bad value"):
+        result.get(timeout=5)
+    assert result.failed()
+    assert "ValueError: bad value" in (result.traceback or "")
+    assert isinstance(result.result, ValueError)
+    assert isinstance(result.get(timeout=1, propagate=False), ValueError)
+
+
+def test_declared_exceptions_are_rebuilt_others_are_not(app: Conveyor, worker: TestWorker) -> None:
+    @app.task(throws=(PaymentDeclined,))
+    def charge() -> None:
+        raise PaymentDeclined("card expired")
+
+    @app.task
+    def other() -> None:
+        raise Undeclared("nope")
+
+    with pytest.raises(PaymentDeclined, match="card expired"):
+        charge.delay().get(timeout=5)
+    with pytest.raises(TaskFailed) as info:
+        other.delay().get(timeout=5)
+    assert info.value.exc_type.endswith("test_worker.Undeclared")
+    assert info.value.message == "nope"
+    assert "raise Undeclared" in (info.value.remote_traceback or "")
+
+
+def test_retry_then_success(app: Conveyor, worker: TestWorker) -> None:
+    @app.task(bind=True, max_retries=3)
+    def flaky(self: Task) -> int:  # type: ignore[type-arg]
+        if self.request.retries < 2:
+            raise self.retry(exc=ConnectionError("down"), countdown=0.05)
+        return self.request.retries
+
+    result = flaky.delay()
+    assert result.get(timeout=10) == 2
+    assert result.retries == 2
+
+
+def test_retries_exhausted_fail_with_the_last_exception(app: Conveyor, worker: TestWorker) -> None:
+    runs = []
+
+    @app.task(bind=True, max_retries=2, default_retry_delay=0.01)
+    def always(self: Task) -> None:  # type: ignore[type-arg]
+        runs.append(self.request.retries)
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries}"))
+
+    with pytest.raises(ConnectionError, match="attempt 2"):
+        always.delay().get(timeout=10)
+    assert runs == [0, 1, 2]
+
+
+def test_retry_without_exception_raises_max_retries_exceeded(
+    app: Conveyor, worker: TestWorker
+) -> None:
+    @app.task(bind=True, max_retries=0)
+    def once(self: Task) -> None:  # type: ignore[type-arg]
+        raise self.retry()
+
+    with pytest.raises(MaxRetriesExceededError):
+        once.delay().get(timeout=5)
+
+
+def test_autoretry_with_backoff(app: Conveyor, worker: TestWorker) -> None:
+    attempts = []
+
+    @app.task(
+        autoretry_for=(ConnectionError,), retry_backoff=0.01, retry_jitter=False, max_retries=3
+    )
+    def fetch() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionError("flaky")
+        return "ok"
+
+    assert fetch.delay().get(timeout=10) == "ok"
+    assert len(attempts) == 3
+
+
+def test_dont_autoretry_for(app: Conveyor, worker: TestWorker) -> None:
+    calls = []
+
+    @app.task(
+        autoretry_for=(Exception,),
+        dont_autoretry_for=(KeyError,),
+        max_retries=3,
+        default_retry_delay=0,
+    )
+    def job() -> None:
+        calls.append(1)
+        raise KeyError("no retry")
+
+    with pytest.raises(KeyError):
+        job.delay().get(timeout=5)
+    assert calls == [1]
+
+
+def test_update_state_progress_is_visible(app: Conveyor, worker: TestWorker) -> None:
+    reported = threading.Event()
+    finish = threading.Event()
+
+    @app.task(bind=True)
+    def report(self: Task) -> str:  # type: ignore[type-arg]
+        self.update_state(state="PROGRESS", meta={"percent": 40})
+        reported.set()
+        finish.wait(10)
+        return "done"
+
+    result = report.delay()
+    assert reported.wait(5)
+    assert result.state == "PROGRESS"
+    assert result.info == {"percent": 40}
+    finish.set()
+    assert result.get(timeout=5) == "done"
+
+
+def test_get_inside_a_task_is_an_error(app: Conveyor, worker: TestWorker) -> None:
+    @app.task
+    def inner() -> int:
+        return 1
+
+    @app.task
+    def outer() -> int:
+        return inner.delay().get(timeout=1)
+
+    with pytest.raises(InvalidTaskCall, match=r"never call result\.get"):
+        outer.delay().get(timeout=5)
+
+
+def test_request_context(app: Conveyor, worker: TestWorker) -> None:
+    seen: dict[str, object] = {}
+
+    @app.task
+    def child() -> None:
+        return None
+
+    @app.task(bind=True)
+    def parent(self: Task, x: int, *, flag: bool) -> None:  # type: ignore[type-arg]
+        r = self.request
+        seen.update(
+            id=r.id,
+            args=r.args,
+            kwargs=r.kwargs,
+            retries=r.retries,
+            queue=r.queue,
+            root_id=r.root_id,
+            hostname=r.hostname,
+            delivery_count=r.delivery_count,
+        )
+        seen["child"] = child.delay().id
+
+    result = parent.apply_async((1,), {"flag": True}, queue="q1")
+    worker_q = TestWorker(app, queues=["q1"]).start()
+    try:
+        result.get(timeout=5)
+    finally:
+        worker_q.stop(timeout=5)
+    assert seen["id"] == result.id
+    assert seen["args"] == [1] and seen["kwargs"] == {"flag": True}
+    assert (seen["retries"], seen["queue"], seen["root_id"], seen["delivery_count"]) == (
+        0,
+        "q1",
+        result.id,
+        1,
+    )
+    assert seen["hostname"] == worker_q.hostname
+    child_result = app.AsyncResult(str(seen["child"]))
+    child_result.get(timeout=5)
+    assert [c.id for c in result.children] == [child_result.id]
+    assert child_result.app.results.get(child_result.id).parent_id == result.id  # type: ignore[union-attr]
+
+
+def test_unknown_task_is_dead_lettered_and_worker_keeps_going(
+    app: Conveyor, worker: TestWorker
+) -> None:
+    @app.task
+    def ok() -> str:
+        return "still running"
+
+    lost = app.send_task("not.registered.anywhere")
+    with pytest.raises(NotRegistered):
+        lost.get(timeout=5)
+    assert ok.delay().get(timeout=5) == "still running"
+    dead = app.broker.dead_letters()
+    assert [(d.id, d.reason) for d in dead] == [(lost.id, "unknown_task")]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\x00\xffgarbage", "undecodable"),
+        (b'{"id": "x"}', "malformed"),
+        (b'{"id":"x","task":"t","args":{}}', "malformed"),
+    ],
+)
+def test_bad_bytes_are_dead_lettered(
+    app: Conveyor, worker: TestWorker, body: bytes, reason: str
+) -> None:
+    @app.task
+    def ok() -> int:
+        return 1
+
+    app.broker.publish([Message("raw-1", "default", body)])
+    wait_until(lambda: app.broker.dead_letters())
+    dead = app.broker.dead_letters()[0]
+    assert (dead.reason, dead.body) == (reason, body)
+    assert ok.delay().get(timeout=5) == 1
+
+
+def test_revoked_task_never_runs(app: Conveyor) -> None:
+    ran = []
+
+    @app.task
+    def job() -> None:
+        ran.append(1)
+
+    result = job.delay()
+    result.revoke()
+    delayed = job.apply_async(countdown=0.2)
+    delayed.revoke()
+    with TestWorker(app):
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=5)
+        with pytest.raises(TaskRevokedError):
+            delayed.get(timeout=5)
+    assert ran == []
+    assert result.state == states.REVOKED
+
+
+def test_terminate_running_task(app: Conveyor, worker: TestWorker) -> None:
+    started = threading.Event()
+
+    @app.task
+    def spin() -> None:
+        started.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # Python-level loop: interruptible
+            pass
+
+    result = spin.delay()
+    assert started.wait(5)
+    result.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    assert result.state == states.REVOKED
+
+
+def test_expired_task_is_not_run(app: Conveyor) -> None:
+    ran = []
+
+    @app.task
+    def job() -> None:
+        ran.append(1)
+
+    result = job.apply_async(expires=0.01)
+    time.sleep(0.05)  # let the message expire before any worker exists
+    with TestWorker(app), pytest.raises(TaskExpiredError):
+        result.get(timeout=5)
+    assert ran == [] and result.state == states.EXPIRED
+    assert [d.reason for d in app.broker.dead_letters()] == ["expired"]
+
+
+def test_soft_time_limit_raises_inside_the_task(app: Conveyor, worker: TestWorker) -> None:
+    cleaned = threading.Event()
+
+    @app.task(soft_time_limit=0.2)
+    def busy() -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                pass
+        except SoftTimeLimitExceeded:
+            cleaned.set()
+            raise
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        busy.delay().get(timeout=10)
+    if sys.version_info[:2] != (3, 13):
+        # CPython 3.13 may deliver a thread's async exception outside the frame that was
+        # running (python/cpython#139622): the task still stops, but cannot catch it.
+        assert cleaned.is_set()
+
+
+def test_async_soft_time_limit(app: Conveyor, worker: TestWorker) -> None:
+    @app.task(soft_time_limit=0.1)
+    async def sleepy() -> None:
+        await asyncio.sleep(20)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        sleepy.delay().get(timeout=10)
+
+
+def test_async_and_sync_tasks_share_a_worker(app: Conveyor, worker: TestWorker) -> None:
+    @app.task
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    results = [fetch.delay(i) for i in range(10)] + [add.delay(i, i) for i in range(10)]
+    assert [r.get(timeout=10) for r in results] == [i * 2 for i in range(10)] * 2
+
+
+def test_priority_order(app: Conveyor) -> None:
+    order: list[int] = []
+
+    @app.task
+    def record(p: int) -> None:
+        order.append(p)
+
+    for p in [0, 5, 9, 3, 9]:
+        record.apply_async((p,), priority=p)
+    with TestWorker(app, concurrency=1) as w:
+        w.run_until_idle(10)
+    assert order == [9, 9, 5, 3, 0]
+
+
+def test_acks_late_false_acks_before_running(app: Conveyor, worker: TestWorker) -> None:
+    inside = threading.Event()
+    go = threading.Event()
+
+    @app.task(acks_late=False)
+    def early() -> None:
+        inside.set()
+        go.wait(10)
+
+    result = early.delay()
+    assert inside.wait(5)
+    stats = app.broker.stats(["default"])["default"]
+    assert stats.leased == 0 and stats.ready == 0
+    go.set()
+    result.get(timeout=5)
+
+
+def test_ignore_result(app: Conveyor, worker: TestWorker) -> None:
+    done = threading.Event()
+
+    @app.task(ignore_result=True)
+    def quiet() -> int:
+        done.set()
+        return 1
+
+    result = quiet.delay()
+    assert done.wait(5)
+    worker.run_until_idle(5)
+    assert result.state == states.PENDING
+
+
+def test_non_json_return_value_fails(app: Conveyor, worker: TestWorker) -> None:
+    @app.task
+    def bad() -> object:
+        return object()
+
+    with pytest.raises(TypeError, match="return value"):
+        bad.delay().get(timeout=5)
+
+
+def test_reject_dead_letters(app: Conveyor, worker: TestWorker) -> None:
+    @app.task
+    def picky() -> None:
+        raise Reject("not for me")
+
+    result = picky.delay()
+    with pytest.raises(Reject):
+        result.get(timeout=5)
+    wait_until(lambda: app.broker.dead_letters())
+    assert app.broker.dead_letters()[0].reason == "rejected"
+
+
+def test_task_hooks(app: Conveyor, worker: TestWorker) -> None:
+    calls: list[str] = []
+
+    class Hooked(Task):  # type: ignore[type-arg]
+        def before_start(self, task_id, args, kwargs):  # type: ignore[no-untyped-def]
+            calls.append("before_start")
+
+        def on_success(self, retval, task_id, args, kwargs):  # type: ignore[no-untyped-def]
+            calls.append(f"on_success:{retval}")
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+            calls.append(f"on_failure:{exc}")
+
+        def on_retry(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+            calls.append("on_retry")
+
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+            calls.append(f"after_return:{status}")
+
+    @app.task(base=Hooked, bind=True, max_retries=1, default_retry_delay=0)
+    def job(self: Task, fail: bool) -> int:  # type: ignore[type-arg]
+        if fail:
+            raise self.retry(exc=RuntimeError("x"))
+        return 7
+
+    job.delay(False).get(timeout=5)
+    assert calls == ["before_start", "on_success:7", "after_return:SUCCESS"]
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        job.delay(True).get(timeout=5)
+    assert calls == [
+        "before_start",
+        "on_retry",
+        "before_start",
+        "on_failure:x",
+        "after_return:FAILURE",
+    ]
+
+
+def test_link_and_link_error(app: Conveyor, worker: TestWorker) -> None:
+    got: list[object] = []
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def boom() -> None:
+        raise ValueError("kaput")
+
+    @app.task
+    def on_ok(value: int, label: str) -> None:
+        got.append((label, value))
+
+    @app.task
+    def on_err(task_id: str, info: dict[str, str]) -> None:
+        got.append((task_id, info["type"], info["message"]))
+
+    add.apply_async((2, 3), link=on_ok.s("sum"))
+    failed = boom.apply_async(link_error=on_err.s())
+    worker.run_until_idle(10, propagate=False)
+    assert ("sum", 5) in got
+    assert (failed.id, "ValueError", "kaput") in got
+
+
+def test_result_extended(app: Conveyor) -> None:
+    app.conf.result_extended = True
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    result = add.apply_async((1, 2), queue="default")
+    assert result.args == [1, 2]  # already on the QUEUED record
+    with TestWorker(app) as worker:
+        result.get(timeout=5)
+    assert result.args == [1, 2]
+    assert result.kwargs == {}
+    assert result.worker == worker.hostname
+    assert result.queue == "default"
+
+
+def test_warm_stop_finishes_running_tasks(app: Conveyor) -> None:
+    started = threading.Event()
+
+    @app.task
+    def slow() -> str:
+        started.set()
+        time.sleep(0.3)  # the work being done; the stop must wait for it
+        return "finished"
+
+    worker = TestWorker(app).start()
+    result = slow.delay()
+    assert started.wait(5)
+    worker.stop(timeout=10)
+    assert result.state == states.SUCCESS
+    assert app.broker.stats(["default"])["default"].leased == 0
+
+
+def test_cold_stop_returns_leases_at_once(app: Conveyor) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    @app.task
+    def stuck() -> None:
+        started.set()
+        release.wait(10)
+
+    worker = TestWorker(app, concurrency=1).start()
+    result = stuck.delay()
+    assert started.wait(5)
+    worker.stop(cold=True)
+    release.set()
+    stats = app.broker.stats(["default"])["default"]
+    assert (stats.ready, stats.leased) == (1, 0)
+    assert result.state == states.STARTED
+
+
+def test_run_until_idle_reraises_failures(app: Conveyor) -> None:
+    @app.task
+    def fail() -> None:
+        raise LookupError("missing")
+
+    fail.delay()
+    with TestWorker(app) as w, pytest.raises(LookupError):
+        w.run_until_idle(5)
+
+
+def test_max_tasks_stops_the_worker(app: Conveyor) -> None:
+    @app.task
+    def job() -> None:
+        return None
+
+    for _ in range(5):
+        job.delay()
+    worker = TestWorker(app, concurrency=1, max_tasks=3).start()
+    wait_until(lambda: worker.stopped, timeout=10)
+    assert worker.processed == 3
+    assert app.broker.stats(["default"])["default"].ready == 2

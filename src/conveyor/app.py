@@ -520,6 +520,16 @@ class Conveyor:
                 record.kwargs = tagged_kwargs
         return envelope, message, record
 
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature for task ``name`` (it need not be registered here)."""
+        return Signature(name, args or (), kwargs or {}, options=options, app=self)
+
     # -- results and control -------------------------------------------------------------
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> TaskResult[Any]:
         return TaskResult(task_id, self, task_name=task_name)

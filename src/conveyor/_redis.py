@@ -36,7 +36,6 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> redis.Redis:
     kwargs: dict[str, Any] = {
         "socket_timeout": float(opts.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)),
         "socket_connect_timeout": float(opts.get("socket_connect_timeout", 5.0)),
-        "socket_keepalive": True,
         "health_check_interval": int(opts.get("health_check_interval", 15)),
         # Connection errors only: a timeout may mean the command ran, so it is not repeated.
         "retry": Retry(
@@ -48,11 +47,21 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> redis.Redis:
     for name in ("max_connections", "client_name"):
         if opts.get(name) is not None:
             kwargs[name] = opts[name]
+    if not url.startswith("unix:"):
+        kwargs["socket_keepalive"] = True
     kwargs.update({k: v for k, v in opts.items() if k.startswith("ssl_")})
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError:
-        raise ConfigurationError(f"invalid Redis URL {redact_url(url)!r}") from None
+        raise ConfigurationError(f"invalid Redis URL {safe_redact(url)!r}") from None
+
+
+def safe_redact(url: str) -> str:
+    """:func:`redact_url`, which can raise on a malformed port."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        return "<invalid url>"
 
 
 def block_limit(client: redis.Redis) -> float:
@@ -74,7 +83,7 @@ class ErrorMapper:
 
     def __init__(self, error: type[ConveyorError], url: str, what: str) -> None:
         self._error = error
-        self._where = f"{what} at {redact_url(url)}"
+        self._where = f"{what} at {safe_redact(url)}"
         password = urlsplit(url).password if "://" in url else None
         self._secrets = [s for s in {password, unquote(password or "")} if s]
 

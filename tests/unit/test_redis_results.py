@@ -1,0 +1,244 @@
+"""RedisResultStore on a real redis-server: TTLs, blocking wait, atomic join, resilience.
+
+Shared promises are in tests/conformance; this file checks the Redis specifics.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from conveyor.exceptions import ResultStoreError
+from conveyor.results.base import ResultRecord
+from conveyor.results.redis import WAKE_TTL_MS, RedisResultStore
+from tests.servers import RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+PASSWORD = "an0ther-Secret"
+
+
+class Call(threading.Thread):
+    """Run ``fn`` in a thread; ``result()`` joins and re-raises; ``done_at`` is perf_counter."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self._fn = fn
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.done_at = 0.0
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self._fn()
+        except BaseException as exc:
+            self.error = exc
+        self.done_at = time.perf_counter()
+
+    def result(self, timeout: float = 10.0) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), "call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.01)  # polling interval of a bounded wait
+
+
+def blocked(client: redis.Redis, count: int = 1) -> bool:
+    return sum(1 for c in client.client_list() if c.get("cmd") == "blmove") >= count
+
+
+def rec(state: str = "SUCCESS", task_id: str | None = None, **fields: Any) -> ResultRecord:
+    return ResultRecord(task_id or uuid.uuid4().hex, state, **fields)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer(appendonly=True)
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+@pytest.fixture
+def admin(server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make(server: RedisServer) -> Iterator[Callable[..., RedisResultStore]]:
+    prefix = f"r{uuid.uuid4().hex[:10]}"
+    built: list[RedisResultStore] = []
+
+    def make(expires: float | None = 600.0) -> RedisResultStore:
+        store = RedisResultStore(server.url, expires=expires, key_prefix=prefix)
+        built.append(store)
+        return store
+
+    yield make
+    for store in built:
+        store.close()
+
+
+@pytest.fixture
+def store(make: Callable[..., RedisResultStore]) -> RedisResultStore:
+    return make()
+
+
+def key(store: RedisResultStore, kind: str, name: str) -> str:
+    return f"{store.key_prefix}:{kind}:{name}"
+
+
+# -- records and TTLs --------------------------------------------------------------------
+def test_records_carry_the_expiry_as_a_redis_ttl(
+    make: Callable[..., RedisResultStore], admin: redis.Redis
+) -> None:
+    timed, forever = make(expires=120.0), make(expires=None)
+    queued, done = rec("QUEUED"), rec("SUCCESS", result=[1, {"a": None}])
+    timed.store([queued, done])
+    assert 119_000 < admin.pttl(key(timed, "result", queued.id)) <= 120_000
+    assert timed.get(done.id) == done
+    assert not admin.exists(key(timed, "result-wake", queued.id)), "no token for a non-ready one"
+    assert 0 < admin.pttl(key(timed, "result-wake", done.id)) <= WAKE_TTL_MS
+
+    kept = rec()
+    forever.store([kept])
+    assert admin.pttl(key(forever, "result", kept.id)) == -1
+    assert forever.cleanup() == 0
+
+
+def test_keys_live_under_the_prefix(store: RedisResultStore, admin: redis.Redis) -> None:
+    done = rec()
+    store.store([done])
+    store.join("chord", "a", 60)
+    store.claim("unlock", 60)
+    store.set_value("group", b"g")
+    keys = sorted(k.decode() for k in admin.scan_iter(match=f"{store.key_prefix}:*"))
+    assert keys == sorted(
+        [
+            key(store, "join", "chord"),
+            key(store, "result", done.id),
+            key(store, "result-wake", done.id),
+            key(store, "value", "group"),
+            key(store, "value", "unlock"),
+        ]
+    )
+    store.forget([done.id])
+    store.delete_value("chord")
+    assert not admin.exists(key(store, "result", done.id), key(store, "result-wake", done.id))
+    assert not admin.exists(key(store, "join", "chord"))
+
+
+def test_join_and_claim_set_ttls(store: RedisResultStore, admin: redis.Redis) -> None:
+    assert store.join("c", "a", 30) == 1
+    assert store.join("c", "a", 30) == 1
+    assert store.join("c", "b", 30) == 2
+    assert 29_000 < admin.pttl(key(store, "join", "c")) <= 30_000
+    assert store.join("persistent", "a") == 1
+    assert admin.pttl(key(store, "join", "persistent")) == -1
+
+    assert store.claim("k", 45) is True
+    assert store.claim("k", 45) is False
+    assert 44_000 < admin.pttl(key(store, "value", "k")) <= 45_000
+
+
+# -- wait --------------------------------------------------------------------------------
+def test_wait_wakes_within_milliseconds(
+    make: Callable[..., RedisResultStore], admin: redis.Redis
+) -> None:
+    waiter_store, writer = make(), make()
+    latencies = []
+    for _ in range(5):
+        task_id = uuid.uuid4().hex
+        call = Call(lambda t=task_id: waiter_store.wait(t, 5.0))
+        wait_until(lambda: blocked(admin))
+        stored_at = time.perf_counter()
+        writer.store([rec("SUCCESS", task_id, result=1)])
+        assert call.result().result == 1
+        latencies.append(call.done_at - stored_at)
+    assert statistics.median(latencies) < 0.05, latencies
+
+
+def test_many_waiters_wake_together(
+    make: Callable[..., RedisResultStore], admin: redis.Redis
+) -> None:
+    stores = [make() for _ in range(3)]
+    task_id = uuid.uuid4().hex
+    calls = [Call(lambda s=s: s.wait(task_id, 5.0)) for s in stores for _ in range(3)]
+    wait_until(lambda: blocked(admin, len(calls)))
+    stored_at = time.perf_counter()
+    done = rec("FAILURE", task_id, result={"type": "KeyError", "message": "k"})
+    stores[0].store([done])
+    assert [c.result() for c in calls] == [done] * len(calls)
+    assert max(c.done_at for c in calls) - stored_at < 0.1
+    late = time.perf_counter()
+    assert stores[1].wait(task_id, 5.0) == done  # an arrival after the store: no wait at all
+    assert time.perf_counter() - late < 0.05
+
+
+def test_wait_does_not_spin_on_a_token_of_an_earlier_ready_state(
+    store: RedisResultStore, admin: redis.Redis
+) -> None:
+    task_id = uuid.uuid4().hex
+    store.store([rec("SUCCESS", task_id)])  # leaves a wake token
+    store.store([rec("STARTED", task_id)])  # redelivered: running again
+    admin.config_resetstat()
+    began = time.monotonic()
+    assert store.wait(task_id, 0.5) == rec("STARTED", task_id)
+    assert time.monotonic() - began >= 0.5
+    assert admin.info("commandstats")["cmdstat_get"]["calls"] <= 4
+
+
+# -- errors and restarts -----------------------------------------------------------------
+def test_errors_are_result_store_errors_without_the_password() -> None:
+    port = free_port()
+    store = RedisResultStore(f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+    for call in (lambda: store.get("x"), lambda: store.wait("x", 1), lambda: store.join("k", "m")):
+        with pytest.raises(ResultStoreError) as info:
+            call()
+        assert PASSWORD not in str(info.value)
+        assert f":***@127.0.0.1:{port}" in str(info.value)
+    store.close()
+
+
+def test_restart_keeps_records_and_wait_resumes() -> None:
+    server = RedisServer(appendonly=True)
+    server.start()
+    store = RedisResultStore(server.url, key_prefix="restart")
+    try:
+        kept = rec(result="kept")
+        store.store([kept])
+        store.join("chord", "a")
+        server.kill()
+        with pytest.raises(ResultStoreError):
+            store.get(kept.id)
+        server.start()
+
+        assert store.get(kept.id) == kept
+        assert store.join("chord", "b") == 2
+        task_id = uuid.uuid4().hex
+        call = Call(lambda: store.wait(task_id, 5.0))
+        writer = RedisResultStore(server.url, key_prefix="restart")
+        wait_until(lambda: blocked(writer.client))
+        writer.store([rec(task_id=task_id)])
+        assert call.result() == rec(task_id=task_id)
+        writer.close()
+    finally:
+        store.close()
+        server.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .scheduler import Beat, Entry, run_beat, run_id
 from .schedules import (
     InvalidSchedule,
     Schedule,
@@ -12,4 +13,16 @@ from .schedules import (
     schedule,
 )
 
-__all__ = ["InvalidSchedule", "Schedule", "as_schedule", "clocked", "crontab", "every", "schedule"]
+__all__ = [
+    "Beat",
+    "Entry",
+    "InvalidSchedule",
+    "Schedule",
+    "as_schedule",
+    "clocked",
+    "crontab",
+    "every",
+    "run_beat",
+    "run_id",
+    "schedule",
+]

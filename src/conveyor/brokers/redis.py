@@ -24,7 +24,8 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   wakes a consumer at once.
 
 The layout of keys is described in ``redis_scripts/common.lua``. Scripts build key names from
-the prefix, so the broker needs a single Redis server (not Cluster).
+the prefix, so the broker needs a single Redis server (not Cluster), and like any broker kept
+in Redis it needs ``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
 """
 
 from __future__ import annotations
@@ -93,17 +94,17 @@ class RedisBroker(Broker):
         *,
         if_held: bool = False,
     ) -> None:
-        head: list[Any] = [self._prefix, len(acks), "1" if if_held else "0"]
-        for delivery in acks:
-            head += (delivery.queue, delivery.receipt)
+        """Queue script calls that ack ``acks`` (in the first call) and add ``messages``."""
         for start in range(0, max(len(messages), 1), CHUNK):
-            args = head
+            first = start == 0
+            args: list[Any] = [self._prefix, len(acks) if first else 0, "1" if if_held else "0"]
+            if first:
+                args += _receipts(acks)
             for m in messages[start : start + CHUNK]:
                 eta = -1.0 if m.eta is None else m.eta * 1000.0
                 args += (m.id, m.queue, clamp_priority(m.priority), m.countdown * 1000.0, eta)
                 args.append(m.body)
             batch.script(self._scripts["ack_publish"], args)
-            head = [self._prefix, 0, "0"]
 
     def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
@@ -150,10 +151,10 @@ class RedisBroker(Broker):
                 if remaining <= 0:
                     return []
                 block = min(remaining, self._block)
-                if reply[0] >= 0:
+                if reply[0] >= 0:  # milliseconds until the next delayed message is due
                     block = min(block, reply[0] / 1000.0)
-                # Redis parses the timeout in whole milliseconds; 0 would mean "forever".
-                self._client.blpop(wake_keys, math.ceil(block * 1000) / 1000)
+                # Redis counts whole milliseconds, and 0 would mean "forever".
+                self._client.blpop(wake_keys, max(1, math.ceil(block * 1000)) / 1000)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import views
+
+app_name = "outbox"
+
+urlpatterns = [
+    path("", views.outbox, name="list"),
+    path("<int:pk>/", views.message_detail, name="detail"),
+]

@@ -1,0 +1,54 @@
+from conveyor import states
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from .forms import ReportForm
+from .models import AnnualReport
+from .tasks import generate_report
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def report_index(request: HttpRequest) -> HttpResponse:
+    form = ReportForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        result = generate_report.delay(form.cleaned_data["year"])
+        return redirect("reports:progress", task_id=result.id)
+    reports = AnnualReport.objects.all()[:20]
+    return render(request, "reports/index.html", {"form": form, "reports": reports})
+
+
+@staff_member_required
+def report_progress(request: HttpRequest, task_id: str) -> HttpResponse:
+    status_url = reverse("reports:status", kwargs={"task_id": task_id})
+    return render(request, "reports/progress.html", {"task_id": task_id, "status_url": status_url})
+
+
+@staff_member_required
+def report_status(request: HttpRequest, task_id: str) -> JsonResponse:
+    """The task's state as JSON: ``{"state", "percent", "step", "done", "url", "error"}``."""
+    result = generate_report.AsyncResult(task_id)
+    state = result.state
+    body: dict[str, object] = {"state": state, "percent": 0, "done": False}
+    if state == "PROGRESS":
+        info = result.info or {}
+        body.update(percent=info.get("percent", 0), step=info.get("step", ""))
+    elif state == states.SUCCESS:
+        body.update(percent=100, done=True, url=result.result["url"])
+    elif state in states.EXCEPTION_STATES:
+        body.update(done=True, error=str(result.result) or state.title())
+    return JsonResponse(body)
+
+
+@staff_member_required
+def download(request: HttpRequest, pk: int) -> FileResponse:
+    report = get_object_or_404(AnnualReport, pk=pk)
+    return FileResponse(
+        report.csv.open("rb"),
+        as_attachment=True,
+        filename=f"quickpublisher-annual-report-{report.year}.csv",
+        content_type="text/csv",
+    )

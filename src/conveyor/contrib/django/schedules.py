@@ -1,0 +1,154 @@
+"""Periodic tasks from the database, fed to beat.
+
+:class:`DatabaseSchedule` turns the enabled and disabled rows of
+:class:`~conveyor.contrib.django.models.PeriodicTask` into ``beat_schedule`` entries (merged
+with ``CONVEYOR_BEAT_SCHEDULE``) and notices changes through one cheap query: the
+:class:`~conveyor.contrib.django.models.ScheduleChange` counter (bumped by ``save()``,
+``delete()``, queryset ``update()``, ``bulk_create()`` and ``bulk_update()``), the row count
+and the newest ``updated_at`` (which also catch most raw SQL edits).
+
+:class:`DjangoBeat` is :class:`conveyor.beat.scheduler.Beat` reading that source every
+``poll_interval`` seconds. Exactly-once is untouched: entries only say *what* is due; every
+run is still claimed in the broker before it is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from conveyor.beat.scheduler import Beat, Entry
+from conveyor.beat.schedules import InvalidSchedule
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.beat")
+
+
+class DatabaseSchedule:
+    """The beat entries of the settings and of the database."""
+
+    def __init__(self, app: Conveyor, *, using: str | None = None) -> None:
+        self.app = app
+        self.using = using
+        self._seen: tuple[Any, ...] | None = None
+        self._reported: dict[str, str] = {}
+        #: Names of the entries that come from the database.
+        self.names: set[str] = set()
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever a periodic task is created, edited or deleted."""
+        from django.db.models import Count, Max
+
+        from .models import PeriodicTask, ScheduleChange
+
+        totals = PeriodicTask.objects.db_manager(self.using).aggregate(
+            count=Count("id"), newest=Max("updated_at")
+        )
+        return (ScheduleChange.current(self.using), totals["count"], totals["newest"])
+
+    def changed(self) -> bool:
+        """True the first time and after every change since the previous call."""
+        current = self.fingerprint()
+        changed, self._seen = current != self._seen, current
+        return changed
+
+    def entries(self) -> dict[str, Any]:
+        """``CONVEYOR_BEAT_SCHEDULE`` plus the database's entries (which win on a name
+        clash). Invalid rows are logged once and left out, so one bad row cannot stop the
+        others from being updated."""
+        from .models import PeriodicTask
+
+        entries: dict[str, Any] = dict(self.app.conf.beat_schedule)
+        names: set[str] = set()
+        for row in PeriodicTask.objects.db_manager(self.using).all():
+            try:
+                spec = row.to_entry()
+                Entry.from_config(row.name, spec)
+            except InvalidSchedule as exc:
+                if self._reported.get(row.name) != str(exc):
+                    self._reported[row.name] = str(exc)
+                    logger.error("periodic task %r is invalid, skipped: %s", row.name, exc)
+                continue
+            self._reported.pop(row.name, None)
+            if row.name in entries and row.name not in self.names:
+                logger.warning(
+                    "periodic task %r in the database replaces the entry of the same name "
+                    "in CONVEYOR_BEAT_SCHEDULE",
+                    row.name,
+                )
+            entries[row.name] = spec
+            names.add(row.name)
+        self.names = names
+        return entries
+
+    def record_run(self, name: str, instant: datetime) -> None:
+        """Count a run of ``name`` due at ``instant`` (sent once, by one beat)."""
+        from django.db.models import F, Value
+        from django.db.models.functions import Coalesce, Greatest
+
+        from .models import PeriodicTask
+        from .results import to_datetime
+
+        when = to_datetime(instant.timestamp())
+        rows = PeriodicTask.objects.db_manager(self.using).filter(name=name)
+        rows.update(
+            total_run_count=F("total_run_count") + 1,
+            last_run_at=Greatest(Coalesce("last_run_at", Value(when)), Value(when)),
+        )
+        # A one-off task has nothing left to do: show it as disabled.
+        rows.filter(kind="clocked", enabled=True).update(enabled=False)
+
+
+class DjangoBeat(Beat):
+    """Beat with entries from the settings and the database (polled every
+    ``poll_interval`` seconds), recording ``last_run_at`` and ``total_run_count``."""
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        poll_interval: float = 2.0,
+        using: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.source = DatabaseSchedule(app, using=using)
+        self.poll_interval = poll_interval
+        self._next_poll = 0.0
+        super().__init__(app, **options)
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Reload the entries if the database changed; True if it did."""
+        from .worker import close_old_connections
+
+        self._next_poll = time.monotonic() + self.poll_interval
+        close_old_connections()
+        try:
+            if not self.source.changed():
+                return False
+            entries = self.source.entries()
+        except Exception:
+            logger.exception("%s: cannot read periodic tasks; keeping the current ones", self.name)
+            self.source._seen = None  # try again at the next poll
+            return False
+        self.set_entries(entries)
+        return True
+
+    def tick(self) -> float:
+        if time.monotonic() >= self._next_poll:
+            self.refresh()
+        delay = super().tick()
+        return max(0.0, min(delay, self._next_poll - time.monotonic()))
+
+    def _write_last(self, name: str, record: dict[str, Any], *, newer_only: bool = False) -> None:
+        super()._write_last(name, record, newer_only=newer_only)
+        if record.get("task_id") and name in self.source.names:
+            try:
+                due = datetime.fromisoformat(record["due"]).astimezone(UTC)
+                self.source.record_run(name, due)
+            except Exception:
+                logger.exception("%s: could not record the run of %s", self.name, name)

@@ -1,0 +1,58 @@
+"""Django test setup: the test project's settings, applied when this directory is collected,
+so the rest of the suite never sees Django configured on its behalf."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import django
+
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django.testproj.settings"
+with warnings.catch_warnings():
+    # config_from_object() reads every Django setting, deprecated ones included (core issue).
+    warnings.filterwarnings("ignore", message="The .* setting is deprecated")
+    django.setup()
+# Configured now; child processes of other tests must not inherit the test project.
+del os.environ["DJANGO_SETTINGS_MODULE"]
+
+from conveyor.app import Conveyor
+from conveyor.config import SETTINGS
+from conveyor.contrib.django.worker import DjangoTaskRunner
+from conveyor.testing import TestWorker
+
+from .testproj.conveyor import app as project_app
+
+
+class DjangoTestWorker(TestWorker):
+    """The test worker with Django's per-task connection cleanup."""
+
+    def __init__(self, app: Conveyor, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.runner = DjangoTaskRunner(app, self.hostname)
+
+
+@pytest.fixture
+def app() -> Iterator[Conveyor]:
+    """The test project's app on a fresh in-memory broker, results in the database."""
+    saved = project_app.conf.explicit()
+    project_app.close()
+    project_app.conf.broker_url = "memory://"
+    project_app.conf.result_backend = "django://"
+    yield project_app
+    project_app.close()
+    changed = set(project_app.conf.explicit()) - set(saved)
+    project_app.conf.update({name: SETTINGS[name].default for name in changed}, **saved)
+
+
+@pytest.fixture
+def worker(app: Conveyor, transactional_db: None) -> Iterator[DjangoTestWorker]:
+    """An in-process worker of the project app (tasks use the ORM: transactional_db)."""
+    running = DjangoTestWorker(app)
+    running.start()
+    yield running
+    running.stop(timeout=10)

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import path
+
+from .shop import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("orders/", views.create_order),
+    path("orders/async/", views.create_order_async),
+    path("tasks/<str:task_id>/", views.task_status),
+    path("tasks/<str:task_id>/wait/", views.wait_for_task),
+]

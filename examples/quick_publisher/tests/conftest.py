@@ -37,18 +37,18 @@ def _empty_queue(conveyor_app):
 
 @pytest.fixture
 def worker(conveyor_app, transactional_db) -> Iterator[object]:
-    """A running in-process worker (``worker.run_until_idle()`` runs everything queued).
+    """An in-process worker: ``worker.run_until_idle()`` starts it (the first time) and
+    returns once everything queued has run; until then, tasks wait in the queue.
 
-    Its threads see committed data only, so tests using it run with real transactions
-    (``transactional_db``), where ``delay_on_commit`` sends at once."""
+    Its threads see committed data only, so tests using it are marked
+    ``@pytest.mark.django_db(transaction=True)``: no test-wide transaction, and
+    ``delay_on_commit`` sends when each statement commits, as in production."""
+    from conveyor.contrib.django.worker import DjangoTaskRunner
     from conveyor.testing import TestWorker
     from django.db import connections
 
-    from quick_publisher.interim.worker import DjangoTaskRunner
-
     instance = TestWorker(conveyor_app)
-    instance.runner = DjangoTaskRunner(conveyor_app, instance.hostname)
-    instance.start()
+    instance.runner = DjangoTaskRunner(conveyor_app, instance.hostname)  # closes connections
     yield instance
     instance.stop(timeout=10)
     connections.close_all()

@@ -37,6 +37,7 @@ def test_signup_queues_the_verification_email_only_after_commit(
     assert response.url == reverse("accounts:check_email")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_signup_verification_email_and_link(client, worker):
     response = client.post(reverse("accounts:signup"), SIGNUP, follow=True)
     assert b"Check your email" in response.content

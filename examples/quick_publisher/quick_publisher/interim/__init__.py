@@ -1,7 +1,7 @@
-"""A stand-in for ``conveyor.contrib.django`` until that app is released. DELETE when it is.
+"""Interim stand-ins for parts of Conveyor still being built. DELETE each when it lands.
 
-It does the two things the site needs from the integration: send ``delay_on_commit()`` tasks
-when the transaction commits, and ``manage.py conveyor_worker [-B]`` (an in-process worker,
-plus a minimal single-process beat). settings/base.py installs it only when
-``conveyor.contrib.django`` cannot be imported.
+* ``manage.py conveyor_worker [-B]`` - an in-process worker (conveyor.contrib.django's
+  ``DjangoWorker``) plus a minimal single-process beat, until the contrib app ships its
+  management commands (it is listed before this app in INSTALLED_APPS, so its command wins).
+* ``group`` / ``chord`` (tasks.py) - until ``conveyor.canvas`` has them.
 """

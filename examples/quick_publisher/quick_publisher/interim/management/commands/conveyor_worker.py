@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from conveyor.contrib.django.worker import DjangoWorker
 from conveyor.schedules import as_schedule
 from django.core.management.base import BaseCommand, CommandParser
-
-from quick_publisher.interim.worker import DjangoTaskRunner
 
 logger = logging.getLogger("conveyor.beat")
 
@@ -34,8 +33,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        worker = app.Worker(concurrency=options["concurrency"])
-        worker.runner = DjangoTaskRunner(app, worker.hostname)
+        worker = DjangoWorker(app, concurrency=options["concurrency"])
         worker.start()
         beat = threading.Thread(target=_beat, args=(app, stop), daemon=True)
         if options["beat"]:

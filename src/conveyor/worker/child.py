@@ -1,0 +1,346 @@
+"""One worker process: the consumer :class:`Worker` plus what a production process needs.
+
+:class:`ProcessWorker` adds to the consumer:
+
+* **interruptible sync tasks** - with one thread per process, sync tasks run in the process's
+  main thread, so a soft time limit or a terminate request is delivered as a signal
+  (``SIGUSR1`` to the main thread) and interrupts blocking calls such as ``time.sleep``;
+  the consumer's fallback (``PyThreadState_SetAsyncExc``) waits for the call to return;
+* **reports** of task start and end to the supervisor, with the delivery receipt, so the
+  supervisor can act on a task whose process it killed or lost;
+* **recycling** after ``max_tasks`` tasks or once the process uses more than
+  ``max_memory_kib`` of memory (checked after each task): a warm stop, then exit;
+* a **warm stop that misses nothing**: it waits for the consumer thread to hand over what
+  it is leasing before waiting for running tasks;
+* **exit on stop**: when a stop completes the process ends at once, even if a cold stop
+  abandoned a task that is still running in the main thread.
+
+It builds on the consumer's internals (``_run_sync``, ``_interrupt``, ``_release_controls``,
+``_leasing``, ``_running``), so it lives next to it in this package.
+
+``run_child`` is the entry point of a supervisor's child; ``--pool solo`` runs a
+``ProcessWorker`` in the CLI process itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from .consumer import Worker, _Running
+from .execution import Job, Outcome
+from .signals import SignalCounter
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+_STRAY = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
+#: Signal that carries a time limit or terminate request into the main thread.
+INTERRUPT_SIGNAL = signal.SIGUSR1
+
+
+@dataclass(frozen=True, slots=True)
+class ChildOptions:
+    """How a child process runs its worker (picklable, for the spawn start method)."""
+
+    slot: int
+    hostname: str
+    queues: list[str]
+    threads: int = 1
+    prefetch_multiplier: int | None = None
+    max_tasks: int | None = None
+    max_memory_kib: int | None = None
+    shutdown_timeout: float = 30.0
+    #: Descriptors inherited from the supervisor that this child must close.
+    close_fds: list[int] = field(default_factory=list)
+
+
+def memory_kib() -> int:
+    """Resident memory of this process in KiB (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
+
+
+class ProcessWorker(Worker):
+    """The consumer worker of one process (see the module docstring).
+
+    Call :meth:`serve` from the main thread after :meth:`start`; it never returns: the
+    process exits when a stop completes.
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        report: Callable[[tuple[Any, ...]], None] | None = None,
+        max_memory_kib: int | None = None,
+        hard_limit_in_process: bool = True,
+        **options: Any,
+    ) -> None:
+        self._report = report
+        if not hard_limit_in_process:
+            options["on_hard_time_limit"] = self._hard_limit_reached
+        super().__init__(
+            app, on_task_start=self._task_started, on_task_end=self._task_ended, **options
+        )
+        self.max_memory_kib = max_memory_kib
+        self.exit_code = 0
+        self._main_ident = threading.main_thread().ident or 0
+        self._in_main = self.concurrency == 1
+        self._main_queue: queue.SimpleQueue[tuple[_Running, threading.Event]] = queue.SimpleQueue()
+        self._main_control: _Running | None = None
+        self._pending_interrupt: tuple[_Running, type[BaseException]] | None = None
+        self._stop_lock = threading.Lock()
+        self._stopping: set[bool] = set()  # the kinds of stop (cold or not) under way
+
+    # -- stopping ------------------------------------------------------------------------
+    def request_stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
+        """Start a warm (or cold) stop in the background; the process exits when it ends."""
+        with self._stop_lock:
+            if cold in self._stopping:
+                return
+            self._stopping.add(cold)
+        kind = "cold" if cold else "warm"
+        threading.Thread(
+            target=self.stop,
+            kwargs={"cold": cold, "timeout": timeout},
+            name=f"conveyor-{kind}-stop",
+            daemon=True,
+        ).start()
+
+    def stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
+        # The consumer thread may be inside broker.lease(): wait until what it leases is
+        # dispatched and counted, or the stop would miss it (run, never acked, redelivered).
+        self._leasing.clear()
+        for thread in list(self._threads):
+            if thread.name == "conveyor-consumer" and thread is not threading.current_thread():
+                thread.join(self.lease_wait + 5.0)
+        super().stop(cold=cold, timeout=timeout)
+        logger.info("worker %s stopped (%d tasks processed)", self.hostname, self.processed)
+        for handler in logging.getLogger().handlers + logger.handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A cold stop may leave a task running in the main thread: end the process now.
+        os._exit(self.exit_code)
+
+    def terminate(self, task_id: str) -> None:
+        """Raise TaskRevokedError in task ``task_id`` if it runs here."""
+        control = self._running.get(task_id)
+        if control is not None:
+            self._interrupt(control, TaskRevokedError)
+
+    # -- running sync tasks in the main thread -------------------------------------------
+    def serve(self) -> None:
+        """Run sync tasks handed over by the pool (one thread per process) until exit."""
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
+        while True:
+            try:
+                try:
+                    control, done = self._main_queue.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                try:
+                    self._main_control = control
+                    Worker._run_sync(self, control)
+                finally:
+                    self._main_control = None
+                    done.set()
+            except _STRAY:
+                pass  # an interrupt that arrived just after its task ended
+
+    def _run_sync(self, control: _Running) -> None:
+        if not self._in_main:
+            super()._run_sync(control)
+            return
+        done = threading.Event()
+        self._main_queue.put((control, done))
+        done.wait()
+
+    def _interrupt(self, control: _Running, exc_type: type[BaseException]) -> None:
+        if control.loop_task is not None or control.thread_id != self._main_ident:
+            super()._interrupt(control, exc_type)
+            return
+        with control.lock:
+            if not control.active:
+                return
+            control.interrupted = exc_type
+            self._pending_interrupt = (control, exc_type)
+        signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
+
+    def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
+        pending, self._pending_interrupt = self._pending_interrupt, None
+        if pending is None:
+            return
+        control, exc_type = pending
+        # Only the task the interrupt was meant for, and only while it still runs.
+        if control is self._main_control and control.active:
+            raise exc_type(f"task {control.job.envelope.id} interrupted")
+
+    # -- reports -------------------------------------------------------------------------
+    def _task_started(self, job: Job) -> None:
+        if self._report is None or job.delivery is None:
+            return
+        d, envelope = job.delivery, job.envelope
+        self._report(
+            (
+                "start",
+                envelope.id,
+                (d.id, d.queue, d.body, d.priority, d.receipt, d.delivery_count),
+                envelope.acks_late,
+                envelope.time_limit,
+            )
+        )
+
+    def _task_ended(self, job: Job) -> None:
+        if self._report is not None:
+            self._report(("end", job.envelope.id))
+
+    def _release_controls(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
+        recycle = False
+        if self.max_memory_kib is not None and any(control for _, control in batch):
+            used = memory_kib()
+            if used > self.max_memory_kib:
+                logger.warning(
+                    "worker %s uses %d KiB (> %d KiB): recycling",
+                    self.hostname,
+                    used,
+                    self.max_memory_kib,
+                )
+                # Before the freed slot wakes the consumer, so nothing more is leased.
+                self._leasing.clear()
+                recycle = True
+        super()._release_controls(batch)
+        if recycle:
+            self.request_stop()
+
+    def _hard_limit_reached(self, job: Job) -> None:
+        """The supervisor enforces hard limits by killing this process; nothing to do here."""
+        logger.debug("%s[%s] hard time limit reached", job.task.name, job.envelope.id)
+
+
+class _Reporter:
+    """Sends reports to the supervisor from any thread; a gone supervisor is ignored."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def __call__(self, message: tuple[Any, ...]) -> None:
+        with self.lock, contextlib.suppress(OSError, ValueError):
+            self.conn.send(message)
+
+
+def run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> None:
+    """Entry point of a supervisor's child process."""
+    for fd in options.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if isinstance(app, str):
+        from ..cli import find_app
+
+        app = find_app(app)
+    report = _Reporter(conn)
+    worker = ProcessWorker(
+        app,
+        report=report,
+        max_memory_kib=options.max_memory_kib,
+        hard_limit_in_process=False,
+        queues=options.queues,
+        concurrency=options.threads,
+        hostname=options.hostname,
+        prefetch_multiplier=options.prefetch_multiplier,
+        max_tasks=options.max_tasks,
+    )
+    parent = os.getppid()
+    terminated = SignalCounter([signal.SIGTERM]).install()
+    threading.Thread(
+        target=_control_loop,
+        args=(worker, conn, parent, terminated, options.shutdown_timeout),
+        name="conveyor-control",
+        daemon=True,
+    ).start()
+    worker.start()
+    report(("ready", os.getpid()))
+    _serve(worker)
+
+
+def run_solo(app: Conveyor, *, shutdown_timeout: float, **options: Any) -> None:
+    """``--pool solo``: one :class:`ProcessWorker` in this process, stopped warm by SIGTERM
+    or SIGINT and cold by a second one. Never returns: the process exits when it stops."""
+    app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+    worker = ProcessWorker(app, **options)
+    signals = SignalCounter().install()
+    threading.Thread(
+        target=_watch_signals,
+        args=(worker, signals, shutdown_timeout),
+        name="conveyor-signals",
+        daemon=True,
+    ).start()
+    worker.start()
+    _serve(worker)
+
+
+def _serve(worker: ProcessWorker) -> None:
+    if worker.concurrency == 1:
+        worker.serve()
+    while True:  # worker threads run the tasks; a completed stop ends the process
+        threading.Event().wait()
+
+
+def _watch_signals(worker: ProcessWorker, signals: SignalCounter, shutdown_timeout: float) -> None:
+    pause = threading.Event()
+    while not pause.wait(0.1):
+        if signals.count >= 1:
+            worker.request_stop(timeout=shutdown_timeout)
+        if signals.count >= 2:
+            worker.request_stop(cold=True)
+
+
+def _control_loop(
+    worker: ProcessWorker,
+    conn: Connection,
+    parent: int,
+    terminated: SignalCounter,
+    shutdown_timeout: float,
+) -> None:
+    """Obey the supervisor's commands; stop on SIGTERM or when the supervisor is gone."""
+    while True:
+        try:
+            if conn.poll(0.25):
+                command, argument = conn.recv()
+                if command == "stop":
+                    worker.request_stop(cold=bool(argument))
+                elif command == "terminate":
+                    worker.terminate(str(argument))
+        except (EOFError, OSError):
+            worker.request_stop(timeout=shutdown_timeout)
+            return
+        if terminated.count:
+            worker.request_stop()
+        if os.getppid() != parent:
+            logger.warning("supervisor %d is gone: stopping", parent)
+            worker.request_stop(timeout=shutdown_timeout)
+            return

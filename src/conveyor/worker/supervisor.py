@@ -1,0 +1,487 @@
+"""The production worker: a supervisor process and N child processes.
+
+Each child (:mod:`conveyor.worker.child`) runs the consumer on its own broker and result
+connections and reports to the supervisor, over a pipe, when a task starts (with its delivery
+receipt) and ends. The supervisor is single-threaded - it forks children, which is only safe
+from a process with one thread - and:
+
+* restarts children that exit or die (with a backoff when they die at once);
+* enforces **hard time limits**: the child is killed (SIGKILL) and replaced, the task is
+  recorded as FAILURE ``TimeLimitExceeded`` and its message dead-lettered (``time_limit``);
+* enforces **terminate**: ``revoke(id, terminate=True)`` first raises ``TaskRevokedError``
+  in the task; if the task still runs after ``terminate_grace`` seconds its child is killed,
+  the task recorded REVOKED and its message acked;
+* handles a **lost child**: its ``acks_late`` messages come back when their lease expires
+  (a delivery is charged, so a task that kills its process ends in the DLQ); tasks that were
+  acked early (``acks_late=False``) are recorded FAILURE ``WorkerLostError`` at once;
+  innocent tasks of a child killed for another task's limit are released at once;
+* turns SIGTERM/SIGINT into a **warm shutdown** (children stop leasing and finish their tasks
+  within ``shutdown_timeout``) and a second signal, or the timeout, into a **cold** one
+  (children return their leases at once; stragglers are killed and their leases released).
+
+Children are forked (after the app was imported, so they share its memory) where the platform
+can fork; elsewhere they are spawned and import the app again from its ``-A`` spec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..brokers.base import DeadLetterReason, Delivery
+from ..exceptions import (
+    ConfigurationError,
+    ConveyorError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from .child import ChildOptions, run_child
+from .consumer import default_hostname
+from .execution import Job, Outcome, TaskRunner
+from .signals import SignalCounter
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.supervisor")
+
+#: Seconds between checks for ``revoke(..., terminate=True)`` of running tasks.
+TERMINATE_POLL = 1.0
+#: Seconds a child gets to obey a cold stop before it is killed.
+COLD_GRACE = 5.0
+#: A child that dies younger than this is restarted with a growing delay.
+QUICK_DEATH = 2.0
+
+
+@dataclass(slots=True)
+class _Task:
+    """A task a child reported as started."""
+
+    id: str
+    delivery: Delivery
+    acks_late: bool
+    time_limit: float | None
+    started: float
+    terminate_at: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Child:
+    slot: int
+    process: BaseProcess
+    conn: Connection
+    hostname: str
+    started: float
+    tasks: dict[str, _Task] = field(default_factory=dict)
+    stop_sent: bool | None = None  # None: not asked; False: warm; True: cold
+
+
+class Supervisor:
+    """Run ``concurrency`` child processes consuming ``queues`` of ``app`` until stopped.
+
+    :meth:`run` blocks until a shutdown completes and returns the exit code (0 for a
+    requested stop). Must be called from the main thread (it installs signal handlers).
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        concurrency: int | None = None,
+        threads: int | None = None,
+        queues: list[str] | None = None,
+        prefetch_multiplier: int | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        hostname: str | None = None,
+        shutdown_timeout: float | None = None,
+        terminate_grace: float = 5.0,
+        app_spec: str | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.threads = threads or conf.worker_threads or 1
+        self.queues = list(queues or [conf.task_default_queue])
+        self.prefetch_multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
+        self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
+        self.hostname = hostname or default_hostname()
+        self.shutdown_timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
+        self.terminate_grace = terminate_grace
+        self.app_spec = app_spec
+        self._context: BaseContext
+        if "fork" in multiprocessing.get_all_start_methods():
+            self._context = multiprocessing.get_context("fork")
+        elif app_spec is not None:
+            self._context = multiprocessing.get_context("spawn")
+        else:
+            raise ConfigurationError("this platform cannot fork: start the worker with -A")
+        self.runner = TaskRunner(app, self.hostname)
+        self._children: dict[int, _Child] = {}
+        self._restart_at: dict[int, float] = {}
+        self._quick_deaths: dict[int, int] = {}
+        self._signals = SignalCounter()
+        self._handled_signals = 0
+        self._stopping = False
+        self._cold = False
+        self._stop_deadline = 0.0
+        self._kill_deadline = 0.0
+        self._next_terminate_poll = 0.0
+        self._wake_r = -1
+        self._wake_w = -1
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+        self._install_signals()
+        try:
+            for slot in range(1, self.concurrency + 1):
+                self._spawn(slot)
+            while self._children or self._restart_at or not self._stopping:
+                self._tick()
+        finally:
+            self._restore_signals()
+        logger.info("worker %s stopped", self.hostname)
+        return 0
+
+    def _tick(self) -> None:
+        waitables: list[Any] = [self._wake_r]
+        for child in self._children.values():
+            waitables += (child.conn, child.process.sentinel)
+        ready = wait(waitables, self._wait_timeout())
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while os.read(self._wake_r, 512):
+                    pass
+        for child in list(self._children.values()):
+            if child.conn in ready:
+                self._read(child)
+        self._handle_signals()
+        self._reap()
+        now = time.monotonic()
+        self._enforce_limits(now)
+        self._poll_terminates(now)
+        self._handle_deadlines(now)
+        self._restart_due(now)
+
+    def _wait_timeout(self) -> float:
+        now = time.monotonic()
+        due = [now + 1.0]
+        for child in self._children.values():
+            for task in child.tasks.values():
+                if task.time_limit:
+                    due.append(task.started + task.time_limit)
+                if task.terminate_at is not None:
+                    due.append(task.terminate_at)
+            if child.tasks:
+                due.append(self._next_terminate_poll)
+        due += self._restart_at.values()
+        if self._stopping:
+            due.append(self._kill_deadline if self._cold else self._stop_deadline)
+        return max(0.0, min(due) - now)
+
+    # -- children ------------------------------------------------------------------------
+    def _spawn(self, slot: int) -> None:
+        parent_conn, child_conn = self._context.Pipe()
+        close_fds = [self._wake_r, self._wake_w, parent_conn.fileno()]
+        close_fds += [c.conn.fileno() for c in self._children.values()]
+        options = ChildOptions(
+            slot=slot,
+            hostname=f"{self.hostname}/{slot}",
+            queues=self.queues,
+            threads=self.threads,
+            prefetch_multiplier=self.prefetch_multiplier,
+            max_tasks=self.max_tasks_per_child,
+            max_memory_kib=self.max_memory_per_child,
+            shutdown_timeout=self.shutdown_timeout,
+            close_fds=close_fds if self._context.get_start_method() == "fork" else [],
+        )
+        target_app: Conveyor | str = self.app
+        if self._context.get_start_method() != "fork":
+            assert self.app_spec is not None
+            target_app = self.app_spec
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=run_child,
+            args=(target_app, options, child_conn),
+            name=f"worker-{slot}",
+            daemon=False,
+        )
+        process.start()
+        child_conn.close()
+        self._children[slot] = _Child(
+            slot, process, parent_conn, options.hostname, time.monotonic()
+        )
+        logger.debug("started child %d (pid %s)", slot, process.pid)
+
+    def _read(self, child: _Child) -> None:
+        """Take in every report waiting in the child's pipe."""
+        try:
+            while child.conn.poll():
+                self._on_report(child, child.conn.recv())
+        except (EOFError, OSError):
+            pass  # the child is gone; _reap deals with it
+
+    def _on_report(self, child: _Child, report: tuple[Any, ...]) -> None:
+        kind = report[0]
+        if kind == "start":
+            _, task_id, fields, acks_late, time_limit = report
+            child.tasks[task_id] = _Task(
+                task_id, Delivery(*fields), bool(acks_late), time_limit, time.monotonic()
+            )
+        elif kind == "end":
+            child.tasks.pop(report[1], None)
+        elif kind == "ready":
+            logger.debug("child %d (pid %s) ready", child.slot, report[1])
+
+    def _reap(self) -> None:
+        for child in list(self._children.values()):
+            if child.process.is_alive():
+                continue
+            self._read(child)
+            child.process.join()
+            del self._children[child.slot]
+            child.conn.close()
+            self._lost(child, killed=False)
+            self._schedule_restart(child)
+
+    def _lost(self, child: _Child, *, killed: bool) -> None:
+        """Account for the tasks of a child that exited, died, or was killed."""
+        code = child.process.exitcode
+        if code and code < 0:
+            name = signal.Signals(-code).name
+            logger.error("child %d (pid %s) died: %s", child.slot, child.process.pid, name)
+        elif code:
+            logger.error(
+                "child %d (pid %s) exited with code %d", child.slot, child.process.pid, code
+            )
+        elif not self._stopping:
+            logger.info("child %d (pid %s) exited (recycled)", child.slot, child.process.pid)
+        tasks, child.tasks = list(child.tasks.values()), {}
+        innocent = [t.delivery for t in tasks if t.acks_late and (killed or self._cold)]
+        if innocent:
+            self._broker_call(lambda: self.app.broker.release(innocent), "release leases")
+        for task in tasks:
+            if not task.acks_late:
+                error = WorkerLostError(f"worker process died (exit code {code})")
+                self._fail(task, error)
+            elif not innocent:
+                logger.warning(
+                    "task %s was running in child %d: redelivered once its lease expires",
+                    task.id,
+                    child.slot,
+                )
+
+    def _schedule_restart(self, child: _Child) -> None:
+        if self._stopping:
+            return
+        if time.monotonic() - child.started < QUICK_DEATH:
+            self._quick_deaths[child.slot] = self._quick_deaths.get(child.slot, 0) + 1
+        else:
+            self._quick_deaths.pop(child.slot, None)
+        deaths = self._quick_deaths.get(child.slot, 0)
+        delay = 0.0 if deaths == 0 else min(0.25 * 2 ** (deaths - 1), 10.0)
+        self._restart_at[child.slot] = time.monotonic() + delay
+
+    def _restart_due(self, now: float) -> None:
+        if self._stopping:
+            self._restart_at.clear()
+            return
+        for slot, due in list(self._restart_at.items()):
+            if now >= due:
+                del self._restart_at[slot]
+                self._spawn(slot)
+
+    def _kill(self, child: _Child) -> None:
+        """SIGKILL a child and wait until it is gone, taking in its last reports."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.process.pid or 0, signal.SIGKILL)
+        child.process.join(10)
+        self._read(child)
+
+    # -- limits --------------------------------------------------------------------------
+    def _enforce_limits(self, now: float) -> None:
+        for child in list(self._children.values()):
+            for task in list(child.tasks.values()):
+                if task.time_limit and now - task.started >= task.time_limit:
+                    logger.error(
+                        "task %s exceeded its hard time limit (%ss): killing child %d (pid %s)",
+                        task.id,
+                        task.time_limit,
+                        child.slot,
+                        child.process.pid,
+                    )
+                    error = TimeLimitExceeded(f"hard time limit ({task.time_limit}s) exceeded")
+                    self._kill_for(child, task, error, DeadLetterReason.TIME_LIMIT)
+                    break
+                if task.terminate_at is not None and now >= task.terminate_at:
+                    logger.warning(
+                        "task %s still running %ss after terminate: killing child %d (pid %s)",
+                        task.id,
+                        self.terminate_grace,
+                        child.slot,
+                        child.process.pid,
+                    )
+                    self._kill_for(child, task, TaskRevokedError("terminated"), None)
+                    break
+
+    def _kill_for(
+        self, child: _Child, task: _Task, error: BaseException, reason: str | None
+    ) -> None:
+        self._kill(child)
+        if child.tasks.pop(task.id, None) is not None:  # it did not finish meanwhile
+            self._fail(task, error, reason)
+        self._children.pop(child.slot, None)
+        child.conn.close()
+        self._lost(child, killed=True)
+        if not self._stopping:
+            self._restart_at[child.slot] = time.monotonic()
+
+    def _poll_terminates(self, now: float) -> None:
+        if now < self._next_terminate_poll:
+            return
+        self._next_terminate_poll = now + TERMINATE_POLL
+        running = {
+            task.id: (child, task)
+            for child in self._children.values()
+            for task in child.tasks.values()
+            if task.terminate_at is None
+        }
+        if not running:
+            return
+        keys = [f"terminate:{task_id}" for task_id in running]
+        try:
+            wanted = self.app.broker.revoked(keys)
+        except ConveyorError as exc:
+            logger.error("could not check revocations: %s", exc)
+            return
+        for key in wanted:
+            child, task = running[key.removeprefix("terminate:")]
+            task.terminate_at = now + self.terminate_grace
+            logger.info("terminating task %s in child %d", task.id, child.slot)
+            with contextlib.suppress(OSError, ValueError):
+                child.conn.send(("terminate", task.id))
+
+    # -- recording outcomes the children could not ---------------------------------------
+    def _fail(self, task: _Task, error: BaseException, reason: str | None = None) -> None:
+        """Record ``error`` as the end of ``task`` and settle its message."""
+        prepared = self.runner.prepare(task.delivery)
+        if isinstance(prepared, Job):
+            prepared.started_at = time.time()
+            outcome = self.runner.finish(prepared, None, error, time.monotonic() - task.started)
+        else:
+            outcome = prepared
+        if not task.acks_late:
+            outcome.delivery = None  # acked when it started (at-most-once)
+        elif reason is not None and outcome.action == "ack":
+            outcome.action, outcome.reason, outcome.detail = "dead", reason, str(error)
+        self._broker_call(lambda: self._apply(task.id, outcome), "record the outcome")
+
+    def _apply(self, task_id: str, outcome: Outcome) -> None:
+        existing = self.app.results.get(task_id)
+        if existing is not None and existing.state in states.READY_STATES:
+            return  # the child finished it after all
+        if outcome.records:
+            self.app.results.store(outcome.records)
+        for followup in outcome.followups:
+            try:
+                followup()
+            except Exception:
+                logger.exception("follow-up of task %s failed", task_id)
+        broker, delivery = self.app.broker, outcome.delivery
+        if delivery is None:
+            return
+        if outcome.action == "ack":
+            broker.ack([delivery])
+        elif outcome.action == "retry" and outcome.retry_message is not None:
+            broker.retry_later(delivery, outcome.retry_message)
+        elif outcome.action == "dead":
+            broker.dead_letter(delivery, outcome.reason, outcome.detail)
+
+    def _broker_call(self, action: Any, what: str) -> None:
+        try:
+            action()
+        except ConveyorError as exc:
+            logger.error("could not %s: %s", what, exc)
+
+    # -- shutdown ------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._signals.install()
+
+    def _restore_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._signals.restore()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _handle_signals(self) -> None:
+        count = self._signals.count
+        if count == self._handled_signals:
+            return
+        first = self._handled_signals == 0
+        self._handled_signals = count
+        if first:
+            self._warm_stop()
+        if count >= 2:
+            self._cold_stop("second signal")
+
+    def _warm_stop(self) -> None:
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + self.shutdown_timeout
+        running = sum(len(c.tasks) for c in self._children.values())
+        logger.warning(
+            "warm shutdown: finishing %d running task(s) within %ss (signal again for cold)",
+            running,
+            self.shutdown_timeout,
+        )
+        self._send_stop(cold=False)
+
+    def _cold_stop(self, why: str) -> None:
+        if self._cold:
+            return
+        self._stopping = self._cold = True
+        self._kill_deadline = time.monotonic() + COLD_GRACE
+        logger.warning("cold shutdown (%s): returning unfinished messages", why)
+        self._send_stop(cold=True)
+
+    def _send_stop(self, *, cold: bool) -> None:
+        for child in self._children.values():
+            if child.stop_sent is cold or child.stop_sent is True:
+                continue
+            child.stop_sent = cold
+            with contextlib.suppress(OSError, ValueError):
+                child.conn.send(("stop", cold))
+
+    def _handle_deadlines(self, now: float) -> None:
+        if not self._stopping:
+            return
+        if not self._cold and now >= self._stop_deadline:
+            self._cold_stop(f"shutdown timeout of {self.shutdown_timeout}s passed")
+        elif self._cold and now >= self._kill_deadline:
+            for child in list(self._children.values()):
+                logger.error(
+                    "child %d (pid %s) ignored the stop: killed", child.slot, child.process.pid
+                )
+                self._kill(child)
+            self._reap()
+
+    def request_stop(self, *, cold: bool = False) -> None:
+        """Ask for a warm (or cold) shutdown, as SIGTERM would (call from a signal handler
+        or the main thread)."""
+        self._signals.count += 2 if cold else 1

@@ -1,0 +1,111 @@
+"""Tasks for process tests: ``conveyor worker -A tests.integration.workerapp``.
+
+The broker comes from ``$CONVEYOR_BROKER_URL``; ``$WORKERAPP_SETTINGS`` (JSON) adds settings
+(by default 1 s leases and sweeps). Tasks that must be counted append a line to a file given
+as an argument: ``runs(path)`` says how often a task ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from conveyor import Conveyor
+from conveyor.exceptions import SoftTimeLimitExceeded
+
+DEFAULT_SETTINGS: dict[str, Any] = {"broker_lease_timeout": 1.0, "broker_sweep_interval": 1.0}
+
+
+def create_app(broker: str | None = None, **settings: Any) -> Conveyor:
+    merged = {**DEFAULT_SETTINGS, **json.loads(os.environ.get("WORKERAPP_SETTINGS") or "{}")}
+    app = Conveyor("workerapp", broker=broker, **{**merged, **settings})
+    register(app)
+    return app
+
+
+def mark(path: str, text: str = "") -> None:
+    """Append one line (``pid text``) to ``path``."""
+    with open(path, "a") as file:
+        file.write(f"{os.getpid()} {text}\n")
+
+
+def runs(path: str | Path) -> list[str]:
+    """The lines tasks appended to ``path`` (one per run)."""
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def register(app: Conveyor) -> None:
+    @app.task(name="workerapp.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="workerapp.pid")
+    def pid() -> int:
+        return os.getpid()
+
+    @app.task(name="workerapp.record")
+    def record(path: str) -> float:
+        mark(path, "run")
+        return time.time()
+
+    @app.task(name="workerapp.sleep")
+    def sleep(path: str, seconds: float) -> int:
+        mark(path, "start")
+        time.sleep(seconds)
+        mark(path, "end")
+        return os.getpid()
+
+    @app.task(name="workerapp.sleep_at_most_once", acks_late=False)
+    def sleep_at_most_once(path: str, seconds: float) -> None:
+        mark(path, "start")
+        time.sleep(seconds)
+
+    @app.task(name="workerapp.suicide")
+    def suicide(path: str) -> None:
+        mark(path, "run")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @app.task(name="workerapp.soft_limited", soft_time_limit=0.5)
+    def soft_limited(path: str, seconds: float) -> str:
+        mark(path, "start")
+        try:
+            time.sleep(seconds)
+        except SoftTimeLimitExceeded:
+            mark(path, "soft")
+            return "interrupted"
+        return "slept"
+
+    @app.task(name="workerapp.hard_limited", time_limit=1.0)
+    def hard_limited(path: str, seconds: float) -> str:
+        mark(path, "start")
+        time.sleep(seconds)
+        return "slept"
+
+    @app.task(name="workerapp.stubborn")
+    def stubborn(path: str, seconds: float) -> str:
+        """Ignores every interruption: only killing its process stops it."""
+        mark(path, "start")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # the point is to ignore every interruption
+                mark(path, "ignored")
+        return "done"
+
+    @app.task(name="workerapp.async_sleep")
+    async def async_sleep(seconds: float) -> str:
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        return "ok"
+
+
+app = create_app()

@@ -374,6 +374,28 @@ def test_progress_lives_in_the_broker(app: Conveyor, clock: Clock) -> None:
     assert app.broker.claim(f"beat:claim:ping:{due.isoformat()}", 60) is False
 
 
+def test_on_sent_is_called_once_per_run_across_beats(app: Conveyor, clock: Clock) -> None:
+    recorded: list[tuple[str, datetime, str]] = []
+
+    class Recording(Beat):
+        def on_sent(self, entry: Entry, instant: datetime, task_id: str) -> None:
+            recorded.append((entry.name, instant, task_id))
+            raise RuntimeError("a failing hook does not stop the beat")
+
+    app.conf.beat_schedule = {"ping": {"task": "tasks.ping", "schedule": 1.0}}
+    beats = [Recording(app), Recording(app)]
+    for step in range(3):
+        clock.set(T0 + timedelta(seconds=step))
+        for beat in beats:
+            beat.tick()
+    due = T0 + timedelta(seconds=1)
+    assert recorded == [
+        ("ping", due, run_id("ping", due)),
+        ("ping", due + timedelta(seconds=1), run_id("ping", due + timedelta(seconds=1))),
+    ]
+    assert len(take(app)) == 2
+
+
 # -- runtime changes ---------------------------------------------------------------------------
 def test_entries_added_and_removed_at_runtime(app: Conveyor, clock: Clock) -> None:
     app.conf.beat_schedule = {"a": {"task": "tasks.a", "schedule": 10.0}}

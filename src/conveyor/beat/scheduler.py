@@ -536,10 +536,18 @@ class Beat:
                 "due": _iso(instant),
                 "task_id": task_id,
                 "beat": self.name,
-                "sent_at": _iso(self._now()),
+                "sent_at": datetime.now(UTC).isoformat(),
             },
             newer_only=True,
         )
+        try:
+            self.on_sent(entry, instant, task_id)
+        except Exception:
+            logger.exception("%s: on_sent failed for %s due %s", self.name, entry.name, instant)
+
+    def on_sent(self, entry: Entry, instant: datetime, task_id: str) -> None:
+        """Called in the beat that sent ``entry``'s run due at ``instant`` (once per run
+        across all beats). Override to record runs elsewhere, e.g. in a database."""
 
     # -- broker state --------------------------------------------------------------------
     def _read_last(self, name: str) -> dict[str, Any] | None:

@@ -317,7 +317,8 @@ class Beat:
                 seconds=self.stall_after
             ):
                 logger.warning(
-                    "%s: did not tick for %.0f s; runs due meanwhile count as missed",
+                    "%s: ticked %.0f s later than planned (stalled?); runs due meanwhile "
+                    "count as missed",
                     self.name,
                     (now - self._tick_by).total_seconds(),
                 )
@@ -388,12 +389,13 @@ class Beat:
         state = _State(entry, tz, cursor)
         state.next_due = self._next(state, cursor)  # if already past, _run settles it now
         logger.info(
-            "%s: %s -> %s, %s; next at %s",
+            "%s: %s -> %s, %s; next at %s (%s)",
             self.name,
             entry.name,
             entry.task,
             entry.schedule.describe(),
             _local(state.next_due, tz),
+            tz.key,
         )
         return state
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -33,14 +34,14 @@ class AsyncResult(Generic[R]):
         app: Conveyor | None = None,
         *,
         task_name: str | None = None,
-        parent: AsyncResult[Any] | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
     ) -> None:
         from .app import default_app
 
         self.id = id
         self.app = app if app is not None else default_app()
         self.task_name = task_name
-        self.parent = parent
+        self._parent: AsyncResult[Any] | GroupResult | None = parent
         self._ready_record: ResultRecord | None = None
 
     def __repr__(self) -> str:
@@ -128,6 +129,21 @@ class AsyncResult(Generic[R]):
         return None if record is None else record.queue
 
     @property
+    def parent(self) -> AsyncResult[Any] | GroupResult | None:
+        """The result this one came from: the previous step of a chain (a chord body's is the
+        header's GroupResult). Known from the workflow that returned this handle, else read
+        from the stored record's ``parent_id``."""
+        if self._parent is None:
+            record = self._record()
+            if record is not None and record.parent_id:
+                self._parent = AsyncResult(record.parent_id, self.app)
+        return self._parent
+
+    @parent.setter
+    def parent(self, value: AsyncResult[Any] | GroupResult | None) -> None:
+        self._parent = value
+
+    @property
     def children(self) -> list[AsyncResult[Any]]:
         record = self._record()
         if record is None or not record.children:
@@ -196,65 +212,190 @@ class AsyncResult(Generic[R]):
         """Revoke the task: it will never start; with ``terminate`` a running one is stopped."""
         self.app.revoke(self.id, terminate=terminate)
 
-    def as_tuple(self) -> tuple[str, Any]:
-        return (self.id, self.parent.as_tuple() if self.parent else None)
+    def as_tuple(self) -> tuple[Any, ...]:
+        parent = self.parent
+        return (self.id, parent.as_tuple() if parent else None)
 
 
 class GroupResult:
-    """Results of a group of tasks, in the group's order."""
+    """Results of a group of tasks, in the group's order (members may be GroupResults).
+
+    ``save()`` stores the membership so ``GroupResult.restore(id, app=app)`` can rebuild it
+    from the id alone (a chord's header is saved under the chord id automatically).
+    """
 
     def __init__(
-        self, id: str, results: Sequence[AsyncResult[Any]], app: Conveyor | None = None
+        self,
+        id: str,
+        results: Sequence[AsyncResult[Any] | GroupResult],
+        app: Conveyor | None = None,
+        *,
+        parent: AsyncResult[Any] | GroupResult | None = None,
     ) -> None:
         from .app import default_app
 
         self.id = id
-        self.results = list(results)
+        self.results: list[AsyncResult[Any] | GroupResult] = list(results)
         self.app = app if app is not None else default_app()
+        self.parent = parent
 
     def __repr__(self) -> str:
         return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
 
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, GroupResult) and other.id == self.id and other.results == self.results
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     def __len__(self) -> int:
         return len(self.results)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[AsyncResult[Any] | GroupResult]:
         return iter(self.results)
 
-    def __getitem__(self, index: int) -> AsyncResult[Any]:
+    def __getitem__(self, index: int) -> AsyncResult[Any] | GroupResult:
         return self.results[index]
 
+    @property
+    def children(self) -> list[AsyncResult[Any] | GroupResult]:
+        return self.results
+
+    def leaves(self) -> list[AsyncResult[Any]]:
+        """Every task's result, nested groups flattened, in order."""
+        out: list[AsyncResult[Any]] = []
+        for result in self.results:
+            if isinstance(result, GroupResult):
+                out.extend(result.leaves())
+            else:
+                out.append(result)
+        return out
+
+    def _states(self) -> dict[str, str]:
+        """State of every task, read in one round trip."""
+        leaves = self.leaves()
+        records = self.app.results.get_many([r.id for r in leaves])
+        return {
+            r.id: record.state if record is not None else states.PENDING
+            for r, record in zip(leaves, records, strict=True)
+        }
+
+    def _member_states(self) -> list[list[str]]:
+        found = self._states()
+        return [
+            [found[leaf.id] for leaf in result.leaves()]
+            if isinstance(result, GroupResult)
+            else [found[result.id]]
+            for result in self.results
+        ]
+
     def ready(self) -> bool:
-        return all(r.ready() for r in self.results)
-
-    def successful(self) -> bool:
-        return all(r.successful() for r in self.results)
-
-    def failed(self) -> bool:
-        return any(r.failed() for r in self.results)
-
-    def completed_count(self) -> int:
-        return sum(1 for r in self.results if r.successful())
+        """True when every task is ready (SUCCESS, FAILURE, REVOKED or EXPIRED)."""
+        return all(state in states.READY_STATES for state in self._states().values())
 
     def waiting(self) -> bool:
         return not self.ready()
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
-        """Every task's value in order; raises the first failure when ``propagate``."""
+    def successful(self) -> bool:
+        """True when every task succeeded."""
+        return all(state == states.SUCCESS for state in self._states().values())
+
+    def failed(self) -> bool:
+        """True when any task failed."""
+        return any(state == states.FAILURE for state in self._states().values())
+
+    def completed_count(self) -> int:
+        """How many members succeeded (a nested group counts once, when all of it did)."""
+        return sum(
+            1
+            for member in self._member_states()
+            if all(state == states.SUCCESS for state in member)
+        )
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """Every task's value in group order (lists for nested groups); raises the first
+        failure in that order when ``propagate``, else returns the exception in its place."""
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(result.get(timeout=remaining, propagate=propagate))
+            values.append(
+                result.get(
+                    timeout=remaining,
+                    propagate=propagate,
+                    disable_sync_subtasks=disable_sync_subtasks,
+                )
+            )
         return values
 
     join = get
+    join_native = get
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
         return await asyncio.to_thread(self.get, timeout, propagate)
 
     def revoke(self, terminate: bool = False) -> None:
-        self.app.revoke([r.id for r in self.results], terminate=terminate)
+        self.app.revoke([r.id for r in self.leaves()], terminate=terminate)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (
+            (self.id, self.parent.as_tuple() if self.parent else None),
+            [r.as_tuple() for r in self.results],
+        )
 
     def forget(self) -> None:
-        self.app.results.forget([r.id for r in self.results])
+        self.app.results.forget([r.id for r in self.leaves()])
+
+    # -- saving ----------------------------------------------------------------------------
+    @property
+    def storage_key(self) -> str:
+        return f"group:{self.id}"
+
+    def _tree(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "results": [r._tree() if isinstance(r, GroupResult) else r.id for r in self.results],
+        }
+
+    def dumps(self) -> bytes:
+        """The stored form: ids, nested groups as ``{"id", "results"}``."""
+        return json.dumps(self._tree()).encode()
+
+    def save(self) -> GroupResult:
+        """Store the membership (for ``result_expires``) so it can be restored by id."""
+        store = self.app.results
+        store.set_value(self.storage_key, self.dumps(), store.expires)
+        return self
+
+    def delete(self) -> None:
+        self.app.results.delete_value(self.storage_key)
+
+    @classmethod
+    def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult | None:
+        """The saved group ``id``, or None if it was never saved (or expired)."""
+        from .app import default_app
+
+        app = app if app is not None else default_app()
+        raw = app.results.get_value(f"group:{id}")
+        if raw is None:
+            return None
+        return cls._from_tree(json.loads(raw), app)
+
+    @classmethod
+    def _from_tree(cls, tree: dict[str, Any], app: Conveyor) -> GroupResult:
+        return cls(
+            str(tree["id"]),
+            [
+                cls._from_tree(item, app) if isinstance(item, dict) else AsyncResult(item, app)
+                for item in tree["results"]
+            ],
+            app,
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +16,7 @@ from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from .app import Conveyor
-    from .canvas import Signature
+    from .canvas import Signature, chunks, xmap, xstarmap
     from .result import AsyncResult
 
 P = ParamSpec("P")
@@ -268,6 +268,24 @@ class Task(Generic[P, R]):
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self._app)
 
     subtask = signature
+
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One task calling this task for each item of ``it``; returns a list."""
+        from .canvas import xmap
+
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Iterable[Any]) -> xstarmap:
+        """One task calling this task with each args tuple of ``it``; returns a list."""
+        from .canvas import xstarmap
+
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Iterable[Any], n: int) -> chunks:
+        """A group of ``starmap`` tasks over parts of ``n`` args tuples each."""
+        from .canvas import chunks
+
+        return chunks(self.s(), it, n)
 
     # -- inside a running task -----------------------------------------------------------
     def retry(

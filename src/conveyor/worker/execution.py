@@ -21,6 +21,7 @@ from msgspec.structs import replace
 from .. import states
 from .._exceptions_registry import exception_info, format_traceback
 from ..brokers.base import DeadLetterReason, Delivery, Message
+from ..canvas import ONCE_HEADER, on_task_finished, once_guard
 from ..exceptions import (
     MalformedMessage,
     NotRegistered,
@@ -50,6 +51,8 @@ class Job:
     request: Request
     delivery: Delivery | None = None
     started_at: float = 0.0
+    #: run-once verdict for canvas follow-ups (see ``canvas.once_guard``); None = run
+    once: ResultRecord | float | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +108,7 @@ class TaskRunner:
                 [self._failure_record(envelope, error, None)],
                 reason=DeadLetterReason.UNKNOWN_TASK,
                 detail=f"task {envelope.task!r} is not registered",
+                followups=self._then(envelope, states.FAILURE, exception_info(error)),
                 state=states.FAILURE,
                 error=error,
             )
@@ -120,6 +124,7 @@ class TaskRunner:
                 delivery,
                 "ack",
                 [self._final_record(envelope, states.REVOKED, None)],
+                followups=self._then(envelope, states.REVOKED, None),
                 state=states.REVOKED,
             )
         if envelope.expires is not None and now >= envelope.expires:
@@ -130,6 +135,7 @@ class TaskRunner:
                 [self._final_record(envelope, states.EXPIRED, None)],
                 reason=DeadLetterReason.EXPIRED,
                 detail=f"expired at {envelope.expires:.3f}",
+                followups=self._then(envelope, states.EXPIRED, None),
                 state=states.EXPIRED,
             )
         request = Request(
@@ -157,6 +163,10 @@ class TaskRunner:
         return Job(envelope, task, args, kwargs, request, delivery)
 
     def started_record(self, job: Job) -> ResultRecord | None:
+        if job.delivery is not None and job.envelope.headers.get(ONCE_HEADER):
+            job.once = once_guard(self.app, job.envelope)
+            if job.once is not None:
+                return None  # not run: keep the stored state as it is
         if job.envelope.ignore_result:
             return None
         job.started_at = time.time()
@@ -165,6 +175,8 @@ class TaskRunner:
     # -- running -------------------------------------------------------------------------
     def run(self, job: Job) -> Outcome:
         """Run a sync task in this thread (async tasks: :meth:`arun`)."""
+        if job.once is not None:
+            return self._not_again(job)
         token = _current_request.set(job.request)
         started = time.perf_counter()
         try:
@@ -178,6 +190,8 @@ class TaskRunner:
 
     async def arun(self, job: Job) -> Outcome:
         """Run an async task on the current event loop."""
+        if job.once is not None:
+            return self._not_again(job)
         token = _current_request.set(job.request)
         started = time.perf_counter()
         try:
@@ -216,6 +230,7 @@ class TaskRunner:
                 [self._failure_record(envelope, exc, format_traceback(exc))],
                 reason=DeadLetterReason.REJECTED,
                 detail=str(exc),
+                followups=self._then(envelope, states.FAILURE, exception_info(exc)),
                 state=states.FAILURE,
                 error=exc,
             )
@@ -225,9 +240,34 @@ class TaskRunner:
                 job.delivery,
                 "ack",
                 [self._final_record(envelope, states.REVOKED, None)],
+                followups=self._then(envelope, states.REVOKED, None),
                 state=states.REVOKED,
             )
         return self._failed(job, exc, runtime)
+
+    def _then(self, envelope: Envelope, state: str, info: Any) -> list[Callable[[], None]]:
+        """Canvas follow-ups of a task that ended without running to completion (chains
+        stop, chord headers count it as failed)."""
+        return [lambda: on_task_finished(self.app, envelope, state, info)]
+
+    def _not_again(self, job: Job) -> Outcome:
+        """A canvas follow-up delivered again: if it finished, only re-send its follow-ups
+        (a crash may have stopped them); if another delivery runs it, look again later."""
+        assert job.delivery is not None
+        if isinstance(job.once, ResultRecord):
+            record = job.once
+            self._log(
+                logging.INFO, "%s[%s] already done: not run again", job.task.name, job.envelope.id
+            )
+            followups = [
+                lambda: on_task_finished(self.app, job.envelope, record.state, record.result)
+            ]
+            return Outcome(job.delivery, "ack", followups=followups, state=record.state)
+        delay = float(job.once or 0.0)
+        message = Message(
+            job.envelope.id, job.envelope.queue, job.delivery.body, job.envelope.priority, delay
+        )
+        return Outcome(job.delivery, "retry", retry_message=message, state=states.RETRY)
 
     def _retries_exhausted(self, job: Job) -> bool:
         limit = job.task.max_retries
@@ -252,8 +292,6 @@ class TaskRunner:
             runtime,
             retval,
         )
-        from ..canvas import on_task_finished
-
         followups = [lambda: on_task_finished(self.app, envelope, states.SUCCESS, value)]
         return Outcome(job.delivery, "ack", records, followups=followups, state=states.SUCCESS)
 
@@ -293,8 +331,6 @@ class TaskRunner:
         self._hook(task.after_return, states.FAILURE, exc, envelope.id, job.args, job.kwargs, einfo)
         record = self._failure_record(envelope, exc, einfo)
         self._log(logging.ERROR, "%s[%s] failed in %.3fs: %r", task.name, envelope.id, runtime, exc)
-        from ..canvas import on_task_finished
-
         info = record.result
         followups = [lambda: on_task_finished(self.app, envelope, states.FAILURE, info)]
         return Outcome(

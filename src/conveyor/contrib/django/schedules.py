@@ -15,8 +15,10 @@ run is still claimed in the broker before it is sent.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from conveyor.beat.scheduler import Beat, Entry
@@ -144,11 +146,29 @@ class DjangoBeat(Beat):
         delay = super().tick()
         return max(0.0, min(delay, self._next_poll - time.monotonic()))
 
-    def _write_last(self, name: str, record: dict[str, Any], *, newer_only: bool = False) -> None:
-        super()._write_last(name, record, newer_only=newer_only)
-        if record.get("task_id") and name in self.source.names:
-            try:
-                due = datetime.fromisoformat(record["due"]).astimezone(UTC)
-                self.source.record_run(name, due)
-            except Exception:
-                logger.exception("%s: could not record the run of %s", self.name, name)
+    def on_sent(self, entry: Entry, instant: datetime, task_id: str) -> None:
+        if entry.name in self.source.names:
+            self.source.record_run(entry.name, instant)
+
+
+def run_beat(
+    app: Conveyor,
+    stop: threading.Event | None = None,
+    *,
+    name: str | None = None,
+    max_interval: float = 5.0,
+    poll_interval: float = 2.0,
+) -> None:
+    """Run a :class:`DjangoBeat` until ``stop`` is set (same signature as
+    :func:`conveyor.beat.scheduler.run_beat`). Without ``stop``, SIGINT and SIGTERM stop it
+    (when called from the main thread)."""
+    from .worker import setup_worker
+
+    setup_worker(app)
+    if stop is None:
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stop.set())
+    beat = DjangoBeat(app, name=name, max_interval=max_interval, poll_interval=poll_interval)
+    beat.run(stop)

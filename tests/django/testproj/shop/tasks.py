@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 
 from django.db import connection
 from django.tasks import TaskContext, task
@@ -41,6 +42,12 @@ def break_connection() -> None:
 @shared_task
 def worker_pid() -> int:
     return os.getpid()
+
+
+@shared_task
+def slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
 
 
 @shared_task

@@ -14,8 +14,9 @@ aware datetime, or None when it will never be due again):
 Cron evaluation is delegated to `cronsim <https://github.com/cuu508/cronsim>`_: it is small,
 typed, maintained, and evaluates with zoneinfo datetimes exactly like Debian's cron, including
 its DST rules. A hand-written evaluator would have to re-learn those rules (and their bugs);
-croniter is larger, was briefly abandoned in 2024, and its DST handling has a long history of
-issues. Conveyor parses Celery's field syntax itself (names, Sunday as 7, wrapping ranges such
+croniter is larger, was declared abandoned at the end of 2024 (it now lives on under
+pallets-eco, while PyPI still shows the notice) and has a long history of DST issues with
+zoneinfo. Conveyor parses Celery's field syntax itself (names, Sunday as 7, wrapping ranges such
 as ``fri-mon``, clear errors naming the field) and hands cronsim plain numeric lists.
 
 Semantics Conveyor fixes on purpose:

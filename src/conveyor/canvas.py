@@ -128,7 +128,7 @@ class Signature:
         return isinstance(other, Signature) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.task, self.args))
+        return hash((self.task, self.id))  # args may hold lists; equal signatures share both
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
         new = copy.copy(self)

@@ -141,6 +141,7 @@ def test_signature_partials_immutability_and_options(t: SimpleNamespace) -> None
     assert (named.task, named.args, named.options) == ("t.add", (1, 2), {"countdown": 3})
     assert signature(named.to_dict()) == named
     assert t.mul.s(3)(2) == 6  # calling a signature runs the task inline
+    assert len({t.collect.s([1]), t.collect.s([1])}) == 1  # hashable with list arguments
 
 
 def test_json_round_trip_of_nested_workflows(t: SimpleNamespace) -> None:

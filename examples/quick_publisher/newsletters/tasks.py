@@ -9,6 +9,7 @@ every chunk has finished, with the list of their return values.
 """
 
 from conveyor import shared_task
+from conveyor.canvas import chord, group
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, mailers
@@ -17,11 +18,6 @@ from django.utils import timezone
 from quick_publisher.mail import MAIL_ERRORS
 
 from .models import Delivery, Newsletter
-
-try:
-    from conveyor import chord, group
-except ImportError:  # until conveyor.canvas has them
-    from quick_publisher.interim.tasks import chord, group  # type: ignore[assignment]
 
 
 @shared_task

@@ -1,5 +1,6 @@
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from .models import OutboxMessage
@@ -10,13 +11,24 @@ def _enabled() -> None:
         raise Http404("the outbox is only shown in the demo")
 
 
-def outbox(request: HttpRequest) -> HttpResponse:
+def _messages(request: HttpRequest) -> tuple[str, QuerySet[OutboxMessage]]:
     _enabled()
     to = request.GET.get("to", "").strip()
     messages = OutboxMessage.objects.all()
-    if to:
-        messages = messages.filter(to__icontains=to)
-    return render(request, "outbox/list.html", {"messages_sent": messages[:100], "to": to})
+    return to, messages.filter(to__icontains=to) if to else messages
+
+
+def outbox(request: HttpRequest) -> HttpResponse:
+    to, messages = _messages(request)
+    shown = list(messages[:100])
+    context = {"messages_sent": shown, "to": to, "latest": shown[0].pk if shown else 0}
+    return render(request, "outbox/list.html", context)
+
+
+def latest(request: HttpRequest) -> JsonResponse:
+    """The id of the newest message (to ``?to=``): the outbox page reloads when it changes."""
+    _, messages = _messages(request)
+    return JsonResponse({"latest": messages.values_list("pk", flat=True).first() or 0})
 
 
 def message_detail(request: HttpRequest, pk: int) -> HttpResponse:

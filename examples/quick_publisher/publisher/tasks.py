@@ -1,8 +1,10 @@
 """Post tasks: the summary, and the view-count report (a periodic fan-out of small tasks)."""
 
 import logging
+from datetime import datetime
+from typing import Any
 
-from conveyor import shared_task
+from conveyor import Task, shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
@@ -32,14 +34,16 @@ def generate_summary(post_id: int) -> str:
     return "summarized"
 
 
-@shared_task
-def send_view_count_report() -> int:
+@shared_task(bind=True)
+def send_view_count_report(self: Task[Any, Any]) -> int:
     """Periodic (beat): queue one report task per author. Returns how many were queued.
 
-    The period (the minute this run started, in the site's time zone) travels with each task
-    so that a retried or redelivered one is recognised as already sent.
+    The period - the run's due time, which beat sends in the ``scheduled_at`` header - travels
+    with each task, so that a retried or redelivered one is recognised as already sent.
     """
-    period = timezone.localtime().strftime("%Y-%m-%d %H:%M")
+    scheduled_at = self.request.headers.get("scheduled_at")
+    when = datetime.fromisoformat(scheduled_at) if scheduled_at else timezone.now()
+    period = timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S")
     author_ids = list(
         get_user_model()
         .objects.filter(is_active=True, posts__isnull=False)

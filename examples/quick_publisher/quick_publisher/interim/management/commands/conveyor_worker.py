@@ -1,18 +1,15 @@
-"""``manage.py conveyor_worker [-B]``: run the project's tasks in this process (interim)."""
+"""``manage.py conveyor_worker [-B]`` (interim): run the project's tasks in this process, and
+with ``-B`` the beat scheduler too. Replaced by conveyor.contrib.django's command when it ships.
+"""
 
 import logging
 import signal
 import threading
-import time
-from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from conveyor.beat.scheduler import run_beat
 from conveyor.contrib.django.worker import DjangoWorker
-from conveyor.schedules import as_schedule
 from django.core.management.base import BaseCommand, CommandParser
-
-logger = logging.getLogger("conveyor.beat")
 
 
 class Command(BaseCommand):
@@ -35,36 +32,13 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
         worker = DjangoWorker(app, concurrency=options["concurrency"])
         worker.start()
-        beat = threading.Thread(target=_beat, args=(app, stop), daemon=True)
+        beat = threading.Thread(target=run_beat, args=(app, stop), kwargs={"max_interval": 1.0})
         if options["beat"]:
             beat.start()
-        self.stdout.write(f"worker ready: {app.broker_url}", self.style.SUCCESS)
+        self.stdout.write(self.style.SUCCESS(f"worker ready: {app.broker_url}"))
         stop.wait()
         self.stdout.write("worker: warm shutdown")
+        if beat.is_alive():
+            beat.join(timeout=5)
         worker.stop(timeout=10)
         app.close()
-
-
-def _beat(app: Any, stop: threading.Event) -> None:
-    """Send each beat_schedule entry when due (one process only: no claims)."""
-    tz = ZoneInfo(app.conf.timezone)
-    entries = {
-        name: (entry, as_schedule(entry["schedule"]))
-        for name, entry in app.conf.beat_schedule.items()
-    }
-    now = datetime.now(UTC).astimezone(tz)
-    due = {name: sched.next_after(now) for name, (_, sched) in entries.items()}
-    while not stop.wait(max(0.05, 1 - time.time() % 1)):
-        now = datetime.now(UTC).astimezone(tz)
-        for name, (entry, sched) in entries.items():
-            when = due[name]
-            if when is None or when > now:
-                continue
-            logger.info("beat: sending %s (%s)", name, entry["task"])
-            app.send_task(
-                entry["task"],
-                entry.get("args", ()),
-                entry.get("kwargs", {}),
-                headers={"periodic_entry": name},
-            )
-            due[name] = sched.next_after(now)

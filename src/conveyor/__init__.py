@@ -27,6 +27,7 @@ from .exceptions import (
     WorkerLostError,
 )
 from .result import AsyncResult, GroupResult
+from .schedules import clocked, crontab, every
 from .task import Request, Task, current_request, shared_task
 
 __version__ = "0.1.0"
@@ -51,8 +52,11 @@ __all__ = [
     "TaskFailed",
     "TimeLimitExceeded",
     "WorkerLostError",
+    "clocked",
+    "crontab",
     "current_request",
     "default_app",
+    "every",
     "shared_task",
     "signature",
     "states",

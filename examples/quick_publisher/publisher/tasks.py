@@ -63,7 +63,12 @@ def send_view_count_report(self: Task[Any, Any]) -> int:
     max_retries=8,
 )
 def send_author_report(author_id: int, period: str) -> str:
-    """Email one author a table of their posts and view counts, at most once per period."""
+    """Email one author a table of their posts and view counts, once per period.
+
+    A redelivered or retried copy finds the period recorded and sends nothing. The record is
+    written after the mail went out: a worker killed in between sends it again on
+    redelivery (at least once), rather than never.
+    """
     if ReportDelivery.objects.filter(author_id=author_id, period=period).exists():
         return "already sent"
     author = get_user_model().objects.filter(pk=author_id, is_active=True).first()

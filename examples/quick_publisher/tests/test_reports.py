@@ -111,3 +111,16 @@ def test_report_fails_for_good_after_max_retries(worker, author, settings, monke
     assert not ReportDelivery.objects.exists()
     with pytest.raises(SMTPException):
         worker.raise_failures()  # the in-process worker saw the original exception
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_period_is_the_run_that_beat_scheduled(worker, author):
+    Post.objects.create(author=author, title="T", slug="t", content="x")
+    headers = {"periodic_entry": "send-view-count-report", "scheduled_at": "2025-03-01T23:30:00Z"}
+    for _ in range(2):  # the same run delivered twice: one email
+        send_view_count_report.apply_async(headers=headers)
+        worker.run_until_idle()
+    (delivery,) = ReportDelivery.objects.all()
+    assert delivery.period == "2025-03-02 07:30:00"  # 07:30 in Shanghai
+    reports = [m for m in mail.outbox if m.subject.startswith("Your QuickPublisher activity")]
+    assert len(reports) == 1

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -235,7 +236,9 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
     show_default=True,
     help="Seconds a terminated task gets before its process is killed.",
 )
-@click.option("-B", "--beat", is_flag=True, help="Also run the beat scheduler (one per fleet).")
+@click.option(
+    "-B", "--beat", is_flag=True, help="Also run beat (safe on several workers: runs go once)."
+)
 @click.pass_obj
 def worker(
     state: _State,
@@ -279,6 +282,7 @@ def worker(
             hostname=name or default_hostname(),
             prefetch_multiplier=prefetch,
             max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
+            beat=beat,
         )
         return
     from .worker.supervisor import Supervisor
@@ -295,6 +299,7 @@ def worker(
         shutdown_timeout=timeout,
         terminate_grace=terminate_grace,
         app_spec=spec,
+        beat=beat,
     )
     _banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
     sys.exit(supervisor.run())
@@ -319,12 +324,10 @@ def _banner(
     prefetch: int | None,
     beat: bool,
 ) -> None:
-    from . import __version__
-
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))
     lines = [
-        f"[bold]conveyor {__version__}[/] worker",
+        f"[bold]conveyor {_version()}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",
         f"  broker:       {redact_text(app.broker_url)}",
         f"  results:      {redact_text(app.result_backend_url)}",
@@ -341,16 +344,22 @@ def _banner(
 # -- beat ------------------------------------------------------------------------------------
 def _beat_runner() -> Callable[..., Any]:
     if importlib.util.find_spec("conveyor.beat.scheduler") is None:
-        raise click.ClickException("beat is not available yet: conveyor.beat.scheduler is missing")
-    module = importlib.import_module("conveyor.beat.scheduler")
-    runner = getattr(module, "run_beat", None)
-    if runner is None:
-        raise click.ClickException("conveyor.beat.scheduler has no run_beat()")
-    return runner  # type: ignore[no-any-return]
+        raise click.ClickException("beat is not available: conveyor.beat.scheduler is missing")
+    from .beat.scheduler import run_beat
+
+    return run_beat
 
 
 @cli.command()
 @_app_option
+@click.option("-n", "--name", help="Name of this beat in logs (default: beat@host:pid).")
+@click.option(
+    "--max-interval",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Longest sleep between ticks (seconds).",
+)
 @click.option(
     "-l",
     "--loglevel",
@@ -359,13 +368,34 @@ def _beat_runner() -> Callable[..., Any]:
     show_default=True,
 )
 @click.pass_obj
-def beat(state: _State, app_spec: str | None, loglevel: str) -> None:
-    """Run the beat scheduler (send periodic tasks)."""
+def beat(
+    state: _State, app_spec: str | None, name: str | None, max_interval: float, loglevel: str
+) -> None:
+    """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
     setup_logging(loglevel)
     app = state.app(app_spec)
     app.finalize()
     run_beat = _beat_runner()
-    run_beat(app)
+    app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+    entries = sorted(app.conf.beat_schedule)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        "\n".join(
+            [
+                f"[bold]conveyor {_version()}[/] beat",
+                f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
+                f"  broker:   {redact_text(app.broker_url)}",
+                f"  entries ({len(entries)}):",
+                *(f"    . {entry}" for entry in entries),
+            ]
+        )
+    )
+    run_beat(app, name=name, max_interval=max_interval)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 # -- inspection and maintenance --------------------------------------------------------------
@@ -381,6 +411,17 @@ def _when(timestamp: float | None) -> str:
     if not timestamp:
         return "-"
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(timestamp: float | None) -> str:
+    """``12s``, ``5m``, ``3h``, ``2d`` since ``timestamp``."""
+    if not timestamp:
+        return "-"
+    seconds = max(0.0, time.time() - timestamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 @cli.command()
@@ -413,7 +454,7 @@ def status(state: _State, app_spec: str | None, as_json: bool) -> None:
         table.add_row(name, str(s.ready), str(s.delayed), str(s.leased), str(s.dead))
     console.print(table)
     table = Table(title=f"Workers alive: {len(workers)}", title_justify="left")
-    for column in ("worker", "pid", "queues", "running", "processed", "started", "seen"):
+    for column in ("worker", "pid", "queues", "running", "processed", "up", "seen"):
         table.add_column(column, no_wrap=column == "worker")
     for name, info in workers.items():
         table.add_row(
@@ -422,8 +463,8 @@ def status(state: _State, app_spec: str | None, as_json: bool) -> None:
             ",".join(info.get("queues") or []),
             str(info.get("running", "-")),
             str(info.get("processed", "-")),
-            _when(info.get("started_at")),
-            _when(info.get("seen_at")),
+            _ago(info.get("started_at")),
+            f"{_ago(info.get('seen_at'))} ago",
         )
     console.print(table)
 

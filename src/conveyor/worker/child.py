@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 _STRAY = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
-#: Signal that carries a time limit or terminate request into the main thread.
-INTERRUPT_SIGNAL = signal.SIGUSR1
+#: Signal that carries a time limit or terminate request into the main thread (POSIX only).
+INTERRUPT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +105,14 @@ class ProcessWorker(Worker):
         self.max_memory_kib = max_memory_kib
         self.exit_code = 0
         self._main_ident = threading.main_thread().ident or 0
-        self._in_main = self.concurrency == 1
+        self._in_main = self.concurrency == 1 and INTERRUPT_SIGNAL is not None
         self._main_queue: queue.SimpleQueue[tuple[_Running, threading.Event]] = queue.SimpleQueue()
         self._main_control: _Running | None = None
         self._pending_interrupt: tuple[_Running, type[BaseException]] | None = None
         self._stop_lock = threading.Lock()
         self._stopping: set[bool] = set()  # the kinds of stop (cold or not) under way
+        #: Called after the worker stopped, just before the process exits.
+        self.before_exit: list[Callable[[], None]] = []
 
     # -- stopping ------------------------------------------------------------------------
     def request_stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
@@ -136,6 +138,11 @@ class ProcessWorker(Worker):
                 thread.join(self.lease_wait + 5.0)
         super().stop(cold=cold, timeout=timeout)
         logger.info("worker %s stopped (%d tasks processed)", self.hostname, self.processed)
+        for hook in self.before_exit:
+            try:
+                hook()
+            except Exception:
+                logger.exception("exit hook %r failed", hook)
         for handler in logging.getLogger().handlers + logger.handlers:
             handler.flush()
         sys.stdout.flush()
@@ -150,9 +157,15 @@ class ProcessWorker(Worker):
             self._interrupt(control, TaskRevokedError)
 
     # -- running sync tasks in the main thread -------------------------------------------
+    @property
+    def runs_in_main_thread(self) -> bool:
+        """Whether sync tasks run in the main thread (call :meth:`serve` there)."""
+        return self._in_main
+
     def serve(self) -> None:
         """Run sync tasks handed over by the pool (one thread per process) until exit."""
-        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
+        if INTERRUPT_SIGNAL is not None:
+            signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
         while True:
             try:
                 try:
@@ -185,6 +198,7 @@ class ProcessWorker(Worker):
                 return
             control.interrupted = exc_type
             self._pending_interrupt = (control, exc_type)
+        assert INTERRUPT_SIGNAL is not None  # tasks run in the main thread only with it
         signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
 
     def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
@@ -257,7 +271,6 @@ def run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> N
             os.close(fd)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     if isinstance(app, str):
         from ..cli import find_app
 
@@ -287,11 +300,14 @@ def run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> N
     _serve(worker)
 
 
-def run_solo(app: Conveyor, *, shutdown_timeout: float, **options: Any) -> None:
+def run_solo(app: Conveyor, *, shutdown_timeout: float, beat: bool = False, **options: Any) -> None:
     """``--pool solo``: one :class:`ProcessWorker` in this process, stopped warm by SIGTERM
-    or SIGINT and cold by a second one. Never returns: the process exits when it stops."""
+    or SIGINT and cold by a second one; ``beat=True`` also runs beat on a thread. Never
+    returns: the process exits when it stops."""
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     worker = ProcessWorker(app, **options)
+    if beat:
+        _beat_thread(app, worker)
     signals = SignalCounter().install()
     threading.Thread(
         target=_watch_signals,
@@ -304,19 +320,26 @@ def run_solo(app: Conveyor, *, shutdown_timeout: float, **options: Any) -> None:
 
 
 def _serve(worker: ProcessWorker) -> None:
-    if worker.concurrency == 1:
+    if worker.runs_in_main_thread:
         worker.serve()
     while True:  # worker threads run the tasks; a completed stop ends the process
         threading.Event().wait()
 
 
 def _watch_signals(worker: ProcessWorker, signals: SignalCounter, shutdown_timeout: float) -> None:
-    pause = threading.Event()
+    pause, seen = threading.Event(), 0
     while not pause.wait(0.1):
-        if signals.count >= 1:
+        count = signals.count
+        if count >= 1 and seen < 1:
+            logger.warning(
+                "warm shutdown: finishing running tasks within %ss (signal again for cold)",
+                shutdown_timeout,
+            )
             worker.request_stop(timeout=shutdown_timeout)
-        if signals.count >= 2:
+        if count >= 2 and seen < 2:
+            logger.warning("cold shutdown: returning unfinished messages")
             worker.request_stop(cold=True)
+        seen = count
 
 
 def _control_loop(
@@ -344,3 +367,50 @@ def _control_loop(
             logger.warning("supervisor %d is gone: stopping", parent)
             worker.request_stop(timeout=shutdown_timeout)
             return
+
+
+def _beat_thread(app: Conveyor, worker: ProcessWorker) -> None:
+    from ..beat.scheduler import run_beat
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_beat,
+        args=(app, stop),
+        kwargs={"name": f"{worker.hostname}/beat"},
+        name="conveyor-beat",
+        daemon=True,
+    )
+
+    def stop_beat() -> None:
+        stop.set()
+        thread.join(10)
+
+    worker.before_exit.append(stop_beat)
+    thread.start()
+
+
+def run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> None:
+    """Entry point of the beat process a supervisor runs for ``worker -B``: stops on SIGTERM
+    or when the supervisor is gone (Ctrl-C reaches the supervisor, which sends SIGTERM)."""
+    from ..beat.scheduler import run_beat
+
+    for fd in close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if isinstance(app, str):
+        from ..cli import find_app
+
+        app = find_app(app)
+    stop = threading.Event()
+    terminated = SignalCounter([signal.SIGTERM]).install()
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            if terminated.count or os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, name="conveyor-beat-watch", daemon=True).start()
+    run_beat(app, stop, name=name)

@@ -46,7 +46,7 @@ from ..exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from .child import ChildOptions, run_child
+from .child import ChildOptions, run_beat_process, run_child
 from .consumer import default_hostname
 from .execution import Job, Outcome, TaskRunner
 from .signals import SignalCounter
@@ -108,6 +108,7 @@ class Supervisor:
         shutdown_timeout: float | None = None,
         terminate_grace: float = 5.0,
         app_spec: str | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -121,6 +122,7 @@ class Supervisor:
         self.shutdown_timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
         self.terminate_grace = terminate_grace
         self.app_spec = app_spec
+        self.beat = beat
         self._context: BaseContext
         if "fork" in multiprocessing.get_all_start_methods():
             self._context = multiprocessing.get_context("fork")
@@ -141,6 +143,8 @@ class Supervisor:
         self._next_terminate_poll = 0.0
         self._wake_r = -1
         self._wake_w = -1
+        self._beat: BaseProcess | None = None
+        self._beat_restart_at: float | None = None
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -149,7 +153,9 @@ class Supervisor:
         try:
             for slot in range(1, self.concurrency + 1):
                 self._spawn(slot)
-            while self._children or self._restart_at or not self._stopping:
+            if self.beat:
+                self._spawn_beat()
+            while self._children or self._restart_at or self._beat or not self._stopping:
                 self._tick()
         finally:
             self._restore_signals()
@@ -160,6 +166,8 @@ class Supervisor:
         waitables: list[Any] = [self._wake_r]
         for child in self._children.values():
             waitables += (child.conn, child.process.sentinel)
+        if self._beat is not None:
+            waitables.append(self._beat.sentinel)
         ready = wait(waitables, self._wait_timeout())
         if self._wake_r in ready:
             with contextlib.suppress(OSError):
@@ -175,6 +183,7 @@ class Supervisor:
         self._poll_terminates(now)
         self._handle_deadlines(now)
         self._restart_due(now)
+        self._check_beat(now)
 
     def _wait_timeout(self) -> float:
         now = time.monotonic()
@@ -188,15 +197,22 @@ class Supervisor:
             if child.tasks:
                 due.append(self._next_terminate_poll)
         due += self._restart_at.values()
+        if self._beat_restart_at is not None:
+            due.append(self._beat_restart_at)
         if self._stopping:
             due.append(self._kill_deadline if self._cold else self._stop_deadline)
         return max(0.0, min(due) - now)
 
     # -- children ------------------------------------------------------------------------
+    def _inherited_fds(self) -> list[int]:
+        """Descriptors a forked child must close: it must not hold the supervisor's ends."""
+        if self._context.get_start_method() != "fork":
+            return []
+        return [self._wake_r, self._wake_w, *(c.conn.fileno() for c in self._children.values())]
+
     def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = self._context.Pipe()
-        close_fds = [self._wake_r, self._wake_w, parent_conn.fileno()]
-        close_fds += [c.conn.fileno() for c in self._children.values()]
+        close_fds = [*self._inherited_fds(), parent_conn.fileno()]
         options = ChildOptions(
             slot=slot,
             hostname=f"{self.hostname}/{slot}",
@@ -208,13 +224,9 @@ class Supervisor:
             shutdown_timeout=self.shutdown_timeout,
             close_fds=close_fds if self._context.get_start_method() == "fork" else [],
         )
-        target_app: Conveyor | str = self.app
-        if self._context.get_start_method() != "fork":
-            assert self.app_spec is not None
-            target_app = self.app_spec
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_child,
-            args=(target_app, options, child_conn),
+            args=(self._target_app(), options, child_conn),
             name=f"worker-{slot}",
             daemon=False,
         )
@@ -224,6 +236,45 @@ class Supervisor:
             slot, process, parent_conn, options.hostname, time.monotonic()
         )
         logger.debug("started child %d (pid %s)", slot, process.pid)
+
+    def _target_app(self) -> Conveyor | str:
+        """The app for a child: the object when forking, its spec when spawning."""
+        if self._context.get_start_method() == "fork":
+            return self.app
+        assert self.app_spec is not None
+        return self.app_spec
+
+    def _spawn_beat(self) -> None:
+        self._beat_restart_at = None
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=run_beat_process,
+            args=(self._target_app(), f"{self.hostname}/beat", self._inherited_fds()),
+            name="beat",
+            daemon=False,
+        )
+        process.start()
+        self._beat = process
+        logger.info("started beat (pid %s)", process.pid)
+
+    def _check_beat(self, now: float) -> None:
+        beat = self._beat
+        if beat is not None and not beat.is_alive():
+            beat.join()
+            self._beat = None
+            if not self._stopping:
+                logger.error(
+                    "beat (pid %s) exited with code %s: restarting", beat.pid, beat.exitcode
+                )
+                self._beat_restart_at = now + 1.0
+        if self._stopping:
+            self._beat_restart_at = None
+        elif self._beat_restart_at is not None and now >= self._beat_restart_at:
+            self._spawn_beat()
+
+    def _signal_beat(self, signum: int) -> None:
+        if self._beat is not None and self._beat.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._beat.pid, signum)
 
     def _read(self, child: _Child) -> None:
         """Take in every report waiting in the child's pipe."""
@@ -451,6 +502,7 @@ class Supervisor:
             self.shutdown_timeout,
         )
         self._send_stop(cold=False)
+        self._signal_beat(signal.SIGTERM)
 
     def _cold_stop(self, why: str) -> None:
         if self._cold:
@@ -480,6 +532,7 @@ class Supervisor:
                 )
                 self._kill(child)
             self._reap()
+            self._signal_beat(signal.SIGKILL)
 
     def request_stop(self, *, cold: bool = False) -> None:
         """Ask for a warm (or cold) shutdown, as SIGTERM would (call from a signal handler

@@ -2,10 +2,10 @@
 
 One :class:`Database` object serves one component (``broker`` or ``results``) of one file. It
 keeps a pool of connections per process that threads borrow for one operation each (a child
-process after ``os.fork()`` opens its own and never touches the parent's), puts the file in WAL
-mode, and creates or upgrades the component's tables on first use. Broker
-and result store may share a file: each keeps its own tables and its own row in
-``conveyor_meta``; the file is marked as Conveyor's through ``PRAGMA application_id``.
+process after ``os.fork()`` opens its own and never touches the parent's), puts the file in
+WAL mode, and creates or upgrades the component's tables on first use. Broker and result
+store may share a file: each keeps its own tables and its own row in ``conveyor_meta``; the
+file is marked as Conveyor's through ``PRAGMA application_id``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .exceptions import ConveyorError
 #: ``PRAGMA application_id`` of Conveyor files ("CNVY").
 APPLICATION_ID = 0x434E5659
 DEFAULT_FILENAME = "conveyor.sqlite3"
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: Most ``?`` parameters put in one statement (SQLite builds before 3.32 allow 999).
 MAX_PARAMS = 900
 
@@ -185,6 +186,8 @@ class Database:
                     raise
                 time.sleep(0.005)
         conn.execute("PRAGMA synchronous=NORMAL")
+        # After a burst, shrink the WAL back to this size instead of keeping its peak.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # Debian-like builds zero deleted content by default; acks delete a lot.
         conn.execute("PRAGMA secure_delete=OFF")
 
@@ -253,6 +256,10 @@ class Database:
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_NOTADB:
                 raise self._foreign("not an SQLite file") from exc
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise self.error(
+                    f"SQLite database {self.path} stayed locked by another connection: {exc}"
+                ) from exc
             raise self.error(f"SQLite database {self.path}: {exc}") from exc
 
     @contextmanager
@@ -263,7 +270,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, with SQLite errors translated."""
+        """A borrowed connection (autocommit reads), with SQLite errors translated."""
         with self.guard(), self.connection() as conn:
             yield conn
 
@@ -294,6 +301,7 @@ class Database:
                 # busy_timeout already waited; keep trying until our own deadline.
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise
+                time.sleep(0.001)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -3,12 +3,17 @@
 All messages live in one table. ``state`` says where a message is: ready (0), leased (1) or
 delayed (2); ``due`` is the lease deadline of a leased message and the due time of a delayed
 one. A partial index over ready rows in (queue, priority, seq) order makes a lease one short
-index walk; two more partial indexes over ``due`` find expired leases and due delayed messages.
-Writes are short ``BEGIN IMMEDIATE`` transactions; a receipt is ``"seq:token"`` with a random
-token per lease, so a stale receipt never touches a message leased again since.
+index walk; two more partial indexes over ``due`` find expired leases and due delayed
+messages. A due message is re-inserted at the end of its queue (FIFO by the time it became
+ready). Every row carries the broker's ``key_prefix`` (``ns``), so apps can share a file.
 
-Waiting consumers poll with a backoff (1 ms doubling up to ``poll_interval``) and are woken at
-once by publishes made through the same broker object.
+Writes are short ``BEGIN IMMEDIATE`` transactions. A receipt is ``"seq:token"`` with a random
+token per lease: a receipt whose lease was released or reclaimed matches no row, so a late
+worker's ack, extend, release, retry or dead-letter does nothing.
+
+Waiting consumers poll with a backoff (1 ms doubling up to ``poll_interval``), look with a
+read-only query before taking the write lock, and are woken at once by publishes made through
+the same broker object.
 
 Transport options: ``busy_timeout`` (s, default 5), ``lock_timeout`` (s a write may wait for
 the file lock in total, default 60), ``poll_interval`` (s, longest pause between polls while

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import conveyor
 from conveyor import ChordError, Conveyor, states
 from conveyor.canvas import chain, chord, followup_id, group
 from conveyor.result import GroupResult
@@ -232,10 +233,24 @@ def idle(app: Conveyor, queues: list[str]) -> bool:
 # -- tests ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "imports",
+    [
+        pytest.param("from conveyor.canvas import chain, group", id="canvas"),
+        pytest.param(
+            "from conveyor import chain\nfrom conveyor import group",
+            id="verbatim",
+            marks=pytest.mark.skipif(
+                not hasattr(conveyor, "chain"),
+                reason="conveyor/__init__.py does not export chain/group yet (the lead owns it)",
+            ),
+        ),
+    ],
+)
 def test_seed_003_examples(
-    it_app: Conveyor, worker: TestWorker, capsys: pytest.CaptureFixture[str]
+    it_app: Conveyor, worker: TestWorker, capsys: pytest.CaptureFixture[str], imports: str
 ) -> None:
-    run_seed("from conveyor.canvas import chain, group", it_app, capsys)
+    run_seed(imports, it_app, capsys)
 
 
 def test_failure_propagation(

@@ -151,6 +151,11 @@ def test_passwords_never_reach_the_terminal(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_prefork_refuses_the_in_process_memory_broker() -> None:
+    result = conveyor(None, "worker", env={"CONVEYOR_BROKER_URL": "memory://"})
+    assert "cannot feed child processes" in one_line_error(result, 1)
+
+
 def test_bad_option_value_is_a_usage_error() -> None:
     result = conveyor(None, "worker", "--pool", "nope")
     assert result.returncode == 2

@@ -65,6 +65,8 @@ class ChildOptions:
     shutdown_timeout: float = 30.0
     #: Descriptors inherited from the supervisor that this child must close.
     close_fds: list[int] = field(default_factory=list)
+    #: Root log level, for spawned children (forked ones inherit the logging setup).
+    log_level: int = logging.INFO
 
 
 def memory_kib() -> int:
@@ -272,8 +274,9 @@ def run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> N
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     if isinstance(app, str):
-        from ..cli import find_app
+        from ..cli import find_app, setup_logging
 
+        setup_logging(logging.getLevelName(options.log_level))
         app = find_app(app)
     report = _Reporter(conn)
     worker = ProcessWorker(
@@ -362,7 +365,7 @@ def _control_loop(
             worker.request_stop(timeout=shutdown_timeout)
             return
         if terminated.count:
-            worker.request_stop()
+            worker.request_stop(timeout=shutdown_timeout)
         if os.getppid() != parent:
             logger.warning("supervisor %d is gone: stopping", parent)
             worker.request_stop(timeout=shutdown_timeout)

@@ -38,6 +38,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from .. import states
+from ..brokers import scheme_of
 from ..brokers.base import DeadLetterReason, Delivery
 from ..exceptions import (
     ConfigurationError,
@@ -110,6 +111,11 @@ class Supervisor:
         app_spec: str | None = None,
         beat: bool = False,
     ) -> None:
+        if scheme_of(app.broker_url) == "memory":
+            raise ConfigurationError(
+                "the memory:// broker lives in one process and cannot feed child processes: "
+                "use --pool solo, or a sqlite:// or redis:// broker"
+            )
         conf = app.conf
         self.app = app
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
@@ -223,6 +229,7 @@ class Supervisor:
             max_memory_kib=self.max_memory_per_child,
             shutdown_timeout=self.shutdown_timeout,
             close_fds=close_fds if self._context.get_start_method() == "fork" else [],
+            log_level=logging.getLogger().getEffectiveLevel(),
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_child,

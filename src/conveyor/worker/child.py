@@ -31,7 +31,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -268,6 +268,22 @@ class _Reporter:
 
 def run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> None:
     """Entry point of a supervisor's child process."""
+    with _logged_failure(f"worker process {options.slot}"):
+        _run_child(app, options, conn)
+
+
+@contextlib.contextmanager
+def _logged_failure(what: str) -> Iterator[None]:
+    """Log a crash through logging (where URL passwords are redacted), then exit with 1,
+    instead of letting multiprocessing print a raw traceback."""
+    try:
+        yield
+    except Exception:
+        logger.exception("%s failed", what)
+        raise SystemExit(1) from None
+
+
+def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> None:
     for fd in options.close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -395,6 +411,11 @@ def _beat_thread(app: Conveyor, worker: ProcessWorker) -> None:
 def run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> None:
     """Entry point of the beat process a supervisor runs for ``worker -B``: stops on SIGTERM
     or when the supervisor is gone (Ctrl-C reaches the supervisor, which sends SIGTERM)."""
+    with _logged_failure("beat process"):
+        _run_beat_process(app, name, close_fds)
+
+
+def _run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> None:
     from ..beat.scheduler import run_beat
 
     for fd in close_fds:

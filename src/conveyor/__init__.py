@@ -11,7 +11,7 @@
 
 from . import states
 from .app import Conveyor, Signal, default_app
-from .canvas import Signature, signature
+from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .exceptions import (
     ChordError,
     ConfigurationError,
@@ -52,12 +52,18 @@ __all__ = [
     "TaskFailed",
     "TimeLimitExceeded",
     "WorkerLostError",
+    "chain",
+    "chord",
+    "chunks",
     "clocked",
     "crontab",
     "current_request",
     "default_app",
     "every",
+    "group",
     "shared_task",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

@@ -373,20 +373,15 @@ class Worker:
         self._retrying(
             lambda: self.app.results.store(records) if records else None, "store results"
         )
-        for outcome in outcomes:
-            for followup in outcome.followups:
-                try:
-                    followup()
-                except Exception:
-                    logger.exception(
-                        "follow-up of task %s failed",
-                        outcome.delivery.id if outcome.delivery else "?",
-                    )
+        # A follow-up (callback, chord join) that fails leaves its message unacked: the lease
+        # then expires and the redelivery re-sends the follow-ups (the run-once guard keeps the
+        # task itself from running again), so a transient error never loses a workflow step.
+        settled = [o for o in outcomes if self._run_followups(o)]
         broker = self.app.broker
-        acks = [o.delivery for o in outcomes if o.action == "ack" and o.delivery is not None]
+        acks = [o.delivery for o in settled if o.action == "ack" and o.delivery is not None]
         if acks:
             self._retrying(lambda: broker.ack(acks), "ack")
-        for outcome in outcomes:
+        for outcome in settled:
             delivery = outcome.delivery
             if delivery is None:
                 continue
@@ -398,6 +393,16 @@ class Worker:
                 dead = partial(broker.dead_letter, delivery, outcome.reason, outcome.detail)
                 self._retrying(dead, "dead-letter")
         self._release_controls(batch)
+
+    def _run_followups(self, outcome: Outcome) -> bool:
+        for followup in outcome.followups:
+            try:
+                followup()
+            except Exception:
+                task_id = outcome.delivery.id if outcome.delivery else "?"
+                logger.exception("follow-up of task %s failed; it will be redelivered", task_id)
+                return False
+        return True
 
     def _release_controls(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
         finished = 0

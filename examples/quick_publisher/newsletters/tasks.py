@@ -8,8 +8,7 @@ Each chunk is a small task that can fail and retry on its own; the summary runs 
 every chunk has finished, with the list of their return values.
 """
 
-from conveyor import shared_task
-from conveyor.canvas import chord, group
+from conveyor import chord, group, shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, mailers

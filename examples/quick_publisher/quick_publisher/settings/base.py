@@ -29,8 +29,6 @@ INSTALLED_APPS = [
     # Conveyor's Django integration: tasks sent on commit (delay_on_commit), the
     # `conveyor_worker` / `conveyor_beat` commands, the ORM result store, system checks.
     "conveyor.contrib.django",
-    # Interim stand-ins for pieces of Conveyor not released yet (see its docstring).
-    "quick_publisher.interim",
 ]
 
 MIDDLEWARE = [

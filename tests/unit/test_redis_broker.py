@@ -330,6 +330,23 @@ def test_heartbeat_holds_one_lease_while_another_runs_out_to_the_dlq(
     assert broker.stats([Q])[Q] == QueueStats(dead=1)
 
 
+def test_release_puts_a_requeued_message_back_at_its_new_place(broker: RedisBroker) -> None:
+    first = msg(b"first")
+    broker.publish([first])
+    broker.lease([Q], 1, 0)
+    later = [msg(b"b"), msg(b"c")]
+    broker.publish(later)
+    expired = broker.time() + LEASE + 0.05
+    wait_until(lambda: broker.time() > expired, 5.0, "lease expiry")
+    assert broker.sweep() == 1  # first goes behind b and c
+    held = broker.lease([Q], 3, 0)
+    assert [d.id for d in held] == [later[0].id, later[1].id, first.id]
+    broker.release(held[::-1])
+    again = broker.lease([Q], 3, 0)
+    assert [d.id for d in again] == [later[0].id, later[1].id, first.id]
+    assert [d.delivery_count for d in again] == [1, 1, 2]
+
+
 def test_sweep_and_purge_work_through_big_backlogs(broker: RedisBroker) -> None:
     total = CHUNK + 300
     broker.publish([msg(queue="bulk") for _ in range(total)])

@@ -13,8 +13,9 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   queues inside the script. ``delayed:<q>`` is scored by due time, ``leased:<q>`` by lease
   deadline (sweeping is a range query), ``dead:<q>`` by burial order; message fields (body,
   delivery count, ...) live in one hash per message. All times come from Redis ``TIME``.
-* A receipt is ``<uid>:<lease token>``: an ack, heartbeat or release with a receipt whose
-  lease expired and was handed to another worker changes nothing.
+* A receipt is ``<uid>:<n>``, n counting the message's leases (never going down; a release
+  is counted apart, so it charges no delivery): an ack, heartbeat or release with a receipt
+  whose lease ran out and was handed to another worker changes nothing.
 * Blocking: each queue has a wake-up list holding at most one token. Anything that makes
   work appear (publish, requeue, release, replay, a delayed message added) pushes it; an idle
   consumer BLPOPs the lists of its queues, with a timeout no later than the next delayed due

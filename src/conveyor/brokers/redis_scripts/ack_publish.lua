@@ -25,11 +25,11 @@ for k = 1, count do
   local q, priority = ARGV[i + 1], tonumber(ARGV[i + 2])
   local due = math.max(now + tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]))
   local uid = base + k
-  redis.call('HSET', P .. 'msg:' .. uid, 'id', ARGV[i], 'q', q, 'p', priority, 'b', ARGV[i + 5], 'n', 0)
+  redis.call('HSET', P .. 'msg:' .. uid, 'id', ARGV[i], 'q', q, 'p', priority, 'b', ARGV[i + 5])
   if due > now then
     redis.call('ZADD', P .. 'delayed:' .. q, fmt(due), uid)
   else
-    make_ready(q, uid, priority, uid)
+    redis.call('ZADD', P .. 'ready:' .. q, score(priority, uid), uid)
   end
   if not touched[q] then
     touched[q] = true

@@ -1,15 +1,21 @@
 -- Helpers prepended to every broker script. ARGV[1] is the key prefix; keys are built here
 -- because a batch touches a varying set of queues (a single server is assumed, not Cluster).
 --
---   <p>:seq          counter: message uids, FIFO sequence numbers, lease tokens
+--   <p>:seq          counter: message uids and FIFO sequence numbers
 --   <p>:queues       set of known queue names
---   <p>:ready:<q>    zset uid -> (9 - priority) * BAND + sequence (lowest score served first)
+--   <p>:ready:<q>    zset uid -> score(priority, sequence), lowest served first
 --   <p>:delayed:<q>  zset uid -> due time (ms, Redis TIME)
---   <p>:leased:<q>   zset receipt ("<uid>:<token>") -> lease deadline (ms)
+--   <p>:leased:<q>   zset receipt "<uid>:<n>" -> lease deadline (ms)
 --   <p>:dead:<q>     zset uid -> sequence (oldest first)
---   <p>:msg:<uid>    hash id, q, p, b (body), n (deliveries), s (ready score while leased),
+--   <p>:msg:<uid>    hash id, q, p (priority), b (body),
+--                    n (leases so far, never decreases: it makes each receipt unique),
+--                    u (leases not charged: released, or before a replay), so the
+--                    delivery count is n - u,
+--                    s (ready score, when it is not the one given at publish),
 --                    r, d, at (dead-letter reason, detail, time)
---   <p>:wake:<q>     list holding at most one token; consumers BLPOP it
+--   <p>:wake:<q>     list holding at most one token; idle consumers BLPOP it
+--
+-- Each redis.call costs a few microseconds: hot paths make as few as they can.
 local P = ARGV[1] .. ':'
 local BAND = 1e14
 
@@ -35,8 +41,16 @@ local function wake(q)
   end
 end
 
-local function make_ready(q, uid, priority, seq)
-  redis.call('ZADD', P .. 'ready:' .. q, fmt((9 - priority) * BAND + seq), uid)
+-- 9 first, then FIFO: a message published ready gets its uid as sequence.
+local function score(priority, seq)
+  return fmt((9 - priority) * BAND + seq)
+end
+
+-- Make uid ready again behind everything queued now (requeue, promotion, replay).
+local function requeue(q, uid, priority)
+  local s = score(priority, reserve(1) + 1)
+  redis.call('ZADD', P .. 'ready:' .. q, s, uid)
+  redis.call('HSET', P .. 'msg:' .. uid, 's', s)
 end
 
 local function uid_of(receipt)
@@ -61,11 +75,10 @@ local function promote(q, now, max)
     due[#due + 1] = {found[i], tonumber(found[i + 1]), tonumber(found[i])}
   end
   table.sort(due, function(a, b) return a[2] < b[2] or (a[2] == b[2] and a[3] < b[3]) end)
-  local seq = reserve(#due)
   local uids = {}
   for i, item in ipairs(due) do
     uids[i] = item[1]
-    make_ready(q, item[1], tonumber(redis.call('HGET', P .. 'msg:' .. item[1], 'p')), seq + i)
+    requeue(q, item[1], tonumber(redis.call('HGET', P .. 'msg:' .. item[1], 'p')))
   end
   redis.call('ZREM', key, unpack(uids))
   return #uids

@@ -12,9 +12,10 @@ end
 table.sort(found, function(a, b) return a[2] < b[2] end)
 local out = {}
 for i = 1, math.min(limit, #found) do
-  local f = redis.call('HMGET', P .. 'msg:' .. found[i][1], 'id', 'q', 'b', 'r', 'd', 'at', 'n')
-  for _, value in ipairs(f) do
-    out[#out + 1] = value
+  local f = redis.call('HMGET', P .. 'msg:' .. found[i][1], 'id', 'q', 'b', 'r', 'd', 'at', 'n', 'u')
+  for k = 1, 6 do
+    out[#out + 1] = f[k]
   end
+  out[#out + 1] = (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
 end
 return out

@@ -11,12 +11,13 @@ for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
   local replayed = false
   for _, uid in ipairs(redis.call('ZRANGE', dead, 0, -1)) do
     local key = P .. 'msg:' .. uid
-    if all or wanted[redis.call('HGET', key, 'id')] then
+    local fields = redis.call('HMGET', key, 'id', 'p', 'n')
+    if all or wanted[fields[1]] then
       redis.call('ZREM', dead, uid)
       if replay then
-        redis.call('HDEL', key, 'r', 'd', 'at', 's')
-        redis.call('HSET', key, 'n', 0)
-        make_ready(q, uid, tonumber(redis.call('HGET', key, 'p')), reserve(1) + 1)
+        redis.call('HDEL', key, 'r', 'd', 'at')
+        redis.call('HSET', key, 'u', fields[3] or 0)  -- n stays: old receipts stay stale
+        requeue(q, uid, tonumber(fields[2]))
         replayed = true
       else
         redis.call('DEL', key)

@@ -13,26 +13,31 @@ for _, q in ipairs(queues) do
   promote(q, now, promote_max)
 end
 
-local picked = {}
+local picked, left = {}, {}
 if #queues == 1 then
   local q = queues[1]
   local popped = redis.call('ZPOPMIN', P .. 'ready:' .. q, limit)
   for i = 1, #popped, 2 do
-    picked[#picked + 1] = {popped[i], q, popped[i + 1]}
+    picked[#picked + 1] = {popped[i], q}
   end
+  left[q] = #picked == limit  -- maybe more: a cheap guess instead of a ZCARD
 else
   local candidates = {}
   for _, q in ipairs(queues) do
     local top = redis.call('ZRANGE', P .. 'ready:' .. q, 0, limit - 1, 'WITHSCORES')
     for i = 1, #top, 2 do
-      candidates[#candidates + 1] = {top[i], q, top[i + 1], tonumber(top[i + 1])}
+      candidates[#candidates + 1] = {top[i], q, tonumber(top[i + 1])}
     end
+    left[q] = #top == 2 * limit
   end
-  table.sort(candidates, function(a, b) return a[4] < b[4] end)
-  for i = 1, math.min(limit, #candidates) do
-    local c = candidates[i]
-    redis.call('ZREM', P .. 'ready:' .. c[2], c[1])
-    picked[#picked + 1] = c
+  table.sort(candidates, function(a, b) return a[3] < b[3] end)
+  for i, c in ipairs(candidates) do
+    if i <= limit then
+      redis.call('ZREM', P .. 'ready:' .. c[2], c[1])
+      picked[#picked + 1] = c
+    else
+      left[c[2]] = true
+    end
   end
 end
 
@@ -50,29 +55,27 @@ if #picked == 0 then
   return {next_due}
 end
 
-local token = reserve(1) + 1
 local deadline = fmt(now + lease_ms)
 local out = {0}
 for _, item in ipairs(picked) do
-  local uid, q, score = item[1], item[2], item[3]
+  local uid, q = item[1], item[2]
   local key = P .. 'msg:' .. uid
-  local fields = redis.call('HMGET', key, 'id', 'p', 'b')
+  local fields = redis.call('HMGET', key, 'id', 'p', 'b', 'u')
   if fields[1] then
-    local receipt = uid .. ':' .. token
     local n = redis.call('HINCRBY', key, 'n', 1)
-    redis.call('HSET', key, 's', score)
+    local receipt = uid .. ':' .. n
     redis.call('ZADD', P .. 'leased:' .. q, deadline, receipt)
     out[#out + 1] = receipt
     out[#out + 1] = fields[1]
     out[#out + 1] = q
     out[#out + 1] = fields[2]
     out[#out + 1] = fields[3]
-    out[#out + 1] = n
+    out[#out + 1] = n - (tonumber(fields[4]) or 0)
   end
 end
 -- Work left behind: pass the wake-up on to the next blocked consumer.
-for _, q in ipairs(queues) do
-  if redis.call('ZCARD', P .. 'ready:' .. q) > 0 then
+for q, more in pairs(left) do
+  if more then
     wake(q)
   end
 end

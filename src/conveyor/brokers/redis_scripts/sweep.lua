@@ -11,13 +11,15 @@ for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
   for _, receipt in ipairs(expired) do
     redis.call('ZREM', leased, receipt)
     local uid = uid_of(receipt)
-    local fields = redis.call('HMGET', P .. 'msg:' .. uid, 'n', 'p')
-    local n = tonumber(fields[1])
-    if n and n >= max_deliveries then
-      bury(uid, q, 'worker_lost', 'lease expired after ' .. n .. ' deliveries', now)
-    elseif n then
-      make_ready(q, uid, tonumber(fields[2]), reserve(1) + 1)
-      requeued = requeued + 1
+    local fields = redis.call('HMGET', P .. 'msg:' .. uid, 'n', 'u', 'p')
+    if fields[1] then
+      local count = tonumber(fields[1]) - (tonumber(fields[2]) or 0)
+      if count >= max_deliveries then
+        bury(uid, q, 'worker_lost', 'lease expired after ' .. count .. ' deliveries', now)
+      else
+        requeue(q, uid, tonumber(fields[3]))
+        requeued = requeued + 1
+      end
     end
   end
   local promoted = promote(q, now, batch)

@@ -23,9 +23,10 @@ from .._redis import ErrorMapper, block_limit, connect
 from ..exceptions import ResultStoreError
 from .base import ResultRecord, ResultStore, decode_record, encode_record
 
-#: How long a wake token outlives the store of a ready record; waiters read the record before
-#: blocking, so it only has to bridge that gap.
-WAKE_TTL_MS = 60_000
+#: How long a wake token outlives the store of a ready record. Waiters read the record before
+#: blocking, so it only has to bridge that gap (and a waiter re-reads every second anyway);
+#: short, because every ready task leaves one behind.
+WAKE_TTL_MS = 10_000
 
 
 class RedisResultStore(ResultStore):

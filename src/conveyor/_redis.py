@@ -2,7 +2,8 @@
 
 Clients come from ``redis.Redis.from_url`` (``redis://``, ``rediss://``, ``unix://``) with a
 connection pool (thread-safe; redis-py resets it in a forked child), a health check, keepalive,
-and a short retry on connection errors so the first call after a server restart reconnects.
+and a short retry on connection errors so the first call after a server restart reconnects
+(a command whose reply was lost with the connection may then run twice: at-least-once).
 Blocking calls (BLPOP, BLMOVE) block for at most :func:`block_limit` seconds at a time, well
 below the socket timeout, so a blocked call is never mistaken for a dead server.
 """

@@ -12,6 +12,7 @@ made with ``CONVEYOR_E2E_SCREENSHOTS=docs/screenshots``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,7 @@ class Site:
                 process.wait()
         for log in self._logs.values():
             log.close()
+        shutil.rmtree(self.var, ignore_errors=True)
 
 
 _sites: list[Site] = []

@@ -5,6 +5,7 @@ never sees these settings. Tasks run on an in-process worker over the in-memory 
 """
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,10 +17,17 @@ import pytest
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 os.environ["DJANGO_SETTINGS_MODULE"] = "quick_publisher.settings.test"
-os.environ["QUICK_PUBLISHER_VAR"] = tempfile.mkdtemp(prefix="quick-publisher-tests-")
+VAR_DIR = tempfile.mkdtemp(prefix="quick-publisher-tests-")  # database, uploads
+os.environ["QUICK_PUBLISHER_VAR"] = VAR_DIR
 for name in ("CONVEYOR_BROKER_URL", "CONVEYOR_RESULT_BACKEND"):
     os.environ.pop(name, None)  # the tests use the in-memory broker, whatever the shell says
 django.setup()  # pytest-django only sets Django up by itself for settings it found at start
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_var_dir() -> Iterator[None]:
+    yield
+    shutil.rmtree(VAR_DIR, ignore_errors=True)
 
 
 @pytest.fixture

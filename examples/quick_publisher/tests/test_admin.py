@@ -1,0 +1,40 @@
+import pytest
+from django.urls import reverse
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "name",
+    [
+        "admin:accounts_user_changelist",
+        "admin:accounts_user_add",
+        "admin:publisher_post_changelist",
+        "admin:feedback_feedback_changelist",
+        "admin:reports_annualreport_changelist",
+        "admin:newsletters_newsletter_changelist",
+        "admin:outbox_outboxmessage_changelist",
+    ],
+)
+def test_admin_pages_render(admin_client, name):
+    assert admin_client.get(reverse(name)).status_code == 200
+
+
+@pytest.mark.django_db
+def test_admin_creates_users_with_email_and_password(admin_client):
+    from accounts.models import User
+
+    response = admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {
+            "email": "new@example.com",
+            "full_name": "New Person",
+            "password1": "a-long-passphrase-42",
+            "password2": "a-long-passphrase-42",
+        },
+    )
+    assert response.status_code == 302
+    user = User.objects.get(email="new@example.com")
+    assert user.check_password("a-long-passphrase-42")
+    assert (
+        admin_client.get(reverse("admin:accounts_user_change", args=[user.pk])).status_code == 200
+    )

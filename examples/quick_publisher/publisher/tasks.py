@@ -4,7 +4,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conveyor import Task, shared_task
+from conveyor import Task, group, shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
@@ -50,8 +50,8 @@ def send_view_count_report(self: Task[Any, Any]) -> int:
         .distinct()
         .values_list("pk", flat=True)
     )
-    for author_id in author_ids:
-        send_author_report.delay(author_id, period)
+    if author_ids:  # one bulk publish for all of them
+        group(send_author_report.s(author_id, period) for author_id in author_ids).apply_async()
     return len(author_ids)
 
 

@@ -304,13 +304,21 @@ def settings_from(source: Any, namespace: str | None = None) -> dict[str, Any]:
     """
     if isinstance(source, str):
         source = load_object(source)
+    prefix = namespace.rstrip("_") + "_" if namespace else ""
+    # Read only the names we may use: getattr on unrelated settings can have side effects
+    # (Django warns when deprecated settings are read).
     if isinstance(source, Mapping):
-        items = dict(source)
+        names = [str(key) for key in source]
+        items = {name: source[name] for name in names if name.startswith(prefix)}
     else:
-        items = {name: getattr(source, name) for name in dir(source) if not name.startswith("_")}
+        names = [name for name in dir(source) if not name.startswith("_")]
+        items = {
+            name: getattr(source, name)
+            for name in names
+            if name.startswith(prefix) and (prefix or name == name.lower())
+        }
     found: dict[str, Any] = {}
     if namespace:
-        prefix = namespace.rstrip("_") + "_"
         for key, value in items.items():
             if key.startswith(prefix):
                 name = key[len(prefix) :].lower()

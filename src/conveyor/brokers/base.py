@@ -241,13 +241,13 @@ def redact_url(url: str) -> str:
     """Hide the password in a URL (``redis://user:***@host``) for logs and errors."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:  # e.g. a port that is not a number
+        return "<unparsable url>"
+    if port is not None:
+        host = f"{host}:{port}"
+    netloc = f"{parts.username or ''}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -140,3 +140,19 @@ def test_repr_redacts_passwords() -> None:
     app = Conveyor("t", broker="redis://user:s3cret@localhost:6379/0")
     assert "s3cret" not in repr(app)
     assert "***" in repr(app)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:s3cret@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis://:s3cret@host/0", "redis://:***@host/0"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:s3cret@host:notaport/0", "<unparsable url>"),
+        ("sqlite:///var/conveyor.db", "sqlite:///var/conveyor.db"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    from conveyor.brokers.base import redact_url
+
+    assert redact_url(url) == shown

@@ -1,0 +1,220 @@
+"""Drain rate and CPU cost of Conveyor worker variants, to find where the time goes.
+
+    .venv/bin/python -m bench.conveyor_variants --broker sqlite [--drain 10000]
+    .venv/bin/python -m bench.conveyor_variants --broker redis --variant "-l warning"
+
+Each variant is extra arguments for ``python -m conveyor worker -A bench.conveyor_app -c 2``,
+optionally starting with ``patch=timers`` (the workers skip arming the time-limit thread for
+tasks without limits: a monkeypatch, to measure a proposed fix); or
+``inproc [threads=N] [prefetch=N] [patch=log,timers]``: two plain processes each running
+``app.Worker()`` - no supervisor, no per-task reports to it, no logging unless ``patch=log``
+(the CLI's setup at level info). With ``--py-spy DIR``, each variant's worker processes are
+sampled by py-spy while the queue drains (raw stacks of the thread holding the GIL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import (
+    BIN,
+    PYTHON,
+    Processes,
+    machine,
+    process_tree,
+    save,
+    watch_drain,
+)
+
+DEFAULT_VARIANTS = [
+    "default",
+    "-l warning",
+    "--prefetch 8",
+    "--prefetch 8 -l warning",
+    "--threads 4 --prefetch 4 -l warning",
+    "inproc",
+]
+
+PATCHES = """
+import os
+from conveyor.worker.consumer import Worker
+
+patches = os.environ.get("BENCH_PATCH", "").split(",")
+if "log" in patches:  # the CLI's logging setup at its default level
+    from conveyor.cli import setup_logging
+    setup_logging("info")
+if "timers" in patches:  # what skipping the timer thread for tasks without limits saves
+    arm = Worker._arm_timers
+    def _arm_timers(self, control):
+        envelope = control.job.envelope
+        if envelope.soft_time_limit or envelope.time_limit:
+            arm(self, control)
+    Worker._arm_timers = _arm_timers
+"""
+INPROC = (
+    PATCHES
+    + """
+from bench.conveyor_app import app
+worker = app.Worker(
+    concurrency=int(os.environ.get("BENCH_THREADS", "1")),
+    prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "1")),
+)
+worker.run()
+"""
+)
+PATCHED_CLI = PATCHES + "\nimport sys\nfrom conveyor.cli import main\nmain()\n"
+
+
+def start(variant: str, procs: Processes, env: dict[str, str]) -> Any:
+    if variant == "inproc" or variant.startswith("inproc "):
+        # A parent that only waits, so the tree looks like the supervisor's.
+        children = "; ".join(
+            f"p{i} = subprocess.Popen([sys.executable, '-c', {INPROC!r}])" for i in range(2)
+        )
+        code = (
+            "import subprocess, sys, signal; "
+            "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM]); "
+            f"{children}; signal.sigwait([signal.SIGTERM])"
+        )
+        code += "; p0.kill(); p1.kill()"
+        return procs.start("inproc", [PYTHON, "-c", code], env)
+    words = shlex.split(variant)
+    launcher = [PYTHON, "-m", "conveyor"]
+    if words and words[0].startswith("patch="):
+        env["BENCH_PATCH"] = words.pop(0).partition("=")[2]
+        launcher = [PYTHON, "-c", PATCHED_CLI]
+    args = [*launcher, "worker", "-A", "bench.conveyor_app", "-c", "2"]
+    if words != ["default"]:
+        args += words
+    return procs.start("worker", args, env)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--drain", type=int, default=10_000)
+    parser.add_argument("--results", action="store_true", help="tasks store results")
+    parser.add_argument("--variant", action="append", help="worker arguments (repeatable)")
+    parser.add_argument("--py-spy", type=Path, help="profile the workers into this directory")
+    parser.add_argument(
+        "--py-spy-all-threads",
+        action="store_true",
+        help="sample every thread py-spy thinks is busy (default: only the one holding the GIL)",
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    variants = args.variant or DEFAULT_VARIANTS
+
+    tmp = Path(tempfile.mkdtemp(prefix="conveyor-variants-"))
+    procs = Processes(tmp)
+    server = None
+    server_pid = None
+    if args.broker == "redis":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import redis
+        from tests.servers import RedisServer
+
+        server = RedisServer(appendonly=True)
+        server.start()
+        redis.Redis.from_url(server.url).config_set("appendfsync", "everysec")
+        url = server.url
+        assert server.process is not None
+        server_pid = server.process.pid
+    else:
+        url = f"sqlite:///{tmp}/conveyor.sqlite3"
+    os.environ["CONVEYOR_BROKER_URL"] = url
+    from bench import conveyor_app
+
+    app = conveyor_app.app
+    task = conveyor_app.noop_result if args.results else conveyor_app.noop
+    queue = app.conf.task_default_queue
+
+    def depth() -> tuple[int, int]:
+        stats = app.broker.stats([queue])[queue]
+        return stats.ready, stats.leased
+
+    print(f"logs in {tmp}", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    try:
+        for variant in variants:
+            app.send_many([task.s() for _ in range(args.drain)])
+            env = {"CONVEYOR_BROKER_URL": url}
+            if variant.startswith("inproc"):
+                for part in variant.split()[1:]:
+                    key, _, value = part.partition("=")
+                    env[f"BENCH_{key.upper()}"] = value
+            started = time.perf_counter()
+            worker = start(variant, procs, env)
+            spies: list[subprocess.Popen[bytes]] = []
+            if args.py_spy is not None:
+                args.py_spy.mkdir(parents=True, exist_ok=True)
+                time.sleep(1.5)  # children started and draining
+                name = variant.replace(" ", "_").replace("-", "") or "default"
+                for pid in process_tree(worker.pid):
+                    out = args.py_spy / f"{args.broker}-{name}-{pid}"
+                    spies.append(
+                        subprocess.Popen(
+                            [
+                                *(str(BIN / "py-spy"), "record", "-p", str(pid), "-d", "5"),
+                                *("-r", "200", "-f", "raw", "-o", f"{out}.txt", "--threads"),
+                                *([] if args.py_spy_all_threads else ["--gil"]),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
+            drain = watch_drain(
+                args.drain, started, depth, timeout=180, worker=worker.pid, server=server_pid
+            )
+            for spy in spies:
+                spy.wait(30)
+            procs.stop(worker)
+            per_task = drain.cpu_per_task()
+            row = {
+                "variant": variant,
+                "steady_rate": drain.steady_rate,
+                "with_startup": drain.overall_rate,
+                "worker_cpu_us": None if per_task[0] is None else per_task[0] * 1e6,
+                "server_cpu_us": None if per_task[1] is None else per_task[1] * 1e6,
+                "root_cpu_us": (drain.root_cpu_per_task() or 0.0) * 1e6,
+            }
+            rows.append(row)
+            print(row, file=sys.stderr)
+            app.broker.purge([queue])
+    finally:
+        procs.stop_all()
+        if server is not None:
+            server.cleanup()
+    info = machine()
+    info["load_after"] = os.getloadavg()[0]
+    save(args.json, {"machine": info, "args": vars(args), "rows": rows})
+    load = f"load {info['load_before']:.1f}"
+    print(f"### Conveyor worker variants on {args.broker} ({info['date']}, {load})\n")
+    print(f"{args.drain:,} no-op tasks, results {'on' if args.results else 'off'}, 2 processes\n")
+    print(
+        "| worker arguments | drain (steady) | worker CPU per task "
+        "| of which the parent process | server CPU per task |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        worker_cpu = row["worker_cpu_us"]
+        server_cpu = row["server_cpu_us"]
+        print(
+            f"| `{row['variant']}` | {row['steady_rate']:,.0f}/s "
+            f"| {'n/a' if worker_cpu is None else f'{worker_cpu:,.0f} µs'} "
+            f"| {row['root_cpu_us']:,.0f} µs "
+            f"| {'n/a' if server_cpu is None or not server_pid else f'{server_cpu:,.0f} µs'} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

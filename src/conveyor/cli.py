@@ -30,6 +30,7 @@ from .exceptions import ConfigurationError, ConveyorError
 
 if TYPE_CHECKING:
     from .app import Conveyor
+    from .worker.execution import TaskRunner
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 LOG_FORMAT = "[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s"
@@ -260,7 +261,7 @@ def worker(
     setup_logging(loglevel)
     spec = state.spec(app_spec)
     app = state.app(app_spec)
-    app.finalize()
+    runner_class = _prepare(app)
     if beat:
         _beat_runner()  # fails now, clearly, if beat is unavailable
     conf = app.conf
@@ -283,6 +284,7 @@ def worker(
             prefetch_multiplier=prefetch,
             max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
             beat=beat,
+            runner_class=runner_class,
         )
         return
     from .worker.supervisor import Supervisor
@@ -300,9 +302,24 @@ def worker(
         terminate_grace=terminate_grace,
         app_spec=spec,
         beat=beat,
+        runner_class=runner_class,
     )
     _banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
     sys.exit(supervisor.run())
+
+
+def _prepare(app: Conveyor) -> type[TaskRunner] | None:
+    """Finalize ``app`` (import its task modules). For a Django project - one whose app module
+    set ``DJANGO_SETTINGS_MODULE``, as with Celery - set Django up first and return the task
+    runner that keeps database connections fresh around each task."""
+    runner_class: type[TaskRunner] | None = None
+    if os.environ.get("DJANGO_SETTINGS_MODULE") and importlib.util.find_spec("django"):
+        from .contrib.django.worker import DjangoTaskRunner, setup_worker
+
+        setup_worker(app)
+        runner_class = DjangoTaskRunner
+    app.finalize()
+    return runner_class
 
 
 def _expand_hostname(template: str) -> str:
@@ -374,7 +391,7 @@ def beat(
     """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
     setup_logging(loglevel)
     app = state.app(app_spec)
-    app.finalize()
+    _prepare(app)
     run_beat = _beat_runner()
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     entries = sorted(app.conf.beat_schedule)

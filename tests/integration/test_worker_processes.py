@@ -253,6 +253,20 @@ def test_second_signal_is_a_cold_shutdown_that_returns_leases_at_once(harness: H
     assert harness.state(result.id) == states.STARTED
 
 
+def test_shutdown_timeout_turns_a_warm_shutdown_cold(harness: Harness) -> None:
+    worker = harness.worker("-c", "1", "--shutdown-timeout", "1")
+    path = harness.file()
+    harness.send("sleep", str(path), 60)
+    wait_for(lambda: pids_of(path), 15, "task started")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert time.monotonic() - started < 8
+    assert "shutdown timeout of 1.0s passed" in worker.output()
+    stats = harness.client.broker.stats(["default"])["default"]
+    assert (stats.ready, stats.leased) == (1, 0)
+
+
 # -- losing processes ------------------------------------------------------------------------
 def test_child_killed_mid_task_is_replaced_and_the_task_completes(harness: Harness) -> None:
     worker = harness.worker("-c", "2")

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from .consumer import Worker, _Running
-from .execution import Job, Outcome
+from .execution import Job, Outcome, TaskRunner
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ class ChildOptions:
     close_fds: list[int] = field(default_factory=list)
     #: Root log level, for spawned children (forked ones inherit the logging setup).
     log_level: int = logging.INFO
+    #: The TaskRunner subclass to run tasks with (e.g. Django's), None for the default.
+    runner_class: type[TaskRunner] | None = None
 
 
 def memory_kib() -> int:
@@ -96,6 +98,7 @@ class ProcessWorker(Worker):
         report: Callable[[tuple[Any, ...]], None] | None = None,
         max_memory_kib: int | None = None,
         hard_limit_in_process: bool = True,
+        runner_class: type[TaskRunner] | None = None,
         **options: Any,
     ) -> None:
         self._report = report
@@ -104,6 +107,8 @@ class ProcessWorker(Worker):
         super().__init__(
             app, on_task_start=self._task_started, on_task_end=self._task_ended, **options
         )
+        if runner_class is not None:
+            self.runner = runner_class(app, self.hostname)
         self.max_memory_kib = max_memory_kib
         self.exit_code = 0
         self._main_ident = threading.main_thread().ident or 0
@@ -300,6 +305,7 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
         report=report,
         max_memory_kib=options.max_memory_kib,
         hard_limit_in_process=False,
+        runner_class=options.runner_class,
         queues=options.queues,
         concurrency=options.threads,
         hostname=options.hostname,

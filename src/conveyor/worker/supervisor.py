@@ -110,6 +110,7 @@ class Supervisor:
         terminate_grace: float = 5.0,
         app_spec: str | None = None,
         beat: bool = False,
+        runner_class: type[TaskRunner] | None = None,
     ) -> None:
         if scheme_of(app.broker_url) == "memory":
             raise ConfigurationError(
@@ -129,6 +130,7 @@ class Supervisor:
         self.terminate_grace = terminate_grace
         self.app_spec = app_spec
         self.beat = beat
+        self.runner_class = runner_class
         self._context: BaseContext
         if "fork" in multiprocessing.get_all_start_methods():
             self._context = multiprocessing.get_context("fork")
@@ -230,6 +232,7 @@ class Supervisor:
             shutdown_timeout=self.shutdown_timeout,
             close_fds=close_fds if self._context.get_start_method() == "fork" else [],
             log_level=logging.getLogger().getEffectiveLevel(),
+            runner_class=self.runner_class,
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=run_child,

@@ -320,7 +320,9 @@ class Supervisor:
     def _lost(self, child: _Child, *, killed: bool) -> None:
         """Account for the tasks of a child that exited, died, or was killed."""
         code = child.process.exitcode
-        if code and code < 0:
+        if killed:
+            pass  # the reason was logged when it was killed
+        elif code and code < 0:
             name = signal.Signals(-code).name
             logger.error("child %d (pid %s) died: %s", child.slot, child.process.pid, name)
         elif code:
@@ -335,7 +337,7 @@ class Supervisor:
             self._broker_call(lambda: self.app.broker.release(innocent), "release leases")
         for task in tasks:
             if not task.acks_late:
-                error = WorkerLostError(f"worker process died (exit code {code})")
+                error = WorkerLostError(f"worker process ended mid-task (exit code {code})")
                 self._fail(task, error)
             elif not innocent:
                 logger.warning(

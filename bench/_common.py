@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -256,16 +257,15 @@ def git_revision() -> str:
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", "src"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return rev + (" (+ uncommitted changes in src/)" if dirty else "")
+    if not diff:
+        return rev
+    # Others edit src/ while benchmarks run: name the exact code that was measured.
+    return f"{rev} + uncommitted src/ changes (diff sha256 {hashlib.sha256(diff).hexdigest()[:12]})"
 
 
 def machine() -> dict[str, Any]:

@@ -23,6 +23,7 @@ del os.environ["DJANGO_SETTINGS_MODULE"]
 from conveyor.app import Conveyor
 from conveyor.config import SETTINGS
 from conveyor.contrib.django.worker import DjangoTaskRunner
+from conveyor.task import shared_tasks
 from conveyor.testing import TestWorker
 
 from .testproj.conveyor import app as project_app
@@ -40,6 +41,13 @@ class DjangoTestWorker(TestWorker):
 def app() -> Iterator[Conveyor]:
     """The test project's app on a fresh in-memory broker, results in the database."""
     saved = project_app.conf.explicit()
+    # Other test modules create apps too: make the project's the default again, and its
+    # shared tasks (bound to the default app at first use) its own.
+    project_app.set_default()
+    for task in shared_tasks():
+        if task.__module__.startswith(("tests.django.", "conveyor.contrib.django")):
+            task.bind_app(project_app)
+            project_app.register(task)
     project_app.close()
     project_app.conf.broker_url = "memory://"
     project_app.conf.result_backend = "django://"

@@ -142,16 +142,15 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
 
     @property
     def app(self) -> Conveyor:
-        """The Conveyor app tasks are sent through."""
-        if self._app is None:
-            path = self.options.get("APP")
-            if path:
-                app = import_string(str(path).replace(":", "."))
-            else:
-                from conveyor.app import default_app
+        """The Conveyor app tasks are sent through: ``OPTIONS["APP"]``, else the default."""
+        if self._app is not None:
+            return self._app
+        path = self.options.get("APP")
+        if not path:
+            from conveyor.app import default_app
 
-                app = default_app()
-            self._app = app
+            return default_app()
+        self._app = import_string(str(path).replace(":", "."))
         return self._app
 
     def option(self, task: Task, name: str) -> Any:

@@ -47,8 +47,26 @@ def check_apps(
     for app in apps:
         messages += _check_results(app)
         messages += _check_on_commit(app)
+        messages += _check_timezone(app)
         messages += _check_broker(app)
     return messages
+
+
+def _check_timezone(app: Conveyor) -> list[checks.CheckMessage]:
+    if "timezone" in app.conf.explicit() or not app.conf.beat_schedule:
+        return []
+    zone = getattr(settings, "TIME_ZONE", None) or "UTC"
+    if zone == app.conf.timezone:
+        return []
+    return [
+        checks.Warning(
+            f"periodic tasks are evaluated in CONVEYOR_TIMEZONE ({app.conf.timezone!r}), "
+            f"not in TIME_ZONE ({zone!r})",
+            hint="Set CONVEYOR_TIMEZONE = TIME_ZONE if crontab(hour=7) should mean 7:00 "
+            "in the site's time zone.",
+            id="conveyor.W007",
+        )
+    ]
 
 
 def _check_results(app: Conveyor) -> list[checks.CheckMessage]:

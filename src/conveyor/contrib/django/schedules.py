@@ -140,6 +140,14 @@ class DjangoBeat(Beat):
         self.set_entries(entries)
         return True
 
+    def run(self, stop: threading.Event) -> None:
+        from .worker import close_idle_connections
+
+        try:
+            super().run(stop)
+        finally:
+            close_idle_connections()  # this thread's, which the beat used for the schedule
+
     def tick(self) -> float:
         if time.monotonic() >= self._next_poll:
             self.refresh()

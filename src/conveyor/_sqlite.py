@@ -97,6 +97,11 @@ class Database:
         self._inherited: list[_Pool] = []
 
     # -- connections -----------------------------------------------------------------------
+    @property
+    def prepared(self) -> bool:
+        """Whether this process has opened the file and brought the schema up to date."""
+        return self._schema_pid == os.getpid()
+
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
         """Borrow an idle connection of this process (or open one) for one operation."""

@@ -19,7 +19,7 @@ from conveyor import (
     TaskFailed,
     states,
 )
-from conveyor.brokers.base import Message
+from conveyor.brokers.base import Message, QueueStats
 from conveyor.exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
 from conveyor.testing import TestWorker
 from tests.conftest import wait_until
@@ -576,3 +576,163 @@ def test_max_tasks_stops_the_worker(app: Conveyor) -> None:
     wait_until(lambda: worker.stopped, timeout=10)
     assert worker.processed == 3
     assert app.broker.stats(["default"])["default"].ready == 2
+
+
+# -- round trips: revocations with the lease, results and acks with the next lease ----------
+class CountingCalls:
+    """Wraps broker methods of ``app`` to keep the arguments of the calls the worker makes
+    (not those a broker method makes to another: the default ``ack_and_lease`` calls ``ack``)."""
+
+    def __init__(self, app: Conveyor, *names: str) -> None:
+        self.calls: dict[str, list[tuple[object, ...]]] = {name: [] for name in names}
+        self._depth = threading.local()
+        for name in names:
+            original = getattr(app.broker, name)
+
+            def counted(*args: object, _name: str = name, _original: object = original) -> object:
+                depth = getattr(self._depth, "n", 0)
+                if not depth:
+                    self.calls[_name].append(args)
+                self._depth.n = depth + 1
+                try:
+                    return _original(*args)  # type: ignore[operator]
+                finally:
+                    self._depth.n = depth
+
+            setattr(app.broker, name, counted)
+
+    def count(self, name: str) -> int:
+        return len(self.calls[name])
+
+
+def test_plain_successes_are_settled_with_the_next_lease(app: Conveyor) -> None:
+    calls = CountingCalls(app, "lease", "ack_and_lease", "ack", "ack_recorded", "revoked")
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    results = [double.delay(n) for n in range(20)]
+    worker = TestWorker(app, concurrency=1, lease_wait=0.2).start()
+    try:
+        assert [r.get(timeout=10) for r in results] == [2 * n for n in range(20)]
+        worker.drain(10)
+    finally:
+        worker.stop(timeout=10)
+    assert worker.processed == 20
+    assert app.broker.stats(["default"])["default"].leased == 0
+    # every result rode with the ack of its message on the next lease (the last, at the
+    # latest, with the lease that found the queue empty); no separate acks or result stores
+    settled = [d for args in calls.calls["ack_and_lease"] for d in args[0]]  # type: ignore[union-attr]
+    assert len(settled) == 20
+    assert calls.count("ack") == 0
+    assert all(not args[0] for args in calls.calls["ack_recorded"])  # STARTED records only
+    # revocations came with the lease (only terminate checks ask the broker)
+    asked = [key for args in calls.calls["revoked"] for key in args[0]]  # type: ignore[union-attr]
+    assert all(key.startswith("terminate:") for key in asked)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_result_is_stored_and_acked_at_once_when_the_queue_goes_idle(
+    app: Conveyor, concurrency: int
+) -> None:
+    release = threading.Event()
+
+    @app.task
+    def quick() -> str:
+        return "done"
+
+    @app.task
+    def slow() -> None:
+        release.wait(10)
+
+    worker = TestWorker(app, concurrency=concurrency, lease_wait=5.0).start()
+    try:
+        if concurrency > 1:  # one slot stays busy; the consumer waits in a lease for more
+            slow.delay()
+            wait_until(lambda: worker._in_flight == 1, timeout=5)
+        started = time.monotonic()
+        assert quick.delay().get(timeout=5) == "done"
+        wait_until(
+            lambda: app.broker.stats(["default"])["default"].leased == concurrency - 1, timeout=5
+        )
+        assert time.monotonic() - started < 2.0, "settling waited for the lease"
+    finally:
+        release.set()
+        worker.stop(timeout=10)
+
+
+def test_revoked_before_the_lease_is_flagged_by_the_broker(app: Conveyor) -> None:
+    calls = CountingCalls(app, "revoked")
+    ran = []
+
+    @app.task
+    def job(n: int) -> None:
+        ran.append(n)
+
+    kept, dropped = job.delay(1), job.delay(2)
+    app.revoke(dropped.id)
+    with TestWorker(app, concurrency=1) as worker:
+        worker.run_until_idle(10)
+    assert ran == [1]
+    assert (kept.state, dropped.state) == (states.SUCCESS, states.REVOKED)
+    assert not [args for args in calls.calls["revoked"] if dropped.id in args[0]]  # type: ignore[operator]
+
+
+def test_worker_asks_for_revocations_when_the_broker_does_not_flag_them(app: Conveyor) -> None:
+    type(app.broker).lease_checks_revoked = False  # type: ignore[misc]
+    try:
+        ran = []
+
+        @app.task
+        def job(n: int) -> None:
+            ran.append(n)
+
+        job.delay(1)
+        dropped = job.delay(2)
+        app.revoke(dropped.id)
+        with TestWorker(app, concurrency=1) as worker:
+            worker.run_until_idle(10)
+        assert ran == [1]
+        assert dropped.state == states.REVOKED
+    finally:
+        del type(app.broker).lease_checks_revoked  # type: ignore[misc]
+
+
+def test_warm_stop_settles_what_finished(app: Conveyor) -> None:
+    @app.task
+    def job(n: int) -> int:
+        return n
+
+    results = [job.delay(n) for n in range(10)]
+    worker = TestWorker(app, concurrency=2, lease_wait=5.0).start()
+    wait_until(lambda: worker.processed >= 3, timeout=10)
+    worker.stop(timeout=10)
+    stats = app.broker.stats(["default"])["default"]
+    assert stats.leased == 0
+    assert stats.ready == 10 - worker.processed
+    finished = [r for r in results if r.state == states.SUCCESS]
+    assert len(finished) == worker.processed
+
+
+def test_failures_and_followups_still_go_through_the_finisher(app: Conveyor) -> None:
+    @app.task
+    def fail() -> None:
+        raise LookupError("missing")
+
+    @app.task
+    def ok() -> int:
+        return 1
+
+    @app.task
+    def after(value: int) -> int:
+        return value + 1
+
+    chained = ok.apply_async(link=after.s())
+    failed = fail.delay()
+    with TestWorker(app, concurrency=1) as worker:
+        worker.run_until_idle(10, propagate=False)
+        assert len(worker._failures) == 1  # seen by the finisher, as TestWorker relies on
+    assert failed.state == states.FAILURE
+    assert chained.get(timeout=5) == 1
+    assert app.broker.stats(["default"])["default"] == QueueStats()

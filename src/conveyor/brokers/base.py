@@ -13,7 +13,11 @@ A broker moves opaque message bodies; it knows nothing of tasks. Its promises (s
 * **Priorities** 0-9 within a queue, **9 served first**, FIFO within one priority.
 * **Dead letters** keep the raw body with a reason and detail; they can be listed, replayed
   (back to their queue with a fresh delivery count) and purged.
-* **Revocations** are stored with a TTL and survive restarts.
+* **Revocations** are stored with a TTL and survive restarts. A broker whose
+  ``lease_checks_revoked`` is true also reports, on each delivery, whether its id was revoked
+  when it was leased (looked up in the same atomic step), so a worker needs no extra call.
+* **Results before acks.** ``ack_recorded()`` and ``ack_and_lease()`` store result records
+  before they ack: a crash in between leads to a redelivery, never to a lost result.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class Delivery:
     priority: int
     receipt: str
     delivery_count: int
+    #: Whether the message's id was revoked when it was leased. Only meaningful from a broker
+    #: whose ``lease_checks_revoked`` is true; otherwise always False.
+    revoked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,9 @@ class Broker(abc.ABC):
 
     #: URL schemes this class serves.
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: True when ``lease()`` and ``ack_and_lease()`` set ``Delivery.revoked`` (checked in the
+    #: same atomic step as the lease); a worker then skips its own ``revoked()`` call.
+    lease_checks_revoked: ClassVar[bool] = False
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         self.url = url
@@ -140,6 +150,41 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages. Acking an unknown or already-acked receipt is a no-op."""
+
+    def ack_recorded(
+        self,
+        deliveries: Sequence[Delivery],
+        results: ResultStore,
+        records: Sequence[ResultRecord],
+    ) -> None:
+        """Store ``records``, then ack ``deliveries`` (a finished batch).
+
+        The records are stored before any ack takes effect (at-least-once: a failure in
+        between leaves the messages leased, so they are redelivered; never acked without their
+        result). Brokers sharing a server or file with the result store override this to do
+        both in one round trip."""
+        if records:
+            results.store(records)
+        if deliveries:
+            self.ack(deliveries)
+
+    def ack_and_lease(
+        self,
+        deliveries: Sequence[Delivery],
+        results: ResultStore,
+        records: Sequence[ResultRecord],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        """:meth:`ack_recorded` then :meth:`lease` (a worker settling finished tasks and
+        taking the next ones); brokers override it to need fewer round trips.
+
+        The records are stored and the acks take effect before the lease waits for a message,
+        so an idle queue never delays them. If this raises, any part may have happened: ack
+        and store again (both are idempotent)."""
+        self.ack_recorded(deliveries, results, records)
+        return self.lease(queues, limit, wait)
 
     @abc.abstractmethod
     def extend(self, deliveries: Sequence[Delivery]) -> None:

@@ -37,6 +37,7 @@ class _Entry:
 
 class MemoryBroker(Broker):
     schemes = ("memory",)
+    lease_checks_revoked = True
 
     def __init__(self, url: str = "memory://", options: BrokerOptions | None = None) -> None:
         super().__init__(url, options)
@@ -119,8 +120,11 @@ class MemoryBroker(Broker):
             entry.count += 1
             receipt = str(next(self._receipts))
             self._leased[receipt] = (entry, now + self.options.lease_timeout)
+            revoked = self._revoked.get(entry.id, 0.0) > now
             out.append(
-                Delivery(entry.id, entry.queue, entry.body, entry.priority, receipt, entry.count)
+                Delivery(
+                    entry.id, entry.queue, entry.body, entry.priority, receipt, entry.count, revoked
+                )
             )
         return out
 

@@ -68,6 +68,7 @@ _SCRIPTS = (
 
 class RedisBroker(Broker):
     schemes = ("redis", "rediss", "unix")
+    lease_checks_revoked = True
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         super().__init__(url, options)
@@ -79,6 +80,7 @@ class RedisBroker(Broker):
         self._scripts = {
             name: Script(self._client, lua_source("common", name)) for name in _SCRIPTS
         }
+        self._shared: tuple[object, bool] = (None, False)
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}:{kind}:{name}"
@@ -123,11 +125,10 @@ class RedisBroker(Broker):
         later state with QUEUED."""
         from ..results.redis import RedisResultStore
 
-        if not (
-            isinstance(results, RedisResultStore) and same_server(self._client, results.client)
-        ):
+        if not (records and self._shares(results)):
             super().publish_recorded(messages, results, records)
             return
+        assert isinstance(results, RedisResultStore)
         with self._errors:
             batch = Batch(self._client)
             results.queue_store(batch.pipe, records)
@@ -136,16 +137,79 @@ class RedisBroker(Broker):
             batch.execute()
 
     # -- consuming -----------------------------------------------------------------------
+    def _shares(self, results: ResultStore) -> bool:
+        """Whether ``results`` is a Redis result store on this server (one round trip can
+        then carry both)."""
+        if results is not self._shared[0]:
+            from ..results.redis import RedisResultStore
+
+            shared = isinstance(results, RedisResultStore) and same_server(
+                self._client, results.client
+            )
+            self._shared = (results, shared)
+        return self._shared[1]
+
+    def _lease_args(self, names: list[str], limit: int, acks: Sequence[Delivery]) -> list[Any]:
+        return [
+            self._prefix,
+            limit,
+            self._lease_ms,
+            max(limit, CHUNK),
+            len(acks),
+            *_receipts(acks),
+            *names,
+        ]
+
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         if limit <= 0 or not queues:
             return []
-        names = list(dict.fromkeys(queues))
-        args = (limit, self._lease_ms, max(limit, CHUNK), *names)
+        return self._lease(list(dict.fromkeys(queues)), limit, wait)
+
+    def ack_and_lease(
+        self,
+        deliveries: Sequence[Delivery],
+        results: ResultStore,
+        records: Sequence[ResultRecord],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        """Records, acks and the first lease attempt in one round trip (the records only if
+        the result store is on this server): a pipeline of the records' commands and one
+        lease script call that acks first."""
+        if limit <= 0 or not queues:
+            self.ack_recorded(deliveries, results, records)
+            return []
+        if records and not self._shares(results):
+            results.store(records)
+            records = ()
+        return self._lease(list(dict.fromkeys(queues)), limit, wait, deliveries, results, records)
+
+    def _lease(
+        self,
+        names: list[str],
+        limit: int,
+        wait: float,
+        acks: Sequence[Delivery] = (),
+        results: ResultStore | None = None,
+        records: Sequence[ResultRecord] = (),
+    ) -> list[Delivery]:
+        script = self._scripts["lease"]
+        args = self._lease_args(names, limit, ())
         wake_keys = [self._key("wake", q) for q in names]
         deadline = time.monotonic() + wait
         with self._errors:
+            if records:
+                from ..results.redis import RedisResultStore
+
+                assert isinstance(results, RedisResultStore)
+                batch = Batch(self._client)
+                results.queue_store(batch.pipe, records)
+                batch.script(script, self._lease_args(names, limit, acks))
+                reply = batch.execute()[-1]
+            else:
+                reply = script(self._lease_args(names, limit, acks) if acks else args)
             while True:
-                reply = self._run("lease", *args)
                 if len(reply) > 1:
                     return _deliveries(reply)
                 remaining = deadline - time.monotonic()
@@ -156,12 +220,32 @@ class RedisBroker(Broker):
                     block = min(block, reply[0] / 1000.0)
                 # Redis counts whole milliseconds, and 0 would mean "forever".
                 self._client.blpop(wake_keys, max(1, math.ceil(block * 1000)) / 1000)
+                reply = script(args)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
         with self._errors:
             batch = Batch(self._client)
+            self._queue_publish(batch, (), deliveries)
+            batch.execute()
+
+    def ack_recorded(
+        self,
+        deliveries: Sequence[Delivery],
+        results: ResultStore,
+        records: Sequence[ResultRecord],
+    ) -> None:
+        """Records then acks in one pipeline when the result store is on this server."""
+        if not (deliveries and records and self._shares(results)):
+            super().ack_recorded(deliveries, results, records)
+            return
+        from ..results.redis import RedisResultStore
+
+        assert isinstance(results, RedisResultStore)
+        with self._errors:
+            batch = Batch(self._client)
+            results.queue_store(batch.pipe, records)
             self._queue_publish(batch, (), deliveries)
             batch.execute()
 
@@ -314,8 +398,9 @@ def _deliveries(reply: list[Any]) -> list[Delivery]:
             priority=int(reply[i + 3]),
             receipt=reply[i].decode(),
             delivery_count=reply[i + 5],
+            revoked=reply[i + 6] == 1,
         )
-        for i in range(1, len(reply), 6)
+        for i in range(1, len(reply), 7)
     ]
 
 

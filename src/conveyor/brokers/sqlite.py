@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from ..results.base import ResultRecord, ResultStore
+    from ..results.sqlite import SQLiteResultStore
 
 READY, LEASED, DELAYED = 0, 1, 2
 
@@ -90,10 +91,14 @@ _INSERT = (
     "INSERT INTO conveyor_messages (ns, id, queue, priority, body, state, due) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# Each leased row says whether its id is revoked (the worker needs no second look).
 _LEASE = (
     "UPDATE conveyor_messages SET state = 1, token = ?, due = ?, deliveries = deliveries + 1 "
-    "WHERE seq IN ({pick}) RETURNING seq, id, queue, priority, body, deliveries"
+    "WHERE seq IN ({pick}) RETURNING seq, id, queue, priority, body, deliveries, "
+    "EXISTS (SELECT 1 FROM conveyor_revoked AS r WHERE r.ns = conveyor_messages.ns "
+    "AND r.id = conveyor_messages.id AND r.expires > ?)"
 )
+_ACK = "DELETE FROM conveyor_messages WHERE state = 1 AND token = ? AND seq IN ({seqs})"
 _PICK_ONE = (
     "SELECT seq FROM conveyor_messages WHERE ns = ? AND state = 0 AND queue = ? "
     "ORDER BY priority DESC, seq LIMIT ?"
@@ -121,6 +126,7 @@ _MAX_UNION = 100
 
 class SQLiteBroker(Broker):
     schemes = ("sqlite",)
+    lease_checks_revoked = True
 
     def __init__(self, url: str = "sqlite://", options: BrokerOptions | None = None) -> None:
         super().__init__(url, options)
@@ -166,17 +172,26 @@ class SQLiteBroker(Broker):
         self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
     ) -> None:
         """Record QUEUED states and publish in one transaction when both share this file."""
-        from ..results.sqlite import SQLiteResultStore
-
-        if not (isinstance(results, SQLiteResultStore) and results.path == self.path):
+        shared = self._shared(results) if records else None
+        if shared is None:
             super().publish_recorded(messages, results, records)
             return
+        results = shared
         results.prepare()
         with self._db.write() as conn:
             results.write_records(conn, records)
             self._insert(conn, messages)
         results.notify()
         self._notify()
+
+    def _shared(self, results: ResultStore) -> SQLiteResultStore | None:
+        """``results`` if it is an SQLite result store in this file (one transaction can
+        then write both), else None."""
+        from ..results.sqlite import SQLiteResultStore
+
+        if isinstance(results, SQLiteResultStore) and results.path == self.path:
+            return results
+        return None
 
     def _insert(self, conn: sqlite3.Connection, messages: Iterable[Message]) -> None:
         now = self.time()
@@ -195,7 +210,34 @@ class SQLiteBroker(Broker):
         names = list(dict.fromkeys(queues))
         if limit <= 0 or not names:
             return []
-        found = self._lease(names, limit)
+        return self._wait_for(names, limit, wait, self._lease(names, limit))
+
+    def ack_and_lease(
+        self,
+        deliveries: Sequence[Delivery],
+        results: ResultStore,
+        records: Sequence[ResultRecord],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        """Records (if the result store is in this file), acks and the first lease attempt
+        in one transaction."""
+        names = list(dict.fromkeys(queues))
+        if limit <= 0 or not names:
+            self.ack_recorded(deliveries, results, records)
+            return []
+        shared = self._shared(results) if records else None
+        if records and shared is None:
+            results.store(records)
+            records = ()
+        found = self._lease(names, limit, deliveries, shared, records)
+        return self._wait_for(names, limit, wait, found)
+
+    def _wait_for(
+        self, names: list[str], limit: int, wait: float, found: list[Delivery]
+    ) -> list[Delivery]:
+        """``found`` (a first lease attempt) or, if empty, poll for up to ``wait`` s."""
         if found or wait <= 0:
             return found
         deadline = time.monotonic() + wait
@@ -215,15 +257,30 @@ class SQLiteBroker(Broker):
                     self._arrived.wait(min(pause, remaining))
             pause = min(pause * 2, self.poll_interval)
 
-    def _lease(self, queues: list[str], limit: int) -> list[Delivery]:
+    def _lease(
+        self,
+        queues: list[str],
+        limit: int,
+        acks: Sequence[Delivery] = (),
+        results: SQLiteResultStore | None = None,
+        records: Sequence[ResultRecord] = (),
+    ) -> list[Delivery]:
         token = secrets.randbits(63)
         sql, params = self._pick(queues, limit)
+        if results is not None and records:
+            results.prepare()
         with self._db.write() as conn:
+            if results is not None and records:
+                results.write_records(conn, records)
+            if acks:
+                self._ack_in(conn, acks)
             now = self.time()
             self._promote(conn, now)
             rows = conn.execute(
-                _LEASE.format(pick=sql), (token, now + self.options.lease_timeout, *params)
+                _LEASE.format(pick=sql), (token, now + self.options.lease_timeout, *params, now)
             ).fetchall()
+        if results is not None and records:
+            results.notify()
         rows.sort(key=_order)
         return [_delivery(row, token) for row in rows]
 
@@ -276,10 +333,30 @@ class SQLiteBroker(Broker):
         return changed
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        self._by_receipt(
-            "DELETE FROM conveyor_messages WHERE state = 1 AND token = ? AND seq IN ({seqs})",
-            deliveries,
-        )
+        self._by_receipt(_ACK, deliveries)
+
+    def _ack_in(self, conn: sqlite3.Connection, deliveries: Sequence[Delivery]) -> None:
+        """Ack inside the caller's transaction."""
+        for token, seqs in _receipts(deliveries).items():
+            for part in chunks(seqs):
+                conn.execute(_ACK.format(seqs=marks(len(part))), (token, *part))
+
+    def ack_recorded(
+        self,
+        deliveries: Sequence[Delivery],
+        results: ResultStore,
+        records: Sequence[ResultRecord],
+    ) -> None:
+        """Records then acks in one transaction when the result store is in this file."""
+        shared = self._shared(results) if records and deliveries else None
+        if shared is None:
+            super().ack_recorded(deliveries, results, records)
+            return
+        shared.prepare()
+        with self._db.write() as conn:
+            shared.write_records(conn, records)
+            self._ack_in(conn, deliveries)
+        shared.notify()
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         self._by_receipt(
@@ -548,9 +625,15 @@ def _order(row: tuple[Any, ...]) -> tuple[int, int]:
 
 
 def _delivery(row: tuple[Any, ...], token: int) -> Delivery:
-    seq, id_, queue, priority, body, count = row
+    seq, id_, queue, priority, body, count, revoked = row
     return Delivery(
-        _text(id_), _text(queue), _blob(body), _int(priority), f"{seq}:{token}", _int(count)
+        _text(id_),
+        _text(queue),
+        _blob(body),
+        _int(priority),
+        f"{seq}:{token}",
+        _int(count),
+        bool(revoked),
     )
 
 

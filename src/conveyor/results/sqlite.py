@@ -72,9 +72,10 @@ class SQLiteResultStore(ResultStore):
 
     # -- used by the SQLite broker to write records and messages in one transaction ---------
     def prepare(self) -> None:
-        """Open this thread's connection (creating the tables if needed)."""
-        with self._db.read():
-            pass
+        """Make sure the tables exist (open a connection once per process)."""
+        if not self._db.prepared:
+            with self._db.read():
+                pass
 
     def write_records(self, conn: sqlite3.Connection, records: Sequence[ResultRecord]) -> None:
         """Upsert ``records`` inside the caller's transaction."""

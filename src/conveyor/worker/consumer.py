@@ -8,6 +8,21 @@ prefetch multiplier) and dispatches; a pool of *task threads* runs sync tasks; o
 loop* thread runs async tasks; a *finisher* stores results, sends follow-ups and acks in
 batches; a *heartbeat* renews leases, watches for terminate requests, sweeps the broker and
 announces the worker; a *timer* enforces soft and hard time limits.
+
+Round trips. The hot path is lease → run → store result → ack; the consumer keeps it short:
+
+* revocations come with the lease where the broker can check them there
+  (``Broker.lease_checks_revoked``), so dispatching needs no extra call;
+* a task that succeeded and has nothing to follow (no callbacks, no chord) is *settled
+  quickly*: while the consumer is not inside a lease, its outcome goes to the consumer, which
+  stores the result and acks it in the same round trip as its next lease
+  (``Broker.ack_and_lease``: records first, acks before the lease waits, so an idle queue
+  never delays them). Everything else - failures, retries, dead letters, canvas follow-ups,
+  outcomes that arrive while the consumer waits in a lease - goes to the finisher, which
+  stores all records of a batch and acks what needs nothing in between in one round trip
+  (``Broker.ack_recorded``);
+* STARTED records of a batch are stored in one call before the batch runs (together with the
+  early acks of ``acks_late=False`` tasks).
 """
 
 from __future__ import annotations
@@ -111,6 +126,12 @@ class Worker:
         self._running: dict[str, _Running] = {}  # task id -> control block
         self._done: queue.SimpleQueue[tuple[Outcome, _Running | None]] = queue.SimpleQueue()
         self._pending_finish = 0
+        #: Outcomes the consumer settles with its next lease (see the module docstring).
+        self._quick: list[tuple[Outcome, _Running | None]] = []
+        #: Outcomes released from their slots but not acked yet (by the consumer).
+        self._settling = 0
+        self._in_lease = False
+        self._consumer_active = False
         self._leasing = threading.Event()
         self._stopped = threading.Event()
         self._cold = False
@@ -127,6 +148,7 @@ class Worker:
         self.started_at = time.time()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="conveyor-task")
         self._leasing.set()
+        self._consumer_active = True
         for name, target in (
             ("consumer", self._consume),
             ("finisher", self._finish_loop),
@@ -148,10 +170,12 @@ class Worker:
         """Warm stop: lease nothing more, let running tasks finish (up to ``timeout``), store
         and ack. Cold stop (or timeout passed): return unfinished leases to the broker now."""
         self._leasing.clear()
+        with self._cond:
+            self._cond.notify_all()  # a consumer waiting for a free slot hands over at once
         if not cold:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._cond:
-                while self._in_flight or self._pending_finish:
+                while self._in_flight or self._pending_finish or self._settling:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         cold = True
@@ -212,7 +236,7 @@ class Worker:
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
-                busy = self._in_flight or self._pending_finish or self._held
+                busy = self._in_flight or self._pending_finish or self._held or self._settling
             if not busy:
                 stats = self.app.broker.stats(self.queues)
                 waiting = sum(
@@ -221,7 +245,9 @@ class Worker:
                 )
                 if not waiting:
                     with self._cond:
-                        if not (self._in_flight or self._pending_finish or self._held):
+                        if not (
+                            self._in_flight or self._pending_finish or self._held or self._settling
+                        ):
                             return
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"worker did not become idle within {timeout} s")
@@ -230,41 +256,104 @@ class Worker:
 
     # -- consuming -----------------------------------------------------------------------
     def _consume(self) -> None:
+        try:
+            self._consume_loop()
+        finally:
+            with self._cond:
+                self._consumer_active = False
+                quick, self._quick = self._quick, []
+                for item in quick:  # the finisher settles what the consumer no longer will
+                    self._done.put(item)
+
+    def _consume_loop(self) -> None:
         backoff = 0.0
         capacity = self.concurrency * self.prefetch_multiplier
+        broker = self.app.broker
         while self._leasing.is_set():
             with self._cond:
-                while self._leasing.is_set() and self._in_flight >= capacity:
+                # Quickly settled outcomes hold no slot: their tasks have finished.
+                while self._leasing.is_set() and self._in_flight - len(self._quick) >= capacity:
                     self._cond.wait(0.5)
-                free = capacity - self._in_flight
-                if self.max_tasks is not None:
-                    free = min(free, self.max_tasks - self.processed - self._in_flight)
-            if not self._leasing.is_set():
-                break
-            if free <= 0:
-                if self.max_tasks is not None and self.processed >= self.max_tasks:
-                    logger.info("worker %s reached max_tasks=%d", self.hostname, self.max_tasks)
-                    threading.Thread(target=self.stop, daemon=True).start()
-                    return
+            quick: list[tuple[Outcome, _Running | None]] = []
+            while True:
                 with self._cond:
-                    self._cond.wait(0.1)
-                continue
+                    more, self._quick = self._quick, []
+                    if not more:
+                        # From here on outcomes go to the finisher until the lease returns:
+                        # none may wait for a lease that blocks.
+                        free = capacity - self._in_flight
+                        if self.max_tasks is not None:
+                            free = min(free, self.max_tasks - self.processed - self._in_flight)
+                        leasing = free > 0 and self._leasing.is_set()
+                        self._in_lease = leasing
+                        break
+                    self._settling += len(more)
+                # Frees the slots (and lets a subclass stop leasing, e.g. to recycle the
+                # process) before the next lease; the acks go with that lease.
+                self._release_controls(more)
+                quick += more
+            acks = [outcome.delivery for outcome, _ in quick if outcome.delivery is not None]
+            records = [record for outcome, _ in quick for record in outcome.records]
             try:
-                deliveries = self.app.broker.lease(self.queues, free, self.lease_wait)
+                if not leasing:
+                    if quick:
+                        self._settle(quick)
+                    if not self._leasing.is_set():
+                        break
+                    if self.max_tasks is not None and self.processed >= self.max_tasks:
+                        logger.info("worker %s reached max_tasks=%d", self.hostname, self.max_tasks)
+                        threading.Thread(target=self.stop, daemon=True).start()
+                        return
+                    with self._cond:
+                        self._cond.wait(0.1)
+                    continue
+                try:
+                    if quick:
+                        deliveries = broker.ack_and_lease(
+                            acks, self.app.results, records, self.queues, free, self.lease_wait
+                        )
+                    else:
+                        deliveries = broker.lease(self.queues, free, self.lease_wait)
+                finally:
+                    with self._cond:
+                        self._in_lease = False
+                if quick:
+                    self._settled(len(quick))
+                    quick = []
                 if deliveries:
                     self._dispatch(deliveries)
                 backoff = 0.0
             except (BrokerError, ResultStoreError) as exc:
+                if quick:  # the records and acks may or may not have happened: again
+                    self._settle(quick)
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 logger.error("broker error (retrying in %.1fs): %s", backoff, exc)
-                self._leasing.wait(0)  # keep the flag check explicit
                 self._stopped.wait(backoff)
 
+    def _settle(self, quick: list[tuple[Outcome, _Running | None]]) -> None:
+        """Store and ack quickly settled outcomes without leasing (retried until it works)."""
+        results, broker = self.app.results, self.app.broker
+        acks = [outcome.delivery for outcome, _ in quick if outcome.delivery is not None]
+        records = [record for outcome, _ in quick for record in outcome.records]
+        try:
+            self._retrying(lambda: broker.ack_recorded(acks, results, records), "ack")
+        finally:
+            self._settled(len(quick))
+
+    def _settled(self, count: int) -> None:
+        with self._cond:
+            self._settling -= count
+            self._cond.notify_all()
+
     def _dispatch(self, deliveries: list[Delivery]) -> None:
+        broker = self.app.broker
         with self._cond:
             for delivery in deliveries:
                 self._held[delivery.receipt] = delivery
-        revoked = self.app.broker.revoked([d.id for d in deliveries])
+        if broker.lease_checks_revoked:
+            revoked = {d.id for d in deliveries if d.revoked}
+        else:
+            revoked = self._call(lambda: broker.revoked([d.id for d in deliveries]), "revoked")
         jobs: list[Job] = []
         for delivery in deliveries:
             prepared = self.runner.prepare(delivery, revoked)
@@ -274,15 +363,17 @@ class Worker:
                 jobs.append(prepared)
         if not jobs:
             return
+        started = [r for j in jobs if (r := self.runner.started_record(j)) is not None]
         early = [j.delivery for j in jobs if j.delivery is not None and not j.envelope.acks_late]
         if early:
-            self.app.broker.ack(early)
+            # STARTED first, then the early acks (acks_late=False: at-most-once), in one go.
+            results = self.app.results
+            self._retrying(lambda: broker.ack_recorded(early, results, started), "ack")
             with self._cond:
                 for delivery in early:
                     self._held.pop(delivery.receipt, None)
-        started = [r for j in jobs if (r := self.runner.started_record(j)) is not None]
-        if started:
-            self.app.results.store(started)
+        elif started:
+            self._retrying(lambda: self.app.results.store(started), "store results")
         for job in jobs:
             control = _Running(job)
             with self._cond:
@@ -296,6 +387,13 @@ class Worker:
             else:
                 assert self._pool is not None
                 self._pool.submit(self._run_sync, control)
+
+    def _call[T](self, action: Callable[[], T], what: str) -> T:
+        box: list[T] = []
+        self._retrying(lambda: box.append(action()), what)
+        if not box:  # cold-stopped while the broker was unreachable
+            raise BrokerError(f"could not ask the broker for {what}")
+        return box[0]
 
     def _run_sync(self, control: _Running) -> None:
         outcome: Outcome | None = None
@@ -348,6 +446,18 @@ class Worker:
     def _submit_outcome(self, outcome: Outcome, control: _Running | None) -> None:
         with self._cond:
             self._pending_finish += 1
+            if (
+                control is not None
+                and outcome.error is None
+                and outcome.action == "ack"
+                and not outcome.followups
+                and self._consumer_active
+                and not self._in_lease
+            ):
+                # A plain success: the consumer stores and acks it with its next lease.
+                self._quick.append((outcome, control))
+                self._cond.notify_all()
+                return
         self._done.put((outcome, control))
 
     def _finish_loop(self) -> None:
@@ -370,15 +480,25 @@ class Worker:
     def _apply(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
         outcomes = [outcome for outcome, _ in batch]
         records = [record for outcome in outcomes for record in outcome.records]
-        self._retrying(
-            lambda: self.app.results.store(records) if records else None, "store results"
-        )
+        broker, results = self.app.broker, self.app.results
+        # Every record first; in the same round trip the acks of outcomes that need nothing
+        # in between (no follow-ups).
+        plain = [
+            o.delivery
+            for o in outcomes
+            if o.action == "ack" and not o.followups and o.delivery is not None
+        ]
+        if plain or records:
+            self._retrying(lambda: broker.ack_recorded(plain, results, records), "store results")
         # A follow-up (callback, chord join) that fails leaves its message unacked: the lease
         # then expires and the redelivery re-sends the follow-ups (the run-once guard keeps the
         # task itself from running again), so a transient error never loses a workflow step.
         settled = [o for o in outcomes if self._run_followups(o)]
-        broker = self.app.broker
-        acks = [o.delivery for o in settled if o.action == "ack" and o.delivery is not None]
+        acks = [
+            o.delivery
+            for o in settled
+            if o.action == "ack" and o.followups and o.delivery is not None
+        ]
         if acks:
             self._retrying(lambda: broker.ack(acks), "ack")
         for outcome in settled:

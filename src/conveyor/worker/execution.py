@@ -246,8 +246,10 @@ class TaskRunner:
         return self._failed(job, exc, runtime)
 
     def _then(self, envelope: Envelope, state: str, info: Any) -> list[Callable[[], None]]:
-        """Canvas follow-ups of a task that ended without running to completion (chains
-        stop, chord headers count it as failed)."""
+        """Canvas follow-ups of a finished task (callbacks, errbacks, chord join); none for
+        a task that is not part of a workflow, so its outcome can be settled in one step."""
+        if not _has_followups(envelope):
+            return []
         return [lambda: on_task_finished(self.app, envelope, state, info)]
 
     def _not_again(self, job: Job) -> Outcome:
@@ -259,9 +261,7 @@ class TaskRunner:
             self._log(
                 logging.INFO, "%s[%s] already done: not run again", job.task.name, job.envelope.id
             )
-            followups = [
-                lambda: on_task_finished(self.app, job.envelope, record.state, record.result)
-            ]
+            followups = self._then(job.envelope, record.state, record.result)
             return Outcome(job.delivery, "ack", followups=followups, state=record.state)
         delay = float(job.once or 0.0)
         message = Message(
@@ -292,7 +292,7 @@ class TaskRunner:
             runtime,
             retval,
         )
-        followups = [lambda: on_task_finished(self.app, envelope, states.SUCCESS, value)]
+        followups = self._then(envelope, states.SUCCESS, value)
         return Outcome(job.delivery, "ack", records, followups=followups, state=states.SUCCESS)
 
     def _retried(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
@@ -331,8 +331,7 @@ class TaskRunner:
         self._hook(task.after_return, states.FAILURE, exc, envelope.id, job.args, job.kwargs, einfo)
         record = self._failure_record(envelope, exc, einfo)
         self._log(logging.ERROR, "%s[%s] failed in %.3fs: %r", task.name, envelope.id, runtime, exc)
-        info = record.result
-        followups = [lambda: on_task_finished(self.app, envelope, states.FAILURE, info)]
+        followups = self._then(envelope, states.FAILURE, record.result)
         return Outcome(
             job.delivery, "ack", [record], followups=followups, state=states.FAILURE, error=exc
         )
@@ -382,6 +381,12 @@ class TaskRunner:
     def _log(self, level: int, msg: str, *args: Any) -> None:
         if self.log_tasks and logger.isEnabledFor(level):
             logger.log(level, msg, *args)
+
+
+def _has_followups(envelope: Envelope) -> bool:
+    """Whether :func:`conveyor.canvas.on_task_finished` has anything to do for ``envelope``
+    (the same test it makes first)."""
+    return bool(envelope.callbacks or envelope.errbacks or envelope.chord)
 
 
 # -- eager mode -----------------------------------------------------------------------------

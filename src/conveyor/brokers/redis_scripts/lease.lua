@@ -1,11 +1,19 @@
--- Lease up to limit messages from the given queues: due delayed ones first become ready, then
--- the lowest scores win (priority 9 first, FIFO within a priority, across all the queues).
--- ARGV: prefix, limit, lease_ms, promote_max, queue...
+-- Ack finished messages (as ack_publish does), then lease up to limit messages from the given
+-- queues: due delayed ones first become ready, then the lowest scores win (priority 9 first,
+-- FIFO within a priority, across all the queues). Each leased message says whether its id is
+-- revoked (a revoked:<id> key exists), so the worker needs no second round trip to ask.
+-- ARGV: prefix, limit, lease_ms, promote_max, nacks, (queue, receipt) * nacks, queue...
 -- Returns {next_due_ms} when nothing is ready (-1: nothing delayed), else
--- {0, (receipt, id, queue, priority, body, deliveries) * k}.
+-- {0, (receipt, id, queue, priority, body, deliveries, revoked) * k}.
 local limit, lease_ms, promote_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local qstart = 6 + 2 * tonumber(ARGV[5])
+for i = 6, qstart - 1, 2 do
+  if redis.call('ZREM', P .. 'leased:' .. ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('DEL', P .. 'msg:' .. uid_of(ARGV[i + 1]))
+  end
+end
 local queues = {}
-for i = 5, #ARGV do
+for i = qstart, #ARGV do
   queues[#queues + 1] = ARGV[i]
 end
 local now = now_ms()
@@ -71,6 +79,7 @@ for _, item in ipairs(picked) do
     out[#out + 1] = fields[2]
     out[#out + 1] = fields[3]
     out[#out + 1] = n - (tonumber(fields[4]) or 0)
+    out[#out + 1] = redis.call('EXISTS', P .. 'revoked:' .. fields[1])
   end
 end
 -- Work left behind: pass the wake-up on to the next blocked consumer.

@@ -249,6 +249,10 @@ def version(dist: str) -> str:
 
 
 def git_revision() -> str:
+    """The Conveyor code measured: ``bench/run`` names its snapshot of HEAD; otherwise the
+    commit plus a hash of uncommitted changes in src/."""
+    if os.environ.get("BENCH_CONVEYOR_REVISION"):
+        return os.environ["BENCH_CONVEYOR_REVISION"]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

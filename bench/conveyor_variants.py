@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def main() -> int:
         help="sample every thread py-spy thinks is busy (default: only the one holding the GIL)",
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep worker logs and files")
     args = parser.parse_args()
     variants = args.variant or DEFAULT_VARIANTS
 
@@ -141,7 +143,7 @@ def main() -> int:
         stats = app.broker.stats([queue])[queue]
         return stats.ready, stats.leased
 
-    print(f"logs in {tmp}", file=sys.stderr)
+    print(f"logs in {tmp} (deleted at the end unless --keep)", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     try:
         for variant in variants:
@@ -193,6 +195,8 @@ def main() -> int:
         procs.stop_all()
         if server is not None:
             server.cleanup()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     info = machine()
     info["load_after"] = os.getloadavg()[0]
     save(args.json, {"machine": info, "args": vars(args), "rows": rows})

@@ -234,13 +234,10 @@ class Settings:
         if setting is None:
             raise AttributeError(f"unknown setting {name!r}{closest_setting(name)}")
         default = setting.default
-        return (
-            dict(default)
-            if isinstance(default, dict)
-            else list(default)
-            if isinstance(default, list)
-            else default
-        )
+        if isinstance(default, dict | list):
+            # Each app gets its own copy of a mutable default, made once (reads are hot).
+            default = values[name] = type(default)(default)
+        return default
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._values[name] = self._validated(name, value)

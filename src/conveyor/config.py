@@ -209,10 +209,11 @@ def closest_setting(name: str) -> str:
 class Settings:
     """The app's configuration. Read and write settings as attributes or items."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_defaults", "_values")
 
     def __init__(self, **values: Any) -> None:
         object.__setattr__(self, "_values", {})
+        object.__setattr__(self, "_defaults", {})
         self.update(values)
 
     def _validated(self, name: str, value: Any) -> Any:
@@ -236,7 +237,10 @@ class Settings:
         default = setting.default
         if isinstance(default, dict | list):
             # Each app gets its own copy of a mutable default, made once (reads are hot).
-            default = values[name] = type(default)(default)
+            defaults: dict[str, Any] = object.__getattribute__(self, "_defaults")
+            if name not in defaults:
+                defaults[name] = type(default)(default)
+            return defaults[name]
         return default
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -156,3 +156,11 @@ def test_redact_url(url: str, shown: str) -> None:
     from conveyor.brokers.base import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_mutable_defaults_are_per_app_and_not_explicit() -> None:
+    first, second = Settings(), Settings()
+    first.task_routes["a.*"] = "q"
+    assert second.task_routes == {}
+    assert first.task_routes == {"a.*": "q"}
+    assert "task_routes" not in first.explicit()

@@ -40,7 +40,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -66,6 +65,62 @@ _STRAY = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
 
 def default_hostname() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
+
+
+class _TaskThreads:
+    """A fixed number of threads running submitted calls in order: what the worker needs of
+    ``ThreadPoolExecutor`` without its per-call future, locks and idle-thread semaphore.
+    Threads start on demand, one per call, up to ``count``."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._count = count
+        self._name = name
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        self._calls.put(call)
+        if len(self._threads) < self._count:
+            with self._lock:
+                if len(self._threads) < self._count:
+                    thread = threading.Thread(
+                        target=self._serve,
+                        name=f"{self._name}_{len(self._threads)}",
+                        daemon=True,
+                    )
+                    self._threads.append(thread)
+                    thread.start()
+
+    def _serve(self) -> None:
+        calls = self._calls
+        while True:
+            try:
+                call = calls.get()
+                if call is None:
+                    return
+                call()
+            except _STRAY:
+                pass  # a time limit or terminate that landed just after its task ended
+            except Exception:
+                logger.exception("task thread: unexpected error")
+
+    def shutdown(self, *, wait: bool, cancel: bool) -> None:
+        """Stop the threads once the calls submitted so far ran (``cancel``: drop those that
+        did not start); ``wait`` for them."""
+        if cancel:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._calls.get_nowait()
+        with self._lock:
+            threads = list(self._threads)
+            self._count = 0  # no new threads
+        for _ in threads:
+            self._calls.put(None)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
 
 
 @dataclass(slots=True, eq=False)
@@ -136,7 +191,7 @@ class Worker:
         self._stopped = threading.Event()
         self._cold = False
         self._threads: list[threading.Thread] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _TaskThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._timers: list[tuple[float, int, str, _Running]] = []
@@ -146,7 +201,7 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Worker:
         self.started_at = time.time()
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="conveyor-task")
+        self._pool = _TaskThreads(self.concurrency, "conveyor-task")
         self._leasing.set()
         self._consumer_active = True
         for name, target in (
@@ -202,7 +257,7 @@ class Worker:
                 thread.join(timeout=5)
         self._threads.clear()
         if self._pool is not None:
-            self._pool.shutdown(wait=not cold, cancel_futures=cold)
+            self._pool.shutdown(wait=not cold, cancel=cold)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
@@ -386,7 +441,7 @@ class Worker:
                 asyncio.run_coroutine_threadsafe(self._run_async(control), self._event_loop())
             else:
                 assert self._pool is not None
-                self._pool.submit(self._run_sync, control)
+                self._pool.submit(partial(self._run_sync, control))
 
     def _call[T](self, action: Callable[[], T], what: str) -> T:
         box: list[T] = []
@@ -612,8 +667,11 @@ class Worker:
     # -- time limits ---------------------------------------------------------------------
     def _arm_timers(self, control: _Running) -> None:
         envelope = control.job.envelope
+        if not (envelope.soft_time_limit or envelope.time_limit):
+            return  # most tasks: nothing to arm, no need to wake the timer thread
         now = time.monotonic()
         with self._timer_cond:
+            first = self._timers[0][0] if self._timers else None
             if envelope.soft_time_limit:
                 heapq.heappush(
                     self._timers,
@@ -624,7 +682,8 @@ class Worker:
                     self._timers,
                     (now + envelope.time_limit, next(self._timer_seq), "hard", control),
                 )
-            self._timer_cond.notify()
+            if first is None or self._timers[0][0] < first:
+                self._timer_cond.notify()  # it sleeps until the earliest deadline: a new one
 
     def _timer_loop(self) -> None:
         while not self._stopped.is_set():

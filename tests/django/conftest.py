@@ -1,5 +1,7 @@
-"""Django test setup: the test project's settings, applied when this directory is collected,
-so the rest of the suite never sees Django configured on its behalf."""
+"""Django test setup: the test project's settings are applied when this directory is
+collected (pytest-django needs no global configuration, so the rest of the suite runs with or
+without it), and removed from the environment so that other tests' child processes do not
+inherit them."""
 
 from __future__ import annotations
 

@@ -14,6 +14,12 @@ from conveyor.contrib.django import checks
 from conveyor.contrib.django.backend import ConveyorBackend
 
 
+@pytest.fixture(autouse=True)
+def only_the_project_app(app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other test modules leave apps of their own alive; check the project's only."""
+    monkeypatch.setattr(checks, "_apps", lambda: [app])
+
+
 def ids(messages: list[Any]) -> list[str]:
     return [message.id for message in messages]
 

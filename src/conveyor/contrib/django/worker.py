@@ -8,7 +8,6 @@ broken connections are closed before and after each one, as Django does around e
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +18,6 @@ from .connections import track
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-
-logger = logging.getLogger("conveyor.django")
 
 _fork_hook_registered = False
 
@@ -59,22 +56,20 @@ def setup_worker(app: Conveyor | None = None) -> None:
     (which imports the tasks modules) in workers, beat and any process running tasks.
 
     It calls ``django.setup()`` if needed (``DJANGO_SETTINGS_MODULE`` must be set), installs
-    the transaction hooks on ``app`` (or on every app), connects per-task connection cleanup
-    where the core offers task signals, and closes this process's connections so that child
-    processes forked later never share a socket with it.
+    the transaction hooks on ``app`` (or on every app) and closes this process's connections,
+    so that child processes forked later never share a socket with it. Tasks then run with
+    :class:`DjangoTaskRunner` (which ``conveyor worker`` uses for Django projects).
     """
-    from django.apps import apps
+    import django.apps
 
-    import django
     from conveyor.app import registered_apps
 
     from .transactions import install
 
-    if not apps.ready:
+    if not django.apps.apps.ready:
         django.setup()
     for each in [app] if app is not None else registered_apps():
         install(each)
-        _connect_task_signals(each)
     close_idle_connections()
     global _fork_hook_registered
     if not _fork_hook_registered and hasattr(os, "register_at_fork"):
@@ -89,18 +84,6 @@ def close_idle_connections() -> None:
     for conn in connections.all(initialized_only=True):
         if conn.connection is not None and not conn.in_atomic_block:
             conn.close()
-
-
-def _connect_task_signals(app: Conveyor) -> None:
-    """Use the core's task signals when it has them (sent on the thread running the task)."""
-    for name in ("task_prerun", "task_postrun"):
-        signal = getattr(app, name, None)
-        if signal is not None and hasattr(signal, "connect"):
-            signal.connect(_on_task_signal)
-
-
-def _on_task_signal(sender: Any = None, **kwargs: Any) -> None:
-    close_old_connections()
 
 
 class DjangoTaskRunner(TaskRunner):

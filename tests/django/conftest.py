@@ -6,29 +6,24 @@ inherit them."""
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import django
-
-os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django.testproj.settings"
-with warnings.catch_warnings():
-    # config_from_object() reads every Django setting, deprecated ones included (core issue).
-    warnings.filterwarnings("ignore", message="The .* setting is deprecated")
-    django.setup()
-# Configured now; child processes of other tests must not inherit the test project.
-del os.environ["DJANGO_SETTINGS_MODULE"]
-
 from conveyor.app import Conveyor
 from conveyor.config import SETTINGS
 from conveyor.contrib.django.worker import DjangoTaskRunner
 from conveyor.task import shared_tasks
 from conveyor.testing import TestWorker
 
-from .testproj.conveyor import app as project_app
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django.testproj.settings"
+django.setup()
+# Configured now; child processes of other tests must not inherit the test project.
+del os.environ["DJANGO_SETTINGS_MODULE"]
+
+from .testproj.conveyor import app as project_app  # noqa: E402 - needs the settings
 
 
 class DjangoTestWorker(TestWorker):

@@ -90,3 +90,8 @@ def test_queue_not_in_backend_queues(app: Conveyor) -> None:
 def test_backend_without_an_app() -> None:
     backend = ConveyorBackend("broken", {"OPTIONS": {"APP": "no.such.module:app"}})
     assert ids(backend.check()) == ["conveyor.E020"]
+
+
+@pytest.mark.django_db
+def test_migrations_match_the_models() -> None:
+    call_command("makemigrations", "conveyor", "--check", "--dry-run", verbosity=0)

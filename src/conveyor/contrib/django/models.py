@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import F
 from django.utils.timezone import now
 
@@ -235,7 +235,7 @@ class PeriodicTask(models.Model):  # type: ignore[misc]
         self.updated_at = now()
         if update_fields is not None:
             kwargs["update_fields"] = {*update_fields, "updated_at"}
-        using = kwargs.get("using") or self._state.db or "default"
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using):
             super().save(*args, **kwargs)
             ScheduleChange.bump(using)

@@ -161,7 +161,9 @@ def site() -> Iterator[Site]:
         _sites.remove(running)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running on the main
+# thread while it is open, which would break asyncio.run() in every test collected after e2e.
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

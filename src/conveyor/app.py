@@ -114,6 +114,11 @@ class Signal:
 TaskResult = AsyncResult
 
 
+#: Sent at the end of ``Conveyor.__init__`` (sender: the new app), so integrations such as
+#: ``conveyor.contrib.django`` can configure apps created after they loaded.
+app_created = Signal("app_created")
+
+
 class Conveyor:
     """A task queue application.
 
@@ -148,6 +153,10 @@ class Conveyor:
         #: and tells whether a transaction is open.
         self.commit_hook: Callable[[Callable[[], None]], None] | None = None
         self.in_transaction: Callable[[], bool] = lambda: False
+        #: Set by integrations whose schedules live elsewhere (conveyor.contrib.django keeps
+        #: them in the database): ``runner(app, stop=None, *, name=None, max_interval=5.0)``.
+        #: None means :func:`conveyor.beat.scheduler.run_beat`.
+        self.beat_runner: Callable[..., None] | None = None
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
         self._lock = threading.RLock()
@@ -162,6 +171,7 @@ class Conveyor:
             _apps.append(weakref.ref(self))
             if set_as_default:
                 _default = weakref.ref(self)
+        app_created.send(sender=self)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.main or '__main__'} broker={redact_url(self.broker_url)}>"
@@ -545,6 +555,15 @@ class Conveyor:
         self.broker.revoke(ids, ttl)
         if terminate:
             self.broker.revoke([f"terminate:{i}" for i in ids], ttl)
+
+    def run_beat(self, stop: threading.Event | None = None, **options: Any) -> None:
+        """Run beat until ``stop`` is set (with the integration's runner if one is set)."""
+        if self.beat_runner is not None:
+            self.beat_runner(self, stop, **options)
+            return
+        from .beat.scheduler import run_beat
+
+        run_beat(self, stop, **options)
 
     def Worker(self, **options: Any) -> Worker:
         """An in-process worker (threads + an event loop); see ``conveyor.worker.consumer``."""

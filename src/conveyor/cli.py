@@ -394,7 +394,7 @@ def beat(
     setup_logging(loglevel)
     app = state.app(app_spec)
     _prepare(app)
-    run_beat = _beat_runner()
+    _beat_runner()
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     entries = sorted(app.conf.beat_schedule)
     Console(stderr=True, highlight=False, soft_wrap=True).print(
@@ -408,7 +408,7 @@ def beat(
             ]
         )
     )
-    run_beat(app, name=name, max_interval=max_interval)
+    app.run_beat(name=name, max_interval=max_interval)
 
 
 def _version() -> str:

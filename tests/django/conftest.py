@@ -9,9 +9,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import django
 import pytest
 
-import django
 from conveyor.app import Conveyor
 from conveyor.config import SETTINGS
 from conveyor.contrib.django.worker import DjangoTaskRunner

@@ -7,7 +7,6 @@ from django.db import transaction
 
 from conveyor import Conveyor, states
 from conveyor.contrib.django import install
-from conveyor.exceptions import ConfigurationError
 from conveyor.testing import make_test_app
 
 from .testproj.shop.models import Order
@@ -110,12 +109,11 @@ def test_task_sees_committed_rows(app: Conveyor, worker: object) -> None:
     assert order.confirmed
 
 
-def test_apps_created_later_need_install() -> None:
+def test_apps_created_later_get_the_hooks() -> None:
     later = make_test_app("later")
     try:
-        with pytest.raises(ConfigurationError, match="INSTALLED_APPS"):
-            later.send_task("x", on_commit=True)
-        install(later)
+        assert later.commit_hook is not None  # installed through conveyor.app.app_created
+        install(later)  # idempotent
         with transaction.atomic():
             later.send_task("x", on_commit=True)
             assert sum(s.ready for s in later.broker.stats().values()) == 0
@@ -136,3 +134,16 @@ def test_manual_transaction_management_is_refused(app: Conveyor) -> None:
         transaction.rollback()
         transaction.set_autocommit(True)
     assert queued(app) == 0
+
+
+def test_beat_of_a_django_app_reads_database_schedules() -> None:
+    from conveyor.contrib.django.schedules import run_beat
+
+    later = make_test_app("later-beat")
+    try:
+        assert later.beat_runner is run_beat  # `conveyor beat` and `worker -B` use it
+    finally:
+        later.close()
+        from .testproj.conveyor import app as project
+
+        project.set_default()

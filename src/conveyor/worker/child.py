@@ -395,12 +395,10 @@ def _control_loop(
 
 
 def _beat_thread(app: Conveyor, worker: ProcessWorker) -> None:
-    from ..beat.scheduler import run_beat
-
     stop = threading.Event()
     thread = threading.Thread(
-        target=run_beat,
-        args=(app, stop),
+        target=app.run_beat,
+        args=(stop,),
         kwargs={"name": f"{worker.hostname}/beat"},
         name="conveyor-beat",
         daemon=True,
@@ -422,8 +420,6 @@ def run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> No
 
 
 def _run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> None:
-    from ..beat.scheduler import run_beat
-
     for fd in close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -443,4 +439,4 @@ def _run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> N
                 stop.set()
 
     threading.Thread(target=watch, name="conveyor-beat-watch", daemon=True).start()
-    run_beat(app, stop, name=name)
+    app.run_beat(stop, name=name)

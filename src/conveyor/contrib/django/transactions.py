@@ -54,6 +54,9 @@ def commit_hook(send: Callable[[], None]) -> None:
 def install(app: Conveyor) -> Conveyor:
     """Give ``app`` Django's transaction hooks (done for every app by the installed app's
     ``ready()``; call it for apps created later). Returns ``app``."""
+    from .schedules import run_beat
+
     app.commit_hook = commit_hook
     app.in_transaction = in_transaction
+    app.beat_runner = run_beat  # schedules from the database as well as beat_schedule
     return app

@@ -99,6 +99,13 @@ class AsyncResult(Generic[R]):
         return datetime.fromtimestamp(record.date_done, UTC)
 
     @property
+    def date_started(self) -> datetime | None:
+        record = self._record()
+        if record is None or record.started_at is None:
+            return None
+        return datetime.fromtimestamp(record.started_at, UTC)
+
+    @property
     def retries(self) -> int:
         record = self._record()
         return 0 if record is None else record.retries

@@ -52,6 +52,8 @@ def test_success_and_states(app: Conveyor, worker: TestWorker) -> None:
     assert result.state == states.SUCCESS
     assert result.successful() and not result.failed()
     assert result.date_done is not None
+    assert result.date_started is not None
+    assert result.date_started <= result.date_done
     assert result.name == add.name
 
 

@@ -213,6 +213,8 @@ class Worker:
             thread = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        with contextlib.suppress(ConveyorError):
+            self._announce()  # visible to `conveyor status` at once, not after a heartbeat
         logger.info(
             "worker %s consuming %s with %d slots",
             self.hostname,
@@ -227,6 +229,11 @@ class Worker:
         self._leasing.clear()
         with self._cond:
             self._cond.notify_all()  # a consumer waiting for a free slot hands over at once
+        # Let a lease in progress return and dispatch first: what it leased is then either
+        # finished (warm) or released (cold), never run after the finisher stopped.
+        for thread in self._threads:
+            if thread.name == "conveyor-consumer" and thread is not threading.current_thread():
+                thread.join(timeout=self.lease_wait + 10)
         if not cold:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._cond:

@@ -209,6 +209,16 @@ class TaskRunner:
         return self.finish(job, retval, None, time.perf_counter() - started)
 
     def finish(self, job: Job, retval: Any, exc: BaseException | None, runtime: float) -> Outcome:
+        """Turn a return value or exception into an Outcome (runs task hooks). Every record
+        it writes keeps the time the task started."""
+        outcome = self._outcome(job, retval, exc, runtime)
+        if job.started_at:
+            for record in outcome.records:
+                if record.started_at is None:
+                    record.started_at = job.started_at
+        return outcome
+
+    def _outcome(self, job: Job, retval: Any, exc: BaseException | None, runtime: float) -> Outcome:
         """Turn a return value or exception into an Outcome (runs task hooks)."""
         envelope, task = job.envelope, job.task
         if exc is None:

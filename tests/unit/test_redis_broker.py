@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from conveyor._redis import connect
+from conveyor._redis import Calls, Connections, connect
 from conveyor.brokers.base import BrokerOptions, Delivery, Message, QueueStats
 from conveyor.brokers.redis import CHUNK, RedisBroker
 from conveyor.exceptions import BrokerError, ConfigurationError
@@ -298,8 +298,8 @@ def test_due_delayed_message_takes_its_priority_place(broker: RedisBroker) -> No
     low = msg(queue="a", priority=1)
     urgent = msg(queue="b", priority=9, countdown=0.2)
     mid = msg(queue="a", priority=5)
-    due = broker.time() + 0.2
     broker.publish([low, urgent, mid])
+    due = broker.time() + 0.2  # read after the publish: no earlier than the message's due time
     wait_until(lambda: broker.time() > due, 5.0, "due time")
     got = broker.lease(["a", "b"], 10, 0)
     assert [d.id for d in got] == [urgent.id, mid.id, low.id]
@@ -431,7 +431,7 @@ def test_publish_recorded_writes_records_then_messages_in_one_go(
     results = RedisResultStore(server.url, key_prefix=broker.options.key_prefix)
     sent = [msg(), msg()]
     records = [ResultRecord(m.id, "QUEUED") for m in sent]
-    broker.time()  # connect first: the handshake is not part of the call
+    broker.sweep()  # connect first (script calls' connection): the handshake is not part of it
     with admin.monitor() as monitor:
         broker.publish_recorded(sent, results, records)
         seen = [monitor.next_command() for _ in range(3)]
@@ -450,6 +450,37 @@ def test_publish_recorded_writes_records_then_messages_in_one_go(
         assert [d.id for d in broker.lease([Q], 10, 0)] == [one.id]
         store.forget([one.id])
     elsewhere.close()
+
+
+def test_worker_calls_share_few_connections(broker: RedisBroker, admin: redis.Redis) -> None:
+    broker.publish([msg() for _ in range(50)])
+    held = broker.lease([Q], 1, 0)
+    for _ in range(49):
+        held = broker.ack_and_lease(held, MemoryResultStore(), [], [Q], 1, 0)
+    broker.ack(held)
+    assert len(broker._connections._made) == 1  # one thread, one connection, reused
+    broker.close()
+    assert all(conn._sock is None for conn in broker._connections._made)
+    assert broker.stats([Q])[Q] == QueueStats()
+
+
+def test_a_call_that_times_out_leaves_no_reply_behind(server: RedisServer) -> None:
+    client = connect(server.url, {"socket_timeout": 0.2})
+    connections = Connections(client)
+    spin = (
+        "local t = redis.call('TIME')[1] * 1e6 + redis.call('TIME')[2] "
+        "while redis.call('TIME')[1] * 1e6 + redis.call('TIME')[2] < t + 500000 do end return 1"
+    )
+    slow = Calls()
+    slow.add([("EVAL", spin, 0)])
+    with pytest.raises(redis.TimeoutError):
+        connections.execute(slow)
+    time.sleep(0.5)  # the server finishes the script; its reply has nowhere to go now
+    ping = Calls()
+    ping.add([("PING",)])
+    assert connections.execute(ping) == [b"PONG"]  # not the slow call's late reply
+    connections.close()
+    client.close()
 
 
 # -- resilience --------------------------------------------------------------------------

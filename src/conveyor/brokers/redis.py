@@ -36,7 +36,16 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from .._redis import Batch, ErrorMapper, Script, block_limit, connect, lua_source, same_server
+from .._redis import (
+    Calls,
+    Connections,
+    ErrorMapper,
+    Script,
+    block_limit,
+    connect,
+    lua_source,
+    same_server,
+)
 from ..exceptions import BrokerError
 from .base import (
     Broker,
@@ -81,23 +90,24 @@ class RedisBroker(Broker):
             name: Script(self._client, lua_source("common", name)) for name in _SCRIPTS
         }
         self._shared: tuple[object, bool] = (None, False)
+        self._connections = Connections(self._client)
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}:{kind}:{name}"
 
     def _run(self, name: str, *args: Any) -> Any:
-        return self._scripts[name]((self._prefix, *args))
+        return self._connections.call(self._scripts[name], (self._prefix, *args))
 
     # -- producing -----------------------------------------------------------------------
     def _queue_publish(
         self,
-        batch: Batch,
+        batch: Calls,
         messages: Sequence[Message],
         acks: Sequence[Delivery] = (),
         *,
         if_held: bool = False,
     ) -> None:
-        """Queue script calls that ack ``acks`` (in the first call) and add ``messages``."""
+        """Add script calls that ack ``acks`` (in the first call) and add ``messages``."""
         for start in range(0, max(len(messages), 1), CHUNK):
             first = start == 0
             args: list[Any] = [self._prefix, len(acks) if first else 0, "1" if if_held else "0"]
@@ -112,10 +122,10 @@ class RedisBroker(Broker):
     def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
+        batch = Calls()
+        self._queue_publish(batch, messages)
         with self._errors:
-            batch = Batch(self._client)
-            self._queue_publish(batch, messages)
-            batch.execute()
+            self._connections.execute(batch)
 
     def publish_recorded(
         self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
@@ -129,12 +139,12 @@ class RedisBroker(Broker):
             super().publish_recorded(messages, results, records)
             return
         assert isinstance(results, RedisResultStore)
+        batch = Calls()
+        batch.add(results.store_commands(records))
+        if messages:
+            self._queue_publish(batch, messages)
         with self._errors:
-            batch = Batch(self._client)
-            results.queue_store(batch.pipe, records)
-            if messages:
-                self._queue_publish(batch, messages)
-            batch.execute()
+            self._connections.execute(batch)
 
     # -- consuming -----------------------------------------------------------------------
     def _shares(self, results: ResultStore) -> bool:
@@ -194,21 +204,19 @@ class RedisBroker(Broker):
         results: ResultStore | None = None,
         records: Sequence[ResultRecord] = (),
     ) -> list[Delivery]:
-        script = self._scripts["lease"]
+        script, connections = self._scripts["lease"], self._connections
         args = self._lease_args(names, limit, ())
         wake_keys = [self._key("wake", q) for q in names]
         deadline = time.monotonic() + wait
-        with self._errors:
-            if records:
-                from ..results.redis import RedisResultStore
+        first = Calls()
+        if records:
+            from ..results.redis import RedisResultStore
 
-                assert isinstance(results, RedisResultStore)
-                batch = Batch(self._client)
-                results.queue_store(batch.pipe, records)
-                batch.script(script, self._lease_args(names, limit, acks))
-                reply = batch.execute()[-1]
-            else:
-                reply = script(self._lease_args(names, limit, acks) if acks else args)
+            assert isinstance(results, RedisResultStore)
+            first.add(results.store_commands(records))
+        first.script(script, self._lease_args(names, limit, acks) if acks else args)
+        with self._errors:
+            reply = connections.execute(first)[-1]
             while True:
                 if len(reply) > 1:
                     return _deliveries(reply)
@@ -220,15 +228,15 @@ class RedisBroker(Broker):
                     block = min(block, reply[0] / 1000.0)
                 # Redis counts whole milliseconds, and 0 would mean "forever".
                 self._client.blpop(wake_keys, max(1, math.ceil(block * 1000)) / 1000)
-                reply = script(args)
+                reply = connections.call(script, args)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
+        batch = Calls()
+        self._queue_publish(batch, (), deliveries)
         with self._errors:
-            batch = Batch(self._client)
-            self._queue_publish(batch, (), deliveries)
-            batch.execute()
+            self._connections.execute(batch)
 
     def ack_recorded(
         self,
@@ -243,11 +251,11 @@ class RedisBroker(Broker):
         from ..results.redis import RedisResultStore
 
         assert isinstance(results, RedisResultStore)
+        batch = Calls()
+        batch.add(results.store_commands(records))
+        self._queue_publish(batch, (), deliveries)
         with self._errors:
-            batch = Batch(self._client)
-            results.queue_store(batch.pipe, records)
-            self._queue_publish(batch, (), deliveries)
-            batch.execute()
+            self._connections.execute(batch)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
@@ -260,10 +268,10 @@ class RedisBroker(Broker):
                 self._run("release", *_receipts(deliveries))
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:
+        batch = Calls()
+        self._queue_publish(batch, (message,), (delivery,), if_held=True)
         with self._errors:
-            batch = Batch(self._client)
-            self._queue_publish(batch, (message,), (delivery,), if_held=True)
-            batch.execute()
+            self._connections.execute(batch)
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         with self._errors:
@@ -386,6 +394,7 @@ class RedisBroker(Broker):
         return out
 
     def close(self) -> None:
+        self._connections.close()
         self._client.close()
 
 

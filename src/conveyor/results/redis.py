@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis
-from redis.client import Pipeline
 
-from .._redis import ErrorMapper, block_limit, connect
+from .._redis import Calls, Command, Connections, ErrorMapper, block_limit, connect
 from ..exceptions import ResultStoreError
 from .base import ResultRecord, ResultStore, decode_record, encode_record
 
@@ -42,6 +41,7 @@ class RedisResultStore(ResultStore):
     ) -> None:
         super().__init__(url, expires=expires, key_prefix=key_prefix)
         self.client: redis.Redis = connect(url, transport_options)
+        self._connections = Connections(self.client)
         self._errors = ErrorMapper(ResultStoreError, url, "Redis result store")
         self._px = None if expires is None else _ms(expires)
         self._wake_px = WAKE_TTL_MS if self._px is None else min(WAKE_TTL_MS, self._px)
@@ -50,22 +50,25 @@ class RedisResultStore(ResultStore):
     def _key(self, kind: str, name: str) -> str:
         return f"{self.key_prefix}:{kind}:{name}"
 
-    def queue_store(self, pipe: Pipeline, records: Sequence[ResultRecord]) -> None:
-        """Queue the commands of :meth:`store` on ``pipe`` (the broker shares round trips)."""
+    def store_commands(self, records: Sequence[ResultRecord]) -> list[Command]:
+        """The commands of :meth:`store` (the broker sends them with its own, in one trip)."""
+        commands: list[Command] = []
+        expiry = () if self._px is None else ("PX", self._px)
         for record in records:
-            pipe.set(self._key("result", record.id), encode_record(record), px=self._px)
+            commands.append(("SET", self._key("result", record.id), encode_record(record), *expiry))
             if record.ready:
                 wake = self._key("result-wake", record.id)
-                pipe.rpush(wake, b"1")
-                pipe.pexpire(wake, self._wake_px)
+                commands.append(("RPUSH", wake, b"1"))
+                commands.append(("PEXPIRE", wake, self._wake_px))
+        return commands
 
     def store(self, records: Sequence[ResultRecord]) -> None:
         if not records:
             return
+        calls = Calls()
+        calls.add(self.store_commands(records))
         with self._errors:
-            pipe = self.client.pipeline(transaction=False)
-            self.queue_store(pipe, records)
-            pipe.execute()
+            self._connections.execute(calls)
 
     def get(self, task_id: str) -> ResultRecord | None:
         with self._errors:
@@ -137,6 +140,7 @@ class RedisResultStore(ResultStore):
             self.client.delete(self._key("value", key), self._key("join", key))
 
     def close(self) -> None:
+        self._connections.close()
         self.client.close()
 
 

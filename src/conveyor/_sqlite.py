@@ -117,12 +117,7 @@ class Database:
             yield conn
         finally:
             _rollback(conn)
-            with pool.lock:
-                kept = not pool.closed
-                if kept:
-                    pool.idle.append(conn)
-            if not kept:
-                conn.close()
+            _give_back(pool, conn)
 
     def close(self) -> None:
         """Close this process's connections; later calls open new ones."""
@@ -259,19 +254,41 @@ class Database:
         try:
             yield
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_NOTADB:
-                raise self._foreign("not an SQLite file") from exc
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                raise self.error(
-                    f"SQLite database {self.path} stayed locked by another connection: {exc}"
-                ) from exc
-            raise self.error(f"SQLite database {self.path}: {exc}") from exc
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> ConveyorError:
+        if getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_NOTADB:
+            return self._foreign("not an SQLite file")
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return self.error(
+                f"SQLite database {self.path} stayed locked by another connection: {exc}"
+            )
+        return self.error(f"SQLite database {self.path}: {exc}")
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction (``BEGIN IMMEDIATE``), retried while the file is locked."""
-        with self.guard(), self.connection() as conn, self._transaction(conn):
-            yield conn
+        """A short write transaction (``BEGIN IMMEDIATE``), retried while the file is locked.
+
+        What ``guard()``, ``connection()`` and ``_transaction()`` do, in one generator: this
+        runs for every lease and ack."""
+        pool = self._pool
+        if pool.pid != os.getpid():
+            self._inherited.append(pool)
+            pool = self._pool = _Pool()
+        try:
+            try:
+                conn = pool.idle.pop()
+            except IndexError:
+                conn = self._open()
+            try:
+                self._begin(conn)
+                yield conn
+                conn.execute("COMMIT")
+            finally:
+                _rollback(conn)  # nothing to roll back after a COMMIT
+                _give_back(pool, conn)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -312,6 +329,15 @@ class Database:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _give_back(pool: _Pool, conn: sqlite3.Connection) -> None:
+    with pool.lock:
+        kept = not pool.closed
+        if kept:
+            pool.idle.append(conn)
+    if not kept:
+        conn.close()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -148,6 +148,7 @@ class SQLiteBroker(Broker):
             busy_timeout=float(transport.get("busy_timeout", 5.0)),
             lock_timeout=float(transport.get("lock_timeout", 60.0)),
         )
+        self._lease_statements: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
         # Publishes through this object wake its waiting consumers without a poll.
         self._arrived = threading.Condition()
         self._arrivals = 0
@@ -265,21 +266,26 @@ class SQLiteBroker(Broker):
         results: SQLiteResultStore | None = None,
         records: Sequence[ResultRecord] = (),
     ) -> list[Delivery]:
+        # Everything that can be prepared is, before the write lock is taken.
         token = secrets.randbits(63)
-        sql, params = self._pick(queues, limit)
+        sql, params = self._lease_sql(queues, limit)
+        acked = _receipt_statements(_ACK, acks) if acks else ()
+        rows_in = None
         if results is not None and records:
             results.prepare()
+            rows_in = results.record_rows(records)
         with self._db.write() as conn:
-            if results is not None and records:
-                results.write_records(conn, records)
-            if acks:
-                self._ack_in(conn, acks)
+            if rows_in:
+                assert results is not None
+                results.write_rows(conn, rows_in)
+            for statement, args in acked:
+                conn.execute(statement, args)
             now = self.time()
             self._promote(conn, now)
-            rows = conn.execute(
-                _LEASE.format(pick=sql), (token, now + self.options.lease_timeout, *params, now)
-            ).fetchall()
-        if results is not None and records:
+            cursor = conn.execute(sql, (token, now + self.options.lease_timeout, *params, now))
+            rows = cursor.fetchall()
+        if rows_in:
+            assert results is not None
             results.notify()
         rows.sort(key=_order)
         return [_delivery(row, token) for row in rows]
@@ -289,6 +295,17 @@ class SQLiteBroker(Broker):
         if moved:
             conn.execute(_PROMOTED, (self.ns, now))
         return moved
+
+    def _lease_sql(self, queues: list[str], limit: int) -> tuple[str, list[Any]]:
+        """The lease statement and its pick parameters (kept: a worker asks for the same few)."""
+        key = (*queues, limit)
+        found = self._lease_statements.get(key)
+        if found is None:
+            if len(self._lease_statements) >= 64:
+                self._lease_statements.clear()
+            pick, params = self._pick(queues, limit)
+            found = self._lease_statements[key] = (_LEASE.format(pick=pick), params)
+        return found
 
     def _pick(self, queues: list[str], limit: int) -> tuple[str, list[Any]]:
         if len(queues) == 1:
@@ -320,26 +337,17 @@ class SQLiteBroker(Broker):
 
     def _by_receipt(self, sql: str, deliveries: Sequence[Delivery], *params: Any) -> int:
         """Run ``sql`` (ending in ``token = ? AND seq IN ({seqs})``) once per lease batch."""
-        by_token = _receipts(deliveries)
-        if not by_token:
+        statements = _receipt_statements(sql, deliveries, params)
+        if not statements:
             return 0
         changed = 0
         with self._db.write() as conn:
-            for token, seqs in by_token.items():
-                for part in chunks(seqs):
-                    changed += conn.execute(
-                        sql.format(seqs=marks(len(part))), (*params, token, *part)
-                    ).rowcount
+            for statement, args in statements:
+                changed += conn.execute(statement, args).rowcount
         return changed
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._by_receipt(_ACK, deliveries)
-
-    def _ack_in(self, conn: sqlite3.Connection, deliveries: Sequence[Delivery]) -> None:
-        """Ack inside the caller's transaction."""
-        for token, seqs in _receipts(deliveries).items():
-            for part in chunks(seqs):
-                conn.execute(_ACK.format(seqs=marks(len(part))), (token, *part))
 
     def ack_recorded(
         self,
@@ -353,9 +361,12 @@ class SQLiteBroker(Broker):
             super().ack_recorded(deliveries, results, records)
             return
         shared.prepare()
+        rows = shared.record_rows(records)
+        acked = _receipt_statements(_ACK, deliveries)
         with self._db.write() as conn:
-            shared.write_records(conn, records)
-            self._ack_in(conn, deliveries)
+            shared.write_rows(conn, rows)
+            for statement, args in acked:
+                conn.execute(statement, args)
         shared.notify()
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
@@ -682,6 +693,18 @@ def _receipts(deliveries: Sequence[Delivery]) -> dict[int, list[int]]:
         if held is not None:
             out.setdefault(held[1], []).append(held[0])
     return out
+
+
+def _receipt_statements(
+    sql: str, deliveries: Sequence[Delivery], params: Sequence[Any] = ()
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """``sql`` (ending in ``token = ? AND seq IN ({seqs})``) with its arguments, once per lease
+    batch (and chunk) of ``deliveries``."""
+    statements = []
+    for token, seqs in _receipts(deliveries).items():
+        for part in chunks(seqs):
+            statements.append((sql.format(seqs=marks(len(part))), (*params, token, *part)))
+    return statements
 
 
 def _after_prefix(prefix: str) -> str | None:

@@ -37,6 +37,10 @@ MIGRATIONS = [
 ]
 
 _LIVE = "(expires IS NULL OR expires > ?)"
+_UPSERT = (
+    "INSERT INTO conveyor_results (ns, id, record, expires) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, expires = excluded.expires"
+)
 
 
 class SQLiteResultStore(ResultStore):
@@ -77,15 +81,18 @@ class SQLiteResultStore(ResultStore):
             with self._db.read():
                 pass
 
+    def record_rows(self, records: Sequence[ResultRecord]) -> list[tuple[Any, ...]]:
+        """The rows of ``records`` (encoded before a transaction, so it stays short)."""
+        expires = None if self.expires is None else time.time() + self.expires
+        return [(self.ns, record.id, encode_record(record), expires) for record in records]
+
+    def write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Upsert rows from :meth:`record_rows` inside the caller's transaction."""
+        conn.executemany(_UPSERT, rows)
+
     def write_records(self, conn: sqlite3.Connection, records: Sequence[ResultRecord]) -> None:
         """Upsert ``records`` inside the caller's transaction."""
-        expires = None if self.expires is None else time.time() + self.expires
-        conn.executemany(
-            "INSERT INTO conveyor_results (ns, id, record, expires) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, "
-            "expires = excluded.expires",
-            [(self.ns, record.id, encode_record(record), expires) for record in records],
-        )
+        self.write_rows(conn, self.record_rows(records))
 
     def notify(self) -> None:
         """Wake this object's waiters."""
@@ -97,8 +104,9 @@ class SQLiteResultStore(ResultStore):
     def store(self, records: Sequence[ResultRecord]) -> None:
         if not records:
             return
+        rows = self.record_rows(records)
         with self._db.write() as conn:
-            self.write_records(conn, records)
+            self.write_rows(conn, rows)
         self.notify()
 
     def get(self, task_id: str) -> ResultRecord | None:

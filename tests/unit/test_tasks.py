@@ -237,6 +237,8 @@ def test_async_sending_helpers(app: Conveyor) -> None:
 
 
 def test_on_commit_without_django_hook_is_a_clear_error(app: Conveyor) -> None:
+    app.commit_hook = None  # as without conveyor.contrib.django (other tests may load it)
+
     @app.task
     def job() -> None:
         return None

@@ -332,30 +332,19 @@ class Worker:
         capacity = self.concurrency * self.prefetch_multiplier
         broker = self.app.broker
         while self._leasing.is_set():
+            quick: list[tuple[Outcome, _Running | None]] = []
             with self._cond:
                 # Quickly settled outcomes hold no slot: their tasks have finished.
                 while self._leasing.is_set() and self._in_flight - len(self._quick) >= capacity:
                     self._cond.wait(0.5)
-            quick: list[tuple[Outcome, _Running | None]] = []
-            while True:
-                with self._cond:
-                    more, self._quick = self._quick, []
-                    if not more:
-                        # From here on outcomes go to the finisher until the lease returns:
-                        # none may wait for a lease that blocks.
-                        free = capacity - self._in_flight
-                        if self.max_tasks is not None:
-                            free = min(free, self.max_tasks - self.processed - self._in_flight)
-                        leasing = free > 0 and self._leasing.is_set()
-                        self._in_lease = leasing
-                        break
-                    self._settling += len(more)
+                more, free, leasing = self._next_step(capacity)
+            while more:
                 # Frees the slots (and lets a subclass stop leasing, e.g. to recycle the
                 # process) before the next lease; the acks go with that lease.
                 self._release_controls(more)
                 quick += more
-            acks = [outcome.delivery for outcome, _ in quick if outcome.delivery is not None]
-            records = [record for outcome, _ in quick for record in outcome.records]
+                with self._cond:
+                    more, free, leasing = self._next_step(capacity)
             try:
                 if not leasing:
                     if quick:
@@ -371,17 +360,25 @@ class Worker:
                     continue
                 try:
                     if quick:
+                        acks = [o.delivery for o, _ in quick if o.delivery is not None]
+                        records = [record for o, _ in quick for record in o.records]
                         deliveries = broker.ack_and_lease(
                             acks, self.app.results, records, self.queues, free, self.lease_wait
                         )
                     else:
                         deliveries = broker.lease(self.queues, free, self.lease_wait)
-                finally:
+                except BaseException:
                     with self._cond:
                         self._in_lease = False
-                if quick:
-                    self._settled(len(quick))
-                    quick = []
+                    raise
+                with self._cond:
+                    self._in_lease = False
+                    for delivery in deliveries:  # renewed by the heartbeat from now on
+                        self._held[delivery.receipt] = delivery
+                    if quick:
+                        self._settling -= len(quick)
+                        self._cond.notify_all()
+                quick = []
                 if deliveries:
                     self._dispatch(deliveries)
                 backoff = 0.0
@@ -391,6 +388,21 @@ class Worker:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 logger.error("broker error (retrying in %.1fs): %s", backoff, exc)
                 self._stopped.wait(backoff)
+
+    def _next_step(self, capacity: int) -> tuple[list[tuple[Outcome, _Running | None]], int, bool]:
+        """(Lock held.) Take the outcomes to settle quickly, if any; else decide how many to
+        lease and, if any, mark the lease as begun: from then on outcomes go to the finisher
+        until it returns, so none waits for a lease that blocks."""
+        more, self._quick = self._quick, []
+        if more:
+            self._settling += len(more)
+            return more, 0, False
+        free = capacity - self._in_flight
+        if self.max_tasks is not None:
+            free = min(free, self.max_tasks - self.processed - self._in_flight)
+        leasing = free > 0 and self._leasing.is_set()
+        self._in_lease = leasing
+        return more, free, leasing
 
     def _settle(self, quick: list[tuple[Outcome, _Running | None]]) -> None:
         """Store and ack quickly settled outcomes without leasing (retried until it works)."""
@@ -408,10 +420,8 @@ class Worker:
             self._cond.notify_all()
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """Prepare and start what was leased (already in ``_held``)."""
         broker = self.app.broker
-        with self._cond:
-            for delivery in deliveries:
-                self._held[delivery.receipt] = delivery
         if broker.lease_checks_revoked:
             revoked = {d.id for d in deliveries if d.revoked}
         else:
@@ -436,11 +446,13 @@ class Worker:
                     self._held.pop(delivery.receipt, None)
         elif started:
             self._retrying(lambda: self.app.results.store(started), "store results")
-        for job in jobs:
-            control = _Running(job)
-            with self._cond:
-                self._in_flight += 1
-                self._running[job.envelope.id] = control
+        controls = [_Running(job) for job in jobs]
+        with self._cond:
+            self._in_flight += len(controls)
+            for control in controls:
+                self._running[control.job.envelope.id] = control
+        for control in controls:
+            job = control.job
             self._arm_timers(control)
             if self.on_task_start is not None:
                 self.on_task_start(job)

@@ -738,3 +738,53 @@ def test_failures_and_followups_still_go_through_the_finisher(app: Conveyor) -> 
     assert failed.state == states.FAILURE
     assert chained.get(timeout=5) == 1
     assert app.broker.stats(["default"])["default"] == QueueStats()
+
+
+def test_a_failed_followup_leaves_its_message_unacked(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.worker import execution
+
+    real = execution.on_task_finished
+    followups: list[str] = []
+
+    def flaky(app_: Conveyor, envelope: object, state: str, value: object) -> None:
+        followups.append(state)
+        if len(followups) == 1:
+            raise RuntimeError("the broker hiccuped")
+        real(app_, envelope, state, value)
+
+    monkeypatch.setattr(execution, "on_task_finished", flaky)
+    runs: list[str] = []
+
+    @app.task
+    def parent() -> int:
+        runs.append("parent")
+        return 1
+
+    @app.task
+    def child(x: int) -> int:
+        runs.append("child")
+        return x + 1
+
+    @app.task
+    def plain() -> str:
+        return "plain"
+
+    linked = parent.apply_async(link=child.s())
+    alone = plain.delay()
+    worker = TestWorker(app, concurrency=1).start()
+    try:
+        assert alone.get(timeout=5) == "plain"
+        assert linked.get(timeout=5) == 1  # the result is stored before the follow-ups
+        wait_until(lambda: followups, timeout=5)
+        # the plain task's message is acked; the parent's is not (until its lease runs out)
+        wait_until(lambda: app.broker.stats(["default"])["default"] == QueueStats(leased=1), 5)
+        assert "child" not in runs
+        # after its lease runs out it is redelivered: the follow-up is sent this time
+        wait_until(lambda: "child" in runs, timeout=15)
+        worker.drain(15)
+    finally:
+        worker.stop(timeout=10)
+    assert runs.count("child") == 1
+    assert app.broker.stats(["default"])["default"] == QueueStats()

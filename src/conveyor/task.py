@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import states
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
@@ -150,6 +150,13 @@ class Task(Generic[P, R]):
             setattr(self, key, value)
         if self.priority is not None and not 0 <= self.priority <= 9:
             raise ConfigurationError(f"priority must be 0-9, got {self.priority}")
+        if self.rate_limit is not None:
+            from .worker.execution import rate_per_second
+
+            try:
+                rate_per_second(self.rate_limit)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
         self.fn = fn
         self.name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -417,9 +424,6 @@ def shared_tasks() -> list[Task[Any, Any]]:
     return list(_shared_tasks)
 
 
-TaskDecorator = Callable[[Callable[P, R]], Task[P, R]]
-
-
 @overload
 def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
 @overload
@@ -453,14 +457,8 @@ def make_task_decorator(
     def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
         opts = dict(options)
         base: type[Task[Any, Any]] = opts.pop("base", None) or Task
-        if opts.pop("shared", False):
-            opts.pop("shared", None)
         task = base(func, app, **opts)
         app.register(task)
         return task
 
     return decorate(fn) if fn is not None else decorate
-
-
-BoundFunction = Callable[Concatenate[Any, P], R]
-AnyAwaitable = Awaitable[Any]

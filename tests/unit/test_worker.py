@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from conveyor import (
+    ConfigurationError,
     Conveyor,
     MaxRetriesExceededError,
     NotRegistered,
@@ -788,3 +790,24 @@ def test_a_failed_followup_leaves_its_message_unacked(
         worker.stop(timeout=10)
     assert runs.count("child") == 1
     assert app.broker.stats(["default"])["default"] == QueueStats()
+
+
+def test_rate_limit_spaces_starts_in_a_worker(app: Conveyor) -> None:
+    starts: list[float] = []
+
+    @app.task(rate_limit="10/s")
+    def limited() -> None:
+        starts.append(time.monotonic())
+
+    for _ in range(4):
+        limited.delay()
+    with TestWorker(app, concurrency=4) as w:
+        w.run_until_idle(10)
+    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
+    assert len(starts) == 4
+    assert min(gaps) >= 0.09  # 10/s: one start every 0.1 s, not four at once
+
+
+def test_invalid_rate_limit_is_refused(app: Conveyor) -> None:
+    with pytest.raises(ConfigurationError, match="rate_limit"):
+        app.task(rate_limit="fast")(lambda: None)

@@ -78,6 +78,8 @@ class TaskRunner:
         self.hostname = hostname
         self.extended = bool(app.conf.result_extended)
         self.log_tasks = bool(app.conf.worker_log_tasks)
+        self._rate_lock = threading.Lock()
+        self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
 
     # -- before running ------------------------------------------------------------------
     def prepare(
@@ -138,6 +140,13 @@ class TaskRunner:
                 followups=self._then(envelope, states.EXPIRED, None),
                 state=states.EXPIRED,
             )
+        if task.rate_limit and delivery is not None:
+            wait = self._rate_wait(task.name, rate_per_second(task.rate_limit), now)
+            if wait > 0:  # back to the broker until its turn; not a retry, nothing recorded
+                message = Message(
+                    envelope.id, envelope.queue, delivery.body, envelope.priority, wait
+                )
+                return Outcome(delivery, "retry", retry_message=message, state=states.QUEUED)
         request = Request(
             id=envelope.id,
             task=envelope.task,
@@ -161,6 +170,15 @@ class TaskRunner:
             envelope=envelope,
         )
         return Job(envelope, task, args, kwargs, request, delivery)
+
+    def _rate_wait(self, name: str, rate: float, now: float) -> float:
+        """Seconds until ``name`` may start again in this worker (0: start now, and book it)."""
+        with self._rate_lock:
+            earliest = self._next_start.get(name, 0.0)
+            if now < earliest:
+                return earliest - now
+            self._next_start[name] = now + 1.0 / rate
+            return 0.0
 
     def started_record(self, job: Job) -> ResultRecord | None:
         if job.delivery is not None and job.envelope.headers.get(ONCE_HEADER):
@@ -443,3 +461,16 @@ def _run_inline(runner: TaskRunner, job: Job) -> Outcome:
     thread.start()
     thread.join()
     return box[0]
+
+
+def rate_per_second(rate_limit: str) -> float:
+    """Parse Celery's ``rate_limit`` ("10/s", "100/m", "1000/h", or a number per second)."""
+    count, _, unit = str(rate_limit).partition("/")
+    seconds = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
+    try:
+        rate = float(count) / seconds if seconds else 0.0
+    except ValueError:
+        rate = 0.0
+    if rate <= 0:
+        raise ValueError(f"invalid rate_limit {rate_limit!r}: use e.g. '10/s', '100/m', '1000/h'")
+    return rate

@@ -46,7 +46,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        pytest.fail("redis-server is not installed (scripts/test installs it)")
     server = RedisServer(appendonly=False)
     server.start()
     yield server

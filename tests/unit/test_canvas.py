@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import conveyor
 from conveyor import ChordError, Conveyor, states
 from conveyor.brokers.base import Delivery
 from conveyor.canvas import (
@@ -695,10 +694,6 @@ def test_seed_003_canvas_examples(
     run_seed("from conveyor.canvas import chain, group", app, capsys)
 
 
-@pytest.mark.skipif(
-    not hasattr(conveyor, "chain"),
-    reason="conveyor/__init__.py does not export chain/group yet (the lead owns it)",
-)
 def test_seed_003_verbatim_imports(
     app: Conveyor, worker: TestWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:

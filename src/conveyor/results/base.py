@@ -10,6 +10,8 @@ answer is the set's size, for exactly-once chord joins under redelivery) and ``c
 from __future__ import annotations
 
 import abc
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -118,3 +120,41 @@ class ResultStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class PollingResultStore(ResultStore):
+    """A store whose server cannot notify waiters (SQL databases): ``wait()`` polls with a
+    backoff from ``first_pause`` doubling up to ``poll_interval``, and is woken at once by
+    stores made through this object (call :meth:`_notify_local` after writing)."""
+
+    poll_interval: float = 0.02
+    first_pause: float = 0.001
+
+    def __init__(
+        self, url: str, *, expires: float | None = 86400.0, key_prefix: str = "conveyor"
+    ) -> None:
+        super().__init__(url, expires=expires, key_prefix=key_prefix)
+        self._changed = threading.Condition()
+        self._changes = 0
+
+    def _notify_local(self) -> None:
+        with self._changed:
+            self._changes += 1
+            self._changed.notify_all()
+
+    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = self.first_pause
+        while True:
+            with self._changed:
+                seen = self._changes
+            record = self.get(task_id)
+            if record is not None and record.ready:
+                return record
+            remaining = self.poll_interval if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            with self._changed:
+                if self._changes == seen:
+                    self._changed.wait(min(pause, remaining))
+            pause = min(pause * 2, self.poll_interval)

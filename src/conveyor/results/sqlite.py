@@ -7,7 +7,6 @@ the same object. Expired rows are invisible to reads and deleted by ``cleanup()`
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ import msgspec
 
 from .._sqlite import Database, chunks, marks, path_from_url
 from ..exceptions import ConfigurationError, ResultStoreError
-from .base import ResultRecord, ResultStore, decode_record, encode_record
+from .base import PollingResultStore, ResultRecord, decode_record, encode_record
 
 if TYPE_CHECKING:
     import sqlite3
@@ -43,7 +42,7 @@ _UPSERT = (
 )
 
 
-class SQLiteResultStore(ResultStore):
+class SQLiteResultStore(PollingResultStore):
     schemes = ("sqlite",)
 
     #: Longest pause (s) between two looks while ``wait()`` waits for another process.
@@ -68,8 +67,6 @@ class SQLiteResultStore(ResultStore):
         self._db = Database(
             self.path, component="results", migrations=MIGRATIONS, error=ResultStoreError
         )
-        self._changed = threading.Condition()
-        self._changes = 0
 
     def __repr__(self) -> str:
         return f"<SQLiteResultStore {self.path}>"
@@ -96,9 +93,7 @@ class SQLiteResultStore(ResultStore):
 
     def notify(self) -> None:
         """Wake this object's waiters."""
-        with self._changed:
-            self._changes += 1
-            self._changed.notify_all()
+        self._notify_local()
 
     # -- records ---------------------------------------------------------------------------
     def store(self, records: Sequence[ResultRecord]) -> None:
@@ -141,23 +136,6 @@ class SQLiteResultStore(ResultStore):
             raise ResultStoreError(
                 f"the result record of task {task_id} in {self.path} is corrupt: {exc}"
             ) from exc
-
-    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
-        while True:
-            with self._changed:
-                seen = self._changes
-            record = self.get(task_id)
-            if record is not None and record.ready:
-                return record
-            remaining = self.poll_interval if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                return record
-            with self._changed:
-                if self._changes == seen:
-                    self._changed.wait(min(pause, remaining))
-            pause = min(pause * 2, self.poll_interval)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         unique = list(dict.fromkeys(task_ids))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from conveyor.exceptions import ConfigurationError, ResultStoreError
-from conveyor.results.base import ResultRecord, ResultStore
+from conveyor.results.base import PollingResultStore, ResultRecord
 
 from .connections import track
 
@@ -97,13 +97,14 @@ def _in_event_loop() -> bool:
     return True
 
 
-class DjangoResultStore(ResultStore):
+class DjangoResultStore(PollingResultStore):
     """Task results in the project's database (app ``conveyor.contrib.django``)."""
 
     schemes = ("django",)
 
     #: Longest pause (s) between two reads while ``wait()`` waits for another process.
     poll_interval = 0.1
+    first_pause = 0.005
 
     def __init__(
         self,
@@ -115,8 +116,6 @@ class DjangoResultStore(ResultStore):
         super().__init__(url, expires=expires, key_prefix=key_prefix)
         parts = urlsplit(url)
         self.alias = parts.netloc or parts.path.strip("/") or "default"
-        self._changed = threading.Condition()
-        self._changes = 0
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
@@ -175,9 +174,7 @@ class DjangoResultStore(ResultStore):
         return Q(expires_at__isnull=True) | Q(expires_at__gt=self._now())
 
     def notify(self) -> None:
-        with self._changed:
-            self._changes += 1
-            self._changed.notify_all()
+        self._notify_local()
 
     # -- records ---------------------------------------------------------------------------
     def store(self, records: Sequence[ResultRecord]) -> None:
@@ -255,23 +252,6 @@ class DjangoResultStore(ResultStore):
                 record = self._record(row)
                 found[record.id] = record
         return found
-
-    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.005
-        while True:
-            with self._changed:
-                seen = self._changes
-            record = self.get(task_id)
-            if record is not None and record.ready:
-                return record
-            remaining = self.poll_interval if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                return record
-            with self._changed:
-                if self._changes == seen:
-                    self._changed.wait(min(pause, remaining))
-            pause = min(pause * 2, self.poll_interval)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         if not task_ids:

@@ -89,6 +89,19 @@ def retry_delay(
     return max(0.0, float(delay))
 
 
+def rate_per_second(rate_limit: str) -> float:
+    """Parse Celery's ``rate_limit`` ("10/s", "100/m", "1000/h", or a number per second)."""
+    count, _, unit = str(rate_limit).partition("/")
+    seconds = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
+    try:
+        rate = float(count) / seconds if seconds else 0.0
+    except ValueError:
+        rate = 0.0
+    if rate <= 0:
+        raise ValueError(f"invalid rate_limit {rate_limit!r}: use e.g. '10/s', '100/m', '1000/h'")
+    return rate
+
+
 class Task(Generic[P, R]):
     """A function registered with an app. Call it to run inline; ``delay()`` to queue it.
 
@@ -151,8 +164,6 @@ class Task(Generic[P, R]):
         if self.priority is not None and not 0 <= self.priority <= 9:
             raise ConfigurationError(f"priority must be 0-9, got {self.priority}")
         if self.rate_limit is not None:
-            from .worker.execution import rate_per_second
-
             try:
                 rate_per_second(self.rate_limit)
             except ValueError as exc:

@@ -32,7 +32,7 @@ from ..exceptions import (
 )
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
 from ..results.base import ResultRecord
-from ..task import Request, Task, _current_request
+from ..task import Request, Task, _current_request, rate_per_second
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -461,16 +461,3 @@ def _run_inline(runner: TaskRunner, job: Job) -> Outcome:
     thread.start()
     thread.join()
     return box[0]
-
-
-def rate_per_second(rate_limit: str) -> float:
-    """Parse Celery's ``rate_limit`` ("10/s", "100/m", "1000/h", or a number per second)."""
-    count, _, unit = str(rate_limit).partition("/")
-    seconds = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
-    try:
-        rate = float(count) / seconds if seconds else 0.0
-    except ValueError:
-        rate = 0.0
-    if rate <= 0:
-        raise ValueError(f"invalid rate_limit {rate_limit!r}: use e.g. '10/s', '100/m', '1000/h'")
-    return rate

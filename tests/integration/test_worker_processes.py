@@ -402,6 +402,22 @@ def test_hard_time_limit_kills_and_replaces_the_child(harness: Harness) -> None:
     assert len(runs(path)) == 1
 
 
+def test_hard_limit_kill_releases_the_other_tasks_of_that_child_at_once(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    # The lease outlives the test: only the supervisor's release brings the task back in time.
+    harness = harness_factory(broker_lease_timeout=120.0)
+    worker = harness.worker("-c", "1", "--threads", "2")
+    first_child = worker.wait_children(1)[0]
+    path, limited = harness.file(), harness.file()
+    innocent = harness.send("sleep", str(path), 4.0)  # reported to the supervisor by snapshot
+    wait_for(lambda: pids_of(path), 15, "innocent task started")
+    harness.send("hard_limited", str(limited), 60)
+    assert innocent.get(timeout=30) != first_child
+    assert len(pids_of(path)) == 2  # cut off by the kill, then run again at once
+    assert "hard time limit" in worker.output()
+
+
 def test_soft_time_limit_interrupts_a_sleeping_task(harness: Harness) -> None:
     harness.worker("-c", "1")
     path = harness.file()

@@ -2,12 +2,18 @@
 
 :class:`ProcessWorker` adds to the consumer:
 
-* **interruptible sync tasks** - with one thread per process, sync tasks run in the process's
-  main thread, so a soft time limit or a terminate request is delivered as a signal
-  (``SIGUSR1`` to the main thread) and interrupts blocking calls such as ``time.sleep``;
-  the consumer's fallback (``PyThreadState_SetAsyncExc``) waits for the call to return;
-* **reports** of task start and end to the supervisor, with the delivery receipt, so the
-  supervisor can act on a task whose process it killed or lost;
+* **one thread for the hot path** - with one thread per process, the main thread leases and
+  runs sync tasks itself (lease, run, ack-and-lease: no hand-off between threads), and a soft
+  time limit or a terminate request is delivered as a signal (``SIGUSR1`` to the main thread)
+  that interrupts blocking calls such as ``time.sleep``; the consumer's fallback
+  (``PyThreadState_SetAsyncExc``) waits for the call to return;
+* **reports** to the supervisor of the tasks it runs, with their delivery receipts, so the
+  supervisor can act on a task whose process it killed or lost. Tasks the supervisor must
+  act on promptly - a hard time limit to enforce, or ``acks_late=False`` (acked early, so
+  only the supervisor can record a loss) - are reported when they start and end. The others
+  are reported as a snapshot of what runs, sent when it changed, at most every
+  ``SNAPSHOT_INTERVAL`` seconds: a task of microseconds costs the pipe nothing, and a long one
+  is still known in time for a terminate's grace kill or a release after a kill;
 * **recycling** after ``max_tasks`` tasks or once the process uses more than
   ``max_memory_kib`` of memory (checked after each task): a warm stop, then exit;
 * a **warm stop that misses nothing**: it waits for the consumer thread to hand over what
@@ -15,7 +21,7 @@
 * **exit on stop**: when a stop completes the process ends at once, even if a cold stop
   abandoned a task that is still running in the main thread.
 
-It builds on the consumer's internals (``_run_sync``, ``_interrupt``, ``_release_controls``,
+It builds on the consumer's internals (``_start_sync``, ``_interrupt``, ``_release_controls``,
 ``_leasing``, ``_running``), so it lives next to it in this package.
 
 ``run_child`` is the entry point of a supervisor's child; ``--pool solo`` runs a
@@ -27,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from ..exceptions import TaskRevokedError
 from .consumer import Worker, _Running
 from .execution import Job, Outcome, TaskRunner
 from .signals import SignalCounter
@@ -46,9 +51,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
-_STRAY = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
 #: Signal that carries a time limit or terminate request into the main thread (POSIX only).
 INTERRUPT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
+#: Seconds between snapshots of the running tasks that are not reported one by one.
+SNAPSHOT_INTERVAL = 0.25
+
+
+def reported_one_by_one(job: Job) -> bool:
+    """Whether the supervisor hears of ``job`` when it starts and ends (see the module doc)."""
+    return not job.envelope.acks_late or bool(job.envelope.time_limit)
+
+
+def delivery_fields(job: Job) -> tuple[Any, ...]:
+    """What a report carries of a job's delivery (``Delivery(*fields)`` rebuilds it)."""
+    d = job.delivery
+    assert d is not None
+    return (d.id, d.queue, d.body, d.priority, d.receipt, d.delivery_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +106,7 @@ class ProcessWorker(Worker):
     """The consumer worker of one process (see the module docstring).
 
     Call :meth:`serve` from the main thread after :meth:`start`; it never returns: the
-    process exits when a stop completes.
+    process exits when a stop completes. With one thread, :meth:`serve` is the consumer.
     """
 
     def __init__(
@@ -113,7 +131,6 @@ class ProcessWorker(Worker):
         self.exit_code = 0
         self._main_ident = threading.main_thread().ident or 0
         self._in_main = self.concurrency == 1 and INTERRUPT_SIGNAL is not None
-        self._main_queue: queue.SimpleQueue[tuple[_Running, threading.Event]] = queue.SimpleQueue()
         self._main_control: _Running | None = None
         self._pending_interrupt: tuple[_Running, type[BaseException]] | None = None
         self._stop_lock = threading.Lock()
@@ -137,12 +154,10 @@ class ProcessWorker(Worker):
         ).start()
 
     def stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
-        # The consumer thread may be inside broker.lease(): wait until what it leases is
-        # dispatched and counted, or the stop would miss it (run, never acked, redelivered).
+        # The consumer may be inside broker.lease(): wait until what it leases is dispatched
+        # and counted, or the stop would miss it (run, never acked, redelivered).
         self._leasing.clear()
-        for thread in list(self._threads):
-            if thread.name == "conveyor-consumer" and thread is not threading.current_thread():
-                thread.join(self.lease_wait + 5.0)
+        self._wait_handed_over(self.lease_wait + 5.0)
         super().stop(cold=cold, timeout=timeout)
         logger.info("worker %s stopped (%d tasks processed)", self.hostname, self.processed)
         for hook in self.before_exit:
@@ -163,38 +178,32 @@ class ProcessWorker(Worker):
         if control is not None:
             self._interrupt(control, TaskRevokedError)
 
-    # -- running sync tasks in the main thread -------------------------------------------
-    @property
-    def runs_in_main_thread(self) -> bool:
-        """Whether sync tasks run in the main thread (call :meth:`serve` there)."""
-        return self._in_main
+    # -- consuming and running sync tasks in the main thread -----------------------------
+    def _background_loops(self) -> list[tuple[str, Callable[[], None]]]:
+        loops = super()._background_loops()
+        if self._in_main:  # serve() consumes, in the main thread
+            loops = [(name, target) for name, target in loops if name != "consumer"]
+        return loops
 
     def serve(self) -> None:
-        """Run sync tasks handed over by the pool (one thread per process) until exit."""
-        if INTERRUPT_SIGNAL is not None:
+        """Run the worker in the main thread until the process exits: with one thread, lease
+        and run sync tasks here; otherwise just wait (task threads run them)."""
+        if self._in_main:
+            assert INTERRUPT_SIGNAL is not None
             signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
-        while True:
-            try:
-                try:
-                    control, done = self._main_queue.get(timeout=1.0)
-                except queue.Empty:
-                    continue
-                try:
-                    self._main_control = control
-                    Worker._run_sync(self, control)
-                finally:
-                    self._main_control = None
-                    done.set()
-            except _STRAY:
-                pass  # an interrupt that arrived just after its task ended
+            self._consume()  # returns once the worker stops leasing
+        while True:  # a completed stop ends the process
+            threading.Event().wait()
 
-    def _run_sync(self, control: _Running) -> None:
+    def _start_sync(self, control: _Running) -> None:
         if not self._in_main:
-            super()._run_sync(control)
+            super()._start_sync(control)
             return
-        done = threading.Event()
-        self._main_queue.put((control, done))
-        done.wait()
+        self._main_control = control
+        try:
+            self._run_sync(control)
+        finally:
+            self._main_control = None
 
     def _interrupt(self, control: _Running, exc_type: type[BaseException]) -> None:
         if control.loop_task is not None or control.thread_id != self._main_ident:
@@ -219,22 +228,26 @@ class ProcessWorker(Worker):
 
     # -- reports -------------------------------------------------------------------------
     def _task_started(self, job: Job) -> None:
-        if self._report is None or job.delivery is None:
+        if self._report is None or job.delivery is None or not reported_one_by_one(job):
             return
-        d, envelope = job.delivery, job.envelope
+        envelope = job.envelope
         self._report(
-            (
-                "start",
-                envelope.id,
-                (d.id, d.queue, d.body, d.priority, d.receipt, d.delivery_count),
-                envelope.acks_late,
-                envelope.time_limit,
-            )
+            ("start", envelope.id, delivery_fields(job), envelope.acks_late, envelope.time_limit)
         )
 
     def _task_ended(self, job: Job) -> None:
-        if self._report is not None:
+        if self._report is not None and job.delivery is not None and reported_one_by_one(job):
             self._report(("end", job.envelope.id))
+
+    def running_snapshot(self) -> dict[str, tuple[Any, ...]]:
+        """Task id -> delivery fields of the running tasks not reported one by one."""
+        with self._cond:
+            jobs = [control.job for control in self._running.values()]
+        return {
+            job.envelope.id: delivery_fields(job)
+            for job in jobs
+            if job.delivery is not None and not reported_one_by_one(job)
+        }
 
     def _release_controls(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
         recycle = False
@@ -316,13 +329,13 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
     terminated = SignalCounter([signal.SIGTERM]).install()
     threading.Thread(
         target=_control_loop,
-        args=(worker, conn, parent, terminated, options.shutdown_timeout),
+        args=(worker, conn, report, parent, terminated, options.shutdown_timeout),
         name="conveyor-control",
         daemon=True,
     ).start()
     worker.start()
     report(("ready", os.getpid()))
-    _serve(worker)
+    worker.serve()
 
 
 def run_solo(app: Conveyor, *, shutdown_timeout: float, beat: bool = False, **options: Any) -> None:
@@ -341,14 +354,7 @@ def run_solo(app: Conveyor, *, shutdown_timeout: float, beat: bool = False, **op
         daemon=True,
     ).start()
     worker.start()
-    _serve(worker)
-
-
-def _serve(worker: ProcessWorker) -> None:
-    if worker.runs_in_main_thread:
-        worker.serve()
-    while True:  # worker threads run the tasks; a completed stop ends the process
-        threading.Event().wait()
+    worker.serve()
 
 
 def _watch_signals(worker: ProcessWorker, signals: SignalCounter, shutdown_timeout: float) -> None:
@@ -370,14 +376,21 @@ def _watch_signals(worker: ProcessWorker, signals: SignalCounter, shutdown_timeo
 def _control_loop(
     worker: ProcessWorker,
     conn: Connection,
+    report: _Reporter,
     parent: int,
     terminated: SignalCounter,
     shutdown_timeout: float,
 ) -> None:
-    """Obey the supervisor's commands; stop on SIGTERM or when the supervisor is gone."""
+    """Obey the supervisor's commands, send snapshots of the running tasks; stop on SIGTERM
+    or when the supervisor is gone."""
+    sent: set[str] = set()
     while True:
         try:
-            if conn.poll(0.25):
+            running = worker.running_snapshot()
+            if running.keys() != sent:
+                report(("running", running))
+                sent = set(running)
+            if conn.poll(SNAPSHOT_INTERVAL):
                 command, argument = conn.recv()
                 if command == "stop":
                     worker.request_stop(cold=bool(argument))

@@ -186,6 +186,8 @@ class Worker:
         #: Outcomes released from their slots but not acked yet (by the consumer).
         self._settling = 0
         self._in_lease = False
+        #: From the start of a lease until what it leased is counted in ``_in_flight``.
+        self._handing_over = False
         self._consumer_active = False
         self._leasing = threading.Event()
         self._stopped = threading.Event()
@@ -204,12 +206,7 @@ class Worker:
         self._pool = _TaskThreads(self.concurrency, "conveyor-task")
         self._leasing.set()
         self._consumer_active = True
-        for name, target in (
-            ("consumer", self._consume),
-            ("finisher", self._finish_loop),
-            ("heartbeat", self._heartbeat_loop),
-            ("timer", self._timer_loop),
-        ):
+        for name, target in self._background_loops():
             thread = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -223,6 +220,21 @@ class Worker:
         )
         return self
 
+    def _background_loops(self) -> list[tuple[str, Callable[[], None]]]:
+        """The threads :meth:`start` runs: (name, target)."""
+        return [
+            ("consumer", self._consume),
+            ("finisher", self._finish_loop),
+            ("heartbeat", self._heartbeat_loop),
+            ("timer", self._timer_loop),
+        ]
+
+    def _wait_handed_over(self, timeout: float) -> None:
+        """Wait until a lease in progress returned and what it leased is counted as in
+        flight (call after clearing ``_leasing``: no lease starts after that)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._handing_over, timeout)
+
     def stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
         """Warm stop: lease nothing more, let running tasks finish (up to ``timeout``), store
         and ack. Cold stop (or timeout passed): return unfinished leases to the broker now."""
@@ -231,9 +243,7 @@ class Worker:
             self._cond.notify_all()  # a consumer waiting for a free slot hands over at once
         # Let a lease in progress return and dispatch first: what it leased is then either
         # finished (warm) or released (cold), never run after the finisher stopped.
-        for thread in self._threads:
-            if thread.name == "conveyor-consumer" and thread is not threading.current_thread():
-                thread.join(timeout=self.lease_wait + 10)
+        self._wait_handed_over(self.lease_wait + 10)
         if not cold:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._cond:
@@ -369,7 +379,8 @@ class Worker:
                         deliveries = broker.lease(self.queues, free, self.lease_wait)
                 except BaseException:
                     with self._cond:
-                        self._in_lease = False
+                        self._in_lease = self._handing_over = False
+                        self._cond.notify_all()
                     raise
                 with self._cond:
                     self._in_lease = False
@@ -379,8 +390,7 @@ class Worker:
                         self._settling -= len(quick)
                         self._cond.notify_all()
                 quick = []
-                if deliveries:
-                    self._dispatch(deliveries)
+                self._dispatch(deliveries)
                 backoff = 0.0
             except (BrokerError, ResultStoreError) as exc:
                 if quick:  # the records and acks may or may not have happened: again
@@ -401,7 +411,7 @@ class Worker:
         if self.max_tasks is not None:
             free = min(free, self.max_tasks - self.processed - self._in_flight)
         leasing = free > 0 and self._leasing.is_set()
-        self._in_lease = leasing
+        self._in_lease = self._handing_over = leasing
         return more, free, leasing
 
     def _settle(self, quick: list[tuple[Outcome, _Running | None]]) -> None:
@@ -420,7 +430,19 @@ class Worker:
             self._cond.notify_all()
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
-        """Prepare and start what was leased (already in ``_held``)."""
+        """Prepare and start what was leased (already in ``_held``), ending the hand-over."""
+        try:
+            controls = self._admit(deliveries) if deliveries else []
+        finally:
+            with self._cond:
+                self._handing_over = False
+                self._cond.notify_all()
+        for control in controls:
+            self._start(control)
+
+    def _admit(self, deliveries: list[Delivery]) -> list[_Running]:
+        """Settle what must not run (revoked, expired, malformed), record STARTED, and count
+        the rest as in flight."""
         broker = self.app.broker
         if broker.lease_checks_revoked:
             revoked = {d.id for d in deliveries if d.revoked}
@@ -434,7 +456,7 @@ class Worker:
             else:
                 jobs.append(prepared)
         if not jobs:
-            return
+            return []
         started = [r for j in jobs if (r := self.runner.started_record(j)) is not None]
         early = [j.delivery for j in jobs if j.delivery is not None and not j.envelope.acks_late]
         if early:
@@ -451,16 +473,22 @@ class Worker:
             self._in_flight += len(controls)
             for control in controls:
                 self._running[control.job.envelope.id] = control
-        for control in controls:
-            job = control.job
-            self._arm_timers(control)
-            if self.on_task_start is not None:
-                self.on_task_start(job)
-            if job.task.is_async:
-                asyncio.run_coroutine_threadsafe(self._run_async(control), self._event_loop())
-            else:
-                assert self._pool is not None
-                self._pool.submit(partial(self._run_sync, control))
+        return controls
+
+    def _start(self, control: _Running) -> None:
+        job = control.job
+        self._arm_timers(control)
+        if self.on_task_start is not None:
+            self.on_task_start(job)
+        if job.task.is_async:
+            asyncio.run_coroutine_threadsafe(self._run_async(control), self._event_loop())
+        else:
+            self._start_sync(control)
+
+    def _start_sync(self, control: _Running) -> None:
+        """Run a sync task on a task thread."""
+        assert self._pool is not None
+        self._pool.submit(partial(self._run_sync, control))
 
     def _call[T](self, action: Callable[[], T], what: str) -> T:
         box: list[T] = []

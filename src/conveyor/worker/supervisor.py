@@ -1,9 +1,10 @@
 """The production worker: a supervisor process and N child processes.
 
 Each child (:mod:`conveyor.worker.child`) runs the consumer on its own broker and result
-connections and reports to the supervisor, over a pipe, when a task starts (with its delivery
-receipt) and ends. The supervisor is single-threaded - it forks children, which is only safe
-from a process with one thread - and:
+connections and reports to the supervisor, over a pipe, the tasks it runs with their delivery
+receipts: one by one when they start and end if the supervisor must act on them promptly (a
+hard time limit, ``acks_late=False``), as a periodic snapshot otherwise. The supervisor is
+single-threaded - it forks children, which is only safe from a process with one thread - and:
 
 * restarts children that exit or die (with a backoff when they die at once);
 * enforces **hard time limits**: the child is killed (SIGKILL) and replaced, the task is
@@ -67,13 +68,14 @@ QUICK_DEATH = 2.0
 
 @dataclass(slots=True)
 class _Task:
-    """A task a child reported as started."""
+    """A task a child reported as started (``one_by_one``) or as running in a snapshot."""
 
     id: str
     delivery: Delivery
     acks_late: bool
     time_limit: float | None
     started: float
+    one_by_one: bool = True
     terminate_at: float | None = None
 
 
@@ -303,6 +305,17 @@ class Supervisor:
             )
         elif kind == "end":
             child.tasks.pop(report[1], None)
+        elif kind == "running":
+            running: dict[str, tuple[Any, ...]] = report[1]
+            for task_id, task in list(child.tasks.items()):
+                if not task.one_by_one and task_id not in running:
+                    del child.tasks[task_id]
+            now = time.monotonic()
+            for task_id, fields in running.items():
+                if task_id not in child.tasks:
+                    child.tasks[task_id] = _Task(
+                        task_id, Delivery(*fields), True, None, now, one_by_one=False
+                    )
         elif kind == "ready":
             logger.debug("child %d (pid %s) ready", child.slot, report[1])
 
@@ -341,9 +354,10 @@ class Supervisor:
                 self._fail(task, error)
             elif not innocent:
                 logger.warning(
-                    "task %s was running in child %d: redelivered once its lease expires",
+                    "task %s was running in child %d: redelivered once its lease expires%s",
                     task.id,
                     child.slot,
+                    "" if task.one_by_one else " (unless it finished since the last report)",
                 )
 
     def _schedule_restart(self, child: _Child) -> None:

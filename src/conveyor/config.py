@@ -47,6 +47,13 @@ def _positive_seconds(name: str, value: Any) -> float:
     return seconds
 
 
+def _non_negative_seconds(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if seconds is None:
+        raise ConfigurationError(f"{name} must be a number of seconds, got None")
+    return seconds
+
+
 def _int(
     minimum: int | None = None, maximum: int | None = None, optional: bool = False
 ) -> Callable[[str, Any], Any]:
@@ -196,6 +203,12 @@ SETTINGS: dict[str, Setting] = {
     "worker_max_memory_per_child": Setting(None, _int(1, optional=True), "Recycle child over KiB"),
     "worker_shutdown_timeout": Setting(30.0, _positive_seconds, "Warm shutdown grace period"),
     "worker_log_tasks": Setting(True, _bool, "One log line per task outcome"),
+    "worker_started_delay": Setting(
+        0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
+    ),
+    "task_track_started": Setting(
+        False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
+    ),
     # beat
     "beat_schedule": Setting({}, _mapping, "Periodic tasks: {name: {'task', 'schedule', ...}}"),
 }

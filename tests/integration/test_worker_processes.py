@@ -240,7 +240,7 @@ def test_second_signal_is_a_cold_shutdown_that_returns_leases_at_once(harness: H
     worker = harness.worker("-c", "1")
     path = harness.file()
     result = harness.send("sleep", str(path), 60)
-    wait_for(lambda: pids_of(path), 15, "task started")
+    harness.wait_state(result.id, states.STARTED, 15)
     worker.signal(signal.SIGTERM)
     wait_for(lambda: "warm shutdown" in worker.output(), 10, "warm shutdown logged")
     worker.signal(signal.SIGTERM)

@@ -164,3 +164,18 @@ def test_mutable_defaults_are_per_app_and_not_explicit() -> None:
     assert second.task_routes == {}
     assert first.task_routes == {"a.*": "q"}
     assert "task_routes" not in first.explicit()
+
+
+@pytest.mark.parametrize("created", [1700000000.9999, 1700000001.0004, 1700000001.5, 0.25])
+def test_log_formatter_redacts_and_times_lines_like_logging(created: float) -> None:
+    import logging
+
+    from conveyor.cli import LOG_FORMAT, RedactingFormatter
+
+    ours, stdlib = RedactingFormatter(LOG_FORMAT), logging.Formatter(LOG_FORMAT)
+    for when in (created, created + 0.001, created - 1.0):  # cached second, then another
+        record = logging.LogRecord("w", logging.INFO, "f", 1, "to redis://u:s3cret@h/0", None, None)
+        record.created, record.msecs = when, (when - int(when)) * 1000
+        line = ours.format(record)
+        assert "s3cret" not in line
+        assert line == stdlib.format(record).replace("s3cret", "***")

@@ -7,6 +7,7 @@ import itertools
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_success_and_states(app: Conveyor, worker: TestWorker) -> None:
 
     result = add.delay(2, 3)
     assert started.wait(5)
-    assert result.state == states.STARTED
+    wait_until(lambda: result.state == states.STARTED, 5)  # once it ran worker_started_delay
     assert not result.ready()
     release.set()
     assert result.get(timeout=5) == 5
@@ -552,11 +553,75 @@ def test_cold_stop_returns_leases_at_once(app: Conveyor) -> None:
     worker = TestWorker(app, concurrency=1).start()
     result = stuck.delay()
     assert started.wait(5)
+    wait_until(lambda: result.state == states.STARTED, 5)
     worker.stop(cold=True)
     release.set()
     stats = app.broker.stats(["default"])["default"]
     assert (stats.ready, stats.leased) == (1, 0)
     assert result.state == states.STARTED
+
+
+def test_started_is_recorded_only_for_tasks_that_run_longer_than_the_delay(
+    app: Conveyor,
+) -> None:
+    stored: list[tuple[str, str]] = []
+    store = app.results.store
+
+    def spy(records: Any) -> None:
+        stored.extend((record.id, record.state) for record in records)
+        store(records)
+
+    app.results.store = spy  # type: ignore[method-assign]
+    release = threading.Event()
+
+    @app.task
+    def quick() -> int:
+        return 1
+
+    @app.task
+    def slow() -> int:
+        release.wait(10)
+        return 2
+
+    with TestWorker(app, concurrency=2):
+        fast, long = quick.delay(), slow.delay()
+        assert fast.get(timeout=5) == 1
+        wait_until(lambda: long.state == states.STARTED, 5)
+        release.set()
+        assert long.get(timeout=5) == 2
+    assert [state for task_id, state in stored if task_id == fast.id] == [
+        states.QUEUED,
+        states.SUCCESS,
+    ]
+    assert [state for task_id, state in stored if task_id == long.id] == [
+        states.QUEUED,
+        states.STARTED,
+        states.SUCCESS,
+    ]
+    assert fast.date_started is not None and fast.date_done is not None
+    assert fast.date_started <= fast.date_done
+
+
+@pytest.mark.parametrize(
+    ("setting", "seen"),
+    [
+        ({}, states.QUEUED),
+        ({"worker_started_delay": 0}, states.STARTED),
+        ({"task_track_started": True, "worker_started_delay": 60}, states.STARTED),
+    ],
+)
+def test_started_at_once_when_asked(setting: dict[str, Any], seen: str) -> None:
+    app = Conveyor("t", broker="memory://", **setting)
+
+    @app.task(bind=True)
+    def own_state(self: Task[..., str]) -> str:
+        return app.AsyncResult(self.request.id).state
+
+    try:
+        with TestWorker(app, concurrency=1):
+            assert own_state.delay().get(timeout=5) == seen
+    finally:
+        app.close()
 
 
 def test_run_until_idle_reraises_failures(app: Conveyor) -> None:

@@ -21,8 +21,12 @@ Round trips. The hot path is lease → run → store result → ack; the consume
   outcomes that arrive while the consumer waits in a lease - goes to the finisher, which
   stores all records of a batch and acks what needs nothing in between in one round trip
   (``Broker.ack_recorded``);
-* STARTED records of a batch are stored in one call before the batch runs (together with the
-  early acks of ``acks_late=False`` tasks).
+* STARTED is recorded once a task has run for ``worker_started_delay`` (0.1 s): a *started*
+  thread stores, in one call, the records of the tasks that ran that long, holding their
+  control locks so that none can end (and store its outcome) before its STARTED record landed.
+  A task that ends sooner goes from QUEUED straight to its outcome, whose record carries the
+  start time: no round trip for a state nobody could have seen. ``acks_late=False`` tasks
+  record STARTED at once, in the round trip of their early ack.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ..exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from ..results.base import ResultRecord
 from .execution import Job, Outcome, TaskRunner
 
 if TYPE_CHECKING:
@@ -133,6 +138,10 @@ class _Running:
     active: bool = False
     loop_task: asyncio.Task[Any] | None = None
     interrupted: type[BaseException] | None = None
+    #: Monotonic time it began running (valid while ``active``).
+    since: float = 0.0
+    #: Its STARTED record, until stored (see the module docstring).
+    started: ResultRecord | None = None
 
 
 class Worker:
@@ -168,6 +177,8 @@ class Worker:
         self.lease_wait = lease_wait
         self.sweep_interval = sweep_interval or app.conf.broker_sweep_interval
         self.heartbeat_interval = max(0.05, min(app.conf.broker_lease_timeout / 3, 5.0))
+        conf = app.conf
+        self.started_delay = 0.0 if conf.task_track_started else conf.worker_started_delay
         self.on_task_start = on_task_start
         self.on_task_end = on_task_end
         self.on_hard_time_limit = on_hard_time_limit
@@ -222,12 +233,15 @@ class Worker:
 
     def _background_loops(self) -> list[tuple[str, Callable[[], None]]]:
         """The threads :meth:`start` runs: (name, target)."""
-        return [
+        loops = [
             ("consumer", self._consume),
             ("finisher", self._finish_loop),
             ("heartbeat", self._heartbeat_loop),
             ("timer", self._timer_loop),
         ]
+        if self.started_delay:
+            loops.append(("started", self._started_loop))
+        return loops
 
     def _wait_handed_over(self, timeout: float) -> None:
         """Wait until a lease in progress returned and what it leased is counted as in
@@ -457,7 +471,16 @@ class Worker:
                 jobs.append(prepared)
         if not jobs:
             return []
-        started = [r for j in jobs if (r := self.runner.started_record(j)) is not None]
+        controls = [_Running(job) for job in jobs]
+        started: list[ResultRecord] = []
+        for control in controls:
+            record = self.runner.started_record(control.job)
+            if record is None:
+                continue
+            if self.started_delay and control.job.envelope.acks_late:
+                control.started = record  # stored if it runs long enough
+            else:
+                started.append(record)
         early = [j.delivery for j in jobs if j.delivery is not None and not j.envelope.acks_late]
         if early:
             # STARTED first, then the early acks (acks_late=False: at-most-once), in one go.
@@ -468,7 +491,6 @@ class Worker:
                     self._held.pop(delivery.receipt, None)
         elif started:
             self._retrying(lambda: self.app.results.store(started), "store results")
-        controls = [_Running(job) for job in jobs]
         with self._cond:
             self._in_flight += len(controls)
             for control in controls:
@@ -503,6 +525,7 @@ class Worker:
             try:
                 with control.lock:
                     control.thread_id = threading.get_ident()
+                    control.since = time.monotonic()
                     control.active = True
                 outcome = self.runner.run(control.job)
             finally:
@@ -521,11 +544,14 @@ class Worker:
 
     async def _run_async(self, control: _Running) -> None:
         control.loop_task = asyncio.current_task()
-        control.active = True
+        with control.lock:
+            control.since = time.monotonic()
+            control.active = True
         try:
             outcome = await self.runner.arun(control.job)
         finally:
-            control.active = False
+            with control.lock:  # not while its STARTED record is being stored
+                control.active = False
         self._submit_outcome(outcome, control)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -659,6 +685,32 @@ class Worker:
                 logger.error("could not %s (retrying in %.1fs): %s", what, delay, exc)
                 time.sleep(delay)  # backoff between reconnect attempts
                 delay = min(delay * 2, 5.0)
+
+    # -- STARTED records -----------------------------------------------------------------
+    def _started_loop(self) -> None:
+        delay = self.started_delay
+        while not self._stopped.wait(delay / 2):
+            began = time.monotonic() - delay
+            with self._cond:
+                due = [
+                    control
+                    for control in self._running.values()
+                    if control.started is not None and control.active and control.since <= began
+                ]
+            if due:
+                self._record_started(due)
+
+    def _record_started(self, due: list[_Running]) -> None:
+        with contextlib.ExitStack() as locked:
+            records: list[ResultRecord] = []
+            for control in due:
+                # Held until stored: the task cannot end and store its outcome before.
+                locked.enter_context(control.lock)
+                if control.active and control.started is not None:
+                    records.append(control.started)
+                    control.started = None
+            if records:
+                self._retrying(lambda: self.app.results.store(records), "store results")
 
     # -- heartbeat -----------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:

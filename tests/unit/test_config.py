@@ -179,3 +179,12 @@ def test_log_formatter_redacts_and_times_lines_like_logging(created: float) -> N
         line = ours.format(record)
         assert "s3cret" not in line
         assert line == stdlib.format(record).replace("s3cret", "***")
+
+
+def test_result_store_schemes_include_registered_ones_and_unknown_ones_fail() -> None:
+    from conveyor.results import result_store_schemes
+
+    # django:// is registered by the package metadata (entry point), not named by the core
+    assert result_store_schemes()["django"] == "conveyor.contrib.django.results:DjangoResultStore"
+    with pytest.raises(ConfigurationError, match=r"unsupported result backend URL 'nope://'"):
+        _ = Conveyor("t", broker="memory://", result_backend="nope://").results

@@ -1,12 +1,20 @@
-"""Result stores, chosen by URL scheme. Modules are imported on first use only."""
+"""Result stores, chosen by URL scheme. Modules are imported on first use only.
+
+Besides the built-in schemes, a package can provide a store for a scheme through the entry
+point group ``conveyor.result_stores`` (name: the scheme, value: ``module:Class``); that is
+how ``django://`` (``conveyor.contrib.django``) plugs in without the core naming it.
+"""
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 
 from ..brokers.base import redact_url
 from ..exceptions import ConfigurationError
 from .base import ResultRecord, ResultStore
+
+ENTRY_POINT_GROUP = "conveyor.result_stores"
 
 _SCHEMES: dict[str, str] = {
     "memory": "conveyor.results.memory:MemoryResultStore",
@@ -14,8 +22,15 @@ _SCHEMES: dict[str, str] = {
     "redis": "conveyor.results.redis:RedisResultStore",
     "rediss": "conveyor.results.redis:RedisResultStore",
     "unix": "conveyor.results.redis:RedisResultStore",
-    "django": "conveyor.contrib.django.results:DjangoResultStore",
 }
+
+
+def result_store_schemes() -> dict[str, str]:
+    """Scheme -> ``module:Class`` of every result store: built-in, then registered."""
+    schemes = dict(_SCHEMES)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        schemes.setdefault(entry.name, entry.value)
+    return schemes
 
 
 def create_result_store(url: str, *, expires: float | None, key_prefix: str) -> ResultStore:
@@ -23,13 +38,16 @@ def create_result_store(url: str, *, expires: float | None, key_prefix: str) -> 
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     target = _SCHEMES.get(scheme)
     if target is None:
-        known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
-        raise ConfigurationError(
-            f"unsupported result backend URL {redact_url(url)!r}; use one of {known}"
-        )
+        schemes = result_store_schemes()
+        target = schemes.get(scheme)
+        if target is None:
+            known = ", ".join(f"{s}://" for s in sorted(schemes))
+            raise ConfigurationError(
+                f"unsupported result backend URL {redact_url(url)!r}; use one of {known}"
+            )
     module_name, class_name = target.split(":")
     cls: type[ResultStore] = getattr(importlib.import_module(module_name), class_name)
     return cls(url, expires=expires, key_prefix=key_prefix)
 
 
-__all__ = ["ResultRecord", "ResultStore", "create_result_store"]
+__all__ = ["ResultRecord", "ResultStore", "create_result_store", "result_store_schemes"]

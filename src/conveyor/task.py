@@ -50,6 +50,9 @@ class Request:
     children: list[str] = field(default_factory=list)
     #: the envelope this request came from (for retries); not part of the public API
     envelope: Any = None
+    #: called before update_state() writes this task's own state (the worker uses it to
+    #: drop a STARTED record not stored yet, which would overwrite it); not public API
+    before_state_update: Callable[[], None] | None = None
 
     @property
     def delivery_info(self) -> dict[str, Any]:
@@ -371,6 +374,8 @@ class Task(Generic[P, R]):
             worker=request.hostname,
             queue=request.queue,
         )
+        if target == request.id and request.before_state_update is not None:
+            request.before_state_update()
         self.app.results.store([record])
 
     # -- hooks (override in a base class) ------------------------------------------------

@@ -602,6 +602,26 @@ def test_started_is_recorded_only_for_tasks_that_run_longer_than_the_delay(
     assert fast.date_started <= fast.date_done
 
 
+def test_a_delayed_started_record_never_overwrites_the_tasks_own_state(app: Conveyor) -> None:
+    reported, release = threading.Event(), threading.Event()
+
+    @app.task(bind=True)
+    def progress(self: Task[..., None]) -> None:
+        self.update_state(state="PROGRESS", meta={"done": 1})  # at once, before the delay
+        reported.set()
+        release.wait(10)
+
+    with TestWorker(app, concurrency=1):
+        result = progress.delay()
+        assert reported.wait(5)
+        deadline = time.monotonic() + 3 * app.conf.worker_started_delay
+        while time.monotonic() < deadline:  # past the moment STARTED would have been stored
+            assert result.state == "PROGRESS"
+            time.sleep(0.01)  # polling interval of a bounded check
+        release.set()
+        result.get(timeout=5)
+
+
 @pytest.mark.parametrize(
     ("setting", "seen"),
     [

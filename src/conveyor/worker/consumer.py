@@ -479,6 +479,7 @@ class Worker:
                 continue
             if self.started_delay and control.job.envelope.acks_late:
                 control.started = record  # stored if it runs long enough
+                control.job.request.before_state_update = partial(self._drop_started, control)
             else:
                 started.append(record)
         early = [j.delivery for j in jobs if j.delivery is not None and not j.envelope.acks_late]
@@ -699,6 +700,13 @@ class Worker:
                 ]
             if due:
                 self._record_started(due)
+
+    @staticmethod
+    def _drop_started(control: _Running) -> None:
+        """The task records its own state: its STARTED record must not follow (or be
+        stored after) it."""
+        with control.lock:  # waits for a STARTED record being stored right now
+            control.started = None
 
     def _record_started(self, due: list[_Running]) -> None:
         with contextlib.ExitStack() as locked:

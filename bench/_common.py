@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: processes, memory, timing, tables.
+"""Shared helpers of the benchmarks: processes, memory, timing, the steps of a side-by-side
+comparison (sides, enqueue rounds, drains), command line, tables.
 
 Every process a benchmark starts is tracked here by pid and stopped by pid (SIGTERM, then
 SIGKILL for whatever of its process tree is left), also when the benchmark fails.
@@ -12,13 +13,17 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
+CONVEYOR_WORKER = [PYTHON, "-m", "conveyor", "worker", "-A", "bench.conveyor_app", "-c", "2"]
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -240,6 +246,206 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     return {"p50": cuts[49], "p99": cuts[98], "mean": statistics.fmean(ordered)}
 
 
+# -- side-by-side runs ----------------------------------------------------------------------
+#: An enqueue API timed in the enqueue rounds: (tasks, with_result) -> anything.
+Sender = Callable[[int, bool], object]
+
+
+class Side:
+    """What differs between Conveyor and the other system; the benchmark steps are shared."""
+
+    name = ""
+
+    def __init__(self, procs: Processes) -> None:
+        self.procs = procs
+
+    def reset(self) -> None:
+        """Empty the queues (and results) while no worker runs."""
+        raise NotImplementedError
+
+    def delay(self, with_result: bool) -> Any:
+        """Enqueue one no-op task the usual one-at-a-time way."""
+        raise NotImplementedError
+
+    def bulk(self, count: int, with_result: bool) -> None:
+        """Enqueue ``count`` no-op tasks the fastest way this side has."""
+        raise NotImplementedError
+
+    def bulk_apis(self) -> dict[str, Sender]:
+        """The bulk enqueue APIs timed in the enqueue rounds, by result key prefix."""
+        return {"bulk": self.bulk}
+
+    def depth(self) -> tuple[int, int]:
+        """(messages waiting, messages leased/unacked)."""
+        raise NotImplementedError
+
+    def start_worker(self, *extra: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start this side's worker with extra arguments and environment."""
+        raise NotImplementedError
+
+
+class ConveyorSide(Side):
+    """Conveyor's worker and no-op tasks (``bench.conveyor_app``) on the broker ``url``."""
+
+    name = "Conveyor"
+
+    def __init__(self, url: str, procs: Processes) -> None:
+        super().__init__(procs)
+        self.url = url
+        os.environ["CONVEYOR_BROKER_URL"] = url
+        from bench import conveyor_app
+
+        self.mod = conveyor_app
+        self.queue = conveyor_app.app.conf.task_default_queue
+
+    def delay(self, with_result: bool) -> Any:
+        return (self.mod.noop_result if with_result else self.mod.noop).delay()
+
+    def bulk(self, count: int, with_result: bool) -> None:
+        task = self.mod.noop_result if with_result else self.mod.noop
+        self.mod.app.send_many([task.s() for _ in range(count)])
+
+    def depth(self) -> tuple[int, int]:
+        stats = self.mod.app.broker.stats([self.queue])[self.queue]
+        return stats.ready, stats.leased
+
+    def start_worker(self, *extra: str, **env: str) -> subprocess.Popen[bytes]:
+        env = {"CONVEYOR_BROKER_URL": self.url, **env}
+        return self.procs.start("conveyor-worker", [*CONVEYOR_WORKER, *extra], env)
+
+
+def on_off(with_result: bool) -> str:
+    """The suffix of result keys: ``"on"`` or ``"off"``."""
+    return "on" if with_result else "off"
+
+
+def keep_best(numbers: dict[str, Any], key: str, value: float) -> None:
+    """Keep the highest ``value`` seen for ``key``."""
+    numbers[key] = max(numbers.get(key, 0.0), value)
+
+
+def warm_up(sides: Sequence[Side]) -> None:
+    """Enqueue 50 tasks of each kind per side (connections, scripts, schema, imports), then
+    empty the queues."""
+    for side in sides:
+        side.reset()
+        for _ in range(50):
+            side.delay(False)
+            side.delay(True)
+        side.reset()
+
+
+def time_enqueue(
+    side: Side, numbers: dict[str, Any], key: str, count: int, send: Callable[[], object]
+) -> None:
+    """Time ``send()`` (``count`` tasks) as step ``key``, keep the best rate in ``numbers``,
+    empty the queue."""
+    with step(key):
+        seconds = timed(send)
+    keep_best(numbers, key, count / seconds)
+    side.reset()
+
+
+def delay_many(side: Side, count: int, with_result: bool) -> list[Any]:
+    """``count`` ``delay()`` calls, one at a time."""
+    return [side.delay(with_result) for _ in range(count)]
+
+
+def enqueue_round(side: Side, numbers: dict[str, Any], delays: int, bulk: int) -> None:
+    """Results off, then on: ``delays`` ``delay()`` calls, then ``bulk`` tasks with each bulk
+    API of ``side``."""
+    for with_result in (False, True):
+        suffix = on_off(with_result)
+        calls = partial(delay_many, side, delays, with_result)
+        time_enqueue(side, numbers, f"delay_results_{suffix}", delays, calls)
+        for key, api in side.bulk_apis().items():
+            time_enqueue(
+                side, numbers, f"{key}_results_{suffix}", bulk, partial(api, bulk, with_result)
+            )
+
+
+def enqueue_rounds(
+    sides: Sequence[Side], out: dict[str, dict[str, Any]], rounds: int, delays: int, bulk: int
+) -> None:
+    """``rounds`` enqueue rounds, each side in turn, so both see the same background load."""
+    for round_ in range(rounds):
+        for side in sides:
+            print(f"{side.name}, enqueue round {round_ + 1}:", file=sys.stderr)
+            enqueue_round(side, out[side.name], delays, bulk)
+
+
+def drain(
+    side: Side,
+    count: int,
+    timeout: float,
+    with_result: bool,
+    *extra: str,
+    server: int | None = None,
+    **env: str,
+) -> tuple[dict[str, Any], subprocess.Popen[bytes]]:
+    """Queue ``count`` tasks with the bulk API (timed), start the worker, watch the queue
+    empty. Returns the numbers (``server_cpu`` too if a ``server`` pid is given) and the
+    worker, still running."""
+    seconds = timed(lambda: side.bulk(count, with_result))
+    started = time.perf_counter()
+    worker = side.start_worker(*extra, **env)
+    watched = watch_drain(
+        count, started, side.depth, timeout=timeout, worker=worker.pid, server=server
+    )
+    worker_cpu, server_cpu = watched.cpu_per_task()
+    numbers = {
+        "bulk": count / seconds,
+        "rate": watched.steady_rate,
+        "rate_with_startup": watched.overall_rate,
+        "worker_cpu": worker_cpu,
+    }
+    if server is not None:
+        numbers["server_cpu"] = server_cpu
+    return numbers, worker
+
+
+def record_drain(numbers: dict[str, Any], with_result: bool, drained: dict[str, Any]) -> None:
+    """Keep the numbers of a main drain; its timed bulk enqueue counts for ``bulk_results_*``."""
+    suffix = on_off(with_result)
+    keep_best(numbers, f"bulk_results_{suffix}", drained.pop("bulk"))
+    numbers[f"drain_results_{suffix}"] = drained
+
+
+# -- command line ----------------------------------------------------------------------------
+def add_count_options(parser: ArgumentParser, delay_help: str) -> None:
+    """``--drain``, ``--delay``, ``--rounds``: how much each step does."""
+    parser.add_argument("--drain", type=int, default=20_000, help="tasks per drain (20000)")
+    parser.add_argument("--delay", type=int, default=2_000, help=delay_help)
+    parser.add_argument("--rounds", type=int, default=2, help="enqueue rounds; the best counts (2)")
+
+
+def add_run_options(parser: ArgumentParser, other: str) -> None:
+    """``--timeout``, ``--only``, ``--json``, ``--keep``: how the run goes and what it keeps."""
+    parser.add_argument("--timeout", type=float, default=120.0, help="limit per drain (s)")
+    parser.add_argument("--only", choices=["conveyor", other], help="run one side only")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--keep", action="store_true", help="keep worker logs (and files)")
+
+
+def only[S: Side](sides: Sequence[S], name: str | None) -> list[S]:
+    """The sides ``--only`` names (all without it)."""
+    return [side for side in sides if not name or side.name.lower() == name]
+
+
+@contextlib.contextmanager
+def workdir(prefix: str, keep: bool) -> Iterator[tuple[Path, Processes]]:
+    """A temporary directory for files and logs, and the processes started; on exit every
+    process is stopped by pid and the directory deleted unless ``keep``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes(tmp)
+    try:
+        yield tmp, procs
+    finally:
+        procs.stop_all()
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- reporting -------------------------------------------------------------------------------
 def version(dist: str) -> str:
     try:
@@ -334,6 +540,78 @@ def table(rows: Sequence[Row], ours: str, theirs: str) -> str:
 def save(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def pick(data: dict[str, Any], key: str) -> Any:
+    """``data["a"]["b"]`` for the key ``"a.b"``."""
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def micro(seconds: float | None) -> float | None:
+    """Seconds in µs (None stays None)."""
+    return None if seconds is None else seconds * 1e6
+
+
+@dataclass
+class Compare:
+    """Rows of the table from both sides' results; keys are paths like ``"latency.p50"``."""
+
+    ours: dict[str, Any]
+    theirs: dict[str, Any]
+
+    def same(self, metric: str, key: str, unit: str = "", note: str = "") -> Row:
+        """The number at ``key`` on both sides."""
+        return self.pair(metric, key, key, unit, note)
+
+    def pair(self, metric: str, ours: str, theirs: str, unit: str = "", note: str = "") -> Row:
+        """Our number at ``ours`` against theirs at ``theirs``."""
+        return Row(metric, pick(self.ours, ours), pick(self.theirs, theirs), unit, note)
+
+    def cpu(self, metric: str, key: str, note: str = "") -> Row:
+        """CPU seconds per task at ``key`` on both sides, shown in µs."""
+        return Row(metric, micro(pick(self.ours, key)), micro(pick(self.theirs, key)), "us", note)
+
+    def worker_cpu(self) -> list[Row]:
+        """Worker CPU per task in the main drains, results off and on."""
+        return [
+            self.cpu(
+                "worker CPU per task, results off",
+                "drain_results_off.worker_cpu",
+                "all worker processes; lower is better",
+            ),
+            self.cpu("worker CPU per task, results on", "drain_results_on.worker_cpu"),
+        ]
+
+    def memory(self, key: str, when: str = "", pss_note: str = "") -> list[Row]:
+        """Worker memory (RSS and PSS sums) at ``key``; ``when`` ends the note on RSS."""
+        ours, theirs = pick(self.ours, key), pick(self.theirs, key)
+        processes = f"{ours['processes']} vs {theirs['processes']} processes{when}"
+        return [
+            Row("worker memory, RSS sum", ours["rss_mib"], theirs["rss_mib"], "MiB", processes),
+            Row("worker memory, PSS sum", ours["pss_mib"], theirs["pss_mib"], "MiB", pss_note),
+        ]
+
+
+def save_results(args: Namespace, info: dict[str, Any], results: dict[str, Any]) -> bool:
+    """Note the load after the run and write ``--json``; if a side was left out (``--only``),
+    print the raw results and return False: there is no table to print."""
+    info["load_after"] = os.getloadavg()[0]
+    save(args.json, {"machine": info, "args": vars(args), "results": results})
+    if len(results) < 2:
+        print(results)
+        return False
+    return True
+
+
+def print_header(title: str, info: dict[str, Any], versions: str) -> None:
+    """The heading of a comparison and the line describing machine, versions and load."""
+    print(f"### {title} ({info['date']})\n")
+    print(
+        f"{info['cores']} cores ({info['cpu']}), Python {info['python']}, {versions}; "
+        f"load average before/after: {info['load_before']:.2f}/{info['load_after']:.2f}\n"
+    )
 
 
 @contextlib.contextmanager

@@ -32,58 +32,62 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
+from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from redis import Redis
+
+from bench import _common as common
 from bench._common import (
     BIN,
     PYTHON,
     ROOT,
+    Compare,
     Processes,
     Row,
+    Sender,
+    Side,
+    add_count_options,
+    add_run_options,
+    drain,
+    enqueue_rounds,
     machine,
+    on_off,
+    only,
     percentiles,
-    save,
+    print_header,
+    record_drain,
+    save_results,
     step,
     table,
-    timed,
     tree_memory,
     version,
-    watch_drain,
+    warm_up,
+    workdir,
 )
 
-CONVEYOR_WORKER = [PYTHON, "-m", "conveyor", "worker", "-A", "bench.conveyor_app", "-c", "2"]
 CELERY_WORKER = [
     str(BIN / "celery"),
     *("-A", "bench.celery_app", "worker", "-P", "prefork", "-c", "2"),
 ]
 
 
-class Side:
-    """What differs between Conveyor and Celery; the benchmark steps are shared."""
+class RedisSide(Side):
+    """What both sides do alike on the Redis server ``url``."""
 
-    name = ""
+    url: str
 
-    def __init__(self, url: str, procs: Processes) -> None:
-        self.url = url
-        self.procs = procs
-        import redis
+    @cached_property
+    def redis(self) -> Redis:
+        """A client of the server, for emptying it and reading queue lengths."""
+        return Redis.from_url(self.url)
 
-        self.redis = redis.Redis.from_url(url)
-
-    def flush(self) -> None:
+    def reset(self) -> None:
         self.redis.flushall()
-
-    def delay(self, with_result: bool) -> Any:
-        raise NotImplementedError
-
-    def bulk(self, count: int, with_result: bool) -> None:
-        raise NotImplementedError
 
     def latency(self, count: int) -> list[float]:
         """``count`` sequential ``delay().get()`` round trips, timed in a fresh process."""
@@ -98,46 +102,17 @@ class Side:
         )
         return [float(x) for x in json.loads(done.stdout)]
 
-    def depth(self) -> tuple[int, int]:
-        """(messages waiting, messages leased/unacked)."""
-        raise NotImplementedError
 
-    def start_worker(self, *extra: str, **env: str) -> Any:
-        raise NotImplementedError
+class ConveyorSide(RedisSide, common.ConveyorSide):
+    """Conveyor on Redis."""
 
 
-class ConveyorSide(Side):
-    name = "Conveyor"
-
-    def __init__(self, url: str, procs: Processes) -> None:
-        super().__init__(url, procs)
-        os.environ["CONVEYOR_BROKER_URL"] = url
-        from bench import conveyor_app
-
-        self.mod = conveyor_app
-        self.queue = conveyor_app.app.conf.task_default_queue
-
-    def delay(self, with_result: bool) -> Any:
-        return (self.mod.noop_result if with_result else self.mod.noop).delay()
-
-    def bulk(self, count: int, with_result: bool) -> None:
-        task = self.mod.noop_result if with_result else self.mod.noop
-        self.mod.app.send_many([task.s() for _ in range(count)])
-
-    def depth(self) -> tuple[int, int]:
-        stats = self.mod.app.broker.stats([self.queue])[self.queue]
-        return stats.ready, stats.leased
-
-    def start_worker(self, *extra: str, **env: str) -> Any:
-        args = [*CONVEYOR_WORKER, *extra]
-        return self.procs.start("conveyor-worker", args, {"CONVEYOR_BROKER_URL": self.url})
-
-
-class CelerySide(Side):
+class CelerySide(RedisSide):
     name = "Celery"
 
     def __init__(self, url: str, procs: Processes) -> None:
-        super().__init__(url, procs)
+        super().__init__(procs)
+        self.url = url
         os.environ["BENCH_REDIS_URL"] = url
         from bench import celery_app
 
@@ -161,6 +136,9 @@ class CelerySide(Side):
         task = self.mod.noop_result if with_result else self.mod.noop
         group(task.s() for _ in range(count)).apply_async()
 
+    def bulk_apis(self) -> dict[str, Sender]:
+        return {"bulk": self.bulk, "group": self.group}
+
     def depth(self) -> tuple[int, int]:
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen("celery")
@@ -168,126 +146,80 @@ class CelerySide(Side):
         waiting, unacked = pipe.execute()
         return int(waiting), int(unacked)
 
-    def start_worker(self, *extra: str, **env: str) -> Any:
+    def start_worker(self, *extra: str, **env: str) -> subprocess.Popen[bytes]:
         args = [*CELERY_WORKER, *extra]
         return self.procs.start("celery-worker", args, {"BENCH_REDIS_URL": self.url, **env})
 
 
-def drain(
-    side: Side,
+def main_drains(
+    sides: Sequence[RedisSide],
+    out: dict[str, dict[str, Any]],
     args: argparse.Namespace,
-    server_pid: int,
-    with_result: bool,
-    *extra: str,
-    **env: str,
-) -> tuple[dict[str, Any], Any]:
-    """Queue ``--drain`` tasks with the bulk API (timed), start the worker, watch the queue
-    empty. Returns the numbers and the worker (still running)."""
-    seconds = timed(lambda: side.bulk(args.drain, with_result))
-    started = time.perf_counter()
-    worker = side.start_worker(*extra, **env)
-    watched = watch_drain(
-        args.drain, started, side.depth, timeout=args.timeout, worker=worker.pid, server=server_pid
-    )
-    worker_cpu, server_cpu = watched.cpu_per_task()
-    return {
-        "bulk": args.drain / seconds,
-        "rate": watched.steady_rate,
-        "rate_with_startup": watched.overall_rate,
-        "worker_cpu": worker_cpu,
-        "server_cpu": server_cpu,
-    }, worker
-
-
-def run(sides: list[Side], args: argparse.Namespace, server_pid: int) -> dict[str, Any]:
-    """Every step runs for each side in turn, so both see the same background load."""
-    out: dict[str, dict[str, Any]] = {side.name: {} for side in sides}
-
-    def best(side: Side, key: str, value: float) -> None:
-        out[side.name][key] = max(out[side.name].get(key, 0.0), value)
-
-    for side in sides:
-        side.flush()
-        for _ in range(50):  # connections, scripts, imports
-            side.delay(False)
-            side.delay(True)
-        side.flush()
-
-    for round_ in range(args.rounds):
-        for side in sides:
-            print(f"{side.name}, enqueue round {round_ + 1}:", file=sys.stderr)
-            for with_result in (False, True):
-                suffix = "on" if with_result else "off"
-                with step(f"delay_results_{suffix}"):
-                    seconds = timed(
-                        lambda s=side, w=with_result: [s.delay(w) for _ in range(args.delay)]
-                    )
-                best(side, f"delay_results_{suffix}", args.delay / seconds)
-                side.flush()
-                with step(f"bulk_results_{suffix}"):
-                    seconds = timed(lambda s=side, w=with_result: s.bulk(args.delay, w))
-                best(side, f"bulk_results_{suffix}", args.delay / seconds)
-                side.flush()
-                if isinstance(side, CelerySide):
-                    with step(f"group_results_{suffix}"):
-                        seconds = timed(lambda s=side, w=with_result: s.group(args.delay, w))
-                    best(side, f"group_results_{suffix}", args.delay / seconds)
-                    side.flush()
-
+    server: int,
+) -> None:
+    """``--drain`` tasks, results off then on, each side in turn; with results on, the
+    round-trip latency and the worker's memory too, while the worker still runs."""
     for with_result in (False, True):
-        suffix = "on" if with_result else "off"
         for side in sides:
-            with step(f"{side.name}: drain_results_{suffix}"):
-                numbers, worker = drain(side, args, server_pid, with_result)
-            best(side, f"bulk_results_{suffix}", numbers.pop("bulk"))
-            out[side.name][f"drain_results_{suffix}"] = numbers
+            with step(f"{side.name}: drain_results_{on_off(with_result)}"):
+                numbers, worker = drain(side, args.drain, args.timeout, with_result, server=server)
+            record_drain(out[side.name], with_result, numbers)
             if with_result:
                 with step(f"{side.name}: latency"):
                     samples = side.latency(args.latency)
                 out[side.name]["latency"] = percentiles(samples)
                 out[side.name]["memory"] = vars(tree_memory(worker.pid))
             side.procs.stop(worker)
-            side.flush()
+            side.reset()
 
-    extra = argparse.Namespace(**{**vars(args), "drain": args.extra_drain})
+
+def extra_drains(
+    sides: Sequence[RedisSide],
+    out: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    server: int,
+) -> None:
+    """``--extra-drain`` tasks, results off: Conveyor with ``--prefetch 4``, Celery with
+    ``task_acks_late=True``."""
     for side in sides:
+        extra: tuple[str, ...] = ()
+        env: dict[str, str] = {}
         if isinstance(side, ConveyorSide):
             # Celery's default prefetch (4 per process) on Conveyor (default: 1 per free slot).
-            with step("Conveyor: drain_results_off_prefetch_4"):
-                numbers, worker = drain(side, extra, server_pid, False, "--prefetch", "4")
-            out[side.name]["drain_results_off_prefetch_4"] = numbers
+            key, extra = "drain_results_off_prefetch_4", ("--prefetch", "4")
         else:
-            with step("Celery: drain_results_off_acks_late"):
-                numbers, worker = drain(side, extra, server_pid, False, BENCH_CELERY_ACKS_LATE="1")
-            out[side.name]["drain_results_off_acks_late"] = numbers
+            key, env = "drain_results_off_acks_late", {"BENCH_CELERY_ACKS_LATE": "1"}
+        with step(f"{side.name}: {key}"):
+            numbers, worker = drain(
+                side, args.extra_drain, args.timeout, False, *extra, server=server, **env
+            )
+        out[side.name][key] = numbers
         side.procs.stop(worker)
-        side.flush()
+        side.reset()
+
+
+def run(sides: Sequence[RedisSide], args: argparse.Namespace, server: int) -> dict[str, Any]:
+    """Every step runs for each side in turn, so both see the same background load."""
+    out: dict[str, dict[str, Any]] = {side.name: {} for side in sides}
+    warm_up(sides)
+    enqueue_rounds(sides, out, args.rounds, args.delay, args.delay)
+    main_drains(sides, out, args, server)
+    extra_drains(sides, out, args, server)
     return out
 
 
 def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespace) -> str:
+    """The markdown table, Conveyor against Celery."""
     n = f"{args.drain:,}"
     e = f"{args.extra_drain:,}"
     best_bulk = {
         f"bulk_results_{s}": max(theirs[f"bulk_results_{s}"], theirs[f"group_results_{s}"])
         for s in ("off", "on")
     }
-
-    def cpu(data: dict[str, Any], key: str, which: str) -> float | None:
-        value = data[key][which]
-        return None if value is None else value * 1e6
-
+    both = Compare(ours, theirs)
     rows = [
-        Row(
-            "enqueue: `delay()` one by one, results off",
-            ours["delay_results_off"],
-            theirs["delay_results_off"],
-        ),
-        Row(
-            "enqueue: `delay()` one by one, results on",
-            ours["delay_results_on"],
-            theirs["delay_results_on"],
-        ),
+        both.same("enqueue: `delay()` one by one, results off", "delay_results_off"),
+        both.same("enqueue: `delay()` one by one, results on", "delay_results_on"),
         Row(
             "enqueue: bulk, results off",
             ours["bulk_results_off"],
@@ -298,10 +230,10 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
                 f"({theirs['group_results_off']:,.0f}/s)"
             ),
         ),
-        Row(
+        both.pair(
             "enqueue: Conveyor bulk vs Celery `delay()`, results off",
-            ours["bulk_results_off"],
-            theirs["delay_results_off"],
+            "bulk_results_off",
+            "delay_results_off",
             note="the product target (>= 5x)",
         ),
         Row(
@@ -313,88 +245,42 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
                 f"group {theirs['group_results_on']:,.0f}/s"
             ),
         ),
-        Row(
+        both.same(
             f"drain {n}, results off",
-            ours["drain_results_off"]["rate"],
-            theirs["drain_results_off"]["rate"],
+            "drain_results_off.rate",
             note="Celery default: acks early (at-most-once)",
         ),
-        Row(
+        both.pair(
             f"drain, results off, vs Celery `task_acks_late=True` ({e} tasks)",
-            ours["drain_results_off"]["rate"],
-            theirs["drain_results_off_acks_late"]["rate"],
+            "drain_results_off.rate",
+            "drain_results_off_acks_late.rate",
             note="the at-least-once guarantee Conveyor gives by default",
         ),
-        Row(
+        both.pair(
             f"drain, results off, Conveyor `--prefetch 4` ({e} tasks)",
-            ours["drain_results_off_prefetch_4"]["rate"],
-            theirs["drain_results_off"]["rate"],
+            "drain_results_off_prefetch_4.rate",
+            "drain_results_off.rate",
             note="Celery's default prefetch (4 per process) on Conveyor",
         ),
-        Row(
-            f"drain {n}, results on",
-            ours["drain_results_on"]["rate"],
-            theirs["drain_results_on"]["rate"],
-        ),
-        Row(
-            "worker CPU per task, results off",
-            cpu(ours, "drain_results_off", "worker_cpu"),
-            cpu(theirs, "drain_results_off", "worker_cpu"),
-            "us",
-            "all worker processes; lower is better",
-        ),
-        Row(
-            "worker CPU per task, results on",
-            cpu(ours, "drain_results_on", "worker_cpu"),
-            cpu(theirs, "drain_results_on", "worker_cpu"),
-            "us",
-        ),
-        Row(
-            "redis-server CPU per task, results off",
-            cpu(ours, "drain_results_off", "server_cpu"),
-            cpu(theirs, "drain_results_off", "server_cpu"),
-            "us",
-        ),
-        Row(
-            "redis-server CPU per task, results on",
-            cpu(ours, "drain_results_on", "server_cpu"),
-            cpu(theirs, "drain_results_on", "server_cpu"),
-            "us",
-        ),
-        Row(
+        both.same(f"drain {n}, results on", "drain_results_on.rate"),
+        *both.worker_cpu(),
+        both.cpu("redis-server CPU per task, results off", "drain_results_off.server_cpu"),
+        both.cpu("redis-server CPU per task, results on", "drain_results_on.server_cpu"),
+        both.same(
             "round trip `delay().get()` p50",
-            ours["latency"]["p50"],
-            theirs["latency"]["p50"],
+            "latency.p50",
             "ms",
             f"{args.latency} sequential round trips; lower is better",
         ),
-        Row(
-            "round trip `delay().get()` p99", ours["latency"]["p99"], theirs["latency"]["p99"], "ms"
-        ),
-        Row(
-            "worker memory, RSS sum",
-            ours["memory"]["rss_mib"],
-            theirs["memory"]["rss_mib"],
-            "MiB",
-            f"{ours['memory']['processes']} vs {theirs['memory']['processes']} processes, "
-            "after the drains",
-        ),
-        Row(
-            "worker memory, PSS sum",
-            ours["memory"]["pss_mib"],
-            theirs["memory"]["pss_mib"],
-            "MiB",
-            "pages shared after fork counted once",
-        ),
+        both.same("round trip `delay().get()` p99", "latency.p99", "ms"),
+        *both.memory("memory", ", after the drains", "pages shared after fork counted once"),
     ]
     return table(rows, "Conveyor", "Celery")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--drain", type=int, default=20_000, help="tasks per drain (20000)")
-    parser.add_argument("--delay", type=int, default=2_000, help="tasks per timed enqueue (2000)")
-    parser.add_argument("--rounds", type=int, default=2, help="enqueue rounds; the best counts (2)")
+    add_count_options(parser, "tasks per timed enqueue (2000)")
     parser.add_argument(
         "--extra-drain",
         type=int,
@@ -402,10 +288,7 @@ def main() -> int:
         help="tasks per extra drain: Conveyor --prefetch 4, Celery acks_late (5000)",
     )
     parser.add_argument("--latency", type=int, default=500, help="round trips timed (500)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="limit per drain (s)")
-    parser.add_argument("--only", choices=["conveyor", "celery"], help="run one side only")
-    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
-    parser.add_argument("--keep", action="store_true", help="keep worker logs (and files)")
+    add_run_options(parser, "celery")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -419,44 +302,33 @@ def main() -> int:
         hiredis=version("hiredis"),
     )
     server = RedisServer(appendonly=True)
-    logdir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
-    procs = Processes(logdir)
     results: dict[str, Any] = {}
     try:
-        server.start()
-        import redis
-
-        admin = redis.Redis.from_url(server.url)
-        admin.config_set("appendfsync", "everysec")
-        info["redis_server"] = admin.info("server")["redis_version"]
-        admin.close()
-        print(
-            f"redis-server {info['redis_server']} on {server.url}; logs in {logdir} "
-            "(deleted at the end unless --keep)",
-            file=sys.stderr,
-        )
-        classes: list[type[Side]] = [ConveyorSide, CelerySide]
-        sides = [cls(server.url, procs) for cls in classes]
-        if args.only:
-            sides = [side for side in sides if side.name.lower() == args.only]
-        assert server.process is not None
-        results = run(sides, args, server.process.pid)
+        with workdir("conveyor-bench-", args.keep) as (logdir, procs):
+            server.start()
+            admin = Redis.from_url(server.url)
+            admin.config_set("appendfsync", "everysec")
+            info["redis_server"] = admin.info("server")["redis_version"]
+            admin.close()
+            print(
+                f"redis-server {info['redis_server']} on {server.url}; logs in {logdir} "
+                "(deleted at the end unless --keep)",
+                file=sys.stderr,
+            )
+            sides = only(
+                [ConveyorSide(server.url, procs), CelerySide(server.url, procs)], args.only
+            )
+            assert server.process is not None
+            results = run(sides, args, server.process.pid)
     finally:
-        procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(logdir, ignore_errors=True)
         server.cleanup()
-    info["load_after"] = os.getloadavg()[0]
-    save(args.json, {"machine": info, "args": vars(args), "results": results})
-    if len(results) < 2:
-        print(results)
+    if not save_results(args, info, results):
         return 0
-    print(f"### Redis: Conveyor vs Celery ({info['date']})\n")
-    print(
-        f"{info['cores']} cores ({info['cpu']}), Python {info['python']}, redis-server "
-        f"{info['redis_server']} (AOF, everysec), Conveyor {info['conveyor']}, Celery "
-        f"{info['celery']} (kombu {info['kombu']}), redis-py {info['redis_py']}; "
-        f"load average before/after: {info['load_before']:.2f}/{info['load_after']:.2f}\n"
+    print_header(
+        "Redis: Conveyor vs Celery",
+        info,
+        f"redis-server {info['redis_server']} (AOF, everysec), Conveyor {info['conveyor']}, "
+        f"Celery {info['celery']} (kombu {info['kombu']}), redis-py {info['redis_py']}",
     )
     print(report(results["Conveyor"], results["Celery"], args))
     return 0

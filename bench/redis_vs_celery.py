@@ -30,7 +30,6 @@ production setting both need).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -44,8 +43,6 @@ from redis import Redis
 from bench import _common as common
 from bench._common import (
     BIN,
-    PYTHON,
-    ROOT,
     Compare,
     Processes,
     Row,
@@ -69,6 +66,7 @@ from bench._common import (
     warm_up,
     workdir,
 )
+from bench._latency import IDLE_PAUSE, measure
 
 CELERY_WORKER = [
     str(BIN / "celery"),
@@ -89,18 +87,10 @@ class RedisSide(Side):
     def reset(self) -> None:
         self.redis.flushall()
 
-    def latency(self, count: int) -> list[float]:
-        """``count`` sequential ``delay().get()`` round trips, timed in a fresh process."""
+    def latency(self, count: int, pause: float = 0.0) -> list[float]:
+        """``count`` sequential ``delay().get()`` round trips (see :mod:`bench._latency`)."""
         env = {**os.environ, "CONVEYOR_BROKER_URL": self.url, "BENCH_REDIS_URL": self.url}
-        done = subprocess.run(
-            [PYTHON, "-m", "bench._latency", self.name.lower(), str(count)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
-        return [float(x) for x in json.loads(done.stdout)]
+        return measure(self.name.lower(), count, env, pause)
 
 
 class ConveyorSide(RedisSide, common.ConveyorSide):
@@ -168,6 +158,9 @@ def main_drains(
                 with step(f"{side.name}: latency"):
                     samples = side.latency(args.latency)
                 out[side.name]["latency"] = percentiles(samples)
+                with step(f"{side.name}: latency after idle"):
+                    samples = side.latency(args.idle_latency, IDLE_PAUSE)
+                out[side.name]["idle_latency"] = percentiles(samples)
                 out[side.name]["memory"] = vars(tree_memory(worker.pid))
             side.procs.stop(worker)
             side.reset()
@@ -273,6 +266,13 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
             f"{args.latency} sequential round trips; lower is better",
         ),
         both.same("round trip `delay().get()` p99", "latency.p99", "ms"),
+        both.same(
+            "round trip after the worker idled p50",
+            "idle_latency.p50",
+            "ms",
+            f"{args.idle_latency} round trips, each after {IDLE_PAUSE} s without work",
+        ),
+        both.same("round trip after the worker idled p99", "idle_latency.p99", "ms"),
         *both.memory("memory", ", after the drains", "pages shared after fork counted once"),
     ]
     return table(rows, "Conveyor", "Celery")
@@ -288,6 +288,9 @@ def main() -> int:
         help="tasks per extra drain: Conveyor --prefetch 4, Celery acks_late (5000)",
     )
     parser.add_argument("--latency", type=int, default=500, help="round trips timed (500)")
+    parser.add_argument(
+        "--idle-latency", type=int, default=50, help="round trips timed after idling (50)"
+    )
     add_run_options(parser, "celery")
     args = parser.parse_args()
 

@@ -49,6 +49,7 @@ from bench._common import (
     machine,
     on_off,
     only,
+    percentiles,
     print_header,
     record_drain,
     save_results,
@@ -60,6 +61,7 @@ from bench._common import (
     warm_up,
     workdir,
 )
+from bench._latency import IDLE_PAUSE, measure
 
 HUEY_WORKER_OPTIONS = ["-w", "2", "-k", "process"]
 
@@ -70,6 +72,10 @@ class ConveyorSide(common.ConveyorSide):
     def __init__(self, tmp: Path, procs: Processes) -> None:
         self.tmp = tmp
         super().__init__(f"sqlite:///{tmp}/conveyor.sqlite3", procs)
+
+    def latency(self, count: int, pause: float = 0.0) -> list[float]:
+        """``count`` sequential ``delay().get()`` round trips (see :mod:`bench._latency`)."""
+        return measure("conveyor", count, {**os.environ, "CONVEYOR_BROKER_URL": self.url}, pause)
 
     def reset(self) -> None:
         """Start from a new file (no worker runs now): earlier results slow nothing down."""
@@ -104,6 +110,10 @@ class HueySide(Side):
     def reset(self) -> None:
         self.huey.flush()
 
+    def latency(self, count: int, pause: float = 0.0) -> list[float]:
+        """``count`` sequential round trips (see :mod:`bench._latency`)."""
+        return measure("huey", count, {**os.environ, "BENCH_HUEY_DB": self.db}, pause)
+
     def delay(self, with_result: bool) -> Any:
         return (self.noop_result if with_result else self.noop)()
 
@@ -126,10 +136,15 @@ class HueySide(Side):
 def drain_and_stop(
     side: Side, args: argparse.Namespace, with_result: bool, *extra: str
 ) -> dict[str, Any]:
-    """Drain ``--drain`` tasks (see :func:`bench._common.drain`), note the worker's memory,
-    stop it and empty the queue."""
+    """Drain ``--drain`` tasks (see :func:`bench._common.drain`), note the worker's memory
+    (with results on, time round trips on the then idle worker), stop it and empty the queue."""
     numbers, worker = drain(side, args.drain, args.timeout, with_result, *extra)
     numbers["memory"] = vars(tree_memory(worker.pid))
+    if with_result and not extra and isinstance(side, ConveyorSide | HueySide):
+        with step(f"{side.name}: latency"):
+            numbers["latency"] = percentiles(side.latency(args.latency))
+        with step(f"{side.name}: latency after idle"):
+            numbers["idle_latency"] = percentiles(side.latency(args.idle_latency, IDLE_PAUSE))
     side.procs.stop(worker)
     side.reset()
     return numbers
@@ -218,6 +233,23 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
             note=nofsync,
         ),
         both.same(f"drain {n}, results on", "drain_results_on.rate"),
+        both.same(
+            "round trip `delay().get()` p50",
+            "drain_results_on.latency.p50",
+            "ms",
+            f"{args.latency} sequential round trips; lower is better",
+        ),
+        both.same("round trip `delay().get()` p99", "drain_results_on.latency.p99", "ms"),
+        both.same(
+            "round trip after the worker idled p50",
+            "drain_results_on.idle_latency.p50",
+            "ms",
+            f"{args.idle_latency} round trips, each after {IDLE_PAUSE} s without work: "
+            "the pickup by an idle worker",
+        ),
+        both.same(
+            "round trip after the worker idled p99", "drain_results_on.idle_latency.p99", "ms"
+        ),
         *both.worker_cpu(),
         *both.memory("drain_results_on.memory"),
     ]
@@ -227,6 +259,10 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_count_options(parser, "single calls timed (2000)")
+    parser.add_argument("--latency", type=int, default=500, help="round trips timed (500)")
+    parser.add_argument(
+        "--idle-latency", type=int, default=50, help="round trips timed after idling (50)"
+    )
     add_run_options(parser, "huey")
     args = parser.parse_args()
 

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
 from conveyor import Conveyor
 from conveyor.testing import TestWorker, make_test_app
 
+T = TypeVar("T")
+
 
 def wait_until(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    what: str = "condition",
+    interval: float = 0.01,
+) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail the test
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
+            pytest.fail(f"{what} not met within {timeout} s")
         time.sleep(interval)  # polling interval of a bounded wait, not a synchronisation sleep
+    return value
 
 
 @pytest.fixture

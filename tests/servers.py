@@ -9,6 +9,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -90,3 +92,14 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def running_redis(*, appendonly: bool) -> Iterator[RedisServer]:
+    """A started RedisServer for the ``with`` block; stopped and its data dir removed after."""
+    server = RedisServer(appendonly=appendonly)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -8,7 +8,6 @@ Each test gets fresh objects with a unique ``key_prefix``: ``memory://`` in-proc
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -16,8 +15,8 @@ import pytest
 
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker
-from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
+from tests.helpers import closing_all, redis_fixture, result_stores
 from tests.servers import RedisServer
 
 from .support import LEASE_TIMEOUT, MAX_DELIVERIES
@@ -40,14 +39,7 @@ def _require(module: str) -> None:
     importlib.import_module(module)
 
 
-@pytest.fixture(scope="session")
-def conformance_redis() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (scripts/test installs it)")
-    server = RedisServer(appendonly=False)
-    server.start()
-    yield server
-    server.cleanup()
+conformance_redis = redis_fixture(appendonly=False, scope="session")
 
 
 def _url(kind: str, backend: str, request: pytest.FixtureRequest) -> str:
@@ -81,7 +73,6 @@ def broker_url(broker_backend: str, request: pytest.FixtureRequest) -> str:
 def make_broker(broker_url: str, key_prefix: str) -> Iterator[BrokerFactory]:
     """Build a broker on the test's URL and prefix (overrides: BrokerOptions fields); every
     broker built is closed after the test."""
-    built: list[Broker] = []
 
     def make(**overrides: object) -> Broker:
         options: dict[str, object] = {
@@ -90,13 +81,9 @@ def make_broker(broker_url: str, key_prefix: str) -> Iterator[BrokerFactory]:
             "key_prefix": key_prefix,
         }
         options.update(overrides)
-        broker = create_broker(broker_url, BrokerOptions(**options))  # type: ignore[arg-type]
-        built.append(broker)
-        return broker
+        return create_broker(broker_url, BrokerOptions(**options))  # type: ignore[arg-type]
 
-    yield make
-    for broker in built:
-        broker.close()
+    yield from closing_all(make)
 
 
 @pytest.fixture
@@ -124,18 +111,7 @@ def store_url(store_backend: str, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_store(store_url: str, key_prefix: str) -> Iterator[StoreFactory]:
-    built: list[ResultStore] = []
-
-    def make(*, expires: float | None = RESULT_EXPIRES, prefix: str | None = None) -> ResultStore:
-        store = create_result_store(
-            store_url, expires=expires, key_prefix=key_prefix if prefix is None else prefix
-        )
-        built.append(store)
-        return store
-
-    yield make
-    for store in built:
-        store.close()
+    yield from result_stores(store_url, key_prefix, RESULT_EXPIRES)
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from django.test import Client
 
 from conveyor import Conveyor, states
 from conveyor.contrib.django.models import PeriodicTask, TaskResult
+from tests.conftest import wait_until
+from tests.helpers import redis_fixture
 from tests.servers import RedisServer
 
 from .testproj.shop import tasks
@@ -32,25 +34,8 @@ MANAGE = Path(__file__).resolve().parent / "manage.py"
 REPO = MANAGE.parents[2]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (scripts/test installs it)")
-    server = RedisServer(appendonly=False)
-    server.start()
-    yield server
-    server.cleanup()
+wait_for = partial(wait_until, timeout=20.0, interval=0.05)
+redis_server = redis_fixture(appendonly=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

@@ -10,6 +10,7 @@ from conveyor.contrib.django.results import DjangoResultStore
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultRecord, ResultStore
 from tests.conformance import test_result_store as conformance
+from tests.helpers import result_stores
 
 from .testproj.shop.models import Order
 
@@ -37,18 +38,7 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def make_store(key_prefix: str) -> Iterator[StoreFactory]:
-    built: list[ResultStore] = []
-
-    def make(*, expires: float | None = 600.0, prefix: str | None = None) -> ResultStore:
-        store = create_result_store(
-            "django://", expires=expires, key_prefix=key_prefix if prefix is None else prefix
-        )
-        built.append(store)
-        return store
-
-    yield make
-    for store in built:
-        store.close()
+    yield from result_stores("django://", key_prefix, 600.0)
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +27,8 @@ from conveyor import ChordError, Conveyor, states
 from conveyor.canvas import chain, chord, followup_id, group
 from conveyor.result import GroupResult
 from conveyor.testing import TestWorker
+from tests.conftest import wait_until
+from tests.helpers import redis_fixture
 from tests.servers import RedisServer
 from tests.unit.test_canvas import run_seed
 
@@ -164,25 +165,7 @@ if os.environ.get("CANVAS_IT_BROKER"):  # imported by `conveyor worker -A` in th
 # -- fixtures -------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout} s")
-        time.sleep(0.02)  # polling interval of a bounded wait
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (scripts/test installs it)")
-    server = RedisServer(appendonly=False)
-    server.start()
-    yield server
-    server.cleanup()
+redis_server = redis_fixture(appendonly=False)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -256,7 +239,7 @@ def test_failure_propagation(
         body.get(timeout=10)
     outcomes = chord([t.add.s(2, 2), t.boom.s(4)], t.body.s(str(tmp_path)), propagate=False)()
     assert [o["state"] for o in outcomes.get(timeout=10)] == ["SUCCESS", "FAILURE"]
-    wait_for(lambda: len(lines(tmp_path / "errbacks")) == 2, 10, "two errbacks")
+    wait_until(lambda: len(lines(tmp_path / "errbacks")) == 2, 10, "two errbacks")
     called = [json.loads(line.split(" ", 1)[1])[0] for line in lines(tmp_path / "errbacks")]
     assert sorted(called) == sorted([failed.id, body.id])
     assert it_app.AsyncResult(followup_id(failed.id, "errback", 0)).get(timeout=10) is None
@@ -335,13 +318,13 @@ def test_chord_body_fires_once_when_a_header_worker_is_killed(
         ]
         result = chord(header, t.body.s(str(tmp_path)))()
         others = result.parent.results[:4]
-        wait_for(lambda: all(r.state == states.SUCCESS for r in others), 20, "other headers")
+        wait_until(lambda: all(r.state == states.SUCCESS for r in others), 20, "other headers")
         (tmp_path / "go").touch()
         assert result.get(timeout=30) == [0, 2, 4, 6, 40]
         # the victim was killed once and ran again; then nothing is left anywhere
-        wait_for(lambda: (tmp_path / "crashed").exists(), 10, "the crash")
-        wait_for(lambda: len(lines(tmp_path / "victim")) >= 2, 20, "the victim's second run")
-        wait_for(lambda: idle(it_app, ["victim", "default"]), 20, "empty queues")
+        wait_until(lambda: (tmp_path / "crashed").exists(), 10, "the crash")
+        wait_until(lambda: len(lines(tmp_path / "victim")) >= 2, 20, "the victim's second run")
+        wait_until(lambda: idle(it_app, ["victim", "default"]), 20, "empty queues")
         worker.drain(20)
         assert result.parent.results[4].get(timeout=10) == 40
     except BaseException:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, states
+from tests.conftest import wait_until
+from tests.helpers import redis_fixture
 from tests.integration.workerapp import create_app, runs
-from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,18 +34,8 @@ BACKENDS = [
 ]
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.05
-) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout} s")
-        time.sleep(interval)  # polling interval of a bounded wait
+#: ``wait_until`` polling every 50 ms (tests/integration/test_cli.py imports it too).
+wait_for = partial(wait_until, interval=0.05)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -123,14 +114,7 @@ class WorkerProcess:
         self._log_file.close()
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (scripts/test installs it)")
-    server = RedisServer(appendonly=False)
-    server.start()
-    yield server
-    server.cleanup()
+redis_server = redis_fixture(appendonly=False)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,7 +11,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import threading
 import time
 import uuid
 import warnings
@@ -29,6 +28,9 @@ from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.results.base import ResultRecord
 from conveyor.results.memory import MemoryResultStore
 from conveyor.results.redis import RedisResultStore
+from tests import helpers
+from tests.conftest import wait_until
+from tests.helpers import Call, closing_all, redis_fixture
 from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -37,41 +39,6 @@ T = TypeVar("T")
 Q = "default"
 LEASE = 1.0
 PASSWORD = "s3cret-Pa55word"
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.01)  # polling interval of a bounded wait
-    return value
-
-
-class Call(threading.Thread):
-    """Run ``fn`` in a thread; ``result()`` joins and re-raises; ``done_at`` is perf_counter."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self._fn = fn
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done_at = 0.0
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self._fn()
-        except BaseException as exc:
-            self.error = exc
-        self.done_at = time.perf_counter()
-
-    def result(self, timeout: float = 10.0) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), "call did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 def blocked_in(client: redis.Redis, command: str, count: int = 1) -> bool:
@@ -85,37 +52,21 @@ def msg(body: bytes = b"x", queue: str = Q, **fields: Any) -> Message:
 
 
 # -- fixtures ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer(appendonly=True)
-    srv.start()
-    yield srv
-    srv.cleanup()
-
-
-@pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
+server = redis_fixture(appendonly=True)  # AOF fsynced on every write
+admin = helpers.redis_admin
 
 
 @pytest.fixture
 def make(server: RedisServer) -> Iterator[Callable[..., RedisBroker]]:
     """Build brokers on the module server with a per-test prefix; all closed afterwards."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    built: list[RedisBroker] = []
 
     def make(url: str | None = None, **options: Any) -> RedisBroker:
         options.setdefault("lease_timeout", LEASE)
         options.setdefault("key_prefix", prefix)
-        broker = RedisBroker(url or server.url, BrokerOptions(**options))
-        built.append(broker)
-        return broker
+        return RedisBroker(url or server.url, BrokerOptions(**options))
 
-    yield make
-    for broker in built:
-        broker.close()
+    yield from closing_all(make)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Shared promises are in tests/conformance; this file checks the Redis specifics.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,44 +17,14 @@ import redis
 from conveyor.exceptions import ResultStoreError
 from conveyor.results.base import ResultRecord
 from conveyor.results.redis import WAKE_TTL_MS, RedisResultStore
+from tests import helpers
+from tests.conftest import wait_until
+from tests.helpers import Call, closing_all, redis_fixture
 from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
 PASSWORD = "an0ther-Secret"
-
-
-class Call(threading.Thread):
-    """Run ``fn`` in a thread; ``result()`` joins and re-raises; ``done_at`` is perf_counter."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self._fn = fn
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done_at = 0.0
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self._fn()
-        except BaseException as exc:
-            self.error = exc
-        self.done_at = time.perf_counter()
-
-    def result(self, timeout: float = 10.0) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), "call did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
-        time.sleep(0.01)  # polling interval of a bounded wait
 
 
 def blocked(client: redis.Redis, count: int = 1) -> bool:
@@ -66,34 +35,18 @@ def rec(state: str = "SUCCESS", task_id: str | None = None, **fields: Any) -> Re
     return ResultRecord(task_id or uuid.uuid4().hex, state, **fields)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer(appendonly=True)
-    srv.start()
-    yield srv
-    srv.cleanup()
-
-
-@pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
+server = redis_fixture(appendonly=True)  # AOF fsynced on every write
+admin = helpers.redis_admin
 
 
 @pytest.fixture
 def make(server: RedisServer) -> Iterator[Callable[..., RedisResultStore]]:
     prefix = f"r{uuid.uuid4().hex[:10]}"
-    built: list[RedisResultStore] = []
 
     def make(expires: float | None = 600.0) -> RedisResultStore:
-        store = RedisResultStore(server.url, expires=expires, key_prefix=prefix)
-        built.append(store)
-        return store
+        return RedisResultStore(server.url, expires=expires, key_prefix=prefix)
 
-    yield make
-    for store in built:
-        store.close()
+    yield from closing_all(make)
 
 
 @pytest.fixture

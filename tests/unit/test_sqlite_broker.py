@@ -7,11 +7,9 @@ the SQLite broker has.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,11 @@ from conveyor.brokers.sqlite import MIGRATIONS, SQLiteBroker
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
 from conveyor.results.base import ResultRecord
 from conveyor.results.sqlite import SQLiteResultStore
+from tests.conftest import wait_until
+from tests.helpers import closing_all
+from tests.helpers import raw_sqlite as raw
 
 Q = "default"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.005)  # polling interval under a deadline
-    return value
 
 
 def msg(n: int | str, queue: str = Q, **fields: Any) -> Message:
@@ -48,31 +40,15 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make(db_path: Path) -> Iterator[Callable[..., SQLiteBroker]]:
-    built: list[SQLiteBroker] = []
-
     def make(**options: Any) -> SQLiteBroker:
-        broker = SQLiteBroker(f"sqlite:///{db_path}", BrokerOptions(**options))
-        built.append(broker)
-        return broker
+        return SQLiteBroker(f"sqlite:///{db_path}", BrokerOptions(**options))
 
-    yield make
-    for broker in built:
-        broker.close()
+    yield from closing_all(make)
 
 
 @pytest.fixture
 def broker(make: Callable[..., SQLiteBroker]) -> SQLiteBroker:
     return make()
-
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain connection to inspect or damage the file behind the broker's back."""
-    conn = sqlite3.connect(path, autocommit=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 # -- URLs and files ----------------------------------------------------------------------

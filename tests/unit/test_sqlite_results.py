@@ -6,11 +6,9 @@ The behaviour every result store shares is covered by tests/conformance.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,9 @@ from conveyor.exceptions import ConfigurationError, ConveyorError, ResultStoreEr
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultRecord
 from conveyor.results.sqlite import MIGRATIONS, SQLiteResultStore
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.005)  # polling interval under a deadline
-    return value
-
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path, autocommit=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
+from tests.conftest import wait_until
+from tests.helpers import closing_all
+from tests.helpers import raw_sqlite as raw
 
 
 @pytest.fixture
@@ -47,16 +30,10 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make(db_path: Path) -> Iterator[Callable[..., SQLiteResultStore]]:
-    built: list[SQLiteResultStore] = []
-
     def make(expires: float | None = 60.0, key_prefix: str = "conveyor") -> SQLiteResultStore:
-        store = SQLiteResultStore(f"sqlite:///{db_path}", expires=expires, key_prefix=key_prefix)
-        built.append(store)
-        return store
+        return SQLiteResultStore(f"sqlite:///{db_path}", expires=expires, key_prefix=key_prefix)
 
-    yield make
-    for store in built:
-        store.close()
+    yield from closing_all(make)
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ _sites: list[Site] = []
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+        pytest.fail(f"{CHROMIUM} is not installed (scripts/test installs it)")
     return CHROMIUM
 
 

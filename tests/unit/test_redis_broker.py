@@ -152,7 +152,7 @@ def test_unix_socket_url(tmp_path: Path) -> None:
 
 def test_rediss_tls(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+        pytest.fail("openssl is not installed (scripts/test installs it)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     keygen = [
         "openssl",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import re
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +28,9 @@ from conveyor import (
 from conveyor.brokers.base import Message, QueueStats
 from conveyor.exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
 from conveyor.testing import TestWorker
+from conveyor.worker.consumer import RECHECK_REVOKED_AFTER
 from tests.conftest import wait_until
+from tests.helpers import raw_sqlite
 
 
 class PaymentDeclined(Exception):
@@ -751,6 +756,103 @@ def test_a_result_is_stored_and_acked_at_once_when_the_queue_goes_idle(
         worker.stop(timeout=10)
 
 
+def test_revoked_while_leased_but_waiting_for_a_thread_never_runs(app: Conveyor) -> None:
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    @app.task
+    def blocker() -> None:
+        started.set()
+        release.wait(10)
+
+    @app.task
+    def job() -> None:
+        ran.append("job")
+
+    first, waiting = blocker.delay(), job.delay()
+    with TestWorker(app, concurrency=1, prefetch_multiplier=2):
+        assert started.wait(5)
+        wait_until(lambda: app.broker.stats(["default"])["default"].leased == 2, 5)
+        leased = time.monotonic()
+        waiting.revoke()  # leased with the blocker, not started
+        # it re-checks only after waiting RECHECK_REVOKED_AFTER (a task that starts at once
+        # was checked by its lease)
+        wait_until(lambda: time.monotonic() - leased > RECHECK_REVOKED_AFTER, 5)
+        release.set()
+        first.get(timeout=5)
+        with pytest.raises(TaskRevokedError):
+            waiting.get(timeout=5)
+    assert ran == []
+    assert waiting.state == states.REVOKED
+
+
+def test_revoked_before_it_was_published_never_runs(app: Conveyor) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def job() -> None:
+        ran.append(1)
+
+    app.revoke("published-later")
+    result = job.apply_async(task_id="published-later")
+    with TestWorker(app), pytest.raises(TaskRevokedError):
+        result.get(timeout=5)
+    assert ran == []
+
+
+@pytest.mark.parametrize("log_tasks", [True, False])
+def test_one_log_line_per_task_outcome(log_tasks: bool, caplog: pytest.LogCaptureFixture) -> None:
+    app = Conveyor("t", broker="memory://", worker_log_tasks=log_tasks)
+
+    @app.task(name="logged.ok")
+    def ok(x: int) -> int:
+        return x * 2
+
+    @app.task(name="logged.bad")
+    def bad() -> None:
+        raise LookupError("no such thing")
+
+    try:
+        with caplog.at_level(logging.INFO, logger="conveyor.worker"):
+            good, failed = ok.delay(21), bad.delay()
+            with TestWorker(app) as worker:
+                worker.run_until_idle(10, propagate=False)
+        lines = [r.getMessage() for r in caplog.records if "logged." in r.getMessage()]
+    finally:
+        app.close()
+    if not log_tasks:
+        assert lines == []
+        return
+    [success] = [line for line in lines if good.id in line]
+    [failure] = [line for line in lines if failed.id in line]
+    assert re.fullmatch(rf"logged\.ok\[{good.id}\] succeeded in \d+\.\d{{3}}s: 42", success)
+    assert re.fullmatch(
+        rf"logged\.bad\[{failed.id}\] failed in \d+\.\d{{3}}s: LookupError\('no such thing'\)",
+        failure,
+    )
+
+
+def test_workers_delete_expired_results_from_the_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    app = Conveyor("t", broker=f"sqlite:///{path}", result_expires=0.2, broker_lease_timeout=0.3)
+
+    @app.task
+    def job() -> int:
+        return 1
+
+    def rows() -> int:
+        with raw_sqlite(path) as conn:
+            return int(conn.execute("SELECT count(*) FROM conveyor_results").fetchone()[0])
+
+    try:
+        with TestWorker(app, cleanup_interval=0.1):
+            assert job.delay().get(timeout=5) == 1
+            assert rows() == 1
+            wait_until(lambda: rows() == 0, 5)  # deleted, not only hidden
+    finally:
+        app.close()
+
+
 def test_revoked_before_the_lease_is_flagged_by_the_broker(app: Conveyor) -> None:
     calls = CountingCalls(app, "revoked")
     ran = []
@@ -768,24 +870,24 @@ def test_revoked_before_the_lease_is_flagged_by_the_broker(app: Conveyor) -> Non
     assert not [args for args in calls.calls["revoked"] if dropped.id in args[0]]  # type: ignore[operator]
 
 
-def test_worker_asks_for_revocations_when_the_broker_does_not_flag_them(app: Conveyor) -> None:
-    type(app.broker).lease_checks_revoked = False  # type: ignore[misc]
-    try:
-        ran = []
+def test_worker_asks_for_revocations_when_the_broker_does_not_flag_them(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on the instance: the broker class keeps its own value for every other test
+    monkeypatch.setattr(app.broker, "lease_checks_revoked", False)
+    ran = []
 
-        @app.task
-        def job(n: int) -> None:
-            ran.append(n)
+    @app.task
+    def job(n: int) -> None:
+        ran.append(n)
 
-        job.delay(1)
-        dropped = job.delay(2)
-        app.revoke(dropped.id)
-        with TestWorker(app, concurrency=1) as worker:
-            worker.run_until_idle(10)
-        assert ran == [1]
-        assert dropped.state == states.REVOKED
-    finally:
-        del type(app.broker).lease_checks_revoked  # type: ignore[misc]
+    job.delay(1)
+    dropped = job.delay(2)
+    app.revoke(dropped.id)
+    with TestWorker(app, concurrency=1) as worker:
+        worker.run_until_idle(10)
+    assert ran == [1]
+    assert dropped.state == states.REVOKED
 
 
 def test_warm_stop_settles_what_finished(app: Conveyor) -> None:

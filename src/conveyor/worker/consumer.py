@@ -21,6 +21,10 @@ Round trips. The hot path is lease → run → store result → ack; the consume
   outcomes that arrive while the consumer waits in a lease - goes to the finisher, which
   stores all records of a batch and acks what needs nothing in between in one round trip
   (``Broker.ack_recorded``);
+* a sync task that waited for a free thread longer than ``RECHECK_REVOKED_AFTER`` (behind
+  others leased with it, ``--prefetch`` > 1) asks the broker again whether it was revoked
+  meanwhile, so a revoke also stops a message that was leased but had not started; a task
+  that starts at once costs nothing more;
 * STARTED is recorded once a task has run for ``worker_started_delay`` (0.1 s): a *started*
   thread stores, in one call, the records of the tasks that ran that long, holding their
   control locks so that none can end (and store its outcome) before its STARTED record landed.
@@ -66,6 +70,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 _STRAY = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
+#: Seconds a leased sync task may wait for a thread before it re-checks its revocation.
+RECHECK_REVOKED_AFTER = 0.01
 
 
 def default_hostname() -> str:
@@ -138,6 +144,8 @@ class _Running:
     active: bool = False
     loop_task: asyncio.Task[Any] | None = None
     interrupted: type[BaseException] | None = None
+    #: Monotonic time it was leased and admitted.
+    admitted: float = field(default_factory=time.monotonic)
     #: Monotonic time it began running (valid while ``active``).
     since: float = 0.0
     #: Its STARTED record, until stored (see the module docstring).
@@ -163,6 +171,7 @@ class Worker:
         max_tasks: int | None = None,
         lease_wait: float = 1.0,
         sweep_interval: float | None = None,
+        cleanup_interval: float = 60.0,
         on_task_start: Callable[[Job], None] | None = None,
         on_task_end: Callable[[Job], None] | None = None,
         on_hard_time_limit: Callable[[Job], None] | None = None,
@@ -176,6 +185,8 @@ class Worker:
         self.max_tasks = max_tasks
         self.lease_wait = lease_wait
         self.sweep_interval = sweep_interval or app.conf.broker_sweep_interval
+        #: Seconds between deletions of expired results (result stores without own TTLs).
+        self.cleanup_interval = cleanup_interval
         self.heartbeat_interval = max(0.05, min(app.conf.broker_lease_timeout / 3, 5.0))
         conf = app.conf
         self.started_delay = 0.0 if conf.task_track_started else conf.worker_started_delay
@@ -521,6 +532,10 @@ class Worker:
         return box[0]
 
     def _run_sync(self, control: _Running) -> None:
+        if self._revoked_while_waiting(control):
+            job = control.job
+            self._submit_outcome(self.runner.revoked(job.envelope, job.delivery), control)
+            return
         outcome: Outcome | None = None
         try:
             try:
@@ -542,6 +557,16 @@ class Worker:
             )
             outcome = self.runner.finish(control.job, None, error, 0.0)
         self._submit_outcome(outcome, control)
+
+    def _revoked_while_waiting(self, control: _Running) -> bool:
+        if time.monotonic() - control.admitted < RECHECK_REVOKED_AFTER:
+            return False
+        task_id = control.job.envelope.id
+        try:
+            return task_id in self.app.broker.revoked([task_id])
+        except ConveyorError as exc:  # run it: the lease-time check passed
+            logger.error("could not re-check the revocation of %s: %s", task_id, exc)
+            return False
 
     async def _run_async(self, control: _Running) -> None:
         control.loop_task = asyncio.current_task()
@@ -741,7 +766,7 @@ class Worker:
                 if now - last_announce >= max(self.heartbeat_interval, 2.0):
                     last_announce = now
                     self._announce()
-                if now - last_cleanup >= 60.0:
+                if now - last_cleanup >= self.cleanup_interval:
                     last_cleanup = now
                     self.app.results.cleanup()
             except ConveyorError as exc:

@@ -121,14 +121,7 @@ class TaskRunner:
                 delivery, "dead", reason=DeadLetterReason.MALFORMED, detail=f"bad arguments: {exc}"
             )
         if envelope.id in revoked:
-            logger.info("%s[%s] revoked: not run", envelope.task, envelope.id)
-            return Outcome(
-                delivery,
-                "ack",
-                [self._final_record(envelope, states.REVOKED, None)],
-                followups=self._then(envelope, states.REVOKED, None),
-                state=states.REVOKED,
-            )
+            return self.revoked(envelope, delivery)
         if envelope.expires is not None and now >= envelope.expires:
             logger.info("%s[%s] expired: not run", envelope.task, envelope.id)
             return Outcome(
@@ -189,6 +182,17 @@ class TaskRunner:
             return None
         job.started_at = time.time()
         return self._record(job.envelope, states.STARTED, None, started_at=job.started_at)
+
+    def revoked(self, envelope: Envelope, delivery: Delivery | None) -> Outcome:
+        """The outcome of a message whose task was revoked before it started: not run."""
+        logger.info("%s[%s] revoked: not run", envelope.task, envelope.id)
+        return Outcome(
+            delivery,
+            "ack",
+            [self._final_record(envelope, states.REVOKED, None)],
+            followups=self._then(envelope, states.REVOKED, None),
+            state=states.REVOKED,
+        )
 
     # -- running -------------------------------------------------------------------------
     def run(self, job: Job) -> Outcome:

@@ -534,7 +534,7 @@ class Worker:
     def _run_sync(self, control: _Running) -> None:
         if self._revoked_while_waiting(control):
             job = control.job
-            self._submit_outcome(self.runner.revoked(job.envelope, job.delivery), control)
+            self._submit_outcome(self.runner.revoked_outcome(job.envelope, job.delivery), control)
             return
         outcome: Outcome | None = None
         try:

@@ -121,7 +121,7 @@ class TaskRunner:
                 delivery, "dead", reason=DeadLetterReason.MALFORMED, detail=f"bad arguments: {exc}"
             )
         if envelope.id in revoked:
-            return self.revoked(envelope, delivery)
+            return self.revoked_outcome(envelope, delivery)
         if envelope.expires is not None and now >= envelope.expires:
             logger.info("%s[%s] expired: not run", envelope.task, envelope.id)
             return Outcome(
@@ -183,7 +183,7 @@ class TaskRunner:
         job.started_at = time.time()
         return self._record(job.envelope, states.STARTED, None, started_at=job.started_at)
 
-    def revoked(self, envelope: Envelope, delivery: Delivery | None) -> Outcome:
+    def revoked_outcome(self, envelope: Envelope, delivery: Delivery | None) -> Outcome:
         """The outcome of a message whose task was revoked before it started: not run."""
         logger.info("%s[%s] revoked: not run", envelope.task, envelope.id)
         return Outcome(

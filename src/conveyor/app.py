@@ -23,6 +23,7 @@ from .message import Envelope, encode_arguments, encode_envelope
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
+from .settlement import Settlement, open_settlement
 from .task import Task, current_request, make_task_decorator, shared_tasks
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class Conveyor:
         self.beat_runner: Callable[..., None] | None = None
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
+        self._settlement: Settlement | None = None
         self._lock = threading.RLock()
         self._finalized = False
         self._autodiscover: list[
@@ -237,9 +239,21 @@ class Conveyor:
                     )
         return self._results
 
+    @property
+    def settlement(self) -> Settlement:
+        """Stores records and settles messages for :attr:`broker` and :attr:`results`
+        (one round trip where both live on one server)."""
+        if self._settlement is None:
+            broker, results = self.broker, self.results
+            with self._lock:
+                if self._settlement is None:
+                    self._settlement = open_settlement(broker, results)
+        return self._settlement
+
     def close(self) -> None:
         """Close broker and result store connections."""
         with self._lock:
+            self._settlement = None
             if self._broker is not None:
                 self._broker.close()
                 self._broker = None
@@ -427,7 +441,7 @@ class Conveyor:
         return results
 
     def _publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
-        self.broker.publish_recorded(messages, self.results, records)
+        self.settlement.publish(messages, records)
 
     def prepare(
         self,

@@ -365,7 +365,7 @@ class Worker:
     def _consume_loop(self) -> None:
         backoff = 0.0
         capacity = self.concurrency * self.prefetch_multiplier
-        broker = self.app.broker
+        broker, settlement = self.app.broker, self.app.settlement
         while self._leasing.is_set():
             quick: list[tuple[Outcome, _Running | None]] = []
             with self._cond:
@@ -397,8 +397,8 @@ class Worker:
                     if quick:
                         acks = [o.delivery for o, _ in quick if o.delivery is not None]
                         records = [record for o, _ in quick for record in o.records]
-                        deliveries = broker.ack_and_lease(
-                            acks, self.app.results, records, self.queues, free, self.lease_wait
+                        deliveries = settlement.ack_and_lease(
+                            acks, records, self.queues, free, self.lease_wait
                         )
                     else:
                         deliveries = broker.lease(self.queues, free, self.lease_wait)
@@ -441,11 +441,11 @@ class Worker:
 
     def _settle(self, quick: list[tuple[Outcome, _Running | None]]) -> None:
         """Store and ack quickly settled outcomes without leasing (retried until it works)."""
-        results, broker = self.app.results, self.app.broker
+        settlement = self.app.settlement
         acks = [outcome.delivery for outcome, _ in quick if outcome.delivery is not None]
         records = [record for outcome, _ in quick for record in outcome.records]
         try:
-            self._retrying(lambda: broker.ack_recorded(acks, results, records), "ack")
+            self._retrying(lambda: settlement.ack(acks, records), "ack")
         finally:
             self._settled(len(quick))
 
@@ -496,8 +496,8 @@ class Worker:
         early = [j.delivery for j in jobs if j.delivery is not None and not j.envelope.acks_late]
         if early:
             # STARTED first, then the early acks (acks_late=False: at-most-once), in one go.
-            results = self.app.results
-            self._retrying(lambda: broker.ack_recorded(early, results, started), "ack")
+            settlement = self.app.settlement
+            self._retrying(lambda: settlement.ack(early, started), "ack")
             with self._cond:
                 for delivery in early:
                     self._held.pop(delivery.receipt, None)
@@ -634,7 +634,7 @@ class Worker:
     def _apply(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
         outcomes = [outcome for outcome, _ in batch]
         records = [record for outcome in outcomes for record in outcome.records]
-        broker, results = self.app.broker, self.app.results
+        settlement = self.app.settlement
         # Every record first; in the same round trip the acks of outcomes that need nothing
         # in between (no follow-ups).
         plain = [
@@ -643,7 +643,7 @@ class Worker:
             if o.action == "ack" and not o.followups and o.delivery is not None
         ]
         if plain or records:
-            self._retrying(lambda: broker.ack_recorded(plain, results, records), "store results")
+            self._retrying(lambda: settlement.ack(plain, records), "store results")
         # A follow-up (callback, chord join) that fails leaves its message unacked: the lease
         # then expires and the redelivery re-sends the follow-ups (the run-once guard keeps the
         # task itself from running again), so a transient error never loses a workflow step.
@@ -654,17 +654,17 @@ class Worker:
             if o.action == "ack" and o.followups and o.delivery is not None
         ]
         if acks:
-            self._retrying(lambda: broker.ack(acks), "ack")
+            self._retrying(lambda: settlement.ack(acks, ()), "ack")
         for outcome in settled:
             delivery = outcome.delivery
             if delivery is None:
                 continue
             if outcome.action == "retry" and outcome.retry_message is not None:
                 self._retrying(
-                    partial(broker.retry_later, delivery, outcome.retry_message), "retry"
+                    partial(settlement.retry_later, delivery, outcome.retry_message), "retry"
                 )
             elif outcome.action == "dead":
-                dead = partial(broker.dead_letter, delivery, outcome.reason, outcome.detail)
+                dead = partial(settlement.dead_letter, delivery, outcome.reason, outcome.detail)
                 self._retrying(dead, "dead-letter")
         self._release_controls(batch)
 

@@ -20,6 +20,7 @@ from .canvas import Signature, as_signature
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope, encode_arguments, encode_envelope
+from .middleware import Hooks, Middleware, call_each
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
@@ -135,6 +136,7 @@ class Conveyor:
         result_backend: str | None = None,
         *,
         include: Sequence[str] | None = None,
+        middleware: Iterable[Middleware] = (),
         set_as_default: bool = True,
         **settings: Any,
     ) -> None:
@@ -148,6 +150,9 @@ class Conveyor:
         if include:
             self.conf.include = list(include)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.middleware: list[Middleware] = list(middleware)
+        #: The middleware's hooks, ready to call (rebuilt by :meth:`add_middleware`).
+        self.hooks = Hooks(self.middleware)
         self.on_after_configure = Signal("on_after_configure")
         self.on_after_finalize = Signal("on_after_finalize")
         #: Set by conveyor.contrib.django: defers a callable until the transaction commits
@@ -182,6 +187,12 @@ class Conveyor:
         global _default
         with _apps_lock:
             _default = weakref.ref(self)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add ``middleware`` after the existing ones. Workers started before this call
+        do not see it: add middleware when the app is built."""
+        self.middleware.append(middleware)
+        self.hooks = Hooks(self.middleware)
 
     # -- configuration -------------------------------------------------------------------
     def config_from_object(
@@ -405,15 +416,18 @@ class Conveyor:
                     "on_commit=True needs a transaction hook: add 'conveyor.contrib.django' "
                     "to INSTALLED_APPS"
                 )
-            self.commit_hook(lambda: self._publish([message], [record] if record else []))
+            self.commit_hook(
+                lambda: self._publish([envelope], [message], [record] if record else [])
+            )
             return result
-        self._publish([message], [record] if record else [])
+        self._publish([envelope], [message], [record] if record else [])
         return result
 
     def send_many(self, signatures: Iterable[Signature | Task[Any, Any]]) -> list[TaskResult[Any]]:
         """Send many tasks in one broker round trip (the bulk API).
 
         Every message is encoded before anything is sent, so one bad argument sends none."""
+        envelopes: list[Envelope] = []
         messages: list[Message] = []
         records: list[ResultRecord] = []
         results: list[TaskResult[Any]] = []
@@ -424,6 +438,7 @@ class Conveyor:
             envelope, message, record = self.prepare(
                 sig.task, sig.args, sig.kwargs, options, self.tasks.get(sig.task)
             )
+            envelopes.append(envelope)
             messages.append(message)
             if record is not None:
                 records.append(record)
@@ -437,11 +452,20 @@ class Conveyor:
                 run_eager(self, decode_envelope(message.body), message.body)
             return results
         if messages:
-            self._publish(messages, records)
+            self._publish(envelopes, messages, records)
         return results
 
-    def _publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+    def _publish(
+        self,
+        envelopes: Sequence[Envelope],
+        messages: Sequence[Message],
+        records: Sequence[ResultRecord],
+    ) -> None:
         self.settlement.publish(messages, records)
+        hooks = self.hooks.after_publish
+        if hooks:
+            for envelope in envelopes:
+                call_each(hooks, self, envelope)
 
     def prepare(
         self,
@@ -509,7 +533,7 @@ class Conveyor:
             chord=options.get("chord"),
             callbacks=[as_signature(s, self).to_dict() for s in _listify(options.get("link"))],
             errbacks=[as_signature(s, self).to_dict() for s in _listify(options.get("link_error"))],
-            headers=_tagged_headers(name, headers),
+            headers=headers,  # tagged below, after the publish hooks saw them
             time_limit=_pick(
                 options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
             ),
@@ -522,6 +546,9 @@ class Conveyor:
             acks_late=acks_late,
             created_at=now,
         )
+        if self.hooks.before_publish:
+            call_each(self.hooks.before_publish, self, envelope)
+        envelope.headers = _tagged_headers(name, envelope.headers)
         body = encode_envelope(envelope, conf.message_max_bytes)
         message = Message(envelope.id, queue, body, priority, countdown, eta)
         if parent is not None:

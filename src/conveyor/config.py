@@ -11,18 +11,29 @@ import difflib
 import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast, overload
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .exceptions import ConfigurationError
+
+type Check[T] = Callable[[str, object], T]
+#: Where a task goes: a queue name or ``{"queue": name}``.
+type RouteTarget = str | Mapping[str, object]
+#: A routing table: names/globs to targets, or a function of the task name.
+type RouteTable = Mapping[str, RouteTarget] | Callable[[str], RouteTarget | None]
+#: ``task_routes``: one table (a mapping) or a list of tables tried in order.
+type Routes = dict[str, RouteTarget] | list[RouteTable]
 
 #: Environment variables that override settings (highest precedence).
 ENV_OVERRIDES = {"broker_url": "CONVEYOR_BROKER_URL", "result_backend": "CONVEYOR_RESULT_BACKEND"}
 
 
-def _seconds(name: str, value: Any) -> float | None:
+# -- checks: each turns a configured value into the setting's type or raises -------------
+
+
+def _seconds(name: str, value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, timedelta):
@@ -40,26 +51,22 @@ def _seconds(name: str, value: Any) -> float | None:
     return seconds
 
 
-def _positive_seconds(name: str, value: Any) -> float:
+def _positive_seconds(name: str, value: object) -> float:
     seconds = _seconds(name, value)
     if seconds is None or seconds <= 0:
         raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
     return seconds
 
 
-def _non_negative_seconds(name: str, value: Any) -> float:
+def _non_negative_seconds(name: str, value: object) -> float:
     seconds = _seconds(name, value)
     if seconds is None:
         raise ConfigurationError(f"{name} must be a number of seconds, got None")
     return seconds
 
 
-def _int(
-    minimum: int | None = None, maximum: int | None = None, optional: bool = False
-) -> Callable[[str, Any], Any]:
-    def check(name: str, value: Any) -> int | None:
-        if value is None and optional:
-            return None
+def _int(minimum: int | None = None, maximum: int | None = None) -> Check[int]:
+    def check(name: str, value: object) -> int:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -71,7 +78,16 @@ def _int(
     return check
 
 
-def _bool(name: str, value: Any) -> bool:
+def _optional_int(minimum: int | None = None) -> Check[int | None]:
+    required = _int(minimum)
+
+    def check(name: str, value: object) -> int | None:
+        return None if value is None else required(name, value)
+
+    return check
+
+
+def _bool(name: str, value: object) -> bool:
     if isinstance(value, str):
         lowered = value.strip().lower()
         if lowered in {"1", "true", "yes", "on"}:
@@ -83,30 +99,25 @@ def _bool(name: str, value: Any) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
 
 
-def _str(optional: bool = False) -> Callable[[str, Any], Any]:
-    def check(name: str, value: Any) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
-        return value
-
-    return check
+def _str(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
+    return value
 
 
-def _optional_seconds(name: str, value: Any) -> float | None:
-    return _seconds(name, value)
+def _optional_str(name: str, value: object) -> str | None:
+    return None if value is None else _str(name, value)
 
 
-def _mapping(name: str, value: Any) -> dict[str, Any]:
+def _mapping(name: str, value: object) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
-    return dict(value)
+    return {str(key): item for key, item in value.items()}
 
 
-def _routes(name: str, value: Any) -> Any:
+def _routes(name: str, value: object) -> Routes:
     if value is None:
         return {}
     if isinstance(value, Mapping):
@@ -118,7 +129,7 @@ def _routes(name: str, value: Any) -> Any:
     raise ConfigurationError(f"{name} must map task names/globs to queues, got {value!r}")
 
 
-def _json_only(name: str, value: Any) -> Any:
+def _json_only[T: str | list[str]](name: str, value: T) -> T:
     values = [value] if isinstance(value, str) else list(value or [])
     bad = [v for v in values if str(v).lower() not in {"json", "application/json"}]
     if bad:
@@ -129,19 +140,29 @@ def _json_only(name: str, value: Any) -> Any:
     return value
 
 
-def _strings(name: str, value: Any) -> list[str]:
+def _serializer(name: str, value: object) -> str:
+    return _json_only(name, _str(name, value))
+
+
+def _content_types(name: str, value: object) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{name} must be a list of content types, got {value!r}")
+    return _json_only(name, [str(v) for v in value])
+
+
+def _strings(name: str, value: object) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         return [value]
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return list(value)
+        return [str(v) for v in value]
     raise ConfigurationError(f"{name} must be a list of module names, got {value!r}")
 
 
-def _timezone(name: str, value: Any) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
+def _timezone(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigurationError(f"{name} must be an IANA time zone name, got {value!r}")
     try:
@@ -151,121 +172,148 @@ def _timezone(name: str, value: Any) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
-    default: Any
-    check: Callable[[str, Any], Any]
-    doc: str
+# -- the settings ------------------------------------------------------------------------
 
 
-SETTINGS: dict[str, Setting] = {
-    # where messages and results live
-    "broker_url": Setting(
-        None, _str(optional=True), "Broker URL; default: SQLite file ./conveyor.sqlite3"
-    ),
-    "result_backend": Setting(None, _str(optional=True), "Result store URL; default: the broker's"),
-    "result_expires": Setting(
-        86400.0, _optional_seconds, "Seconds results are kept (None: forever)"
-    ),
-    "result_extended": Setting(False, _bool, "Also store name, args, kwargs, worker, queue"),
-    "broker_transport_options": Setting({}, _mapping, "Broker options, e.g. {'key_prefix': 'x'}"),
-    "broker_lease_timeout": Setting(30.0, _positive_seconds, "Lease length; renewed by heartbeat"),
-    "broker_sweep_interval": Setting(
-        5.0, _positive_seconds, "How often workers return expired leases"
-    ),
-    "task_max_deliveries": Setting(4, _int(1), "Deliveries before a message is dead-lettered"),
-    "message_max_bytes": Setting(256 * 1024, _int(1024), "Largest encoded message accepted"),
-    "revoke_expires": Setting(7 * 86400.0, _positive_seconds, "Seconds a revocation is remembered"),
-    # time
-    "timezone": Setting("UTC", _timezone, "IANA time zone for crontab schedules"),
-    "enable_utc": Setting(True, _bool, "Kept for Celery compatibility; times are always UTC"),
-    # tasks
-    "task_default_queue": Setting("default", _str(), "Queue of tasks with no route"),
-    "task_routes": Setting({}, _routes, "Task name or glob -> queue name or {'queue': ...}"),
-    "task_default_priority": Setting(5, _int(0, 9), "Priority 0-9; 9 is served first"),
-    "task_acks_late": Setting(True, _bool, "Ack after the task finished (at-least-once)"),
-    "task_time_limit": Setting(None, _optional_seconds, "Hard time limit (process killed)"),
-    "task_soft_time_limit": Setting(None, _optional_seconds, "Soft limit: SoftTimeLimitExceeded"),
-    "task_always_eager": Setting(False, _bool, "Run delay() inline (tests); args still serialized"),
-    "task_eager_propagates": Setting(False, _bool, "Eager failures raise at the call site"),
-    "task_ignore_result": Setting(False, _bool, "Do not store results by default"),
-    "task_enqueue_on_commit": Setting(False, _bool, "Inside a Django atomic block, send on commit"),
-    "task_serializer": Setting("json", _json_only, "Only 'json' (Celery compatibility)"),
-    "result_serializer": Setting("json", _json_only, "Only 'json' (Celery compatibility)"),
-    "accept_content": Setting(["json"], _json_only, "Only ['json'] (Celery compatibility)"),
-    "imports": Setting([], _strings, "Modules to import when the worker starts"),
-    "include": Setting([], _strings, "Alias of imports (Celery compatibility)"),
-    # worker
-    "worker_concurrency": Setting(None, _int(1, optional=True), "Child processes; default CPUs"),
-    "worker_threads": Setting(1, _int(1), "Threads per child for sync tasks"),
-    "worker_prefetch_multiplier": Setting(1, _int(1), "Messages leased per free slot"),
-    "worker_max_tasks_per_child": Setting(None, _int(1, optional=True), "Recycle child after N"),
-    "worker_max_memory_per_child": Setting(None, _int(1, optional=True), "Recycle child over KiB"),
-    "worker_shutdown_timeout": Setting(30.0, _positive_seconds, "Warm shutdown grace period"),
-    "worker_log_tasks": Setting(True, _bool, "One log line per task outcome"),
-    "worker_started_delay": Setting(
-        0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
-    ),
-    "task_track_started": Setting(
-        False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
-    ),
-    # beat
-    "beat_schedule": Setting({}, _mapping, "Periodic tasks: {name: {'task', 'schedule', ...}}"),
-}
+class Setting[T]:
+    """One setting of :class:`Settings`: its default, how a configured value is checked
+    (and converted to ``T``), and a line of documentation. Reading it on a ``Settings``
+    instance gives the configured value, or the default."""
 
+    __slots__ = ("check", "default", "doc", "name")
 
-def closest_setting(name: str) -> str:
-    matches = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.5)
-    return f"; did you mean {matches[0]!r}?" if matches else ""
+    def __init__(self, default: T, check: Check[T], doc: str) -> None:
+        self.default = default
+        self.check = check
+        self.doc = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, settings: None, owner: type | None = None) -> Setting[T]: ...
+    @overload
+    def __get__(self, settings: Settings, owner: type | None = None) -> T: ...
+    def __get__(self, settings: Settings | None, owner: type | None = None) -> T | Setting[T]:
+        if settings is None:
+            return self
+        env = ENV_OVERRIDES.get(self.name)
+        if env and (override := os.environ.get(env)):
+            return cast(T, override)  # only str-valued settings have overrides
+        values = settings._values
+        if self.name in values:
+            return cast(T, values[self.name])
+        default = self.default
+        if isinstance(default, dict | list):
+            # Each app gets its own copy of a mutable default, made once (reads are hot).
+            copies = settings._defaults
+            if self.name not in copies:
+                copies[self.name] = type(default)(default)
+            return cast(T, copies[self.name])
+        return default
+
+    def __set__(self, settings: Settings, value: object) -> None:
+        settings._values[self.name] = self.check(self.name, value)
 
 
 class Settings:
-    """The app's configuration. Read and write settings as attributes or items."""
+    """The app's configuration, typed: read and write settings as attributes or items.
+
+    Names follow Celery's lowercase settings. Every value is checked when it is set; an
+    unknown name is an error naming the closest known one.
+    """
 
     __slots__ = ("_defaults", "_values")
+    _values: dict[str, object]  # what was set, checked
+    _defaults: dict[str, object]  # this app's copies of mutable defaults
 
-    def __init__(self, **values: Any) -> None:
+    # where messages and results live
+    broker_url = Setting[str | None](
+        None, _optional_str, "Broker URL; default: SQLite file ./conveyor.sqlite3"
+    )
+    result_backend = Setting[str | None](
+        None, _optional_str, "Result store URL; default: the broker's"
+    )
+    result_expires = Setting[float | None](
+        86400.0, _seconds, "Seconds results are kept (None: forever)"
+    )
+    result_extended = Setting(False, _bool, "Also store name, args, kwargs, worker, queue")
+    broker_transport_options = Setting[dict[str, Any]](
+        {}, _mapping, "Broker options, e.g. {'key_prefix': 'x'}"
+    )
+    broker_lease_timeout = Setting(30.0, _positive_seconds, "Lease length; renewed by heartbeat")
+    broker_sweep_interval = Setting(
+        5.0, _positive_seconds, "How often workers return expired leases"
+    )
+    task_max_deliveries = Setting(4, _int(1), "Deliveries before a message is dead-lettered")
+    message_max_bytes = Setting(256 * 1024, _int(1024), "Largest encoded message accepted")
+    revoke_expires = Setting(7 * 86400.0, _positive_seconds, "Seconds a revocation is remembered")
+    # time
+    timezone = Setting("UTC", _timezone, "IANA time zone for crontab schedules")
+    enable_utc = Setting(True, _bool, "Kept for Celery compatibility; times are always UTC")
+    # tasks
+    task_default_queue = Setting("default", _str, "Queue of tasks with no route")
+    task_routes = Setting[Routes]({}, _routes, "Task name or glob -> queue name or {'queue': ...}")
+    task_default_priority = Setting(5, _int(0, 9), "Priority 0-9; 9 is served first")
+    task_acks_late = Setting(True, _bool, "Ack after the task finished (at-least-once)")
+    task_time_limit = Setting[float | None](None, _seconds, "Hard time limit (process killed)")
+    task_soft_time_limit = Setting[float | None](
+        None, _seconds, "Soft limit: SoftTimeLimitExceeded"
+    )
+    task_always_eager = Setting(False, _bool, "Run delay() inline (tests); args still serialized")
+    task_eager_propagates = Setting(False, _bool, "Eager failures raise at the call site")
+    task_ignore_result = Setting(False, _bool, "Do not store results by default")
+    task_enqueue_on_commit = Setting(False, _bool, "Inside a Django atomic block, send on commit")
+    task_serializer = Setting("json", _serializer, "Only 'json' (Celery compatibility)")
+    result_serializer = Setting("json", _serializer, "Only 'json' (Celery compatibility)")
+    accept_content = Setting(["json"], _content_types, "Only ['json'] (Celery compatibility)")
+    imports = Setting[list[str]]([], _strings, "Modules to import when the worker starts")
+    include = Setting[list[str]]([], _strings, "Alias of imports (Celery compatibility)")
+    # worker
+    worker_concurrency = Setting[int | None](
+        None, _optional_int(1), "Child processes; default CPUs"
+    )
+    worker_threads = Setting(1, _int(1), "Threads per child for sync tasks")
+    worker_prefetch_multiplier = Setting(1, _int(1), "Messages leased per free slot")
+    worker_max_tasks_per_child = Setting[int | None](
+        None, _optional_int(1), "Recycle child after N"
+    )
+    worker_max_memory_per_child = Setting[int | None](
+        None, _optional_int(1), "Recycle child over KiB"
+    )
+    worker_shutdown_timeout = Setting(30.0, _positive_seconds, "Warm shutdown grace period")
+    worker_log_tasks = Setting(True, _bool, "One log line per task outcome")
+    worker_started_delay = Setting(
+        0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
+    )
+    task_track_started = Setting(
+        False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
+    )
+    # beat
+    beat_schedule = Setting[dict[str, Any]](
+        {}, _mapping, "Periodic tasks: {name: {'task', 'schedule', ...}}"
+    )
+
+    def __init__(self, **values: object) -> None:
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "_defaults", {})
         self.update(values)
 
-    def _validated(self, name: str, value: Any) -> Any:
-        setting = SETTINGS.get(name)
-        if setting is None:
-            raise ConfigurationError(f"unknown setting {name!r}{closest_setting(name)}")
-        return setting.check(name, value)
+    if not TYPE_CHECKING:  # unknown names are type errors too, not Any
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        env = ENV_OVERRIDES.get(name)
-        if env and os.environ.get(env):
-            return os.environ[env]
-        values: dict[str, Any] = object.__getattribute__(self, "_values")
-        if name in values:
-            return values[name]
-        setting = SETTINGS.get(name)
-        if setting is None:
+        def __getattr__(self, name: str) -> object:
             raise AttributeError(f"unknown setting {name!r}{closest_setting(name)}")
-        default = setting.default
-        if isinstance(default, dict | list):
-            # Each app gets its own copy of a mutable default, made once (reads are hot).
-            defaults: dict[str, Any] = object.__getattribute__(self, "_defaults")
-            if name not in defaults:
-                defaults[name] = type(default)(default)
-            return defaults[name]
-        return default
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        self._values[name] = self._validated(name, value)
+    def __setattr__(self, name: str, value: object) -> None:
+        _setting(name).__set__(self, value)
 
-    def __getitem__(self, name: str) -> Any:
-        try:
-            return getattr(self, name)
-        except AttributeError as exc:
-            raise KeyError(str(exc)) from None
+    def __getitem__(self, name: str) -> object:
+        if name not in SETTINGS:
+            raise KeyError(f"unknown setting {name!r}{closest_setting(name)}")
+        return getattr(self, name)
 
-    def __setitem__(self, name: str, value: Any) -> None:
+    def __setitem__(self, name: str, value: object) -> None:
         setattr(self, name, value)
 
     def __contains__(self, name: object) -> bool:
@@ -274,21 +322,39 @@ class Settings:
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)
 
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, name: str, default: object = None) -> object:
         return getattr(self, name) if name in SETTINGS else default
 
-    def update(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+    def update(self, values: Mapping[str, object] | None = None, /, **more: object) -> None:
         """Set several settings; all are validated before any is applied."""
         merged = {**(values or {}), **more}
-        checked = {name: self._validated(name, value) for name, value in merged.items()}
+        checked = {name: _setting(name).check(name, value) for name, value in merged.items()}
         self._values.update(checked)
 
-    def explicit(self) -> dict[str, Any]:
+    def explicit(self) -> dict[str, object]:
         """Settings that were set (not defaults)."""
         return dict(self._values)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in SETTINGS}
+
+
+#: Every setting by name (the class attributes of :class:`Settings`).
+SETTINGS: dict[str, Setting[Any]] = {
+    name: value for name, value in vars(Settings).items() if isinstance(value, Setting)
+}
+
+
+def _setting(name: str) -> Setting[Any]:
+    setting = SETTINGS.get(name)
+    if setting is None:
+        raise ConfigurationError(f"unknown setting {name!r}{closest_setting(name)}")
+    return setting
+
+
+def closest_setting(name: str) -> str:
+    matches = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.5)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
 
 
 def load_object(source: str) -> Any:

@@ -135,7 +135,7 @@ def test_pytest_plugin_fixtures(conveyor_app: Conveyor, conveyor_worker: TestWor
 
 
 def test_typing_of_tasks(tmp_path: Path) -> None:
-    """``delay`` is checked against the function's signature and ``get()`` is typed."""
+    """``delay`` is checked against the function's signature, ``get()`` and settings are typed."""
     source = textwrap.dedent(
         """
         from conveyor import Conveyor
@@ -154,6 +154,10 @@ def test_typing_of_tasks(tmp_path: Path) -> None:
         data: bytes = fetch.delay("u").get()
         add.delay(1, "x")
         wrong: str = add.delay(1, 2).get()
+        lease: float = app.conf.broker_lease_timeout
+        limit: float | None = app.conf.task_time_limit
+        queue: int = app.conf.task_default_queue
+        app.conf.brokr_url
         """
     )
     target = tmp_path / "typed_usage.py"
@@ -175,8 +179,11 @@ def test_typing_of_tasks(tmp_path: Path) -> None:
         check=False,
     )
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 2, proc.stdout
+    assert len(errors) == 4, proc.stdout
     assert (
         'Argument 2 to "delay" of "Task" has incompatible type "str"; expected "int"' in errors[0]
     )
     assert "wrong" in source.splitlines()[int(errors[1].split(":")[1]) - 1]
+    # Settings are typed: a read has the setting's type, an unknown name is an error.
+    assert 'expression has type "str", variable has type "int"' in errors[2]
+    assert '"Settings" has no attribute "brokr_url"' in errors[3]

@@ -6,20 +6,17 @@ import importlib
 import importlib.util
 import logging
 import threading
-import time
-import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from . import states
 from .brokers import create_broker
-from .brokers.base import Broker, BrokerOptions, Message, queue_matches, redact_url
+from .brokers.base import Broker, BrokerOptions, Message, redact_url
+from .calling import build_call, encode_call, route
 from .canvas import Signature, as_signature
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
-from .message import Envelope, encode_arguments, encode_envelope
+from .message import Envelope
 from .middleware import Hooks, Middleware, call_each
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
@@ -37,37 +34,6 @@ logger = logging.getLogger("conveyor")
 _apps: list[weakref.ref[Conveyor]] = []
 _default: weakref.ref[Conveyor] | None = None
 _apps_lock = threading.Lock()
-
-#: Options accepted by ``apply_async`` / ``send_task``.
-CALL_OPTIONS = frozenset(
-    {
-        "countdown",
-        "eta",
-        "expires",
-        "queue",
-        "routing_key",
-        "priority",
-        "task_id",
-        "headers",
-        "link",
-        "link_error",
-        "ignore_result",
-        "time_limit",
-        "soft_time_limit",
-        "retries",
-        "parent_id",
-        "root_id",
-        "group_id",
-        "group_index",
-        "group_size",
-        "chord",
-        "acks_late",
-        "on_commit",
-        "shadow",
-        "serializer",
-        "exchange",
-    }
-)
 
 
 def registered_apps() -> list[Conveyor]:
@@ -366,24 +332,8 @@ class Conveyor:
 
     # -- sending -------------------------------------------------------------------------
     def route(self, name: str, task: Task[Any, Any] | None = None) -> str:
-        """The queue for task ``name``: ``task_routes`` (exact name, then globs), the task's
-        ``queue`` option, then ``task_default_queue``."""
-        routes = self.conf.task_routes
-        tables = routes if isinstance(routes, list) else [routes]
-        for table in tables:
-            if callable(table):
-                found = table(name)
-                if found:
-                    return _queue_of(found)
-                continue
-            if name in table:
-                return _queue_of(table[name])
-            for pattern, target in table.items():
-                if queue_matches(pattern, name):
-                    return _queue_of(target)
-        if task is not None and task.queue:
-            return task.queue
-        return str(self.conf.task_default_queue)
+        """The queue for task ``name`` (see :func:`conveyor.calling.route`)."""
+        return route(self.conf, name, task)
 
     def send_task(
         self,
@@ -475,101 +425,16 @@ class Conveyor:
         options: dict[str, Any],
         task: Task[Any, Any] | None = None,
     ) -> tuple[Envelope, Message, ResultRecord | None]:
-        """Build and encode the envelope for one call (validates everything, sends nothing)."""
-        unknown = set(options) - CALL_OPTIONS
-        if unknown:
-            raise ConfigurationError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
-        if isinstance(args, str | bytes) or (args is not None and not isinstance(args, Sequence)):
-            raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
-        tagged_args, tagged_kwargs = encode_arguments(name, args, kwargs)
-        conf = self.conf
-        now = time.time()
-        queue = options.get("queue") or options.get("routing_key") or self.route(name, task)
-        priority = _pick(
-            options.get("priority"), task.priority if task else None, conf.task_default_priority
-        )
-        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-            raise ConfigurationError(f"priority must be an integer 0-9 (9 first), got {priority!r}")
-        countdown = float(options.get("countdown") or 0.0)
-        eta = _timestamp(options.get("eta"), "eta")
-        if eta is None and countdown > 0:
-            eta_info: float | None = now + countdown
-        else:
-            eta_info = eta
-        expires_opt = options.get("expires", task.expires if task else None)
-        expires = _expires_at(expires_opt, now)
+        """Build and encode the envelope for one call (validates everything, sends nothing
+        but the publish middleware sees it)."""
         parent = current_request()
-        task_id = str(options.get("task_id") or uuid.uuid4())
-        parent_id = options.get("parent_id") or (parent.id if parent else None)
-        root_id = (
-            options.get("root_id") or (parent.root_id or parent.id if parent else None) or task_id
-        )
-        ignore_result = bool(
-            _pick(
-                options.get("ignore_result"),
-                task.ignore_result if task else None,
-                conf.task_ignore_result,
-            )
-        )
-        acks_late = bool(
-            _pick(options.get("acks_late"), task.acks_late if task else None, conf.task_acks_late)
-        )
-        headers = dict(options.get("headers") or {})
-        envelope = Envelope(
-            id=task_id,
-            task=name,
-            args=tagged_args,
-            kwargs=tagged_kwargs,
-            queue=queue,
-            priority=priority,
-            eta=eta_info,
-            expires=expires,
-            retries=int(options.get("retries") or 0),
-            root_id=root_id,
-            parent_id=parent_id,
-            group_id=options.get("group_id"),
-            group_index=options.get("group_index"),
-            group_size=options.get("group_size"),
-            chord=options.get("chord"),
-            callbacks=[as_signature(s, self).to_dict() for s in _listify(options.get("link"))],
-            errbacks=[as_signature(s, self).to_dict() for s in _listify(options.get("link_error"))],
-            headers=headers,  # tagged below, after the publish hooks saw them
-            time_limit=_pick(
-                options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
-            ),
-            soft_time_limit=_pick(
-                options.get("soft_time_limit"),
-                task.soft_time_limit if task else None,
-                conf.task_soft_time_limit,
-            ),
-            ignore_result=ignore_result,
-            acks_late=acks_late,
-            created_at=now,
-        )
+        call = build_call(self, name, args, kwargs, options, task, parent)
         if self.hooks.before_publish:
-            call_each(self.hooks.before_publish, self, envelope)
-        envelope.headers = _tagged_headers(name, envelope.headers)
-        body = encode_envelope(envelope, conf.message_max_bytes)
-        message = Message(envelope.id, queue, body, priority, countdown, eta)
+            call_each(self.hooks.before_publish, self, call.envelope)
+        message, record = encode_call(call, self.conf)
         if parent is not None:
-            parent.children.append(task_id)
-        record = None
-        if not ignore_result:
-            record = ResultRecord(
-                id=task_id,
-                state=states.QUEUED,
-                name=name,
-                queue=queue,
-                created_at=now,
-                parent_id=parent_id,
-                root_id=root_id,
-                group_id=envelope.group_id,
-                periodic_entry=headers.get("periodic_entry"),
-            )
-            if conf.result_extended:
-                record.args = tagged_args
-                record.kwargs = tagged_kwargs
-        return envelope, message, record
+            parent.children.append(call.envelope.id)
+        return call.envelope, message, record
 
     def signature(
         self,
@@ -611,55 +476,6 @@ class Conveyor:
         from .worker.consumer import Worker
 
         return Worker(self, **options)
-
-
-def _pick(*values: Any) -> Any:
-    for value in values:
-        if value is not None:
-            return value
-    return None
-
-
-def _listify(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _queue_of(target: Any) -> str:
-    if isinstance(target, str):
-        return target
-    if isinstance(target, dict) and isinstance(target.get("queue"), str):
-        return str(target["queue"])
-    raise ConfigurationError(f"a route must name a queue or be {{'queue': name}}, got {target!r}")
-
-
-def _timestamp(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)  # naive datetimes are taken as UTC
-        return float(value.timestamp())
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigurationError(f"{what} must be a datetime, got {value!r}")
-
-
-def _expires_at(value: Any, now: float) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return now + value.total_seconds()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return now + float(value)
-    return _timestamp(value, "expires")
-
-
-def _tagged_headers(name: str, headers: dict[str, Any]) -> dict[str, Any]:
-    from .message import to_json_value
-
-    return {str(k): to_json_value(v, f"header {k!r} of {name}") for k, v in headers.items()}
 
 
 def _django_app_modules() -> list[str]:

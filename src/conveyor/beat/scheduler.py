@@ -86,7 +86,7 @@ class Entry:
     @classmethod
     def from_config(cls, name: str, spec: Any) -> Entry:
         """Validate one ``beat_schedule`` item; raise InvalidSchedule naming the entry."""
-        from ..app import CALL_OPTIONS
+        from ..calling import CALL_OPTIONS
 
         where = f"beat_schedule[{name!r}]"
         if not isinstance(name, str) or not name:

@@ -1,0 +1,242 @@
+"""From a call to a message: validate the options, route, build and encode the envelope.
+
+Nothing here sends anything or changes any state: :meth:`Conveyor.send_task` and
+:meth:`Conveyor.send_many` call :func:`build_call`, let the publish middleware see the
+envelope, then :func:`encode_call` and publish. A value that is not JSON, an unknown option
+or a bad priority raises here, at the call site, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import states
+from .brokers.base import Message, queue_matches
+from .canvas import as_signature
+from .config import RouteTarget, Settings
+from .exceptions import ConfigurationError
+from .message import Envelope, encode_arguments, encode_envelope, to_json_value
+from .results.base import ResultRecord
+from .task import Request, Task
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+
+#: Options accepted by ``apply_async`` / ``send_task``.
+CALL_OPTIONS = frozenset(
+    {
+        "countdown",
+        "eta",
+        "expires",
+        "queue",
+        "routing_key",
+        "priority",
+        "task_id",
+        "headers",
+        "link",
+        "link_error",
+        "ignore_result",
+        "time_limit",
+        "soft_time_limit",
+        "retries",
+        "parent_id",
+        "root_id",
+        "group_id",
+        "group_index",
+        "group_size",
+        "chord",
+        "acks_late",
+        "on_commit",
+        "shadow",
+        "serializer",
+        "exchange",
+    }
+)
+
+
+@dataclass(slots=True)
+class Call:
+    """One call, validated and routed, not yet encoded. ``countdown`` (seconds on the
+    broker's clock) and ``eta`` (a POSIX time) tell the broker when it is due."""
+
+    envelope: Envelope
+    countdown: float
+    eta: float | None
+
+
+def route(conf: Settings, name: str, task: Task[Any, Any] | None = None) -> str:
+    """The queue for task ``name``: ``task_routes`` (exact name, then globs), the task's
+    ``queue`` option, then ``task_default_queue``."""
+    routes = conf.task_routes
+    tables = routes if isinstance(routes, list) else [routes]
+    for table in tables:
+        if not isinstance(table, Mapping):
+            found = table(name)
+            if found:
+                return _queue_of(found)
+            continue
+        if name in table:
+            return _queue_of(table[name])
+        for pattern, target in table.items():
+            if queue_matches(pattern, name):
+                return _queue_of(target)
+    if task is not None and task.queue:
+        return task.queue
+    return conf.task_default_queue
+
+
+def build_call(
+    app: Conveyor,
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: dict[str, Any] | None,
+    options: Mapping[str, Any],
+    task: Task[Any, Any] | None = None,
+    parent: Request | None = None,
+) -> Call:
+    """Validate a call of task ``name`` (sent from inside task ``parent``, if any) and build
+    its envelope. Headers stay as given, for the publish middleware; :func:`encode_call`
+    tags them."""
+    unknown = set(options) - CALL_OPTIONS
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+    if isinstance(args, str | bytes) or (args is not None and not isinstance(args, Sequence)):
+        raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
+    tagged_args, tagged_kwargs = encode_arguments(name, args, kwargs)
+    conf = app.conf
+    now = time.time()
+    queue = options.get("queue") or options.get("routing_key") or route(conf, name, task)
+    priority = _pick(
+        options.get("priority"), task.priority if task else None, conf.task_default_priority
+    )
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+        raise ConfigurationError(f"priority must be an integer 0-9 (9 first), got {priority!r}")
+    countdown = float(options.get("countdown") or 0.0)
+    eta = _timestamp(options.get("eta"), "eta")
+    due = now + countdown if eta is None and countdown > 0 else eta
+    expires = _expires_at(options.get("expires", task.expires if task else None), now)
+    task_id = str(options.get("task_id") or uuid.uuid4())
+    parent_id = options.get("parent_id") or (parent.id if parent else None)
+    root_id = options.get("root_id") or (parent.root_id or parent.id if parent else None) or task_id
+    ignore_result = bool(
+        _pick(
+            options.get("ignore_result"),
+            task.ignore_result if task else None,
+            conf.task_ignore_result,
+        )
+    )
+    acks_late = bool(
+        _pick(options.get("acks_late"), task.acks_late if task else None, conf.task_acks_late)
+    )
+    envelope = Envelope(
+        id=task_id,
+        task=name,
+        args=tagged_args,
+        kwargs=tagged_kwargs,
+        queue=queue,
+        priority=priority,
+        eta=due,
+        expires=expires,
+        retries=int(options.get("retries") or 0),
+        root_id=root_id,
+        parent_id=parent_id,
+        group_id=options.get("group_id"),
+        group_index=options.get("group_index"),
+        group_size=options.get("group_size"),
+        chord=options.get("chord"),
+        callbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link"))],
+        errbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link_error"))],
+        headers=dict(options.get("headers") or {}),
+        time_limit=_pick(
+            options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
+        ),
+        soft_time_limit=_pick(
+            options.get("soft_time_limit"),
+            task.soft_time_limit if task else None,
+            conf.task_soft_time_limit,
+        ),
+        ignore_result=ignore_result,
+        acks_late=acks_late,
+        created_at=now,
+    )
+    return Call(envelope, countdown, eta)
+
+
+def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | None]:
+    """Encode ``call`` into the message to publish and its QUEUED record (None when the
+    task ignores its result). Tags the envelope's headers."""
+    envelope = call.envelope
+    periodic_entry = envelope.headers.get("periodic_entry")
+    envelope.headers = {
+        str(k): to_json_value(v, f"header {k!r} of {envelope.task}")
+        for k, v in envelope.headers.items()
+    }
+    body = encode_envelope(envelope, conf.message_max_bytes)
+    message = Message(
+        envelope.id, envelope.queue, body, envelope.priority, call.countdown, call.eta
+    )
+    if envelope.ignore_result:
+        return message, None
+    record = ResultRecord(
+        id=envelope.id,
+        state=states.QUEUED,
+        name=envelope.task,
+        queue=envelope.queue,
+        created_at=envelope.created_at,
+        parent_id=envelope.parent_id,
+        root_id=envelope.root_id,
+        group_id=envelope.group_id,
+        periodic_entry=periodic_entry,
+    )
+    if conf.result_extended:
+        record.args = envelope.args
+        record.kwargs = envelope.kwargs
+    return message, record
+
+
+def _pick(*values: Any) -> Any:
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def _listify(value: object) -> list[object]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _queue_of(target: RouteTarget) -> str:
+    if isinstance(target, str):
+        return target
+    if isinstance(target, Mapping) and isinstance(queue := target.get("queue"), str):
+        return queue
+    raise ConfigurationError(f"a route must name a queue or be {{'queue': name}}, got {target!r}")
+
+
+def _timestamp(value: object, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # naive datetimes are taken as UTC
+        return float(value.timestamp())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(f"{what} must be a datetime, got {value!r}")
+
+
+def _expires_at(value: object, now: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return now + value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return now + float(value)
+    return _timestamp(value, "expires")

@@ -8,12 +8,13 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from . import states
+from . import _state, states
+from ._state import default_app as default_app
+from ._state import registered_apps as registered_apps
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, queue_matches, redact_url
 from .canvas import Signature, as_signature
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("conveyor")
-
-_apps: list[weakref.ref[Conveyor]] = []
-_default: weakref.ref[Conveyor] | None = None
-_apps_lock = threading.Lock()
 
 #: Options accepted by ``apply_async`` / ``send_task``.
 CALL_OPTIONS = frozenset(
@@ -66,24 +63,6 @@ CALL_OPTIONS = frozenset(
         "exchange",
     }
 )
-
-
-def registered_apps() -> list[Conveyor]:
-    """Apps alive in this process, oldest first."""
-    with _apps_lock:
-        return [app for ref in _apps if (app := ref()) is not None]
-
-
-def default_app() -> Conveyor:
-    """The app shared tasks and bare ``AsyncResult(id)`` use: the last one created
-    (or the one given ``set_as_default=True`` most recently)."""
-    app = _default() if _default is not None else None
-    if app is None:
-        raise ConfigurationError(
-            "no Conveyor app exists yet: create one with Conveyor('proj') before using "
-            "shared tasks or AsyncResult without app="
-        )
-    return app
 
 
 class Signal:
@@ -137,7 +116,6 @@ class Conveyor:
         set_as_default: bool = True,
         **settings: Any,
     ) -> None:
-        global _default
         self.main = main
         self.conf = Settings(**settings)
         if broker is not None:
@@ -166,20 +144,14 @@ class Conveyor:
         ] = []
         for task in shared_tasks():
             self.register(task, shared=True)
-        with _apps_lock:
-            _apps[:] = [ref for ref in _apps if ref() is not None]
-            _apps.append(weakref.ref(self))
-            if set_as_default:
-                _default = weakref.ref(self)
+        _state.add_app(self, default=set_as_default)
         app_created.send(sender=self)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.main or '__main__'} broker={redact_url(self.broker_url)}>"
 
     def set_default(self) -> None:
-        global _default
-        with _apps_lock:
-            _default = weakref.ref(self)
+        _state.set_default_app(self)
 
     # -- configuration -------------------------------------------------------------------
     def config_from_object(

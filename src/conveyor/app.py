@@ -17,7 +17,7 @@ from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, queue_matches, redact_url
-from .canvas import Signature, as_signature
+from .canvas import Signature, as_signature, register_builtin_tasks
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope, encode_arguments, encode_envelope
@@ -142,6 +142,7 @@ class Conveyor:
         self._autodiscover: list[
             tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str]
         ] = []
+        register_builtin_tasks(self)
         for task in shared_tasks():
             self.register(task, shared=True)
         _state.add_app(self, default=set_as_default)

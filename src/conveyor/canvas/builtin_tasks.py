@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 def register_builtin_tasks(app: Conveyor) -> None:
+    """Register ``conveyor.map`` and ``conveyor.starmap`` with ``app`` (done on creation)."""
     app.register(Task(_map, app, name="conveyor.map"))
     app.register(Task(_starmap, app, name="conveyor.starmap"))
 

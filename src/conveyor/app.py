@@ -6,14 +6,16 @@ import importlib
 import importlib.util
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from . import _state
+from ._state import default_app as default_app
+from ._state import registered_apps as registered_apps
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, route
-from .canvas import Signature, as_signature
+from .canvas import Signature, as_signature, register_builtin_tasks
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope
@@ -30,28 +32,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("conveyor")
-
-_apps: list[weakref.ref[Conveyor]] = []
-_default: weakref.ref[Conveyor] | None = None
-_apps_lock = threading.Lock()
-
-
-def registered_apps() -> list[Conveyor]:
-    """Apps alive in this process, oldest first."""
-    with _apps_lock:
-        return [app for ref in _apps if (app := ref()) is not None]
-
-
-def default_app() -> Conveyor:
-    """The app shared tasks and bare ``AsyncResult(id)`` use: the last one created
-    (or the one given ``set_as_default=True`` most recently)."""
-    app = _default() if _default is not None else None
-    if app is None:
-        raise ConfigurationError(
-            "no Conveyor app exists yet: create one with Conveyor('proj') before using "
-            "shared tasks or AsyncResult without app="
-        )
-    return app
 
 
 class Signal:
@@ -106,7 +86,6 @@ class Conveyor:
         set_as_default: bool = True,
         **settings: Any,
     ) -> None:
-        global _default
         self.main = main
         self.conf = Settings(**settings)
         if broker is not None:
@@ -137,22 +116,17 @@ class Conveyor:
         self._autodiscover: list[
             tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str]
         ] = []
+        register_builtin_tasks(self)
         for task in shared_tasks():
             self.register(task, shared=True)
-        with _apps_lock:
-            _apps[:] = [ref for ref in _apps if ref() is not None]
-            _apps.append(weakref.ref(self))
-            if set_as_default:
-                _default = weakref.ref(self)
+        _state.add_app(self, default=set_as_default)
         app_created.send(sender=self)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.main or '__main__'} broker={redact_url(self.broker_url)}>"
 
     def set_default(self) -> None:
-        global _default
-        with _apps_lock:
-            _default = weakref.ref(self)
+        _state.set_default_app(self)
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add ``middleware`` after the existing ones. Workers started before this call

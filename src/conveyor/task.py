@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from . import states
+from . import _state, states
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
@@ -192,9 +192,7 @@ class Task(Generic[P, R]):
     def app(self) -> Conveyor:
         """The app this task belongs to; shared tasks bind to the default app at first use."""
         if self._app is None:
-            from .app import default_app
-
-            self._app = default_app()
+            self._app = _state.default_app()
             self._app.register(self)
         return self._app
 
@@ -458,9 +456,7 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         base: type[Task[Any, Any]] = options.pop("base", None) or Task
         task = base(func, None, **options)
         _shared_tasks.append(task)
-        from .app import registered_apps
-
-        for app in registered_apps():
+        for app in _state.registered_apps():
             app.register(task, shared=True)
         return task
 

@@ -1,0 +1,56 @@
+"""The built-in tasks ``conveyor.map`` and ``conveyor.starmap`` that :class:`~.mapping.xmap`
+and :class:`~.mapping.xstarmap` (and so ``chunks``) send. Every app registers them when it
+is created (:func:`register_builtin_tasks`), so any worker can run them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import _state
+from ..exceptions import ConfigurationError, NotRegistered
+from ..task import Task
+from .signature import Signature
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+
+def register_builtin_tasks(app: Conveyor) -> None:
+    """Register ``conveyor.map`` and ``conveyor.starmap`` with ``app`` (done on creation)."""
+    app.register(Task(_map, app, name="conveyor.map"))
+    app.register(Task(_starmap, app, name="conveyor.starmap"))
+
+
+def _map(task: dict[str, Any], it: list[Any]) -> list[Any]:
+    sig = Signature.from_dict(task)
+    target = _find_task(sig.task)
+    return [_call(target, (item, *sig.args), sig.kwargs) for item in it]
+
+
+def _starmap(task: dict[str, Any], it: list[list[Any]]) -> list[Any]:
+    sig = Signature.from_dict(task)
+    target = _find_task(sig.task)
+    return [_call(target, (*item, *sig.args), sig.kwargs) for item in it]
+
+
+def _find_task(name: str) -> Task[Any, Any]:
+    """The task ``name`` of the default app, else of the oldest app that has one."""
+    apps = _state.registered_apps()
+    with contextlib.suppress(ConfigurationError):
+        apps.insert(0, _state.default_app())
+    for app in apps:
+        task = app.tasks.get(name)
+        if task is not None:
+            return task
+    raise NotRegistered(name)
+
+
+def _call(task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    value = task(*args, **kwargs)
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    return value

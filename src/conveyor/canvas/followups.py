@@ -1,0 +1,219 @@
+"""What a worker does after a task finished (its result is stored): send its ``link``
+callbacks or ``link_error`` errbacks, record the tasks that will never run, and join the
+chord it belongs to, sending the chord's body when the header is complete.
+
+Every id sent here is derived from the finished task's id (:func:`followup_id`), so doing
+this again for a redelivered task sends the same tasks again, which the worker's run-once
+guard then skips.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..exceptions import BrokerError, ResultStoreError
+from ..message import Envelope, from_json_value
+from ..results.base import ResultRecord
+from . import chords
+from .base import Workflow
+from .plan import SendPlan
+from .signature import IdFactory, Signature, as_signature, listify
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.canvas")
+
+
+def followup_ids(task_id: str, kind: str, index: int) -> IdFactory:
+    """Ids for the ``index``-th ``kind`` (``"link"`` / ``"errback"``) follow-up of
+    ``task_id`` and the tasks inside it: they depend only on these and the position."""
+    seed = f"{task_id}:{kind}:{index}"
+    return lambda path: str(uuid.uuid5(uuid.NAMESPACE_URL, f"conveyor:{seed}{path}"))
+
+
+def followup_id(task_id: str, kind: str, index: int) -> str:
+    """The deterministic id of the ``index``-th ``kind`` follow-up of ``task_id``."""
+    return followup_ids(task_id, kind, index)("")
+
+
+def on_task_finished(app: Conveyor, envelope: Envelope, state: str, value: Any) -> None:
+    """Follow-ups of a finished task: ``link`` callbacks with the result (SUCCESS); otherwise
+    ``link_error`` errbacks (FAILURE) with ``(task_id, {"type", "message"})`` - plus the
+    traceback text for handlers that require a third argument - and the tasks its callbacks
+    would have started are marked as not run; then the chord join, if it is a header task.
+
+    Safe to run more than once for one task (a redelivery): every id sent is deterministic
+    and the chord join is an idempotent set-add."""
+    if not (envelope.callbacks or envelope.errbacks or envelope.chord):
+        return
+    _retrying(lambda: _settle(app, envelope, state, value))
+
+
+def _settle(app: Conveyor, envelope: Envelope, state: str, value: Any) -> None:
+    task_id = envelope.id
+    if state == states.SUCCESS:
+        result = from_json_value(value)
+        plan = SendPlan(app, once=True, parent_id=task_id, root_id=envelope.root_id)
+        for index, data in enumerate(envelope.callbacks):
+            sig = Signature.from_dict(data, app)
+            sig._freeze(followup_ids(task_id, "link", index), "", {})
+            plan.add(sig, (result,))
+        plan.send()
+    else:
+        if state == states.FAILURE:
+            _send_errbacks(app, task_id, envelope.root_id, envelope.errbacks, value)
+        if envelope.callbacks:
+            note = f"not run: {envelope.task}[{task_id}] before it ended in {state}"
+            callbacks = [Signature.from_dict(data, app) for data in envelope.callbacks]
+            _mark_not_run(app, callbacks, state, value, note)
+    if envelope.chord:
+        _join_chord(app, envelope.chord, task_id)
+
+
+def _send_errbacks(
+    app: Conveyor,
+    task_id: str,
+    root_id: str | None,
+    errbacks: Sequence[Any],
+    info: Any,
+    traceback: str | None = None,
+) -> None:
+    """Send ``errbacks`` of the failed task ``task_id`` with ``(task_id, info)``; the
+    traceback (fetched once, if not given) goes to those that require a third argument."""
+    if not errbacks:
+        return
+    plan = SendPlan(app, once=True, parent_id=task_id, root_id=root_id)
+    info = {k: v for k, v in from_json_value(info).items() if k != "args"}
+    fetched = traceback is not None
+    for index, data in enumerate(errbacks):
+        sig = as_signature(data, app)
+        sig._freeze(followup_ids(task_id, "errback", index), "", {})
+        args: tuple[Any, ...] = (task_id, info)
+        if _wants_traceback(app, sig):
+            if not fetched:
+                record = app.results.get(task_id)
+                traceback, fetched = (record.traceback if record else None), True
+            args += (traceback,)
+        plan.add(sig, args)
+    plan.send()
+
+
+def _wants_traceback(app: Conveyor, sig: Signature) -> bool:
+    """True for an errback whose function requires a third argument (Celery's
+    ``on_failure(task_id, exc, traceback)`` style)."""
+    if isinstance(sig, Workflow) or sig.immutable:
+        return False
+    task = app.tasks.get(sig.task)
+    if task is None:
+        return False
+    try:
+        params = inspect.signature(task.fn)
+    except (TypeError, ValueError):
+        return False
+    bound = (None,) if task.bind else ()
+    try:
+        params.bind(*bound, None, None, *sig.args, **sig.kwargs)
+        return False
+    except TypeError:
+        pass
+    try:
+        params.bind(*bound, None, None, None, *sig.args, **sig.kwargs)
+        return True
+    except TypeError:
+        return False
+
+
+def _mark_not_run(
+    app: Conveyor, sigs: Sequence[Signature], state: str, info: Any, note: str
+) -> None:
+    """Record the tasks of ``sigs`` that were never sent as not run (``state`` with ``info``,
+    the note as traceback), follow their links, and join their chords on their behalf."""
+    leaves = [leaf for sig in sigs for leaf in sig._leaves() if leaf.id]
+    if not leaves:
+        return
+    existing = app.results.get_many([str(leaf.id) for leaf in leaves])
+    # A task that has a record was sent after all (an earlier run of a redelivered task
+    # succeeded): it runs and settles its own follow-ups.
+    marked = [leaf for leaf, record in zip(leaves, existing, strict=True) if record is None]
+    if not marked:
+        return
+    now = time.time()
+    app.results.store(
+        [
+            ResultRecord(
+                id=str(leaf.id),
+                state=state,
+                result=info,
+                traceback=note,
+                date_done=now,
+                name=leaf.task,
+                queue=leaf.options.get("queue"),
+                root_id=leaf.options.get("root_id"),
+                group_id=leaf.options.get("group_id"),
+            )
+            for leaf in marked
+        ]
+    )
+    for leaf in marked:
+        links = [as_signature(s, app) for s in listify(leaf.options.get("link"))]
+        if links:
+            _mark_not_run(app, links, state, info, note)
+        if leaf.options.get("chord"):
+            _join_chord(app, leaf.options["chord"], str(leaf.id))
+
+
+def _join_chord(app: Conveyor, info: dict[str, Any], member_id: str) -> None:
+    if chords.join(app, info, member_id):
+        _send_chord_body(app, str(info["id"]), member_id)
+
+
+def _send_chord_body(app: Conveyor, chord_id: str, member_id: str) -> None:
+    """Send the body of a chord whose header is complete, once. If a header task did not
+    succeed (and the chord propagates failures), the body is not run: it fails with a
+    ChordError and its errbacks are sent instead."""
+    with chords.body_claim(app, chord_id) as record:
+        if record is None:
+            return
+        header = chords.HeaderResults.fetch(app, record.header)
+        body = Signature.from_dict(record.body, app)
+        if header.failed and record.propagate:
+            info = header.error(chord_id)
+            note = f"not run: chord {chord_id} had failed header tasks"
+            for entry in body._entries():
+                _send_errbacks(
+                    app,
+                    str(entry.id),
+                    entry.options.get("root_id"),
+                    listify(entry.options.get("link_error")),
+                    info,
+                    traceback=note,
+                )
+            _mark_not_run(app, [body], states.FAILURE, info, note)
+        else:
+            plan = SendPlan(app, once=True, parent_id=member_id, root_id=record.root_id)
+            plan.add(body, (header.body_argument(record.propagate),))
+            plan.send()
+
+
+def _retrying(action: Callable[[], None], patience: float = 30.0) -> None:
+    """Follow-ups are idempotent, so a transient broker/store error is retried rather than
+    losing a chain step or a chord body (the message is acked after this returns)."""
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        try:
+            action()
+            return
+        except (BrokerError, ResultStoreError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("follow-up failed, retrying in %.2fs: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,354 @@
+"""Signatures: a task name with arguments and call options, and their JSON form.
+
+:class:`Signature` is also the base of the workflow kinds (:mod:`.workflows`). The walks over
+a workflow tree (where its result will be, which tasks start it, ...) are methods here with the
+behaviour of a single task; each workflow kind overrides them.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .. import _state
+from ..message import from_json_value, to_json_value
+from ..result import AsyncResult, GroupResult
+from ..task import Task
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from .plan import SendPlan
+
+#: The handle of an applied signature.
+type Result = AsyncResult[Any] | GroupResult
+#: Makes a task id for a position in a workflow (``""`` for the top, ``".0.1"`` below).
+type IdFactory = Callable[[str], str]
+#: Where a signature's result will be: a task id, or a list of those (groups), nested.
+type ResultTree = str | list[ResultTree] | None
+
+
+class Signature:
+    """A task name with arguments and call options: ``add.s(2, 2)``.
+
+    Partial application: arguments given when the signature is applied are *prepended*
+    (as Celery does), so ``mul.s(2)`` in a chain is called as ``mul(previous_result, 2)``.
+    An immutable signature (``.si()``) ignores them. ``a | b`` builds a chain.
+    """
+
+    #: ``"chain"``, ``"group"`` or ``"chord"`` for the workflow kinds (their JSON tag).
+    subtask_type: ClassVar[str | None] = None
+    #: The workflow kinds by ``subtask_type``, for :meth:`from_dict` and ``|``. They subclass
+    #: this class (so this module cannot import theirs) and are entered as they are defined.
+    _workflow_kinds: ClassVar[dict[str, type[Signature]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = vars(cls).get("subtask_type")
+        if kind is not None:
+            Signature._workflow_kinds[kind] = cls
+
+    def __init__(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        options: dict[str, Any] | None = None,
+        immutable: bool = False,
+        app: Conveyor | None = None,
+    ) -> None:
+        self.task = task
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.options = dict(options or {})
+        self.immutable = immutable
+        self._app = app
+
+    @property
+    def name(self) -> str:
+        return self.task
+
+    @property
+    def id(self) -> str | None:
+        """The task id, once frozen (or given with ``.set(task_id=...)``)."""
+        value = self.options.get("task_id")
+        return None if value is None else str(value)
+
+    @property
+    def app(self) -> Conveyor:
+        if self._app is None:
+            self._app = _state.default_app()
+        return self._app
+
+    @property
+    def type(self) -> Task[Any, Any]:
+        """The registered task this signature calls."""
+        return self.app.get_task(self.task)
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.task}({', '.join(parts)}){'!' if self.immutable else ''}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Signature) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.task, self.id))  # args may hold lists; equal signatures share both
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+        new = copy.copy(self)
+        for key, value in self.__dict__.items():
+            if key != "_app":  # the app is shared, never copied
+                setattr(new, key, copy.deepcopy(value, memo))
+        return new
+
+    # -- building ------------------------------------------------------------------------
+    def clone(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """A copy with extra arguments (prepended unless immutable) and options merged."""
+        new = copy.deepcopy(self)
+        new.options.update(options)
+        new._prepend(tuple(args), kwargs)
+        return new
+
+    def set(self, **options: Any) -> Signature:
+        """Set call options (queue, priority, countdown, ...) in place; returns self."""
+        if "immutable" in options:
+            self.immutable = bool(options.pop("immutable"))
+        self.options.update(options)
+        return self
+
+    def set_immutable(self, immutable: bool) -> None:
+        self.immutable = immutable
+
+    def link(self, callback: Any) -> Signature:
+        """Run ``callback`` with this task's result when it succeeds; returns the callback."""
+        sig = as_signature(callback, self._app)
+        self.options["link"] = [*listify(self.options.get("link")), sig]
+        return sig
+
+    def link_error(self, errback: Any) -> Signature:
+        """Run ``errback(task_id, {"type", "message"})`` if this task fails."""
+        sig = as_signature(errback, self._app)
+        self.options["link_error"] = [*listify(self.options.get("link_error")), sig]
+        return sig
+
+    on_error = link_error
+
+    def __or__(self, other: Any) -> Signature:
+        make_chain: Callable[..., Signature] = self._workflow_kinds["chain"]
+        steps = as_signature(other, self._app)._chain_steps()
+        return make_chain(self, *steps, app=self._app)
+
+    def freeze(self, _id: str | None = None) -> Result:
+        """Assign ids (in place) and return the handle this signature's results will have."""
+        if _id is not None:
+            self._set_final_id(_id)
+        self._freeze(random_ids, "", {})
+        return self._handle(self.app, None)
+
+    # -- applying ------------------------------------------------------------------------
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Send the task; returns its :class:`~conveyor.result.AsyncResult`."""
+        sig = self.clone(args or (), kwargs)
+        merged = {**sig.options, **options}
+        return self.app.send_task(sig.task, sig.args, sig.kwargs, **merged)
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Run the task here and now, as a worker would (results stored)."""
+        sig = self.clone(args or (), kwargs)
+        merged = {**sig.options, **options}
+        return self.app.send_task(sig.task, sig.args, sig.kwargs, _eager=True, **merged)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task inline with these extra arguments (like calling the task)."""
+        sig = self.clone(args, kwargs)
+        return self.app.tasks[sig.task](*sig.args, **sig.kwargs)
+
+    # -- data ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (travels inside messages, can be stored)."""
+        return {
+            "task": self.task,
+            "args": to_json_value(list(self.args), f"signature {self.task} args"),
+            "kwargs": to_json_value(self.kwargs, f"signature {self.task} kwargs"),
+            "options": options_to_json(self.options, self.task),
+            "immutable": self.immutable,
+            **links_to_json(self.options, self._app),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], app: Conveyor | None = None) -> Signature:
+        kind = data.get("subtask_type")
+        if kind is not None and kind in Signature._workflow_kinds:
+            return Signature._workflow_kinds[kind]._from_dict(data, app)
+        return Signature(
+            data["task"],
+            from_json_value(data.get("args") or []),
+            from_json_value(data.get("kwargs") or {}),
+            options=options_from_json(data, app),
+            immutable=bool(data.get("immutable", False)),
+            app=app,
+        )
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], app: Conveyor | None) -> Signature:
+        """Rebuild a workflow kind (each one overrides this)."""
+        raise NotImplementedError
+
+    # -- the workflow tree: a single task here, overridden by each workflow kind -----------
+    def _freeze(self, ids: IdFactory, path: str, inherited: dict[str, Any]) -> None:
+        """Give every task its id (``ids(path)`` unless set) and the options handed down."""
+        self.options = {**inherited, **self.options}
+        if not self.options.get("task_id"):
+            self.options["task_id"] = ids(path)
+
+    def _handle(self, app: Conveyor, parent: Result | None) -> Result:
+        """The handle of a frozen signature (``parent`` for ``.parent`` navigation)."""
+        return AsyncResult(str(self.id), app, task_name=self.task, parent=parent)
+
+    def _set_final_id(self, task_id: str) -> None:
+        """Make ``task_id`` the id of the result (a group's id for groups)."""
+        self.options["task_id"] = task_id
+
+    def _prepend(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+        """Partial application: a chain's first step, every group member, a chord's header."""
+        if not self.immutable:
+            self.args = args + self.args
+            self.kwargs.update(kwargs or {})
+
+    def _link_tail(self, links: list[Any]) -> None:
+        """Add ``links`` to the task(s) whose result is this signature's result."""
+        self.options["link"] = [*listify(self.options.get("link")), *links]
+
+    def _add_errback(self, errback: Any) -> None:
+        """Chains: every step; groups: every member; chords: the body (it fails with
+        ChordError when a header task fails, so the errback runs once)."""
+        self.options["link_error"] = [*listify(self.options.get("link_error")), errback]
+
+    def _attach_chord(self, info: dict[str, Any]) -> None:
+        """Mark the task(s) whose result is this signature's result as members of chord
+        ``info`` (``{"id", "size"}``)."""
+        self.options["chord"] = info
+        self.options["ignore_result"] = False  # the body reads header results from the store
+
+    def _result_tree(self) -> ResultTree:
+        """Where this signature's result will be (frozen signatures only)."""
+        return self.id
+
+    def _leaves(self) -> Iterator[Signature]:
+        """Every task of the tree."""
+        yield self
+
+    def _entries(self) -> Iterator[Signature]:
+        """The tasks that carry a workflow's errbacks and would have started it."""
+        yield self
+
+    def _chain_steps(self) -> list[Signature]:
+        """The steps this signature adds when it follows ``|``: itself, or a chain's steps
+        (the chain's own options are not carried over)."""
+        return [self]
+
+    def _add_to(self, plan: SendPlan, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+        """Add what applying this (frozen) signature sends now to ``plan``."""
+        plan.add_task(self, args, kwargs)
+
+
+def as_signature(value: Any, app: Conveyor | None = None) -> Signature:
+    """Accept a Signature, a task, a signature dict, or a module-level function.
+
+    A plain function (as in ``link=on_success``) is registered as a task of the app under
+    ``module.qualname`` so a worker can run it; the worker must register it too (importing
+    the module that passes it, or decorating it with ``@app.task``)."""
+    if isinstance(value, Signature):
+        return value
+    if isinstance(value, dict):
+        return Signature.from_dict(value, app)
+    if isinstance(value, Task):
+        return value.s()
+    if inspect.isfunction(value):
+        return _function_task(value, app).s()
+    raise TypeError(f"expected a signature or a task, got {type(value).__name__}")
+
+
+def _function_task(fn: Callable[..., Any], app: Conveyor | None) -> Task[Any, Any]:
+    name = f"{fn.__module__}.{fn.__qualname__}"
+    if "<" in name:
+        raise TypeError(
+            f"{name} cannot be a callback: a worker finds callbacks by name, so use a task "
+            "(@app.task) or a module-level function"
+        )
+    if app is None:
+        app = _state.default_app()
+    task = app.tasks.get(name)
+    if task is None:
+        task = app.task(name=name)(fn)
+    return task
+
+
+def signature(value: Any, *args: Any, **kwargs: Any) -> Signature:
+    """``signature("tasks.add", args=(2, 2), countdown=10)`` or ``signature(sig_dict)``."""
+    if isinstance(value, str):
+        return Signature(value, kwargs.pop("args", ()), kwargs.pop("kwargs", {}), options=kwargs)
+    return as_signature(value)
+
+
+# -- helpers shared by the canvas modules -----------------------------------------------------
+
+
+def listify(value: Any) -> list[Any]:
+    """``None`` -> ``[]``, a list or tuple -> a list of it, anything else -> ``[value]``."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def random_ids(path: str) -> str:
+    """The :data:`IdFactory` of a workflow applied by a client: fresh ids."""
+    return str(uuid.uuid4())
+
+
+def options_to_json(options: dict[str, Any], task: str) -> Any:
+    """Call options as JSON (timedeltas as seconds), without the links."""
+    plain = {
+        key: value.total_seconds() if isinstance(value, timedelta) else value
+        for key, value in options.items()
+        if key not in {"link", "link_error"}
+    }
+    return to_json_value(plain, f"signature {task} options")
+
+
+def links_to_json(options: dict[str, Any], app: Conveyor | None) -> dict[str, Any]:
+    """The ``link`` / ``link_error`` entries of a signature's JSON form (only those set)."""
+    return {
+        key: [as_signature(s, app).to_dict() for s in listify(options[key])]
+        for key in ("link", "link_error")
+        if options.get(key)
+    }
+
+
+def options_from_json(data: dict[str, Any], app: Conveyor | None) -> dict[str, Any]:
+    """Undo :func:`options_to_json` and :func:`links_to_json`."""
+    options = dict(from_json_value(data.get("options") or {}))
+    for key in ("link", "link_error"):
+        if data.get(key):
+            options[key] = [Signature.from_dict(d, app) for d in data[key]]
+    return options

@@ -170,7 +170,7 @@ def test_mutable_defaults_are_per_app_and_not_explicit() -> None:
 def test_log_formatter_redacts_and_times_lines_like_logging(created: float) -> None:
     import logging
 
-    from conveyor.cli import LOG_FORMAT, RedactingFormatter
+    from conveyor.loading import LOG_FORMAT, RedactingFormatter
 
     ours, stdlib = RedactingFormatter(LOG_FORMAT), logging.Formatter(LOG_FORMAT)
     for when in (created, created + 0.001, created - 1.0):  # cached second, then another

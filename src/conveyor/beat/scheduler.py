@@ -17,18 +17,19 @@ Runs that fell due while this beat was running are always sent, even when it is 
 fell due while it was not running (before it started, or while it was stalled) and that no other
 beat sent are *missed*, and follow the entry's ``catch_up`` policy: ``"latest"`` (default) sends
 the most recent one, ``"all"`` sends each (the latest ``MAX_CATCH_UP``), ``"skip"`` none.
+
+This module is the loop; entries are read in :mod:`.entry`, runs named and claimed in
+:mod:`.runs`, and progress kept by :mod:`.progress`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..exceptions import ConfigurationError, SerializationError
-from ..message import encode_arguments
-from .schedules import InvalidSchedule, Schedule, as_schedule, zone
+from .entry import CATCH_UP_POLICIES, Entry
+from .progress import Progress
+from .runs import claim_key, due_between, iso, run_id
+from .schedules import InvalidSchedule
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -47,99 +50,8 @@ __all__ = ["CATCH_UP_POLICIES", "MAX_CATCH_UP", "Beat", "Entry", "run_beat", "ru
 
 logger = logging.getLogger("conveyor.beat")
 
-CATCH_UP_POLICIES = ("latest", "all", "skip")
 #: Most missed runs one entry sends after downtime with ``catch_up="all"``.
 MAX_CATCH_UP = 1000
-CLAIM_PREFIX = "beat:claim:"
-LAST_PREFIX = "beat:last:"
-
-_ENTRY_KEYS = frozenset(
-    {"task", "schedule", "args", "kwargs", "options", "catch_up", "tz", "enabled", "relative"}
-)
-_RUN_NAMESPACE = uuid.UUID("5d0b6a53-3c0e-4d8e-9a55-6f0c7f1b2a41")
-
-
-def run_id(entry: str, instant: datetime) -> str:
-    """The task id of ``entry``'s run due at ``instant`` (the same in every beat process)."""
-    return str(uuid.uuid5(_RUN_NAMESPACE, f"{entry}\x00{_iso(instant)}"))
-
-
-def _iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat()
-
-
-# -- entries -------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One periodic task, read from a ``beat_schedule`` item."""
-
-    name: str
-    task: str
-    schedule: Schedule
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    catch_up: str = "latest"
-    tz: ZoneInfo | None = None
-    enabled: bool = True
-
-    @classmethod
-    def from_config(cls, name: str, spec: Any) -> Entry:
-        """Validate one ``beat_schedule`` item; raise InvalidSchedule naming the entry."""
-        from ..calling import CALL_OPTIONS
-
-        where = f"beat_schedule[{name!r}]"
-        if not isinstance(name, str) or not name:
-            raise InvalidSchedule(f"{where}: entry names must be non-empty strings")
-        if not isinstance(spec, Mapping):
-            raise InvalidSchedule(f"{where} must be a dict, got {type(spec).__name__}")
-        unknown = set(spec) - _ENTRY_KEYS
-        if unknown:
-            raise InvalidSchedule(
-                f"{where}: unknown key(s) {', '.join(map(repr, sorted(unknown)))}; "
-                f"expected {', '.join(sorted(_ENTRY_KEYS - {'relative'}))}"
-            )
-        task = spec.get("task")
-        if not isinstance(task, str) or not task:
-            raise InvalidSchedule(f"{where}: 'task' must be a task name, got {task!r}")
-        if "schedule" not in spec:
-            raise InvalidSchedule(f"{where}: 'schedule' is missing")
-        try:
-            schedule = as_schedule(spec["schedule"])
-            tz = zone(spec.get("tz"))
-        except InvalidSchedule as exc:
-            raise InvalidSchedule(f"{where}: {exc}") from None
-        args = spec.get("args") or ()
-        if not isinstance(args, list | tuple):
-            raise InvalidSchedule(f"{where}: 'args' must be a list or tuple, got {args!r}")
-        kwargs = spec.get("kwargs") or {}
-        if not isinstance(kwargs, Mapping):
-            raise InvalidSchedule(f"{where}: 'kwargs' must be a dict, got {kwargs!r}")
-        options = spec.get("options") or {}
-        if not isinstance(options, Mapping):
-            raise InvalidSchedule(f"{where}: 'options' must be a dict, got {options!r}")
-        bad = (set(options) - CALL_OPTIONS) | ({"task_id", "on_commit"} & set(options))
-        if bad:
-            raise InvalidSchedule(
-                f"{where}: option(s) {', '.join(map(repr, sorted(bad)))} cannot be used "
-                "for periodic tasks"
-            )
-        catch_up = spec.get("catch_up", "latest")
-        if catch_up not in CATCH_UP_POLICIES:
-            raise InvalidSchedule(
-                f"{where}: 'catch_up' must be one of {', '.join(map(repr, CATCH_UP_POLICIES))}, "
-                f"got {catch_up!r}"
-            )
-        enabled = spec.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise InvalidSchedule(f"{where}: 'enabled' must be True or False, got {enabled!r}")
-        try:
-            encode_arguments(task, args, kwargs)
-        except SerializationError as exc:
-            raise InvalidSchedule(f"{where}: {exc}") from None
-        return cls(
-            name, task, schedule, tuple(args), dict(kwargs), dict(options), catch_up, tz, enabled
-        )
 
 
 @dataclass(slots=True)
@@ -155,30 +67,6 @@ class _State:
     @property
     def timing(self) -> tuple[dict[str, Any], str]:
         return self.entry.schedule.to_dict(), self.tz.key
-
-
-def _due_between(
-    schedule: Schedule, after: datetime, until: datetime, tz: ZoneInfo, limit: int
-) -> tuple[list[datetime], bool]:
-    """The last ``limit`` instants in ``(after, until]`` (UTC), and whether there were more.
-
-    Searches backwards from ``until`` in doubling windows, so a long downtime costs about
-    ``limit`` evaluations rather than one per missed run."""
-    span = timedelta(hours=1)
-    while True:
-        start = max(after, until - span)
-        found: list[datetime] = []
-        moment = schedule.next_after(start.astimezone(tz))
-        while moment is not None and (instant := moment.astimezone(UTC)) <= until:
-            found.append(instant)
-            moment = schedule.next_after(moment)
-        if len(found) >= limit or start == after:
-            more = len(found) > limit
-            if not more and start > after:
-                first = schedule.next_after(after.astimezone(tz))
-                more = first is not None and first.astimezone(UTC) <= start
-            return found[-limit:], more
-        span *= 2
 
 
 # -- the scheduler -------------------------------------------------------------------------
@@ -206,6 +94,7 @@ class Beat:
         app.finalize()  # fires on_after_configure, where add_periodic_task is usually called
         self.app = app
         self.name = name or f"beat@{socket.gethostname()}:{os.getpid()}"
+        self._progress = Progress(app, self.name)
         self.max_interval = max_interval
         self.claim_ttl = claim_ttl
         self.stall_after = stall_after
@@ -380,10 +269,10 @@ class Beat:
 
     def _start(self, entry: Entry, now: datetime) -> _State:
         tz = self._timezone(entry)
-        record = self._read_last(entry.name)
+        record = self._progress.read(entry.name)
         if record is None or record.get("paused") or not record.get("due"):
             cursor = now  # new or re-enabled: nothing before now is owed
-            self._write_last(entry.name, {"due": _iso(now), "task_id": None, "baseline": True})
+            self._progress.write(entry.name, {"due": iso(now), "task_id": None, "baseline": True})
         else:
             cursor = datetime.fromisoformat(record["due"])
         state = _State(entry, tz, cursor)
@@ -403,9 +292,9 @@ class Beat:
         """Mark the entry paused in the broker, so enabling it later does not catch up on
         the time it was off."""
         self._paused.add(name)
-        record = self._read_last(name)
+        record = self._progress.read(name)
         if record is None or not record.get("paused"):
-            self._write_last(name, {"due": _iso(now), "task_id": None, "paused": True})
+            self._progress.write(name, {"due": iso(now), "task_id": None, "paused": True})
             logger.info("%s: %s is %s", self.name, name, why)
 
     # -- sending -------------------------------------------------------------------------
@@ -431,12 +320,12 @@ class Beat:
             return
         entry = state.entry
         # Another beat may have sent (or skipped) runs since we last looked.
-        record = self._read_last(entry.name)
+        record = self._progress.read(entry.name)
         if record and not record.get("paused") and record.get("due"):
             state.cursor = max(state.cursor, datetime.fromisoformat(record["due"]))
         alive_since = self._alive_since or now
         if state.cursor < alive_since:
-            missed, more = _due_between(
+            missed, more = due_between(
                 entry.schedule, state.cursor, alive_since, state.tz, MAX_CATCH_UP
             )
             if missed:
@@ -478,7 +367,7 @@ class Beat:
                 self._claim_and_send(state, instant)
 
     def _claim_and_send(self, state: _State, instant: datetime) -> None:
-        if self.broker.claim(f"{CLAIM_PREFIX}{state.entry.name}:{_iso(instant)}", self.claim_ttl):
+        if self.broker.claim(claim_key(state.entry.name, instant), self.claim_ttl):
             self._send(state, instant)
 
     def _send(self, state: _State, instant: datetime) -> None:
@@ -488,7 +377,7 @@ class Beat:
         headers = {
             **(options.pop("headers", None) or {}),
             "periodic_entry": entry.name,
-            "scheduled_at": _iso(instant),
+            "scheduled_at": iso(instant),
         }
         expires = options.get("expires")
         if isinstance(expires, int | float) and not isinstance(expires, bool):
@@ -532,10 +421,10 @@ class Beat:
             _local(instant, state.tz),
             task_id,
         )
-        self._write_last(
+        self._progress.write(
             entry.name,
             {
-                "due": _iso(instant),
+                "due": iso(instant),
                 "task_id": task_id,
                 "beat": self.name,
                 "sent_at": datetime.now(UTC).isoformat(),
@@ -550,31 +439,6 @@ class Beat:
     def on_sent(self, entry: Entry, instant: datetime, task_id: str) -> None:
         """Called in the beat that sent ``entry``'s run due at ``instant`` (once per run
         across all beats). Override to record runs elsewhere, e.g. in a database."""
-
-    # -- broker state --------------------------------------------------------------------
-    def _read_last(self, name: str) -> dict[str, Any] | None:
-        raw = self.broker.get_value(LAST_PREFIX + name)
-        if raw is None:
-            return None
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            logger.warning("%s: ignoring unreadable %s%s: %r", self.name, LAST_PREFIX, name, raw)
-            return None
-        return record if isinstance(record, dict) else None
-
-    def _write_last(self, name: str, record: dict[str, Any], *, newer_only: bool = False) -> None:
-        if newer_only:
-            # Not atomic: a lagging write can step back one run, which claims make harmless.
-            current = self._read_last(name)
-            if (
-                current
-                and current.get("due")
-                and not current.get("paused")
-                and datetime.fromisoformat(current["due"]) > datetime.fromisoformat(record["due"])
-            ):
-                return
-        self.broker.set_value(LAST_PREFIX + name, json.dumps(record).encode())
 
 
 def _local(instant: datetime | None, tz: ZoneInfo) -> str:

@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import TaskRevokedError
+from ..loading import find_app, setup_logging
 from .consumer import Worker, _Running
 from .execution import Job, Outcome, TaskRunner
 from .signals import SignalCounter
@@ -308,8 +309,6 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     if isinstance(app, str):
-        from ..cli import find_app, setup_logging
-
         setup_logging(logging.getLevelName(options.log_level))
         app = find_app(app)
     report = _Reporter(conn)
@@ -439,8 +438,6 @@ def _run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> N
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if isinstance(app, str):
-        from ..cli import find_app
-
         app = find_app(app)
     stop = threading.Event()
     terminated = SignalCounter([signal.SIGTERM]).install()

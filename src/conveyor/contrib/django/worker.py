@@ -112,3 +112,13 @@ class DjangoWorker(Worker):
         setup_worker(app)
         super().__init__(app, **options)
         self.runner = DjangoTaskRunner(app, self.hostname)
+
+
+def worker_setup(app: Conveyor) -> type[TaskRunner] | None:
+    """The ``conveyor.worker_setup`` entry point (see :func:`conveyor.loading.prepare_app`):
+    for a Django project - one whose app module set ``DJANGO_SETTINGS_MODULE``, as with
+    Celery - :func:`setup_worker` and run tasks with :class:`DjangoTaskRunner`."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return None
+    setup_worker(app)
+    return DjangoTaskRunner

@@ -1,0 +1,113 @@
+"""``conveyor dlq``: list, replay and purge dead letters."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from ..exceptions import ConveyorError
+from ..message import decode_envelope
+from .base import Group, State, app_option
+from .output import console, print_json, when
+
+
+@click.group("dlq", cls=Group)
+def dlq_group() -> None:
+    """List, replay and purge dead letters."""
+
+
+@dlq_group.command("list")
+@app_option
+@click.option("-Q", "--queue", help="Only this queue.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def dlq_list(
+    state: State, app_spec: str | None, queue: str | None, limit: int, as_json: bool
+) -> None:
+    """Dead letters, oldest first."""
+    app = state.app(app_spec)
+    letters = app.broker.dead_letters(limit=limit, queue=queue)
+    if as_json:
+        print_json(
+            [
+                {
+                    "id": d.id,
+                    "queue": d.queue,
+                    "reason": d.reason,
+                    "detail": d.detail,
+                    "dead_at": d.dead_at,
+                    "delivery_count": d.delivery_count,
+                    "body": preview(d.body, 1000),
+                }
+                for d in letters
+            ]
+        )
+        return
+    table = Table(title=f"Dead letters: {len(letters)}", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    for column in ("queue", "reason", "detail", "time", "body"):
+        table.add_column(column)
+    for d in letters:
+        table.add_row(d.id, d.queue, d.reason, d.detail, when(d.dead_at), preview(d.body))
+    console().print(table)
+
+
+@dlq_group.command("replay")
+@app_option
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Replay every dead letter.")
+@click.pass_obj
+def dlq_replay(state: State, app_spec: str | None, ids: tuple[str, ...], all_: bool) -> None:
+    """Send dead letters back to their queues."""
+    selected = _selection(ids, all_)
+    count = state.app(app_spec).broker.replay_dead(selected)
+    _report_count("Replayed", count, selected)
+
+
+@dlq_group.command("purge")
+@app_option
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Delete every dead letter.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (with --all).")
+@click.pass_obj
+def dlq_purge(
+    state: State, app_spec: str | None, ids: tuple[str, ...], all_: bool, yes: bool
+) -> None:
+    """Delete dead letters."""
+    selected = _selection(ids, all_)
+    if selected is None and not yes:
+        click.confirm("Delete every dead letter?", abort=True, err=True)
+    count = state.app(app_spec).broker.purge_dead(selected)
+    _report_count("Deleted", count, selected)
+
+
+def preview(body: bytes, width: int = 60) -> str:
+    """A dead letter's message as ``task(args, key=value)``, cut to ``width`` characters."""
+    try:
+        envelope = decode_envelope(body)
+    except ConveyorError:
+        text = repr(body[:width])
+    else:
+        args = json.dumps(envelope.args, default=str)[1:-1]
+        kwargs = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in envelope.kwargs.items())
+        text = f"{envelope.task}({', '.join(filter(None, [args, kwargs]))})"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _selection(ids: tuple[str, ...], all_: bool) -> list[str] | None:
+    if ids and all_:
+        raise click.UsageError("give message ids or --all, not both")
+    if not ids and not all_:
+        raise click.UsageError("give message ids, or --all")
+    return None if all_ else list(ids)
+
+
+def _report_count(verb: str, count: int, selected: list[str] | None) -> None:
+    click.echo(f"{verb} {count} dead letter(s).")
+    if selected is not None and count < len(selected):
+        raise click.ClickException(
+            f"{len(selected) - count} of the given id(s) were not in the dead-letter queue"
+        )

@@ -1,0 +1,199 @@
+"""Loading: find the app a process runs, get it ready to run tasks, and set up logging.
+
+Used by the command line and by the processes a worker starts. Errors are
+ConfigurationErrors whose message is one line naming the place, and URL passwords never
+reach the logs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from .app import Conveyor
+from .exceptions import ConfigurationError, ConveyorError
+
+if TYPE_CHECKING:
+    from .worker.execution import TaskRunner
+
+__all__ = [
+    "LOG_FORMAT",
+    "LOG_LEVELS",
+    "WORKER_SETUP_GROUP",
+    "RedactingFormatter",
+    "WorkerSetup",
+    "describe_error",
+    "find_app",
+    "prepare_app",
+    "redact_text",
+    "setup_logging",
+]
+
+LOG_FORMAT = "[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Entry point group of integrations that prepare processes running tasks (see prepare_app).
+WORKER_SETUP_GROUP = "conveyor.worker_setup"
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
+# Frames of Conveyor's command-line code (this module and conveyor/cli/) are skipped, like
+# importlib's, when an error names its place.
+_OWN_CODE = (__file__, os.path.join(os.path.dirname(__file__), "cli", ""))
+
+
+# -- logging ---------------------------------------------------------------------------------
+def redact_text(text: str) -> str:
+    """Replace the password of every URL in ``text`` with ``***``."""
+    if "@" not in text:  # no URL with credentials: skip the regex (one line per task)
+        return text
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter that hides URL passwords in the whole line, tracebacks included.
+
+    It formats the default timestamp once per second, not once per line: a worker logs a
+    line per task, and ``localtime`` + ``strftime`` were a fifth of that line's cost."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created // 1)
+        cached_second, text = self._second
+        if cached_second != second:
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
+
+
+def setup_logging(level: str) -> None:
+    """Log lines at ``level`` and above to stderr, passwords redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+# -- finding the app -------------------------------------------------------------------------
+def find_app(spec: str) -> Conveyor:
+    """The app named by ``module[:attr]``. For a bare module: its ``app`` attribute, then
+    ``module.conveyor:app``, then the only Conveyor instance in the module."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`, so `-A proj` finds ./proj
+    module_name, _, attr = spec.partition(":")
+    module = _import(module_name)
+    if attr:
+        obj: object = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}")
+            obj = getattr(obj, part)
+        if not isinstance(obj, Conveyor):
+            kind = type(obj).__name__
+            raise ConfigurationError(f"{spec!r} is a {kind}, not a Conveyor app")
+        return obj
+    candidate = getattr(module, "app", None)
+    if isinstance(candidate, Conveyor):
+        return candidate
+    if hasattr(module, "__path__") and importlib.util.find_spec(f"{module_name}.conveyor"):
+        candidate = getattr(_import(f"{module_name}.conveyor"), "app", None)
+        if isinstance(candidate, Conveyor):
+            return candidate
+    found: dict[int, tuple[str, Conveyor]] = {}
+    for name, value in vars(module).items():
+        if isinstance(value, Conveyor):
+            found.setdefault(id(value), (name, value))
+    if len(found) == 1:
+        return next(iter(found.values()))[1]
+    if found:
+        names = ", ".join(sorted(name for name, _ in found.values()))
+        raise ConfigurationError(
+            f"module {module_name!r} has several Conveyor apps ({names}): "
+            f"pick one with -A {module_name}:NAME"
+        )
+    raise ConfigurationError(
+        f"no Conveyor app found in {module_name!r}: define `app = Conveyor(...)` there "
+        f"or pass -A {module_name}:NAME"
+    )
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ConfigurationError(
+                f"cannot import {name!r}: no module named {missing!r} (searched from {os.getcwd()})"
+            ) from None
+        raise ConfigurationError(f"importing {name!r} failed: {describe_error(exc)}") from None
+    except ConveyorError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(f"importing {name!r} failed: {describe_error(exc)}") from None
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message (file:line)``, the line being the innermost frame outside importlib
+    and Conveyor's command-line code."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen") and not frame.filename.startswith(_OWN_CODE)
+    ]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+# -- getting the app ready -------------------------------------------------------------------
+#: What a ``conveyor.worker_setup`` entry point refers to.
+type WorkerSetup = Callable[[Conveyor], type[TaskRunner] | None]
+
+
+def prepare_app(app: Conveyor) -> type[TaskRunner] | None:
+    """Get ``app`` ready to run tasks in this process; return the TaskRunner class its tasks
+    need, or None for the default one.
+
+    First every integration registered in the ``conveyor.worker_setup`` entry point group
+    (name: the integration, value: ``module:function``) is called with the app, in name order:
+    it sets up what it needs (``conveyor.contrib.django`` calls ``django.setup()`` for a
+    project that set ``DJANGO_SETTINGS_MODULE``) and returns a TaskRunner subclass or None.
+    Then the app is finalized (its task modules imported). An integration whose module cannot
+    be imported because a package it needs is not installed is skipped.
+    """
+    runner_class: type[TaskRunner] | None = None
+    chosen_by = ""
+    for entry in sorted(entry_points(group=WORKER_SETUP_GROUP), key=lambda e: e.name):
+        try:
+            setup: WorkerSetup = entry.load()
+        except ModuleNotFoundError as exc:
+            own_package = entry.module.partition(".")[0]
+            if not exc.name or exc.name.partition(".")[0] == own_package:
+                raise
+            continue  # e.g. conveyor's Django setup where Django is not installed
+        runner = setup(app)
+        if runner is None:
+            continue
+        if runner_class is not None and runner is not runner_class:
+            raise ConfigurationError(
+                f"worker setups {chosen_by!r} and {entry.name!r} both choose a task runner "
+                f"({runner_class.__qualname__}, {runner.__qualname__}); only one may"
+            )
+        runner_class, chosen_by = runner, entry.name
+    app.finalize()
+    return runner_class

@@ -404,7 +404,7 @@ class Conveyor:
         envelope, message, record = self.prepare(name, args, kwargs, options, task)
         result: TaskResult[Any] = TaskResult(envelope.id, self, task_name=name)
         if _eager or self.conf.task_always_eager:
-            from .worker.execution import run_eager
+            from .worker.eager import run_eager
 
             run_eager(self, envelope, message.body)
             return result
@@ -444,7 +444,7 @@ class Conveyor:
                 records.append(record)
             results.append(TaskResult(envelope.id, self, task_name=sig.task))
         if self.conf.task_always_eager:
-            from .worker.execution import run_eager
+            from .worker.eager import run_eager
 
             for message in messages:
                 from .message import decode_envelope

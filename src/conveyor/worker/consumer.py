@@ -62,7 +62,9 @@ from ..exceptions import (
     TimeLimitExceeded,
 )
 from ..results.base import ResultRecord
-from .execution import Job, Outcome, TaskRunner
+from .execution import Action, Job, Outcome, TaskRunner
+from .retry import retrying
+from .settle import Settler
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -194,6 +196,7 @@ class Worker:
         self.on_task_end = on_task_end
         self.on_hard_time_limit = on_hard_time_limit
         self.runner = TaskRunner(app, self.hostname)
+        self._settler = Settler(app, self._retrying)
         self.processed = 0
         self.started_at = 0.0
 
@@ -525,11 +528,7 @@ class Worker:
         self._pool.submit(partial(self._run_sync, control))
 
     def _call[T](self, action: Callable[[], T], what: str) -> T:
-        box: list[T] = []
-        self._retrying(lambda: box.append(action()), what)
-        if not box:  # cold-stopped while the broker was unreachable
-            raise BrokerError(f"could not ask the broker for {what}")
-        return box[0]
+        return retrying(action, what, give_up=lambda: self._cold)
 
     def _run_sync(self, control: _Running) -> None:
         if self._revoked_while_waiting(control):
@@ -603,7 +602,7 @@ class Worker:
             if (
                 control is not None
                 and outcome.error is None
-                and outcome.action == "ack"
+                and outcome.action is Action.ACK
                 and not outcome.followups
                 and self._consumer_active
                 and not self._in_lease
@@ -632,51 +631,8 @@ class Worker:
             self._apply(batch)
 
     def _apply(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
-        outcomes = [outcome for outcome, _ in batch]
-        records = [record for outcome in outcomes for record in outcome.records]
-        settlement = self.app.settlement
-        # Every record first; in the same round trip the acks of outcomes that need nothing
-        # in between (no follow-ups).
-        plain = [
-            o.delivery
-            for o in outcomes
-            if o.action == "ack" and not o.followups and o.delivery is not None
-        ]
-        if plain or records:
-            self._retrying(lambda: settlement.ack(plain, records), "store results")
-        # A follow-up (callback, chord join) that fails leaves its message unacked: the lease
-        # then expires and the redelivery re-sends the follow-ups (the run-once guard keeps the
-        # task itself from running again), so a transient error never loses a workflow step.
-        settled = [o for o in outcomes if self._run_followups(o)]
-        acks = [
-            o.delivery
-            for o in settled
-            if o.action == "ack" and o.followups and o.delivery is not None
-        ]
-        if acks:
-            self._retrying(lambda: settlement.ack(acks, ()), "ack")
-        for outcome in settled:
-            delivery = outcome.delivery
-            if delivery is None:
-                continue
-            if outcome.action == "retry" and outcome.retry_message is not None:
-                self._retrying(
-                    partial(settlement.retry_later, delivery, outcome.retry_message), "retry"
-                )
-            elif outcome.action == "dead":
-                dead = partial(settlement.dead_letter, delivery, outcome.reason, outcome.detail)
-                self._retrying(dead, "dead-letter")
+        self._settler.settle([outcome for outcome, _ in batch])
         self._release_controls(batch)
-
-    def _run_followups(self, outcome: Outcome) -> bool:
-        for followup in outcome.followups:
-            try:
-                followup()
-            except Exception:
-                task_id = outcome.delivery.id if outcome.delivery else "?"
-                logger.exception("follow-up of task %s failed; it will be redelivered", task_id)
-                return False
-        return True
 
     def _release_controls(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
         finished = 0
@@ -696,21 +652,11 @@ class Worker:
                 if control is not None:
                     self.on_task_end(control.job)
 
-    def _retrying(self, action: Callable[[], Any], what: str) -> None:
-        """Results and acks must not be dropped on a transient error: retry with backoff
-        until it works or the worker is cold-stopped (the lease then expires and the
-        message is redelivered, which keeps the at-least-once promise)."""
-        delay = 0.05
-        while True:
-            try:
-                action()
-                return
-            except (BrokerError, ResultStoreError) as exc:
-                if self._cold:
-                    return
-                logger.error("could not %s (retrying in %.1fs): %s", what, delay, exc)
-                time.sleep(delay)  # backoff between reconnect attempts
-                delay = min(delay * 2, 5.0)
+    def _retrying(self, action: Callable[[], object], what: str) -> None:
+        """Retry ``action`` until it works or the worker is cold-stopped (the lease then
+        expires and the message is redelivered, which keeps the at-least-once promise)."""
+        with contextlib.suppress(BrokerError, ResultStoreError):
+            retrying(action, what, give_up=lambda: self._cold)
 
     # -- STARTED records -----------------------------------------------------------------
     def _started_loop(self) -> None:

@@ -1,14 +1,16 @@
 """Running one task: decode, check, run, and decide what happens to its message.
 
-The runner never talks to the broker; it returns an :class:`Outcome` (ack, retry later, or
-dead-letter, plus the result records to store and follow-up work such as callbacks). The
-consumer applies outcomes in batches: records first, then follow-ups, then acks, so a crash
-at any point leads to a redelivery, never to a lost result.
+The runner never talks to the broker; it returns an :class:`Outcome` (an :class:`Action` -
+ack, retry later, or dead-letter - plus the result records to store and follow-up work such
+as callbacks). :class:`conveyor.worker.settle.Settler` applies outcomes in batches: records
+first, then follow-ups, then acks, so a crash at any point leads to a redelivery, never to a
+lost result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import time
@@ -55,12 +57,23 @@ class Job:
     once: ResultRecord | float | None = None
 
 
+class Action(enum.Enum):
+    """What happens to a message once its outcome is settled."""
+
+    #: Acked: done (success, failure, revoked, or not run again).
+    ACK = "ack"
+    #: Acked and replaced by ``Outcome.retry_message`` (a retry, or put back for later).
+    RETRY = "retry"
+    #: Moved to the dead-letter queue with ``Outcome.reason``.
+    DEAD = "dead"
+
+
 @dataclass(slots=True)
 class Outcome:
     """What to do with a message after its task ran (or could not run)."""
 
     delivery: Delivery | None
-    action: str  # "ack" | "retry" | "dead"
+    action: Action
     records: list[ResultRecord] = field(default_factory=list)
     retry_message: Message | None = None
     reason: str = ""
@@ -68,6 +81,13 @@ class Outcome:
     followups: list[Callable[[], None]] = field(default_factory=list)
     state: str = ""
     error: BaseException | None = None
+    #: Seconds the task ran (0.0 if it did not run).
+    runtime: float = 0.0
+    #: What the task returned (None unless it succeeded).
+    retval: Any = None
+    #: Settled without running for another reason than revocation or expiry: a canvas step
+    #: delivered again (see ``canvas.once_guard``), or a delivery put back by ``rate_limit``.
+    skipped: bool = False
 
 
 class TaskRunner:
@@ -90,7 +110,7 @@ class TaskRunner:
             envelope = decode_envelope(delivery.body)
         except MalformedMessage as exc:
             logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
-            return Outcome(delivery, "dead", reason=exc.reason, detail=exc.detail)
+            return Outcome(delivery, Action.DEAD, reason=exc.reason, detail=exc.detail)
         return self.prepare_envelope(envelope, delivery, revoked)
 
     def prepare_envelope(
@@ -106,7 +126,7 @@ class TaskRunner:
             logger.error("unknown task %r (id %s): dead-lettered", envelope.task, envelope.id)
             return Outcome(
                 delivery,
-                "dead",
+                Action.DEAD,
                 [self._failure_record(envelope, error, None)],
                 reason=DeadLetterReason.UNKNOWN_TASK,
                 detail=f"task {envelope.task!r} is not registered",
@@ -118,7 +138,10 @@ class TaskRunner:
             args, kwargs = decode_arguments(envelope)
         except (ValueError, TypeError, AttributeError) as exc:
             return Outcome(
-                delivery, "dead", reason=DeadLetterReason.MALFORMED, detail=f"bad arguments: {exc}"
+                delivery,
+                Action.DEAD,
+                reason=DeadLetterReason.MALFORMED,
+                detail=f"bad arguments: {exc}",
             )
         if envelope.id in revoked:
             return self.revoked_outcome(envelope, delivery)
@@ -126,7 +149,7 @@ class TaskRunner:
             logger.info("%s[%s] expired: not run", envelope.task, envelope.id)
             return Outcome(
                 delivery,
-                "dead",
+                Action.DEAD,
                 [self._final_record(envelope, states.EXPIRED, None)],
                 reason=DeadLetterReason.EXPIRED,
                 detail=f"expired at {envelope.expires:.3f}",
@@ -139,7 +162,13 @@ class TaskRunner:
                 message = Message(
                     envelope.id, envelope.queue, delivery.body, envelope.priority, wait
                 )
-                return Outcome(delivery, "retry", retry_message=message, state=states.QUEUED)
+                return Outcome(
+                    delivery,
+                    Action.RETRY,
+                    retry_message=message,
+                    state=states.QUEUED,
+                    skipped=True,
+                )
         request = Request(
             id=envelope.id,
             task=envelope.task,
@@ -188,7 +217,7 @@ class TaskRunner:
         logger.info("%s[%s] revoked: not run", envelope.task, envelope.id)
         return Outcome(
             delivery,
-            "ack",
+            Action.ACK,
             [self._final_record(envelope, states.REVOKED, None)],
             followups=self._then(envelope, states.REVOKED, None),
             state=states.REVOKED,
@@ -258,7 +287,7 @@ class TaskRunner:
             self._log(logging.WARNING, "%s[%s] rejected: %s", task.name, envelope.id, exc)
             return Outcome(
                 job.delivery,
-                "dead",
+                Action.DEAD,
                 [self._failure_record(envelope, exc, format_traceback(exc))],
                 reason=DeadLetterReason.REJECTED,
                 detail=str(exc),
@@ -270,7 +299,7 @@ class TaskRunner:
             self._log(logging.INFO, "%s[%s] terminated (revoked)", task.name, envelope.id)
             return Outcome(
                 job.delivery,
-                "ack",
+                Action.ACK,
                 [self._final_record(envelope, states.REVOKED, None)],
                 followups=self._then(envelope, states.REVOKED, None),
                 state=states.REVOKED,
@@ -294,12 +323,16 @@ class TaskRunner:
                 logging.INFO, "%s[%s] already done: not run again", job.task.name, job.envelope.id
             )
             followups = self._then(job.envelope, record.state, record.result)
-            return Outcome(job.delivery, "ack", followups=followups, state=record.state)
+            return Outcome(
+                job.delivery, Action.ACK, followups=followups, state=record.state, skipped=True
+            )
         delay = float(job.once or 0.0)
         message = Message(
             job.envelope.id, job.envelope.queue, job.delivery.body, job.envelope.priority, delay
         )
-        return Outcome(job.delivery, "retry", retry_message=message, state=states.RETRY)
+        return Outcome(
+            job.delivery, Action.RETRY, retry_message=message, state=states.RETRY, skipped=True
+        )
 
     def _retries_exhausted(self, job: Job) -> bool:
         limit = job.task.max_retries
@@ -325,7 +358,15 @@ class TaskRunner:
             retval,
         )
         followups = self._then(envelope, states.SUCCESS, value)
-        return Outcome(job.delivery, "ack", records, followups=followups, state=states.SUCCESS)
+        return Outcome(
+            job.delivery,
+            Action.ACK,
+            records,
+            followups=followups,
+            state=states.SUCCESS,
+            runtime=runtime,
+            retval=retval,
+        )
 
     def _retried(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
         envelope, task = job.envelope, job.task
@@ -353,7 +394,13 @@ class TaskRunner:
             cause,
         )
         return Outcome(
-            job.delivery, "retry", records, retry_message=message, state=states.RETRY, error=cause
+            job.delivery,
+            Action.RETRY,
+            records,
+            retry_message=message,
+            state=states.RETRY,
+            error=cause,
+            runtime=runtime,
         )
 
     def _failed(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
@@ -365,7 +412,13 @@ class TaskRunner:
         self._log(logging.ERROR, "%s[%s] failed in %.3fs: %r", task.name, envelope.id, runtime, exc)
         followups = self._then(envelope, states.FAILURE, record.result)
         return Outcome(
-            job.delivery, "ack", [record], followups=followups, state=states.FAILURE, error=exc
+            job.delivery,
+            Action.ACK,
+            [record],
+            followups=followups,
+            state=states.FAILURE,
+            error=exc,
+            runtime=runtime,
         )
 
     # -- records -------------------------------------------------------------------------
@@ -419,49 +472,3 @@ def _has_followups(envelope: Envelope) -> bool:
     """Whether :func:`conveyor.canvas.on_task_finished` has anything to do for ``envelope``
     (the same test it makes first)."""
     return bool(envelope.callbacks or envelope.errbacks or envelope.chord)
-
-
-# -- eager mode -----------------------------------------------------------------------------
-
-
-def run_eager(app: Conveyor, envelope: Envelope, body: bytes) -> None:
-    """Run a task inline as a worker would (``task_always_eager``, ``Task.apply``).
-
-    The envelope was encoded (arguments serialized, size checked) before this is called.
-    Retries run again at once, ignoring their delay; results are stored as usual.
-    """
-    runner = TaskRunner(app, hostname="eager")
-    while True:
-        prepared = runner.prepare_envelope(decode_envelope(body), None)
-        if isinstance(prepared, Outcome):
-            outcome = prepared
-        else:
-            record = runner.started_record(prepared)
-            if record is not None:
-                app.results.store([record])
-            outcome = _run_inline(runner, prepared)
-        if outcome.records:
-            app.results.store(outcome.records)
-        for followup in outcome.followups:
-            followup()
-        if outcome.action == "retry" and outcome.retry_message is not None:
-            body = outcome.retry_message.body
-            continue
-        if outcome.error is not None and app.conf.task_eager_propagates:
-            raise outcome.error
-        return
-
-
-def _run_inline(runner: TaskRunner, job: Job) -> Outcome:
-    if not job.task.is_async:
-        return runner.run(job)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(runner.arun(job))
-    # Called from inside an event loop: run the coroutine on a private loop in a thread.
-    box: list[Outcome] = []
-    thread = threading.Thread(target=lambda: box.append(asyncio.run(runner.arun(job))))
-    thread.start()
-    thread.join()
-    return box[0]

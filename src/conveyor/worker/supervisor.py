@@ -50,7 +50,8 @@ from ..exceptions import (
 )
 from .child import ChildOptions, run_beat_process, run_child
 from .consumer import default_hostname
-from .execution import Job, Outcome, TaskRunner
+from .execution import Action, Job, Outcome, TaskRunner
+from .settle import Settler
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class Supervisor:
         else:
             raise ConfigurationError("this platform cannot fork: start the worker with -A")
         self.runner = TaskRunner(app, self.hostname)
+        self._settler = Settler(app)
         self._children: dict[int, _Child] = {}
         self._restart_at: dict[int, float] = {}
         self._quick_deaths: dict[int, int] = {}
@@ -461,30 +463,15 @@ class Supervisor:
             outcome = prepared
         if not task.acks_late:
             outcome.delivery = None  # acked when it started (at-most-once)
-        elif reason is not None and outcome.action == "ack":
-            outcome.action, outcome.reason, outcome.detail = "dead", reason, str(error)
+        elif reason is not None and outcome.action is Action.ACK:
+            outcome.action, outcome.reason, outcome.detail = Action.DEAD, reason, str(error)
         self._broker_call(lambda: self._apply(task.id, outcome), "record the outcome")
 
     def _apply(self, task_id: str, outcome: Outcome) -> None:
         existing = self.app.results.get(task_id)
         if existing is not None and existing.state in states.READY_STATES:
             return  # the child finished it after all
-        if outcome.records:
-            self.app.results.store(outcome.records)
-        for followup in outcome.followups:
-            try:
-                followup()
-            except Exception:
-                logger.exception("follow-up of task %s failed", task_id)
-        broker, delivery = self.app.broker, outcome.delivery
-        if delivery is None:
-            return
-        if outcome.action == "ack":
-            broker.ack([delivery])
-        elif outcome.action == "retry" and outcome.retry_message is not None:
-            broker.retry_later(delivery, outcome.retry_message)
-        elif outcome.action == "dead":
-            broker.dead_letter(delivery, outcome.reason, outcome.detail)
+        self._settler.settle([outcome])
 
     def _broker_call(self, action: Any, what: str) -> None:
         try:

@@ -1,0 +1,90 @@
+"""Settling outcomes: store their records, run their follow-ups, then ack, retry or
+dead-letter their messages - in that order, for the worker, the supervisor and eager mode.
+
+Every record of a batch is stored first, together (in the same round trip) with the acks of
+the outcomes that need nothing in between: no follow-ups. A follow-up (callback, chord join)
+that fails leaves its message unacked: the lease then expires and the redelivery re-sends
+the follow-ups (the run-once guard keeps the task itself from running again), so a transient
+error never loses a workflow step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from .execution import Action, Outcome
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+#: How a settler makes each broker/result-store call: ``attempt(call, what)`` (retry it, log
+#: it, or just call it).
+type Attempt = Callable[[Callable[[], object], str], object]
+
+
+def call_now(call: Callable[[], object], what: str) -> object:
+    """The plain :data:`Attempt`: call once, let errors propagate."""
+    return call()
+
+
+class Settler:
+    """Applies batches of outcomes for one app.
+
+    ``attempt`` wraps each call to the broker or result store (the worker retries until it
+    works or it is cold-stopped). ``propagate``: a failing follow-up raises instead of being
+    logged (eager mode, where there is no message to redeliver).
+    """
+
+    def __init__(self, app: Conveyor, attempt: Attempt = call_now, *, propagate: bool = False):
+        self.app = app
+        self.attempt = attempt
+        self.propagate = propagate
+
+    def settle(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Apply ``outcomes``; return those whose follow-ups ran (the others stay unacked)."""
+        settlement, attempt = self.app.settlement, self.attempt
+        records = [record for outcome in outcomes for record in outcome.records]
+        plain = [
+            o.delivery
+            for o in outcomes
+            if o.action is Action.ACK and not o.followups and o.delivery is not None
+        ]
+        if plain:
+            attempt(partial(settlement.ack, plain, records), "store results")
+        elif records:
+            attempt(partial(self.app.results.store, records), "store results")
+        settled = [o for o in outcomes if not o.followups or self._run_followups(o)]
+        acks = [
+            o.delivery
+            for o in settled
+            if o.action is Action.ACK and o.followups and o.delivery is not None
+        ]
+        if acks:
+            attempt(partial(settlement.ack, acks, ()), "ack")
+        for outcome in settled:
+            delivery = outcome.delivery
+            if delivery is None:
+                continue
+            if outcome.action is Action.RETRY and outcome.retry_message is not None:
+                attempt(partial(settlement.retry_later, delivery, outcome.retry_message), "retry")
+            elif outcome.action is Action.DEAD:
+                dead = partial(settlement.dead_letter, delivery, outcome.reason, outcome.detail)
+                attempt(dead, "dead-letter")
+        return settled
+
+    def _run_followups(self, outcome: Outcome) -> bool:
+        for followup in outcome.followups:
+            try:
+                followup()
+            except Exception:
+                if self.propagate:
+                    raise
+                task_id = outcome.delivery.id if outcome.delivery else "?"
+                logger.exception("follow-up of task %s failed; it will be redelivered", task_id)
+                return False
+        return True

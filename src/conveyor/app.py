@@ -28,7 +28,7 @@ from .settlement import Settlement, open_settlement
 from .task import Task, current_request, make_task_decorator, shared_tasks
 
 if TYPE_CHECKING:
-    from .worker.consumer import Worker
+    from .worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -607,8 +607,8 @@ class Conveyor:
         run_beat(self, stop, **options)
 
     def Worker(self, **options: Any) -> Worker:
-        """An in-process worker (threads + an event loop); see ``conveyor.worker.consumer``."""
-        from .worker.consumer import Worker
+        """An in-process worker (threads + an event loop); see ``conveyor.worker.worker``."""
+        from .worker import Worker
 
         return Worker(self, **options)
 

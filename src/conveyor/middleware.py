@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .app import Conveyor
     from .message import Envelope
-    from .worker.execution import Job, Outcome
+    from .worker.job import Job, Outcome
 
 logger = logging.getLogger("conveyor.middleware")
 

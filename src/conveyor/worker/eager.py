@@ -7,7 +7,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from ..message import Envelope, decode_envelope
-from .execution import Action, Job, Outcome, TaskRunner
+from .execution import TaskRunner
+from .job import Action, Job, Outcome
 from .settle import Settler
 
 if TYPE_CHECKING:

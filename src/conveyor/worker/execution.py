@@ -10,12 +10,10 @@ lost result.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace
@@ -34,60 +32,13 @@ from ..exceptions import (
 )
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
 from ..results.base import ResultRecord
-from ..task import Request, Task, _current_request, rate_per_second
+from ..task import Request, _current_request, rate_per_second
+from .job import Action, Job, Outcome
 
 if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
-
-
-@dataclass(slots=True)
-class Job:
-    """A decoded, checked message whose task is about to run."""
-
-    envelope: Envelope
-    task: Task[Any, Any]
-    args: list[Any]
-    kwargs: dict[str, Any]
-    request: Request
-    delivery: Delivery | None = None
-    started_at: float = 0.0
-    #: run-once verdict for canvas follow-ups (see ``canvas.once_guard``); None = run
-    once: ResultRecord | float | None = None
-
-
-class Action(enum.Enum):
-    """What happens to a message once its outcome is settled."""
-
-    #: Acked: done (success, failure, revoked, or not run again).
-    ACK = "ack"
-    #: Acked and replaced by ``Outcome.retry_message`` (a retry, or put back for later).
-    RETRY = "retry"
-    #: Moved to the dead-letter queue with ``Outcome.reason``.
-    DEAD = "dead"
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What to do with a message after its task ran (or could not run)."""
-
-    delivery: Delivery | None
-    action: Action
-    records: list[ResultRecord] = field(default_factory=list)
-    retry_message: Message | None = None
-    reason: str = ""
-    detail: str = ""
-    followups: list[Callable[[], None]] = field(default_factory=list)
-    state: str = ""
-    error: BaseException | None = None
-    #: Seconds the task ran (0.0 if it did not run).
-    runtime: float = 0.0
-    #: What the task returned (None unless it succeeded).
-    retval: Any = None
-    #: Settled without running for another reason than revocation or expiry: a canvas step
-    #: delivered again (see ``canvas.once_guard``), or a delivery put back by ``rate_limit``.
-    skipped: bool = False
 
 
 class TaskRunner:
@@ -118,6 +69,14 @@ class TaskRunner:
         envelope: Envelope,
         delivery: Delivery | None,
         revoked: set[str] | frozenset[str] = frozenset(),
+    ) -> Job | Outcome:
+        prepared = self._prepare(envelope, delivery, revoked)
+        if isinstance(prepared, Outcome):
+            prepared.envelope = envelope
+        return prepared
+
+    def _prepare(
+        self, envelope: Envelope, delivery: Delivery | None, revoked: set[str] | frozenset[str]
     ) -> Job | Outcome:
         now = time.time()
         task = self.app.tasks.get(envelope.task)
@@ -221,6 +180,7 @@ class TaskRunner:
             [self._final_record(envelope, states.REVOKED, None)],
             followups=self._then(envelope, states.REVOKED, None),
             state=states.REVOKED,
+            envelope=envelope,
         )
 
     # -- running -------------------------------------------------------------------------
@@ -349,14 +309,6 @@ class TaskRunner:
             records.append(
                 self._final_record(envelope, states.SUCCESS, value, children=job.request.children)
             )
-        self._log(
-            logging.INFO,
-            "%s[%s] succeeded in %.3fs: %.200r",
-            task.name,
-            envelope.id,
-            runtime,
-            retval,
-        )
         followups = self._then(envelope, states.SUCCESS, value)
         return Outcome(
             job.delivery,
@@ -409,7 +361,6 @@ class TaskRunner:
         self._hook(task.on_failure, exc, envelope.id, job.args, job.kwargs, einfo)
         self._hook(task.after_return, states.FAILURE, exc, envelope.id, job.args, job.kwargs, einfo)
         record = self._failure_record(envelope, exc, einfo)
-        self._log(logging.ERROR, "%s[%s] failed in %.3fs: %r", task.name, envelope.id, runtime, exc)
         followups = self._then(envelope, states.FAILURE, record.result)
         return Outcome(
             job.delivery,

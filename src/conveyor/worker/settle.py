@@ -11,11 +11,14 @@ error never loses a workflow step.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .execution import Action, Outcome
+from .inflight import Finished, InFlight
+from .job import Action, Outcome
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -88,3 +91,51 @@ class Settler:
                 logger.exception("follow-up of task %s failed; it will be redelivered", task_id)
                 return False
         return True
+
+
+class Finisher:
+    """The worker's finisher: settles, in batches of up to 256, the outcomes the lease loop
+    does not settle quickly, then releases their slots. Call :meth:`run` on a thread; it
+    returns once ``stopped`` is set and nothing is left to settle."""
+
+    def __init__(
+        self,
+        inflight: InFlight,
+        settler: Settler,
+        stopped: threading.Event,
+        *,
+        cold: Callable[[], bool],
+        release: Callable[[list[Finished]], None],
+        before_settle: Callable[[list[Outcome]], None] | None = None,
+    ) -> None:
+        self._inflight = inflight
+        self._settler = settler
+        self._stopped = stopped
+        self._cold = cold
+        self._release = release
+        self._before_settle = before_settle
+
+    def run(self) -> None:
+        done = self._inflight.done
+        while not (self._stopped.is_set() and done.empty()):
+            try:
+                first = done.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < 256:
+                try:
+                    batch.append(done.get_nowait())
+                except queue.Empty:
+                    break
+            if self._cold():
+                self._release(batch)  # their leases were returned
+                continue
+            self.apply(batch)
+
+    def apply(self, batch: list[Finished]) -> None:
+        outcomes = [outcome for outcome, _ in batch]
+        if self._before_settle is not None:
+            self._before_settle(outcomes)
+        self._settler.settle(outcomes)
+        self._release(batch)

@@ -46,19 +46,19 @@ DEFAULT_VARIANTS = [
 
 PATCHES = """
 import os
-from conveyor.worker.consumer import Worker
+from conveyor.worker.timelimits import TimeLimits
 
 patches = os.environ.get("BENCH_PATCH", "").split(",")
 if "log" in patches:  # the CLI's logging setup at its default level
     from conveyor.cli import setup_logging
     setup_logging("info")
 if "timers" in patches:  # what skipping the timer thread for tasks without limits saves
-    arm = Worker._arm_timers
+    arm = TimeLimits.arm
     def _arm_timers(self, control):
         envelope = control.job.envelope
         if envelope.soft_time_limit or envelope.time_limit:
             arm(self, control)
-    Worker._arm_timers = _arm_timers
+    TimeLimits.arm = _arm_timers
 """
 INPROC = (
     PATCHES

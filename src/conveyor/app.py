@@ -27,7 +27,7 @@ from .settlement import Settlement, open_settlement
 from .task import Task, current_request, make_task_decorator, shared_tasks
 
 if TYPE_CHECKING:
-    from .worker.consumer import Worker
+    from .worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -328,7 +328,7 @@ class Conveyor:
         envelope, message, record = self.prepare(name, args, kwargs, options, task)
         result: TaskResult[Any] = TaskResult(envelope.id, self, task_name=name)
         if _eager or self.conf.task_always_eager:
-            from .worker.execution import run_eager
+            from .worker.eager import run_eager
 
             run_eager(self, envelope, message.body)
             return result
@@ -368,7 +368,7 @@ class Conveyor:
                 records.append(record)
             results.append(TaskResult(envelope.id, self, task_name=sig.task))
         if self.conf.task_always_eager:
-            from .worker.execution import run_eager
+            from .worker.eager import run_eager
 
             for message in messages:
                 from .message import decode_envelope
@@ -446,8 +446,8 @@ class Conveyor:
         run_beat(self, stop, **options)
 
     def Worker(self, **options: Any) -> Worker:
-        """An in-process worker (threads + an event loop); see ``conveyor.worker.consumer``."""
-        from .worker.consumer import Worker
+        """An in-process worker (threads + an event loop); see ``conveyor.worker.worker``."""
+        from .worker import Worker
 
         return Worker(self, **options)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .app import Conveyor
     from .message import Envelope
-    from .worker.execution import Job, Outcome
+    from .worker.job import Job, Outcome
 
 logger = logging.getLogger("conveyor.middleware")
 
@@ -84,16 +84,18 @@ class Middleware:
 
     def on_dead_letter(self, envelope: Envelope | None, outcome: Outcome) -> None:
         """A message goes to the dead-letter queue (``outcome.reason``, ``outcome.detail``):
-        undecodable or malformed (``envelope`` is None then), unknown task, expired,
-        rejected. Called before the message is moved."""
+        undecodable (``envelope`` is None then) or malformed arguments, unknown task,
+        expired, rejected, or - called in the supervisor - killed for its hard time limit.
+        Called before the message is moved."""
 
     def on_revoked(self, envelope: Envelope, outcome: Outcome) -> None:
         """A revoked task was not started, or was terminated while it ran."""
 
     def on_skip(self, envelope: Envelope, outcome: Outcome) -> None:
         """A message was settled without running its task for another reason than the ones
-        above: a canvas step delivered again after it finished, or a delivery put back by
-        its task's ``rate_limit``."""
+        above: a canvas step delivered again after it finished (or while another delivery
+        runs it: put back to look again later), or a delivery put back by its task's
+        ``rate_limit``. ``before_process``/``after_process`` are not called for it."""
 
 
 #: The hooks :class:`Hooks` dispatches, in the order of :class:`Middleware`.

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from . import states
 from .app import Conveyor
-from .worker.consumer import Worker
+from .worker import Worker
+from .worker.job import Outcome
 
 #: Settings that make delivery timing fast enough for tests.
 TEST_SETTINGS: dict[str, Any] = {"broker_lease_timeout": 1.0, "broker_sweep_interval": 1.0}
@@ -28,14 +30,14 @@ class TestWorker(Worker):
     def __init__(self, app: Conveyor, **options: Any) -> None:
         options.setdefault("lease_wait", 0.05)
         options.setdefault("concurrency", 4)
+        options.setdefault("before_settle", self.before_settle)
         super().__init__(app, **options)
         self._failures: list[BaseException] = []
-        self._seen = 0
 
     def run_until_idle(
         self, timeout: float = 30.0, *, propagate: bool = True, include_delayed: bool = True
     ) -> None:
-        if not self._threads:
+        if not self.started:
             self.start()
         self.drain(timeout, include_delayed=include_delayed)
         if propagate:
@@ -47,11 +49,12 @@ class TestWorker(Worker):
         if failures:
             raise failures[0]
 
-    def _apply(self, batch: Any) -> None:
-        for outcome, _ in batch:
-            if outcome.error is not None and outcome.state == "FAILURE":
+    def before_settle(self, outcomes: list[Outcome]) -> None:
+        """Called by the finisher (which settles every failure) with each batch: remember
+        the failures. Override it to see or change what is settled (call this one too)."""
+        for outcome in outcomes:
+            if outcome.error is not None and outcome.state == states.FAILURE:
                 self._failures.append(outcome.error)
-        super()._apply(batch)
 
 
 def make_test_app(name: str = "tests", **settings: Any) -> Conveyor:

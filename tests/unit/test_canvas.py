@@ -28,6 +28,7 @@ from conveyor.canvas import (
 from conveyor.exceptions import TaskRevokedError
 from conveyor.result import AsyncResult, GroupResult
 from conveyor.testing import TestWorker, make_test_app
+from conveyor.worker.job import Outcome
 from tests.conftest import wait_until
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -418,9 +419,9 @@ class CrashingWorker(TestWorker):
         self.point = point
         self.crashed: list[str] = []
 
-    def _apply(self, batch: Any) -> None:
-        normal = []
-        for outcome, control in batch:
+    def before_settle(self, outcomes: list[Outcome]) -> None:
+        super().before_settle(outcomes)
+        for outcome in outcomes:
             delivery: Delivery | None = outcome.delivery
             if (
                 delivery is not None
@@ -432,12 +433,9 @@ class CrashingWorker(TestWorker):
                 if self.point == "before_ack":
                     for followup in outcome.followups:
                         followup()
-                with self._cond:  # "dies": never acked nor renewed, so the lease expires
-                    self._held.pop(delivery.receipt, None)
+                # "dies": never acked nor renewed (its slot is freed), so the lease expires
                 outcome.delivery = None
                 outcome.records, outcome.followups = [], []
-            normal.append((outcome, control))
-        super()._apply(normal)
 
 
 @pytest.mark.parametrize("point", ["before_followups", "before_ack"])

@@ -28,7 +28,7 @@ from conveyor import (
 from conveyor.brokers.base import Message, QueueStats
 from conveyor.exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
 from conveyor.testing import TestWorker
-from conveyor.worker.consumer import RECHECK_REVOKED_AFTER
+from conveyor.worker.dispatch import RECHECK_REVOKED_AFTER
 from tests.conftest import wait_until
 from tests.helpers import raw_sqlite
 
@@ -744,7 +744,7 @@ def test_a_result_is_stored_and_acked_at_once_when_the_queue_goes_idle(
     try:
         if concurrency > 1:  # one slot stays busy; the consumer waits in a lease for more
             slow.delay()
-            wait_until(lambda: worker._in_flight == 1, timeout=5)
+            wait_until(lambda: worker.inflight.count == 1, timeout=5)
         started = time.monotonic()
         assert quick.delay().get(timeout=5) == "done"
         wait_until(

@@ -1,31 +1,9 @@
-"""One worker process: the consumer :class:`Worker` plus what a production process needs.
+"""Entry points of worker processes: a supervisor's child (:func:`run_child`), ``--pool solo``
+(:func:`run_solo`) and the beat process of ``worker -B`` (:func:`run_beat_process`).
 
-:class:`ProcessWorker` adds to the consumer:
-
-* **one thread for the hot path** - with one thread per process, the main thread leases and
-  runs sync tasks itself (lease, run, ack-and-lease: no hand-off between threads), and a soft
-  time limit or a terminate request is delivered as a signal (``SIGUSR1`` to the main thread)
-  that interrupts blocking calls such as ``time.sleep``; the consumer's fallback
-  (``PyThreadState_SetAsyncExc``) waits for the call to return;
-* **reports** to the supervisor of the tasks it runs, with their delivery receipts, so the
-  supervisor can act on a task whose process it killed or lost. Tasks the supervisor must
-  act on promptly - a hard time limit to enforce, or ``acks_late=False`` (acked early, so
-  only the supervisor can record a loss) - are reported when they start and end. The others
-  are reported as a snapshot of what runs, sent when it changed, at most every
-  ``SNAPSHOT_INTERVAL`` seconds: a task of microseconds costs the pipe nothing, and a long one
-  is still known in time for a terminate's grace kill or a release after a kill;
-* **recycling** after ``max_tasks`` tasks or once the process uses more than
-  ``max_memory_kib`` of memory (checked after each task): a warm stop, then exit;
-* a **warm stop that misses nothing**: it waits for the consumer thread to hand over what
-  it is leasing before waiting for running tasks;
-* **exit on stop**: when a stop completes the process ends at once, even if a cold stop
-  abandoned a task that is still running in the main thread.
-
-It builds on the consumer's internals (``_start_sync``, ``_interrupt``, ``_release_controls``,
-``_leasing``, ``_running``), so it lives next to it in this package.
-
-``run_child`` is the entry point of a supervisor's child; ``--pool solo`` runs a
-``ProcessWorker`` in the CLI process itself.
+A child runs a :class:`~conveyor.worker.process.ProcessWorker`, obeys the supervisor's
+commands (stop, terminate) and sends it snapshots of its running tasks every
+``SNAPSHOT_INTERVAL`` seconds when they changed.
 """
 
 from __future__ import annotations
@@ -34,40 +12,23 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import TaskRevokedError
 from ..loading import find_app, setup_logging
-from .consumer import Worker, _Running
-from .execution import Job, Outcome, TaskRunner
+from .execution import TaskRunner
+from .process import SNAPSHOT_INTERVAL, ProcessWorker
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
-
-#: Signal that carries a time limit or terminate request into the main thread (POSIX only).
-INTERRUPT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
-#: Seconds between snapshots of the running tasks that are not reported one by one.
-SNAPSHOT_INTERVAL = 0.25
-
-
-def reported_one_by_one(job: Job) -> bool:
-    """Whether the supervisor hears of ``job`` when it starts and ends (see the module doc)."""
-    return not job.envelope.acks_late or bool(job.envelope.time_limit)
-
-
-def delivery_fields(job: Job) -> tuple[Any, ...]:
-    """What a report carries of a job's delivery (``Delivery(*fields)`` rebuilds it)."""
-    d = job.delivery
-    assert d is not None
-    return (d.id, d.queue, d.body, d.priority, d.receipt, d.delivery_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,189 +49,6 @@ class ChildOptions:
     log_level: int = logging.INFO
     #: The TaskRunner subclass to run tasks with (e.g. Django's), None for the default.
     runner_class: type[TaskRunner] | None = None
-
-
-def memory_kib() -> int:
-    """Resident memory of this process in KiB (peak RSS where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak
-
-
-class ProcessWorker(Worker):
-    """The consumer worker of one process (see the module docstring).
-
-    Call :meth:`serve` from the main thread after :meth:`start`; it never returns: the
-    process exits when a stop completes. With one thread, :meth:`serve` is the consumer.
-    """
-
-    def __init__(
-        self,
-        app: Conveyor,
-        *,
-        report: Callable[[tuple[Any, ...]], None] | None = None,
-        max_memory_kib: int | None = None,
-        hard_limit_in_process: bool = True,
-        runner_class: type[TaskRunner] | None = None,
-        **options: Any,
-    ) -> None:
-        self._report = report
-        if not hard_limit_in_process:
-            options["on_hard_time_limit"] = self._hard_limit_reached
-        super().__init__(
-            app, on_task_start=self._task_started, on_task_end=self._task_ended, **options
-        )
-        if runner_class is not None:
-            self.runner = runner_class(app, self.hostname)
-        self.max_memory_kib = max_memory_kib
-        self.exit_code = 0
-        self._main_ident = threading.main_thread().ident or 0
-        self._in_main = self.concurrency == 1 and INTERRUPT_SIGNAL is not None
-        self._main_control: _Running | None = None
-        self._pending_interrupt: tuple[_Running, type[BaseException]] | None = None
-        self._stop_lock = threading.Lock()
-        self._stopping: set[bool] = set()  # the kinds of stop (cold or not) under way
-        #: Called after the worker stopped, just before the process exits.
-        self.before_exit: list[Callable[[], None]] = []
-
-    # -- stopping ------------------------------------------------------------------------
-    def request_stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
-        """Start a warm (or cold) stop in the background; the process exits when it ends."""
-        with self._stop_lock:
-            if cold in self._stopping:
-                return
-            self._stopping.add(cold)
-        kind = "cold" if cold else "warm"
-        threading.Thread(
-            target=self.stop,
-            kwargs={"cold": cold, "timeout": timeout},
-            name=f"conveyor-{kind}-stop",
-            daemon=True,
-        ).start()
-
-    def stop(self, *, cold: bool = False, timeout: float | None = None) -> None:
-        # The consumer may be inside broker.lease(): wait until what it leases is dispatched
-        # and counted, or the stop would miss it (run, never acked, redelivered).
-        self._leasing.clear()
-        self._wait_handed_over(self.lease_wait + 5.0)
-        super().stop(cold=cold, timeout=timeout)
-        logger.info("worker %s stopped (%d tasks processed)", self.hostname, self.processed)
-        for hook in self.before_exit:
-            try:
-                hook()
-            except Exception:
-                logger.exception("exit hook %r failed", hook)
-        for handler in logging.getLogger().handlers + logger.handlers:
-            handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # A cold stop may leave a task running in the main thread: end the process now.
-        os._exit(self.exit_code)
-
-    def terminate(self, task_id: str) -> None:
-        """Raise TaskRevokedError in task ``task_id`` if it runs here."""
-        control = self._running.get(task_id)
-        if control is not None:
-            self._interrupt(control, TaskRevokedError)
-
-    # -- consuming and running sync tasks in the main thread -----------------------------
-    def _background_loops(self) -> list[tuple[str, Callable[[], None]]]:
-        loops = super()._background_loops()
-        if self._in_main:  # serve() consumes, in the main thread
-            loops = [(name, target) for name, target in loops if name != "consumer"]
-        return loops
-
-    def serve(self) -> None:
-        """Run the worker in the main thread until the process exits: with one thread, lease
-        and run sync tasks here; otherwise just wait (task threads run them)."""
-        if self._in_main:
-            assert INTERRUPT_SIGNAL is not None
-            signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
-            self._consume()  # returns once the worker stops leasing
-        while True:  # a completed stop ends the process
-            threading.Event().wait()
-
-    def _start_sync(self, control: _Running) -> None:
-        if not self._in_main:
-            super()._start_sync(control)
-            return
-        self._main_control = control
-        try:
-            self._run_sync(control)
-        finally:
-            self._main_control = None
-
-    def _interrupt(self, control: _Running, exc_type: type[BaseException]) -> None:
-        if control.loop_task is not None or control.thread_id != self._main_ident:
-            super()._interrupt(control, exc_type)
-            return
-        with control.lock:
-            if not control.active:
-                return
-            control.interrupted = exc_type
-            self._pending_interrupt = (control, exc_type)
-        assert INTERRUPT_SIGNAL is not None  # tasks run in the main thread only with it
-        signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
-
-    def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
-        pending, self._pending_interrupt = self._pending_interrupt, None
-        if pending is None:
-            return
-        control, exc_type = pending
-        # Only the task the interrupt was meant for, and only while it still runs.
-        if control is self._main_control and control.active:
-            raise exc_type(f"task {control.job.envelope.id} interrupted")
-
-    # -- reports -------------------------------------------------------------------------
-    def _task_started(self, job: Job) -> None:
-        if self._report is None or job.delivery is None or not reported_one_by_one(job):
-            return
-        envelope = job.envelope
-        self._report(
-            ("start", envelope.id, delivery_fields(job), envelope.acks_late, envelope.time_limit)
-        )
-
-    def _task_ended(self, job: Job) -> None:
-        if self._report is not None and job.delivery is not None and reported_one_by_one(job):
-            self._report(("end", job.envelope.id))
-
-    def running_snapshot(self) -> dict[str, tuple[Any, ...]]:
-        """Task id -> delivery fields of the running tasks not reported one by one."""
-        with self._cond:
-            jobs = [control.job for control in self._running.values()]
-        return {
-            job.envelope.id: delivery_fields(job)
-            for job in jobs
-            if job.delivery is not None and not reported_one_by_one(job)
-        }
-
-    def _release_controls(self, batch: list[tuple[Outcome, _Running | None]]) -> None:
-        recycle = False
-        if self.max_memory_kib is not None and any(control for _, control in batch):
-            used = memory_kib()
-            if used > self.max_memory_kib:
-                logger.warning(
-                    "worker %s uses %d KiB (> %d KiB): recycling",
-                    self.hostname,
-                    used,
-                    self.max_memory_kib,
-                )
-                # Before the freed slot wakes the consumer, so nothing more is leased.
-                self._leasing.clear()
-                recycle = True
-        super()._release_controls(batch)
-        if recycle:
-            self.request_stop()
-
-    def _hard_limit_reached(self, job: Job) -> None:
-        """The supervisor enforces hard limits by killing this process; nothing to do here."""
-        logger.debug("%s[%s] hard time limit reached", job.task.name, job.envelope.id)
 
 
 class _Reporter:
@@ -342,7 +120,7 @@ def run_solo(app: Conveyor, *, shutdown_timeout: float, beat: bool = False, **op
     or SIGINT and cold by a second one; ``beat=True`` also runs beat on a thread. Never
     returns: the process exits when it stops."""
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
-    worker = ProcessWorker(app, **options)
+    worker = ProcessWorker(app, solo=True, **options)
     if beat:
         _beat_thread(app, worker)
     signals = SignalCounter().install()
@@ -422,6 +200,57 @@ def _beat_thread(app: Conveyor, worker: ProcessWorker) -> None:
 
     worker.before_exit.append(stop_beat)
     thread.start()
+
+
+class BeatProcess:
+    """The beat process a supervisor runs for ``worker -B``, restarted a second after it
+    dies unless the supervisor is stopping."""
+
+    def __init__(
+        self,
+        context: BaseContext,
+        app: Conveyor | str,
+        name: str,
+        inherited_fds: Callable[[], list[int]],
+    ) -> None:
+        self._context = context
+        self._app = app
+        self.name = name
+        self._inherited_fds = inherited_fds
+        self.process: BaseProcess | None = None
+        self.restart_at: float | None = None
+
+    def spawn(self) -> None:
+        self.restart_at = None
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=run_beat_process,
+            args=(self._app, self.name, self._inherited_fds()),
+            name="beat",
+            daemon=False,
+        )
+        process.start()
+        self.process = process
+        logger.info("started beat (pid %s)", process.pid)
+
+    def check(self, now: float, *, stopping: bool) -> None:
+        beat = self.process
+        if beat is not None and not beat.is_alive():
+            beat.join()
+            self.process = None
+            if not stopping:
+                logger.error(
+                    "beat (pid %s) exited with code %s: restarting", beat.pid, beat.exitcode
+                )
+                self.restart_at = now + 1.0
+        if stopping:
+            self.restart_at = None
+        elif self.restart_at is not None and now >= self.restart_at:
+            self.spawn()
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signum)
 
 
 def run_beat_process(app: Conveyor | str, name: str, close_fds: list[int]) -> None:

@@ -1,9 +1,10 @@
 """Running one task: decode, check, run, and decide what happens to its message.
 
-The runner never talks to the broker; it returns an :class:`Outcome` (ack, retry later, or
-dead-letter, plus the result records to store and follow-up work such as callbacks). The
-consumer applies outcomes in batches: records first, then follow-ups, then acks, so a crash
-at any point leads to a redelivery, never to a lost result.
+The runner never talks to the broker; it returns an :class:`Outcome` (an :class:`Action` -
+ack, retry later, or dead-letter - plus the result records to store and follow-up work such
+as callbacks). :class:`conveyor.worker.settle.Settler` applies outcomes in batches: records
+first, then follow-ups, then acks, so a crash at any point leads to a redelivery, never to a
+lost result.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace
@@ -32,42 +32,13 @@ from ..exceptions import (
 )
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
 from ..results.base import ResultRecord
-from ..task import Request, Task, _current_request, rate_per_second
+from ..task import Request, _current_request, rate_per_second
+from .job import Action, Job, Outcome
 
 if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
-
-
-@dataclass(slots=True)
-class Job:
-    """A decoded, checked message whose task is about to run."""
-
-    envelope: Envelope
-    task: Task[Any, Any]
-    args: list[Any]
-    kwargs: dict[str, Any]
-    request: Request
-    delivery: Delivery | None = None
-    started_at: float = 0.0
-    #: run-once verdict for canvas follow-ups (see ``canvas.once_guard``); None = run
-    once: ResultRecord | float | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What to do with a message after its task ran (or could not run)."""
-
-    delivery: Delivery | None
-    action: str  # "ack" | "retry" | "dead"
-    records: list[ResultRecord] = field(default_factory=list)
-    retry_message: Message | None = None
-    reason: str = ""
-    detail: str = ""
-    followups: list[Callable[[], None]] = field(default_factory=list)
-    state: str = ""
-    error: BaseException | None = None
 
 
 class TaskRunner:
@@ -90,7 +61,7 @@ class TaskRunner:
             envelope = decode_envelope(delivery.body)
         except MalformedMessage as exc:
             logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
-            return Outcome(delivery, "dead", reason=exc.reason, detail=exc.detail)
+            return Outcome(delivery, Action.DEAD, reason=exc.reason, detail=exc.detail)
         return self.prepare_envelope(envelope, delivery, revoked)
 
     def prepare_envelope(
@@ -99,6 +70,14 @@ class TaskRunner:
         delivery: Delivery | None,
         revoked: set[str] | frozenset[str] = frozenset(),
     ) -> Job | Outcome:
+        prepared = self._prepare(envelope, delivery, revoked)
+        if isinstance(prepared, Outcome):
+            prepared.envelope = envelope
+        return prepared
+
+    def _prepare(
+        self, envelope: Envelope, delivery: Delivery | None, revoked: set[str] | frozenset[str]
+    ) -> Job | Outcome:
         now = time.time()
         task = self.app.tasks.get(envelope.task)
         if task is None:
@@ -106,7 +85,7 @@ class TaskRunner:
             logger.error("unknown task %r (id %s): dead-lettered", envelope.task, envelope.id)
             return Outcome(
                 delivery,
-                "dead",
+                Action.DEAD,
                 [self._failure_record(envelope, error, None)],
                 reason=DeadLetterReason.UNKNOWN_TASK,
                 detail=f"task {envelope.task!r} is not registered",
@@ -118,7 +97,10 @@ class TaskRunner:
             args, kwargs = decode_arguments(envelope)
         except (ValueError, TypeError, AttributeError) as exc:
             return Outcome(
-                delivery, "dead", reason=DeadLetterReason.MALFORMED, detail=f"bad arguments: {exc}"
+                delivery,
+                Action.DEAD,
+                reason=DeadLetterReason.MALFORMED,
+                detail=f"bad arguments: {exc}",
             )
         if envelope.id in revoked:
             return self.revoked_outcome(envelope, delivery)
@@ -126,7 +108,7 @@ class TaskRunner:
             logger.info("%s[%s] expired: not run", envelope.task, envelope.id)
             return Outcome(
                 delivery,
-                "dead",
+                Action.DEAD,
                 [self._final_record(envelope, states.EXPIRED, None)],
                 reason=DeadLetterReason.EXPIRED,
                 detail=f"expired at {envelope.expires:.3f}",
@@ -139,7 +121,13 @@ class TaskRunner:
                 message = Message(
                     envelope.id, envelope.queue, delivery.body, envelope.priority, wait
                 )
-                return Outcome(delivery, "retry", retry_message=message, state=states.QUEUED)
+                return Outcome(
+                    delivery,
+                    Action.RETRY,
+                    retry_message=message,
+                    state=states.QUEUED,
+                    skipped=True,
+                )
         request = Request(
             id=envelope.id,
             task=envelope.task,
@@ -188,10 +176,11 @@ class TaskRunner:
         logger.info("%s[%s] revoked: not run", envelope.task, envelope.id)
         return Outcome(
             delivery,
-            "ack",
+            Action.ACK,
             [self._final_record(envelope, states.REVOKED, None)],
             followups=self._then(envelope, states.REVOKED, None),
             state=states.REVOKED,
+            envelope=envelope,
         )
 
     # -- running -------------------------------------------------------------------------
@@ -258,7 +247,7 @@ class TaskRunner:
             self._log(logging.WARNING, "%s[%s] rejected: %s", task.name, envelope.id, exc)
             return Outcome(
                 job.delivery,
-                "dead",
+                Action.DEAD,
                 [self._failure_record(envelope, exc, format_traceback(exc))],
                 reason=DeadLetterReason.REJECTED,
                 detail=str(exc),
@@ -270,7 +259,7 @@ class TaskRunner:
             self._log(logging.INFO, "%s[%s] terminated (revoked)", task.name, envelope.id)
             return Outcome(
                 job.delivery,
-                "ack",
+                Action.ACK,
                 [self._final_record(envelope, states.REVOKED, None)],
                 followups=self._then(envelope, states.REVOKED, None),
                 state=states.REVOKED,
@@ -294,12 +283,16 @@ class TaskRunner:
                 logging.INFO, "%s[%s] already done: not run again", job.task.name, job.envelope.id
             )
             followups = self._then(job.envelope, record.state, record.result)
-            return Outcome(job.delivery, "ack", followups=followups, state=record.state)
+            return Outcome(
+                job.delivery, Action.ACK, followups=followups, state=record.state, skipped=True
+            )
         delay = float(job.once or 0.0)
         message = Message(
             job.envelope.id, job.envelope.queue, job.delivery.body, job.envelope.priority, delay
         )
-        return Outcome(job.delivery, "retry", retry_message=message, state=states.RETRY)
+        return Outcome(
+            job.delivery, Action.RETRY, retry_message=message, state=states.RETRY, skipped=True
+        )
 
     def _retries_exhausted(self, job: Job) -> bool:
         limit = job.task.max_retries
@@ -316,16 +309,16 @@ class TaskRunner:
             records.append(
                 self._final_record(envelope, states.SUCCESS, value, children=job.request.children)
             )
-        self._log(
-            logging.INFO,
-            "%s[%s] succeeded in %.3fs: %.200r",
-            task.name,
-            envelope.id,
-            runtime,
-            retval,
-        )
         followups = self._then(envelope, states.SUCCESS, value)
-        return Outcome(job.delivery, "ack", records, followups=followups, state=states.SUCCESS)
+        return Outcome(
+            job.delivery,
+            Action.ACK,
+            records,
+            followups=followups,
+            state=states.SUCCESS,
+            runtime=runtime,
+            retval=retval,
+        )
 
     def _retried(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
         envelope, task = job.envelope, job.task
@@ -353,7 +346,13 @@ class TaskRunner:
             cause,
         )
         return Outcome(
-            job.delivery, "retry", records, retry_message=message, state=states.RETRY, error=cause
+            job.delivery,
+            Action.RETRY,
+            records,
+            retry_message=message,
+            state=states.RETRY,
+            error=cause,
+            runtime=runtime,
         )
 
     def _failed(self, job: Job, exc: BaseException, runtime: float) -> Outcome:
@@ -362,10 +361,15 @@ class TaskRunner:
         self._hook(task.on_failure, exc, envelope.id, job.args, job.kwargs, einfo)
         self._hook(task.after_return, states.FAILURE, exc, envelope.id, job.args, job.kwargs, einfo)
         record = self._failure_record(envelope, exc, einfo)
-        self._log(logging.ERROR, "%s[%s] failed in %.3fs: %r", task.name, envelope.id, runtime, exc)
         followups = self._then(envelope, states.FAILURE, record.result)
         return Outcome(
-            job.delivery, "ack", [record], followups=followups, state=states.FAILURE, error=exc
+            job.delivery,
+            Action.ACK,
+            [record],
+            followups=followups,
+            state=states.FAILURE,
+            error=exc,
+            runtime=runtime,
         )
 
     # -- records -------------------------------------------------------------------------
@@ -419,49 +423,3 @@ def _has_followups(envelope: Envelope) -> bool:
     """Whether :func:`conveyor.canvas.on_task_finished` has anything to do for ``envelope``
     (the same test it makes first)."""
     return bool(envelope.callbacks or envelope.errbacks or envelope.chord)
-
-
-# -- eager mode -----------------------------------------------------------------------------
-
-
-def run_eager(app: Conveyor, envelope: Envelope, body: bytes) -> None:
-    """Run a task inline as a worker would (``task_always_eager``, ``Task.apply``).
-
-    The envelope was encoded (arguments serialized, size checked) before this is called.
-    Retries run again at once, ignoring their delay; results are stored as usual.
-    """
-    runner = TaskRunner(app, hostname="eager")
-    while True:
-        prepared = runner.prepare_envelope(decode_envelope(body), None)
-        if isinstance(prepared, Outcome):
-            outcome = prepared
-        else:
-            record = runner.started_record(prepared)
-            if record is not None:
-                app.results.store([record])
-            outcome = _run_inline(runner, prepared)
-        if outcome.records:
-            app.results.store(outcome.records)
-        for followup in outcome.followups:
-            followup()
-        if outcome.action == "retry" and outcome.retry_message is not None:
-            body = outcome.retry_message.body
-            continue
-        if outcome.error is not None and app.conf.task_eager_propagates:
-            raise outcome.error
-        return
-
-
-def _run_inline(runner: TaskRunner, job: Job) -> Outcome:
-    if not job.task.is_async:
-        return runner.run(job)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(runner.arun(job))
-    # Called from inside an event loop: run the coroutine on a private loop in a thread.
-    box: list[Outcome] = []
-    thread = threading.Thread(target=lambda: box.append(asyncio.run(runner.arun(job))))
-    thread.start()
-    thread.join()
-    return box[0]

@@ -38,7 +38,6 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from .. import states
 from ..brokers import scheme_of
 from ..brokers.base import DeadLetterReason, Delivery
 from ..exceptions import (
@@ -46,11 +45,12 @@ from ..exceptions import (
     ConveyorError,
     TaskRevokedError,
     TimeLimitExceeded,
-    WorkerLostError,
 )
-from .child import ChildOptions, run_beat_process, run_child
+from ..middleware import call_each
+from .child import BeatProcess, ChildOptions, run_child
 from .consumer import default_hostname
-from .execution import Job, Outcome, TaskRunner
+from .execution import TaskRunner
+from .lost import LostTasks, RunningTask
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -66,19 +66,6 @@ COLD_GRACE = 5.0
 QUICK_DEATH = 2.0
 
 
-@dataclass(slots=True)
-class _Task:
-    """A task a child reported as started (``one_by_one``) or as running in a snapshot."""
-
-    id: str
-    delivery: Delivery
-    acks_late: bool
-    time_limit: float | None
-    started: float
-    one_by_one: bool = True
-    terminate_at: float | None = None
-
-
 @dataclass(slots=True, eq=False)
 class _Child:
     slot: int
@@ -86,7 +73,7 @@ class _Child:
     conn: Connection
     hostname: str
     started: float
-    tasks: dict[str, _Task] = field(default_factory=dict)
+    tasks: dict[str, RunningTask] = field(default_factory=dict)
     stop_sent: bool | None = None  # None: not asked; False: warm; True: cold
 
 
@@ -140,7 +127,7 @@ class Supervisor:
             self._context = multiprocessing.get_context("spawn")
         else:
             raise ConfigurationError("this platform cannot fork: start the worker with -A")
-        self.runner = TaskRunner(app, self.hostname)
+        self._lost_tasks = LostTasks(app, TaskRunner(app, self.hostname))
         self._children: dict[int, _Child] = {}
         self._restart_at: dict[int, float] = {}
         self._quick_deaths: dict[int, int] = {}
@@ -153,22 +140,35 @@ class Supervisor:
         self._next_terminate_poll = 0.0
         self._wake_r = -1
         self._wake_w = -1
-        self._beat: BaseProcess | None = None
-        self._beat_restart_at: float | None = None
+        self._beat: BeatProcess | None = None
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
         self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+        hooks = self.app.hooks
+        if hooks.worker_start:
+            call_each(hooks.worker_start, self)
         self._install_signals()
         try:
             for slot in range(1, self.concurrency + 1):
                 self._spawn(slot)
             if self.beat:
-                self._spawn_beat()
-            while self._children or self._restart_at or self._beat or not self._stopping:
+                self._beat = BeatProcess(
+                    self._context, self._target_app(), f"{self.hostname}/beat", self._inherited_fds
+                )
+                self._beat.spawn()
+            beat = self._beat
+            while (
+                self._children
+                or self._restart_at
+                or not self._stopping
+                or (beat is not None and beat.process is not None)
+            ):
                 self._tick()
         finally:
             self._restore_signals()
+        if hooks.worker_stop:
+            call_each(hooks.worker_stop, self)
         logger.info("worker %s stopped", self.hostname)
         return 0
 
@@ -176,8 +176,8 @@ class Supervisor:
         waitables: list[Any] = [self._wake_r]
         for child in self._children.values():
             waitables += (child.conn, child.process.sentinel)
-        if self._beat is not None:
-            waitables.append(self._beat.sentinel)
+        if self._beat is not None and self._beat.process is not None:
+            waitables.append(self._beat.process.sentinel)
         ready = wait(waitables, self._wait_timeout())
         if self._wake_r in ready:
             with contextlib.suppress(OSError):
@@ -193,7 +193,8 @@ class Supervisor:
         self._poll_terminates(now)
         self._handle_deadlines(now)
         self._restart_due(now)
-        self._check_beat(now)
+        if self._beat is not None:
+            self._beat.check(now, stopping=self._stopping)
 
     def _wait_timeout(self) -> float:
         now = time.monotonic()
@@ -207,8 +208,8 @@ class Supervisor:
             if child.tasks:
                 due.append(self._next_terminate_poll)
         due += self._restart_at.values()
-        if self._beat_restart_at is not None:
-            due.append(self._beat_restart_at)
+        if self._beat is not None and self._beat.restart_at is not None:
+            due.append(self._beat.restart_at)
         if self._stopping:
             due.append(self._kill_deadline if self._cold else self._stop_deadline)
         return max(0.0, min(due) - now)
@@ -256,38 +257,6 @@ class Supervisor:
         assert self.app_spec is not None
         return self.app_spec
 
-    def _spawn_beat(self) -> None:
-        self._beat_restart_at = None
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=run_beat_process,
-            args=(self._target_app(), f"{self.hostname}/beat", self._inherited_fds()),
-            name="beat",
-            daemon=False,
-        )
-        process.start()
-        self._beat = process
-        logger.info("started beat (pid %s)", process.pid)
-
-    def _check_beat(self, now: float) -> None:
-        beat = self._beat
-        if beat is not None and not beat.is_alive():
-            beat.join()
-            self._beat = None
-            if not self._stopping:
-                logger.error(
-                    "beat (pid %s) exited with code %s: restarting", beat.pid, beat.exitcode
-                )
-                self._beat_restart_at = now + 1.0
-        if self._stopping:
-            self._beat_restart_at = None
-        elif self._beat_restart_at is not None and now >= self._beat_restart_at:
-            self._spawn_beat()
-
-    def _signal_beat(self, signum: int) -> None:
-        if self._beat is not None and self._beat.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._beat.pid, signum)
-
     def _read(self, child: _Child) -> None:
         """Take in every report waiting in the child's pipe."""
         try:
@@ -300,7 +269,7 @@ class Supervisor:
         kind = report[0]
         if kind == "start":
             _, task_id, fields, acks_late, time_limit = report
-            child.tasks[task_id] = _Task(
+            child.tasks[task_id] = RunningTask(
                 task_id, Delivery(*fields), bool(acks_late), time_limit, time.monotonic()
             )
         elif kind == "end":
@@ -313,7 +282,7 @@ class Supervisor:
             now = time.monotonic()
             for task_id, fields in running.items():
                 if task_id not in child.tasks:
-                    child.tasks[task_id] = _Task(
+                    child.tasks[task_id] = RunningTask(
                         task_id, Delivery(*fields), True, None, now, one_by_one=False
                     )
         elif kind == "ready":
@@ -332,33 +301,15 @@ class Supervisor:
 
     def _lost(self, child: _Child, *, killed: bool) -> None:
         """Account for the tasks of a child that exited, died, or was killed."""
-        code = child.process.exitcode
-        if killed:
-            pass  # the reason was logged when it was killed
-        elif code and code < 0:
-            name = signal.Signals(-code).name
-            logger.error("child %d (pid %s) died: %s", child.slot, child.process.pid, name)
-        elif code:
-            logger.error(
-                "child %d (pid %s) exited with code %d", child.slot, child.process.pid, code
-            )
-        elif not self._stopping:
-            logger.info("child %d (pid %s) exited (recycled)", child.slot, child.process.pid)
         tasks, child.tasks = list(child.tasks.values()), {}
-        innocent = [t.delivery for t in tasks if t.acks_late and (killed or self._cold)]
-        if innocent:
-            self._broker_call(lambda: self.app.broker.release(innocent), "release leases")
-        for task in tasks:
-            if not task.acks_late:
-                error = WorkerLostError(f"worker process ended mid-task (exit code {code})")
-                self._fail(task, error)
-            elif not innocent:
-                logger.warning(
-                    "task %s was running in child %d: redelivered once its lease expires%s",
-                    task.id,
-                    child.slot,
-                    "" if task.one_by_one else " (unless it finished since the last report)",
-                )
+        self._lost_tasks.child_ended(
+            child.slot,
+            child.process,
+            tasks,
+            killed=killed,
+            stopping=self._stopping,
+            cold=self._cold,
+        )
 
     def _schedule_restart(self, child: _Child) -> None:
         if self._stopping:
@@ -414,7 +365,7 @@ class Supervisor:
                     break
 
     def _kill_for(
-        self, child: _Child, task: _Task, error: BaseException, reason: str | None
+        self, child: _Child, task: RunningTask, error: BaseException, reason: str | None
     ) -> None:
         self._kill(child)
         if child.tasks.pop(task.id, None) is not None:  # it did not finish meanwhile
@@ -450,41 +401,8 @@ class Supervisor:
             with contextlib.suppress(OSError, ValueError):
                 child.conn.send(("terminate", task.id))
 
-    # -- recording outcomes the children could not ---------------------------------------
-    def _fail(self, task: _Task, error: BaseException, reason: str | None = None) -> None:
-        """Record ``error`` as the end of ``task`` and settle its message."""
-        prepared = self.runner.prepare(task.delivery)
-        if isinstance(prepared, Job):
-            prepared.started_at = time.time()
-            outcome = self.runner.finish(prepared, None, error, time.monotonic() - task.started)
-        else:
-            outcome = prepared
-        if not task.acks_late:
-            outcome.delivery = None  # acked when it started (at-most-once)
-        elif reason is not None and outcome.action == "ack":
-            outcome.action, outcome.reason, outcome.detail = "dead", reason, str(error)
-        self._broker_call(lambda: self._apply(task.id, outcome), "record the outcome")
-
-    def _apply(self, task_id: str, outcome: Outcome) -> None:
-        existing = self.app.results.get(task_id)
-        if existing is not None and existing.state in states.READY_STATES:
-            return  # the child finished it after all
-        if outcome.records:
-            self.app.results.store(outcome.records)
-        for followup in outcome.followups:
-            try:
-                followup()
-            except Exception:
-                logger.exception("follow-up of task %s failed", task_id)
-        broker, delivery = self.app.broker, outcome.delivery
-        if delivery is None:
-            return
-        if outcome.action == "ack":
-            broker.ack([delivery])
-        elif outcome.action == "retry" and outcome.retry_message is not None:
-            broker.retry_later(delivery, outcome.retry_message)
-        elif outcome.action == "dead":
-            broker.dead_letter(delivery, outcome.reason, outcome.detail)
+    def _fail(self, task: RunningTask, error: BaseException, reason: str | None = None) -> None:
+        self._lost_tasks.fail(task, error, reason)
 
     def _broker_call(self, action: Any, what: str) -> None:
         try:
@@ -528,7 +446,8 @@ class Supervisor:
             self.shutdown_timeout,
         )
         self._send_stop(cold=False)
-        self._signal_beat(signal.SIGTERM)
+        if self._beat is not None:
+            self._beat.signal(signal.SIGTERM)
 
     def _cold_stop(self, why: str) -> None:
         if self._cold:
@@ -558,7 +477,8 @@ class Supervisor:
                 )
                 self._kill(child)
             self._reap()
-            self._signal_beat(signal.SIGKILL)
+            if self._beat is not None:
+                self._beat.signal(signal.SIGKILL)
 
     def request_stop(self, *, cold: bool = False) -> None:
         """Ask for a warm (or cold) shutdown, as SIGTERM would (call from a signal handler

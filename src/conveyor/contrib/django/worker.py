@@ -11,8 +11,9 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
-from conveyor.worker.consumer import Worker
-from conveyor.worker.execution import Job, Outcome, TaskRunner
+from conveyor.worker import Worker
+from conveyor.worker.execution import TaskRunner
+from conveyor.worker.job import Job, Outcome
 
 from .connections import track
 

@@ -1,0 +1,100 @@
+"""The heartbeat: renew leases, obey terminate requests, sweep the broker, announce the
+worker (for ``conveyor status``) and delete expired results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..exceptions import ConveyorError
+from .inflight import InFlight
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+
+class Heartbeat:
+    """Every ``interval`` seconds: extend the held leases and check for terminate requests;
+    less often, sweep, announce and clean up. Errors are logged and the next beat tries
+    again. Call :meth:`run` on a thread; it returns once ``stopped`` is set."""
+
+    def __init__(
+        self,
+        app: Conveyor,
+        inflight: InFlight,
+        stopped: threading.Event,
+        *,
+        hostname: str,
+        queues: list[str],
+        concurrency: int,
+        started_at: float,
+        interval: float,
+        sweep_interval: float,
+        cleanup_interval: float,
+        terminate: Callable[[str], None],
+    ) -> None:
+        self.app = app
+        self._inflight = inflight
+        self._stopped = stopped
+        self.hostname = hostname
+        self.queues = queues
+        self.concurrency = concurrency
+        self.started_at = started_at
+        self.interval = interval
+        self.sweep_interval = sweep_interval
+        self.cleanup_interval = cleanup_interval
+        self._terminate = terminate
+
+    def run(self) -> None:
+        last_sweep = 0.0
+        last_announce = 0.0
+        last_cleanup = time.monotonic()
+        while not self._stopped.wait(self.interval):
+            try:
+                held, running = self._inflight.held_now()
+                if held:
+                    self.app.broker.extend(held)
+                if running:
+                    self._check_terminate(running)
+                now = time.monotonic()
+                if now - last_sweep >= self.sweep_interval:
+                    last_sweep = now
+                    self.app.broker.sweep()
+                if now - last_announce >= max(self.interval, 2.0):
+                    last_announce = now
+                    self.announce()
+                if now - last_cleanup >= self.cleanup_interval:
+                    last_cleanup = now
+                    self.app.results.cleanup()
+            except ConveyorError as exc:
+                logger.error("heartbeat failed: %s", exc)
+
+    def announce(self) -> None:
+        info = {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "processed": self._inflight.processed,
+            "running": len(self._inflight.running),
+            "started_at": self.started_at,
+            "seen_at": time.time(),
+        }
+        ttl = max(10.0, self.interval * 4)
+        self.app.broker.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
+
+    def retire(self) -> None:
+        """Remove the announcement (the worker stopped)."""
+        self.app.broker.delete_value(f"worker:{self.hostname}")
+
+    def _check_terminate(self, running: list[str]) -> None:
+        wanted = self.app.broker.revoked([f"terminate:{task_id}" for task_id in running])
+        for key in wanted:
+            self._terminate(key.removeprefix("terminate:"))

@@ -1,0 +1,230 @@
+"""In-flight accounting: what a worker holds, runs and still has to settle.
+
+Every count lives under one condition variable, which also wakes whoever waits for a change
+(the lease loop for a free slot, a stop or ``drain`` for the worker to become idle):
+
+* ``count`` - tasks admitted and not yet released (a slot each);
+* ``held`` - leased messages not acked yet, renewed by the heartbeat;
+* ``running`` - control blocks of admitted tasks, by task id;
+* ``pending`` - outcomes submitted and not yet released (finisher or quick settle);
+* ``quick`` - plain successes the lease loop settles with its next lease, and ``settling``
+  those it took and has not acked yet (their slots are free already);
+* ``in_lease`` - the lease loop is inside a lease: outcomes go to the finisher, so none
+  waits for a lease that blocks;
+* ``handing_over`` - from the start of a lease until what it leased is counted in
+  ``count``: a stop waits for it, so what a lease returns is either run to the end (warm)
+  or released (cold), never run after the finisher stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..brokers.base import Delivery
+from ..results.base import ResultRecord
+from .job import Action, Job, Outcome
+
+
+@dataclass(slots=True, eq=False)
+class Running:
+    """Control block of an admitted task (for time limits, terminate and STARTED records)."""
+
+    job: Job
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread_id: int | None = None
+    active: bool = False
+    loop_task: asyncio.Task[Any] | None = None
+    interrupted: type[BaseException] | None = None
+    #: Monotonic time it was leased and admitted.
+    admitted: float = field(default_factory=time.monotonic)
+    #: Monotonic time it began running (valid while ``active``).
+    since: float = 0.0
+    #: Its STARTED record, until stored (see :mod:`conveyor.worker.started`).
+    started: ResultRecord | None = None
+
+
+#: An outcome and the control block of its task (None: it was never admitted).
+type Finished = tuple[Outcome, Running | None]
+
+
+class InFlight:
+    """The worker's counters and holds under one condition variable (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.count = 0
+        self.processed = 0
+        self.held: dict[str, Delivery] = {}  # receipt -> delivery
+        self.running: dict[str, Running] = {}  # task id -> control block
+        #: Outcomes for the finisher.
+        self.done: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        self.pending = 0
+        self.quick: list[Finished] = []
+        self.settling = 0
+        self.in_lease = False
+        self.handing_over = False
+        self.consumer_active = False
+
+    # -- outcomes ------------------------------------------------------------------------
+    def submit(self, outcome: Outcome, control: Running | None) -> None:
+        """Hand an outcome over to be settled: a plain success to the lease loop (when it
+        is not inside a lease), everything else to the finisher."""
+        with self.cond:
+            self.pending += 1
+            if (
+                control is not None
+                and outcome.error is None
+                and outcome.action is Action.ACK
+                and not outcome.followups
+                and self.consumer_active
+                and not self.in_lease
+            ):
+                # A plain success: the consumer stores and acks it with its next lease.
+                self.quick.append((outcome, control))
+                self.cond.notify_all()
+                return
+        self.done.put((outcome, control))
+
+    def release(self, batch: Sequence[Finished]) -> list[Job]:
+        """Settled (or abandoned): free the slots and holds of ``batch``; return the jobs
+        that held a slot."""
+        jobs: list[Job] = []
+        with self.cond:
+            for outcome, control in batch:
+                if control is not None:
+                    delivery = control.job.delivery
+                    self.running.pop(control.job.envelope.id, None)
+                    self.count -= 1
+                    jobs.append(control.job)
+                else:
+                    delivery = outcome.delivery
+                if delivery is not None:
+                    self.held.pop(delivery.receipt, None)
+            self.processed += len(jobs)
+            self.pending -= len(batch)
+            self.cond.notify_all()
+        return jobs
+
+    # -- the lease loop ------------------------------------------------------------------
+    def wait_for_slot(self, capacity: int, leasing: threading.Event) -> None:
+        """(Lock held.) Wait while every slot is taken. Quickly settled outcomes hold no
+        slot: their tasks have finished."""
+        while leasing.is_set() and self.count - len(self.quick) >= capacity:
+            self.cond.wait(0.5)
+
+    def next_step(self, free: int, leasing: bool) -> tuple[list[Finished], bool]:
+        """(Lock held.) Take the outcomes to settle quickly, if any; else, if ``leasing``
+        ``free`` slots, mark the lease as begun: from then on outcomes go to the finisher
+        until it returns, so none waits for a lease that blocks."""
+        more, self.quick = self.quick, []
+        if more:
+            self.settling += len(more)
+            return more, False
+        self.in_lease = self.handing_over = leasing
+        return more, leasing
+
+    def lease_failed(self) -> None:
+        with self.cond:
+            self.in_lease = self.handing_over = False
+            self.cond.notify_all()
+
+    def leased(self, deliveries: Sequence[Delivery], settled: int) -> None:
+        """A lease returned ``deliveries`` (renewed by the heartbeat from now on) and acked
+        ``settled`` quickly settled outcomes."""
+        with self.cond:
+            self.in_lease = False
+            for delivery in deliveries:
+                self.held[delivery.receipt] = delivery
+            if settled:
+                self.settling -= settled
+                self.cond.notify_all()
+
+    def settled(self, count: int) -> None:
+        with self.cond:
+            self.settling -= count
+            self.cond.notify_all()
+
+    def handed_over(self) -> None:
+        with self.cond:
+            self.handing_over = False
+            self.cond.notify_all()
+
+    def wait_handed_over(self, timeout: float) -> None:
+        """Wait until a lease in progress returned and what it leased is counted (call
+        after leasing stopped: no lease starts after that)."""
+        with self.cond:
+            self.cond.wait_for(lambda: not self.handing_over, timeout)
+
+    def consumer_started(self) -> None:
+        with self.cond:
+            self.consumer_active = True
+
+    def consumer_ended(self) -> None:
+        """The finisher settles what the lease loop no longer will."""
+        with self.cond:
+            self.consumer_active = False
+            quick, self.quick = self.quick, []
+            for item in quick:
+                self.done.put(item)
+
+    # -- admitting -----------------------------------------------------------------------
+    def admit(self, controls: Sequence[Running]) -> None:
+        with self.cond:
+            self.count += len(controls)
+            for control in controls:
+                self.running[control.job.envelope.id] = control
+
+    def unhold(self, deliveries: Sequence[Delivery]) -> None:
+        """Stop renewing ``deliveries`` (acked early)."""
+        with self.cond:
+            for delivery in deliveries:
+                self.held.pop(delivery.receipt, None)
+
+    # -- looking ---------------------------------------------------------------------------
+    def get(self, task_id: str) -> Running | None:
+        return self.running.get(task_id)
+
+    def controls(self) -> list[Running]:
+        with self.cond:
+            return list(self.running.values())
+
+    def held_now(self) -> tuple[list[Delivery], list[str]]:
+        """The held deliveries and the ids of the admitted tasks."""
+        with self.cond:
+            return list(self.held.values()), list(self.running)
+
+    def take_held(self) -> list[Delivery]:
+        """Give up every hold (a cold stop releases them)."""
+        with self.cond:
+            held = list(self.held.values())
+            self.held.clear()
+            return held
+
+    def busy(self, *, holding: bool = False) -> bool:
+        """(Lock held.) Whether a task is in flight or an outcome is not settled (or,
+        with ``holding``, a message is held)."""
+        return bool(self.count or self.pending or self.settling or (holding and self.held))
+
+    def wait_idle(self, deadline: float | None) -> bool:
+        """Wait until nothing is in flight or settling; False if ``deadline`` passed."""
+        with self.cond:
+            while self.busy():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.cond.wait(remaining if remaining is not None else 0.5)
+        return True
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        with self.cond:
+            self.cond.wait(timeout)

@@ -1,19 +1,22 @@
-"""Process-wide state: the apps alive in this process and the default one.
+"""Process-wide state: the apps alive in this process, the default one, and the request of
+the task running in the current thread or asyncio task.
 
-It lives apart from :mod:`conveyor.app` so that modules the app imports (tasks, the canvas)
-can find the default app without importing the app module.
+It lives apart from :mod:`conveyor.app` and :mod:`conveyor.task` so that the modules those
+import (the canvas, results) can read it without importing them.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .app import Conveyor
+    from .task import Request
 
 _apps: list[weakref.ref[Conveyor]] = []
 _default: weakref.ref[Conveyor] | None = None
@@ -52,3 +55,12 @@ def default_app() -> Conveyor:
             "shared tasks or AsyncResult without app="
         )
     return app
+
+
+#: The request of the task running in this thread or asyncio task (set by the worker).
+request_var: ContextVar[Request | None] = ContextVar("conveyor_request", default=None)
+
+
+def current_request() -> Request | None:
+    """The request of the task running in this thread or asyncio task, if any."""
+    return request_var.get()

@@ -7,11 +7,12 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _state
 from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
+from .beat.scheduler import run_beat
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, route
@@ -25,9 +26,8 @@ from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
 from .settlement import Settlement, open_settlement
 from .task import Task, current_request, make_task_decorator, shared_tasks
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .worker import Worker
+from .worker.eager import run_eager
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -328,8 +328,6 @@ class Conveyor:
         envelope, message, record = self.prepare(name, args, kwargs, options, task)
         result: TaskResult[Any] = TaskResult(envelope.id, self, task_name=name)
         if _eager or self.conf.task_always_eager:
-            from .worker.eager import run_eager
-
             run_eager(self, envelope, message.body)
             return result
         if on_commit is None and self.conf.task_enqueue_on_commit:
@@ -368,12 +366,8 @@ class Conveyor:
                 records.append(record)
             results.append(TaskResult(envelope.id, self, task_name=sig.task))
         if self.conf.task_always_eager:
-            from .worker.eager import run_eager
-
-            for message in messages:
-                from .message import decode_envelope
-
-                run_eager(self, decode_envelope(message.body), message.body)
+            for envelope, message in zip(envelopes, messages, strict=True):
+                run_eager(self, envelope, message.body)
             return results
         if messages:
             self._publish(envelopes, messages, records)
@@ -441,20 +435,16 @@ class Conveyor:
         if self.beat_runner is not None:
             self.beat_runner(self, stop, **options)
             return
-        from .beat.scheduler import run_beat
-
         run_beat(self, stop, **options)
 
     def Worker(self, **options: Any) -> Worker:
         """An in-process worker (threads + an event loop); see ``conveyor.worker.worker``."""
-        from .worker import Worker
-
         return Worker(self, **options)
 
 
 def _django_app_modules() -> list[str]:
     try:
-        from django.apps import apps
+        from django.apps import apps  # optional dependency: only this Django path needs it
     except ImportError:
         raise ConfigurationError(
             "autodiscover_tasks() without packages needs Django; pass the package names"

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import states
+from . import _state, states
 from ._exceptions_registry import rebuild_exception
 from .exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
 from .message import from_json_value
@@ -36,10 +36,8 @@ class AsyncResult(Generic[R]):
         task_name: str | None = None,
         parent: AsyncResult[Any] | GroupResult | None = None,
     ) -> None:
-        from .app import default_app
-
         self.id = id
-        self.app = app if app is not None else default_app()
+        self.app = app if app is not None else _state.default_app()
         self.task_name = task_name
         self._parent: AsyncResult[Any] | GroupResult | None = parent
         self._ready_record: ResultRecord | None = None
@@ -187,9 +185,7 @@ class AsyncResult(Generic[R]):
         TaskExpiredError for those states, and :class:`conveyor.exceptions.TimeoutError`
         when ``timeout`` passes. Waiting is done by the result store without busy polling.
         """
-        from .task import current_request
-
-        if disable_sync_subtasks and current_request() is not None:
+        if disable_sync_subtasks and _state.current_request() is not None:
             raise InvalidTaskCall(
                 "never call result.get() inside a task: it can deadlock the worker. "
                 "Use a chain or a chord, or pass disable_sync_subtasks=False if you must."
@@ -239,11 +235,9 @@ class GroupResult:
         *,
         parent: AsyncResult[Any] | GroupResult | None = None,
     ) -> None:
-        from .app import default_app
-
         self.id = id
         self.results: list[AsyncResult[Any] | GroupResult] = list(results)
-        self.app = app if app is not None else default_app()
+        self.app = app if app is not None else _state.default_app()
         self.parent = parent
 
     def __repr__(self) -> str:
@@ -388,9 +382,7 @@ class GroupResult:
     @classmethod
     def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult | None:
         """The saved group ``id``, or None if it was never saved (or expired)."""
-        from .app import default_app
-
-        app = app if app is not None else default_app()
+        app = app if app is not None else _state.default_app()
         raw = app.results.get_value(f"group:{id}")
         if raw is None:
             return None

@@ -6,18 +6,20 @@ import asyncio
 import inspect
 import random
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _state, states
+from ._state import current_request as current_request
+from .canvas import Signature, chunks, xmap, xstarmap
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from .message import to_json_value
+from .result import AsyncResult
+from .results.base import ResultRecord
 
 if TYPE_CHECKING:
     from .app import Conveyor
-    from .canvas import Signature, chunks, xmap, xstarmap
-    from .result import AsyncResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,12 +61,8 @@ class Request:
         return {"routing_key": self.queue, "priority": self.priority}
 
 
-_current_request: ContextVar[Request | None] = ContextVar("conveyor_request", default=None)
-
-
-def current_request() -> Request | None:
-    """The request of the task running in this thread or asyncio task, if any."""
-    return _current_request.get()
+#: Where the worker sets the running task's request (see :func:`current_request`).
+_current_request = _state.request_var
 
 
 def retry_delay(
@@ -261,19 +259,13 @@ class Task(Generic[P, R]):
         return self.app.send_task(self.name, args, kwargs, _task=self, _eager=True, **options)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
-        from .result import AsyncResult
-
         return AsyncResult(task_id, self.app, task_name=self.name)
 
     # -- signatures (see conveyor.canvas) ------------------------------------------------
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        from .canvas import Signature
-
         return Signature(self.name, args, kwargs, app=self._app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
-        from .canvas import Signature
-
         return Signature(self.name, args, kwargs, immutable=True, app=self._app)
 
     def signature(
@@ -282,28 +274,20 @@ class Task(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        from .canvas import Signature
-
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self._app)
 
     subtask = signature
 
     def map(self, it: Iterable[Any]) -> xmap:
         """One task calling this task for each item of ``it``; returns a list."""
-        from .canvas import xmap
-
         return xmap(self.s(), it)
 
     def starmap(self, it: Iterable[Any]) -> xstarmap:
         """One task calling this task with each args tuple of ``it``; returns a list."""
-        from .canvas import xstarmap
-
         return xstarmap(self.s(), it)
 
     def chunks(self, it: Iterable[Any], n: int) -> chunks:
         """A group of ``starmap`` tasks over parts of ``n`` args tuples each."""
-        from .canvas import chunks
-
         return chunks(self.s(), it, n)
 
     # -- inside a running task -----------------------------------------------------------
@@ -356,9 +340,6 @@ class Task(Generic[P, R]):
         self, task_id: str | None = None, state: str | None = None, meta: Any = None
     ) -> None:
         """Record a custom state (e.g. ``PROGRESS``) and meta, visible to ``AsyncResult``."""
-        from .message import to_json_value
-        from .results.base import ResultRecord
-
         request = self.request
         target = task_id or request.id
         if not target:

@@ -9,9 +9,8 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 from ..result import AsyncResult
-from ..task import Task
 from .plan import SendPlan
-from .signature import Signature, links_to_json, options_to_json, random_ids
+from .signature import Signature, TaskLike, links_to_json, options_to_json, random_ids
 
 #: Options a workflow hands down to its tasks as defaults (everything but these).
 _NOT_INHERITED = frozenset(
@@ -96,7 +95,7 @@ class Workflow(Signature):
 
 def unpack_members(items: tuple[Any, ...]) -> Iterable[Any]:
     """``chain(a, b)`` or ``chain([a, b])`` / a generator (likewise for groups)."""
-    if len(items) == 1 and not isinstance(items[0], Signature | Task | dict | str):
+    if len(items) == 1 and not isinstance(items[0], Signature | TaskLike | dict | str):
         return list(items[0])
     return items
 

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _state
 from ..exceptions import ConfigurationError, NotRegistered
-from ..task import Task
 from .signature import Signature
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..task import Task
 
 
 def register_builtin_tasks(app: Conveyor) -> None:
     """Register ``conveyor.map`` and ``conveyor.starmap`` with ``app`` (done on creation)."""
-    app.register(Task(_map, app, name="conveyor.map"))
-    app.register(Task(_starmap, app, name="conveyor.starmap"))
+    app.task(name="conveyor.map")(_map)
+    app.task(name="conveyor.starmap")(_starmap)
 
 
 def _map(task: dict[str, Any], it: list[Any]) -> list[Any]:

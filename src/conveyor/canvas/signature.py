@@ -12,15 +12,15 @@ import inspect
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from .. import _state
 from ..message import from_json_value, to_json_value
 from ..result import AsyncResult, GroupResult
-from ..task import Task
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..task import Task
     from .plan import SendPlan
 
 #: The handle of an applied signature.
@@ -272,6 +272,17 @@ class Signature:
         plan.add_task(self, args, kwargs)
 
 
+@runtime_checkable
+class TaskLike(Protocol):
+    """What the canvas needs of a task (:class:`conveyor.Task` is one): its name and a
+    signature of it. The canvas depends on this, not on the task module, which itself builds
+    signatures (``add.s(1)``)."""
+
+    name: str
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature: ...
+
+
 def as_signature(value: Any, app: Conveyor | None = None) -> Signature:
     """Accept a Signature, a task, a signature dict, or a module-level function.
 
@@ -282,7 +293,7 @@ def as_signature(value: Any, app: Conveyor | None = None) -> Signature:
         return value
     if isinstance(value, dict):
         return Signature.from_dict(value, app)
-    if isinstance(value, Task):
+    if isinstance(value, TaskLike):
         return value.s()
     if inspect.isfunction(value):
         return _function_task(value, app).s()

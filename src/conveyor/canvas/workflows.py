@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..result import GroupResult
-from ..task import Task
 from .base import Workflow, inheritable, start_delay, unpack_members
 from .chords import ChordRecord, chord_key, tree_ids, tree_map
 from .plan import SendPlan
@@ -21,6 +20,7 @@ from .signature import (
     Result,
     ResultTree,
     Signature,
+    TaskLike,
     as_signature,
     listify,
     options_from_json,
@@ -278,7 +278,7 @@ class chord(Workflow):
     ) -> None:
         if isinstance(header, group):
             head = header
-        elif isinstance(header, Signature | Task):
+        elif isinstance(header, Signature | TaskLike):
             head = group(header, app=app)
         else:
             head = group(list(header), app=app)
@@ -297,7 +297,7 @@ class chord(Workflow):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``chord(header)(body)`` sets the body and applies; ``chord(header, body)()``
         applies."""
-        if args and isinstance(args[0], Signature | Task):
+        if args and isinstance(args[0], Signature | TaskLike):
             self.body = as_signature(args[0], self._app)
             args = args[1:]
         return self.apply_async(args, kwargs)

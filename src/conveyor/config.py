@@ -357,7 +357,7 @@ def closest_setting(name: str) -> str:
     return f"; did you mean {matches[0]!r}?" if matches else ""
 
 
-def load_object(source: str) -> Any:
+def load_object(source: str) -> object:
     """Import ``"pkg.module"`` or ``"pkg.module:attr"`` (Celery also accepts this)."""
     module_name, _, attr = source.partition(":")
     try:
@@ -366,7 +366,7 @@ def load_object(source: str) -> Any:
         raise ConfigurationError(f"cannot import configuration {source!r}: {exc}") from exc
     if not attr:
         return module
-    obj: Any = module
+    obj: object = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -375,7 +375,7 @@ def load_object(source: str) -> Any:
     return obj
 
 
-def settings_from(source: Any, namespace: str | None = None) -> dict[str, Any]:
+def settings_from(source: object, namespace: str | None = None) -> dict[str, object]:
     """Extract Conveyor settings from a module, object, mapping or dotted path.
 
     With ``namespace="CONVEYOR"``, ``CONVEYOR_BROKER_URL`` becomes ``broker_url``; keys without
@@ -388,8 +388,7 @@ def settings_from(source: Any, namespace: str | None = None) -> dict[str, Any]:
     # Read only the names we may use: getattr on unrelated settings can have side effects
     # (Django warns when deprecated settings are read).
     if isinstance(source, Mapping):
-        names = [str(key) for key in source]
-        items = {name: source[name] for name in names if name.startswith(prefix)}
+        items = {str(key): value for key, value in source.items() if str(key).startswith(prefix)}
     else:
         names = [name for name in dir(source) if not name.startswith("_")]
         items = {
@@ -397,7 +396,7 @@ def settings_from(source: Any, namespace: str | None = None) -> dict[str, Any]:
             for name in names
             if name.startswith(prefix) and (prefix or name == name.lower())
         }
-    found: dict[str, Any] = {}
+    found: dict[str, object] = {}
     if namespace:
         for key, value in items.items():
             if key.startswith(prefix):

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from . import _state, states
 from ._exceptions_registry import rebuild_exception
@@ -18,7 +18,7 @@ from .results.base import ResultRecord
 if TYPE_CHECKING:
     from .app import Conveyor
 
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)  # an AsyncResult[int] is an AsyncResult[object]
 
 
 class AsyncResult(Generic[R]):
@@ -34,12 +34,12 @@ class AsyncResult(Generic[R]):
         app: Conveyor | None = None,
         *,
         task_name: str | None = None,
-        parent: AsyncResult[Any] | GroupResult | None = None,
+        parent: AsyncResult[object] | GroupResult | None = None,
     ) -> None:
         self.id = id
         self.app = app if app is not None else _state.default_app()
         self.task_name = task_name
-        self._parent: AsyncResult[Any] | GroupResult | None = parent
+        self._parent: AsyncResult[object] | GroupResult | None = parent
         self._ready_record: ResultRecord | None = None
 
     def __repr__(self) -> str:
@@ -77,7 +77,7 @@ class AsyncResult(Generic[R]):
         return self.state == states.FAILURE
 
     @property
-    def result(self) -> Any:
+    def result(self) -> object:
         """The return value, the exception (FAILURE), or the meta of custom states."""
         record = self._record()
         return None if record is None else self._value(record)
@@ -114,12 +114,12 @@ class AsyncResult(Generic[R]):
         return record.name if record is not None and record.name else self.task_name
 
     @property
-    def args(self) -> list[Any] | None:
+    def args(self) -> list[object] | None:
         record = self._record()
         return None if record is None or record.args is None else from_json_value(record.args)
 
     @property
-    def kwargs(self) -> dict[str, Any] | None:
+    def kwargs(self) -> dict[str, object] | None:
         record = self._record()
         return None if record is None or record.kwargs is None else from_json_value(record.kwargs)
 
@@ -134,7 +134,7 @@ class AsyncResult(Generic[R]):
         return None if record is None else record.queue
 
     @property
-    def parent(self) -> AsyncResult[Any] | GroupResult | None:
+    def parent(self) -> AsyncResult[object] | GroupResult | None:
         """The result this one came from: the previous step of a chain (a chord body's is the
         header's GroupResult). Known from the workflow that returned this handle, else read
         from the stored record's ``parent_id``."""
@@ -145,17 +145,18 @@ class AsyncResult(Generic[R]):
         return self._parent
 
     @parent.setter
-    def parent(self, value: AsyncResult[Any] | GroupResult | None) -> None:
+    def parent(self, value: AsyncResult[object] | GroupResult | None) -> None:
         self._parent = value
 
     @property
-    def children(self) -> list[AsyncResult[Any]]:
+    def children(self) -> list[AsyncResult[object]]:
         record = self._record()
         if record is None or not record.children:
             return []
         return [AsyncResult(child, self.app, parent=self) for child in record.children]
 
-    def _value(self, record: ResultRecord) -> Any:
+    def _value(self, record: ResultRecord) -> object:
+        """The return value of a SUCCESS; the exception of any other ready state."""
         if record.state == states.FAILURE or record.state == states.RETRY:
             return self._exception(record)
         if record.state == states.REVOKED:
@@ -195,11 +196,10 @@ class AsyncResult(Generic[R]):
             raise TimeoutError(f"task {self.id} did not finish within {timeout} s")
         self._ready_record = record
         value = self._value(record)
-        if record.state != states.SUCCESS:
-            if propagate:
-                raise value
-            return value  # type: ignore[no-any-return]
-        return value  # type: ignore[no-any-return]
+        if propagate and isinstance(value, BaseException):
+            raise value
+        # The stored value is what the task returned (R), or its error with propagate=False.
+        return cast(R, value)
 
     wait = get
 
@@ -215,7 +215,7 @@ class AsyncResult(Generic[R]):
         """Revoke the task: it will never start; with ``terminate`` a running one is stopped."""
         self.app.revoke(self.id, terminate=terminate)
 
-    def as_tuple(self) -> tuple[Any, ...]:
+    def as_tuple(self) -> tuple[object, ...]:
         parent = self.parent
         return (self.id, parent.as_tuple() if parent else None)
 
@@ -230,13 +230,13 @@ class GroupResult:
     def __init__(
         self,
         id: str,
-        results: Sequence[AsyncResult[Any] | GroupResult],
+        results: Sequence[AsyncResult[object] | GroupResult],
         app: Conveyor | None = None,
         *,
-        parent: AsyncResult[Any] | GroupResult | None = None,
+        parent: AsyncResult[object] | GroupResult | None = None,
     ) -> None:
         self.id = id
-        self.results: list[AsyncResult[Any] | GroupResult] = list(results)
+        self.results: list[AsyncResult[object] | GroupResult] = list(results)
         self.app = app if app is not None else _state.default_app()
         self.parent = parent
 
@@ -254,19 +254,19 @@ class GroupResult:
     def __len__(self) -> int:
         return len(self.results)
 
-    def __iter__(self) -> Iterator[AsyncResult[Any] | GroupResult]:
+    def __iter__(self) -> Iterator[AsyncResult[object] | GroupResult]:
         return iter(self.results)
 
-    def __getitem__(self, index: int) -> AsyncResult[Any] | GroupResult:
+    def __getitem__(self, index: int) -> AsyncResult[object] | GroupResult:
         return self.results[index]
 
     @property
-    def children(self) -> list[AsyncResult[Any] | GroupResult]:
+    def children(self) -> list[AsyncResult[object] | GroupResult]:
         return self.results
 
-    def leaves(self) -> list[AsyncResult[Any]]:
+    def leaves(self) -> list[AsyncResult[object]]:
         """Every task's result, nested groups flattened, in order."""
-        out: list[AsyncResult[Any]] = []
+        out: list[AsyncResult[object]] = []
         for result in self.results:
             if isinstance(result, GroupResult):
                 out.extend(result.leaves())
@@ -321,7 +321,7 @@ class GroupResult:
         propagate: bool = True,
         interval: float | None = None,
         disable_sync_subtasks: bool = True,
-    ) -> list[Any]:
+    ) -> list[object]:
         """Every task's value in group order (lists for nested groups); raises the first
         failure in that order when ``propagate``, else returns the exception in its place."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -340,13 +340,13 @@ class GroupResult:
     join = get
     join_native = get
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[object]:
         return await asyncio.to_thread(self.get, timeout, propagate)
 
     def revoke(self, terminate: bool = False) -> None:
         self.app.revoke([r.id for r in self.leaves()], terminate=terminate)
 
-    def as_tuple(self) -> tuple[Any, ...]:
+    def as_tuple(self) -> tuple[object, ...]:
         return (
             (self.id, self.parent.as_tuple() if self.parent else None),
             [r.as_tuple() for r in self.results],
@@ -360,7 +360,7 @@ class GroupResult:
     def storage_key(self) -> str:
         return f"group:{self.id}"
 
-    def _tree(self) -> dict[str, Any]:
+    def _tree(self) -> dict[str, object]:
         return {
             "id": self.id,
             "results": [r._tree() if isinstance(r, GroupResult) else r.id for r in self.results],
@@ -389,12 +389,15 @@ class GroupResult:
         return cls._from_tree(json.loads(raw), app)
 
     @classmethod
-    def _from_tree(cls, tree: dict[str, Any], app: Conveyor) -> GroupResult:
+    def _from_tree(cls, tree: dict[str, object], app: Conveyor) -> GroupResult:
+        items = tree["results"]
+        if not isinstance(items, list):
+            raise TypeError(f"saved group {tree['id']!r} has no list of results")
         return cls(
             str(tree["id"]),
             [
-                cls._from_tree(item, app) if isinstance(item, dict) else AsyncResult(item, app)
-                for item in tree["results"]
+                cls._from_tree(item, app) if isinstance(item, dict) else AsyncResult(str(item), app)
+                for item in items
             ],
             app,
         )

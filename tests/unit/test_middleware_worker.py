@@ -199,14 +199,33 @@ def test_rate_limit_deferral_is_a_skip(app: Conveyor, recorder: Recorder) -> Non
 
 def test_a_raising_middleware_loses_nothing_and_settles_once() -> None:
     app = make_test_app(middleware=[Raising()])
-    acked: list[str] = []
-    real_ack = app.broker.ack
+    # Every way a delivery is settled (acks with or without records, acks sent with the next
+    # lease, retries, dead letters), by receipt: each must be settled exactly once.
+    settled: list[str] = []
+    settlement = app.settlement
+    real_ack, real_ack_and_lease = settlement.ack, settlement.ack_and_lease
+    real_retry, real_dead = settlement.retry_later, settlement.dead_letter
 
-    def counting_ack(deliveries):  # type: ignore[no-untyped-def]
-        acked.extend(d.id for d in deliveries)
-        return real_ack(deliveries)
+    def ack(deliveries, records):  # type: ignore[no-untyped-def]
+        settled.extend(d.receipt for d in deliveries)
+        return real_ack(deliveries, records)
 
-    app.broker.ack = counting_ack  # type: ignore[method-assign]
+    def ack_and_lease(deliveries, records, *lease):  # type: ignore[no-untyped-def]
+        settled.extend(d.receipt for d in deliveries)
+        return real_ack_and_lease(deliveries, records, *lease)
+
+    def retry_later(delivery, message):  # type: ignore[no-untyped-def]
+        settled.append(delivery.receipt)
+        return real_retry(delivery, message)
+
+    def dead_letter(delivery, reason, detail):  # type: ignore[no-untyped-def]
+        settled.append(delivery.receipt)
+        return real_dead(delivery, reason, detail)
+
+    settlement.ack = ack  # type: ignore[method-assign]
+    settlement.ack_and_lease = ack_and_lease  # type: ignore[method-assign]
+    settlement.retry_later = retry_later  # type: ignore[method-assign]
+    settlement.dead_letter = dead_letter  # type: ignore[method-assign]
     try:
 
         @app.task(name="mw.ok")
@@ -236,7 +255,9 @@ def test_a_raising_middleware_loses_nothing_and_settles_once() -> None:
         stats = app.broker.stats(["default"])["default"]
         assert (stats.ready, stats.leased, stats.delayed, stats.dead) == (0, 0, 0, 1)
         assert [d.reason for d in app.broker.dead_letters()] == ["unknown_task"]
-        assert len(acked) == len(set(acked))  # nothing acked twice
+        # 20 + the failure + 2 deliveries of the retried task + the unknown + the revoked one,
+        # each settled once.
+        assert len(settled) == len(set(settled)) == 25
     finally:
         app.close()
 

@@ -19,6 +19,7 @@ from .brokers.base import Broker, BrokerOptions, Message, queue_matches, redact_
 from .canvas import Signature, as_signature
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
+from .kv import KeyValue
 from .message import Envelope, encode_arguments, encode_envelope
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
@@ -238,6 +239,12 @@ class Conveyor:
                         key_prefix=self.key_prefix,
                     )
         return self._results
+
+    @property
+    def kv(self) -> KeyValue:
+        """Small shared state on the broker's server or file: beat claims and progress, the
+        worker registry."""
+        return self.broker.kv
 
     @property
     def settlement(self) -> Settlement:

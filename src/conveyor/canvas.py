@@ -927,7 +927,7 @@ class _Plan:
     def send(self) -> None:
         store = self.app.results
         for key, value in self.values:
-            store.set_value(key, value, store.expires)
+            store.kv.set_value(key, value, store.expires)
         if self.leaves:
             self.app.send_many(self.leaves)
 
@@ -1066,7 +1066,7 @@ def _chord_key(chord_id: str) -> str:
 
 def _join(app: Conveyor, info: dict[str, Any], member_id: str) -> None:
     chord_id, size = str(info["id"]), int(info["size"])
-    joined = app.results.join(f"{_chord_key(chord_id)}:joined", member_id, app.results.expires)
+    joined = app.results.kv.join(f"{_chord_key(chord_id)}:joined", member_id, app.results.expires)
     if joined >= size:
         _fire(app, chord_id, member_id)
 
@@ -1081,17 +1081,17 @@ def _fire(app: Conveyor, chord_id: str, member_id: str) -> None:
     by the worker's run-once guard."""
     store = app.results
     sent_key = f"{_chord_key(chord_id)}:sent"
-    if store.get_value(sent_key) is not None:
+    if store.kv.get_value(sent_key) is not None:
         return
     hold = max(0.05, float(app.conf.broker_lease_timeout) / 2)
     deadline = time.monotonic() + 2 * hold + 1.0
-    while not store.claim(f"{_chord_key(chord_id)}:sending", hold):
-        if store.get_value(sent_key) is not None:
+    while not store.kv.claim(f"{_chord_key(chord_id)}:sending", hold):
+        if store.kv.get_value(sent_key) is not None:
             return
         if time.monotonic() > deadline:
             raise ResultStoreError(f"chord {chord_id}: the send claim never expired")
         _pause(0.02)
-    raw = store.get_value(_chord_key(chord_id))
+    raw = store.kv.get_value(_chord_key(chord_id))
     if raw is None:
         logger.error("chord %s: its record is gone (expired?); the body cannot be sent", chord_id)
         return
@@ -1128,7 +1128,7 @@ def _fire(app: Conveyor, chord_id: str, member_id: str) -> None:
         plan = _Plan(app, once=True, parent_id=member_id, root_id=data.get("root_id"))
         plan.add(body, (results,))
         plan.send()
-    store.set_value(sent_key, b"1", store.expires)
+    store.kv.set_value(sent_key, b"1", store.expires)
 
 
 def _outcome(task_id: str, record: ResultRecord | None) -> dict[str, Any]:
@@ -1187,7 +1187,7 @@ def once_guard(app: Conveyor, envelope: Any) -> ResultRecord | float | None:
     if record is not None and record.ready:
         return record
     lease = float(app.conf.broker_lease_timeout)
-    if app.results.claim(f"once:{envelope.id}:{envelope.retries}", 2 * lease):
+    if app.results.kv.claim(f"once:{envelope.id}:{envelope.retries}", 2 * lease):
         return None
     return lease / 2
 

@@ -468,7 +468,7 @@ def status(state: _State, app_spec: str | None, as_json: bool) -> None:
     broker = app.broker
     stats = broker.stats()
     workers = {}
-    for key, raw in sorted(broker.values("worker:").items()):
+    for key, raw in sorted(app.kv.values("worker:").items()):
         try:
             workers[key.removeprefix("worker:")] = json.loads(raw)
         except ValueError:

@@ -379,11 +379,11 @@ class GroupResult:
     def save(self) -> GroupResult:
         """Store the membership (for ``result_expires``) so it can be restored by id."""
         store = self.app.results
-        store.set_value(self.storage_key, self.dumps(), store.expires)
+        store.kv.set_value(self.storage_key, self.dumps(), store.expires)
         return self
 
     def delete(self) -> None:
-        self.app.results.delete_value(self.storage_key)
+        self.app.results.kv.delete_value(self.storage_key)
 
     @classmethod
     def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult | None:
@@ -391,7 +391,7 @@ class GroupResult:
         from .app import default_app
 
         app = app if app is not None else default_app()
-        raw = app.results.get_value(f"group:{id}")
+        raw = app.results.kv.get_value(f"group:{id}")
         if raw is None:
             return None
         return cls._from_tree(json.loads(raw), app)

@@ -209,11 +209,13 @@ def test_every_key_lives_under_the_prefix(broker: RedisBroker, admin: redis.Redi
     held = broker.lease([Q], 1, 0)
     broker.dead_letter(held[0], "rejected")
     broker.revoke(["t1"], 60)
-    broker.set_value("k", b"v")
-    broker.claim("c", 60)
+    broker.kv.set_value("k", b"v")
+    broker.kv.claim("c", 60)
+    broker.kv.join("j", "m", 60)
     keys = [k.decode() for k in admin.scan_iter(match=f"{prefix}*")]
     assert len(keys) >= 10
     assert all(k.startswith(f"{prefix}:") for k in keys)
+    assert {f"{prefix}:kv:k", f"{prefix}:kv:c", f"{prefix}:kv-join:j"} <= set(keys)
 
 
 def test_countdown_is_measured_from_redis_time(broker: RedisBroker, admin: redis.Redis) -> None:

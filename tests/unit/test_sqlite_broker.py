@@ -107,6 +107,29 @@ def test_broker_and_result_store_share_a_file(broker: SQLiteBroker, db_path: Pat
         store.close()
 
 
+def test_a_v1_file_keeps_its_values_and_gains_join_sets(
+    make: Callable[..., SQLiteBroker], db_path: Path
+) -> None:
+    old = make()
+    old.kv.set_value("beat:last:x", b"v")
+    assert old.kv.claim("beat:claim:x", 60)
+    old.close()
+    with raw(db_path) as conn:  # as Conveyor wrote it before the broker's kv had join sets
+        conn.execute("DROP TABLE conveyor_sets")
+        conn.execute("DROP TABLE conveyor_set_expiry")
+        conn.execute("UPDATE conveyor_meta SET version = 1 WHERE component = 'broker'")
+        stored = conn.execute("SELECT key, value FROM conveyor_values ORDER BY key").fetchall()
+    assert stored == [("beat:claim:x", b"1"), ("beat:last:x", b"v")]
+
+    upgraded = make()
+    assert upgraded.kv.get_value("beat:last:x") == b"v"
+    assert upgraded.kv.claim("beat:claim:x", 60) is False
+    assert upgraded.kv.join("j", "m") == 1
+    with raw(db_path) as conn:
+        versions = dict(conn.execute("SELECT component, version FROM conveyor_meta"))
+    assert versions == {"broker": 2}
+
+
 # -- bad files: one clear error naming the path ------------------------------------------
 def assert_one_error(call: Callable[[], object], path: Path, match: str) -> None:
     with pytest.raises(BrokerError) as info:

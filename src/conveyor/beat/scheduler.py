@@ -478,7 +478,7 @@ class Beat:
                 self._claim_and_send(state, instant)
 
     def _claim_and_send(self, state: _State, instant: datetime) -> None:
-        if self.broker.claim(f"{CLAIM_PREFIX}{state.entry.name}:{_iso(instant)}", self.claim_ttl):
+        if self.app.kv.claim(f"{CLAIM_PREFIX}{state.entry.name}:{_iso(instant)}", self.claim_ttl):
             self._send(state, instant)
 
     def _send(self, state: _State, instant: datetime) -> None:
@@ -553,7 +553,7 @@ class Beat:
 
     # -- broker state --------------------------------------------------------------------
     def _read_last(self, name: str) -> dict[str, Any] | None:
-        raw = self.broker.get_value(LAST_PREFIX + name)
+        raw = self.app.kv.get_value(LAST_PREFIX + name)
         if raw is None:
             return None
         try:
@@ -574,7 +574,7 @@ class Beat:
                 and datetime.fromisoformat(current["due"]) > datetime.fromisoformat(record["due"])
             ):
                 return
-        self.broker.set_value(LAST_PREFIX + name, json.dumps(record).encode())
+        self.app.kv.set_value(LAST_PREFIX + name, json.dumps(record).encode())
 
 
 def _local(instant: datetime | None, tz: ZoneInfo) -> str:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
+    from ..kv import KeyValue
     from ..results.base import ResultRecord, ResultStore
 
 MIN_PRIORITY = 0
@@ -118,6 +119,9 @@ class Broker(abc.ABC):
     #: True when ``lease()`` and ``ack_and_lease()`` set ``Delivery.revoked`` (checked in the
     #: same atomic step as the lease); a worker then skips its own ``revoked()`` call.
     lease_checks_revoked: ClassVar[bool] = False
+    #: Small shared state on this broker's server or file (beat claims and progress, the
+    #: worker registry), set by each implementation: ``app.kv``.
+    kv: KeyValue
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         self.url = url
@@ -246,27 +250,6 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def time(self) -> float:
         """The broker's clock as a POSIX timestamp."""
-
-    # -- small shared state (beat claims, worker registry) -------------------------------
-    @abc.abstractmethod
-    def claim(self, key: str, ttl: float) -> bool:
-        """Atomically create ``key`` if absent (expiring after ``ttl`` s); True if created."""
-
-    @abc.abstractmethod
-    def get_value(self, key: str) -> bytes | None:
-        """Read a small value (None if missing or expired)."""
-
-    @abc.abstractmethod
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Write a small value, optionally expiring after ``ttl`` seconds."""
-
-    @abc.abstractmethod
-    def delete_value(self, key: str) -> None:
-        """Delete a small value (no error if missing)."""
-
-    @abc.abstractmethod
-    def values(self, prefix: str) -> dict[str, bytes]:
-        """All live values whose key starts with ``prefix``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

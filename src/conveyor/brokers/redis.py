@@ -47,6 +47,7 @@ from .._redis import (
     same_server,
 )
 from ..exceptions import BrokerError
+from ..kv.redis import RedisKeyValue
 from .base import (
     Broker,
     BrokerOptions,
@@ -91,6 +92,10 @@ class RedisBroker(Broker):
         }
         self._shared: tuple[object, bool] = (None, False)
         self._connections = Connections(self._client)
+        prefix = self._prefix
+        self.kv: RedisKeyValue = RedisKeyValue(
+            self._client, self._errors, values=f"{prefix}:kv:", sets=f"{prefix}:kv-join:"
+        )
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}:{kind}:{name}"
@@ -362,37 +367,6 @@ class RedisBroker(Broker):
             seconds, micros = self._client.time()
         return seconds + micros / 1_000_000
 
-    # -- small shared state --------------------------------------------------------------
-    def claim(self, key: str, ttl: float) -> bool:
-        with self._errors:
-            return bool(self._client.set(self._key("kv", key), b"1", nx=True, px=_ms(ttl)))
-
-    def get_value(self, key: str) -> bytes | None:
-        with self._errors:
-            return cast("bytes | None", self._client.get(self._key("kv", key)))
-
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        with self._errors:
-            self._client.set(self._key("kv", key), value, px=None if ttl is None else _ms(ttl))
-
-    def delete_value(self, key: str) -> None:
-        with self._errors:
-            self._client.delete(self._key("kv", key))
-
-    def values(self, prefix: str) -> dict[str, bytes]:
-        start = len(self._key("kv", ""))
-        pattern = _glob_escape(self._key("kv", prefix)) + "*"
-        with self._errors:
-            keys = cast(list[bytes], list(self._client.scan_iter(match=pattern, count=1000)))
-            out: dict[str, bytes] = {}
-            for i in range(0, len(keys), CHUNK):
-                chunk = keys[i : i + CHUNK]
-                values = cast(list["bytes | None"], self._client.mget(chunk))
-                for key, value in zip(chunk, values, strict=True):
-                    if value is not None:
-                        out[key.decode()[start:]] = value
-        return out
-
     def close(self) -> None:
         self._connections.close()
         self._client.close()
@@ -418,11 +392,3 @@ def _receipts(deliveries: Sequence[Delivery]) -> list[str]:
     for delivery in deliveries:
         args += (delivery.queue, delivery.receipt)
     return args
-
-
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._sqlite import Database, chunks, marks, path_from_url
 from ..exceptions import BrokerError, ConfigurationError
+from ..kv.sqlite import SQLiteKeyValue, Tables
 from .base import (
     Broker,
     BrokerOptions,
@@ -85,7 +86,15 @@ MIGRATIONS = [
         "CREATE TABLE conveyor_values (ns TEXT NOT NULL, key TEXT NOT NULL, "
         "value BLOB NOT NULL, expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
     ),
+    # v2: join sets of the broker's key/value storage (``KeyValue.join``).
+    (
+        "CREATE TABLE conveyor_sets (ns TEXT NOT NULL, key TEXT NOT NULL, "
+        "member TEXT NOT NULL, PRIMARY KEY (ns, key, member)) WITHOUT ROWID",
+        "CREATE TABLE conveyor_set_expiry (ns TEXT NOT NULL, key TEXT NOT NULL, "
+        "expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
+    ),
 ]
+KV_TABLES = Tables("conveyor_values", "conveyor_sets", "conveyor_set_expiry")
 
 _INSERT = (
     "INSERT INTO conveyor_messages (ns, id, queue, priority, body, state, due) "
@@ -148,6 +157,7 @@ class SQLiteBroker(Broker):
             busy_timeout=float(transport.get("busy_timeout", 5.0)),
             lock_timeout=float(transport.get("lock_timeout", 60.0)),
         )
+        self.kv: SQLiteKeyValue = SQLiteKeyValue(self._db, self.ns, KV_TABLES)
         self._lease_statements: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
         # Publishes through this object wake its waiting consumers without a poll.
         self._arrived = threading.Condition()
@@ -440,7 +450,7 @@ class SQLiteBroker(Broker):
             ).rowcount
             promoted = self._promote(conn, now)
             conn.execute("DELETE FROM conveyor_revoked WHERE expires <= ?", (now,))
-            conn.execute("DELETE FROM conveyor_values WHERE expires <= ?", (now,))
+            self.kv.delete_expired(conn, now)
         moved = int(buried + returned + promoted)
         if moved:
             self._notify()
@@ -575,57 +585,6 @@ class SQLiteBroker(Broker):
         # SQLite has no server: every process on the host shares this clock.
         return time.time()
 
-    # -- small shared state --------------------------------------------------------------
-    def claim(self, key: str, ttl: float) -> bool:
-        with self._db.write() as conn:
-            now = self.time()
-            created = conn.execute(
-                "INSERT INTO conveyor_values (ns, key, value, expires) VALUES (?, ?, x'31', ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
-                "expires = excluded.expires WHERE expires IS NOT NULL AND expires <= ?",
-                (self.ns, key, now + ttl, now),
-            ).rowcount
-        return created == 1
-
-    def get_value(self, key: str) -> bytes | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                "SELECT value FROM conveyor_values WHERE ns = ? AND key = ? "
-                "AND (expires IS NULL OR expires > ?)",
-                (self.ns, key, self.time()),
-            ).fetchone()
-        return None if row is None else _blob(row[0])
-
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        expires = None if ttl is None else self.time() + ttl
-        with self._db.write() as conn:
-            conn.execute(
-                "INSERT INTO conveyor_values (ns, key, value, expires) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
-                "expires = excluded.expires",
-                (self.ns, key, value, expires),
-            )
-
-    def delete_value(self, key: str) -> None:
-        with self._db.write() as conn:
-            conn.execute("DELETE FROM conveyor_values WHERE ns = ? AND key = ?", (self.ns, key))
-
-    def values(self, prefix: str) -> dict[str, bytes]:
-        params: list[Any] = [self.ns, self.time()]
-        where = ""
-        if prefix:
-            where, params = "AND key >= ?", [*params, prefix]
-        upper = _after_prefix(prefix)
-        if upper is not None:
-            where, params = f"{where} AND key < ?", [*params, upper]
-        with self._db.read() as conn:
-            rows = conn.execute(
-                "SELECT key, value FROM conveyor_values "
-                f"WHERE ns = ? AND (expires IS NULL OR expires > ?) {where}",
-                params,
-            ).fetchall()
-        return {key: _blob(value) for key, value in rows if _text(key).startswith(prefix)}
-
     def close(self) -> None:
         self._db.close()
 
@@ -705,13 +664,3 @@ def _receipt_statements(
         for part in chunks(seqs):
             statements.append((sql.format(seqs=marks(len(part))), (*params, token, *part)))
     return statements
-
-
-def _after_prefix(prefix: str) -> str | None:
-    """The smallest string above every string starting with ``prefix`` (None: no bound)."""
-    while prefix:
-        last = ord(prefix[-1])
-        if last < 0x10FFFF and not 0xD7FF <= last < 0xDFFF:
-            return prefix[:-1] + chr(last + 1)
-        prefix = prefix[:-1]
-    return None

@@ -308,7 +308,7 @@ class Worker:
                 self._loop.close()
             self._loop = None
         with contextlib.suppress(ConveyorError):
-            self.app.broker.delete_value(f"worker:{self.hostname}")
+            self.app.kv.delete_value(f"worker:{self.hostname}")
 
     def run(self) -> None:
         """Start and block until :meth:`stop` is called from another thread or a signal."""
@@ -784,7 +784,7 @@ class Worker:
             "seen_at": time.time(),
         }
         ttl = max(10.0, self.heartbeat_interval * 4)
-        self.app.broker.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
+        self.app.kv.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
 
     def _check_terminate(self, running: list[str]) -> None:
         wanted = self.app.broker.revoked([f"terminate:{task_id}" for task_id in running])

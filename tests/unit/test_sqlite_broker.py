@@ -22,6 +22,8 @@ from conveyor.brokers.sqlite import MIGRATIONS, SQLiteBroker
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
 from conveyor.results.base import ResultRecord
 from conveyor.results.sqlite import SQLiteResultStore
+from conveyor.settlement import open_settlement
+from conveyor.settlement.sqlite import SQLiteSettlement
 from tests.conftest import wait_until
 from tests.helpers import closing_all
 from tests.helpers import raw_sqlite as raw
@@ -96,8 +98,10 @@ def test_schema_is_versioned_and_marked(broker: SQLiteBroker, db_path: Path) -> 
 def test_broker_and_result_store_share_a_file(broker: SQLiteBroker, db_path: Path) -> None:
     store = SQLiteResultStore(f"sqlite:///{db_path}")
     try:
+        settlement = open_settlement(broker, store)
+        assert isinstance(settlement, SQLiteSettlement) and settlement.together is store
         record = ResultRecord(id="t1", state="QUEUED")
-        broker.publish_recorded([msg("t1")], store, [record])
+        settlement.publish([msg("t1")], [record])
         assert store.get("t1") == record
         assert [d.id for d in broker.lease([Q], 10, 0)] == ["t1"]
         with raw(db_path) as conn:
@@ -128,6 +132,41 @@ def test_a_v1_file_keeps_its_values_and_gains_join_sets(
     with raw(db_path) as conn:
         versions = dict(conn.execute("SELECT component, version FROM conveyor_meta"))
     assert versions == {"broker": 2}
+
+
+def test_settlement_writes_records_acks_and_leases_in_one_transaction(
+    broker: SQLiteBroker, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteResultStore(f"sqlite:///{db_path}")
+    settlement = open_settlement(broker, store)
+    broker.publish([msg(1), msg(2), msg(3)])
+    first, second = broker.lease([Q], 2, 0)
+    real_write = broker._db.write
+    transactions: list[str] = []
+
+    def counted() -> Any:
+        transactions.append("broker")
+        return real_write()
+
+    def refused() -> Any:
+        raise AssertionError("the store wrote in a transaction of its own")
+
+    monkeypatch.setattr(broker._db, "write", counted)
+    monkeypatch.setattr(store._db, "write", refused)
+    got = settlement.ack_and_lease([first], [ResultRecord("1", "SUCCESS")], [Q], 5, 0)
+    assert [d.id for d in got] == ["3"]
+    settlement.ack([second, *got], [ResultRecord("2", "SUCCESS"), ResultRecord("3", "FAILURE")])
+    settlement.publish([msg(4)], [ResultRecord("4", "QUEUED")])
+    assert transactions == ["broker"] * 3
+    monkeypatch.undo()
+    assert [r and r.state for r in store.get_many(["1", "2", "3", "4"])] == [
+        "SUCCESS",
+        "SUCCESS",
+        "FAILURE",
+        "QUEUED",
+    ]
+    assert broker.stats([Q])[Q] == QueueStats(ready=1)
+    store.close()
 
 
 # -- bad files: one clear error naming the path ------------------------------------------

@@ -44,7 +44,6 @@ from .._redis import (
     block_limit,
     connect,
     lua_source,
-    same_server,
 )
 from ..exceptions import BrokerError
 from ..kv.redis import RedisKeyValue
@@ -59,7 +58,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ..results.base import ResultRecord, ResultStore
+    import redis
 
 #: Messages per script call when publishing, sweeping or purging big batches.
 CHUNK = 1000
@@ -125,45 +124,9 @@ class RedisBroker(Broker):
             batch.script(self._scripts["ack_publish"], args)
 
     def publish(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
-        batch = Calls()
-        self._queue_publish(batch, messages)
-        with self._errors:
-            self._connections.execute(batch)
-
-    def publish_recorded(
-        self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
-    ) -> None:
-        """Store the QUEUED records and publish in one round trip when the result store is
-        Redis on the same server; records go first, so a fast worker never overwrites a
-        later state with QUEUED."""
-        from ..results.redis import RedisResultStore
-
-        if not (records and self._shares(results)):
-            super().publish_recorded(messages, results, records)
-            return
-        assert isinstance(results, RedisResultStore)
-        batch = Calls()
-        batch.add(results.store_commands(records))
-        if messages:
-            self._queue_publish(batch, messages)
-        with self._errors:
-            self._connections.execute(batch)
+        self.publish_with(Calls(), messages)
 
     # -- consuming -----------------------------------------------------------------------
-    def _shares(self, results: ResultStore) -> bool:
-        """Whether ``results`` is a Redis result store on this server (one round trip can
-        then carry both)."""
-        if results is not self._shared[0]:
-            from ..results.redis import RedisResultStore
-
-            shared = isinstance(results, RedisResultStore) and same_server(
-                self._client, results.client
-            )
-            self._shared = (results, shared)
-        return self._shared[1]
-
     def _lease_args(self, names: list[str], limit: int, acks: Sequence[Delivery]) -> list[Any]:
         return [
             self._prefix,
@@ -180,45 +143,20 @@ class RedisBroker(Broker):
             return []
         return self._lease(list(dict.fromkeys(queues)), limit, wait)
 
-    def ack_and_lease(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-        queues: Sequence[str],
-        limit: int,
-        wait: float,
-    ) -> list[Delivery]:
-        """Records, acks and the first lease attempt in one round trip (the records only if
-        the result store is on this server): a pipeline of the records' commands and one
-        lease script call that acks first."""
-        if limit <= 0 or not queues:
-            self.ack_recorded(deliveries, results, records)
-            return []
-        if records and not self._shares(results):
-            results.store(records)
-            records = ()
-        return self._lease(list(dict.fromkeys(queues)), limit, wait, deliveries, results, records)
-
     def _lease(
         self,
         names: list[str],
         limit: int,
         wait: float,
         acks: Sequence[Delivery] = (),
-        results: ResultStore | None = None,
-        records: Sequence[ResultRecord] = (),
+        first: Calls | None = None,
     ) -> list[Delivery]:
         script, connections = self._scripts["lease"], self._connections
         args = self._lease_args(names, limit, ())
         wake_keys = [self._key("wake", q) for q in names]
         deadline = time.monotonic() + wait
-        first = Calls()
-        if records:
-            from ..results.redis import RedisResultStore
-
-            assert isinstance(results, RedisResultStore)
-            first.add(results.store_commands(records))
+        if first is None:
+            first = Calls()
         first.script(script, self._lease_args(names, limit, acks) if acks else args)
         with self._errors:
             reply = connections.execute(first)[-1]
@@ -236,31 +174,7 @@ class RedisBroker(Broker):
                 reply = connections.call(script, args)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
-            return
-        batch = Calls()
-        self._queue_publish(batch, (), deliveries)
-        with self._errors:
-            self._connections.execute(batch)
-
-    def ack_recorded(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-    ) -> None:
-        """Records then acks in one pipeline when the result store is on this server."""
-        if not (deliveries and records and self._shares(results)):
-            super().ack_recorded(deliveries, results, records)
-            return
-        from ..results.redis import RedisResultStore
-
-        assert isinstance(results, RedisResultStore)
-        batch = Calls()
-        batch.add(results.store_commands(records))
-        self._queue_publish(batch, (), deliveries)
-        with self._errors:
-            self._connections.execute(batch)
+        self.ack_with(Calls(), deliveries)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
@@ -366,6 +280,43 @@ class RedisBroker(Broker):
         with self._errors:
             seconds, micros = self._client.time()
         return seconds + micros / 1_000_000
+
+    # -- building blocks of RedisSettlement (conveyor.settlement.redis) -------------------
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (its pool's settings say which server and user)."""
+        return self._client
+
+    def publish_with(self, first: Calls, messages: Sequence[Message]) -> None:
+        """Send ``first`` (commands for this server, e.g. result records) and publish
+        ``messages`` after them, in one round trip."""
+        if messages:
+            self._queue_publish(first, messages)
+        with self._errors:
+            self._connections.execute(first)
+
+    def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:
+        """Send ``first`` and ack ``deliveries`` after them, in one round trip."""
+        if deliveries:
+            self._queue_publish(first, (), deliveries)
+        with self._errors:
+            self._connections.execute(first)
+
+    def lease_with(
+        self,
+        first: Calls,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        """Send ``first``, then one lease script call that acks ``acks`` before it leases,
+        in one round trip; then wait for messages as :meth:`lease` does. Everything but the
+        wait is done before the call blocks. With ``limit <= 0`` or no queues it only acks."""
+        if limit <= 0 or not queues:
+            self.ack_with(first, acks)
+            return []
+        return self._lease(list(dict.fromkeys(queues)), limit, wait, acks, first)
 
     def close(self) -> None:
         self._connections.close()

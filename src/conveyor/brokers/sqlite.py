@@ -23,10 +23,11 @@ waiting for work, default 0.025).
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .._sqlite import Database, chunks, marks, path_from_url
 from ..exceptions import BrokerError, ConfigurationError
@@ -42,13 +43,10 @@ from .base import (
     clamp_priority,
 )
 
-if TYPE_CHECKING:
-    import sqlite3
-
-    from ..results.base import ResultRecord, ResultStore
-    from ..results.sqlite import SQLiteResultStore
-
 READY, LEASED, DELAYED = 0, 1, 2
+
+#: Writes a caller adds at the start of a broker transaction (see ``publish_with``).
+Write = Callable[[sqlite3.Connection], None]
 
 MIGRATIONS = [
     (
@@ -173,36 +171,8 @@ class SQLiteBroker(Broker):
 
     # -- producing -----------------------------------------------------------------------
     def publish(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
-        with self._db.write() as conn:
-            self._insert(conn, messages)
-        self._notify()
-
-    def publish_recorded(
-        self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
-    ) -> None:
-        """Record QUEUED states and publish in one transaction when both share this file."""
-        shared = self._shared(results) if records else None
-        if shared is None:
-            super().publish_recorded(messages, results, records)
-            return
-        results = shared
-        results.prepare()
-        with self._db.write() as conn:
-            results.write_records(conn, records)
-            self._insert(conn, messages)
-        results.notify()
-        self._notify()
-
-    def _shared(self, results: ResultStore) -> SQLiteResultStore | None:
-        """``results`` if it is an SQLite result store in this file (one transaction can
-        then write both), else None."""
-        from ..results.sqlite import SQLiteResultStore
-
-        if isinstance(results, SQLiteResultStore) and results.path == self.path:
-            return results
-        return None
+        if messages:
+            self.publish_with(None, messages)
 
     def _insert(self, conn: sqlite3.Connection, messages: Iterable[Message]) -> None:
         now = self.time()
@@ -222,28 +192,6 @@ class SQLiteBroker(Broker):
         if limit <= 0 or not names:
             return []
         return self._wait_for(names, limit, wait, self._lease(names, limit))
-
-    def ack_and_lease(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-        queues: Sequence[str],
-        limit: int,
-        wait: float,
-    ) -> list[Delivery]:
-        """Records (if the result store is in this file), acks and the first lease attempt
-        in one transaction."""
-        names = list(dict.fromkeys(queues))
-        if limit <= 0 or not names:
-            self.ack_recorded(deliveries, results, records)
-            return []
-        shared = self._shared(results) if records else None
-        if records and shared is None:
-            results.store(records)
-            records = ()
-        found = self._lease(names, limit, deliveries, shared, records)
-        return self._wait_for(names, limit, wait, found)
 
     def _wait_for(
         self, names: list[str], limit: int, wait: float, found: list[Delivery]
@@ -273,30 +221,21 @@ class SQLiteBroker(Broker):
         queues: list[str],
         limit: int,
         acks: Sequence[Delivery] = (),
-        results: SQLiteResultStore | None = None,
-        records: Sequence[ResultRecord] = (),
+        first: Write | None = None,
     ) -> list[Delivery]:
         # Everything that can be prepared is, before the write lock is taken.
         token = secrets.randbits(63)
         sql, params = self._lease_sql(queues, limit)
         acked = _receipt_statements(_ACK, acks) if acks else ()
-        rows_in = None
-        if results is not None and records:
-            results.prepare()
-            rows_in = results.record_rows(records)
         with self._db.write() as conn:
-            if rows_in:
-                assert results is not None
-                results.write_rows(conn, rows_in)
+            if first is not None:
+                first(conn)
             for statement, args in acked:
                 conn.execute(statement, args)
             now = self.time()
             self._promote(conn, now)
             cursor = conn.execute(sql, (token, now + self.options.lease_timeout, *params, now))
             rows = cursor.fetchall()
-        if rows_in:
-            assert results is not None
-            results.notify()
         rows.sort(key=_order)
         return [_delivery(row, token) for row in rows]
 
@@ -357,27 +296,7 @@ class SQLiteBroker(Broker):
         return changed
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        self._by_receipt(_ACK, deliveries)
-
-    def ack_recorded(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-    ) -> None:
-        """Records then acks in one transaction when the result store is in this file."""
-        shared = self._shared(results) if records and deliveries else None
-        if shared is None:
-            super().ack_recorded(deliveries, results, records)
-            return
-        shared.prepare()
-        rows = shared.record_rows(records)
-        acked = _receipt_statements(_ACK, deliveries)
-        with self._db.write() as conn:
-            shared.write_rows(conn, rows)
-            for statement, args in acked:
-                conn.execute(statement, args)
-        shared.notify()
+        self.ack_with(None, deliveries)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         self._by_receipt(
@@ -584,6 +503,50 @@ class SQLiteBroker(Broker):
     def time(self) -> float:
         # SQLite has no server: every process on the host shares this clock.
         return time.time()
+
+    # -- building blocks of SQLiteSettlement (conveyor.settlement.sqlite) -----------------
+    def publish_with(self, first: Write | None, messages: Sequence[Message]) -> None:
+        """Run ``first(conn)`` (e.g. writing result records into this file) and insert
+        ``messages`` in one transaction."""
+        with self._db.write() as conn:
+            if first is not None:
+                first(conn)
+            self._insert(conn, messages)
+        self._notify()
+
+    def ack_with(self, first: Write | None, deliveries: Sequence[Delivery]) -> None:
+        """Run ``first(conn)`` and ack ``deliveries`` in one transaction."""
+        acked = _receipt_statements(_ACK, deliveries)
+        if first is None and not acked:
+            return
+        with self._db.write() as conn:
+            if first is not None:
+                first(conn)
+            for statement, args in acked:
+                conn.execute(statement, args)
+
+    def lease_with(
+        self,
+        first: Write | None,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+        committed: Callable[[], None] | None = None,
+    ) -> list[Delivery]:
+        """Run ``first(conn)``, ack ``acks`` and make the first lease attempt in one
+        transaction; call ``committed()`` once it committed; then wait for messages as
+        :meth:`lease` does. With ``limit <= 0`` or no queues it only runs ``first`` and acks."""
+        names = list(dict.fromkeys(queues))
+        if limit <= 0 or not names:
+            self.ack_with(first, acks)
+            if committed is not None:
+                committed()
+            return []
+        found = self._lease(names, limit, acks, first)
+        if committed is not None:
+            committed()
+        return self._wait_for(names, limit, wait, found)
 
     def close(self) -> None:
         self._db.close()

@@ -18,7 +18,8 @@ import pytest
 from conveyor._sqlite import APPLICATION_ID, Database, path_from_url
 from conveyor.brokers import create_broker
 from conveyor.brokers.base import BrokerOptions, DeadLetterReason, Delivery, Message, QueueStats
-from conveyor.brokers.sqlite import MIGRATIONS, SQLiteBroker
+from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.brokers.sqlite.schema import MIGRATIONS
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
 from conveyor.results.base import ResultRecord
 from conveyor.results.sqlite import SQLiteResultStore

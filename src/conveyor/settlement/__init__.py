@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..brokers import scheme_of
 from ..brokers.base import Broker
-from ..brokers.sqlite import SQLiteBroker
+from ..brokers.sqlite.broker import SQLiteBroker
 from ..results.base import ResultStore
 from .base import Settlement
 from .sqlite import SQLiteSettlement

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..brokers.base import Delivery, Message
-from ..brokers.sqlite import SQLiteBroker, Write
+from ..brokers.sqlite.broker import SQLiteBroker, Write
 from ..results.base import ResultRecord, ResultStore
 from ..results.sqlite import SQLiteResultStore
 from .base import Settlement

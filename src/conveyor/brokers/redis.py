@@ -24,9 +24,11 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   with an idle consumer becomes ready within about that much of its due time; a publish
   wakes a consumer at once.
 
-The layout of keys is described in ``redis_scripts/common.lua``. Scripts build key names from
-the prefix, so the broker needs a single Redis server (not Cluster), and like any broker kept
-in Redis it needs ``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
+The layout of keys is described in ``redis_scripts/common.lua``; besides those, revocations are
+``<p>:revoked:<id>`` and ``kv`` keeps values under ``<p>:kv:`` and join sets under
+``<p>:kv-join:`` (``conveyor.kv.redis``). Scripts build key names from the prefix, so the
+broker needs a single Redis server (not Cluster), and like any broker kept in Redis it needs
+``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast
 
 from .._redis import (
@@ -43,7 +46,6 @@ from .._redis import (
     Script,
     block_limit,
     connect,
-    lua_source,
 )
 from ..exceptions import BrokerError
 from ..kv.redis import RedisKeyValue
@@ -59,6 +61,13 @@ from .base import (
 
 if TYPE_CHECKING:
     import redis
+
+
+def lua_source(*names: str) -> str:
+    """Concatenated Lua files from ``conveyor/brokers/redis_scripts``."""
+    folder = files("conveyor.brokers").joinpath("redis_scripts")
+    return "\n".join(folder.joinpath(f"{name}.lua").read_text("utf-8") for name in names)
+
 
 #: Messages per script call when publishing, sweeping or purging big batches.
 CHUNK = 1000

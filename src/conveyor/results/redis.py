@@ -55,7 +55,7 @@ class RedisResultStore(ResultStore):
         return f"{self.key_prefix}:{kind}:{name}"
 
     def store_commands(self, records: Sequence[ResultRecord]) -> list[Command]:
-        """The commands of :meth:`store` (the broker sends them with its own, in one trip)."""
+        """The commands of :meth:`store` (RedisSettlement sends them with the broker's)."""
         commands: list[Command] = []
         expiry = () if self._px is None else ("PX", self._px)
         for record in records:

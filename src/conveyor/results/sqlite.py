@@ -74,7 +74,7 @@ class SQLiteResultStore(PollingResultStore):
     def __repr__(self) -> str:
         return f"<SQLiteResultStore {self.path}>"
 
-    # -- used by the SQLite broker to write records and messages in one transaction ---------
+    # -- used by SQLiteSettlement to write records in the broker's transactions ------------
     def prepare(self) -> None:
         """Make sure the tables exist (open a connection once per process)."""
         if not self._db.prepared:
@@ -89,10 +89,6 @@ class SQLiteResultStore(PollingResultStore):
     def write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Upsert rows from :meth:`record_rows` inside the caller's transaction."""
         conn.executemany(_UPSERT, rows)
-
-    def write_records(self, conn: sqlite3.Connection, records: Sequence[ResultRecord]) -> None:
-        """Upsert ``records`` inside the caller's transaction."""
-        self.write_rows(conn, self.record_rows(records))
 
     def notify(self) -> None:
         """Wake this object's waiters."""

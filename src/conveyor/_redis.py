@@ -1,4 +1,5 @@
-"""Redis plumbing shared by the broker and the result store: clients, errors, Lua scripts.
+"""Redis plumbing shared by the broker, the result store, their key/value storage and their
+settlement (so it lives beside them, not inside one): clients, errors, script calls, pipelines.
 
 Clients come from ``redis.Redis.from_url`` (``redis://``, ``rediss://``, ``unix://``) with a
 connection pool (thread-safe; redis-py resets it in a forked child), a health check, keepalive,
@@ -17,7 +18,6 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from importlib.resources import files
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -107,12 +107,6 @@ class ErrorMapper:
             for secret in self._secrets:
                 text = text.replace(secret, "***")
             raise self._error(f"{self._where}: {text}") from exc
-
-
-def lua_source(*names: str) -> str:
-    """Concatenated Lua files from ``conveyor/brokers/redis_scripts``."""
-    folder = files("conveyor.brokers").joinpath("redis_scripts")
-    return "\n".join(folder.joinpath(f"{name}.lua").read_text("utf-8") for name in names)
 
 
 #: A Redis command with its arguments, e.g. ``("SET", key, value)``.

@@ -1,4 +1,5 @@
-"""Shared plumbing of the SQLite broker and result store: URLs, connections, schema versions.
+"""SQLite plumbing shared by the broker, the result store and their key/value storage (so it
+lives beside them, not inside one): URLs, connections, transactions, schema versions.
 
 One :class:`Database` object serves one component (``broker`` or ``results``) of one file. It
 keeps a pool of connections per process that threads borrow for one operation each (a child

@@ -19,6 +19,7 @@ from .calling import build_call, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
+from .kv import KeyValue
 from .message import Envelope
 from .middleware import Hooks, Middleware, call_each
 from .result import AsyncResult, GroupResult
@@ -189,6 +190,12 @@ class Conveyor:
                         key_prefix=self.key_prefix,
                     )
         return self._results
+
+    @property
+    def kv(self) -> KeyValue:
+        """Small shared state on the broker's server or file: beat claims and progress, the
+        worker registry."""
+        return self.broker.kv
 
     @property
     def settlement(self) -> Settlement:

@@ -373,17 +373,17 @@ class GroupResult:
     def save(self) -> GroupResult:
         """Store the membership (for ``result_expires``) so it can be restored by id."""
         store = self.app.results
-        store.set_value(self.storage_key, self.dumps(), store.expires)
+        store.kv.set_value(self.storage_key, self.dumps(), store.expires)
         return self
 
     def delete(self) -> None:
-        self.app.results.delete_value(self.storage_key)
+        self.app.results.kv.delete_value(self.storage_key)
 
     @classmethod
     def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult | None:
         """The saved group ``id``, or None if it was never saved (or expired)."""
         app = app if app is not None else _state.default_app()
-        raw = app.results.get_value(f"group:{id}")
+        raw = app.results.kv.get_value(f"group:{id}")
         if raw is None:
             return None
         return cls._from_tree(json.loads(raw), app)

@@ -1,56 +1,80 @@
-"""Fixtures of the conformance suite: every broker and result store, built the same way.
+"""Fixtures of the conformance suite: every broker, result store and key/value storage, built
+the same way.
+
+**A new backend joins the suite with one entry in** :data:`BACKENDS`: its name, a function
+giving the URL of a fresh server or file for one test, whether it provides a broker and/or a
+result store, and the marks its tests need (e.g. a server the suite starts). Every test of
+``test_broker.py``, ``test_settlement.py``, ``test_result_store.py`` and ``test_kv.py`` then
+runs against it (the key/value tests against the ``kv`` of its broker and of its result store).
 
 Each test gets fresh objects with a unique ``key_prefix``: ``memory://`` in-process,
-``sqlite:///<tmp_path>/...`` in a file of its own, ``redis://`` on one redis-server per session
-(started on first use). Backends whose module does not exist yet are skipped with a reason.
+``sqlite:///<tmp_path>/conveyor.db`` in a file of its own, ``redis://`` on one redis-server per
+session (started on first use).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker
+from conveyor.kv import KeyValue
+from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
 from tests.helpers import closing_all, redis_fixture, result_stores
 from tests.servers import RedisServer
 
 from .support import LEASE_TIMEOUT, MAX_DELIVERIES
 
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend of the suite."""
+
+    name: str
+    #: The URL of a fresh server or file for one test (broker and result store share it).
+    url: Callable[[pytest.FixtureRequest], str]
+    broker: bool = True
+    results: bool = True
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+def _sqlite_url(request: pytest.FixtureRequest) -> str:
+    return f"sqlite:///{request.getfixturevalue('tmp_path')}/conveyor.db"
+
+
+def _redis_url(request: pytest.FixtureRequest) -> str:
+    server: RedisServer = request.getfixturevalue("conformance_redis")
+    return server.url
+
+
 BACKENDS = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    Backend("memory", lambda request: "memory://"),
+    Backend("sqlite", _sqlite_url),
+    Backend("redis", _redis_url, marks=(pytest.mark.redis,)),
 ]
+_BY_NAME = {backend.name: backend for backend in BACKENDS}
 
 #: Default ``expires`` of conformance result stores (long enough never to matter).
 RESULT_EXPIRES = 600.0
 
 BrokerFactory = Callable[..., Broker]
 StoreFactory = Callable[..., ResultStore]
-
-
-def _require(module: str) -> None:
-    """Import a backend's module: a missing or broken module is an error, never a skip."""
-    importlib.import_module(module)
-
+KeyValueFactory = Callable[..., KeyValue]
 
 conformance_redis = redis_fixture(appendonly=False, scope="session")
 
 
-def _url(kind: str, backend: str, request: pytest.FixtureRequest) -> str:
-    if backend == "memory":
-        return "memory://"
-    _require(f"conveyor.{kind}.{backend}")
-    if backend == "sqlite":
-        tmp_path = request.getfixturevalue("tmp_path")
-        return f"sqlite:///{tmp_path}/{kind}.db"
-    server: RedisServer = request.getfixturevalue("conformance_redis")
-    return server.url
+def _params(kind: str) -> list[object]:
+    return [pytest.param(b.name, id=b.name, marks=b.marks) for b in BACKENDS if getattr(b, kind)]
+
+
+def _url(backend: str, request: pytest.FixtureRequest) -> str:
+    return _BY_NAME[backend].url(request)
 
 
 @pytest.fixture
@@ -59,14 +83,14 @@ def key_prefix() -> str:
 
 
 # -- brokers -----------------------------------------------------------------------------
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=_params("broker"))
 def broker_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def broker_url(broker_backend: str, request: pytest.FixtureRequest) -> str:
-    return _url("brokers", broker_backend, request)
+    return _url(broker_backend, request)
 
 
 @pytest.fixture
@@ -99,14 +123,14 @@ def peer(broker: Broker, broker_backend: str, make_broker: BrokerFactory) -> Bro
 
 
 # -- result stores -----------------------------------------------------------------------
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=_params("results"))
 def store_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def store_url(store_backend: str, request: pytest.FixtureRequest) -> str:
-    return _url("results", store_backend, request)
+    return _url(store_backend, request)
 
 
 @pytest.fixture
@@ -125,3 +149,54 @@ def store_peer(
 ) -> ResultStore:
     """A second client of the same result store; the store itself for ``memory://``."""
     return result_store if store_backend == "memory" else make_store()
+
+
+# -- key/value storage: the ``kv`` of every broker and every result store ---------------------
+@pytest.fixture(
+    params=[
+        pytest.param((owner, b.name), id=f"{owner}-{b.name}", marks=b.marks)
+        for owner in ("broker", "results")
+        for b in BACKENDS
+        if getattr(b, owner)
+    ]
+)
+def kv_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(owner, backend): whose ``kv`` it is (a broker's or a result store's), on what."""
+    owner, name = request.param
+    return str(owner), str(name)
+
+
+@pytest.fixture
+def make_kv(
+    kv_backend: tuple[str, str], key_prefix: str, request: pytest.FixtureRequest
+) -> Iterator[KeyValueFactory]:
+    """``make(prefix=None)``: the ``kv`` of a new broker or result store on the test's URL;
+    its owner is closed after the test."""
+    owner, backend = kv_backend
+    url = _url(backend, request)
+    owners: list[Broker | ResultStore] = []
+
+    def make(prefix: str | None = None) -> KeyValue:
+        prefix = key_prefix if prefix is None else prefix
+        built: Broker | ResultStore
+        if owner == "broker":
+            built = create_broker(url, BrokerOptions(key_prefix=prefix))
+        else:
+            built = create_result_store(url, expires=RESULT_EXPIRES, key_prefix=prefix)
+        owners.append(built)
+        return built.kv
+
+    yield make
+    for built in owners:
+        built.close()
+
+
+@pytest.fixture
+def kv(make_kv: KeyValueFactory) -> KeyValue:
+    return make_kv()
+
+
+@pytest.fixture
+def kv_peer(kv: KeyValue, kv_backend: tuple[str, str], make_kv: KeyValueFactory) -> KeyValue:
+    """A second client of the same storage; the same object for ``memory://``."""
+    return kv if kv_backend[1] == "memory" else make_kv()

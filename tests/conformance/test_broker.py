@@ -1,4 +1,5 @@
 """The Broker promises (src/conveyor/brokers/base.py, DESIGN.md), run against every broker.
+Its key/value storage (``broker.kv``) is checked by test_kv.py.
 
 Receipt rule used throughout: a receipt is *held* from ``lease()`` until it is acked, released,
 dead-lettered or retried, or until ``sweep()`` reclaims the expired lease. ``ack``/``extend``/
@@ -8,7 +9,6 @@ all, so a late worker can never remove, duplicate or bury a message that another
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 
@@ -677,80 +677,17 @@ def test_time_is_close_to_wall_clock(broker: Broker) -> None:
     assert broker.time() >= first - 0.01
 
 
-# -- small shared state ------------------------------------------------------------------
-def test_claim_has_exactly_one_winner(broker: Broker, peer: Broker) -> None:
-    key = "beat:cleanup:1700000000"
-    clients = [broker if n % 2 else peer for n in range(16)]
-    wins = run_together([functools.partial(client.claim, key, 60) for client in clients])
-    assert wins.count(True) == 1, wins
-    assert broker.claim(key, 60) is False
-    assert peer.claim("beat:cleanup:1700000060", 60) is True
-
-
-def test_claim_is_claimable_again_after_ttl(broker: Broker, peer: Broker) -> None:
-    key = "beat:cleanup:1700000000"
-    claimed_at = time.monotonic()
-    assert broker.claim(key, 0.5) is True
-    assert peer.claim(key, 0.5) is False
-    wait_until(lambda: peer.claim(key, 60), 5.0, "claim TTL expiry")
-    assert time.monotonic() - claimed_at >= 0.5 - EARLY_SLACK, "claim expired early"
-    assert broker.claim(key, 60) is False
-
-
-def test_values_round_trip_ttl_and_delete(broker: Broker, peer: Broker) -> None:
-    raw = b"\x00\xff\xfebinary"
-    broker.set_value("w.1", raw)
-    assert peer.get_value("w.1") == raw
-    broker.set_value("w.1", b"v2")
-    assert broker.get_value("w.1") == b"v2"
-    assert broker.get_value("missing") is None
-
-    broker.delete_value("w.1")
-    assert broker.get_value("w.1") is None
-    broker.delete_value("w.1")  # missing: no error
-
-    set_at = time.monotonic()
-    broker.set_value("persisted", b"old", ttl=0.3)
-    broker.set_value("persisted", b"new")  # a write without ttl makes the value persistent
-    broker.set_value("short", b"x", ttl=0.5)
-    assert broker.get_value("short") == b"x"
-    wait_until(lambda: broker.get_value("short") is None, 5.0, "value expiry")
-    assert time.monotonic() - set_at >= 0.5 - EARLY_SLACK, "value expired early"
-    assert broker.get_value("persisted") == b"new"
-
-
-def test_values_by_literal_prefix(broker: Broker) -> None:
-    for key in ["w.1", "w.2", "w", "wx.1", "x.1"]:
-        broker.set_value(key, key.encode())
-    broker.set_value("w.gone", b"x", ttl=0.4)
-    for key in ["a*[1]?.x", "a*[1]?.y", "ab[1]c.x", "a*1?.x", "a\\b"]:
-        broker.set_value(key, b"glob")
-
-    assert broker.values("w.") == {"w.1": b"w.1", "w.2": b"w.2", "w.gone": b"x"}
-    wait_until(lambda: broker.get_value("w.gone") is None, 5.0, "value expiry")
-    assert broker.values("w.") == {"w.1": b"w.1", "w.2": b"w.2"}
-    assert broker.values("a*[1]?.") == {"a*[1]?.x": b"glob", "a*[1]?.y": b"glob"}
-    assert broker.values("a\\") == {"a\\b": b"glob"}
-    assert broker.values("zz") == {}
-    assert set(broker.values("")) >= {"w.1", "w.2", "w", "wx.1", "x.1", "ab[1]c.x"}
-
-
 # -- isolation, persistence, concurrency -------------------------------------------------
 def test_key_prefix_isolates_brokers(broker: Broker, make_broker: BrokerFactory) -> None:
     other = make_broker(key_prefix=f"{broker.options.key_prefix}x")
     broker.publish([message(), message(countdown=60)])
     bury(broker, [Q])
     broker.revoke(["t"], 60)
-    broker.set_value("k", b"v")
-    assert broker.claim("c", 60)
 
     assert other.lease([Q], 10, 0) == []
     assert other.stats([Q]) == {Q: QueueStats()}
     assert other.dead_letters() == []
     assert other.revoked(["t"]) == set()
-    assert other.get_value("k") is None
-    assert other.values("") == {}
-    assert other.claim("c", 60)
 
 
 def test_state_survives_a_new_client(
@@ -762,7 +699,6 @@ def test_state_survives_a_new_client(
     broker.publish([ready, message(countdown=60)])
     [dead] = bury(broker, ["dlq"])
     broker.revoke(["t"], 60)
-    broker.set_value("k", b"v")
     broker.close()
 
     fresh = make_broker()
@@ -772,7 +708,6 @@ def test_state_survives_a_new_client(
     }
     assert [d.id for d in fresh.dead_letters()] == [dead.id]
     assert fresh.revoked(["t"]) == {"t"}
-    assert fresh.get_value("k") == b"v"
     assert ids(fresh.lease([Q], 10, 0)) == [ready.id]
 
 

@@ -1,8 +1,8 @@
-"""The ResultStore promises (src/conveyor/results/base.py), run against every result store."""
+"""The ResultStore promises (src/conveyor/results/base.py), run against every result store.
+Its key/value storage (``store.kv``) is checked by test_kv.py."""
 
 from __future__ import annotations
 
-import functools
 import time
 
 import pytest
@@ -11,7 +11,7 @@ from conveyor.results.base import ResultRecord, ResultStore
 from conveyor.states import EXPIRED, FAILURE, QUEUED, READY_STATES, RETRY, STARTED, SUCCESS
 
 from .conftest import StoreFactory
-from .support import EARLY_SLACK, PROMPT, hold, new_id, run_together, start, wait_until
+from .support import EARLY_SLACK, PROMPT, hold, new_id, start, wait_until
 
 
 def record(state: str = SUCCESS, task_id: str | None = None, **fields: object) -> ResultRecord:
@@ -230,85 +230,18 @@ def test_records_without_expiry_stay(make_store: StoreFactory) -> None:
     assert store.get(sent.id) == sent
 
 
-# -- join / claim / values ---------------------------------------------------------------
-def test_join_counts_distinct_members_under_concurrency(
-    result_store: ResultStore, store_peer: ResultStore
-) -> None:
-    key = f"chord:{new_id()}"
-    members = [f"task-{n}" for n in range(16)]
-    clients = [result_store if n % 2 else store_peer for n in range(16)]
-    sizes = run_together(
-        [functools.partial(c.join, key, m, 60.0) for c, m in zip(clients, members, strict=True)]
-    )
-    assert sorted(sizes) == list(range(1, 17)), "each first join must see its own size"
-
-    again = run_together(
-        [functools.partial(c.join, key, m, 60.0) for c, m in zip(clients, members, strict=True)]
-    )
-    assert again == [16] * 16, "joining a member twice must count it once"
-    assert result_store.join(key, "task-0") == 16
-    assert result_store.join(f"{key}:other", "task-0") == 1
-
-
-def test_join_set_expires_and_is_deleted_with_delete_value(result_store: ResultStore) -> None:
-    key = f"chord:{new_id()}"
-    assert result_store.join(key, "a", 0.4) == 1
-    joined_at = time.monotonic()
-    assert result_store.join(key, "b", 0.4) == 2  # each join renews the TTL
-    wait_until(lambda: time.monotonic() - joined_at > 0.4 + EARLY_SLACK, 5.0, "join set expiry")
-    assert result_store.join(key, "c", 0.4) == 1, "an expired join set was reused"
-
-    other = f"chord:{new_id()}"
-    result_store.join(other, "a")
-    result_store.join(other, "b")
-    result_store.delete_value(other)
-    assert result_store.join(other, "c") == 1
-
-
-def test_claim_has_exactly_one_winner(result_store: ResultStore, store_peer: ResultStore) -> None:
-    key = f"chord-unlock:{new_id()}"
-    clients = [result_store if n % 2 else store_peer for n in range(16)]
-    wins = run_together([functools.partial(c.claim, key, 60) for c in clients])
-    assert wins.count(True) == 1, wins
-    assert result_store.claim(key, 60) is False
-    assert store_peer.claim(f"{key}:2") is True  # without TTL
-    assert result_store.claim(f"{key}:2") is False
-
-
-def test_claim_is_claimable_again_after_ttl(
-    result_store: ResultStore, store_peer: ResultStore
-) -> None:
-    key = f"chord-unlock:{new_id()}"
-    claimed_at = time.monotonic()
-    assert result_store.claim(key, 0.5) is True
-    assert store_peer.claim(key, 0.5) is False
-    wait_until(lambda: store_peer.claim(key), 5.0, "claim TTL expiry")
-    assert time.monotonic() - claimed_at >= 0.5 - EARLY_SLACK, "claim expired early"
-    assert result_store.claim(key) is False
-
-
-def test_values_round_trip_ttl_and_delete(
-    result_store: ResultStore, store_peer: ResultStore
-) -> None:
-    raw = b"\x00\xff\xfe{binary}"
-    result_store.set_value("group:1", raw)
-    assert store_peer.get_value("group:1") == raw
-    result_store.set_value("group:1", b"v2")
-    assert result_store.get_value("group:1") == b"v2"
-    assert result_store.get_value("missing") is None
-    result_store.delete_value("group:1")
-    assert result_store.get_value("group:1") is None
-    result_store.delete_value("group:1")
-
+# -- kv ----------------------------------------------------------------------------------
+def test_cleanup_removes_expired_kv_entries(result_store: ResultStore) -> None:
+    """The store's ``kv`` (checked on its own by test_kv.py) is cleaned up with the records."""
+    result_store.kv.set_value("short", b"x", ttl=0.3)
+    result_store.kv.join("set", "a", 0.3)
+    result_store.kv.set_value("kept", b"y")
     set_at = time.monotonic()
-    result_store.set_value("persisted", b"old", ttl=0.3)
-    result_store.set_value("persisted", b"new")  # a write without ttl makes it persistent
-    result_store.set_value("short", b"x", ttl=0.5)
-    assert result_store.get_value("short") == b"x"
-    wait_until(lambda: result_store.get_value("short") is None, 5.0, "value expiry")
-    assert time.monotonic() - set_at >= 0.5 - EARLY_SLACK, "value expired early"
-    assert result_store.get_value("persisted") == b"new"
+    wait_until(lambda: time.monotonic() - set_at > 0.3 + EARLY_SLACK, 5.0, "kv expiry")
     assert result_store.cleanup() >= 0
+    assert result_store.kv.get_value("short") is None
+    assert result_store.kv.join("set", "b") == 1
+    assert result_store.kv.get_value("kept") == b"y"
 
 
 # -- isolation and persistence -----------------------------------------------------------
@@ -316,15 +249,9 @@ def test_key_prefix_isolates_stores(result_store: ResultStore, make_store: Store
     other = make_store(prefix=f"{result_store.key_prefix}x")
     sent = record()
     result_store.store([sent])
-    result_store.set_value("k", b"v")
-    result_store.join("j", "m")
-    assert result_store.claim("c")
 
     assert other.get(sent.id) is None
     assert other.wait(sent.id, 0) is None
-    assert other.get_value("k") is None
-    assert other.join("j", "n") == 1
-    assert other.claim("c") is True
 
 
 def test_state_survives_a_new_client(
@@ -334,11 +261,7 @@ def test_state_survives_a_new_client(
         pytest.skip("memory:// state lives in one store object by design")
     sent = full_record(new_id())
     result_store.store([sent])
-    result_store.set_value("k", b"v")
-    result_store.join("j", "m")
     result_store.close()
 
     fresh = make_store()
     assert fresh.get(sent.id) == sent
-    assert fresh.get_value("k") == b"v"
-    assert fresh.join("j", "m") == 1

@@ -1,4 +1,5 @@
-"""The ResultStore conformance suite, run against the ORM store (``django://``)."""
+"""The ResultStore and KeyValue conformance suites, run against the ORM store (``django://``)
+and its ``kv``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conveyor.contrib.django.results import DjangoResultStore
+from conveyor.kv import KeyValue
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultRecord, ResultStore
+from tests.conformance import test_kv as kv_conformance
 from tests.conformance import test_result_store as conformance
 from tests.helpers import result_stores
 
@@ -17,9 +20,10 @@ from .testproj.shop.models import Order
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # Every conformance test, collected here with this module's fixtures.
-for _name in dir(conformance):
-    if _name.startswith("test_"):
-        globals()[_name] = getattr(conformance, _name)
+for _suite in (conformance, kv_conformance):
+    for _name in dir(_suite):
+        if _name.startswith("test_"):
+            globals()[_name] = getattr(_suite, _name)
 
 StoreFactory = Callable[..., ResultStore]
 
@@ -49,6 +53,29 @@ def result_store(make_store: StoreFactory) -> ResultStore:
 @pytest.fixture
 def store_peer(make_store: StoreFactory) -> ResultStore:
     return make_store()
+
+
+@pytest.fixture
+def kv_backend() -> tuple[str, str]:
+    return ("results", "django")
+
+
+@pytest.fixture
+def make_kv(make_store: StoreFactory) -> Callable[..., KeyValue]:
+    def make(prefix: str | None = None) -> KeyValue:
+        return make_store(prefix=prefix).kv
+
+    return make
+
+
+@pytest.fixture
+def kv(make_kv: Callable[..., KeyValue]) -> KeyValue:
+    return make_kv()
+
+
+@pytest.fixture
+def kv_peer(make_kv: Callable[..., KeyValue]) -> KeyValue:
+    return make_kv()
 
 
 # -- ORM specifics -------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class Observer:
         return self.complete_after(after)[-1]
 
     def last_sender(self) -> str:
-        raw = self.app.broker.get_value("beat:last:tick-all")
+        raw = self.app.kv.get_value("beat:last:tick-all")
         assert raw is not None
         return str(json.loads(raw)["beat"])
 

@@ -140,10 +140,10 @@ def install_crash_hook(mode: str, folder: Path) -> None:
 
         execution.on_task_finished = hooked  # type: ignore[assignment]
     elif mode == "after_claim":
-        from conveyor.results.redis import RedisResultStore
-        from conveyor.results.sqlite import SQLiteResultStore
+        from conveyor.kv.redis import RedisKeyValue
+        from conveyor.kv.sqlite import SQLiteKeyValue
 
-        for cls in (SQLiteResultStore, RedisResultStore):
+        for cls in (SQLiteKeyValue, RedisKeyValue):
             real_claim = cls.claim
 
             def claim(

@@ -232,13 +232,13 @@ def test_claims_alone_keep_runs_unique_when_progress_records_lag(
     beats = [Beat(app, name=f"beat-{i}") for i in range(3)]
     for beat in beats:
         beat.tick()
-    real_set_value = app.broker.set_value
+    real_set_value = app.kv.set_value
 
     def lagging(key: str, value: bytes, ttl: float | None = None) -> None:
         if not key.startswith("beat:last:"):
             real_set_value(key, value, ttl)
 
-    monkeypatch.setattr(app.broker, "set_value", lagging)
+    monkeypatch.setattr(app.kv, "set_value", lagging)
     for step in range(1, 31):
         clock.set(T0 + timedelta(seconds=step))
         for beat in beats:
@@ -366,12 +366,12 @@ def test_progress_lives_in_the_broker(app: Conveyor, clock: Clock) -> None:
     beat = Beat(app, name="b1")
     beat.tick()
     tick_at(beat, clock, T0 + timedelta(seconds=1))
-    record = json.loads(app.broker.get_value("beat:last:ping") or b"")
+    record = json.loads(app.kv.get_value("beat:last:ping") or b"")
     due = T0 + timedelta(seconds=1)
     assert record["due"] == due.isoformat()
     assert record["task_id"] == run_id("ping", due)
     assert record["beat"] == "b1"
-    assert app.broker.claim(f"beat:claim:ping:{due.isoformat()}", 60) is False
+    assert app.kv.claim(f"beat:claim:ping:{due.isoformat()}", 60) is False
 
 
 def test_on_sent_is_called_once_per_run_across_beats(app: Conveyor, clock: Clock) -> None:

@@ -478,7 +478,7 @@ def test_once_guard_runs_again_after_the_claim_expires(t: SimpleNamespace) -> No
     try:
         count = app.task(name="t.count")(t.count.fn)
         # a delivery that started (claimed) and then died: its claim expires after 2 leases
-        assert app.results.claim("once:dead-1:0", 0.4)
+        assert app.results.kv.claim("once:dead-1:0", 0.4)
         count.s("y").apply_async(task_id="dead-1", headers={ONCE_HEADER: True})
         worker = TestWorker(app).start()
         try:

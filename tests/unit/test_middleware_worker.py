@@ -199,33 +199,27 @@ def test_rate_limit_deferral_is_a_skip(app: Conveyor, recorder: Recorder) -> Non
 
 def test_a_raising_middleware_loses_nothing_and_settles_once() -> None:
     app = make_test_app(middleware=[Raising()])
-    # Every way a delivery is settled (acks with or without records, acks sent with the next
-    # lease, retries, dead letters), by receipt: each must be settled exactly once.
+    # Every way a delivery is settled reaches the broker as an ack (with or without records,
+    # or sent with the next lease), a retry or a dead letter: count them by receipt.
     settled: list[str] = []
-    settlement = app.settlement
-    real_ack, real_ack_and_lease = settlement.ack, settlement.ack_and_lease
-    real_retry, real_dead = settlement.retry_later, settlement.dead_letter
+    broker = app.broker
+    real_ack, real_retry, real_dead = broker.ack, broker.retry_later, broker.dead_letter
 
-    def ack(deliveries, records):  # type: ignore[no-untyped-def]
+    def ack(deliveries):  # type: ignore[no-untyped-def]
         settled.extend(d.receipt for d in deliveries)
-        return real_ack(deliveries, records)
-
-    def ack_and_lease(deliveries, records, *lease):  # type: ignore[no-untyped-def]
-        settled.extend(d.receipt for d in deliveries)
-        return real_ack_and_lease(deliveries, records, *lease)
+        return real_ack(deliveries)
 
     def retry_later(delivery, message):  # type: ignore[no-untyped-def]
         settled.append(delivery.receipt)
         return real_retry(delivery, message)
 
-    def dead_letter(delivery, reason, detail):  # type: ignore[no-untyped-def]
+    def dead_letter(delivery, reason, detail=""):  # type: ignore[no-untyped-def]
         settled.append(delivery.receipt)
         return real_dead(delivery, reason, detail)
 
-    settlement.ack = ack  # type: ignore[method-assign]
-    settlement.ack_and_lease = ack_and_lease  # type: ignore[method-assign]
-    settlement.retry_later = retry_later  # type: ignore[method-assign]
-    settlement.dead_letter = dead_letter  # type: ignore[method-assign]
+    broker.ack = ack  # type: ignore[method-assign]
+    broker.retry_later = retry_later  # type: ignore[method-assign]
+    broker.dead_letter = dead_letter  # type: ignore[method-assign]
     try:
 
         @app.task(name="mw.ok")

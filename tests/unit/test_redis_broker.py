@@ -28,6 +28,8 @@ from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.results.base import ResultRecord
 from conveyor.results.memory import MemoryResultStore
 from conveyor.results.redis import RedisResultStore
+from conveyor.settlement import open_settlement
+from conveyor.settlement.redis import RedisSettlement
 from tests import helpers
 from tests.conftest import wait_until
 from tests.helpers import Call, closing_all, redis_fixture
@@ -209,11 +211,13 @@ def test_every_key_lives_under_the_prefix(broker: RedisBroker, admin: redis.Redi
     held = broker.lease([Q], 1, 0)
     broker.dead_letter(held[0], "rejected")
     broker.revoke(["t1"], 60)
-    broker.set_value("k", b"v")
-    broker.claim("c", 60)
+    broker.kv.set_value("k", b"v")
+    broker.kv.claim("c", 60)
+    broker.kv.join("j", "m", 60)
     keys = [k.decode() for k in admin.scan_iter(match=f"{prefix}*")]
     assert len(keys) >= 10
     assert all(k.startswith(f"{prefix}:") for k in keys)
+    assert {f"{prefix}:kv:k", f"{prefix}:kv:c", f"{prefix}:kv-join:j"} <= set(keys)
 
 
 def test_countdown_is_measured_from_redis_time(broker: RedisBroker, admin: redis.Redis) -> None:
@@ -376,15 +380,17 @@ def test_batches_take_one_script_call_per_chunk(broker: RedisBroker, admin: redi
     assert calls == 3 + 1 + 1 + 1
 
 
-def test_publish_recorded_writes_records_then_messages_in_one_go(
+def test_settlement_writes_records_then_messages_in_one_go(
     broker: RedisBroker, server: RedisServer, admin: redis.Redis
 ) -> None:
     results = RedisResultStore(server.url, key_prefix=broker.options.key_prefix)
+    settlement = open_settlement(broker, results)
+    assert isinstance(settlement, RedisSettlement) and settlement.together is results
     sent = [msg(), msg()]
     records = [ResultRecord(m.id, "QUEUED") for m in sent]
     broker.sweep()  # connect first (script calls' connection): the handshake is not part of it
     with admin.monitor() as monitor:
-        broker.publish_recorded(sent, results, records)
+        settlement.publish(sent, records)
         seen = [monitor.next_command() for _ in range(3)]
     assert [c["command"].split()[0] for c in seen] == ["SET", "SET", "EVALSHA"]
     assert len({(c["client_address"], c["client_port"]) for c in seen}) == 1
@@ -395,19 +401,40 @@ def test_publish_recorded_writes_records_then_messages_in_one_go(
     elsewhere = RedisResultStore(server.url.rsplit("/", 1)[0] + "/1")  # other db: two calls
     memory = MemoryResultStore()
     for store in (elsewhere, memory):
+        apart = open_settlement(broker, store)
+        assert isinstance(apart, RedisSettlement) and apart.together is None
         one = msg()
-        broker.publish_recorded([one], store, [ResultRecord(one.id, "QUEUED")])
+        apart.publish([one], [ResultRecord(one.id, "QUEUED")])
         assert store.get(one.id) == ResultRecord(one.id, "QUEUED")
         assert [d.id for d in broker.lease([Q], 10, 0)] == [one.id]
         store.forget([one.id])
     elsewhere.close()
 
 
+def test_settlement_acks_results_and_leases_in_one_round_trip(
+    broker: RedisBroker, server: RedisServer, admin: redis.Redis
+) -> None:
+    results = RedisResultStore(server.url, key_prefix=broker.options.key_prefix)
+    settlement = open_settlement(broker, results)
+    broker.publish([msg(), msg()])
+    held = broker.lease([Q], 1, 0)
+    with admin.monitor() as monitor:
+        got = settlement.ack_and_lease(held, [ResultRecord(held[0].id, "SUCCESS")], [Q], 1, 0)
+        seen = [monitor.next_command() for _ in range(4)]
+    assert [c["command"].split()[0] for c in seen] == ["SET", "RPUSH", "PEXPIRE", "EVALSHA"]
+    assert len({(c["client_address"], c["client_port"]) for c in seen}) == 1
+    assert results.get(held[0].id) == ResultRecord(held[0].id, "SUCCESS")
+    assert len(got) == 1
+    assert broker.stats([Q])[Q] == QueueStats(leased=1)
+    results.close()
+
+
 def test_worker_calls_share_few_connections(broker: RedisBroker, admin: redis.Redis) -> None:
+    settlement = open_settlement(broker, MemoryResultStore())
     broker.publish([msg() for _ in range(50)])
     held = broker.lease([Q], 1, 0)
     for _ in range(49):
-        held = broker.ack_and_lease(held, MemoryResultStore(), [], [Q], 1, 0)
+        held = settlement.ack_and_lease(held, [], [Q], 1, 0)
     broker.ack(held)
     assert len(broker._connections._made) == 1  # one thread, one connection, reused
     broker.close()
@@ -462,7 +489,8 @@ def test_restart_loses_nothing_and_calls_resume() -> None:
         server.start()
 
         extra = msg(b"after restart")  # pooled connections are dead, scripts are gone
-        broker.publish_recorded([extra], results, [ResultRecord(extra.id, "QUEUED")])
+        settlement = open_settlement(broker, results)
+        settlement.publish([extra], [ResultRecord(extra.id, "QUEUED")])
         assert results.wait("done", 1) == ResultRecord("done", "SUCCESS", 1)
         assert results.get(extra.id) == ResultRecord(extra.id, "QUEUED")
 

@@ -79,9 +79,9 @@ def test_records_carry_the_expiry_as_a_redis_ttl(
 def test_keys_live_under_the_prefix(store: RedisResultStore, admin: redis.Redis) -> None:
     done = rec()
     store.store([done])
-    store.join("chord", "a", 60)
-    store.claim("unlock", 60)
-    store.set_value("group", b"g")
+    store.kv.join("chord", "a", 60)
+    store.kv.claim("unlock", 60)
+    store.kv.set_value("group", b"g")
     keys = sorted(k.decode() for k in admin.scan_iter(match=f"{store.key_prefix}:*"))
     assert keys == sorted(
         [
@@ -93,21 +93,21 @@ def test_keys_live_under_the_prefix(store: RedisResultStore, admin: redis.Redis)
         ]
     )
     store.forget([done.id])
-    store.delete_value("chord")
+    store.kv.delete_value("chord")
     assert not admin.exists(key(store, "result", done.id), key(store, "result-wake", done.id))
     assert not admin.exists(key(store, "join", "chord"))
 
 
 def test_join_and_claim_set_ttls(store: RedisResultStore, admin: redis.Redis) -> None:
-    assert store.join("c", "a", 30) == 1
-    assert store.join("c", "a", 30) == 1
-    assert store.join("c", "b", 30) == 2
+    assert store.kv.join("c", "a", 30) == 1
+    assert store.kv.join("c", "a", 30) == 1
+    assert store.kv.join("c", "b", 30) == 2
     assert 29_000 < admin.pttl(key(store, "join", "c")) <= 30_000
-    assert store.join("persistent", "a") == 1
+    assert store.kv.join("persistent", "a") == 1
     assert admin.pttl(key(store, "join", "persistent")) == -1
 
-    assert store.claim("k", 45) is True
-    assert store.claim("k", 45) is False
+    assert store.kv.claim("k", 45) is True
+    assert store.kv.claim("k", 45) is False
     assert 44_000 < admin.pttl(key(store, "value", "k")) <= 45_000
 
 
@@ -162,7 +162,11 @@ def test_wait_does_not_spin_on_a_token_of_an_earlier_ready_state(
 def test_errors_are_result_store_errors_without_the_password() -> None:
     port = free_port()
     store = RedisResultStore(f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
-    for call in (lambda: store.get("x"), lambda: store.wait("x", 1), lambda: store.join("k", "m")):
+    for call in (
+        lambda: store.get("x"),
+        lambda: store.wait("x", 1),
+        lambda: store.kv.join("k", "m"),
+    ):
         with pytest.raises(ResultStoreError) as info:
             call()
         assert PASSWORD not in str(info.value)
@@ -177,14 +181,14 @@ def test_restart_keeps_records_and_wait_resumes() -> None:
     try:
         kept = rec(result="kept")
         store.store([kept])
-        store.join("chord", "a")
+        store.kv.join("chord", "a")
         server.kill()
         with pytest.raises(ResultStoreError):
             store.get(kept.id)
         server.start()
 
         assert store.get(kept.id) == kept
-        assert store.join("chord", "b") == 2
+        assert store.kv.join("chord", "b") == 2
         task_id = uuid.uuid4().hex
         call = Call(lambda: store.wait(task_id, 5.0))
         writer = RedisResultStore(server.url, key_prefix="restart")

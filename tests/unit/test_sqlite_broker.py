@@ -18,10 +18,13 @@ import pytest
 from conveyor._sqlite import APPLICATION_ID, Database, path_from_url
 from conveyor.brokers import create_broker
 from conveyor.brokers.base import BrokerOptions, DeadLetterReason, Delivery, Message, QueueStats
-from conveyor.brokers.sqlite import MIGRATIONS, SQLiteBroker
+from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.brokers.sqlite.schema import MIGRATIONS
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
 from conveyor.results.base import ResultRecord
 from conveyor.results.sqlite import SQLiteResultStore
+from conveyor.settlement import open_settlement
+from conveyor.settlement.sqlite import SQLiteSettlement
 from tests.conftest import wait_until
 from tests.helpers import closing_all
 from tests.helpers import raw_sqlite as raw
@@ -96,8 +99,10 @@ def test_schema_is_versioned_and_marked(broker: SQLiteBroker, db_path: Path) -> 
 def test_broker_and_result_store_share_a_file(broker: SQLiteBroker, db_path: Path) -> None:
     store = SQLiteResultStore(f"sqlite:///{db_path}")
     try:
+        settlement = open_settlement(broker, store)
+        assert isinstance(settlement, SQLiteSettlement) and settlement.together is store
         record = ResultRecord(id="t1", state="QUEUED")
-        broker.publish_recorded([msg("t1")], store, [record])
+        settlement.publish([msg("t1")], [record])
         assert store.get("t1") == record
         assert [d.id for d in broker.lease([Q], 10, 0)] == ["t1"]
         with raw(db_path) as conn:
@@ -105,6 +110,64 @@ def test_broker_and_result_store_share_a_file(broker: SQLiteBroker, db_path: Pat
         assert set(versions) == {"broker", "results"}
     finally:
         store.close()
+
+
+def test_a_v1_file_keeps_its_values_and_gains_join_sets(
+    make: Callable[..., SQLiteBroker], db_path: Path
+) -> None:
+    old = make()
+    old.kv.set_value("beat:last:x", b"v")
+    assert old.kv.claim("beat:claim:x", 60)
+    old.close()
+    with raw(db_path) as conn:  # as Conveyor wrote it before the broker's kv had join sets
+        conn.execute("DROP TABLE conveyor_sets")
+        conn.execute("DROP TABLE conveyor_set_expiry")
+        conn.execute("UPDATE conveyor_meta SET version = 1 WHERE component = 'broker'")
+        stored = conn.execute("SELECT key, value FROM conveyor_values ORDER BY key").fetchall()
+    assert stored == [("beat:claim:x", b"1"), ("beat:last:x", b"v")]
+
+    upgraded = make()
+    assert upgraded.kv.get_value("beat:last:x") == b"v"
+    assert upgraded.kv.claim("beat:claim:x", 60) is False
+    assert upgraded.kv.join("j", "m") == 1
+    with raw(db_path) as conn:
+        versions = dict(conn.execute("SELECT component, version FROM conveyor_meta"))
+    assert versions == {"broker": 2}
+
+
+def test_settlement_writes_records_acks_and_leases_in_one_transaction(
+    broker: SQLiteBroker, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteResultStore(f"sqlite:///{db_path}")
+    settlement = open_settlement(broker, store)
+    broker.publish([msg(1), msg(2), msg(3)])
+    first, second = broker.lease([Q], 2, 0)
+    real_write = broker._db.write
+    transactions: list[str] = []
+
+    def counted() -> Any:
+        transactions.append("broker")
+        return real_write()
+
+    def refused() -> Any:
+        raise AssertionError("the store wrote in a transaction of its own")
+
+    monkeypatch.setattr(broker._db, "write", counted)
+    monkeypatch.setattr(store._db, "write", refused)
+    got = settlement.ack_and_lease([first], [ResultRecord("1", "SUCCESS")], [Q], 5, 0)
+    assert [d.id for d in got] == ["3"]
+    settlement.ack([second, *got], [ResultRecord("2", "SUCCESS"), ResultRecord("3", "FAILURE")])
+    settlement.publish([msg(4)], [ResultRecord("4", "QUEUED")])
+    assert transactions == ["broker"] * 3
+    monkeypatch.undo()
+    assert [r and r.state for r in store.get_many(["1", "2", "3", "4"])] == [
+        "SUCCESS",
+        "SUCCESS",
+        "FAILURE",
+        "QUEUED",
+    ]
+    assert broker.stats([Q])[Q] == QueueStats(ready=1)
+    store.close()
 
 
 # -- bad files: one clear error naming the path ------------------------------------------

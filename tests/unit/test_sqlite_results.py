@@ -112,17 +112,17 @@ def test_corrupt_record_is_a_clear_error(store: SQLiteResultStore, db_path: Path
 def test_cleanup_counts_records_values_and_sets(make: Callable[..., SQLiteResultStore]) -> None:
     store = make(expires=0.05)
     store.store([done("a"), done("b")])
-    store.set_value("v", b"1", ttl=0.05)
-    store.set_value("kept", b"1")
-    store.join("set", "m1", 0.05)
-    store.join("set", "m2", 0.05)
-    assert store.claim("claim", 0.05)
+    store.kv.set_value("v", b"1", ttl=0.05)
+    store.kv.set_value("kept", b"1")
+    store.kv.join("set", "m1", 0.05)
+    store.kv.join("set", "m2", 0.05)
+    assert store.kv.claim("claim", 0.05)
     expired = time.time() + 0.06
     wait_until(lambda: time.time() > expired, what="expiry")
     assert store.cleanup() == 5  # two records, two values (one a claim), one set
     assert store.cleanup() == 0
-    assert store.get_value("kept") == b"1"
-    assert store.join("set", "m3") == 1
+    assert store.kv.get_value("kept") == b"1"
+    assert store.kv.join("set", "m3") == 1
 
 
 def test_cleanup_spares_other_prefixes(make: Callable[..., SQLiteResultStore]) -> None:
@@ -136,12 +136,12 @@ def test_cleanup_spares_other_prefixes(make: Callable[..., SQLiteResultStore]) -
 
 
 def test_join_ttl_none_keeps_the_set(store: SQLiteResultStore) -> None:
-    assert store.join("s", "a", 0.05) == 1
-    assert store.join("s", "b") == 2  # the last join's ttl wins: no expiry now
+    assert store.kv.join("s", "a", 0.05) == 1
+    assert store.kv.join("s", "b") == 2  # the last join's ttl wins: no expiry now
     expired = time.time() + 0.06
     wait_until(lambda: time.time() > expired, what="old ttl")
     assert store.cleanup() == 0
-    assert store.join("s", "c") == 3
+    assert store.kv.join("s", "c") == 3
 
 
 # -- waiting -----------------------------------------------------------------------------
@@ -179,10 +179,10 @@ def test_fork_child_writes_and_parent_reads(store: SQLiteResultStore) -> None:
         try:
             code = 0 if store.get("parent") == done("parent") else 2
             store.store([done("child")])
-            store.join("set", "child")
+            store.kv.join("set", "child")
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.get("child") == done("child")
-    assert store.join("set", "parent") == 2
+    assert store.kv.join("set", "parent") == 2

@@ -29,7 +29,7 @@ class Progress:
 
     def read(self, name: str) -> dict[str, Any] | None:
         """Entry ``name``'s record, or None if there is none (or it is unreadable)."""
-        raw = self.app.broker.get_value(LAST_PREFIX + name)
+        raw = self.app.kv.get_value(LAST_PREFIX + name)
         if raw is None:
             return None
         try:
@@ -52,4 +52,4 @@ class Progress:
                 and datetime.fromisoformat(current["due"]) > datetime.fromisoformat(record["due"])
             ):
                 return
-        self.app.broker.set_value(LAST_PREFIX + name, json.dumps(record).encode())
+        self.app.kv.set_value(LAST_PREFIX + name, json.dumps(record).encode())

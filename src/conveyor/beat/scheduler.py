@@ -367,7 +367,7 @@ class Beat:
                 self._claim_and_send(state, instant)
 
     def _claim_and_send(self, state: _State, instant: datetime) -> None:
-        if self.broker.claim(claim_key(state.entry.name, instant), self.claim_ttl):
+        if self.app.kv.claim(claim_key(state.entry.name, instant), self.claim_ttl):
             self._send(state, instant)
 
     def _send(self, state: _State, instant: datetime) -> None:

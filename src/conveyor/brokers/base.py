@@ -1,23 +1,53 @@
-"""The Broker interface: what every broker (memory, SQLite, Redis, ...) provides.
+"""The Broker contract: what a broker (memory, SQLite, Redis; PostgreSQL, RabbitMQ next) provides.
 
-A broker moves opaque message bodies; it knows nothing of tasks. Its promises (see the design):
+A broker holds messages (opaque bodies with an id, a queue and a priority) for workers to lease;
+it knows nothing of tasks, result stores or the worker. To add one: subclass :class:`Broker`,
+implement its abstract methods with the guarantees below, set ``schemes``,
+``lease_checks_revoked`` and ``kv`` (a :class:`~conveyor.kv.KeyValue` on the same server or
+file), map its URL schemes in ``conveyor/brokers/__init__.py``, and add it to ``BACKENDS`` in
+``tests/conformance/conftest.py``: the conformance suite (``test_broker.py``, ``test_kv.py``,
+``test_settlement.py``) then checks every promise. The worker needs no change. Operations that
+combine a broker with a result store (records and acks in one round trip) are not part of a
+broker: they live in ``conveyor.settlement``, where a broker may add a faster settlement of its
+own built from small broker methods.
 
-* **Leases.** ``lease()`` hands out messages for ``lease_timeout`` seconds. ``ack()`` removes
-  them; ``extend()`` renews the lease (worker heartbeat); a lease that runs out returns the
-  message to its queue at the next ``sweep()``.
-* **Delivery counts.** Each lease increments the message's delivery count (1 on the first
-  delivery). When a lease runs out on a message already delivered ``max_deliveries`` times, the
-  sweep dead-letters it with reason ``worker_lost`` instead of returning it.
-* **Delayed messages** (``countdown``/``eta``) wait inside the broker, judged on the broker's
-  clock (``time()``), and become ready at ``sweep()`` or ``lease()`` once due.
-* **Priorities** 0-9 within a queue, **9 served first**, FIFO within one priority.
-* **Dead letters** keep the raw body with a reason and detail; they can be listed, replayed
-  (back to their queue with a fresh delivery count) and purged.
-* **Revocations** are stored with a TTL and survive restarts. A broker whose
-  ``lease_checks_revoked`` is true also reports, on each delivery, whether its id was revoked
-  when it was leased (looked up in the same atomic step), so a worker needs no extra call.
-* **Results before acks.** ``ack_recorded()`` and ``ack_and_lease()`` store result records
-  before they ack: a crash in between leads to a redelivery, never to a lost result.
+**Receipts.** ``lease()`` hands out each message with a receipt that is *held* until it is
+acked, released, dead-lettered or retried, or until ``sweep()`` reclaims its expired lease.
+``ack``, ``extend``, ``release``, ``retry_later`` and ``dead_letter`` with a receipt that is no
+longer held do nothing at all, so a late worker never removes, duplicates or buries a message
+that another worker holds.
+
+**Operations.** All are safe to call from several threads and processes at once.
+
+* ``publish(messages)``: add a batch; each is ready now or, with ``countdown``/``eta``, delayed
+  until ``max(now + countdown, eta)`` on the broker's clock (``time()``). A ready message wakes
+  a waiting ``lease()`` promptly.
+* ``lease(queues, limit, wait)``: take up to ``limit`` ready messages, priority 9 first across
+  all ``queues``, FIFO within a priority; make due delayed messages ready first. Each lease
+  adds one to the message's delivery count (1 on the first delivery). Wait up to ``wait`` s
+  for the first message, waking promptly on a publish, release or due time; return ``[]`` on
+  timeout. A message is never held by two receipts at once.
+* ``ack(deliveries)``: remove finished messages; idempotent.
+* ``extend(deliveries)``: renew leases to ``now + lease_timeout`` (the worker's heartbeat).
+* ``release(deliveries)``: return messages to their queue now without charging the delivery
+  (cold shutdown).
+* ``retry_later(delivery, message)``: atomically ack and publish the retry (fresh count).
+* ``dead_letter(delivery, reason, detail)``: atomically ack and keep the raw body in the
+  dead-letter queue with the reason, detail, time and delivery count.
+* ``sweep()``: return expired leases to their queues, or dead-letter them with reason
+  ``worker_lost`` once delivered ``max_deliveries`` times; make due delayed messages ready;
+  return how many moved. Concurrent sweeps move each message once.
+* ``revoke(ids, ttl)`` / ``revoked(ids)``: durable revocation flags with a TTL. With
+  ``lease_checks_revoked``, each delivery also says whether its id was revoked when leased
+  (looked up in the same atomic step), so the worker makes no extra call.
+* ``stats(queues)``: ready, delayed, leased and dead counts per queue.
+* ``dead_letters(limit, queue)`` (oldest first), ``replay_dead(ids)`` (back to the queue with
+  a fresh count), ``purge_dead(ids)``; ``purge(queues)`` deletes ready and delayed messages
+  (leased ones stay).
+* ``time()``: the broker's clock, which judges due times and lease deadlines.
+* ``close()`` (optional): release connections; a later call may reconnect.
+
+Where a backend cannot give an item, the suite asserts the documented weaker one.
 """
 
 from __future__ import annotations
@@ -31,7 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
-    from ..results.base import ResultRecord, ResultStore
+    from ..kv import KeyValue
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -115,9 +145,12 @@ class Broker(abc.ABC):
 
     #: URL schemes this class serves.
     schemes: ClassVar[tuple[str, ...]] = ()
-    #: True when ``lease()`` and ``ack_and_lease()`` set ``Delivery.revoked`` (checked in the
-    #: same atomic step as the lease); a worker then skips its own ``revoked()`` call.
+    #: True when every lease sets ``Delivery.revoked`` (checked in the same atomic step as
+    #: the lease); a worker then skips its own ``revoked()`` call.
     lease_checks_revoked: ClassVar[bool] = False
+    #: Small shared state on this broker's server or file (beat claims and progress, the
+    #: worker registry), set by each implementation: ``app.kv``.
+    kv: KeyValue
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         self.url = url
@@ -127,15 +160,6 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish(self, messages: Sequence[Message]) -> None:
         """Add messages (ready now, or delayed until due) in one batch."""
-
-    def publish_recorded(
-        self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
-    ) -> None:
-        """Record QUEUED states, then publish. Brokers sharing a server with the result store
-        override this to do both in one round trip."""
-        if records:
-            results.store(records)
-        self.publish(messages)
 
     # -- consuming -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -150,41 +174,6 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages. Acking an unknown or already-acked receipt is a no-op."""
-
-    def ack_recorded(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-    ) -> None:
-        """Store ``records``, then ack ``deliveries`` (a finished batch).
-
-        The records are stored before any ack takes effect (at-least-once: a failure in
-        between leaves the messages leased, so they are redelivered; never acked without their
-        result). Brokers sharing a server or file with the result store override this to do
-        both in one round trip."""
-        if records:
-            results.store(records)
-        if deliveries:
-            self.ack(deliveries)
-
-    def ack_and_lease(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-        queues: Sequence[str],
-        limit: int,
-        wait: float,
-    ) -> list[Delivery]:
-        """:meth:`ack_recorded` then :meth:`lease` (a worker settling finished tasks and
-        taking the next ones); brokers override it to need fewer round trips.
-
-        The records are stored and the acks take effect before the lease waits for a message,
-        so an idle queue never delays them. If this raises, any part may have happened: ack
-        and store again (both are idempotent)."""
-        self.ack_recorded(deliveries, results, records)
-        return self.lease(queues, limit, wait)
 
     @abc.abstractmethod
     def extend(self, deliveries: Sequence[Delivery]) -> None:
@@ -246,27 +235,6 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def time(self) -> float:
         """The broker's clock as a POSIX timestamp."""
-
-    # -- small shared state (beat claims, worker registry) -------------------------------
-    @abc.abstractmethod
-    def claim(self, key: str, ttl: float) -> bool:
-        """Atomically create ``key`` if absent (expiring after ``ttl`` s); True if created."""
-
-    @abc.abstractmethod
-    def get_value(self, key: str) -> bytes | None:
-        """Read a small value (None if missing or expired)."""
-
-    @abc.abstractmethod
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Write a small value, optionally expiring after ``ttl`` seconds."""
-
-    @abc.abstractmethod
-    def delete_value(self, key: str) -> None:
-        """Delete a small value (no error if missing)."""
-
-    @abc.abstractmethod
-    def values(self, prefix: str) -> dict[str, bytes]:
-        """All live values whose key starts with ``prefix``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

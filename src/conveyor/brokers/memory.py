@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..kv.memory import MemoryKeyValue
 from .base import (
     Broker,
     BrokerOptions,
@@ -50,7 +51,7 @@ class MemoryBroker(Broker):
         self._leased: dict[str, tuple[_Entry, float]] = {}
         self._dead: dict[int, DeadLetter] = {}
         self._revoked: dict[str, float] = {}
-        self._values: dict[str, tuple[bytes, float | None]] = {}
+        self.kv: MemoryKeyValue = MemoryKeyValue()
 
     # -- helpers (lock held) -------------------------------------------------------------
     def _push_ready(self, entry: _Entry) -> None:
@@ -190,14 +191,11 @@ class MemoryBroker(Broker):
                     entry.seq = next(self._seq)
                     self._push_ready(entry)
             moved += self._promote_due(now)
-            for key in [
-                k for k, (_, exp) in self._values.items() if exp is not None and exp <= now
-            ]:
-                del self._values[key]
             for key in [k for k, exp in self._revoked.items() if exp <= now]:
                 del self._revoked[key]
             if moved:
                 self._arrived.notify_all()
+        self.kv.delete_expired()
         return moved
 
     # -- revocation ----------------------------------------------------------------------
@@ -267,40 +265,3 @@ class MemoryBroker(Broker):
 
     def time(self) -> float:
         return time.time()
-
-    # -- small shared state --------------------------------------------------------------
-    def _live(self, key: str, now: float) -> bytes | None:
-        held = self._values.get(key)
-        if held is None:
-            return None
-        value, expiry = held
-        if expiry is not None and expiry <= now:
-            del self._values[key]
-            return None
-        return value
-
-    def claim(self, key: str, ttl: float) -> bool:
-        now = self.time()
-        with self._lock:
-            if self._live(key, now) is not None:
-                return False
-            self._values[key] = (b"1", now + ttl)
-            return True
-
-    def get_value(self, key: str) -> bytes | None:
-        with self._lock:
-            return self._live(key, self.time())
-
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        with self._lock:
-            self._values[key] = (value, None if ttl is None else self.time() + ttl)
-
-    def delete_value(self, key: str) -> None:
-        with self._lock:
-            self._values.pop(key, None)
-
-    def values(self, prefix: str) -> dict[str, bytes]:
-        now = self.time()
-        with self._lock:
-            keys = [k for k in self._values if k.startswith(prefix)]
-            return {k: v for k in keys if (v := self._live(k, now)) is not None}

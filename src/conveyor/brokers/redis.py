@@ -24,9 +24,11 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   with an idle consumer becomes ready within about that much of its due time; a publish
   wakes a consumer at once.
 
-The layout of keys is described in ``redis_scripts/common.lua``. Scripts build key names from
-the prefix, so the broker needs a single Redis server (not Cluster), and like any broker kept
-in Redis it needs ``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
+The layout of keys is described in ``redis_scripts/common.lua``; besides those, revocations are
+``<p>:revoked:<id>`` and ``kv`` keeps values under ``<p>:kv:`` and join sets under
+``<p>:kv-join:`` (``conveyor.kv.redis``). Scripts build key names from the prefix, so the
+broker needs a single Redis server (not Cluster), and like any broker kept in Redis it needs
+``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast
 
 from .._redis import (
@@ -43,10 +46,9 @@ from .._redis import (
     Script,
     block_limit,
     connect,
-    lua_source,
-    same_server,
 )
 from ..exceptions import BrokerError
+from ..kv.redis import RedisKeyValue
 from .base import (
     Broker,
     BrokerOptions,
@@ -58,7 +60,14 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ..results.base import ResultRecord, ResultStore
+    import redis
+
+
+def lua_source(*names: str) -> str:
+    """Concatenated Lua files from ``conveyor/brokers/redis_scripts``."""
+    folder = files("conveyor.brokers").joinpath("redis_scripts")
+    return "\n".join(folder.joinpath(f"{name}.lua").read_text("utf-8") for name in names)
+
 
 #: Messages per script call when publishing, sweeping or purging big batches.
 CHUNK = 1000
@@ -91,6 +100,10 @@ class RedisBroker(Broker):
         }
         self._shared: tuple[object, bool] = (None, False)
         self._connections = Connections(self._client)
+        prefix = self._prefix
+        self.kv: RedisKeyValue = RedisKeyValue(
+            self._client, self._errors, values=f"{prefix}:kv:", sets=f"{prefix}:kv-join:"
+        )
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}:{kind}:{name}"
@@ -120,45 +133,9 @@ class RedisBroker(Broker):
             batch.script(self._scripts["ack_publish"], args)
 
     def publish(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
-        batch = Calls()
-        self._queue_publish(batch, messages)
-        with self._errors:
-            self._connections.execute(batch)
-
-    def publish_recorded(
-        self, messages: Sequence[Message], results: ResultStore, records: Sequence[ResultRecord]
-    ) -> None:
-        """Store the QUEUED records and publish in one round trip when the result store is
-        Redis on the same server; records go first, so a fast worker never overwrites a
-        later state with QUEUED."""
-        from ..results.redis import RedisResultStore
-
-        if not (records and self._shares(results)):
-            super().publish_recorded(messages, results, records)
-            return
-        assert isinstance(results, RedisResultStore)
-        batch = Calls()
-        batch.add(results.store_commands(records))
-        if messages:
-            self._queue_publish(batch, messages)
-        with self._errors:
-            self._connections.execute(batch)
+        self.publish_with(Calls(), messages)
 
     # -- consuming -----------------------------------------------------------------------
-    def _shares(self, results: ResultStore) -> bool:
-        """Whether ``results`` is a Redis result store on this server (one round trip can
-        then carry both)."""
-        if results is not self._shared[0]:
-            from ..results.redis import RedisResultStore
-
-            shared = isinstance(results, RedisResultStore) and same_server(
-                self._client, results.client
-            )
-            self._shared = (results, shared)
-        return self._shared[1]
-
     def _lease_args(self, names: list[str], limit: int, acks: Sequence[Delivery]) -> list[Any]:
         return [
             self._prefix,
@@ -175,45 +152,20 @@ class RedisBroker(Broker):
             return []
         return self._lease(list(dict.fromkeys(queues)), limit, wait)
 
-    def ack_and_lease(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-        queues: Sequence[str],
-        limit: int,
-        wait: float,
-    ) -> list[Delivery]:
-        """Records, acks and the first lease attempt in one round trip (the records only if
-        the result store is on this server): a pipeline of the records' commands and one
-        lease script call that acks first."""
-        if limit <= 0 or not queues:
-            self.ack_recorded(deliveries, results, records)
-            return []
-        if records and not self._shares(results):
-            results.store(records)
-            records = ()
-        return self._lease(list(dict.fromkeys(queues)), limit, wait, deliveries, results, records)
-
     def _lease(
         self,
         names: list[str],
         limit: int,
         wait: float,
         acks: Sequence[Delivery] = (),
-        results: ResultStore | None = None,
-        records: Sequence[ResultRecord] = (),
+        first: Calls | None = None,
     ) -> list[Delivery]:
         script, connections = self._scripts["lease"], self._connections
         args = self._lease_args(names, limit, ())
         wake_keys = [self._key("wake", q) for q in names]
         deadline = time.monotonic() + wait
-        first = Calls()
-        if records:
-            from ..results.redis import RedisResultStore
-
-            assert isinstance(results, RedisResultStore)
-            first.add(results.store_commands(records))
+        if first is None:
+            first = Calls()
         first.script(script, self._lease_args(names, limit, acks) if acks else args)
         with self._errors:
             reply = connections.execute(first)[-1]
@@ -231,31 +183,7 @@ class RedisBroker(Broker):
                 reply = connections.call(script, args)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
-            return
-        batch = Calls()
-        self._queue_publish(batch, (), deliveries)
-        with self._errors:
-            self._connections.execute(batch)
-
-    def ack_recorded(
-        self,
-        deliveries: Sequence[Delivery],
-        results: ResultStore,
-        records: Sequence[ResultRecord],
-    ) -> None:
-        """Records then acks in one pipeline when the result store is on this server."""
-        if not (deliveries and records and self._shares(results)):
-            super().ack_recorded(deliveries, results, records)
-            return
-        from ..results.redis import RedisResultStore
-
-        assert isinstance(results, RedisResultStore)
-        batch = Calls()
-        batch.add(results.store_commands(records))
-        self._queue_publish(batch, (), deliveries)
-        with self._errors:
-            self._connections.execute(batch)
+        self.ack_with(Calls(), deliveries)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
@@ -362,36 +290,42 @@ class RedisBroker(Broker):
             seconds, micros = self._client.time()
         return seconds + micros / 1_000_000
 
-    # -- small shared state --------------------------------------------------------------
-    def claim(self, key: str, ttl: float) -> bool:
-        with self._errors:
-            return bool(self._client.set(self._key("kv", key), b"1", nx=True, px=_ms(ttl)))
+    # -- building blocks of RedisSettlement (conveyor.settlement.redis) -------------------
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (its pool's settings say which server and user)."""
+        return self._client
 
-    def get_value(self, key: str) -> bytes | None:
+    def publish_with(self, first: Calls, messages: Sequence[Message]) -> None:
+        """Send ``first`` (commands for this server, e.g. result records) and publish
+        ``messages`` after them, in one round trip."""
+        if messages:
+            self._queue_publish(first, messages)
         with self._errors:
-            return cast("bytes | None", self._client.get(self._key("kv", key)))
+            self._connections.execute(first)
 
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+    def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:
+        """Send ``first`` and ack ``deliveries`` after them, in one round trip."""
+        if deliveries:
+            self._queue_publish(first, (), deliveries)
         with self._errors:
-            self._client.set(self._key("kv", key), value, px=None if ttl is None else _ms(ttl))
+            self._connections.execute(first)
 
-    def delete_value(self, key: str) -> None:
-        with self._errors:
-            self._client.delete(self._key("kv", key))
-
-    def values(self, prefix: str) -> dict[str, bytes]:
-        start = len(self._key("kv", ""))
-        pattern = _glob_escape(self._key("kv", prefix)) + "*"
-        with self._errors:
-            keys = cast(list[bytes], list(self._client.scan_iter(match=pattern, count=1000)))
-            out: dict[str, bytes] = {}
-            for i in range(0, len(keys), CHUNK):
-                chunk = keys[i : i + CHUNK]
-                values = cast(list["bytes | None"], self._client.mget(chunk))
-                for key, value in zip(chunk, values, strict=True):
-                    if value is not None:
-                        out[key.decode()[start:]] = value
-        return out
+    def lease_with(
+        self,
+        first: Calls,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        """Send ``first``, then one lease script call that acks ``acks`` before it leases,
+        in one round trip; then wait for messages as :meth:`lease` does. Everything but the
+        wait is done before the call blocks. With ``limit <= 0`` or no queues it only acks."""
+        if limit <= 0 or not queues:
+            self.ack_with(first, acks)
+            return []
+        return self._lease(list(dict.fromkeys(queues)), limit, wait, acks, first)
 
     def close(self) -> None:
         self._connections.close()
@@ -418,11 +352,3 @@ def _receipts(deliveries: Sequence[Delivery]) -> list[str]:
     for delivery in deliveries:
         args += (delivery.queue, delivery.receipt)
     return args
-
-
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -81,7 +81,7 @@ def join(app: Conveyor, info: dict[str, Any], member_id: str) -> bool:
     """Add a finished header task to chord ``info`` (``{"id", "size"}``); True when the
     header is complete (also for every later, redelivered, member)."""
     chord_id, size = str(info["id"]), int(info["size"])
-    joined = app.results.join(f"{chord_key(chord_id)}:joined", member_id, app.results.expires)
+    joined = app.results.kv.join(f"{chord_key(chord_id)}:joined", member_id, app.results.expires)
     return joined >= size
 
 
@@ -98,25 +98,25 @@ def body_claim(app: Conveyor, chord_id: str) -> Iterator[ChordRecord | None]:
     by the worker's run-once guard."""
     store = app.results
     sent_key = f"{chord_key(chord_id)}:sent"
-    if store.get_value(sent_key) is not None:
+    if store.kv.get_value(sent_key) is not None:
         yield None
         return
     hold = max(0.05, float(app.conf.broker_lease_timeout) / 2)
     deadline = time.monotonic() + 2 * hold + 1.0
-    while not store.claim(f"{chord_key(chord_id)}:sending", hold):
-        if store.get_value(sent_key) is not None:
+    while not store.kv.claim(f"{chord_key(chord_id)}:sending", hold):
+        if store.kv.get_value(sent_key) is not None:
             yield None
             return
         if time.monotonic() > deadline:
             raise ResultStoreError(f"chord {chord_id}: the send claim never expired")
         time.sleep(0.02)
-    raw = store.get_value(chord_key(chord_id))
+    raw = store.kv.get_value(chord_key(chord_id))
     if raw is None:
         logger.error("chord %s: its record is gone (expired?); the body cannot be sent", chord_id)
         yield None
         return
     yield ChordRecord.loads(raw)
-    store.set_value(sent_key, b"1", store.expires)
+    store.kv.set_value(sent_key, b"1", store.expires)
 
 
 class HeaderResults:

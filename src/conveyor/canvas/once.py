@@ -24,6 +24,6 @@ def once_guard(app: Conveyor, envelope: Envelope) -> ResultRecord | float | None
     if record is not None and record.ready:
         return record
     lease = float(app.conf.broker_lease_timeout)
-    if app.results.claim(f"once:{envelope.id}:{envelope.retries}", 2 * lease):
+    if app.results.kv.claim(f"once:{envelope.id}:{envelope.retries}", 2 * lease):
         return None
     return lease / 2

@@ -59,6 +59,6 @@ class SendPlan:
     def send(self) -> None:
         store = self.app.results
         for key, value in self.values:
-            store.set_value(key, value, store.expires)
+            store.kv.set_value(key, value, store.expires)
         if self.tasks:
             self.app.send_many(self.tasks)

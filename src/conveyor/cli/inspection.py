@@ -24,7 +24,7 @@ def status(state: State, app_spec: str | None, as_json: bool) -> None:
     broker = app.broker
     stats = broker.stats()
     workers: dict[str, Any] = {}
-    for key, raw in sorted(broker.values("worker:").items()):
+    for key, raw in sorted(app.kv.values("worker:").items()):
         try:
             workers[key.removeprefix("worker:")] = json.loads(raw)
         except ValueError:

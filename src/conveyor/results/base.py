@@ -3,8 +3,9 @@
 Records are small JSON documents (:class:`ResultRecord`). A store must let ``wait()`` return
 promptly when a task becomes ready without busy polling where the backend allows it
 (condition variables in memory, blocking pops or pub/sub in Redis, short backoff in SQL).
-It also offers two primitives the canvas builds on: ``join()`` (an idempotent set-add whose
-answer is the set's size, for exactly-once chord joins under redelivery) and ``claim()``.
+Beside the records, ``kv`` (a :class:`~conveyor.kv.KeyValue` in the same storage) holds what
+the canvas builds on: group records, chord joins (an idempotent set-add whose answer is the
+set's size, for exactly-once joins under redelivery), claims and run-once guards.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import abc
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
 from ..states import READY_STATES
+
+if TYPE_CHECKING:
+    from ..kv import KeyValue
 
 
 class ResultRecord(msgspec.Struct, omit_defaults=True):
@@ -65,6 +69,9 @@ class ResultStore(abc.ABC):
     """Abstract result store. Implementations must be safe to use from several threads."""
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: Small values, claims and join sets beside the records (groups, chords, run-once
+    #: guards), set by each implementation.
+    kv: KeyValue
 
     def __init__(
         self, url: str, *, expires: float | None = 86400.0, key_prefix: str = "conveyor"
@@ -95,28 +102,8 @@ class ResultStore(abc.ABC):
 
     @abc.abstractmethod
     def cleanup(self) -> int:
-        """Delete expired records and values; return how many. (Stores with native TTLs may
-        return 0.)"""
-
-    @abc.abstractmethod
-    def join(self, key: str, member: str, ttl: float | None = None) -> int:
-        """Add ``member`` to the set ``key`` (idempotently) and return the set's size."""
-
-    @abc.abstractmethod
-    def claim(self, key: str, ttl: float | None = None) -> bool:
-        """Atomically create ``key`` if absent; True if this call created it."""
-
-    @abc.abstractmethod
-    def get_value(self, key: str) -> bytes | None:
-        """Read a small value (groups, chord bodies)."""
-
-    @abc.abstractmethod
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Write a small value."""
-
-    @abc.abstractmethod
-    def delete_value(self, key: str) -> None:
-        """Delete a small value (and a ``join`` set of that key)."""
+        """Delete expired records and ``kv`` entries; return how many. (Stores with native
+        TTLs may return 0.)"""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

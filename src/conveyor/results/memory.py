@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ..kv.memory import MemoryKeyValue
 from .base import ResultRecord, ResultStore
 
 
@@ -23,8 +24,7 @@ class MemoryResultStore(ResultStore):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, tuple[ResultRecord, float | None]] = {}
-        self._values: dict[str, tuple[bytes, float | None]] = {}
-        self._sets: dict[str, tuple[set[str], float | None]] = {}
+        self.kv: MemoryKeyValue = MemoryKeyValue()
 
     def _expiry(self, ttl: float | None) -> float | None:
         return None if ttl is None else time.time() + ttl
@@ -68,44 +68,8 @@ class MemoryResultStore(ResultStore):
 
     def cleanup(self) -> int:
         now = time.time()
-        removed = 0
         with self._lock:
-            for table in (self._records, self._values, self._sets):
-                dead = [k for k, (_, exp) in table.items() if exp is not None and exp <= now]
-                for key in dead:
-                    del table[key]
-                removed += len(dead)
-        return removed
-
-    def join(self, key: str, member: str, ttl: float | None = None) -> int:
-        with self._lock:
-            members, expiry = self._sets.get(key, (set(), None))
-            if expiry is not None and expiry <= time.time():
-                members = set()  # an expired set starts over
-            members.add(member)
-            self._sets[key] = (members, self._expiry(ttl))
-            return len(members)
-
-    def claim(self, key: str, ttl: float | None = None) -> bool:
-        with self._lock:
-            held = self._values.get(key)
-            if held is not None and (held[1] is None or held[1] > time.time()):
-                return False
-            self._values[key] = (b"1", self._expiry(ttl))
-            return True
-
-    def get_value(self, key: str) -> bytes | None:
-        with self._lock:
-            held = self._values.get(key)
-            if held is None or (held[1] is not None and held[1] <= time.time()):
-                return None
-            return held[0]
-
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        with self._lock:
-            self._values[key] = (value, self._expiry(ttl))
-
-    def delete_value(self, key: str) -> None:
-        with self._lock:
-            self._values.pop(key, None)
-            self._sets.pop(key, None)
+            dead = [k for k, (_, exp) in self._records.items() if exp is not None and exp <= now]
+            for key in dead:
+                del self._records[key]
+        return len(dead) + self.kv.delete_expired()

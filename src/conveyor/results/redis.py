@@ -2,7 +2,7 @@
 
 Keys, under the prefix: ``result:<id>`` (the JSON record, expiring after ``expires``),
 ``result-wake:<id>`` (a short-lived list that gets a token when a ready record is stored),
-``join:<key>`` (sets for ``join``) and ``value:<key>`` (small values and claims).
+``join:<key>`` and ``value:<key>`` (join sets, small values and claims of ``kv``).
 
 ``wait()`` reads the record and, if it is not ready, blocks on the wake list with BLMOVE from
 the list to itself: the token stays in place, so every waiter wakes, and a waiter that arrives
@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
 
 from .._redis import Calls, Command, Connections, ErrorMapper, block_limit, connect
 from ..exceptions import ResultStoreError
+from ..kv.redis import RedisKeyValue
 from .base import ResultRecord, ResultStore, decode_record, encode_record
 
 #: How long a wake token outlives the store of a ready record. Waiters read the record before
@@ -46,12 +47,15 @@ class RedisResultStore(ResultStore):
         self._px = None if expires is None else _ms(expires)
         self._wake_px = WAKE_TTL_MS if self._px is None else min(WAKE_TTL_MS, self._px)
         self._block = block_limit(self.client)
+        self.kv: RedisKeyValue = RedisKeyValue(
+            self.client, self._errors, values=f"{key_prefix}:value:", sets=f"{key_prefix}:join:"
+        )
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.key_prefix}:{kind}:{name}"
 
     def store_commands(self, records: Sequence[ResultRecord]) -> list[Command]:
-        """The commands of :meth:`store` (the broker sends them with its own, in one trip)."""
+        """The commands of :meth:`store` (RedisSettlement sends them with the broker's)."""
         commands: list[Command] = []
         expiry = () if self._px is None else ("PX", self._px)
         for record in records:
@@ -110,34 +114,6 @@ class RedisResultStore(ResultStore):
 
     def cleanup(self) -> int:
         return 0  # every key carries its own TTL
-
-    def join(self, key: str, member: str, ttl: float | None = None) -> int:
-        name = self._key("join", key)
-        with self._errors:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.sadd(name, member)
-            if ttl is not None:
-                pipe.pexpire(name, _ms(ttl))
-            pipe.scard(name)
-            return int(pipe.execute()[-1])
-
-    def claim(self, key: str, ttl: float | None = None) -> bool:
-        px = None if ttl is None else _ms(ttl)
-        with self._errors:
-            return bool(self.client.set(self._key("value", key), b"1", nx=True, px=px))
-
-    def get_value(self, key: str) -> bytes | None:
-        with self._errors:
-            return cast("bytes | None", self.client.get(self._key("value", key)))
-
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        px = None if ttl is None else _ms(ttl)
-        with self._errors:
-            self.client.set(self._key("value", key), value, px=px)
-
-    def delete_value(self, key: str) -> None:
-        with self._errors:
-            self.client.delete(self._key("value", key), self._key("join", key))
 
     def close(self) -> None:
         self._connections.close()

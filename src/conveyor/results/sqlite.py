@@ -15,6 +15,7 @@ import msgspec
 
 from .._sqlite import Database, chunks, marks, path_from_url
 from ..exceptions import ConfigurationError, ResultStoreError
+from ..kv.sqlite import SQLiteKeyValue, Tables
 from .base import PollingResultStore, ResultRecord, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ MIGRATIONS = [
         "expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
     ),
 ]
+KV_TABLES = Tables("conveyor_result_values", "conveyor_result_sets", "conveyor_result_set_expiry")
 
 _LIVE = "(expires IS NULL OR expires > ?)"
 _UPSERT = (
@@ -67,11 +69,12 @@ class SQLiteResultStore(PollingResultStore):
         self._db = Database(
             self.path, component="results", migrations=MIGRATIONS, error=ResultStoreError
         )
+        self.kv: SQLiteKeyValue = SQLiteKeyValue(self._db, self.ns, KV_TABLES)
 
     def __repr__(self) -> str:
         return f"<SQLiteResultStore {self.path}>"
 
-    # -- used by the SQLite broker to write records and messages in one transaction ---------
+    # -- used by SQLiteSettlement to write records in the broker's transactions ------------
     def prepare(self) -> None:
         """Make sure the tables exist (open a connection once per process)."""
         if not self._db.prepared:
@@ -86,10 +89,6 @@ class SQLiteResultStore(PollingResultStore):
     def write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Upsert rows from :meth:`record_rows` inside the caller's transaction."""
         conn.executemany(_UPSERT, rows)
-
-    def write_records(self, conn: sqlite3.Connection, records: Sequence[ResultRecord]) -> None:
-        """Upsert ``records`` inside the caller's transaction."""
-        self.write_rows(conn, self.record_rows(records))
 
     def notify(self) -> None:
         """Wake this object's waiters."""
@@ -149,92 +148,13 @@ class SQLiteResultStore(PollingResultStore):
                 )
 
     def cleanup(self) -> int:
-        expired = (self.ns, time.time())
+        now = time.time()
         with self._db.write() as conn:
             removed = conn.execute(
-                "DELETE FROM conveyor_results WHERE ns = ? AND expires <= ?", expired
+                "DELETE FROM conveyor_results WHERE ns = ? AND expires <= ?", (self.ns, now)
             ).rowcount
-            removed += conn.execute(
-                "DELETE FROM conveyor_result_values WHERE ns = ? AND expires <= ?", expired
-            ).rowcount
-            conn.execute(
-                "DELETE FROM conveyor_result_sets WHERE ns = ?1 AND key IN (SELECT key FROM "
-                "conveyor_result_set_expiry WHERE ns = ?1 AND expires <= ?2)",
-                expired,
-            )
-            removed += conn.execute(
-                "DELETE FROM conveyor_result_set_expiry WHERE ns = ? AND expires <= ?", expired
-            ).rowcount
+            removed += self.kv.delete_expired(conn, now)
         return int(removed)
-
-    # -- canvas primitives -----------------------------------------------------------------
-    def join(self, key: str, member: str, ttl: float | None = None) -> int:
-        now = time.time()
-        expires = None if ttl is None else now + ttl
-        with self._db.write() as conn:
-            # A set whose time ran out starts again empty, as if cleanup() had run.
-            conn.execute(
-                "DELETE FROM conveyor_result_sets WHERE ns = ?1 AND key = ?2 AND EXISTS ("
-                "SELECT 1 FROM conveyor_result_set_expiry "
-                "WHERE ns = ?1 AND key = ?2 AND expires <= ?3)",
-                (self.ns, key, now),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO conveyor_result_sets (ns, key, member) VALUES (?, ?, ?)",
-                (self.ns, key, member),
-            )
-            conn.execute(
-                "INSERT INTO conveyor_result_set_expiry (ns, key, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET expires = excluded.expires",
-                (self.ns, key, expires),
-            )
-            (size,) = conn.execute(
-                "SELECT count(*) FROM conveyor_result_sets WHERE ns = ? AND key = ?",
-                (self.ns, key),
-            ).fetchone()
-        return int(size)
-
-    def claim(self, key: str, ttl: float | None = None) -> bool:
-        with self._db.write() as conn:
-            now = time.time()
-            created = conn.execute(
-                "INSERT INTO conveyor_result_values (ns, key, value, expires) "
-                "VALUES (?, ?, x'31', ?) ON CONFLICT (ns, key) DO UPDATE SET "
-                "value = excluded.value, expires = excluded.expires "
-                "WHERE expires IS NOT NULL AND expires <= ?",
-                (self.ns, key, None if ttl is None else now + ttl, now),
-            ).rowcount
-        return created == 1
-
-    def get_value(self, key: str) -> bytes | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                f"SELECT value FROM conveyor_result_values WHERE ns = ? AND key = ? AND {_LIVE}",
-                (self.ns, key, time.time()),
-            ).fetchone()
-        if row is None:
-            return None
-        value = row[0]
-        return value if type(value) is bytes else str(value).encode("utf-8", "surrogateescape")
-
-    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        expires = None if ttl is None else time.time() + ttl
-        with self._db.write() as conn:
-            conn.execute(
-                "INSERT INTO conveyor_result_values (ns, key, value, expires) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET "
-                "value = excluded.value, expires = excluded.expires",
-                (self.ns, key, value, expires),
-            )
-
-    def delete_value(self, key: str) -> None:
-        with self._db.write() as conn:
-            for table in (
-                "conveyor_result_values",
-                "conveyor_result_sets",
-                "conveyor_result_set_expiry",
-            ):
-                conn.execute(f"DELETE FROM {table} WHERE ns = ? AND key = ?", (self.ns, key))
 
     def close(self) -> None:
         self._db.close()

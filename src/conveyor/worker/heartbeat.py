@@ -88,11 +88,11 @@ class Heartbeat:
             "seen_at": time.time(),
         }
         ttl = max(10.0, self.interval * 4)
-        self.app.broker.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
+        self.app.kv.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
 
     def retire(self) -> None:
         """Remove the announcement (the worker stopped)."""
-        self.app.broker.delete_value(f"worker:{self.hostname}")
+        self.app.kv.delete_value(f"worker:{self.hostname}")
 
     def _check_terminate(self, running: list[str]) -> None:
         wanted = self.app.broker.revoked([f"terminate:{task_id}" for task_id in running])

@@ -184,7 +184,7 @@ def _resend(row: TaskResult) -> str | None:
 
         from .backend import resolve_task
 
-        raw = app.results.get_value(META_PREFIX + row.task_id)
+        raw = app.results.kv.get_value(META_PREFIX + row.task_id)
         if raw is None:
             return None
         meta = json.loads(raw)

@@ -201,7 +201,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
         body = [task.module_path, self.alias]
 
         def send() -> None:
-            app.results.set_value(
+            app.results.kv.set_value(
                 META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
             )
             app.send_task(name, body, **options)
@@ -223,7 +223,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
     # -- results ---------------------------------------------------------------------------
     def get_result(self, result_id: str) -> TaskResult:
         app = self.app
-        raw = app.results.get_value(META_PREFIX + str(result_id))
+        raw = app.results.kv.get_value(META_PREFIX + str(result_id))
         if raw is None:
             raise TaskResultDoesNotExist(result_id)
         meta = json.loads(raw)
@@ -389,9 +389,11 @@ def record_error(app: Conveyor, task_id: str, meta: dict[str, Any], exc: BaseExc
 
 
 def read_meta(app: Conveyor, task_id: str) -> dict[str, Any]:
-    raw = app.results.get_value(META_PREFIX + task_id)
+    raw = app.results.kv.get_value(META_PREFIX + task_id)
     return json.loads(raw) if raw is not None else {}
 
 
 def write_meta(app: Conveyor, task_id: str, meta: dict[str, Any]) -> None:
-    app.results.set_value(META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires)
+    app.results.kv.set_value(
+        META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
+    )

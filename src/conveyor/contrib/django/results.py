@@ -89,6 +89,23 @@ def usable(conn: Any) -> bool:
     return True
 
 
+def _now() -> datetime:
+    moment = to_datetime(time.time())
+    assert moment is not None
+    return moment
+
+
+def _expiry(ttl: float | None) -> datetime | None:
+    return None if ttl is None else to_datetime(time.time() + ttl)
+
+
+def _live() -> Any:
+    """Rows that have not expired."""
+    from django.db.models import Q
+
+    return Q(expires_at__isnull=True) | Q(expires_at__gt=_now())
+
+
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -118,12 +135,13 @@ class DjangoResultStore(PollingResultStore):
         self.alias = parts.netloc or parts.path.strip("/") or "default"
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self.kv: DjangoKeyValue = DjangoKeyValue(self)
 
     def __repr__(self) -> str:
         return f"<DjangoResultStore {self.alias}>"
 
     # -- plumbing --------------------------------------------------------------------------
-    def _call(self, fn: Callable[[], T]) -> T:
+    def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` with a usable connection, turning database errors into
         ResultStoreError. Called from an event loop, it runs on a helper thread, since
         Django forbids blocking database calls there."""
@@ -160,19 +178,6 @@ class DjangoResultStore(PollingResultStore):
         finally:
             track()
 
-    def _now(self) -> datetime:
-        moment = to_datetime(time.time())
-        assert moment is not None
-        return moment
-
-    def _expiry(self, ttl: float | None) -> datetime | None:
-        return None if ttl is None else to_datetime(time.time() + ttl)
-
-    def _live(self) -> Any:
-        from django.db.models import Q
-
-        return Q(expires_at__isnull=True) | Q(expires_at__gt=self._now())
-
     def notify(self) -> None:
         self._notify_local()
 
@@ -181,7 +186,7 @@ class DjangoResultStore(PollingResultStore):
         if not records:
             return
         latest = {record.id: record for record in records}  # an upsert touches a row once
-        self._call(lambda: self._store(list(latest.values())))
+        self.call(lambda: self._store(list(latest.values())))
         self.notify()
 
     def _store(self, records: list[ResultRecord]) -> None:
@@ -189,8 +194,8 @@ class DjangoResultStore(PollingResultStore):
 
         from .models import TaskResult
 
-        now = self._now()
-        expires = self._expiry(self.expires)
+        now = _now()
+        expires = _expiry(self.expires)
         rows = [self._row(record, now, expires) for record in records]
         features = connections[self.alias].features
         manager = TaskResult.objects.using(self.alias)
@@ -236,7 +241,7 @@ class DjangoResultStore(PollingResultStore):
     def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]:
         if not task_ids:
             return []
-        found = self._call(lambda: self._fetch(list(dict.fromkeys(task_ids))))
+        found = self.call(lambda: self._fetch(list(dict.fromkeys(task_ids))))
         return [found.get(task_id) for task_id in task_ids]
 
     def _fetch(self, task_ids: list[str]) -> dict[str, ResultRecord]:
@@ -246,7 +251,7 @@ class DjangoResultStore(PollingResultStore):
         manager = TaskResult.objects.using(self.alias)
         for start in range(0, len(task_ids), 500):
             rows = manager.filter(
-                self._live(), namespace=self.key_prefix, task_id__in=task_ids[start : start + 500]
+                _live(), namespace=self.key_prefix, task_id__in=task_ids[start : start + 500]
             ).values_list(*_COLUMNS)
             for row in rows:
                 record = self._record(row)
@@ -267,14 +272,14 @@ class DjangoResultStore(PollingResultStore):
                     namespace=self.key_prefix, task_id__in=unique[start : start + 500]
                 ).delete()
 
-        self._call(forget)
+        self.call(forget)
 
     def cleanup(self) -> int:
         """Delete expired results, values and join sets; return how many."""
         from .models import ResultSet, ResultValue, TaskResult
 
         def cleanup() -> int:
-            now = self._now()
+            now = _now()
             removed = 0
             for model in (TaskResult, ResultValue, ResultSet):
                 expired = model.objects.using(self.alias).filter(
@@ -283,32 +288,45 @@ class DjangoResultStore(PollingResultStore):
                 removed += expired.delete()[1].get(model._meta.label, 0)
             return removed
 
-        return self._call(cleanup)
+        return self.call(cleanup)
 
-    # -- canvas primitives -----------------------------------------------------------------
+    def close(self) -> None:
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+class DjangoKeyValue:
+    """:class:`~conveyor.kv.KeyValue` in :class:`ResultValue` and :class:`ResultSet` rows
+    of ``store``'s database, through its connection handling (:meth:`DjangoResultStore.call`)."""
+
+    def __init__(self, store: DjangoResultStore) -> None:
+        self._store = store
+        self._alias = store.alias
+        self._ns = store.key_prefix
+
     def join(self, key: str, member: str, ttl: float | None = None) -> int:
         from django.db import transaction
 
         from .models import ResultSet, ResultSetMember
 
         def join() -> int:
-            sets = ResultSet.objects.using(self.alias)
-            with transaction.atomic(using=self.alias):
-                sets.bulk_create(
-                    [ResultSet(namespace=self.key_prefix, key=key)], ignore_conflicts=True
-                )
+            sets = ResultSet.objects.using(self._alias)
+            with transaction.atomic(using=self._alias):
+                sets.bulk_create([ResultSet(namespace=self._ns, key=key)], ignore_conflicts=True)
                 # The row lock serializes joins of one key, so each sees its own count.
-                row = sets.select_for_update().get(namespace=self.key_prefix, key=key)
-                if row.expires_at is not None and row.expires_at <= self._now():
+                row = sets.select_for_update().get(namespace=self._ns, key=key)
+                if row.expires_at is not None and row.expires_at <= _now():
                     row.members.all().delete()  # an expired set starts over
-                ResultSetMember.objects.using(self.alias).bulk_create(
+                ResultSetMember.objects.using(self._alias).bulk_create(
                     [ResultSetMember(set=row, member=member)], ignore_conflicts=True
                 )
-                row.expires_at = self._expiry(ttl)
+                row.expires_at = _expiry(ttl)
                 row.save(update_fields=["expires_at"])
                 return int(row.members.count())
 
-        return self._call(join)
+        return self._store.call(join)
 
     def claim(self, key: str, ttl: float | None = None) -> bool:
         from django.db import IntegrityError, transaction
@@ -316,38 +334,36 @@ class DjangoResultStore(PollingResultStore):
         from .models import ResultValue
 
         def claim() -> bool:
-            values = ResultValue.objects.using(self.alias)
-            expires = self._expiry(ttl)
-            with transaction.atomic(using=self.alias):
-                taken = values.filter(
-                    namespace=self.key_prefix, key=key, expires_at__lte=self._now()
-                ).update(value=b"1", expires_at=expires)
+            values = ResultValue.objects.using(self._alias)
+            expires = _expiry(ttl)
+            with transaction.atomic(using=self._alias):
+                taken = values.filter(namespace=self._ns, key=key, expires_at__lte=_now()).update(
+                    value=b"1", expires_at=expires
+                )
                 if taken:
                     return True
                 try:
-                    with transaction.atomic(using=self.alias):
-                        values.create(
-                            namespace=self.key_prefix, key=key, value=b"1", expires_at=expires
-                        )
+                    with transaction.atomic(using=self._alias):
+                        values.create(namespace=self._ns, key=key, value=b"1", expires_at=expires)
                 except IntegrityError:
                     return False
                 return True
 
-        return self._call(claim)
+        return self._store.call(claim)
 
     def get_value(self, key: str) -> bytes | None:
         from .models import ResultValue
 
         def get_value() -> bytes | None:
             value = (
-                ResultValue.objects.using(self.alias)
-                .filter(self._live(), namespace=self.key_prefix, key=key)
+                ResultValue.objects.using(self._alias)
+                .filter(_live(), namespace=self._ns, key=key)
                 .values_list("value", flat=True)
                 .first()
             )
             return None if value is None else bytes(value)
 
-        return self._call(get_value)
+        return self._store.call(get_value)
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
         from django.db import IntegrityError, transaction
@@ -355,35 +371,39 @@ class DjangoResultStore(PollingResultStore):
         from .models import ResultValue
 
         def set_value() -> None:
-            values = ResultValue.objects.using(self.alias)
-            row = values.filter(namespace=self.key_prefix, key=key)
-            expires = self._expiry(ttl)
-            with transaction.atomic(using=self.alias):
+            values = ResultValue.objects.using(self._alias)
+            row = values.filter(namespace=self._ns, key=key)
+            expires = _expiry(ttl)
+            with transaction.atomic(using=self._alias):
                 if row.update(value=value, expires_at=expires):
                     return
                 try:
-                    with transaction.atomic(using=self.alias):
-                        values.create(
-                            namespace=self.key_prefix, key=key, value=value, expires_at=expires
-                        )
+                    with transaction.atomic(using=self._alias):
+                        values.create(namespace=self._ns, key=key, value=value, expires_at=expires)
                 except IntegrityError:  # created meanwhile by another client
                     row.update(value=value, expires_at=expires)
 
-        self._call(set_value)
+        self._store.call(set_value)
 
     def delete_value(self, key: str) -> None:
         from .models import ResultSet, ResultValue
 
         def delete_value() -> None:
-            ResultValue.objects.using(self.alias).filter(
-                namespace=self.key_prefix, key=key
-            ).delete()
-            ResultSet.objects.using(self.alias).filter(namespace=self.key_prefix, key=key).delete()
+            ResultValue.objects.using(self._alias).filter(namespace=self._ns, key=key).delete()
+            ResultSet.objects.using(self._alias).filter(namespace=self._ns, key=key).delete()
 
-        self._call(delete_value)
+        self._store.call(delete_value)
 
-    def close(self) -> None:
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+    def values(self, prefix: str) -> dict[str, bytes]:
+        from .models import ResultValue
+
+        def values() -> dict[str, bytes]:
+            rows = (
+                ResultValue.objects.using(self._alias)
+                .filter(_live(), namespace=self._ns, key__startswith=prefix)
+                .values_list("key", "value")
+            )
+            # SQLite's and MySQL's LIKE ignore case: keep the exact matches only.
+            return {key: bytes(value) for key, value in rows if key.startswith(prefix)}
+
+        return self._store.call(values)

@@ -1,0 +1,148 @@
+"""What the SQLite broker does besides the hot path: promoting due messages, sweeping expired
+leases, counting, the dead-letter queue and purging. Each function runs inside the caller's
+connection or transaction, on the rows of one key prefix (``ns``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ..._sqlite import chunks, marks
+from ..base import DeadLetter, DeadLetterReason, QueueStats
+from .rows import as_blob, as_float, as_int, as_text
+from .schema import DELAYED, LEASED, PROMOTE, PROMOTED, READY
+
+
+def promote(conn: sqlite3.Connection, ns: str, now: float) -> int:
+    """Make delayed messages due at ``now`` ready; return how many."""
+    moved = int(conn.execute(PROMOTE, (ns, now)).rowcount)
+    if moved:
+        conn.execute(PROMOTED, (ns, now))
+    return moved
+
+
+def sweep(conn: sqlite3.Connection, ns: str, now: float, max_deliveries: int) -> int:
+    """Dead-letter expired leases delivered ``max_deliveries`` times (``worker_lost``), return
+    the other expired leases to their queues, promote due messages; return how many moved."""
+    lost = (ns, now, max_deliveries)
+    buried = conn.execute(
+        "INSERT INTO conveyor_dead "
+        "(ns, id, queue, priority, body, reason, detail, dead_at, deliveries) "
+        "SELECT ns, id, queue, priority, body, ?, "
+        "'lease expired after ' || deliveries || ' deliveries', ?, deliveries "
+        "FROM conveyor_messages "
+        "WHERE ns = ? AND state = 1 AND due <= ? AND deliveries >= ? ORDER BY seq",
+        (str(DeadLetterReason.WORKER_LOST), now, *lost),
+    ).rowcount
+    if buried:
+        conn.execute(
+            "DELETE FROM conveyor_messages "
+            "WHERE ns = ? AND state = 1 AND due <= ? AND deliveries >= ?",
+            lost,
+        )
+    returned = conn.execute(
+        "UPDATE conveyor_messages SET state = 0, due = NULL, token = NULL "
+        "WHERE ns = ? AND state = 1 AND due <= ?",
+        (ns, now),
+    ).rowcount
+    return int(buried + returned + promote(conn, ns, now))
+
+
+def queue_stats(
+    conn: sqlite3.Connection, ns: str, queues: Sequence[str] | None, now: float
+) -> dict[str, QueueStats]:
+    """Counts per queue of ``queues`` (every queue with messages when None); run it in a read
+    transaction so both queries see one state."""
+    out: dict[str, QueueStats] = {}
+    where, params = "", [ns]
+    if queues is not None:
+        names = list(dict.fromkeys(queues))
+        out = {queue: QueueStats() for queue in names}
+        where, params = f"AND queue IN ({marks(len(names))})", [ns, *names]
+    counted = conn.execute(
+        "SELECT queue, state, state = 2 AND due <= ?, count(*) FROM conveyor_messages "
+        f"WHERE ns = ? {where} GROUP BY 1, 2, 3",
+        (now, *params),
+    ).fetchall()
+    dead = conn.execute(
+        f"SELECT queue, count(*) FROM conveyor_dead WHERE ns = ? {where} GROUP BY 1",
+        params,
+    ).fetchall()
+    for queue, state, due_now, count in counted:
+        stats = out.setdefault(as_text(queue), QueueStats())
+        if state == READY or due_now:
+            stats.ready += count
+        elif state == LEASED:
+            stats.leased += count
+        elif state == DELAYED:
+            stats.delayed += count
+    for queue, count in dead:
+        out.setdefault(as_text(queue), QueueStats()).dead += count
+    return out
+
+
+def dead_letters(
+    conn: sqlite3.Connection, ns: str, limit: int, queue: str | None
+) -> list[DeadLetter]:
+    """Up to ``limit`` dead letters (of ``queue``, or all), oldest first."""
+    where, params = ("", [ns]) if queue is None else ("AND queue = ?", [ns, queue])
+    rows = conn.execute(
+        "SELECT id, queue, body, reason, detail, dead_at, deliveries FROM conveyor_dead "
+        f"WHERE ns = ? {where} ORDER BY seq LIMIT ?",
+        (*params, max(limit, 0)),
+    ).fetchall()
+    return [
+        DeadLetter(
+            as_text(id_),
+            as_text(queue_),
+            as_blob(body),
+            as_text(reason),
+            as_text(detail),
+            as_float(dead_at),
+            as_int(count),
+        )
+        for id_, queue_, body, reason, detail, dead_at, count in rows
+    ]
+
+
+def replay_dead(conn: sqlite3.Connection, ns: str, ids: Sequence[str] | None) -> int:
+    """Move dead letters (all when ``ids`` is None) back to their queues as new messages."""
+    moved = 0
+    for where, params in _dead_filters(ns, ids):
+        conn.execute(
+            "INSERT INTO conveyor_messages (ns, id, queue, priority, body, state) "
+            f"SELECT ns, id, queue, priority, body, 0 FROM conveyor_dead {where} "
+            "ORDER BY seq",
+            params,
+        )
+        moved += conn.execute(f"DELETE FROM conveyor_dead {where}", params).rowcount
+    return moved
+
+
+def purge_dead(conn: sqlite3.Connection, ns: str, ids: Sequence[str] | None) -> int:
+    """Delete dead letters (all when ``ids`` is None)."""
+    removed = 0
+    for where, params in _dead_filters(ns, ids):
+        removed += conn.execute(f"DELETE FROM conveyor_dead {where}", params).rowcount
+    return removed
+
+
+def purge(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> int:
+    """Delete the ready and delayed messages of ``queues``."""
+    removed = 0
+    for part in chunks(list(dict.fromkeys(queues))):
+        removed += conn.execute(
+            "DELETE FROM conveyor_messages WHERE ns = ? AND state != 1 "
+            f"AND queue IN ({marks(len(part))})",
+            (ns, *part),
+        ).rowcount
+    return removed
+
+
+def _dead_filters(ns: str, ids: Sequence[str] | None) -> list[tuple[str, Sequence[object]]]:
+    if ids is None:
+        return [("WHERE ns = ?", (ns,))]
+    unique = list(dict.fromkeys(ids))
+    return [
+        (f"WHERE ns = ? AND id IN ({marks(len(part))})", (ns, *part)) for part in chunks(unique)
+    ]

@@ -1,0 +1,81 @@
+"""Key/value storage in Redis (``redis://`` brokers and result stores).
+
+A value or claim is a string key ``<values><key>``, a join set a Redis set ``<sets><key>``;
+the owner picks both key prefixes (the broker's are ``<p>:kv:`` and ``<p>:kv-join:``, the
+result store's ``<p>:value:`` and ``<p>:join:``). Expiry is Redis' own TTL.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import redis
+
+from .._redis import ErrorMapper
+
+#: Keys per MGET when reading many values.
+CHUNK = 1000
+
+
+class RedisKeyValue:
+    """:class:`~conveyor.kv.KeyValue` on ``client``; ``errors`` maps redis-py errors to the
+    owner's error type."""
+
+    def __init__(self, client: redis.Redis, errors: ErrorMapper, *, values: str, sets: str) -> None:
+        self._client = client
+        self._errors = errors
+        self._values = values
+        self._sets = sets
+
+    def claim(self, key: str, ttl: float | None = None) -> bool:
+        with self._errors:
+            return bool(self._client.set(self._values + key, b"1", nx=True, px=_px(ttl)))
+
+    def get_value(self, key: str) -> bytes | None:
+        with self._errors:
+            return cast("bytes | None", self._client.get(self._values + key))
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        with self._errors:
+            self._client.set(self._values + key, value, px=_px(ttl))
+
+    def delete_value(self, key: str) -> None:
+        with self._errors:
+            self._client.delete(self._values + key, self._sets + key)
+
+    def join(self, key: str, member: str, ttl: float | None = None) -> int:
+        name = self._sets + key
+        with self._errors:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.sadd(name, member)
+            if ttl is not None:
+                pipe.pexpire(name, _ms(ttl))
+            pipe.scard(name)
+            return int(pipe.execute()[-1])
+
+    def values(self, prefix: str) -> dict[str, bytes]:
+        start = len(self._values)
+        pattern = _glob_escape(self._values + prefix) + "*"
+        out: dict[str, bytes] = {}
+        with self._errors:
+            keys = cast(list[bytes], list(self._client.scan_iter(match=pattern, count=CHUNK)))
+            for i in range(0, len(keys), CHUNK):
+                chunk = keys[i : i + CHUNK]
+                found = cast(list["bytes | None"], self._client.mget(chunk))
+                for key, value in zip(chunk, found, strict=True):
+                    if value is not None:  # expired between SCAN and MGET
+                        out[key.decode()[start:]] = value
+        return out
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _px(ttl: float | None) -> int | None:
+    return None if ttl is None else _ms(ttl)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

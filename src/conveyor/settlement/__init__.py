@@ -1,0 +1,42 @@
+"""Storing result records and settling messages, in that order.
+
+A worker finishing a task stores its result record and acks its message; a producer stores a
+QUEUED record and publishes. Both orders are fixed (records first: a crash in between leads to
+a redelivery or a duplicate QUEUED record, never to a message acked without its result).
+
+:class:`Settlement` does this for any broker and result store with the broker's queue
+operations. A broker that can do better has a settlement of its own, which
+:func:`open_settlement` picks: the Redis and SQLite ones ack with the next lease (one script
+call, one transaction) and, when the result store lives on the same server or in the same file,
+write the records in that same round trip.
+"""
+
+from __future__ import annotations
+
+from ..brokers import scheme_of
+from ..brokers.base import Broker
+from ..brokers.sqlite.broker import SQLiteBroker
+from ..results.base import ResultStore
+from .base import Settlement
+from .sqlite import SQLiteSettlement
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def open_settlement(broker: Broker, results: ResultStore) -> Settlement:
+    """The settlement for ``broker`` and ``results``: the broker's own if it has one (it
+    looks at ``results`` to see whether the records can join its round trips), else the
+    generic :class:`Settlement`."""
+    if isinstance(broker, SQLiteBroker):
+        return SQLiteSettlement(broker, results)
+    if scheme_of(broker.url) in _REDIS_SCHEMES:
+        # Imported here, not above: redis is an optional dependency.
+        from ..brokers.redis import RedisBroker
+        from .redis import RedisSettlement
+
+        if isinstance(broker, RedisBroker):
+            return RedisSettlement(broker, results)
+    return Settlement(broker, results)
+
+
+__all__ = ["Settlement", "open_settlement"]

@@ -1,0 +1,55 @@
+"""Settling on a Redis broker: acks ride on the next lease script call, and the records of a
+Redis result store on the same server ride in the same round trip (a pipeline of the store's
+commands before the broker's script call)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._redis import Calls, same_server
+from ..brokers.base import Delivery, Message
+from ..brokers.redis import RedisBroker
+from ..results.base import ResultRecord, ResultStore
+from ..results.redis import RedisResultStore
+from .base import Settlement
+
+
+class RedisSettlement(Settlement):
+    """:class:`Settlement` in fewer round trips for a :class:`RedisBroker`."""
+
+    broker: RedisBroker
+
+    def __init__(self, broker: RedisBroker, results: ResultStore) -> None:
+        super().__init__(broker, results)
+        #: ``results`` when its commands can be sent with the broker's (same server,
+        #: database and user), else None.
+        self.together: RedisResultStore | None = None
+        if isinstance(results, RedisResultStore) and same_server(broker.client, results.client):
+            self.together = results
+
+    def _records(self, records: Sequence[ResultRecord]) -> Calls:
+        """Calls storing ``records`` in the same round trip, or storing them now if the
+        result store is elsewhere (records always go first)."""
+        first = Calls()
+        if records:
+            if self.together is None:
+                self.results.store(records)
+            else:
+                first.add(self.together.store_commands(records))
+        return first
+
+    def publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+        self.broker.publish_with(self._records(records), messages)
+
+    def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
+        self.broker.ack_with(self._records(records), deliveries)
+
+    def ack_and_lease(
+        self,
+        deliveries: Sequence[Delivery],
+        records: Sequence[ResultRecord],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        return self.broker.lease_with(self._records(records), deliveries, queues, limit, wait)

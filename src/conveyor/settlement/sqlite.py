@@ -1,0 +1,65 @@
+"""Settling on an SQLite broker: acks and the next lease attempt share one transaction, and the
+records of an SQLite result store in the same file are written in it too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..brokers.base import Delivery, Message
+from ..brokers.sqlite.broker import SQLiteBroker, Write
+from ..results.base import ResultRecord, ResultStore
+from ..results.sqlite import SQLiteResultStore
+from .base import Settlement
+
+
+class SQLiteSettlement(Settlement):
+    """:class:`Settlement` in fewer transactions for an :class:`SQLiteBroker`."""
+
+    broker: SQLiteBroker
+
+    def __init__(self, broker: SQLiteBroker, results: ResultStore) -> None:
+        super().__init__(broker, results)
+        #: ``results`` when it is in the broker's file (one transaction can write both).
+        self.together: SQLiteResultStore | None = None
+        if isinstance(results, SQLiteResultStore) and results.path == broker.path:
+            self.together = results
+
+    def _records(self, store: SQLiteResultStore, records: Sequence[ResultRecord]) -> Write:
+        """Writing ``records`` inside a broker transaction (encoded now, so it stays short)."""
+        store.prepare()
+        rows = store.record_rows(records)
+        return lambda conn: store.write_rows(conn, rows)
+
+    def publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+        store = self.together
+        if store is None or not records:
+            super().publish(messages, records)
+            return
+        self.broker.publish_with(self._records(store, records), messages)
+        store.notify()
+
+    def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
+        store = self.together
+        if store is None or not (deliveries and records):
+            super().ack(deliveries, records)
+            return
+        self.broker.ack_with(self._records(store, records), deliveries)
+        store.notify()
+
+    def ack_and_lease(
+        self,
+        deliveries: Sequence[Delivery],
+        records: Sequence[ResultRecord],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        store = self.together
+        if store is None or not records:
+            if records:
+                self.results.store(records)
+            return self.broker.lease_with(None, deliveries, queues, limit, wait)
+        write = self._records(store, records)
+        return self.broker.lease_with(
+            write, deliveries, queues, limit, wait, committed=store.notify
+        )

@@ -26,6 +26,7 @@ from .exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from .middleware import Middleware
 from .result import AsyncResult, GroupResult
 from .schedules import clocked, crontab, every
 from .task import Request, Task, current_request, shared_task
@@ -40,6 +41,7 @@ __all__ = [
     "ConveyorError",
     "GroupResult",
     "MaxRetriesExceededError",
+    "Middleware",
     "NotRegistered",
     "Reject",
     "Request",

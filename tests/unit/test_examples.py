@@ -1,0 +1,21 @@
+"""The runnable examples the documentation points to keep running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_middleware_example_counts_outcomes() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "middleware" / "timing.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "states: {'FAILURE': 1, 'SUCCESS': 11}; slowest: __main__.nap" in proc.stdout

@@ -379,7 +379,12 @@ def test_hard_time_limit_kills_and_replaces_the_child(harness: Harness) -> None:
     record = harness.client.results.get(result.id)
     assert record is not None
     assert record.result["type"].endswith("TimeLimitExceeded")
-    letters = [d for d in harness.client.broker.dead_letters() if d.id == result.id]
+    # The supervisor stores the FAILURE record first, then dead-letters the message.
+    letters = wait_for(
+        lambda: [d for d in harness.client.broker.dead_letters() if d.id == result.id],
+        15,
+        "the killed task's dead letter",
+    )
     assert [d.reason for d in letters] == ["time_limit"]
     assert harness.send("add", 20, 22).get(timeout=15) == 42
     assert worker.children() != kids

@@ -19,6 +19,7 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     WorkerProcess,
     backend,
     harness_factory,
+    redis_server,
     wait_for,
 )
 from tests.integration.workerapp import create_app, mark, runs

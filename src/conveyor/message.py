@@ -86,7 +86,7 @@ def to_json_value(value: object, where: str = "value") -> JSONValue:
 @overload
 def from_json_value(value: list[JSONValue]) -> list[object]: ...
 # A JSON object decodes to a dict, or to the value its type tag names (datetime, UUID, ...).
-# Any rather than object only because result.py returns a decoded kwargs dict as
+# Loosely typed only because result.py returns a decoded kwargs dict as
 # dict[str, Any]; once it decodes kwargs per key (as decode_arguments does) this overload goes.
 @overload
 def from_json_value(value: dict[str, JSONValue]) -> Any: ...

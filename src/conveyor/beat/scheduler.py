@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from zoneinfo import ZoneInfo
 
 from ..exceptions import ConfigurationError, SerializationError
@@ -70,6 +70,16 @@ class _State:
 
 
 # -- the scheduler -------------------------------------------------------------------------
+class BeatOptions(TypedDict, total=False):
+    """The keyword options of :class:`Beat` (for wrappers that pass them on)."""
+
+    name: str | None
+    max_interval: float
+    claim_ttl: float
+    stall_after: float
+    entries: Mapping[str, object] | None
+
+
 class Beat:
     """Sends the app's periodic tasks. Run any number of these against one broker.
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import checks
 
+from conveyor._state import registered_apps
 from conveyor.brokers import scheme_of
 from conveyor.brokers.base import redact_url
 
@@ -21,14 +23,12 @@ _LOCAL_SCHEMES = frozenset({"memory", "sqlite"})
 
 
 def _apps() -> list[Conveyor]:
-    from conveyor.app import registered_apps
-
     return registered_apps()
 
 
 @checks.register("conveyor")  # type: ignore[untyped-decorator]
 def check_apps(
-    app_configs: Sequence[Any] | None = None, **kwargs: Any
+    app_configs: Sequence[object] | None = None, **kwargs: object
 ) -> list[checks.CheckMessage]:
     apps = _apps()
     if not apps:
@@ -71,8 +71,6 @@ def _check_results(app: Conveyor) -> list[checks.CheckMessage]:
     url = app.result_backend_url
     if scheme_of(url) != "django":
         return []
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     alias = parts.netloc or parts.path.strip("/") or "default"
     if alias not in settings.DATABASES:

@@ -85,9 +85,9 @@ def to_json_value(value: object, where: str = "value") -> JSONValue:
 
 @overload
 def from_json_value(value: list[JSONValue]) -> list[object]: ...
-# A JSON object decodes to a dict, or to the value its type tag names (datetime, UUID, ...).
-# Loosely typed only because result.py returns a decoded kwargs dict as
-# dict[str, Any]; once it decodes kwargs per key (as decode_arguments does) this overload goes.
+# A JSON object decodes to a dict, or to the value its type tag names (datetime, UUID, ...):
+# this result should be `object`. It is loose only because AsyncResult.kwargs (result.py)
+# returns it as a dict; once that decodes kwargs per key (as decode_arguments does), it goes.
 @overload
 def from_json_value(value: dict[str, JSONValue]) -> Any: ...
 @overload

@@ -26,8 +26,7 @@ class ConveyorConfig(AppConfig):  # type: ignore[misc]
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registration, done once the app registry is ready: system checks, the tasks that run
-        # django.tasks functions, the receivers of the models' signals.
+        # deferred until the app registry is ready: checks, django.tasks runners, model signals
         from . import checks, signals, tasks  # noqa: F401
 
         for app in registered_apps():

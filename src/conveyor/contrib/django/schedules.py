@@ -57,7 +57,7 @@ class DatabaseSchedule:
 
     def fingerprint(self) -> tuple[object, ...]:
         """Changes whenever a periodic task is created, edited or deleted."""
-        from .models import PeriodicTask, ScheduleChange  # models: the app registry is ready
+        from .models import PeriodicTask, ScheduleChange  # deferred: needs Django's app registry
 
         totals = PeriodicTask.objects.db_manager(self.using).aggregate(
             count=Count("id"), newest=Max("updated_at")
@@ -74,7 +74,7 @@ class DatabaseSchedule:
         """``CONVEYOR_BEAT_SCHEDULE`` plus the database's entries (which win on a name
         clash). Invalid rows are logged once and left out, so one bad row cannot stop the
         others from being updated."""
-        from .models import PeriodicTask  # models: imported once the app registry is ready
+        from .models import PeriodicTask  # deferred until Django's app registry is ready
 
         entries: dict[str, object] = dict(self.app.conf.beat_schedule)
         names: set[str] = set()
@@ -101,8 +101,8 @@ class DatabaseSchedule:
 
     def record_run(self, name: str, instant: datetime) -> None:
         """Count a run of ``name`` due at ``instant`` (sent once, by one beat)."""
-        from .models import PeriodicTask  # models: imported once the app registry is ready
-        from .results import to_datetime  # imports the models too
+        from .models import PeriodicTask  # deferred until Django's app registry is ready
+        from .results import to_datetime  # deferred likewise: it imports the models
 
         when = to_datetime(instant.timestamp())
         rows = PeriodicTask.objects.db_manager(self.using).filter(name=name)

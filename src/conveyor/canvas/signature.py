@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
 
@@ -321,10 +321,12 @@ def signature(value: str | SignatureLike, *args: object, **kwargs: object) -> Si
     """``signature("tasks.add", args=(2, 2), countdown=10)`` or ``signature(sig_dict)``."""
     if isinstance(value, str):
         sig_args = kwargs.pop("args", ())
-        sig_kwargs = kwargs.pop("kwargs", {})
-        if not isinstance(sig_args, Sequence) or isinstance(sig_args, str):
-            raise TypeError(f"args must be a list or tuple, got {type(sig_args).__name__}")
-        return Signature(value, sig_args, json_dict(sig_kwargs, "kwargs"), options=kwargs)
+        sig_kwargs = kwargs.pop("kwargs", None) or None
+        if not isinstance(sig_args, Iterable):
+            raise TypeError(f"'{type(sig_args).__name__}' object is not iterable")
+        if sig_kwargs is not None and not isinstance(sig_kwargs, Mapping):
+            raise TypeError(f"kwargs must be a dict, got {type(sig_kwargs).__name__}")
+        return Signature(value, tuple(sig_args), sig_kwargs, options=kwargs)
     return as_signature(value)
 
 

@@ -6,11 +6,10 @@ import builtins
 import contextlib
 import traceback as tb
 from collections.abc import Iterable
-from typing import Any
 
 from . import exceptions as cx
 from .exceptions import SerializationError
-from .message import to_json_value
+from .message import JSONValue, from_json_value, to_json_value
 
 #: Conveyor's own exception types that may be rebuilt from stored data.
 _CONVEYOR_TYPES: dict[str, type[BaseException]] = {
@@ -25,9 +24,9 @@ def qualified_name(exc_type: type[BaseException]) -> str:
     return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
 
 
-def exception_info(exc: BaseException) -> dict[str, Any]:
+def exception_info(exc: BaseException) -> dict[str, JSONValue]:
     """The JSON form of an exception: type name, message and (when JSON-able) args."""
-    info: dict[str, Any] = {"type": qualified_name(type(exc)), "message": str(exc)}
+    info: dict[str, JSONValue] = {"type": qualified_name(type(exc)), "message": str(exc)}
     with contextlib.suppress(SerializationError):
         info["args"] = to_json_value(list(exc.args), "exception args")
     return info
@@ -38,12 +37,10 @@ def format_traceback(exc: BaseException) -> str:
 
 
 def rebuild_exception(
-    info: Any, traceback: str | None, declared: Iterable[type[BaseException]] = ()
+    info: object, traceback: str | None, declared: Iterable[type[BaseException]] = ()
 ) -> BaseException:
     """Rebuild a stored exception if its type is built in, Conveyor's, or declared (``throws``);
     otherwise return :class:`~conveyor.exceptions.TaskFailed` carrying what was stored."""
-    from .message import from_json_value
-
     if not isinstance(info, dict):
         return cx.TaskFailed("UnknownError", str(info), traceback)
     type_name = str(info.get("type", "Exception"))

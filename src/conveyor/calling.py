@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, SupportsFloat, SupportsIndex, SupportsInt
 
 from . import states
 from .brokers.base import Message, queue_matches
 from .canvas import as_signature
+from .canvas.signature import chord_option, str_option
 from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
 from .message import Envelope, encode_arguments, encode_envelope, to_json_value
@@ -69,7 +70,7 @@ class Call:
     eta: float | None
 
 
-def route(conf: Settings, name: str, task: Task[Any, Any] | None = None) -> str:
+def route(conf: Settings, name: str, task: Task[..., object] | None = None) -> str:
     """The queue for task ``name``: ``task_routes`` (exact name, then globs), the task's
     ``queue`` option, then ``task_default_queue``."""
     routes = conf.task_routes
@@ -93,10 +94,10 @@ def route(conf: Settings, name: str, task: Task[Any, Any] | None = None) -> str:
 def build_call(
     app: Conveyor,
     name: str,
-    args: Sequence[Any] | None,
-    kwargs: dict[str, Any] | None,
-    options: Mapping[str, Any],
-    task: Task[Any, Any] | None = None,
+    args: Sequence[object] | None,
+    kwargs: Mapping[str, object] | None,
+    options: Mapping[str, object],
+    task: Task[..., object] | None = None,
     parent: Request | None = None,
 ) -> Call:
     """Validate a call of task ``name`` (sent from inside task ``parent``, if any) and build
@@ -110,19 +111,24 @@ def build_call(
     tagged_args, tagged_kwargs = encode_arguments(name, args, kwargs)
     conf = app.conf
     now = time.time()
-    queue = options.get("queue") or options.get("routing_key") or route(conf, name, task)
+    queue = str_option(options, "queue") or str_option(options, "routing_key")
+    queue = queue or route(conf, name, task)
     priority = _pick(
         options.get("priority"), task.priority if task else None, conf.task_default_priority
     )
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
         raise ConfigurationError(f"priority must be an integer 0-9 (9 first), got {priority!r}")
-    countdown = float(options.get("countdown") or 0.0)
+    countdown = _float(options.get("countdown") or 0.0, "countdown")
     eta = _timestamp(options.get("eta"), "eta")
     due = now + countdown if eta is None and countdown > 0 else eta
     expires = _expires_at(options.get("expires", task.expires if task else None), now)
     task_id = str(options.get("task_id") or uuid.uuid4())
-    parent_id = options.get("parent_id") or (parent.id if parent else None)
-    root_id = options.get("root_id") or (parent.root_id or parent.id if parent else None) or task_id
+    parent_id = str_option(options, "parent_id") or (parent.id if parent else None)
+    root_id = (
+        str_option(options, "root_id")
+        or (parent.root_id or parent.id if parent else None)
+        or task_id
+    )
     ignore_result = bool(
         _pick(
             options.get("ignore_result"),
@@ -142,23 +148,29 @@ def build_call(
         priority=priority,
         eta=due,
         expires=expires,
-        retries=int(options.get("retries") or 0),
+        retries=_int(options.get("retries") or 0, "retries"),
         root_id=root_id,
         parent_id=parent_id,
-        group_id=options.get("group_id"),
-        group_index=options.get("group_index"),
-        group_size=options.get("group_size"),
-        chord=options.get("chord"),
+        group_id=str_option(options, "group_id"),
+        group_index=_optional_int(options.get("group_index"), "group_index"),
+        group_size=_optional_int(options.get("group_size"), "group_size"),
+        chord=chord_option(options),
         callbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link"))],
         errbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link_error"))],
-        headers=dict(options.get("headers") or {}),
-        time_limit=_pick(
-            options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
+        headers=_headers(options.get("headers"), name),
+        time_limit=_optional_float(
+            _pick(
+                options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
+            ),
+            "time_limit",
         ),
-        soft_time_limit=_pick(
-            options.get("soft_time_limit"),
-            task.soft_time_limit if task else None,
-            conf.task_soft_time_limit,
+        soft_time_limit=_optional_float(
+            _pick(
+                options.get("soft_time_limit"),
+                task.soft_time_limit if task else None,
+                conf.task_soft_time_limit,
+            ),
+            "soft_time_limit",
         ),
         ignore_result=ignore_result,
         acks_late=acks_late,
@@ -171,7 +183,7 @@ def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | Non
     """Encode ``call`` into the message to publish and its QUEUED record (None when the
     task ignores its result). Tags the envelope's headers."""
     envelope = call.envelope
-    periodic_entry = envelope.headers.get("periodic_entry")
+    periodic_entry = str_option(envelope.headers, "periodic_entry")
     envelope.headers = {
         str(k): to_json_value(v, f"header {k!r} of {envelope.task}")
         for k, v in envelope.headers.items()
@@ -199,11 +211,39 @@ def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | Non
     return message, record
 
 
-def _pick(*values: Any) -> Any:
+def _pick(*values: object) -> object:
     for value in values:
         if value is not None:
             return value
     return None
+
+
+def _float(value: object, what: str) -> float:
+    if isinstance(value, SupportsFloat | SupportsIndex | str):
+        return float(value)
+    raise TypeError(f"{what} must be a number, got {value!r}")
+
+
+def _optional_float(value: object, what: str) -> float | None:
+    return None if value is None else _float(value, what)
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, SupportsInt | SupportsIndex | str):
+        return int(value)
+    raise TypeError(f"{what} must be an integer, got {value!r}")
+
+
+def _optional_int(value: object, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _headers(value: object, name: str) -> dict[str, object]:
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"headers of {name} must be a dict, got {type(value).__name__}")
+    return dict(value)
 
 
 def _listify(value: object) -> list[object]:

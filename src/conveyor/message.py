@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict, overload
 
 import msgspec
 
@@ -21,20 +21,34 @@ from .exceptions import MalformedMessage, MessageTooLarge, SerializationError
 TAG = "$type"
 PROTOCOL_VERSION = 1
 
+#: JSON data as :func:`to_json_value` produces it (type tags are JSON objects too).
+type JSONValue = str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None
+
+
+class ChordInfo(TypedDict):
+    """What each header task of a chord carries (``Envelope.chord``): the chord's id and how
+    many header tasks join it."""
+
+    id: str
+    size: int
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
-def to_json_value(value: Any, where: str = "value") -> Any:
+def to_json_value(value: object, where: str = "value") -> JSONValue:
     """Return ``value`` as plain JSON data with type tags; raise SerializationError otherwise."""
     # Fast path for the common scalar types; exact type checks keep bool/int subclasses honest.
     kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
+    if type(value) is str or type(value) is int or type(value) is float or type(value) is bool:
         return value
-    if kind is list or kind is tuple:
+    if value is None:
+        return None
+    if type(value) is list or type(value) is tuple:
         return [to_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if kind is dict:
-        out: dict[str, Any] = {}
+    if type(value) is dict:
+        out: dict[str, JSONValue] = {}
         for key, item in value.items():
             if type(key) is not str:
                 raise SerializationError(
@@ -45,15 +59,15 @@ def to_json_value(value: Any, where: str = "value") -> Any:
         if TAG in out:
             return {TAG: "dict", "v": out}
         return out
-    if kind is dt.datetime:
+    if type(value) is dt.datetime:
         return {TAG: "datetime", "v": value.isoformat()}
-    if kind is dt.date:
+    if type(value) is dt.date:
         return {TAG: "date", "v": value.isoformat()}
-    if kind is dt.time:
+    if type(value) is dt.time:
         return {TAG: "time", "v": value.isoformat()}
-    if kind is uuid.UUID:
+    if type(value) is uuid.UUID:
         return {TAG: "uuid", "v": str(value)}
-    if kind is Decimal:
+    if type(value) is Decimal:
         return {TAG: "decimal", "v": str(value)}
     if isinstance(value, bool):  # subclasses of the JSON scalars, e.g. IntEnum / StrEnum
         return bool(value)
@@ -69,18 +83,31 @@ def to_json_value(value: Any, where: str = "value") -> Any:
     )
 
 
-def from_json_value(value: Any) -> Any:
-    """Undo :func:`to_json_value`: rebuild tagged values."""
-    kind = type(value)
-    if kind is list:
+@overload
+def from_json_value(value: list[JSONValue]) -> list[object]: ...
+# A JSON object decodes to a dict, or to the value its type tag names (datetime, UUID, ...):
+# this result should be `object`. It is loose only because AsyncResult.kwargs (result.py)
+# returns it as a dict; once that decodes kwargs per key (as decode_arguments does), it goes.
+@overload
+def from_json_value(value: dict[str, JSONValue]) -> Any: ...
+@overload
+def from_json_value(value: object) -> object: ...
+def from_json_value(value: object) -> object:
+    """Undo :func:`to_json_value`: rebuild tagged values (a list stays a list, an untagged
+    dict a dict)."""
+    if type(value) is list:
         return [from_json_value(item) for item in value]
-    if kind is dict:
+    if type(value) is dict:
         tag = value.get(TAG)
         if tag is None:
             return {key: from_json_value(item) for key, item in value.items()}
         raw = value.get("v")
         if tag == "dict":
+            if not isinstance(raw, dict):
+                raise ValueError(f"type tag 'dict' holds a {type(raw).__name__}, not an object")
             return {key: from_json_value(item) for key, item in raw.items()}
+        if not isinstance(raw, str):
+            raise ValueError(f"type tag {tag!r} holds a {type(raw).__name__}, not a string")
         if tag == "datetime":
             return dt.datetime.fromisoformat(raw)
         if tag == "date":
@@ -95,18 +122,21 @@ def from_json_value(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any, where: str = "value") -> bytes:
+def dumps(value: object, where: str = "value") -> bytes:
     """Encode any supported value to JSON bytes (tagged)."""
     return _encoder.encode(to_json_value(value, where))
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | str) -> object:
     """Decode JSON bytes produced by :func:`dumps`."""
-    return from_json_value(_decoder.decode(data))
+    decoded: object = _decoder.decode(data)
+    return from_json_value(decoded)
 
 
 class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """One task message. ``args``/``kwargs`` hold tagged JSON values (see :func:`to_json_value`).
+    """One task message. ``args``/``kwargs`` hold tagged JSON values (see :func:`to_json_value`),
+    ``callbacks``/``errbacks`` serialized signatures (``Signature.to_dict()``). They are typed
+    ``object`` because msgspec cannot decode into the recursive :data:`JSONValue`.
 
     Times are POSIX timestamps (seconds). ``eta`` is informational here: the broker holds a
     delayed message until it is due, so a worker never waits on it.
@@ -114,8 +144,8 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
 
     id: str
     task: str
-    args: list[Any] = msgspec.field(default_factory=list)
-    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    args: list[object] = msgspec.field(default_factory=list)
+    kwargs: dict[str, object] = msgspec.field(default_factory=dict)
     queue: str = "default"
     priority: int = 5
     eta: float | None = None
@@ -126,10 +156,10 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     group_id: str | None = None
     group_index: int | None = None
     group_size: int | None = None
-    chord: dict[str, Any] | None = None
-    callbacks: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    errbacks: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    headers: dict[str, Any] = msgspec.field(default_factory=dict)
+    chord: ChordInfo | None = None
+    callbacks: list[dict[str, object]] = msgspec.field(default_factory=list)
+    errbacks: list[dict[str, object]] = msgspec.field(default_factory=list)
+    headers: dict[str, object] = msgspec.field(default_factory=dict)
     time_limit: float | None = None
     soft_time_limit: float | None = None
     ignore_result: bool = False
@@ -166,12 +196,14 @@ def decode_envelope(data: bytes) -> Envelope:
 
 
 def encode_arguments(
-    task: str, args: Any, kwargs: Mapping[str, Any] | None
-) -> tuple[list[Any], dict[str, Any]]:
+    task: str, args: Iterable[object] | None, kwargs: Mapping[str, object] | None
+) -> tuple[list[object], dict[str, object]]:
     """Tag call arguments, naming the task and the argument in any error."""
     try:
-        tagged_args = [to_json_value(a, f"argument {i}") for i, a in enumerate(args or ())]
-        tagged_kwargs: dict[str, Any] = {}
+        tagged_args: list[object] = [
+            to_json_value(a, f"argument {i}") for i, a in enumerate(args or ())
+        ]
+        tagged_kwargs: dict[str, object] = {}
         for key, value in (kwargs or {}).items():
             if not isinstance(key, str):
                 raise SerializationError(f"keyword argument name {key!r} is not a string")
@@ -181,7 +213,7 @@ def encode_arguments(
     return tagged_args, tagged_kwargs
 
 
-def decode_arguments(envelope: Envelope) -> tuple[list[Any], dict[str, Any]]:
+def decode_arguments(envelope: Envelope) -> tuple[list[object], dict[str, object]]:
     """Rebuild the tagged arguments of an envelope."""
     return (
         [from_json_value(a) for a in envelope.args],

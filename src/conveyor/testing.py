@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
 
@@ -16,9 +16,10 @@ from . import states
 from .app import Conveyor
 from .worker import Worker
 from .worker.job import Outcome
+from .worker.worker import WorkerOptions
 
 #: Settings that make delivery timing fast enough for tests.
-TEST_SETTINGS: dict[str, Any] = {"broker_lease_timeout": 1.0, "broker_sweep_interval": 1.0}
+TEST_SETTINGS: dict[str, object] = {"broker_lease_timeout": 1.0, "broker_sweep_interval": 1.0}
 
 
 class TestWorker(Worker):
@@ -27,7 +28,7 @@ class TestWorker(Worker):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, app: Conveyor, **options: Any) -> None:
+    def __init__(self, app: Conveyor, **options: Unpack[WorkerOptions]) -> None:
         options.setdefault("lease_wait", 0.05)
         options.setdefault("concurrency", 4)
         options.setdefault("before_settle", self.before_settle)
@@ -57,9 +58,11 @@ class TestWorker(Worker):
                 self._failures.append(outcome.error)
 
 
-def make_test_app(name: str = "tests", **settings: Any) -> Conveyor:
+def make_test_app(name: str = "tests", **settings: object) -> Conveyor:
     """An app on the in-memory broker with short lease/sweep times."""
-    merged = {"broker": "memory://", **TEST_SETTINGS, **settings}
+    # Loosely typed: Conveyor() has named parameters besides **settings, and mypy refuses to
+    # spread a dict[str, object] over them.
+    merged: dict[str, Any] = {"broker": "memory://", **TEST_SETTINGS, **settings}
     return Conveyor(name, **merged)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from ..exceptions import ConfigurationError
+from ..message import JSONValue
 
 __all__ = ["InvalidSchedule", "Schedule"]
 
@@ -25,7 +27,7 @@ class Schedule(abc.ABC):
     kind: ClassVar[str]
     _kinds: ClassVar[dict[str, type[Schedule]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         Schedule._kinds[cls.kind] = cls
 
@@ -38,17 +40,17 @@ class Schedule(abc.ABC):
         """A short English description."""
 
     @abc.abstractmethod
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSONValue]:
         """A JSON-ready dict with a ``"type"`` key; :meth:`from_dict` reverses it."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+    def from_dict(cls, data: Mapping[str, object]) -> Schedule:
         """Rebuild any schedule from :meth:`to_dict` output."""
         if not isinstance(data, dict) or "type" not in data:
             raise InvalidSchedule(f"a schedule dict needs a 'type' key, got {data!r}")
-        fields = dict(data)
+        fields: dict[str, object] = dict(data)
         kind = fields.pop("type")
-        target = Schedule._kinds.get(kind)
+        target = Schedule._kinds.get(kind) if isinstance(kind, str) else None
         if target is None:
             raise InvalidSchedule(
                 f"unknown schedule type {kind!r}; expected one of {sorted(Schedule._kinds)}"
@@ -59,7 +61,7 @@ class Schedule(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def _from_fields(cls, fields: dict[str, Any]) -> Self: ...
+    def _from_fields(cls, fields: dict[str, object]) -> Self: ...
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):

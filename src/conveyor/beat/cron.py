@@ -28,11 +28,12 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, tzinfo
-from typing import Any, Self
+from typing import Self
 
 from cronsim import CronSim, CronSimError
 from cronsim.explain import explain as cron_explain
 
+from ..message import JSONValue
 from .base import InvalidSchedule, Schedule
 from .zones import require_aware, zone
 
@@ -140,6 +141,8 @@ _ALIASES = {
 }
 
 CronField = int | str | Iterable[int | str]
+#: The fields of a cron expression, in :class:`crontab`'s parameter order.
+_FIELD_NAMES = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
 
 
 def _spec_text(value: CronField, field: _Field) -> str:
@@ -296,7 +299,7 @@ class crontab(Schedule):
                 text = f"{text}, if it's {days.removeprefix('At 00:00 ')}"
         return f"{text} ({self.tz.key})" if self.tz else text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSONValue]:
         return {
             "type": self.kind,
             "minute": self.minute,
@@ -308,11 +311,28 @@ class crontab(Schedule):
         }
 
     @classmethod
-    def _from_fields(cls, fields: dict[str, Any]) -> Self:
-        try:
-            return cls(**fields)
-        except TypeError as exc:
-            raise InvalidSchedule(f"bad crontab fields {fields!r}: {exc}") from None
+    def _from_fields(cls, fields: dict[str, object]) -> Self:
+        unknown = set(fields) - {*_FIELD_NAMES, "tz"}
+        if unknown:
+            raise InvalidSchedule(f"bad crontab fields {fields!r}: unexpected {sorted(unknown)}")
+        tz = fields.get("tz")
+        if not (tz is None or isinstance(tz, str | tzinfo)):
+            raise InvalidSchedule(f"bad crontab fields {fields!r}: tz must be a zone name")
+
+        def spec(name: str) -> CronField:
+            value = fields.get(name, "*")
+            if not isinstance(value, int | str | list | tuple):
+                raise InvalidSchedule(f"bad crontab fields {fields!r}: {name} is {value!r}")
+            return value
+
+        return cls(
+            minute=spec("minute"),
+            hour=spec("hour"),
+            day_of_week=spec("day_of_week"),
+            day_of_month=spec("day_of_month"),
+            month_of_year=spec("month_of_year"),
+            tz=tz,
+        )
 
     def __repr__(self) -> str:
         tz = f", tz={self.tz.key!r}" if self.tz else ""

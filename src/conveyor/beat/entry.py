@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..calling import CALL_OPTIONS
@@ -30,15 +29,15 @@ class Entry:
     name: str
     task: str
     schedule: Schedule
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    args: tuple[object, ...] = ()
+    kwargs: Mapping[str, object] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict)
     catch_up: str = "latest"
     tz: ZoneInfo | None = None
     enabled: bool = True
 
     @classmethod
-    def from_config(cls, name: str, spec: Any) -> Entry:
+    def from_config(cls, name: str, spec: object) -> Entry:
         """Validate one ``beat_schedule`` item; raise InvalidSchedule naming the entry."""
         where = f"beat_schedule[{name!r}]"
         if not isinstance(name, str) or not name:

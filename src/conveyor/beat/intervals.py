@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Self
 
+from ..message import JSONValue
 from .base import InvalidSchedule, Schedule
 from .zones import require_aware
 
@@ -63,7 +64,7 @@ class every(Schedule):
         text = text.replace("every 1 ", "every ") if len(parts) == 1 else text
         return f"{text} (from {self.anchor.isoformat()})" if self.anchor else text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSONValue]:
         return {
             "type": self.kind,
             "seconds": self.seconds,
@@ -71,12 +72,19 @@ class every(Schedule):
         }
 
     @classmethod
-    def _from_fields(cls, fields: dict[str, Any]) -> Self:
+    def _from_fields(cls, fields: dict[str, object]) -> Self:
         anchor = fields.get("anchor")
         extra = set(fields) - {"seconds", "anchor"}
         if "seconds" not in fields or extra:
             raise InvalidSchedule(f"an interval dict has 'seconds' and 'anchor', got {fields!r}")
-        return cls(fields["seconds"], anchor=datetime.fromisoformat(anchor) if anchor else None)
+        seconds = fields["seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float | timedelta):
+            raise InvalidSchedule(f"an interval must be seconds or a timedelta, got {seconds!r}")
+        if not anchor:
+            return cls(seconds)
+        if not isinstance(anchor, str):
+            raise InvalidSchedule(f"an interval's anchor must be an ISO time, got {anchor!r}")
+        return cls(seconds, anchor=datetime.fromisoformat(anchor))
 
     def __repr__(self) -> str:
         anchor = f", anchor={self.anchor.isoformat()!r}" if self.anchor else ""

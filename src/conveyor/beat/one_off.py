@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Self
+from typing import Self
 
+from ..message import JSONValue
 from .base import InvalidSchedule, Schedule
 from .zones import localize, require_aware, zone
 
@@ -37,7 +38,7 @@ class clocked(Schedule):
     def describe(self) -> str:
         return f"once at {self.at.isoformat(sep=' ')}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSONValue]:
         return {
             "type": self.kind,
             "at": self.at.isoformat(),
@@ -45,9 +46,12 @@ class clocked(Schedule):
         }
 
     @classmethod
-    def _from_fields(cls, fields: dict[str, Any]) -> Self:
+    def _from_fields(cls, fields: dict[str, object]) -> Self:
         try:
-            return cls(datetime.fromisoformat(fields["at"]), tz=fields.get("tz"))
+            at, tz = fields["at"], fields.get("tz")
+            if not isinstance(at, str) or not (tz is None or isinstance(tz, str | tzinfo)):
+                raise TypeError("'at' must be an ISO time and 'tz' a zone name")
+            return cls(datetime.fromisoformat(at), tz=tz)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidSchedule(f"bad clocked fields {fields!r}: {exc}") from None
 

@@ -33,10 +33,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 from zoneinfo import ZoneInfo
 
 from ..exceptions import ConfigurationError, SerializationError
+from ..message import JSONValue
 from .entry import CATCH_UP_POLICIES, Entry
 from .progress import Progress
 from .runs import claim_key, due_between, iso, run_id
@@ -65,11 +66,21 @@ class _State:
     unsent: list[datetime] = field(default_factory=list)  # claimed by us, send failed
 
     @property
-    def timing(self) -> tuple[dict[str, Any], str]:
+    def timing(self) -> tuple[dict[str, JSONValue], str]:
         return self.entry.schedule.to_dict(), self.tz.key
 
 
 # -- the scheduler -------------------------------------------------------------------------
+class BeatOptions(TypedDict, total=False):
+    """The keyword options of :class:`Beat` (for wrappers that pass them on)."""
+
+    name: str | None
+    max_interval: float
+    claim_ttl: float
+    stall_after: float
+    entries: Mapping[str, object] | None
+
+
 class Beat:
     """Sends the app's periodic tasks. Run any number of these against one broker.
 
@@ -87,7 +98,7 @@ class Beat:
         max_interval: float = 5.0,
         claim_ttl: float = 3600.0,
         stall_after: float = 30.0,
-        entries: Mapping[str, Any] | None = None,
+        entries: Mapping[str, object] | None = None,
     ) -> None:
         if max_interval <= 0 or claim_ttl <= 0 or stall_after <= 0:
             raise ConfigurationError("max_interval, claim_ttl and stall_after must be positive")
@@ -102,7 +113,7 @@ class Beat:
         self.started_at: datetime | None = None
         self._lock = threading.RLock()
         self._wake = threading.Event()
-        self._source: dict[str, Any] | None = None
+        self._source: dict[str, object] | None = None
         self._entries: dict[str, Entry] = {}
         self._states: dict[str, _State] = {}
         self._paused: set[str] = set()
@@ -122,7 +133,7 @@ class Beat:
         with self._lock:
             return dict(self._entries)
 
-    def set_entries(self, entries: Mapping[str, Any] | None) -> None:
+    def set_entries(self, entries: Mapping[str, object] | None) -> None:
         """Use ``entries`` (``beat_schedule`` form) instead of ``app.conf.beat_schedule``;
         ``None`` goes back to the app's. Raises InvalidSchedule (and changes nothing) if an
         entry is invalid. Takes effect at once in a running beat."""
@@ -138,11 +149,11 @@ class Beat:
         """Re-read the entries now instead of at the next tick."""
         self._wake.set()
 
-    def _source_items(self, source: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    def _source_items(self, source: dict[str, object] | None) -> list[tuple[str, object]]:
         items = source if source is not None else self.app.conf.beat_schedule
         return list(items.items())
 
-    def _load(self, name: str, spec: Any) -> Entry:
+    def _load(self, name: str, spec: object) -> Entry:
         entry = Entry.from_config(name, spec)
         if entry != self._entries.get(name):
             # Build (but do not send) a message, so that what the app would refuse at send
@@ -374,8 +385,11 @@ class Beat:
         entry = state.entry
         task_id = run_id(entry.name, instant)
         options = dict(entry.options)
+        given = options.pop("headers", None) or {}
+        if not isinstance(given, Mapping):
+            raise TypeError(f"the headers of {entry.name} must be a dict, got {given!r}")
         headers = {
-            **(options.pop("headers", None) or {}),
+            **given,
             "periodic_entry": entry.name,
             "scheduled_at": iso(instant),
         }
@@ -389,6 +403,8 @@ class Beat:
                 entry.task,
                 entry.args,
                 dict(entry.kwargs),
+                _task=None,
+                _eager=False,
                 task_id=task_id,
                 headers=headers,
                 **options,

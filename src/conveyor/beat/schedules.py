@@ -18,7 +18,6 @@ aware datetime, or None when it will never be due again):
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from .base import InvalidSchedule, Schedule
 from .cron import crontab
@@ -36,7 +35,7 @@ __all__ = [
 ]
 
 
-def as_schedule(value: Any) -> Schedule:
+def as_schedule(value: object) -> Schedule:
     """Read what ``beat_schedule`` accepts: a Schedule, seconds, a timedelta, a cron string,
     or a dict from :meth:`Schedule.to_dict`."""
     if isinstance(value, Schedule):

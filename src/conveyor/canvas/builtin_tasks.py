@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from .. import _state
 from ..exceptions import ConfigurationError, NotRegistered
@@ -25,19 +25,19 @@ def register_builtin_tasks(app: Conveyor) -> None:
     app.task(name="conveyor.starmap")(_starmap)
 
 
-def _map(task: dict[str, Any], it: list[Any]) -> list[Any]:
+def _map(task: dict[str, object], it: list[object]) -> list[object]:
     sig = Signature.from_dict(task)
     target = _find_task(sig.task)
     return [_call(target, (item, *sig.args), sig.kwargs) for item in it]
 
 
-def _starmap(task: dict[str, Any], it: list[list[Any]]) -> list[Any]:
+def _starmap(task: dict[str, object], it: list[list[object]]) -> list[object]:
     sig = Signature.from_dict(task)
     target = _find_task(sig.task)
     return [_call(target, (*item, *sig.args), sig.kwargs) for item in it]
 
 
-def _find_task(name: str) -> Task[Any, Any]:
+def _find_task(name: str) -> Task[..., object]:
     """The task ``name`` of the default app, else of the oldest app that has one."""
     apps = _state.registered_apps()
     with contextlib.suppress(ConfigurationError):
@@ -49,7 +49,7 @@ def _find_task(name: str) -> Task[Any, Any]:
     raise NotRegistered(name)
 
 
-def _call(task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+def _call(task: Task[..., object], args: Sequence[object], kwargs: Mapping[str, object]) -> object:
     value = task(*args, **kwargs)
     if inspect.iscoroutine(value):
         return asyncio.run(value)

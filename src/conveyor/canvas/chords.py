@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import states
 from .._exceptions_registry import exception_info
 from ..exceptions import ChordError, ResultStoreError
-from ..message import from_json_value
+from ..message import ChordInfo, from_json_value
 from ..results.base import ResultRecord
 from .signature import ResultTree
 
@@ -39,7 +39,7 @@ class ChordRecord:
     the body (as JSON), whether failures propagate, and the workflow's root id."""
 
     header: ResultTree
-    body: dict[str, Any]
+    body: dict[str, object]
     propagate: bool
     root_id: str | None
 
@@ -70,17 +70,17 @@ def tree_ids(tree: ResultTree) -> Iterator[str]:
         yield str(tree)
 
 
-def tree_map(tree: ResultTree, fn: Callable[[str], Any]) -> Any:
+def tree_map(tree: ResultTree, fn: Callable[[str], object]) -> object:
     """The tree with ``fn(task_id)`` in place of each id."""
     if isinstance(tree, list):
         return [tree_map(item, fn) for item in tree]
     return fn(str(tree))
 
 
-def join(app: Conveyor, info: dict[str, Any], member_id: str) -> bool:
+def join(app: Conveyor, info: ChordInfo, member_id: str) -> bool:
     """Add a finished header task to chord ``info`` (``{"id", "size"}``); True when the
     header is complete (also for every later, redelivered, member)."""
-    chord_id, size = str(info["id"]), int(info["size"])
+    chord_id, size = info["id"], info["size"]
     joined = app.results.kv.join(f"{chord_key(chord_id)}:joined", member_id, app.results.expires)
     return joined >= size
 
@@ -138,14 +138,14 @@ class HeaderResults:
     def fetch(cls, app: Conveyor, tree: ResultTree) -> HeaderResults:
         return cls(tree, app.results.get_many(list(tree_ids(tree))))
 
-    def body_argument(self, propagate: bool) -> Any:
+    def body_argument(self, propagate: bool) -> object:
         """What the body receives: the results in header order; with ``propagate=False``
         each header task's ``{"task_id", "state", "result", "error"}``."""
         if propagate:
             return tree_map(self.tree, self.values.__getitem__)
         return tree_map(self.tree, lambda task_id: _outcome(task_id, self.records[task_id]))
 
-    def error(self, chord_id: str) -> dict[str, Any]:
+    def error(self, chord_id: str) -> dict[str, object]:
         """The body's failure info: a ChordError naming (up to five) failed header tasks."""
         shown = []
         for task_id in self.failed[:5]:
@@ -161,7 +161,7 @@ class HeaderResults:
         return {**exception_info(ChordError(message)), "failed": self.failed}
 
 
-def _outcome(task_id: str, record: ResultRecord | None) -> dict[str, Any]:
+def _outcome(task_id: str, record: ResultRecord | None) -> dict[str, object]:
     """One header task's outcome, as a ``propagate=False`` body receives it."""
     if record is not None and record.state == states.SUCCESS:
         return {
@@ -179,7 +179,8 @@ def _error(record: ResultRecord | None) -> dict[str, str]:
         return {"type": "conveyor.exceptions.ChordError", "message": "result missing"}
     if record.state == states.FAILURE and isinstance(record.result, dict):
         info = from_json_value(record.result)
-        return {"type": str(info.get("type")), "message": str(info.get("message", ""))}
+        if isinstance(info, dict):
+            return {"type": str(info.get("type")), "message": str(info.get("message", ""))}
     if record.state == states.REVOKED:
         return {"type": "conveyor.exceptions.TaskRevokedError", "message": "revoked"}
     if record.state == states.EXPIRED:

@@ -14,16 +14,24 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import states
 from ..exceptions import BrokerError, ResultStoreError
-from ..message import Envelope, from_json_value
+from ..message import ChordInfo, Envelope, from_json_value
 from ..results.base import ResultRecord
 from . import chords
 from .base import Workflow
 from .plan import SendPlan
-from .signature import IdFactory, Signature, as_signature, listify
+from .signature import (
+    IdFactory,
+    Signature,
+    as_signature,
+    chord_option,
+    json_dict,
+    listify,
+    str_option,
+)
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -43,7 +51,7 @@ def followup_id(task_id: str, kind: str, index: int) -> str:
     return followup_ids(task_id, kind, index)("")
 
 
-def on_task_finished(app: Conveyor, envelope: Envelope, state: str, value: Any) -> None:
+def on_task_finished(app: Conveyor, envelope: Envelope, state: str, value: object) -> None:
     """Follow-ups of a finished task: ``link`` callbacks with the result (SUCCESS); otherwise
     ``link_error`` errbacks (FAILURE) with ``(task_id, {"type", "message"})`` - plus the
     traceback text for handlers that require a third argument - and the tasks its callbacks
@@ -56,7 +64,7 @@ def on_task_finished(app: Conveyor, envelope: Envelope, state: str, value: Any) 
     _retrying(lambda: _settle(app, envelope, state, value))
 
 
-def _settle(app: Conveyor, envelope: Envelope, state: str, value: Any) -> None:
+def _settle(app: Conveyor, envelope: Envelope, state: str, value: object) -> None:
     task_id = envelope.id
     if state == states.SUCCESS:
         result = from_json_value(value)
@@ -81,8 +89,8 @@ def _send_errbacks(
     app: Conveyor,
     task_id: str,
     root_id: str | None,
-    errbacks: Sequence[Any],
-    info: Any,
+    errbacks: Sequence[object],
+    info: object,
     traceback: str | None = None,
 ) -> None:
     """Send ``errbacks`` of the failed task ``task_id`` with ``(task_id, info)``; the
@@ -90,12 +98,13 @@ def _send_errbacks(
     if not errbacks:
         return
     plan = SendPlan(app, once=True, parent_id=task_id, root_id=root_id)
-    info = {k: v for k, v in from_json_value(info).items() if k != "args"}
+    error = json_dict(from_json_value(info), "error info")
+    shown = {k: v for k, v in error.items() if k != "args"}
     fetched = traceback is not None
     for index, data in enumerate(errbacks):
         sig = as_signature(data, app)
         sig._freeze(followup_ids(task_id, "errback", index), "", {})
-        args: tuple[Any, ...] = (task_id, info)
+        args: tuple[object, ...] = (task_id, shown)
         if _wants_traceback(app, sig):
             if not fetched:
                 record = app.results.get(task_id)
@@ -131,7 +140,7 @@ def _wants_traceback(app: Conveyor, sig: Signature) -> bool:
 
 
 def _mark_not_run(
-    app: Conveyor, sigs: Sequence[Signature], state: str, info: Any, note: str
+    app: Conveyor, sigs: Sequence[Signature], state: str, info: object, note: str
 ) -> None:
     """Record the tasks of ``sigs`` that were never sent as not run (``state`` with ``info``,
     the note as traceback), follow their links, and join their chords on their behalf."""
@@ -154,9 +163,9 @@ def _mark_not_run(
                 traceback=note,
                 date_done=now,
                 name=leaf.task,
-                queue=leaf.options.get("queue"),
-                root_id=leaf.options.get("root_id"),
-                group_id=leaf.options.get("group_id"),
+                queue=str_option(leaf.options, "queue"),
+                root_id=str_option(leaf.options, "root_id"),
+                group_id=str_option(leaf.options, "group_id"),
             )
             for leaf in marked
         ]
@@ -165,13 +174,14 @@ def _mark_not_run(
         links = [as_signature(s, app) for s in listify(leaf.options.get("link"))]
         if links:
             _mark_not_run(app, links, state, info, note)
-        if leaf.options.get("chord"):
-            _join_chord(app, leaf.options["chord"], str(leaf.id))
+        chord = chord_option(leaf.options)
+        if chord is not None:
+            _join_chord(app, chord, str(leaf.id))
 
 
-def _join_chord(app: Conveyor, info: dict[str, Any], member_id: str) -> None:
+def _join_chord(app: Conveyor, info: ChordInfo, member_id: str) -> None:
     if chords.join(app, info, member_id):
-        _send_chord_body(app, str(info["id"]), member_id)
+        _send_chord_body(app, info["id"], member_id)
 
 
 def _send_chord_body(app: Conveyor, chord_id: str, member_id: str) -> None:
@@ -190,7 +200,7 @@ def _send_chord_body(app: Conveyor, chord_id: str, member_id: str) -> None:
                 _send_errbacks(
                     app,
                     str(entry.id),
-                    entry.options.get("root_id"),
+                    str_option(entry.options, "root_id"),
                     listify(entry.options.get("link_error")),
                     info,
                     traceback=note,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import workflows
-from .signature import Signature, as_signature
+from .signature import Signature, SignatureLike, as_signature
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class xmap(Signature):
     """One task that calls ``task(item)`` for each item, in one worker: ``add.map(...)``."""
 
-    def __init__(self, task: Signature, it: Iterable[Any], app: Conveyor | None = None) -> None:
+    def __init__(self, task: Signature, it: Iterable[object], app: Conveyor | None = None) -> None:
         super().__init__(
             "conveyor.map", (), {"task": task.to_dict(), "it": list(it)}, app=app or task._app
         )
@@ -26,7 +26,9 @@ class xmap(Signature):
 class xstarmap(Signature):
     """One task that calls ``task(*args)`` for each args tuple: ``add.starmap(...)``."""
 
-    def __init__(self, task: Signature, it: Iterable[Any], app: Conveyor | None = None) -> None:
+    def __init__(
+        self, task: Signature, it: Iterable[Iterable[object]], app: Conveyor | None = None
+    ) -> None:
         super().__init__(
             "conveyor.starmap",
             (),
@@ -40,7 +42,12 @@ class chunks(workflows.group):
     ``add.chunks(zip(xs, ys), 100)``. ``.get()`` returns one list per part."""
 
     def __init__(
-        self, task: Any, it: Iterable[Any], n: int, app: Conveyor | None = None, **options: Any
+        self,
+        task: SignatureLike,
+        it: Iterable[Iterable[object]],
+        n: int,
+        app: Conveyor | None = None,
+        **options: object,
     ) -> None:
         if n < 1:
             raise ValueError(f"chunk size must be at least 1, got {n}")

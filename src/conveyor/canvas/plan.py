@@ -3,7 +3,8 @@ together (one bulk publish, after the small values it needs are stored)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .once import ONCE_HEADER
 
@@ -33,13 +34,16 @@ class SendPlan:
         self.values: list[tuple[str, bytes]] = []
 
     def add(
-        self, sig: Signature, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        self,
+        sig: Signature,
+        args: tuple[object, ...] = (),
+        kwargs: Mapping[str, object] | None = None,
     ) -> None:
         """Plan applying ``sig`` (frozen) with ``args`` / ``kwargs`` given to what starts it."""
         sig._add_to(self, args, kwargs)
 
     def add_task(
-        self, sig: Signature, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+        self, sig: Signature, args: tuple[object, ...], kwargs: Mapping[str, object] | None
     ) -> None:
         """Plan publishing the single task ``sig``."""
         task = sig.clone(args, kwargs)
@@ -49,7 +53,10 @@ class SendPlan:
         if self.root_id and not options.get("root_id"):
             options["root_id"] = self.root_id
         if self.once:
-            options["headers"] = {**(options.get("headers") or {}), ONCE_HEADER: True}
+            headers = options.get("headers") or {}
+            if not isinstance(headers, Mapping):
+                raise TypeError(f"headers of {sig.task} must be a dict, got {headers!r}")
+            options["headers"] = {**headers, ONCE_HEADER: True}
         self.tasks.append(task)
 
     def store(self, key: str, value: bytes) -> None:

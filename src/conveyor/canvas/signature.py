@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import inspect
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from .. import _state
-from ..message import from_json_value, to_json_value
+from ..message import ChordInfo, JSONValue, from_json_value, to_json_value
 from ..result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
@@ -24,7 +24,13 @@ if TYPE_CHECKING:
     from .plan import SendPlan
 
 #: The handle of an applied signature.
-type Result = AsyncResult[Any] | GroupResult
+type Result = AsyncResult[object] | GroupResult
+#: What :func:`as_signature` accepts: a signature, a task (or a module-level function to
+#: register as one), or a signature's JSON form (:meth:`Signature.to_dict`).
+type SignatureLike = Signature | Mapping[str, object] | Callable[..., object]
+#: A signature's call options (``queue``, ``countdown``, ``link``, ``chord``, ...): whatever
+#: ``apply_async`` accepts, kept as given until the task is sent.
+type Options = dict[str, object]
 #: Makes a task id for a position in a workflow (``""`` for the top, ``".0.1"`` below).
 type IdFactory = Callable[[str], str]
 #: Where a signature's result will be: a task id, or a list of those (groups), nested.
@@ -45,7 +51,7 @@ class Signature:
     #: this class (so this module cannot import theirs) and are entered as they are defined.
     _workflow_kinds: ClassVar[dict[str, type[Signature]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         kind = vars(cls).get("subtask_type")
         if kind is not None:
@@ -54,17 +60,17 @@ class Signature:
     def __init__(
         self,
         task: str,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
         *,
-        options: dict[str, Any] | None = None,
+        options: Mapping[str, object] | None = None,
         immutable: bool = False,
         app: Conveyor | None = None,
     ) -> None:
         self.task = task
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.options = dict(options or {})
+        self.args: tuple[object, ...] = tuple(args)
+        self.kwargs: dict[str, object] = dict(kwargs or {})
+        self.options: Options = dict(options or {})
         self.immutable = immutable
         self._app = app
 
@@ -85,7 +91,7 @@ class Signature:
         return self._app
 
     @property
-    def type(self) -> Task[Any, Any]:
+    def type(self) -> Task[..., object]:
         """The registered task this signature calls."""
         return self.app.get_task(self.task)
 
@@ -99,7 +105,7 @@ class Signature:
     def __hash__(self) -> int:
         return hash((self.task, self.id))  # args may hold lists; equal signatures share both
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+    def __deepcopy__(self, memo: dict[int, object]) -> Signature:
         new = copy.copy(self)
         for key, value in self.__dict__.items():
             if key != "_app":  # the app is shared, never copied
@@ -108,7 +114,10 @@ class Signature:
 
     # -- building ------------------------------------------------------------------------
     def clone(
-        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+        self,
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> Signature:
         """A copy with extra arguments (prepended unless immutable) and options merged."""
         new = copy.deepcopy(self)
@@ -116,7 +125,7 @@ class Signature:
         new._prepend(tuple(args), kwargs)
         return new
 
-    def set(self, **options: Any) -> Signature:
+    def set(self, **options: object) -> Signature:
         """Set call options (queue, priority, countdown, ...) in place; returns self."""
         if "immutable" in options:
             self.immutable = bool(options.pop("immutable"))
@@ -126,13 +135,13 @@ class Signature:
     def set_immutable(self, immutable: bool) -> None:
         self.immutable = immutable
 
-    def link(self, callback: Any) -> Signature:
+    def link(self, callback: SignatureLike) -> Signature:
         """Run ``callback`` with this task's result when it succeeds; returns the callback."""
         sig = as_signature(callback, self._app)
         self.options["link"] = [*listify(self.options.get("link")), sig]
         return sig
 
-    def link_error(self, errback: Any) -> Signature:
+    def link_error(self, errback: SignatureLike) -> Signature:
         """Run ``errback(task_id, {"type", "message"})`` if this task fails."""
         sig = as_signature(errback, self._app)
         self.options["link_error"] = [*listify(self.options.get("link_error")), sig]
@@ -140,7 +149,7 @@ class Signature:
 
     on_error = link_error
 
-    def __or__(self, other: Any) -> Signature:
+    def __or__(self, other: SignatureLike) -> Signature:
         make_chain: Callable[..., Signature] = self._workflow_kinds["chain"]
         steps = as_signature(other, self._app)._chain_steps()
         return make_chain(self, *steps, app=self._app)
@@ -155,36 +164,38 @@ class Signature:
     # -- applying ------------------------------------------------------------------------
     def apply_async(
         self,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> Any:
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
+    ) -> Result:
         """Send the task; returns its :class:`~conveyor.result.AsyncResult`."""
         sig = self.clone(args or (), kwargs)
         merged = {**sig.options, **options}
-        return self.app.send_task(sig.task, sig.args, sig.kwargs, **merged)
+        return self.app.send_task(
+            sig.task, sig.args, sig.kwargs, _task=None, _eager=False, **merged
+        )
 
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
+    def delay(self, *args: object, **kwargs: object) -> Result:
         return self.apply_async(args, kwargs)
 
     def apply(
         self,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> AsyncResult[Any]:
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
+    ) -> AsyncResult[object]:
         """Run the task here and now, as a worker would (results stored)."""
         sig = self.clone(args or (), kwargs)
         merged = {**sig.options, **options}
-        return self.app.send_task(sig.task, sig.args, sig.kwargs, _eager=True, **merged)
+        return self.app.send_task(sig.task, sig.args, sig.kwargs, _task=None, _eager=True, **merged)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> object:
         """Run the task inline with these extra arguments (like calling the task)."""
         sig = self.clone(args, kwargs)
         return self.app.tasks[sig.task](*sig.args, **sig.kwargs)
 
     # -- data ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-ready form (travels inside messages, can be stored)."""
         return {
             "task": self.task,
@@ -196,26 +207,26 @@ class Signature:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], app: Conveyor | None = None) -> Signature:
+    def from_dict(cls, data: Mapping[str, object], app: Conveyor | None = None) -> Signature:
         kind = data.get("subtask_type")
-        if kind is not None and kind in Signature._workflow_kinds:
+        if isinstance(kind, str) and kind in Signature._workflow_kinds:
             return Signature._workflow_kinds[kind]._from_dict(data, app)
         return Signature(
-            data["task"],
-            from_json_value(data.get("args") or []),
-            from_json_value(data.get("kwargs") or {}),
+            json_str(data, "task"),
+            json_list(from_json_value(data.get("args") or []), "args"),
+            json_dict(from_json_value(data.get("kwargs") or {}), "kwargs"),
             options=options_from_json(data, app),
             immutable=bool(data.get("immutable", False)),
             app=app,
         )
 
     @classmethod
-    def _from_dict(cls, data: dict[str, Any], app: Conveyor | None) -> Signature:
+    def _from_dict(cls, data: Mapping[str, object], app: Conveyor | None) -> Signature:
         """Rebuild a workflow kind (each one overrides this)."""
         raise NotImplementedError
 
     # -- the workflow tree: a single task here, overridden by each workflow kind -----------
-    def _freeze(self, ids: IdFactory, path: str, inherited: dict[str, Any]) -> None:
+    def _freeze(self, ids: IdFactory, path: str, inherited: Options) -> None:
         """Give every task its id (``ids(path)`` unless set) and the options handed down."""
         self.options = {**inherited, **self.options}
         if not self.options.get("task_id"):
@@ -229,22 +240,22 @@ class Signature:
         """Make ``task_id`` the id of the result (a group's id for groups)."""
         self.options["task_id"] = task_id
 
-    def _prepend(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _prepend(self, args: tuple[object, ...], kwargs: Mapping[str, object] | None) -> None:
         """Partial application: a chain's first step, every group member, a chord's header."""
         if not self.immutable:
             self.args = args + self.args
             self.kwargs.update(kwargs or {})
 
-    def _link_tail(self, links: list[Any]) -> None:
+    def _link_tail(self, links: list[object]) -> None:
         """Add ``links`` to the task(s) whose result is this signature's result."""
         self.options["link"] = [*listify(self.options.get("link")), *links]
 
-    def _add_errback(self, errback: Any) -> None:
+    def _add_errback(self, errback: object) -> None:
         """Chains: every step; groups: every member; chords: the body (it fails with
         ChordError when a header task fails, so the errback runs once)."""
         self.options["link_error"] = [*listify(self.options.get("link_error")), errback]
 
-    def _attach_chord(self, info: dict[str, Any]) -> None:
+    def _attach_chord(self, info: ChordInfo) -> None:
         """Mark the task(s) whose result is this signature's result as members of chord
         ``info`` (``{"id", "size"}``)."""
         self.options["chord"] = info
@@ -267,7 +278,9 @@ class Signature:
         (the chain's own options are not carried over)."""
         return [self]
 
-    def _add_to(self, plan: SendPlan, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _add_to(
+        self, plan: SendPlan, args: tuple[object, ...], kwargs: Mapping[str, object] | None
+    ) -> None:
         """Add what applying this (frozen) signature sends now to ``plan``."""
         plan.add_task(self, args, kwargs)
 
@@ -280,10 +293,10 @@ class TaskLike(Protocol):
 
     name: str
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature: ...
+    def s(self, *args: object, **kwargs: object) -> Signature: ...
 
 
-def as_signature(value: Any, app: Conveyor | None = None) -> Signature:
+def as_signature(value: object, app: Conveyor | None = None) -> Signature:
     """Accept a Signature, a task, a signature dict, or a module-level function.
 
     A plain function (as in ``link=on_success``) is registered as a task of the app under
@@ -300,7 +313,7 @@ def as_signature(value: Any, app: Conveyor | None = None) -> Signature:
     raise TypeError(f"expected a signature or a task, got {type(value).__name__}")
 
 
-def _function_task(fn: Callable[..., Any], app: Conveyor | None) -> Task[Any, Any]:
+def _function_task(fn: Callable[..., object], app: Conveyor | None) -> Task[..., object]:
     name = f"{fn.__module__}.{fn.__qualname__}"
     if "<" in name:
         raise TypeError(
@@ -315,17 +328,23 @@ def _function_task(fn: Callable[..., Any], app: Conveyor | None) -> Task[Any, An
     return task
 
 
-def signature(value: Any, *args: Any, **kwargs: Any) -> Signature:
+def signature(value: str | SignatureLike, *args: object, **kwargs: object) -> Signature:
     """``signature("tasks.add", args=(2, 2), countdown=10)`` or ``signature(sig_dict)``."""
     if isinstance(value, str):
-        return Signature(value, kwargs.pop("args", ()), kwargs.pop("kwargs", {}), options=kwargs)
+        sig_args = kwargs.pop("args", ())
+        sig_kwargs = kwargs.pop("kwargs", None) or None
+        if not isinstance(sig_args, Iterable):
+            raise TypeError(f"'{type(sig_args).__name__}' object is not iterable")
+        if sig_kwargs is not None and not isinstance(sig_kwargs, Mapping):
+            raise TypeError(f"kwargs must be a dict, got {type(sig_kwargs).__name__}")
+        return Signature(value, tuple(sig_args), sig_kwargs, options=kwargs)
     return as_signature(value)
 
 
 # -- helpers shared by the canvas modules -----------------------------------------------------
 
 
-def listify(value: Any) -> list[Any]:
+def listify(value: object) -> list[object]:
     """``None`` -> ``[]``, a list or tuple -> a list of it, anything else -> ``[value]``."""
     if value is None:
         return []
@@ -337,7 +356,7 @@ def random_ids(path: str) -> str:
     return str(uuid.uuid4())
 
 
-def options_to_json(options: dict[str, Any], task: str) -> Any:
+def options_to_json(options: Mapping[str, object], task: str) -> JSONValue:
     """Call options as JSON (timedeltas as seconds), without the links."""
     plain = {
         key: value.total_seconds() if isinstance(value, timedelta) else value
@@ -347,7 +366,7 @@ def options_to_json(options: dict[str, Any], task: str) -> Any:
     return to_json_value(plain, f"signature {task} options")
 
 
-def links_to_json(options: dict[str, Any], app: Conveyor | None) -> dict[str, Any]:
+def links_to_json(options: Mapping[str, object], app: Conveyor | None) -> dict[str, object]:
     """The ``link`` / ``link_error`` entries of a signature's JSON form (only those set)."""
     return {
         key: [as_signature(s, app).to_dict() for s in listify(options[key])]
@@ -356,10 +375,51 @@ def links_to_json(options: dict[str, Any], app: Conveyor | None) -> dict[str, An
     }
 
 
-def options_from_json(data: dict[str, Any], app: Conveyor | None) -> dict[str, Any]:
+def options_from_json(data: Mapping[str, object], app: Conveyor | None) -> Options:
     """Undo :func:`options_to_json` and :func:`links_to_json`."""
-    options = dict(from_json_value(data.get("options") or {}))
+    options = json_dict(from_json_value(data.get("options") or {}), "options")
     for key in ("link", "link_error"):
         if data.get(key):
-            options[key] = [Signature.from_dict(d, app) for d in data[key]]
+            options[key] = [as_signature(d, app) for d in json_list(data[key], key)]
     return options
+
+
+def str_option(options: Mapping[str, object], key: str) -> str | None:
+    """A string option (``queue``, ``root_id``, ...) as a string, None when unset."""
+    value = options.get(key)
+    return None if value is None else str(value)
+
+
+def chord_option(options: Mapping[str, object]) -> ChordInfo | None:
+    """The ``chord`` option (``{"id", "size"}``) of a chord's header task, None when unset."""
+    info = options.get("chord")
+    if not info:
+        return None
+    if not isinstance(info, Mapping):
+        raise TypeError(f"the chord option must be a dict, got {info!r}")
+    return {"id": str(info["id"]), "size": int(info["size"])}
+
+
+# -- reading a signature's JSON form ----------------------------------------------------------
+
+
+def json_str(data: Mapping[str, object], key: str) -> str:
+    """``data[key]``, which must be a string."""
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"signature field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def json_list(value: object, what: str) -> list[object]:
+    """``value``, which must be a list (a JSON array)."""
+    if not isinstance(value, list):
+        raise TypeError(f"signature {what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def json_dict(value: object, what: str) -> dict[str, object]:
+    """``value``, which must be a dict (a JSON object)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"signature {what} must be a dict, got {type(value).__name__}")
+    return value

@@ -8,20 +8,24 @@ workflow never asks which kind it holds.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
+from ..message import ChordInfo
 from ..result import GroupResult
-from .base import Workflow, inheritable, start_delay, unpack_members
+from .base import Member, Workflow, inheritable, start_delay, unpack_members
 from .chords import ChordRecord, chord_key, tree_ids, tree_map
 from .plan import SendPlan
 from .signature import (
     IdFactory,
+    Options,
     Result,
     ResultTree,
     Signature,
+    SignatureLike,
     TaskLike,
     as_signature,
+    json_list,
     listify,
     options_from_json,
 )
@@ -40,7 +44,7 @@ class chain(Workflow):
 
     subtask_type = "chain"
 
-    def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any) -> None:
+    def __init__(self, *tasks: Member, app: Conveyor | None = None, **options: object) -> None:
         steps = [as_signature(t, app) for t in unpack_members(tasks)]
         super().__init__(
             "conveyor.chain", options=options, app=app or next((s._app for s in steps), None)
@@ -69,19 +73,21 @@ class chain(Workflow):
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks) or "chain()"
 
-    def __or__(self, other: Any) -> Signature:
+    def __or__(self, other: SignatureLike) -> Signature:
         return chain(*self.tasks, as_signature(other, self._app), app=self._app, **self.options)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {**self._data(), "tasks": [t.to_dict() for t in self.tasks]}
 
     @classmethod
-    def _from_dict(cls, data: dict[str, Any], app: Conveyor | None) -> Signature:
-        new = cls._of([Signature.from_dict(t, app) for t in data.get("tasks", [])], app)
+    def _from_dict(cls, data: Mapping[str, object], app: Conveyor | None) -> Signature:
+        new = cls._of(
+            [as_signature(t, app) for t in json_list(data.get("tasks", []), "tasks")], app
+        )
         new.options = options_from_json(data, app)
         return new
 
-    def _freeze(self, ids: IdFactory, path: str, inherited: dict[str, Any]) -> None:
+    def _freeze(self, ids: IdFactory, path: str, inherited: Options) -> None:
         opts = {**inherited, **self.options}
         self.options = {}
         if not self.tasks:
@@ -113,18 +119,18 @@ class chain(Workflow):
         if self.tasks:
             self.tasks[-1]._set_final_id(task_id)
 
-    def _prepend(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _prepend(self, args: tuple[object, ...], kwargs: Mapping[str, object] | None) -> None:
         if self.tasks:
             self.tasks[0]._prepend(args, kwargs)
 
-    def _link_tail(self, links: list[Any]) -> None:
+    def _link_tail(self, links: list[object]) -> None:
         self.tasks[-1]._link_tail(links)
 
-    def _add_errback(self, errback: Any) -> None:
+    def _add_errback(self, errback: object) -> None:
         for step in self.tasks:
             step._add_errback(errback)
 
-    def _attach_chord(self, info: dict[str, Any]) -> None:
+    def _attach_chord(self, info: ChordInfo) -> None:
         self.tasks[-1]._attach_chord(info)
 
     def _result_tree(self) -> ResultTree:
@@ -141,7 +147,9 @@ class chain(Workflow):
     def _chain_steps(self) -> list[Signature]:
         return list(self.tasks)
 
-    def _add_to(self, plan: SendPlan, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _add_to(
+        self, plan: SendPlan, args: tuple[object, ...], kwargs: Mapping[str, object] | None
+    ) -> None:
         """The first step is sent, with the rest of the chain as its link."""
         if not self.tasks:
             return
@@ -159,7 +167,7 @@ class group(Workflow):
 
     subtask_type = "group"
 
-    def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any) -> None:
+    def __init__(self, *tasks: Member, app: Conveyor | None = None, **options: object) -> None:
         members = [as_signature(t, app) for t in unpack_members(tasks)]
         super().__init__(
             "conveyor.group", options=options, app=app or next((m._app for m in members), None)
@@ -175,7 +183,7 @@ class group(Workflow):
     def __iter__(self) -> Iterator[Signature]:
         return iter(self.tasks)
 
-    def __or__(self, other: Any) -> Signature:
+    def __or__(self, other: SignatureLike) -> Signature:
         return chord(self, as_signature(other, self._app), app=self._app)
 
     @property
@@ -183,16 +191,18 @@ class group(Workflow):
         value = self.options.get("group_id")
         return None if value is None else str(value)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {**self._data(), "tasks": [t.to_dict() for t in self.tasks]}
 
     @classmethod
-    def _from_dict(cls, data: dict[str, Any], app: Conveyor | None) -> Signature:
-        new = cls([Signature.from_dict(t, app) for t in data.get("tasks", [])], app=app)
+    def _from_dict(cls, data: Mapping[str, object], app: Conveyor | None) -> Signature:
+        new = cls(
+            [as_signature(t, app) for t in json_list(data.get("tasks", []), "tasks")], app=app
+        )
         new.options = options_from_json(data, app)
         return new
 
-    def _freeze(self, ids: IdFactory, path: str, inherited: dict[str, Any]) -> None:
+    def _freeze(self, ids: IdFactory, path: str, inherited: Options) -> None:
         opts = {**inherited, **self.options}
         group_id = opts.get("task_id") or opts.get("group_id") or ids(path)
         links = listify(opts.pop("link", None))
@@ -218,19 +228,19 @@ class group(Workflow):
     def _set_final_id(self, task_id: str) -> None:
         self.options["group_id"] = task_id
 
-    def _prepend(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _prepend(self, args: tuple[object, ...], kwargs: Mapping[str, object] | None) -> None:
         for member in self.tasks:
             member._prepend(args, kwargs)
 
-    def _link_tail(self, links: list[Any]) -> None:
+    def _link_tail(self, links: list[object]) -> None:
         for member in self.tasks:
             member._link_tail(links)
 
-    def _add_errback(self, errback: Any) -> None:
+    def _add_errback(self, errback: object) -> None:
         for member in self.tasks:
             member._add_errback(errback)
 
-    def _attach_chord(self, info: dict[str, Any]) -> None:
+    def _attach_chord(self, info: ChordInfo) -> None:
         for member in self.tasks:
             member._attach_chord(info)
 
@@ -245,7 +255,9 @@ class group(Workflow):
         for member in self.tasks:
             yield from member._entries()
 
-    def _add_to(self, plan: SendPlan, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _add_to(
+        self, plan: SendPlan, args: tuple[object, ...], kwargs: Mapping[str, object] | None
+    ) -> None:
         """Every member is sent; single tasks learn their place in the group."""
         size = len(self.tasks)
         for index, member in enumerate(self.tasks):
@@ -269,19 +281,19 @@ class chord(Workflow):
 
     def __init__(
         self,
-        header: Any,
-        body: Any = None,
+        header: SignatureLike | Iterable[SignatureLike],
+        body: SignatureLike | None = None,
         *,
         propagate: bool = True,
         app: Conveyor | None = None,
-        **options: Any,
+        **options: object,
     ) -> None:
         if isinstance(header, group):
             head = header
-        elif isinstance(header, Signature | TaskLike):
+        elif isinstance(header, Signature | TaskLike) or not isinstance(header, Iterable):
             head = group(header, app=app)
         else:
-            head = group(list(header), app=app)
+            head = group([as_signature(member, app) for member in header], app=app)
         super().__init__("conveyor.chord", options=options, app=app or head._app)
         self.header: group = head
         self.body: Signature | None = None if body is None else as_signature(body, self._app)
@@ -294,7 +306,7 @@ class chord(Workflow):
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> Result:
         """``chord(header)(body)`` sets the body and applies; ``chord(header, body)()``
         applies."""
         if args and isinstance(args[0], Signature | TaskLike):
@@ -302,12 +314,12 @@ class chord(Workflow):
             args = args[1:]
         return self.apply_async(args, kwargs)
 
-    def __or__(self, other: Any) -> Signature:
-        other = as_signature(other, self._app)
-        body = other if self.body is None else self.body | other
+    def __or__(self, other: SignatureLike) -> Signature:
+        step = as_signature(other, self._app)
+        body = step if self.body is None else self.body | step
         return chord(self.header, body, propagate=self.propagate, app=self._app, **self.options)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             **self._data(),
             "header": self.header.to_dict(),
@@ -316,19 +328,19 @@ class chord(Workflow):
         }
 
     @classmethod
-    def _from_dict(cls, data: dict[str, Any], app: Conveyor | None) -> Signature:
-        header = Signature.from_dict(data["header"], app)
+    def _from_dict(cls, data: Mapping[str, object], app: Conveyor | None) -> Signature:
+        header = as_signature(data["header"], app)
         body = data.get("body")
         new = cls(
             header,
-            None if body is None else Signature.from_dict(body, app),
+            None if body is None else as_signature(body, app),
             propagate=bool(data.get("propagate", True)),
             app=app,
         )
         new.options = options_from_json(data, app)
         return new
 
-    def _freeze(self, ids: IdFactory, path: str, inherited: dict[str, Any]) -> None:
+    def _freeze(self, ids: IdFactory, path: str, inherited: Options) -> None:
         if self.body is None:
             raise ValueError("a chord needs a body: chord(header)(body) or chord(header, body)")
         opts = {**inherited, **self.options}
@@ -356,18 +368,18 @@ class chord(Workflow):
         if self.body is not None:
             self.body._set_final_id(task_id)
 
-    def _prepend(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _prepend(self, args: tuple[object, ...], kwargs: Mapping[str, object] | None) -> None:
         self.header._prepend(args, kwargs)
 
-    def _link_tail(self, links: list[Any]) -> None:
+    def _link_tail(self, links: list[object]) -> None:
         assert self.body is not None
         self.body._link_tail(links)
 
-    def _add_errback(self, errback: Any) -> None:
+    def _add_errback(self, errback: object) -> None:
         assert self.body is not None
         self.body._add_errback(errback)
 
-    def _attach_chord(self, info: dict[str, Any]) -> None:
+    def _attach_chord(self, info: ChordInfo) -> None:
         assert self.body is not None
         self.body._attach_chord(info)
 
@@ -384,7 +396,9 @@ class chord(Workflow):
         if self.body is not None:
             yield from self.body._entries()
 
-    def _add_to(self, plan: SendPlan, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+    def _add_to(
+        self, plan: SendPlan, args: tuple[object, ...], kwargs: Mapping[str, object] | None
+    ) -> None:
         """The chord record and the header's membership are stored, then the header is sent
         (each header task carries ``{"id", "size"}`` to join the chord when it finishes)."""
         assert self.body is not None

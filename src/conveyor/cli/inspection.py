@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 import msgspec
 from rich.table import Table
 
 from ..loading import redact_text
+from ..worker.heartbeat import WorkerInfo
 from .base import State, app_option, split
 from .output import ago, console, print_json
 
@@ -23,12 +23,14 @@ def status(state: State, app_spec: str | None, as_json: bool) -> None:
     app = state.app(app_spec)
     broker = app.broker
     stats = broker.stats()
-    workers: dict[str, Any] = {}
+    workers: dict[str, WorkerInfo] = {}
     for key, raw in sorted(app.kv.values("worker:").items()):
         try:
-            workers[key.removeprefix("worker:")] = json.loads(raw)
+            info: WorkerInfo = json.loads(raw)
         except ValueError:
             workers[key.removeprefix("worker:")] = {}
+        else:
+            workers[key.removeprefix("worker:")] = info
     if as_json:
         queues = {
             name: {"ready": s.ready, "delayed": s.delayed, "leased": s.leased, "dead": s.dead}

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
 from ..loading import find_app, setup_logging
 from .execution import TaskRunner
-from .process import SNAPSHOT_INTERVAL, ProcessWorker
+from .process import SNAPSHOT_INTERVAL, ProcessWorker, ProcessWorkerOptions, Report
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class _Reporter:
         self.conn = conn
         self.lock = threading.Lock()
 
-    def __call__(self, message: tuple[Any, ...]) -> None:
+    def __call__(self, message: Report) -> None:
         with self.lock, contextlib.suppress(OSError, ValueError):
             self.conn.send(message)
 
@@ -115,7 +115,13 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
     worker.serve()
 
 
-def run_solo(app: Conveyor, *, shutdown_timeout: float, beat: bool = False, **options: Any) -> None:
+def run_solo(
+    app: Conveyor,
+    *,
+    shutdown_timeout: float,
+    beat: bool = False,
+    **options: Unpack[ProcessWorkerOptions],
+) -> None:
     """``--pool solo``: one :class:`ProcessWorker` in this process, stopped warm by SIGTERM
     or SIGINT and cold by a second one; ``beat=True`` also runs beat on a thread. Never
     returns: the process exits when it stops."""

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
@@ -34,6 +34,7 @@ from ..message import Envelope, decode_arguments, decode_envelope, encode_envelo
 from ..results.base import ResultRecord
 from ..task import Request, _current_request, rate_per_second
 from .job import Action, Job, Outcome
+from .records import RecordBuilder
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -47,7 +48,7 @@ class TaskRunner:
     def __init__(self, app: Conveyor, hostname: str) -> None:
         self.app = app
         self.hostname = hostname
-        self.extended = bool(app.conf.result_extended)
+        self.records = RecordBuilder(hostname, bool(app.conf.result_extended))
         self.log_tasks = bool(app.conf.worker_log_tasks)
         self._rate_lock = threading.Lock()
         self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
@@ -86,7 +87,7 @@ class TaskRunner:
             return Outcome(
                 delivery,
                 Action.DEAD,
-                [self._failure_record(envelope, error, None)],
+                [self.records.failure(envelope, error, None)],
                 reason=DeadLetterReason.UNKNOWN_TASK,
                 detail=f"task {envelope.task!r} is not registered",
                 followups=self._then(envelope, states.FAILURE, exception_info(error)),
@@ -109,7 +110,7 @@ class TaskRunner:
             return Outcome(
                 delivery,
                 Action.DEAD,
-                [self._final_record(envelope, states.EXPIRED, None)],
+                [self.records.final(envelope, states.EXPIRED, None)],
                 reason=DeadLetterReason.EXPIRED,
                 detail=f"expired at {envelope.expires:.3f}",
                 followups=self._then(envelope, states.EXPIRED, None),
@@ -169,7 +170,7 @@ class TaskRunner:
         if job.envelope.ignore_result:
             return None
         job.started_at = time.time()
-        return self._record(job.envelope, states.STARTED, None, started_at=job.started_at)
+        return self.records.record(job.envelope, states.STARTED, None, started_at=job.started_at)
 
     def revoked_outcome(self, envelope: Envelope, delivery: Delivery | None) -> Outcome:
         """The outcome of a message whose task was revoked before it started: not run."""
@@ -177,7 +178,7 @@ class TaskRunner:
         return Outcome(
             delivery,
             Action.ACK,
-            [self._final_record(envelope, states.REVOKED, None)],
+            [self.records.final(envelope, states.REVOKED, None)],
             followups=self._then(envelope, states.REVOKED, None),
             state=states.REVOKED,
             envelope=envelope,
@@ -219,7 +220,9 @@ class TaskRunner:
             _current_request.reset(token)
         return self.finish(job, retval, None, time.perf_counter() - started)
 
-    def finish(self, job: Job, retval: Any, exc: BaseException | None, runtime: float) -> Outcome:
+    def finish(
+        self, job: Job, retval: object, exc: BaseException | None, runtime: float
+    ) -> Outcome:
         """Turn a return value or exception into an Outcome (runs task hooks). Every record
         it writes keeps the time the task started."""
         outcome = self._outcome(job, retval, exc, runtime)
@@ -229,7 +232,9 @@ class TaskRunner:
                     record.started_at = job.started_at
         return outcome
 
-    def _outcome(self, job: Job, retval: Any, exc: BaseException | None, runtime: float) -> Outcome:
+    def _outcome(
+        self, job: Job, retval: object, exc: BaseException | None, runtime: float
+    ) -> Outcome:
         """Turn a return value or exception into an Outcome (runs task hooks)."""
         envelope, task = job.envelope, job.task
         if exc is None:
@@ -248,7 +253,7 @@ class TaskRunner:
             return Outcome(
                 job.delivery,
                 Action.DEAD,
-                [self._failure_record(envelope, exc, format_traceback(exc))],
+                [self.records.failure(envelope, exc, format_traceback(exc))],
                 reason=DeadLetterReason.REJECTED,
                 detail=str(exc),
                 followups=self._then(envelope, states.FAILURE, exception_info(exc)),
@@ -260,13 +265,13 @@ class TaskRunner:
             return Outcome(
                 job.delivery,
                 Action.ACK,
-                [self._final_record(envelope, states.REVOKED, None)],
+                [self.records.final(envelope, states.REVOKED, None)],
                 followups=self._then(envelope, states.REVOKED, None),
                 state=states.REVOKED,
             )
         return self._failed(job, exc, runtime)
 
-    def _then(self, envelope: Envelope, state: str, info: Any) -> list[Callable[[], None]]:
+    def _then(self, envelope: Envelope, state: str, info: object) -> list[Callable[[], None]]:
         """Canvas follow-ups of a finished task (callbacks, errbacks, chord join); none for
         a task that is not part of a workflow, so its outcome can be settled in one step."""
         if not _has_followups(envelope):
@@ -298,7 +303,7 @@ class TaskRunner:
         limit = job.task.max_retries
         return limit is not None and job.envelope.retries >= limit
 
-    def _succeeded(self, job: Job, retval: Any, value: Any, runtime: float) -> Outcome:
+    def _succeeded(self, job: Job, retval: object, value: object, runtime: float) -> Outcome:
         envelope, task = job.envelope, job.task
         self._hook(task.on_success, retval, envelope.id, job.args, job.kwargs)
         self._hook(
@@ -307,7 +312,7 @@ class TaskRunner:
         records = []
         if not envelope.ignore_result:
             records.append(
-                self._final_record(envelope, states.SUCCESS, value, children=job.request.children)
+                self.records.final(envelope, states.SUCCESS, value, children=job.request.children)
             )
         followups = self._then(envelope, states.SUCCESS, value)
         return Outcome(
@@ -334,7 +339,7 @@ class TaskRunner:
         records = []
         if not envelope.ignore_result:
             records.append(
-                self._record(envelope, states.RETRY, exception_info(cause), traceback=einfo)
+                self.records.record(envelope, states.RETRY, exception_info(cause), traceback=einfo)
             )
         self._log(
             logging.INFO,
@@ -360,7 +365,7 @@ class TaskRunner:
         einfo = format_traceback(exc)
         self._hook(task.on_failure, exc, envelope.id, job.args, job.kwargs, einfo)
         self._hook(task.after_return, states.FAILURE, exc, envelope.id, job.args, job.kwargs, einfo)
-        record = self._failure_record(envelope, exc, einfo)
+        record = self.records.failure(envelope, exc, einfo)
         followups = self._then(envelope, states.FAILURE, record.result)
         return Outcome(
             job.delivery,
@@ -372,49 +377,14 @@ class TaskRunner:
             runtime=runtime,
         )
 
-    # -- records -------------------------------------------------------------------------
-    def _record(self, envelope: Envelope, state: str, result: Any, **extra: Any) -> ResultRecord:
-        record = ResultRecord(
-            id=envelope.id,
-            state=state,
-            result=result,
-            retries=envelope.retries,
-            name=envelope.task,
-            worker=self.hostname,
-            queue=envelope.queue,
-            created_at=envelope.created_at or None,
-            parent_id=envelope.parent_id,
-            root_id=envelope.root_id,
-            group_id=envelope.group_id,
-            periodic_entry=envelope.headers.get("periodic_entry"),
-            **extra,
-        )
-        if self.extended:
-            record.args = envelope.args
-            record.kwargs = envelope.kwargs
-        return record
-
-    def _final_record(
-        self, envelope: Envelope, state: str, result: Any, children: list[str] | None = None
-    ) -> ResultRecord:
-        return self._record(
-            envelope, state, result, date_done=time.time(), children=children or None
-        )
-
-    def _failure_record(
-        self, envelope: Envelope, exc: BaseException, einfo: str | None
-    ) -> ResultRecord:
-        return self._record(
-            envelope, states.FAILURE, exception_info(exc), traceback=einfo, date_done=time.time()
-        )
-
-    def _hook(self, hook: Callable[..., Any], *args: Any) -> None:
+    # -- helpers -------------------------------------------------------------------------
+    def _hook(self, hook: Callable[..., object], *args: object) -> None:
         try:
             hook(*args)
         except Exception:
             logger.exception("task hook %s raised", getattr(hook, "__qualname__", hook))
 
-    def _log(self, level: int, msg: str, *args: Any) -> None:
+    def _log(self, level: int, msg: str, *args: object) -> None:
         if self.log_tasks and logger.isEnabledFor(level):
             logger.log(level, msg, *args)
 

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from ..exceptions import ConveyorError
 from .inflight import InFlight
@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
+
+
+class WorkerInfo(TypedDict, total=False):
+    """A worker's announcement (``worker:<hostname>`` in the broker), read by
+    ``conveyor status``. A worker writes every key; a reader must expect any to be missing."""
+
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    processed: int
+    running: int
+    started_at: float
+    seen_at: float
 
 
 class Heartbeat:
@@ -77,7 +91,7 @@ class Heartbeat:
                 logger.error("heartbeat failed: %s", exc)
 
     def announce(self) -> None:
-        info = {
+        info: WorkerInfo = {
             "hostname": self.hostname,
             "pid": os.getpid(),
             "queues": self.queues,

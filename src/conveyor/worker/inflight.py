@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..brokers.base import Delivery
 from ..results.base import ResultRecord
@@ -39,7 +38,7 @@ class Running:
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread_id: int | None = None
     active: bool = False
-    loop_task: asyncio.Task[Any] | None = None
+    loop_task: asyncio.Task[object] | None = None
     interrupted: type[BaseException] | None = None
     #: Monotonic time it was leased and admitted.
     admitted: float = field(default_factory=time.monotonic)

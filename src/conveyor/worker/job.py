@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..brokers.base import Delivery, Message
 from ..message import Envelope
@@ -18,9 +17,9 @@ class Job:
     """A decoded, checked message whose task is about to run."""
 
     envelope: Envelope
-    task: Task[Any, Any]
-    args: list[Any]
-    kwargs: dict[str, Any]
+    task: Task[..., object]
+    args: list[object]
+    kwargs: dict[str, object]
     request: Request
     delivery: Delivery | None = None
     started_at: float = 0.0
@@ -55,7 +54,7 @@ class Outcome:
     #: Seconds the task ran (0.0 if it did not run).
     runtime: float = 0.0
     #: What the task returned (None unless it succeeded).
-    retval: Any = None
+    retval: object = None
     #: The decoded message (None if it could not be decoded; set for outcomes of messages
     #: that did not run, see :meth:`TaskRunner.prepare`).
     envelope: Envelope | None = None

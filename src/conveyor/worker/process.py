@@ -35,14 +35,15 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Literal, Unpack
 
 from ..middleware import Middleware, call_each
 from .execution import TaskRunner
 from .inflight import Running
 from .job import Job, Outcome
 from .pools import interrupt_thread
-from .worker import Worker
+from .worker import Worker, WorkerBasics
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -54,13 +55,25 @@ INTERRUPT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 #: Seconds between snapshots of the running tasks that are not reported one by one.
 SNAPSHOT_INTERVAL = 0.25
 
+#: A delivery as a report carries it: ``Delivery(*fields)`` rebuilds it.
+type DeliveryFields = tuple[str, str, bytes, int, str, int]
+#: What a child process reports to its supervisor over the pipe: a task started (task id,
+#: delivery, acks_late, time limit) or ended, a snapshot of the tasks that are not reported
+#: one by one, the child is ready (its pid).
+type Report = (
+    tuple[Literal["start"], str, DeliveryFields, bool, float | None]
+    | tuple[Literal["end"], str]
+    | tuple[Literal["running"], dict[str, DeliveryFields]]
+    | tuple[Literal["ready"], int]
+)
+
 
 def reported_one_by_one(job: Job) -> bool:
     """Whether the supervisor hears of ``job`` when it starts and ends (see the module doc)."""
     return not job.envelope.acks_late or bool(job.envelope.time_limit)
 
 
-def delivery_fields(job: Job) -> tuple[Any, ...]:
+def delivery_fields(job: Job) -> DeliveryFields:
     """What a report carries of a job's delivery (``Delivery(*fields)`` rebuilds it)."""
     d = job.delivery
     assert d is not None
@@ -74,7 +87,7 @@ def memory_kib() -> int:
             pages = int(statm.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") // 1024
     except (OSError, ValueError, IndexError):
-        import resource
+        import resource  # POSIX only: deferred so the module still imports where it is missing
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak // 1024 if sys.platform == "darwin" else peak
@@ -120,7 +133,7 @@ class MainThreadExecutor:
     def shutdown(self, *, wait: bool, cancel: bool) -> None:
         """Nothing to stop: a task still running in the main thread ends with the process."""
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -153,6 +166,15 @@ class MemoryLimit(Middleware):
             worker.request_stop()
 
 
+class ProcessWorkerOptions(WorkerBasics, total=False):
+    """The keyword options of :class:`ProcessWorker` but ``solo``."""
+
+    report: Callable[[Report], None] | None
+    max_memory_kib: int | None
+    hard_limit_in_process: bool
+    runner_class: type[TaskRunner] | None
+
+
 class ProcessWorker(Worker):
     """The worker of one process (see the module docstring).
 
@@ -166,12 +188,12 @@ class ProcessWorker(Worker):
         self,
         app: Conveyor,
         *,
-        report: Callable[[tuple[Any, ...]], None] | None = None,
+        report: Callable[[Report], None] | None = None,
         max_memory_kib: int | None = None,
         hard_limit_in_process: bool = True,
         runner_class: type[TaskRunner] | None = None,
         solo: bool = False,
-        **options: Any,
+        **options: Unpack[WorkerBasics],
     ) -> None:
         self._report = report
         self.solo = solo
@@ -265,7 +287,7 @@ class ProcessWorker(Worker):
         if self._report is not None and job.delivery is not None and reported_one_by_one(job):
             self._report(("end", job.envelope.id))
 
-    def running_snapshot(self) -> dict[str, tuple[Any, ...]]:
+    def running_snapshot(self) -> dict[str, DeliveryFields]:
         """Task id -> delivery fields of the running tasks not reported one by one."""
         return {
             job.envelope.id: delivery_fields(job)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterable
-from typing import Any
+from types import FrameType
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 class SignalCounter:
@@ -35,5 +35,5 @@ class SignalCounter:
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1

@@ -32,11 +32,12 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..brokers import scheme_of
 from ..brokers.base import DeadLetterReason, Delivery
@@ -51,6 +52,7 @@ from .child import BeatProcess, ChildOptions, run_child
 from .consumer import default_hostname
 from .execution import TaskRunner
 from .lost import LostTasks, RunningTask
+from .process import Report
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -173,7 +175,7 @@ class Supervisor:
         return 0
 
     def _tick(self) -> None:
-        waitables: list[Any] = [self._wake_r]
+        waitables: list[Connection | int] = [self._wake_r]
         for child in self._children.values():
             waitables += (child.conn, child.process.sentinel)
         if self._beat is not None and self._beat.process is not None:
@@ -265,28 +267,26 @@ class Supervisor:
         except (EOFError, OSError):
             pass  # the child is gone; _reap deals with it
 
-    def _on_report(self, child: _Child, report: tuple[Any, ...]) -> None:
-        kind = report[0]
-        if kind == "start":
-            _, task_id, fields, acks_late, time_limit = report
-            child.tasks[task_id] = RunningTask(
-                task_id, Delivery(*fields), bool(acks_late), time_limit, time.monotonic()
-            )
-        elif kind == "end":
-            child.tasks.pop(report[1], None)
-        elif kind == "running":
-            running: dict[str, tuple[Any, ...]] = report[1]
-            for task_id, task in list(child.tasks.items()):
-                if not task.one_by_one and task_id not in running:
-                    del child.tasks[task_id]
-            now = time.monotonic()
-            for task_id, fields in running.items():
-                if task_id not in child.tasks:
-                    child.tasks[task_id] = RunningTask(
-                        task_id, Delivery(*fields), True, None, now, one_by_one=False
-                    )
-        elif kind == "ready":
-            logger.debug("child %d (pid %s) ready", child.slot, report[1])
+    def _on_report(self, child: _Child, report: Report) -> None:
+        match report:
+            case ("start", task_id, fields, acks_late, time_limit):
+                child.tasks[task_id] = RunningTask(
+                    task_id, Delivery(*fields), bool(acks_late), time_limit, time.monotonic()
+                )
+            case ("end", task_id):
+                child.tasks.pop(task_id, None)
+            case ("running", running):
+                for task_id, task in list(child.tasks.items()):
+                    if not task.one_by_one and task_id not in running:
+                        del child.tasks[task_id]
+                now = time.monotonic()
+                for task_id, fields in running.items():
+                    if task_id not in child.tasks:
+                        child.tasks[task_id] = RunningTask(
+                            task_id, Delivery(*fields), True, None, now, one_by_one=False
+                        )
+            case ("ready", pid):
+                logger.debug("child %d (pid %s) ready", child.slot, pid)
 
     def _reap(self) -> None:
         for child in list(self._children.values()):
@@ -404,7 +404,7 @@ class Supervisor:
     def _fail(self, task: RunningTask, error: BaseException, reason: str | None = None) -> None:
         self._lost_tasks.fail(task, error, reason)
 
-    def _broker_call(self, action: Any, what: str) -> None:
+    def _broker_call(self, action: Callable[[], object], what: str) -> None:
         try:
             action()
         except ConveyorError as exc:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from ..exceptions import BrokerError, ConveyorError, ResultStoreError, TaskRevokedError
 from ..middleware import Middleware, call_each
@@ -52,6 +52,34 @@ if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
+
+
+class WorkerBasics(TypedDict, total=False):
+    """The keyword options of :class:`Worker` that are not plug-ins (for wrappers, such as
+    :class:`~conveyor.worker.process.ProcessWorker`, that plug in themselves)."""
+
+    queues: Sequence[str] | None
+    concurrency: int | None
+    hostname: str | None
+    prefetch_multiplier: int | None
+    max_tasks: int | None
+    lease_wait: float
+    sweep_interval: float | None
+    cleanup_interval: float
+
+
+class WorkerOptions(WorkerBasics, total=False):
+    """The keyword options of :class:`Worker` (for wrappers that pass them on)."""
+
+    on_task_start: Callable[[Job], None] | None
+    on_task_end: Callable[[Job], None] | None
+    on_hard_time_limit: Callable[[Job], None] | None
+    executor: TaskExecutor | None
+    consume_in_thread: bool
+    middleware: Sequence[Middleware]
+    before_settle: Callable[[list[Outcome]], None] | None
+    lifecycle_hooks: bool
+    runner: TaskRunner | None
 
 
 class Worker:

@@ -16,12 +16,10 @@ What the app brings: tasks sent when the transaction commits (``delay_on_commit(
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from .transactions import commit_hook, in_transaction, install
-
-if TYPE_CHECKING:
-    from .worker import DjangoWorker, close_old_connections, setup_worker
+from .connections import close_old_connections
+from .schedules import install, setup_worker
+from .transactions import commit_hook, in_transaction
+from .worker import DjangoWorker
 
 __all__ = [
     "DjangoWorker",
@@ -31,14 +29,3 @@ __all__ = [
     "install",
     "setup_worker",
 ]
-
-_LAZY = {"DjangoWorker", "close_old_connections", "setup_worker"}
-
-
-def __getattr__(name: str) -> Any:
-    # The worker machinery is imported only by processes that run tasks.
-    if name in _LAZY:
-        from . import worker
-
-        return getattr(worker, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

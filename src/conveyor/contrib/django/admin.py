@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.forms import ChoiceField, ModelForm
 from django.http import HttpRequest
+from django.tasks import task_backends
 from django.utils import timezone
 from django.utils.html import format_html
 
 from conveyor import states
+from conveyor._state import default_app, registered_apps
 from conveyor.beat.schedules import InvalidSchedule
 from conveyor.message import from_json_value
 
-from .backend import ARUN_TASK, META_PREFIX, RUN_TASK
+from .backend import ARUN_TASK, META_PREFIX, RUN_TASK, TaskMeta, resolve_task
 from .models import PeriodicTask, TaskResult
 
 if TYPE_CHECKING:
@@ -31,15 +33,13 @@ _RETRYABLE = (states.FAILURE, states.REVOKED, states.EXPIRED)
 
 def app_for(namespace: str | None = None) -> Conveyor:
     """The Conveyor app whose ORM results use ``namespace`` (else the default app)."""
-    from conveyor.app import default_app, registered_apps
-
     for app in registered_apps():
         if app.result_backend_url.startswith("django:") and app.key_prefix == namespace:
             return app
     return default_app()
 
 
-def _pretty(value: Any) -> str:
+def _pretty(value: object) -> str:
     return str(format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False)))
 
 
@@ -99,7 +99,7 @@ class TaskResultAdmin(admin.ModelAdmin):  # type: ignore[misc]
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: TaskResult | None = None) -> bool:
         return False  # results are written by workers only; actions need the view permission
 
     @admin.display(description="task", ordering="task_name")  # type: ignore[untyped-decorator]
@@ -180,14 +180,10 @@ def _resend(row: TaskResult) -> str | None:
     """Send the task of ``row`` again with the same arguments; return the new id."""
     app = app_for(row.namespace)
     if row.task_name in _DJANGO_TASKS:
-        from django.tasks import task_backends
-
-        from .backend import resolve_task
-
         raw = app.results.kv.get_value(META_PREFIX + row.task_id)
         if raw is None:
             return None
-        meta = json.loads(raw)
+        meta: TaskMeta = json.loads(raw)
         task = resolve_task(meta["path"], app).using(backend=meta["backend"])
         task_backends[meta["backend"]]  # an unknown alias raises here, not in the worker
         return str(task.enqueue(*meta["args"], **meta["kwargs"]).id)
@@ -202,8 +198,6 @@ def _resend(row: TaskResult) -> str | None:
 # -- periodic tasks --------------------------------------------------------------------------
 def registered_task_names() -> list[str]:
     """Names of the tasks the project's apps know (Conveyor's internal ones excepted)."""
-    from conveyor.app import registered_apps
-
     names: set[str] = set()
     for app in registered_apps():
         app.finalize()  # imports the tasks modules, as a worker does
@@ -218,7 +212,7 @@ class PeriodicTaskForm(ModelForm):  # type: ignore[misc]
         model = PeriodicTask
         fields = "__all__"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         names = registered_task_names()
         current = self.instance.task if self.instance and self.instance.pk else None
@@ -300,13 +294,15 @@ class PeriodicTaskAdmin(admin.ModelAdmin):  # type: ignore[misc]
 def run_now(row: PeriodicTask) -> str:
     """Send ``row``'s task at once (outside its schedule); return the task id."""
     options = row.call_options()
-    expires = options.pop("expires", None)
-    if expires is not None:
+    expires = options.get("expires")
+    if isinstance(expires, timedelta):
         options["expires"] = expires.total_seconds()
     result = app_for().send_task(
         row.task,
         list(row.args or []),
         dict(row.kwargs or {}),
+        _task=None,
+        _eager=False,
         headers={"periodic_entry": row.name, "manual": True},
         **options,
     )

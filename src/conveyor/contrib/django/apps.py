@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.apps import AppConfig
+
+from conveyor._state import registered_apps
+from conveyor.app import Conveyor, app_created
+
+from .schedules import install
 
 
 class ConveyorConfig(AppConfig):  # type: ignore[misc]
@@ -23,10 +26,8 @@ class ConveyorConfig(AppConfig):  # type: ignore[misc]
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from conveyor.app import app_created, registered_apps
-
-        from . import checks, signals, tasks  # noqa: F401 - registration
-        from .transactions import install
+        # deferred until the app registry is ready: checks, django.tasks runners, model signals
+        from . import checks, signals, tasks  # noqa: F401
 
         for app in registered_apps():
             install(app)
@@ -34,7 +35,5 @@ class ConveyorConfig(AppConfig):  # type: ignore[misc]
         signals.connect()
 
 
-def _install_on_creation(sender: Any, **_: Any) -> None:
-    from .transactions import install
-
+def _install_on_creation(sender: Conveyor, **_: object) -> None:
     install(sender)

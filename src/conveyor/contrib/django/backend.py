@@ -26,21 +26,32 @@ import math
 import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from inspect import iscoroutinefunction
+from traceback import format_exception
+from typing import TYPE_CHECKING, TypedDict
 
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import CheckMessage
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
+from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from conveyor import states
+from conveyor._state import default_app
 from conveyor.exceptions import ConfigurationError
+from conveyor.message import JSONValue, from_json_value
+
+from .backend_checks import check_backend
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -64,7 +75,7 @@ TASK_OPTIONS = (
     "soft_time_limit",
     "expires",
 )
-_DEFAULTS: dict[str, Any] = {
+_DEFAULTS: dict[str, object] = {
     "max_retries": 0,
     "autoretry_for": (Exception,),
     "retry_backoff": False,
@@ -118,6 +129,39 @@ class ConveyorTask(Task):  # type: ignore[misc]
     expires: float | None = None
 
 
+class ErrorMeta(TypedDict):
+    """One failed attempt in a django task's metadata (``django.tasks.TaskError``'s fields)."""
+
+    exception_class_path: str
+    traceback: str
+
+
+class TaskMeta(TypedDict, total=False):
+    """A django task's metadata in the result store (under :data:`META_PREFIX` + its id)."""
+
+    path: str
+    backend: str
+    args: list[JSONValue]
+    kwargs: dict[str, JSONValue]
+    enqueued_at: float
+    started_at: float
+    last_attempted_at: float
+    worker_ids: list[str]
+    errors: list[ErrorMeta]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """A django task's retry options (see :meth:`ConveyorBackend.retry_policy`)."""
+
+    max_retries: int
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: bool | float
+    retry_backoff_max: float
+    retry_jitter: bool
+    default_retry_delay: float
+
+
 class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
     """Runs ``django.tasks`` on Conveyor workers; results come from Conveyor's result store.
 
@@ -131,7 +175,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
     supports_get_result = True
     supports_priority = True
 
-    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+    def __init__(self, alias: str, params: dict[str, object]) -> None:
         super().__init__(alias, params)
         unknown = set(self.options) - {"APP", *TASK_OPTIONS}
         if unknown:
@@ -147,15 +191,13 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
             return self._app
         path = self.options.get("APP")
         if not path:
-            from conveyor.app import default_app
-
             return default_app()
         self._app = import_string(str(path).replace(":", "."))
         return self._app
 
-    def option(self, task: Task, name: str) -> Any:
+    def option(self, task: Task, name: str) -> object:
         """A retry/limit option: the task's own, else ``OPTIONS``, else the default."""
-        value = getattr(task, name, None)
+        value: object = getattr(task, name, None)
         if value is None:
             value = self.options.get(name, _DEFAULTS[name])
         if name == "autoretry_for":
@@ -165,26 +207,47 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
             )
         return value
 
-    # -- enqueueing ------------------------------------------------------------------------
-    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        from django.utils import timezone
+    def retry_policy(self, task: Task) -> RetryPolicy:
+        """The retry options of ``task`` (see :meth:`option`), checked."""
+        autoretry_for = self.option(task, "autoretry_for")
+        assert isinstance(autoretry_for, tuple)  # option() makes it one
+        for kind in autoretry_for:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise ConfigurationError(f"autoretry_for must name exception types, got {kind!r}")
+        backoff = self.option(task, "retry_backoff")
+        if not isinstance(backoff, bool | int | float):
+            raise ConfigurationError(f"retry_backoff must be a bool or a number, got {backoff!r}")
+        return RetryPolicy(
+            max_retries=int(_number(self.option(task, "max_retries") or 0, "max_retries")),
+            autoretry_for=autoretry_for,
+            retry_backoff=backoff,
+            retry_backoff_max=_number(self.option(task, "retry_backoff_max"), "retry_backoff_max"),
+            retry_jitter=bool(self.option(task, "retry_jitter")),
+            default_retry_delay=_number(
+                self.option(task, "default_retry_delay"), "default_retry_delay"
+            ),
+        )
 
+    # -- enqueueing ------------------------------------------------------------------------
+    def enqueue(
+        self, task: Task, args: Sequence[object], kwargs: Mapping[str, object]
+    ) -> TaskResult:
         self.validate_task(task)
-        args = normalize_json(list(args))
-        kwargs = normalize_json(dict(kwargs))
+        json_args: list[JSONValue] = normalize_json(list(args))
+        json_kwargs: dict[str, JSONValue] = normalize_json(dict(kwargs))
         app = self.app
         task_id = str(uuid.uuid4())
         enqueued_at = timezone.now()
-        meta = {
+        meta: TaskMeta = {
             "path": task.module_path,
             "backend": self.alias,
-            "args": args,
-            "kwargs": kwargs,
+            "args": json_args,
+            "kwargs": json_kwargs,
             "enqueued_at": enqueued_at.timestamp(),
             "worker_ids": [],
             "errors": [],
         }
-        options: dict[str, Any] = {
+        options: dict[str, object] = {
             "task_id": task_id,
             "queue": task.queue_name,
             "priority": conveyor_priority(task.priority),
@@ -204,7 +267,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
             app.results.kv.set_value(
                 META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
             )
-            app.send_task(name, body, **options)
+            app.send_task(name, body, None, _task=None, _eager=False, **options)
 
         if (
             app.conf.task_enqueue_on_commit
@@ -215,7 +278,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
             app.commit_hook(send)
         else:
             send()
-        result = self._result(task, task_id, args, kwargs, TaskResultStatus.READY, meta)
+        result = self._result(task, task_id, json_args, json_kwargs, TaskResultStatus.READY, meta)
         object.__setattr__(result, "enqueued_at", enqueued_at)
         task_enqueued.send(type(self), task_result=result)
         return result
@@ -226,7 +289,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
         raw = app.results.kv.get_value(META_PREFIX + str(result_id))
         if raw is None:
             raise TaskResultDoesNotExist(result_id)
-        meta = json.loads(raw)
+        meta: TaskMeta = json.loads(raw)
         task = resolve_task(meta["path"], app)
         if meta.get("backend") and meta["backend"] != task.backend:
             task = task.using(backend=meta["backend"])
@@ -237,14 +300,12 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
         self,
         task: Task,
         task_id: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
+        args: list[JSONValue],
+        kwargs: dict[str, JSONValue],
         status: TaskResultStatus | None,
-        meta: dict[str, Any],
+        meta: TaskMeta,
         record: ResultRecord | None = None,
     ) -> TaskResult:
-        from conveyor.message import from_json_value
-
         state = record.state if record is not None else states.QUEUED
         errors = [TaskError(**error) for error in meta.get("errors", [])]
         if status is None:
@@ -273,9 +334,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
         return result
 
     # -- checks ----------------------------------------------------------------------------
-    def check(self, **kwargs: Any) -> list[Any]:
-        from .checks import check_backend
-
+    def check(self, **kwargs: object) -> list[CheckMessage]:
         return check_backend(self)
 
 
@@ -292,17 +351,18 @@ _STATUS = {
 
 
 def _is_async(task: Task) -> bool:
-    from inspect import iscoroutinefunction
-
     return iscoroutinefunction(task.func)
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(f"{name} must be a number, got {value!r}")
 
 
 def _datetime(timestamp: float | None) -> datetime | None:
     if not timestamp:
         return None
-    from django.conf import settings
-    from django.utils import timezone
-
     moment = datetime.fromtimestamp(timestamp, UTC)
     return moment if settings.USE_TZ else timezone.make_naive(moment)
 
@@ -356,15 +416,13 @@ def resolve_task(path: str, app: Conveyor | None = None) -> Task:
 
 
 def _importable(module_name: str, app: Conveyor | None) -> bool:
-    from django.apps import apps
-
     packages = [config.name for config in apps.get_app_configs()]
     if app is not None:
         packages += [*app.conf.imports, *app.conf.include]
     return any(module_name == p or module_name.startswith(p + ".") for p in packages)
 
 
-def record_attempt(app: Conveyor, task_id: str, worker: str) -> dict[str, Any]:
+def record_attempt(app: Conveyor, task_id: str, worker: str) -> TaskMeta:
     """Note the start of an attempt in the task's metadata; return the metadata."""
     meta = read_meta(app, task_id)
     now = time.time()
@@ -375,9 +433,7 @@ def record_attempt(app: Conveyor, task_id: str, worker: str) -> dict[str, Any]:
     return meta
 
 
-def record_error(app: Conveyor, task_id: str, meta: dict[str, Any], exc: BaseException) -> None:
-    from traceback import format_exception
-
+def record_error(app: Conveyor, task_id: str, meta: TaskMeta, exc: BaseException) -> None:
     kind = type(exc)
     meta.setdefault("errors", []).append(
         {
@@ -388,12 +444,15 @@ def record_error(app: Conveyor, task_id: str, meta: dict[str, Any], exc: BaseExc
     write_meta(app, task_id, meta)
 
 
-def read_meta(app: Conveyor, task_id: str) -> dict[str, Any]:
+def read_meta(app: Conveyor, task_id: str) -> TaskMeta:
     raw = app.results.kv.get_value(META_PREFIX + task_id)
-    return json.loads(raw) if raw is not None else {}
+    if raw is None:
+        return {}
+    meta: TaskMeta = json.loads(raw)
+    return meta
 
 
-def write_meta(app: Conveyor, task_id: str, meta: dict[str, Any]) -> None:
+def write_meta(app: Conveyor, task_id: str, meta: TaskMeta) -> None:
     app.results.kv.set_value(
         META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
     )

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import checks
 
+from conveyor._state import registered_apps
 from conveyor.brokers import scheme_of
 from conveyor.brokers.base import redact_url
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-
-    from .backend import ConveyorBackend
 
 #: Seconds the broker may take to answer the startup check.
 PING_TIMEOUT = 2.0
@@ -23,14 +23,12 @@ _LOCAL_SCHEMES = frozenset({"memory", "sqlite"})
 
 
 def _apps() -> list[Conveyor]:
-    from conveyor.app import registered_apps
-
     return registered_apps()
 
 
 @checks.register("conveyor")  # type: ignore[untyped-decorator]
 def check_apps(
-    app_configs: Sequence[Any] | None = None, **kwargs: Any
+    app_configs: Sequence[object] | None = None, **kwargs: object
 ) -> list[checks.CheckMessage]:
     apps = _apps()
     if not apps:
@@ -73,8 +71,6 @@ def _check_results(app: Conveyor) -> list[checks.CheckMessage]:
     url = app.result_backend_url
     if scheme_of(url) != "django":
         return []
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     alias = parts.netloc or parts.path.strip("/") or "default"
     if alias not in settings.DATABASES:
@@ -162,50 +158,3 @@ def _check_broker(app: Conveyor) -> list[checks.CheckMessage]:
             id="conveyor.W010",
         )
     ]
-
-
-def check_backend(backend: ConveyorBackend) -> list[checks.CheckMessage]:
-    """Checks of one ``django.tasks`` backend (called by Django's task checks)."""
-    try:
-        app = backend.app
-    except Exception as exc:
-        return [
-            checks.Error(
-                f"task backend {backend.alias!r} has no Conveyor app: {exc}",
-                hint="Create the app in proj/conveyor.py and import it in proj/__init__.py, "
-                "or set OPTIONS['APP'] to its dotted path.",
-                id="conveyor.E020",
-            )
-        ]
-    if not backend.queues:
-        return []
-    known = set(backend.queues) | {str(app.conf.task_default_queue)}
-    messages: list[checks.CheckMessage] = []
-    for where, queue in _configured_queues(app):
-        if queue not in known:
-            messages.append(
-                checks.Warning(
-                    f"{where} sends to queue {queue!r}, which is not in "
-                    f"TASKS[{backend.alias!r}]['QUEUES']",
-                    hint="`manage.py conveyor_worker` consumes the QUEUES of the task backends "
-                    "by default: add the queue there or start a worker with -Q.",
-                    id="conveyor.W021",
-                )
-            )
-    return messages
-
-
-def _configured_queues(app: Conveyor) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-    routes = app.conf.task_routes
-    for table in routes if isinstance(routes, list) else [routes]:
-        if isinstance(table, dict):
-            for pattern, target in table.items():
-                queue = target if isinstance(target, str) else (target or {}).get("queue")
-                if isinstance(queue, str):
-                    found.append((f"CONVEYOR_TASK_ROUTES[{pattern!r}]", queue))
-    for name, entry in dict(app.conf.beat_schedule).items():
-        queue = (entry.get("options") or {}).get("queue") if isinstance(entry, dict) else None
-        if isinstance(queue, str):
-            found.append((f"CONVEYOR_BEAT_SCHEDULE[{name!r}]", queue))
-    return found

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
@@ -14,6 +14,8 @@ from django.utils.timezone import now
 
 from conveyor import states
 from conveyor.beat.schedules import InvalidSchedule, Schedule, clocked, crontab, every
+from conveyor.exceptions import SerializationError
+from conveyor.message import encode_arguments
 
 STATE_CHOICES = [(state, state) for state in sorted(states.ALL_STATES)]
 
@@ -143,7 +145,7 @@ class ScheduleChange(models.Model):  # type: ignore[misc]
 class PeriodicTaskQuerySet(models.QuerySet):  # type: ignore[misc]
     """Bulk writes count as schedule changes, so beat sees them too."""
 
-    def update(self, **kwargs: Any) -> int:
+    def update(self, **kwargs: object) -> int:
         if set(kwargs) <= RUN_FIELDS:
             return int(super().update(**kwargs))
         kwargs.setdefault("updated_at", now())
@@ -152,13 +154,17 @@ class PeriodicTaskQuerySet(models.QuerySet):  # type: ignore[misc]
             ScheduleChange.bump(self.db)
         return count
 
-    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[PeriodicTask]:
+    def bulk_create(
+        self, objs: Iterable[PeriodicTask], *args: object, **kwargs: object
+    ) -> list[PeriodicTask]:
         with transaction.atomic(using=self.db):
             created: list[PeriodicTask] = super().bulk_create(objs, *args, **kwargs)
             ScheduleChange.bump(self.db)
         return created
 
-    def bulk_update(self, objs: Any, fields: Any, *args: Any, **kwargs: Any) -> int:
+    def bulk_update(
+        self, objs: Iterable[PeriodicTask], fields: Iterable[str], *args: object, **kwargs: object
+    ) -> int:
         if set(fields) <= RUN_FIELDS:
             return int(super().bulk_update(objs, fields, *args, **kwargs))
         with transaction.atomic(using=self.db):
@@ -227,18 +233,23 @@ class PeriodicTask(models.Model):  # type: ignore[misc]
     def __str__(self) -> str:
         return str(self.name)
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        update_fields = kwargs.get("update_fields")
+    def save(
+        self,
+        *args: object,
+        using: str | None = None,
+        update_fields: Iterable[str] | None = None,
+        **kwargs: object,
+    ) -> None:
         if update_fields is not None and set(update_fields) <= RUN_FIELDS:
-            super().save(*args, **kwargs)
+            super().save(*args, using=using, update_fields=update_fields, **kwargs)
             return
         self.updated_at = now()
         if update_fields is not None:
-            kwargs["update_fields"] = {*update_fields, "updated_at"}
-        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using):
-            super().save(*args, **kwargs)
-            ScheduleChange.bump(using)
+            update_fields = {*update_fields, "updated_at"}
+        alias = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=alias):
+            super().save(*args, using=using, update_fields=update_fields, **kwargs)
+            ScheduleChange.bump(alias)
 
     # -- schedule ------------------------------------------------------------------------------
     def get_schedule(self) -> Schedule:
@@ -267,9 +278,9 @@ class PeriodicTask(models.Model):  # type: ignore[misc]
         except InvalidSchedule as exc:
             return f"invalid: {exc}"
 
-    def call_options(self) -> dict[str, Any]:
+    def call_options(self) -> dict[str, object]:
         """The ``apply_async`` options of each run."""
-        options: dict[str, Any] = {}
+        options: dict[str, object] = {}
         if self.queue:
             options["queue"] = self.queue
         if self.priority is not None:
@@ -278,9 +289,9 @@ class PeriodicTask(models.Model):  # type: ignore[misc]
             options["expires"] = timedelta(seconds=self.expire_seconds)
         return options
 
-    def to_entry(self) -> dict[str, Any]:
+    def to_entry(self) -> dict[str, object]:
         """This row as a ``beat_schedule`` entry."""
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "task": self.task,
             "schedule": self.get_schedule(),
             "args": list(self.args or []),
@@ -317,9 +328,6 @@ class PeriodicTask(models.Model):  # type: ignore[misc]
                 field = _crontab_field(str(exc)) if self.kind == self.CRONTAB else None
                 errors[field or "kind"] = str(exc)
         if not errors:
-            from conveyor.exceptions import SerializationError
-            from conveyor.message import encode_arguments
-
             try:
                 encode_arguments(self.task, self.args, self.kwargs)
             except SerializationError as exc:

@@ -10,19 +10,33 @@ and the newest ``updated_at`` (which also catch most raw SQL edits).
 :class:`DjangoBeat` is :class:`conveyor.beat.scheduler.Beat` reading that source every
 ``poll_interval`` seconds. Exactly-once is untouched: entries only say *what* is due; every
 run is still claimed in the broker before it is sent.
+
+:func:`run_beat` runs one in a process prepared by :func:`setup_worker`, which installs the
+Django hooks (:func:`install`) - among them :func:`run_beat` itself as the app's beat runner.
+They live together here because each refers to the other.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
-from conveyor.beat.scheduler import Beat, Entry
+import django
+import django.apps
+from django.db.models import Count, F, Max, Value
+from django.db.models.functions import Coalesce, Greatest
+
+from conveyor._state import registered_apps
+from conveyor.beat.scheduler import Beat, BeatOptions, Entry
 from conveyor.beat.schedules import InvalidSchedule
+
+from .connections import close_idle_connections, close_old_connections
+from .transactions import commit_hook, in_transaction
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -36,16 +50,14 @@ class DatabaseSchedule:
     def __init__(self, app: Conveyor, *, using: str | None = None) -> None:
         self.app = app
         self.using = using
-        self._seen: tuple[Any, ...] | None = None
+        self._seen: tuple[object, ...] | None = None
         self._reported: dict[str, str] = {}
         #: Names of the entries that come from the database.
         self.names: set[str] = set()
 
-    def fingerprint(self) -> tuple[Any, ...]:
+    def fingerprint(self) -> tuple[object, ...]:
         """Changes whenever a periodic task is created, edited or deleted."""
-        from django.db.models import Count, Max
-
-        from .models import PeriodicTask, ScheduleChange
+        from .models import PeriodicTask, ScheduleChange  # deferred: needs Django's app registry
 
         totals = PeriodicTask.objects.db_manager(self.using).aggregate(
             count=Count("id"), newest=Max("updated_at")
@@ -58,13 +70,13 @@ class DatabaseSchedule:
         changed, self._seen = current != self._seen, current
         return changed
 
-    def entries(self) -> dict[str, Any]:
+    def entries(self) -> dict[str, object]:
         """``CONVEYOR_BEAT_SCHEDULE`` plus the database's entries (which win on a name
         clash). Invalid rows are logged once and left out, so one bad row cannot stop the
         others from being updated."""
-        from .models import PeriodicTask
+        from .models import PeriodicTask  # deferred until Django's app registry is ready
 
-        entries: dict[str, Any] = dict(self.app.conf.beat_schedule)
+        entries: dict[str, object] = dict(self.app.conf.beat_schedule)
         names: set[str] = set()
         for row in PeriodicTask.objects.db_manager(self.using).all():
             try:
@@ -89,11 +101,8 @@ class DatabaseSchedule:
 
     def record_run(self, name: str, instant: datetime) -> None:
         """Count a run of ``name`` due at ``instant`` (sent once, by one beat)."""
-        from django.db.models import F, Value
-        from django.db.models.functions import Coalesce, Greatest
-
-        from .models import PeriodicTask
-        from .results import to_datetime
+        from .models import PeriodicTask  # deferred until Django's app registry is ready
+        from .results import to_datetime  # deferred likewise: it imports the models
 
         when = to_datetime(instant.timestamp())
         rows = PeriodicTask.objects.db_manager(self.using).filter(name=name)
@@ -115,7 +124,7 @@ class DjangoBeat(Beat):
         *,
         poll_interval: float = 2.0,
         using: str | None = None,
-        **options: Any,
+        **options: Unpack[BeatOptions],
     ) -> None:
         self.source = DatabaseSchedule(app, using=using)
         self.poll_interval = poll_interval
@@ -125,8 +134,6 @@ class DjangoBeat(Beat):
 
     def refresh(self) -> bool:
         """Reload the entries if the database changed; True if it did."""
-        from .worker import close_old_connections
-
         self._next_poll = time.monotonic() + self.poll_interval
         close_old_connections()
         try:
@@ -141,8 +148,6 @@ class DjangoBeat(Beat):
         return True
 
     def run(self, stop: threading.Event) -> None:
-        from .worker import close_idle_connections
-
         try:
             super().run(stop)
         finally:
@@ -170,8 +175,6 @@ def run_beat(
     """Run a :class:`DjangoBeat` until ``stop`` is set (same signature as
     :func:`conveyor.beat.scheduler.run_beat`). Without ``stop``, SIGINT and SIGTERM stop it
     (when called from the main thread)."""
-    from .worker import setup_worker
-
     setup_worker(app)
     if stop is None:
         stop = threading.Event()
@@ -180,3 +183,35 @@ def run_beat(
                 signal.signal(signum, lambda *_: stop.set())
     beat = DjangoBeat(app, name=name, max_interval=max_interval, poll_interval=poll_interval)
     beat.run(stop)
+
+
+_fork_hook_registered = False
+
+
+def install(app: Conveyor) -> Conveyor:
+    """Give ``app`` Django's transaction hooks (done for every app by the installed app's
+    ``ready()``; call it for apps created later). Returns ``app``."""
+    app.commit_hook = commit_hook
+    app.in_transaction = in_transaction
+    app.beat_runner = run_beat  # schedules from the database as well as beat_schedule
+    return app
+
+
+def setup_worker(app: Conveyor | None = None) -> None:
+    """Prepare this process to run a Django project's tasks. Call it before ``app.finalize()``
+    (which imports the tasks modules) in workers, beat and any process running tasks.
+
+    It calls ``django.setup()`` if needed (``DJANGO_SETTINGS_MODULE`` must be set), installs
+    the transaction hooks on ``app`` (or on every app) and closes this process's connections,
+    so that child processes forked later never share a socket with it. Tasks then run with
+    :class:`~.worker.DjangoTaskRunner` (which ``conveyor worker`` uses for Django projects).
+    """
+    if not django.apps.apps.ready:
+        django.setup()
+    for each in [app] if app is not None else registered_apps():
+        install(each)
+    close_idle_connections()
+    global _fork_hook_registered
+    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+        _fork_hook_registered = True
+        os.register_at_fork(before=close_idle_connections)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from django.db.models.signals import post_delete
+
+from .models import PeriodicTask, ScheduleChange
 
 
-def _bump_on_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    from .models import ScheduleChange
-
+def _bump_on_delete(
+    sender: type[PeriodicTask], instance: PeriodicTask, using: str, **kwargs: object
+) -> None:
     ScheduleChange.bump(using)
 
 
 def connect() -> None:
-    from django.db.models.signals import post_delete
-
-    from .models import PeriodicTask
-
     post_delete.connect(
         _bump_on_delete, sender=PeriodicTask, dispatch_uid="conveyor.schedule.delete"
     )

@@ -7,14 +7,14 @@ Registered as shared tasks when Django loads ``conveyor.contrib.django`` (and fo
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from django.tasks import TaskContext, TaskResultStatus
+from django.tasks import TaskContext, TaskResultStatus, task_backends
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 
 from conveyor.exceptions import Retry
+from conveyor.message import JSONValue
 from conveyor.task import Task, retry_delay, shared_task
 
 from .backend import (
@@ -30,9 +30,7 @@ from .backend import (
 class _Run:
     """One attempt of a django task: its TaskResult, kept current for the signals."""
 
-    def __init__(self, conveyor_task: Task[Any, Any], path: str, alias: str) -> None:
-        from django.tasks import task_backends
-
+    def __init__(self, conveyor_task: Task[..., object], path: str, alias: str) -> None:
         request = conveyor_task.request
         self.app = conveyor_task.app
         self.task_id = request.id
@@ -48,31 +46,31 @@ class _Run:
         self.result = backend.get_result(self.task_id)
         object.__setattr__(self.result, "status", TaskResultStatus.RUNNING)
 
-    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
-        args = list(self.meta.get("args", []))
+    def arguments(self) -> tuple[list[object], dict[str, JSONValue]]:
+        args: list[object] = list(self.meta.get("args", []))
         if self.task.takes_context:
             args.insert(0, TaskContext(task_result=self.result))
         return args, dict(self.meta.get("kwargs", {}))
 
-    def succeeded(self, value: Any) -> Any:
-        value = normalize_json(value)
+    def succeeded(self, value: object) -> JSONValue:
+        normalized: JSONValue = normalize_json(value)
         object.__setattr__(self.result, "status", TaskResultStatus.SUCCESSFUL)
         object.__setattr__(self.result, "finished_at", timezone.now())
-        object.__setattr__(self.result, "_return_value", value)
-        return value
+        object.__setattr__(self.result, "_return_value", normalized)
+        return normalized
 
     def failed(self, exc: Exception) -> BaseException:
         """Record the error; return the exception to raise (a Retry while retries remain)."""
         record_error(self.app, self.task_id, self.meta, exc)
         backend, task = self.backend, self.task
-        limit = int(backend.option(task, "max_retries") or 0)
-        if self.retries < limit and isinstance(exc, backend.option(task, "autoretry_for")):
+        policy = backend.retry_policy(task)
+        if self.retries < policy.max_retries and isinstance(exc, policy.autoretry_for):
             delay = retry_delay(
                 self.retries,
-                backoff=backend.option(task, "retry_backoff"),
-                backoff_max=float(backend.option(task, "retry_backoff_max")),
-                jitter=bool(backend.option(task, "retry_jitter")),
-                default_delay=float(backend.option(task, "default_retry_delay")),
+                backoff=policy.retry_backoff,
+                backoff_max=policy.retry_backoff_max,
+                jitter=policy.retry_jitter,
+                default_delay=policy.default_retry_delay,
             )
             return Retry(f"Retry in {delay:.3g}s: {exc!r}", exc=exc, when=delay)
         self.result = self.backend.get_result(self.task_id)
@@ -82,7 +80,7 @@ class _Run:
 
 
 @shared_task(name=RUN_TASK, bind=True, max_retries=None)
-def run_django_task(self: Task[Any, Any], path: str, alias: str) -> Any:
+def run_django_task(self: Task[..., object], path: str, alias: str) -> JSONValue:
     """Run the ``django.tasks`` function at ``path`` (see ``ConveyorBackend``)."""
     run = _Run(self, path, alias)
     sender = type(run.backend)
@@ -102,7 +100,7 @@ def run_django_task(self: Task[Any, Any], path: str, alias: str) -> Any:
 
 
 @shared_task(name=ARUN_TASK, bind=True, max_retries=None)
-async def arun_django_task(self: Task[Any, Any], path: str, alias: str) -> Any:
+async def arun_django_task(self: Task[..., object], path: str, alias: str) -> JSONValue:
     """Run the ``async def`` django task at ``path`` on the worker's event loop."""
     run = await asyncio.to_thread(_Run, self, path, alias)
     sender = type(run.backend)

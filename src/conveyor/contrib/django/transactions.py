@@ -1,18 +1,15 @@
 """Sending tasks when the database transaction commits.
 
 :func:`install` gives a Conveyor app the two hooks ``apply_async(on_commit=True)``,
-``delay_on_commit()`` and the ``task_enqueue_on_commit`` setting rely on.
+``delay_on_commit()`` and the ``task_enqueue_on_commit`` setting rely on (it lives in
+:mod:`.schedules`, next to the beat runner it also installs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-
-if TYPE_CHECKING:
-    from conveyor.app import Conveyor
 
 
 def _atomic_alias() -> str | None:
@@ -49,14 +46,3 @@ def commit_hook(send: Callable[[], None]) -> None:
         send()
         return
     transaction.on_commit(send, using=alias)
-
-
-def install(app: Conveyor) -> Conveyor:
-    """Give ``app`` Django's transaction hooks (done for every app by the installed app's
-    ``ready()``; call it for apps created later). Returns ``app``."""
-    from .schedules import run_beat
-
-    app.commit_hook = commit_hook
-    app.in_transaction = in_transaction
-    app.beat_runner = run_beat  # schedules from the database as well as beat_schedule
-    return app

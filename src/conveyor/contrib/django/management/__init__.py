@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
-from typing import Any
+
+from django.utils import autoreload
+
+from conveyor._state import default_app
+from conveyor.exceptions import ConfigurationError
 
 logger = logging.getLogger("conveyor.django")
 
@@ -21,10 +28,6 @@ DJANGO_VALUED = frozenset({"--settings", "--pythonpath", "-v", "--verbosity"})
 def default_app_spec() -> str:
     """``-A`` for the project's app: ``$CONVEYOR_APP``, else the module holding the default
     app (``proj.conveyor`` in the usual layout)."""
-    import os
-
-    from conveyor.app import default_app
-
     if os.environ.get("CONVEYOR_APP"):
         return os.environ["CONVEYOR_APP"]
     app = default_app()
@@ -39,8 +42,6 @@ def default_app_spec() -> str:
                 (attr != "app", not module_name.endswith(".conveyor"), f"{module_name}:{attr}")
             )
     if not found:
-        from conveyor.exceptions import ConfigurationError
-
         raise ConfigurationError("cannot tell where the Conveyor app is defined: pass -A")
     return min(found)[2]
 
@@ -67,12 +68,10 @@ def run_with_reloader(child_args: Sequence[str], *, stop_timeout: float = 30.0) 
     """Run ``child_args`` in a child process and restart it whenever a Python file of the
     project changes (Django's autoreloader watches the files; the child gets SIGTERM, so a
     worker finishes its tasks first). Returns the child's exit code once stopped."""
-    from django.utils import autoreload
-
     changed = threading.Event()
     stopping = threading.Event()
 
-    def on_change(sender: Any, file_path: Any, **kwargs: Any) -> bool:
+    def on_change(sender: object, file_path: Path, **kwargs: object) -> bool:
         logger.info("%s changed, restarting", file_path)
         changed.set()
         return True  # handled: Django's own reload (sys.exit) must not happen here
@@ -112,15 +111,11 @@ def run_with_reloader(child_args: Sequence[str], *, stop_timeout: float = 30.0) 
 
 def child_arguments() -> list[str]:
     """The command line of this process, without ``--reload``."""
-    from django.utils import autoreload
-
     return [str(arg) for arg in autoreload.get_child_arguments() if arg != "--reload"]
 
 
 def beat_arguments(app_spec: str, loglevel: str | None) -> list[str]:
     """The command line of ``manage.py conveyor_beat`` next to this worker's command line."""
-    from django.utils import autoreload
-
     args = [str(arg) for arg in autoreload.get_child_arguments()]
     prefix = args[: args.index("conveyor_worker")] if "conveyor_worker" in args else args[:2]
     extra = ["-l", loglevel] if loglevel else []
@@ -130,7 +125,11 @@ def beat_arguments(app_spec: str, loglevel: str | None) -> list[str]:
 class PassThroughParser:
     """Mixin turning unknown options into positional ``args`` (passed on to ``conveyor``)."""
 
-    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
-        known, rest = self.parse_known_args(args, namespace)  # type: ignore[attr-defined]
+    def parse_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed: tuple[argparse.Namespace, list[str]]
+        parsed = self.parse_known_args(args, namespace)  # type: ignore[attr-defined]
+        known, rest = parsed
         known.args = [*(getattr(known, "args", None) or []), *rest]
         return known

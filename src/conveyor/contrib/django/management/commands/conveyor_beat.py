@@ -7,11 +7,25 @@ Any number of beats may run: each run is claimed in the broker and sent exactly 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TypedDict, Unpack
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from conveyor.cli import find_app, setup_logging
+
+from ...schedules import run_beat
 from .. import child_arguments, default_app_spec, run_with_reloader
+
+
+class Options(TypedDict, total=False):
+    """The options :meth:`Command.handle` reads (Django passes its own ones too)."""
+
+    app_spec: str | None
+    loglevel: str
+    name: str | None
+    max_interval: float
+    poll_interval: float
+    reload: bool
 
 
 class Command(BaseCommand):  # type: ignore[misc]
@@ -32,13 +46,9 @@ class Command(BaseCommand):  # type: ignore[misc]
         )
         parser.add_argument("--reload", action="store_true", help="Restart on code changes.")
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(self, *args: str, **options: Unpack[Options]) -> None:
         if options["reload"]:
             sys.exit(run_with_reloader(child_arguments()))
-        from conveyor.cli import find_app, setup_logging
-
-        from ...schedules import run_beat
-
         setup_logging(options["loglevel"])
         app = find_app(options["app_spec"] or default_app_spec())
         run_beat(

@@ -11,10 +11,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import TypedDict, Unpack
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from conveyor.cli import find_app, main
+
+from ...worker import setup_worker
 from .. import (
     PassThroughParser,
     beat_arguments,
@@ -25,10 +28,19 @@ from .. import (
 )
 
 
+class Options(TypedDict, total=False):
+    """The options :meth:`Command.handle` reads (Django passes its own ones too)."""
+
+    app_spec: str | None
+    beat: bool
+    reload: bool
+    loglevel: str | None
+
+
 class Command(BaseCommand):  # type: ignore[misc]
     help = "Run a Conveyor worker (options of `conveyor worker`, plus --reload and -B)."
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: object) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         parser.__class__ = type("WorkerParser", (PassThroughParser, type(parser)), {})
         return parser
@@ -39,13 +51,9 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("--reload", action="store_true", help="Restart on code changes.")
         parser.add_argument("-l", "--loglevel", default=None, help="Log level (default: info).")
 
-    def handle(self, *args: str, **options: Any) -> None:
+    def handle(self, *args: str, **options: Unpack[Options]) -> None:
         if options["reload"]:
             sys.exit(run_with_reloader(child_arguments()))
-        from conveyor.cli import find_app, main
-
-        from ...worker import setup_worker
-
         spec = options["app_spec"] or default_app_spec()
         setup_worker(find_app(spec))
         argv = ["worker", "-A", spec, *strip_django_options(args)]

@@ -6,13 +6,13 @@ import importlib
 import importlib.util
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from . import _state
 from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
-from .beat.scheduler import run_beat
+from .beat.scheduler import BeatRunner, BeatRunOptions, run_beat
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, route
@@ -27,7 +27,7 @@ from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
 from .settlement import Settlement, open_settlement
 from .task import Task, current_request, make_task_decorator, shared_tasks
-from .worker import Worker
+from .worker import Worker, WorkerOptions
 from .worker.eager import run_eager
 
 P = ParamSpec("P")
@@ -40,21 +40,32 @@ class Signal:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._receivers: list[Callable[..., Any]] = []
+        self._receivers: list[Callable[..., object]] = []
 
-    def connect(self, receiver: Callable[..., Any] | None = None, **_: Any) -> Any:
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @overload
+    def connect[F: Callable[..., object]](self, receiver: F, **options: object) -> F: ...
+    @overload
+    def connect[F: Callable[..., object]](
+        self, receiver: None = None, **options: object
+    ) -> Callable[[F], F]: ...
+    def connect[F: Callable[..., object]](
+        self, receiver: F | None = None, **options: object
+    ) -> F | Callable[[F], F]:
+        """Connect ``receiver``; used bare or as ``@signal.connect`` (options such as
+        ``weak=`` are accepted and ignored: receivers are held strongly)."""
+
+        def register(fn: F) -> F:
             if fn not in self._receivers:
                 self._receivers.append(fn)
             return fn
 
         return register(receiver) if receiver is not None else register
 
-    def disconnect(self, receiver: Callable[..., Any]) -> None:
+    def disconnect(self, receiver: Callable[..., object]) -> None:
         if receiver in self._receivers:
             self._receivers.remove(receiver)
 
-    def send(self, sender: Any, **kwargs: Any) -> None:
+    def send(self, sender: object, **kwargs: object) -> None:
         for receiver in list(self._receivers):
             receiver(sender=sender, **kwargs)
 
@@ -85,7 +96,7 @@ class Conveyor:
         include: Sequence[str] | None = None,
         middleware: Iterable[Middleware] = (),
         set_as_default: bool = True,
-        **settings: Any,
+        **settings: object,
     ) -> None:
         self.main = main
         self.conf = Settings(**settings)
@@ -95,7 +106,7 @@ class Conveyor:
             self.conf.result_backend = result_backend
         if include:
             self.conf.include = list(include)
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.tasks: dict[str, Task[..., object]] = {}
         self.middleware: list[Middleware] = list(middleware)
         #: The middleware's hooks, ready to call (rebuilt by :meth:`add_middleware`).
         self.hooks = Hooks(self.middleware)
@@ -108,7 +119,7 @@ class Conveyor:
         #: Set by integrations whose schedules live elsewhere (conveyor.contrib.django keeps
         #: them in the database): ``runner(app, stop=None, *, name=None, max_interval=5.0)``.
         #: None means :func:`conveyor.beat.scheduler.run_beat`.
-        self.beat_runner: Callable[..., None] | None = None
+        self.beat_runner: BeatRunner | None = None
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
         self._settlement: Settlement | None = None
@@ -137,7 +148,7 @@ class Conveyor:
 
     # -- configuration -------------------------------------------------------------------
     def config_from_object(
-        self, source: Any, namespace: str | None = None, *, silent: bool = False
+        self, source: object, namespace: str | None = None, *, silent: bool = False
     ) -> None:
         """Load settings from a module, object, mapping or dotted path (``"proj.settings"``,
         ``"django.conf:settings"``). ``namespace="CONVEYOR"`` reads ``CONVEYOR_BROKER_URL``..."""
@@ -236,12 +247,12 @@ class Conveyor:
         """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
         return make_task_decorator(self, fn, options)
 
-    def register(self, task: Task[Any, Any], *, shared: bool = False) -> None:
+    def register(self, task: Task[..., object], *, shared: bool = False) -> None:
         if shared and task.name in self.tasks:
             return
         self.tasks[task.name] = task
 
-    def get_task(self, name: str) -> Task[Any, Any]:
+    def get_task(self, name: str) -> Task[..., object]:
         try:
             return self.tasks[name]
         except KeyError:
@@ -288,18 +299,18 @@ class Conveyor:
 
     def add_periodic_task(
         self,
-        schedule: Any,
-        sig: Signature | Task[Any, Any],
+        schedule: object,
+        sig: Signature | Task[..., object],
         name: str | None = None,
         *,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> str:
         """Add a beat entry (Celery's signature). Returns the entry name."""
         signature_ = as_signature(sig)
         entry_name = name or f"{signature_.task}({', '.join(map(repr, signature_.args))})"
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "task": signature_.task,
             "schedule": schedule,
             "args": tuple(args if args is not None else signature_.args),
@@ -312,29 +323,42 @@ class Conveyor:
         return entry_name
 
     # -- sending -------------------------------------------------------------------------
-    def route(self, name: str, task: Task[Any, Any] | None = None) -> str:
+    def route(self, name: str, task: Task[..., object] | None = None) -> str:
         """The queue for task ``name`` (see :func:`conveyor.calling.route`)."""
         return route(self.conf, name, task)
 
     def send_task(
         self,
         name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        *,
-        _task: Task[Any, Any] | None = None,
-        _eager: bool = False,
-        **options: Any,
-    ) -> TaskResult[Any]:
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
+    ) -> TaskResult[object]:
         """Send a task by name (it need not be registered here). Returns its AsyncResult.
 
         Arguments are encoded now: a value that is not JSON raises SerializationError here,
         and nothing is sent."""
-        task = _task or self.tasks.get(name)
+        return self.send_call(name, args, kwargs, options)
+
+    def send_call(
+        self,
+        name: str,
+        args: Sequence[object] | None,
+        kwargs: Mapping[str, object] | None,
+        options: Mapping[str, object],
+        *,
+        task: Task[..., object] | None = None,
+        eager: bool = False,
+    ) -> TaskResult[object]:
+        """What :meth:`send_task`, ``Task.apply_async`` / ``apply`` and signatures send
+        through: call options as a mapping; ``task`` is the registered task if the caller has
+        it, ``eager`` runs it here and now (``Task.apply``)."""
+        task = task or self.tasks.get(name)
+        options = dict(options)
         on_commit = options.pop("on_commit", None)
         envelope, message, record = self.prepare(name, args, kwargs, options, task)
-        result: TaskResult[Any] = TaskResult(envelope.id, self, task_name=name)
-        if _eager or self.conf.task_always_eager:
+        result: TaskResult[object] = TaskResult(envelope.id, self, task_name=name)
+        if eager or self.conf.task_always_eager:
             run_eager(self, envelope, message.body)
             return result
         if on_commit is None and self.conf.task_enqueue_on_commit:
@@ -352,14 +376,16 @@ class Conveyor:
         self._publish([envelope], [message], [record] if record else [])
         return result
 
-    def send_many(self, signatures: Iterable[Signature | Task[Any, Any]]) -> list[TaskResult[Any]]:
+    def send_many(
+        self, signatures: Iterable[Signature | Task[..., object]]
+    ) -> list[TaskResult[object]]:
         """Send many tasks in one broker round trip (the bulk API).
 
         Every message is encoded before anything is sent, so one bad argument sends none."""
         envelopes: list[Envelope] = []
         messages: list[Message] = []
         records: list[ResultRecord] = []
-        results: list[TaskResult[Any]] = []
+        results: list[TaskResult[object]] = []
         for item in signatures:
             sig = as_signature(item, self)
             options = dict(sig.options)
@@ -395,10 +421,10 @@ class Conveyor:
     def prepare(
         self,
         name: str,
-        args: Sequence[Any] | None,
-        kwargs: dict[str, Any] | None,
-        options: dict[str, Any],
-        task: Task[Any, Any] | None = None,
+        args: Sequence[object] | None,
+        kwargs: Mapping[str, object] | None,
+        options: Mapping[str, object],
+        task: Task[..., object] | None = None,
     ) -> tuple[Envelope, Message, ResultRecord | None]:
         """Build and encode the envelope for one call (validates everything, sends nothing
         but the publish middleware sees it)."""
@@ -414,18 +440,18 @@ class Conveyor:
     def signature(
         self,
         name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> Signature:
         """A signature for task ``name`` (it need not be registered here)."""
         return Signature(name, args or (), kwargs or {}, options=options, app=self)
 
     # -- results and control -------------------------------------------------------------
-    def AsyncResult(self, task_id: str, task_name: str | None = None) -> TaskResult[Any]:
+    def AsyncResult(self, task_id: str, task_name: str | None = None) -> TaskResult[object]:
         return TaskResult(task_id, self, task_name=task_name)
 
-    def GroupResult(self, group_id: str, results: Sequence[TaskResult[Any]]) -> GroupResult:
+    def GroupResult(self, group_id: str, results: Sequence[TaskResult[object]]) -> GroupResult:
         return GroupResult(group_id, results, self)
 
     def revoke(self, task_ids: str | Sequence[str], *, terminate: bool = False) -> None:
@@ -437,14 +463,16 @@ class Conveyor:
         if terminate:
             self.broker.revoke([f"terminate:{i}" for i in ids], ttl)
 
-    def run_beat(self, stop: threading.Event | None = None, **options: Any) -> None:
+    def run_beat(
+        self, stop: threading.Event | None = None, **options: Unpack[BeatRunOptions]
+    ) -> None:
         """Run beat until ``stop`` is set (with the integration's runner if one is set)."""
         if self.beat_runner is not None:
             self.beat_runner(self, stop, **options)
             return
         run_beat(self, stop, **options)
 
-    def Worker(self, **options: Any) -> Worker:
+    def Worker(self, **options: Unpack[WorkerOptions]) -> Worker:
         """An in-process worker (threads + an event loop); see ``conveyor.worker.worker``."""
         return Worker(self, **options)
 

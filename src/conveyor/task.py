@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from . import _state, states
 from ._state import current_request as current_request
 from .canvas import Signature, chunks, xmap, xstarmap
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
-from .message import to_json_value
+from .message import Envelope, to_json_value
 from .result import AsyncResult
 from .results.base import ResultRecord
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .app import Conveyor
 
 P = ParamSpec("P")
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)
 
 
 @dataclass(slots=True)
@@ -31,8 +31,8 @@ class Request:
 
     id: str
     task: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    args: list[object] = field(default_factory=list)
+    kwargs: dict[str, object] = field(default_factory=dict)
     retries: int = 0
     eta: float | None = None
     expires: float | None = None
@@ -44,20 +44,20 @@ class Request:
     group_index: int | None = None
     hostname: str | None = None
     delivery_count: int = 1
-    headers: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, object] = field(default_factory=dict)
     is_eager: bool = False
     time_limit: float | None = None
     soft_time_limit: float | None = None
     #: ids of tasks sent while this one ran (stored as the result's ``children``)
     children: list[str] = field(default_factory=list)
     #: the envelope this request came from (for retries); not part of the public API
-    envelope: Any = None
+    envelope: Envelope | None = None
     #: called before update_state() writes this task's own state (the worker uses it to
     #: drop a STARTED record not stored yet, which would overwrite it); not public API
     before_state_update: Callable[[], None] | None = None
 
     @property
-    def delivery_info(self) -> dict[str, Any]:
+    def delivery_info(self) -> dict[str, object]:
         return {"routing_key": self.queue, "priority": self.priority}
 
 
@@ -155,11 +155,15 @@ class Task(Generic[P, R]):
         }
     )
 
-    def __init__(self, fn: Callable[..., Any], app: Conveyor | None = None, **options: Any) -> None:
+    def __init__(
+        self, fn: Callable[..., object], app: Conveyor | None = None, **options: object
+    ) -> None:
         unknown = set(options) - self._OPTIONS
         if unknown:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         retry_kwargs = options.pop("retry_kwargs", None) or {}
+        if not isinstance(retry_kwargs, Mapping):
+            raise ConfigurationError(f"retry_kwargs must be a mapping, got {retry_kwargs!r}")
         for key, value in {**options, **retry_kwargs}.items():
             setattr(self, key, value)
         if self.priority is not None and not 0 <= self.priority <= 9:
@@ -170,7 +174,8 @@ class Task(Generic[P, R]):
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
         self.fn = fn
-        self.name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+        name = options.get("name")
+        self.name = name if isinstance(name, str) and name else f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
         self.throws = tuple(self.throws)
         self.autoretry_for = tuple(self.autoretry_for)
@@ -200,9 +205,10 @@ class Task(Generic[P, R]):
     # -- running -------------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function inline (no broker, no result)."""
+        # The function returns R (an async one: a coroutine that returns R).
         if self.bind:
-            return self.fn(self, *args, **kwargs)  # type: ignore[no-any-return]
-        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+            return cast(R, self.fn(self, *args, **kwargs))
+        return cast(R, self.fn(*args, **kwargs))
 
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self(*args, **kwargs)
@@ -222,14 +228,15 @@ class Task(Generic[P, R]):
 
     def apply_async(
         self,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> AsyncResult[R]:
         """Queue the task. Options: ``countdown``, ``eta``, ``expires``, ``queue``,
         ``priority``, ``task_id``, ``headers``, ``link``, ``link_error``, ``ignore_result``,
         ``time_limit``, ``soft_time_limit``, ``on_commit``."""
-        return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+        # The result of this task's call holds what the task returns (R).
+        return cast(AsyncResult[R], self.app.send_call(self.name, args, kwargs, options, task=self))
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay()`` for async code (the broker call runs in a worker thread)."""
@@ -237,9 +244,9 @@ class Task(Generic[P, R]):
 
     async def aapply_async(
         self,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> AsyncResult[R]:
         return await asyncio.to_thread(lambda: self.apply_async(args, kwargs, **options))
 
@@ -251,42 +258,43 @@ class Task(Generic[P, R]):
 
     def apply(
         self,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> AsyncResult[R]:
         """Run the task here and now, through the same path as a worker (results stored)."""
-        return self.app.send_task(self.name, args, kwargs, _task=self, _eager=True, **options)
+        result = self.app.send_call(self.name, args, kwargs, options, task=self, eager=True)
+        return cast(AsyncResult[R], result)  # the result of this task's call holds an R
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         return AsyncResult(task_id, self.app, task_name=self.name)
 
     # -- signatures (see conveyor.canvas) ------------------------------------------------
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    def s(self, *args: object, **kwargs: object) -> Signature:
         return Signature(self.name, args, kwargs, app=self._app)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: object, **kwargs: object) -> Signature:
         return Signature(self.name, args, kwargs, immutable=True, app=self._app)
 
     def signature(
         self,
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
     ) -> Signature:
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self._app)
 
     subtask = signature
 
-    def map(self, it: Iterable[Any]) -> xmap:
+    def map(self, it: Iterable[object]) -> xmap:
         """One task calling this task for each item of ``it``; returns a list."""
         return xmap(self.s(), it)
 
-    def starmap(self, it: Iterable[Any]) -> xstarmap:
+    def starmap(self, it: Iterable[Sequence[object]]) -> xstarmap:
         """One task calling this task with each args tuple of ``it``; returns a list."""
         return xstarmap(self.s(), it)
 
-    def chunks(self, it: Iterable[Any], n: int) -> chunks:
+    def chunks(self, it: Iterable[Sequence[object]], n: int) -> chunks:
         """A group of ``starmap`` tasks over parts of ``n`` args tuples each."""
         return chunks(self.s(), it, n)
 
@@ -298,7 +306,7 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         max_retries: int | None = None,
         throw: bool = True,
-        **options: Any,
+        **options: object,
     ) -> Retry:
         """Ask for this task to run again later. Use as ``raise self.retry(exc=exc)``.
 
@@ -337,7 +345,7 @@ class Task(Generic[P, R]):
         )
 
     def update_state(
-        self, task_id: str | None = None, state: str | None = None, meta: Any = None
+        self, task_id: str | None = None, state: str | None = None, meta: object = None
     ) -> None:
         """Record a custom state (e.g. ``PROGRESS``) and meta, visible to ``AsyncResult``."""
         request = self.request
@@ -358,6 +366,8 @@ class Task(Generic[P, R]):
         self.app.results.store([record])
 
     # -- hooks (override in a base class) ------------------------------------------------
+    # Their arguments are typed Any on purpose: an override annotates its own (narrower)
+    # types, which a base typed with ``object`` would reject as a Liskov violation.
     def before_start(self, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         """Called before the task runs."""
 
@@ -403,7 +413,7 @@ class Task(Generic[P, R]):
             return False
         return isinstance(exc, self.autoretry_for)
 
-    def call_with_request(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    def call_with_request(self, args: Sequence[object], kwargs: Mapping[str, object]) -> object:
         if self.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
@@ -411,10 +421,10 @@ class Task(Generic[P, R]):
 
 # -- decorators ---------------------------------------------------------------------------
 
-_shared_tasks: list[Task[Any, Any]] = []
+_shared_tasks: list[Task[..., object]] = []
 
 
-def shared_tasks() -> list[Task[Any, Any]]:
+def shared_tasks() -> list[Task[..., object]]:
     """Tasks defined with ``@shared_task`` so far (every app registers them)."""
     return list(_shared_tasks)
 
@@ -433,8 +443,8 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     Defining or importing it opens no connection.
     """
 
-    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
-        base: type[Task[Any, Any]] = options.pop("base", None) or Task
+    def decorate(func: Callable[..., object]) -> Task[..., object]:
+        base = _task_class(options.pop("base", None))
         task = base(func, None, **options)
         _shared_tasks.append(task)
         for app in _state.registered_apps():
@@ -445,13 +455,22 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 
 
 def make_task_decorator(
-    app: Conveyor, fn: Callable[..., Any] | None, options: dict[str, Any]
-) -> Any:
-    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+    app: Conveyor, fn: Callable[..., object] | None, options: Mapping[str, object]
+) -> Task[..., object] | Callable[[Callable[..., object]], Task[..., object]]:
+    def decorate(func: Callable[..., object]) -> Task[..., object]:
         opts = dict(options)
-        base: type[Task[Any, Any]] = opts.pop("base", None) or Task
+        base = _task_class(opts.pop("base", None))
         task = base(func, app, **opts)
         app.register(task)
         return task
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _task_class(base: object) -> type[Task[..., object]]:
+    """The ``base=`` option of a task decorator: a Task subclass (default: Task)."""
+    if base is None:
+        return Task
+    if isinstance(base, type) and issubclass(base, Task):
+        return base
+    raise ConfigurationError(f"base= must be a subclass of conveyor.Task, got {base!r}")

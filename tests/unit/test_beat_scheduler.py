@@ -531,16 +531,16 @@ def test_send_failure_is_retried_with_the_same_id(
     app.conf.beat_schedule = {"a": {"task": "tasks.a", "schedule": 10.0}}
     beat = Beat(app)
     beat.tick()
-    real_send = app.send_task
+    real_send = app.send_call
     calls = Counter[str]()
 
-    def flaky(name: str, *args: Any, **kwargs: Any) -> Any:
-        calls[kwargs["task_id"]] += 1
-        if calls[kwargs["task_id"]] == 1:
+    def flaky(name: str, args: Any, kwargs: Any, options: Any, **extra: Any) -> Any:
+        calls[options["task_id"]] += 1
+        if calls[options["task_id"]] == 1:
             raise ConnectionError("broker unreachable")
-        return real_send(name, *args, **kwargs)
+        return real_send(name, args, kwargs, options, **extra)
 
-    monkeypatch.setattr(app, "send_task", flaky)
+    monkeypatch.setattr(app, "send_call", flaky)
     assert tick_at(beat, clock, T0 + timedelta(seconds=10)) <= 1.01
     other = Beat(app)  # holds no claim: it must not send the run the first beat owns
     other.tick()
@@ -569,7 +569,7 @@ def test_unsendable_run_is_dropped_with_an_error(
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise SerializationError("message too large")
 
-    monkeypatch.setattr(app, "send_task", refuse)
+    monkeypatch.setattr(app, "send_call", refuse)
     with caplog.at_level(logging.ERROR, logger="conveyor.beat"):
         tick_at(beat, clock, T0 + timedelta(seconds=10))
         tick_at(beat, clock, T0 + timedelta(seconds=11))

@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 from zoneinfo import ZoneInfo
 
 from ..exceptions import ConfigurationError, SerializationError
@@ -399,15 +399,11 @@ class Beat:
         if isinstance(expires, timedelta):
             options["expires"] = instant + expires  # from the due time, not from a late send
         try:
-            self.app.send_task(
+            self.app.send_call(
                 entry.task,
                 entry.args,
-                dict(entry.kwargs),
-                _task=None,
-                _eager=False,
-                task_id=task_id,
-                headers=headers,
-                **options,
+                entry.kwargs,
+                {**options, "task_id": task_id, "headers": headers},
             )
         except (SerializationError, ConfigurationError) as exc:
             logger.error(
@@ -459,6 +455,27 @@ class Beat:
 
 def _local(instant: datetime | None, tz: ZoneInfo) -> str:
     return "never" if instant is None else instant.astimezone(tz).isoformat(sep=" ")
+
+
+class BeatRunOptions(TypedDict, total=False):
+    """The keyword options of :func:`run_beat` (and of any :class:`BeatRunner`)."""
+
+    name: str | None
+    max_interval: float
+
+
+class BeatRunner(Protocol):
+    """Runs beat for an app until ``stop`` is set: :func:`run_beat`, or an integration's
+    (``app.beat_runner``; Django's also reads schedules from the database)."""
+
+    def __call__(
+        self,
+        app: Conveyor,
+        stop: threading.Event | None = None,
+        *,
+        name: str | None = None,
+        max_interval: float = 5.0,
+    ) -> None: ...
 
 
 def run_beat(

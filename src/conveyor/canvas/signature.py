@@ -171,9 +171,7 @@ class Signature:
         """Send the task; returns its :class:`~conveyor.result.AsyncResult`."""
         sig = self.clone(args or (), kwargs)
         merged = {**sig.options, **options}
-        return self.app.send_task(
-            sig.task, sig.args, sig.kwargs, _task=None, _eager=False, **merged
-        )
+        return self.app.send_call(sig.task, sig.args, sig.kwargs, merged)
 
     def delay(self, *args: object, **kwargs: object) -> Result:
         return self.apply_async(args, kwargs)
@@ -187,7 +185,7 @@ class Signature:
         """Run the task here and now, as a worker would (results stored)."""
         sig = self.clone(args or (), kwargs)
         merged = {**sig.options, **options}
-        return self.app.send_task(sig.task, sig.args, sig.kwargs, _task=None, _eager=True, **merged)
+        return self.app.send_call(sig.task, sig.args, sig.kwargs, merged, eager=True)
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         """Run the task inline with these extra arguments (like calling the task)."""

@@ -10,6 +10,7 @@ lost result.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -208,7 +209,8 @@ class TaskRunner:
         started = time.perf_counter()
         try:
             job.task.before_start(job.envelope.id, job.args, job.kwargs)
-            retval = await job.task.call_with_request(job.args, job.kwargs)
+            pending = job.task.call_with_request(job.args, job.kwargs)
+            retval = await pending if inspect.isawaitable(pending) else pending
         except asyncio.CancelledError as exc:
             reason = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
             return self.finish(

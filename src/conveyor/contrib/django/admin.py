@@ -297,14 +297,11 @@ def run_now(row: PeriodicTask) -> str:
     expires = options.get("expires")
     if isinstance(expires, timedelta):
         options["expires"] = expires.total_seconds()
-    result = app_for().send_task(
+    result = app_for().send_call(
         row.task,
         list(row.args or []),
         dict(row.kwargs or {}),
-        _task=None,
-        _eager=False,
-        headers={"periodic_entry": row.name, "manual": True},
-        **options,
+        {**options, "headers": {"periodic_entry": row.name, "manual": True}},
     )
     PeriodicTask.objects.filter(pk=row.pk).update(
         last_run_at=timezone.now(), total_run_count=row.total_run_count + 1

@@ -267,7 +267,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
             app.results.kv.set_value(
                 META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
             )
-            app.send_task(name, body, None, _task=None, _eager=False, **options)
+            app.send_call(name, body, None, options)
 
         if (
             app.conf.task_enqueue_on_commit

@@ -1,7 +1,7 @@
 """Runs: an entry's run due at one instant, named alike by every beat process.
 
 A run's task id and its claim key derive from the entry's name and the due instant only, so
-every beat computes the same ones: the beat that creates the claim (``Broker.claim``) sends the
+every beat computes the same ones: the beat that creates the claim (``app.kv.claim``) sends the
 run, and a run claimed by a beat that crashed before sending is known by its task id.
 """
 

@@ -5,7 +5,7 @@ How "exactly once" holds with several beats, restarts and crashes:
 1. **Every beat computes the same due instants.** Schedules are pure functions of time
    (intervals sit on a fixed grid, crontabs on the wall clock) and "now" is the broker's clock.
 2. **A claim per run.** Before sending, a beat atomically creates
-   ``beat:claim:{entry}:{instant}`` in the broker (``Broker.claim``); only the beat that created
+   ``beat:claim:{entry}:{instant}`` in the broker (``app.kv.claim``); only the beat that created
    it sends. A lock would only serialize beats; the claim names the run itself, so a slow beat
    that wakes up late cannot send a run another beat already sent.
 3. **A deterministic task id** (UUID5 of entry and instant), so every run is identifiable: a beat

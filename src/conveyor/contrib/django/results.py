@@ -21,6 +21,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import Error, IntegrityError, connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+
 from conveyor.exceptions import ConfigurationError, ResultStoreError
 from conveyor.results.base import PollingResultStore, ResultRecord
 
@@ -58,8 +64,6 @@ def to_datetime(timestamp: float | None) -> datetime | None:
     """A POSIX timestamp as the datetime Django stores (naive local time if ``USE_TZ`` is off)."""
     if timestamp is None:
         return None
-    from django.conf import settings
-    from django.utils import timezone
 
     moment = datetime.fromtimestamp(timestamp, UTC)
     if not settings.USE_TZ:
@@ -72,8 +76,6 @@ def to_timestamp(moment: datetime | None) -> float | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
-        from django.utils import timezone
-
         moment = timezone.make_aware(moment, timezone.get_default_timezone())
     return moment.timestamp()
 
@@ -101,7 +103,6 @@ def _expiry(ttl: float | None) -> datetime | None:
 
 def _live() -> Any:
     """Rows that have not expired."""
-    from django.db.models import Q
 
     return Q(expires_at__isnull=True) | Q(expires_at__gt=_now())
 
@@ -154,8 +155,6 @@ class DjangoResultStore(PollingResultStore):
         return self._guarded(fn)
 
     def _guarded(self, fn: Callable[[], T]) -> T:
-        from django.core.exceptions import ImproperlyConfigured
-        from django.db import Error, connections
 
         try:
             conn = connections[self.alias]
@@ -190,9 +189,8 @@ class DjangoResultStore(PollingResultStore):
         self.notify()
 
     def _store(self, records: list[ResultRecord]) -> None:
-        from django.db import connections, transaction
 
-        from .models import TaskResult
+        from .models import TaskResult  # models load once Django's apps are ready
 
         now = _now()
         expires = _expiry(self.expires)
@@ -218,7 +216,7 @@ class DjangoResultStore(PollingResultStore):
                 )
 
     def _row(self, record: ResultRecord, now: datetime, expires: datetime | None) -> Any:
-        from .models import TaskResult
+        from .models import TaskResult  # models load once Django's apps are ready
 
         values = {
             column: (
@@ -245,7 +243,7 @@ class DjangoResultStore(PollingResultStore):
         return [found.get(task_id) for task_id in task_ids]
 
     def _fetch(self, task_ids: list[str]) -> dict[str, ResultRecord]:
-        from .models import TaskResult
+        from .models import TaskResult  # models load once Django's apps are ready
 
         found: dict[str, ResultRecord] = {}
         manager = TaskResult.objects.using(self.alias)
@@ -261,7 +259,7 @@ class DjangoResultStore(PollingResultStore):
     def forget(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
             return
-        from .models import TaskResult
+        from .models import TaskResult  # models load once Django's apps are ready
 
         unique = list(dict.fromkeys(task_ids))
         manager = TaskResult.objects.using(self.alias)
@@ -276,7 +274,11 @@ class DjangoResultStore(PollingResultStore):
 
     def cleanup(self) -> int:
         """Delete expired results, values and join sets; return how many."""
-        from .models import ResultSet, ResultValue, TaskResult
+        from .models import (  # models load once Django's apps are ready
+            ResultSet,
+            ResultValue,
+            TaskResult,
+        )
 
         def cleanup() -> int:
             now = _now()
@@ -307,9 +309,8 @@ class DjangoKeyValue:
         self._ns = store.key_prefix
 
     def join(self, key: str, member: str, ttl: float | None = None) -> int:
-        from django.db import transaction
 
-        from .models import ResultSet, ResultSetMember
+        from .models import ResultSet, ResultSetMember  # models load once Django's apps are ready
 
         def join() -> int:
             sets = ResultSet.objects.using(self._alias)
@@ -329,9 +330,8 @@ class DjangoKeyValue:
         return self._store.call(join)
 
     def claim(self, key: str, ttl: float | None = None) -> bool:
-        from django.db import IntegrityError, transaction
 
-        from .models import ResultValue
+        from .models import ResultValue  # models load once Django's apps are ready
 
         def claim() -> bool:
             values = ResultValue.objects.using(self._alias)
@@ -352,7 +352,7 @@ class DjangoKeyValue:
         return self._store.call(claim)
 
     def get_value(self, key: str) -> bytes | None:
-        from .models import ResultValue
+        from .models import ResultValue  # models load once Django's apps are ready
 
         def get_value() -> bytes | None:
             value = (
@@ -366,9 +366,8 @@ class DjangoKeyValue:
         return self._store.call(get_value)
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        from django.db import IntegrityError, transaction
 
-        from .models import ResultValue
+        from .models import ResultValue  # models load once Django's apps are ready
 
         def set_value() -> None:
             values = ResultValue.objects.using(self._alias)
@@ -386,7 +385,7 @@ class DjangoKeyValue:
         self._store.call(set_value)
 
     def delete_value(self, key: str) -> None:
-        from .models import ResultSet, ResultValue
+        from .models import ResultSet, ResultValue  # models load once Django's apps are ready
 
         def delete_value() -> None:
             ResultValue.objects.using(self._alias).filter(namespace=self._ns, key=key).delete()
@@ -395,7 +394,7 @@ class DjangoKeyValue:
         self._store.call(delete_value)
 
     def values(self, prefix: str) -> dict[str, bytes]:
-        from .models import ResultValue
+        from .models import ResultValue  # models load once Django's apps are ready
 
         def values() -> dict[str, bytes]:
             rows = (

@@ -9,8 +9,8 @@
 5
 """
 
-from . import states
-from .app import Conveyor, Signal, default_app
+from . import signals, states
+from .app import Conveyor, default_app
 from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .exceptions import (
     ChordError,
@@ -29,6 +29,7 @@ from .exceptions import (
 from .middleware import Middleware
 from .result import AsyncResult, GroupResult
 from .schedules import clocked, crontab, every
+from .signals import Signal
 from .task import Request, Task, current_request, shared_task
 
 __version__ = "0.1.0"
@@ -64,6 +65,7 @@ __all__ = [
     "every",
     "group",
     "shared_task",
+    "signals",
     "signature",
     "states",
     "xmap",

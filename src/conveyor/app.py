@@ -26,6 +26,8 @@ from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
 from .settlement import Settlement, open_settlement
+from .signals import Signal as Signal
+from .signals import SignalsMiddleware
 from .task import Task, current_request, make_task_decorator, shared_tasks
 from .worker import Worker, WorkerOptions
 from .worker.eager import run_eager
@@ -33,41 +35,6 @@ from .worker.eager import run_eager
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("conveyor")
-
-
-class Signal:
-    """A minimal signal: ``@app.on_after_configure.connect`` then ``send(sender=app)``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._receivers: list[Callable[..., object]] = []
-
-    @overload
-    def connect[F: Callable[..., object]](self, receiver: F, **options: object) -> F: ...
-    @overload
-    def connect[F: Callable[..., object]](
-        self, receiver: None = None, **options: object
-    ) -> Callable[[F], F]: ...
-    def connect[F: Callable[..., object]](
-        self, receiver: F | None = None, **options: object
-    ) -> F | Callable[[F], F]:
-        """Connect ``receiver``; used bare or as ``@signal.connect`` (options such as
-        ``weak=`` are accepted and ignored: receivers are held strongly)."""
-
-        def register(fn: F) -> F:
-            if fn not in self._receivers:
-                self._receivers.append(fn)
-            return fn
-
-        return register(receiver) if receiver is not None else register
-
-    def disconnect(self, receiver: Callable[..., object]) -> None:
-        if receiver in self._receivers:
-            self._receivers.remove(receiver)
-
-    def send(self, sender: object, **kwargs: object) -> None:
-        for receiver in list(self._receivers):
-            receiver(sender=sender, **kwargs)
 
 
 #: Alias used in annotations inside Conveyor, whose AsyncResult method shadows the class.
@@ -107,7 +74,9 @@ class Conveyor:
         if include:
             self.conf.include = list(include)
         self.tasks: dict[str, Task[..., object]] = {}
-        self.middleware: list[Middleware] = list(middleware)
+        #: The signals middleware first (its hooks are called only while a signal they
+        #: feed has a receiver: see conveyor.signals), then the app's.
+        self.middleware: list[Middleware] = [SignalsMiddleware(self), *middleware]
         #: The middleware's hooks, ready to call (rebuilt by :meth:`add_middleware`).
         self.hooks = Hooks(self.middleware)
         self.on_after_configure = Signal("on_after_configure")

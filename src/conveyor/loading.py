@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from . import signals
 from .app import Conveyor
 from .exceptions import ConfigurationError, ConveyorError
 
@@ -81,12 +82,28 @@ class RedactingFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
-    """Log lines at ``level`` and above to stderr, passwords redacted."""
+    """Log lines at ``level`` and above to stderr, passwords redacted.
+
+    As in Celery: if a receiver is connected to ``conveyor.signals.setup_logging``, it is
+    sent instead and logging is left to it; otherwise ``after_setup_logger`` and
+    ``after_setup_task_logger`` are sent once logging is set up (``logger``: the root
+    logger both times: tasks log through it, Conveyor has no separate task logger)."""
+    options: dict[str, object] = {
+        "loglevel": logging.getLevelNamesMapping()[level.upper()],
+        "logfile": None,
+        "format": LOG_FORMAT,
+        "colorize": False,
+    }
+    if signals.setup_logging.has_receivers():
+        signals.setup_logging.send(sender=None, **options)
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    signals.after_setup_logger.send(sender=None, logger=root, **options)
+    signals.after_setup_task_logger.send(sender=None, logger=root, **options)
 
 
 # -- finding the app -------------------------------------------------------------------------

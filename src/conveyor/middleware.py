@@ -14,12 +14,15 @@ Hooks run in the thread doing the work they describe: publish hooks in the calle
 task hooks in the thread that runs the task, lifecycle hooks where the worker (or one of its
 processes) starts and stops. A hook that raises is logged and otherwise ignored: it never
 loses a message, never settles one twice and never changes an outcome. Hooks nobody overrides
-are not called at all (:class:`Hooks` keeps, per hook, only the middleware that override it).
+are not called at all (:class:`Hooks` keeps, per hook, only the middleware that override it
+and, through :meth:`Middleware.uses_hook`, want it called now).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
@@ -46,6 +49,13 @@ class WorkerInfo(Protocol):
 
 class Middleware:
     """Base class: every hook does nothing. Override the ones you need."""
+
+    def uses_hook(self, hook: str) -> bool:
+        """Whether :class:`Hooks` should call this middleware's ``hook`` (asked only for the
+        hooks it overrides; always, by default). A middleware whose answer changes calls
+        :func:`refresh_hooks` (the signals middleware: when a signal gets its first receiver
+        or loses its last one)."""
+        return True
 
     # -- producing ------------------------------------------------------------------------
     def before_publish(self, app: Conveyor, envelope: Envelope) -> None:
@@ -123,14 +133,22 @@ class Hooks:
     raises) what a hook raises.
     """
 
-    __slots__ = HOOK_NAMES
+    __slots__ = (*HOOK_NAMES, "_middleware", "__weakref__")
 
     def __init__(self, middleware: Iterable[Middleware] = ()) -> None:
-        middleware = list(middleware)
+        self._middleware = tuple(middleware)
+        with _live_lock:
+            _live.add(self)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the hooks (from the same middleware): see :func:`refresh_hooks`."""
         for name in HOOK_NAMES:
             base = getattr(Middleware, name)
             bound = tuple(
-                getattr(m, name) for m in middleware if getattr(type(m), name, base) is not base
+                getattr(m, name)
+                for m in self._middleware
+                if getattr(type(m), name, base) is not base and m.uses_hook(name)
             )
             setattr(self, name, bound)
 
@@ -146,6 +164,20 @@ class Hooks:
     on_dead_letter: tuple[Callable[[Envelope | None, Outcome], None], ...]
     on_revoked: tuple[Callable[[Envelope, Outcome], None], ...]
     on_skip: tuple[Callable[[Envelope, Outcome], None], ...]
+
+
+#: Every Hooks alive in this process, for refresh_hooks().
+_live: weakref.WeakSet[Hooks] = weakref.WeakSet()
+_live_lock = threading.RLock()
+
+
+def refresh_hooks() -> None:
+    """Recompute every :class:`Hooks` in this process: a middleware's
+    :meth:`~Middleware.uses_hook` answers changed. Each hook tuple is replaced in one
+    assignment, so callers see the old tuple or the new one."""
+    with _live_lock:
+        for hooks in list(_live):
+            hooks.refresh()
 
 
 def call_each[*Ts](hooks: tuple[Callable[[*Ts], None], ...], *args: *Ts) -> None:

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 from ..exceptions import ConfigurationError, SerializationError
 from ..message import JSONValue
+from ..signals import beat_init
 from .entry import CATCH_UP_POLICIES, Entry
 from .progress import Progress
 from .runs import claim_key, due_between, iso, run_id
@@ -188,7 +189,9 @@ class Beat:
 
     # -- running -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Tick until ``stop`` is set. Broker errors are logged and retried with backoff."""
+        """Tick until ``stop`` is set. Broker errors are logged and retried with backoff.
+        Sends ``conveyor.signals.beat_init`` (sender: this beat) first."""
+        beat_init.send(sender=self)
         logger.info("%s: starting with %d entries", self.name, len(self._entries))
         failures = 0
         while not stop.is_set():

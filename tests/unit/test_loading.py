@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,22 @@ def test_django_registers_a_setup_that_only_acts_in_django_projects(
 ) -> None:
     # registered by the package metadata (entry point), not named by the core
     registered = {e.name: e.value for e in entry_points(group=WORKER_SETUP_GROUP)}
-    assert registered["django"] == "conveyor.contrib.django.worker:worker_setup"
+    assert registered["django"] == "conveyor.contrib.django_setup:worker_setup"
     monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     assert prepare_app(Conveyor("t", broker="memory://")) is None
+
+
+def test_a_worker_outside_django_never_imports_django() -> None:
+    # Every worker consults the entry points: without DJANGO_SETTINGS_MODULE, loading the
+    # Django one must not import Django (it cost every worker ~40 MiB).
+    code = (
+        "import sys; from conveyor import Conveyor; from conveyor.loading import prepare_app; "
+        "prepare_app(Conveyor('t', broker='memory://')); "
+        "print(sorted(m for m in sys.modules if m == 'django' or m.startswith('django.')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

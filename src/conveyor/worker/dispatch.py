@@ -58,7 +58,6 @@ class Dispatcher:
         self.loop = loop
         self.timers = timers
         self.on_task_start = on_task_start
-        self._outcome_hooks = has_outcome_hooks(hooks)
 
     def start(self, control: Running) -> None:
         job = control.job
@@ -79,7 +78,7 @@ class Dispatcher:
 
     def submit(self, outcome: Outcome, control: Running | None) -> None:
         """Hand over the outcome of a message that did not run (after its hook)."""
-        if self._outcome_hooks:
+        if has_outcome_hooks(self.hooks):  # read each time: signals can connect later
             call_outcome_hooks(self.hooks, outcome)
         self.inflight.submit(outcome, control)
 
@@ -140,6 +139,6 @@ class Dispatcher:
         job = control.job
         if self.hooks.after_process and not outcome.skipped:
             call_each(self.hooks.after_process, job, outcome)
-        if self._outcome_hooks:
+        if has_outcome_hooks(self.hooks):
             call_outcome_hooks(self.hooks, outcome, job)
         self.inflight.submit(outcome, control)

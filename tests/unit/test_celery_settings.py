@@ -3,6 +3,7 @@ honoured, refused with a reason, or ignored, as conveyor.celery_settings says.""
 
 from __future__ import annotations
 
+import runpy
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,3 +237,8 @@ def test_the_doc_lists_every_name_with_its_fate() -> None:
         assert f"`{old}`" in rows[f"`{new}`"], old
     for keyword in CONSTRUCTOR_KEYWORDS:
         assert f"`{keyword}=`" in rows
+
+
+def test_the_doc_is_what_the_script_writes() -> None:
+    script = runpy.run_path(str(DOC.parents[1] / "scripts" / "celery-settings-doc"))
+    assert DOC.read_text() == script["render"](), "run scripts/celery-settings-doc"

@@ -17,7 +17,7 @@ from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
-from .celery_settings import constructor_keywords
+from .celery_names import constructor_keywords
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue

@@ -1,11 +1,11 @@
-"""What becomes of each Celery 5 setting in Conveyor: the table, and the lookups
-:mod:`conveyor.config` uses to apply it.
+"""What becomes of each Celery 5 setting in Conveyor: the table (applied by
+:mod:`conveyor.celery_names`, which :mod:`conveyor.config` uses).
 
 Every Celery setting, by its lowercase name (and its old uppercase name in :data:`OLD_NAMES`),
 has one fate:
 
 * :class:`Honoured`: the value is read as a Conveyor setting (and checked like it). Old
-  uppercase names warn once (:class:`CeleryNameWarning`), naming the new name.
+  uppercase names warn once (``CeleryNameWarning``), naming the new name.
 * :class:`Refused`: a :class:`~conveyor.exceptions.ConfigurationError` that says what to use
   instead or why Conveyor has no such thing. Values in ``allowed`` (Celery's default, or a value
   meaning what Conveyor does anyway) are accepted and ignored, so generated configs still load.
@@ -17,18 +17,9 @@ has one fate:
 
 from __future__ import annotations
 
-import difflib
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Final
-
-from .exceptions import ConfigurationError
-
-
-class CeleryNameWarning(DeprecationWarning):
-    """A Celery setting name was read under its Conveyor (Celery 4+) name: rename it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,52 +357,30 @@ _TABLE: dict[str, Fate] = {
     "worker_timer_precision": Ignored(_ETA_IN_BROKER),
 }
 
+#: The settings of Celery's result backends that Conveyor does not have, by prefix.
 _BACKEND_SETTINGS: Final = {
-    "arangodb": ("backend_settings",),
+    "arangodb": "backend_settings",
     "azureblockblob": (
-        "base_path",
-        "connection_timeout",
-        "container_name",
-        "read_timeout",
-        "retry_increment_base",
-        "retry_initial_backoff_sec",
-        "retry_max_attempts",
+        "base_path connection_timeout container_name read_timeout retry_increment_base "
+        "retry_initial_backoff_sec retry_max_attempts"
     ),
-    "cache": ("backend", "backend_options"),
+    "cache": "backend backend_options",
     "cassandra": (
-        "auth_kwargs",
-        "auth_provider",
-        "bundle_path",
-        "entry_ttl",
-        "keyspace",
-        "options",
-        "port",
-        "read_consistency",
-        "servers",
-        "table",
-        "write_consistency",
+        "auth_kwargs auth_provider bundle_path entry_ttl keyspace options port read_consistency "
+        "servers table write_consistency"
     ),
     "cosmosdbsql": (
-        "collection_name",
-        "consistency_level",
-        "database_name",
-        "max_retry_attempts",
-        "max_retry_wait_time",
+        "collection_name consistency_level database_name max_retry_attempts max_retry_wait_time"
     ),
-    "couchbase": ("backend_settings",),
+    "couchbase": "backend_settings",
     "database": (
-        "create_tables_at_setup",
-        "engine_callback",
-        "engine_options",
-        "short_lived_sessions",
-        "table_names",
-        "table_schemas",
-        "url",
+        "create_tables_at_setup engine_callback engine_options short_lived_sessions table_names "
+        "table_schemas url"
     ),
-    "elasticsearch": ("max_retries", "retry_on_timeout", "save_meta_as_text", "timeout"),
-    "gcs": ("base_path", "bucket", "project", "ttl"),
-    "mongodb": ("backend_settings",),
-    "s3": ("access_key_id", "base_path", "bucket", "endpoint_url", "region", "secret_access_key"),
+    "elasticsearch": "max_retries retry_on_timeout save_meta_as_text timeout",
+    "gcs": "base_path bucket project ttl",
+    "mongodb": "backend_settings",
+    "s3": "access_key_id base_path bucket endpoint_url region secret_access_key",
 }
 
 #: Every Celery 5 setting by its lowercase name, and its fate in Conveyor.
@@ -422,7 +391,7 @@ CELERY_SETTINGS: Final[Mapping[str, Fate]] = dict(
             **{
                 f"{prefix}_{name}": _backend(_BACKENDS[prefix])
                 for prefix, names in _BACKEND_SETTINGS.items()
-                for name in names
+                for name in names.split()
             },
         }.items()
     )
@@ -492,78 +461,6 @@ OLD_NAMES: Final[Mapping[str, str]] = {
 #: Uppercase prefixes only Celery uses: such a name that Celery does not have is an error.
 CELERY_PREFIXES: Final = ("CELERY_", "CELERYD_", "CELERYBEAT_")
 
-_warned: set[str] = set()
-
-
-def lowercase_name(name: str) -> str | None:
-    """The Celery 4+ name of a Celery setting given by either name, or None."""
-    if name in CELERY_SETTINGS:
-        return name
-    return OLD_NAMES.get(name)
-
-
-def resolve(name: str, value: object, known: Iterable[str] = ()) -> str | None:
-    """The Conveyor setting a Celery setting ``name`` (old or new) is read as, or None when it
-    is ignored. Warns once for an old name; raises for a refused name or value, and for a name
-    Celery does not have (:func:`describe` gives the hint)."""
-    new = lowercase_name(name)
-    if new is None:
-        raise ConfigurationError(f"unknown setting {name!r}{describe(name, known)}")
-    fate = CELERY_SETTINGS[new]
-    if isinstance(fate, Refused) and not _allowed(value, fate.allowed):
-        shown = name if name == new else f"{name} ({new})"
-        raise ConfigurationError(f"{shown}={value!r}: {fate.reason}")
-    if not isinstance(fate, Honoured):
-        return None
-    if name != new and name not in _warned:
-        _warned.add(name)
-        warnings.warn(
-            f"{name} is Celery's old name for {new}, read as Conveyor's {fate.setting}: "
-            f"rename it to {new}",
-            CeleryNameWarning,
-            stacklevel=4,
-        )
-    return fate.setting
-
-
-def describe(name: str, known: Iterable[str]) -> str:
-    """A hint for an unknown setting ``name``: what Conveyor does with it if it is a Celery
-    name, else the closest name among ``known`` and Celery's (with that one's fate)."""
-    new = lowercase_name(name)
-    if new is not None:
-        fate = CELERY_SETTINGS[new]
-        if isinstance(fate, Honoured):
-            return f"; Celery's {new} is Conveyor's {fate.setting!r}"
-        return f"; Celery's {new}: {fate.reason}"
-    upper = name.isupper()
-    pool = [*OLD_NAMES] if upper else [*known, *CELERY_SETTINGS]
-    matches = difflib.get_close_matches(name, pool, n=1, cutoff=0.6 if upper else 0.5)
-    if not matches:
-        return ""
-    match = matches[0]
-    if match in known:
-        return f"; did you mean {match!r}?"
-    fate = CELERY_SETTINGS[lowercase_name(match) or match]
-    if isinstance(fate, Honoured):
-        return f"; did you mean {match!r} (Conveyor's {fate.setting!r})?"
-    return f"; did you mean {match!r}? (Conveyor: {fate.reason})"
-
-
-def _allowed(value: object, allowed: tuple[object, ...]) -> bool:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, tuple):
-        value = list(value)
-    return any(type(value) is type(ok) and value == ok for ok in allowed if ok is not None) or (
-        value is None and None in allowed
-    )
-
-
-def forget_warnings() -> None:
-    """Warn again for old names already seen (for tests)."""
-    _warned.clear()
-
-
 #: Keywords of ``Celery(...)`` that ``Conveyor(...)`` does not take as parameters of its own:
 #: refused with the reason, except the values in ``allowed`` (accepted and ignored).
 CONSTRUCTOR_KEYWORDS: Final[Mapping[str, Refused]] = {
@@ -580,21 +477,3 @@ CONSTRUCTOR_KEYWORDS: Final[Mapping[str, Refused]] = {
         "Conveyor does not check arguments against a task's signature when sending", (True, False)
     ),
 }
-
-
-def constructor_keywords(keywords: dict[str, object]) -> dict[str, object]:
-    """Settings passed to ``Conveyor(...)``, without Celery's constructor keywords: those are
-    refused or dropped (:data:`CONSTRUCTOR_KEYWORDS`), and ``changes=`` (a mapping of
-    settings) is merged in."""
-    settings = dict(keywords)
-    changes = settings.pop("changes", None)
-    for name in CONSTRUCTOR_KEYWORDS.keys() & settings.keys():
-        value = settings.pop(name)
-        fate = CONSTRUCTOR_KEYWORDS[name]
-        if not _allowed(value, (None, *fate.allowed)):
-            raise ConfigurationError(f"Conveyor({name}={value!r}): {fate.reason}")
-    if changes is not None:
-        if not isinstance(changes, Mapping):
-            raise ConfigurationError(f"changes= must be a mapping of settings, got {changes!r}")
-        settings = {**{str(k): v for k, v in changes.items()}, **settings}
-    return settings

@@ -18,13 +18,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .celery_settings import (
-    CELERY_PREFIXES,
-    CELERY_SETTINGS,
-    OLD_NAMES,
-    describe,
-    resolve,
-)
+from .celery_names import describe, reads_as, resolve
+from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
 
 type Check[T] = Callable[[str, object], T]
@@ -236,7 +231,7 @@ class Settings:
     """The app's configuration, typed: read and write settings as attributes or items.
 
     Names follow Celery's lowercase settings; Celery's other names (``BROKER_URL``,
-    ``worker_pool``, ...) are mapped or refused by :func:`conveyor.celery_settings.resolve`.
+    ``worker_pool``, ...) are mapped or refused by :func:`conveyor.celery_names.resolve`.
     Every value is checked when it is set; an unknown name is an error naming the closest
     known one.
     """
@@ -319,16 +314,20 @@ class Settings:
 
     if not TYPE_CHECKING:  # unknown names are type errors too, not Any
 
-        def __getattr__(self, name: str) -> object:
-            raise AttributeError(f"unknown setting {name!r}{closest_setting(name)}")
+        def __getattr__(self, name: str) -> object:  # not a Conveyor name: Celery's old one?
+            target = reads_as(name)
+            if target is None or target not in SETTINGS:
+                raise AttributeError(f"unknown setting {name!r}{closest_setting(name)}")
+            return getattr(self, target)
 
     def __setattr__(self, name: str, value: object) -> None:
         self.update({name: value})
 
     def __getitem__(self, name: str) -> object:
-        if name not in SETTINGS:
+        target = name if name in SETTINGS else reads_as(name)
+        if target is None or target not in SETTINGS:
             raise KeyError(f"unknown setting {name!r}{closest_setting(name)}")
-        return getattr(self, name)
+        return getattr(self, target)
 
     def __setitem__(self, name: str, value: object) -> None:
         setattr(self, name, value)
@@ -340,7 +339,8 @@ class Settings:
         return iter(SETTINGS)
 
     def get(self, name: str, default: object = None) -> object:
-        return getattr(self, name) if name in SETTINGS else default
+        target = name if name in SETTINGS else reads_as(name)
+        return getattr(self, target) if target is not None and target in SETTINGS else default
 
     def update(self, values: Mapping[str, object] | None = None, /, **more: object) -> None:
         """Set several settings; all are validated before any is applied."""

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 
 from conveyor import ConfigurationError, Conveyor
+from conveyor.celery_names import CeleryNameWarning, forget_warnings
 from conveyor.celery_settings import (
     CELERY_SETTINGS,
     CONSTRUCTOR_KEYWORDS,
     OLD_NAMES,
-    CeleryNameWarning,
     Honoured,
     Ignored,
     Refused,
-    forget_warnings,
 )
 from conveyor.config import SETTINGS, Settings
 
@@ -82,6 +81,17 @@ def test_old_names_through_conf_update_and_the_constructor() -> None:
     with pytest.warns(CeleryNameWarning):
         app.conf.update(CELERYBEAT_SCHEDULE={"x": {"task": "t", "schedule": 5}})
     assert app.conf.beat_schedule == {"x": {"task": "t", "schedule": 5}}
+
+
+def test_old_names_read_the_conveyor_setting() -> None:
+    conf = Settings(task_always_eager=True)
+    with pytest.warns(CeleryNameWarning, match="CELERY_ALWAYS_EAGER"):
+        assert conf.CELERY_ALWAYS_EAGER is True  # type: ignore[attr-defined]
+    assert conf["CELERY_ALWAYS_EAGER"] is True  # warned once already
+    assert conf.get("CELERY_ALWAYS_EAGER") is True
+    assert conf.get("worker_pool", "no such setting") == "no such setting"
+    with pytest.raises(KeyError, match="Conveyor's worker is prefork"):
+        conf["CELERYD_POOL"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,14 @@ import warnings
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
-from .celery_settings import CELERY_SETTINGS, CONSTRUCTOR_KEYWORDS, OLD_NAMES, Honoured, Refused
+from .celery_settings import (
+    CELERY_SETTINGS,
+    CONSTRUCTOR_KEYWORDS,
+    OLD_NAMES,
+    TRANSPORT_OPTIONS,
+    Honoured,
+    Refused,
+)
 from .exceptions import ConfigurationError
 
 
@@ -119,3 +126,13 @@ def constructor_keywords(keywords: dict[str, object]) -> dict[str, object]:
             raise ConfigurationError(f"changes= must be a mapping of settings, got {changes!r}")
         settings = {**{str(k): v for k, v in changes.items()}, **settings}
     return settings
+
+
+def check_transport_options[T: Mapping[str, object]](name: str, options: T) -> T:
+    """``options`` unchanged, unless a key is one of Celery's that Conveyor refuses
+    (:data:`~conveyor.celery_settings.TRANSPORT_OPTIONS`)."""
+    for key, value in options.items():
+        fate = TRANSPORT_OPTIONS.get(key)
+        if isinstance(fate, Refused) and not accepts(value, (None, *fate.allowed)):
+            raise ConfigurationError(f"{name}[{key!r}]={value!r}: {fate.reason}")
+    return options

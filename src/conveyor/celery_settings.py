@@ -477,3 +477,40 @@ CONSTRUCTOR_KEYWORDS: Final[Mapping[str, Refused]] = {
         "Conveyor does not check arguments against a task's signature when sending", (True, False)
     ),
 }
+
+_LEASES = "Kombu's restore of unacknowledged messages; Conveyor's leases replace it"
+_CONNECT_RETRIES = "Conveyor's Redis client retries connection errors: set 'retries' (default 3)"
+
+#: Celery's (Kombu's) keys of broker_transport_options that Conveyor's brokers do not read.
+#: Conveyor's own keys are key_prefix; poll_interval, busy_timeout, lock_timeout (SQLite); and
+#: for Redis socket_timeout, socket_connect_timeout, health_check_interval, max_connections,
+#: retries, client_name, ssl_*.
+TRANSPORT_OPTIONS: Final[Mapping[str, Refused | Ignored]] = {
+    "visibility_timeout": Refused(
+        "Conveyor's lease is broker_lease_timeout, renewed while the task runs (long tasks "
+        "need no long timeout)"
+    ),
+    "global_keyprefix": Refused("use key_prefix"),
+    "priority_steps": Refused("Conveyor serves priorities 0-9, 9 first, on every broker"),
+    "sep": Refused("Conveyor serves priorities 0-9, 9 first, on every broker"),
+    "queue_order_strategy": Refused("Conveyor has no queue order strategy"),
+    "max_retries": Refused(_CONNECT_RETRIES),
+    "interval_start": Refused(_CONNECT_RETRIES),
+    "interval_step": Refused(_CONNECT_RETRIES),
+    "interval_max": Refused(_CONNECT_RETRIES),
+    "retry_on_timeout": Refused(
+        "Conveyor never repeats a Redis command after a timeout: it may have run", (False,)
+    ),
+    "master_name": Refused("Conveyor does not support Redis Sentinel"),
+    "sentinel_kwargs": Refused("Conveyor does not support Redis Sentinel"),
+    "polling_interval": Ignored(
+        "Conveyor's Redis broker blocks instead of polling (SQLite: poll_interval)"
+    ),
+    "fanout_prefix": Ignored("Conveyor has no broadcast queues"),
+    "fanout_patterns": Ignored("Conveyor has no broadcast queues"),
+    "unacked_mutex_expire": Ignored(_LEASES),
+    "unacked_restore_limit": Ignored(_LEASES),
+    "ack_emulation": Ignored(_LEASES),
+    "socket_keepalive": Ignored("Conveyor's Redis clients always use TCP keepalive"),
+    "confirm_publish": Ignored(_NO_AMQP),
+}

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .celery_names import describe, reads_as, resolve
+from .celery_names import check_transport_options, describe, reads_as, resolve
 from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
 
@@ -123,6 +123,10 @@ def _mapping(name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
     return {str(key): item for key, item in value.items()}
+
+
+def _transport_options(name: str, value: object) -> dict[str, Any]:
+    return check_transport_options(name, _mapping(name, value))
 
 
 def _routes(name: str, value: object) -> Routes:
@@ -252,7 +256,7 @@ class Settings:
     )
     result_extended = Setting(False, _bool, "Also store name, args, kwargs, worker, queue")
     broker_transport_options = Setting[dict[str, Any]](
-        {}, _mapping, "Broker options, e.g. {'key_prefix': 'x'}"
+        {}, _transport_options, "Broker options, e.g. {'key_prefix': 'x'}"
     )
     broker_lease_timeout = Setting(30.0, _positive_seconds, "Lease length; renewed by heartbeat")
     broker_sweep_interval = Setting(

@@ -16,6 +16,7 @@ from conveyor.celery_settings import (
     CELERY_SETTINGS,
     CONSTRUCTOR_KEYWORDS,
     OLD_NAMES,
+    TRANSPORT_OPTIONS,
     Honoured,
     Ignored,
     Refused,
@@ -141,6 +142,15 @@ def test_values_meaning_what_conveyor_does_are_accepted_and_ignored() -> None:
     assert app.conf.explicit() == {"broker_url": "memory://"}
 
 
+def test_celerys_transport_options_are_refused_with_conveyors_equivalent() -> None:
+    with pytest.raises(ConfigurationError, match="broker_lease_timeout"):
+        Settings(broker_transport_options={"visibility_timeout": 3600})
+    with pytest.warns(CeleryNameWarning), pytest.raises(ConfigurationError, match="key_prefix"):
+        Conveyor("t").config_from_object({"BROKER_TRANSPORT_OPTIONS": {"global_keyprefix": "x"}})
+    options = {"key_prefix": "x", "fanout_prefix": True, "socket_timeout": 5}
+    assert Settings(broker_transport_options=options).broker_transport_options == options
+
+
 def test_backend_keyword_and_other_celery_constructor_keywords() -> None:
     app = Conveyor("t", broker="memory://", backend="redis://127.0.0.1:6399/1")
     assert app.result_backend_url == "redis://127.0.0.1:6399/1"
@@ -247,6 +257,8 @@ def test_the_doc_lists_every_name_with_its_fate() -> None:
         assert f"`{old}`" in rows[f"`{new}`"], old
     for keyword in CONSTRUCTOR_KEYWORDS:
         assert f"`{keyword}=`" in rows
+    for key in TRANSPORT_OPTIONS:
+        assert f"`{key}`" in rows
 
 
 def test_the_doc_is_what_the_script_writes() -> None:

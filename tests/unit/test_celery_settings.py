@@ -100,14 +100,14 @@ def test_old_names_read_the_conveyor_setting() -> None:
     [
         ({"worker_pool": "eventlet"}, "worker_threads"),
         ({"worker_pool": "gevent"}, "event loop"),
-        ({"broker_host": "localhost"}, "broker_url"),
+        ({"broker_host": "localhost"}, "put it in broker_url"),
         ({"task_queues": ["default", "emails"]}, "-Q"),
         ({"task_annotations": {"*": {"rate_limit": "10/s"}}}, "rate_limit="),
         ({"worker_hijack_root_logger": False}, "root logger"),
-        ({"broker_connection_retry_on_startup": False}, "startup"),
+        ({"broker_connection_retry_on_startup": False}, "no switch to stop connecting"),
         ({"result_accept_content": ["pickle"]}, "JSON"),
         ({"task_reject_on_worker_lost": False}, "task_max_deliveries"),
-        ({"worker_soft_shutdown_timeout": 10}, "worker_shutdown_timeout"),
+        ({"worker_soft_shutdown_timeout": 10}, "shutdown waits worker_shutdown_timeout"),
     ],
 )
 def test_refused_settings_name_the_replacement(settings: dict[str, object], named: str) -> None:

@@ -17,6 +17,7 @@ from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
+from .celery_names import constructor_keywords
 from .config import Settings, settings_from
 from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue
@@ -50,8 +51,11 @@ class Conveyor:
     """A task queue application.
 
     ``Conveyor("proj")`` with nothing else uses an embedded SQLite file as broker and result
-    store. Pass ``broker="redis://..."`` (and optionally ``result_backend=``) or any setting
-    as a keyword, or configure later through ``app.conf`` / ``config_from_object``.
+    store. Pass ``broker="redis://..."`` (and optionally ``result_backend=``, or Celery's
+    ``backend=``) or any setting as a keyword, or configure later through ``app.conf`` /
+    ``config_from_object``. ``config_source=`` (with ``namespace=``) loads settings first, as
+    ``config_from_object`` would; keywords override them. Celery's other constructor keywords
+    are refused with the reason (:data:`conveyor.celery_settings.CONSTRUCTOR_KEYWORDS`).
     """
 
     def __init__(
@@ -60,13 +64,28 @@ class Conveyor:
         broker: str | None = None,
         result_backend: str | None = None,
         *,
+        backend: str | None = None,
         include: Sequence[str] | None = None,
+        config_source: object = None,
+        namespace: str | None = None,
         middleware: Iterable[Middleware] = (),
         set_as_default: bool = True,
         **settings: object,
     ) -> None:
         self.main = main
-        self.conf = Settings(**settings)
+        if backend is not None:
+            if result_backend is not None:
+                raise ConfigurationError("pass result_backend= or Celery's backend=, not both")
+            result_backend = backend
+        if namespace is not None and config_source is None:
+            raise ConfigurationError(
+                "Conveyor(namespace=...) applies to config_source= only: pass namespace= to "
+                "app.config_from_object(...)"
+            )
+        self.conf = Settings()
+        if config_source is not None:
+            self.conf.update(settings_from(config_source, namespace))
+        self.conf.update(constructor_keywords(settings))
         if broker is not None:
             self.conf.broker_url = broker
         if result_backend is not None:

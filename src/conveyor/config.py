@@ -1,8 +1,10 @@
 """Settings: defaults, validation, ``config_from_object`` and environment overrides.
 
-Names follow Celery's lowercase settings so existing configuration ports unchanged. Unknown
-names are errors (with a "did you mean" hint) rather than silently ignored, because a typo in
-a setting is a production incident waiting to happen.
+Names follow Celery's lowercase settings so existing configuration ports unchanged. Celery's
+other names, old uppercase and new lowercase, are honoured, refused or ignored as
+:mod:`conveyor.celery_settings` says. Unknown names are errors (with a "did you mean" hint)
+rather than silently ignored, because a typo in a setting is a production incident waiting to
+happen.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .celery_names import check_transport_options, describe, reads_as, resolve
+from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
 
 type Check[T] = Callable[[str, object], T]
@@ -26,8 +30,12 @@ type RouteTable = Mapping[str, RouteTarget] | Callable[[str], RouteTarget | None
 #: ``task_routes``: one table (a mapping) or a list of tables tried in order.
 type Routes = dict[str, RouteTarget] | list[RouteTable]
 
-#: Environment variables that override settings (highest precedence).
-ENV_OVERRIDES = {"broker_url": "CONVEYOR_BROKER_URL", "result_backend": "CONVEYOR_RESULT_BACKEND"}
+#: Environment variables that override settings (highest precedence; the first one set wins).
+#: Celery reads ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` the same way.
+ENV_OVERRIDES = {
+    "broker_url": ("CONVEYOR_BROKER_URL", "CELERY_BROKER_URL"),
+    "result_backend": ("CONVEYOR_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+}
 
 
 # -- checks: each turns a configured value into the setting's type or raises -------------
@@ -117,6 +125,10 @@ def _mapping(name: str, value: object) -> dict[str, Any]:
     return {str(key): item for key, item in value.items()}
 
 
+def _transport_options(name: str, value: object) -> dict[str, Any]:
+    return check_transport_options(name, _mapping(name, value))
+
+
 def _routes(name: str, value: object) -> Routes:
     if value is None:
         return {}
@@ -198,9 +210,11 @@ class Setting[T]:
     def __get__(self, settings: Settings | None, owner: type | None = None) -> T | Setting[T]:
         if settings is None:
             return self
-        env = ENV_OVERRIDES.get(self.name)
-        if env and (override := os.environ.get(env)):
-            return cast(T, override)  # only str-valued settings have overrides
+        envs = ENV_OVERRIDES.get(self.name)
+        if envs:
+            for env in envs:
+                if override := os.environ.get(env):
+                    return cast(T, override)  # only str-valued settings have overrides
         values = settings._values
         if self.name in values:
             return cast(T, values[self.name])
@@ -220,8 +234,10 @@ class Setting[T]:
 class Settings:
     """The app's configuration, typed: read and write settings as attributes or items.
 
-    Names follow Celery's lowercase settings. Every value is checked when it is set; an
-    unknown name is an error naming the closest known one.
+    Names follow Celery's lowercase settings; Celery's other names (``BROKER_URL``,
+    ``worker_pool``, ...) are mapped or refused by :func:`conveyor.celery_names.resolve`.
+    Every value is checked when it is set; an unknown name is an error naming the closest
+    known one.
     """
 
     __slots__ = ("_defaults", "_values")
@@ -240,7 +256,7 @@ class Settings:
     )
     result_extended = Setting(False, _bool, "Also store name, args, kwargs, worker, queue")
     broker_transport_options = Setting[dict[str, Any]](
-        {}, _mapping, "Broker options, e.g. {'key_prefix': 'x'}"
+        {}, _transport_options, "Broker options, e.g. {'key_prefix': 'x'}"
     )
     broker_lease_timeout = Setting(30.0, _positive_seconds, "Lease length; renewed by heartbeat")
     broker_sweep_interval = Setting(
@@ -302,16 +318,20 @@ class Settings:
 
     if not TYPE_CHECKING:  # unknown names are type errors too, not Any
 
-        def __getattr__(self, name: str) -> object:
-            raise AttributeError(f"unknown setting {name!r}{closest_setting(name)}")
+        def __getattr__(self, name: str) -> object:  # not a Conveyor name: Celery's old one?
+            target = reads_as(name)
+            if target is None or target not in SETTINGS:
+                raise AttributeError(f"unknown setting {name!r}{closest_setting(name)}")
+            return getattr(self, target)
 
     def __setattr__(self, name: str, value: object) -> None:
-        _setting(name).__set__(self, value)
+        self.update({name: value})
 
     def __getitem__(self, name: str) -> object:
-        if name not in SETTINGS:
+        target = name if name in SETTINGS else reads_as(name)
+        if target is None or target not in SETTINGS:
             raise KeyError(f"unknown setting {name!r}{closest_setting(name)}")
-        return getattr(self, name)
+        return getattr(self, target)
 
     def __setitem__(self, name: str, value: object) -> None:
         setattr(self, name, value)
@@ -323,12 +343,17 @@ class Settings:
         return iter(SETTINGS)
 
     def get(self, name: str, default: object = None) -> object:
-        return getattr(self, name) if name in SETTINGS else default
+        target = name if name in SETTINGS else reads_as(name)
+        return getattr(self, target) if target is not None and target in SETTINGS else default
 
     def update(self, values: Mapping[str, object] | None = None, /, **more: object) -> None:
         """Set several settings; all are validated before any is applied."""
         merged = {**(values or {}), **more}
-        checked = {name: _setting(name).check(name, value) for name, value in merged.items()}
+        checked: dict[str, object] = {}
+        for key, value in merged.items():
+            name = key if key in SETTINGS else resolve(key, value, SETTINGS)  # Celery's?
+            if name is not None:
+                checked[name] = _setting(name).check(name, value)
         self._values.update(checked)
 
     def explicit(self) -> dict[str, object]:
@@ -353,8 +378,8 @@ def _setting(name: str) -> Setting[Any]:
 
 
 def closest_setting(name: str) -> str:
-    matches = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.5)
-    return f"; did you mean {matches[0]!r}?" if matches else ""
+    """The hint after "unknown setting": the closest name, or what becomes of a Celery name."""
+    return describe(name, SETTINGS)
 
 
 def load_object(source: str) -> object:
@@ -376,46 +401,80 @@ def load_object(source: str) -> object:
 
 
 def settings_from(source: object, namespace: str | None = None) -> dict[str, object]:
-    """Extract Conveyor settings from a module, object, mapping or dotted path.
+    """Extract settings, by their Conveyor names, from a module, object, mapping or dotted path.
 
     With ``namespace="CONVEYOR"``, ``CONVEYOR_BROKER_URL`` becomes ``broker_url``; keys without
-    the prefix are ignored, and unknown prefixed keys are errors. Without a namespace,
-    lowercase public names are settings and must be known; other names are ignored.
+    the prefix are ignored, and unknown prefixed keys are errors. Without a namespace, lowercase
+    public names and Celery's old uppercase names (``BROKER_URL``, ``CELERYD_CONCURRENCY``) are
+    settings; other uppercase names (``DEBUG``) are ignored, but not unknown ``CELERY*_`` ones.
+    Celery names are honoured, refused or ignored as :mod:`conveyor.celery_settings` says.
     """
     if isinstance(source, str):
         source = load_object(source)
     prefix = namespace.rstrip("_") + "_" if namespace else ""
+
+    def wanted(key: str) -> bool:
+        if prefix:  # under Celery's own namespace, its old names are mistakes to report
+            return key.startswith(prefix) or (
+                prefix == "CELERY_" and key.startswith(CELERY_PREFIXES)
+            )
+        return key == key.lower() or key in OLD_NAMES or key.startswith(CELERY_PREFIXES)
+
     # Read only the names we may use: getattr on unrelated settings can have side effects
     # (Django warns when deprecated settings are read).
     if isinstance(source, Mapping):
-        items = {str(key): value for key, value in source.items() if str(key).startswith(prefix)}
+        items = {str(key): value for key, value in source.items() if wanted(str(key))}
     else:
-        names = [name for name in dir(source) if not name.startswith("_")]
-        items = {
-            name: getattr(source, name)
-            for name in names
-            if name.startswith(prefix) and (prefix or name == name.lower())
-        }
+        names = [name for name in dir(source) if not name.startswith("_") and wanted(name)]
+        items = {name: getattr(source, name) for name in names}
     found: dict[str, object] = {}
-    if namespace:
-        for key, value in items.items():
-            if key.startswith(prefix):
-                name = key[len(prefix) :].lower()
-                if name not in SETTINGS:
-                    raise ConfigurationError(
-                        f"unknown setting {key!r}{_namespaced_hint(name, prefix)}"
-                    )
-                found[name] = value
-        return found
+    given: dict[str, str] = {}  # setting -> the key that set it
     for key, value in items.items():
-        if key != key.lower() or isinstance(value, ModuleType | type) or callable(value):
+        target: str | None
+        if prefix:
+            name = _namespaced(key, prefix)
+            if name is None:
+                raise ConfigurationError(f"unknown setting {key!r}{_celery_hint(key, prefix)}")
+            try:
+                target = name if name in SETTINGS else resolve(name, value, SETTINGS)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{key}: {exc}") from None
+        elif key == key.lower():
+            if isinstance(value, ModuleType | type) or callable(value):
+                continue  # helpers in a settings module
+            target = key if key in SETTINGS else resolve(key, value, SETTINGS)
+        elif key in OLD_NAMES:
+            target = resolve(key, value, SETTINGS)
+        else:
+            raise ConfigurationError(f"unknown setting {key!r}{_celery_hint(key, prefix)}")
+        if target is None:
             continue
-        if key not in SETTINGS:
-            raise ConfigurationError(f"unknown setting {key!r}{closest_setting(key)}")
-        found[key] = value
+        if target in given and found[target] != value:
+            raise ConfigurationError(f"{given[target]} and {key} both set {target}: keep one")
+        found[target], given[target] = value, key
     return found
 
 
-def _namespaced_hint(name: str, prefix: str) -> str:
-    matches = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.5)
-    return f"; did you mean {prefix + matches[0].upper()!r}?" if matches else ""
+def _namespaced(key: str, prefix: str) -> str | None:
+    """The setting a namespaced key names (Conveyor's or Celery's), or None."""
+    if not key.startswith(prefix):
+        return None
+    name = key[len(prefix) :].lower()
+    return name if name in SETTINGS or name in CELERY_SETTINGS else None
+
+
+def _celery_hint(key: str, prefix: str) -> str:
+    """Why ``key`` is unknown: its namespaced twin, Celery's namespace rules or the closest."""
+    if key in OLD_NAMES:  # an old name under namespace="CELERY": Celery ignores it too
+        new = OLD_NAMES[key]
+        return f"; it is Celery's old name, not read under a namespace: use {prefix}{new.upper()}"
+    if not prefix and key.startswith("CELERY_"):
+        name = key.removeprefix("CELERY_").lower()
+        if name in SETTINGS or name in CELERY_SETTINGS:
+            return f"; {key} names {name} only with config_from_object(..., namespace='CELERY')"
+    name = key[len(prefix) :].lower() if prefix else key
+    names = [*SETTINGS, *CELERY_SETTINGS]
+    matches = difflib.get_close_matches(name, names, n=1, cutoff=0.5) if prefix else []
+    if matches:
+        return f"; did you mean {prefix + matches[0].upper()!r}?"
+    return describe(key, SETTINGS)

@@ -19,8 +19,11 @@ from .celery_settings import (
 from .exceptions import ConfigurationError
 
 
-class CeleryNameWarning(DeprecationWarning):
-    """A Celery setting name was read under its Conveyor (Celery 4+) name: rename it."""
+class CeleryNameWarning(FutureWarning):
+    """An old Celery setting name was mapped to its Conveyor (Celery 4+) name: rename it.
+
+    A FutureWarning, not a DeprecationWarning: Python shows it by default, and the person who
+    must act on it is the application's developer, not a library author."""
 
 
 _warned: set[str] = set()

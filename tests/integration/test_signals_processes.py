@@ -1,19 +1,17 @@
 """Worker signals in real worker processes (SQLite): ``worker_process_init`` in each child.
 
-The worker processes import this module as their app (``-A``): its receivers append
+The worker processes run ``tests/integration/signalsapp.py`` (``-A``): its receivers append
 ``pid signal`` lines to the file named by ``$SIGNALS_RECORD``.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conveyor import signals
 from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     Harness,
     WorkerProcess,
@@ -21,28 +19,7 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     redis_server,
     wait_for,
 )
-from tests.integration.workerapp import create_app, mark, runs
-
-app = create_app()
-
-
-def _record(signal: signals.Signal) -> None:
-    def receiver(**kwargs: object) -> None:
-        path = os.environ.get("SIGNALS_RECORD")
-        if path:
-            mark(path, signal.name)
-
-    signal.connect(receiver, dispatch_uid=f"test_signals_processes.{signal.name}")
-
-
-for _signal in (
-    signals.worker_init,
-    signals.worker_shutdown,
-    signals.worker_process_init,
-    signals.worker_process_shutdown,
-    signals.task_success,
-):
-    _record(_signal)
+from tests.integration.workerapp import runs
 
 
 @pytest.fixture
@@ -58,7 +35,7 @@ def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
 def start(harness: Harness, record: Path, *args: str) -> WorkerProcess:
     env = {**harness.env, "SIGNALS_RECORD": str(record)}
     log = harness.tmp_path / f"worker{len(harness.workers) + 1}.log"
-    spec = "tests.integration.test_signals_processes:app"
+    spec = "tests.integration.signalsapp:app"
     worker = WorkerProcess(env, log, ["-l", "info", *args, "-A", spec])
     harness.workers.append(worker)
     return worker

@@ -15,7 +15,7 @@ from ._state import registered_apps as registered_apps
 from .beat.scheduler import BeatRunner, BeatRunOptions, run_beat
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
-from .calling import build_call, encode_call, route
+from .calling import build_call, encode_call, publish_policy, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .celery_names import constructor_keywords
 from .config import Settings, settings_from
@@ -23,6 +23,7 @@ from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue
 from .message import Envelope
 from .middleware import Hooks, Middleware, call_each
+from .publishing import RetryPolicy, publish_with_retry
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
@@ -344,6 +345,7 @@ class Conveyor:
         task = task or self.tasks.get(name)
         options = dict(options)
         on_commit = options.pop("on_commit", None)
+        policy = publish_policy(options, self.conf)
         envelope, message, record = self.prepare(name, args, kwargs, options, task)
         result: TaskResult[object] = TaskResult(envelope.id, self, task_name=name)
         if eager or self.conf.task_always_eager:
@@ -358,10 +360,10 @@ class Conveyor:
                     "to INSTALLED_APPS"
                 )
             self.commit_hook(
-                lambda: self._publish([envelope], [message], [record] if record else [])
+                lambda: self._publish([envelope], [message], [record] if record else [], policy)
             )
             return result
-        self._publish([envelope], [message], [record] if record else [])
+        self._publish([envelope], [message], [record] if record else [], policy)
         return result
 
     def send_many(
@@ -374,10 +376,12 @@ class Conveyor:
         messages: list[Message] = []
         records: list[ResultRecord] = []
         results: list[TaskResult[object]] = []
+        policies: list[RetryPolicy | None] = []
         for item in signatures:
             sig = as_signature(item, self)
             options = dict(sig.options)
             options.pop("on_commit", None)
+            policies.append(publish_policy(options, self.conf))
             envelope, message, record = self.prepare(
                 sig.task, sig.args, sig.kwargs, options, self.tasks.get(sig.task)
             )
@@ -391,7 +395,8 @@ class Conveyor:
                 run_eager(self, envelope, message.body)
             return results
         if messages:
-            self._publish(envelopes, messages, records)
+            # One publish for the batch: it is retried as its first call says.
+            self._publish(envelopes, messages, records, policies[0])
         return results
 
     def _publish(
@@ -399,8 +404,15 @@ class Conveyor:
         envelopes: Sequence[Envelope],
         messages: Sequence[Message],
         records: Sequence[ResultRecord],
+        policy: RetryPolicy | None,
     ) -> None:
-        self.settlement.publish(messages, records)
+        """Publish (retrying connection errors as ``policy`` says), then ``after_publish``."""
+        settlement = self.settlement
+        publish_with_retry(
+            lambda: settlement.publish(messages, records),
+            policy,
+            where=lambda: redact_url(self.broker_url),
+        )
         hooks = self.hooks.after_publish
         if hooks:
             for envelope in envelopes:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, SupportsFloat, SupportsIndex, SupportsInt
 
 from . import states
@@ -22,6 +23,7 @@ from .canvas.signature import chord_option, str_option
 from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
 from .message import Envelope, encode_arguments, encode_envelope, to_json_value
+from .publishing import RetryPolicy
 from .results.base import ResultRecord
 from .task import Request, Task
 
@@ -56,6 +58,9 @@ CALL_OPTIONS = frozenset(
         "shadow",
         "serializer",
         "exchange",
+        # publish options (conveyor.publishing), not envelope fields
+        "retry",
+        "retry_policy",
     }
 )
 
@@ -110,6 +115,8 @@ def build_call(
         raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
     tagged_args, tagged_kwargs = encode_arguments(name, args, kwargs)
     conf = app.conf
+    if "retry" in options or "retry_policy" in options:
+        publish_policy(options, conf)  # publish options: checked here too (beat loads entries)
     now = time.time()
     queue = str_option(options, "queue") or str_option(options, "routing_key")
     queue = queue or route(conf, name, task)
@@ -209,6 +216,32 @@ def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | Non
         record.args = envelope.args
         record.kwargs = envelope.kwargs
     return message, record
+
+
+def publish_policy(options: Mapping[str, object], conf: Settings) -> RetryPolicy | None:
+    """How the publish of a call is retried: the ``retry`` / ``retry_policy`` call options
+    over the ``task_publish_retry`` / ``task_publish_retry_policy`` settings (None: no
+    retries). A bad option raises ConfigurationError here, naming the bad key."""
+    retry = options.get("retry")
+    if retry is None:
+        retry = conf.task_publish_retry
+    elif not isinstance(retry, bool):
+        raise ConfigurationError(f"retry must be True or False, got {retry!r}")
+    base = _configured_policy(tuple(conf.task_publish_retry_policy.items()))
+    given = options.get("retry_policy")
+    if given is not None:
+        if not isinstance(given, Mapping):
+            raise ConfigurationError(f"retry_policy must be a mapping, got {type(given).__name__}")
+        policy = RetryPolicy.from_mapping(given, base)
+    else:
+        policy = base
+    return policy if retry else None
+
+
+@lru_cache(maxsize=16)
+def _configured_policy(items: tuple[tuple[str, int | float | None], ...]) -> RetryPolicy:
+    # The setting is checked when set; this saves building the policy on every call.
+    return RetryPolicy.from_mapping(dict(items))
 
 
 def _pick(*values: object) -> object:

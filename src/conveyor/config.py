@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .celery_names import check_transport_options, describe, reads_as, resolve
 from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
+from .publishing import check_policy_setting
 
 type Check[T] = Callable[[str, object], T]
 #: Where a task goes: a queue name or ``{"queue": name}``.
@@ -281,6 +282,12 @@ class Settings:
     task_eager_propagates = Setting(False, _bool, "Eager failures raise at the call site")
     task_ignore_result = Setting(False, _bool, "Do not store results by default")
     task_enqueue_on_commit = Setting(False, _bool, "Inside a Django atomic block, send on commit")
+    task_publish_retry = Setting(True, _bool, "Retry a publish that meets a connection error")
+    task_publish_retry_policy = Setting[dict[str, int | float | None]](
+        check_policy_setting("task_publish_retry_policy", None),
+        check_policy_setting,
+        "max_retries, interval_start, interval_step, interval_max (conveyor.publishing)",
+    )
     task_serializer = Setting("json", _serializer, "Only 'json' (Celery compatibility)")
     result_serializer = Setting("json", _serializer, "Only 'json' (Celery compatibility)")
     accept_content = Setting(["json"], _content_types, "Only ['json'] (Celery compatibility)")

@@ -113,6 +113,33 @@ def test_publish_empty_batch_is_noop(broker: Broker) -> None:
     assert broker.lease([Q], 10, 0) == []
 
 
+def test_publishing_a_message_id_twice_keeps_one_message(broker: Broker) -> None:
+    """publish() is idempotent by id (a producer retries a publish whose reply was lost):
+    again on its own, again in a batch, and again after the first copy was acked."""
+    sent = message(b"first")
+    other = message(b"other")
+    broker.publish([sent])
+    broker.publish([Message(sent.id, Q, b"second")])
+    broker.publish([Message(sent.id, Q, b"third"), other])
+    got = drain(broker, [Q])
+    assert [(d.id, d.body) for d in got] == [(sent.id, b"first"), (other.id, b"other")]
+    assert stats_of(broker) == QueueStats(leased=2)
+
+    broker.ack(got)
+    broker.publish([Message(sent.id, Q, b"late"), Message(other.id, Q, b"late", countdown=5)])
+    assert stats_of(broker) == QueueStats()
+    assert broker.lease([Q], 10, 0) == []
+
+
+def test_retry_later_is_not_a_duplicate_publish(broker: Broker) -> None:
+    sent = message(b"try 1")
+    broker.publish([sent])
+    held = lease_one(broker)
+    broker.retry_later(held, Message(sent.id, Q, b"try 2"))  # same id, on purpose
+    again = lease_one(broker)
+    assert (again.id, again.body) == (sent.id, b"try 2")
+
+
 def test_lease_limit_and_batch(broker: Broker) -> None:
     sent = [message(f"m{n}".encode()) for n in range(5)]
     broker.publish(sent)

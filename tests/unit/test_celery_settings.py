@@ -24,8 +24,6 @@ from conveyor.celery_settings import (
 from conveyor.config import SETTINGS, Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "celery-settings.md"
-#: Honoured names whose Conveyor settings arrive with the publish-retry work (same names).
-PENDING = {"task_publish_retry", "task_publish_retry_policy"}
 
 
 @pytest.fixture(autouse=True)
@@ -235,7 +233,7 @@ def test_the_table_covers_celery_and_points_at_real_settings() -> None:
     assert len(CELERY_SETTINGS) == 198  # Celery 5.6's settings
     for name, fate in CELERY_SETTINGS.items():
         if isinstance(fate, Honoured):
-            assert fate.setting in SETTINGS or fate.setting in PENDING, name
+            assert fate.setting in SETTINGS, name
         else:
             assert name not in SETTINGS, f"{name} is a Conveyor setting: honour it"
             assert fate.reason

@@ -122,6 +122,7 @@ def test_a_v1_file_keeps_its_values_and_gains_join_sets(
     with raw(db_path) as conn:  # as Conveyor wrote it before the broker's kv had join sets
         conn.execute("DROP TABLE conveyor_sets")
         conn.execute("DROP TABLE conveyor_set_expiry")
+        conn.execute("DROP TABLE conveyor_published")  # v3
         conn.execute("UPDATE conveyor_meta SET version = 1 WHERE component = 'broker'")
         stored = conn.execute("SELECT key, value FROM conveyor_values ORDER BY key").fetchall()
     assert stored == [("beat:claim:x", b"1"), ("beat:last:x", b"v")]
@@ -130,9 +131,11 @@ def test_a_v1_file_keeps_its_values_and_gains_join_sets(
     assert upgraded.kv.get_value("beat:last:x") == b"v"
     assert upgraded.kv.claim("beat:claim:x", 60) is False
     assert upgraded.kv.join("j", "m") == 1
+    upgraded.publish([msg(1), msg(1)])  # v3: ids published lately are remembered
+    assert len(upgraded.lease([Q], 10, 0)) == 1
     with raw(db_path) as conn:
         versions = dict(conn.execute("SELECT component, version FROM conveyor_meta"))
-    assert versions == {"broker": 2}
+    assert versions == {"broker": len(MIGRATIONS)}
 
 
 def test_settlement_writes_records_acks_and_leases_in_one_transaction(

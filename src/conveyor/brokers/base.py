@@ -22,6 +22,10 @@ that another worker holds.
 * ``publish(messages)``: add a batch; each is ready now or, with ``countdown``/``eta``, delayed
   until ``max(now + countdown, eta)`` on the broker's clock (``time()``). A ready message wakes
   a waiting ``lease()`` promptly.
+  Idempotent by message id: a message whose id was published in the last
+  :data:`PUBLISH_DEDUPE_WINDOW` seconds adds nothing, so a producer may publish again after a
+  lost reply (``conveyor.publishing``) without a duplicate. ``retry_later`` and
+  ``replay_dead`` put an id back on purpose and are not affected.
 * ``lease(queues, limit, wait)``: take up to ``limit`` ready messages, priority 9 first across
   all ``queues``, FIFO within a priority; make due delayed messages ready first. Each lease
   adds one to the message's delivery count (1 on the first delivery). Wait up to ``wait`` s
@@ -65,6 +69,10 @@ if TYPE_CHECKING:
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
+#: Seconds a broker remembers a published message id (``publish()`` of the same id adds
+#: nothing meanwhile): 4x the waiting of the default publish retry policy (15 s), short enough
+#: that the remembered ids of a busy Redis take little memory (about 100 bytes each).
+PUBLISH_DEDUPE_WINDOW = 60.0
 
 
 class DeadLetterReason(StrEnum):
@@ -159,7 +167,8 @@ class Broker(abc.ABC):
     # -- producing -----------------------------------------------------------------------
     @abc.abstractmethod
     def publish(self, messages: Sequence[Message]) -> None:
-        """Add messages (ready now, or delayed until due) in one batch."""
+        """Add messages (ready now, or delayed until due) in one batch; an id published in
+        the last :data:`PUBLISH_DEDUPE_WINDOW` seconds is skipped."""
 
     # -- consuming -----------------------------------------------------------------------
     @abc.abstractmethod

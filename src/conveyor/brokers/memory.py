@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..kv.memory import MemoryKeyValue
 from .base import (
+    PUBLISH_DEDUPE_WINDOW,
     Broker,
     BrokerOptions,
     DeadLetter,
@@ -51,6 +52,7 @@ class MemoryBroker(Broker):
         self._leased: dict[str, tuple[_Entry, float]] = {}
         self._dead: dict[int, DeadLetter] = {}
         self._revoked: dict[str, float] = {}
+        self._published: dict[str, float] = {}  # id -> when publish() forgets it
         self.kv: MemoryKeyValue = MemoryKeyValue()
 
     # -- helpers (lock held) -------------------------------------------------------------
@@ -90,6 +92,9 @@ class MemoryBroker(Broker):
         now = self.time()
         with self._lock:
             for message in messages:
+                if self._published.get(message.id, 0.0) > now:
+                    continue  # published lately: idempotent by id
+                self._published[message.id] = now + PUBLISH_DEDUPE_WINDOW
                 self._add(message, now)
             self._arrived.notify_all()
 
@@ -193,6 +198,8 @@ class MemoryBroker(Broker):
             moved += self._promote_due(now)
             for key in [k for k, exp in self._revoked.items() if exp <= now]:
                 del self._revoked[key]
+            for key in [k for k, exp in self._published.items() if exp <= now]:
+                del self._published[key]
             if moved:
                 self._arrived.notify_all()
         self.kv.delete_expired()

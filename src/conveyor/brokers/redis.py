@@ -50,6 +50,7 @@ from .._redis import (
 from ..exceptions import BrokerError
 from ..kv.redis import RedisKeyValue
 from .base import (
+    PUBLISH_DEDUPE_WINDOW,
     Broker,
     BrokerOptions,
     DeadLetter,
@@ -120,10 +121,17 @@ class RedisBroker(Broker):
         *,
         if_held: bool = False,
     ) -> None:
-        """Add script calls that ack ``acks`` (in the first call) and add ``messages``."""
+        """Add script calls that ack ``acks`` (in the first call) and add ``messages``. A
+        plain publish (no acks) skips ids published in the last ``PUBLISH_DEDUPE_WINDOW``."""
+        dedupe = 0 if acks or if_held else int(PUBLISH_DEDUPE_WINDOW * 1000)
         for start in range(0, max(len(messages), 1), CHUNK):
             first = start == 0
-            args: list[Any] = [self._prefix, len(acks) if first else 0, "1" if if_held else "0"]
+            args: list[Any] = [
+                self._prefix,
+                len(acks) if first else 0,
+                "1" if if_held else "0",
+                dedupe,
+            ]
             if first:
                 args += _receipts(acks)
             for m in messages[start : start + CHUNK]:

@@ -1,8 +1,10 @@
 -- Ack leased messages, then add new ones (publish, retry_later). ARGV: prefix, nacks,
--- all_held ('1': add nothing unless every receipt was still held), (queue, receipt) * nacks,
+-- all_held ('1': add nothing unless every receipt was still held), dedupe_ms (> 0: skip a
+-- message whose id was published in the last dedupe_ms; publish() only, so a retried publish
+-- whose reply was lost adds nothing), (queue, receipt) * nacks,
 -- then (id, queue, priority, countdown_ms, eta_ms, body) * n.
 -- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
-local i = 4
+local i = 5
 local held = 0
 for _ = 1, tonumber(ARGV[2]) do
   if redis.call('ZREM', P .. 'leased:' .. ARGV[i], ARGV[i + 1]) == 1 then
@@ -21,21 +23,27 @@ end
 local now = now_ms()
 local base = reserve(count)
 local touched = {}
+local dedupe = tonumber(ARGV[4])
+local added = 0
 for k = 1, count do
-  local q, priority = ARGV[i + 1], tonumber(ARGV[i + 2])
-  local due = math.max(now + tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]))
-  local uid = base + k
-  redis.call('HSET', P .. 'msg:' .. uid, 'id', ARGV[i], 'q', q, 'p', priority, 'b', ARGV[i + 5])
-  if due > now then
-    redis.call('ZADD', P .. 'delayed:' .. q, fmt(due), uid)
-  else
-    redis.call('ZADD', P .. 'ready:' .. q, score(priority, uid), uid)
-  end
-  if not touched[q] then
-    touched[q] = true
-    redis.call('SADD', P .. 'queues', q)
-    wake(q)
+  local id = ARGV[i]
+  if dedupe <= 0 or redis.call('SET', P .. 'published:' .. id, 1, 'NX', 'PX', dedupe) then
+    added = added + 1
+    local q, priority = ARGV[i + 1], tonumber(ARGV[i + 2])
+    local due = math.max(now + tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]))
+    local uid = base + k
+    redis.call('HSET', P .. 'msg:' .. uid, 'id', id, 'q', q, 'p', priority, 'b', ARGV[i + 5])
+    if due > now then
+      redis.call('ZADD', P .. 'delayed:' .. q, fmt(due), uid)
+    else
+      redis.call('ZADD', P .. 'ready:' .. q, score(priority, uid), uid)
+    end
+    if not touched[q] then
+      touched[q] = true
+      redis.call('SADD', P .. 'queues', q)
+      wake(q)
+    end
   end
   i = i + 6
 end
-return count
+return added

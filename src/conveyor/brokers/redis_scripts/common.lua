@@ -14,6 +14,7 @@
 --                    s (ready score, when it is not the one given at publish),
 --                    r, d, at (dead-letter reason, detail, time)
 --   <p>:wake:<q>     list holding at most one token; idle consumers BLPOP it
+--   <p>:published:<id>  set by publish(), expiring: that id is not added again meanwhile
 --
 -- Each redis.call costs a few microseconds: hot paths make as few as they can.
 local P = ARGV[1] .. ':'

@@ -15,7 +15,16 @@ from typing import Any
 from ..._sqlite import Database, chunks, marks, path_from_url
 from ...exceptions import BrokerError, ConfigurationError
 from ...kv.sqlite import SQLiteKeyValue
-from ..base import Broker, BrokerOptions, DeadLetter, Delivery, Message, QueueStats, clamp_priority
+from ..base import (
+    PUBLISH_DEDUPE_WINDOW,
+    Broker,
+    BrokerOptions,
+    DeadLetter,
+    Delivery,
+    Message,
+    QueueStats,
+    clamp_priority,
+)
 from . import maintenance
 from .rows import delivery_of, lease_order, parse_receipt, receipt_statements
 from .schema import (
@@ -30,6 +39,7 @@ from .schema import (
     PICK_ONE,
     PICK_PART,
     READY,
+    REMEMBER,
     UNLEASE,
 )
 
@@ -248,6 +258,7 @@ class SQLiteBroker(Broker):
             now = self.time()
             moved = maintenance.sweep(conn, self.ns, now, self.options.max_deliveries)
             conn.execute("DELETE FROM conveyor_revoked WHERE expires <= ?", (now,))
+            conn.execute("DELETE FROM conveyor_published WHERE expires <= ?", (now,))
             self.kv.delete_expired(conn, now)
         if moved:
             self._notify()
@@ -315,11 +326,19 @@ class SQLiteBroker(Broker):
     # -- building blocks of SQLiteSettlement (conveyor.settlement.sqlite) -----------------
     def publish_with(self, first: Write | None, messages: Sequence[Message]) -> None:
         """Run ``first(conn)`` (e.g. writing result records into this file) and insert
-        ``messages`` in one transaction."""
+        ``messages`` in one transaction, but not those whose id was published in the last
+        ``PUBLISH_DEDUPE_WINDOW`` seconds."""
         with self._db.write() as conn:
             if first is not None:
                 first(conn)
-            self._insert(conn, messages)
+            now = self.time()
+            expires = now + PUBLISH_DEDUPE_WINDOW
+            fresh = [
+                m
+                for m in messages
+                if conn.execute(REMEMBER, (self.ns, m.id, expires, now)).rowcount
+            ]
+            self._insert(conn, fresh)
         self._notify()
 
     def ack_with(self, first: Write | None, deliveries: Sequence[Delivery]) -> None:

@@ -50,6 +50,12 @@ MIGRATIONS = [
         "CREATE TABLE conveyor_set_expiry (ns TEXT NOT NULL, key TEXT NOT NULL, "
         "expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
     ),
+    # v3: ids published lately (``publish()`` is idempotent by message id for a while).
+    (
+        "CREATE TABLE conveyor_published (ns TEXT NOT NULL, id TEXT NOT NULL, "
+        "expires REAL NOT NULL, PRIMARY KEY (ns, id)) WITHOUT ROWID",
+        "CREATE INDEX conveyor_published_expires ON conveyor_published (expires)",
+    ),
 ]
 #: The tables of the broker's ``kv``.
 KV_TABLES = Tables("conveyor_values", "conveyor_sets", "conveyor_set_expiry")
@@ -57,6 +63,12 @@ KV_TABLES = Tables("conveyor_values", "conveyor_sets", "conveyor_set_expiry")
 INSERT = (
     "INSERT INTO conveyor_messages (ns, id, queue, priority, body, state, due) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Remember a published id; changes nothing (rowcount 0) if it is remembered and not expired.
+REMEMBER = (
+    "INSERT INTO conveyor_published (ns, id, expires) VALUES (?, ?, ?) "
+    "ON CONFLICT (ns, id) DO UPDATE SET expires = excluded.expires "
+    "WHERE conveyor_published.expires <= ?"
 )
 # Each leased row says whether its id is revoked (the worker needs no second look).
 LEASE = (

@@ -2,16 +2,27 @@
 -- all_held ('1': add nothing unless every receipt was still held), (queue, receipt) * nacks,
 -- then (id, queue, priority, countdown_ms, eta_ms, body) * n.
 -- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
+-- Every message is checked before the first write: a bad one fails the call, adding nothing.
+local nacks = int_of(ARGV[2])
+if not nacks or (#ARGV - 3 - 2 * nacks) % 6 ~= 0 then
+  return redis.error_reply('conveyor publish: bad arguments')
+end
+for j = 4 + 2 * nacks, #ARGV, 6 do
+  local priority = int_of(ARGV[j + 2])
+  if not priority or priority > 9 or not finite(ARGV[j + 3]) or not finite(ARGV[j + 4]) then
+    return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
+  end
+end
 local i = 4
 local held = 0
-for _ = 1, tonumber(ARGV[2]) do
+for _ = 1, nacks do
   if redis.call('ZREM', P .. 'leased:' .. ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('DEL', P .. 'msg:' .. uid_of(ARGV[i + 1]))
     held = held + 1
   end
   i = i + 2
 end
-if ARGV[3] == '1' and held < tonumber(ARGV[2]) then
+if ARGV[3] == '1' and held < nacks then
   return 0
 end
 local count = (#ARGV - i + 1) / 6

@@ -8,6 +8,7 @@ or a bad priority raises here, at the call site, before anything is sent.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from .canvas import as_signature
 from .canvas.signature import chord_option, str_option
 from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
-from .message import Envelope, encode_arguments, encode_envelope, to_json_value
+from .message import MAX_TIME_LIMIT, Envelope, encode_arguments, encode_envelope, to_json_value
 from .publishing import RetryPolicy
 from .results.base import ResultRecord
 from .task import Request, Task
@@ -165,13 +166,13 @@ def build_call(
         callbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link"))],
         errbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link_error"))],
         headers=_headers(options.get("headers"), name),
-        time_limit=_optional_float(
+        time_limit=_time_limit(
             _pick(
                 options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
             ),
             "time_limit",
         ),
-        soft_time_limit=_optional_float(
+        soft_time_limit=_time_limit(
             _pick(
                 options.get("soft_time_limit"),
                 task.soft_time_limit if task else None,
@@ -253,12 +254,32 @@ def _pick(*values: object) -> object:
 
 def _float(value: object, what: str) -> float:
     if isinstance(value, SupportsFloat | SupportsIndex | str):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ConfigurationError(f"{what} must be a finite number, got {value!r}")
+        return number
     raise TypeError(f"{what} must be a number, got {value!r}")
 
 
-def _optional_float(value: object, what: str) -> float | None:
-    return None if value is None else _float(value, what)
+def _time_limit(value: object, what: str) -> float | None:
+    """A time limit in seconds: None or 0 for none, else a positive number up to
+    :data:`~conveyor.message.MAX_TIME_LIMIT` (ten years)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, SupportsFloat | SupportsIndex | str):
+        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        raise ConfigurationError(f"{what} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_TIME_LIMIT:
+        raise ConfigurationError(
+            f"{what} must be a number of seconds from 0 (none) to {MAX_TIME_LIMIT:.0f} "
+            f"(ten years), got {value!r}"
+        )
+    return seconds
 
 
 def _int(value: object, what: str) -> int:
@@ -301,6 +322,8 @@ def _timestamp(value: object, what: str) -> float | None:
             value = value.replace(tzinfo=UTC)  # naive datetimes are taken as UTC
         return float(value.timestamp())
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigurationError(f"{what} must be a finite time, got {value!r}")
         return float(value)
     raise ConfigurationError(f"{what} must be a datetime, got {value!r}")
 
@@ -311,5 +334,7 @@ def _expires_at(value: object, now: float) -> float | None:
     if isinstance(value, timedelta):
         return now + value.total_seconds()
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigurationError(f"expires must be a finite number, got {value!r}")
         return now + float(value)
     return _timestamp(value, "expires")

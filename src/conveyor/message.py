@@ -4,11 +4,21 @@ Arguments and results travel as JSON. A few common Python types that JSON lacks 
 through type tags (``{"$type": "datetime", "v": "..."}``): datetime, date, time, UUID, Decimal,
 and dicts whose keys would clash with the tag. Everything else is refused at encoding time with
 an error that names where the bad value sits, so nothing half-encoded ever reaches a broker.
+
+Decoding is bounded and total: a body nested deeper than :data:`MAX_BODY_DEPTH` levels (checked
+on the bytes, before any recursive decoder sees them), larger than the worker's
+``message_max_bytes``, not an object of the envelope's fields and types, or with values no
+worker could act on (an empty id or task name, a non-finite or absurd time limit, a bad chord
+or callback field) raises :class:`~conveyor.exceptions.MalformedMessage` with its dead-letter
+reason; nothing else escapes :func:`decode_envelope`. The producer refuses values nested deeper
+than :data:`MAX_DEPTH` with a :class:`~conveyor.exceptions.SerializationError` naming them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -20,6 +30,16 @@ from .exceptions import MalformedMessage, MessageTooLarge, SerializationError
 
 TAG = "$type"
 PROTOCOL_VERSION = 1
+
+#: How deeply lists and dicts may nest inside one argument, header or result value.
+MAX_DEPTH = 100
+#: How deeply a whole message body may nest: its values (:data:`MAX_DEPTH`) inside the
+#: envelope and the workflow signatures of its callbacks. Far below Python's recursion limit,
+#: so every decoder and walker of a message stays safe.
+MAX_BODY_DEPTH = 200
+#: The largest time limit (seconds) a task may have: ten years. Anything longer is a mistake
+#: (and overflows the timer's clock arithmetic).
+MAX_TIME_LIMIT = 10 * 365 * 86400.0
 
 #: JSON data as :func:`to_json_value` produces it (type tags are JSON objects too).
 type JSONValue = str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None
@@ -37,8 +57,9 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
-def to_json_value(value: object, where: str = "value") -> JSONValue:
-    """Return ``value`` as plain JSON data with type tags; raise SerializationError otherwise."""
+def to_json_value(value: object, where: str = "value", _depth: int = 0) -> JSONValue:
+    """Return ``value`` as plain JSON data with type tags; raise SerializationError otherwise
+    (also for lists and dicts nested deeper than :data:`MAX_DEPTH`)."""
     # Fast path for the common scalar types; exact type checks keep bool/int subclasses honest.
     kind = type(value)
     if type(value) is str or type(value) is int or type(value) is float or type(value) is bool:
@@ -46,8 +67,14 @@ def to_json_value(value: object, where: str = "value") -> JSONValue:
     if value is None:
         return None
     if type(value) is list or type(value) is tuple:
-        return [to_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        if _depth >= MAX_DEPTH:
+            raise _too_deep(where)
+        depth = _depth + 1
+        return [to_json_value(item, f"{where}[{i}]", depth) for i, item in enumerate(value)]
     if type(value) is dict:
+        if _depth >= MAX_DEPTH:
+            raise _too_deep(where)
+        depth = _depth + 1
         out: dict[str, JSONValue] = {}
         for key, item in value.items():
             if type(key) is not str:
@@ -55,7 +82,7 @@ def to_json_value(value: object, where: str = "value") -> JSONValue:
                     f"{where} has a key {key!r} of type {type(key).__name__}; JSON object keys "
                     "must be strings"
                 )
-            out[key] = to_json_value(item, f"{where}[{key!r}]")
+            out[key] = to_json_value(item, f"{where}[{key!r}]", depth)
         if TAG in out:
             return {TAG: "dict", "v": out}
         return out
@@ -83,29 +110,43 @@ def to_json_value(value: object, where: str = "value") -> JSONValue:
     )
 
 
+def _too_deep(where: str) -> SerializationError:
+    # ``where`` of a deep value is long: name where it starts and how deep it goes.
+    head = where if len(where) <= 80 else where[:77] + "..."
+    return SerializationError(
+        f"{head} nests lists/dicts more than {MAX_DEPTH} levels deep; flatten the data or "
+        "store it elsewhere and pass a reference"
+    )
+
+
 @overload
-def from_json_value(value: list[JSONValue]) -> list[object]: ...
+def from_json_value(value: list[JSONValue], _depth: int = 0) -> list[object]: ...
 # A JSON object decodes to a dict, or to the value its type tag names (datetime, UUID, ...):
 # this result should be `object`. It is loose only because AsyncResult.kwargs (result.py)
 # returns it as a dict; once that decodes kwargs per key (as decode_arguments does), it goes.
 @overload
-def from_json_value(value: dict[str, JSONValue]) -> Any: ...
+def from_json_value(value: dict[str, JSONValue], _depth: int = 0) -> Any: ...
 @overload
-def from_json_value(value: object) -> object: ...
-def from_json_value(value: object) -> object:
+def from_json_value(value: object, _depth: int = 0) -> object: ...
+def from_json_value(value: object, _depth: int = 0) -> object:
     """Undo :func:`to_json_value`: rebuild tagged values (a list stays a list, an untagged
-    dict a dict)."""
+    dict a dict). Raises ValueError for a bad type tag, or for lists and dicts nested deeper
+    than :data:`MAX_DEPTH` (which :func:`to_json_value` never produces)."""
     if type(value) is list:
-        return [from_json_value(item) for item in value]
+        if _depth >= MAX_DEPTH:
+            raise ValueError(f"lists/dicts nested more than {MAX_DEPTH} levels deep")
+        return [from_json_value(item, _depth + 1) for item in value]
     if type(value) is dict:
+        if _depth >= MAX_DEPTH:
+            raise ValueError(f"lists/dicts nested more than {MAX_DEPTH} levels deep")
         tag = value.get(TAG)
         if tag is None:
-            return {key: from_json_value(item) for key, item in value.items()}
+            return {key: from_json_value(item, _depth + 1) for key, item in value.items()}
         raw = value.get("v")
         if tag == "dict":
             if not isinstance(raw, dict):
                 raise ValueError(f"type tag 'dict' holds a {type(raw).__name__}, not an object")
-            return {key: from_json_value(item) for key, item in raw.items()}
+            return {key: from_json_value(item, _depth + 1) for key, item in raw.items()}
         if not isinstance(raw, str):
             raise ValueError(f"type tag {tag!r} holds a {type(raw).__name__}, not a string")
         if tag == "datetime":
@@ -172,27 +213,88 @@ _envelope_decoder = msgspec.json.Decoder(Envelope)
 
 
 def encode_envelope(envelope: Envelope, max_bytes: int | None = None) -> bytes:
-    """Encode an envelope whose args/kwargs are already tagged JSON values."""
+    """Encode an envelope whose args/kwargs are already tagged JSON values. Raises
+    MessageTooLarge over ``max_bytes``, SerializationError for a body no worker would decode
+    (nested deeper than :data:`MAX_BODY_DEPTH`)."""
     data = _encoder.encode(envelope)
     if max_bytes is not None and len(data) > max_bytes:
         raise MessageTooLarge(
             f"message for task {envelope.task!r} is {len(data)} bytes, over message_max_bytes "
             f"({max_bytes}). Store large data elsewhere and pass a reference (an id, a path)."
         )
+    if body_depth_exceeds(data, MAX_BODY_DEPTH):
+        raise SerializationError(
+            f"message for task {envelope.task!r} nests more than {MAX_BODY_DEPTH} levels deep "
+            "(arguments, headers and workflow callbacks together)"
+        )
     return data
 
 
-def decode_envelope(data: bytes) -> Envelope:
-    """Decode broker bytes, raising :class:`MalformedMessage` with a dead-letter reason."""
+# A JSON string (escapes included), so that brackets inside strings are not counted.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def body_depth_exceeds(data: bytes, limit: int) -> bool:
+    """Whether the JSON text ``data`` nests arrays/objects more than ``limit`` levels deep,
+    found without a recursive parser (C-speed passes over the bytes; the slow path only runs
+    for bodies holding more than ``limit`` brackets). Malformed text that is not too deep
+    answers False: the decoder then says what is wrong with it."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(_SQUARE, _NOT_BRACKETS)
+    # Each pass removes the innermost pairs: a body of depth d is empty after d passes.
+    for _ in range(limit):
+        shorter = brackets.replace(b"[]", b"")
+        if not shorter:
+            return False
+        if len(shorter) == len(brackets):
+            # Unbalanced: not JSON, and the decoder says so - unless what is left opens more
+            # than ``limit`` levels, which a recursive decoder would descend before it looks.
+            return shorter.count(b"[") > limit
+        brackets = shorter
+    return True
+
+
+def decode_envelope(data: bytes, max_bytes: int | None = None) -> Envelope:
+    """Decode broker bytes, raising :class:`MalformedMessage` with a dead-letter reason
+    (``undecodable``: not JSON, or not bytes at all; ``malformed``: JSON, but too large, too
+    deep, a missing field, a wrong type or an impossible value). Nothing else escapes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessage("undecodable", f"the body is a {type(data).__name__}, not bytes")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise MalformedMessage(
+            "malformed", f"the body is {len(data)} bytes, over message_max_bytes ({max_bytes})"
+        )
+    if body_depth_exceeds(bytes(data), MAX_BODY_DEPTH):
+        raise MalformedMessage("malformed", f"nested more than {MAX_BODY_DEPTH} levels deep")
     try:
         envelope = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise MalformedMessage("malformed", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MalformedMessage("undecodable", str(exc)) from None
-    if not envelope.id or not envelope.task:
-        raise MalformedMessage("malformed", "empty id or task name")
+    except RecursionError:  # not reached after the depth check; kept as a last guard
+        raise MalformedMessage("malformed", "nested too deeply to decode") from None
+    problem = envelope_problem(envelope)
+    if problem:
+        raise MalformedMessage("malformed", problem)
     return envelope
+
+
+def envelope_problem(envelope: Envelope) -> str | None:
+    """What makes a well-typed envelope impossible to act on, or None."""
+    if not envelope.id or not envelope.task:
+        return "empty id or task name"
+    for name in ("time_limit", "soft_time_limit"):
+        limit: float | None = getattr(envelope, name)
+        if limit is not None and (not math.isfinite(limit) or not 0 <= limit <= MAX_TIME_LIMIT):
+            return f"{name} {limit!r} is not a number of seconds from 0 to {MAX_TIME_LIMIT:.0f}"
+    chord = envelope.chord
+    if chord is not None and (not chord["id"] or chord["size"] < 1):
+        return f"chord {chord!r} needs a non-empty id and a size of at least 1"
+    return None
 
 
 def encode_arguments(

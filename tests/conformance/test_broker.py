@@ -346,6 +346,22 @@ def test_redelivery_after_lease_expiry_counts_deliveries(broker: Broker, peer: B
     assert peer.lease([Q], 10, 0) == []
 
 
+def test_expired_lease_returns_to_its_place_in_the_queue(broker: Broker, peer: Broker) -> None:
+    """A message swept back from a dead worker's lease is leased before the messages that
+    were queued behind it (a killed worker's tasks are not sent to the back of the line)."""
+    first, second = message(priority=4), message(priority=4)
+    broker.publish([first, second])
+    assert lease_one(broker).id == first.id
+    behind = [message(priority=4) for _ in range(20)]
+    broker.publish(behind)
+    expired = broker.time() + LEASE_TIMEOUT + EARLY_SLACK
+    wait_until(lambda: broker.time() > expired, REDELIVERY_WAIT, "lease expiry")
+    assert peer.sweep() >= 1
+    again = drain(peer, [Q])
+    assert ids(again) == [first.id, second.id, *(m.id for m in behind)]
+    assert again[0].delivery_count == 2
+
+
 def test_concurrent_sweeps_move_each_expired_lease_once(broker: Broker, peer: Broker) -> None:
     sent = [message() for _ in range(10)]
     broker.publish(sent)

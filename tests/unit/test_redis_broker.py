@@ -285,7 +285,7 @@ def test_heartbeat_holds_one_lease_while_another_runs_out_to_the_dlq(
     assert broker.stats([Q])[Q] == QueueStats(dead=1)
 
 
-def test_release_puts_a_requeued_message_back_at_its_new_place(broker: RedisBroker) -> None:
+def test_release_puts_a_swept_message_back_at_its_own_place(broker: RedisBroker) -> None:
     first = msg(b"first")
     broker.publish([first])
     broker.lease([Q], 1, 0)
@@ -293,13 +293,28 @@ def test_release_puts_a_requeued_message_back_at_its_new_place(broker: RedisBrok
     broker.publish(later)
     expired = broker.time() + LEASE + 0.05
     wait_until(lambda: broker.time() > expired, 5.0, "lease expiry")
-    assert broker.sweep() == 1  # first goes behind b and c
+    assert broker.sweep() == 1  # first keeps its place, ahead of b and c (as on SQLite)
+    held = broker.lease([Q], 3, 0)
+    assert [d.id for d in held] == [first.id, later[0].id, later[1].id]
+    broker.release(held[::-1])
+    again = broker.lease([Q], 3, 0)
+    assert [d.id for d in again] == [first.id, later[0].id, later[1].id]
+    assert [d.delivery_count for d in again] == [2, 1, 1]
+
+
+def test_release_puts_a_replayed_message_back_at_its_new_place(broker: RedisBroker) -> None:
+    first = msg(b"first")
+    broker.publish([first])
+    dead = broker.lease([Q], 1, 0)[0]
+    broker.dead_letter(dead, "rejected")
+    later = [msg(b"b"), msg(b"c")]
+    broker.publish(later)
+    assert broker.replay_dead([first.id]) == 1  # replayed: behind b and c
     held = broker.lease([Q], 3, 0)
     assert [d.id for d in held] == [later[0].id, later[1].id, first.id]
     broker.release(held[::-1])
     again = broker.lease([Q], 3, 0)
     assert [d.id for d in again] == [later[0].id, later[1].id, first.id]
-    assert [d.delivery_count for d in again] == [1, 1, 2]
 
 
 def test_sweep_and_purge_work_through_big_backlogs(broker: RedisBroker) -> None:

@@ -264,20 +264,26 @@ def test_schema_upgrades_in_steps(db_path: Path) -> None:
 
 
 # -- odd data never makes lease() raise --------------------------------------------------
-def test_corrupted_rows_are_delivered_not_raised(broker: SQLiteBroker, db_path: Path) -> None:
+def test_corrupted_rows_are_delivered_or_dead_lettered_not_raised(
+    broker: SQLiteBroker, db_path: Path
+) -> None:
     broker.publish([msg(1)])
     with raw(db_path) as conn:
         conn.execute(
             "INSERT INTO conveyor_messages (ns, id, queue, priority, body, state) VALUES "
-            "('conveyor', CAST(x'ff00fe' AS TEXT), 'default', 'high', 'text body', 0), "
-            "('conveyor', 42, 'default', 5, x'00ff', 0)"
+            "('conveyor', CAST(x'ff00fe' AS TEXT), 'default', 5, 'text body', 0), "
+            "('conveyor', 42, 'default', 5, x'00ff', 0), "
+            "('conveyor', 'bad-priority', 'default', 'high', x'01', 0)"
         )
     got = broker.lease([Q], 10, 0)
     assert len(got) == 3
     assert all(isinstance(d.id, str) and isinstance(d.body, bytes) for d in got)
     assert {d.body for d in got} == {b"body-1", b"text body", b"\x00\xff"}
     broker.ack(got)
-    assert broker.stats([Q]) == {Q: QueueStats()}
+    assert broker.stats([Q]) == {Q: QueueStats(dead=1)}
+    [dead] = broker.dead_letters()
+    assert (dead.id, dead.reason, dead.body) == ("bad-priority", "malformed", b"\x01")
+    assert "priority 'high' is not an integer 0-9" in dead.detail
 
 
 def test_foreign_receipts_are_ignored(broker: SQLiteBroker) -> None:

@@ -193,8 +193,7 @@ class MemoryBroker(Broker):
                         now,
                     )
                 else:
-                    entry.seq = next(self._seq)
-                    self._push_ready(entry)
+                    self._push_ready(entry)  # at its own place, as release() does
             moved += self._promote_due(now)
             for key in [k for k, exp in self._revoked.items() if exp <= now]:
                 del self._revoked[key]

@@ -259,15 +259,15 @@ class RedisBroker(Broker):
             flat = self._run("dead_letters", limit, queue or "")
         return [
             DeadLetter(
-                id=flat[i].decode(),
-                queue=flat[i + 1].decode(),
-                body=flat[i + 2],
-                reason=flat[i + 3].decode(),
-                detail=(flat[i + 4] or b"").decode(),
-                dead_at=float(flat[i + 5]),
-                delivery_count=int(flat[i + 6]),
+                id=_text(flat[i]),
+                queue=_text(flat[i + 1]),
+                body=_blob(flat[i + 2]),
+                reason=_text(flat[i + 3]),
+                detail=_text(flat[i + 4]),
+                dead_at=_number(flat[i + 5]),
+                delivery_count=int(_number(flat[i + 6])),
             )
-            for i in range(0, len(flat), 7)
+            for i in range(0, len(flat) - 6, 7)
         ]
 
     def replay_dead(self, ids: Sequence[str] | None = None) -> int:
@@ -341,18 +341,44 @@ class RedisBroker(Broker):
 
 
 def _deliveries(reply: list[Any]) -> list[Delivery]:
+    # The lease script checked every field it returns (see message_problem in common.lua);
+    # the parsing is total all the same.
     return [
         Delivery(
-            id=reply[i + 1].decode(),
-            queue=reply[i + 2].decode(),
-            body=reply[i + 4],
-            priority=int(reply[i + 3]),
-            receipt=reply[i].decode(),
-            delivery_count=reply[i + 5],
+            id=_text(reply[i + 1]),
+            queue=_text(reply[i + 2]),
+            body=_blob(reply[i + 4]),
+            priority=int(_number(reply[i + 3])),
+            receipt=_text(reply[i]),
+            delivery_count=int(_number(reply[i + 5])),
             revoked=reply[i + 6] == 1,
         )
-        for i in range(1, len(reply), 7)
+        for i in range(1, len(reply) - 6, 7)
     ]
+
+
+def _text(value: object) -> str:
+    """A reply field as text (never raising: bytes that are not UTF-8 are replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _blob(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return b"" if value is None else str(value).encode()
+
+
+def _number(value: object) -> float:
+    """A reply field as a finite number, 0 when it is not one."""
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(_text(value))
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _receipts(deliveries: Sequence[Delivery]) -> list[str]:

@@ -67,6 +67,8 @@ class Signature:
         immutable: bool = False,
         app: Conveyor | None = None,
     ) -> None:
+        if not isinstance(task, str) or not task:
+            raise TypeError(f"a signature's task name must be a non-empty string, got {task!r}")
         self.task = task
         self.args: tuple[object, ...] = tuple(args)
         self.kwargs: dict[str, object] = dict(kwargs or {})
@@ -292,6 +294,20 @@ class TaskLike(Protocol):
     name: str
 
     def s(self, *args: object, **kwargs: object) -> Signature: ...
+
+
+def signature_problem(data: object, app: Conveyor | None = None) -> str | None:
+    """Why the JSON form of a signature (a callback, errback or chord body that arrived in a
+    message) cannot be rebuilt - a task name that is not a non-empty string, a field of the
+    wrong type, anywhere in its tree - or None. A worker checks this before running a task,
+    so a bad follow-up dead-letters its message instead of failing after the task ran."""
+    try:
+        if not isinstance(data, Mapping):
+            return f"a signature must be an object, got {type(data).__name__}"
+        Signature.from_dict(data, app)
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def as_signature(value: object, app: Conveyor | None = None) -> Signature:

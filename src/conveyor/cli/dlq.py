@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from ..exceptions import ConveyorError
+from ..exceptions import ConveyorError, MalformedMessage
 from ..message import decode_envelope
 from .base import Group, State, app_option
 from .output import console, print_json, when
@@ -85,15 +85,17 @@ def dlq_purge(
 
 
 def preview(body: bytes, width: int = 60) -> str:
-    """A dead letter's message as ``task(args, key=value)``, cut to ``width`` characters."""
+    """A dead letter's message as ``task(args, key=value)``, cut to ``width`` characters; a
+    body that is not a valid envelope shows as ``<malformed: ...>`` with its first bytes.
+    Never raises, whatever is stored."""
     try:
         envelope = decode_envelope(body)
-    except ConveyorError:
-        text = repr(body[:width])
-    else:
         args = json.dumps(envelope.args, default=str)[1:-1]
         kwargs = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in envelope.kwargs.items())
         text = f"{envelope.task}({', '.join(filter(None, [args, kwargs]))})"
+    except (ConveyorError, ValueError, TypeError, RecursionError) as exc:
+        reason = exc.reason if isinstance(exc, MalformedMessage) else type(exc).__name__
+        text = f"<{reason}: {bytes(body or b'')[:width]!r}>"
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -34,6 +34,7 @@ from .dispatch import Dispatcher
 from .execution import TaskRunner
 from .inflight import Finished, InFlight, Running
 from .job import Job, Outcome
+from .loops import LoopErrors
 from .retry import retrying
 from .started import StartedRecords
 
@@ -50,7 +51,12 @@ def default_hostname() -> str:
 
 class Consumer:
     """Leases for one worker while ``leasing`` is set: call :meth:`run` on the thread that
-    should lease (a thread of its own, or the main thread of a one-thread process)."""
+    should lease (a thread of its own, or the main thread of a one-thread process).
+
+    A broker or store error backs off and tries again; so does an unexpected error in one
+    round (logged): leased messages that were not admitted are no longer renewed, so their
+    leases expire and they are delivered again (counted: a message that keeps failing ends
+    as a dead letter)."""
 
     def __init__(
         self,
@@ -86,6 +92,7 @@ class Consumer:
         self._release = release
         self._on_max_tasks = on_max_tasks
         self._started = started
+        self._errors = LoopErrors("consumer")
 
     def run(self) -> None:
         """Lease until leasing stops (or ``max_tasks`` is reached)."""
@@ -114,7 +121,8 @@ class Consumer:
             try:
                 if not leasing:
                     if quick:
-                        self._settle(quick)
+                        settling, quick = quick, []  # settled (or given up) once
+                        self._settle(settling)
                     if not self._leasing.is_set():
                         break
                     if self.max_tasks is not None and inflight.processed >= self.max_tasks:
@@ -143,6 +151,12 @@ class Consumer:
                     self._settle(quick)
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 logger.error("broker error (retrying in %.1fs): %s", backoff, exc)
+                self._stopped.wait(backoff)
+            except Exception as exc:
+                self._errors.failed(exc)
+                if quick:
+                    self._settle(quick)
+                backoff = min(max(backoff * 2, 0.1), 5.0)
                 self._stopped.wait(backoff)
 
     def _next_step(self) -> tuple[list[Finished], int, bool]:
@@ -175,7 +189,16 @@ class Consumer:
 
     def _admit(self, deliveries: list[Delivery]) -> list[Running]:
         """Settle what must not run (revoked, expired, malformed), record STARTED, and count
-        the rest as in flight."""
+        the rest as in flight. If this fails half-way, what was not admitted is unheld (its
+        lease then expires: delivered again) and the error goes on to the lease loop."""
+        settling: set[str] = set()  # receipts of the outcomes handed to the finisher
+        try:
+            return self._admit_all(deliveries, settling)
+        except BaseException:
+            self.inflight.unhold([d for d in deliveries if d.receipt not in settling])
+            raise
+
+    def _admit_all(self, deliveries: list[Delivery], settling: set[str]) -> list[Running]:
         broker = self.app.broker
         if broker.lease_checks_revoked:
             revoked = {d.id for d in deliveries if d.revoked}
@@ -187,6 +210,7 @@ class Consumer:
             prepared = self.runner.prepare(delivery, revoked)
             if isinstance(prepared, Outcome):
                 self.dispatcher.submit(prepared, None)
+                settling.add(delivery.receipt)
             else:
                 jobs.append(prepared)
         if not jobs:

@@ -23,6 +23,7 @@ from .. import states
 from .._exceptions_registry import exception_info, format_traceback
 from ..brokers.base import DeadLetterReason, Delivery, Message
 from ..canvas import ONCE_HEADER, on_task_finished, once_guard
+from ..canvas.signature import signature_problem
 from ..exceptions import (
     MalformedMessage,
     NotRegistered,
@@ -51,6 +52,9 @@ class TaskRunner:
         self.hostname = hostname
         self.records = RecordBuilder(hostname, bool(app.conf.result_extended))
         self.log_tasks = bool(app.conf.worker_log_tasks)
+        #: Bodies over this are dead-lettered undecoded: twice ``message_max_bytes``, so a
+        #: message that grew a little on its way (a retry, headers) still runs.
+        self.max_body_bytes = 2 * int(app.conf.message_max_bytes)
         self._rate_lock = threading.Lock()
         self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
 
@@ -58,13 +62,25 @@ class TaskRunner:
     def prepare(
         self, delivery: Delivery, revoked: set[str] | frozenset[str] = frozenset()
     ) -> Job | Outcome:
-        """Decode and check a delivery: a Job to run, or the Outcome of not running it."""
+        """Decode and check a delivery: a Job to run, or the Outcome of not running it.
+        Total: whatever the body holds, this returns (an unexpected error dead-letters the
+        message as ``malformed``, logged with its traceback)."""
         try:
-            envelope = decode_envelope(delivery.body)
+            envelope = decode_envelope(delivery.body, self.max_body_bytes)
         except MalformedMessage as exc:
             logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
             return Outcome(delivery, Action.DEAD, reason=exc.reason, detail=exc.detail)
-        return self.prepare_envelope(envelope, delivery, revoked)
+        try:
+            return self.prepare_envelope(envelope, delivery, revoked)
+        except Exception as exc:
+            logger.exception("dead-lettered message %s: it could not be prepared", delivery.id)
+            return Outcome(
+                delivery,
+                Action.DEAD,
+                reason=DeadLetterReason.MALFORMED,
+                detail=f"could not be prepared: {type(exc).__name__}: {exc}",
+                envelope=envelope,
+            )
 
     def prepare_envelope(
         self,
@@ -97,13 +113,18 @@ class TaskRunner:
             )
         try:
             args, kwargs = decode_arguments(envelope)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+            logger.warning("dead-lettered message %s: bad arguments: %s", envelope.id, exc)
             return Outcome(
                 delivery,
                 Action.DEAD,
                 reason=DeadLetterReason.MALFORMED,
                 detail=f"bad arguments: {exc}",
             )
+        problem = _followups_problem(self.app, envelope)
+        if problem is not None:
+            logger.warning("dead-lettered message %s: %s", envelope.id, problem)
+            return Outcome(delivery, Action.DEAD, reason=DeadLetterReason.MALFORMED, detail=problem)
         if envelope.id in revoked:
             return self.revoked_outcome(envelope, delivery)
         if envelope.expires is not None and now >= envelope.expires:
@@ -389,6 +410,17 @@ class TaskRunner:
     def _log(self, level: int, msg: str, *args: object) -> None:
         if self.log_tasks and logger.isEnabledFor(level):
             logger.log(level, msg, *args)
+
+
+def _followups_problem(app: Conveyor, envelope: Envelope) -> str | None:
+    """Why the callbacks or errbacks of ``envelope`` could not be sent, or None (checked
+    before the task runs: afterwards its follow-ups would fail on every redelivery)."""
+    for kind, sigs in (("callback", envelope.callbacks), ("errback", envelope.errbacks)):
+        for index, data in enumerate(sigs):
+            problem = signature_problem(data, app)
+            if problem is not None:
+                return f"bad {kind} {index}: {problem}"
+    return None
 
 
 def _has_followups(envelope: Envelope) -> bool:

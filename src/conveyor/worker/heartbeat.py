@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from ..exceptions import ConveyorError
 from .inflight import InFlight
+from .loops import LoopErrors
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -36,8 +37,9 @@ class WorkerInfo(TypedDict, total=False):
 
 class Heartbeat:
     """Every ``interval`` seconds: extend the held leases and check for terminate requests;
-    less often, sweep, announce and clean up. Errors are logged and the next beat tries
-    again. Call :meth:`run` on a thread; it returns once ``stopped`` is set."""
+    less often, sweep, announce and clean up. Errors (broker and store errors, and any
+    unexpected one) are logged and the next beat tries again. Call :meth:`run` on a thread;
+    it returns once ``stopped`` is set."""
 
     def __init__(
         self,
@@ -70,6 +72,7 @@ class Heartbeat:
         last_sweep = 0.0
         last_announce = 0.0
         last_cleanup = time.monotonic()
+        errors = LoopErrors("heartbeat")
         while not self._stopped.wait(self.interval):
             try:
                 held, running = self._inflight.held_now()
@@ -89,6 +92,8 @@ class Heartbeat:
                     self.app.results.cleanup()
             except ConveyorError as exc:
                 logger.error("heartbeat failed: %s", exc)
+            except Exception as exc:
+                errors.failed(exc)
 
     def announce(self) -> None:
         info: WorkerInfo = {

@@ -54,6 +54,10 @@ logger = logging.getLogger("conveyor.worker")
 INTERRUPT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 #: Seconds between snapshots of the running tasks that are not reported one by one.
 SNAPSHOT_INTERVAL = 0.25
+#: Exit status of a process whose worker lost a background loop (EX_SOFTWARE), and the
+#: seconds its cold stop may take before the process exits regardless.
+EXIT_LOOP_DIED = 70
+LOOP_DIED_EXIT_AFTER = 30.0
 
 #: A delivery as a report carries it: ``Delivery(*fields)`` rebuilds it.
 type DeliveryFields = tuple[str, str, bytes, int, str, int]
@@ -264,6 +268,16 @@ class ProcessWorker(Worker):
         sys.stderr.flush()
         # A cold stop may leave a task running in the main thread: end the process now.
         os._exit(self.exit_code)
+
+    def loop_died(self, name: str, exc: BaseException) -> None:
+        """Exit the process (code 70) after a cold stop, so the supervisor starts another;
+        if the stop hangs, exit anyway after ``LOOP_DIED_EXIT_AFTER`` seconds."""
+        logger.critical("worker %s: the %s loop died; exiting", self.hostname, name, exc_info=exc)
+        self.exit_code = EXIT_LOOP_DIED
+        watchdog = threading.Timer(LOOP_DIED_EXIT_AFTER, os._exit, (EXIT_LOOP_DIED,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.request_stop(cold=True)
 
     def serve(self) -> None:
         """Run the worker in the main thread until the process exits: with one thread, lease

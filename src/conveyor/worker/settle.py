@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .inflight import Finished, InFlight
 from .job import Action, Outcome
+from .loops import LoopErrors
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -96,7 +97,9 @@ class Settler:
 class Finisher:
     """The worker's finisher: settles, in batches of up to 256, the outcomes the lease loop
     does not settle quickly, then releases their slots. Call :meth:`run` on a thread; it
-    returns once ``stopped`` is set and nothing is left to settle."""
+    returns once ``stopped`` is set and nothing is left to settle. A batch whose settling
+    fails unexpectedly is logged and released unsettled: its messages stay unacked, so their
+    leases expire and they are delivered again (at least once, never lost)."""
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class Finisher:
         self._cold = cold
         self._release = release
         self._before_settle = before_settle
+        self._errors = LoopErrors("finisher")
 
     def run(self) -> None:
         done = self._inflight.done
@@ -131,11 +135,21 @@ class Finisher:
             if self._cold():
                 self._release(batch)  # their leases were returned
                 continue
-            self.apply(batch)
+            try:
+                self._settle(batch)
+            except Exception as exc:
+                self._errors.failed(exc)
+            try:
+                self._release(batch)
+            except Exception as exc:
+                self._errors.failed(exc)
 
     def apply(self, batch: list[Finished]) -> None:
+        self._settle(batch)
+        self._release(batch)
+
+    def _settle(self, batch: list[Finished]) -> None:
         outcomes = [outcome for outcome, _ in batch]
         if self._before_settle is not None:
             self._before_settle(outcomes)
         self._settler.settle(outcomes)
-        self._release(batch)

@@ -19,11 +19,13 @@ from functools import partial
 
 from ..results.base import ResultRecord
 from .inflight import InFlight, Running
+from .loops import LoopErrors
 
 
 class StartedRecords:
     """Stores the STARTED records of tasks running longer than ``delay``. Call :meth:`run`
-    on a thread; it returns once ``stopped`` is set."""
+    on a thread; it returns once ``stopped`` is set. An unexpected error in one round is
+    logged and the next round goes on."""
 
     def __init__(
         self,
@@ -45,15 +47,19 @@ class StartedRecords:
 
     def run(self) -> None:
         delay = self.delay
+        errors = LoopErrors("started records")
         while not self._stopped.wait(delay / 2):
             began = time.monotonic() - delay
-            due = [
-                control
-                for control in self._inflight.controls()
-                if control.started is not None and control.active and control.since <= began
-            ]
-            if due:
-                self._record(due)
+            try:
+                due = [
+                    control
+                    for control in self._inflight.controls()
+                    if control.started is not None and control.active and control.since <= began
+                ]
+                if due:
+                    self._record(due)
+            except Exception as exc:
+                errors.failed(exc)
 
     @staticmethod
     def _drop(control: Running) -> None:

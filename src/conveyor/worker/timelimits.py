@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -13,15 +14,20 @@ from collections.abc import Callable
 from ..exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from .inflight import InFlight, Running
 from .job import Job
+from .loops import LoopErrors
 
 logger = logging.getLogger("conveyor.worker")
+
+#: The timer never sleeps longer than this in one wait (a far deadline is re-checked).
+MAX_WAIT = 3600.0
 
 
 class TimeLimits:
     """Interrupts a task that runs past its soft limit (``SoftTimeLimitExceeded``) or hard
     limit (``TimeLimitExceeded``, or ``on_hard_limit`` instead: the supervisor kills the
     process). Call :meth:`run` on a thread; it returns once ``stopped`` is set and
-    :meth:`wake` was called."""
+    :meth:`wake` was called. An error while acting on one deadline is logged and the timer
+    goes on with the next: one bad task never switches off the limits of the others."""
 
     def __init__(
         self,
@@ -37,23 +43,20 @@ class TimeLimits:
         self._timers: list[tuple[float, int, str, Running]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
+        self._errors = LoopErrors("time limits")
 
     def arm(self, control: Running) -> None:
         envelope = control.job.envelope
         if not (envelope.soft_time_limit or envelope.time_limit):
             return  # most tasks: nothing to arm, no need to wake the timer thread
+        soft, hard = envelope.soft_time_limit, envelope.time_limit
         now = time.monotonic()
         with self._cond:
             first = self._timers[0][0] if self._timers else None
-            if envelope.soft_time_limit:
-                heapq.heappush(
-                    self._timers,
-                    (now + envelope.soft_time_limit, next(self._seq), "soft", control),
-                )
-            if envelope.time_limit:
-                heapq.heappush(
-                    self._timers, (now + envelope.time_limit, next(self._seq), "hard", control)
-                )
+            if soft and _usable(soft):
+                heapq.heappush(self._timers, (now + soft, next(self._seq), "soft", control))
+            if hard and _usable(hard):
+                heapq.heappush(self._timers, (now + hard, next(self._seq), "hard", control))
             if first is None or self._timers[0][0] < first:
                 self._cond.notify()  # it sleeps until the earliest deadline: a new one
 
@@ -71,17 +74,28 @@ class TimeLimits:
                 due, _, kind, control = self._timers[0]
                 delay = due - time.monotonic()
                 if delay > 0:
-                    self._cond.wait(delay)
+                    self._cond.wait(min(delay, MAX_WAIT))
                     continue
                 heapq.heappop(self._timers)
-            if self._inflight.get(control.job.envelope.id) is None or not control.active:
-                continue
-            job = control.job
-            if kind == "soft":
-                logger.warning("%s[%s] soft time limit exceeded", job.task.name, job.envelope.id)
-                self._interrupt(control, SoftTimeLimitExceeded)
-            elif self._on_hard_limit is not None:
-                self._on_hard_limit(job)
-            else:
-                logger.error("%s[%s] hard time limit exceeded", job.task.name, job.envelope.id)
-                self._interrupt(control, TimeLimitExceeded)
+            try:
+                self._expired(kind, control)
+            except Exception as exc:
+                self._errors.failed(exc)
+
+    def _expired(self, kind: str, control: Running) -> None:
+        if self._inflight.get(control.job.envelope.id) is None or not control.active:
+            return
+        job = control.job
+        if kind == "soft":
+            logger.warning("%s[%s] soft time limit exceeded", job.task.name, job.envelope.id)
+            self._interrupt(control, SoftTimeLimitExceeded)
+        elif self._on_hard_limit is not None:
+            self._on_hard_limit(job)
+        else:
+            logger.error("%s[%s] hard time limit exceeded", job.task.name, job.envelope.id)
+            self._interrupt(control, TimeLimitExceeded)
+
+
+def _usable(limit: float) -> bool:
+    """A limit to arm: positive and finite (decoding refuses the others; 0 means none)."""
+    return limit > 0 and math.isfinite(limit)

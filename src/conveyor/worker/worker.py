@@ -42,6 +42,7 @@ from .heartbeat import Heartbeat
 from .hooks import worker_hooks
 from .inflight import Finished, InFlight, Running
 from .job import Job, Outcome
+from .loops import guarded
 from .pools import EventLoopThread, TaskExecutor, ThreadExecutor
 from .retry import retrying
 from .settle import Finisher, Settler
@@ -225,7 +226,8 @@ class Worker:
         if started is not None:
             loops.append(("started", started.run))
         for name, target in loops:
-            thread = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
+            run = guarded(name, target, self.loop_died)
+            thread = threading.Thread(target=run, name=f"conveyor-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
         with contextlib.suppress(ConveyorError):
@@ -353,6 +355,14 @@ class Worker:
         if self.on_task_end is not None:
             for job in jobs:
                 self.on_task_end(job)
+
+    def loop_died(self, name: str, exc: BaseException) -> None:
+        """A background loop (consumer, finisher, heartbeat, timer, started) ended by an
+        exception its own handling let through: the worker cannot go on, so it stops (cold:
+        its leases return now) rather than stay up doing nothing. A worker process exits
+        (:class:`~conveyor.worker.process.ProcessWorker`), so its supervisor replaces it."""
+        logger.critical("worker %s: the %s loop died; stopping", self.hostname, name, exc_info=exc)
+        threading.Thread(target=self.stop, kwargs={"cold": True}, daemon=True).start()
 
     def _max_tasks_reached(self) -> None:
         logger.info("worker %s reached max_tasks=%d", self.hostname, self.max_tasks)

@@ -4,16 +4,28 @@
 -- whose reply was lost adds nothing), (queue, receipt) * nacks,
 -- then (id, queue, priority, countdown_ms, eta_ms, body) * n.
 -- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
+-- Every message is checked before the first write: a bad one fails the call, adding nothing.
+local nacks = int_of(ARGV[2])
+local dedupe = tonumber(ARGV[4])
+if not nacks or not dedupe or (#ARGV - 4 - 2 * nacks) % 6 ~= 0 then
+  return redis.error_reply('conveyor publish: bad arguments')
+end
+for j = 5 + 2 * nacks, #ARGV, 6 do
+  local priority = int_of(ARGV[j + 2])
+  if not priority or priority > 9 or not finite(ARGV[j + 3]) or not finite(ARGV[j + 4]) then
+    return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
+  end
+end
 local i = 5
 local held = 0
-for _ = 1, tonumber(ARGV[2]) do
+for _ = 1, nacks do
   if redis.call('ZREM', P .. 'leased:' .. ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('DEL', P .. 'msg:' .. uid_of(ARGV[i + 1]))
     held = held + 1
   end
   i = i + 2
 end
-if ARGV[3] == '1' and held < tonumber(ARGV[2]) then
+if ARGV[3] == '1' and held < nacks then
   return 0
 end
 local count = (#ARGV - i + 1) / 6
@@ -23,7 +35,6 @@ end
 local now = now_ms()
 local base = reserve(count)
 local touched = {}
-local dedupe = tonumber(ARGV[4])
 local added = 0
 for k = 1, count do
   local id = ARGV[i]

@@ -17,6 +17,12 @@
 --   <p>:published:<id>  set by publish(), expiring: that id is not added again meanwhile
 --
 -- Each redis.call costs a few microseconds: hot paths make as few as they can.
+--
+-- Redis does not roll back a script that fails half-way, so every script reads and checks
+-- what it will use (its arguments, the fields of each message hash) before its first write
+-- for it, and writes only what cannot fail: a message with a field no script could use
+-- (a priority that is not an integer 0-9, a count that is not an integer, no body) is
+-- dead-lettered as 'malformed' with a detail naming the field - never half-moved or lost.
 local P = ARGV[1] .. ':'
 local BAND = 1e14
 
@@ -55,7 +61,62 @@ local function requeue(q, uid, priority)
 end
 
 local function uid_of(receipt)
-  return string.match(receipt, '^[^:]+')
+  return string.match(receipt, '^[^:]+') or ''
+end
+
+-- x as a whole number 0 <= x < 1e15, or nil (tonumber alone accepts '1.5', 'inf', '0x1f').
+local function int_of(x)
+  local n = tonumber(x)
+  if n and n == math.floor(n) and n >= 0 and n < 1e15 then
+    return n
+  end
+  return nil
+end
+
+-- x as a finite number, or nil.
+local function finite(x)
+  local n = tonumber(x)
+  if n and n == n and n > -math.huge and n < math.huge then
+    return n
+  end
+  return nil
+end
+
+local function shown(x)
+  if not x then
+    return 'missing'
+  end
+  return "'" .. string.sub(tostring(x), 1, 40) .. "'"
+end
+
+-- Why uid (a member of a queue's sorted sets) with priority p cannot be queued, or nil.
+local function priority_problem(uid, p)
+  if not int_of(uid) then
+    return 'message uid ' .. shown(uid) .. ' is not a number'
+  end
+  local prio = int_of(p)
+  if not prio or prio > 9 then
+    return 'priority ' .. shown(p) .. ' is not an integer 0-9'
+  end
+  return nil
+end
+
+-- Why a message hash (fields p, b, n, u) cannot be leased, or nil.
+local function message_problem(uid, p, b, n, u)
+  local problem = priority_problem(uid, p)
+  if problem then
+    return problem
+  end
+  if not b then
+    return 'the message has no body'
+  end
+  if n and not int_of(n) then
+    return 'lease count ' .. shown(n) .. ' is not an integer'
+  end
+  if u and not int_of(u) then
+    return 'release count ' .. shown(u) .. ' is not an integer'
+  end
+  return nil
 end
 
 local function bury(uid, q, reason, detail, now)
@@ -63,7 +124,8 @@ local function bury(uid, q, reason, detail, now)
   redis.call('ZADD', P .. 'dead:' .. q, reserve(1) + 1, uid)
 end
 
--- Move up to max due delayed messages of q to its ready set, behind what is already there.
+-- Move up to max due delayed messages of q to its ready set, behind what is already there
+-- (a message whose priority no score can be made of is dead-lettered instead).
 local function promote(q, now, max)
   local key = P .. 'delayed:' .. q
   local found = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'WITHSCORES', 'LIMIT', 0, max)
@@ -73,13 +135,24 @@ local function promote(q, now, max)
   -- Equal due times tie-break by uid (publish order), numerically: the zset compares strings.
   local due = {}
   for i = 1, #found, 2 do
-    due[#due + 1] = {found[i], tonumber(found[i + 1]), tonumber(found[i])}
+    due[#due + 1] = {found[i], tonumber(found[i + 1]), tonumber(found[i]) or 0}
   end
   table.sort(due, function(a, b) return a[2] < b[2] or (a[2] == b[2] and a[3] < b[3]) end)
   local uids = {}
   for i, item in ipairs(due) do
     uids[i] = item[1]
-    requeue(q, item[1], tonumber(redis.call('HGET', P .. 'msg:' .. item[1], 'p')))
+    item[4] = redis.call('HMGET', P .. 'msg:' .. item[1], 'id', 'p')
+  end
+  for _, item in ipairs(due) do
+    local fields = item[4]
+    if fields[1] then  -- else the message is gone: only its uid is left to remove
+      local problem = priority_problem(item[1], fields[2])
+      if problem then
+        bury(item[1], q, 'malformed', problem, now)
+      else
+        requeue(q, item[1], int_of(fields[2]))
+      end
+    end
   end
   redis.call('ZREM', key, unpack(uids))
   return #uids

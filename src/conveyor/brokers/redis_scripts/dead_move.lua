@@ -1,5 +1,6 @@
 -- Replay dead letters (back to their queue, fresh delivery count) or purge them.
 -- ARGV: prefix, 'replay' | 'purge', '1' for all or '0', id... Returns how many.
+-- (A dead uid whose hash is gone is removed, and counted, by either.)
 local replay, all = ARGV[2] == 'replay', ARGV[3] == '1'
 local wanted = {}
 for i = 4, #ARGV do
@@ -14,10 +15,17 @@ for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
     local fields = redis.call('HMGET', key, 'id', 'p', 'n')
     if all or wanted[fields[1]] then
       redis.call('ZREM', dead, uid)
-      if replay then
+      if replay and fields[1] then
+        -- n stays (old receipts stay stale); a priority or count no script could use
+        -- (a message dead-lettered as 'malformed' for it) is repaired: 5, 0.
+        local n = int_of(fields[3]) or 0
+        local priority = int_of(fields[2])
+        if not priority or priority > 9 then
+          priority = 5
+        end
         redis.call('HDEL', key, 'r', 'd', 'at')
-        redis.call('HSET', key, 'u', fields[3] or 0)  -- n stays: old receipts stay stale
-        requeue(q, uid, tonumber(fields[2]))
+        redis.call('HSET', key, 'p', priority, 'n', n, 'u', n)
+        requeue(q, uid, priority)
         replayed = true
       else
         redis.call('DEL', key)

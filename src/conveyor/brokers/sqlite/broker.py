@@ -20,13 +20,22 @@ from ..base import (
     Broker,
     BrokerOptions,
     DeadLetter,
+    DeadLetterReason,
     Delivery,
     Message,
     QueueStats,
     clamp_priority,
 )
 from . import maintenance
-from .rows import delivery_of, lease_order, parse_receipt, receipt_statements
+from .rows import (
+    as_int,
+    as_text,
+    delivery_of,
+    lease_order,
+    parse_receipt,
+    receipt_statements,
+    row_problem,
+)
 from .schema import (
     ACK,
     BURY,
@@ -152,8 +161,29 @@ class SQLiteBroker(Broker):
             maintenance.promote(conn, self.ns, now)
             cursor = conn.execute(sql, (token, now + self.options.lease_timeout, *params, now))
             rows = cursor.fetchall()
+            if any(row_problem(row) for row in rows):
+                rows = self._bury_bad(conn, rows, token, now)
         rows.sort(key=lease_order)
         return [delivery_of(row, token) for row in rows]
+
+    def _bury_bad(
+        self, conn: sqlite3.Connection, rows: list[Any], token: int, now: float
+    ) -> list[Any]:
+        """Dead-letter (``malformed``) the leased rows that cannot be delivered, in the lease's
+        transaction; return the others."""
+        good = []
+        for row in rows:
+            problem = row_problem(row)
+            if problem is None:
+                good.append(row)
+                continue
+            seq, id_, queue, priority, body, count, _ = row
+            conn.execute(UNLEASE, (seq, token))
+            priority = min(max(as_int(priority), 0), 9)
+            dead = (self.ns, as_text(id_), as_text(queue), priority, body)
+            reason = str(DeadLetterReason.MALFORMED)
+            conn.execute(BURY, (*dead, reason, f"broker row: {problem}", now, as_int(count)))
+        return good
 
     def _lease_sql(self, queues: list[str], limit: int) -> tuple[str, list[Any]]:
         """The lease statement and its pick parameters (kept: a worker asks for the same few)."""

@@ -17,6 +17,24 @@ def lease_order(row: tuple[Any, ...]) -> tuple[int, int]:
     return -as_int(row[3]), as_int(row[0])
 
 
+def row_problem(row: tuple[Any, ...]) -> str | None:
+    """Why a row returned by the lease statement cannot be delivered (SQLite keeps whatever
+    was written into a column, whatever its declared type), or None."""
+    _, id_, queue, priority, _, count, _ = row
+    if type(priority) is not int or not 0 <= priority <= 9:
+        return f"priority {_shown(priority)} is not an integer 0-9"
+    if type(count) is not int:
+        return f"delivery count {_shown(count)} is not an integer"
+    if type(id_) is not str or not id_ or type(queue) is not str:
+        return f"id {_shown(id_)} or queue {_shown(queue)} is not text"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def delivery_of(row: tuple[Any, ...], token: int) -> Delivery:
     """A row returned by the lease statement, leased with ``token``."""
     seq, id_, queue, priority, body, count, revoked = row

@@ -444,20 +444,4 @@ def _request(envelope: Envelope) -> Request:
         args, kwargs = decode_arguments(envelope)
     except (ValueError, TypeError, AttributeError):
         args, kwargs = list(envelope.args), dict(envelope.kwargs)
-    return Request(
-        id=envelope.id,
-        task=envelope.task,
-        args=args,
-        kwargs=kwargs,
-        retries=envelope.retries,
-        eta=envelope.eta,
-        expires=envelope.expires,
-        queue=envelope.queue,
-        priority=envelope.priority,
-        root_id=envelope.root_id,
-        parent_id=envelope.parent_id,
-        group_id=envelope.group_id,
-        group_index=envelope.group_index,
-        headers=envelope.headers,
-        envelope=envelope,
-    )
+    return Request.from_envelope(envelope, args, kwargs)

@@ -56,6 +56,41 @@ class Request:
     #: drop a STARTED record not stored yet, which would overwrite it); not public API
     before_state_update: Callable[[], None] | None = None
 
+    @classmethod
+    def from_envelope(
+        cls,
+        envelope: Envelope,
+        args: list[object],
+        kwargs: dict[str, object],
+        *,
+        hostname: str | None = None,
+        delivery_count: int = 1,
+        is_eager: bool = False,
+    ) -> Request:
+        """The request of the task in ``envelope`` (with its decoded arguments)."""
+        return cls(
+            id=envelope.id,
+            task=envelope.task,
+            args=args,
+            kwargs=kwargs,
+            retries=envelope.retries,
+            eta=envelope.eta,
+            expires=envelope.expires,
+            queue=envelope.queue,
+            priority=envelope.priority,
+            root_id=envelope.root_id,
+            parent_id=envelope.parent_id,
+            group_id=envelope.group_id,
+            group_index=envelope.group_index,
+            hostname=hostname,
+            delivery_count=delivery_count,
+            headers=envelope.headers,
+            is_eager=is_eager,
+            time_limit=envelope.time_limit,
+            soft_time_limit=envelope.soft_time_limit,
+            envelope=envelope,
+        )
+
     @property
     def delivery_info(self) -> dict[str, object]:
         return {"routing_key": self.queue, "priority": self.priority}

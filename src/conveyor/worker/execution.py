@@ -151,27 +151,13 @@ class TaskRunner:
                     state=states.QUEUED,
                     skipped=True,
                 )
-        request = Request(
-            id=envelope.id,
-            task=envelope.task,
-            args=args,
-            kwargs=kwargs,
-            retries=envelope.retries,
-            eta=envelope.eta,
-            expires=envelope.expires,
-            queue=envelope.queue,
-            priority=envelope.priority,
-            root_id=envelope.root_id,
-            parent_id=envelope.parent_id,
-            group_id=envelope.group_id,
-            group_index=envelope.group_index,
+        request = Request.from_envelope(
+            envelope,
+            args,
+            kwargs,
             hostname=self.hostname,
             delivery_count=delivery.delivery_count if delivery else 1,
-            headers=envelope.headers,
             is_eager=delivery is None,
-            time_limit=envelope.time_limit,
-            soft_time_limit=envelope.soft_time_limit,
-            envelope=envelope,
         )
         return Job(envelope, task, args, kwargs, request, delivery)
 

@@ -16,7 +16,7 @@ from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .app import Conveyor
-    from .task import Request
+    from .request import Request
 
 _apps: list[weakref.ref[Conveyor]] = []
 _default: weakref.ref[Conveyor] | None = None

@@ -25,8 +25,9 @@ from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
 from .message import MAX_TIME_LIMIT, Envelope, encode_arguments, encode_envelope, to_json_value
 from .publishing import RetryPolicy
+from .request import Request
 from .results.base import ResultRecord
-from .task import Request, Task
+from .task import Task
 
 if TYPE_CHECKING:
     from .app import Conveyor

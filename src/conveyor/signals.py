@@ -40,7 +40,7 @@ from .brokers.base import DeadLetterReason
 from .exceptions import MalformedMessage, Reject
 from .message import decode_arguments
 from .middleware import Middleware, WorkerInfo, refresh_hooks
-from .task import Request
+from .request import Request
 
 if TYPE_CHECKING:
     from .app import Conveyor

@@ -228,7 +228,7 @@ class BeatProcess:
 
     def spawn(self) -> None:
         self.restart_at = None
-        process = self._context.Process(  # type: ignore[attr-defined]
+        process = self._context.Process(  # type: ignore[attr-defined]  # BaseContext stubs lack Process
             target=run_beat_process,
             args=(self._app, self.name, self._inherited_fds()),
             name="beat",

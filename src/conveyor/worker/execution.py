@@ -33,8 +33,9 @@ from ..exceptions import (
     TaskRevokedError,
 )
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
+from ..request import Request
 from ..results.base import ResultRecord
-from ..task import Request, _current_request, rate_per_second
+from ..task import _current_request, rate_per_second
 from .job import Action, Job, Outcome
 from .records import RecordBuilder
 

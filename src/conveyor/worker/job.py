@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from ..brokers.base import Delivery, Message
 from ..message import Envelope
+from ..request import Request
 from ..results.base import ResultRecord
-from ..task import Request, Task
+from ..task import Task
 
 
 @dataclass(slots=True)

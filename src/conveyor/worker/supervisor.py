@@ -239,7 +239,7 @@ class Supervisor:
             log_level=logging.getLogger().getEffectiveLevel(),
             runner_class=self.runner_class,
         )
-        process = self._context.Process(  # type: ignore[attr-defined]
+        process = self._context.Process(  # type: ignore[attr-defined]  # BaseContext stubs lack Process
             target=run_child,
             args=(self._target_app(), options, child_conn),
             name=f"worker-{slot}",

@@ -129,7 +129,7 @@ class PassThroughParser:
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         parsed: tuple[argparse.Namespace, list[str]]
-        parsed = self.parse_known_args(args, namespace)  # type: ignore[attr-defined]
+        parsed = self.parse_known_args(args, namespace)  # type: ignore[attr-defined]  # mixin of ArgumentParser
         known, rest = parsed
         known.args = [*(getattr(known, "args", None) or []), *rest]
         return known

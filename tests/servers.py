@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +23,13 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process on 127.0.0.1. ``restart()`` keeps the same port and data dir."""
 
-    def __init__(self, *, appendonly: bool = True, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = True,
+        password: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/test installs it)")
@@ -31,6 +37,7 @@ class RedisServer:
         self.port = free_port()
         self.password = password
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix="conveyor-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -58,7 +65,8 @@ class RedisServer:
             "yes",
         ]
         if self.password:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -20,13 +20,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from ._redis_urls import is_sentinel_url, parse_sentinel_url
 from .brokers.base import redact_url
 from .exceptions import ConfigurationError, ConveyorError
 
@@ -37,7 +39,9 @@ _SAME_SERVER_KEYS = ("host", "port", "path", "db", "username", "password")
 
 def connect(url: str, options: Mapping[str, Any] | None = None) -> redis.Redis:
     """A client for ``url``. ``options`` may set ``socket_timeout``, ``socket_connect_timeout``,
-    ``health_check_interval``, ``max_connections``, ``retries``, ``client_name`` and ``ssl_*``."""
+    ``health_check_interval``, ``max_connections``, ``retries``, ``client_name`` and ``ssl_*``;
+    for a Sentinel URL also ``master_name`` and ``sentinel_kwargs``
+    (:mod:`conveyor._redis_urls`)."""
     opts = dict(options or {})
     kwargs: dict[str, Any] = {
         "socket_timeout": float(opts.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)),
@@ -56,18 +60,32 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> redis.Redis:
     if not url.startswith("unix:"):
         kwargs["socket_keepalive"] = True
     kwargs.update({k: v for k, v in opts.items() if k.startswith("ssl_")})
+    if is_sentinel_url(url):
+        return _connect_sentinel(url, opts, kwargs)
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError:
-        raise ConfigurationError(f"invalid Redis URL {safe_redact(url)!r}") from None
+        raise ConfigurationError(f"invalid Redis URL {redact_url(url)!r}") from None
 
 
-def safe_redact(url: str) -> str:
-    """:func:`redact_url`, which can raise on a malformed port."""
-    try:
-        return redact_url(url)
-    except ValueError:
-        return "<invalid url>"
+def _connect_sentinel(url: str, opts: Mapping[str, Any], kwargs: dict[str, Any]) -> redis.Redis:
+    """A client of the primary that the sentinels of ``url`` name; after a failover its
+    connections ask them again, so it follows the new primary by itself."""
+    target = parse_sentinel_url(url, opts)
+    sentinel_kwargs = dict(opts.get("sentinel_kwargs") or {})
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        sentinel_kwargs.setdefault(name, kwargs[name])
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    kwargs.pop("max_connections", None)  # the sentinel pool sizes itself
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.ssl,
+        **kwargs,
+    )
+    return client
 
 
 def block_limit(client: redis.Redis) -> float:
@@ -78,10 +96,41 @@ def block_limit(client: redis.Redis) -> float:
 
 def same_server(a: redis.Redis, b: redis.Redis) -> bool:
     """True when both clients talk to the same server and database as the same user."""
-    ka, kb = a.connection_pool.connection_kwargs, b.connection_pool.connection_kwargs
-    return a.connection_pool.connection_class is b.connection_pool.connection_class and all(
-        ka.get(k) == kb.get(k) for k in _SAME_SERVER_KEYS
-    )
+    pa, pb = a.connection_pool, b.connection_pool
+    ka, kb = pa.connection_kwargs, pb.connection_kwargs
+    if isinstance(pa, SentinelConnectionPool) or isinstance(pb, SentinelConnectionPool):
+        if not (isinstance(pa, SentinelConnectionPool) and isinstance(pb, SentinelConnectionPool)):
+            return False
+        keys: tuple[str, ...] = ("db", "username", "password")
+        if pa.service_name != pb.service_name or _sentinels(pa) != _sentinels(pb):
+            return False
+    else:
+        keys = _SAME_SERVER_KEYS
+    return pa.connection_class is pb.connection_class and all(ka.get(k) == kb.get(k) for k in keys)
+
+
+def _sentinels(pool: SentinelConnectionPool) -> set[tuple[object, object]]:
+    return {
+        (
+            s.connection_pool.connection_kwargs.get("host"),
+            s.connection_pool.connection_kwargs.get("port"),
+        )
+        for s in pool.sentinel_manager.sentinels
+    }
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords written in ``url`` (each part of a ``;``-joined URL), as written and
+    decoded, to scrub them from error texts."""
+    found: set[str] = set()
+    for part in url.split(";"):
+        _, sep, rest = part.partition("://")
+        at = rest.rfind("@")
+        if sep and at >= 0:
+            _, colon, password = rest[:at].partition(":")
+            if colon and password:
+                found |= {password, unquote(password)}
+    return sorted(found, key=len, reverse=True)
 
 
 class ErrorMapper:
@@ -89,9 +138,8 @@ class ErrorMapper:
 
     def __init__(self, error: type[ConveyorError], url: str, what: str) -> None:
         self._error = error
-        self._where = f"{what} at {safe_redact(url)}"
-        password = urlsplit(url).password if "://" in url else None
-        self._secrets = [s for s in {password, unquote(password or "")} if s]
+        self._where = f"{what} at {redact_url(url)}"
+        self._secrets = url_passwords(url)
 
     def __enter__(self) -> None:
         return None
@@ -164,6 +212,9 @@ class Connections:
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
+        # redis-py's send_packed_command connects without asking the sentinels (its own pool
+        # checkout connects first), so connections of a Sentinel pool are connected here.
+        self._connect_first = isinstance(self._pool, SentinelConnectionPool)
         self._retry: Retry = client.get_retry() or Retry(NoBackoff(), 0)
         self._pid = os.getpid()
         self._idle: list[Any] = []
@@ -188,7 +239,8 @@ class Connections:
         conn = self._take()
         try:
             return self._retry.call_with_retry(
-                partial(_exchange, conn, commands), lambda error: conn.disconnect()
+                partial(_exchange, conn, commands, self._connect_first),
+                lambda error: conn.disconnect(),
             )
         except BaseException:
             conn.disconnect()  # it reconnects on its next use
@@ -227,7 +279,9 @@ class Connections:
             conn.disconnect()
 
 
-def _exchange(conn: Any, commands: Sequence[Command]) -> list[Any]:
+def _exchange(conn: Any, commands: Sequence[Command], connect_first: bool) -> list[Any]:
+    if connect_first:
+        conn.connect()
     conn.send_packed_command(conn.pack_commands(commands))
     replies: list[Any] = []
     for _ in commands:

@@ -188,8 +188,17 @@ class Conveyor:
                         self.result_backend_url,
                         expires=self.conf.result_expires,
                         key_prefix=self.key_prefix,
+                        transport_options=self._result_transport_options(),
                     )
         return self._results
+
+    def _result_transport_options(self) -> dict[str, Any]:
+        """result_backend_transport_options; a store on the broker's URL (the default) shares
+        the broker's, so a Sentinel ``master_name`` is given once."""
+        own = dict(self.conf.result_backend_transport_options)
+        if self.conf.result_backend is None or self.conf.result_backend == self.broker_url:
+            return {**self.conf.broker_transport_options, **own}
+        return own
 
     @property
     def kv(self) -> KeyValue:

@@ -116,6 +116,7 @@ _TABLE: dict[str, Fate] = {
             "imports",
             "include",
             "result_backend",
+            "result_backend_transport_options",
             "result_expires",
             "result_extended",
             "result_serializer",
@@ -231,9 +232,6 @@ _TABLE: dict[str, Fate] = {
     ),
     "result_backend_max_sleep_between_retries_ms": Ignored(
         "only used with result_backend_always_retry=True, which is refused"
-    ),
-    "result_backend_transport_options": _no(
-        "Conveyor's result store takes no transport options: configure it by its URL", {}
     ),
     "result_cache_max": Ignored(
         "a client-side cache of fetched results: it changes memory use, never a result"
@@ -484,7 +482,7 @@ _CONNECT_RETRIES = "Conveyor's Redis client retries connection errors: set 'retr
 #: Celery's (Kombu's) keys of broker_transport_options that Conveyor's brokers do not read.
 #: Conveyor's own keys are key_prefix; poll_interval, busy_timeout, lock_timeout (SQLite); and
 #: for Redis socket_timeout, socket_connect_timeout, health_check_interval, max_connections,
-#: retries, client_name, ssl_*.
+#: retries, client_name, ssl_*, wait_for_replicas and (Sentinel) master_name, sentinel_kwargs.
 TRANSPORT_OPTIONS: Final[Mapping[str, Refused | Ignored]] = {
     "visibility_timeout": Refused(
         "Conveyor's lease is broker_lease_timeout, renewed while the task runs (long tasks "
@@ -501,8 +499,6 @@ TRANSPORT_OPTIONS: Final[Mapping[str, Refused | Ignored]] = {
     "retry_on_timeout": Refused(
         "Conveyor never repeats a Redis command after a timeout: it may have run", (False,)
     ),
-    "master_name": Refused("Conveyor does not support Redis Sentinel"),
-    "sentinel_kwargs": Refused("Conveyor does not support Redis Sentinel"),
     "polling_interval": Ignored(
         "Conveyor's Redis broker blocks instead of polling (SQLite: poll_interval)"
     ),

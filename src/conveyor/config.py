@@ -259,6 +259,9 @@ class Settings:
     broker_transport_options = Setting[dict[str, Any]](
         {}, _transport_options, "Broker options, e.g. {'key_prefix': 'x'}"
     )
+    result_backend_transport_options = Setting[dict[str, Any]](
+        {}, _transport_options, "Redis result store options (as broker_transport_options)"
+    )
     broker_lease_timeout = Setting(30.0, _positive_seconds, "Lease length; renewed by heartbeat")
     broker_sweep_interval = Setting(
         5.0, _positive_seconds, "How often workers return expired leases"

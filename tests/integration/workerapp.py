@@ -46,6 +46,10 @@ def register(app: Conveyor) -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task(name="workerapp.mark_id")
+    def mark_id(path: str, tag: str) -> None:
+        mark(path, tag)
+
     @app.task(name="workerapp.pid")
     def pid() -> int:
         return os.getpid()

@@ -148,7 +148,16 @@ def test_repr_redacts_passwords() -> None:
         ("redis://user:s3cret@host:6379/0", "redis://user:***@host:6379/0"),
         ("redis://:s3cret@host/0", "redis://:***@host/0"),
         ("redis://host:6379/0", "redis://host:6379/0"),
-        ("redis://:s3cret@host:notaport/0", "<unparsable url>"),
+        ("redis://:s3cret@host:notaport/0", "redis://:***@host:notaport/0"),
+        ("redis://:p@ss/w0rd@host/0", "redis://:***@host/0"),
+        (
+            "redis+sentinel://u:s3cret@h1:26379,h2:26380/mymaster/0",
+            "redis+sentinel://u:***@h1:26379,h2:26380/mymaster/0",
+        ),
+        (
+            "sentinel://:s3cret@h1:26379;sentinel://:s3cret@h2:26379",
+            "sentinel://:***@h1:26379;sentinel://:***@h2:26379",
+        ),
         ("sqlite:///var/conveyor.db", "sqlite:///var/conveyor.db"),
     ],
 )

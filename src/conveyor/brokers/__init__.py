@@ -13,6 +13,9 @@ _SCHEMES: dict[str, str] = {
     "redis": "conveyor.brokers.redis:RedisBroker",
     "rediss": "conveyor.brokers.redis:RedisBroker",
     "unix": "conveyor.brokers.redis:RedisBroker",
+    "redis+sentinel": "conveyor.brokers.redis:RedisBroker",
+    "rediss+sentinel": "conveyor.brokers.redis:RedisBroker",
+    "sentinel": "conveyor.brokers.redis:RedisBroker",
 }
 
 

@@ -62,7 +62,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from ..kv import KeyValue
@@ -245,6 +244,11 @@ class Broker(abc.ABC):
     def time(self) -> float:
         """The broker's clock as a POSIX timestamp."""
 
+    def server_warnings(self) -> list[str]:
+        """Settings of the broker's server that break a promise (e.g. Redis may evict keys),
+        each with its fix; a worker logs them at start. None by default."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -260,16 +264,18 @@ def clamp_priority(priority: int) -> int:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password in a URL (``redis://user:***@host``) for logs and errors."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:  # e.g. a port that is not a number
-        return "<unparsable url>"
-    if port is not None:
-        host = f"{host}:{port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """Hide the password in a URL (``redis://user:***@host``) for logs and errors. Textual, so
+    it also covers several hosts (``redis+sentinel://:pw@h1,h2/...``), Celery's ``;``-joined
+    sentinel URLs and malformed ports; when unsure it hides more, never less."""
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"

@@ -47,7 +47,8 @@ from .._redis import (
     block_limit,
     connect,
 )
-from ..exceptions import BrokerError
+from .._redis_urls import REDIS_SCHEMES
+from ..exceptions import BrokerError, ConfigurationError
 from ..kv.redis import RedisKeyValue
 from .base import (
     PUBLISH_DEDUPE_WINDOW,
@@ -86,7 +87,7 @@ _SCRIPTS = (
 
 
 class RedisBroker(Broker):
-    schemes = ("redis", "rediss", "unix")
+    schemes = REDIS_SCHEMES
     lease_checks_revoked = True
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
@@ -100,6 +101,15 @@ class RedisBroker(Broker):
             name: Script(self._client, lua_source("common", name)) for name in _SCRIPTS
         }
         self._shared: tuple[object, bool] = (None, False)
+        replicas = self.options.transport_options.get("wait_for_replicas") or 0
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise ConfigurationError(
+                "broker_transport_options['wait_for_replicas'] must be an int >= 0, "
+                f"got {replicas!r}"
+            )
+        #: Replicas that must hold a publish before it returns (Redis WAIT), and for how long.
+        self._wait_replicas = replicas
+        self._wait_ms = int(1000 * float(self.options.transport_options.get("wait_timeout", 1.0)))
         self._connections = Connections(self._client)
         prefix = self._prefix
         self.kv: RedisKeyValue = RedisKeyValue(
@@ -298,6 +308,28 @@ class RedisBroker(Broker):
             seconds, micros = self._client.time()
         return seconds + micros / 1_000_000
 
+    def server_warnings(self) -> list[str]:
+        """Redis settings that lose messages: eviction, and no append-only file. Servers that
+        refuse CONFIG GET (managed services often do) are not judged."""
+        try:
+            config = self._client.config_get("maxmemory-policy")
+            config.update(self._client.config_get("appendonly"))
+        except redis.RedisError:
+            return []
+        found = []
+        policy = str(config.get("maxmemory-policy", "noeviction"))
+        if policy != "noeviction":
+            found.append(
+                f"Redis maxmemory-policy is {policy}: under memory pressure Redis deletes keys, "
+                "queued messages included; set maxmemory-policy noeviction"
+            )
+        if str(config.get("appendonly", "yes")) != "yes":
+            found.append(
+                "Redis appendonly is off: a restart loses every message since the last "
+                "snapshot; set appendonly yes (appendfsync everysec or always)"
+            )
+        return found
+
     # -- building blocks of RedisSettlement (conveyor.settlement.redis) -------------------
     @property
     def client(self) -> redis.Redis:
@@ -309,8 +341,17 @@ class RedisBroker(Broker):
         ``messages`` after them, in one round trip."""
         if messages:
             self._queue_publish(first, messages)
+            if self._wait_replicas:
+                first.add((("WAIT", self._wait_replicas, self._wait_ms),))
         with self._errors:
-            self._connections.execute(first)
+            replies = self._connections.execute(first)
+        if messages and self._wait_replicas and int(replies[-1]) < self._wait_replicas:
+            # On the primary, not yet on enough replicas: a failover now could lose it. The
+            # producer's publish retry sends it again; the id dedupe keeps it single.
+            raise BrokerError(
+                f"publish reached {int(replies[-1])} of {self._wait_replicas} replicas "
+                f"within {self._wait_ms} ms (wait_for_replicas)"
+            )
 
     def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:
         """Send ``first`` and ack ``deliveries`` after them, in one round trip."""

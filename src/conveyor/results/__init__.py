@@ -8,7 +8,10 @@ how ``django://`` (``conveyor.contrib.django``) plugs in without the core naming
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
+from typing import Any
 
 from ..brokers.base import redact_url
 from ..exceptions import ConfigurationError
@@ -22,6 +25,9 @@ _SCHEMES: dict[str, str] = {
     "redis": "conveyor.results.redis:RedisResultStore",
     "rediss": "conveyor.results.redis:RedisResultStore",
     "unix": "conveyor.results.redis:RedisResultStore",
+    "redis+sentinel": "conveyor.results.redis:RedisResultStore",
+    "rediss+sentinel": "conveyor.results.redis:RedisResultStore",
+    "sentinel": "conveyor.results.redis:RedisResultStore",
 }
 
 
@@ -33,8 +39,15 @@ def result_store_schemes() -> dict[str, str]:
     return schemes
 
 
-def create_result_store(url: str, *, expires: float | None, key_prefix: str) -> ResultStore:
-    """Build the result store for ``url``."""
+def create_result_store(
+    url: str,
+    *,
+    expires: float | None,
+    key_prefix: str,
+    transport_options: Mapping[str, Any] | None = None,
+) -> ResultStore:
+    """Build the result store for ``url``. ``transport_options`` reach stores that take them
+    (Redis: connection settings, Sentinel's ``master_name``); others ignore them."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     target = _SCHEMES.get(scheme)
     if target is None:
@@ -47,6 +60,11 @@ def create_result_store(url: str, *, expires: float | None, key_prefix: str) -> 
             )
     module_name, class_name = target.split(":")
     cls: type[ResultStore] = getattr(importlib.import_module(module_name), class_name)
+    if transport_options and "transport_options" in inspect.signature(cls).parameters:
+        build: Callable[..., ResultStore] = cls  # a store that takes them (Redis)
+        return build(
+            url, expires=expires, key_prefix=key_prefix, transport_options=transport_options
+        )
     return cls(url, expires=expires, key_prefix=key_prefix)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from .._redis import Calls, Command, Connections, ErrorMapper, block_limit, connect
+from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import ResultStoreError
 from ..kv.redis import RedisKeyValue
 from .base import ResultRecord, ResultStore, decode_record, encode_record
@@ -30,7 +31,7 @@ WAKE_TTL_MS = 10_000
 
 
 class RedisResultStore(ResultStore):
-    schemes = ("redis", "rediss", "unix")
+    schemes = REDIS_SCHEMES
 
     def __init__(
         self,

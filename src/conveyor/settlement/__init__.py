@@ -13,14 +13,13 @@ write the records in that same round trip.
 
 from __future__ import annotations
 
+from .._redis_urls import REDIS_SCHEMES
 from ..brokers import scheme_of
 from ..brokers.base import Broker
 from ..brokers.sqlite.broker import SQLiteBroker
 from ..results.base import ResultStore
 from .base import Settlement
 from .sqlite import SQLiteSettlement
-
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def open_settlement(broker: Broker, results: ResultStore) -> Settlement:
@@ -29,7 +28,7 @@ def open_settlement(broker: Broker, results: ResultStore) -> Settlement:
     generic :class:`Settlement`."""
     if isinstance(broker, SQLiteBroker):
         return SQLiteSettlement(broker, results)
-    if scheme_of(broker.url) in _REDIS_SCHEMES:
+    if scheme_of(broker.url) in REDIS_SCHEMES:
         # Imported here, not above: redis is an optional dependency.
         from ..brokers.redis import RedisBroker
         from .redis import RedisSettlement

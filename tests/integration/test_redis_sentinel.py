@@ -13,6 +13,7 @@ import pytest
 
 from conveyor import Conveyor, states
 from conveyor.exceptions import BrokerError
+from tests.helpers import Call
 from tests.integration.test_worker_processes import Harness, wait_for
 from tests.integration.workerapp import runs
 from tests.sentinel_servers import SERVICE, SentinelDeployment, running_sentinels
@@ -106,35 +107,38 @@ def test_worker_and_producer_follow_a_failover(harness_for: Any) -> None:
 @pytest.mark.timeout(900)
 def test_three_failovers_during_10000_tasks_lose_nothing(harness_for: Any) -> None:
     """The figures of docs/scaling.md: tasks lost and duplicated across 3 failovers, with
-    ``wait_for_replicas=1`` so that every publish the producer saw succeed is on a replica."""
-    total = 10_000
+    ``wait_for_replicas=1`` so that every publish the producer saw succeed is on a replica.
+    Each failover happens while a producer publishes and the worker runs tasks."""
+    total, rounds = 9_999, 3
     with running_sentinels() as sentinels:
+        settings = {
+            "broker_lease_timeout": 5.0,
+            # Publishes wait for a replica, and there is none until the killed node is back.
+            "task_publish_retry_policy": {"max_retries": 120, "interval_max": 0.5},
+        }
         harness: Harness = harness_for(
-            sentinels.url, {"broker_lease_timeout": 5.0}, wait_for_replicas=1, wait_timeout=2.0
+            sentinels.url, settings, wait_for_replicas=1, wait_timeout=1.0
         )
         worker = harness.worker("-c", "2", "--threads", "4")
         path = harness.file()
-        sent = []
-        for _ in range(3):  # failovers
-            sent += [
-                harness.send("mark_id", str(path), f"t{len(sent) + i}") for i in range(total // 3)
-            ]
-            done = len(runs(path))
-            wait_for(lambda done=done: len(runs(path)) > done + 500, 120, "work under way")
+        for round_ in range(rounds):
+            start = len(runs(path))
+            tags = [f"r{round_}-{i}" for i in range(total // rounds)]
+            publisher = Call(
+                lambda tags=tags: [harness.send("mark_id", str(path), t) for t in tags]
+            )
+            wait_for(lambda start=start: len(runs(path)) > start + 300, 120, "work under way")
             sentinels.kill_primary()
             sentinels.restart_killed(timeout=60)
-        sent += [
-            harness.send("mark_id", str(path), f"t{len(sent) + i}")
-            for i in range(total - len(sent))
-        ]
+            publisher.result()
         wait_for(
             lambda: len({line.split()[1] for line in runs(path)}) >= total,
-            600,
+            300,
             "every task ran",
         )
         ran = [line.split()[1] for line in runs(path)]
         lost = total - len(set(ran))
         duplicated = len(ran) - len(set(ran))
-        print(f"sentinel: {total} tasks, 3 failovers: lost {lost}, duplicated {duplicated}")
+        print(f"sentinel: {total} tasks, {rounds} failovers: lost {lost}, duplicated {duplicated}")
         assert lost == 0
         assert worker.process.poll() is None

@@ -16,7 +16,7 @@ import pytest
 from conveyor import ConfigurationError, Conveyor, SoftTimeLimitExceeded
 from conveyor.brokers.base import Message
 from conveyor.canvas.signature import Signature, signature
-from conveyor.cli.dlq import preview
+from conveyor.describe import preview
 from conveyor.exceptions import MalformedMessage, SerializationError
 from conveyor.message import (
     MAX_BODY_DEPTH,

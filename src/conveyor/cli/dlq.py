@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.table import Table
 
-from ..exceptions import ConveyorError, MalformedMessage
-from ..message import decode_envelope
+from ..describe import preview
 from .base import Group, State, app_option
 from .output import console, print_json, when
 
@@ -82,21 +79,6 @@ def dlq_purge(
         click.confirm("Delete every dead letter?", abort=True, err=True)
     count = state.app(app_spec).broker.purge_dead(selected)
     _report_count("Deleted", count, selected)
-
-
-def preview(body: bytes, width: int = 60) -> str:
-    """A dead letter's message as ``task(args, key=value)``, cut to ``width`` characters; a
-    body that is not a valid envelope shows as ``<malformed: ...>`` with its first bytes.
-    Never raises, whatever is stored."""
-    try:
-        envelope = decode_envelope(body)
-        args = json.dumps(envelope.args, default=str)[1:-1]
-        kwargs = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in envelope.kwargs.items())
-        text = f"{envelope.task}({', '.join(filter(None, [args, kwargs]))})"
-    except (ConveyorError, ValueError, TypeError, RecursionError) as exc:
-        reason = exc.reason if isinstance(exc, MalformedMessage) else type(exc).__name__
-        text = f"<{reason}: {bytes(body or b'')[:width]!r}>"
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _selection(ids: tuple[str, ...], all_: bool) -> list[str] | None:

@@ -1,0 +1,110 @@
+"""What the dashboard reads and changes, without any web code: queues, workers, dead letters
+and tasks of one app, through its broker, result store and key/value store. Every read is
+total: a malformed stored value shows as such, never as an error page."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlencode
+
+from ..app import Conveyor
+from ..brokers.base import DeadLetter, QueueStats
+from ..describe import preview
+from ..results.base import ResultRecord
+from ..worker.heartbeat import WorkerInfo
+
+#: Most dead letters a page or a "everything matching" action considers at once.
+DEAD_LETTER_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    info: WorkerInfo
+    malformed: bool = False
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Narrows the dead-letter list; kept in the page's URL."""
+
+    queue: str = ""
+    reason: str = ""
+    search: str = ""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        return (not self.reason or letter.reason == self.reason) and (
+            not self.search
+            or self.search in letter.id
+            or self.search in preview(letter.body, 10_000)
+        )
+
+    def query(self) -> str:
+        """The filter as a query string (``queue=emails&reason=expired``)."""
+        return urlencode({name: value for name, value in self._fields() if value})
+
+    def _fields(self) -> tuple[tuple[str, str], ...]:
+        return (("queue", self.queue), ("reason", self.reason), ("search", self.search))
+
+    def describe(self) -> str:
+        parts = [
+            f"{k}={v}"
+            for k, v in (("queue", self.queue), ("reason", self.reason), ("search", self.search))
+            if v
+        ]
+        return ", ".join(parts) or "all"
+
+
+class Fleet:
+    """The dashboard's view of ``app``."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+
+    # -- reads -------------------------------------------------------------------------
+    def queues(self) -> dict[str, QueueStats]:
+        stats = self.app.broker.stats()
+        stats.setdefault(self.app.conf.task_default_queue, QueueStats(0, 0, 0, 0))
+        return dict(sorted(stats.items()))
+
+    def workers(self) -> list[Worker]:
+        found = []
+        for key, raw in sorted(self.app.kv.values("worker:").items()):
+            name = key.removeprefix("worker:")
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                found.append(Worker(name, {}, malformed=True))
+                continue
+            if isinstance(info, dict):
+                found.append(Worker(name, cast(WorkerInfo, info)))
+            else:
+                found.append(Worker(name, {}, malformed=True))
+        return found
+
+    def dead_letters(self, where: DeadLetterFilter, limit: int = 500) -> list[DeadLetter]:
+        letters = self.app.broker.dead_letters(DEAD_LETTER_LIMIT, where.queue or None)
+        return [d for d in letters if where.matches(d)][:limit]
+
+    def task(self, task_id: str) -> ResultRecord | None:
+        return self.app.results.get(task_id)
+
+    # -- actions (each returns how many things it changed) -------------------------------
+    def purge_queue(self, queue: str) -> int:
+        return self.app.broker.purge([queue])
+
+    def replay_dead(self, ids: Sequence[str]) -> int:
+        return self.app.broker.replay_dead(list(ids)) if ids else 0
+
+    def purge_dead(self, ids: Sequence[str]) -> int:
+        return self.app.broker.purge_dead(list(ids)) if ids else 0
+
+    def matching_dead_ids(self, where: DeadLetterFilter) -> list[str]:
+        return [d.id for d in self.dead_letters(where, DEAD_LETTER_LIMIT)]
+
+    def revoke(self, task_id: str, terminate: bool) -> int:
+        self.app.revoke(task_id, terminate=terminate)
+        return 1

@@ -1,0 +1,61 @@
+// Conveyor dashboard: live regions over server-sent events, confirmations, select-all.
+// Loaded as a file (the Content-Security-Policy allows no inline script).
+"use strict";
+
+(function () {
+  // Live region: <section id="live" data-live="PAGE"> is replaced by what /live sends.
+  const region = document.querySelector("[data-live]");
+  let source = null;
+
+  function connect() {
+    if (!region || source) return;
+    const params = new URLSearchParams(window.location.search);
+    params.set("page", region.dataset.live);
+    source = new EventSource("/live?" + params.toString());
+    source.addEventListener("live", function (event) {
+      region.innerHTML = event.data;
+      region.dataset.updated = String(Date.now());
+    });
+  }
+
+  function disconnect() {
+    if (source) {
+      source.close();
+      source = null;
+    }
+  }
+
+  // No updates while the tab is hidden; catch up when it is shown again.
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) disconnect();
+    else connect();
+  });
+  if (!document.hidden) connect();
+
+  // Forms that change things ask first.
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    let question = form.dataset.confirm;
+    if (form.hasAttribute("data-confirm-selection")) {
+      const count = form.querySelectorAll("input[name=id]:checked").length;
+      if (count === 0) {
+        event.preventDefault();
+        window.alert("Select dead letters first.");
+        return;
+      }
+      const button = event.submitter;
+      const verb = button && button.value === "purge" ? "Delete" : "Replay";
+      question = verb + " " + count + " selected dead letter(s)?";
+    }
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+
+  // The header checkbox selects every row.
+  document.addEventListener("change", function (event) {
+    const box = event.target;
+    if (!box.matches("[data-select-all]")) return;
+    box.closest("form").querySelectorAll("input[name=id]").forEach(function (row) {
+      row.checked = box.checked;
+    });
+  });
+})();

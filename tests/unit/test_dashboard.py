@@ -158,7 +158,9 @@ def test_a_token_works_once_and_only_for_its_session(app: Conveyor) -> None:
     missing = client.post("/actions/purge-dead", data={"id": ids})
     assert forged.status_code == missing.status_code == 403
     assert (
-        client.post("/actions/nope", data={"token": token_of(client.get("/queues").text)}).status_code
+        client.post(
+            "/actions/nope", data={"token": token_of(client.get("/queues").text)}
+        ).status_code
         == 404
     )
     assert len(app.broker.dead_letters()) == 1

@@ -348,9 +348,10 @@ class RedisBroker(Broker):
         if messages and self._wait_replicas and int(replies[-1]) < self._wait_replicas:
             # On the primary, not yet on enough replicas: a failover now could lose it. The
             # producer's publish retry sends it again; the id dedupe keeps it single.
-            raise BrokerError(
-                f"publish reached {int(replies[-1])} of {self._wait_replicas} replicas "
-                f"within {self._wait_ms} ms (wait_for_replicas)"
+            shortfall = f"publish reached {int(replies[-1])} of {self._wait_replicas} replicas"
+            # A timeout (an OSError): publish retries treat it as passing, like a lost connection.
+            raise BrokerError(f"{shortfall} within {self._wait_ms} ms (wait_for_replicas)") from (
+                TimeoutError(shortfall)
             )
 
     def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:

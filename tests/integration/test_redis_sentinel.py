@@ -130,7 +130,7 @@ def test_three_failovers_during_10000_tasks_lose_nothing(harness_for: Any) -> No
             wait_for(lambda start=start: len(runs(path)) > start + 300, 120, "work under way")
             sentinels.kill_primary()
             sentinels.restart_killed(timeout=60)
-            publisher.result()
+            publisher.result(timeout=300)
         wait_for(
             lambda: len({line.split()[1] for line in runs(path)}) >= total,
             300,

@@ -244,3 +244,23 @@ def test_malformed_dead_letters_show_their_reason(app: Conveyor) -> None:
     app.broker.dead_letter(delivery, "undecodable", "not JSON")
     page = client_for(app).get("/dead").text
     assert "&lt;" in page and "raw-1" in page  # escaped, never raw bytes in the HTML
+
+
+def test_mounted_under_a_prefix_links_and_redirects_stay_inside(app: Conveyor) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    ids = [dead_letter(app)]
+    outer = Starlette(routes=[Mount("/ops/conveyor", app=create_dashboard(app))])
+    client = TestClient(outer)
+    page = client.get("/ops/conveyor/dead").text
+    assert 'href="/ops/conveyor/static/conveyor.css"' in page
+    assert 'action="/ops/conveyor/actions/purge-dead"' in page
+    assert 'data-root="/ops/conveyor"' in page
+    answer = client.post(
+        "/ops/conveyor/actions/purge-dead",
+        data={"token": token_of(page), "id": ids},
+        follow_redirects=False,
+    )
+    assert answer.headers["location"] == "/ops/conveyor/dead"
+    assert client.get("/ops/conveyor/static/conveyor.js").status_code == 200

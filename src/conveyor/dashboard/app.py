@@ -19,7 +19,7 @@ from ..exceptions import ConveyorError
 from .audit import AuditLog
 from .fleet import Fleet
 from .security import DashboardAuth, FormTokens, Guard
-from .views import BadRequest, Views
+from .views import BadRequest, Views, root_of
 
 STATIC = Path(__file__).with_name("static")
 logger = logging.getLogger("conveyor.dashboard")
@@ -39,15 +39,16 @@ def create_dashboard(
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BadRequest)
-        return _error(views, exc.status, exc.message)
+        return _error(views, request, exc.status, exc.message)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(views, exc.status_code, str(exc.detail))
+        return _error(views, request, exc.status_code, str(exc.detail))
 
     async def broker_error(request: Request, exc: Exception) -> Response:
         logger.warning("dashboard: %s", exc)
-        return _error(views, 503, f"the broker or result store did not answer: {exc}")
+        message = f"the broker or result store did not answer: {exc}"
+        return _error(views, request, 503, message)
 
     routes = [
         Route("/", views.overview),
@@ -72,6 +73,7 @@ def create_dashboard(
     )
 
 
-def _error(views: Views, status: int, message: str) -> HTMLResponse:
+def _error(views: Views, request: Request, status: int, message: str) -> HTMLResponse:
     template = views.env.get_template("error.html")
-    return HTMLResponse(template.render(status=status, message=message, page="error"), status)
+    context = {"status": status, "message": message, "page": "error", "root": root_of(request)}
+    return HTMLResponse(template.render(context), status)

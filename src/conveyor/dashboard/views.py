@@ -64,6 +64,7 @@ class Views:
             "read_only": self.read_only,
             "token": self.tokens.issue(request.state.session),
             "query": request.url.query,
+            "root": root_of(request),
             **values,
         }
 
@@ -140,7 +141,8 @@ class Views:
         task_id = request.query_params.get("id", "").strip()
         if not 0 < len(task_id) <= 255:
             raise BadRequest(400, "give a task id")
-        return RedirectResponse(f"/tasks/{quote(task_id, safe='')}", status_code=303)
+        target = f"{root_of(request)}/tasks/{quote(task_id, safe='')}"
+        return RedirectResponse(target, status_code=303)
 
     async def audit_log(self, request: Request) -> Response:
         entries = await run_in_threadpool(self.audit.entries)
@@ -216,7 +218,12 @@ class Views:
         else:
             raise BadRequest(404, f"no action {name!r}")
         await run_in_threadpool(self.audit.record, who, name, target, count)
-        return RedirectResponse(back, status_code=303)
+        return RedirectResponse(root_of(request) + back, status_code=303)
+
+
+def root_of(request: Request) -> str:
+    """The path the dashboard is mounted at ('' at the root), for links and redirects."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def dead_filter(values: Any) -> DeadLetterFilter:

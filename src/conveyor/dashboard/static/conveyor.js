@@ -11,7 +11,7 @@
     if (!region || source) return;
     const params = new URLSearchParams(window.location.search);
     params.set("page", region.dataset.live);
-    source = new EventSource("/live?" + params.toString());
+    source = new EventSource((document.body.dataset.root || "") + "/live?" + params.toString());
     source.addEventListener("live", function (event) {
       region.innerHTML = event.data;
       region.dataset.updated = String(Date.now());

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,10 +17,10 @@ from ..app import Conveyor
 from ..exceptions import ConveyorError
 from .audit import AuditLog
 from .fleet import Fleet
+from .pages import STATIC, BadRequest, Pages
 from .security import DashboardAuth, FormTokens, Guard
-from .views import BadRequest, Views, root_of
+from .views import Views, root_of
 
-STATIC = Path(__file__).with_name("static")
 logger = logging.getLogger("conveyor.dashboard")
 
 
@@ -35,29 +34,32 @@ def create_dashboard(
     """The dashboard of ``app``. ``auth`` None serves everyone who can connect (bind it to
     loopback then); ``read_only`` hides and refuses every action; ``secret`` signs form
     tokens (give several dashboard processes the same one; default: random per process)."""
-    views = Views(Fleet(app), FormTokens(app.kv, secret), AuditLog(app.kv), read_only)
+    pages = Pages(Fleet(app), AuditLog(app.kv), read_only)
+    views = Views(pages, FormTokens(app.kv, secret))
+
+    def error(request: Request, status: int, message: str) -> Response:
+        return HTMLResponse(pages.render_error(status, message, root_of(request)), status)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BadRequest)
-        return _error(views, request, exc.status, exc.message)
+        return error(request, exc.status, exc.message)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(views, request, exc.status_code, str(exc.detail))
+        return error(request, exc.status_code, str(exc.detail))
 
     async def broker_error(request: Request, exc: Exception) -> Response:
         logger.warning("dashboard: %s", exc)
-        message = f"the broker or result store did not answer: {exc}"
-        return _error(views, request, 503, message)
+        return error(request, 503, f"the broker or result store did not answer: {exc}")
 
     routes = [
-        Route("/", views.overview),
-        Route("/queues", views.queues),
-        Route("/workers", views.workers),
-        Route("/dead", views.dead_letters),
-        Route("/tasks/{task_id:str}", views.task),
+        Route("/", views.page("overview")),
+        Route("/queues", views.page("queues")),
+        Route("/workers", views.page("workers")),
+        Route("/dead", views.page("dead")),
+        Route("/tasks/{task_id:str}", views.page("task")),
+        Route("/audit", views.page("audit")),
         Route("/find", views.find),
-        Route("/audit", views.audit_log),
         Route("/live", views.live),
         Route("/actions/{action:str}", views.action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -71,9 +73,3 @@ def create_dashboard(
             ConveyorError: broker_error,
         },
     )
-
-
-def _error(views: Views, request: Request, status: int, message: str) -> HTMLResponse:
-    template = views.env.get_template("error.html")
-    context = {"status": status, "message": message, "page": "error", "root": root_of(request)}
-    return HTMLResponse(template.render(context), status)

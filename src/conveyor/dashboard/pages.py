@@ -1,0 +1,190 @@
+"""The dashboard's pages and actions, free of any web framework: what each page shows (a
+template and its values) and what each action does. The standalone server
+(:mod:`conveyor.dashboard.views`, Starlette) and the Django views
+(:mod:`conveyor.contrib.django.dashboard`) adapt requests to these calls, so both serve the
+same pages. Calls here are blocking (broker reads): adapters run them off their event loop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from ..describe import ago, preview, when
+from ..exceptions import ConveyorError
+from ..message import from_json_value
+from .audit import AuditLog
+from .fleet import DeadLetterFilter, Fleet
+
+TEMPLATES = Path(__file__).with_name("templates")
+STATIC = Path(__file__).with_name("static")
+#: Longest filter value or id accepted from a request.
+MAX_FILTER = 200
+MAX_ID = 255
+#: Pages whose changing part is streamed by the live endpoint.
+LIVE_PAGES = ("overview", "queues", "workers", "dead")
+
+
+class BadRequest(Exception):
+    """A request the dashboard refuses with a 4xx page: ``status`` and a sentence."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Pages:
+    """Every page (:meth:`context` + :meth:`render`) and action (:meth:`act`) of one app."""
+
+    def __init__(self, fleet: Fleet, audit: AuditLog, read_only: bool) -> None:
+        self.fleet = fleet
+        self.audit = audit
+        self.read_only = read_only
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(["html"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(ago=ago, when=when, preview=preview)
+        self._builders: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
+            "overview": self._overview,
+            "queues": self._queues,
+            "workers": self._workers,
+            "dead": self._dead,
+            "task": self._task,
+            "audit": self._audit,
+        }
+
+    # -- pages ---------------------------------------------------------------------------
+    def context(self, page: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """The values of ``page`` for the request's ``params`` (query string and path)."""
+        build = self._builders.get(page)
+        if build is None:
+            raise BadRequest(404, "no such page")
+        return {"page": page, "app_name": self.fleet.app.main or "conveyor", **build(params)}
+
+    def render(self, page: str, context: Mapping[str, Any]) -> str:
+        """The whole page; ``context`` also holds the adapter's root, token and read_only."""
+        return self.env.get_template(f"{page}.html").render(context)
+
+    def render_live(self, page: str, context: Mapping[str, Any]) -> str:
+        """Only the page's ``live`` block (what the live endpoint streams)."""
+        if page not in LIVE_PAGES:
+            raise BadRequest(404, "no live updates for this page")
+        template = self.env.get_template(f"{page}.html")
+        block = template.blocks["live"]
+        return "".join(block(template.new_context(dict(context))))
+
+    def render_error(self, status: int, message: str, root: str) -> str:
+        context = {"status": status, "message": message, "page": "error", "root": root}
+        return self.env.get_template("error.html").render(context)
+
+    def _overview(self, params: Mapping[str, str]) -> dict[str, Any]:
+        queues, workers = self.fleet.queues(), self.fleet.workers()
+        totals = {
+            kind: sum(getattr(s, kind) for s in queues.values())
+            for kind in ("ready", "delayed", "leased", "dead")
+        }
+        return {"queues": queues, "workers": workers, "totals": totals}
+
+    def _queues(self, params: Mapping[str, str]) -> dict[str, Any]:
+        return {"queues": self.fleet.queues()}
+
+    def _workers(self, params: Mapping[str, str]) -> dict[str, Any]:
+        return {"workers": self.fleet.workers()}
+
+    def _dead(self, params: Mapping[str, str]) -> dict[str, Any]:
+        where = dead_filter(params)
+        letters = self.fleet.dead_letters(where)
+        return {
+            "letters": letters,
+            "where": where,
+            "queue_names": sorted(self.fleet.queues()),
+            "reasons": sorted({d.reason for d in letters} | {where.reason} - {""}),
+        }
+
+    def _task(self, params: Mapping[str, str]) -> dict[str, Any]:
+        task_id = params.get("task_id", "")
+        if not 0 < len(task_id) <= MAX_ID:
+            raise BadRequest(404, "no such task")
+        record = self.fleet.task(task_id)
+        if record is None:
+            raise BadRequest(404, f"no task with id {task_id!r} in the result store")
+        shown = {
+            "result": _json_text(record.result),
+            "args": _json_text(record.args),
+            "kwargs": _json_text(record.kwargs),
+        }
+        return {"record": record, "shown": shown}
+
+    def _audit(self, params: Mapping[str, str]) -> dict[str, Any]:
+        return {"entries": self.audit.entries()}
+
+    # -- actions -------------------------------------------------------------------------
+    def act(self, action: str, fields: Mapping[str, str], ids: Sequence[str], who: str) -> str:
+        """Do ``action`` with a form's ``fields`` (and selected ``ids``), write it to the audit
+        log as done by ``who``, and return the path (below the root) to show next."""
+        if self.read_only:
+            raise BadRequest(403, "the dashboard is read-only")
+        ids = [i for i in ids if 0 < len(i) <= MAX_ID]
+        if action == "purge-queue":
+            queue = required(fields, "queue")
+            count = self.fleet.purge_queue(queue)
+            target, back = f"queue {queue}", "/queues"
+        elif action in ("replay-dead", "purge-dead"):
+            where = dead_filter(fields)
+            if fields.get("scope") == "matching":
+                ids = self.fleet.matching_dead_ids(where)
+                target = f"dead letters matching {where.describe()}"
+            elif ids:
+                target = f"dead letters {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
+            else:
+                raise BadRequest(400, "select dead letters first")
+            move = self.fleet.replay_dead if action == "replay-dead" else self.fleet.purge_dead
+            count = move(ids)
+            back = f"/dead?{where.query()}" if where.query() else "/dead"
+        elif action in ("revoke", "terminate"):
+            task_id = required(fields, "task_id")
+            count = self.fleet.revoke(task_id, action == "terminate")
+            target, back = f"task {task_id}", task_path(task_id)
+        else:
+            raise BadRequest(404, f"no action {action!r}")
+        self.audit.record(who, action, target, count)
+        return back
+
+
+def task_path(task_id: str) -> str:
+    return f"/tasks/{quote(task_id, safe='')}"
+
+
+def dead_filter(values: Mapping[str, str]) -> DeadLetterFilter:
+    """The dead-letter filter of a query string or form; over-long values are refused."""
+    found = {}
+    for name in ("queue", "reason", "search"):
+        value = str(values.get(name) or "").strip()
+        if len(value) > MAX_FILTER:
+            raise BadRequest(400, f"the {name} filter is longer than {MAX_FILTER} characters")
+        found[name] = value
+    return DeadLetterFilter(**found)
+
+
+def required(fields: Mapping[str, str], name: str) -> str:
+    value = fields.get(name, "").strip()
+    if not value or len(value) > MAX_ID:
+        raise BadRequest(400, f"the form has no valid {name}")
+    return value
+
+
+def _json_text(value: object) -> str:
+    if value is None:
+        return ""
+    try:
+        return json.dumps(from_json_value(value), indent=2, default=str)
+    except (ValueError, TypeError, RecursionError, ConveyorError):
+        return repr(value)

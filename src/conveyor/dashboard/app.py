@@ -34,8 +34,8 @@ def create_dashboard(
     """The dashboard of ``app``. ``auth`` None serves everyone who can connect (bind it to
     loopback then); ``read_only`` hides and refuses every action; ``secret`` signs form
     tokens (give several dashboard processes the same one; default: random per process)."""
-    pages = Pages(Fleet(app), AuditLog(app.kv), read_only)
-    views = Views(pages, FormTokens(app.kv, secret))
+    pages = Pages(Fleet(app), AuditLog(lambda: app.kv), read_only)
+    views = Views(pages, FormTokens(lambda: app.kv, secret))
 
     def error(request: Request, status: int, message: str) -> Response:
         return HTMLResponse(pages.render_error(status, message, root_of(request)), status)

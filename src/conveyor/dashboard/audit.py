@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ..kv import KeyValue
@@ -25,19 +26,21 @@ class AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, kv: KeyValue) -> None:
+    """``kv`` gives the key/value store to use (asked at each use: an app may reconnect)."""
+
+    def __init__(self, kv: Callable[[], KeyValue]) -> None:
         self._kv = kv
 
     def record(self, who: str, action: str, target: str, count: int) -> AuditEntry:
         entry = AuditEntry(time.time(), who, action, target, count)
         key = f"{PREFIX}{time.time_ns():020d}:{secrets.token_hex(4)}"
-        self._kv.set_value(key, json.dumps(asdict(entry)).encode(), KEEP)
+        self._kv().set_value(key, json.dumps(asdict(entry)).encode(), KEEP)
         return entry
 
     def entries(self, limit: int = 200) -> list[AuditEntry]:
         """The newest ``limit`` entries, newest first (entries that do not parse are left out)."""
         found = []
-        for _key, raw in sorted(self._kv.values(PREFIX).items(), reverse=True)[:limit]:
+        for _key, raw in sorted(self._kv().values(PREFIX).items(), reverse=True)[:limit]:
             try:
                 data = json.loads(raw)
                 found.append(

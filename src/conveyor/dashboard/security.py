@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -110,7 +111,7 @@ class FormTokens:
     only with the cookie it was made for: a forged, replayed or cross-site request changes
     nothing."""
 
-    def __init__(self, kv: KeyValue, secret: bytes | None = None) -> None:
+    def __init__(self, kv: Callable[[], KeyValue], secret: bytes | None = None) -> None:
         self._kv = kv
         self._secret = secret or secrets.token_bytes(32)
 
@@ -122,7 +123,7 @@ class FormTokens:
         nonce, _, signature = token.partition(".")
         if not session or not nonce or not _same(signature, self._sign(session, nonce)):
             return False
-        return self._kv.claim(f"dashboard:token:{nonce}", ttl=TOKEN_TTL)
+        return self._kv().claim(f"dashboard:token:{nonce}", ttl=TOKEN_TTL)
 
     def _sign(self, session: str, nonce: str) -> str:
         digest = hmac.new(self._secret, f"{session}\0{nonce}".encode(), hashlib.sha256)

@@ -50,6 +50,10 @@ class TaskResult(models.Model):  # type: ignore[misc]
         verbose_name = "task result"
         verbose_name_plural = "task results"
         ordering = ["-updated_at", "-id"]
+        permissions = [
+            ("view_dashboard", "Can see the Conveyor dashboard"),
+            ("operate_dashboard", "Can take actions in the Conveyor dashboard"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["namespace", "task_id"], name="conveyor_result_task_id")
         ]

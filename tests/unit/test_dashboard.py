@@ -264,3 +264,20 @@ def test_mounted_under_a_prefix_links_and_redirects_stay_inside(app: Conveyor) -
     )
     assert answer.headers["location"] == "/ops/conveyor/dead"
     assert client.get("/ops/conveyor/static/conveyor.js").status_code == 200
+
+
+def test_everything_matching_a_queue_or_nothing(app: Conveyor) -> None:
+    emails = [dead_letter(app) for _ in range(3)]
+    app.send_task("shop.add", (1, 2), queue="other")
+    (delivery,) = app.broker.lease(["other"], 1, 1.0)
+    app.broker.dead_letter(delivery, "expired", "")
+    client = client_for(app)
+    page = client.get("/dead?queue=emails").text
+    assert 'data-figure="dead-count">3<' in page
+    form = {"token": token_of(page), "scope": "matching", "queue": "emails"}
+    client.post("/actions/replay-dead", data=form)
+    assert app.broker.stats(["emails"])["emails"].ready == len(emails)
+    assert [d.queue for d in app.broker.dead_letters()] == ["other"]
+    form = {"token": token_of(client.get("/dead").text), "scope": "matching"}
+    client.post("/actions/purge-dead", data=form)
+    assert app.broker.dead_letters() == []

@@ -86,8 +86,21 @@ class Fleet:
         return found
 
     def dead_letters(self, where: DeadLetterFilter, limit: int = 500) -> list[DeadLetter]:
-        letters = self.app.broker.dead_letters(DEAD_LETTER_LIMIT, where.queue or None)
+        """The oldest ``limit`` dead letters matching ``where``. A reason or text filter is
+        applied to the oldest :data:`DEAD_LETTER_LIMIT` of the queue(s)."""
+        queue = where.queue or None
+        if not where.reason and not where.search:
+            return self.app.broker.dead_letters(limit, queue)
+        letters = self.app.broker.dead_letters(DEAD_LETTER_LIMIT, queue)
         return [d for d in letters if where.matches(d)][:limit]
+
+    def count_dead(self, where: DeadLetterFilter) -> int:
+        """How many dead letters match ``where`` (from the queue counts when only the queue
+        is filtered)."""
+        if not where.reason and not where.search:
+            stats = self.app.broker.stats([where.queue] if where.queue else None)
+            return sum(s.dead for s in stats.values())
+        return len(self.dead_letters(where, DEAD_LETTER_LIMIT))
 
     def task(self, task_id: str) -> ResultRecord | None:
         return self.app.results.get(task_id)
@@ -102,8 +115,21 @@ class Fleet:
     def purge_dead(self, ids: Sequence[str]) -> int:
         return self.app.broker.purge_dead(list(ids)) if ids else 0
 
-    def matching_dead_ids(self, where: DeadLetterFilter) -> list[str]:
-        return [d.id for d in self.dead_letters(where, DEAD_LETTER_LIMIT)]
+    def move_matching_dead(self, where: DeadLetterFilter, *, replay: bool) -> int:
+        """Replay (or delete) every dead letter matching ``where``: all of them when only the
+        queue is filtered (in batches), else those among the oldest DEAD_LETTER_LIMIT."""
+        move = self.replay_dead if replay else self.purge_dead
+        if not where.queue and not where.reason and not where.search:
+            broker = self.app.broker
+            return broker.replay_dead(None) if replay else broker.purge_dead(None)
+        total = 0
+        for _ in range(10_000):  # bounded: letters arriving meanwhile cannot keep it going
+            ids = [d.id for d in self.dead_letters(where, DEAD_LETTER_LIMIT)]
+            moved = move(ids)
+            total += moved
+            if moved == 0 or len(ids) < DEAD_LETTER_LIMIT or where.reason or where.search:
+                break
+        return total
 
     def revoke(self, task_id: str, terminate: bool) -> int:
         self.app.revoke(task_id, terminate=terminate)

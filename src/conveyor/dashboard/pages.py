@@ -104,6 +104,7 @@ class Pages:
         letters = self.fleet.dead_letters(where)
         return {
             "letters": letters,
+            "count": self.fleet.count_dead(where),
             "where": where,
             "queue_names": sorted(self.fleet.queues()),
             "reasons": sorted({d.reason for d in letters} | {where.reason} - {""}),
@@ -139,15 +140,15 @@ class Pages:
             target, back = f"queue {queue}", "/queues"
         elif action in ("replay-dead", "purge-dead"):
             where = dead_filter(fields)
+            replay = action == "replay-dead"
             if fields.get("scope") == "matching":
-                ids = self.fleet.matching_dead_ids(where)
+                count = self.fleet.move_matching_dead(where, replay=replay)
                 target = f"dead letters matching {where.describe()}"
             elif ids:
+                count = (self.fleet.replay_dead if replay else self.fleet.purge_dead)(ids)
                 target = f"dead letters {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
             else:
                 raise BadRequest(400, "select dead letters first")
-            move = self.fleet.replay_dead if action == "replay-dead" else self.fleet.purge_dead
-            count = move(ids)
             back = f"/dead?{where.query()}" if where.query() else "/dead"
         elif action in ("revoke", "terminate"):
             task_id = required(fields, "task_id")

@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack, overload
 from . import _state
 from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
+from .annotations import annotate_task
 from .beat.scheduler import BeatRunner, BeatRunOptions, run_beat
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
@@ -240,6 +241,7 @@ class Conveyor:
         if shared and task.name in self.tasks:
             return
         self.tasks[task.name] = task
+        annotate_task(task, self.conf.task_annotations)
 
     def get_task(self, name: str) -> Task[..., object]:
         try:
@@ -283,6 +285,8 @@ class Conveyor:
         for module in [*self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         self._run_autodiscover()
+        for task in list(self.tasks.values()):  # annotations set after the tasks were made
+            annotate_task(task, self.conf.task_annotations)
         self.on_after_configure.send(sender=self)
         self.on_after_finalize.send(sender=self)
 

@@ -97,7 +97,7 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_unknown_module_and_module_without_app_are_clear_errors(scratch: Path) -> None:
     cases = {
         "no_such_module_xyz": "cannot import 'no_such_module_xyz': no module named",
-        "tests.integration": "no Conveyor app found in 'tests.integration'",
+        "tests.integration": "no Conveyor app found for -A tests.integration",
         f"{APP}:nothing": "has no attribute 'nothing'",
         f"{APP}:register": "is a function, not a Conveyor app",
     }
@@ -133,6 +133,37 @@ def test_app_lookup_order_from_the_current_directory(scratch: Path) -> None:
     (scratch / "lookup_two.py").write_text("from conveyor import Conveyor as C\na = C()\nb = C()\n")
     with pytest.raises(ConfigurationError, match=r"several Conveyor apps \(a, b\)"):
         find_app("lookup_two")
+
+
+def test_celery_layout_proj_celery_py_is_found(scratch: Path) -> None:
+    # Celery's standard layout (the seeds' quick_publisher): the app in proj/celery.py, and
+    # proj/__init__.py either empty or re-exporting it under another name.
+    for name, init in (("layout_empty", ""), ("layout_export", "from .celery import app as x\n")):
+        package = scratch / name
+        package.mkdir()
+        (package / "__init__.py").write_text(init)
+        (package / "celery.py").write_text(
+            f"from conveyor import Conveyor\napp = Conveyor({name!r})\n"
+        )
+        assert find_app(name).main == name
+    (scratch / "attr_celery.py").write_text(
+        "from conveyor import Conveyor\ncelery = Conveyor('c')\nother = Conveyor('o')\n"
+    )
+    assert find_app("attr_celery").main == "c"  # Celery's second attribute name
+    assert find_app("layout_empty.celery.app").main == "layout_empty"  # dotted attribute
+
+
+def test_app_not_found_says_what_was_tried_and_how_to_fix_it(scratch: Path) -> None:
+    package = scratch / "empty_proj"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    with pytest.raises(ConfigurationError) as info:
+        find_app("empty_proj")
+    message = str(info.value)
+    for tried in ("empty_proj.app", "empty_proj.celery", "empty_proj.conveyor (no such module)"):
+        assert tried in message
+    assert "define `app = Conveyor(...)` in empty_proj/celery.py" in message
+    assert "-A MODULE:NAME" in message
 
 
 def test_cli_finds_the_app_from_the_current_directory(tmp_path: Path) -> None:

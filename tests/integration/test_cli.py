@@ -195,6 +195,9 @@ def test_bad_option_value_is_a_usage_error() -> None:
 
 # -- inspection and maintenance against a real broker ----------------------------------------
 def test_status_shows_queues_and_live_workers(harness: Harness) -> None:
+    empty = json.loads(conveyor(harness, "status", "--json").stdout)["queues"]
+    # The default queue shows while empty, on SQLite as on Redis.
+    assert empty["default"] == {"ready": 0, "delayed": 0, "leased": 0, "dead": 0, "consumers": 0}
     harness.send("add", 1, 1, queue="alpha")
     harness.send("add", 1, 1, queue="alpha", countdown=60)
     worker = harness.worker("-c", "2")
@@ -205,13 +208,37 @@ def test_status_shows_queues_and_live_workers(harness: Harness) -> None:
         return data if len(data["workers"]) == 2 else None
 
     data = wait_for(two_workers, 15, "two workers announced")
-    assert data["queues"]["alpha"] == {"ready": 1, "delayed": 1, "leased": 0, "dead": 0}
+    alpha = {"ready": 1, "delayed": 1, "leased": 0, "dead": 0, "consumers": 0}
+    assert data["queues"]["alpha"] == alpha
+    assert data["queues"]["default"]["consumers"] == 2
+    assert data["unconsumed"] == ["alpha"]  # ready messages, and no live worker consumes it
     pids = sorted(info["pid"] for info in data["workers"].values())
     assert pids == worker.children()
     table = conveyor(harness, "status")
     assert table.returncode == 0
     assert "alpha" in table.stdout
     assert "Workers alive: 2" in table.stdout
+    assert "alpha: 1 ready message(s) and no live worker consumes this queue" in table.stdout
+
+
+def test_worker_warns_when_its_queues_leave_routed_or_default_queues_alone(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(task_routes={"workerapp.record": {"queue": "records"}})
+    worker = harness.worker("-c", "1", "-Q", "hipri,celery")
+    wait_for(lambda: "no live worker consumes" in worker.output(), 20, "the warning")
+    line = next(x for x in worker.output().splitlines() if "no live worker consumes" in x)
+    assert "WARNING" in line
+    assert "'default' (the default queue)" in line
+    assert "'records' (routed: workerapp.record)" in line
+    assert "'celery' is Celery's default queue; Conveyor's is 'default'" in line
+    # A second worker consuming them is told nothing: the first one is alive.
+    worker.wait_children(1)
+    wait_for(lambda: json.loads(conveyor(harness, "status", "--json").stdout)["workers"], 15, "")
+    quiet = harness.worker("-c", "1", "-Q", "default,records")
+    quiet.wait_children(1)
+    wait_for(lambda: "queues:" in quiet.output(), 15, "the banner")
+    assert "no live worker consumes" not in quiet.output()
 
 
 def test_purge_asks_first_and_deletes_waiting_messages(harness: Harness) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +186,28 @@ def test_bad_annotated_values_are_errors_when_set_or_returned() -> None:
     app.conf.task_annotations = lambda task: {"on_success": 1} if task.name == "f" else None
     with pytest.raises(ConfigurationError, match="must be a function"):
         app.task(name="f")(lambda: None)
+
+
+# -- the default SQLite file -----------------------------------------------------------------
+def test_default_sqlite_file_is_next_to_the_module_that_made_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONVEYOR_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    module = tmp_path / "proj" / "made_here.py"
+    module.parent.mkdir()
+    module.write_text("from conveyor import Conveyor\napp = Conveyor('proj')\n")
+    urls = set()
+    for cwd in (tmp_path, tmp_path / "proj", Path("/")):
+        monkeypatch.chdir(cwd)
+        namespace: dict[str, Any] = {}
+        exec(compile(module.read_text(), str(module), "exec"), namespace)
+        app = namespace["app"]
+        urls.add((app.broker_url, app.result_backend_url))
+    expected = f"sqlite:///{tmp_path}/proj/conveyor.sqlite3"
+    assert urls == {(expected, expected)}
+    # A bare sqlite:// given explicitly means the same file; named files stay as given.
+    explicit = Conveyor("t", broker="sqlite://?timeout=5", result_backend="sqlite:///r.db")
+    here = Path(__file__).parent
+    assert explicit.broker_url == f"sqlite:///{here}/conveyor.sqlite3?timeout=5"
+    assert explicit.result_backend_url == "sqlite:///r.db"

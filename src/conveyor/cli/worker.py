@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -17,7 +18,10 @@ from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
 from ..worker.supervisor import Supervisor
 from .base import State, app_option, split
+from .coverage import unconsumed_warning
 from .output import banner_console
+
+logger = logging.getLogger("conveyor.worker")
 
 
 @click.command("worker")
@@ -34,7 +38,12 @@ from .output import banner_console
     show_default=True,
     help="solo: one process, no supervisor (debugging).",
 )
-@click.option("-Q", "--queues", metavar="Q1,Q2", help="Queues to consume (default: the default).")
+@click.option(
+    "-Q",
+    "--queues",
+    metavar="Q1,Q2",
+    help="Queues to consume (default: those in task_queues, else task_default_queue).",
+)
 @click.option(
     "--prefetch",
     type=click.IntRange(1),
@@ -94,7 +103,9 @@ def worker_command(
     runner_class = prepare_app(app)
     conf = app.conf
     name = expand_hostname(hostname) if hostname else None
-    queue_list = split(queues) or [conf.task_default_queue]
+    queue_list = split(queues) or [q.name for q in conf.task_queues] or [conf.task_default_queue]
+    if warning := unconsumed_warning(app, queue_list):
+        logger.warning("%s", warning)
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
     if pool == "solo":

@@ -81,8 +81,9 @@ class RedactingFormatter(logging.Formatter):
         return f"{text},{int(record.msecs):03d}"
 
 
-def setup_logging(level: str) -> None:
-    """Log lines at ``level`` and above to stderr, passwords redacted.
+def setup_logging(level: str, logfile: str | None = None) -> None:
+    """Log lines at ``level`` and above to stderr (or appended to ``logfile``), passwords
+    redacted.
 
     As in Celery: if a receiver is connected to ``conveyor.signals.setup_logging``, it is
     sent instead and logging is left to it; otherwise ``after_setup_logger`` and
@@ -90,14 +91,16 @@ def setup_logging(level: str) -> None:
     logger both times: tasks log through it, Conveyor has no separate task logger)."""
     options: dict[str, object] = {
         "loglevel": logging.getLevelNamesMapping()[level.upper()],
-        "logfile": None,
+        "logfile": logfile,
         "format": LOG_FORMAT,
         "colorize": False,
     }
     if signals.setup_logging.has_receivers():
         signals.setup_logging.send(sender=None, **options)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler()
+    )
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -344,3 +344,56 @@ def test_worker_with_embedded_beat(harness_factory: Callable[..., Harness], tmp_
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert time.monotonic() - started < 10
+
+
+# -- Celery's options and commands -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("worker", "--autoscale", "10,3"), "--autoscale is Celery's: Conveyor has no autoscaler"),
+        (("worker", "--concurency", "2"), "Did you mean '--concurrency'?"),
+        (("worker", "-P", "gevent"), "eventlet/gevent/threads pools are not supported"),
+        (("worker", "--detach"), "does not daemonize"),
+        (("beat", "-S", "django"), "reads the database schedules too"),
+        (("--loader", "x", "status"), "Conveyor has no loaders"),
+        (("inspect", "active"), "`celery inspect`: `conveyor status`"),
+        (("statu",), "did you mean 'status'?"),
+    ],
+)
+def test_unknown_options_and_commands_name_the_closest_or_conveyors_equivalent(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = conveyor(None, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_beat_pidfile_logfile_and_celerys_schedule_file(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    harness = harness_factory(**_beat_settings(tmp_path / "beat.runs"))
+    pid, log, schedule = tmp_path / "beat.pid", tmp_path / "beat.log", tmp_path / "celerybeat-s"
+    options = ["--pidfile", str(pid), "-f", str(log), "-s", str(schedule), "--max-interval", "0.2"]
+    command = [sys.executable, "-m", "conveyor", "-A", APP, "beat", *options]
+    beat = subprocess.Popen(command, cwd=ROOT, env=harness.env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pid.exists() and pid.read_text().strip() == str(beat.pid), 20, "pid")
+        wait_for(lambda: log.exists() and "Celery's beat state file" in log.read_text(), 20, "")
+        assert f"so {schedule} is not used" in log.read_text()
+        second = conveyor(harness, "beat", "--pidfile", str(pid))
+        assert f"already running: process {beat.pid} holds pid file" in one_line_error(second, 1)
+        beat.send_signal(signal.SIGTERM)
+        assert beat.wait(15) == 0
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait(10)
+    assert not pid.exists()  # removed on exit
+    assert not schedule.exists()  # never written: beat state lives in the broker
+    pid.write_text("999999999\n")  # stale: no such process; replaced, then removed
+    stale = conveyor(
+        harness, "beat", "--pidfile", str(pid), env={"CONVEYOR_BROKER_URL": "redis://127.0.0.1:1/0"}
+    )
+    assert stale.returncode == 1
+    assert "removing stale pid file" in stale.stderr
+    assert not pid.exists()

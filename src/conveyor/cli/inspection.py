@@ -11,11 +11,12 @@ from rich.table import Table
 from ..brokers.base import QueueStats
 from ..loading import redact_text
 from .base import State, app_option, split
+from .celery_cli import Command
 from .coverage import consumed, live_workers
 from .output import ago, console, print_json
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
@@ -76,7 +77,7 @@ def status(state: State, app_spec: str | None, as_json: bool) -> None:
     out.print(table)
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.option("-Q", "--queues", metavar="Q1,Q2", help="Queues to purge (default: all known).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -93,7 +94,7 @@ def purge(state: State, app_spec: str | None, queues: str | None, yes: bool) -> 
     click.echo(f"Purged {count} message(s) from {', '.join(names)}.")
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--terminate", is_flag=True, help="Also stop the tasks if they are running.")
@@ -106,7 +107,7 @@ def revoke(state: State, app_spec: str | None, task_ids: tuple[str, ...], termin
     click.echo(f"Revoked {len(task_ids)} task(s){how}.")
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")

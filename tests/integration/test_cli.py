@@ -397,3 +397,37 @@ def test_beat_pidfile_logfile_and_celerys_schedule_file(
     assert stale.returncode == 1
     assert "removing stale pid file" in stale.stderr
     assert not pid.exists()
+
+
+# -- Django projects without conveyor.contrib.django in INSTALLED_APPS ------------------------
+def test_beat_of_a_django_project_without_the_installed_app_says_so_once(tmp_path: Path) -> None:
+    (tmp_path / "plain_settings.py").write_text(
+        "SECRET_KEY = 'x'\nINSTALLED_APPS = ['django.contrib.contenttypes']\nUSE_TZ = True\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', "
+        f"'NAME': '{tmp_path}/db.sqlite3'}}}}\n"
+        "CONVEYOR_BEAT_SCHEDULE = {'tick': {'task': 'plainproj.tick', 'schedule': 0.3}}\n"
+    )
+    (tmp_path / "plainproj.py").write_text(
+        "import os\nfrom conveyor import Conveyor\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'plain_settings')\n"
+        "app = Conveyor('plainproj')\n"
+        "app.config_from_object('django.conf:settings', namespace='CONVEYOR')\n"
+        "@app.task\ndef tick():\n    return 1\n"
+    )
+    env = dict(os.environ, CONVEYOR_BROKER_URL=f"sqlite:///{tmp_path}/broker.db")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "beat.log"
+    command = [sys.executable, "-m", "conveyor", "-A", "plainproj", "beat", "-f", str(log)]
+    beat = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    try:
+        # Past the database schedule's first polls (every 2 s), which used to fail each time.
+        wait_for(lambda: log.exists() and log.read_text().count("sent tick") >= 8, 20, "runs")
+        beat.send_signal(signal.SIGTERM)
+        assert beat.wait(15) == 0
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait(10)
+    text = log.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text
+    assert text.count("conveyor.contrib.django is not in INSTALLED_APPS") == 1

@@ -95,6 +95,7 @@ POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-a
     type=click.Choice(["fair", "default"]),
     help="Celery's prefetch optimization: Conveyor always leases only what can run (fair).",
 )
+@click.option("--beat-process", hidden=True, help="Beat runs in this other process (banner).")
 @click.option("--without-gossip", is_flag=True, hidden=True)
 @click.option("--without-mingle", is_flag=True, hidden=True)
 @click.pass_obj
@@ -120,6 +121,7 @@ def worker_command(
     without_gossip: bool,
     without_mingle: bool,
     exclude_queues: str | None,
+    beat_process: str | None,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
     setup_logging(loglevel, logfile)
@@ -146,6 +148,7 @@ def worker_command(
             shutdown_timeout=shutdown_timeout,
             terminate_grace=terminate_grace,
             beat=beat,
+            beat_process=beat_process,
         )
     sys.exit(code)
 
@@ -166,6 +169,7 @@ def run(
     shutdown_timeout: float | None,
     terminate_grace: float,
     beat: bool,
+    beat_process: str | None = None,
 ) -> int:
     """Start the worker; its exit code once it stopped."""
     spec = state.spec(app_spec)
@@ -183,7 +187,7 @@ def run(
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
     if pool == "solo":
-        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat)
+        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process)
         run_solo(
             app,
             shutdown_timeout=timeout,
@@ -212,7 +216,17 @@ def run(
         beat=beat,
         runner_class=runner_class,
     )
-    print_banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
+    print_banner(
+        app,
+        spec,
+        "prefork",
+        supervisor.concurrency,
+        threads,
+        queue_list,
+        prefetch,
+        beat,
+        beat_process,
+    )
     return supervisor.run()
 
 
@@ -244,6 +258,7 @@ def print_banner(
     queues: Sequence[str],
     prefetch: int | None,
     beat: bool,
+    beat_process: str | None = None,
 ) -> None:
     """What the worker runs, on stderr: app, broker, queues, concurrency and tasks."""
     tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))
@@ -255,7 +270,7 @@ def print_banner(
         f"  queues:       {', '.join(queues)}",
         f"  concurrency:  {processes} process(es) x {threads} thread(s) ({pool})",
         f"  prefetch:     {prefetch or app.conf.worker_prefetch_multiplier} per free slot",
-        f"  beat:         {'embedded' if beat else 'off'}",
+        f"  beat:         {'embedded' if beat else beat_process or 'off'}",
         f"  tasks ({len(tasks)}):",
         *(f"    . {name}" for name in tasks),
     ]

@@ -268,6 +268,12 @@ def test_dlq_list_replay_and_purge(harness: Harness) -> None:
     assert table.returncode == 0
     assert all(task_id in table.stdout for task_id in ids)
     assert "workerapp.add(0, 0)" in table.stdout
+    narrow = conveyor(harness, "dlq", "list", env={"COLUMNS": "80"}).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    for task_id in ids:  # whole ids, reasons and details: nothing cut to one word
+        assert re.search(rf"^{task_id}  default  rejected$", narrow, re.M), narrow
+        assert f"detail: bad {task_id[:4]}" in narrow
+    assert "body: workerapp.add(0, 0)" in narrow
 
     replayed = conveyor(harness, "dlq", "replay", ids[0])
     assert replayed.returncode == 0, replayed.stderr

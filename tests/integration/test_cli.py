@@ -21,6 +21,7 @@ from conveyor.exceptions import ConfigurationError
 from tests.integration import test_worker_processes as processes
 from tests.integration.test_worker_processes import ROOT, Harness, wait_for
 from tests.integration.workerapp import runs
+from tests.servers import free_port
 
 APP = "tests.integration.workerapp"
 
@@ -437,3 +438,58 @@ def test_beat_of_a_django_project_without_the_installed_app_says_so_once(tmp_pat
     text = log.read_text()
     assert "ERROR" not in text and "Traceback" not in text, text
     assert text.count("conveyor.contrib.django is not in INSTALLED_APPS") == 1
+
+
+def test_warm_shutdown_counts_only_tasks_still_running(harness: Harness) -> None:
+    worker = harness.worker("-c", "1")
+    doomed = harness.send("sleep", str(harness.file()), 60)
+    harness.wait_state(doomed.id, states.STARTED, 15)
+    assert conveyor(harness, "revoke", "--terminate", doomed.id).returncode == 0
+    harness.wait_state(doomed.id, states.REVOKED, 15)
+    worker.signal(signal.SIGTERM)  # right after the task was terminated
+    assert worker.wait(15) == 0
+    assert "warm shutdown: no task running" in worker.output()
+    assert "finishing 1 running task(s)" not in worker.output()
+    again = harness.worker("-c", "1")
+    harness.wait_state(harness.send("sleep", str(harness.file()), 1).id, states.STARTED, 15)
+    again.signal(signal.SIGTERM)
+    assert again.wait(15) == 0
+    assert "warm shutdown: finishing 1 running task(s)" in again.output()
+
+
+# -- the demo --------------------------------------------------------------------------------
+@pytest.mark.slow  # migrating and loading the demo data take half a minute on a busy machine
+def test_demo_stops_soon_after_sigint(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        DEMO_PYTHON=sys.executable,
+        PORT=str(free_port()),
+        QUICK_PUBLISHER_VAR=str(tmp_path),
+        CONVEYOR_BROKER_URL=f"sqlite:///{tmp_path}/broker.db",
+    )
+    env.pop("CONVEYOR_APP", None)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [str(ROOT / "scripts" / "demo")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # SIGINT as in a terminal (a shell starting background jobs ignores it)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        wait_for(lambda: "starting with" in log.read_text(), 90, "the demo's beat started")
+        started = time.monotonic()
+        demo.send_signal(signal.SIGINT)  # `kill -INT` of the script alone
+        assert demo.wait(30) == 130
+        took = time.monotonic() - started
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+    text = log.read_text()
+    assert "demo: stopped" in text and "warm shutdown" in text, text
+    assert took < 6, f"{took:.1f}s to stop (it used to wait 10 s before signalling)"

@@ -27,6 +27,7 @@ from .exceptions import (
     WorkerLostError,
 )
 from .middleware import Middleware
+from .queues import Exchange, Queue
 from .result import AsyncResult, GroupResult
 from .schedules import clocked, crontab, every
 from .signals import Signal
@@ -40,10 +41,12 @@ __all__ = [
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",
+    "Exchange",
     "GroupResult",
     "MaxRetriesExceededError",
     "Middleware",
     "NotRegistered",
+    "Queue",
     "Reject",
     "Request",
     "Retry",

@@ -5,13 +5,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from . import _state
+from ._sqlite import DEFAULT_FILENAME
 from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
+from .annotations import annotate_task
 from .beat.scheduler import BeatRunner, BeatRunOptions, run_beat
 from .brokers import create_broker
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
@@ -48,6 +52,20 @@ TaskResult = AsyncResult
 app_created = Signal("app_created")
 
 
+_OWN_DIRECTORY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _creator_directory() -> str | None:
+    """The directory of the innermost calling module outside Conveyor that is a file."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(("<", _OWN_DIRECTORY)):
+            return os.path.dirname(os.path.abspath(filename))
+        frame = frame.f_back  # type: ignore[assignment]  # None ends the loop
+    return None
+
+
 class Conveyor:
     """A task queue application.
 
@@ -74,6 +92,10 @@ class Conveyor:
         **settings: object,
     ) -> None:
         self.main = main
+        #: Where a bare ``sqlite://`` URL (the default broker) puts its file: the directory
+        #: of the module that created the app, so every process of the project, started
+        #: from any directory, finds the same file (the current directory if there is none).
+        self.directory = _creator_directory()
         if backend is not None:
             if result_backend is not None:
                 raise ConfigurationError("pass result_backend= or Celery's backend=, not both")
@@ -149,14 +171,27 @@ class Conveyor:
 
     @property
     def broker_url(self) -> str:
+        """The broker's URL; by default an SQLite file (see :attr:`directory`)."""
         url = self.conf.broker_url
         if url:
-            return str(url)
-        return "sqlite://" if importlib.util.find_spec("conveyor.brokers.sqlite") else "memory://"
+            return self._located(str(url))
+        if importlib.util.find_spec("conveyor.brokers.sqlite"):
+            return self._located("sqlite://")
+        return "memory://"
 
     @property
     def result_backend_url(self) -> str:
-        return str(self.conf.result_backend or self.broker_url)
+        url = self.conf.result_backend
+        return self._located(str(url)) if url else self.broker_url
+
+    def _located(self, url: str) -> str:
+        """``url`` with a bare ``sqlite://`` (no file named) made absolute: the default file
+        in :attr:`directory`."""
+        head, sep, query = url.partition("?")
+        if head not in ("sqlite://", "sqlite:///"):
+            return url
+        path = os.path.join(self.directory or os.getcwd(), DEFAULT_FILENAME)
+        return f"sqlite:///{path}{sep}{query}"
 
     @property
     def key_prefix(self) -> str:
@@ -249,6 +284,7 @@ class Conveyor:
         if shared and task.name in self.tasks:
             return
         self.tasks[task.name] = task
+        annotate_task(task, self.conf.task_annotations)
 
     def get_task(self, name: str) -> Task[..., object]:
         try:
@@ -292,6 +328,8 @@ class Conveyor:
         for module in [*self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         self._run_autodiscover()
+        for task in list(self.tasks.values()):  # annotations set after the tasks were made
+            annotate_task(task, self.conf.task_annotations)
         self.on_after_configure.send(sender=self)
         self.on_after_finalize.send(sender=self)
 

@@ -25,6 +25,7 @@ from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
 from .message import MAX_TIME_LIMIT, Envelope, encode_arguments, encode_envelope, to_json_value
 from .publishing import RetryPolicy
+from .queues import Exchange, cap_priority, queue_for_routing_key
 from .request import Request
 from .results.base import ResultRecord
 from .task import Task
@@ -86,13 +87,13 @@ def route(conf: Settings, name: str, task: Task[..., object] | None = None) -> s
         if not isinstance(table, Mapping):
             found = table(name)
             if found:
-                return _queue_of(found)
+                return _queue_of(found, conf)
             continue
         if name in table:
-            return _queue_of(table[name])
+            return _queue_of(table[name], conf)
         for pattern, target in table.items():
             if queue_matches(pattern, name):
-                return _queue_of(target)
+                return _queue_of(target, conf)
     if task is not None and task.queue:
         return task.queue
     return conf.task_default_queue
@@ -120,13 +121,15 @@ def build_call(
     if "retry" in options or "retry_policy" in options:
         publish_policy(options, conf)  # publish options: checked here too (beat loads entries)
     now = time.time()
-    queue = str_option(options, "queue") or str_option(options, "routing_key")
+    queue = str_option(options, "queue") or _by_routing_key(conf, options)
     queue = queue or route(conf, name, task)
     priority = _pick(
         options.get("priority"), task.priority if task else None, conf.task_default_priority
     )
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
         raise ConfigurationError(f"priority must be an integer 0-9 (9 first), got {priority!r}")
+    if conf.task_queues:
+        priority = cap_priority(conf.task_queues, queue, priority)
     countdown = _float(options.get("countdown") or 0.0, "countdown")
     eta = _timestamp(options.get("eta"), "eta")
     due = now + countdown if eta is None and countdown > 0 else eta
@@ -307,11 +310,31 @@ def _listify(value: object) -> list[object]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _queue_of(target: RouteTarget) -> str:
+def _by_routing_key(conf: Settings, options: Mapping[str, object]) -> str | None:
+    """The queue a call's ``routing_key`` (and ``exchange``) reaches: the declared queue it
+    binds to, or without declarations the queue of that name (Celery's default direct
+    exchange routes a key to the queue of that name)."""
+    key = str_option(options, "routing_key")
+    if key is None:
+        return None
+    if not conf.task_queues:
+        return key
+    exchange = options.get("exchange")
+    exchange_name = exchange.name if isinstance(exchange, Exchange) else exchange
+    if exchange_name is not None and not isinstance(exchange_name, str):
+        raise ConfigurationError(f"exchange must be a name or conveyor.Exchange, got {exchange!r}")
+    return queue_for_routing_key(conf.task_queues, key, exchange_name)
+
+
+def _queue_of(target: RouteTarget, conf: Settings) -> str:
     if isinstance(target, str):
         return target
     if isinstance(target, Mapping) and isinstance(queue := target.get("queue"), str):
         return queue
+    if isinstance(target, Mapping) and conf.task_queues and "routing_key" in target:
+        found = _by_routing_key(conf, target)
+        if found is not None:
+            return found
     raise ConfigurationError(f"a route must name a queue or be {{'queue': name}}, got {target!r}")
 
 

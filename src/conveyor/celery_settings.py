@@ -72,8 +72,8 @@ _ACKS = (
     "worker's task is delivered again, up to task_max_deliveries"
 )
 _ROUTING = (
-    "Conveyor routes by queue name only: use task_default_queue and task_routes "
-    "(exchanges and routing keys are AMQP)"
+    "Conveyor routes by queue name: use task_default_queue and task_routes (a call's "
+    "routing_key= is matched against the conveyor.Queue declarations in task_queues)"
 )
 
 
@@ -122,12 +122,14 @@ _TABLE: dict[str, Fate] = {
             "result_serializer",
             "task_acks_late",
             "task_always_eager",
+            "task_annotations",
             "task_default_priority",
             "task_default_queue",
             "task_eager_propagates",
             "task_ignore_result",
             "task_publish_retry",
             "task_publish_retry_policy",
+            "task_queues",
             "task_routes",
             "task_serializer",
             "task_soft_time_limit",
@@ -255,10 +257,6 @@ _TABLE: dict[str, Fate] = {
     "task_allow_error_cb_on_chord_header": _no(
         "Conveyor calls a chord's error callback once, for the chord", False
     ),
-    "task_annotations": _no(
-        "set options on the task: @app.task(rate_limit=..., time_limit=...) or a base= class",
-        {},
-    ),
     "task_compression": _no(_NO_COMPRESSION),
     "task_create_missing_queue_exchange_type": Ignored(_NO_AMQP),
     "task_create_missing_queue_type": Ignored(_NO_AMQP),
@@ -277,14 +275,9 @@ _TABLE: dict[str, Fate] = {
         "Conveyor does not pass priority from a task to the tasks it sends", False
     ),
     "task_protocol": _no("Conveyor has its own JSON message format", 2),
-    "task_queue_max_priority": Ignored("Conveyor honours priorities 0-9 on every queue"),
-    "task_queues": _no(
-        "Conveyor queues are names: route with task_routes and consume with "
-        "`conveyor worker -Q q1,q2` (a Celery worker consumes every declared queue; "
-        "Conveyor's consumes task_default_queue unless told)",
-        {},
-        (),
-        [],
+    "task_queue_max_priority": _no(
+        "Conveyor honours priorities 0-9 on every queue; to cap one queue, declare "
+        "conveyor.Queue(name, max_priority=n) in task_queues"
     ),
     "task_reject_on_worker_lost": _no(
         "Conveyor delivers a lost worker's task again, up to task_max_deliveries "

@@ -18,10 +18,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .annotations import Annotation, check_annotations
 from .celery_names import check_transport_options, describe, reads_as, resolve
 from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
 from .publishing import check_policy_setting
+from .queues import Queue, declared_queues
 
 type Check[T] = Callable[[str, object], T]
 #: Where a task goes: a queue name or ``{"queue": name}``.
@@ -275,6 +277,12 @@ class Settings:
     # tasks
     task_default_queue = Setting("default", _str, "Queue of tasks with no route")
     task_routes = Setting[Routes]({}, _routes, "Task name or glob -> queue name or {'queue': ...}")
+    task_queues = Setting[tuple[Queue, ...]](
+        (), declared_queues, "Declared queues (conveyor.Queue): consumed by default, routing keys"
+    )
+    task_annotations = Setting[tuple[Annotation, ...]](
+        (), check_annotations, "Task options by task name or '*' (conveyor.annotations)"
+    )
     task_default_priority = Setting(5, _int(0, 9), "Priority 0-9; 9 is served first")
     task_acks_late = Setting(True, _bool, "Ack after the task finished (at-least-once)")
     task_time_limit = Setting[float | None](None, _seconds, "Hard time limit (process killed)")

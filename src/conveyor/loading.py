@@ -81,8 +81,9 @@ class RedactingFormatter(logging.Formatter):
         return f"{text},{int(record.msecs):03d}"
 
 
-def setup_logging(level: str) -> None:
-    """Log lines at ``level`` and above to stderr, passwords redacted.
+def setup_logging(level: str, logfile: str | None = None) -> None:
+    """Log lines at ``level`` and above to stderr (or appended to ``logfile``), passwords
+    redacted.
 
     As in Celery: if a receiver is connected to ``conveyor.signals.setup_logging``, it is
     sent instead and logging is left to it; otherwise ``after_setup_logger`` and
@@ -90,14 +91,16 @@ def setup_logging(level: str) -> None:
     logger both times: tasks log through it, Conveyor has no separate task logger)."""
     options: dict[str, object] = {
         "loglevel": logging.getLevelNamesMapping()[level.upper()],
-        "logfile": None,
+        "logfile": logfile,
         "format": LOG_FORMAT,
         "colorize": False,
     }
     if signals.setup_logging.has_receivers():
         signals.setup_logging.send(sender=None, **options)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler()
+    )
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -107,13 +110,32 @@ def setup_logging(level: str) -> None:
 
 
 # -- finding the app -------------------------------------------------------------------------
+#: Submodules of a package searched for the app of a bare ``-A proj`` (Celery looks in
+#: ``proj.celery``; Conveyor's own layout is ``proj.conveyor``).
+APP_SUBMODULES = ("conveyor", "celery")
+#: Attributes searched for the app in a module, in order (Celery's ``app``, then ``celery``).
+APP_ATTRIBUTES = ("app", "celery")
+
+
 def find_app(spec: str) -> Conveyor:
-    """The app named by ``module[:attr]``. For a bare module: its ``app`` attribute, then
-    ``module.conveyor:app``, then the only Conveyor instance in the module."""
+    """The app named by ``-A spec``, found the way Celery finds it.
+
+    ``module:attr`` (or ``module.attr``) names it. For a bare module: its ``app`` attribute,
+    then ``celery``; for a package, then the same in ``proj.conveyor`` and ``proj.celery``
+    (Celery's ``proj/celery.py`` layout); then the only Conveyor instance in the module. When
+    nothing is found, the error lists what was tried."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`, so `-A proj` finds ./proj
     module_name, _, attr = spec.partition(":")
-    module = _import(module_name)
+    try:
+        module = _import(module_name)
+    except ConfigurationError:
+        # ``proj.celery.app``: Celery also accepts the attribute after a dot.
+        head, _, tail = module_name.rpartition(".")
+        if attr or not head or not _importable(head):
+            raise
+        module_name, attr, spec = head, tail, f"{head}:{tail}"
+        module = _import(module_name)
     if attr:
         obj: object = module
         for part in attr.split("."):
@@ -124,29 +146,59 @@ def find_app(spec: str) -> Conveyor:
             kind = type(obj).__name__
             raise ConfigurationError(f"{spec!r} is a {kind}, not a Conveyor app")
         return obj
-    candidate = getattr(module, "app", None)
-    if isinstance(candidate, Conveyor):
-        return candidate
-    if hasattr(module, "__path__") and importlib.util.find_spec(f"{module_name}.conveyor"):
-        candidate = getattr(_import(f"{module_name}.conveyor"), "app", None)
-        if isinstance(candidate, Conveyor):
-            return candidate
-    found: dict[int, tuple[str, Conveyor]] = {}
+    tried: list[str] = []
+    found = _app_in(module, tried)
+    if found is not None:
+        return found
+    if hasattr(module, "__path__"):
+        for sub in APP_SUBMODULES:
+            name = f"{module_name}.{sub}"
+            if not _importable(name):
+                tried.append(f"{name} (no such module)")
+                continue
+            found = _app_in(_import(name), tried)
+            if found is not None:
+                return found
+    apps: dict[int, tuple[str, Conveyor]] = {}
     for name, value in vars(module).items():
         if isinstance(value, Conveyor):
-            found.setdefault(id(value), (name, value))
-    if len(found) == 1:
-        return next(iter(found.values()))[1]
-    if found:
-        names = ", ".join(sorted(name for name, _ in found.values()))
+            apps.setdefault(id(value), (name, value))
+    if len(apps) == 1:
+        return next(iter(apps.values()))[1]
+    if apps:
+        names = ", ".join(sorted(name for name, _ in apps.values()))
         raise ConfigurationError(
             f"module {module_name!r} has several Conveyor apps ({names}): "
             f"pick one with -A {module_name}:NAME"
         )
-    raise ConfigurationError(
-        f"no Conveyor app found in {module_name!r}: define `app = Conveyor(...)` there "
-        f"or pass -A {module_name}:NAME"
+    tried.append(f"any Conveyor instance in {module_name}")
+    where = module_name.replace(".", "/")
+    fix = (
+        f"define `app = Conveyor(...)` in {where}/celery.py or {where}/__init__.py"
+        if hasattr(module, "__path__")
+        else f"define `app = Conveyor(...)` in {where}.py"
     )
+    raise ConfigurationError(
+        f"no Conveyor app found for -A {module_name} (tried {', '.join(tried)}): "
+        f"{fix}, or pass -A MODULE:NAME"
+    )
+
+
+def _app_in(module: ModuleType, tried: list[str]) -> Conveyor | None:
+    """The app in ``module``'s ``app`` or ``celery`` attribute (noting each name tried)."""
+    for attr in APP_ATTRIBUTES:
+        candidate = getattr(module, attr, None)
+        if isinstance(candidate, Conveyor):
+            return candidate
+        tried.append(f"{module.__name__}.{attr}")
+    return None
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _import(name: str) -> ModuleType:

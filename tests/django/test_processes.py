@@ -198,6 +198,8 @@ def test_worker_with_embedded_beat(app: Conveyor, project: Processes) -> None:
         what="a run of the embedded beat",
     )
     assert project.stop(worker) == 0
+    log = next(path for process, path in project.running if process is worker).read_text()
+    assert "beat:         on (manage.py conveyor_beat, pid " in log  # not "off"
 
 
 def test_reload_restarts_the_worker_on_code_change(app: Conveyor, project: Processes) -> None:

@@ -21,6 +21,7 @@ from conveyor.exceptions import ConfigurationError
 from tests.integration import test_worker_processes as processes
 from tests.integration.test_worker_processes import ROOT, Harness, wait_for
 from tests.integration.workerapp import runs
+from tests.servers import free_port
 
 APP = "tests.integration.workerapp"
 
@@ -97,7 +98,7 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_unknown_module_and_module_without_app_are_clear_errors(scratch: Path) -> None:
     cases = {
         "no_such_module_xyz": "cannot import 'no_such_module_xyz': no module named",
-        "tests.integration": "no Conveyor app found in 'tests.integration'",
+        "tests.integration": "no Conveyor app found for -A tests.integration",
         f"{APP}:nothing": "has no attribute 'nothing'",
         f"{APP}:register": "is a function, not a Conveyor app",
     }
@@ -135,6 +136,37 @@ def test_app_lookup_order_from_the_current_directory(scratch: Path) -> None:
         find_app("lookup_two")
 
 
+def test_celery_layout_proj_celery_py_is_found(scratch: Path) -> None:
+    # Celery's standard layout (the seeds' quick_publisher): the app in proj/celery.py, and
+    # proj/__init__.py either empty or re-exporting it under another name.
+    for name, init in (("layout_empty", ""), ("layout_export", "from .celery import app as x\n")):
+        package = scratch / name
+        package.mkdir()
+        (package / "__init__.py").write_text(init)
+        (package / "celery.py").write_text(
+            f"from conveyor import Conveyor\napp = Conveyor({name!r})\n"
+        )
+        assert find_app(name).main == name
+    (scratch / "attr_celery.py").write_text(
+        "from conveyor import Conveyor\ncelery = Conveyor('c')\nother = Conveyor('o')\n"
+    )
+    assert find_app("attr_celery").main == "c"  # Celery's second attribute name
+    assert find_app("layout_empty.celery.app").main == "layout_empty"  # dotted attribute
+
+
+def test_app_not_found_says_what_was_tried_and_how_to_fix_it(scratch: Path) -> None:
+    package = scratch / "empty_proj"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    with pytest.raises(ConfigurationError) as info:
+        find_app("empty_proj")
+    message = str(info.value)
+    for tried in ("empty_proj.app", "empty_proj.celery", "empty_proj.conveyor (no such module)"):
+        assert tried in message
+    assert "define `app = Conveyor(...)` in empty_proj/celery.py" in message
+    assert "-A MODULE:NAME" in message
+
+
 def test_cli_finds_the_app_from_the_current_directory(tmp_path: Path) -> None:
     (tmp_path / "cwdapp.py").write_text("from conveyor import Conveyor\napp = Conveyor('cwd')\n")
     env = {"CONVEYOR_BROKER_URL": f"sqlite:///{tmp_path}/b.db"}
@@ -164,6 +196,9 @@ def test_bad_option_value_is_a_usage_error() -> None:
 
 # -- inspection and maintenance against a real broker ----------------------------------------
 def test_status_shows_queues_and_live_workers(harness: Harness) -> None:
+    empty = json.loads(conveyor(harness, "status", "--json").stdout)["queues"]
+    # The default queue shows while empty, on SQLite as on Redis.
+    assert empty["default"] == {"ready": 0, "delayed": 0, "leased": 0, "dead": 0, "consumers": 0}
     harness.send("add", 1, 1, queue="alpha")
     harness.send("add", 1, 1, queue="alpha", countdown=60)
     worker = harness.worker("-c", "2")
@@ -174,13 +209,37 @@ def test_status_shows_queues_and_live_workers(harness: Harness) -> None:
         return data if len(data["workers"]) == 2 else None
 
     data = wait_for(two_workers, 15, "two workers announced")
-    assert data["queues"]["alpha"] == {"ready": 1, "delayed": 1, "leased": 0, "dead": 0}
+    alpha = {"ready": 1, "delayed": 1, "leased": 0, "dead": 0, "consumers": 0}
+    assert data["queues"]["alpha"] == alpha
+    assert data["queues"]["default"]["consumers"] == 2
+    assert data["unconsumed"] == ["alpha"]  # ready messages, and no live worker consumes it
     pids = sorted(info["pid"] for info in data["workers"].values())
     assert pids == worker.children()
     table = conveyor(harness, "status")
     assert table.returncode == 0
     assert "alpha" in table.stdout
     assert "Workers alive: 2" in table.stdout
+    assert "alpha: 1 ready message(s) and no live worker consumes this queue" in table.stdout
+
+
+def test_worker_warns_when_its_queues_leave_routed_or_default_queues_alone(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(task_routes={"workerapp.record": {"queue": "records"}})
+    worker = harness.worker("-c", "1", "-Q", "hipri,celery")
+    wait_for(lambda: "no live worker consumes" in worker.output(), 20, "the warning")
+    line = next(x for x in worker.output().splitlines() if "no live worker consumes" in x)
+    assert "WARNING" in line
+    assert "'default' (the default queue)" in line
+    assert "'records' (routed: workerapp.record)" in line
+    assert "'celery' is Celery's default queue; Conveyor's is 'default'" in line
+    # A second worker consuming them is told nothing: the first one is alive.
+    worker.wait_children(1)
+    wait_for(lambda: json.loads(conveyor(harness, "status", "--json").stdout)["workers"], 15, "")
+    quiet = harness.worker("-c", "1", "-Q", "default,records")
+    quiet.wait_children(1)
+    wait_for(lambda: "queues:" in quiet.output(), 15, "the banner")
+    assert "no live worker consumes" not in quiet.output()
 
 
 def test_purge_asks_first_and_deletes_waiting_messages(harness: Harness) -> None:
@@ -210,6 +269,12 @@ def test_dlq_list_replay_and_purge(harness: Harness) -> None:
     assert table.returncode == 0
     assert all(task_id in table.stdout for task_id in ids)
     assert "workerapp.add(0, 0)" in table.stdout
+    narrow = conveyor(harness, "dlq", "list", env={"COLUMNS": "80"}).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    for task_id in ids:  # whole ids, reasons and details: nothing cut to one word
+        assert re.search(rf"^{task_id}  default  rejected$", narrow, re.M), narrow
+        assert f"detail: bad {task_id[:4]}" in narrow
+    assert "body: workerapp.add(0, 0)" in narrow
 
     replayed = conveyor(harness, "dlq", "replay", ids[0])
     assert replayed.returncode == 0, replayed.stderr
@@ -286,3 +351,145 @@ def test_worker_with_embedded_beat(harness_factory: Callable[..., Harness], tmp_
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert time.monotonic() - started < 10
+
+
+# -- Celery's options and commands -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("worker", "--autoscale", "10,3"), "--autoscale is Celery's: Conveyor has no autoscaler"),
+        (("worker", "--concurency", "2"), "Did you mean '--concurrency'?"),
+        (("worker", "-P", "gevent"), "eventlet/gevent/threads pools are not supported"),
+        (("worker", "--detach"), "does not daemonize"),
+        (("beat", "-S", "django"), "reads the database schedules too"),
+        (("--loader", "x", "status"), "Conveyor has no loaders"),
+        (("inspect", "active"), "`celery inspect`: `conveyor status`"),
+        (("statu",), "did you mean 'status'?"),
+    ],
+)
+def test_unknown_options_and_commands_name_the_closest_or_conveyors_equivalent(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = conveyor(None, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_beat_pidfile_logfile_and_celerys_schedule_file(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    harness = harness_factory(**_beat_settings(tmp_path / "beat.runs"))
+    pid, log, schedule = tmp_path / "beat.pid", tmp_path / "beat.log", tmp_path / "celerybeat-s"
+    options = ["--pidfile", str(pid), "-f", str(log), "-s", str(schedule), "--max-interval", "0.2"]
+    command = [sys.executable, "-m", "conveyor", "-A", APP, "beat", *options]
+    beat = subprocess.Popen(command, cwd=ROOT, env=harness.env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pid.exists() and pid.read_text().strip() == str(beat.pid), 20, "pid")
+        wait_for(lambda: log.exists() and "Celery's beat state file" in log.read_text(), 20, "")
+        assert f"so {schedule} is not used" in log.read_text()
+        second = conveyor(harness, "beat", "--pidfile", str(pid))
+        assert f"already running: process {beat.pid} holds pid file" in one_line_error(second, 1)
+        beat.send_signal(signal.SIGTERM)
+        assert beat.wait(15) == 0
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait(10)
+    assert not pid.exists()  # removed on exit
+    assert not schedule.exists()  # never written: beat state lives in the broker
+    pid.write_text("999999999\n")  # stale: no such process; replaced, then removed
+    stale = conveyor(
+        harness, "beat", "--pidfile", str(pid), env={"CONVEYOR_BROKER_URL": "redis://127.0.0.1:1/0"}
+    )
+    assert stale.returncode == 1
+    assert "removing stale pid file" in stale.stderr
+    assert not pid.exists()
+
+
+# -- Django projects without conveyor.contrib.django in INSTALLED_APPS ------------------------
+def test_beat_of_a_django_project_without_the_installed_app_says_so_once(tmp_path: Path) -> None:
+    (tmp_path / "plain_settings.py").write_text(
+        "SECRET_KEY = 'x'\nINSTALLED_APPS = ['django.contrib.contenttypes']\nUSE_TZ = True\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', "
+        f"'NAME': '{tmp_path}/db.sqlite3'}}}}\n"
+        "CONVEYOR_BEAT_SCHEDULE = {'tick': {'task': 'plainproj.tick', 'schedule': 0.3}}\n"
+    )
+    (tmp_path / "plainproj.py").write_text(
+        "import os\nfrom conveyor import Conveyor\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'plain_settings')\n"
+        "app = Conveyor('plainproj')\n"
+        "app.config_from_object('django.conf:settings', namespace='CONVEYOR')\n"
+        "@app.task\ndef tick():\n    return 1\n"
+    )
+    env = dict(os.environ, CONVEYOR_BROKER_URL=f"sqlite:///{tmp_path}/broker.db")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "beat.log"
+    command = [sys.executable, "-m", "conveyor", "-A", "plainproj", "beat", "-f", str(log)]
+    beat = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    try:
+        # Past the database schedule's first polls (every 2 s), which used to fail each time.
+        wait_for(lambda: log.exists() and log.read_text().count("sent tick") >= 8, 20, "runs")
+        beat.send_signal(signal.SIGTERM)
+        assert beat.wait(15) == 0
+    finally:
+        if beat.poll() is None:
+            beat.kill()
+            beat.wait(10)
+    text = log.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text
+    assert text.count("conveyor.contrib.django is not in INSTALLED_APPS") == 1
+
+
+def test_warm_shutdown_counts_only_tasks_still_running(harness: Harness) -> None:
+    worker = harness.worker("-c", "1")
+    doomed = harness.send("sleep", str(harness.file()), 60)
+    harness.wait_state(doomed.id, states.STARTED, 15)
+    assert conveyor(harness, "revoke", "--terminate", doomed.id).returncode == 0
+    harness.wait_state(doomed.id, states.REVOKED, 15)
+    worker.signal(signal.SIGTERM)  # right after the task was terminated
+    assert worker.wait(15) == 0
+    assert "warm shutdown: no task running" in worker.output()
+    assert "finishing 1 running task(s)" not in worker.output()
+    again = harness.worker("-c", "1")
+    harness.wait_state(harness.send("sleep", str(harness.file()), 1).id, states.STARTED, 15)
+    again.signal(signal.SIGTERM)
+    assert again.wait(15) == 0
+    assert "warm shutdown: finishing 1 running task(s)" in again.output()
+
+
+# -- the demo --------------------------------------------------------------------------------
+@pytest.mark.slow  # migrating and loading the demo data take half a minute on a busy machine
+def test_demo_stops_soon_after_sigint(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        DEMO_PYTHON=sys.executable,
+        PORT=str(free_port()),
+        QUICK_PUBLISHER_VAR=str(tmp_path),
+        CONVEYOR_BROKER_URL=f"sqlite:///{tmp_path}/broker.db",
+    )
+    env.pop("CONVEYOR_APP", None)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [str(ROOT / "scripts" / "demo")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # SIGINT as in a terminal (a shell starting background jobs ignores it)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        wait_for(lambda: "starting with" in log.read_text(), 90, "the demo's beat started")
+        started = time.monotonic()
+        demo.send_signal(signal.SIGINT)  # `kill -INT` of the script alone
+        assert demo.wait(30) == 130
+        took = time.monotonic() - started
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+    text = log.read_text()
+    assert "demo: stopped" in text and "warm shutdown" in text, text
+    assert took < 6, f"{took:.1f}s to stop (it used to wait 10 s before signalling)"

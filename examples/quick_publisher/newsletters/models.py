@@ -37,3 +37,4 @@ class Delivery(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["newsletter", "user"], name="one_delivery_per_user")
         ]
+        verbose_name_plural = "deliveries"

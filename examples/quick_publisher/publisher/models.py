@@ -61,6 +61,7 @@ class ReportDelivery(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["author", "period"], name="one_report_per_period")
         ]
+        verbose_name_plural = "report deliveries"
 
     def __str__(self) -> str:
         return f"report for {self.author} ({self.period})"

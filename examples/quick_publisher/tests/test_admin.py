@@ -38,3 +38,23 @@ def test_admin_creates_users_with_email_and_password(admin_client):
     assert (
         admin_client.get(reverse("admin:accounts_user_change", args=[user.pk])).status_code == 200
     )
+
+
+@pytest.mark.django_db
+def test_admin_index_spells_every_model_plural_in_english(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Deliveries" in page and "Report deliveries" in page
+    assert "ys<" not in page  # Django's default plural, "Deliverys"
+
+
+def test_demo_sends_the_report_at_most_every_ten_minutes():
+    from datetime import UTC, datetime
+
+    from quick_publisher.settings import demo
+
+    schedule = demo.CONVEYOR_BEAT_SCHEDULE["send-view-count-report"]["schedule"]
+    runs, when = [], datetime(2024, 5, 1, tzinfo=UTC)
+    while len(runs) < 12:
+        when = schedule.next_after(when)
+        runs.append(when)
+    assert min((b - a).total_seconds() for a, b in zip(runs, runs[1:])) >= 600

@@ -9,6 +9,7 @@ passwords never reach the terminal or the logs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import click
@@ -33,9 +34,34 @@ __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
     metavar="MODULE[:ATTR]",
     help="The Conveyor app (default: $CONVEYOR_APP).",
 )
+@click.option(
+    "-b", "--broker", metavar="URL", help="Broker URL (sets $CONVEYOR_BROKER_URL, as in Celery)."
+)
+@click.option(
+    "--result-backend", metavar="URL", help="Result store URL (sets $CONVEYOR_RESULT_BACKEND)."
+)
+@click.option(
+    "--workdir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Change to this directory before loading the app.",
+)
 @click.pass_context
-def cli(ctx: click.Context, app_spec: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    app_spec: str | None,
+    broker: str | None,
+    result_backend: str | None,
+    workdir: str | None,
+) -> None:
     """Conveyor: a distributed task queue."""
+    if workdir:
+        os.chdir(workdir)
+    # Environment variables, not settings: they override the app's configuration the same
+    # way in this process and in every process it starts.
+    if broker:
+        os.environ["CONVEYOR_BROKER_URL"] = broker
+    if result_backend:
+        os.environ["CONVEYOR_RESULT_BACKEND"] = result_backend
     ctx.obj = State(app_spec)
 
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -12,12 +15,26 @@ import click
 from ..app import Conveyor
 from ..exceptions import ConveyorError
 from ..loading import describe_error, find_app, redact_text
+from .celery_cli import CeleryHints, Command, command_hint
 
 F = TypeVar("F", bound=Callable[..., object])
 
 
-class Group(click.Group):
-    """Turns errors into one line: Conveyor and OS errors, and (with a hint) anything else."""
+class Group(CeleryHints, click.Group):
+    """Turns errors into one line: Conveyor and OS errors, and (with a hint) anything else.
+    Unknown commands and options name the closest valid one, or Conveyor's equivalent of
+    Celery's."""
+
+    command_class = Command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            hint = command_hint(name, self.list_commands(ctx))
+            raise click.UsageError(f"No such command {name!r}{hint}.", ctx)
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -64,3 +81,58 @@ def app_option(fn: F) -> F:
 def split(value: str | None) -> list[str]:
     """The names in a comma-separated option value."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def process_options(fn: F) -> F:
+    """Celery's ``--pidfile`` and ``-f/--logfile`` for long-running commands."""
+    fn = click.option(
+        "--pidfile",
+        type=click.Path(dir_okay=False, writable=True),
+        help="Write the process id here; refuse to start if a live process holds it.",
+    )(fn)
+    return click.option(
+        "-f", "--logfile", type=click.Path(dir_okay=False), help="Append the log here."
+    )(fn)
+
+
+@contextmanager
+def held_pidfile(path: str | None) -> Iterator[None]:
+    """Hold ``path`` as a pid file while the block runs (nothing without a path): an error if
+    a live process holds it, a stale one is replaced, and it is removed at the end."""
+    if not path:
+        yield
+        return
+    file = Path(path)
+    try:
+        other = int(file.read_text().strip() or 0)
+    except FileNotFoundError:
+        other = 0
+    except ValueError:
+        raise click.ClickException(f"pid file {path} does not hold a process id") from None
+    if other and other != os.getpid() and _alive(other):
+        raise click.ClickException(f"already running: process {other} holds pid file {path}")
+    if other:
+        logging.getLogger("conveyor").warning("removing stale pid file %s (pid %s)", path, other)
+        file.unlink(missing_ok=True)
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise click.ClickException(f"pid file {path} appeared while starting: retry") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            if file.read_text().strip() == str(os.getpid()):
+                file.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from .. import __version__
 from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
-from .base import State, app_option
+from .base import State, app_option, held_pidfile, process_options
+from .celery_cli import Command
 from .output import banner_console
 
+logger = logging.getLogger("conveyor.beat")
 
-@click.command("beat")
+#: What ``-s/--schedule`` (Celery's beat state file) means for Conveyor.
+SCHEDULE_NOTE = (
+    "-s/--schedule names Celery's beat state file; Conveyor's beat keeps its state (the last "
+    "run of each entry and the claim of each due run) in the broker, so %s is not used"
+)
+
+
+def schedule_option(fn: click.decorators.FC) -> click.decorators.FC:
+    """Celery's ``-s/--schedule FILE``: accepted, and explained in the log."""
+    return click.option(
+        "-s",
+        "--schedule",
+        "schedule_file",
+        metavar="FILE",
+        help="Celery's beat state file: not used (Conveyor keeps beat state in the broker).",
+    )(fn)
+
+
+@click.command("beat", cls=Command)
 @app_option
 @click.option("-n", "--name", help="Name of this beat in logs (default: beat@host:pid).")
 @click.option(
@@ -27,12 +49,28 @@ from .output import banner_console
     default="info",
     show_default=True,
 )
+@schedule_option
+@process_options
 @click.pass_obj
 def beat_command(
-    state: State, app_spec: str | None, name: str | None, max_interval: float, loglevel: str
+    state: State,
+    app_spec: str | None,
+    name: str | None,
+    max_interval: float,
+    loglevel: str,
+    schedule_file: str | None,
+    pidfile: str | None,
+    logfile: str | None,
 ) -> None:
     """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, logfile)
+    if schedule_file:
+        logger.warning(SCHEDULE_NOTE, schedule_file)
+    with held_pidfile(pidfile):
+        run(state, app_spec, name, max_interval)
+
+
+def run(state: State, app_spec: str | None, name: str | None, max_interval: float) -> None:
     app = state.app(app_spec)
     prepare_app(app)
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import click
 from rich.table import Table
 
 from ..describe import preview
 from .base import Group, State, app_option
 from .output import console, print_json, when
+
+#: Terminal width from which dead letters are listed as a table (id, queue, reason and time
+#: alone take some 90 columns).
+WIDE = 140
 
 
 @click.group("dlq", cls=Group)
@@ -43,13 +49,29 @@ def dlq_list(
             ]
         )
         return
-    table = Table(title=f"Dead letters: {len(letters)}", title_justify="left")
-    table.add_column("id", no_wrap=True)
-    for column in ("queue", "reason", "detail", "time", "body"):
-        table.add_column(column)
+    out = console()
+    if out.width >= WIDE:
+        table = Table(title=f"Dead letters: {len(letters)}", title_justify="left")
+        for column in ("id", "queue", "reason", "time"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("detail", overflow="fold", ratio=1)
+        table.add_column("body", overflow="fold", ratio=1)
+        for d in letters:
+            table.add_row(d.id, d.queue, d.reason, when(d.dead_at), d.detail, preview(d.body))
+        out.print(table)
+        return
+    # Narrow terminals: one block per letter, the id whole (replay and purge need it).
+    click.echo(f"Dead letters: {len(letters)}")
+    width = max(40, out.width)
     for d in letters:
-        table.add_row(d.id, d.queue, d.reason, d.detail, when(d.dead_at), preview(d.body))
-    console().print(table)
+        click.echo(f"\n{d.id}  {d.queue}  {d.reason}")
+        lines = [
+            f"at {when(d.dead_at)}, delivered {d.delivery_count} time(s)",
+            f"detail: {d.detail}" if d.detail else "",
+            f"body: {preview(d.body, 2 * width)}",
+        ]
+        for line in filter(None, lines):
+            click.echo(wrap(line, width))
 
 
 @dlq_group.command("replay")
@@ -79,6 +101,13 @@ def dlq_purge(
         click.confirm("Delete every dead letter?", abort=True, err=True)
     count = state.app(app_spec).broker.purge_dead(selected)
     _report_count("Deleted", count, selected)
+
+
+def wrap(line: str, width: int) -> str:
+    """``line`` indented and wrapped to ``width``, at most four lines."""
+    return textwrap.fill(
+        line, width, initial_indent="  ", subsequent_indent="    ", max_lines=4, placeholder=" ..."
+    )
 
 
 def _selection(ids: tuple[str, ...], all_: bool) -> list[str] | None:

@@ -8,43 +8,59 @@ import click
 import msgspec
 from rich.table import Table
 
+from ..brokers.base import QueueStats
 from ..loading import redact_text
-from ..worker.heartbeat import WorkerInfo
 from .base import State, app_option, split
+from .celery_cli import Command
+from .coverage import consumed, live_workers
 from .output import ago, console, print_json
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(state: State, app_spec: str | None, as_json: bool) -> None:
     """Queue sizes and live workers."""
     app = state.app(app_spec)
-    broker = app.broker
-    stats = broker.stats()
-    workers: dict[str, WorkerInfo] = {}
-    for key, raw in sorted(app.kv.values("worker:").items()):
-        try:
-            info: WorkerInfo = json.loads(raw)
-        except ValueError:
-            workers[key.removeprefix("worker:")] = {}
-        else:
-            workers[key.removeprefix("worker:")] = info
+    stats = app.broker.stats()
+    workers = live_workers(app)
+    # Queues that exist even when empty (SQLite only knows queues with messages; Redis every
+    # queue ever used): the default, the declared ones and those live workers consume.
+    always = {app.conf.task_default_queue, *(q.name for q in app.conf.task_queues)}
+    for name in sorted((always | consumed(workers)) - set(stats)):
+        stats[name] = QueueStats()
+    consumers = {
+        name: sum(name in (info.get("queues") or []) for info in workers.values()) for name in stats
+    }
+    stranded = [name for name, s in sorted(stats.items()) if s.ready and not consumers[name]]
     if as_json:
         queues = {
-            name: {"ready": s.ready, "delayed": s.delayed, "leased": s.leased, "dead": s.dead}
+            name: {
+                "ready": s.ready,
+                "delayed": s.delayed,
+                "leased": s.leased,
+                "dead": s.dead,
+                "consumers": consumers[name],
+            }
             for name, s in sorted(stats.items())
         }
-        print_json({"queues": queues, "workers": workers})
+        print_json({"queues": queues, "workers": workers, "unconsumed": stranded})
         return
     out = console()
     table = Table(title=f"Queues ({redact_text(app.broker_url)})", title_justify="left")
-    for column in ("queue", "ready", "delayed", "leased", "dead"):
+    for column in ("queue", "ready", "delayed", "leased", "dead", "workers"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for name, s in sorted(stats.items()):
-        table.add_row(name, str(s.ready), str(s.delayed), str(s.leased), str(s.dead))
+        flag = "[bold red]0 (!)[/]" if name in stranded else str(consumers[name])
+        table.add_row(name, str(s.ready), str(s.delayed), str(s.leased), str(s.dead), flag)
     out.print(table)
+    for name in stranded:
+        out.print(
+            f"[bold red]![/] {name}: {stats[name].ready} ready message(s) and no live worker "
+            f"consumes this queue (start one with: conveyor worker -Q {name})",
+            markup=True,
+        )
     table = Table(title=f"Workers alive: {len(workers)}", title_justify="left")
     for column in ("worker", "pid", "queues", "running", "processed", "up", "seen"):
         table.add_column(column, no_wrap=column == "worker")
@@ -61,7 +77,7 @@ def status(state: State, app_spec: str | None, as_json: bool) -> None:
     out.print(table)
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.option("-Q", "--queues", metavar="Q1,Q2", help="Queues to purge (default: all known).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -78,7 +94,7 @@ def purge(state: State, app_spec: str | None, queues: str | None, yes: bool) -> 
     click.echo(f"Purged {count} message(s) from {', '.join(names)}.")
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--terminate", is_flag=True, help="Also stop the tasks if they are running.")
@@ -91,7 +107,7 @@ def revoke(state: State, app_spec: str | None, task_ids: tuple[str, ...], termin
     click.echo(f"Revoked {len(task_ids)} task(s){how}.")
 
 
-@click.command()
+@click.command(cls=Command)
 @app_option
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -12,15 +13,22 @@ import click
 
 from .. import __version__
 from ..app import Conveyor
+from ..celery_settings import CELERY_SETTINGS
 from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
 from ..worker.supervisor import Supervisor
-from .base import State, app_option, split
+from .base import State, app_option, held_pidfile, process_options, split
+from .beat import SCHEDULE_NOTE, schedule_option
+from .celery_cli import Command
+from .coverage import unconsumed_warning
 from .output import banner_console
 
+logger = logging.getLogger("conveyor.worker")
+POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-attr]
 
-@click.command("worker")
+
+@click.command("worker", cls=Command)
 @app_option
 @click.option(
     "-c", "--concurrency", type=click.IntRange(1), help="Child processes (default: CPU count)."
@@ -29,14 +37,23 @@ from .output import banner_console
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["prefork", "solo"]),
     default="prefork",
     show_default=True,
-    help="solo: one process, no supervisor (debugging).",
+    callback=lambda ctx, param, value: check_pool(value),
+    help="prefork or solo (one process, no supervisor: debugging).",
 )
-@click.option("-Q", "--queues", metavar="Q1,Q2", help="Queues to consume (default: the default).")
+@click.option(
+    "-Q",
+    "--queues",
+    metavar="Q1,Q2",
+    help="Queues to consume (default: those in task_queues, else task_default_queue).",
+)
+@click.option(
+    "-X", "--exclude-queues", metavar="Q1,Q2", help="Consume the default queues except these."
+)
 @click.option(
     "--prefetch",
+    "--prefetch-multiplier",
     type=click.IntRange(1),
     help="Messages leased per free slot (default 1: only what can run now).",
 )
@@ -70,6 +87,17 @@ from .output import banner_console
 @click.option(
     "-B", "--beat", is_flag=True, help="Also run beat (safe on several workers: runs go once)."
 )
+@schedule_option
+@process_options
+@click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["fair", "default"]),
+    help="Celery's prefetch optimization: Conveyor always leases only what can run (fair).",
+)
+@click.option("--beat-process", hidden=True, help="Beat runs in this other process (banner).")
+@click.option("--without-gossip", is_flag=True, hidden=True)
+@click.option("--without-mingle", is_flag=True, hidden=True)
 @click.pass_obj
 def worker_command(
     state: State,
@@ -86,19 +114,80 @@ def worker_command(
     shutdown_timeout: float | None,
     terminate_grace: float,
     beat: bool,
+    schedule_file: str | None,
+    pidfile: str | None,
+    logfile: str | None,
+    optimization: str | None,
+    without_gossip: bool,
+    without_mingle: bool,
+    exclude_queues: str | None,
+    beat_process: str | None,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, logfile)
+    if schedule_file:
+        logger.warning(SCHEDULE_NOTE, schedule_file)
+    for flag, given in (("--without-gossip", without_gossip), ("--without-mingle", without_mingle)):
+        if given:
+            logger.info("%s: Conveyor's workers do not gossip or mingle; nothing to turn off", flag)
+    if optimization:
+        logger.info("-O %s: Conveyor leases only what can run now unless --prefetch", optimization)
+    with held_pidfile(pidfile):
+        code = run(
+            state,
+            app_spec,
+            concurrency=concurrency,
+            threads=threads,
+            pool=pool,
+            queues=queues,
+            exclude=exclude_queues,
+            prefetch=prefetch,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            hostname=hostname,
+            shutdown_timeout=shutdown_timeout,
+            terminate_grace=terminate_grace,
+            beat=beat,
+            beat_process=beat_process,
+        )
+    sys.exit(code)
+
+
+def run(
+    state: State,
+    app_spec: str | None,
+    *,
+    concurrency: int | None,
+    threads: int | None,
+    pool: str,
+    queues: str | None,
+    exclude: str | None,
+    prefetch: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    hostname: str | None,
+    shutdown_timeout: float | None,
+    terminate_grace: float,
+    beat: bool,
+    beat_process: str | None = None,
+) -> int:
+    """Start the worker; its exit code once it stopped."""
     spec = state.spec(app_spec)
     app = state.app(app_spec)
     runner_class = prepare_app(app)
     conf = app.conf
     name = expand_hostname(hostname) if hostname else None
-    queue_list = split(queues) or [conf.task_default_queue]
+    queue_list = split(queues) or [q.name for q in conf.task_queues] or [conf.task_default_queue]
+    if exclude:
+        queue_list = [queue for queue in queue_list if queue not in split(exclude)]
+        if not queue_list:
+            raise click.UsageError(f"-X {exclude} leaves no queue to consume")
+    if warning := unconsumed_warning(app, queue_list):
+        logger.warning("%s", warning)
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
     if pool == "solo":
-        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat)
+        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process)
         run_solo(
             app,
             shutdown_timeout=timeout,
@@ -111,7 +200,7 @@ def worker_command(
             beat=beat,
             runner_class=runner_class,
         )
-        return
+        return 0
     supervisor = Supervisor(
         app,
         concurrency=concurrency,
@@ -127,8 +216,27 @@ def worker_command(
         beat=beat,
         runner_class=runner_class,
     )
-    print_banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
-    sys.exit(supervisor.run())
+    print_banner(
+        app,
+        spec,
+        "prefork",
+        supervisor.concurrency,
+        threads,
+        queue_list,
+        prefetch,
+        beat,
+        beat_process,
+    )
+    return supervisor.run()
+
+
+def check_pool(value: str) -> str:
+    """``-P``: prefork (Celery's ``processes`` too) or solo; Celery's other pools refused."""
+    if value in ("prefork", "processes"):
+        return "prefork"
+    if value == "solo":
+        return value
+    raise click.BadParameter(f"{value!r}: {POOL_REASON}")
 
 
 def expand_hostname(template: str) -> str:
@@ -150,6 +258,7 @@ def print_banner(
     queues: Sequence[str],
     prefetch: int | None,
     beat: bool,
+    beat_process: str | None = None,
 ) -> None:
     """What the worker runs, on stderr: app, broker, queues, concurrency and tasks."""
     tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))
@@ -161,7 +270,7 @@ def print_banner(
         f"  queues:       {', '.join(queues)}",
         f"  concurrency:  {processes} process(es) x {threads} thread(s) ({pool})",
         f"  prefetch:     {prefetch or app.conf.worker_prefetch_multiplier} per free slot",
-        f"  beat:         {'embedded' if beat else 'off'}",
+        f"  beat:         {'embedded' if beat else beat_process or 'off'}",
         f"  tasks ({len(tasks)}):",
         *(f"    . {name}" for name in tasks),
     ]

@@ -176,6 +176,8 @@ def _control_loop(
             if conn.poll(SNAPSHOT_INTERVAL):
                 command, argument = conn.recv()
                 if command == "stop":
+                    if not argument:
+                        _log_warm_stop(worker, shutdown_timeout)
                     worker.request_stop(cold=bool(argument))
                 elif command == "terminate":
                     worker.terminate(str(argument))
@@ -188,6 +190,18 @@ def _control_loop(
             logger.warning("supervisor %d is gone: stopping", parent)
             worker.request_stop(timeout=shutdown_timeout)
             return
+
+
+def _log_warm_stop(worker: ProcessWorker, shutdown_timeout: float) -> None:
+    """Say how many tasks this child finishes before it stops (the supervisor only hears of
+    some tasks in periodic snapshots, so only the child can count them exactly)."""
+    running = sum(control.active for control in worker.inflight.controls())
+    if running:
+        logger.warning(
+            "warm shutdown: finishing %d running task(s) within %ss", running, shutdown_timeout
+        )
+    else:
+        logger.info("warm shutdown: no task running")
 
 
 def _beat_thread(app: Conveyor, worker: ProcessWorker) -> None:

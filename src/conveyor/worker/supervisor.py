@@ -439,10 +439,8 @@ class Supervisor:
     def _warm_stop(self) -> None:
         self._stopping = True
         self._stop_deadline = time.monotonic() + self.shutdown_timeout
-        running = sum(len(c.tasks) for c in self._children.values())
         logger.warning(
-            "warm shutdown: finishing %d running task(s) within %ss (signal again for cold)",
-            running,
+            "warm shutdown: children finish their running tasks within %ss (signal again for cold)",
             self.shutdown_timeout,
         )
         self._send_stop(cold=False)

@@ -1,2 +1,2 @@
 """Settings: ``base`` (shared), ``production`` (SMTP, secrets from the environment),
-``demo`` (outbox instead of SMTP, report every minute) and ``e2e`` (browser tests)."""
+``demo`` (outbox instead of SMTP, report every ten minutes) and ``e2e`` (browser tests)."""

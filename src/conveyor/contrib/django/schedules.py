@@ -32,7 +32,8 @@ from django.db.models import Count, F, Max, Value
 from django.db.models.functions import Coalesce, Greatest
 
 from conveyor._state import registered_apps
-from conveyor.beat.scheduler import Beat, BeatOptions, Entry
+from conveyor.beat.scheduler import Beat, BeatOptions, BeatRunOptions, Entry
+from conveyor.beat.scheduler import run_beat as run_settings_schedule
 from conveyor.beat.schedules import InvalidSchedule
 
 from .connections import close_idle_connections, close_old_connections
@@ -193,8 +194,25 @@ def install(app: Conveyor) -> Conveyor:
     ``ready()``; call it for apps created later). Returns ``app``."""
     app.commit_hook = commit_hook
     app.in_transaction = in_transaction
-    app.beat_runner = run_beat  # schedules from the database as well as beat_schedule
+    # Schedules from the database as well as beat_schedule - if the models can be used:
+    # without conveyor.contrib.django in INSTALLED_APPS they cannot be imported.
+    apps = django.apps.apps
+    installed = not apps.apps_ready or apps.is_installed("conveyor.contrib.django")
+    app.beat_runner = run_beat if installed else run_settings_beat
     return app
+
+
+def run_settings_beat(
+    app: Conveyor, stop: threading.Event | None = None, **options: Unpack[BeatRunOptions]
+) -> None:
+    """Beat for a Django project without ``conveyor.contrib.django`` in ``INSTALLED_APPS``:
+    the ``beat_schedule`` entries only, said once at start."""
+    logger.warning(
+        "conveyor.contrib.django is not in INSTALLED_APPS: beat sends the "
+        "CONVEYOR_BEAT_SCHEDULE entries only (add it to INSTALLED_APPS for schedules in the "
+        "database and the admin)"
+    )
+    run_settings_schedule(app, stop, **options)
 
 
 def setup_worker(app: Conveyor | None = None) -> None:

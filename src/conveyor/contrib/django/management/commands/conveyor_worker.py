@@ -62,6 +62,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         beat = None
         if options["beat"]:
             beat = subprocess.Popen(beat_arguments(spec, options["loglevel"]))
+            argv += ["--beat-process", f"on (manage.py conveyor_beat, pid {beat.pid})"]
         try:
             main(argv)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
@@ -471,6 +472,30 @@ class Conveyor:
             self.beat_runner(self, stop, **options)
             return
         run_beat(self, stop, **options)
+
+    # -- the command line ------------------------------------------------------------------
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        """Run the ``conveyor`` command line for this app (Celery's ``app.start()``):
+        ``python myapp.py worker -l info`` with ``app.start()`` under ``__main__``.
+        ``argv`` defaults to ``sys.argv`` (a leading script name is skipped)."""
+        # Deferred: the command line imports this module.
+        from .cli import main
+
+        args = list(sys.argv if argv is None else argv)
+        if args and (args[0] == sys.argv[0] or args[0].endswith(".py")):
+            args = args[1:]
+        main(args, app=self)
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> None:
+        """Run ``conveyor worker`` for this app (Celery's ``app.worker_main()``):
+        ``app.worker_main(["worker", "--loglevel=INFO"])``."""
+        args = list(sys.argv if argv is None else argv)
+        if "worker" not in args:
+            raise ValueError(
+                "the worker sub-command must be in argv (e.g. ['worker', '-l', 'info']); "
+                "use app.start() for other commands"
+            )
+        self.start(args)
 
     def Worker(self, **options: Unpack[WorkerOptions]) -> Worker:
         """An in-process worker (threads + an event loop); see ``conveyor.worker.worker``."""

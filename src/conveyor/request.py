@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .message import Envelope
+from .message import Envelope, from_json_value
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ class Request:
             group_index=envelope.group_index,
             hostname=hostname,
             delivery_count=delivery_count,
-            headers=envelope.headers,
+            headers={key: from_json_value(value) for key, value in envelope.headers.items()},
             is_eager=is_eager,
             time_limit=envelope.time_limit,
             soft_time_limit=envelope.soft_time_limit,

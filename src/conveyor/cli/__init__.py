@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import click
 
+from ..app import Conveyor
 from ..loading import find_app, redact_text, setup_logging
 from .base import Group, State
 from .beat import beat_command
@@ -34,13 +35,15 @@ __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None) -> None:
     """Conveyor: a distributed task queue."""
-    ctx.obj = State(app_spec)
+    given = ctx.obj if isinstance(ctx.obj, Conveyor) else None  # from main(app=...)
+    ctx.obj = State(app_spec, given)
 
 
 for command in (worker_command, beat_command, status, purge, revoke, result, dlq_group):
     cli.add_command(command)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``conveyor`` script and ``python -m conveyor``."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="conveyor")
+def main(argv: Sequence[str] | None = None, app: Conveyor | None = None) -> None:
+    """Entry point of the ``conveyor`` script and ``python -m conveyor``; ``app`` (from
+    ``Conveyor.start()``) is used when no ``-A`` is given."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="conveyor", obj=app)

@@ -32,8 +32,8 @@ def beat_command(
     state: State, app_spec: str | None, name: str | None, max_interval: float, loglevel: str
 ) -> None:
     """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
+    app = state.app(app_spec)  # first: the app module may connect setup_logging receivers
     setup_logging(loglevel)
-    app = state.app(app_spec)
     prepare_app(app)
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     entries = sorted(app.conf.beat_schedule)

@@ -88,9 +88,9 @@ def worker_command(
     beat: bool,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
-    setup_logging(loglevel)
     spec = state.spec(app_spec)
-    app = state.app(app_spec)
+    app = state.app(app_spec)  # first: the app module may connect setup_logging receivers
+    setup_logging(loglevel)
     runner_class = prepare_app(app)
     conf = app.conf
     name = expand_hostname(hostname) if hostname else None

@@ -34,6 +34,7 @@ from ..exceptions import (
 )
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
 from ..request import Request
+from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
 from ..task import _current_request, rate_per_second
 from .job import Action, Job, Outcome
@@ -249,7 +250,12 @@ class TaskRunner:
         envelope, task = job.envelope, job.task
         if exc is None:
             try:
-                value = to_json_value(retval, f"return value of {task.name}")
+                # A returned result handle is stored as its as_tuple() form, as in Celery
+                # (conveyor.result.result_from_tuple() rebuilds it).
+                stored = retval
+                if isinstance(retval, GroupResult | AsyncResult):
+                    stored = retval.as_tuple()
+                value = to_json_value(stored, f"return value of {task.name}")
             except SerializationError as error:
                 exc = error
             else:
@@ -310,7 +316,7 @@ class TaskRunner:
         )
 
     def _retries_exhausted(self, job: Job) -> bool:
-        limit = job.task.max_retries
+        limit = job.task.autoretry_max_retries
         return limit is not None and job.envelope.retries >= limit
 
     def _succeeded(self, job: Job, retval: object, value: object, runtime: float) -> Outcome:
@@ -340,7 +346,7 @@ class TaskRunner:
         if isinstance(exc, Retry):
             when, cause = exc.when, exc.exc or exc
         else:
-            when, cause = task.retry_delay(envelope.retries), exc
+            when, cause = task.autoretry_delay(envelope.retries), exc
         einfo = format_traceback(cause)
         self._hook(task.on_retry, cause, envelope.id, job.args, job.kwargs, einfo)
         retry_envelope = replace(envelope, retries=envelope.retries + 1, eta=time.time() + when)

@@ -439,3 +439,76 @@ def test_eager_runs_send_task_signals(eager_app: Conveyor) -> None:
         ("failure", "KeyError"),
         ("postrun", states.FAILURE),
     ]
+
+
+# -- 7. errbacks in Celery's shapes; plain functions refused ----------------------------------
+
+
+def test_celery_style_and_old_style_errbacks(app: Conveyor, worker: TestWorker) -> None:
+    seen: list[tuple[object, ...]] = []
+
+    @app.task
+    def boom(x: int) -> None:
+        raise ValueError(f"boom {x}")
+
+    @app.task
+    def on_error(request: conveyor.Request, exc: BaseException, traceback: str) -> None:
+        seen.append(("celery", request.id, request.args, type(exc), str(exc), traceback))
+
+    @app.task(bind=True)
+    def bound_error(self: Task, req: object, exc: object, tb: object, tag: str) -> None:  # type: ignore[type-arg]
+        seen.append(("bound", tag, type(exc)))
+
+    @app.task
+    def old_style(task_id: str) -> None:
+        seen.append(("old", task_id))
+
+    @app.task
+    def raises(request: object, exc: object, traceback: object) -> None:
+        raise RuntimeError("errback bug")
+
+    failed = boom.apply_async(
+        (7,), link_error=[on_error.s(), bound_error.s("t"), old_style.s(), raises.s()]
+    )
+    with pytest.raises(ValueError, match="boom 7"):
+        failed.get(timeout=10)
+    wait_until(lambda: len(seen) == 3, what="three errbacks")
+    by_kind = {entry[0]: entry for entry in seen}
+    _, task_id, args, exc_type, message, traceback = by_kind["celery"]
+    assert (task_id, args, exc_type, message) == (failed.id, [7], ValueError, "boom 7")
+    assert isinstance(traceback, str) and "ValueError: boom 7" in traceback
+    assert by_kind["bound"] == ("bound", "t", ValueError)
+    assert by_kind["old"] == ("old", failed.id)
+    # a raising Celery-style errback is logged; the failed task stays settled
+    worker.run_until_idle(propagate=False)
+    assert failed.state == states.FAILURE
+
+
+def test_celery_style_errback_in_eager_mode(eager_app: Conveyor) -> None:
+    seen: list[object] = []
+
+    @eager_app.task
+    def boom() -> None:
+        raise KeyError("k")
+
+    @eager_app.task
+    def on_error(request: object, exc: object, traceback: object) -> None:
+        seen.append(exc)
+
+    boom.apply_async(link_error=on_error.s())
+    assert len(seen) == 1 and isinstance(seen[0], KeyError)
+
+
+def test_plain_function_links_are_refused_at_the_call_site(app: Conveyor) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def on_success(result: object) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="on_success is a plain function, not a task"):
+        add.apply_async((1, 2), link=on_success)
+    with pytest.raises(TypeError, match="plain function"):
+        add.s(1, 2).set(link_error=print).delay()
+    assert app.broker.stats(["default"])["default"].ready == 0

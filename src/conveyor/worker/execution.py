@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -38,6 +37,7 @@ from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
 from ..task import _current_request, rate_per_second
 from .job import Action, Job, Outcome
+from .ratelimit import LocalRateLimiter, RateLimiter
 from .records import RecordBuilder
 
 if TYPE_CHECKING:
@@ -57,8 +57,9 @@ class TaskRunner:
         #: Bodies over this are dead-lettered undecoded: twice ``message_max_bytes``, so a
         #: message that grew a little on its way (a retry, headers) still runs.
         self.max_body_bytes = 2 * int(app.conf.message_max_bytes)
-        self._rate_lock = threading.Lock()
-        self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
+        #: Books the starts of rate-limited tasks; a worker of several processes replaces
+        #: it with one they share (``SharedRateLimiter``).
+        self.rate_limiter: RateLimiter = LocalRateLimiter()
 
     # -- before running ------------------------------------------------------------------
     def prepare(
@@ -141,7 +142,7 @@ class TaskRunner:
                 state=states.EXPIRED,
             )
         if task.rate_limit and delivery is not None:
-            wait = self._rate_wait(task.name, rate_per_second(task.rate_limit), now)
+            wait = self.rate_limiter.wait(task.name, rate_per_second(task.rate_limit), now)
             if wait > 0:  # back to the broker until its turn; not a retry, nothing recorded
                 message = Message(
                     envelope.id, envelope.queue, delivery.body, envelope.priority, wait
@@ -162,15 +163,6 @@ class TaskRunner:
             is_eager=delivery is None,
         )
         return Job(envelope, task, args, kwargs, request, delivery)
-
-    def _rate_wait(self, name: str, rate: float, now: float) -> float:
-        """Seconds until ``name`` may start again in this worker (0: start now, and book it)."""
-        with self._rate_lock:
-            earliest = self._next_start.get(name, 0.0)
-            if now < earliest:
-                return earliest - now
-            self._next_start[name] = now + 1.0 / rate
-            return 0.0
 
     def started_record(self, job: Job) -> ResultRecord | None:
         if job.delivery is not None and job.envelope.headers.get(ONCE_HEADER):

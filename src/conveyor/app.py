@@ -110,6 +110,10 @@ class Conveyor:
         #: them in the database): ``runner(app, stop=None, *, name=None, max_interval=5.0)``.
         #: None means :func:`conveyor.beat.scheduler.run_beat`.
         self.beat_runner: BeatRunner | None = None
+        #: Set by integrations that run functions of their own through one generic task
+        #: (conveyor.contrib.django: ``django.tasks`` functions): each lists the names of
+        #: those functions, for :meth:`task_names`.
+        self.task_listers: list[Callable[[], Iterable[str]]] = []
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
         self._settlement: Settlement | None = None
@@ -241,6 +245,14 @@ class Conveyor:
         if shared and task.name in self.tasks:
             return
         self.tasks[task.name] = task
+
+    def task_names(self) -> list[str]:
+        """The tasks this app runs, sorted, for display (the worker's banner): its
+        registered tasks but Conveyor's built-ins, and what integrations list."""
+        names = {name for name in self.tasks if not name.startswith("conveyor.")}
+        for lister in self.task_listers:
+            names.update(lister())
+        return sorted(names)
 
     def get_task(self, name: str) -> Task[..., object]:
         try:

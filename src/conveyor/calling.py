@@ -121,6 +121,13 @@ def build_call(
     if isinstance(args, str | bytes) or (args is not None and not isinstance(args, Sequence)):
         raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
     headers = _headers(options.get("headers"), name)
+    shadow = options.get("shadow")
+    if shadow is None and task is not None:
+        shadow = task.shadow_name(args or (), kwargs or {}, options)
+    if shadow is not None:
+        if not isinstance(shadow, str):
+            raise TypeError(f"shadow of {name} must be a string, got {shadow!r}")
+        headers["shadow"] = shadow
     if task is not None and task.typing and ONCE_HEADER not in headers:
         # Follow-ups (run-once) are sent by a worker with what their parent returned: a
         # mismatch there fails in the task, as in Celery, not in the sending worker.

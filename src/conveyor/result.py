@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
@@ -20,6 +21,44 @@ if TYPE_CHECKING:
     from .app import Conveyor
 
 R = TypeVar("R", covariant=True)  # an AsyncResult[int] is an AsyncResult[object]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSnapshot:
+    """What a result store held for one task at one moment (:meth:`AsyncResult.snapshot`):
+    its state, value and the rest read together, so they always agree (reading
+    ``result.state`` and then ``result.ready()`` is two reads, between which the task may
+    finish)."""
+
+    id: str
+    state: str
+    #: The return value (SUCCESS), the exception (FAILURE, REVOKED, EXPIRED, RETRY), the
+    #: meta of a custom state (``update_state``), or None.
+    result: object
+    traceback: str | None
+    date_done: datetime | None
+    retries: int
+    name: str | None
+
+    @property
+    def info(self) -> object:
+        return self.result
+
+    @property
+    def status(self) -> str:
+        return self.state
+
+    @property
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    @property
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    @property
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
 
 
 class AsyncResult(Generic[R]):
@@ -65,6 +104,24 @@ class AsyncResult(Generic[R]):
     def state(self) -> str:
         record = self._record()
         return record.state if record is not None else states.PENDING
+
+    def snapshot(self) -> ResultSnapshot:
+        """State, value, traceback and the rest from one read of the store, consistent with
+        each other: what a status endpoint should use (``snap.state``, ``snap.ready``,
+        ``snap.result``) rather than several properties, each of which reads again."""
+        record = self._record()
+        if record is None:
+            return ResultSnapshot(self.id, states.PENDING, None, None, None, 0, self.task_name)
+        done = record.date_done
+        return ResultSnapshot(
+            id=self.id,
+            state=record.state,
+            result=self._value(record),
+            traceback=record.traceback,
+            date_done=None if done is None else datetime.fromtimestamp(done, UTC),
+            retries=record.retries,
+            name=record.name or self.task_name,
+        )
 
     status = state
 

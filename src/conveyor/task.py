@@ -410,6 +410,13 @@ class Task(Generic[P, R]):
             )
             raise TypeError(f"{self.name}{shown}: {exc}") from None
 
+    def shadow_name(
+        self, args: Sequence[object], kwargs: Mapping[str, object], options: Mapping[str, object]
+    ) -> str | None:
+        """The name logs show for this call instead of the task's (Celery's hook; the
+        ``shadow=`` call option wins). None: the task's own name."""
+        return None
+
     def autoretry_delay(self, retries: int) -> float:
         """The delay of an automatic retry (``autoretry_for``): the backoff policy when
         ``retry_backoff`` is set, else ``retry_kwargs["countdown"]``, else

@@ -152,7 +152,7 @@ def print_banner(
     beat: bool,
 ) -> None:
     """What the worker runs, on stderr: app, broker, queues, concurrency and tasks."""
-    tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))
+    tasks = app.task_names()
     lines = [
         f"[bold]conveyor {__version__}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",

@@ -257,7 +257,7 @@ class TaskRunner:
         ):
             return self._retried(job, exc, runtime)
         if isinstance(exc, Reject):
-            self._log(logging.WARNING, "%s[%s] rejected: %s", task.name, envelope.id, exc)
+            self._log(logging.WARNING, "%s[%s] rejected: %s", job.label, envelope.id, exc)
             return Outcome(
                 job.delivery,
                 Action.DEAD,
@@ -269,7 +269,7 @@ class TaskRunner:
                 error=exc,
             )
         if isinstance(exc, TaskRevokedError):
-            self._log(logging.INFO, "%s[%s] terminated (revoked)", task.name, envelope.id)
+            self._log(logging.INFO, "%s[%s] terminated (revoked)", job.label, envelope.id)
             return Outcome(
                 job.delivery,
                 Action.ACK,
@@ -293,7 +293,7 @@ class TaskRunner:
         if isinstance(job.once, ResultRecord):
             record = job.once
             self._log(
-                logging.INFO, "%s[%s] already done: not run again", job.task.name, job.envelope.id
+                logging.INFO, "%s[%s] already done: not run again", job.label, job.envelope.id
             )
             followups = self._then(job.envelope, record.state, record.result)
             return Outcome(
@@ -352,7 +352,7 @@ class TaskRunner:
         self._log(
             logging.INFO,
             "%s[%s] retry %d in %.3gs: %r",
-            task.name,
+            job.label,
             envelope.id,
             envelope.retries + 1,
             when,

@@ -35,6 +35,7 @@ from conveyor._state import registered_apps
 from conveyor.beat.scheduler import Beat, BeatOptions, Entry
 from conveyor.beat.schedules import InvalidSchedule
 
+from .backend import django_task_paths
 from .connections import close_idle_connections, close_old_connections
 from .transactions import commit_hook, in_transaction
 
@@ -194,6 +195,8 @@ def install(app: Conveyor) -> Conveyor:
     app.commit_hook = commit_hook
     app.in_transaction = in_transaction
     app.beat_runner = run_beat  # schedules from the database as well as beat_schedule
+    if django_task_paths not in app.task_listers:
+        app.task_listers.append(django_task_paths)  # the worker banner lists them
     return app
 
 

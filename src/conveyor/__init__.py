@@ -31,7 +31,14 @@ from .exceptions import (
     WorkerLostError,
 )
 from .middleware import Middleware
-from .result import AsyncResult, GroupResult, ResultSet, allow_join_result, result_from_tuple
+from .result import (
+    AsyncResult,
+    GroupResult,
+    ResultSet,
+    ResultSnapshot,
+    allow_join_result,
+    result_from_tuple,
+)
 from .schedules import clocked, crontab, every
 from .signals import Signal
 from .task import Request, Task, current_request, shared_task
@@ -60,6 +67,7 @@ __all__ = [
     "Reject",
     "Request",
     "ResultSet",
+    "ResultSnapshot",
     "Retry",
     "SerializationError",
     "Signal",

@@ -9,8 +9,12 @@
 5
 """
 
+from typing import cast
+
 from . import signals, states
+from ._state import CurrentApp
 from .app import Conveyor, default_app
+from .calling import new_id as uuid
 from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .exceptions import (
     ChordError,
@@ -28,10 +32,26 @@ from .exceptions import (
 )
 from .middleware import Middleware
 from .queues import Exchange, Queue
-from .result import AsyncResult, GroupResult
+from .result import (
+    AsyncResult,
+    GroupResult,
+    ResultSet,
+    ResultSnapshot,
+    allow_join_result,
+    result_from_tuple,
+)
 from .schedules import clocked, crontab, every
 from .signals import Signal
 from .task import Request, Task, current_request, shared_task
+
+#: The default app at the time of each use (see :class:`conveyor._state.CurrentApp`); typed
+#: as the app it stands for.
+current_app = cast(Conveyor, CurrentApp())
+
+#: Celery's ``from celery import task``: the same decorator as :func:`shared_task`. (This
+#: name is the decorator, not the ``conveyor.task`` module: import that module's names
+#: with ``from conveyor.task import ...``.)
+task = shared_task
 
 __version__ = "0.1.0"
 
@@ -49,6 +69,8 @@ __all__ = [
     "Queue",
     "Reject",
     "Request",
+    "ResultSet",
+    "ResultSnapshot",
     "Retry",
     "SerializationError",
     "Signal",
@@ -58,19 +80,24 @@ __all__ = [
     "TaskFailed",
     "TimeLimitExceeded",
     "WorkerLostError",
+    "allow_join_result",
     "chain",
     "chord",
     "chunks",
     "clocked",
     "crontab",
+    "current_app",
     "current_request",
     "default_app",
     "every",
     "group",
+    "result_from_tuple",
     "shared_task",
     "signals",
     "signature",
     "states",
+    "task",
+    "uuid",
     "xmap",
     "xstarmap",
 ]

@@ -64,3 +64,38 @@ request_var: ContextVar[Request | None] = ContextVar("conveyor_request", default
 def current_request() -> Request | None:
     """The request of the task running in this thread or asyncio task, if any."""
     return request_var.get()
+
+
+#: Set by ``conveyor.result.allow_join_result``: ``result.get()`` allowed inside a task.
+join_allowed: ContextVar[bool] = ContextVar("conveyor_join_allowed", default=False)
+
+
+def joining_forbidden() -> bool:
+    """Whether ``result.get()`` must refuse to wait here: inside a running task, outside
+    an ``allow_join_result()`` block."""
+    return request_var.get() is not None and not join_allowed.get()
+
+
+class CurrentApp:
+    """``conveyor.current_app``: stands for the default app at the time of each use.
+
+    ``from conveyor import current_app`` binds a name before the app may exist (a Django
+    project creates it later), so this small stand-in forwards each attribute read or write
+    to :func:`default_app` - nothing else. ``current_app._get_current_object()`` is the app
+    itself (Celery's spelling), for ``isinstance`` checks and identity.
+    """
+
+    __slots__ = ()
+
+    def _get_current_object(self) -> Conveyor:
+        return default_app()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(default_app(), name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(default_app(), name, value)
+
+    def __repr__(self) -> str:
+        app = _default() if _default is not None else None
+        return f"<current_app: {app!r}>" if app is not None else "<current_app: no app yet>"

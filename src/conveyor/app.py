@@ -131,6 +131,10 @@ class Conveyor:
         #: them in the database): ``runner(app, stop=None, *, name=None, max_interval=5.0)``.
         #: None means :func:`conveyor.beat.scheduler.run_beat`.
         self.beat_runner: BeatRunner | None = None
+        #: Set by integrations that run functions of their own through one generic task
+        #: (conveyor.contrib.django: ``django.tasks`` functions): each lists the names of
+        #: those functions, for :meth:`task_names`.
+        self.task_listers: list[Callable[[], Iterable[str]]] = []
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
         self._settlement: Settlement | None = None
@@ -285,6 +289,14 @@ class Conveyor:
             return
         self.tasks[task.name] = task
         annotate_task(task, self.conf.task_annotations)
+
+    def task_names(self) -> list[str]:
+        """The tasks this app runs, sorted, for display (the worker's banner): its
+        registered tasks but Conveyor's built-ins, and what integrations list."""
+        names = {name for name in self.tasks if not name.startswith("conveyor.")}
+        for lister in self.task_listers:
+            names.update(lister())
+        return sorted(names)
 
     def get_task(self, name: str) -> Task[..., object]:
         try:
@@ -518,6 +530,30 @@ class Conveyor:
             self.beat_runner(self, stop, **options)
             return
         run_beat(self, stop, **options)
+
+    # -- the command line ------------------------------------------------------------------
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        """Run the ``conveyor`` command line for this app (Celery's ``app.start()``):
+        ``python myapp.py worker -l info`` with ``app.start()`` under ``__main__``.
+        ``argv`` defaults to ``sys.argv`` (a leading script name is skipped)."""
+        # Deferred: the command line imports this module.
+        from .cli import main
+
+        args = list(sys.argv if argv is None else argv)
+        if args and (args[0] == sys.argv[0] or args[0].endswith(".py")):
+            args = args[1:]
+        main(args, app=self)
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> None:
+        """Run ``conveyor worker`` for this app (Celery's ``app.worker_main()``):
+        ``app.worker_main(["worker", "--loglevel=INFO"])``."""
+        args = list(sys.argv if argv is None else argv)
+        if "worker" not in args:
+            raise ValueError(
+                "the worker sub-command must be in argv (e.g. ['worker', '-l', 'info']); "
+                "use app.start() for other commands"
+            )
+        self.start(args)
 
     def Worker(self, **options: Unpack[WorkerOptions]) -> Worker:
         """An in-process worker (threads + an event loop); see ``conveyor.worker.worker``."""

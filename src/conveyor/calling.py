@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, SupportsFloat, SupportsIndex, SupportsInt
 
 from . import states
 from .brokers.base import Message, queue_matches
-from .canvas import as_signature
+from .canvas import ONCE_HEADER, as_signature
 from .canvas.signature import chord_option, str_option
 from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
@@ -78,6 +78,11 @@ class Call:
     eta: float | None
 
 
+def new_id() -> str:
+    """A new task id (a random UUID as a string): ``conveyor.uuid()``, Celery's ``uuid()``."""
+    return str(uuid.uuid4())
+
+
 def route(conf: Settings, name: str, task: Task[..., object] | None = None) -> str:
     """The queue for task ``name``: ``task_routes`` (exact name, then globs), the task's
     ``queue`` option, then ``task_default_queue``."""
@@ -116,6 +121,18 @@ def build_call(
         raise ConfigurationError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
     if isinstance(args, str | bytes) or (args is not None and not isinstance(args, Sequence)):
         raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
+    headers = _headers(options.get("headers"), name)
+    shadow = options.get("shadow")
+    if shadow is None and task is not None:
+        shadow = task.shadow_name(args or (), kwargs or {}, options)
+    if shadow is not None:
+        if not isinstance(shadow, str):
+            raise TypeError(f"shadow of {name} must be a string, got {shadow!r}")
+        headers["shadow"] = shadow
+    if task is not None and task.typing and ONCE_HEADER not in headers:
+        # Follow-ups (run-once) are sent by a worker with what their parent returned: a
+        # mismatch there fails in the task, as in Celery, not in the sending worker.
+        task.check_arguments(args or (), kwargs or {})
     tagged_args, tagged_kwargs = encode_arguments(name, args, kwargs)
     conf = app.conf
     if "retry" in options or "retry_policy" in options:
@@ -134,7 +151,7 @@ def build_call(
     eta = _timestamp(options.get("eta"), "eta")
     due = now + countdown if eta is None and countdown > 0 else eta
     expires = _expires_at(options.get("expires", task.expires if task else None), now)
-    task_id = str(options.get("task_id") or uuid.uuid4())
+    task_id = str(options.get("task_id") or new_id())
     parent_id = str_option(options, "parent_id") or (parent.id if parent else None)
     root_id = (
         str_option(options, "root_id")
@@ -169,7 +186,7 @@ def build_call(
         chord=chord_option(options),
         callbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link"))],
         errbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link_error"))],
-        headers=_headers(options.get("headers"), name),
+        headers=headers,
         time_limit=_time_limit(
             _pick(
                 options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .message import Envelope
+from .message import Envelope, from_json_value
 
 
 @dataclass(slots=True)
@@ -31,6 +31,8 @@ class Request:
     is_eager: bool = False
     time_limit: float | None = None
     soft_time_limit: float | None = None
+    #: the name to show in logs instead of the task's (Celery's ``shadow``), if any
+    shadow: str | None = None
     #: ids of tasks sent while this one ran (stored as the result's ``children``)
     children: list[str] = field(default_factory=list)
     #: the envelope this request came from (for retries); not part of the public API
@@ -51,6 +53,8 @@ class Request:
         is_eager: bool = False,
     ) -> Request:
         """The request of the task in ``envelope`` (with its decoded arguments)."""
+        headers = {key: from_json_value(value) for key, value in envelope.headers.items()}
+        shadow = headers.get("shadow")
         return cls(
             id=envelope.id,
             task=envelope.task,
@@ -67,10 +71,11 @@ class Request:
             group_index=envelope.group_index,
             hostname=hostname,
             delivery_count=delivery_count,
-            headers=envelope.headers,
+            headers=headers,
             is_eager=is_eager,
             time_limit=envelope.time_limit,
             soft_time_limit=envelope.soft_time_limit,
+            shadow=shadow if isinstance(shadow, str) and shadow else None,
             envelope=envelope,
         )
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
@@ -19,6 +21,44 @@ if TYPE_CHECKING:
     from .app import Conveyor
 
 R = TypeVar("R", covariant=True)  # an AsyncResult[int] is an AsyncResult[object]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSnapshot:
+    """What a result store held for one task at one moment (:meth:`AsyncResult.snapshot`):
+    its state, value and the rest read together, so they always agree (reading
+    ``result.state`` and then ``result.ready()`` is two reads, between which the task may
+    finish)."""
+
+    id: str
+    state: str
+    #: The return value (SUCCESS), the exception (FAILURE, REVOKED, EXPIRED, RETRY), the
+    #: meta of a custom state (``update_state``), or None.
+    result: object
+    traceback: str | None
+    date_done: datetime | None
+    retries: int
+    name: str | None
+
+    @property
+    def info(self) -> object:
+        return self.result
+
+    @property
+    def status(self) -> str:
+        return self.state
+
+    @property
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    @property
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    @property
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
 
 
 class AsyncResult(Generic[R]):
@@ -64,6 +104,24 @@ class AsyncResult(Generic[R]):
     def state(self) -> str:
         record = self._record()
         return record.state if record is not None else states.PENDING
+
+    def snapshot(self) -> ResultSnapshot:
+        """State, value, traceback and the rest from one read of the store, consistent with
+        each other: what a status endpoint should use (``snap.state``, ``snap.ready``,
+        ``snap.result``) rather than several properties, each of which reads again."""
+        record = self._record()
+        if record is None:
+            return ResultSnapshot(self.id, states.PENDING, None, None, None, 0, self.task_name)
+        done = record.date_done
+        return ResultSnapshot(
+            id=self.id,
+            state=record.state,
+            result=self._value(record),
+            traceback=record.traceback,
+            date_done=None if done is None else datetime.fromtimestamp(done, UTC),
+            retries=record.retries,
+            name=record.name or self.task_name,
+        )
 
     status = state
 
@@ -121,7 +179,9 @@ class AsyncResult(Generic[R]):
     @property
     def kwargs(self) -> dict[str, object] | None:
         record = self._record()
-        return None if record is None or record.kwargs is None else from_json_value(record.kwargs)
+        if record is None or record.kwargs is None:
+            return None
+        return {key: from_json_value(value) for key, value in record.kwargs.items()}
 
     @property
     def worker(self) -> str | None:
@@ -186,7 +246,7 @@ class AsyncResult(Generic[R]):
         TaskExpiredError for those states, and :class:`conveyor.exceptions.TimeoutError`
         when ``timeout`` passes. Waiting is done by the result store without busy polling.
         """
-        if disable_sync_subtasks and _state.current_request() is not None:
+        if disable_sync_subtasks and _state.joining_forbidden():
             raise InvalidTaskCall(
                 "never call result.get() inside a task: it can deadlock the worker. "
                 "Use a chain or a chord, or pass disable_sync_subtasks=False if you must."
@@ -216,40 +276,50 @@ class AsyncResult(Generic[R]):
         self.app.revoke(self.id, terminate=terminate)
 
     def as_tuple(self) -> tuple[object, ...]:
+        """Celery's form: ``((id, parent's form or None), None)`` (see
+        :func:`result_from_tuple`)."""
         parent = self.parent
-        return (self.id, parent.as_tuple() if parent else None)
+        return ((self.id, parent.as_tuple() if parent else None), None)
 
 
-class GroupResult:
-    """Results of a group of tasks, in the group's order (members may be GroupResults).
-
-    ``save()`` stores the membership so ``GroupResult.restore(id, app=app)`` can rebuild it
-    from the id alone (a chord's header is saved under the chord id automatically).
-    """
+class ResultSet:
+    """Results of several tasks read and waited for together (Celery's ``ResultSet``);
+    :class:`GroupResult` is one with an id. Members may be GroupResults."""
 
     def __init__(
         self,
-        id: str,
         results: Sequence[AsyncResult[object] | GroupResult],
         app: Conveyor | None = None,
-        *,
-        parent: AsyncResult[object] | GroupResult | None = None,
     ) -> None:
-        self.id = id
         self.results: list[AsyncResult[object] | GroupResult] = list(results)
         self.app = app if app is not None else _state.default_app()
-        self.parent = parent
 
     def __repr__(self) -> str:
-        return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
+        return f"<ResultSet [{', '.join(r.id for r in self.results)}]>"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, GroupResult) and other.id == self.id and other.results == self.results
-        )
+        return type(other) is type(self) and getattr(other, "results", None) == self.results
 
     def __hash__(self) -> int:
-        return hash(self.id)
+        return hash(tuple(r.id for r in self.results))
+
+    def add(self, result: AsyncResult[object] | GroupResult) -> None:
+        """Add ``result`` to the set (if not already in it)."""
+        if result not in self.results:
+            self.results.append(result)
+
+    def update(self, results: Iterable[AsyncResult[object] | GroupResult]) -> None:
+        for result in results:
+            self.add(result)
+
+    def discard(self, result: AsyncResult[object] | GroupResult) -> None:
+        if result in self.results:
+            self.results.remove(result)
+
+    remove = discard
+
+    def clear(self) -> None:
+        self.results.clear()
 
     def __len__(self) -> int:
         return len(self.results)
@@ -346,14 +416,45 @@ class GroupResult:
     def revoke(self, terminate: bool = False) -> None:
         self.app.revoke([r.id for r in self.leaves()], terminate=terminate)
 
+    def forget(self) -> None:
+        self.app.results.forget([r.id for r in self.leaves()])
+
+
+class GroupResult(ResultSet):
+    """Results of a group of tasks, in the group's order (members may be GroupResults).
+
+    ``save()`` stores the membership so ``GroupResult.restore(id, app=app)`` can rebuild it
+    from the id alone (a chord's header is saved under the chord id automatically).
+    """
+
+    def __init__(
+        self,
+        id: str,
+        results: Sequence[AsyncResult[object] | GroupResult],
+        app: Conveyor | None = None,
+        *,
+        parent: AsyncResult[object] | GroupResult | None = None,
+    ) -> None:
+        super().__init__(results, app)
+        self.id = id
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, GroupResult) and other.id == self.id and other.results == self.results
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     def as_tuple(self) -> tuple[object, ...]:
         return (
             (self.id, self.parent.as_tuple() if self.parent else None),
             [r.as_tuple() for r in self.results],
         )
-
-    def forget(self) -> None:
-        self.app.results.forget([r.id for r in self.leaves()])
 
     # -- saving ----------------------------------------------------------------------------
     @property
@@ -401,3 +502,35 @@ class GroupResult:
             ],
             app,
         )
+
+
+def result_from_tuple(
+    value: object, app: Conveyor | None = None
+) -> AsyncResult[object] | GroupResult:
+    """Rebuild a result from its ``as_tuple()`` form (Celery's ``result_from_tuple``): what
+    ``get()`` returns for a task that returned an AsyncResult or a GroupResult."""
+    if isinstance(value, AsyncResult | GroupResult):
+        return value
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise TypeError(f"not the as_tuple() form of a result: {value!r}")
+    head, nodes = value
+    task_id, parent_form = head if isinstance(head, list | tuple) else (head, None)
+    parent = result_from_tuple(parent_form, app) if parent_form else None
+    if nodes is not None:
+        if not isinstance(nodes, list | tuple):
+            raise TypeError(f"not the as_tuple() form of a group result: {value!r}")
+        members = [result_from_tuple(node, app) for node in nodes]
+        return GroupResult(str(task_id), members, app, parent=parent)
+    return AsyncResult(str(task_id), app, parent=parent)
+
+
+@contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Allow ``result.get()`` inside a running task within this block (Celery's
+    ``allow_join_result``). Waiting on another task from a task can deadlock a worker whose
+    slots are all waiting: prefer a chain or a chord."""
+    token = _state.join_allowed.set(True)
+    try:
+        yield
+    finally:
+        _state.join_allowed.reset(token)

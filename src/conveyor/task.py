@@ -125,10 +125,8 @@ class Task(Generic[P, R]):
         unknown = set(options) - self._OPTIONS
         if unknown:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
-        retry_kwargs = options.pop("retry_kwargs", None) or {}
-        if not isinstance(retry_kwargs, Mapping):
-            raise ConfigurationError(f"retry_kwargs must be a mapping, got {retry_kwargs!r}")
-        for key, value in {**options, **retry_kwargs}.items():
+        self.retry_kwargs = _retry_kwargs(options.pop("retry_kwargs", None))
+        for key, value in options.items():
             setattr(self, key, value)
         if self.priority is not None and not 0 <= self.priority <= 9:
             raise ConfigurationError(f"priority must be 0-9, got {self.priority}")
@@ -139,7 +137,7 @@ class Task(Generic[P, R]):
                 raise ConfigurationError(str(exc)) from None
         self.fn = fn
         name = options.get("name")
-        self.name = name if isinstance(name, str) and name else f"{fn.__module__}.{fn.__qualname__}"
+        self.name = name if isinstance(name, str) and name else default_name(fn, app)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.throws = tuple(self.throws)
         self.autoretry_for = tuple(self.autoretry_for)
@@ -150,6 +148,7 @@ class Task(Generic[P, R]):
         self.__module__ = fn.__module__
         self.__qualname__ = fn.__qualname__
         self.__wrapped__ = fn
+        self._signature: inspect.Signature | None = None
 
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
@@ -378,9 +377,96 @@ class Task(Generic[P, R]):
         return isinstance(exc, self.autoretry_for)
 
     def call_with_request(self, args: Sequence[object], kwargs: Mapping[str, object]) -> object:
+        """Run the task body for the worker and eager mode: through ``__call__`` when a
+        subclass overrides it (Celery's rule: its override runs once per execution, with
+        ``self.request`` set), else the function directly."""
+        if type(self).__call__ is not Task.__call__:
+            call: Callable[..., object] = self
+            return call(*args, **kwargs)
         if self.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
+
+    def check_arguments(self, args: Sequence[object], kwargs: Mapping[str, object]) -> None:
+        """Raise TypeError if the function cannot take ``args`` / ``kwargs`` (``typing=True``,
+        the default, checks every call before it is sent, as Celery does)."""
+        if not self.typing:
+            return
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):  # a builtin or C function: nothing to check
+                self.typing = False
+                return
+        bound = (self,) if self.bind else ()
+        try:
+            self._signature.bind(*bound, *args, **kwargs)
+        except TypeError as exc:
+            shown = self._signature.replace(
+                parameters=[
+                    p.replace(annotation=p.empty) for p in self._signature.parameters.values()
+                ],
+                return_annotation=inspect.Signature.empty,
+            )
+            raise TypeError(f"{self.name}{shown}: {exc}") from None
+
+    def shadow_name(
+        self, args: Sequence[object], kwargs: Mapping[str, object], options: Mapping[str, object]
+    ) -> str | None:
+        """The name logs show for this call instead of the task's (Celery's hook; the
+        ``shadow=`` call option wins). None: the task's own name."""
+        return None
+
+    def autoretry_delay(self, retries: int) -> float:
+        """The delay of an automatic retry (``autoretry_for``): the backoff policy when
+        ``retry_backoff`` is set, else ``retry_kwargs["countdown"]``, else
+        ``default_retry_delay`` (Celery's order)."""
+        countdown = self.retry_kwargs.get("countdown")
+        no_backoff = self.retry_backoff is False or self.retry_backoff is None
+        if no_backoff and countdown is not None:
+            return float(countdown)
+        return self.retry_delay(retries)
+
+    @property
+    def autoretry_max_retries(self) -> int | None:
+        """``retry_kwargs["max_retries"]`` if given, else ``max_retries``."""
+        if "max_retries" in self.retry_kwargs:
+            limit = self.retry_kwargs["max_retries"]
+            return None if limit is None else int(limit)
+        return self.max_retries
+
+
+def default_name(fn: Callable[..., object], app: Conveyor | None) -> str:
+    """``module.qualname``; a function defined in a script run as ``__main__`` is named
+    after the app instead (``app.main``, Celery's rule), as a worker importing the script
+    by its module name would name it."""
+    module = fn.__module__
+    if module == "__main__" and app is not None and app.main:
+        module = app.main
+    return f"{module}.{fn.__qualname__}"
+
+
+def _retry_kwargs(value: object) -> dict[str, float | None]:
+    """Check Celery's ``retry_kwargs`` task option (the arguments autoretries pass to
+    ``retry()``): ``countdown`` and ``max_retries`` are honoured, other keys refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"retry_kwargs must be a mapping, got {value!r}")
+    checked: dict[str, float | None] = {}
+    for key, item in value.items():
+        if key not in ("countdown", "max_retries"):
+            raise ConfigurationError(
+                f"retry_kwargs key {key!r} is not supported: use 'countdown' and 'max_retries' "
+                "(or retry_backoff / retry_backoff_max / retry_jitter for a backoff)"
+            )
+        if key == "max_retries" and item is None:
+            checked[key] = None
+            continue
+        if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
+            raise ConfigurationError(f"retry_kwargs[{key!r}] must be a number >= 0, got {item!r}")
+        checked[key] = item
+    return checked
 
 
 # -- decorators ---------------------------------------------------------------------------

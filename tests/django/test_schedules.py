@@ -111,7 +111,7 @@ def test_beat_sends_and_records_runs(app: Conveyor, run_beats: Any) -> None:
 def test_changes_reach_a_running_beat(app: Conveyor, run_beats: Any) -> None:
     run_beats()
     PeriodicTask.objects.create(
-        name="late", task=add.name, kind="interval", interval=timedelta(seconds=0.2)
+        name="late", task=add.name, kind="interval", interval=timedelta(seconds=0.2), args=[1, 1]
     )
     wait_for(lambda: sent(app) >= 1)
     PeriodicTask.objects.filter(name="late").update(enabled=False)  # bulk update
@@ -123,7 +123,7 @@ def test_changes_reach_a_running_beat(app: Conveyor, run_beats: Any) -> None:
 
 def test_several_beats_send_each_run_once(app: Conveyor, run_beats: Any) -> None:
     PeriodicTask.objects.create(
-        name="shared", task=add.name, kind="interval", interval=timedelta(seconds=0.25)
+        name="shared", task=add.name, kind="interval", interval=timedelta(seconds=0.25), args=[1, 1]
     )
     run_beats(3)
     wait_for(lambda: PeriodicTask.objects.get(name="shared").total_run_count >= 6)
@@ -140,6 +140,7 @@ def test_clocked_task_runs_once_and_is_disabled(app: Conveyor, run_beats: Any) -
     PeriodicTask.objects.create(
         name="once",
         task=add.name,
+        args=[1, 1],
         kind="clocked",
         clocked_at=timezone.now() + timedelta(seconds=0.5),
     )

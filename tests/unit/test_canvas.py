@@ -550,15 +550,23 @@ def test_plain_functions_as_callbacks(
     app: Conveyor, worker: TestWorker, t: SimpleNamespace
 ) -> None:
     RECORDER.calls.clear()
-    ok = t.add.apply_async(args=(2, 3), link=on_success, link_error=on_failure)
-    bad = t.boom.apply_async(args=(4,), link=on_success, link_error=on_failure)
+    # A plain function is refused at the call site (a worker would not know it); as a task
+    # it works, and a Conveyor-style errback with a third argument gets the traceback.
+    with pytest.raises(TypeError, match="on_success is a plain function, not a task"):
+        t.add.apply_async(args=(2, 3), link=on_success)
+    with pytest.raises(TypeError, match="on_failure is a plain function"):
+        t.add.apply_async(args=(2, 3), link_error=[t.mul.s(1), on_failure])
+    assert app.broker.stats(["default"])["default"].ready == 0
+    success, failure = app.task(on_success), app.task(on_failure)
+    ok = t.add.apply_async(args=(2, 3), link=success, link_error=failure)
+    bad = t.boom.apply_async(args=(4,), link=success, link_error=failure)
     app.AsyncResult(followup_id(ok.id, "link", 0)).get(timeout=5)
     app.AsyncResult(followup_id(bad.id, "errback", 0)).get(timeout=5)
     assert RECORDER.of("on_success") == [(5,)]
     ((task_id, exception, traceback),) = RECORDER.of("on_failure")
     assert task_id == bad.id and exception == {"type": "ValueError", "message": "boom 4"}
     assert "Traceback" in traceback
-    with pytest.raises(TypeError, match="module-level function"):
+    with pytest.raises(TypeError, match="plain function"):
         t.add.apply_async((1, 1), link=lambda result: None)
 
 
@@ -669,6 +677,11 @@ def on_success(result):
 def on_failure(task_id, exception, traceback):
     print('Task failed:', task_id, exception)
 
+try:  # plain functions: refused at the call site (Celery fails to encode them)
+    add2.apply_async(args=(2, 3), link=on_success, link_error=on_failure)
+except TypeError as exc:
+    print("refused:", exc)
+on_success, on_failure = celery.task(on_success), celery.task(on_failure)
 linked = add2.apply_async(args=(2, 3), link=on_success, link_error=on_failure)
 failing = add2.apply_async(args=(2, "x"), link=on_success, link_error=on_failure)
 """
@@ -681,6 +694,7 @@ def run_seed(imports: str, app: Conveyor, capsys: pytest.CaptureFixture[str]) ->
     app.AsyncResult(followup_id(module["failing"].id, "errback", 0)).get(timeout=5)
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == ["14", "Hello John Doe", str([i + i for i in range(10)])]
+    assert out[3].startswith("refused: on_success is a plain function, not a task")
     assert "Task completed successfully: 5" in out
     failure = next(line for line in out if line.startswith("Task failed:"))
     assert module["failing"].id in failure and "TypeError" in failure

@@ -18,4 +18,6 @@ def test_middleware_example_counts_outcomes() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "states: {'FAILURE': 1, 'SUCCESS': 11}; slowest: __main__.nap" in proc.stdout
+    assert (
+        "states: {'FAILURE': 1, 'SUCCESS': 11}; slowest: example.nap" in proc.stdout
+    )  # named after app.main

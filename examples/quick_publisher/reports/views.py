@@ -30,16 +30,15 @@ def report_progress(request: HttpRequest, task_id: str) -> HttpResponse:
 @staff_member_required
 def report_status(request: HttpRequest, task_id: str) -> JsonResponse:
     """The task's state as JSON: ``{"state", "percent", "step", "done", "url", "error"}``."""
-    result = generate_report.AsyncResult(task_id)
-    state = result.state
+    snap = generate_report.AsyncResult(task_id).snapshot()  # one read: all fields agree
+    state = snap.state
     body: dict[str, object] = {"state": state, "percent": 0, "done": False}
-    if state == "PROGRESS":
-        info = result.info or {}
-        body.update(percent=info.get("percent", 0), step=info.get("step", ""))
-    elif state == states.SUCCESS:
-        body.update(percent=100, done=True, url=result.result["url"])
+    if state == "PROGRESS" and isinstance(snap.info, dict):
+        body.update(percent=snap.info.get("percent", 0), step=snap.info.get("step", ""))
+    elif state == states.SUCCESS and isinstance(snap.result, dict):
+        body.update(percent=100, done=True, url=snap.result["url"])
     elif state in states.EXCEPTION_STATES:
-        body.update(done=True, error=str(result.result) or state.title())
+        body.update(done=True, error=str(snap.result) or state.title())
     return JsonResponse(body)
 
 

@@ -9,26 +9,26 @@ guard then skips.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .. import states
 from ..exceptions import BrokerError, ResultStoreError
-from ..message import ChordInfo, Envelope, from_json_value
+from ..message import ChordInfo, Envelope, decode_arguments, from_json_value
+from ..request import Request
 from ..results.base import ResultRecord
 from . import chords
-from .base import Workflow
+from .errbacks import send_errbacks
 from .plan import SendPlan
 from .signature import (
     IdFactory,
     Signature,
     as_signature,
     chord_option,
-    json_dict,
     listify,
     str_option,
 )
@@ -75,68 +75,17 @@ def _settle(app: Conveyor, envelope: Envelope, state: str, value: object) -> Non
             plan.add(sig, (result,))
         plan.send()
     else:
-        if state == states.FAILURE:
-            _send_errbacks(app, task_id, envelope.root_id, envelope.errbacks, value)
+        if state == states.FAILURE and envelope.errbacks:
+            args, kwargs = decode_arguments(envelope)
+            request = Request.from_envelope(envelope, args, kwargs)
+            ids = partial(followup_ids, task_id, "errback")
+            send_errbacks(app, request, envelope.errbacks, from_json_value(value), ids=ids)
         if envelope.callbacks:
             note = f"not run: {envelope.task}[{task_id}] before it ended in {state}"
             callbacks = [Signature.from_dict(data, app) for data in envelope.callbacks]
             _mark_not_run(app, callbacks, state, value, note)
     if envelope.chord:
         _join_chord(app, envelope.chord, task_id)
-
-
-def _send_errbacks(
-    app: Conveyor,
-    task_id: str,
-    root_id: str | None,
-    errbacks: Sequence[object],
-    info: object,
-    traceback: str | None = None,
-) -> None:
-    """Send ``errbacks`` of the failed task ``task_id`` with ``(task_id, info)``; the
-    traceback (fetched once, if not given) goes to those that require a third argument."""
-    if not errbacks:
-        return
-    plan = SendPlan(app, once=True, parent_id=task_id, root_id=root_id)
-    error = json_dict(from_json_value(info), "error info")
-    shown = {k: v for k, v in error.items() if k != "args"}
-    fetched = traceback is not None
-    for index, data in enumerate(errbacks):
-        sig = as_signature(data, app)
-        sig._freeze(followup_ids(task_id, "errback", index), "", {})
-        args: tuple[object, ...] = (task_id, shown)
-        if _wants_traceback(app, sig):
-            if not fetched:
-                record = app.results.get(task_id)
-                traceback, fetched = (record.traceback if record else None), True
-            args += (traceback,)
-        plan.add(sig, args)
-    plan.send()
-
-
-def _wants_traceback(app: Conveyor, sig: Signature) -> bool:
-    """True for an errback whose function requires a third argument (Celery's
-    ``on_failure(task_id, exc, traceback)`` style)."""
-    if isinstance(sig, Workflow) or sig.immutable:
-        return False
-    task = app.tasks.get(sig.task)
-    if task is None:
-        return False
-    try:
-        params = inspect.signature(task.fn)
-    except (TypeError, ValueError):
-        return False
-    bound = (None,) if task.bind else ()
-    try:
-        params.bind(*bound, None, None, *sig.args, **sig.kwargs)
-        return False
-    except TypeError:
-        pass
-    try:
-        params.bind(*bound, None, None, None, *sig.args, **sig.kwargs)
-        return True
-    except TypeError:
-        return False
 
 
 def _mark_not_run(
@@ -197,13 +146,21 @@ def _send_chord_body(app: Conveyor, chord_id: str, member_id: str) -> None:
             info = header.error(chord_id)
             note = f"not run: chord {chord_id} had failed header tasks"
             for entry in body._entries():
-                _send_errbacks(
+                request = Request(
+                    id=str(entry.id),
+                    task=entry.task,
+                    args=list(entry.args),
+                    kwargs=dict(entry.kwargs),
+                    root_id=str_option(entry.options, "root_id"),
+                    group_id=str_option(entry.options, "group_id"),
+                )
+                send_errbacks(
                     app,
-                    str(entry.id),
-                    str_option(entry.options, "root_id"),
+                    request,
                     listify(entry.options.get("link_error")),
-                    info,
+                    from_json_value(info),
                     traceback=note,
+                    ids=partial(followup_ids, str(entry.id), "errback"),
                 )
             _mark_not_run(app, [body], states.FAILURE, info, note)
         else:

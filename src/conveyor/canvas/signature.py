@@ -8,7 +8,6 @@ behaviour of a single task; each workflow kind overrides them.
 from __future__ import annotations
 
 import copy
-import inspect
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -25,8 +24,8 @@ if TYPE_CHECKING:
 
 #: The handle of an applied signature.
 type Result = AsyncResult[object] | GroupResult
-#: What :func:`as_signature` accepts: a signature, a task (or a module-level function to
-#: register as one), or a signature's JSON form (:meth:`Signature.to_dict`).
+#: What :func:`as_signature` accepts: a signature, a task, or a signature's JSON form
+#: (:meth:`Signature.to_dict`); a plain function is refused with a hint.
 type SignatureLike = Signature | Mapping[str, object] | Callable[..., object]
 #: A signature's call options (``queue``, ``countdown``, ``link``, ``chord``, ...): whatever
 #: ``apply_async`` accepts, kept as given until the task is sent.
@@ -311,35 +310,25 @@ def signature_problem(data: object, app: Conveyor | None = None) -> str | None:
 
 
 def as_signature(value: object, app: Conveyor | None = None) -> Signature:
-    """Accept a Signature, a task, a signature dict, or a module-level function.
+    """Accept a Signature, a task, or a signature dict (:meth:`Signature.to_dict`).
 
-    A plain function (as in ``link=on_success``) is registered as a task of the app under
-    ``module.qualname`` so a worker can run it; the worker must register it too (importing
-    the module that passes it, or decorating it with ``@app.task``)."""
+    A plain function (``link=on_success``) is refused here, at the call site: a worker
+    finds callbacks by task name, so a function it does not know as a task would be
+    dead-lettered later. Decorate it with ``@app.task``."""
     if isinstance(value, Signature):
         return value
     if isinstance(value, dict):
         return Signature.from_dict(value, app)
     if isinstance(value, TaskLike):
         return value.s()
-    if inspect.isfunction(value):
-        return _function_task(value, app).s()
-    raise TypeError(f"expected a signature or a task, got {type(value).__name__}")
-
-
-def _function_task(fn: Callable[..., object], app: Conveyor | None) -> Task[..., object]:
-    name = f"{fn.__module__}.{fn.__qualname__}"
-    if "<" in name:
+    if callable(value):
+        name = getattr(value, "__qualname__", None) or type(value).__name__
         raise TypeError(
-            f"{name} cannot be a callback: a worker finds callbacks by name, so use a task "
-            "(@app.task) or a module-level function"
+            f"{name} is a plain function, not a task: a worker runs callbacks and errbacks "
+            "(link=, link_error=) by task name, so decorate it with @app.task (or "
+            "@shared_task) and pass it or its signature (on_success.s())"
         )
-    if app is None:
-        app = _state.default_app()
-    task = app.tasks.get(name)
-    if task is None:
-        task = app.task(name=name)(fn)
-    return task
+    raise TypeError(f"expected a signature or a task, got {type(value).__name__}")
 
 
 def signature(value: str | SignatureLike, *args: object, **kwargs: object) -> Signature:

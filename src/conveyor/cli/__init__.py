@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import click
 
+from ..app import Conveyor
 from ..loading import find_app, redact_text, setup_logging
 from .base import Group, State
 from .beat import beat_command
@@ -62,7 +63,8 @@ def cli(
         os.environ["CONVEYOR_BROKER_URL"] = broker
     if result_backend:
         os.environ["CONVEYOR_RESULT_BACKEND"] = result_backend
-    ctx.obj = State(app_spec)
+    given = ctx.obj if isinstance(ctx.obj, Conveyor) else None  # from main(app=...)
+    ctx.obj = State(app_spec, given)
 
 
 for command in (
@@ -78,6 +80,7 @@ for command in (
     cli.add_command(command)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``conveyor`` script and ``python -m conveyor``."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="conveyor")
+def main(argv: Sequence[str] | None = None, app: Conveyor | None = None) -> None:
+    """Entry point of the ``conveyor`` script and ``python -m conveyor``; ``app`` (from
+    ``Conveyor.start()``) is used when no ``-A`` is given."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="conveyor", obj=app)

@@ -53,13 +53,16 @@ class Group(CeleryHints, click.Group):
 class State:
     """The context object: the app spec given to ``conveyor -A``, and the app once loaded."""
 
-    def __init__(self, app_spec: str | None) -> None:
+    def __init__(self, app_spec: str | None, app: Conveyor | None = None) -> None:
         self.app_spec = app_spec
-        self._app: Conveyor | None = None
+        #: ``app.start()`` / ``app.worker_main()`` give the app itself (and no ``-A``).
+        self._app: Conveyor | None = app if app_spec is None else None
 
     def spec(self, override: str | None) -> str:
         """The app spec: the command's ``-A``, else the group's; a usage error if neither."""
         spec = override or self.app_spec
+        if not spec and self._app is not None:
+            return self._app.main or "__main__"
         if not spec:
             raise click.UsageError("no app given: pass -A module[:attr] or set CONVEYOR_APP")
         return spec

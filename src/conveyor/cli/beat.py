@@ -7,6 +7,7 @@ import logging
 import click
 
 from .. import __version__
+from ..app import Conveyor
 from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
 from .base import State, app_option, held_pidfile, process_options
 from .celery_cli import Command
@@ -63,15 +64,17 @@ def beat_command(
     logfile: str | None,
 ) -> None:
     """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
+    app = state.app(app_spec)  # first: the app module may connect setup_logging receivers
     setup_logging(loglevel, logfile)
     if schedule_file:
         logger.warning(SCHEDULE_NOTE, schedule_file)
     with held_pidfile(pidfile):
-        run(state, app_spec, name, max_interval)
+        run(state, app, app_spec, name, max_interval)
 
 
-def run(state: State, app_spec: str | None, name: str | None, max_interval: float) -> None:
-    app = state.app(app_spec)
+def run(
+    state: State, app: Conveyor, app_spec: str | None, name: str | None, max_interval: float
+) -> None:
     prepare_app(app)
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     entries = sorted(app.conf.beat_schedule)

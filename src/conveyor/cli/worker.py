@@ -124,6 +124,7 @@ def worker_command(
     beat_process: str | None,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
+    app = state.app(app_spec)  # first: the app module may connect setup_logging receivers
     setup_logging(loglevel, logfile)
     if schedule_file:
         logger.warning(SCHEDULE_NOTE, schedule_file)
@@ -135,6 +136,7 @@ def worker_command(
     with held_pidfile(pidfile):
         code = run(
             state,
+            app,
             app_spec,
             concurrency=concurrency,
             threads=threads,
@@ -155,6 +157,7 @@ def worker_command(
 
 def run(
     state: State,
+    app: Conveyor,
     app_spec: str | None,
     *,
     concurrency: int | None,
@@ -173,7 +176,6 @@ def run(
 ) -> int:
     """Start the worker; its exit code once it stopped."""
     spec = state.spec(app_spec)
-    app = state.app(app_spec)
     runner_class = prepare_app(app)
     conf = app.conf
     name = expand_hostname(hostname) if hostname else None
@@ -261,7 +263,7 @@ def print_banner(
     beat_process: str | None = None,
 ) -> None:
     """What the worker runs, on stderr: app, broker, queues, concurrency and tasks."""
-    tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))
+    tasks = app.task_names()
     lines = [
         f"[bold]conveyor {__version__}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",

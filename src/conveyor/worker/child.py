@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Unpack
 from ..loading import find_app, setup_logging
 from .execution import TaskRunner
 from .process import SNAPSHOT_INTERVAL, ProcessWorker, ProcessWorkerOptions, Report
+from .ratelimit import SharedRateLimiter
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class ChildOptions:
     log_level: int = logging.INFO
     #: The TaskRunner subclass to run tasks with (e.g. Django's), None for the default.
     runner_class: type[TaskRunner] | None = None
+    #: The worker's rate limits, shared by its children (None: none, or per process).
+    rate_limiter: SharedRateLimiter | None = None
 
 
 class _Reporter:
@@ -96,6 +99,7 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
         max_memory_kib=options.max_memory_kib,
         hard_limit_in_process=False,
         runner_class=options.runner_class,
+        rate_limiter=options.rate_limiter,
         queues=options.queues,
         concurrency=options.threads,
         hostname=options.hostname,

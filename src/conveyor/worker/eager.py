@@ -7,7 +7,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from ..message import Envelope, decode_envelope
+from ..middleware import call_each
 from .execution import TaskRunner
+from .hooks import call_outcome_hooks, has_outcome_hooks
 from .job import Action, Job, Outcome
 from .settle import Settler
 
@@ -23,15 +25,24 @@ def run_eager(app: Conveyor, envelope: Envelope, body: bytes) -> None:
     """
     runner = TaskRunner(app, hostname="eager")
     settler = Settler(app, propagate=True)  # no message: a follow-up's error is the caller's
+    hooks = app.hooks  # the app's middleware and signals (task_prerun, ...), as in a worker
     while True:
         prepared = runner.prepare_envelope(decode_envelope(body), None)
         if isinstance(prepared, Outcome):
             outcome = prepared
+            if has_outcome_hooks(hooks):
+                call_outcome_hooks(hooks, outcome)
         else:
             record = runner.started_record(prepared)
             if record is not None:
                 app.results.store([record])
+            if hooks.before_process and prepared.once is None:
+                call_each(hooks.before_process, prepared)
             outcome = _run_inline(runner, prepared)
+            if hooks.after_process and not outcome.skipped:
+                call_each(hooks.after_process, prepared, outcome)
+            if has_outcome_hooks(hooks):
+                call_outcome_hooks(hooks, outcome, prepared)
         settler.settle([outcome])
         if outcome.action is Action.RETRY and outcome.retry_message is not None:
             body = outcome.retry_message.body

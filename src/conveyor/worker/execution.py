@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -34,9 +33,11 @@ from ..exceptions import (
 )
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
 from ..request import Request
+from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
 from ..task import _current_request, rate_per_second
 from .job import Action, Job, Outcome
+from .ratelimit import LocalRateLimiter, RateLimiter
 from .records import RecordBuilder
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class TaskRunner:
         #: Bodies over this are dead-lettered undecoded: twice ``message_max_bytes``, so a
         #: message that grew a little on its way (a retry, headers) still runs.
         self.max_body_bytes = 2 * int(app.conf.message_max_bytes)
-        self._rate_lock = threading.Lock()
-        self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
+        #: Books the starts of rate-limited tasks; a worker of several processes replaces
+        #: it with one they share (``SharedRateLimiter``).
+        self.rate_limiter: RateLimiter = LocalRateLimiter()
 
     # -- before running ------------------------------------------------------------------
     def prepare(
@@ -140,7 +142,7 @@ class TaskRunner:
                 state=states.EXPIRED,
             )
         if task.rate_limit and delivery is not None:
-            wait = self._rate_wait(task.name, rate_per_second(task.rate_limit), now)
+            wait = self.rate_limiter.wait(task.name, rate_per_second(task.rate_limit), now)
             if wait > 0:  # back to the broker until its turn; not a retry, nothing recorded
                 message = Message(
                     envelope.id, envelope.queue, delivery.body, envelope.priority, wait
@@ -161,15 +163,6 @@ class TaskRunner:
             is_eager=delivery is None,
         )
         return Job(envelope, task, args, kwargs, request, delivery)
-
-    def _rate_wait(self, name: str, rate: float, now: float) -> float:
-        """Seconds until ``name`` may start again in this worker (0: start now, and book it)."""
-        with self._rate_lock:
-            earliest = self._next_start.get(name, 0.0)
-            if now < earliest:
-                return earliest - now
-            self._next_start[name] = now + 1.0 / rate
-            return 0.0
 
     def started_record(self, job: Job) -> ResultRecord | None:
         if job.delivery is not None and job.envelope.headers.get(ONCE_HEADER):
@@ -249,7 +242,12 @@ class TaskRunner:
         envelope, task = job.envelope, job.task
         if exc is None:
             try:
-                value = to_json_value(retval, f"return value of {task.name}")
+                # A returned result handle is stored as its as_tuple() form, as in Celery
+                # (conveyor.result.result_from_tuple() rebuilds it).
+                stored = retval
+                if isinstance(retval, GroupResult | AsyncResult):
+                    stored = retval.as_tuple()
+                value = to_json_value(stored, f"return value of {task.name}")
             except SerializationError as error:
                 exc = error
             else:
@@ -259,7 +257,7 @@ class TaskRunner:
         ):
             return self._retried(job, exc, runtime)
         if isinstance(exc, Reject):
-            self._log(logging.WARNING, "%s[%s] rejected: %s", task.name, envelope.id, exc)
+            self._log(logging.WARNING, "%s[%s] rejected: %s", job.label, envelope.id, exc)
             return Outcome(
                 job.delivery,
                 Action.DEAD,
@@ -271,7 +269,7 @@ class TaskRunner:
                 error=exc,
             )
         if isinstance(exc, TaskRevokedError):
-            self._log(logging.INFO, "%s[%s] terminated (revoked)", task.name, envelope.id)
+            self._log(logging.INFO, "%s[%s] terminated (revoked)", job.label, envelope.id)
             return Outcome(
                 job.delivery,
                 Action.ACK,
@@ -295,7 +293,7 @@ class TaskRunner:
         if isinstance(job.once, ResultRecord):
             record = job.once
             self._log(
-                logging.INFO, "%s[%s] already done: not run again", job.task.name, job.envelope.id
+                logging.INFO, "%s[%s] already done: not run again", job.label, job.envelope.id
             )
             followups = self._then(job.envelope, record.state, record.result)
             return Outcome(
@@ -310,7 +308,7 @@ class TaskRunner:
         )
 
     def _retries_exhausted(self, job: Job) -> bool:
-        limit = job.task.max_retries
+        limit = job.task.autoretry_max_retries
         return limit is not None and job.envelope.retries >= limit
 
     def _succeeded(self, job: Job, retval: object, value: object, runtime: float) -> Outcome:
@@ -340,7 +338,7 @@ class TaskRunner:
         if isinstance(exc, Retry):
             when, cause = exc.when, exc.exc or exc
         else:
-            when, cause = task.retry_delay(envelope.retries), exc
+            when, cause = task.autoretry_delay(envelope.retries), exc
         einfo = format_traceback(cause)
         self._hook(task.on_retry, cause, envelope.id, job.args, job.kwargs, einfo)
         retry_envelope = replace(envelope, retries=envelope.retries + 1, eta=time.time() + when)
@@ -354,7 +352,7 @@ class TaskRunner:
         self._log(
             logging.INFO,
             "%s[%s] retry %d in %.3gs: %r",
-            task.name,
+            job.label,
             envelope.id,
             envelope.retries + 1,
             when,

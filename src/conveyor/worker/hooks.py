@@ -57,7 +57,7 @@ def log_outcome(job: Job, outcome: Outcome) -> None:
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "%s[%s] succeeded in %.3fs: %.200r",
-                job.task.name,
+                job.label,
                 job.envelope.id,
                 outcome.runtime,
                 outcome.retval,
@@ -65,7 +65,7 @@ def log_outcome(job: Job, outcome: Outcome) -> None:
     elif outcome.state == states.FAILURE and outcome.action is Action.ACK:
         logger.error(
             "%s[%s] failed in %.3fs: %r",
-            job.task.name,
+            job.label,
             job.envelope.id,
             outcome.runtime,
             outcome.error,

@@ -27,6 +27,11 @@ class Job:
     #: run-once verdict for canvas follow-ups (see ``canvas.once_guard``); None = run
     once: ResultRecord | float | None = None
 
+    @property
+    def label(self) -> str:
+        """The name logs show: the call's ``shadow`` name, else the task's."""
+        return self.request.shadow or self.task.name
+
 
 class Action(enum.Enum):
     """What happens to a message once its outcome is settled."""

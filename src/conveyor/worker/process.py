@@ -43,6 +43,7 @@ from .execution import TaskRunner
 from .inflight import Running
 from .job import Job, Outcome
 from .pools import interrupt_thread
+from .ratelimit import RateLimiter
 from .worker import Worker, WorkerBasics
 
 if TYPE_CHECKING:
@@ -196,6 +197,7 @@ class ProcessWorker(Worker):
         max_memory_kib: int | None = None,
         hard_limit_in_process: bool = True,
         runner_class: type[TaskRunner] | None = None,
+        rate_limiter: RateLimiter | None = None,
         solo: bool = False,
         **options: Unpack[WorkerBasics],
     ) -> None:
@@ -218,6 +220,8 @@ class ProcessWorker(Worker):
         )
         if runner_class is not None:
             self.runner = runner_class(app, self.hostname)
+        if rate_limiter is not None:
+            self.runner.rate_limiter = rate_limiter
         self.max_memory_kib = max_memory_kib
         self.exit_code = 0
         self._stop_lock = threading.Lock()

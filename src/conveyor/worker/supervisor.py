@@ -53,6 +53,7 @@ from .consumer import default_hostname
 from .execution import TaskRunner
 from .lost import LostTasks, RunningTask
 from .process import Report
+from .ratelimit import SharedRateLimiter
 from .signals import SignalCounter
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ class Supervisor:
             self._context = multiprocessing.get_context("spawn")
         else:
             raise ConfigurationError("this platform cannot fork: start the worker with -A")
+        #: Rate limits are per worker: one table of start times for all children.
+        self._rate_limiter = SharedRateLimiter.for_app(app, self._context)
         self._lost_tasks = LostTasks(app, TaskRunner(app, self.hostname))
         self._children: dict[int, _Child] = {}
         self._restart_at: dict[int, float] = {}
@@ -238,6 +241,7 @@ class Supervisor:
             close_fds=close_fds if self._context.get_start_method() == "fork" else [],
             log_level=logging.getLogger().getEffectiveLevel(),
             runner_class=self.runner_class,
+            rate_limiter=self._rate_limiter,
         )
         process = self._context.Process(  # type: ignore[attr-defined]  # BaseContext stubs lack Process
             target=run_child,

@@ -253,6 +253,7 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
             "priority": conveyor_priority(task.priority),
             "ignore_result": False,
             "on_commit": False,
+            "shadow": task.module_path,  # logs name the function, not conveyor.django_task
         }
         if task.run_after is not None:
             options["eta"] = task.run_after
@@ -263,10 +264,14 @@ class ConveyorBackend(BaseTaskBackend):  # type: ignore[misc]
         name = ARUN_TASK if _is_async(task) else RUN_TASK
         body = [task.module_path, self.alias]
 
+        # Stored at once, even when the send waits for the commit: get_result() and
+        # refresh() work inside the transaction (READY). After a rollback it reads READY
+        # until it expires, as an id never sent reads PENDING in Celery.
+        app.results.kv.set_value(
+            META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
+        )
+
         def send() -> None:
-            app.results.kv.set_value(
-                META_PREFIX + task_id, json.dumps(meta).encode(), app.conf.result_expires
-            )
             app.send_call(name, body, None, options)
 
         if (
@@ -382,6 +387,30 @@ def _error_of(record: ResultRecord) -> TaskError:
         info = record.result if isinstance(record.result, dict) else {}
         path = exception_path(str(info.get("type") or "Exception"))
     return TaskError(exception_class_path=path, traceback=record.traceback or "")
+
+
+def django_task_paths() -> list[str]:
+    """The ``django.tasks`` functions run by a :class:`ConveyorBackend`, found in the
+    modules of installed apps imported so far (a worker has imported its tasks modules),
+    by ``module_path``."""
+    packages = [
+        config.name
+        for config in apps.get_app_configs()
+        if not config.name.startswith(("django.", "conveyor."))
+    ]
+    found: set[str] = set()
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == p or name.startswith(p + ".") for p in packages):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, Task) and value.module_path not in found:
+                try:
+                    conveyor_backend = isinstance(value.get_backend(), ConveyorBackend)
+                except Exception:  # a misconfigured backend: the checks report it
+                    conveyor_backend = False
+                if conveyor_backend:
+                    found.add(value.module_path)
+    return sorted(found)
 
 
 class UnknownTaskPath(ConfigurationError):

@@ -36,6 +36,7 @@ from conveyor.beat.scheduler import Beat, BeatOptions, BeatRunOptions, Entry
 from conveyor.beat.scheduler import run_beat as run_settings_schedule
 from conveyor.beat.schedules import InvalidSchedule
 
+from .backend import django_task_paths
 from .connections import close_idle_connections, close_old_connections
 from .transactions import commit_hook, in_transaction
 
@@ -199,6 +200,8 @@ def install(app: Conveyor) -> Conveyor:
     apps = django.apps.apps
     installed = not apps.apps_ready or apps.is_installed("conveyor.contrib.django")
     app.beat_runner = run_beat if installed else run_settings_beat
+    if django_task_paths not in app.task_listers:
+        app.task_listers.append(django_task_paths)  # the worker banner lists them
     return app
 
 

@@ -26,8 +26,8 @@ async def create_order_async(request: HttpRequest) -> JsonResponse:
 
 
 def task_status(request: HttpRequest, task_id: str) -> JsonResponse:
-    result = AsyncResult(task_id)
-    return JsonResponse({"state": result.state, "ready": result.ready()})
+    snap = AsyncResult(task_id).snapshot()  # one read: state and ready always agree
+    return JsonResponse({"state": snap.state, "ready": snap.ready})
 
 
 async def wait_for_task(request: HttpRequest, task_id: str) -> JsonResponse:

@@ -49,8 +49,8 @@ class Command(BaseCommand):  # type: ignore[misc]
     def handle(self, *args: str, **options: Unpack[Options]) -> None:
         if options["reload"]:
             sys.exit(run_with_reloader(child_arguments()))
-        setup_logging(options["loglevel"])
         app = find_app(options["app_spec"] or default_app_spec())
+        setup_logging(options["loglevel"])  # after: the app may connect setup_logging receivers
         run_beat(
             app,
             name=options["name"],

@@ -24,7 +24,7 @@ def run_eager(app: Conveyor, envelope: Envelope, body: bytes) -> None:
     runner = TaskRunner(app, hostname="eager")
     settler = Settler(app, propagate=True)  # no message: a follow-up's error is the caller's
     while True:
-        prepared = runner.prepare_envelope(decode_envelope(body), None)
+        prepared = runner.prepare_envelope(decode_envelope(body, signer=runner.signer), None)
         if isinstance(prepared, Outcome):
             outcome = prepared
         else:

@@ -35,6 +35,7 @@ from ..exceptions import (
 from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
 from ..request import Request
 from ..results.base import ResultRecord
+from ..signing import signer_for
 from ..task import _current_request, rate_per_second
 from .job import Action, Job, Outcome
 from .records import RecordBuilder
@@ -56,6 +57,7 @@ class TaskRunner:
         #: Bodies over this are dead-lettered undecoded: twice ``message_max_bytes``, so a
         #: message that grew a little on its way (a retry, headers) still runs.
         self.max_body_bytes = 2 * int(app.conf.message_max_bytes)
+        self.signer = signer_for(app.conf.message_signing_keys)
         self._rate_lock = threading.Lock()
         self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
 
@@ -67,7 +69,7 @@ class TaskRunner:
         Total: whatever the body holds, this returns (an unexpected error dead-letters the
         message as ``malformed``, logged with its traceback)."""
         try:
-            envelope = decode_envelope(delivery.body, self.max_body_bytes)
+            envelope = decode_envelope(delivery.body, self.max_body_bytes, self.signer)
         except MalformedMessage as exc:
             logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
             return Outcome(delivery, Action.DEAD, reason=exc.reason, detail=exc.detail)
@@ -344,7 +346,7 @@ class TaskRunner:
         einfo = format_traceback(cause)
         self._hook(task.on_retry, cause, envelope.id, job.args, job.kwargs, einfo)
         retry_envelope = replace(envelope, retries=envelope.retries + 1, eta=time.time() + when)
-        body = encode_envelope(retry_envelope)
+        body = encode_envelope(retry_envelope, signer=self.signer)
         message = Message(envelope.id, envelope.queue, body, envelope.priority, countdown=when)
         records = []
         if not envelope.ignore_result:

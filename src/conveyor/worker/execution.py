@@ -58,6 +58,7 @@ class TaskRunner:
         #: message that grew a little on its way (a retry, headers) still runs.
         self.max_body_bytes = 2 * int(app.conf.message_max_bytes)
         self.signer = signer_for(app.conf.message_signing_keys)
+        self.max_deliveries = int(app.conf.task_max_deliveries)
         self._rate_lock = threading.Lock()
         self._next_start: dict[str, float] = {}  # task name -> earliest start (rate_limit)
 
@@ -68,6 +69,17 @@ class TaskRunner:
         """Decode and check a delivery: a Job to run, or the Outcome of not running it.
         Total: whatever the body holds, this returns (an unexpected error dead-letters the
         message as ``malformed``, logged with its traceback)."""
+        count = delivery.delivery_count
+        if not 1 <= count <= self.max_deliveries:
+            # Brokers dead-letter a message at its last delivery; a count beyond that (or
+            # below 1) was written into the broker by something else: never run it.
+            over = count > self.max_deliveries
+            reason = DeadLetterReason.WORKER_LOST if over else DeadLetterReason.MALFORMED
+            detail = f"delivery count {count} is not within 1-{self.max_deliveries}"
+            logger.warning(
+                "dead-lettered message %s from %s: %s", delivery.id, delivery.queue, detail
+            )
+            return Outcome(delivery, Action.DEAD, reason=reason, detail=detail)
         try:
             envelope = decode_envelope(delivery.body, self.max_body_bytes, self.signer)
         except MalformedMessage as exc:

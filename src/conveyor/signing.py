@@ -77,6 +77,13 @@ def _digest(key: bytes, payload: bytes) -> bytes:
     return hmac.new(key, payload, hashlib.sha256).hexdigest().encode()
 
 
+def key_ids(keys: Sequence[str]) -> list[str]:
+    """Short public ids of keys (a hash prefix), for comparing configurations across hosts
+    (``conveyor doctor``) without showing a key: 12 hex digits of SHA-256 over a fixed label
+    and the key. A key of 256 random bits cannot be found from them."""
+    return [hashlib.sha256(b"conveyor key id:" + key.encode()).hexdigest()[:12] for key in keys]
+
+
 def strip_signature(body: bytes) -> bytes:
     """The payload of ``body`` without verifying anything (a worker without keys, listings
     of dead letters); an unsigned body is returned as it is."""

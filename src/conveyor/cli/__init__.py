@@ -1,9 +1,9 @@
 """The ``conveyor`` command line.
 
 ``conveyor -A proj worker`` runs workers; ``beat`` the scheduler; ``status``, ``purge``,
-``dlq``, ``revoke`` and ``result`` inspect and steer a broker. ``-A`` may also come from
-``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors), and URL
-passwords never reach the terminal or the logs.
+``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``doctor`` checks a
+deployment. ``-A`` may also come from ``$CONVEYOR_APP``. Errors are one line on stderr (exit
+code 1; 2 for usage errors), and URL passwords never reach the terminal or the logs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..loading import find_app, redact_text, setup_logging
 from .base import Group, State
 from .beat import beat_command
 from .dlq import dlq_group
+from .doctor import doctor
 from .inspection import purge, result, revoke, status
 from .worker import worker_command
 
@@ -37,7 +38,7 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
     ctx.obj = State(app_spec)
 
 
-for command in (worker_command, beat_command, status, purge, revoke, result, dlq_group):
+for command in (worker_command, beat_command, status, purge, revoke, result, dlq_group, doctor):
     cli.add_command(command)
 
 

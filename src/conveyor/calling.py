@@ -28,6 +28,7 @@ from .publishing import RetryPolicy
 from .queues import Exchange, cap_priority, queue_for_routing_key
 from .request import Request
 from .results.base import ResultRecord
+from .signing import signer_for
 from .task import Task
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | Non
         str(k): to_json_value(v, f"header {k!r} of {envelope.task}")
         for k, v in envelope.headers.items()
     }
-    body = encode_envelope(envelope, conf.message_max_bytes)
+    body = encode_envelope(envelope, conf.message_max_bytes, signer_for(conf.message_signing_keys))
     message = Message(
         envelope.id, envelope.queue, body, envelope.priority, call.countdown, call.eta
     )

@@ -57,7 +57,8 @@ _NO_COMPRESSION = (
     "Conveyor sends and stores JSON uncompressed; messages are capped by message_max_bytes"
 )
 _NO_SIGNING = (
-    "Conveyor has no message signing (the 'auth' serializer): JSON only, use TLS to the broker"
+    "Conveyor signs messages with shared HMAC keys, not certificates (the 'auth' serializer): "
+    "set message_signing_keys (docs/security.md)"
 )
 _NO_FILE = "Conveyor's beat keeps its state in the broker, so there is no schedule file to name"
 _NO_REMOTE = "Celery's remote-control broadcast queues; Conveyor has none"

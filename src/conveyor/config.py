@@ -24,6 +24,7 @@ from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
 from .publishing import check_policy_setting
 from .queues import Queue, declared_queues
+from .signing import check_keys
 
 type Check[T] = Callable[[str, object], T]
 #: Where a task goes: a queue name or ``{"queue": name}``.
@@ -270,6 +271,9 @@ class Settings:
     )
     task_max_deliveries = Setting(4, _int(1), "Deliveries before a message is dead-lettered")
     message_max_bytes = Setting(256 * 1024, _int(1024), "Largest encoded message accepted")
+    message_signing_keys = Setting[list[str]](
+        [], check_keys, "HMAC keys: the first signs, any verifies (conveyor.signing)"
+    )
     revoke_expires = Setting(7 * 86400.0, _positive_seconds, "Seconds a revocation is remembered")
     # time
     timezone = Setting("UTC", _timezone, "IANA time zone for crontab schedules")

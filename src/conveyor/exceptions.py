@@ -24,8 +24,9 @@ class MessageTooLarge(SerializationError):
 class MalformedMessage(ConveyorError):
     """Bytes from the broker are not a valid Conveyor envelope.
 
-    ``reason`` is the dead-letter reason: ``undecodable`` (not JSON) or ``malformed``
-    (JSON, but a missing field or a wrong type).
+    ``reason`` is the dead-letter reason: ``undecodable`` (not JSON), ``malformed``
+    (JSON, but a missing field or a wrong type) or ``bad_signature`` (signing is on and the
+    body is not signed with an accepted key).
     """
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any, TypedDict, overload
 import msgspec
 
 from .exceptions import MalformedMessage, MessageTooLarge, SerializationError
+from .signing import Signer, strip_signature
 
 TAG = "$type"
 PROTOCOL_VERSION = 1
@@ -212,10 +213,12 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 
 
-def encode_envelope(envelope: Envelope, max_bytes: int | None = None) -> bytes:
-    """Encode an envelope whose args/kwargs are already tagged JSON values. Raises
-    MessageTooLarge over ``max_bytes``, SerializationError for a body no worker would decode
-    (nested deeper than :data:`MAX_BODY_DEPTH`)."""
+def encode_envelope(
+    envelope: Envelope, max_bytes: int | None = None, signer: Signer | None = None
+) -> bytes:
+    """Encode an envelope whose args/kwargs are already tagged JSON values (and sign it with
+    ``signer``). Raises MessageTooLarge over ``max_bytes``, SerializationError for a body no
+    worker would decode (nested deeper than :data:`MAX_BODY_DEPTH`)."""
     data = _encoder.encode(envelope)
     if max_bytes is not None and len(data) > max_bytes:
         raise MessageTooLarge(
@@ -227,7 +230,7 @@ def encode_envelope(envelope: Envelope, max_bytes: int | None = None) -> bytes:
             f"message for task {envelope.task!r} nests more than {MAX_BODY_DEPTH} levels deep "
             "(arguments, headers and workflow callbacks together)"
         )
-    return data
+    return data if signer is None else signer.sign(data)
 
 
 # A JSON string (escapes included), so that brackets inside strings are not counted.
@@ -257,12 +260,17 @@ def body_depth_exceeds(data: bytes, limit: int) -> bool:
     return True
 
 
-def decode_envelope(data: bytes, max_bytes: int | None = None) -> Envelope:
+def decode_envelope(
+    data: bytes, max_bytes: int | None = None, signer: Signer | None = None
+) -> Envelope:
     """Decode broker bytes, raising :class:`MalformedMessage` with a dead-letter reason
     (``undecodable``: not JSON, or not bytes at all; ``malformed``: JSON, but too large, too
-    deep, a missing field, a wrong type or an impossible value). Nothing else escapes."""
+    deep, a missing field, a wrong type or an impossible value; ``bad_signature``: with a
+    ``signer``, a body not signed by one of its keys). Nothing else escapes. Without a
+    signer, a signature is stripped unverified (see :mod:`conveyor.signing`)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedMessage("undecodable", f"the body is a {type(data).__name__}, not bytes")
+    data = strip_signature(data) if signer is None else signer.verify(data)
     if max_bytes is not None and len(data) > max_bytes:
         raise MalformedMessage(
             "malformed", f"the body is {len(data)} bytes, over message_max_bytes ({max_bytes})"

@@ -84,6 +84,7 @@ class DeadLetterReason(StrEnum):
     WORKER_LOST = "worker_lost"
     REJECTED = "rejected"
     TIME_LIMIT = "time_limit"
+    BAD_SIGNATURE = "bad_signature"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The ``conveyor`` command line.
 
 ``conveyor -A proj worker`` runs workers; ``beat`` the scheduler; ``status``, ``purge``,
-``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``dashboard`` serves the web
-dashboard. ``-A`` may also come from
+``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``doctor`` checks a
+deployment; ``dashboard`` serves the web dashboard. ``-A`` may also come from
 ``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors), and URL
 passwords never reach the terminal or the logs.
 """
@@ -20,6 +20,7 @@ from .base import Group, State
 from .beat import beat_command
 from .dashboard import dashboard_command
 from .dlq import dlq_group
+from .doctor import doctor
 from .inspection import purge, result, revoke, status
 from .worker import worker_command
 
@@ -76,6 +77,7 @@ for command in (
     result,
     dlq_group,
     dashboard_command,
+    doctor,
 ):
     cli.add_command(command)
 

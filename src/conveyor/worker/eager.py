@@ -27,7 +27,7 @@ def run_eager(app: Conveyor, envelope: Envelope, body: bytes) -> None:
     settler = Settler(app, propagate=True)  # no message: a follow-up's error is the caller's
     hooks = app.hooks  # the app's middleware and signals (task_prerun, ...), as in a worker
     while True:
-        prepared = runner.prepare_envelope(decode_envelope(body), None)
+        prepared = runner.prepare_envelope(decode_envelope(body, signer=runner.signer), None)
         if isinstance(prepared, Outcome):
             outcome = prepared
             if has_outcome_hooks(hooks):

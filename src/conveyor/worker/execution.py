@@ -35,6 +35,7 @@ from ..message import Envelope, decode_arguments, decode_envelope, encode_envelo
 from ..request import Request
 from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
+from ..signing import signer_for
 from ..task import _current_request, rate_per_second
 from .job import Action, Job, Outcome
 from .ratelimit import LocalRateLimiter, RateLimiter
@@ -60,6 +61,8 @@ class TaskRunner:
         #: Books the starts of rate-limited tasks; a worker of several processes replaces
         #: it with one they share (``SharedRateLimiter``).
         self.rate_limiter: RateLimiter = LocalRateLimiter()
+        self.signer = signer_for(app.conf.message_signing_keys)
+        self.max_deliveries = int(app.conf.task_max_deliveries)
 
     # -- before running ------------------------------------------------------------------
     def prepare(
@@ -68,8 +71,19 @@ class TaskRunner:
         """Decode and check a delivery: a Job to run, or the Outcome of not running it.
         Total: whatever the body holds, this returns (an unexpected error dead-letters the
         message as ``malformed``, logged with its traceback)."""
+        count = delivery.delivery_count
+        if not 1 <= count <= self.max_deliveries:
+            # Brokers dead-letter a message at its last delivery; a count beyond that (or
+            # below 1) was written into the broker by something else: never run it.
+            over = count > self.max_deliveries
+            reason = DeadLetterReason.WORKER_LOST if over else DeadLetterReason.MALFORMED
+            detail = f"delivery count {count} is not within 1-{self.max_deliveries}"
+            logger.warning(
+                "dead-lettered message %s from %s: %s", delivery.id, delivery.queue, detail
+            )
+            return Outcome(delivery, Action.DEAD, reason=reason, detail=detail)
         try:
-            envelope = decode_envelope(delivery.body, self.max_body_bytes)
+            envelope = decode_envelope(delivery.body, self.max_body_bytes, self.signer)
         except MalformedMessage as exc:
             logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
             return Outcome(delivery, Action.DEAD, reason=exc.reason, detail=exc.detail)
@@ -342,7 +356,7 @@ class TaskRunner:
         einfo = format_traceback(cause)
         self._hook(task.on_retry, cause, envelope.id, job.args, job.kwargs, einfo)
         retry_envelope = replace(envelope, retries=envelope.retries + 1, eta=time.time() + when)
-        body = encode_envelope(retry_envelope)
+        body = encode_envelope(retry_envelope, signer=self.signer)
         message = Message(envelope.id, envelope.queue, body, envelope.priority, countdown=when)
         records = []
         if not envelope.ignore_result:

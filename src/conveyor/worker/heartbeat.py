@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypedDict
 
 from ..exceptions import ConveyorError
+from ..signing import key_ids
 from .inflight import InFlight
 from .loops import LoopErrors
 
@@ -33,6 +34,13 @@ class WorkerInfo(TypedDict, total=False):
     running: int
     started_at: float
     seen_at: float
+    #: The broker's clock when ``seen_at`` was taken (``conveyor doctor``: clock skew).
+    broker_time: float
+    #: Task names registered in the worker, its ``timezone`` setting and the ids of its
+    #: signing keys (``conveyor.signing.key_ids``; the first signs): for ``conveyor doctor``.
+    tasks: list[str]
+    timezone: str
+    signing_keys: list[str]
 
 
 class Heartbeat:
@@ -104,7 +112,11 @@ class Heartbeat:
             "processed": self._inflight.processed,
             "running": len(self._inflight.running),
             "started_at": self.started_at,
+            "broker_time": self.app.broker.time(),
             "seen_at": time.time(),
+            "tasks": sorted(self.app.tasks),
+            "timezone": str(self.app.conf.timezone),
+            "signing_keys": key_ids(self.app.conf.message_signing_keys),
         }
         ttl = max(10.0, self.interval * 4)
         self.app.kv.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)

@@ -64,8 +64,12 @@ local function uid_of(receipt)
   return string.match(receipt, '^[^:]+') or ''
 end
 
--- x as a whole number 0 <= x < 1e15, or nil (tonumber alone accepts '1.5', 'inf', '0x1f').
+-- x as a whole number 0 <= x < 1e15, or nil (tonumber alone accepts '1.5', 'inf', '0x1f',
+-- ' 5', '1e3' and '0\0', none of which HINCRBY takes: a string must be Redis's own spelling).
 local function int_of(x)
+  if type(x) == 'string' and not (x == '0' or string.match(x, '^[1-9]%d*$')) then
+    return nil
+  end
   local n = tonumber(x)
   if n and n == math.floor(n) and n >= 0 and n < 1e15 then
     return n

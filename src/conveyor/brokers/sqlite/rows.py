@@ -61,13 +61,18 @@ def as_blob(value: Any) -> bytes:
     return str(value).encode("utf-8", "surrogateescape")
 
 
+#: SQLite's INTEGER range: what as_int returns can be written back.
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def as_int(value: Any) -> int:
     if type(value) is int:
         return value
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError, OverflowError):
         return 0
+    return min(max(number, _INT64[0]), _INT64[1])  # e.g. the REAL 9.3e18
 
 
 def as_float(value: Any) -> float:

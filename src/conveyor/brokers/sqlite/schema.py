@@ -72,7 +72,9 @@ REMEMBER = (
 )
 # Each leased row says whether its id is revoked (the worker needs no second look).
 LEASE = (
-    "UPDATE conveyor_messages SET state = 1, token = ?, due = ?, deliveries = deliveries + 1 "
+    # A count that is not an integer stays as it is, for row_problem to refuse.
+    "UPDATE conveyor_messages SET state = 1, token = ?, due = ?, deliveries = "
+    "CASE WHEN typeof(deliveries) = 'integer' THEN deliveries + 1 ELSE deliveries END "
     "WHERE seq IN ({pick}) RETURNING seq, id, queue, priority, body, deliveries, "
     "EXISTS (SELECT 1 FROM conveyor_revoked AS r WHERE r.ns = conveyor_messages.ns "
     "AND r.id = conveyor_messages.id AND r.expires > ?)"

@@ -313,6 +313,14 @@ class Settings:
     task_track_started = Setting(
         False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
     )
+    # events (conveyor.events)
+    worker_send_task_events = Setting(True, _bool, "Workers emit task and worker events")
+    task_send_sent_event = Setting(True, _bool, "Producers emit task-sent events")
+    events_max_length = Setting(100_000, _int(10), "Events kept in the broker (newest)")
+    events_max_age = Setting(86400.0, _positive_seconds, "Seconds events are kept")
+    events_flush_interval = Setting(
+        0.25, _positive_seconds, "Seconds between batched event writes of a process"
+    )
     # beat
     beat_schedule = Setting[dict[str, Any]](
         {}, _mapping, "Periodic tasks: {name: {'task', 'schedule', ...}}"

@@ -307,6 +307,9 @@ class Settings:
     )
     worker_shutdown_timeout = Setting(30.0, _positive_seconds, "Warm shutdown grace period")
     worker_log_tasks = Setting(True, _bool, "One log line per task outcome")
+    worker_autoscale_keepalive = Setting(
+        30.0, _positive_seconds, "--autoscale: seconds idle before the pool shrinks by one"
+    )
     worker_started_delay = Setting(
         0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
     )

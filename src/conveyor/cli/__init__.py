@@ -1,9 +1,10 @@
 """The ``conveyor`` command line.
 
 ``conveyor -A proj worker`` runs workers; ``beat`` the scheduler; ``status``, ``purge``,
-``dlq``, ``revoke`` and ``result`` inspect and steer a broker. ``-A`` may also come from
-``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors), and URL
-passwords never reach the terminal or the logs.
+``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``events`` shows the event
+stream; ``inspect``, ``control`` and ``queue`` ask and steer running workers. ``-A`` may also
+come from ``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors),
+and URL passwords never reach the terminal or the logs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import click
 from ..loading import find_app, redact_text, setup_logging
 from .base import Group, State
 from .beat import beat_command
+from .control import control_group, inspect_group, queue_group
 from .dlq import dlq_group
+from .events import events_command
 from .inspection import purge, result, revoke, status
 from .worker import worker_command
 
@@ -38,6 +41,8 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 
 
 for command in (worker_command, beat_command, status, purge, revoke, result, dlq_group):
+    cli.add_command(command)
+for command in (events_command, inspect_group, control_group, queue_group):
     cli.add_command(command)
 
 

@@ -13,6 +13,7 @@ import click
 from .. import __version__
 from ..app import Conveyor
 from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..worker.autoscale import parse_autoscale
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
 from ..worker.supervisor import Supervisor
@@ -68,6 +69,11 @@ from .output import banner_console
     help="Seconds a terminated task gets before its process is killed.",
 )
 @click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    help="Grow the pool up to MAX children while messages wait, shrink to MIN when idle.",
+)
+@click.option(
     "-B", "--beat", is_flag=True, help="Also run beat (safe on several workers: runs go once)."
 )
 @click.pass_obj
@@ -85,6 +91,7 @@ def worker_command(
     hostname: str | None,
     shutdown_timeout: float | None,
     terminate_grace: float,
+    autoscale: str | None,
     beat: bool,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
@@ -97,7 +104,13 @@ def worker_command(
     queue_list = split(queues) or [conf.task_default_queue]
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
+    try:
+        bounds = parse_autoscale(autoscale) if autoscale else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--autoscale") from None
     if pool == "solo":
+        if bounds is not None:
+            raise click.UsageError("--autoscale needs the prefork pool (not --pool solo)")
         print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat)
         run_solo(
             app,
@@ -126,6 +139,7 @@ def worker_command(
         app_spec=spec,
         beat=beat,
         runner_class=runner_class,
+        autoscale=bounds,
     )
     print_banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
     sys.exit(supervisor.run())

@@ -165,7 +165,9 @@ class Consumer:
         free = self.capacity - inflight.count
         if self.max_tasks is not None:
             free = min(free, self.max_tasks - inflight.processed - inflight.count)
-        more, leasing = inflight.next_step(free, free > 0 and self._leasing.is_set())
+        # No queue to lease from: every queue of this worker is paused (conveyor.control).
+        wanted = free > 0 and self._leasing.is_set() and bool(self.queues)
+        more, leasing = inflight.next_step(free, wanted)
         return more, (0 if more else free), leasing
 
     def _settle(self, quick: list[Finished]) -> None:

@@ -87,6 +87,7 @@ class EventsMiddleware(Middleware):
             }
 
         writer.heartbeat = heartbeat
+        writer.start()
 
     # -- running tasks --------------------------------------------------------------------
     def before_process(self, job: Job) -> None:

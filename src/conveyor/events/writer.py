@@ -92,6 +92,14 @@ class EventWriter:
         if waiting >= BATCH:
             self._wake.set()
 
+    def start(self) -> None:
+        """Start the flusher now (a worker process: its heartbeats begin at once)."""
+        if self.direct:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._start()
+
     def flush(self) -> None:
         """Write what is buffered now (in the calling thread)."""
         with self._lock:

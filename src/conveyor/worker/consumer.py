@@ -130,15 +130,18 @@ class Consumer:
                         return
                     inflight.wait(0.1)
                     continue
+                queues = self.queues
                 try:
                     if quick:
                         acks = [o.delivery for o, _ in quick if o.delivery is not None]
                         records = [record for o, _ in quick for record in o.records]
                         deliveries = settlement.ack_and_lease(
-                            acks, records, self.queues, free, self.lease_wait
+                            acks, records, queues, free, self.lease_wait
                         )
                     else:
-                        deliveries = broker.lease(self.queues, free, self.lease_wait)
+                        deliveries = broker.lease(queues, free, self.lease_wait)
+                    if self.queues is not queues and deliveries:
+                        deliveries = self._unpaused(deliveries)
                 except BaseException:
                     inflight.lease_failed()
                     raise
@@ -158,6 +161,14 @@ class Consumer:
                     self._settle(quick)
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 self._stopped.wait(backoff)
+
+    def _unpaused(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """A queue was paused during the lease: give back what came from it (uncharged)."""
+        queues = self.queues
+        back = [d for d in deliveries if d.queue not in queues]
+        if back:
+            self.app.broker.release(back)
+        return [d for d in deliveries if d.queue in queues]
 
     def _next_step(self) -> tuple[list[Finished], int, bool]:
         """(Lock held.) Outcomes to settle quickly, or how many to lease and whether to."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -16,7 +17,6 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     Harness,
     WorkerProcess,
     backend,
-    harness,
     harness_factory,
     redis_server,
     wait_for,
@@ -31,6 +31,11 @@ def _started(harness: Harness, worker: WorkerProcess, processes: int) -> list[st
         return sorted(h for h in harness.client.control.workers() if h.split("/")[0].endswith(pid))
 
     return wait_for(lambda: len(found := names()) == processes and found, 20, "workers up")
+
+
+@pytest.fixture
+def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
+    return harness_factory()
 
 
 def _conveyor(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -162,9 +167,9 @@ def test_pool_grow_shrink_and_shutdown(harness: Harness) -> None:
 
 
 def test_autoscale_grows_with_the_backlog_and_shrinks_when_idle(
-    harness_factory: object,
+    harness_factory: Callable[..., Harness],  # noqa: F811
 ) -> None:
-    harness: Harness = harness_factory(worker_autoscale_keepalive=1.0)  # type: ignore[operator]
+    harness = harness_factory(worker_autoscale_keepalive=1.0)
     worker = harness.worker("--autoscale", "3,1")
     _started(harness, worker, 1)
     path = harness.file()

@@ -8,6 +8,9 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+
+import pytest
 
 from conveyor.events import EventFilter
 from conveyor.events.model import STREAM
@@ -15,11 +18,15 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     ROOT,
     Harness,
     backend,
-    harness,
     harness_factory,
     redis_server,
     wait_for,
 )
+
+
+@pytest.fixture
+def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
+    return harness_factory()
 
 
 def _conveyor(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:

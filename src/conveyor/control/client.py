@@ -116,6 +116,7 @@ class Control:
                         continue
                     replies.append({str(hostname): value})
                     seen.add(str(hostname))
+                    seen.add(node_of(str(hostname)))  # a process answers for its node
                 if (limit is not None and len(replies) >= limit) or (expected and expected <= seen):
                     break
         finally:

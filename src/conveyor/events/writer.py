@@ -61,6 +61,8 @@ class EventWriter:
         #: Called by the flusher every HEARTBEAT_INTERVAL: the fields of a worker-heartbeat.
         self.heartbeat: Callable[[], Fields] | None = None
         self.dropped = 0
+        #: The broker keeps no streams: events are dropped (see conveyor.streams).
+        self.unsupported = False
         self._reset()
         _writers.add(self)
 
@@ -74,6 +76,8 @@ class EventWriter:
 
     def emit(self, kind: str, fields: Fields, hostname: str | None = None) -> None:
         """Queue one event (``type``, ``timestamp``, ``hostname`` and ``pid`` added)."""
+        if self.unsupported:
+            return
         event: Fields = {
             "type": kind,
             "timestamp": time.time(),
@@ -162,7 +166,11 @@ class EventWriter:
                 max_length=conf.events_max_length,
                 max_age=conf.events_max_age,
             )
-        except (ConveyorError, NotImplementedError) as exc:
+        except NotImplementedError as exc:  # a broker without streams: say it once
+            if not self.unsupported:
+                self.unsupported = True
+                logger.warning("events are not kept: %s", exc)
+        except ConveyorError as exc:
             self._keep(batch, exc)
 
     def _keep(self, batch: list[Fields], exc: BaseException) -> None:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 #: The stream of ``broker.streams`` events are kept in.
 STREAM: Final = "events"
 
@@ -93,7 +95,10 @@ class Event:
 
 def encode(event: Fields) -> bytes:
     """JSON bytes of an event dict (values that are not JSON become their ``str``)."""
-    return json.dumps(event, separators=(",", ":"), default=str).encode()
+    return _encoder.encode(event)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 def decode(body: bytes, position: str = "") -> Event:

@@ -305,7 +305,7 @@ _TABLE: dict[str, Fate] = {
     # -- worker --------------------------------------------------------------------------
     "worker_agent": _no("Conveyor has no worker agents"),
     "worker_autoscaler": _no(
-        "Conveyor has no autoscaler: set worker_concurrency",
+        "Conveyor's autoscaler is built in: `conveyor worker --autoscale MAX,MIN`",
         "celery.worker.autoscale:Autoscaler",
     ),
     "worker_cancel_long_running_tasks_on_connection_loss": _no(

@@ -109,6 +109,8 @@ class ControlListener:
         self.revoked: deque[str] = deque(maxlen=REVOKED_KEPT)
         self.paused: set[str] = set()
         self._position: str | None = None
+        #: The broker keeps no streams: only the pause flags are followed.
+        self.unsupported = False
         self._handlers: dict[str, Callable[[Arguments], object]] = {
             "ping": lambda a: {"ok": "pong"},
             "active": lambda a: [self._describe(c.job, True) for c in self._controls(True)],
@@ -139,8 +141,11 @@ class ControlListener:
         pause flags, so a paused queue is never leased from, not even once."""
         try:
             self._position = self.app.broker.streams.last(STREAM)
-        except (ConveyorError, NotImplementedError) as exc:
+        except NotImplementedError as exc:
+            self.unsupported = True
             logger.warning("remote control is off for this worker: %s", exc)
+        except ConveyorError as exc:
+            logger.error("remote control: %s", exc)
         self.refresh_paused()
 
     def run(self) -> None:
@@ -149,6 +154,10 @@ class ControlListener:
         next_refresh = time.monotonic() + PAUSE_REFRESH
         while not self._stopped.is_set():
             try:
+                if self.unsupported:
+                    if not self._stopped.wait(PAUSE_REFRESH):
+                        self.refresh_paused()
+                    continue
                 if self._position is None:
                     self._stopped.wait(READ_WAIT)
                     self._position = streams.last(STREAM)
@@ -363,15 +372,19 @@ class NodeControl:
         self.pool = pool
         self._position: str | None = None
         self._next = 0.0
+        self._unsupported = False
 
     def start(self) -> None:
         try:
             self._position = self.pool.app.broker.streams.last(STREAM)
-        except (ConveyorError, NotImplementedError) as exc:
+        except NotImplementedError as exc:
+            self._unsupported = True
             logger.warning("remote control of the pool is off: %s", exc)
+        except ConveyorError as exc:
+            logger.error("remote control: %s", exc)
 
     def poll(self, now: float) -> None:
-        if now < self._next:
+        if now < self._next or self._unsupported:
             return
         self._next = now + NODE_POLL
         try:
@@ -382,7 +395,7 @@ class NodeControl:
                 self._position = entries[-1].position
             for request in decode_entries(entries):
                 self.handle(request)
-        except (ConveyorError, NotImplementedError) as exc:
+        except ConveyorError as exc:
             logger.error("remote control: %s", exc)
         except Exception:
             logger.exception("remote control failed (continuing)")

@@ -8,7 +8,8 @@ optionally starting with ``patch=timers`` (the workers skip arming the time-limi
 tasks without limits: a monkeypatch, to measure a proposed fix); or
 ``inproc [threads=N] [prefetch=N] [patch=log,timers]``: two plain processes each running
 ``app.Worker()`` - no supervisor, no per-task reports to it, no logging unless ``patch=log``
-(the CLI's setup at level info). With ``--py-spy DIR``, each variant's worker processes are
+(the CLI's setup at level info). Leading ``NAME=value`` words set environment variables of
+the workers (``BENCH_EVENTS=off``: no events, see ``bench/conveyor_app.py``). With ``--py-spy DIR``, each variant's worker processes are
 sampled by py-spy while the queue drains (raw stacks of the thread holding the GIL).
 """
 
@@ -88,6 +89,10 @@ def start(variant: str, procs: Processes, env: dict[str, str]) -> Any:
         code += "; p0.kill(); p1.kill()"
         return procs.start("inproc", [PYTHON, "-c", code], env)
     words = shlex.split(variant)
+    while words and "=" in words[0] and words[0].split("=")[0].isupper():
+        key, _, value = words.pop(0).partition("=")  # an environment variable: BENCH_EVENTS=off
+        env[key] = value
+    words = words or ["default"]
     launcher = [PYTHON, "-m", "conveyor"]
     if words and words[0].startswith("patch="):
         env["BENCH_PATCH"] = words.pop(0).partition("=")[2]

@@ -23,6 +23,9 @@ from .calling import build_call, encode_call, publish_policy, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .celery_names import constructor_keywords
 from .config import Settings, settings_from
+from .control import Control
+from .events import Events
+from .events.middleware import EventsMiddleware
 from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue
 from .message import Envelope
@@ -116,9 +119,17 @@ class Conveyor:
         if include:
             self.conf.include = list(include)
         self.tasks: dict[str, Task[..., object]] = {}
+        #: Read and follow events; the writer of this process (conveyor.events).
+        self.events = Events(self)
+        #: Inspect and control workers (conveyor.control), as Celery's app.control.
+        self.control = Control(self)
         #: The signals middleware first (its hooks are called only while a signal they
-        #: feed has a receiver: see conveyor.signals), then the app's.
-        self.middleware: list[Middleware] = [SignalsMiddleware(self), *middleware]
+        #: feed has a receiver: see conveyor.signals), the events middleware, then the app's.
+        self.middleware: list[Middleware] = [
+            SignalsMiddleware(self),
+            EventsMiddleware(self, self.events.writer),
+            *middleware,
+        ]
         #: The middleware's hooks, ready to call (rebuilt by :meth:`add_middleware`).
         self.hooks = Hooks(self.middleware)
         self.on_after_configure = Signal("on_after_configure")

@@ -48,8 +48,8 @@ type Fate = Honoured | Refused | Ignored
 
 _NO_AMQP = "AMQP/RabbitMQ only; Conveyor has no AMQP broker (amqp:// URLs are refused)"
 _NO_EVENTS = (
-    "Conveyor sends no Celery events (Flower cannot watch it): use `conveyor inspect` "
-    "or the Django admin"
+    "Conveyor keeps its events in the broker's bounded event stream (`conveyor events`, "
+    "app.events; docs/events.md), not in AMQP event queues"
 )
 _IN_URL = "put it in broker_url (e.g. redis://user:password@host:6379/0)"
 _IN_BACKEND_URL = "put it in the result_backend URL (e.g. redis://:password@host:6379/1)"
@@ -199,8 +199,8 @@ _TABLE: dict[str, Fate] = {
     "event_queue_prefix": Ignored(_NO_EVENTS),
     "event_queue_ttl": Ignored(_NO_EVENTS),
     "event_serializer": _no("Conveyor only speaks JSON", "json"),
-    "worker_send_task_events": _no(_NO_EVENTS, False),
-    "task_send_sent_event": _no(_NO_EVENTS, False),
+    "worker_send_task_events": Honoured("worker_send_task_events"),
+    "task_send_sent_event": Honoured("task_send_sent_event"),
     "worker_enable_remote_control": _no(
         "Conveyor's `conveyor inspect` reads the broker; there is no remote control to turn off",
         True,
@@ -297,7 +297,7 @@ _TABLE: dict[str, Fate] = {
     # -- worker --------------------------------------------------------------------------
     "worker_agent": _no("Conveyor has no worker agents"),
     "worker_autoscaler": _no(
-        "Conveyor has no autoscaler: set worker_concurrency",
+        "Conveyor's autoscaler is built in: `conveyor worker --autoscale MAX,MIN`",
         "celery.worker.autoscale:Autoscaler",
     ),
     "worker_cancel_long_running_tasks_on_connection_loss": _no(

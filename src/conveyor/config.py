@@ -322,11 +322,22 @@ class Settings:
     )
     worker_shutdown_timeout = Setting(30.0, _positive_seconds, "Warm shutdown grace period")
     worker_log_tasks = Setting(True, _bool, "One log line per task outcome")
+    worker_autoscale_keepalive = Setting(
+        30.0, _positive_seconds, "--autoscale: seconds idle before the pool shrinks by one"
+    )
     worker_started_delay = Setting(
         0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
     )
     task_track_started = Setting(
         False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
+    )
+    # events (conveyor.events)
+    worker_send_task_events = Setting(True, _bool, "Workers emit task and worker events")
+    task_send_sent_event = Setting(True, _bool, "Producers emit task-sent events")
+    events_max_length = Setting(100_000, _int(10), "Events kept in the broker (newest)")
+    events_max_age = Setting(86400.0, _positive_seconds, "Seconds events are kept")
+    events_flush_interval = Setting(
+        0.25, _positive_seconds, "Seconds between batched event writes of a process"
     )
     # beat
     beat_schedule = Setting[dict[str, Any]](

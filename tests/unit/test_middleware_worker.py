@@ -265,7 +265,8 @@ def test_lifecycle_hooks_of_an_in_process_worker(app: Conveyor, recorder: Record
 
 
 def test_unused_hooks_are_not_called(app: Conveyor) -> None:
+    app.conf.worker_send_task_events = False  # events use every hook
     hooks = TestWorker(app).hooks
     assert hooks.on_retry and not hooks.child_start  # only the ones overridden
-    plain = TestWorker(make_test_app(worker_log_tasks=False)).hooks
+    plain = TestWorker(make_test_app(worker_log_tasks=False, worker_send_task_events=False)).hooks
     assert not (plain.before_process or plain.after_process or plain.on_skip)

@@ -79,7 +79,8 @@ def signal_hooks(hooks: Hooks) -> set[str]:
 def test_no_hook_is_registered_while_nothing_is_connected(app: Conveyor) -> None:
     worker = TestWorker(app)
     assert signal_hooks(app.hooks) == set() and signal_hooks(worker.hooks) == set()
-    assert app.hooks.after_process == () and app.hooks.before_publish == ()
+    quiet = make_test_app("quiet", worker_send_task_events=False)  # events use the hooks
+    assert quiet.hooks.after_process == () and quiet.hooks.before_publish == ()
 
     def receiver(**kwargs: object) -> None:
         pass

@@ -50,6 +50,9 @@ that another worker holds.
   (leased ones stay).
 * ``time()``: the broker's clock, which judges due times and lease deadlines.
 * ``close()`` (optional): release connections; a later call may reconnect.
+* ``streams`` (optional): bounded append-only logs on the same server or file
+  (:mod:`conveyor.streams`), which events and remote control use. The default raises
+  :class:`NotImplementedError`; a broker without them still runs tasks.
 
 Where a backend cannot give an item, the suite asserts the documented weaker one.
 """
@@ -65,6 +68,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ..kv import KeyValue
+    from ..streams import Streams
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -252,6 +256,14 @@ class Broker(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    @property
+    def streams(self) -> Streams:
+        """Bounded streams on this broker's server (events, remote control); optional."""
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps no streams: events and remote control "
+            "(conveyor events / inspect / control) need a broker that does (see conveyor.streams)"
+        )
 
 
 def queue_matches(pattern: str, name: str) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..kv.memory import MemoryKeyValue
+from ..streams.memory import MemoryStreams
 from .base import (
     PUBLISH_DEDUPE_WINDOW,
     Broker,
@@ -54,6 +55,11 @@ class MemoryBroker(Broker):
         self._revoked: dict[str, float] = {}
         self._published: dict[str, float] = {}  # id -> when publish() forgets it
         self.kv: MemoryKeyValue = MemoryKeyValue()
+        self._streams = MemoryStreams()
+
+    @property
+    def streams(self) -> MemoryStreams:
+        return self._streams
 
     # -- helpers (lock held) -------------------------------------------------------------
     def _push_ready(self, entry: _Entry) -> None:

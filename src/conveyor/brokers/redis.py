@@ -50,6 +50,7 @@ from .._redis import (
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import BrokerError, ConfigurationError
 from ..kv.redis import RedisKeyValue
+from ..streams.redis import RedisStreams
 from .base import (
     PUBLISH_DEDUPE_WINDOW,
     Broker,
@@ -115,6 +116,11 @@ class RedisBroker(Broker):
         self.kv: RedisKeyValue = RedisKeyValue(
             self._client, self._errors, values=f"{prefix}:kv:", sets=f"{prefix}:kv-join:"
         )
+        self._streams = RedisStreams(self._client, self._errors, prefix=f"{prefix}:stream:")
+
+    @property
+    def streams(self) -> RedisStreams:
+        return self._streams
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}:{kind}:{name}"

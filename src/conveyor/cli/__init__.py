@@ -1,8 +1,9 @@
 """The ``conveyor`` command line.
 
 ``conveyor -A proj worker`` runs workers; ``beat`` the scheduler; ``status``, ``purge``,
-``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``doctor`` checks a
-deployment; ``dashboard`` serves the web dashboard. ``-A`` may also come from
+``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``events`` shows the event
+stream; ``inspect``, ``control`` and ``queue`` ask and steer running workers; ``doctor`` checks
+a deployment; ``dashboard`` serves the web dashboard. ``-A`` may also come from
 ``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors), and URL
 passwords never reach the terminal or the logs.
 """
@@ -18,9 +19,11 @@ from ..app import Conveyor
 from ..loading import find_app, redact_text, setup_logging
 from .base import Group, State
 from .beat import beat_command
+from .control import control_group, inspect_group, queue_group
 from .dashboard import dashboard_command
 from .dlq import dlq_group
 from .doctor import doctor
+from .events import events_command
 from .inspection import purge, result, revoke, status
 from .worker import worker_command
 
@@ -79,6 +82,8 @@ for command in (
     dashboard_command,
     doctor,
 ):
+    cli.add_command(command)
+for command in (events_command, inspect_group, control_group, queue_group):
     cli.add_command(command)
 
 

@@ -12,20 +12,13 @@ import difflib
 
 import click
 
-from ..celery_settings import CELERY_SETTINGS
-
 _DAEMON = (
     "Conveyor does not daemonize or switch users: run it under systemd, supervisord or a "
     "container, which do (and restart it)"
 )
-_EVENTS = CELERY_SETTINGS["worker_send_task_events"].reason  # type: ignore[union-attr]
 
 #: Celery options (worker, beat and the global ones) that Conveyor refuses, and why.
 CELERY_OPTIONS: dict[str, str] = {
-    "--autoscale": "Conveyor has no autoscaler: set -c/--concurrency",
-    "-E": _EVENTS,
-    "--events": _EVENTS,
-    "--task-events": _EVENTS,
     "--time-limit": "set task_time_limit in the configuration or time_limit= on the task",
     "--soft-time-limit": (
         "set task_soft_time_limit in the configuration or soft_time_limit= on the task"
@@ -61,13 +54,10 @@ CELERY_OPTIONS: dict[str, str] = {
 #: Celery commands Conveyor does not have, and what to use.
 CELERY_COMMANDS: dict[str, str] = {
     "multi": _DAEMON.replace("daemonize", "start several workers as daemons"),
-    "inspect": "`conveyor status` shows queues and live workers",
-    "control": "`conveyor revoke` stops tasks; queues are steered with `conveyor purge`",
-    "events": "Conveyor sends no Celery events: `conveyor status` shows workers",
-    "flower": "Flower reads Celery events; Conveyor has `conveyor status` and the Django admin",
+    "flower": "Conveyor's own dashboard: `conveyor dashboard` (pip install 'conveyor[dashboard]')",
     "call": "send from Python: app.send_task('name', args=[...])",
     "shell": "use `python -i -c 'from proj import app'`",
-    "amqp": "Conveyor has no AMQP broker",
+    "amqp": "manage RabbitMQ with rabbitmqctl; Conveyor declares its own queues",
     "report": "`conveyor --help`; the worker's banner shows its configuration",
     "upgrade": "Conveyor reads Celery's old setting names itself (with a warning)",
     "migrate": "Conveyor cannot read a Celery broker's messages: drain Celery's queues first",

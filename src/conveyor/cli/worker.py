@@ -15,6 +15,7 @@ from .. import __version__
 from ..app import Conveyor
 from ..celery_settings import CELERY_SETTINGS
 from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..worker.autoscale import parse_autoscale
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
 from ..worker.supervisor import Supervisor
@@ -85,6 +86,11 @@ POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-a
     help="Seconds a terminated task gets before its process is killed.",
 )
 @click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    help="Grow the pool up to MAX children while messages wait, shrink to MIN when idle.",
+)
+@click.option(
     "-B", "--beat", is_flag=True, help="Also run beat (safe on several workers: runs go once)."
 )
 @schedule_option
@@ -113,6 +119,7 @@ def worker_command(
     hostname: str | None,
     shutdown_timeout: float | None,
     terminate_grace: float,
+    autoscale: str | None,
     beat: bool,
     schedule_file: str | None,
     pidfile: str | None,
@@ -151,6 +158,7 @@ def worker_command(
             terminate_grace=terminate_grace,
             beat=beat,
             beat_process=beat_process,
+            autoscale=autoscale,
         )
     sys.exit(code)
 
@@ -173,6 +181,7 @@ def run(
     terminate_grace: float,
     beat: bool,
     beat_process: str | None = None,
+    autoscale: str | None = None,
 ) -> int:
     """Start the worker; its exit code once it stopped."""
     spec = state.spec(app_spec)
@@ -188,7 +197,13 @@ def run(
         logger.warning("%s", warning)
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
+    try:
+        bounds = parse_autoscale(autoscale) if autoscale else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--autoscale") from None
     if pool == "solo":
+        if bounds is not None:
+            raise click.UsageError("--autoscale needs the prefork pool (not --pool solo)")
         print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process)
         run_solo(
             app,
@@ -217,6 +232,7 @@ def run(
         app_spec=spec,
         beat=beat,
         runner_class=runner_class,
+        autoscale=bounds,
     )
     print_banner(
         app,

@@ -130,15 +130,18 @@ class Consumer:
                         return
                     inflight.wait(0.1)
                     continue
+                queues = self.queues
                 try:
                     if quick:
                         acks = [o.delivery for o, _ in quick if o.delivery is not None]
                         records = [record for o, _ in quick for record in o.records]
                         deliveries = settlement.ack_and_lease(
-                            acks, records, self.queues, free, self.lease_wait
+                            acks, records, queues, free, self.lease_wait
                         )
                     else:
-                        deliveries = broker.lease(self.queues, free, self.lease_wait)
+                        deliveries = broker.lease(queues, free, self.lease_wait)
+                    if self.queues is not queues and deliveries:
+                        deliveries = self._unpaused(deliveries)
                 except BaseException:
                     inflight.lease_failed()
                     raise
@@ -159,13 +162,23 @@ class Consumer:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 self._stopped.wait(backoff)
 
+    def _unpaused(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """A queue was paused during the lease: give back what came from it (uncharged)."""
+        queues = self.queues
+        back = [d for d in deliveries if d.queue not in queues]
+        if back:
+            self.app.broker.release(back)
+        return [d for d in deliveries if d.queue in queues]
+
     def _next_step(self) -> tuple[list[Finished], int, bool]:
         """(Lock held.) Outcomes to settle quickly, or how many to lease and whether to."""
         inflight = self.inflight
         free = self.capacity - inflight.count
         if self.max_tasks is not None:
             free = min(free, self.max_tasks - inflight.processed - inflight.count)
-        more, leasing = inflight.next_step(free, free > 0 and self._leasing.is_set())
+        # No queue to lease from: every queue of this worker is paused (conveyor.control).
+        wanted = free > 0 and self._leasing.is_set() and bool(self.queues)
+        more, leasing = inflight.next_step(free, wanted)
         return more, (0 if more else free), leasing
 
     def _settle(self, quick: list[Finished]) -> None:

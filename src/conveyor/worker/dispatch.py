@@ -58,9 +58,15 @@ class Dispatcher:
         self.loop = loop
         self.timers = timers
         self.on_task_start = on_task_start
+        #: Task name -> (soft, hard) time limits set by remote control (``time_limit``).
+        self.time_limits: dict[str, tuple[float | None, float | None]] = {}
 
     def start(self, control: Running) -> None:
         job = control.job
+        if self.time_limits:  # changed by remote control: they win over the message's
+            limits = self.time_limits.get(job.task.name)
+            if limits is not None:
+                job.envelope.soft_time_limit, job.envelope.time_limit = limits
         self.timers.arm(control)
         if self.on_task_start is not None:
             self.on_task_start(job)

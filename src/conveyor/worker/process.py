@@ -218,6 +218,8 @@ class ProcessWorker(Worker):
             lifecycle_hooks=False,  # called here, around the process's own hooks
             **options,
         )
+        #: A supervisor's child leaves node commands (shutdown, pool size) to its supervisor.
+        self.is_node = solo or report is None
         if runner_class is not None:
             self.runner = runner_class(app, self.hostname)
         if rate_limiter is not None:
@@ -272,6 +274,10 @@ class ProcessWorker(Worker):
         sys.stderr.flush()
         # A cold stop may leave a task running in the main thread: end the process now.
         os._exit(self.exit_code)
+
+    def remote_stop(self) -> None:
+        """A ``shutdown`` command: a warm stop; the process exits when it ends."""
+        self.request_stop(timeout=self.app.conf.worker_shutdown_timeout)
 
     def loop_died(self, name: str, exc: BaseException) -> None:
         """Exit the process (code 70) after a cold stop, so the supervisor starts another;

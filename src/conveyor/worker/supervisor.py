@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from ..brokers import scheme_of
 from ..brokers.base import DeadLetterReason, Delivery
+from ..control.protocol import ControlError
 from ..exceptions import (
     ConfigurationError,
     ConveyorError,
@@ -48,8 +49,10 @@ from ..exceptions import (
     TimeLimitExceeded,
 )
 from ..middleware import call_each
+from .autoscale import Autoscaler
 from .child import BeatProcess, ChildOptions, run_child
 from .consumer import default_hostname
+from .control import NodeControl
 from .execution import TaskRunner
 from .lost import LostTasks, RunningTask
 from .process import Report
@@ -103,6 +106,7 @@ class Supervisor:
         app_spec: str | None = None,
         beat: bool = False,
         runner_class: type[TaskRunner] | None = None,
+        autoscale: tuple[int, int] | None = None,
     ) -> None:
         if scheme_of(app.broker_url) == "memory":
             raise ConfigurationError(
@@ -146,6 +150,14 @@ class Supervisor:
         self._wake_r = -1
         self._wake_w = -1
         self._beat: BeatProcess | None = None
+        #: Slots stopped on purpose (pool_shrink, autoscale): not restarted.
+        self._retiring: set[int] = set()
+        self._node_control = NodeControl(self)
+        self._autoscaler: Autoscaler | None = None
+        if autoscale is not None:
+            high, low = autoscale
+            self.concurrency = low
+            self._autoscaler = Autoscaler(self, high, low, conf.worker_autoscale_keepalive)
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -154,6 +166,7 @@ class Supervisor:
         if hooks.worker_start:
             call_each(hooks.worker_start, self)
         self._install_signals()
+        self._node_control.start()
         try:
             for slot in range(1, self.concurrency + 1):
                 self._spawn(slot)
@@ -198,6 +211,10 @@ class Supervisor:
         self._poll_terminates(now)
         self._handle_deadlines(now)
         self._restart_due(now)
+        if not self._stopping:
+            self._node_control.poll(now)
+            if self._autoscaler is not None:
+                self._autoscaler.tick(now)
         if self._beat is not None:
             self._beat.check(now, stopping=self._stopping)
 
@@ -318,6 +335,9 @@ class Supervisor:
     def _schedule_restart(self, child: _Child) -> None:
         if self._stopping:
             return
+        if child.slot in self._retiring:
+            self._retiring.discard(child.slot)
+            return
         if time.monotonic() - child.started < QUICK_DEATH:
             self._quick_deaths[child.slot] = self._quick_deaths.get(child.slot, 0) + 1
         else:
@@ -377,7 +397,7 @@ class Supervisor:
         self._children.pop(child.slot, None)
         child.conn.close()
         self._lost(child, killed=True)
-        if not self._stopping:
+        if not self._stopping and child.slot not in self._retiring:
             self._restart_at[child.slot] = time.monotonic()
 
     def _poll_terminates(self, now: float) -> None:
@@ -481,6 +501,54 @@ class Supervisor:
             self._reap()
             if self._beat is not None:
                 self._beat.signal(signal.SIGKILL)
+
+    # -- pool size (remote control, autoscale) ----------------------------------------------
+    def size(self) -> int:
+        """Children running or due to restart, not counting those being retired."""
+        slots = set(self._children) | set(self._restart_at)
+        return len(slots - self._retiring)
+
+    def idle(self) -> int:
+        """Children that run no task (as far as their reports tell)."""
+        return sum(
+            1 for c in self._children.values() if not c.tasks and c.slot not in self._retiring
+        )
+
+    def grow(self, n: int) -> int:
+        """Start ``n`` more children; return the new size."""
+        for _ in range(n):
+            taken = set(self._children) | set(self._restart_at) | self._retiring
+            slot = next(s for s in range(1, len(taken) + 2) if s not in taken)
+            self._spawn(slot)
+        self.concurrency = self.size()
+        return self.concurrency
+
+    def shrink(self, n: int) -> int:
+        """Retire ``n`` children (idle ones first; each finishes its tasks); return the new
+        size. Raises ControlError below one child."""
+        size = self.size()
+        if n >= size:
+            raise ControlError(f"cannot shrink a pool of {size} by {n}: one child must remain")
+        for slot in list(self._restart_at)[:n]:
+            del self._restart_at[slot]
+            n -= 1
+        live = [c for c in self._children.values() if c.slot not in self._retiring]
+        live.sort(key=lambda c: (len(c.tasks), -c.slot))
+        for child in live[:n]:
+            self._retiring.add(child.slot)
+            child.stop_sent = False
+            with contextlib.suppress(OSError, ValueError):
+                child.conn.send(("stop", False))
+        self.concurrency = self.size()
+        return self.concurrency
+
+    def set_autoscale(self, high: int, low: int) -> None:
+        """Start autoscaling within [low, high], or change the bounds."""
+        if self._autoscaler is None:
+            keepalive = self.app.conf.worker_autoscale_keepalive
+            self._autoscaler = Autoscaler(self, high, low, keepalive)
+        else:
+            self._autoscaler.set_bounds(high, low)
 
     def request_stop(self, *, cold: bool = False) -> None:
         """Ask for a warm (or cold) shutdown, as SIGTERM would (call from a signal handler

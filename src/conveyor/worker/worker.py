@@ -36,6 +36,7 @@ from ..exceptions import BrokerError, ConveyorError, ResultStoreError, TaskRevok
 from ..middleware import Middleware, call_each
 from ..results.base import ResultRecord
 from .consumer import Consumer, default_hostname
+from .control import ControlListener
 from .dispatch import Dispatcher
 from .execution import TaskRunner
 from .heartbeat import Heartbeat
@@ -155,6 +156,10 @@ class Worker:
         self._dispatcher: Dispatcher | None = None
         self._consumer: Consumer | None = None
         self._heartbeat: Heartbeat | None = None
+        #: Whether this worker is a whole node (not a supervisor's child): it then obeys
+        #: remote-control commands about the node (shutdown, ...) itself.
+        self.is_node = True
+        self._control: ControlListener | None = None
 
     @property
     def processed(self) -> int:
@@ -215,11 +220,16 @@ class Worker:
             before_settle=self._before_settle,
         )
         self._dispatcher = dispatcher
+        self._control = ControlListener(
+            self, stopped, node=self.is_node, stop=self.remote_stop
+        )  # fmt: skip
+        self._control.start_position()  # paused queues are known before the first lease
         self._leasing.set()
         loops: list[tuple[str, Callable[[], None]]] = [
             ("finisher", finisher.run),
             ("heartbeat", heartbeat.run),
             ("timer", self._timers.run),
+            ("control", self._control.run),
         ]
         if self.consume_in_thread:
             loops.insert(0, ("consumer", self._consumer.run))
@@ -330,6 +340,25 @@ class Worker:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"worker did not become idle within {timeout} s")
             inflight.wait(0.01)
+
+    # -- remote control ------------------------------------------------------------------
+    @property
+    def time_limits(self) -> dict[str, tuple[float | None, float | None]]:
+        """Task name -> (soft, hard) time limits set by remote control."""
+        assert self._dispatcher is not None, "start() first"
+        return self._dispatcher.time_limits
+
+    def set_paused(self, paused: set[str]) -> None:
+        """Lease only from the queues not in ``paused`` (queue pause, conveyor.control)."""
+        if self._consumer is not None:
+            self._consumer.queues = [q for q in self.queues if q not in paused]
+        if paused:
+            logger.info("worker %s: paused queue(s) %s", self.hostname, ", ".join(sorted(paused)))
+        self.inflight.notify()
+
+    def remote_stop(self) -> None:
+        """A ``shutdown`` command: a warm stop, in the background."""
+        threading.Thread(target=self.stop, name="conveyor-remote-stop", daemon=True).start()
 
     # -- running tasks -------------------------------------------------------------------
     def running_jobs(self) -> list[Job]:

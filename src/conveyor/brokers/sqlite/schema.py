@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...kv.sqlite import Tables
+from ...streams.sqlite import MIGRATION as STREAMS_MIGRATION
 
 #: ``conveyor_messages.state``.
 READY, LEASED, DELAYED = 0, 1, 2
@@ -56,6 +57,8 @@ MIGRATIONS = [
         "expires REAL NOT NULL, PRIMARY KEY (ns, id)) WITHOUT ROWID",
         "CREATE INDEX conveyor_published_expires ON conveyor_published (expires)",
     ),
+    # v4: bounded streams (events, remote control): ``conveyor.streams.sqlite``.
+    STREAMS_MIGRATION,
 ]
 #: The tables of the broker's ``kv``.
 KV_TABLES = Tables("conveyor_values", "conveyor_sets", "conveyor_set_expiry")

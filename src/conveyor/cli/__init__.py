@@ -17,6 +17,7 @@ from .base import Group, State
 from .beat import beat_command
 from .dlq import dlq_group
 from .inspection import purge, result, revoke, status
+from .metrics import metrics_command
 from .worker import worker_command
 
 __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
@@ -39,6 +40,7 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 
 for command in (worker_command, beat_command, status, purge, revoke, result, dlq_group):
     cli.add_command(command)
+cli.add_command(metrics_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,12 +9,15 @@ import sys
 from collections.abc import Sequence
 
 import click
+from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..app import Conveyor
-from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..metrics import TallyCollector, serve_in_thread
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
+from ..worker.metrics_channel import ensure_metrics
 from ..worker.supervisor import Supervisor
 from .base import State, app_option, split
 from .output import banner_console
@@ -54,6 +57,13 @@ from .output import banner_console
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line.",
+)
 @click.option("-n", "--hostname", help="Node name (%h: host name, %i: pid).")
 @click.option(
     "--shutdown-timeout",
@@ -70,6 +80,14 @@ from .output import banner_console
 @click.option(
     "-B", "--beat", is_flag=True, help="Also run beat (safe on several workers: runs go once)."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port (default: worker_metrics_port, else off).",
+)
+@click.option(
+    "--metrics-host", help="Address of the metrics endpoint (default: worker_metrics_host)."
+)
 @click.pass_obj
 def worker_command(
     state: State,
@@ -82,13 +100,16 @@ def worker_command(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     loglevel: str,
+    log_format: str,
     hostname: str | None,
     shutdown_timeout: float | None,
     terminate_grace: float,
     beat: bool,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     spec = state.spec(app_spec)
     app = state.app(app_spec)
     runner_class = prepare_app(app)
@@ -97,15 +118,23 @@ def worker_command(
     queue_list = split(queues) or [conf.task_default_queue]
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
+    port = metrics_port if metrics_port is not None else conf.worker_metrics_port
+    host = metrics_host or conf.worker_metrics_host
     if pool == "solo":
         print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat)
+        name = name or default_hostname()
+        if port is not None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(TallyCollector(ensure_metrics(app).tally, name))
+            server = serve_in_thread(registry, host, port)
+            click.echo(f"metrics: http://{host}:{server.port}/metrics", err=True)
         run_solo(
             app,
             shutdown_timeout=timeout,
             max_memory_kib=max_memory_per_child or conf.worker_max_memory_per_child,
             queues=queue_list,
             concurrency=threads,
-            hostname=name or default_hostname(),
+            hostname=name,
             prefetch_multiplier=prefetch,
             max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
             beat=beat,
@@ -126,6 +155,8 @@ def worker_command(
         app_spec=spec,
         beat=beat,
         runner_class=runner_class,
+        metrics_port=port,
+        metrics_host=host,
     )
     print_banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
     sys.exit(supervisor.run())

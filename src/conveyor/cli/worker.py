@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -21,6 +22,8 @@ from ..worker.metrics_channel import ensure_metrics
 from ..worker.supervisor import Supervisor
 from .base import State, app_option, split
 from .output import banner_console
+
+logger = logging.getLogger("conveyor.worker")
 
 
 @click.command("worker")
@@ -121,13 +124,13 @@ def worker_command(
     port = metrics_port if metrics_port is not None else conf.worker_metrics_port
     host = metrics_host or conf.worker_metrics_host
     if pool == "solo":
-        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat)
+        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat, log_format)
         name = name or default_hostname()
         if port is not None:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(TallyCollector(ensure_metrics(app).tally, name))
             server = serve_in_thread(registry, host, port)
-            click.echo(f"metrics: http://{host}:{server.port}/metrics", err=True)
+            logger.info("serving metrics on http://%s:%d/metrics", host, server.port)
         run_solo(
             app,
             shutdown_timeout=timeout,
@@ -158,7 +161,17 @@ def worker_command(
         metrics_port=port,
         metrics_host=host,
     )
-    print_banner(app, spec, "prefork", supervisor.concurrency, threads, queue_list, prefetch, beat)
+    print_banner(
+        app,
+        spec,
+        "prefork",
+        supervisor.concurrency,
+        threads,
+        queue_list,
+        prefetch,
+        beat,
+        log_format,
+    )
     sys.exit(supervisor.run())
 
 
@@ -181,9 +194,24 @@ def print_banner(
     queues: Sequence[str],
     prefetch: int | None,
     beat: bool,
+    log_format: str = "text",
 ) -> None:
-    """What the worker runs, on stderr: app, broker, queues, concurrency and tasks."""
+    """What the worker runs, on stderr: app, broker, queues, concurrency and tasks (with
+    ``--log-format json``, one log record with these fields, so every line stays JSON)."""
     tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))
+    if log_format == "json":
+        fields = {
+            "app": app.main or "__main__",
+            "broker": redact_text(app.broker_url),
+            "results": redact_text(app.result_backend_url),
+            "queues": list(queues),
+            "pool": pool,
+            "processes": processes,
+            "threads": threads,
+            "tasks": tasks,
+        }
+        logging.getLogger("conveyor.worker").info("conveyor %s worker", __version__, extra=fields)
+        return
     lines = [
         f"[bold]conveyor {__version__}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",

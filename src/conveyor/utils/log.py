@@ -13,7 +13,7 @@ import logging
 import time
 
 from .._state import current_request
-from .redaction import redact_text
+from .redaction import redact_text, redact_value
 
 __all__ = [
     "LOG_FORMAT",
@@ -61,6 +61,7 @@ class TaskContextFilter(logging.Filter):
         else:
             for name, value in fields.items():
                 setattr(record, name, value)
+            record._conveyor_task = True  # RedactingFormatter: the task line format
         return True
 
 
@@ -97,7 +98,7 @@ class RedactingFormatter(logging.Formatter):
             self._task.formatTime = self.formatTime  # type: ignore[method-assign]  # share the cache
 
     def format(self, record: logging.LogRecord) -> str:
-        if self._task is not None and getattr(record, "task_id", "???") != "???":
+        if self._task is not None and getattr(record, "_conveyor_task", False):
             return redact_text(self._task.format(record))
         return redact_text(super().format(record))
 
@@ -122,7 +123,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``,
     ``process``, ``pid``, ``thread``, ``message``, ``exception`` (traceback text) when there is
     one, the running task's ``task_id``, ``task_name``, ``queue`` and ``retries`` inside a task,
-    and any ``extra=`` fields. URL passwords are hidden in every string value."""
+    and any ``extra=`` fields (values under secret-looking keys such as ``password`` or
+    ``token`` hidden). URL passwords are hidden in every string value."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
@@ -143,7 +145,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and key not in data and not key.startswith("_"):
                 if key in TASK_FIELDS and value in ("???", None):
                     continue
-                data[key] = value
+                data[key] = redact_value(value)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

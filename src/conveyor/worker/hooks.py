@@ -51,6 +51,17 @@ class TaskLog(Middleware):
         log_outcome(job, outcome)
 
 
+def _fields(job: Job) -> dict[str, object]:
+    """The task fields of a task's log line (shown by the JSON log format)."""
+    envelope = job.envelope
+    return {
+        "task_id": envelope.id,
+        "task_name": envelope.task,
+        "queue": envelope.queue,
+        "retries": envelope.retries,
+    }
+
+
 def log_outcome(job: Job, outcome: Outcome) -> None:
     """The line :class:`TaskLog` logs (the supervisor logs it for the tasks it fails)."""
     if outcome.state == states.SUCCESS:
@@ -61,6 +72,7 @@ def log_outcome(job: Job, outcome: Outcome) -> None:
                 job.envelope.id,
                 outcome.runtime,
                 outcome.retval,
+                extra=_fields(job),
             )
     elif outcome.state == states.FAILURE and outcome.action is Action.ACK:
         logger.error(
@@ -69,4 +81,5 @@ def log_outcome(job: Job, outcome: Outcome) -> None:
             job.envelope.id,
             outcome.runtime,
             outcome.error,
+            extra=_fields(job),
         )

@@ -69,3 +69,51 @@ def redact_arguments(
         k: REDACTED if _secret(k, names) else redact_value(v, names) for k, v in kwargs.items()
     }
     return [redact_value(a, names) for a in args], redacted_kwargs
+
+
+def secret_strings(
+    args: Iterable[object],
+    kwargs: Mapping[str, object],
+    *,
+    all_values: bool = False,
+    names: Iterable[str] = SECRET_NAMES,
+) -> set[str]:
+    """The texts of the argument values :func:`redact_arguments` hides (strings and numbers
+    of 4 characters or more), to find them again where they were copied (a traceback's
+    local variables, the repr of a job)."""
+    names = tuple(names)
+    found: set[str] = set()
+
+    def add(value: object, hidden: bool) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                add(v, hidden or _secret(str(k), names))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                add(item, hidden)
+        elif hidden and isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = str(value)
+            if len(text) >= 4:
+                found.add(text)
+
+    for arg in args:
+        add(arg, all_values)
+    for key, value in kwargs.items():
+        add(value, all_values or _secret(key, names))
+    return found
+
+
+def scrub(value: object, secrets: set[str], names: Iterable[str] = SECRET_NAMES) -> object:
+    """``value`` (JSON-like data, such as an error tracker's event) with every string that
+    contains one of ``secrets`` and every entry under a secret-looking key replaced."""
+    names = tuple(names)
+    if isinstance(value, str):
+        return REDACTED if any(s in value for s in secrets) else redact_text(value)
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if isinstance(k, str) and _secret(k, names) else scrub(v, secrets, names)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scrub(item, secrets, names) for item in value]
+    return value

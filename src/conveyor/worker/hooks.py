@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
+#: The per-task outcome lines (a logger of their own, so error trackers can skip the
+#: failure lines they report with more context).
+task_logger = logging.getLogger("conveyor.worker.tasks")
 
 
 def worker_hooks(app: Conveyor, *internal: Middleware) -> Hooks:
@@ -65,8 +68,8 @@ def _fields(job: Job) -> dict[str, object]:
 def log_outcome(job: Job, outcome: Outcome) -> None:
     """The line :class:`TaskLog` logs (the supervisor logs it for the tasks it fails)."""
     if outcome.state == states.SUCCESS:
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
+        if task_logger.isEnabledFor(logging.INFO):
+            task_logger.info(
                 "%s[%s] succeeded in %.3fs: %.200r",
                 job.task.name,
                 job.envelope.id,
@@ -75,7 +78,7 @@ def log_outcome(job: Job, outcome: Outcome) -> None:
                 extra=_fields(job),
             )
     elif outcome.state == states.FAILURE and outcome.action is Action.ACK:
-        logger.error(
+        task_logger.error(
             "%s[%s] failed in %.3fs: %r",
             job.task.name,
             job.envelope.id,

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
+import msgspec
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,6 +22,7 @@ from .names import (
     HISTOGRAMS,
     QUEUE_LENGTH,
     QUEUE_MESSAGES,
+    QUEUE_OLDEST_AGE,
     SCRAPE_ERRORS,
     TASK_COUNTERS,
     WORKER_PROCESSES,
@@ -52,6 +54,32 @@ _HELP = {
     "runtime": "Seconds tasks ran",
     "queue_wait": "Seconds from a message's due time (created or eta) to its task's start",
 }
+
+
+class _Times(msgspec.Struct):
+    """The two fields of an envelope that say since when its message is due."""
+
+    created_at: float = 0.0
+    eta: float | None = None
+
+
+_times = msgspec.json.Decoder(_Times)
+
+
+def ready_since(bodies: list[bytes]) -> float | None:
+    """The earliest time since which one of ``bodies`` has been due (its ``created_at`` or
+    its ``eta``, the later one); None if none tells. Undecodable bodies are skipped."""
+    since: float | None = None
+    for body in bodies:
+        try:
+            times = _times.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        due = max(times.created_at, times.eta or 0.0)
+        if due > 0.0 and (since is None or due < since):
+            since = due
+    return since
+
 
 #: What a worker knows of its own slots: (processes, slots, busy slots).
 type SlotsView = Callable[[], tuple[int, int, int]]
@@ -129,6 +157,8 @@ class ClusterCollector:
         broker = self.app.broker
         try:
             stats = broker.stats(self.queues)
+            oldest = broker.oldest_ready([q for q, s in stats.items() if s.ready])
+            now = broker.time()
         except ConveyorError as exc:
             self.errors += 1
             logger.error("reading queue stats failed: %s", exc)
@@ -137,11 +167,18 @@ class ClusterCollector:
         messages = GaugeMetricFamily(
             QUEUE_MESSAGES, "Messages by state", labels=["queue_name", "state"]
         )
+        age = GaugeMetricFamily(
+            QUEUE_OLDEST_AGE,
+            "Seconds the oldest ready message has been due (0 when none is ready)",
+            labels=["queue_name"],
+        )
         for queue, s in sorted(stats.items()):
             length.add_metric([queue], s.ready)
             for state in ("ready", "delayed", "leased", "dead"):
                 messages.add_metric([queue, state], getattr(s, state))
-        yield from (length, messages)
+            since = ready_since(oldest.get(queue, []))
+            age.add_metric([queue], max(0.0, now - since) if since is not None else 0.0)
+        yield from (length, messages, age)
 
     def _workers(self) -> Iterator[Metric]:
         try:

@@ -4,8 +4,10 @@ collectors' exposition, the inline server, and the cluster collector on a broker
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -214,3 +216,22 @@ def test_rename_table_covers_every_counter_and_names_real_metrics() -> None:
     app.close()
     for ours in CELERY_EXPORTER_RENAMES.values():
         assert ours in served, ours
+
+
+def test_grafana_dashboard_queries_only_metrics_we_serve() -> None:
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana/conveyor.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {name for expr in exprs for name in re.findall(r"conveyor_[a-z_]+", expr)}
+    tally = Tally()
+    for event in TASK_COUNTERS:
+        tally.count(event, "t", "q")
+    tally.observe("conveyor_task_runtime_seconds", "t", "q", 1.0)
+    tally.observe("conveyor_task_queue_wait_seconds", "t", "q", 1.0)
+    app = make_test_app("dash")
+    app.send_task("n.any")
+    app.kv.set_value("worker:w", b'{"concurrency": 1, "running": 0}', 60)
+    served = {name for name, _ in exposition(TallyCollector(tally, "h"), ClusterCollector(app))}
+    app.close()
+    assert len(used) >= 12
+    assert used <= served, used - served

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from .. import __version__
-from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
 from .base import State, app_option
 from .output import banner_console
 
@@ -27,25 +29,44 @@ from .output import banner_console
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line.",
+)
 @click.pass_obj
 def beat_command(
-    state: State, app_spec: str | None, name: str | None, max_interval: float, loglevel: str
+    state: State,
+    app_spec: str | None,
+    name: str | None,
+    max_interval: float,
+    loglevel: str,
+    log_format: str,
 ) -> None:
     """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     app = state.app(app_spec)
     prepare_app(app)
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     entries = sorted(app.conf.beat_schedule)
-    banner_console().print(
-        "\n".join(
-            [
-                f"[bold]conveyor {__version__}[/] beat",
-                f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
-                f"  broker:   {redact_text(app.broker_url)}",
-                f"  entries ({len(entries)}):",
-                *(f"    . {entry}" for entry in entries),
-            ]
+    if log_format == "json":
+        logging.getLogger("conveyor.beat").info(
+            "conveyor %s beat",
+            __version__,
+            extra={"broker": redact_text(app.broker_url), "entries": entries},
         )
-    )
+    else:
+        banner_console().print(
+            "\n".join(
+                [
+                    f"[bold]conveyor {__version__}[/] beat",
+                    f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
+                    f"  broker:   {redact_text(app.broker_url)}",
+                    f"  entries ({len(entries)}):",
+                    *(f"    . {entry}" for entry in entries),
+                ]
+            )
+        )
     app.run_beat(name=name, max_interval=max_interval)

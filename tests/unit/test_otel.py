@@ -3,7 +3,11 @@ the task's own spans), with the messaging attributes; failures marked on the pro
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -110,3 +114,23 @@ def test_failure_and_retry_spans(
         processes[0].context.trace_id
     }  # the retry's send span and run belong to the first send's trace
     assert result.state == "FAILURE"
+
+
+def test_monitoring_example_prints_one_trace_metrics_and_a_redacted_json_line() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "monitoring" / "observe.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert (
+        "POST /checkout (INTERNAL)\n  send default (PRODUCER)\n    process default (CONSUMER)\n"
+        "      smtp.send (INTERNAL)"
+    ) in out
+    assert 'conveyor_task_succeeded_total{hostname="example",name="shop.send_receipt"' in out
+    record = json.loads(out.splitlines()[0])
+    assert record["task_name"] == "shop.send_receipt" and "s3cret" not in out

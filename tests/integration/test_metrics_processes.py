@@ -4,11 +4,11 @@ metrics`` serves queue depths and live workers read from the broker."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -205,14 +205,25 @@ def test_metrics_exporter_serves_queue_depths_and_workers(harness: Harness) -> N
         exporter.stderr.close()
 
 
-def test_bad_metrics_port_is_a_clear_error(harness: Harness, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor", "worker", "-A", SPEC, "--metrics-port", "70000"],
-        cwd=ROOT,
-        env=harness.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def test_bad_or_busy_metrics_port_is_a_clear_error(harness: Harness) -> None:
+    def worker(port: int) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "conveyor", "worker", "-A", SPEC]
+        return subprocess.run(
+            [*command, "--metrics-port", str(port)],
+            cwd=ROOT,
+            env=harness.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = worker(70000)
     assert result.returncode == 2 and "70000" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = worker(port)
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr

@@ -9,6 +9,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from ..exceptions import ConfigurationError
+
 #: Seconds a scraper may take to send its request before the connection is dropped (the
 #: supervisor waits for it; a scrape by Prometheus takes milliseconds).
 REQUEST_TIMEOUT = 1.0
@@ -54,7 +56,11 @@ def _make[S: _Server](
     server_class: type[S], registry: CollectorRegistry, host: str, port: int
 ) -> S:
     app = make_wsgi_app(registry)
-    server = make_server(host, port, app, server_class=server_class, handler_class=_Handler)
+    try:
+        server = make_server(host, port, app, server_class=server_class, handler_class=_Handler)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {why}") from None
     assert isinstance(server, server_class)
     return server
 

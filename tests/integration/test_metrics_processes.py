@@ -197,7 +197,8 @@ def test_metrics_exporter_serves_queue_depths_and_workers(harness: Harness) -> N
         samples = scrape(port)
         assert samples[("conveyor_worker_up", (("hostname", "node@test"),))] == 1
         assert samples[("conveyor_worker_processes", (("hostname", "node@test"),))] == 2
-        assert samples[("conveyor_queue_length", (("queue_name", "default"),))] == 0
+        ready = ("conveyor_queue_length", (("queue_name", "default"),))
+        wait_for(lambda: (try_scrape(port) or {}).get(ready) == 0, 20, "the queue to drain")
     finally:
         exporter.terminate()
         exporter.wait(10)

@@ -100,6 +100,8 @@ def test_prefork_supervisor_serves_the_exact_sum_of_its_children(harness: Harnes
     results = [harness.send("add", i, 1) for i in range(5)]
     results += [harness.send("fail") for _ in range(2)]
     results.append(harness.send("flaky"))
+    # Killed by the supervisor at its hard time limit (1 s): the supervisor counts the failure.
+    results.append(harness.send("hard_limited", str(harness.file()), 30))
     for result in results:
         result.get(timeout=30, propagate=False)
 
@@ -108,24 +110,29 @@ def test_prefork_supervisor_serves_the_exact_sum_of_its_children(harness: Harnes
             "workerapp.add": 5,
             "workerapp.fail": 2,
             "workerapp.flaky": 2,
+            "workerapp.hard_limited": 1,
         },
         "conveyor_task_received_total": {
             "workerapp.add": 5,
             "workerapp.fail": 2,
             "workerapp.flaky": 2,
+            "workerapp.hard_limited": 1,
         },
         "conveyor_task_succeeded_total": {"workerapp.add": 5, "workerapp.flaky": 1},
-        "conveyor_task_failed_total": {"workerapp.fail": 2},
+        "conveyor_task_failed_total": {"workerapp.fail": 2, "workerapp.hard_limited": 1},
         "conveyor_task_retried_total": {"workerapp.flaky": 1},
+        "conveyor_task_dead_lettered_total": {"workerapp.hard_limited": 1},
         "conveyor_task_runtime_seconds_count": {
             "workerapp.add": 5,
             "workerapp.fail": 2,
             "workerapp.flaky": 2,
+            "workerapp.hard_limited": 1,
         },
         "conveyor_task_queue_wait_seconds_count": {
             "workerapp.add": 5,
             "workerapp.fail": 2,
             "workerapp.flaky": 2,
+            "workerapp.hard_limited": 1,
         },
     }
 
@@ -138,7 +145,7 @@ def test_prefork_supervisor_serves_the_exact_sum_of_its_children(harness: Harnes
     wait_for(matches, 20, f"exact counts; worker log:\n{harness.output()}")
     samples = scrape(port)
     # Children were recycled after 2 tasks each: their last figures were not lost.
-    assert sum(by_task(samples, "conveyor_task_started_total").values()) == 9
+    assert sum(by_task(samples, "conveyor_task_started_total").values()) == 10
     labels = {dict(labels)["hostname"] for (_, labels), _ in samples.items() if labels}
     assert labels == {"metrics@test"}
     assert samples[("conveyor_worker_slots", (("hostname", "metrics@test"),))] == 2

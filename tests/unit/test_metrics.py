@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Conveyor, Task
 from conveyor.brokers.base import Message
+from conveyor.exceptions import Reject
 from conveyor.metrics import (
     CELERY_EXPORTER_RENAMES,
     ClusterCollector,
@@ -65,6 +66,10 @@ def test_counts_every_outcome_per_task_and_queue(
     def fail() -> None:
         raise ValueError("no")
 
+    @app.task(name="m.reject")
+    def reject() -> None:
+        raise Reject("no way")
+
     @app.task(name="m.flaky", bind=True)
     def flaky(self: Task[[], str]) -> str:
         if self.request.retries < 2:
@@ -75,6 +80,7 @@ def test_counts_every_outcome_per_task_and_queue(
         add.delay(i, i)
     add.apply_async((1, 1), queue="other")
     fail.delay()
+    reject.delay()
     flaky.delay()
     revoked = add.delay(9, 9)
     app.revoke([revoked.id])
@@ -103,6 +109,9 @@ def test_counts_every_outcome_per_task_and_queue(
     assert value("conveyor_task_revoked_total", "m.add") == 1
     assert value("conveyor_task_received_total", "m.add") == 4  # 3 run + 1 revoked
     assert value("conveyor_task_dead_lettered_total", "m.unknown") == 1
+    assert value("conveyor_task_failed_total", "m.reject") == 1  # once: it ran here
+    assert value("conveyor_task_dead_lettered_total", "m.reject") == 1
+    assert value("conveyor_task_runtime_seconds_count", "m.reject") == 1
     assert value("conveyor_task_dead_lettered_total", "unknown") == 1  # undecodable
     assert value("conveyor_task_received_total", "unknown") == 1
     assert value("conveyor_task_runtime_seconds_count", "m.flaky") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,12 @@ class MetricsMiddleware(Middleware):
 
     def __init__(self, tally: Tally | None = None) -> None:
         self.tally = tally if tally is not None else Tally()
+        # Tasks that ran here and are being dead-lettered (rejected): on_dead_letter follows
+        # after_process for them. A dead letter of a task that ran elsewhere - the
+        # supervisor's, for a child it killed at the hard time limit - is counted as the
+        # failure the child could not count.
+        self._ran_dead: set[str] = set()
+        self._lock = threading.Lock()
 
     def after_publish(self, app: Conveyor, envelope: Envelope) -> None:
         self.tally.count("sent", envelope.task, envelope.queue)
@@ -54,6 +61,9 @@ class MetricsMiddleware(Middleware):
             self.tally.count("failed", envelope.task, envelope.queue)
         if state in (states.SUCCESS, states.FAILURE, states.RETRY):
             self.tally.observe(RUNTIME, envelope.task, envelope.queue, outcome.runtime)
+        if outcome.reason:  # to be dead-lettered (only such outcomes have a reason)
+            with self._lock:
+                self._ran_dead.add(envelope.id)
 
     def on_retry(self, job: Job, outcome: Outcome) -> None:
         self.tally.count("retried", job.envelope.task, job.envelope.queue)
@@ -71,6 +81,13 @@ class MetricsMiddleware(Middleware):
             name, queue = envelope.task, envelope.queue
         if envelope is None or outcome.envelope is not None:  # not run: received here
             self.tally.count("received", name, queue)
+        elif outcome.state == states.FAILURE:
+            with self._lock:
+                counted = envelope.id in self._ran_dead
+                self._ran_dead.discard(envelope.id)
+            if not counted:  # its process was killed (hard time limit): count it here
+                self.tally.count("failed", name, queue)
+                self.tally.observe(RUNTIME, name, queue, outcome.runtime)
         self.tally.count("dead_lettered", name, queue)
 
     def on_skip(self, envelope: Envelope, outcome: Outcome) -> None:

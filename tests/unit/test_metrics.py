@@ -4,6 +4,7 @@ collectors' exposition, the inline server, and the cluster collector on a broker
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -26,6 +27,7 @@ from conveyor.metrics import (
 )
 from conveyor.metrics.names import BUCKETS, TASK_COUNTERS
 from conveyor.testing import TestWorker, make_test_app
+from tests.servers import free_port
 
 type Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -244,3 +246,14 @@ def test_grafana_dashboard_queries_only_metrics_we_serve() -> None:
     app.close()
     assert len(used) >= 12
     assert used <= served, used - served
+
+
+def test_cluster_collector_survives_an_unreachable_broker(caplog: pytest.LogCaptureFixture) -> None:
+    app = Conveyor("down", broker=f"redis://127.0.0.1:{free_port()}/0")
+    collector = ClusterCollector(app)
+    with caplog.at_level(logging.ERROR, logger="conveyor.metrics"):
+        samples = exposition(collector)
+        samples = exposition(collector)
+    app.close()
+    assert samples == {("conveyor_exporter_scrape_errors_total", ()): 4.0}
+    assert any("reading queue stats failed" in r.getMessage() for r in caplog.records)

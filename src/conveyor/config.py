@@ -99,6 +99,10 @@ def _optional_int(minimum: int | None = None) -> Check[int | None]:
     return check
 
 
+def _optional_port(name: str, value: object) -> int | None:
+    return None if value is None else _int(0, 65535)(name, value)
+
+
 def _bool(name: str, value: object) -> bool:
     if isinstance(value, str):
         lowered = value.strip().lower()
@@ -325,6 +329,10 @@ class Settings:
     worker_autoscale_keepalive = Setting(
         30.0, _positive_seconds, "--autoscale: seconds idle before the pool shrinks by one"
     )
+    worker_metrics_port = Setting[int | None](
+        None, _optional_port, "Serve Prometheus metrics on this port (0: any free one)"
+    )
+    worker_metrics_host = Setting("127.0.0.1", _str, "Address the metrics endpoint listens on")
     worker_started_delay = Setting(
         0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
     )

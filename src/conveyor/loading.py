@@ -11,9 +11,7 @@ import importlib
 import importlib.util
 import logging
 import os
-import re
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -23,14 +21,18 @@ from typing import TYPE_CHECKING
 from . import signals
 from .app import Conveyor
 from .exceptions import ConfigurationError, ConveyorError
+from .utils.log import LOG_FORMAT, JsonFormatter, RedactingFormatter
+from .utils.redaction import redact_text
 
 if TYPE_CHECKING:
     from .worker.execution import TaskRunner
 
 __all__ = [
     "LOG_FORMAT",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "WORKER_SETUP_GROUP",
+    "JsonFormatter",
     "RedactingFormatter",
     "WorkerSetup",
     "describe_error",
@@ -40,55 +42,28 @@ __all__ = [
     "setup_logging",
 ]
 
-LOG_FORMAT = "[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Values of ``--log-format``.
+LOG_FORMATS = ("text", "json")
 #: Entry point group of integrations that prepare processes running tasks (see prepare_app).
 WORKER_SETUP_GROUP = "conveyor.worker_setup"
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 # Frames of Conveyor's command-line code (this module and conveyor/cli/) are skipped, like
 # importlib's, when an error names its place.
 _OWN_CODE = (__file__, os.path.join(os.path.dirname(__file__), "cli", ""))
 
 
 # -- logging ---------------------------------------------------------------------------------
-def redact_text(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``."""
-    if "@" not in text:  # no URL with credentials: skip the regex (one line per task)
-        return text
-    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
-
-
-class RedactingFormatter(logging.Formatter):
-    """A formatter that hides URL passwords in the whole line, tracebacks included.
-
-    It formats the default timestamp once per second, not once per line: a worker logs a
-    line per task, and ``localtime`` + ``strftime`` were a fifth of that line's cost."""
-
-    _second: tuple[int, str] = (-1, "")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created // 1)
-        cached_second, text = self._second
-        if cached_second != second:
-            text = time.strftime(self.default_time_format, self.converter(second))
-            self._second = (second, text)
-        return f"{text},{int(record.msecs):03d}"
-
-
-def setup_logging(level: str, logfile: str | None = None) -> None:
+def setup_logging(level: str, logfile: str | None = None, log_format: str = "text") -> None:
     """Log lines at ``level`` and above to stderr (or appended to ``logfile``), passwords
-    redacted.
+    redacted: text lines, or with ``log_format="json"`` one JSON object per line
+    (:class:`~conveyor.utils.log.JsonFormatter`).
 
     As in Celery: if a receiver is connected to ``conveyor.signals.setup_logging``, it is
     sent instead and logging is left to it; otherwise ``after_setup_logger`` and
     ``after_setup_task_logger`` are sent once logging is set up (``logger``: the root
-    logger both times: tasks log through it, Conveyor has no separate task logger)."""
+    logger both times: task loggers, :func:`conveyor.utils.log.get_task_logger`, log through
+    it)."""
     options: dict[str, object] = {
         "loglevel": logging.getLevelNamesMapping()[level.upper()],
         "logfile": logfile,
@@ -99,9 +74,14 @@ def setup_logging(level: str, logfile: str | None = None) -> None:
         signals.setup_logging.send(sender=None, **options)
         return
     handler: logging.Handler = (
-        logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler()
+        logging.FileHandler(logfile, encoding="utf-8")
+        if logfile
+        else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    if log_format not in LOG_FORMATS:
+        raise ConfigurationError(f"unknown log format {log_format!r}: use text or json")
+    formatter = JsonFormatter() if log_format == "json" else RedactingFormatter(LOG_FORMAT)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -229,6 +229,14 @@ class Broker(abc.ABC):
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         """Counts per queue (all known queues when ``queues`` is None)."""
 
+    def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
+        """For each of ``queues`` with ready messages, the bodies of the ones that may have
+        waited longest (for the oldest-message age gauge of ``conveyor metrics``): the first
+        published of each priority's ready ones, and the first due of the delayed ones that are
+        due. A reader decodes them (``created_at``, ``eta``). Brokers that cannot tell
+        cheaply return ``{}`` (the default)."""
+        return {}
+
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         """Dead letters, oldest first."""

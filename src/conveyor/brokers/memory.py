@@ -223,6 +223,17 @@ class MemoryBroker(Broker):
             return {i for i in ids if self._revoked.get(i, 0.0) > now}
 
     # -- inspection ----------------------------------------------------------------------
+    def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
+        now = self.time()
+        with self._lock:
+            self._promote_due(now)
+            out: dict[str, list[bytes]] = {}
+            for queue in dict.fromkeys(queues):
+                heap = self._ready.get(queue)
+                if heap:
+                    out[queue] = [min(heap, key=lambda item: item[1])[2].body]
+            return out
+
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         with self._lock:
             out: dict[str, QueueStats] = {}

@@ -74,6 +74,8 @@ def lua_source(*names: str) -> str:
 
 #: Messages per script call when publishing, sweeping or purging big batches.
 CHUNK = 1000
+#: Width of one priority's band of ready scores (``BAND`` in the scripts).
+_BAND = 10**14
 _SCRIPTS = (
     "ack_publish",
     "lease",
@@ -267,6 +269,33 @@ class RedisBroker(Broker):
                     pipe.zcard(self._key(kind, queue))
             counts = pipe.execute()
         return {q: QueueStats(*counts[i * 4 : i * 4 + 4]) for i, q in enumerate(queues)}
+
+    def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
+        names = list(dict.fromkeys(queues))
+        with self._errors:
+            now_ms = self.time() * 1000
+            pipe = self._client.pipeline(transaction=False)
+            for queue in names:
+                ready = self._key("ready", queue)
+                for band in range(10):  # the lowest sequence of each priority's band
+                    low, high = band * _BAND, (band + 1) * _BAND
+                    pipe.zrangebyscore(ready, low, f"({high}", start=0, num=1)
+                pipe.zrangebyscore(self._key("delayed", queue), "-inf", now_ms, start=0, num=1)
+            found = pipe.execute()
+            uids = [
+                (queue, _text(uid))
+                for i, queue in enumerate(names)
+                for hit in found[i * 11 : i * 11 + 11]
+                for uid in hit
+            ]
+            for _, uid in uids:
+                pipe.hget(f"{self._prefix}:msg:{uid}", "b")
+            bodies = pipe.execute() if uids else []
+        out: dict[str, list[bytes]] = {}
+        for (queue, _), body in zip(uids, bodies, strict=True):
+            if body is not None:
+                out.setdefault(queue, []).append(_blob(body))
+        return out
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         if limit <= 0:

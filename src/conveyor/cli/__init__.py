@@ -25,6 +25,7 @@ from .dlq import dlq_group
 from .doctor import doctor
 from .events import events_command
 from .inspection import purge, result, revoke, status
+from .metrics import metrics_command
 from .worker import worker_command
 
 __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
@@ -85,6 +86,7 @@ for command in (
     cli.add_command(command)
 for command in (events_command, inspect_group, control_group, queue_group):
     cli.add_command(command)
+cli.add_command(metrics_command)
 
 
 def main(argv: Sequence[str] | None = None, app: Conveyor | None = None) -> None:

@@ -8,7 +8,7 @@ import click
 
 from .. import __version__
 from ..app import Conveyor
-from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
 from .base import State, app_option, held_pidfile, process_options
 from .celery_cli import Command
 from .output import banner_console
@@ -52,6 +52,13 @@ def schedule_option(fn: click.decorators.FC) -> click.decorators.FC:
 )
 @schedule_option
 @process_options
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line.",
+)
 @click.pass_obj
 def beat_command(
     state: State,
@@ -62,31 +69,44 @@ def beat_command(
     schedule_file: str | None,
     pidfile: str | None,
     logfile: str | None,
+    log_format: str,
 ) -> None:
     """Run the beat scheduler: send periodic tasks (any number of beats may run)."""
     app = state.app(app_spec)  # first: the app module may connect setup_logging receivers
-    setup_logging(loglevel, logfile)
+    setup_logging(loglevel, logfile, log_format)
     if schedule_file:
         logger.warning(SCHEDULE_NOTE, schedule_file)
     with held_pidfile(pidfile):
-        run(state, app, app_spec, name, max_interval)
+        run(state, app, app_spec, name, max_interval, log_format)
 
 
 def run(
-    state: State, app: Conveyor, app_spec: str | None, name: str | None, max_interval: float
+    state: State,
+    app: Conveyor,
+    app_spec: str | None,
+    name: str | None,
+    max_interval: float,
+    log_format: str,
 ) -> None:
     prepare_app(app)
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
     entries = sorted(app.conf.beat_schedule)
-    banner_console().print(
-        "\n".join(
-            [
-                f"[bold]conveyor {__version__}[/] beat",
-                f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
-                f"  broker:   {redact_text(app.broker_url)}",
-                f"  entries ({len(entries)}):",
-                *(f"    . {entry}" for entry in entries),
-            ]
+    if log_format == "json":
+        logging.getLogger("conveyor.beat").info(
+            "conveyor %s beat",
+            __version__,
+            extra={"broker": redact_text(app.broker_url), "entries": entries},
         )
-    )
+    else:
+        banner_console().print(
+            "\n".join(
+                [
+                    f"[bold]conveyor {__version__}[/] beat",
+                    f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
+                    f"  broker:   {redact_text(app.broker_url)}",
+                    f"  entries ({len(entries)}):",
+                    *(f"    . {entry}" for entry in entries),
+                ]
+            )
+        )
     app.run_beat(name=name, max_interval=max_interval)

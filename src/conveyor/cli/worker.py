@@ -10,14 +10,17 @@ import sys
 from collections.abc import Sequence
 
 import click
+from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..app import Conveyor
 from ..celery_settings import CELERY_SETTINGS
-from ..loading import LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..metrics import TallyCollector, serve_in_thread
 from ..worker.autoscale import parse_autoscale
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
+from ..worker.metrics_channel import ensure_metrics
 from ..worker.supervisor import Supervisor
 from .base import State, app_option, held_pidfile, process_options, split
 from .beat import SCHEDULE_NOTE, schedule_option
@@ -72,6 +75,13 @@ POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-a
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line.",
+)
 @click.option("-n", "--hostname", help="Node name (%h: host name, %i: pid).")
 @click.option(
     "--shutdown-timeout",
@@ -104,6 +114,14 @@ POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-a
 @click.option("--beat-process", hidden=True, help="Beat runs in this other process (banner).")
 @click.option("--without-gossip", is_flag=True, hidden=True)
 @click.option("--without-mingle", is_flag=True, hidden=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port (default: worker_metrics_port, else off).",
+)
+@click.option(
+    "--metrics-host", help="Address of the metrics endpoint (default: worker_metrics_host)."
+)
 @click.pass_obj
 def worker_command(
     state: State,
@@ -116,6 +134,7 @@ def worker_command(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     loglevel: str,
+    log_format: str,
     hostname: str | None,
     shutdown_timeout: float | None,
     terminate_grace: float,
@@ -129,10 +148,12 @@ def worker_command(
     without_mingle: bool,
     exclude_queues: str | None,
     beat_process: str | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Run a worker: a supervisor and child processes consuming tasks."""
     app = state.app(app_spec)  # first: the app module may connect setup_logging receivers
-    setup_logging(loglevel, logfile)
+    setup_logging(loglevel, logfile, log_format)
     if schedule_file:
         logger.warning(SCHEDULE_NOTE, schedule_file)
     for flag, given in (("--without-gossip", without_gossip), ("--without-mingle", without_mingle)):
@@ -159,6 +180,9 @@ def worker_command(
             beat=beat,
             beat_process=beat_process,
             autoscale=autoscale,
+            log_format=log_format,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
     sys.exit(code)
 
@@ -182,6 +206,9 @@ def run(
     beat: bool,
     beat_process: str | None = None,
     autoscale: str | None = None,
+    log_format: str = "text",
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
 ) -> int:
     """Start the worker; its exit code once it stopped."""
     spec = state.spec(app_spec)
@@ -201,17 +228,27 @@ def run(
         bounds = parse_autoscale(autoscale) if autoscale else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--autoscale") from None
+    port = metrics_port if metrics_port is not None else conf.worker_metrics_port
+    host = metrics_host or conf.worker_metrics_host
     if pool == "solo":
         if bounds is not None:
             raise click.UsageError("--autoscale needs the prefork pool (not --pool solo)")
-        print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process)
+        print_banner(
+            app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process, log_format
+        )
+        name = name or default_hostname()
+        if port is not None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(TallyCollector(ensure_metrics(app).tally, name))
+            server = serve_in_thread(registry, host, port)
+            logger.info("serving metrics on http://%s:%d/metrics", host, server.port)
         run_solo(
             app,
             shutdown_timeout=timeout,
             max_memory_kib=max_memory_per_child or conf.worker_max_memory_per_child,
             queues=queue_list,
             concurrency=threads,
-            hostname=name or default_hostname(),
+            hostname=name,
             prefetch_multiplier=prefetch,
             max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
             beat=beat,
@@ -233,6 +270,8 @@ def run(
         beat=beat,
         runner_class=runner_class,
         autoscale=bounds,
+        metrics_port=port,
+        metrics_host=host,
     )
     print_banner(
         app,
@@ -244,6 +283,7 @@ def run(
         prefetch,
         beat,
         beat_process,
+        log_format,
     )
     return supervisor.run()
 
@@ -277,9 +317,24 @@ def print_banner(
     prefetch: int | None,
     beat: bool,
     beat_process: str | None = None,
+    log_format: str = "text",
 ) -> None:
-    """What the worker runs, on stderr: app, broker, queues, concurrency and tasks."""
+    """What the worker runs, on stderr: app, broker, queues, concurrency and tasks (with
+    ``--log-format json``, one log record with these fields, so every line stays JSON)."""
     tasks = app.task_names()
+    if log_format == "json":
+        fields = {
+            "app": app.main or "__main__",
+            "broker": redact_text(app.broker_url),
+            "results": redact_text(app.result_backend_url),
+            "queues": list(queues),
+            "pool": pool,
+            "processes": processes,
+            "threads": threads,
+            "tasks": tasks,
+        }
+        logging.getLogger("conveyor.worker").info("conveyor %s worker", __version__, extra=fields)
+        return
     lines = [
         f"[bold]conveyor {__version__}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",

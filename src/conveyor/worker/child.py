@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from ..loading import find_app, setup_logging
 from .execution import TaskRunner
+from .metrics_channel import ChildFigures
 from .process import SNAPSHOT_INTERVAL, ProcessWorker, ProcessWorkerOptions, Report
 from .ratelimit import SharedRateLimiter
 from .signals import SignalCounter
@@ -106,11 +107,13 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
         prefetch_multiplier=options.prefetch_multiplier,
         max_tasks=options.max_tasks,
     )
+    figures = ChildFigures(app, report)
+    worker.before_exit.append(figures.flush)
     parent = os.getppid()
     terminated = SignalCounter([signal.SIGTERM]).install()
     threading.Thread(
         target=_control_loop,
-        args=(worker, conn, report, parent, terminated, options.shutdown_timeout),
+        args=(worker, conn, report, figures, parent, terminated, options.shutdown_timeout),
         name="conveyor-control",
         daemon=True,
     ).start()
@@ -164,12 +167,13 @@ def _control_loop(
     worker: ProcessWorker,
     conn: Connection,
     report: _Reporter,
+    figures: ChildFigures,
     parent: int,
     terminated: SignalCounter,
     shutdown_timeout: float,
 ) -> None:
-    """Obey the supervisor's commands, send snapshots of the running tasks; stop on SIGTERM
-    or when the supervisor is gone."""
+    """Obey the supervisor's commands, send snapshots of the running tasks and metrics;
+    stop on SIGTERM or when the supervisor is gone."""
     sent: set[str] = set()
     while True:
         try:
@@ -177,6 +181,7 @@ def _control_loop(
             if running.keys() != sent:
                 report(("running", running))
                 sent = set(running)
+            figures.flush()
             if conn.poll(SNAPSHOT_INTERVAL):
                 command, argument = conn.recv()
                 if command == "stop":

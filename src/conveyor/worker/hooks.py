@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
+#: The per-task outcome lines (a logger of their own, so error trackers can skip the
+#: failure lines they report with more context).
+task_logger = logging.getLogger("conveyor.worker.tasks")
 
 
 def worker_hooks(app: Conveyor, *internal: Middleware) -> Hooks:
@@ -51,22 +54,35 @@ class TaskLog(Middleware):
         log_outcome(job, outcome)
 
 
+def _fields(job: Job) -> dict[str, object]:
+    """The task fields of a task's log line (shown by the JSON log format)."""
+    envelope = job.envelope
+    return {
+        "task_id": envelope.id,
+        "task_name": envelope.task,
+        "queue": envelope.queue,
+        "retries": envelope.retries,
+    }
+
+
 def log_outcome(job: Job, outcome: Outcome) -> None:
     """The line :class:`TaskLog` logs (the supervisor logs it for the tasks it fails)."""
     if outcome.state == states.SUCCESS:
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
+        if task_logger.isEnabledFor(logging.INFO):
+            task_logger.info(
                 "%s[%s] succeeded in %.3fs: %.200r",
                 job.label,
                 job.envelope.id,
                 outcome.runtime,
                 outcome.retval,
+                extra=_fields(job),
             )
     elif outcome.state == states.FAILURE and outcome.action is Action.ACK:
-        logger.error(
+        task_logger.error(
             "%s[%s] failed in %.3fs: %r",
             job.label,
             job.envelope.id,
             outcome.runtime,
             outcome.error,
+            extra=_fields(job),
         )

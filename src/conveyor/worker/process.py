@@ -38,6 +38,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, Unpack
 
+from ..metrics.tally import Delta
 from ..middleware import Middleware, call_each
 from .execution import TaskRunner
 from .inflight import Running
@@ -64,12 +65,13 @@ LOOP_DIED_EXIT_AFTER = 30.0
 type DeliveryFields = tuple[str, str, bytes, int, str, int]
 #: What a child process reports to its supervisor over the pipe: a task started (task id,
 #: delivery, acks_late, time limit) or ended, a snapshot of the tasks that are not reported
-#: one by one, the child is ready (its pid).
+#: one by one, the child is ready (its pid), metrics gathered since the last report.
 type Report = (
     tuple[Literal["start"], str, DeliveryFields, bool, float | None]
     | tuple[Literal["end"], str]
     | tuple[Literal["running"], dict[str, DeliveryFields]]
     | tuple[Literal["ready"], int]
+    | tuple[Literal["figures"], Delta]
 )
 
 

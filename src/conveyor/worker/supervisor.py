@@ -55,6 +55,7 @@ from .consumer import default_hostname
 from .control import NodeControl
 from .execution import TaskRunner
 from .lost import LostTasks, RunningTask
+from .metrics_channel import SupervisorMetrics
 from .process import Report
 from .ratelimit import SharedRateLimiter
 from .signals import SignalCounter
@@ -107,6 +108,8 @@ class Supervisor:
         beat: bool = False,
         runner_class: type[TaskRunner] | None = None,
         autoscale: tuple[int, int] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if scheme_of(app.broker_url) == "memory":
             raise ConfigurationError(
@@ -158,6 +161,12 @@ class Supervisor:
             high, low = autoscale
             self.concurrency = low
             self._autoscaler = Autoscaler(self, high, low, conf.worker_autoscale_keepalive)
+        #: Serves /metrics from this loop (no thread: the supervisor forks).
+        self._metrics = (
+            SupervisorMetrics(app, self.hostname, metrics_host, metrics_port, self._slots)
+            if metrics_port is not None
+            else None
+        )
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -185,6 +194,8 @@ class Supervisor:
                 self._tick()
         finally:
             self._restore_signals()
+            if self._metrics is not None:
+                self._metrics.close()
         if hooks.worker_stop:
             call_each(hooks.worker_stop, self)
         logger.info("worker %s stopped", self.hostname)
@@ -196,6 +207,8 @@ class Supervisor:
             waitables += (child.conn, child.process.sentinel)
         if self._beat is not None and self._beat.process is not None:
             waitables.append(self._beat.process.sentinel)
+        if self._metrics is not None:
+            waitables.append(self._metrics.fileno())
         ready = wait(waitables, self._wait_timeout())
         if self._wake_r in ready:
             with contextlib.suppress(OSError):
@@ -204,6 +217,8 @@ class Supervisor:
         for child in list(self._children.values()):
             if child.conn in ready:
                 self._read(child)
+        if self._metrics is not None and self._metrics.fileno() in ready:
+            self._metrics.handle()
         self._handle_signals()
         self._reap()
         now = time.monotonic()
@@ -241,7 +256,9 @@ class Supervisor:
         """Descriptors a forked child must close: it must not hold the supervisor's ends."""
         if self._context.get_start_method() != "fork":
             return []
-        return [self._wake_r, self._wake_w, *(c.conn.fileno() for c in self._children.values())]
+        metrics = [self._metrics.fileno()] if self._metrics is not None else []
+        children = (c.conn.fileno() for c in self._children.values())
+        return [self._wake_r, self._wake_w, *metrics, *children]
 
     def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = self._context.Pipe()
@@ -308,6 +325,14 @@ class Supervisor:
                         )
             case ("ready", pid):
                 logger.debug("child %d (pid %s) ready", child.slot, pid)
+            case ("figures", delta):
+                if self._metrics is not None:
+                    self._metrics.merge(delta)
+
+    def _slots(self) -> tuple[int, int, int]:
+        """Child processes, task slots and busy slots (for the metrics)."""
+        busy = sum(len(child.tasks) for child in self._children.values())
+        return len(self._children), self.concurrency * self.threads, busy
 
     def _reap(self) -> None:
         for child in list(self._children.values()):

@@ -330,6 +330,10 @@ class SQLiteBroker(Broker):
         return found
 
     # -- inspection and maintenance ------------------------------------------------------
+    def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
+        with self._db.snapshot() as conn:
+            return maintenance.oldest_ready(conn, self.ns, queues, self.time())
+
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         if queues is not None and not queues:
             return {}

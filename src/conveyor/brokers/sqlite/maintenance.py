@@ -48,6 +48,34 @@ def sweep(conn: sqlite3.Connection, ns: str, now: float, max_deliveries: int) ->
     return int(buried + returned + promote(conn, ns, now))
 
 
+def oldest_ready(
+    conn: sqlite3.Connection, ns: str, queues: Sequence[str], now: float
+) -> dict[str, list[bytes]]:
+    """See :meth:`Broker.oldest_ready`: per queue, the first published ready message of each
+    priority (each an index lookup) and the first due of its due delayed messages."""
+    out: dict[str, list[bytes]] = {}
+    for queue in dict.fromkeys(queues):
+        bodies: list[bytes] = []
+        for priority in range(10):
+            row = conn.execute(
+                "SELECT body FROM conveyor_messages WHERE ns = ? AND queue = ? AND state = ? "
+                "AND priority = ? ORDER BY seq LIMIT 1",
+                (ns, queue, READY, priority),
+            ).fetchone()
+            if row is not None:
+                bodies.append(as_blob(row[0]))
+        due = conn.execute(
+            "SELECT body FROM conveyor_messages WHERE ns = ? AND state = ? AND queue = ? "
+            "AND due <= ? ORDER BY due LIMIT 1",
+            (ns, DELAYED, queue, now),
+        ).fetchone()
+        if due is not None:
+            bodies.append(as_blob(due[0]))
+        if bodies:
+            out[queue] = bodies
+    return out
+
+
 def queue_stats(
     conn: sqlite3.Connection, ns: str, queues: Sequence[str] | None, now: float
 ) -> dict[str, QueueStats]:

@@ -1,0 +1,1 @@
+"""Helpers with Celery's import paths (``conveyor.utils.log``)."""

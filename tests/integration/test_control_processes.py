@@ -35,7 +35,7 @@ def _started(harness: Harness, worker: WorkerProcess, processes: int) -> list[st
 
 @pytest.fixture
 def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
-    return harness_factory()
+    return harness_factory(worker_send_task_events=True)
 
 
 def _conveyor(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -169,7 +169,7 @@ def test_pool_grow_shrink_and_shutdown(harness: Harness) -> None:
 def test_autoscale_grows_with_the_backlog_and_shrinks_when_idle(
     harness_factory: Callable[..., Harness],  # noqa: F811
 ) -> None:
-    harness = harness_factory(worker_autoscale_keepalive=1.0)
+    harness = harness_factory(worker_autoscale_keepalive=1.0, worker_send_task_events=True)
     worker = harness.worker("--autoscale", "3,1")
     _started(harness, worker, 1)
     path = harness.file()

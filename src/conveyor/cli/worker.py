@@ -69,6 +69,9 @@ from .output import banner_console
     help="Seconds a terminated task gets before its process is killed.",
 )
 @click.option(
+    "-E", "--task-events", is_flag=True, help="Send events (worker_send_task_events=True)."
+)
+@click.option(
     "--autoscale",
     metavar="MAX,MIN",
     help="Grow the pool up to MAX children while messages wait, shrink to MIN when idle.",
@@ -91,6 +94,7 @@ def worker_command(
     hostname: str | None,
     shutdown_timeout: float | None,
     terminate_grace: float,
+    task_events: bool,
     autoscale: str | None,
     beat: bool,
 ) -> None:
@@ -100,6 +104,8 @@ def worker_command(
     app = state.app(app_spec)
     runner_class = prepare_app(app)
     conf = app.conf
+    if task_events:
+        conf.worker_send_task_events = True
     name = expand_hostname(hostname) if hostname else None
     queue_list = split(queues) or [conf.task_default_queue]
     threads = threads or conf.worker_threads

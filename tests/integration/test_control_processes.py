@@ -33,6 +33,13 @@ def _started(harness: Harness, worker: WorkerProcess, processes: int) -> list[st
     return wait_for(lambda: len(found := names()) == processes and found, 20, "workers up")
 
 
+#: The default suite runs a long test on SQLite only; Redis joins with ``-m slow``.
+SQLITE_FIRST = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=(pytest.mark.redis, pytest.mark.slow)),
+]
+
+
 @pytest.fixture
 def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
     return harness_factory(worker_send_task_events=True)
@@ -166,6 +173,8 @@ def test_pool_grow_shrink_and_shutdown(harness: Harness) -> None:
     assert worker.wait(30) == 0
 
 
+# Slow on both brokers: the second one runs in the slow suite.
+@pytest.mark.parametrize("backend", SQLITE_FIRST)
 def test_autoscale_grows_with_the_backlog_and_shrinks_when_idle(
     harness_factory: Callable[..., Harness],  # noqa: F811
 ) -> None:

@@ -23,6 +23,12 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     wait_for,
 )
 
+#: The default suite runs a long test on SQLite only; Redis joins with ``-m slow``.
+SQLITE_FIRST = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=(pytest.mark.redis, pytest.mark.slow)),
+]
+
 
 @pytest.fixture
 def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
@@ -79,6 +85,8 @@ def test_a_fleet_tells_its_story_and_the_story_outlives_it(harness: Harness) -> 
         fresh.close()
 
 
+# Slow on both brokers: the second one runs in the slow suite.
+@pytest.mark.parametrize("backend", SQLITE_FIRST)
 def test_conveyor_events_filters_prints_json_and_skips_bad_entries(harness: Harness) -> None:
     harness.worker("-c", "1")
     first = harness.send("add", 1, 1)

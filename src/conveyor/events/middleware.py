@@ -28,6 +28,8 @@ class EventsMiddleware(Middleware):
 
     def uses_hook(self, hook: str) -> bool:
         # Asked when hooks are built; the hooks check the setting again when called.
+        if hook == "worker_start":
+            return True  # a supervisor's writer must never start a thread (it forks)
         return self._sent() if hook == "after_publish" else self._on()
 
     def _on(self) -> bool:
@@ -51,11 +53,11 @@ class EventsMiddleware(Middleware):
 
     # -- worker lifecycle -----------------------------------------------------------------
     def worker_start(self, worker: WorkerInfo) -> None:
-        if not self._on():
-            return
         if not hasattr(worker, "inflight"):  # the supervisor: it forks, so no threads
             self.writer.direct = True
-        else:
+        if not self._on():
+            return
+        if hasattr(worker, "inflight"):
             self._watch(worker)
         self.writer.emit("worker-online", _worker(worker), worker.hostname)
 

@@ -11,7 +11,9 @@ from conveyor import Conveyor
 from conveyor.events import EventFilter
 from conveyor.testing import TestWorker
 
-app = Conveyor("watch", broker="memory://", result_backend="memory://")
+app = Conveyor(
+    "watch", broker="memory://", result_backend="memory://", worker_send_task_events=True
+)
 
 
 @app.task(name="shop.add")

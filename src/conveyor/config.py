@@ -115,6 +115,10 @@ def _bool(name: str, value: object) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
 
 
+def _optional_bool(name: str, value: object) -> bool | None:
+    return None if value is None else _bool(name, value)
+
+
 def _str(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
@@ -340,8 +344,12 @@ class Settings:
         False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
     )
     # events (conveyor.events)
-    worker_send_task_events = Setting(True, _bool, "Workers emit task and worker events")
-    task_send_sent_event = Setting(True, _bool, "Producers emit task-sent events")
+    worker_send_task_events = Setting(
+        False, _bool, "Emit events (workers: task and worker events; -E); see docs/events.md"
+    )
+    task_send_sent_event = Setting[bool | None](
+        None, _optional_bool, "Producers emit task-sent (None: as worker_send_task_events)"
+    )
     events_max_length = Setting(100_000, _int(10), "Events kept in the broker (newest)")
     events_max_age = Setting(86400.0, _positive_seconds, "Seconds events are kept")
     events_flush_interval = Setting(

@@ -33,9 +33,16 @@ def _started(harness: Harness, worker: WorkerProcess, processes: int) -> list[st
     return wait_for(lambda: len(found := names()) == processes and found, 20, "workers up")
 
 
+#: The default suite runs a long test on SQLite only; Redis joins with ``-m slow``.
+SQLITE_FIRST = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=(pytest.mark.redis, pytest.mark.slow)),
+]
+
+
 @pytest.fixture
 def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
-    return harness_factory()
+    return harness_factory(worker_send_task_events=True)
 
 
 def _conveyor(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -166,10 +173,12 @@ def test_pool_grow_shrink_and_shutdown(harness: Harness) -> None:
     assert worker.wait(30) == 0
 
 
+# Slow on both brokers: the second one runs in the slow suite.
+@pytest.mark.parametrize("backend", SQLITE_FIRST)
 def test_autoscale_grows_with_the_backlog_and_shrinks_when_idle(
     harness_factory: Callable[..., Harness],  # noqa: F811
 ) -> None:
-    harness = harness_factory(worker_autoscale_keepalive=1.0)
+    harness = harness_factory(worker_autoscale_keepalive=1.0, worker_send_task_events=True)
     worker = harness.worker("--autoscale", "3,1")
     _started(harness, worker, 1)
     path = harness.file()

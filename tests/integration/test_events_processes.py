@@ -23,10 +23,16 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     wait_for,
 )
 
+#: The default suite runs a long test on SQLite only; Redis joins with ``-m slow``.
+SQLITE_FIRST = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=(pytest.mark.redis, pytest.mark.slow)),
+]
+
 
 @pytest.fixture
 def harness(harness_factory: Callable[..., Harness]) -> Harness:  # noqa: F811
-    return harness_factory()
+    return harness_factory(worker_send_task_events=True)
 
 
 def _conveyor(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -79,6 +85,8 @@ def test_a_fleet_tells_its_story_and_the_story_outlives_it(harness: Harness) -> 
         fresh.close()
 
 
+# Slow on both brokers: the second one runs in the slow suite.
+@pytest.mark.parametrize("backend", SQLITE_FIRST)
 def test_conveyor_events_filters_prints_json_and_skips_bad_entries(harness: Harness) -> None:
     harness.worker("-c", "1")
     first = harness.send("add", 1, 1)
@@ -112,7 +120,10 @@ def test_conveyor_events_filters_prints_json_and_skips_bad_entries(harness: Harn
     assert bad.returncode == 2 and "unknown task state" in bad.stderr
 
 
-def test_conveyor_events_follows_live(harness: Harness) -> None:
+def test_conveyor_events_follows_live_and_worker_dash_e_turns_events_on(
+    harness_factory: Callable[..., Harness],  # noqa: F811
+) -> None:
+    harness = harness_factory()  # events off in the settings: -E turns them on
     command = [sys.executable, "-m", "conveyor", "-A", "tests.integration.workerapp", "events",
                "--json", "--limit", "1", "--type", "task-succeeded", "--since", "5m"]  # fmt: skip
     tail = subprocess.Popen(
@@ -120,7 +131,7 @@ def test_conveyor_events_follows_live(harness: Harness) -> None:
         text=True,
     )  # fmt: skip
     try:
-        harness.worker("-c", "1")
+        harness.worker("-c", "1", "-E")
         result = harness.send("add", 20, 22)
         harness.wait_state(result.id, "SUCCESS", 30)
         out, err = tail.communicate(timeout=30)

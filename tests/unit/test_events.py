@@ -19,7 +19,7 @@ from tests.conftest import wait_until
 
 @pytest.fixture
 def app() -> Iterator[Conveyor]:
-    app = make_test_app("events")
+    app = make_test_app("events", worker_send_task_events=True)
     yield app
     app.close()
 
@@ -136,8 +136,9 @@ def test_malformed_entries_are_skipped_with_a_warning(
     assert caplog.text.count("skipping a malformed event") == 4
 
 
-def test_events_can_be_turned_off() -> None:
-    app = make_test_app("quiet", worker_send_task_events=False, task_send_sent_event=False)
+def test_events_are_off_by_default_and_sent_events_follow_the_setting() -> None:
+    app = make_test_app("quiet")
+    assert app.conf.task_send_sent_event is None
 
     @app.task(name="add")
     def add(x: int, y: int) -> int:
@@ -182,3 +183,20 @@ def test_writer_batches_in_the_background_and_survives_a_broker_error(
     failing[0] = False
     wait_until(lambda: len(app.events.read()) == 50, 5, "the kept events to be written")
     assert calls[0] == 50  # one batch, not 50 writes
+
+
+def test_only_task_sent_when_asked() -> None:
+    app = make_test_app("sent", task_send_sent_event=True)
+
+    @app.task(name="add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        with TestWorker(app) as worker:
+            result = add.delay(1, 2)
+            worker.run_until_idle()
+        app.events.flush()
+        assert [e.type for e in app.events.read() if e.task_id == result.id] == ["task-sent"]
+    finally:
+        app.close()

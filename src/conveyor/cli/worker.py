@@ -96,6 +96,9 @@ POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-a
     help="Seconds a terminated task gets before its process is killed.",
 )
 @click.option(
+    "-E", "--task-events", is_flag=True, help="Send events (worker_send_task_events=True)."
+)
+@click.option(
     "--autoscale",
     metavar="MAX,MIN",
     help="Grow the pool up to MAX children while messages wait, shrink to MIN when idle.",
@@ -138,6 +141,7 @@ def worker_command(
     hostname: str | None,
     shutdown_timeout: float | None,
     terminate_grace: float,
+    task_events: bool,
     autoscale: str | None,
     beat: bool,
     schedule_file: str | None,
@@ -214,6 +218,8 @@ def run(
     spec = state.spec(app_spec)
     runner_class = prepare_app(app)
     conf = app.conf
+    if task_events:
+        conf.worker_send_task_events = True
     name = expand_hostname(hostname) if hostname else None
     queue_list = split(queues) or [q.name for q in conf.task_queues] or [conf.task_default_queue]
     if exclude:

@@ -1,5 +1,5 @@
-"""The middleware that emits task and worker events (added to every app; see
-``worker_send_task_events`` and ``task_send_sent_event``)."""
+"""The middleware that emits task and worker events (added to every app; on with
+``worker_send_task_events``, which ``task_send_sent_event`` follows unless set)."""
 
 from __future__ import annotations
 
@@ -28,15 +28,21 @@ class EventsMiddleware(Middleware):
 
     def uses_hook(self, hook: str) -> bool:
         # Asked when hooks are built; the hooks check the setting again when called.
-        conf = self.app.conf
-        return conf.task_send_sent_event if hook == "after_publish" else self._on()
+        if hook == "worker_start":
+            return True  # a supervisor's writer must never start a thread (it forks)
+        return self._sent() if hook == "after_publish" else self._on()
 
     def _on(self) -> bool:
         return self.app.conf.worker_send_task_events
 
+    def _sent(self) -> bool:
+        conf = self.app.conf
+        sent = conf.task_send_sent_event
+        return conf.worker_send_task_events if sent is None else sent
+
     # -- producing ------------------------------------------------------------------------
     def after_publish(self, app: Conveyor, envelope: Envelope) -> None:
-        if app.conf.task_send_sent_event:
+        if self._sent():
             fields = _task(envelope)
             fields["priority"] = envelope.priority
             if envelope.eta is not None:
@@ -47,11 +53,11 @@ class EventsMiddleware(Middleware):
 
     # -- worker lifecycle -----------------------------------------------------------------
     def worker_start(self, worker: WorkerInfo) -> None:
-        if not self._on():
-            return
         if not hasattr(worker, "inflight"):  # the supervisor: it forks, so no threads
             self.writer.direct = True
-        else:
+        if not self._on():
+            return
+        if hasattr(worker, "inflight"):
             self._watch(worker)
         self.writer.emit("worker-online", _worker(worker), worker.hostname)
 

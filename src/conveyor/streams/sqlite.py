@@ -1,11 +1,14 @@
 """Streams in an SQLite file (``sqlite://`` brokers): a ring table.
 
-Each entry is a row of ``conveyor_streams`` (created by the broker's schema, v4) with the
-owner's key prefix (``ns``), the stream name, its number ``n`` in the stream (the position)
-and an expiry, clustered by (ns, stream, n). ``append`` inserts a batch and, in the same
-transaction, deletes the stream's rows over ``max_length`` or past their age with one range
-delete along the key (expired rows are the oldest), so an append costs the same at any size;
-once a minute it also deletes expired rows of streams nobody writes to any more.
+Entries are numbered along their stream (the number is the position). One ``append`` is **one
+row** of ``conveyor_streams`` (created by the broker's schema, v4) holding the whole batch:
+the owner's key prefix (``ns``), the stream name, ``n`` (the number of the batch's last entry),
+``count``, the time, an expiry and the entries packed (each a 4-byte length, then its bytes).
+A row per batch, not per entry, keeps the write transaction short: a worker's events share
+the file's one write lock with its leases and acks. In the same transaction the stream's rows
+wholly over ``max_length`` or past their age go, in one range delete along the key (so the
+length cap may keep up to one batch more); once a minute, expired rows of streams nobody
+writes to any more go too.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ POLL_INTERVAL = 0.05
 # ids, so a position held by a reader is never reused by a later entry.
 MIGRATION = (
     f"CREATE TABLE {TABLE} (ns TEXT NOT NULL, stream TEXT NOT NULL, n INTEGER NOT NULL, "
-    "at REAL NOT NULL, expires REAL NOT NULL, body BLOB NOT NULL, PRIMARY KEY (ns, stream, n)) "
-    "WITHOUT ROWID",
+    "count INTEGER NOT NULL, at REAL NOT NULL, expires REAL NOT NULL, body BLOB NOT NULL, "
+    "PRIMARY KEY (ns, stream, n)) WITHOUT ROWID",
     f"CREATE TABLE {HEADS} (ns TEXT NOT NULL, stream TEXT NOT NULL, n INTEGER NOT NULL, "
     "expires REAL NOT NULL, PRIMARY KEY (ns, stream)) WITHOUT ROWID",
 )
@@ -58,10 +61,10 @@ class SQLiteStreams:
                 "RETURNING n",
                 (ns, stream, int(now * 1_000_000) + len(bodies), now + max_age, len(bodies)),
             ).fetchone()[0]
-            first = head - len(bodies) + 1
-            conn.executemany(
-                f"INSERT INTO {TABLE} (ns, stream, n, at, expires, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(ns, stream, first + i, now, now + max_age, b) for i, b in enumerate(bodies)],
+            conn.execute(
+                f"INSERT INTO {TABLE} (ns, stream, n, count, at, expires, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (ns, stream, head, len(bodies), now, now + max_age, _pack(bodies)),
             )
             # Both caps of this stream: its oldest rows, found along the primary key.
             oldest = conn.execute(
@@ -91,13 +94,19 @@ class SQLiteStreams:
         while True:
             with self._db.read() as conn:
                 rows = conn.execute(
-                    f"SELECT n, at, body FROM {TABLE} WHERE ns = ? AND stream = ? "
+                    f"SELECT n, count, at, body FROM {TABLE} WHERE ns = ? AND stream = ? "
                     "AND n > ? AND at >= ? AND expires > ? ORDER BY n LIMIT ?",
                     (self._ns, stream, start, since or 0.0, time.time(), max(0, limit)),
                 ).fetchall()
+            entries: list[Entry] = []
+            for last, count, at, body in rows:
+                first = last - count + 1
+                for offset, item in enumerate(_unpack(bytes(body))):
+                    if first + offset > start:
+                        entries.append(Entry(str(first + offset), at, item))
             remaining = deadline - time.monotonic()
-            if rows or remaining <= 0:
-                return [Entry(str(n), at, bytes(body)) for n, at, body in rows]
+            if entries or remaining <= 0:
+                return entries[: max(0, limit)]
             self._idle.wait(min(POLL_INTERVAL, remaining))
 
     def last(self, stream: str) -> str:
@@ -120,3 +129,17 @@ def _position(after: str | None) -> int:
         return int(after)
     except ValueError:
         raise ValueError(f"not a stream position of this broker: {after!r}") from None
+
+
+def _pack(bodies: list[bytes]) -> bytes:
+    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
+
+
+def _unpack(packed: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    at = 0
+    while at + 4 <= len(packed):
+        size = int.from_bytes(packed[at : at + 4], "big")
+        out.append(packed[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out

@@ -440,8 +440,7 @@ class Supervisor:
         self._stopping = True
         self._stop_deadline = time.monotonic() + self.shutdown_timeout
         logger.warning(
-            "warm shutdown: children finish their running tasks within %ss "
-            "(signal again for cold)",
+            "warm shutdown: children finish their running tasks within %ss (signal again for cold)",
             self.shutdown_timeout,
         )
         self._send_stop(cold=False)

@@ -234,3 +234,56 @@ def test_seed_configuration_objects() -> None:
     queues = {q.name: q.max_priority for q in other.conf.task_queues}
     assert queues == {"default": None, "high_priority": 10}
     assert other.conf.task_default_queue == "default"
+
+
+def test_django_example(tmp_path: Path) -> None:
+    """Celery's examples/django: `conveyor -A proj worker` in the project (which has no
+    conveyor.contrib.django in INSTALLED_APPS) and a Django process sending its tasks."""
+    project = PORTS / "django"
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": f"sqlite:///{tmp_path}/broker.db",
+        "CELERY_RESULT_BACKEND": f"sqlite:///{tmp_path}/broker.db",
+        "COMPAT_DJANGO_DB": str(tmp_path / "django.db"),
+        "PYTHONPATH": str(project),
+    }
+    for name in ("CONVEYOR_BROKER_URL", "CONVEYOR_RESULT_BACKEND", "DJANGO_SETTINGS_MODULE"):
+        env.pop(name, None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+    migrated = run("manage.py", "migrate", "-v", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "-A", "proj", "worker", "-c", "1"],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        produced = run("produce.py")
+        assert produced.returncode == 0, produced.stderr + log.read_text()
+        assert "django example: ok" in produced.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+    text = log.read_text()
+    for name in ("demoapp.tasks.add", "demoapp.tasks.rename_widget", "proj.celery.debug_task"):
+        assert f". {name}" in text, text  # autodiscovered and shown in the banner
+    assert "Traceback" not in text

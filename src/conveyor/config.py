@@ -144,6 +144,15 @@ def _transport_options(name: str, value: object) -> dict[str, Any]:
 def _routes(name: str, value: object) -> Routes:
     if value is None:
         return {}
+    tables = [value] if isinstance(value, Mapping) else value
+    if isinstance(tables, list | tuple):
+        for table in tables:
+            keys = table.keys() if isinstance(table, Mapping) else ()
+            if bad := [key for key in keys if not isinstance(key, str)]:
+                raise ConfigurationError(
+                    f"{name}: route keys are task names or globs ('reports.*'), got {bad[0]!r} "
+                    "(Celery's regular-expression keys are not supported)"
+                )
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, list | tuple) and all(
@@ -258,7 +267,7 @@ class Settings:
 
     # where messages and results live
     broker_url = Setting[str | None](
-        None, _optional_str, "Broker URL; default: SQLite file ./conveyor.sqlite3"
+        None, _optional_str, "Broker URL; default: conveyor.sqlite3 beside the app's module"
     )
     result_backend = Setting[str | None](
         None, _optional_str, "Result store URL; default: the broker's"

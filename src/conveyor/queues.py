@@ -96,7 +96,8 @@ class Queue:
                 )
             if priority is not None and priority != value:
                 raise ConfigurationError(f"{where}: max_priority and x-max-priority differ")
-            priority = value  # type: ignore[assignment]  # checked just below
+            # RabbitMQ reads x-max-priority as a number; configurations often give "10".
+            priority = int(value) if isinstance(value, str) and value.isdigit() else value  # type: ignore[assignment]
         if priority is not None and (
             not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 255
         ):

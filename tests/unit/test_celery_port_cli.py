@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,8 @@ def test_default_sqlite_file_is_next_to_the_module_that_made_the_app(
     here = Path(__file__).parent
     assert explicit.broker_url == f"sqlite:///{here}/conveyor.sqlite3?timeout=5"
     assert explicit.result_backend_url == "sqlite:///r.db"
+
+
+def test_regular_expression_routes_are_refused_naming_globs() -> None:
+    with pytest.raises(ConfigurationError, match="Celery's regular-expression keys"):
+        Conveyor("t", broker="memory://", task_routes={re.compile(r"feed\..*"): "feeds"})

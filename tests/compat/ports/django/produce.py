@@ -1,0 +1,20 @@
+"""The producer side of the Django example, run by tests/compat/test_ports.py (not a port):
+a Django process that sends the demo app's tasks and checks what the worker did."""
+
+import django
+
+import proj  # noqa: F401  (the app, as Django's startup would import it)
+
+django.setup()
+
+from demoapp.models import Widget
+from demoapp.tasks import add, count_widgets, rename_widget, xsum
+
+widget = Widget.objects.create(name="before")
+assert add.delay(2, 2).get(timeout=30) == 4
+assert xsum.delay([1, 2, 3]).get(timeout=30) == 6
+assert count_widgets.delay().get(timeout=30) == 1
+rename_widget.delay(widget.id, "after").get(timeout=30)
+widget.refresh_from_db()
+assert widget.name == "after", widget.name
+print("django example: ok")

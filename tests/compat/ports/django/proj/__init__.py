@@ -1,0 +1,6 @@
+# Celery's examples/django/proj/__init__.py (no Celery import to swap).
+# This will make sure the app is always imported when
+# Django starts so that shared_task will use this app.
+from .celery import app as celery_app
+
+__all__ = ("celery_app",)

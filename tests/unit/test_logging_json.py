@@ -118,7 +118,7 @@ def test_redact_arguments_by_name_and_all() -> None:
 
 def test_unknown_log_format_is_refused() -> None:
     with pytest.raises(Exception, match="unknown log format 'xml'"):
-        setup_logging("info", "xml")
+        setup_logging("info", log_format="xml")
 
 
 def test_worker_log_format_json_prints_only_json_lines(tmp_path: Path) -> None:

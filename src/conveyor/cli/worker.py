@@ -10,20 +10,15 @@ import sys
 from collections.abc import Sequence
 
 import click
-from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..app import Conveyor
 from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
-from ..metrics import TallyCollector, serve_in_thread
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
-from ..worker.metrics_channel import ensure_metrics
 from ..worker.supervisor import Supervisor
 from .base import State, app_option, split
 from .output import banner_console
-
-logger = logging.getLogger("conveyor.worker")
 
 
 @click.command("worker")
@@ -125,23 +120,18 @@ def worker_command(
     host = metrics_host or conf.worker_metrics_host
     if pool == "solo":
         print_banner(app, spec, "solo", 1, threads, queue_list, prefetch, beat, log_format)
-        name = name or default_hostname()
-        if port is not None:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(TallyCollector(ensure_metrics(app).tally, name))
-            server = serve_in_thread(registry, host, port)
-            logger.info("serving metrics on http://%s:%d/metrics", host, server.port)
         run_solo(
             app,
             shutdown_timeout=timeout,
             max_memory_kib=max_memory_per_child or conf.worker_max_memory_per_child,
             queues=queue_list,
             concurrency=threads,
-            hostname=name,
+            hostname=name or default_hostname(),
             prefetch_multiplier=prefetch,
             max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
             beat=beat,
             runner_class=runner_class,
+            metrics=(host, port) if port is not None else None,
         )
         return
     supervisor = Supervisor(

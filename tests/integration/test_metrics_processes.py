@@ -169,6 +169,9 @@ def test_solo_worker_serves_its_metrics(harness: Harness) -> None:
         }
 
     wait_for(counted, 15, f"one success; log:\n{worker.output()}")
+    samples = scrape(port)
+    assert samples[("conveyor_worker_slots", (("hostname", "solo@test"),))] == 1
+    assert samples[("conveyor_worker_slots_idle", (("hostname", "solo@test"),))] == 1
 
 
 def test_metrics_exporter_serves_queue_depths_and_workers(harness: Harness) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +18,12 @@ from sentry_sdk.transport import Transport
 
 from conveyor import Conveyor, Task, crontab, every
 from conveyor.beat.scheduler import Beat
+from conveyor.exceptions import Reject, TimeLimitExceeded
 from conveyor.integrations.sentry import SentryMiddleware, monitor_config, monitor_slug
 from conveyor.testing import TestWorker, make_test_app
 from conveyor.utils.redaction import REDACTED
+from conveyor.worker.execution import TaskRunner
+from conveyor.worker.lost import LostTasks, RunningTask
 
 
 class Captured(Transport):
@@ -200,3 +204,39 @@ def test_monitor_helpers() -> None:
     with pytest.raises(ValueError, match="arguments must be"):
         SentryMiddleware(arguments="some")  # type: ignore[arg-type]
     app.close()
+
+
+def test_a_task_the_supervisor_kills_at_its_hard_limit_is_reported_once(
+    sentry: type[Captured],
+) -> None:
+    app = make_test_app("s", middleware=[SentryMiddleware()])
+
+    @app.task(name="s.slow", time_limit=1.0)
+    def slow(token: str) -> None:
+        return None
+
+    sent = slow.delay(token="tok-5ec7e7-secret")
+    [delivery] = app.broker.lease(["default"], 1, 0)
+    lost = LostTasks(app, TaskRunner(app, "supervisor"))
+    running = RunningTask(sent.id, delivery, True, 1.0, time.monotonic() - 1.0)
+    lost.fail(running, TimeLimitExceeded("hard time limit (1.0s) exceeded"), "time_limit")
+    assert sent.state == "FAILURE"
+    app.close()
+    [event] = sentry.items("event")
+    assert event["exception"]["values"][-1]["type"] == "TimeLimitExceeded"
+    assert event["tags"]["conveyor.task"] == "s.slow"
+    assert event["contexts"]["conveyor"]["kwargs"] == {"token": REDACTED}
+
+
+def test_a_rejected_task_is_reported_once(sentry: type[Captured]) -> None:
+    app = make_test_app("s", middleware=[SentryMiddleware()])
+
+    @app.task(name="s.refuse")
+    def refuse() -> None:
+        raise Reject("bad input")
+
+    refuse.delay()
+    run(app)
+    app.close()
+    [event] = sentry.items("event")
+    assert event["exception"]["values"][-1]["type"] == "Reject"

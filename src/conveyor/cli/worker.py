@@ -10,17 +10,14 @@ import sys
 from collections.abc import Sequence
 
 import click
-from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..app import Conveyor
 from ..celery_settings import CELERY_SETTINGS
 from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
-from ..metrics import TallyCollector, serve_in_thread
 from ..worker.autoscale import parse_autoscale
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
-from ..worker.metrics_channel import ensure_metrics
 from ..worker.supervisor import Supervisor
 from .base import State, app_option, held_pidfile, process_options, split
 from .beat import SCHEDULE_NOTE, schedule_option
@@ -244,23 +241,18 @@ def run(
         print_banner(
             app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process, log_format
         )
-        name = name or default_hostname()
-        if port is not None:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(TallyCollector(ensure_metrics(app).tally, name))
-            server = serve_in_thread(registry, host, port)
-            logger.info("serving metrics on http://%s:%d/metrics", host, server.port)
         run_solo(
             app,
             shutdown_timeout=timeout,
             max_memory_kib=max_memory_per_child or conf.worker_max_memory_per_child,
             queues=queue_list,
             concurrency=threads,
-            hostname=name,
+            hostname=name or default_hostname(),
             prefetch_multiplier=prefetch,
             max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
             beat=beat,
             runner_class=runner_class,
+            metrics=(host, port) if port is not None else None,
         )
         return 0
     supervisor = Supervisor(

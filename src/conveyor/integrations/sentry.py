@@ -13,6 +13,8 @@ Sentry cron check-ins.
   **redacted arguments** (``arguments="names"``: values of secret-looking names such as
   ``password`` or ``token`` hidden, and URL passwords; ``"all"``: every value hidden;
   ``"none"``: arguments left out). The task's ``throws`` (expected errors) are not reported.
+* A task **killed at its hard time limit** (its process killed by the supervisor) is reported
+  the same way, from the supervisor (``TimeLimitExceeded``), and closes its cron check-in.
 * A **retry** is reported only with ``report_retries=True`` (level warning); by default only
   the final failure is.
 * With ``report_dead_letters=True``, a message **dead-lettered** without running (unknown
@@ -30,6 +32,7 @@ Events are captured in an isolation scope, so the tags of one task never leak in
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -79,6 +82,10 @@ class SentryMiddleware(Middleware):
         self.report_dead_letters = report_dead_letters
         self.arguments = arguments
         self.cron_monitors = cron_monitors
+        # Tasks that ran here and go to the dead-letter queue next (rejected): reported by
+        # after_process, not again by on_dead_letter.
+        self._ran_dead: set[str] = set()
+        self._lock = threading.Lock()
         ignore_logger("conveyor.worker.tasks")
 
     # -- failures -------------------------------------------------------------------------
@@ -86,19 +93,37 @@ class SentryMiddleware(Middleware):
         state = outcome.state
         if self.cron_monitors:
             self._finish_check_in(job.envelope, state, outcome.runtime)
+        if outcome.reason:  # to be dead-lettered (only such outcomes have a reason)
+            with self._lock:
+                self._ran_dead.add(job.envelope.id)
         error = outcome.error
         if error is None or isinstance(error, job.task.throws):
             return
+        delivery_count = job.delivery.delivery_count if job.delivery is not None else 1
         if state == states.FAILURE:
-            self._capture(job, error, "error")
+            self._capture(job.envelope, job.args, job.kwargs, delivery_count, error, "error")
         elif state == states.RETRY and self.report_retries:
             cause = error.__cause__ or error.__context__ or error
-            self._capture(job, cause, "warning")
+            self._capture(job.envelope, job.args, job.kwargs, delivery_count, cause, "warning")
 
     def on_dead_letter(self, envelope: Envelope | None, outcome: Outcome) -> None:
-        if not self.report_dead_letters or (outcome.envelope is None and envelope is not None):
-            return  # a task that ran: after_process reported it
         delivery = outcome.delivery
+        if envelope is not None and outcome.envelope is None:  # a task that ran
+            with self._lock:
+                reported = envelope.id in self._ran_dead
+                self._ran_dead.discard(envelope.id)
+            if reported:
+                return
+            # Its process was killed (hard time limit): the supervisor records the failure.
+            if self.cron_monitors:
+                self._finish_check_in(envelope, outcome.state, outcome.runtime)
+            if outcome.error is not None and outcome.state == states.FAILURE:
+                count = delivery.delivery_count if delivery is not None else 1
+                args, kwargs = list(envelope.args), dict(envelope.kwargs)
+                self._capture(envelope, args, kwargs, count, outcome.error, "error")
+            return
+        if not self.report_dead_letters:
+            return
         with sentry_sdk.isolation_scope() as scope:
             scope.set_tag("conveyor.dead_letter_reason", outcome.reason)
             if envelope is not None:
@@ -113,23 +138,29 @@ class SentryMiddleware(Middleware):
                 f"{name} dead-lettered ({outcome.reason}): {outcome.detail}", level="error"
             )
 
-    def _capture(self, job: Job, error: BaseException, level: str) -> None:
-        envelope = job.envelope
-        delivery = job.delivery
+    def _capture(
+        self,
+        envelope: Envelope,
+        args: list[object],
+        kwargs: dict[str, object],
+        delivery_count: int,
+        error: BaseException,
+        level: str,
+    ) -> None:
         details: dict[str, object] = {
             "id": envelope.id,
             "task": envelope.task,
             "queue": envelope.queue,
             "retries": envelope.retries,
-            "delivery_count": delivery.delivery_count if delivery is not None else 1,
+            "delivery_count": delivery_count,
             "root_id": envelope.root_id,
             "parent_id": envelope.parent_id,
         }
         hide_all = self.arguments != "names"
         if self.arguments != "none":
-            args, kwargs = redact_arguments(job.args, job.kwargs, all_values=hide_all)
-            details["args"], details["kwargs"] = args, kwargs
-        secrets = secret_strings(job.args, job.kwargs, all_values=hide_all)
+            shown_args, shown_kwargs = redact_arguments(args, kwargs, all_values=hide_all)
+            details["args"], details["kwargs"] = shown_args, shown_kwargs
+        secrets = secret_strings(args, kwargs, all_values=hide_all)
 
         def scrubbed(event: Event, hint: Hint) -> Event:
             # The traceback's local variables hold the arguments too (and the job's repr).

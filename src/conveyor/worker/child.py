@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from ..loading import find_app, setup_logging
 from .execution import TaskRunner
-from .metrics_channel import ChildFigures
+from .metrics_channel import ChildFigures, ensure_metrics, serve_solo_metrics
 from .process import SNAPSHOT_INTERVAL, ProcessWorker, ProcessWorkerOptions, Report
 from .ratelimit import SharedRateLimiter
 from .signals import SignalCounter
@@ -127,13 +127,19 @@ def run_solo(
     *,
     shutdown_timeout: float,
     beat: bool = False,
+    metrics: tuple[str, int] | None = None,
     **options: Unpack[ProcessWorkerOptions],
 ) -> None:
     """``--pool solo``: one :class:`ProcessWorker` in this process, stopped warm by SIGTERM
-    or SIGINT and cold by a second one; ``beat=True`` also runs beat on a thread. Never
-    returns: the process exits when it stops."""
+    or SIGINT and cold by a second one; ``beat=True`` also runs beat on a thread;
+    ``metrics=(host, port)`` serves Prometheus metrics. Never returns: the process exits
+    when it stops."""
     app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+    if metrics is not None:
+        ensure_metrics(app)  # before the worker: it takes the app's middleware when built
     worker = ProcessWorker(app, solo=True, **options)
+    if metrics is not None:
+        serve_solo_metrics(app, worker, *metrics)
     if beat:
         _beat_thread(app, worker)
     signals = SignalCounter().install()

@@ -15,13 +15,19 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from ..metrics import InlineServer, MetricsMiddleware, TallyCollector, find_metrics
+from ..metrics import (
+    InlineServer,
+    MetricsMiddleware,
+    TallyCollector,
+    find_metrics,
+    serve_in_thread,
+)
 from ..metrics.collectors import SlotsView
 from ..metrics.tally import Delta
 
 if TYPE_CHECKING:
     from ..app import Conveyor
-    from .process import Report
+    from .process import ProcessWorker, Report
 
 logger = logging.getLogger("conveyor.metrics")
 
@@ -82,3 +88,16 @@ class SupervisorMetrics:
 
     def close(self) -> None:
         self.server.close()
+
+
+def serve_solo_metrics(app: Conveyor, worker: ProcessWorker, host: str, port: int) -> None:
+    """``--pool solo``: serve this process's figures and slots from a thread."""
+    metrics = ensure_metrics(app)
+
+    def slots() -> tuple[int, int, int]:
+        return 1, worker.concurrency, len(worker.running_jobs())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TallyCollector(metrics.tally, worker.hostname, slots))
+    server = serve_in_thread(registry, host, port)
+    logger.info("serving metrics on http://%s:%d/metrics", host, server.port)

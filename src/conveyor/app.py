@@ -268,7 +268,9 @@ class Conveyor:
         return self._settlement
 
     def close(self) -> None:
-        """Close broker and result store connections."""
+        """Write pending events, then close broker and result store connections (a flusher
+        thread left running would open them again)."""
+        self.events.writer.close()
         with self._lock:
             self._settlement = None
             if self._broker is not None:

@@ -493,3 +493,13 @@ def test_demo_stops_soon_after_sigint(tmp_path: Path) -> None:
     text = log.read_text()
     assert "demo: stopped" in text and "warm shutdown" in text, text
     assert took < 6, f"{took:.1f}s to stop (it used to wait 10 s before signalling)"
+
+
+def test_celerys_global_broker_and_workdir_options(tmp_path: Path) -> None:
+    (tmp_path / "wdapp.py").write_text("from conveyor import Conveyor\napp = Conveyor('wd')\n")
+    db = tmp_path / "given.db"
+    env = {"CONVEYOR_BROKER_URL": ""}
+    args = ("--workdir", str(tmp_path), "-b", f"sqlite:///{db}", "-A", "wdapp", "result", "x")
+    result = conveyor(None, *args, env=env)
+    assert (result.returncode, result.stdout.strip()) == (0, "PENDING"), result.stderr
+    assert db.exists()  # -b chose the broker (and so the result store)

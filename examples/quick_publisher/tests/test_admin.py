@@ -49,6 +49,7 @@ def test_admin_index_spells_every_model_plural_in_english(admin_client):
 
 def test_demo_sends_the_report_at_most_every_ten_minutes():
     from datetime import UTC, datetime
+    from itertools import pairwise
 
     from quick_publisher.settings import demo
 
@@ -57,4 +58,4 @@ def test_demo_sends_the_report_at_most_every_ten_minutes():
     while len(runs) < 12:
         when = schedule.next_after(when)
         runs.append(when)
-    assert min((b - a).total_seconds() for a, b in zip(runs, runs[1:])) >= 600
+    assert min((b - a).total_seconds() for a, b in pairwise(runs)) >= 600

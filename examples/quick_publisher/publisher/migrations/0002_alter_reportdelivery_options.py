@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('publisher', '0001_initial'),
+        ("publisher", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='reportdelivery',
-            options={'verbose_name_plural': 'report deliveries'},
+            name="reportdelivery",
+            options={"verbose_name_plural": "report deliveries"},
         ),
     ]

@@ -267,11 +267,12 @@ _TABLE: dict[str, Fate] = {
     "task_default_delivery_mode": _no(
         "Conveyor has no transient delivery mode", 2, "2", "persistent"
     ),
-    "task_default_exchange": _no(_ROUTING),
+    # The default queue's own name (Celery's default) changes nothing: accepted.
+    "task_default_exchange": _no(_ROUTING, "default", "celery"),
     "task_default_exchange_type": _no(_ROUTING, "direct"),
     "task_default_queue_type": Ignored(_NO_AMQP),
     "task_default_rate_limit": _no("set rate_limit= on each task"),
-    "task_default_routing_key": _no(_ROUTING),
+    "task_default_routing_key": _no(_ROUTING, "default", "celery"),
     "task_inherit_parent_priority": _no(
         "Conveyor does not pass priority from a task to the tasks it sends", False
     ),

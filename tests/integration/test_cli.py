@@ -357,13 +357,12 @@ def test_worker_with_embedded_beat(harness_factory: Callable[..., Harness], tmp_
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("worker", "--autoscale", "10,3"), "--autoscale is Celery's: Conveyor has no autoscaler"),
         (("worker", "--concurency", "2"), "Did you mean '--concurrency'?"),
         (("worker", "-P", "gevent"), "eventlet/gevent/threads pools are not supported"),
         (("worker", "--detach"), "does not daemonize"),
         (("beat", "-S", "django"), "reads the database schedules too"),
         (("--loader", "x", "status"), "Conveyor has no loaders"),
-        (("inspect", "active"), "`celery inspect`: `conveyor status`"),
+        (("flower",), "`celery flower`: Conveyor's own dashboard: `conveyor dashboard`"),
         (("statu",), "did you mean 'status'?"),
     ],
 )

@@ -9,7 +9,8 @@ tasks without limits: a monkeypatch, to measure a proposed fix); or
 ``inproc [threads=N] [prefetch=N] [patch=log,timers]``: two plain processes each running
 ``app.Worker()`` - no supervisor, no per-task reports to it, no logging unless ``patch=log``
 (the CLI's setup at level info). Leading ``NAME=value`` words set environment variables of
-the workers (``BENCH_EVENTS=off``: no events, see ``bench/conveyor_app.py``). With ``--py-spy DIR``, each variant's worker processes are
+the workers (``BENCH_EVENTS=on|off``: events or not, see ``bench/conveyor_app.py``). With
+``--py-spy DIR``, each variant's worker processes are
 sampled by py-spy while the queue drains (raw stacks of the thread holding the GIL).
 """
 

@@ -141,3 +141,22 @@ def test_conveyor_events_follows_live_and_worker_dash_e_turns_events_on(
             tail.wait(10)
     assert tail.returncode == 0, err
     assert json.loads(out)["uuid"] == result.id
+
+
+@pytest.mark.parametrize("backend", SQLITE_FIRST)
+def test_the_supervisor_tells_of_tasks_it_kills(harness: Harness) -> None:
+    """The supervisor (one thread: it forks) writes its events directly, not in batches."""
+    harness.worker("-c", "1")
+    path = harness.file()
+    result = harness.send("hard_limited", str(path), 60)
+    harness.wait_state(result.id, "FAILURE", 30)
+    events = harness.client.events
+
+    def dead() -> list[object]:
+        return [e for e in events.read(limit=100_000) if e.task_id == result.id
+                and e.type == "task-dead-lettered"]  # fmt: skip
+
+    found = wait_for(dead, 15, "the dead-letter event")
+    event = found[0]
+    assert event["reason"] == "time_limit"  # type: ignore[index]
+    assert "/" not in event.hostname  # type: ignore[attr-defined]  # the supervisor's

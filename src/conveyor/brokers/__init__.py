@@ -13,6 +13,8 @@ _SCHEMES: dict[str, str] = {
     "redis": "conveyor.brokers.redis:RedisBroker",
     "rediss": "conveyor.brokers.redis:RedisBroker",
     "unix": "conveyor.brokers.redis:RedisBroker",
+    "postgresql": "conveyor.brokers.postgres:PostgresBroker",
+    "postgres": "conveyor.brokers.postgres:PostgresBroker",
 }
 
 

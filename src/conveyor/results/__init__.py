@@ -22,6 +22,8 @@ _SCHEMES: dict[str, str] = {
     "redis": "conveyor.results.redis:RedisResultStore",
     "rediss": "conveyor.results.redis:RedisResultStore",
     "unix": "conveyor.results.redis:RedisResultStore",
+    "postgresql": "conveyor.results.postgres:PostgresResultStore",
+    "postgres": "conveyor.results.postgres:PostgresResultStore",
 }
 
 

@@ -195,6 +195,11 @@ class Database:
             self._pool, self._pid = pool, os.getpid()
             return pool
 
+    def prepared(self) -> None:
+        """Open the pool (checking the URL and the tables) if this process has not yet."""
+        if self._pool is None or self._pid != os.getpid():
+            self._open_pool()
+
     @contextmanager
     def connection(self) -> Iterator[Conn]:
         """Borrow a pooled connection for one operation; errors become this component's."""

@@ -16,10 +16,12 @@ Every connection is in autocommit mode; operations of several statements run in 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -172,7 +174,8 @@ class Database:
         try:
             conn: Conn = psycopg.connect(self.conninfo, autocommit=True, **kwargs)  # type: ignore[arg-type]
         except psycopg.Error as exc:
-            raise self.fail(exc) from None
+            error = self.fail(exc)
+            raise error from error.__cause__
         return conn
 
     def _open_pool(self) -> ConnectionPool[Conn]:
@@ -191,8 +194,11 @@ class Database:
                 name=f"conveyor-{self.component}",
                 open=True,
             )
-            # A pool inherited over fork() is left alone: its sockets are the parent's.
+            # A pool inherited over fork() is left alone: its sockets are the parent's (and
+            # psycopg never closes a connection in a process that did not open it).
             self._pool, self._pid = pool, os.getpid()
+            # Closed before the interpreter stops its threads, or its __del__ waits for them.
+            atexit.register(_close_at_exit, weakref.ref(pool), self._pid)
             return pool
 
     def prepared(self) -> None:
@@ -213,7 +219,8 @@ class Database:
             if as_connection_error(exc):
                 # The server may have restarted: drop the other idle connections too.
                 threading.Thread(target=_check, args=(pool,), daemon=True).start()
-            raise self.fail(exc) from None
+            error = self.fail(exc)
+            raise error from error.__cause__
 
     @contextmanager
     def transaction(self) -> Iterator[Conn]:
@@ -295,7 +302,14 @@ class Database:
                 )
             return target
         except psycopg.Error as exc:
-            raise self.fail(exc) from None
+            error = self.fail(exc)
+            raise error from error.__cause__
+
+
+def _close_at_exit(ref: weakref.ref[ConnectionPool[Conn]], pid: int) -> None:
+    pool = ref()
+    if pool is not None and pid == os.getpid() and not pool.closed:
+        pool.close(timeout=1.0)
 
 
 def _check(pool: ConnectionPool[Conn]) -> None:

@@ -1,7 +1,8 @@
 """The ``conveyor`` command line.
 
 ``conveyor -A proj worker`` runs workers; ``beat`` the scheduler; ``status``, ``purge``,
-``dlq``, ``revoke`` and ``result`` inspect and steer a broker. ``-A`` may also come from
+``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``migrate`` creates PostgreSQL
+tables. ``-A`` may also come from
 ``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors), and URL
 passwords never reach the terminal or the logs.
 """
@@ -17,6 +18,7 @@ from .base import Group, State
 from .beat import beat_command
 from .dlq import dlq_group
 from .inspection import purge, result, revoke, status
+from .migrate import migrate_command
 from .worker import worker_command
 
 __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
@@ -37,7 +39,16 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
     ctx.obj = State(app_spec)
 
 
-for command in (worker_command, beat_command, status, purge, revoke, result, dlq_group):
+for command in (
+    worker_command,
+    beat_command,
+    status,
+    purge,
+    revoke,
+    result,
+    dlq_group,
+    migrate_command,
+):
     cli.add_command(command)
 
 

@@ -24,11 +24,12 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .brokers.base import redact_url
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.postgres")
 
 DEFAULT_SCHEMA = "conveyor"
+#: Host names that all mean this machine (a Unix socket directory counts too).
+_LOCAL = ("", "localhost", "127.0.0.1", "::1", "/var/run/postgresql", "/run/postgresql", "/tmp")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: Query parameters of a Conveyor URL that are Conveyor's, not libpq's.
 CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size")
@@ -201,6 +204,15 @@ class Database:
             atexit.register(_close_at_exit, weakref.ref(pool), self._pid)
             return pool
 
+    def same_database(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether ``conn`` is connected to this database (host, port and name)."""
+        mine = conninfo_to_dict(self.conninfo)
+        info = conn.info
+        port = str(mine.get("port") or 5432)
+        host = str(mine.get("host") or "")
+        same_host = host == info.host or (host in _LOCAL and info.host in _LOCAL)
+        return same_host and port == str(info.port) and mine.get("dbname") == info.dbname
+
     def prepared(self) -> None:
         """Open the pool (checking the URL and the tables) if this process has not yet."""
         if self._pool is None or self._pid != os.getpid():
@@ -247,10 +259,11 @@ class Database:
             return 0
         return int(row[0]) if row else 0  # type: ignore[call-overload]
 
-    def ensure_schema(self, conn: Conn) -> int:
+    def ensure_schema(self, conn: Conn, *, force: bool = False) -> int:
         """Create or upgrade the component's tables; safe when many processes start at once
         (one migrates under an advisory lock, the others wait and find it done). Returns the
-        version."""
+        version. With ``migrate=false`` in the URL only ``force`` (``conveyor migrate``) may
+        change tables."""
         target = len(self.migrations)
         try:
             version = self.version(conn)
@@ -262,7 +275,7 @@ class Database:
                     f"a newer Conveyor ({self.component} v{version}; this version knows "
                     f"v{target}): upgrade Conveyor"
                 )
-            if not self.migrate:
+            if not (self.migrate or force):
                 raise self.error(
                     f"PostgreSQL schema {self.schema!r} at {redact_url(self.url)} has "
                     f"{self.component} tables v{version}, this Conveyor needs v{target}: run "

@@ -107,7 +107,7 @@ class PostgresResultStore(ResultStore):
     def migrate(self) -> int:
         """Create or upgrade the store's tables now; return the schema version."""
         with self.db.connect(connect_timeout=10) as conn:
-            return self.db.ensure_schema(conn)
+            return self.db.ensure_schema(conn, force=True)
 
     def _wake(self, task_id: str | None) -> None:
         with self._lock:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import psycopg
+
 from ..brokers.base import Delivery, Message
 from ..brokers.postgres.broker import PostgresBroker
 from ..brokers.postgres.statements import PUBLISH
+from ..exceptions import ConfigurationError
 from ..results.base import ResultRecord, ResultStore
 from ..results.postgres import PostgresResultStore
 from .base import Settlement
@@ -37,6 +40,40 @@ class PostgresSettlement(Settlement):
         with self.broker.db.transaction() as conn:
             store.store_on(conn, records)
             conn.execute(self.broker.q(PUBLISH), params)
+
+    def can_publish_on(self, connection: object) -> bool:
+        """True for an open psycopg connection to the broker's database."""
+        return isinstance(connection, psycopg.Connection) and self.broker.db.same_database(
+            connection
+        )
+
+    def publish_on(
+        self, connection: object, messages: Sequence[Message], records: Sequence[ResultRecord]
+    ) -> None:
+        """Insert the messages (and the QUEUED records, when the result store is in this
+        database) with ``connection``, in its open transaction or, in autocommit mode, at
+        once. Nothing is visible to workers before that transaction commits; a rollback
+        removes it all. With the result store elsewhere, its records are stored first and
+        stay (a rolled-back task shows QUEUED until its record expires)."""
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= takes a psycopg 3 connection (psycopg.Connection), got "
+                f"{type(connection).__name__}"
+            )
+        self.broker.db.prepared()  # the tables exist (made on a connection of our own)
+        store = self.together
+        if records:
+            if store is None:
+                self.results.store(records)
+            else:
+                store.db.prepared()
+        try:
+            if records and store is not None:
+                store.store_on(connection, records)
+            self.broker.publish_on(connection, messages)
+        except psycopg.Error as exc:
+            error = self.broker.db.fail(exc)
+            raise error from error.__cause__
 
     def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
         store = self.together

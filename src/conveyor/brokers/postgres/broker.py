@@ -109,7 +109,7 @@ class PostgresBroker(Broker):
     def migrate(self) -> int:
         """Create or upgrade the broker's tables now; return the schema version."""
         with self.db.connect(connect_timeout=10) as conn:
-            return self.db.ensure_schema(conn)
+            return self.db.ensure_schema(conn, force=True)
 
     # -- producing -----------------------------------------------------------------------
     def publish(self, messages: Sequence[Message]) -> None:

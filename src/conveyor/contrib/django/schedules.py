@@ -36,7 +36,7 @@ from conveyor.beat.scheduler import Beat, BeatOptions, Entry
 from conveyor.beat.schedules import InvalidSchedule
 
 from .connections import close_idle_connections, close_old_connections
-from .transactions import commit_hook, in_transaction
+from .transactions import commit_hook, in_transaction, transaction_connection
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -193,6 +193,7 @@ def install(app: Conveyor) -> Conveyor:
     ``ready()``; call it for apps created later). Returns ``app``."""
     app.commit_hook = commit_hook
     app.in_transaction = in_transaction
+    app.transaction_connection = transaction_connection
     app.beat_runner = run_beat  # schedules from the database as well as beat_schedule
     return app
 

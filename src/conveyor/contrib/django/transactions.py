@@ -27,6 +27,19 @@ def in_transaction() -> bool:
     return _atomic_alias() is not None
 
 
+def transaction_connection() -> object | None:
+    """The driver connection of the enclosing atomic block when it is a PostgreSQL database
+    on psycopg 3 (None otherwise): a PostgreSQL broker in that database enqueues in it, so
+    the task commits or rolls back with the ORM writes."""
+    alias = _atomic_alias()
+    if alias is None:
+        return None
+    conn = connections[alias]
+    if conn.vendor != "postgresql" or not getattr(conn, "is_psycopg3", False):
+        return None
+    return conn.connection
+
+
 def commit_hook(send: Callable[[], None]) -> None:
     """Run ``send`` when the enclosing transaction commits; never if it rolls back.
 

@@ -37,7 +37,8 @@ def transaction_connection() -> object | None:
     conn = connections[alias]
     if conn.vendor != "postgresql" or not getattr(conn, "is_psycopg3", False):
         return None
-    return conn.connection
+    driver: object = conn.connection
+    return driver
 
 
 def commit_hook(send: Callable[[], None]) -> None:

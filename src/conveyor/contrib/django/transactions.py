@@ -29,14 +29,16 @@ def in_transaction() -> bool:
 
 def transaction_connection() -> object | None:
     """The driver connection of the enclosing atomic block when it is a PostgreSQL database
-    on psycopg 3 (None otherwise): a PostgreSQL broker in that database enqueues in it, so
-    the task commits or rolls back with the ORM writes."""
+    (None otherwise): a PostgreSQL broker in that database enqueues in it (psycopg 3 only),
+    so the task commits or rolls back with the ORM writes."""
     alias = _atomic_alias()
     if alias is None:
         return None
     conn = connections[alias]
-    if conn.vendor != "postgresql" or not getattr(conn, "is_psycopg3", False):
+    if conn.vendor != "postgresql":
         return None
+    conn.ensure_connection()
+    # psycopg 3's connection; the broker declines anything else (psycopg2 among them).
     driver: object = conn.connection
     return driver
 

@@ -62,7 +62,9 @@ def _server_user() -> pwd.struct_passwd | None:
 class PostgresServer:
     """A PostgreSQL cluster on 127.0.0.1. ``restart()`` keeps the port and the data."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        #: fsync on (benchmarks); tests run without it (a restart keeps data either way).
+        self.durable = durable
         self.bin = _bin_dir()
         self.port = free_port()
         self.user = _server_user()
@@ -114,10 +116,7 @@ class PostgresServer:
             str(self.sockets),
             "-c",
             "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-            "-c",
-            "full_page_writes=off",
+            *(() if self.durable else ("-c", "fsync=off", "-c", "full_page_writes=off")),
             "-c",
             "max_connections=300",
             "-c",

@@ -50,6 +50,8 @@ CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size")
 MIGRATION_LOCK = 0x434E5659
 
 Migration = Sequence[str]
+#: (conninfo, schema, component, pid) whose tables this process has checked.
+_CHECKED: set[tuple[str, str, str, int]] = set()
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
@@ -185,9 +187,13 @@ class Database:
         with self._lock:
             if self._pool is not None and self._pid == os.getpid():
                 return self._pool
-            # Checks the URL and brings the schema up to date, with a clear error if not.
-            with self.connect(connect_timeout=10) as conn:
-                self.ensure_schema(conn)
+            # Checks the URL and brings the schema up to date, with a clear error if not
+            # (once per process and database: later pools of it skip the extra connection).
+            key = (self.conninfo, self.schema, self.component, os.getpid())
+            if key not in _CHECKED:
+                with self.connect(connect_timeout=10) as conn:
+                    self.ensure_schema(conn)
+                _CHECKED.add(key)
             pool: ConnectionPool[Conn] = ConnectionPool(
                 self.conninfo,
                 min_size=1,

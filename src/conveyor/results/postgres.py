@@ -55,13 +55,16 @@ MIGRATIONS = [
 KV_TABLES = Tables("conveyor_result_values", "conveyor_result_sets", "conveyor_result_set_expiry")
 
 _LIVE = "(expires IS NULL OR expires > now())"
+# One statement: upsert the records, then wake the waiters of the ready ones (at commit).
 UPSERT = """
-INSERT INTO {s}.conveyor_results (ns, id, record, expires)
-SELECT %(ns)s, id, record, now() + make_interval(secs => %(expires)s::float8)
-FROM unnest(%(ids)s::text[], %(records)s::bytea[]) AS r (id, record)
-ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, expires = excluded.expires
+WITH stored AS (
+    INSERT INTO {s}.conveyor_results (ns, id, record, expires)
+    SELECT %(ns)s, id, record, now() + make_interval(secs => %(expires)s::float8)
+    FROM unnest(%(ids)s::text[], %(records)s::bytea[]) AS r (id, record)
+    ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, expires = excluded.expires
+)
+SELECT pg_notify(%(channel)s, id) FROM unnest(%(ready)s::text[]) AS id
 """
-NOTIFY = "SELECT pg_notify(%(channel)s, id) FROM unnest(%(ready)s::text[]) AS id"
 
 #: A statement with its parameters.
 Statement = tuple[str, dict[str, Any]]
@@ -124,21 +127,16 @@ class PostgresResultStore(ResultStore):
         if not records:
             return []
         latest = {record.id: encode_record(record) for record in records}
-        out: list[Statement] = [
-            (
-                self._upsert,
-                {
-                    "ns": self.ns,
-                    "expires": self.expires,
-                    "ids": list(latest),
-                    "records": list(latest.values()),
-                },
-            )
-        ]
         ready = list(dict.fromkeys(r.id for r in records if r.state in READY_STATES))
-        if ready:
-            out.append((NOTIFY, {"channel": self.channel, "ready": ready}))
-        return out
+        params = {
+            "ns": self.ns,
+            "expires": self.expires,
+            "ids": list(latest),
+            "records": list(latest.values()),
+            "channel": self.channel,
+            "ready": ready,
+        }
+        return [(self._upsert, params)]
 
     def store(self, records: Sequence[ResultRecord]) -> None:
         self.store_on(None, records)
@@ -153,7 +151,7 @@ class PostgresResultStore(ResultStore):
             for statement, params in statements:
                 conn.execute(statement, params)
             return
-        with self.db.transaction() as own:
+        with self.db.connection() as own:
             for statement, params in statements:
                 own.execute(statement, params)
 

@@ -181,16 +181,23 @@ class PostgresBroker(Broker):
         return float("inf") if due is None else max(as_float(due), 0.0)
 
     def lease_now(
-        self, names: list[str], limit: int, before: Sequence[tuple[str, Params]] = ()
+        self,
+        names: list[str],
+        limit: int,
+        acks: Sequence[Delivery] = (),
+        before: Sequence[tuple[str, Params]] = (),
     ) -> list[Delivery]:
-        """One lease attempt in one transaction (one round trip): ``before`` (statements of
-        a settlement: records, acks), due messages made ready, then the lease."""
+        """One lease attempt: ``before`` (a settlement's records, each committed on its own,
+        first), then one statement that acks ``acks``, makes due messages ready and leases."""
         token = secrets.randbits(63)
+        seqs, tokens = receipts(acks)
         params: Params = {
             "ns": self.ns,
             "token": token,
             "lease": self.options.lease_timeout,
             "limit": limit,
+            "seqs": seqs,
+            "tokens": tokens,
         }
         if len(names) == 1:
             lease = self.q(sql.LEASE, where=sql.ONE_QUEUE)
@@ -198,12 +205,10 @@ class PostgresBroker(Broker):
         else:
             lease = self.q(sql.LEASE, where=sql.SOME_QUEUES)
             params["queues"] = names
-        with self.db.transaction() as conn:
-            for statement, args in before:
+        with self.db.connection() as conn:
+            for statement, args in before:  # autocommit: stored before anything is acked
                 conn.execute(statement, args)
-            conn.execute(self.q(sql.PROMOTE), params)
-            cursor = conn.execute(lease, params)
-        rows: list[tuple[object, ...]] = cursor.fetchall()
+            rows: list[tuple[object, ...]] = conn.execute(lease, params).fetchall()
         if any(row_problem(row) for row in rows):
             rows = self._bury_bad(rows, token)
         rows.sort(key=lease_order)

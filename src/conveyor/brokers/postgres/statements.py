@@ -50,9 +50,22 @@ INSERT INTO {M} (ns, id, queue, priority, body, state, deliveries)
 SELECT ns, id, queue, priority, body, 0, deliveries FROM moved ORDER BY due, seq
 """
 
-# Lease: pick (skipping rows other consumers are leasing), mark leased, say if revoked.
+# Lease, in one statement (one round trip): ack the finished messages, make due delayed
+# messages ready (leased from the next statement on: one statement sees one snapshot), pick
+# (skipping rows other consumers are leasing), mark leased, say if revoked.
 LEASE = f"""
-WITH picked AS (
+WITH acked AS (
+    DELETE FROM {M} AS a USING unnest(%(seqs)s::bigint[], %(tokens)s::bigint[]) AS r (seq, token)
+    WHERE a.seq = r.seq AND a.token = r.token AND a.state = 1
+), due AS (
+    DELETE FROM {M} WHERE seq IN (
+        SELECT seq FROM {M} WHERE ns = %(ns)s AND state = 2 AND due <= now()
+        ORDER BY due, seq LIMIT 1000 FOR UPDATE SKIP LOCKED)
+    RETURNING ns, id, queue, priority, body, deliveries, due, seq
+), promoted AS (
+    INSERT INTO {M} (ns, id, queue, priority, body, state, deliveries)
+    SELECT ns, id, queue, priority, body, 0, deliveries FROM due ORDER BY due, seq
+), picked AS (
     SELECT seq FROM {M} WHERE ns = %(ns)s AND state = 0 AND {{where}}
     ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )

@@ -45,7 +45,7 @@ DEFAULT_SCHEMA = "conveyor"
 _LOCAL = ("", "localhost", "127.0.0.1", "::1", "/var/run/postgresql", "/run/postgresql", "/tmp")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: Query parameters of a Conveyor URL that are Conveyor's, not libpq's.
-CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size")
+CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size", "prepare")
 #: First half of the advisory lock key taken while migrating ("CNVY").
 MIGRATION_LOCK = 0x434E5659
 
@@ -150,7 +150,10 @@ class Database:
         pool_size: int = 4,
     ) -> None:
         self.url = url
-        self.conninfo, _ = split_url(url)
+        self.conninfo, params = split_url(url)
+        #: Server-side prepared statements (psycopg prepares a statement used 5 times);
+        #: ``prepare=false`` for a pooler that cannot keep them (PgBouncer before 1.21).
+        self.prepare = flag(params.get("prepare", True), "prepare")
         self.component = component
         self.migrations = migrations
         self.error = error
@@ -173,6 +176,9 @@ class Database:
         else:
             error.__cause__ = exc
         return error
+
+    def _prepare_kwargs(self) -> dict[str, object]:
+        return {} if self.prepare else {"prepare_threshold": None}
 
     def connect(self, **kwargs: object) -> Conn:
         """A new connection of its own (autocommit), outside the pool."""
@@ -198,7 +204,7 @@ class Database:
                 self.conninfo,
                 min_size=1,
                 max_size=self.pool_size,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, **self._prepare_kwargs()},
                 timeout=10.0,
                 name=f"conveyor-{self.component}",
                 open=True,

@@ -93,3 +93,11 @@ def test_in_autocommit_mode_it_is_sent_at_once(app: Conveyor, conn: psycopg.Conn
 def test_a_connection_of_another_kind_is_refused(app: Conveyor) -> None:
     with pytest.raises(ConfigurationError, match="psycopg"):
         app.tasks["txn.signup"].apply_async(("x",), connection=object())
+
+
+def test_a_connection_to_another_database_is_refused(
+    app: Conveyor, postgres_server: PostgresServer
+) -> None:
+    other = psycopg.connect(postgres_server.url(database="postgres"))
+    with other, pytest.raises(ConfigurationError, match="the broker's database"):
+        app.tasks["txn.signup"].apply_async(("x",), connection=other)

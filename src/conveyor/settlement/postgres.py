@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from ..brokers.base import Delivery, Message
+from ..brokers.base import Delivery, Message, redact_url
 from ..brokers.postgres.broker import PostgresBroker
 from ..brokers.postgres.statements import PUBLISH
 from ..exceptions import ConfigurationError
@@ -59,6 +59,12 @@ class PostgresSettlement(Settlement):
             raise ConfigurationError(
                 "connection= takes a psycopg 3 connection (psycopg.Connection), got "
                 f"{type(connection).__name__}"
+            )
+        if not self.broker.db.same_database(connection):
+            raise ConfigurationError(
+                "connection= must be connected to the broker's database "
+                f"({redact_url(self.broker.url)}); it is connected to "
+                f"{connection.info.host}:{connection.info.port}/{connection.info.dbname}"
             )
         self.broker.db.prepared()  # the tables exist (made on a connection of our own)
         store = self.together

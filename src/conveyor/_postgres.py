@@ -27,13 +27,18 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import psycopg
-import psycopg.errors
-from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
-
 from .brokers.base import redact_url
 from .exceptions import ConfigurationError, ConveyorError
+
+try:
+    import psycopg
+    import psycopg.errors
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as missing:  # an optional dependency: say how to get it
+    raise ConfigurationError(
+        "postgresql:// needs psycopg 3 and psycopg_pool: pip install 'conveyor[postgres]'"
+    ) from missing
 
 if TYPE_CHECKING:
     from psycopg import Connection

@@ -356,7 +356,9 @@ class Conveyor:
         if eager or self.conf.task_always_eager:
             run_eager(self, envelope, message.body)
             return result
-        if connection is None and not on_commit:
+        if connection is None and on_commit is None:
+            # Inside a transaction of the broker's database: enqueue in it (on_commit=False
+            # still means "send now, on a connection of its own").
             connection = self._enclosing_connection()
         if connection is not None:
             # Part of the caller's transaction: no retry (a failure must reach the caller).

@@ -1,5 +1,5 @@
 """The SQL of the PostgreSQL broker, ``{s}`` standing for the schema name. Every operation is
-one statement or one short pipelined transaction; times are the database's ``now()``."""
+one statement or one short transaction; times are the database's ``now()``."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.testing import TestWorker
 from tests.django.testproj.conveyor import app
 from tests.django.testproj.shop.models import Order
-from tests.django.testproj.shop.tasks import confirm_order
+from tests.django.testproj.shop.tasks import add, confirm_order
 
 peer = create_broker(app.conf.broker_url, BrokerOptions(key_prefix=app.key_prefix))
 
@@ -65,7 +65,15 @@ with transaction.atomic():
     sent.append(confirm_order.delay_on_commit(order.pk))
     out["ready_before_on_commit"] = ready()
 out["ready_after_on_commit"] = ready()
+try:
+    with transaction.atomic():  # on_commit=False: sent now, on a connection of its own
+        now = add.apply_async((1, 2), on_commit=False)
+        raise RuntimeError("rolled back")
+except RuntimeError:
+    pass
+out["ready_after_sent_now"] = ready()
 TestWorker(app).run_until_idle()
+out["sent_now"] = now.state
 out["states"] = [r.state for r in sent]
 out["orders"] = list(Order.objects.order_by("pk").values_list("item", "confirmations"))
 peer.close()
@@ -107,5 +115,7 @@ def test_delay_in_atomic_is_part_of_the_transaction(postgres_server: PostgresSer
     assert out["ready_after_commit"] == 1
     assert out["ready_before_on_commit"] == 1  # delay_on_commit waits for the commit
     assert out["ready_after_on_commit"] == 2
+    assert out["ready_after_sent_now"] == 3
+    assert out["sent_now"] == "SUCCESS"
     assert out["states"] == ["PENDING", "SUCCESS", "PENDING", "SUCCESS"]
     assert out["orders"] == [["committed", 1], ["on commit", 1]]

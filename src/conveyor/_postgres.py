@@ -229,7 +229,9 @@ class Database:
         port = str(mine.get("port") or 5432)
         host = str(mine.get("host") or "")
         same_host = host == info.host or (host in _LOCAL and info.host in _LOCAL)
-        return same_host and port == str(info.port) and mine.get("dbname") == info.dbname
+        # libpq's default database is the user's name.
+        dbname = mine.get("dbname") or mine.get("user") or info.user
+        return same_host and port == str(info.port) and dbname == info.dbname
 
     def prepared(self) -> None:
         """Open the pool (checking the URL and the tables) if this process has not yet."""

@@ -225,3 +225,14 @@ def test_psycopg_connection_required_for_transactional_enqueue(
     with pytest.raises(ConfigurationError, match="PostgreSQL broker"):
         app.send_task("x", connection=psycopg)
     app.close()
+
+
+def test_an_id_twice_in_one_batch_is_published_once_in_its_first_place(
+    make: Callable[..., PostgresBroker],
+) -> None:
+    broker = make()
+    first, other = message(), message()
+    again = Message(id=first.id, queue="q", body=b"again")
+    broker.publish([first, other, again])
+    leased = broker.lease(["q"], 10, 0)
+    assert [(d.id, d.body) for d in leased] == [(first.id, b"{}"), (other.id, b"{}")]

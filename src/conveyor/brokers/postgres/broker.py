@@ -122,7 +122,10 @@ class PostgresBroker(Broker):
 
     def publish_params(self, messages: Sequence[Message]) -> Params:
         """The parameters of the publish statement (the first message of an id wins)."""
-        unique = list({m.id: m for m in reversed(messages)}.values())[::-1]
+        first: dict[str, Message] = {}
+        for message in messages:
+            first.setdefault(message.id, message)
+        unique = list(first.values())
         return {
             "ns": self.ns,
             "window": PUBLISH_DEDUPE_WINDOW,

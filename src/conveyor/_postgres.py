@@ -35,7 +35,7 @@ try:
     import psycopg
     import psycopg.errors
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError as missing:  # an optional dependency: say how to get it
     raise ConfigurationError(
         "postgresql:// needs psycopg 3 and psycopg_pool: pip install 'conveyor[postgres]'"
@@ -128,6 +128,8 @@ def explain(exc: BaseException, url: str, schema: str) -> str:
             f"UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} ...), or create the tables once "
             "as an owner with `conveyor migrate`"
         )
+    if isinstance(exc, PoolClosed):
+        return f"PostgreSQL at {where}: used after close() (its connection pool is closed)"
     if isinstance(exc, PoolTimeout):
         return f"PostgreSQL at {where} cannot be reached (no connection in time): {text}"
     if as_connection_error(exc):

@@ -209,7 +209,6 @@ def harness(harness_factory: Callable[..., Harness]) -> Harness:
 
 
 # -- basics and shutdown ---------------------------------------------------------------------
-@on_every_broker
 def test_runs_tasks_and_stops_cleanly_on_sigterm(harness: Harness) -> None:
     worker = harness.worker("-c", "2")
     results = [harness.send("add", i, i) for i in range(10)]

@@ -53,6 +53,11 @@ SELECT ns, id, queue, priority, body, 0, deliveries FROM moved ORDER BY due, seq
 # Lease, in one statement (one round trip): ack the finished messages, make due delayed
 # messages ready (leased from the next statement on: one statement sees one snapshot), pick
 # (skipping rows other consumers are leasing), mark leased, say if revoked.
+# Its commit does not wait for the WAL flush (synchronous_commit off for this transaction
+# alone, set in the LIMIT so it is always evaluated): a crash of the server can only lose the
+# latest acks and leases, i.e. redeliver messages (at-least-once), never lose one. Records
+# and publishes, written by other statements before the acks, stay synchronous; WAL order
+# means a lost record implies its ack was lost too.
 LEASE = f"""
 WITH acked AS (
     DELETE FROM {M} AS a USING unnest(%(seqs)s::bigint[], %(tokens)s::bigint[]) AS r (seq, token)
@@ -67,7 +72,9 @@ WITH acked AS (
     SELECT ns, id, queue, priority, body, 0, deliveries FROM due ORDER BY due, seq
 ), picked AS (
     SELECT seq FROM {M} WHERE ns = %(ns)s AND state = 0 AND {{where}}
-    ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    ORDER BY priority DESC, seq
+    LIMIT (SELECT %(limit)s::int + 0 * length(set_config('synchronous_commit', 'off', true)))
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE {M} AS m SET state = 1, token = %(token)s,
     due = now() + make_interval(secs => %(lease)s), deliveries = m.deliveries + 1

@@ -10,6 +10,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.testing import TestWorker, make_test_app
+from tests.pg_server import PostgresServer, running_postgres
 
 T = TypeVar("T")
 
@@ -44,3 +45,10 @@ def worker(app: Conveyor) -> Iterator[TestWorker]:
     yield worker
     if not worker.stopped:
         worker.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run, started on first use (tests/pg_server.py)."""
+    with running_postgres() as server:
+        yield server

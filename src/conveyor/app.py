@@ -138,6 +138,10 @@ class Conveyor:
         #: and tells whether a transaction is open.
         self.commit_hook: Callable[[Callable[[], None]], None] | None = None
         self.in_transaction: Callable[[], bool] = lambda: False
+        #: Set by conveyor.contrib.django: the driver connection of the enclosing atomic
+        #: block (None outside one). A task sent inside it is enqueued in that transaction
+        #: when the broker lives in the same database (transactional enqueue).
+        self.transaction_connection: Callable[[], object | None] = lambda: None
         #: Set by integrations whose schedules live elsewhere (conveyor.contrib.django keeps
         #: them in the database): ``runner(app, stop=None, *, name=None, max_interval=5.0)``.
         #: None means :func:`conveyor.beat.scheduler.run_beat`.
@@ -417,11 +421,23 @@ class Conveyor:
         task = task or self.tasks.get(name)
         options = dict(options)
         on_commit = options.pop("on_commit", None)
+        connection = options.pop("connection", None)
         policy = publish_policy(options, self.conf)
         envelope, message, record = self.prepare(name, args, kwargs, options, task)
         result: TaskResult[object] = TaskResult(envelope.id, self, task_name=name)
         if eager or self.conf.task_always_eager:
             run_eager(self, envelope, message.body)
+            return result
+        if connection is None and on_commit is None:
+            # Inside a transaction of the broker's database: enqueue in it (on_commit=False
+            # still means "send now, on a connection of its own").
+            connection = self._enclosing_connection()
+        if connection is not None:
+            # Part of the caller's transaction: no retry (a failure must reach the caller).
+            self.settlement.publish_on(connection, [message], [record] if record else [])
+            hooks = self.hooks.after_publish
+            if hooks:
+                call_each(hooks, self, envelope)
             return result
         if on_commit is None and self.conf.task_enqueue_on_commit:
             on_commit = self.in_transaction()
@@ -437,6 +453,14 @@ class Conveyor:
             return result
         self._publish([envelope], [message], [record] if record else [], policy)
         return result
+
+    def _enclosing_connection(self) -> object | None:
+        """The connection of the enclosing database transaction (Django's atomic block) if
+        the broker can enqueue in it, else None."""
+        found = self.transaction_connection()
+        if found is None or not self.settlement.can_publish_on(found):
+            return None
+        return found
 
     def send_many(
         self, signatures: Iterable[Signature | Task[..., object]]

@@ -59,6 +59,8 @@ CALL_OPTIONS = frozenset(
         "chord",
         "acks_late",
         "on_commit",
+        # a database connection to enqueue in (transactional enqueue, PostgreSQL)
+        "connection",
         "shadow",
         "serializer",
         "exchange",

@@ -26,6 +26,7 @@ from conveyor.kv import KeyValue
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
 from tests.helpers import closing_all, redis_fixture, result_stores
+from tests.pg_server import PostgresServer
 from tests.servers import RedisServer
 
 from .support import LEASE_TIMEOUT, MAX_DELIVERIES
@@ -52,10 +53,16 @@ def _redis_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
+def _postgres_url(request: pytest.FixtureRequest) -> str:
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.url()
+
+
 BACKENDS = [
     Backend("memory", lambda request: "memory://"),
     Backend("sqlite", _sqlite_url),
     Backend("redis", _redis_url, marks=(pytest.mark.redis,)),
+    Backend("postgres", _postgres_url, marks=(pytest.mark.postgres,)),
 ]
 _BY_NAME = {backend.name: backend for backend in BACKENDS}
 

@@ -22,6 +22,7 @@ from conveyor.results import create_result_store
 from conveyor.results.base import ResultRecord, ResultStore
 from conveyor.results.memory import MemoryResultStore
 from conveyor.settlement import Settlement, open_settlement
+from conveyor.settlement.postgres import PostgresSettlement
 from conveyor.settlement.redis import RedisSettlement
 from conveyor.settlement.sqlite import SQLiteSettlement
 
@@ -86,14 +87,18 @@ def redelivered_ids(broker: Broker) -> list[str]:
 
 # -- which settlement ------------------------------------------------------------------------
 def test_each_broker_gets_its_settlement(broker: Broker, broker_backend: str) -> None:
-    own = {"sqlite": SQLiteSettlement, "redis": RedisSettlement}.get(broker_backend, Settlement)
+    own = {
+        "sqlite": SQLiteSettlement,
+        "redis": RedisSettlement,
+        "postgres": PostgresSettlement,
+    }.get(broker_backend, Settlement)
     pair = open_settlement(broker, create_result_store(broker.url, expires=60, key_prefix="p"))
     apart = elsewhere(broker)
     assert type(pair) is own
     assert type(apart) is own
-    if isinstance(pair, RedisSettlement | SQLiteSettlement):
+    if isinstance(pair, RedisSettlement | SQLiteSettlement | PostgresSettlement):
         assert pair.together is pair.results
-        assert isinstance(apart, RedisSettlement | SQLiteSettlement)
+        assert isinstance(apart, RedisSettlement | SQLiteSettlement | PostgresSettlement)
         assert apart.together is None
     pair.results.close()
 

@@ -1,4 +1,5 @@
-"""The production worker as real processes: ``python -m conveyor worker`` on SQLite and Redis.
+"""The production worker as real processes: ``python -m conveyor worker`` on SQLite, Redis and
+PostgreSQL.
 
 Every test synchronises on facts with deadlines (result states, lines tasks append to files,
 process exits), never on bare sleeps. Tasks live in ``tests/integration/workerapp.py``.
@@ -31,7 +32,16 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    # Every test runs on PostgreSQL with --slow; the crash tests of ``on_every_broker`` by default.
+    pytest.param("postgres", id="postgres", marks=(pytest.mark.postgres, pytest.mark.slow)),
 ]
+#: Tests that run on every broker in the default suite (the others skip PostgreSQL unless
+#: --slow: its conformance suite already covers their broker operations).
+on_every_broker = pytest.mark.parametrize(
+    "backend",
+    [*BACKENDS[:2], pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 
 
 #: ``wait_until`` polling every 50 ms (tests/integration/test_cli.py imports it too).
@@ -179,7 +189,8 @@ def harness_factory(
         if backend == "sqlite":
             url = f"sqlite:///{tmp_path}/broker.db"
         else:
-            url = request.getfixturevalue("redis_server").url
+            server = request.getfixturevalue(f"{backend}_server")
+            url = server.url if backend == "redis" else server.url()
             prefix = f"wp{uuid.uuid4().hex[:10]}"
             settings.setdefault("broker_transport_options", {"key_prefix": prefix})
         harness = Harness(url, settings, tmp_path)
@@ -208,6 +219,7 @@ def test_runs_tasks_and_stops_cleanly_on_sigterm(harness: Harness) -> None:
     assert "stopped" in worker.output()
 
 
+@on_every_broker
 def test_sigterm_with_20_running_tasks_finishes_them_all_once(harness: Harness) -> None:
     worker = harness.worker("-c", "2", "--threads", "10")
     path = harness.file()
@@ -249,6 +261,7 @@ def test_shutdown_timeout_turns_a_warm_shutdown_cold(harness: Harness) -> None:
 
 
 # -- losing processes ------------------------------------------------------------------------
+@on_every_broker
 def test_child_killed_mid_task_is_replaced_and_the_task_completes(harness: Harness) -> None:
     worker = harness.worker("-c", "2")
     worker.wait_children(2)
@@ -263,6 +276,7 @@ def test_child_killed_mid_task_is_replaced_and_the_task_completes(harness: Harne
     assert victim not in kids
 
 
+@on_every_broker
 def test_killed_worker_loses_nothing_a_second_worker_finishes(harness: Harness) -> None:
     first = harness.worker("-c", "2")
     path = harness.file()
@@ -279,6 +293,7 @@ def test_killed_worker_loses_nothing_a_second_worker_finishes(harness: Harness) 
     assert second.wait(15) == 0
 
 
+@on_every_broker
 def test_task_that_kills_its_process_is_dead_lettered_after_max_deliveries(
     harness_factory: Callable[..., Harness],
 ) -> None:

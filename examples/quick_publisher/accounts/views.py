@@ -2,6 +2,7 @@ import uuid
 
 from django.contrib import messages
 from django.contrib.auth import login
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -16,8 +17,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("home")
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        # The post_save receiver queues the verification email for after the commit.
-        user = form.save()
+        # The account and its verification email commit together: the post_save receiver
+        # queues the email inside this transaction (see accounts/signals.py).
+        with transaction.atomic():
+            user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("accounts:check_email")
     return render(request, "accounts/signup.html", {"form": form})

@@ -3,7 +3,8 @@
 ``conveyor -A proj worker`` runs workers; ``beat`` the scheduler; ``status``, ``purge``,
 ``dlq``, ``revoke`` and ``result`` inspect and steer a broker; ``events`` shows the event
 stream; ``inspect``, ``control`` and ``queue`` ask and steer running workers; ``doctor`` checks
-a deployment; ``dashboard`` serves the web dashboard. ``-A`` may also come from
+a deployment; ``dashboard`` serves the web dashboard; ``migrate`` creates PostgreSQL tables.
+``-A`` may also come from
 ``$CONVEYOR_APP``. Errors are one line on stderr (exit code 1; 2 for usage errors), and URL
 passwords never reach the terminal or the logs.
 """
@@ -26,6 +27,7 @@ from .doctor import doctor
 from .events import events_command
 from .inspection import purge, result, revoke, status
 from .metrics import metrics_command
+from .migrate import migrate_command
 from .worker import worker_command
 
 __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
@@ -82,6 +84,7 @@ for command in (
     dlq_group,
     dashboard_command,
     doctor,
+    migrate_command,
 ):
     cli.add_command(command)
 for command in (events_command, inspect_group, control_group, queue_group):

@@ -6,9 +6,9 @@ a redelivery or a duplicate QUEUED record, never to a message acked without its 
 
 :class:`Settlement` does this for any broker and result store with the broker's queue
 operations. A broker that can do better has a settlement of its own, which
-:func:`open_settlement` picks: the Redis and SQLite ones ack with the next lease (one script
-call, one transaction) and, when the result store lives on the same server or in the same file,
-write the records in that same round trip.
+:func:`open_settlement` picks: the Redis, SQLite and PostgreSQL ones ack with the next lease
+(one script call, one transaction) and, when the result store lives on the same server, file
+or database, write the records in that same round trip.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from ..brokers.sqlite.broker import SQLiteBroker
 from ..results.base import ResultStore
 from .base import Settlement
 from .sqlite import SQLiteSettlement
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 def open_settlement(broker: Broker, results: ResultStore) -> Settlement:
@@ -35,6 +37,13 @@ def open_settlement(broker: Broker, results: ResultStore) -> Settlement:
 
         if isinstance(broker, RedisBroker):
             return RedisSettlement(broker, results)
+    if scheme_of(broker.url) in _POSTGRES_SCHEMES:
+        # Imported here, not above: psycopg is an optional dependency.
+        from ..brokers.postgres import PostgresBroker
+        from .postgres import PostgresSettlement
+
+        if isinstance(broker, PostgresBroker):
+            return PostgresSettlement(broker, results)
     return Settlement(broker, results)
 
 

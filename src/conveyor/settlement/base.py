@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..brokers.base import Broker, Delivery, Message
+from ..exceptions import ConfigurationError
 from ..results.base import ResultRecord, ResultStore
 
 
@@ -21,6 +22,21 @@ class Settlement:
         if records:
             self.results.store(records)
         self.broker.publish(messages)
+
+    def can_publish_on(self, connection: object) -> bool:
+        """Whether :meth:`publish_on` can enqueue in ``connection``'s transaction."""
+        return False
+
+    def publish_on(
+        self, connection: object, messages: Sequence[Message], records: Sequence[ResultRecord]
+    ) -> None:
+        """Publish inside the transaction of ``connection`` (a database connection of the
+        application): the messages commit or roll back with it. Only a broker that lives in
+        that database can (PostgreSQL)."""
+        raise ConfigurationError(
+            f"apply_async(connection=...) needs a PostgreSQL broker; {type(self.broker).__name__} "
+            "cannot enqueue inside a database transaction"
+        )
 
     def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
         """Store ``records``, then ack ``deliveries``: no ack takes effect before every

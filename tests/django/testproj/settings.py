@@ -58,6 +58,20 @@ DATABASES = {
         "TEST": {"NAME": _DB},
     }
 }
+# Or PostgreSQL (tests/django/test_postgres_*.py): postgresql://user@host:port/name.
+if _PG := os.environ.get("TESTPROJ_DATABASE_URL"):
+    from urllib.parse import urlsplit
+
+    _url = urlsplit(_PG)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _url.path.lstrip("/"),
+            "USER": _url.username or "",
+            "HOST": _url.hostname or "",
+            "PORT": str(_url.port or ""),
+        }
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
 

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from conveyor.schedules import crontab
 
@@ -73,6 +74,20 @@ DATABASES = {
         },
     }
 }
+# CONVEYOR_BROKER_URL=postgresql://... puts the site's tables in that database too: one
+# database for everything, and tasks enqueued in the site's own transactions.
+if os.environ.get("CONVEYOR_BROKER_URL", "").startswith(("postgresql://", "postgres://")):
+    _pg = urlsplit(os.environ["CONVEYOR_BROKER_URL"])
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _pg.path.lstrip("/"),
+            "USER": unquote(_pg.username or ""),
+            "PASSWORD": unquote(_pg.password or ""),
+            "HOST": _pg.hostname or "",
+            "PORT": str(_pg.port or ""),
+        }
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -110,9 +125,13 @@ OUTBOX_ENABLED = False
 # -- Conveyor ------------------------------------------------------------------------------
 # Every CONVEYOR_* setting configures the task queue (see quick_publisher/conveyor.py).
 # The broker is the embedded SQLite file below unless CONVEYOR_BROKER_URL is set in the
-# environment, e.g. CONVEYOR_BROKER_URL=redis://localhost:6379/0 (results follow the broker).
+# environment, e.g. CONVEYOR_BROKER_URL=redis://localhost:6379/0 (results follow the broker),
+# or CONVEYOR_BROKER_URL=postgresql://user:pw@host/db (the site's tables move there too).
 CONVEYOR_BROKER_URL = f"sqlite:///{VAR_DIR / 'conveyor.sqlite3'}"
 CONVEYOR_TIMEZONE = TIME_ZONE
+# delay() inside transaction.atomic() waits for the commit (on PostgreSQL in the site's
+# database it is part of the transaction instead: see accounts/signals.py).
+CONVEYOR_TASK_ENQUEUE_ON_COMMIT = True
 CONVEYOR_BEAT_SCHEDULE = {
     "send-view-count-report": {
         "task": "publisher.tasks.send_view_count_report",

@@ -38,7 +38,7 @@ from conveyor.beat.schedules import InvalidSchedule
 
 from .backend import django_task_paths
 from .connections import close_idle_connections, close_old_connections
-from .transactions import commit_hook, in_transaction
+from .transactions import commit_hook, in_transaction, transaction_connection
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -195,6 +195,7 @@ def install(app: Conveyor) -> Conveyor:
     ``ready()``; call it for apps created later). Returns ``app``."""
     app.commit_hook = commit_hook
     app.in_transaction = in_transaction
+    app.transaction_connection = transaction_connection
     # Schedules from the database as well as beat_schedule - if the models can be used:
     # without conveyor.contrib.django in INSTALLED_APPS they cannot be imported.
     apps = django.apps.apps

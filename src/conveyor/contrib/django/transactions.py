@@ -27,6 +27,22 @@ def in_transaction() -> bool:
     return _atomic_alias() is not None
 
 
+def transaction_connection() -> object | None:
+    """The driver connection of the enclosing atomic block when it is a PostgreSQL database
+    (None otherwise): a PostgreSQL broker in that database enqueues in it (psycopg 3 only),
+    so the task commits or rolls back with the ORM writes."""
+    alias = _atomic_alias()
+    if alias is None:
+        return None
+    conn = connections[alias]
+    if conn.vendor != "postgresql":
+        return None
+    conn.ensure_connection()
+    # psycopg 3's connection; the broker declines anything else (psycopg2 among them).
+    driver: object = conn.connection
+    return driver
+
+
 def commit_hook(send: Callable[[], None]) -> None:
     """Run ``send`` when the enclosing transaction commits; never if it rolls back.
 

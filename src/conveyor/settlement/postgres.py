@@ -1,0 +1,116 @@
+"""Settling on a PostgreSQL broker: a worker's acks ride on its next lease (one statement),
+and when the result store is in the same database (any schema) its records go over the same
+pooled connection just before (each statement commits on its own: records first, as the
+generic settlement does, without an explicit transaction's extra round trips)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from ..brokers.base import Delivery, Message, redact_url
+from ..brokers.postgres.broker import PostgresBroker
+from ..brokers.postgres.statements import PUBLISH
+from ..exceptions import ConfigurationError
+from ..results.base import ResultRecord, ResultStore
+from ..results.postgres import PostgresResultStore
+from .base import Settlement
+
+
+class PostgresSettlement(Settlement):
+    """:class:`Settlement` in fewer round trips for a :class:`PostgresBroker`."""
+
+    broker: PostgresBroker
+
+    def __init__(self, broker: PostgresBroker, results: ResultStore) -> None:
+        super().__init__(broker, results)
+        #: ``results`` when it lives in the broker's database (one transaction writes both).
+        self.together: PostgresResultStore | None = None
+        if isinstance(results, PostgresResultStore) and results.db.conninfo == broker.db.conninfo:
+            self.together = results
+
+    def publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+        store = self.together
+        if store is None or not records or not messages:
+            super().publish(messages, records)
+            return
+        store.db.prepared()
+        params = self.broker.publish_params(messages)
+        with self.broker.db.connection() as conn:
+            store.store_on(conn, records)  # committed first: a fast worker never finds
+            conn.execute(self.broker.q(PUBLISH), params)  # QUEUED written after its result
+
+    def can_publish_on(self, connection: object) -> bool:
+        """True for an open psycopg connection to the broker's database."""
+        return isinstance(connection, psycopg.Connection) and self.broker.db.same_database(
+            connection
+        )
+
+    def publish_on(
+        self, connection: object, messages: Sequence[Message], records: Sequence[ResultRecord]
+    ) -> None:
+        """Insert the messages (and the QUEUED records, when the result store is in this
+        database) with ``connection``, in its open transaction or, in autocommit mode, at
+        once. Nothing is visible to workers before that transaction commits; a rollback
+        removes it all. With the result store elsewhere, its records are stored first and
+        stay (a rolled-back task shows QUEUED until its record expires)."""
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= takes a psycopg 3 connection (psycopg.Connection), got "
+                f"{type(connection).__name__}"
+            )
+        if not self.broker.db.same_database(connection):
+            raise ConfigurationError(
+                "connection= must be connected to the broker's database "
+                f"({redact_url(self.broker.url)}); it is connected to "
+                f"{connection.info.host}:{connection.info.port}/{connection.info.dbname}"
+            )
+        self.broker.db.prepared()  # the tables exist (made on a connection of our own)
+        store = self.together
+        if records:
+            if store is None:
+                self.results.store(records)
+            else:
+                store.db.prepared()
+        try:
+            if records and store is not None:
+                store.store_on(connection, records)
+            self.broker.publish_on(connection, messages)
+        except psycopg.Error as exc:
+            error = self.broker.db.fail(exc)
+            raise error from error.__cause__
+
+    def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
+        store = self.together
+        acks = self.broker.ack_statement(deliveries)
+        if store is None or acks is None or not records:
+            super().ack(deliveries, records)
+            return
+        store.db.prepared()
+        with self.broker.db.connection() as conn:
+            store.store_on(conn, records)  # committed before the ack
+            conn.execute(*acks)
+
+    def ack_and_lease(
+        self,
+        deliveries: Sequence[Delivery],
+        records: Sequence[ResultRecord],
+        queues: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        names = list(dict.fromkeys(queues))
+        store = self.together
+        if limit <= 0 or not names:
+            self.ack(deliveries, records)
+            return []
+        before = []
+        if records:
+            if store is None:
+                self.results.store(records)
+            else:
+                store.db.prepared()
+                before += store.statements(records)
+        found = self.broker.lease_now(names, limit, deliveries, before)
+        return self.broker.wait_for(names, limit, wait, found)

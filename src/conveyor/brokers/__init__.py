@@ -13,7 +13,15 @@ _SCHEMES: dict[str, str] = {
     "redis": "conveyor.brokers.redis:RedisBroker",
     "rediss": "conveyor.brokers.redis:RedisBroker",
     "unix": "conveyor.brokers.redis:RedisBroker",
+    "amqp": "conveyor.brokers.amqp:AMQPBroker",
+    "amqps": "conveyor.brokers.amqp:AMQPBroker",
+    "pyamqp": "conveyor.brokers.amqp:AMQPBroker",
 }
+
+
+#: URL schemes of RabbitMQ, which holds messages only (results and key/value data live in
+#: the result store).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 
 def scheme_of(url: str) -> str:
@@ -31,4 +39,4 @@ def create_broker(url: str, options: BrokerOptions) -> Broker:
     return cls(url, options)
 
 
-__all__ = ["Broker", "BrokerOptions", "create_broker", "redact_url", "scheme_of"]
+__all__ = ["AMQP_SCHEMES", "Broker", "BrokerOptions", "create_broker", "redact_url", "scheme_of"]

@@ -1,4 +1,5 @@
-"""The production worker as real processes: ``python -m conveyor worker`` on SQLite and Redis.
+"""The production worker as real processes: ``python -m conveyor worker`` on SQLite, Redis and
+RabbitMQ (the session's rabbitmq-server; results in a SQLite file of the test).
 
 Every test synchronises on facts with deadlines (result states, lines tasks append to files,
 process exits), never on bare sleeps. Tasks live in ``tests/integration/workerapp.py``.
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("amqp", id="amqp", marks=pytest.mark.amqp),
 ]
 
 
@@ -178,6 +180,11 @@ def harness_factory(
     def make(**settings: Any) -> Harness:
         if backend == "sqlite":
             url = f"sqlite:///{tmp_path}/broker.db"
+        elif backend == "amqp":
+            url = request.getfixturevalue("rabbit_server").url
+            prefix = f"wp{uuid.uuid4().hex[:10]}"
+            settings.setdefault("broker_transport_options", {"key_prefix": prefix})
+            settings.setdefault("result_backend", f"sqlite:///{tmp_path}/results.db")
         else:
             url = request.getfixturevalue("redis_server").url
             prefix = f"wp{uuid.uuid4().hex[:10]}"

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 import amqp
@@ -39,7 +41,7 @@ from ..base import (
     Message,
     QueueStats,
 )
-from . import deadletters
+from . import deadletters, fates
 from .connection import CONNECTION_ERRORS, Connector
 from .convert import (
     BEFORE,
@@ -65,9 +67,15 @@ POLL_SLICE = 0.25
 QUEUE_KEY = "amqp-queue:"
 
 
+def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
+    broker = reference()
+    if broker is not None:
+        broker._after_fork()
+
+
 class AMQPBroker(Broker):
     schemes = ("amqp", "amqps", "pyamqp")
-    lease_checks_revoked = False
+    lease_checks_revoked = True
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         super().__init__(url, options)
@@ -104,6 +112,20 @@ class AMQPBroker(Broker):
         self._published: dict[str, float] = {}
         self._published_lock = threading.Lock()
         self._known: set[str] = set()
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(reference))
+
+    def _after_fork(self) -> None:
+        """A forked child (a worker's child process) gets its own connections and identity:
+        py-amqp connections must not be shared between processes, and receipts of the
+        parent's broker are foreign to the child's."""
+        self._uid = uuid.uuid4().hex[:10]
+        self._session.forget()
+        self._wake.forget()
+        self._leases = Leases()
+        self._reaper = None
+        self._reaper_lock = threading.Lock()
+        self._published_lock = threading.Lock()
 
     # -- publishing ----------------------------------------------------------------------
     def _fresh(self, messages: Sequence[Message]) -> list[Message]:
@@ -182,20 +204,45 @@ class AMQPBroker(Broker):
                 tag = msg.delivery_info["delivery_tag"]
                 receipt = f"{self._uid}:{generation}:{tag}"
                 count = delivery_count_of(msg)
-                self._leases.add(receipt, Held(tag, generation, deadline, count, queue, msg))
+                held = Held(tag, generation, deadline, count, queue, msg)
+                message_id = message_id_of(msg, f"amqp-{self._uid}-{generation}-{tag}")
+                fate = self.kv.get_value(f"{fates.PREFIX}{message_id}")
+                note = fates.note_of(fate)
+                if note is not None and fates.applies(note, count):
+                    self._apply(channel, held, note)
+                    fates.forget(self.kv, message_id)
+                    continue
+                self._leases.add(receipt, held)
                 got.append(
                     Delivery(
-                        id=message_id_of(msg, f"amqp-{self._uid}-{generation}-{tag}"),
+                        id=message_id,
                         queue=queue,
                         body=body_of(msg),
                         priority=priority_of(msg),
                         receipt=receipt,
                         delivery_count=count,
+                        revoked=fates.is_revoked(fate),
                     )
                 )
             if len(got) >= limit:
                 break
         return got
+
+    def _apply(self, channel: amqp.Channel, held: Held, note: fates.Note) -> None:
+        """Settle a message as a supervisor did with its killed child's receipt."""
+        if note.reason is None:
+            channel.basic_ack(held.tag)
+        else:
+            self._bury(held, note.reason, note.detail)
+
+    def _foreign(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` was leased by another client (a killed child's, settled by
+        its supervisor) rather than being a stale receipt of this one."""
+        return delivery.receipt.split(":", 1)[0] != self._uid
+
+    def _note(self, delivery: Delivery, reason: str | None, detail: str = "") -> None:
+        note = fates.Note(delivery.delivery_count, reason, detail)
+        fates.leave_note(self.kv, delivery.id, note)
 
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         if limit <= 0 or not queues:
@@ -231,6 +278,9 @@ class AMQPBroker(Broker):
         return self._session.run(act, "ack" if requeue is None else "release")
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            if self._foreign(delivery):
+                self._note(delivery, None)
         self._settle(deliveries, None)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
@@ -281,6 +331,10 @@ class AMQPBroker(Broker):
         self._session.run(send, "wake")
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:
+        if self._foreign(delivery):
+            self._send([message], "retry_later")
+            self._note(delivery, None)
+            return
         with self._session.lock:
             held = self._leases.take([delivery.receipt], self._session.generation)
             if not held:
@@ -293,6 +347,9 @@ class AMQPBroker(Broker):
             self._session.run(lambda ch: ch.basic_ack(held[0].tag), "retry_later")
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
+        if self._foreign(delivery):
+            self._note(delivery, str(reason), detail)
+            return
         with self._session.lock:
             held = self._leases.take([delivery.receipt], self._session.generation)
             if not held:
@@ -348,10 +405,10 @@ class AMQPBroker(Broker):
     # -- revocation ----------------------------------------------------------------------
     def revoke(self, ids: Iterable[str], ttl: float) -> None:
         for task_id in ids:
-            self.kv.set_value(f"revoked:{task_id}", b"1", ttl)
+            fates.revoke(self.kv, task_id, ttl)
 
     def revoked(self, ids: Iterable[str]) -> set[str]:
-        return {i for i in ids if self.kv.get_value(f"revoked:{i}") is not None}
+        return {i for i in ids if fates.is_revoked(self.kv.get_value(f"{fates.PREFIX}{i}"))}
 
     # -- inspection and maintenance ------------------------------------------------------
     def _with_channel[T](self, action: Callable[[amqp.Channel], T], what: str) -> T:

@@ -70,6 +70,11 @@ class Session:
         self.topology.delays(work)
         return work, publish
 
+    def forget(self) -> None:
+        """In a forked child: drop the parent's connection without touching its socket."""
+        self.lock = threading.RLock()
+        self._connection = self._work = self._publish = None
+
     def drop(self) -> None:
         """Forget the connection (after an error or on close)."""
         with self.lock:

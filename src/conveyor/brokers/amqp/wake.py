@@ -61,6 +61,13 @@ class Wake:
         self._bound.clear()
         return channel
 
+    def forget(self) -> None:
+        """In a forked child: a queue of its own, the parent's socket left alone."""
+        self._lock = threading.Lock()
+        self._connection = self._channel = None
+        self._queue = f"{self._names.prefix}.wake.{uuid.uuid4().hex}"
+        self._bound = set()
+
     def drop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         close_quietly(connection)

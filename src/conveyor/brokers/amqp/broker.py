@@ -58,13 +58,15 @@ from .convert import (
 )
 from .leases import Held, Leases, Reaper
 from .session import Session
-from .topology import LEVELS, Names, Topology, delay_routing_key, ticks
+from .topology import LEVELS, TICK, Names, Topology, delay_routing_key, ticks
 from .wake import Wake
 
 #: Longest single wait of a blocked lease before it polls again (seconds).
 POLL_SLICE = 0.25
 #: kv key of a queue name this prefix has used (stats() of every queue).
 QUEUE_KEY = "amqp-queue:"
+#: kv keys ``<this><queue>:<id>`` of delayed messages, expiring when due (stats() counts them).
+DELAYED_KEY = "amqp-delayed:"
 
 
 def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
@@ -129,18 +131,25 @@ class AMQPBroker(Broker):
 
     # -- publishing ----------------------------------------------------------------------
     def _fresh(self, messages: Sequence[Message]) -> list[Message]:
-        """The messages whose id was not published by this client in the dedupe window."""
+        """The messages whose id this client has not published (confirmed) in the dedupe
+        window, each id once."""
         now = time.monotonic()
-        out = []
+        out: dict[str, Message] = {}
         with self._published_lock:
             if len(self._published) > 10_000:
                 self._published = {k: t for k, t in self._published.items() if t > now}
             for message in messages:
-                if self._published.get(message.id, 0.0) > now:
-                    continue
-                self._published[message.id] = now + PUBLISH_DEDUPE_WINDOW
-                out.append(message)
-        return out
+                if self._published.get(message.id, 0.0) <= now:
+                    out.setdefault(message.id, message)
+        return list(out.values())
+
+    def _remember(self, messages: Sequence[Message]) -> None:
+        """Only confirmed ids: a publish that failed is published again by a retry (it may
+        have reached RabbitMQ before the connection broke: at least once)."""
+        until = time.monotonic() + PUBLISH_DEDUPE_WINDOW
+        with self._published_lock:
+            for message in messages:
+                self._published[message.id] = until
 
     def _routes(
         self, channel: amqp.Channel, messages: Sequence[Message]
@@ -156,6 +165,9 @@ class AMQPBroker(Broker):
         for message, when in zip(messages, due, strict=True):
             n_ticks = ticks(when - now) if when > now else 0
             if n_ticks:
+                # counted for stats(): a kv key per delayed message that expires when due
+                marker = f"{DELAYED_KEY}{message.queue}:{message.id}"
+                self.kv.set_value(marker, b"", n_ticks * TICK)
                 key = delay_routing_key(n_ticks, self.names.queue(message.queue))
                 batch.append((self.names.delay(LEVELS - 1), key, to_amqp(message)))
             else:
@@ -179,7 +191,9 @@ class AMQPBroker(Broker):
         self._session.publish(batch, what)
 
     def publish(self, messages: Sequence[Message]) -> None:
-        self._send(self._fresh(messages))
+        fresh = self._fresh(messages)
+        self._send(fresh)
+        self._remember(fresh)
 
     # -- consuming -----------------------------------------------------------------------
     def _ensure_reaper(self) -> None:
@@ -379,8 +393,10 @@ class AMQPBroker(Broker):
         return self._return_expired(0.0)
 
     def _reap(self) -> int:
-        # the background pass waits a little past expiry, like the other brokers' sweep
-        # interval: a late ack just after expiry still counts
+        """The background pass: AMQP heartbeats, then expired leases, a little past expiry
+        (like the other brokers' sweep interval: a late ack just after expiry counts)."""
+        self._wake.heartbeat()
+        self._session.heartbeat()
         return self._return_expired(self.options.lease_timeout / 4)
 
     def _return_expired(self, grace: float) -> int:
@@ -445,7 +461,7 @@ class AMQPBroker(Broker):
             ready = self._with_channel(functools.partial(self._ready, queue=queue), "stats")
             out[queue] = QueueStats(
                 ready=max(ready, 0),
-                delayed=0,
+                delayed=len(self.kv.values(f"{DELAYED_KEY}{queue}:")),
                 leased=self._leases.count(queue),
                 dead=dead.get(queue, 0),
             )

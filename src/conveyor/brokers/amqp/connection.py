@@ -131,7 +131,8 @@ class Connector:
         return connection
 
     def error(self, what: str) -> BrokerError:
-        return BrokerError(f"RabbitMQ broker {redact_url(self.url)}: {what}")
+        # without the query: kv_url may carry another server's password
+        return BrokerError(f"RabbitMQ broker {redact_url(self.url.split('?', 1)[0])}: {what}")
 
 
 def close_quietly(connection: amqp.Connection | None) -> None:

@@ -99,8 +99,8 @@ class Reaper(threading.Thread):
         while not self.stopped.wait(self._interval):
             try:
                 self._reap()
-            except Exception:  # the connection is gone: RabbitMQ requeued what it held
-                logger.warning("returning expired AMQP leases failed", exc_info=True)
+            except Exception as exc:  # the connection is gone: RabbitMQ requeued what it held
+                logger.warning("returning expired AMQP leases failed: %s", exc)
 
     def stop(self) -> None:
         self.stopped.set()

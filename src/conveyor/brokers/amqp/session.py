@@ -96,6 +96,17 @@ class Session:
                 self.drop()
                 raise self.connector.error(f"{what} failed ({type(exc).__name__}: {exc})") from None
 
+    def heartbeat(self) -> None:
+        """Send or check AMQP heartbeats (py-amqp does not on its own); called often."""
+        with self.lock:
+            if self._connection is None:
+                return
+            try:
+                self._connection.heartbeat_tick()
+            except CONNECTION_ERRORS as exc:
+                self.drop()
+                raise self.connector.error(f"heartbeat failed ({exc})") from None
+
     def connection(self) -> amqp.Connection:
         """The open connection (lock held by the caller)."""
         self._open()

@@ -88,9 +88,22 @@ class Wake:
                     self._bound.add(queue)
             self._noticed = False
             assert self._connection is not None
+            self._connection.heartbeat_tick()
             self._connection.drain_events(timeout=timeout)
         except TimeoutError:
             return
+        except CONNECTION_ERRORS:
+            self.drop()
+        finally:
+            self._lock.release()
+
+    def heartbeat(self) -> None:
+        """Keep the idle wake-up connection alive (skipped while a lease waits on it)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._connection is not None:
+                self._connection.heartbeat_tick()
         except CONNECTION_ERRORS:
             self.drop()
         finally:

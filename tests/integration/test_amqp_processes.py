@@ -1,6 +1,6 @@
 """RabbitMQ-only process tests: the broker restarted under running workers, an ETA task across
 a restart, foreign messages (Celery's format, raw bytes, no properties) on a Conveyor queue,
-and the one clear error for a wrong URL, vhost or credentials.
+the seeds' ``pyamqp://guest@localhost//``.
 
 The worker scenarios of every broker (kill -9 of a child or a whole worker, SIGTERM under load,
 poison tasks) run on RabbitMQ through the ``amqp`` parameter of test_worker_processes.py.
@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import amqp
 import pytest
 
 from conveyor import Conveyor, states
-from conveyor.brokers import BrokerOptions, create_broker
-from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.testing import TestWorker
 from tests.integration import test_worker_processes as processes
 from tests.integration.test_worker_processes import Harness, pids_of, wait_for
@@ -96,44 +93,6 @@ def test_foreign_messages_are_dead_lettered_with_a_reason(
     assert set(reasons.values()) <= {"malformed", "undecodable"}
     assert all(d.detail for d in dead)
     assert harness.send("add", 2, 3).get(timeout=20) == 5  # the worker goes on
-
-
-@pytest.fixture
-def kv_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/kv.db"
-
-
-@pytest.mark.parametrize(
-    ("change", "says"),
-    [
-        pytest.param(lambda u: u.replace("guest:guest", "guest:wrong"), "login refused", id="pw"),
-        pytest.param(lambda u: u.replace("guest:guest", "nobody:x"), "login refused", id="user"),
-        pytest.param(lambda u: u[: -len("//")] + "/missing", "vhost", id="vhost"),
-        pytest.param(lambda u: u.rsplit(":", 1)[0] + ":1//", "cannot connect", id="port"),
-    ],
-)
-def test_wrong_credentials_vhost_or_port_is_one_clear_error(
-    rabbit_server: RabbitServer, kv_url: str, change: Callable[[str], str], says: str
-) -> None:
-    url = change(f"amqp://guest:guest@127.0.0.1:{rabbit_server.port}//")
-    broker = create_broker(f"{url}?kv_url={kv_url}", BrokerOptions(key_prefix="bad"))
-    with pytest.raises(BrokerError, match=says) as raised:
-        broker.lease(["default"], 1, 0)
-    assert "wrong" not in str(raised.value), "the password leaked into the error"
-    broker.close()
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "amqp://guest:secret@127.0.0.1:notaport//",
-        "amqp://guest:secret@127.0.0.1//?frobnicate=1",
-    ],
-)
-def test_malformed_url_is_a_configuration_error(url: str, kv_url: str) -> None:
-    with pytest.raises(ConfigurationError) as raised:
-        create_broker(f"{url}&kv_url={kv_url}" if "?" in url else url, BrokerOptions())
-    assert "secret" not in str(raised.value)
 
 
 def test_seed_url_pyamqp_guest_at_localhost_reaches_the_local_node(

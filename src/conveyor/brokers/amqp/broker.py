@@ -102,9 +102,12 @@ class AMQPBroker(Broker):
         self.kv: KeyValue = self._store.kv
         queue_type = str(transport.get("queue_type", "quorum"))
         self.names = Names(opts.key_prefix)
-        self._topology = Topology(
-            self.names, queue_type=queue_type, max_deliveries=opts.max_deliveries
-        )
+        try:
+            self._topology = Topology(
+                self.names, queue_type=queue_type, max_deliveries=opts.max_deliveries
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"broker_transport_options: {exc}") from None
         self._session = Session(self._connector, self._topology)
         self._wake = Wake(self._connector, self.names)
         self._uid = uuid.uuid4().hex[:10]
@@ -162,6 +165,7 @@ class AMQPBroker(Broker):
             self._topology.delays(channel)
             now = time.time()
         batch = []
+        classic = self._topology.queue_type == "classic"
         for message, when in zip(messages, due, strict=True):
             n_ticks = ticks(when - now) if when > now else 0
             if n_ticks:
@@ -169,9 +173,13 @@ class AMQPBroker(Broker):
                 marker = f"{DELAYED_KEY}{message.queue}:{message.id}"
                 self.kv.set_value(marker, b"", n_ticks * TICK)
                 key = delay_routing_key(n_ticks, self.names.queue(message.queue))
-                batch.append((self.names.delay(LEVELS - 1), key, to_amqp(message)))
+                batch.append(
+                    (self.names.delay(LEVELS - 1), key, to_amqp(message, amqp_priority=classic))
+                )
             else:
-                batch.append((self.names.exchange, message.queue, to_amqp(message)))
+                batch.append(
+                    (self.names.exchange, message.queue, to_amqp(message, amqp_priority=classic))
+                )
         return batch
 
     def _declare(self, channel: amqp.Channel, queue: str) -> str:

@@ -35,15 +35,16 @@ _X_DEATH_REASONS = {
 }
 
 
-def to_amqp(message: Message, extra: Mapping[str, object] | None = None) -> amqp.Message:
+def to_amqp(message: Message, *, amqp_priority: bool) -> amqp.Message:
+    """``amqp_priority``: set the AMQP priority property (classic queues with
+    ``x-max-priority``). Quorum queues get it only in the header, so they are FIFO on every
+    RabbitMQ version (4.x would otherwise serve 5-9 before 0-4, and 3.10 would not)."""
     priority = clamp_priority(message.priority)
     headers: dict[str, object] = {QUEUE: message.queue, PRIORITY: priority}
-    if extra:
-        headers.update(extra)
     return amqp.Message(
         message.body,
         message_id=message.id,
-        priority=priority,
+        priority=priority if amqp_priority else None,
         delivery_mode=PERSISTENT,
         timestamp=int(time.time()),
         content_type="application/octet-stream",

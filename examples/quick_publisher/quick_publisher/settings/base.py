@@ -112,6 +112,10 @@ OUTBOX_ENABLED = False
 # The broker is the embedded SQLite file below unless CONVEYOR_BROKER_URL is set in the
 # environment, e.g. CONVEYOR_BROKER_URL=redis://localhost:6379/0 (results follow the broker).
 CONVEYOR_BROKER_URL = f"sqlite:///{VAR_DIR / 'conveyor.sqlite3'}"
+if os.environ.get("CONVEYOR_BROKER_URL", "").split("://")[0] in ("amqp", "amqps", "pyamqp"):
+    # RabbitMQ (CONVEYOR_BROKER_URL=pyamqp://guest@localhost//) holds messages only: results,
+    # revocations and beat claims go to a file beside the database.
+    CONVEYOR_RESULT_BACKEND = f"sqlite:///{VAR_DIR / 'conveyor-results.sqlite3'}"
 CONVEYOR_TIMEZONE = TIME_ZONE
 CONVEYOR_BEAT_SCHEDULE = {
     "send-view-count-report": {

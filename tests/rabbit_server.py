@@ -18,6 +18,7 @@ stops the epmd daemon the node started on its private port.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -48,6 +49,14 @@ def _epmd() -> str | None:
     for candidate in sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd")):
         return str(candidate)
     return shutil.which("epmd")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL the node if the test run dies without cleaning up
+    (Linux ``PR_SET_PDEATHSIG``), so no node outlives a killed pytest."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class RabbitServer:
@@ -109,6 +118,7 @@ class RabbitServer:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout

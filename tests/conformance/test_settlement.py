@@ -28,8 +28,7 @@ from conveyor.settlement.sqlite import SQLiteSettlement
 
 from .conftest import _BY_NAME as BY_NAME
 from .conftest import RESULT_EXPIRES
-from .support import LEASE_TIMEOUT, PROMPT, hold, new_id, start, wait_until
-from .test_broker import weaker
+from .support import LEASE_TIMEOUT, PROMPT, hold, new_id, start, wait_until, weaker
 
 Q = "default"
 REDELIVERY_WAIT = LEASE_TIMEOUT + 5.0

@@ -11,6 +11,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.testing import TestWorker, make_test_app
 from tests.pg_server import PostgresServer, running_postgres
+from tests.rabbit_server import rabbit_server  # noqa: F401 - the session's RabbitMQ node
 
 T = TypeVar("T")
 

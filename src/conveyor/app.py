@@ -17,7 +17,7 @@ from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
 from .beat.scheduler import BeatRunner, BeatRunOptions, run_beat
-from .brokers import create_broker
+from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, publish_policy, route
 from .canvas import Signature, as_signature, register_builtin_tasks
@@ -201,7 +201,11 @@ class Conveyor:
     @property
     def result_backend_url(self) -> str:
         url = self.conf.result_backend
-        return self._located(str(url)) if url else self.broker_url
+        if url:
+            return self._located(str(url))
+        if scheme_of(self.broker_url) in AMQP_SCHEMES:
+            return self._located("sqlite://")  # RabbitMQ stores no results: a local file
+        return self.broker_url
 
     def _located(self, url: str) -> str:
         """``url`` with a bare ``sqlite://`` (no file named) made absolute: the default file
@@ -229,6 +233,9 @@ class Conveyor:
                         key_prefix=self.key_prefix,
                         transport_options=dict(conf.broker_transport_options),
                     )
+                    if scheme_of(self.broker_url) in AMQP_SCHEMES:
+                        # RabbitMQ keeps no key/value data: the broker's kv is the results'
+                        options.transport_options.setdefault("kv_url", self.result_backend_url)
                     self._broker = create_broker(self.broker_url, options)
         return self._broker
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pytest
 
@@ -27,6 +28,7 @@ from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
 from tests.helpers import closing_all, redis_fixture, result_stores
 from tests.pg_server import PostgresServer
+from tests.rabbit_server import RabbitServer
 from tests.servers import RedisServer
 
 from .support import LEASE_TIMEOUT, MAX_DELIVERIES
@@ -58,11 +60,20 @@ def _postgres_url(request: pytest.FixtureRequest) -> str:
     return server.url()
 
 
+def _amqp_url(request: pytest.FixtureRequest) -> str:
+    """RabbitMQ holds messages only: its ``kv`` (revocations, claims) lives in a SQLite file
+    named by the ``kv_url`` parameter, as an app gives it its result store's URL."""
+    server: RabbitServer = request.getfixturevalue("rabbit_server")
+    kv = quote(f"sqlite:///{request.getfixturevalue('tmp_path')}/kv.db", safe="")
+    return f"{server.url}?kv_url={kv}"
+
+
 BACKENDS = [
     Backend("memory", lambda request: "memory://"),
     Backend("sqlite", _sqlite_url),
     Backend("redis", _redis_url, marks=(pytest.mark.redis,)),
     Backend("postgres", _postgres_url, marks=(pytest.mark.postgres,)),
+    Backend("amqp", _amqp_url, results=False, marks=(pytest.mark.amqp,)),
 ]
 _BY_NAME = {backend.name: backend for backend in BACKENDS}
 

@@ -34,9 +34,12 @@ from .support import (
     run_together,
     start,
     wait_until,
+    weaker,
 )
 
 Q = "default"
+
+
 #: Enough time for an expired lease to be noticed by polling sweeps.
 REDELIVERY_WAIT = LEASE_TIMEOUT + 5.0
 
@@ -212,7 +215,7 @@ def test_fifo_within_one_priority(broker: Broker) -> None:
 
 
 def test_priority_nine_first_across_queues_fifo_within_queue_and_priority(
-    broker: Broker,
+    broker: Broker, broker_backend: str
 ) -> None:
     plan = [("a", 0), ("a", 9), ("b", 7), ("a", 5), ("b", 9), ("a", 9), ("b", 0), ("a", 0)]
     plan += [("b", 5), ("a", 7), ("b", 9), ("a", 5)]
@@ -224,6 +227,14 @@ def test_priority_nine_first_across_queues_fifo_within_queue_and_priority(
         got += batch
 
     assert len(got) == len(sent)
+    if weaker(broker_backend, "priority"):  # FIFO per queue, queues in the order given
+        assert ids(got) == [m.id for m in sent if m.queue == "a"] + [
+            m.id for m in sent if m.queue == "b"
+        ]
+        assert [d.priority for d in got] == [m.priority for m in sent if m.queue == "a"] + [
+            m.priority for m in sent if m.queue == "b"
+        ]
+        return
     priorities = [d.priority for d in got]
     assert priorities == sorted(priorities, reverse=True), "9 must be served first"
     for queue in ("a", "b"):
@@ -233,7 +244,9 @@ def test_priority_nine_first_across_queues_fifo_within_queue_and_priority(
         assert [d.id for d in got if d.queue == queue] == [m.id for m in expected]
 
 
-def test_default_priority_is_five_and_out_of_range_is_clamped(broker: Broker) -> None:
+def test_default_priority_is_five_and_out_of_range_is_clamped(
+    broker: Broker, broker_backend: str
+) -> None:
     default = message()
     high = message(priority=42)
     low = message(priority=-3)
@@ -241,6 +254,10 @@ def test_default_priority_is_five_and_out_of_range_is_clamped(broker: Broker) ->
     one = message(priority=1)
     broker.publish([low, one, default, eight, high])
     got = drain(broker, [Q])
+    if weaker(broker_backend, "priority"):  # FIFO, priorities still clamped and reported
+        assert ids(got) == [low.id, one.id, default.id, eight.id, high.id]
+        assert [d.priority for d in got] == [0, 1, 5, 8, 9]
+        return
     assert ids(got) == [high.id, eight.id, default.id, one.id, low.id]
     assert [d.priority for d in got] == [9, 8, 5, 1, 0]
 
@@ -264,7 +281,9 @@ def test_blocked_lease_ignores_other_queues(broker: Broker, peer: Broker) -> Non
 
 
 # -- delayed messages --------------------------------------------------------------------
-def test_delayed_not_leasable_before_due_and_leasable_after(broker: Broker) -> None:
+def test_delayed_not_leasable_before_due_and_leasable_after(
+    broker: Broker, broker_backend: str
+) -> None:
     now = broker.time()
     by_countdown = message(b"countdown", countdown=0.5)
     by_eta = message(b"eta", eta=now + 0.7)
@@ -309,11 +328,12 @@ def test_past_eta_is_ready_now(broker: Broker) -> None:
     assert ids(broker.lease([Q], 10, 0)) == [sent.id]
 
 
-def test_delayed_message_does_not_block_ready_ones(broker: Broker) -> None:
+def test_delayed_message_does_not_block_ready_ones(broker: Broker, broker_backend: str) -> None:
     delayed = message(priority=9, countdown=60)
     ready = [message(priority=0), message(priority=5)]
     broker.publish([delayed, *ready])
-    assert ids(broker.lease([Q], 10, 0)) == [ready[1].id, ready[0].id]
+    expected = ready if weaker(broker_backend, "priority") else [ready[1], ready[0]]
+    assert ids(broker.lease([Q], 10, 0)) == [m.id for m in expected]
     assert broker.lease([Q], 10, 0) == []
     assert stats_of(broker) == QueueStats(ready=0, delayed=1, leased=2, dead=0)
 
@@ -346,7 +366,9 @@ def test_redelivery_after_lease_expiry_counts_deliveries(broker: Broker, peer: B
     assert peer.lease([Q], 10, 0) == []
 
 
-def test_expired_lease_returns_to_its_place_in_the_queue(broker: Broker, peer: Broker) -> None:
+def test_expired_lease_returns_to_its_place_in_the_queue(
+    broker: Broker, peer: Broker, broker_backend: str
+) -> None:
     """A message swept back from a dead worker's lease is leased before the messages that
     were queued behind it (a killed worker's tasks are not sent to the back of the line)."""
     first, second = message(priority=4), message(priority=4)
@@ -356,13 +378,18 @@ def test_expired_lease_returns_to_its_place_in_the_queue(broker: Broker, peer: B
     broker.publish(behind)
     expired = broker.time() + LEASE_TIMEOUT + EARLY_SLACK
     wait_until(lambda: broker.time() > expired, REDELIVERY_WAIT, "lease expiry")
-    assert peer.sweep() >= 1
+    if weaker(broker_backend, "holder_returns"):  # the holder's own timer returns it
+        wait_until(lambda: stats_of(peer).ready == 22, REDELIVERY_WAIT, "lease returned")
+    else:
+        assert peer.sweep() >= 1
     again = drain(peer, [Q])
     assert ids(again) == [first.id, second.id, *(m.id for m in behind)]
     assert again[0].delivery_count == 2
 
 
-def test_concurrent_sweeps_move_each_expired_lease_once(broker: Broker, peer: Broker) -> None:
+def test_concurrent_sweeps_move_each_expired_lease_once(
+    broker: Broker, peer: Broker, broker_backend: str
+) -> None:
     sent = [message() for _ in range(10)]
     broker.publish(sent)
     assert len(broker.lease([Q], 10, 0)) == 10
@@ -370,7 +397,11 @@ def test_concurrent_sweeps_move_each_expired_lease_once(broker: Broker, peer: Br
     wait_until(lambda: broker.time() > deadline, REDELIVERY_WAIT, "lease expiry")
 
     moved = run_together([broker.sweep if n % 2 else peer.sweep for n in range(8)])
-    assert sum(moved) == 10, f"sweeps reported {moved}"
+    if weaker(broker_backend, "holder_returns"):  # the holder's timer may have been first
+        assert sum(moved) <= 10, f"sweeps reported {moved}"
+        wait_until(lambda: stats_of(peer).ready == 10, REDELIVERY_WAIT, "leases returned")
+    else:
+        assert sum(moved) == 10, f"sweeps reported {moved}"
     again = drain(peer, [Q])
     assert sorted(ids(again)) == sorted(m.id for m in sent)
     assert {d.delivery_count for d in again} == {2}
@@ -400,12 +431,18 @@ def test_extend_keeps_message_leased_past_several_timeouts(broker: Broker, peer:
     assert again.delivery_count == 2
 
 
-def test_release_returns_message_at_once_without_charging_a_delivery(broker: Broker) -> None:
+def test_release_returns_message_at_once_without_charging_a_delivery(
+    broker: Broker, broker_backend: str
+) -> None:
     sent = message(b"kept")
     other = message()
     broker.publish([sent, other])
     held = lease_one(broker)
     assert held.id == sent.id
+    back_of_queue = weaker(broker_backend, "holder_returns")
+    if back_of_queue:  # a released message joins the back: take `other` out of the way
+        first_other = lease_one(broker)
+        assert first_other.id == other.id
 
     for _ in range(MAX_DELIVERIES + 2):  # releases never count towards max_deliveries
         broker.release([held])
@@ -415,6 +452,8 @@ def test_release_returns_message_at_once_without_charging_a_delivery(broker: Bro
         held = again
 
     broker.release([])
+    if back_of_queue:
+        broker.release([first_other])
     assert stats_of(broker) == QueueStats(ready=1, leased=1)
 
 
@@ -626,7 +665,7 @@ def test_purge_dead_by_ids_and_all(broker: Broker) -> None:
 
 
 # -- retry_later -------------------------------------------------------------------------
-def test_retry_later_acks_and_schedules_fresh_message(broker: Broker) -> None:
+def test_retry_later_acks_and_schedules_fresh_message(broker: Broker, broker_backend: str) -> None:
     sent = message(b"try 1", priority=3)
     broker.publish([sent])
     lease_one(broker)
@@ -677,7 +716,7 @@ def test_revoke_with_ttl(broker: Broker, peer: Broker) -> None:
 
 
 # -- inspection and maintenance ----------------------------------------------------------
-def test_stats_counts_ready_delayed_leased_dead(broker: Broker) -> None:
+def test_stats_counts_ready_delayed_leased_dead(broker: Broker, broker_backend: str) -> None:
     broker.publish([message() for _ in range(4)])
     broker.publish([message(countdown=60), message(countdown=60)])
     broker.publish([message(queue="other")])
@@ -695,7 +734,7 @@ def test_stats_counts_ready_delayed_leased_dead(broker: Broker) -> None:
     assert everything["other"] == expected["other"]
 
 
-def test_purge_deletes_ready_and_delayed_only(broker: Broker) -> None:
+def test_purge_deletes_ready_and_delayed_only(broker: Broker, broker_backend: str) -> None:
     broker.publish([message()])
     broker.dead_letter(lease_one(broker), DeadLetterReason.REJECTED)
     broker.publish([message() for _ in range(4)])
@@ -703,6 +742,11 @@ def test_purge_deletes_ready_and_delayed_only(broker: Broker) -> None:
     broker.publish([message(queue="other"), message(queue="other")])
     held = lease_one(broker)
 
+    if weaker(broker_backend, "purge_delayed"):  # the two delayed ones stay
+        assert broker.purge([Q]) == 3
+        assert stats_of(broker) == QueueStats(delayed=2, leased=1, dead=1)
+        broker.ack([held])
+        return
     assert broker.purge([Q]) == 5
     assert stats_of(broker) == QueueStats(leased=1, dead=1)
     assert stats_of(broker, "other") == QueueStats(ready=2)

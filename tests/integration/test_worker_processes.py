@@ -1,5 +1,5 @@
 """The production worker as real processes: ``python -m conveyor worker`` on SQLite, Redis and
-PostgreSQL.
+PostgreSQL; RabbitMQ (the session's rabbitmq-server; results in a SQLite file of the test).
 
 Every test synchronises on facts with deadlines (result states, lines tasks append to files,
 process exits), never on bare sleeps. Tasks live in ``tests/integration/workerapp.py``.
@@ -32,14 +32,20 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    # Every test runs on PostgreSQL with --slow; the crash tests of ``on_every_broker`` by default.
+    # Every test runs on PostgreSQL and RabbitMQ with --slow; the crash tests of
+    # ``on_every_broker`` by default.
     pytest.param("postgres", id="postgres", marks=(pytest.mark.postgres, pytest.mark.slow)),
+    pytest.param("amqp", id="amqp", marks=(pytest.mark.amqp, pytest.mark.slow)),
 ]
-#: Tests that run on every broker in the default suite (the others skip PostgreSQL unless
-#: --slow: its conformance suite already covers their broker operations).
+#: Tests that run on every broker in the default suite (the others skip PostgreSQL and
+#: RabbitMQ unless --slow: their conformance suites already cover their broker operations).
 on_every_broker = pytest.mark.parametrize(
     "backend",
-    [*BACKENDS[:2], pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
+    [
+        *BACKENDS[:2],
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+        pytest.param("amqp", id="amqp", marks=pytest.mark.amqp),
+    ],
     indirect=True,
 )
 
@@ -188,6 +194,11 @@ def harness_factory(
     def make(**settings: Any) -> Harness:
         if backend == "sqlite":
             url = f"sqlite:///{tmp_path}/broker.db"
+        elif backend == "amqp":
+            url = request.getfixturevalue("rabbit_server").url
+            prefix = f"wp{uuid.uuid4().hex[:10]}"
+            settings.setdefault("broker_transport_options", {"key_prefix": prefix})
+            settings.setdefault("result_backend", f"sqlite:///{tmp_path}/results.db")
         else:
             server = request.getfixturevalue(f"{backend}_server")
             url = server.url if backend == "redis" else server.url()

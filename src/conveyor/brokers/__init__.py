@@ -18,7 +18,15 @@ _SCHEMES: dict[str, str] = {
     "sentinel": "conveyor.brokers.redis:RedisBroker",
     "postgresql": "conveyor.brokers.postgres:PostgresBroker",
     "postgres": "conveyor.brokers.postgres:PostgresBroker",
+    "amqp": "conveyor.brokers.amqp:AMQPBroker",
+    "amqps": "conveyor.brokers.amqp:AMQPBroker",
+    "pyamqp": "conveyor.brokers.amqp:AMQPBroker",
 }
+
+
+#: URL schemes of RabbitMQ, which holds messages only (results and key/value data live in
+#: the result store).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 
 def scheme_of(url: str) -> str:
@@ -36,4 +44,4 @@ def create_broker(url: str, options: BrokerOptions) -> Broker:
     return cls(url, options)
 
 
-__all__ = ["Broker", "BrokerOptions", "create_broker", "redact_url", "scheme_of"]
+__all__ = ["AMQP_SCHEMES", "Broker", "BrokerOptions", "create_broker", "redact_url", "scheme_of"]

@@ -128,6 +128,10 @@ OUTBOX_ENABLED = False
 # environment, e.g. CONVEYOR_BROKER_URL=redis://localhost:6379/0 (results follow the broker),
 # or CONVEYOR_BROKER_URL=postgresql://user:pw@host/db (the site's tables move there too).
 CONVEYOR_BROKER_URL = f"sqlite:///{VAR_DIR / 'conveyor.sqlite3'}"
+if os.environ.get("CONVEYOR_BROKER_URL", "").split("://")[0] in ("amqp", "amqps", "pyamqp"):
+    # RabbitMQ (CONVEYOR_BROKER_URL=pyamqp://guest@localhost//) holds messages only: results,
+    # revocations and beat claims go to a file beside the database.
+    CONVEYOR_RESULT_BACKEND = f"sqlite:///{VAR_DIR / 'conveyor-results.sqlite3'}"
 CONVEYOR_TIMEZONE = TIME_ZONE
 # delay() inside transaction.atomic() waits for the commit (on PostgreSQL in the site's
 # database it is part of the transaction instead: see accounts/signals.py).

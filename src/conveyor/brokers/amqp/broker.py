@@ -1,0 +1,518 @@
+"""RabbitMQ broker (``amqp://``, ``amqps://``, ``pyamqp://``) on py-amqp.
+
+How each promise is kept (docs/rabbitmq.md has the long form):
+
+* at-least-once: ``lease()`` takes messages with ``basic.get`` and acks them only in ``ack()``,
+  after the task finished; a dead client's unacked messages go back to the queue when its
+  connection closes, and an expired lease of a live one through :mod:`.leases`;
+* every publish waits for publisher confirms (:mod:`.session`) and raises if one is missing;
+* durable quorum queues with ``x-delivery-limit`` and a dead-letter exchange (:mod:`.topology`);
+* delays live in RabbitMQ's TTL queues (:mod:`.topology`), never in a worker;
+* RabbitMQ holds no key/value data: revocations, beat claims, the worker registry and publish
+  dedupe across processes use ``kv``, built from ``kv_url`` (transport option or URL
+  parameter; the app passes its result store's URL by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+
+import amqp
+
+from ...exceptions import ConfigurationError
+from ...kv import KeyValue
+from ...results import create_result_store
+from ...results.base import ResultStore
+from ..base import (
+    PUBLISH_DEDUPE_WINDOW,
+    Broker,
+    BrokerOptions,
+    DeadLetter,
+    DeadLetterReason,
+    Delivery,
+    Message,
+    QueueStats,
+)
+from . import deadletters, fates
+from .connection import CONNECTION_ERRORS, Connector
+from .convert import (
+    BEFORE,
+    DEAD_AT,
+    DELIVERIES,
+    DETAIL,
+    REASON,
+    body_of,
+    copy_of,
+    delivery_count_of,
+    message_id_of,
+    priority_of,
+    to_amqp,
+)
+from .leases import Held, Leases, Reaper
+from .session import Session
+from .topology import LEVELS, TICK, Names, Topology, delay_routing_key, ticks
+from .wake import Wake
+
+#: Longest single wait of a blocked lease before it polls again (seconds).
+POLL_SLICE = 0.25
+#: kv key of a queue name this prefix has used (stats() of every queue).
+QUEUE_KEY = "amqp-queue:"
+#: kv keys ``<this><queue>:<id>`` of delayed messages, expiring when due (stats() counts them).
+DELAYED_KEY = "amqp-delayed:"
+
+
+def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
+    broker = reference()
+    if broker is not None:
+        broker._after_fork()
+
+
+class AMQPBroker(Broker):
+    schemes = ("amqp", "amqps", "pyamqp")
+    lease_checks_revoked = True
+
+    def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
+        super().__init__(url, options)
+        opts = self.options
+        self._connector = Connector(url)
+        transport = opts.transport_options
+        kv_url = self._connector.params.kv_url or transport.get("kv_url")
+        if not isinstance(kv_url, str) or not kv_url:
+            raise ConfigurationError(
+                "the RabbitMQ broker needs a key/value store for revocations, beat claims "
+                "and the worker registry: set result_backend (Redis, PostgreSQL, SQLite, "
+                "Django) or broker_transport_options={'kv_url': ...}"
+            )
+        if kv_url.split("://", 1)[0].lower() in self.schemes:
+            raise ConfigurationError(
+                "RabbitMQ cannot store results or key/value data: set result_backend to "
+                "Redis, PostgreSQL, SQLite or Django"
+            )
+        self._store: ResultStore = create_result_store(
+            kv_url, expires=None, key_prefix=f"{opts.key_prefix}.amqp"
+        )
+        self.kv: KeyValue = self._store.kv
+        queue_type = str(transport.get("queue_type", "quorum"))
+        self.names = Names(opts.key_prefix)
+        try:
+            self._topology = Topology(
+                self.names, queue_type=queue_type, max_deliveries=opts.max_deliveries
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"broker_transport_options: {exc}") from None
+        self._session = Session(self._connector, self._topology)
+        self._wake = Wake(self._connector, self.names)
+        self._uid = uuid.uuid4().hex[:10]
+        self._leases = Leases()
+        self._reaper: Reaper | None = None
+        self._reaper_lock = threading.Lock()
+        self._published: dict[str, float] = {}
+        self._published_lock = threading.Lock()
+        self._known: set[str] = set()
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(reference))
+
+    def _after_fork(self) -> None:
+        """A forked child (a worker's child process) gets its own connections and identity:
+        py-amqp connections must not be shared between processes, and receipts of the
+        parent's broker are foreign to the child's."""
+        self._uid = uuid.uuid4().hex[:10]
+        self._session.forget()
+        self._wake.forget()
+        self._leases = Leases()
+        self._reaper = None
+        self._reaper_lock = threading.Lock()
+        self._published_lock = threading.Lock()
+
+    # -- publishing ----------------------------------------------------------------------
+    def _fresh(self, messages: Sequence[Message]) -> list[Message]:
+        """The messages whose id this client has not published (confirmed) in the dedupe
+        window, each id once."""
+        now = time.monotonic()
+        out: dict[str, Message] = {}
+        with self._published_lock:
+            if len(self._published) > 10_000:
+                self._published = {k: t for k, t in self._published.items() if t > now}
+            for message in messages:
+                if self._published.get(message.id, 0.0) <= now:
+                    out.setdefault(message.id, message)
+        return list(out.values())
+
+    def _remember(self, messages: Sequence[Message]) -> None:
+        """Only confirmed ids: a publish that failed is published again by a retry (it may
+        have reached RabbitMQ before the connection broke: at least once)."""
+        until = time.monotonic() + PUBLISH_DEDUPE_WINDOW
+        with self._published_lock:
+            for message in messages:
+                self._published[message.id] = until
+
+    def _routes(
+        self, channel: amqp.Channel, messages: Sequence[Message]
+    ) -> list[tuple[str, str, amqp.Message]]:
+        for message in messages:
+            self._declare(channel, message.queue)
+        now = time.time()  # after declaring (slow the first time): delays start from here
+        due = [max(now + m.countdown, m.eta or 0.0) for m in messages]
+        if any(when > now for when in due):
+            self._topology.delays(channel)
+            now = time.time()
+        batch = []
+        classic = self._topology.queue_type == "classic"
+        for message, when in zip(messages, due, strict=True):
+            n_ticks = ticks(when - now) if when > now else 0
+            if n_ticks:
+                # counted for stats(): a kv key per delayed message that expires when due
+                marker = f"{DELAYED_KEY}{message.queue}:{message.id}"
+                self.kv.set_value(marker, b"", n_ticks * TICK)
+                key = delay_routing_key(n_ticks, self.names.queue(message.queue))
+                batch.append(
+                    (self.names.delay(LEVELS - 1), key, to_amqp(message, amqp_priority=classic))
+                )
+            else:
+                batch.append(
+                    (self.names.exchange, message.queue, to_amqp(message, amqp_priority=classic))
+                )
+        return batch
+
+    def _declare(self, channel: amqp.Channel, queue: str) -> str:
+        physical = self._topology.queue(channel, queue)
+        if queue not in self._known:
+            self.kv.set_value(f"{QUEUE_KEY}{queue}", b"1")
+            self._known.add(queue)
+        return physical
+
+    def _send(self, messages: Sequence[Message], what: str = "publish") -> None:
+        if not messages:
+            return
+        try:
+            batch = self._session.run(lambda ch: self._routes(ch, messages), what)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self._session.publish(batch, what)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        fresh = self._fresh(messages)
+        self._send(fresh)
+        self._remember(fresh)
+
+    # -- consuming -----------------------------------------------------------------------
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None:
+            with self._reaper_lock:
+                if self._reaper is None:
+                    interval = min(0.25, self.options.lease_timeout / 4)
+                    self._reaper = Reaper(self._reap, interval)
+                    self._reaper.start()
+
+    def _poll(self, channel: amqp.Channel, queues: Sequence[str], limit: int) -> list[Delivery]:
+        got: list[Delivery] = []
+        generation = self._session.generation
+        self._leases.forget_before(generation)
+        deadline = time.time() + self.options.lease_timeout
+        for queue in queues:
+            physical = self._declare(channel, queue)
+            while len(got) < limit:
+                msg = channel.basic_get(physical, no_ack=False)
+                if msg is None:
+                    break
+                tag = msg.delivery_info["delivery_tag"]
+                receipt = f"{self._uid}:{generation}:{tag}"
+                count = delivery_count_of(msg)
+                held = Held(tag, generation, deadline, count, queue, msg)
+                message_id = message_id_of(msg, f"amqp-{self._uid}-{generation}-{tag}")
+                fate = self.kv.get_value(f"{fates.PREFIX}{message_id}")
+                note = fates.note_of(fate)
+                if note is not None and fates.applies(note, count):
+                    self._apply(channel, held, note)
+                    fates.forget(self.kv, message_id)
+                    continue
+                self._leases.add(receipt, held)
+                got.append(
+                    Delivery(
+                        id=message_id,
+                        queue=queue,
+                        body=body_of(msg),
+                        priority=priority_of(msg),
+                        receipt=receipt,
+                        delivery_count=count,
+                        revoked=fates.is_revoked(fate),
+                    )
+                )
+            if len(got) >= limit:
+                break
+        return got
+
+    def _apply(self, channel: amqp.Channel, held: Held, note: fates.Note) -> None:
+        """Settle a message as a supervisor did with its killed child's receipt."""
+        if note.reason is None:
+            channel.basic_ack(held.tag)
+        else:
+            self._bury(held, note.reason, note.detail)
+
+    def _foreign(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` was leased by another client (a killed child's, settled by
+        its supervisor) rather than being a stale receipt of this one."""
+        return delivery.receipt.split(":", 1)[0] != self._uid
+
+    def _note(self, delivery: Delivery, reason: str | None, detail: str = "") -> None:
+        note = fates.Note(delivery.delivery_count, reason, detail)
+        fates.leave_note(self.kv, delivery.id, note)
+
+    def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        self._ensure_reaper()
+        deadline = time.monotonic() + wait
+        if wait > 0:
+            self._wake.bind_now(list(queues))
+        while True:
+            got = self._session.run(lambda ch: self._poll(ch, queues, limit), "lease")
+            remaining = deadline - time.monotonic()
+            if got or remaining <= 0:
+                return got
+            self._wake.wait(list(queues), min(remaining, POLL_SLICE))
+
+    def _receipt(self, held: Held) -> str:
+        return f"{self._uid}:{held.generation}:{held.tag}"
+
+    def _settle(self, deliveries: Sequence[Delivery], requeue: bool | None) -> list[Held]:
+        """Ack (requeue None) or nack the held ones among ``deliveries``."""
+        if not deliveries:
+            return []
+
+        def act(channel: amqp.Channel) -> list[Held]:
+            held = self._leases.take((d.receipt for d in deliveries), self._session.generation)
+            for entry in held:
+                if requeue is None:
+                    channel.basic_ack(entry.tag)
+                else:
+                    channel.basic_reject(entry.tag, requeue=requeue)
+            return held
+
+        return self._session.run(act, "ack" if requeue is None else "release")
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            if self._foreign(delivery):
+                self._note(delivery, None)
+        self._settle(deliveries, None)
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        self._leases.extend(
+            (d.receipt for d in deliveries), time.time() + self.options.lease_timeout
+        )
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Publish each held message again with its delivery count so far and ack the
+        original: ``basic.reject`` with requeue would charge a delivery on a quorum queue
+        (and count towards ``x-delivery-limit``). The copy joins the back of its queue."""
+        if not deliveries:
+            return
+        with self._session.lock:
+            held = self._leases.take((d.receipt for d in deliveries), self._session.generation)
+            if not held:
+                return
+            copies = [
+                (
+                    self.names.exchange,
+                    entry.queue,
+                    copy_of(entry.message, {BEFORE: entry.delivery_count - 1}),
+                )
+                for entry in held
+            ]
+            try:
+                self._session.publish(copies, "release")
+            except BaseException:
+                for entry in held:
+                    self._leases.add(self._receipt(entry), entry)
+                raise
+
+            def ack(channel: amqp.Channel) -> None:
+                for entry in held:
+                    channel.basic_ack(entry.tag)
+
+            self._session.run(ack, "release")
+
+    def _notify(self, queues: set[str]) -> None:
+        """Wake clients blocked on ``queues`` (after a release: no publish woke them)."""
+        if not queues:
+            return
+
+        def send(channel: amqp.Channel) -> None:
+            for queue in queues:
+                channel.basic_publish(amqp.Message(b""), self.names.wake, queue)
+
+        self._session.run(send, "wake")
+
+    def retry_later(self, delivery: Delivery, message: Message) -> None:
+        if self._foreign(delivery):
+            self._send([message], "retry_later")
+            self._note(delivery, None)
+            return
+        with self._session.lock:
+            held = self._leases.take([delivery.receipt], self._session.generation)
+            if not held:
+                return
+            try:
+                self._send([message], "retry_later")
+            except BaseException:
+                self._leases.add(delivery.receipt, held[0])
+                raise
+            self._session.run(lambda ch: ch.basic_ack(held[0].tag), "retry_later")
+
+    def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
+        if self._foreign(delivery):
+            self._note(delivery, str(reason), detail)
+            return
+        with self._session.lock:
+            held = self._leases.take([delivery.receipt], self._session.generation)
+            if not held:
+                return
+            try:
+                self._bury(held[0], reason, detail)
+            except BaseException:
+                self._leases.add(delivery.receipt, held[0])
+                raise
+
+    def _bury(self, held: Held, reason: str, detail: str) -> None:
+        """Publish ``held``'s message to the DLQ (confirmed), then ack it."""
+        extra = {
+            REASON: str(reason),
+            DETAIL: detail,
+            DEAD_AT: time.time(),
+            DELIVERIES: held.delivery_count,
+        }
+        copy = copy_of(held.message, extra)
+        self._session.publish([(self.names.dlx, "", copy)], "dead_letter")
+        self._session.run(lambda ch: ch.basic_ack(held.tag), "dead_letter")
+
+    def sweep(self) -> int:
+        """Return this client's expired leases (RabbitMQ moves due delayed messages and
+        returns a dead client's messages itself); dead-letter those delivered
+        ``max_deliveries`` times. Returns how many moved."""
+        return self._return_expired(0.0)
+
+    def _reap(self) -> int:
+        """The background pass: AMQP heartbeats, then expired leases, a little past expiry
+        (like the other brokers' sweep interval: a late ack just after expiry counts)."""
+        self._wake.heartbeat()
+        self._session.heartbeat()
+        return self._return_expired(self.options.lease_timeout / 4)
+
+    def _return_expired(self, grace: float) -> int:
+        expired = self._leases.expired(time.time() - grace)
+        generation = self._session.generation
+        expired = [held for held in expired if held.generation == generation]
+        if not expired:
+            return 0
+        lost = [h for h in expired if h.delivery_count >= self.options.max_deliveries]
+        back = [h for h in expired if h.delivery_count < self.options.max_deliveries]
+        for held in lost:
+            self._bury(held, DeadLetterReason.WORKER_LOST, "lease expired")
+
+        def requeue(channel: amqp.Channel) -> None:
+            for held in back:
+                channel.basic_reject(held.tag, requeue=True)
+
+        self._session.run(requeue, "sweep")
+        self._notify({held.queue for held in back})
+        return len(expired)
+
+    # -- revocation ----------------------------------------------------------------------
+    def revoke(self, ids: Iterable[str], ttl: float) -> None:
+        for task_id in ids:
+            fates.revoke(self.kv, task_id, ttl)
+
+    def revoked(self, ids: Iterable[str]) -> set[str]:
+        return {i for i in ids if fates.is_revoked(self.kv.get_value(f"{fates.PREFIX}{i}"))}
+
+    # -- inspection and maintenance ------------------------------------------------------
+    def _with_channel[T](self, action: Callable[[amqp.Channel], T], what: str) -> T:
+        """``action`` on a short-lived channel of its own (browsing, passive declares)."""
+
+        def run(_: amqp.Channel) -> T:
+            self._topology.base(_)
+            channel = self._session.connection().channel()
+            try:
+                return action(channel)
+            finally:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    channel.close()
+
+        return self._session.run(run, what)
+
+    def _ready(self, channel: amqp.Channel, queue: str) -> int:
+        physical = self.names.queue(queue)
+        try:
+            _, count, _ = channel.queue_declare(physical, passive=True)
+        except amqp.exceptions.NotFound:
+            return -1
+        return int(count)
+
+    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        if queues is None:
+            keys = self.kv.values(QUEUE_KEY)
+            names = sorted(k[len(QUEUE_KEY) :] for k in keys)
+        else:
+            names = list(queues)
+        dead = self._with_channel(lambda ch: deadletters.counts(ch, self.names.dead), "stats")
+        out: dict[str, QueueStats] = {}
+        for queue in names:
+            ready = self._with_channel(functools.partial(self._ready, queue=queue), "stats")
+            out[queue] = QueueStats(
+                ready=max(ready, 0),
+                delayed=len(self.kv.values(f"{DELAYED_KEY}{queue}:")),
+                leased=self._leases.count(queue),
+                dead=dead.get(queue, 0),
+            )
+        return out
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        found = self._with_channel(
+            lambda ch: deadletters.listing(ch, self.names.dead, limit, queue), "dead_letters"
+        )
+        # RabbitMQ's own dead-lettering (delivery limit) drops x-delivery-count
+        most = self.options.max_deliveries
+        return [
+            dataclasses.replace(d, delivery_count=most)
+            if d.reason == DeadLetterReason.WORKER_LOST and not d.delivery_count
+            else d
+            for d in found
+        ]
+
+    def replay_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._with_channel(
+            lambda ch: deadletters.settle(ch, self.names.dead, ids, self._send), "replay_dead"
+        )
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._with_channel(
+            lambda ch: deadletters.settle(ch, self.names.dead, ids, None), "purge_dead"
+        )
+
+    def purge(self, queues: Sequence[str]) -> int:
+        def run(channel: amqp.Channel, queue: str) -> int:
+            if self._ready(channel, queue) <= 0:
+                return 0
+            return int(channel.queue_purge(self.names.queue(queue)) or 0)
+
+        return sum(self._with_channel(functools.partial(run, queue=q), "purge") for q in queues)
+
+    def time(self) -> float:
+        return time.time()
+
+    def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
+        self._wake.close()
+        self._session.drop()
+        self._store.close()

@@ -1,0 +1,148 @@
+"""AMQP URLs and connections: ``amqp://``, ``amqps://`` and Celery's ``pyamqp://``.
+
+``amqp://user:password@host:port/vhost?heartbeat=60&connect_timeout=5`` with Kombu's
+defaults (``guest``/``guest``, port 5672 or 5671 for ``amqps``, vhost ``/``). The vhost is the
+URL's path without its first ``/``, percent-decoded: ``//`` and a missing path both mean ``/``,
+``/%2F`` also ``/``, ``/jobs`` the vhost ``jobs``. TLS: ``amqps://`` (or ``?ssl=true``) with
+the system's trusted CAs; ``?cafile=``, ``?certfile=``, ``?keyfile=`` name PEM files.
+
+:class:`Connector` opens py-amqp connections and turns every failure into one
+:class:`~conveyor.exceptions.BrokerError` that says what was wrong (refused, bad credentials,
+unknown vhost) with the password redacted.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import amqp
+from amqp.exceptions import AccessRefused, AMQPError, ConnectionForced, NotAllowed
+
+from ...exceptions import BrokerError, ConfigurationError
+from ..base import redact_url
+
+SCHEMES = ("amqp", "amqps", "pyamqp")
+#: Errors of the client and the network that mean "the connection is gone".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    AMQPError,
+    OSError,
+    EOFError,
+    socket.timeout,
+)
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class AMQPParams:
+    """Where and how to connect, parsed from a URL."""
+
+    host: str
+    port: int
+    userid: str
+    password: str
+    vhost: str
+    ssl: ssl.SSLContext | None
+    heartbeat: int
+    connect_timeout: float
+    #: ``kv_url`` query parameter: where the broker's key/value data lives.
+    kv_url: str | None
+
+
+def parse_url(url: str) -> AMQPParams:
+    """Parse an AMQP URL; a malformed one raises ConfigurationError (password redacted)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed AMQP URL {redact_url(url)!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigurationError(f"not an AMQP URL: {redact_url(url)!r}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = set(query) - {"heartbeat", "connect_timeout", "ssl", "cafile", "certfile", "keyfile"}
+    unknown.discard("kv_url")
+    if unknown:
+        raise ConfigurationError(
+            f"AMQP URL {redact_url(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}"
+        )
+    use_tls = scheme == "amqps" or query.get("ssl", "").lower() in _TRUE
+    context: ssl.SSLContext | None = None
+    if use_tls:
+        context = ssl.create_default_context(cafile=query.get("cafile") or None)
+        if query.get("certfile"):
+            context.load_cert_chain(query["certfile"], query.get("keyfile") or None)
+    path = parts.path
+    vhost = unquote(path[1:]) if len(path) > 1 else "/"
+    try:
+        heartbeat = int(query.get("heartbeat", "60"))
+        connect_timeout = float(query.get("connect_timeout", "5"))
+    except ValueError as exc:
+        raise ConfigurationError(f"AMQP URL {redact_url(url)!r}: {exc}") from None
+    return AMQPParams(
+        host=parts.hostname or "localhost",
+        port=port or (5671 if use_tls else 5672),
+        userid=unquote(parts.username) if parts.username else "guest",
+        password=unquote(parts.password) if parts.password is not None else "guest",
+        vhost=vhost,
+        ssl=context,
+        heartbeat=heartbeat,
+        connect_timeout=connect_timeout,
+        kv_url=query.get("kv_url") or None,
+    )
+
+
+class Connector:
+    """Opens connections for one URL; errors name the URL with its password hidden."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.params = parse_url(url)
+
+    def open(self) -> amqp.Connection:
+        p = self.params
+        connection = amqp.Connection(
+            f"{p.host}:{p.port}",
+            userid=p.userid,
+            password=p.password,
+            virtual_host=p.vhost,
+            ssl=p.ssl or False,
+            heartbeat=p.heartbeat,
+            connect_timeout=p.connect_timeout,
+            confirm_publish=False,
+        )
+        try:
+            connection.connect()
+        except AccessRefused as exc:
+            raise self.error(f"login refused for user {p.userid!r} ({exc.reply_text})") from None
+        except NotAllowed as exc:
+            raise self.error(
+                f"vhost {p.vhost!r} refused for user {p.userid!r} ({exc.reply_text}); "
+                "does it exist and may the user use it?"
+            ) from None
+        except ConnectionForced as exc:
+            raise self.error(f"closed by the server ({exc.reply_text})") from None
+        except (ssl.SSLError, socket.gaierror) as exc:
+            raise self.error(str(exc)) from None
+        except CONNECTION_ERRORS as exc:
+            raise self.error(f"cannot connect ({type(exc).__name__}: {exc})") from None
+        return connection
+
+    def error(self, what: str) -> BrokerError:
+        # without the query: kv_url may carry another server's password
+        return BrokerError(f"RabbitMQ broker {redact_url(self.url.split('?', 1)[0])}: {what}")
+
+
+def close_quietly(connection: amqp.Connection | None) -> None:
+    """Close ``connection`` (or drop its socket) without raising."""
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except Exception:  # already broken: drop the socket
+        try:
+            connection.collect()
+        except Exception:  # nothing more to release
+            return

@@ -1,0 +1,144 @@
+"""Conveyor messages to AMQP messages and back.
+
+Conveyor's fields travel in the basic properties (``message_id``, ``priority``, ``timestamp``)
+and in ``conveyor-*`` headers (queue, priority, and for dead letters reason/detail/time/count);
+the body is passed through byte for byte. A message published by someone else (no message id,
+no headers) is still handed to the worker, which dead-letters what it cannot decode.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+
+import amqp
+
+from ..base import DeadLetter, DeadLetterReason, Message, clamp_priority
+
+QUEUE = "conveyor-queue"
+PRIORITY = "conveyor-priority"
+REASON = "conveyor-reason"
+DETAIL = "conveyor-detail"
+DEAD_AT = "conveyor-dead-at"
+DELIVERIES = "conveyor-deliveries"
+#: Deliveries a released message had before it was published again (``release()``).
+BEFORE = "conveyor-delivered-before"
+PERSISTENT = 2
+
+#: ``x-death`` reasons of RabbitMQ's own dead-lettering, as Conveyor reasons.
+_X_DEATH_REASONS = {
+    "delivery_limit": DeadLetterReason.WORKER_LOST,
+    "rejected": DeadLetterReason.WORKER_LOST,
+    "expired": DeadLetterReason.EXPIRED,
+    "maxlen": "queue_full",
+}
+
+
+def to_amqp(message: Message, *, amqp_priority: bool) -> amqp.Message:
+    """``amqp_priority``: set the AMQP priority property (classic queues with
+    ``x-max-priority``). Quorum queues get it only in the header, so they are FIFO on every
+    RabbitMQ version (4.x would otherwise serve 5-9 before 0-4, and 3.10 would not)."""
+    priority = clamp_priority(message.priority)
+    headers: dict[str, object] = {QUEUE: message.queue, PRIORITY: priority}
+    return amqp.Message(
+        message.body,
+        message_id=message.id,
+        priority=priority if amqp_priority else None,
+        delivery_mode=PERSISTENT,
+        timestamp=int(time.time()),
+        content_type="application/octet-stream",
+        application_headers=headers,
+    )
+
+
+def headers_of(msg: amqp.Message) -> dict[str, object]:
+    headers = msg.properties.get("application_headers")
+    return dict(headers) if isinstance(headers, dict) else {}
+
+
+def body_of(msg: amqp.Message) -> bytes:
+    body = msg.body
+    return bytes(body) if not isinstance(body, str) else body.encode()
+
+
+def priority_of(msg: amqp.Message) -> int:
+    value = headers_of(msg).get(PRIORITY, msg.properties.get("priority", 5))
+    return clamp_priority(value) if isinstance(value, int) else 5
+
+
+def message_id_of(msg: amqp.Message, fallback: str) -> str:
+    value = msg.properties.get("message_id")
+    return value if isinstance(value, str) and value else fallback
+
+
+def delivery_count_of(msg: amqp.Message) -> int:
+    """1 on the first delivery: quorum queues count returns in ``x-delivery-count``; classic
+    queues only say whether the message was delivered before (then 2)."""
+    headers = headers_of(msg)
+    before = headers.get(BEFORE)
+    base = before if isinstance(before, int) and before > 0 else 0
+    count = headers.get("x-delivery-count")
+    if isinstance(count, int):
+        return base + count + 1
+    return base + (2 if msg.delivery_info.get("redelivered") else 1)
+
+
+def copy_of(msg: amqp.Message, extra: Mapping[str, object]) -> amqp.Message:
+    """A new persistent message with ``msg``'s body and properties, headers updated with
+    ``extra`` (RabbitMQ's own ``x-`` headers dropped)."""
+    headers = {k: v for k, v in headers_of(msg).items() if not k.startswith("x-")}
+    headers.update(extra)
+    return amqp.Message(
+        body_of(msg),
+        message_id=msg.properties.get("message_id"),
+        priority=msg.properties.get("priority"),
+        timestamp=msg.properties.get("timestamp"),
+        content_type=msg.properties.get("content_type"),
+        delivery_mode=PERSISTENT,
+        application_headers=headers,
+    )
+
+
+def as_message(msg: amqp.Message, fallback_queue: str) -> Message:
+    """The Conveyor message inside an AMQP message (to replay a dead letter)."""
+    headers = headers_of(msg)
+    queue = headers.get(QUEUE)
+    return Message(
+        message_id_of(msg, f"amqp-{time.time_ns()}"),
+        queue if isinstance(queue, str) else fallback_queue,
+        body_of(msg),
+        priority_of(msg),
+    )
+
+
+def dead_letter_of(msg: amqp.Message) -> DeadLetter:
+    """Read a message of the dead-letter queue: one Conveyor dead-lettered itself (reason in
+    its headers) or one RabbitMQ dead-lettered (``x-death``: delivery limit, expiry)."""
+    headers = headers_of(msg)
+    queue = headers.get(QUEUE)
+    reason = headers.get(REASON)
+    detail = headers.get(DETAIL, "")
+    dead_at = headers.get(DEAD_AT)
+    count = headers.get(DELIVERIES)
+    deaths = headers.get("x-death")
+    first = deaths[0] if isinstance(deaths, list) and deaths else {}
+    if not isinstance(reason, str):
+        raw = first.get("reason") if isinstance(first, dict) else None
+        reason = _X_DEATH_REASONS.get(str(raw), str(raw or DeadLetterReason.MALFORMED))
+        detail = f"dead-lettered by RabbitMQ ({raw})"
+        when = first.get("time") if isinstance(first, dict) else None
+        if isinstance(when, dt.datetime):
+            dead_at = when.timestamp()
+    if not isinstance(count, int):
+        x_count = headers.get("x-delivery-count")
+        count = x_count + 1 if isinstance(x_count, int) else 0
+    return DeadLetter(
+        id=message_id_of(msg, ""),
+        queue=queue if isinstance(queue, str) else "",
+        body=body_of(msg),
+        reason=reason,
+        detail=detail if isinstance(detail, str) else str(detail),
+        dead_at=float(dead_at) if isinstance(dead_at, int | float) else 0.0,
+        delivery_count=count,
+    )

@@ -1,0 +1,119 @@
+"""RabbitMQ-only process tests: the broker restarted under running workers, an ETA task across
+a restart, foreign messages (Celery's format, raw bytes, no properties) on a Conveyor queue,
+the seeds' ``pyamqp://guest@localhost//``.
+
+The worker scenarios of every broker (kill -9 of a child or a whole worker, SIGTERM under load,
+poison tasks) run on RabbitMQ through the ``amqp`` parameter of test_worker_processes.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import amqp
+import pytest
+
+from conveyor import Conveyor, states
+from conveyor.testing import TestWorker
+from tests.integration import test_worker_processes as processes
+from tests.integration.test_worker_processes import Harness, pids_of, wait_for
+from tests.integration.workerapp import runs
+from tests.rabbit_server import RabbitServer
+
+pytestmark = pytest.mark.amqp
+
+
+@pytest.fixture
+def backend() -> str:
+    return "amqp"
+
+
+harness_factory = processes.harness_factory
+harness = processes.harness
+
+
+def _raw_publish(server: RabbitServer, exchange: str, routing_key: str, msg: amqp.Message) -> None:
+    """Publish as another application would (plain py-amqp, no Conveyor)."""
+    with amqp.Connection(f"127.0.0.1:{server.port}", userid="guest", password="guest") as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(msg, exchange, routing_key, mandatory=True)
+
+
+def test_broker_restart_mid_run_loses_nothing_and_workers_reconnect(
+    harness: Harness, rabbit_server: RabbitServer
+) -> None:
+    worker = harness.worker("-c", "2", "--threads", "4")
+    path, late = harness.file(), harness.file()
+    running = [harness.send("sleep", str(path), 1.0) for _ in range(8)]
+    # due after the restart: waits in RabbitMQ's delay queues through it
+    eta = time.time() + 6
+    delayed = harness.send("record", str(late), countdown=6)
+    wait_for(lambda: len(pids_of(path)) >= 2, 20, "tasks running")
+
+    rabbit_server.restart()
+
+    after = [harness.send("add", i, 1) for i in range(5)]
+    assert [r.get(timeout=60) for r in after] == [i + 1 for i in range(5)]
+    for result in running:
+        harness.wait_state(result.id, states.SUCCESS, 60)
+    ran_at = delayed.get(timeout=60)
+    assert ran_at >= eta - 0.05, "the ETA task ran early"
+    assert len(runs(late)) == 1
+    assert len(pids_of(path, "end")) >= 8  # tasks cut off by the restart ran again
+    assert worker.process.poll() is None
+
+
+def test_foreign_messages_are_dead_lettered_with_a_reason(
+    harness: Harness, rabbit_server: RabbitServer
+) -> None:
+    broker = harness.client.broker
+    prefix = harness.settings["broker_transport_options"]["key_prefix"]
+    harness.worker("-c", "1")
+    assert harness.send("add", 1, 1).get(timeout=20) == 2  # the queue exists
+    celery_body = json.dumps([[2, 2], {}, {"callbacks": None, "errbacks": None}]).encode()
+    celery = amqp.Message(
+        celery_body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers={"lang": "py", "task": "tasks.add", "id": "celery-1"},
+        message_id="celery-1",
+    )
+    _raw_publish(rabbit_server, prefix, "default", celery)
+    _raw_publish(rabbit_server, prefix, "default", amqp.Message(b"\xff\xfe raw", message_id="raw"))
+    _raw_publish(rabbit_server, prefix, "default", amqp.Message(b"no properties at all"))
+
+    dead = wait_for(lambda: len(broker.dead_letters()) == 3 and broker.dead_letters(), 30)
+    reasons = {d.id or "anonymous": d.reason for d in dead}
+    assert reasons["celery-1"] == "malformed"
+    assert reasons["raw"] == "undecodable"
+    assert set(reasons.values()) <= {"malformed", "undecodable"}
+    assert all(d.detail for d in dead)
+    assert harness.send("add", 2, 3).get(timeout=20) == 5  # the worker goes on
+
+
+def test_seed_url_pyamqp_guest_at_localhost_reaches_the_local_node(
+    rabbit_server: RabbitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seeds' ``pyamqp://guest@localhost//`` (password defaults to guest), here with the
+    test node's port; no result backend configured: results go to ``sqlite://`` in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    url = f"pyamqp://guest@localhost:{rabbit_server.port}//"
+    app = Conveyor("tasks", broker=url, set_as_default=False)
+    app.conf.broker_transport_options = {"key_prefix": f"seed{uuid.uuid4().hex[:8]}"}
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    worker = TestWorker(app)
+    worker.start()
+    try:
+        assert add.delay(2, 3).get(timeout=20) == 5
+    finally:
+        worker.stop(timeout=10)
+        app.close()
+    assert (tmp_path / "conveyor.sqlite3").exists()

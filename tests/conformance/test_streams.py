@@ -8,10 +8,19 @@ import time
 
 import pytest
 
+from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker
 from conveyor.streams import START
 
+from .conftest import _url, streams_params
 from .support import wait_until
+
+
+@pytest.fixture(params=streams_params())
+def broker_backend(request: pytest.FixtureRequest) -> str:
+    """Only the brokers that keep streams (the others: test_without_streams_brokers_say_so)."""
+    return str(request.param)
+
 
 BIG = 1000
 DAY = 86400.0
@@ -102,3 +111,17 @@ def test_read_waits_for_an_entry(broker: Broker, peer: Broker) -> None:
 def test_a_bad_position_is_a_clear_error(broker: Broker) -> None:
     with pytest.raises(ValueError, match="stream position"):
         broker.streams.read("events", "not-a-position")
+
+
+@pytest.mark.parametrize("backend", streams_params(False))
+def test_without_streams_brokers_say_so(
+    backend: str, request: pytest.FixtureRequest, key_prefix: str
+) -> None:
+    """PostgreSQL and RabbitMQ keep no streams yet: events and remote control are refused
+    with a sentence naming what needs them, never silently dropped."""
+    made = create_broker(_url(backend, request), BrokerOptions(key_prefix=key_prefix))
+    try:
+        with pytest.raises(NotImplementedError, match="events and remote control"):
+            _ = made.streams
+    finally:
+        made.close()

@@ -150,7 +150,6 @@ class ControlListener:
 
     def run(self) -> None:
         errors = LoopErrors("control")
-        streams = self.app.broker.streams
         next_refresh = time.monotonic() + PAUSE_REFRESH
         while not self._stopped.is_set():
             try:
@@ -158,6 +157,7 @@ class ControlListener:
                     if not self._stopped.wait(PAUSE_REFRESH):
                         self.refresh_paused()
                     continue
+                streams = self.app.broker.streams  # not before: a broker may keep none
                 if self._position is None:
                     self._stopped.wait(READ_WAIT)
                     self._position = streams.last(STREAM)

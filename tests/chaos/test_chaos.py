@@ -10,7 +10,8 @@ import pytest
 
 from tests.chaos.scenarios import BROKERS, BrokerSpec, run
 
-pytestmark = pytest.mark.slow
+#: Poison tasks take about 6 minutes per broker (child restarts back off up to 10 s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 #: The promise of DESIGN.md: leases of a dead worker return within lease + sweep (30 + 5 s);
 #: the rest is the time to lease them again behind the queue, on a loaded 2-core machine.

@@ -95,6 +95,11 @@ BROKERS = [BrokerSpec("sqlite", sqlite_broker), BrokerSpec("redis", redis_broker
 
 
 # -- processes -------------------------------------------------------------------------------
+#: Every worker started by the running scenario: :func:`run` kills what is left, whatever
+#: happened (a failed wait must not leave workers behind).
+_STARTED: list[Worker] = []
+
+
 class Worker:
     """``conveyor worker -A tests.chaos.chaosapp ARGS`` in its own session."""
 
@@ -114,6 +119,7 @@ class Worker:
                 start_new_session=True,
             )
         self.pid = self.process.pid
+        _STARTED.append(self)
 
     def children(self) -> list[int]:
         return child_pids(self.pid)
@@ -135,8 +141,11 @@ class Worker:
         return self.process.wait(timeout)
 
     def close(self) -> None:
+        """Kill whatever is left of the worker's session (children included)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
         if self.process.poll() is None:
-            self.kill_all()
+            self.process.wait(10)
 
 
 def wait[T](predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -528,4 +537,8 @@ def run(broker: BrokerSpec, scenario: str, **sizes: int) -> Figures:
         tempfile.TemporaryDirectory(prefix=f"chaos-{broker.name}-") as tmp,
         broker.start(Path(tmp)) as server,
     ):
-        return SCENARIOS[scenario](server, Path(tmp), **sizes)
+        try:
+            return SCENARIOS[scenario](server, Path(tmp), **sizes)
+        finally:
+            while _STARTED:
+                _STARTED.pop().close()

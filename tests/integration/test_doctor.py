@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor.signing import key_ids
 from tests.integration import test_worker_processes as processes
 from tests.integration.test_cli import conveyor
 from tests.integration.test_worker_processes import Harness, wait_for
@@ -92,6 +93,9 @@ def test_signing_configuration_across_workers(harness_factory: Any) -> None:
     )
     assert KEY_A not in text.stdout + text.stderr and KEY_B not in text.stdout + text.stderr
     assert "fix:" in text.stdout and text.returncode == 1
+    banner = harness.workers[0].output()  # the worker names its key by id, never by value
+    assert f"signing:      key id {key_ids([KEY_A])[0]} signs" in banner
+    assert KEY_A not in banner
 
 
 def test_settings_findings(harness: Harness) -> None:

@@ -15,6 +15,7 @@ from .. import __version__
 from ..app import Conveyor
 from ..celery_settings import CELERY_SETTINGS
 from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
+from ..signing import key_ids
 from ..worker.autoscale import parse_autoscale
 from ..worker.child import run_solo
 from ..worker.consumer import default_hostname
@@ -344,7 +345,16 @@ def print_banner(
         f"  concurrency:  {processes} process(es) x {threads} thread(s) ({pool})",
         f"  prefetch:     {prefetch or app.conf.worker_prefetch_multiplier} per free slot",
         f"  beat:         {'embedded' if beat else beat_process or 'off'}",
+        f"  signing:      {_signing(app.conf.message_signing_keys)}",
         f"  tasks ({len(tasks)}):",
         *(f"    . {name}" for name in tasks),
     ]
     banner_console().print("\n".join(lines), markup=True)
+
+
+def _signing(keys: Sequence[str]) -> str:
+    """How messages are signed, naming keys by their public ids only."""
+    if not keys:
+        return "off"
+    ids = key_ids(keys)
+    return f"key id {ids[0]} signs; {len(ids)} key(s) accepted; unsigned messages refused"

@@ -99,7 +99,8 @@ def test_seed_url_pyamqp_guest_at_localhost_reaches_the_local_node(
     rabbit_server: RabbitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The seeds' ``pyamqp://guest@localhost//`` (password defaults to guest), here with the
-    test node's port; no result backend configured: results go to ``sqlite://`` in the cwd."""
+    test node's port; no result backend configured: results go to the default ``sqlite://``
+    file (beside the module that made the app)."""
     monkeypatch.chdir(tmp_path)
     url = f"pyamqp://guest@localhost:{rabbit_server.port}//"
     app = Conveyor("tasks", broker=url, set_as_default=False)
@@ -109,11 +110,15 @@ def test_seed_url_pyamqp_guest_at_localhost_reaches_the_local_node(
     def add(x: int, y: int) -> int:
         return x + y
 
+    results = Path(app.result_backend_url.removeprefix("sqlite:///"))
+    assert results.name == "conveyor.sqlite3" and results.parent == Path(__file__).parent
     worker = TestWorker(app)
     worker.start()
     try:
         assert add.delay(2, 3).get(timeout=20) == 5
+        assert results.exists()
     finally:
         worker.stop(timeout=10)
         app.close()
-    assert (tmp_path / "conveyor.sqlite3").exists()
+        for leftover in results.parent.glob("conveyor.sqlite3*"):
+            leftover.unlink()

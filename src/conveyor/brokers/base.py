@@ -257,11 +257,6 @@ class Broker(abc.ABC):
     def time(self) -> float:
         """The broker's clock as a POSIX timestamp."""
 
-    def server_warnings(self) -> list[str]:
-        """Settings of the broker's server that break a promise (e.g. Redis may evict keys),
-        each with its fix; a worker logs them at start. None by default."""
-        return []
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -343,28 +343,6 @@ class RedisBroker(Broker):
             seconds, micros = self._client.time()
         return seconds + micros / 1_000_000
 
-    def server_warnings(self) -> list[str]:
-        """Redis settings that lose messages: eviction, and no append-only file. Servers that
-        refuse CONFIG GET (managed services often do) are not judged."""
-        try:
-            config = self._client.config_get("maxmemory-policy")
-            config.update(self._client.config_get("appendonly"))
-        except redis.RedisError:
-            return []
-        found = []
-        policy = str(config.get("maxmemory-policy", "noeviction"))
-        if policy != "noeviction":
-            found.append(
-                f"Redis maxmemory-policy is {policy}: under memory pressure Redis deletes keys, "
-                "queued messages included; set maxmemory-policy noeviction"
-            )
-        if str(config.get("appendonly", "yes")) != "yes":
-            found.append(
-                "Redis appendonly is off: a restart loses every message since the last "
-                "snapshot; set appendonly yes (appendfsync everysec or always)"
-            )
-        return found
-
     # -- building blocks of RedisSettlement (conveyor.settlement.redis) -------------------
     @property
     def client(self) -> redis.Redis:

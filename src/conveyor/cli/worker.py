@@ -14,6 +14,7 @@ import click
 from .. import __version__
 from ..app import Conveyor
 from ..celery_settings import CELERY_SETTINGS
+from ..doctor import startup_warnings
 from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
 from ..signing import key_ids
 from ..worker.autoscale import parse_autoscale
@@ -228,6 +229,8 @@ def run(
             raise click.UsageError(f"-X {exclude} leaves no queue to consume")
     if warning := unconsumed_warning(app, queue_list):
         logger.warning("%s", warning)
+    for finding in startup_warnings(app):  # e.g. Redis may evict or lose queued messages
+        logger.warning("%s; fix: %s", finding.message, finding.fix)
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
     try:

@@ -47,3 +47,14 @@ def diagnose(app: Conveyor) -> list[Finding]:
 
 
 __all__ = ["CHECKS", "Finding", "Level", "diagnose"]
+
+
+def startup_warnings(app: Conveyor) -> list[Finding]:
+    """The storage findings a worker logs at start: settings of its broker's or result
+    store's server that lose messages (Redis eviction, no AOF; SQLite on a network file
+    system). A check that cannot run is not reported here (``conveyor doctor`` says why)."""
+    try:
+        found = storage_checks(app)
+    except Exception:  # a start-up hint must never stop a worker
+        return []
+    return [f for f in found if f.level in (Level.WARNING, Level.ERROR)]

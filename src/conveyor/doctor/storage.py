@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .._redis_urls import REDIS_SCHEMES
 from .._sqlite import path_from_url
 from ..brokers import redact_url, scheme_of
 from .findings import Finding, error, info, ok, warning
@@ -15,7 +17,6 @@ from .findings import Finding, error, info, ok, warning
 if TYPE_CHECKING:
     from ..app import Conveyor
 
-REDIS_SCHEMES = {"redis", "rediss", "unix"}
 #: File systems on which SQLite's locks cannot be trusted.
 NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "glusterfs", "ceph"}
 
@@ -28,7 +29,12 @@ def storage_checks(app: Conveyor) -> list[Finding]:
     for role, url in urls.items():
         scheme = scheme_of(url)
         if scheme in REDIS_SCHEMES:
-            findings += redis_findings(role, url)
+            options = (
+                app.conf.broker_transport_options
+                if role == "broker"
+                else app.conf.result_backend_transport_options
+            )
+            findings += redis_findings(role, url, options)
         elif scheme == "sqlite":
             findings += sqlite_findings(role, url)
         elif scheme == "memory":
@@ -43,12 +49,14 @@ def storage_checks(app: Conveyor) -> list[Finding]:
     return findings
 
 
-def redis_findings(role: str, url: str) -> list[Finding]:
+def redis_findings(role: str, url: str, options: Mapping[str, Any] | None = None) -> list[Finding]:
     import redis  # optional dependency (the redis extra), needed only for Redis URLs
+
+    from .._redis import connect
 
     where = f"{role} Redis {redact_url(url)}"
     check = f"{role}: redis"
-    with redis.Redis.from_url(url, socket_timeout=5) as client:
+    with connect(url, {"socket_timeout": 5, **(options or {})}) as client:
         try:
             config = {
                 **client.config_get("maxmemory*"),

@@ -210,6 +210,22 @@ def test_seed_tasks_chains_groups_and_signatures(ports: dict[str, ModuleType]) -
     assert tasks.app.conf.beat_schedule["add-every-minute"]["args"] == (16, 16)
 
 
+def test_seed_custom_task_classes_run_their_call_in_the_worker(
+    ports: dict[str, ModuleType], worker: Worker
+) -> None:
+    tasks = ports["seeds/tasks.py"]
+    assert tasks.my_task.delay().get(timeout=20) == "done"
+    wait_until(
+        lambda: "Task tasks.my_task completed successfully" in worker.output(),
+        timeout=20,
+        interval=0.05,
+    )
+    assert "Starting task tasks.my_task" in worker.output()
+    sent = tasks.process_data.delay([1, 2], location="us")
+    assert sent.get(timeout=20) == {"data": [1, 2], "location": "us"}
+    assert tasks.process_data.apply(args=([3],)).get() == {"data": [3], "location": "eu"}
+
+
 def test_seed_configuration_objects() -> None:
     forget_warnings()
     app = Conveyor("seed", broker="memory://")

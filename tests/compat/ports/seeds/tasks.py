@@ -1,7 +1,8 @@
 # The task code of seed 003 ("Celery task definition and configuration"), ported:
-# `from celery import Celery, chain, group` -> conveyor. Its `current_app.task` example, the
-# custom Task classes overriding __call__ (CustomTask, GeoTask) and link=/link_error= with
-# plain functions are LEFT OUT: runtime items of issue 12 (see the report).
+# `from celery import Celery, Task, chain, group` -> conveyor. LEFT OUT: its `current_app.task`
+# example (it registers on whichever app is current: the test app would be) and link=/
+# link_error= with plain functions, which Celery cannot send either (Conveyor refuses them at
+# the call site: tests/unit/test_celery_port.py).
 from conveyor import Conveyor
 from conveyor.schedules import crontab
 
@@ -35,3 +36,51 @@ app.conf.beat_schedule = {
         "args": (16, 16),
     },
 }
+
+
+# Seed 003, 5.3.1: a custom Task class that logs around every run (its `***(...)` lines are the
+# tutorial's garbled `logger.info(...)`).
+import logging
+
+from conveyor import Task
+
+logger = logging.getLogger(__name__)
+
+
+class CustomTask(Task):
+    abstract = True
+
+    def __call__(self, *args, **kwargs):
+        try:
+            logger.info(f"Starting task {self.name}")
+            result = super().__call__(*args, **kwargs)
+            logger.info(f"Task {self.name} completed successfully")
+            return result
+        except Exception as e:
+            logger.exception(f"Error in task {self.name}: {e}")
+            raise
+
+
+@app.task(base=CustomTask)
+def my_task():
+    return "done"
+
+
+# Seed 003, 5.2.2: a Task class choosing a queue per call from the request.
+def get_location_from_request(*args, **kwargs):  # the tutorial's own helper, not shown there
+    return kwargs.get("location", "eu")
+
+
+class GeoTask(Task):
+    def __call__(self, *args, **kwargs):
+        if self.request.is_eager:
+            return super().__call__(*args, **kwargs)
+        location = get_location_from_request(*args, **kwargs)
+        queue_name = f"geo_{location}"
+        self.request.delivery_info["routing_key"] = queue_name
+        return super().__call__(*args, **kwargs)
+
+
+@app.task(base=GeoTask)
+def process_data(data, location="eu"):
+    return {"data": data, "location": location}

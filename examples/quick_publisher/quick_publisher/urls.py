@@ -14,5 +14,7 @@ urlpatterns = [
     path("newsletters/", include("newsletters.urls")),
     path("outbox/", include("outbox.urls")),
     path("admin/", admin.site.urls),
+    # Conveyor's dashboard, behind the admin login (staff with conveyor.view_dashboard).
+    path("conveyor/", include("conveyor.contrib.django.dashboard")),
     *static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT),  # DEBUG only
 ]

@@ -59,3 +59,11 @@ def test_demo_sends_the_report_at_most_every_ten_minutes():
         when = schedule.next_after(when)
         runs.append(when)
     assert min((b - a).total_seconds() for a, b in pairwise(runs)) >= 600
+
+
+def test_the_conveyor_dashboard_is_served_to_staff(admin_client, client):
+    for path in ("/conveyor/", "/conveyor/queues", "/conveyor/workers", "/conveyor/dead"):
+        page = admin_client.get(path)
+        assert page.status_code == 200, path
+        assert "script-src 'self'" in page["Content-Security-Policy"]
+    assert client.get("/conveyor/").status_code == 302  # anonymous: to the login page

@@ -229,8 +229,6 @@ def run(
             raise click.UsageError(f"-X {exclude} leaves no queue to consume")
     if warning := unconsumed_warning(app, queue_list):
         logger.warning("%s", warning)
-    for finding in startup_warnings(app):  # e.g. Redis may evict or lose queued messages
-        logger.warning("%s; fix: %s", finding.message, finding.fix)
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
     try:
@@ -245,6 +243,7 @@ def run(
         print_banner(
             app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process, log_format
         )
+        warn_about_storage(app)
         run_solo(
             app,
             shutdown_timeout=timeout,
@@ -289,7 +288,15 @@ def run(
         beat_process,
         log_format,
     )
+    warn_about_storage(app)
     return supervisor.run()
+
+
+def warn_about_storage(app: Conveyor) -> None:
+    """After the banner: server settings that lose messages (Redis eviction, no AOF, SQLite
+    on temporary or network storage), each with its fix (``conveyor doctor`` says more)."""
+    for finding in startup_warnings(app):
+        logger.warning("%s; fix: %s", finding.message, finding.fix)
 
 
 def check_pool(value: str) -> str:

@@ -199,14 +199,12 @@ def test_metrics_exporter_serves_queue_depths_and_workers(harness: Harness) -> N
         assert state == {"ready": 3, "delayed": 1, "leased": 0, "dead": 0}
         assert samples[("conveyor_active_worker_count", ())] == 0
         harness.worker("-c", "2", "-n", "node@test")
-        wait_for(
-            lambda: (try_scrape(port) or {}).get(("conveyor_active_worker_count", ())) == 1,
-            20,
-            "the worker to be counted",
-        )
+        processes = ("conveyor_worker_processes", (("hostname", "node@test"),))
+        # Each child announces itself on its own: wait until both have.
+        wait_for(lambda: (try_scrape(port) or {}).get(processes) == 2, 20, "both children")
         samples = scrape(port)
+        assert samples[("conveyor_active_worker_count", ())] == 1
         assert samples[("conveyor_worker_up", (("hostname", "node@test"),))] == 1
-        assert samples[("conveyor_worker_processes", (("hostname", "node@test"),))] == 2
         ready = ("conveyor_queue_length", (("queue_name", "default"),))
         wait_for(lambda: (try_scrape(port) or {}).get(ready) == 0, 20, "the queue to drain")
     finally:

@@ -155,7 +155,7 @@ def main() -> int:
                 args.only,
             )
             assert rabbit.process is not None
-            results = on_redis.run(sides, args, rabbit.process.pid)  # type: ignore[arg-type]
+            results = on_redis.run(sides, args, rabbit.process.pid)  # type: ignore[arg-type]  # the RabbitMQ node stands where the Redis report names its server
     finally:
         redis.cleanup()
         rabbit.cleanup()

@@ -56,7 +56,7 @@ def rebuild_exception(
             exc = cls(message)
         except Exception:
             return cx.TaskFailed(type_name, message, traceback)
-    exc.remote_traceback = traceback  # type: ignore[attr-defined]
+    exc.remote_traceback = traceback  # type: ignore[attr-defined]  # an attribute Conveyor adds to rebuilt exceptions
     return exc
 
 

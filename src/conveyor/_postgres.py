@@ -191,7 +191,7 @@ class Database:
     def connect(self, **kwargs: object) -> Conn:
         """A new connection of its own (autocommit), outside the pool."""
         try:
-            conn: Conn = psycopg.connect(self.conninfo, autocommit=True, **kwargs)  # type: ignore[arg-type]
+            conn: Conn = psycopg.connect(self.conninfo, autocommit=True, **kwargs)  # type: ignore[arg-type]  # kwargs hold psycopg connect options (typed **object)
         except psycopg.Error as exc:
             error = self.fail(exc)
             raise error from error.__cause__
@@ -279,7 +279,7 @@ class Database:
             ).fetchone()
         except psycopg.errors.UndefinedTable:
             return 0
-        return int(row[0]) if row else 0  # type: ignore[call-overload]
+        return int(row[0]) if row else 0  # type: ignore[call-overload]  # psycopg rows are tuple[object, ...]; this column is an integer
 
     def ensure_schema(self, conn: Conn, *, force: bool = False) -> int:
         """Create or upgrade the component's tables; safe when many processes start at once
@@ -317,7 +317,7 @@ class Database:
                     f"SELECT version FROM {self.schema}.conveyor_meta WHERE component = %s",
                     (self.component,),
                 ).fetchone()
-                version = int(row[0]) if row else 0  # type: ignore[call-overload]
+                version = int(row[0]) if row else 0  # type: ignore[call-overload]  # psycopg rows are tuple[object, ...]; this column is an integer
                 for migration in self.migrations[version:]:
                     for statement in migration:
                         conn.execute(statement.format(s=self.schema))

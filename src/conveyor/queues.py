@@ -97,7 +97,7 @@ class Queue:
             if priority is not None and priority != value:
                 raise ConfigurationError(f"{where}: max_priority and x-max-priority differ")
             # RabbitMQ reads x-max-priority as a number; configurations often give "10".
-            priority = int(value) if isinstance(value, str) and value.isdigit() else value  # type: ignore[assignment]
+            priority = int(value) if isinstance(value, str) and value.isdigit() else value  # type: ignore[assignment]  # Celery's "10" spelling of x-max-priority
         if priority is not None and (
             not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 255
         ):

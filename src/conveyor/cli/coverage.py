@@ -8,13 +8,12 @@ commands say so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 
 from ..app import Conveyor
 from ..calling import route
 from ..exceptions import ConveyorError
-from ..worker.heartbeat import WorkerInfo
+from ..registry import WorkerInfo, read_announcements
 
 #: Celery's default queue name, which Celery users put in ``-Q``.
 CELERY_DEFAULT_QUEUE = "celery"
@@ -23,14 +22,7 @@ CELERY_DEFAULT_QUEUE = "celery"
 def live_workers(app: Conveyor) -> dict[str, WorkerInfo]:
     """The workers registered in the broker (they announce themselves every few seconds and
     vanish when they stop), by name; an unreadable entry reads as ``{}``."""
-    workers: dict[str, WorkerInfo] = {}
-    for key, raw in sorted(app.kv.values("worker:").items()):
-        try:
-            info: WorkerInfo = json.loads(raw)
-        except ValueError:
-            info = {}  # shown as dashes
-        workers[key.removeprefix("worker:")] = info
-    return workers
+    return {name: info or {} for name, info in read_announcements(app.kv).items()}
 
 
 def consumed(workers: Mapping[str, WorkerInfo]) -> set[str]:

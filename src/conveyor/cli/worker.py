@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..app import Conveyor
-from ..celery_settings import CELERY_SETTINGS
+from ..celery_settings import CELERY_SETTINGS, Refused
 from ..doctor import startup_warnings
 from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
 from ..signing import key_ids
@@ -28,7 +28,8 @@ from .coverage import unconsumed_warning
 from .output import banner_console
 
 logger = logging.getLogger("conveyor.worker")
-POOL_REASON: str = CELERY_SETTINGS["worker_pool"].reason  # type: ignore[union-attr]
+_POOL_FATE = CELERY_SETTINGS["worker_pool"]
+POOL_REASON = _POOL_FATE.reason if isinstance(_POOL_FATE, Refused) else ""
 
 
 @click.command("worker", cls=Command)

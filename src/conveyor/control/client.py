@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ..registry import read_announcements
 from .protocol import (
     MAX_AGE,
     MAX_LENGTH,
@@ -125,14 +126,7 @@ class Control:
 
     def workers(self) -> dict[str, dict[str, object]]:
         """The live workers (processes) as they announce themselves: name -> info."""
-        out: dict[str, dict[str, object]] = {}
-        for key, raw in self.app.kv.values("worker:").items():
-            try:
-                info = json.loads(raw)
-            except ValueError:
-                info = {}
-            out[key.removeprefix("worker:")] = info if isinstance(info, dict) else {}
-        return out
+        return {name: dict(info or {}) for name, info in read_announcements(self.app.kv).items()}
 
     def inspect(
         self, destination: Destination = None, timeout: float = 1.0, limit: int | None = None

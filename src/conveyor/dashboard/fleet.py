@@ -4,17 +4,15 @@ total: a malformed stored value shows as such, never as an error page."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlencode
 
 from ..app import Conveyor
 from ..brokers.base import DeadLetter, QueueStats
 from ..describe import preview
+from ..registry import WorkerInfo, read_announcements
 from ..results.base import ResultRecord
-from ..worker.heartbeat import WorkerInfo
 
 #: Most dead letters a page or a "everything matching" action considers at once.
 DEAD_LETTER_LIMIT = 10_000
@@ -71,19 +69,10 @@ class Fleet:
         return dict(sorted(stats.items()))
 
     def workers(self) -> list[Worker]:
-        found = []
-        for key, raw in sorted(self.app.kv.values("worker:").items()):
-            name = key.removeprefix("worker:")
-            try:
-                info = json.loads(raw)
-            except ValueError:
-                found.append(Worker(name, {}, malformed=True))
-                continue
-            if isinstance(info, dict):
-                found.append(Worker(name, cast(WorkerInfo, info)))
-            else:
-                found.append(Worker(name, {}, malformed=True))
-        return found
+        return [
+            Worker(name, info or {}, malformed=info is None)
+            for name, info in read_announcements(self.app.kv).items()
+        ]
 
     def dead_letters(self, where: DeadLetterFilter, limit: int = 500) -> list[DeadLetter]:
         """The oldest ``limit`` dead letters matching ``where``. A reason or text filter is

@@ -3,11 +3,11 @@ every few seconds (``worker:<hostname>``: queues, task names, clock, time zone, 
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
 from ..calling import route
+from ..registry import read_announcements
 from ..signing import key_ids
 from .findings import Finding, error, info, ok, warning
 
@@ -21,15 +21,7 @@ SKEW_WARNING = 2.0
 
 def live_workers(app: Conveyor) -> dict[str, WorkerInfo]:
     """The announcements of live workers by hostname (unreadable ones are skipped)."""
-    workers: dict[str, WorkerInfo] = {}
-    for key, raw in sorted(app.kv.values("worker:").items()):
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            workers[key.removeprefix("worker:")] = parsed  # type: ignore[assignment]
-    return workers
+    return {name: info for name, info in read_announcements(app.kv).items() if info is not None}
 
 
 def fleet_checks(app: Conveyor) -> list[Finding]:

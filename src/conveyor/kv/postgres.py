@@ -100,7 +100,7 @@ class PostgresKeyValue:
                 f"SELECT count(*) FROM {self._sets} WHERE ns = %(ns)s AND key = %(key)s", args
             )
         row = cursor.fetchone()
-        return int(row[0]) if row else 0  # type: ignore[call-overload]
+        return int(row[0]) if row else 0  # type: ignore[call-overload]  # psycopg row: tuple[object, ...]; an integer column
 
     def values(self, prefix: str) -> dict[str, bytes]:
         with self._db.connection() as conn:

@@ -3,7 +3,6 @@ cluster's queues and workers read from the broker (:class:`ClusterCollector`).""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 
 from ..exceptions import ConveyorError
+from ..registry import read_announcements
 from .names import (
     BUCKETS,
     HISTOGRAMS,
@@ -182,21 +182,22 @@ class ClusterCollector:
 
     def _workers(self) -> Iterator[Metric]:
         try:
-            announced = self.app.kv.values("worker:")
+            announced = read_announcements(self.app.kv)
         except ConveyorError as exc:
             self.errors += 1
             logger.error("reading the worker registry failed: %s", exc)
             return
         nodes: dict[str, list[int]] = {}
-        for key, raw in announced.items():
+        for name, info in announced.items():
             try:
-                info = json.loads(raw)
+                if info is None:
+                    raise ValueError(name)
                 slots, busy = int(info.get("concurrency", 0)), int(info.get("running", 0))
-            except (ValueError, TypeError, AttributeError):
-                logger.warning("skipping a malformed worker announcement %r", key)
+            except (ValueError, TypeError):
+                logger.warning("skipping a malformed worker announcement %r", name)
                 continue
             # A prefork worker's children announce themselves as NODE/SLOT.
-            node = key.removeprefix("worker:").partition("/")[0]
+            node = name.partition("/")[0]
             figures = nodes.setdefault(node, [0, 0, 0])
             figures[0] += 1
             figures[1] += slots

@@ -47,9 +47,9 @@ class ThreadingServer(_Server):
 
     def _serve_one(self, request: object, client_address: object) -> None:
         try:
-            self.finish_request(request, client_address)  # type: ignore[arg-type]
+            self.finish_request(request, client_address)  # type: ignore[arg-type]  # typeshed types the request as a socket tuple; ours is the socket
         finally:
-            self.shutdown_request(request)  # type: ignore[arg-type]
+            self.shutdown_request(request)  # type: ignore[arg-type]  # typeshed types the request as a socket tuple; ours is the socket
 
 
 def _make[S: _Server](

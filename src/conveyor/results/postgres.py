@@ -176,7 +176,7 @@ class PostgresResultStore(ResultStore):
 
     def _decode(self, task_id: str, data: object) -> ResultRecord:
         try:
-            return decode_record(bytes(data))  # type: ignore[call-overload]
+            return decode_record(bytes(data))  # type: ignore[call-overload]  # psycopg row value: a bytea column
         except (msgspec.DecodeError, TypeError, ValueError) as exc:
             raise ResultStoreError(
                 f"the result record of task {task_id} in schema {self.schema} is corrupt: {exc}"

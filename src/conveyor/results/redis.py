@@ -103,7 +103,7 @@ class RedisResultStore(ResultStore):
                     return record
                 block = math.ceil(min(remaining, self._block) * 1000) / 1000
                 # redis-py annotates the timeout as int; Redis takes fractional seconds.
-                moved = self.client.blmove(wake, wake, block, "RIGHT", "LEFT")  # type: ignore[arg-type]
+                moved = self.client.blmove(wake, wake, block, "RIGHT", "LEFT")  # type: ignore[arg-type]  # redis-py types the timeout as int; Redis takes fractional seconds
                 woken = moved is not None
 
     def forget(self, task_ids: Sequence[str]) -> None:

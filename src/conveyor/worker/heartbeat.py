@@ -9,9 +9,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 from ..exceptions import ConveyorError
+from ..registry import ANNOUNCEMENT_PREFIX, WorkerInfo
 from ..signing import key_ids
 from .inflight import InFlight
 from .loops import LoopErrors
@@ -20,27 +21,6 @@ if TYPE_CHECKING:
     from ..app import Conveyor
 
 logger = logging.getLogger("conveyor.worker")
-
-
-class WorkerInfo(TypedDict, total=False):
-    """A worker's announcement (``worker:<hostname>`` in the broker), read by
-    ``conveyor status``. A worker writes every key; a reader must expect any to be missing."""
-
-    hostname: str
-    pid: int
-    queues: list[str]
-    concurrency: int
-    processed: int
-    running: int
-    started_at: float
-    seen_at: float
-    #: The broker's clock when ``seen_at`` was taken (``conveyor doctor``: clock skew).
-    broker_time: float
-    #: Task names registered in the worker, its ``timezone`` setting and the ids of its
-    #: signing keys (``conveyor.signing.key_ids``; the first signs): for ``conveyor doctor``.
-    tasks: list[str]
-    timezone: str
-    signing_keys: list[str]
 
 
 class Heartbeat:
@@ -119,7 +99,8 @@ class Heartbeat:
             "signing_keys": key_ids(self.app.conf.message_signing_keys),
         }
         ttl = max(10.0, self.interval * 4)
-        self.app.kv.set_value(f"worker:{self.hostname}", json.dumps(info).encode(), ttl)
+        key = ANNOUNCEMENT_PREFIX + self.hostname
+        self.app.kv.set_value(key, json.dumps(info).encode(), ttl)
 
     def retire(self) -> None:
         """Remove the announcement (the worker stopped)."""
@@ -129,3 +110,6 @@ class Heartbeat:
         wanted = self.app.broker.revoked([f"terminate:{task_id}" for task_id in running])
         for key in wanted:
             self._terminate(key.removeprefix("terminate:"))
+
+
+__all__ = ["Heartbeat", "WorkerInfo"]

@@ -62,14 +62,14 @@ def as_int(value: object) -> int:
     if isinstance(value, int):
         return value
     try:
-        return int(value)  # type: ignore[call-overload,no-any-return]
+        return int(value)  # type: ignore[call-overload,no-any-return]  # any column value: bad ones read as 0 below
     except (TypeError, ValueError, OverflowError):
         return 0
 
 
 def as_float(value: object) -> float:
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]  # any column value: bad ones read as 0.0 below
     except (TypeError, ValueError):
         return 0.0
 

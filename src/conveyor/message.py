@@ -144,6 +144,12 @@ def from_json_value(value: object, _depth: int = 0) -> object:
         if tag is None:
             return {key: from_json_value(item, _depth + 1) for key, item in value.items()}
         raw = value.get("v")
+        if tag == "result":
+            # A result handle a task returned (see worker.execution): its as_tuple() form, as
+            # Celery's JSON serializer stores it. AsyncResult.get() rebuilds the handle.
+            if not isinstance(raw, list):
+                raise ValueError(f"type tag 'result' holds a {type(raw).__name__}, not a list")
+            return from_json_value(raw, _depth + 1)
         if tag == "dict":
             if not isinstance(raw, dict):
                 raise ValueError(f"type tag 'dict' holds a {type(raw).__name__}, not an object")

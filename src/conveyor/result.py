@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 from . import _state, states
 from ._exceptions_registry import rebuild_exception
 from .exceptions import InvalidTaskCall, TaskExpiredError, TaskRevokedError, TimeoutError
-from .message import from_json_value
+from .message import TAG, from_json_value
 from .results.base import ResultRecord
 
 if TYPE_CHECKING:
@@ -223,7 +223,10 @@ class AsyncResult(Generic[R]):
             return TaskRevokedError(f"task {self.id} was revoked")
         if record.state == states.EXPIRED:
             return TaskExpiredError(f"task {self.id} expired before it started")
-        return from_json_value(record.result)
+        stored = record.result
+        if type(stored) is dict and stored.get(TAG) == "result":
+            return result_from_tuple(from_json_value(stored), self.app)
+        return from_json_value(stored)
 
     def _exception(self, record: ResultRecord) -> BaseException:
         declared: tuple[type[BaseException], ...] = ()

@@ -31,7 +31,15 @@ from ..exceptions import (
     SerializationError,
     TaskRevokedError,
 )
-from ..message import Envelope, decode_arguments, decode_envelope, encode_envelope, to_json_value
+from ..message import (
+    TAG,
+    Envelope,
+    JSONValue,
+    decode_arguments,
+    decode_envelope,
+    encode_envelope,
+    to_json_value,
+)
 from ..request import Request
 from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
@@ -256,12 +264,13 @@ class TaskRunner:
         envelope, task = job.envelope, job.task
         if exc is None:
             try:
-                # A returned result handle is stored as its as_tuple() form, as in Celery
-                # (conveyor.result.result_from_tuple() rebuilds it).
-                stored = retval
+                where = f"return value of {task.name}"
                 if isinstance(retval, GroupResult | AsyncResult):
-                    stored = retval.as_tuple()
-                value = to_json_value(stored, f"return value of {task.name}")
+                    # Stored as its as_tuple() form (what Celery's JSON serializer stores),
+                    # tagged so that AsyncResult.get() gives the handle back.
+                    value: JSONValue = {TAG: "result", "v": to_json_value(retval.as_tuple(), where)}
+                else:
+                    value = to_json_value(retval, where)
             except SerializationError as error:
                 exc = error
             else:

@@ -8,7 +8,7 @@ import proj  # noqa: F401  (the app, as Django's startup would import it)
 django.setup()
 
 from demoapp.models import Widget
-from demoapp.tasks import add, count_widgets, rename_widget, xsum
+from demoapp.tasks import add, count_widgets, error_backoff_test, error_task, rename_widget, xsum
 
 widget = Widget.objects.create(name="before")
 assert add.delay(2, 2).get(timeout=30) == 4
@@ -17,4 +17,7 @@ assert count_widgets.delay().get(timeout=30) == 1
 rename_widget.delay(widget.id, "after").get(timeout=30)
 widget.refresh_from_db()
 assert widget.name == "after", widget.name
+# The autoretry tasks: the test reads their retry delays in the worker's log.
+print("error_task", error_task.delay().id)
+print("error_backoff_test", error_backoff_test.delay().id)
 print("django example: ok")

@@ -1,6 +1,5 @@
 # The task code of seed 003 ("Celery task definition and configuration"), ported:
-# `from celery import Celery, Task, chain, group` -> conveyor. LEFT OUT: its `current_app.task`
-# example (it registers on whichever app is current: the test app would be) and link=/
+# `from celery import Celery, Task, chain, current_app, group` -> conveyor. LEFT OUT: link=/
 # link_error= with plain functions, which Celery cannot send either (Conveyor refuses them at
 # the call site: tests/unit/test_celery_port.py).
 from conveyor import Conveyor
@@ -27,6 +26,14 @@ def greet(first_name, last_name):
 @app.task(bind=True, autoretry_for=(Exception,), retry_backoff=True)
 def error_task(self):
     raise Exception("Error occurred")
+
+
+from conveyor import current_app
+
+
+@current_app.task(bind=True, max_retries=3, default_retry_delay=5)
+def retry_task(self, exc, interval=5):
+    raise exc
 
 
 app.conf.beat_schedule = {

@@ -46,7 +46,14 @@ class Ignored:
 
 type Fate = Honoured | Refused | Ignored
 
-_NO_AMQP = "AMQP/RabbitMQ only; Conveyor has no AMQP broker (amqp:// URLs are refused)"
+_NO_AMQP = (
+    "Celery's kombu/AMQP tuning: Conveyor's RabbitMQ broker manages its connection, exchanges "
+    "and queues itself (docs/rabbitmq.md)"
+)
+_QUEUE_TYPE = (
+    "Conveyor's RabbitMQ queues are quorum queues; for classic ones set "
+    "broker_transport_options={'queue_type': 'classic'}"
+)
 _NO_EVENTS = (
     "Conveyor keeps its events in the broker's bounded event stream (`conveyor events`, "
     "app.events; docs/events.md), not in AMQP event queues"
@@ -260,7 +267,7 @@ _TABLE: dict[str, Fate] = {
     ),
     "task_compression": _no(_NO_COMPRESSION),
     "task_create_missing_queue_exchange_type": Ignored(_NO_AMQP),
-    "task_create_missing_queue_type": Ignored(_NO_AMQP),
+    "task_create_missing_queue_type": _no(_QUEUE_TYPE, "quorum"),
     "task_create_missing_queues": _no(
         "Conveyor queues exist as soon as a task is sent to them", True
     ),
@@ -270,7 +277,7 @@ _TABLE: dict[str, Fate] = {
     # The default queue's own name (Celery's default) changes nothing: accepted.
     "task_default_exchange": _no(_ROUTING, "default", "celery"),
     "task_default_exchange_type": _no(_ROUTING, "direct"),
-    "task_default_queue_type": Ignored(_NO_AMQP),
+    "task_default_queue_type": _no(_QUEUE_TYPE, "quorum"),
     "task_default_rate_limit": _no("set rate_limit= on each task"),
     "task_default_routing_key": _no(_ROUTING, "default", "celery"),
     "task_inherit_parent_priority": _no(

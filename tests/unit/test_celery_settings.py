@@ -107,6 +107,7 @@ def test_old_names_read_the_conveyor_setting() -> None:
         ({"result_accept_content": ["pickle"]}, "JSON"),
         ({"task_reject_on_worker_lost": False}, "task_max_deliveries"),
         ({"worker_soft_shutdown_timeout": 10}, "shutdown waits worker_shutdown_timeout"),
+        ({"task_default_queue_type": "classic"}, r"'queue_type': 'classic'"),
     ],
 )
 def test_refused_settings_name_the_replacement(settings: dict[str, object], named: str) -> None:
@@ -133,6 +134,7 @@ def test_values_meaning_what_conveyor_does_are_accepted_and_ignored() -> None:
         broker_heartbeat=10,
         task_protocol=2,
         result_accept_content=["json"],
+        task_default_queue_type="quorum",
         s3_bucket="media",  # a Django storage setting that shares Celery's old name
     )
     assert conf.explicit() == {}

@@ -128,6 +128,16 @@ def explain(exc: BaseException, url: str, schema: str) -> str:
             f"UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} ...), or create the tables once "
             "as an owner with `conveyor migrate`"
         )
+    if isinstance(
+        exc, psycopg.errors.DuplicatePreparedStatement | psycopg.errors.InvalidSqlStatementName
+    ):
+        # A prepared statement that another session made or never saw: a pooler hands this
+        # client's statements to several server sessions (PgBouncer in transaction mode).
+        return (
+            f"PostgreSQL at {where}: {text}; behind a transaction-mode pooler such as "
+            "PgBouncer (before 1.21, or without max_prepared_statements) add ?prepare=false "
+            "to the URL"
+        )
     if isinstance(exc, PoolClosed):
         return f"PostgreSQL at {where}: used after close() (its connection pool is closed)"
     if isinstance(exc, PoolTimeout):

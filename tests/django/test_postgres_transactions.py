@@ -37,7 +37,7 @@ peer = create_broker(app.conf.broker_url, BrokerOptions(key_prefix=app.key_prefi
 def ready():
     return sum(s.ready for s in app.broker.stats().values())
 
-out = {}
+out = {"pooled": connection.pool is not None}
 sent = []
 try:
     with transaction.atomic():
@@ -72,7 +72,8 @@ try:
 except RuntimeError:
     pass
 out["ready_after_sent_now"] = ready()
-TestWorker(app).run_until_idle()
+with TestWorker(app) as worker:
+    worker.run_until_idle()
 out["sent_now"] = now.state
 out["states"] = [r.state for r in sent]
 out["orders"] = list(Order.objects.order_by("pk").values_list("item", "confirmations"))
@@ -81,7 +82,11 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_delay_in_atomic_is_part_of_the_transaction(postgres_server: PostgresServer) -> None:
+@pytest.mark.parametrize("django_pool", [False, True], ids=["connection", "django-pool"])
+def test_delay_in_atomic_is_part_of_the_transaction(
+    postgres_server: PostgresServer, django_pool: bool
+) -> None:
+    """Also with Django's connection pool (DATABASES OPTIONS {"pool": True})."""
     database = f"dj{uuid.uuid4().hex[:10]}"
     postgres_server.sql(f"CREATE DATABASE {database}", database="postgres")
     url = postgres_server.url(database=database)
@@ -92,6 +97,8 @@ def test_delay_in_atomic_is_part_of_the_transaction(postgres_server: PostgresSer
         TESTPROJ_RESULTS=url,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     )
+    if django_pool:
+        env["TESTPROJ_DATABASE_POOL"] = "1"
     env.pop("DJANGO_SETTINGS_MODULE", None)
     run = [sys.executable, str(MANAGE)]
     subprocess.run([*run, "migrate", "-v0"], env=env, cwd=ROOT, check=True, timeout=120)
@@ -107,6 +114,7 @@ def test_delay_in_atomic_is_part_of_the_transaction(postgres_server: PostgresSer
     assert done.returncode == 0, done.stderr
     [line] = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     out = json.loads(line.removeprefix("RESULT "))
+    assert out["pooled"] is django_pool
     # Inside the transaction the task is there for that transaction alone.
     assert out["own_inside_rollback"] == 1
     assert out["ready_inside_rollback"] == 0

@@ -70,6 +70,8 @@ if _PG := os.environ.get("TESTPROJ_DATABASE_URL"):
             "USER": _url.username or "",
             "HOST": _url.hostname or "",
             "PORT": str(_url.port or ""),
+            # Django's own psycopg pool (Django 5.1+), when a test asks for it.
+            "OPTIONS": {"pool": True} if os.environ.get("TESTPROJ_DATABASE_POOL") else {},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

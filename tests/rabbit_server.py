@@ -5,7 +5,7 @@ Debian's ``rabbitmq-server`` (3.10 here) is started straight from its ``sbin`` s
 
 * its own node name (``conveyor-test-<random>@localhost``) and a HOME of its own (the Erlang
   cookie lives there), so it never meets the system node or another test run;
-* AMQP, distribution and epmd ports all free loopback ports (``RABBITMQ_NODE_PORT``,
+* AMQP (plain and TLS), distribution and epmd ports all free loopback ports (``RABBITMQ_NODE_PORT``,
   ``RABBITMQ_DIST_PORT``, ``ERL_EPMD_PORT``), listening on 127.0.0.1 only;
 * ``RABBITMQ_MNESIA_BASE`` / ``RABBITMQ_LOG_BASE`` / config in a temporary directory, no plugins
   (management off), ``guest`` allowed from loopback as by default.
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import self_signed
 from tests.servers import free_port
 
 SBIN_GLOB = "/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server"
@@ -68,13 +69,22 @@ class RabbitServer:
             raise RuntimeError("rabbitmq-server is not installed (scripts/test installs it)")
         self.script = script
         self.port = free_port()
+        self.tls_port = free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.node = f"conveyor-test-{uuid.uuid4().hex[:8]}@localhost"
         self.dir = Path(tempfile.mkdtemp(prefix="conveyor-rabbit-"))
         (self.dir / "home").mkdir()
+        #: The TLS listener's certificate (self-signed: clients trust it with ?cafile=).
+        self.cert, key = self_signed(self.dir)
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.cert}\n"
+            f"ssl_options.certfile = {self.cert}\n"
+            f"ssl_options.keyfile = {key}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
             "loopback_users.guest = true\n"
             "log.console = false\n"
             "log.file.level = warning\n"
@@ -88,6 +98,11 @@ class RabbitServer:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://`` to the TLS listener, trusting its certificate."""
+        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}//?cafile={self.cert}"
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}

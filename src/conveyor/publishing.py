@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -132,6 +133,8 @@ def is_connection_error(exc: BaseException) -> bool:
     cause: BaseException | None = exc.__cause__ or exc.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return False  # an untrusted certificate stays untrusted: retrying cannot help
         if isinstance(cause, (OSError, *redis_types)):  # OSError: sockets, timeouts
             return True
         if isinstance(cause, sqlite3.OperationalError) and _sqlite_busy(cause):

@@ -4,7 +4,8 @@
 defaults (``guest``/``guest``, port 5672 or 5671 for ``amqps``, vhost ``/``). The vhost is the
 URL's path without its first ``/``, percent-decoded: ``//`` and a missing path both mean ``/``,
 ``/%2F`` also ``/``, ``/jobs`` the vhost ``jobs``. TLS: ``amqps://`` (or ``?ssl=true``) with
-the system's trusted CAs; ``?cafile=``, ``?certfile=``, ``?keyfile=`` name PEM files.
+the system's trusted CAs; ``?cafile=`` names the CA certificates to trust instead, ``?certfile=``
+and ``?keyfile=`` a client certificate. The server's certificate must name the URL's host.
 
 :class:`Connector` opens py-amqp connections and turns every failure into one
 :class:`~conveyor.exceptions.BrokerError` that says what was wrong (refused, bad credentials,
@@ -44,7 +45,8 @@ class AMQPParams:
     userid: str
     password: str
     vhost: str
-    ssl: ssl.SSLContext | None
+    #: TLS, as py-amqp's ``ssl=`` options (None: plain AMQP).
+    tls: dict[str, object] | None
     heartbeat: int
     connect_timeout: float
     #: ``kv_url`` query parameter: where the broker's key/value data lives.
@@ -69,11 +71,8 @@ def parse_url(url: str) -> AMQPParams:
             f"AMQP URL {redact_url(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}"
         )
     use_tls = scheme == "amqps" or query.get("ssl", "").lower() in _TRUE
-    context: ssl.SSLContext | None = None
-    if use_tls:
-        context = ssl.create_default_context(cafile=query.get("cafile") or None)
-        if query.get("certfile"):
-            context.load_cert_chain(query["certfile"], query.get("keyfile") or None)
+    host = parts.hostname or "localhost"
+    tls = _tls_options(url, host, query) if use_tls else None
     path = parts.path
     vhost = unquote(path[1:]) if len(path) > 1 else "/"
     try:
@@ -82,16 +81,40 @@ def parse_url(url: str) -> AMQPParams:
     except ValueError as exc:
         raise ConfigurationError(f"AMQP URL {redact_url(url)!r}: {exc}") from None
     return AMQPParams(
-        host=parts.hostname or "localhost",
+        host=host,
         port=port or (5671 if use_tls else 5672),
         userid=unquote(parts.username) if parts.username else "guest",
         password=unquote(parts.password) if parts.password is not None else "guest",
         vhost=vhost,
-        ssl=context,
+        tls=tls,
         heartbeat=heartbeat,
         connect_timeout=connect_timeout,
         kv_url=query.get("kv_url") or None,
     )
+
+
+def _tls_options(url: str, host: str, query: dict[str, str]) -> dict[str, object]:
+    """py-amqp's ``ssl=`` options: verify the server against ``cafile`` (else the system's
+    CAs) and its certificate's names against ``host``. (py-amqp takes a dict: an SSLContext
+    given as ``ssl=`` would be replaced by an unverified default one.) The files are loaded
+    once here, so a missing or unreadable one is a ConfigurationError naming it."""
+    cafile, certfile = query.get("cafile") or None, query.get("certfile") or None
+    keyfile = query.get("keyfile") or None
+    try:
+        check = ssl.create_default_context(cafile=cafile)
+        if certfile:
+            check.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"AMQP URL {redact_url(url)!r}: TLS files: {exc}") from None
+    if keyfile and not certfile:
+        raise ConfigurationError(f"AMQP URL {redact_url(url)!r}: keyfile= needs certfile=")
+    return {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ca_certs": cafile,
+        "certfile": certfile,
+        "keyfile": keyfile,
+        "server_hostname": host,
+    }
 
 
 class Connector:
@@ -108,7 +131,7 @@ class Connector:
             userid=p.userid,
             password=p.password,
             virtual_host=p.vhost,
-            ssl=p.ssl or False,
+            ssl=p.tls or False,
             heartbeat=p.heartbeat,
             connect_timeout=p.connect_timeout,
             confirm_publish=False,

@@ -31,6 +31,7 @@ from conveyor.results.redis import RedisResultStore
 from conveyor.settlement import open_settlement
 from conveyor.settlement.redis import RedisSettlement
 from tests import helpers
+from tests.certs import self_signed
 from tests.conftest import wait_until
 from tests.helpers import Call, closing_all, redis_fixture
 from tests.servers import RedisServer, free_port
@@ -153,21 +154,7 @@ def test_unix_socket_url(tmp_path: Path) -> None:
 
 
 def test_rediss_tls(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is not installed (scripts/test installs it)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    keygen = [
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-    ]
-    certificate = ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=x"]
-    ip_name = ["-addext", "subjectAltName=IP:127.0.0.1"]
-    subprocess.run([*keygen, *certificate, *ip_name], check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     port = free_port()
     tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]

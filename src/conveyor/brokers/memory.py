@@ -74,7 +74,8 @@ class MemoryBroker(Broker):
             moved += 1
         return moved
 
-    def _add(self, message: Message, now: float) -> None:
+    def _entry(self, message: Message, now: float) -> tuple[float, _Entry]:
+        """The message's due time and queue entry (raises on a malformed message)."""
         entry = _Entry(
             message.id,
             message.queue,
@@ -82,7 +83,9 @@ class MemoryBroker(Broker):
             clamp_priority(message.priority),
             next(self._seq),
         )
-        due = max(now + message.countdown, message.eta or 0.0)
+        return max(now + message.countdown, message.eta or 0.0), entry
+
+    def _add(self, due: float, entry: _Entry, now: float) -> None:
         if due > now:
             heapq.heappush(self._delayed, (due, entry.seq, entry))
         else:
@@ -97,11 +100,17 @@ class MemoryBroker(Broker):
     def publish(self, messages: Sequence[Message]) -> None:
         now = self.time()
         with self._lock:
+            # Every message is checked before any is added (a batch is all or nothing), and an
+            # id counts as published only once its message is in: a corrected re-publish of a
+            # refused one is not dropped as a duplicate.
+            fresh: dict[str, Message] = {}
             for message in messages:
-                if self._published.get(message.id, 0.0) > now:
-                    continue  # published lately: idempotent by id
-                self._published[message.id] = now + PUBLISH_DEDUPE_WINDOW
-                self._add(message, now)
+                if self._published.get(message.id, 0.0) <= now:
+                    fresh.setdefault(message.id, message)
+            entries = [self._entry(message, now) for message in fresh.values()]
+            for due, entry in entries:
+                self._add(due, entry, now)
+                self._published[entry.id] = now + PUBLISH_DEDUPE_WINDOW
             self._arrived.notify_all()
 
     # -- consuming -----------------------------------------------------------------------
@@ -168,9 +177,11 @@ class MemoryBroker(Broker):
         # another worker owns the message now: publishing the retry would run it twice.
         now = self.time()
         with self._lock:
-            if self._leased.pop(delivery.receipt, None) is None:
+            if delivery.receipt not in self._leased:
                 return
-            self._add(message, now)
+            due, entry = self._entry(message, now)
+            del self._leased[delivery.receipt]
+            self._add(due, entry, now)
             self._arrived.notify_all()
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:

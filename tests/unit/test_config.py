@@ -197,3 +197,8 @@ def test_result_store_schemes_include_registered_ones_and_unknown_ones_fail() ->
     assert result_store_schemes()["django"] == "conveyor.contrib.django.results:DjangoResultStore"
     with pytest.raises(ConfigurationError, match=r"unsupported result backend URL 'nope://'"):
         _ = Conveyor("t", broker="memory://", result_backend="nope://").results
+    # Celery's result backends say what they were and what to use instead.
+    with pytest.raises(ConfigurationError, match=r"rpc:// sends results back as AMQP messages"):
+        _ = Conveyor("t", broker="memory://", backend="rpc://").results
+    with pytest.raises(ConfigurationError, match=r"SQLAlchemy backend.*postgresql://"):
+        _ = Conveyor("t", broker="memory://", backend="db+sqlite:///results.db").results

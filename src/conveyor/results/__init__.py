@@ -33,6 +33,17 @@ _SCHEMES: dict[str, str] = {
 }
 
 
+#: Celery result backends people port, and why Conveyor has none of that kind.
+_CELERY_BACKENDS = {
+    "rpc": "Celery's rpc:// sends results back as AMQP messages; Conveyor keeps results in a "
+    "store, which on RabbitMQ is one of the URLs below (docs/rabbitmq.md)",
+    "amqp": "Celery's old amqp:// result backend; Conveyor keeps results in a store",
+    "db": "Celery's SQLAlchemy backend; for a database use postgresql:// or sqlite:// directly",
+    "cache": "Celery's cache backend; results need a durable store",
+    "mongodb": "Conveyor has no MongoDB store",
+}
+
+
 def result_store_schemes() -> dict[str, str]:
     """Scheme -> ``module:Class`` of every result store: built-in, then registered."""
     schemes = dict(_SCHEMES)
@@ -57,8 +68,11 @@ def create_result_store(
         target = schemes.get(scheme)
         if target is None:
             known = ", ".join(f"{s}://" for s in sorted(schemes))
+            why = _CELERY_BACKENDS.get(scheme.split("+", 1)[0])
             raise ConfigurationError(
-                f"unsupported result backend URL {redact_url(url)!r}; use one of {known}"
+                f"unsupported result backend URL {redact_url(url)!r}"
+                + (f" ({why})" if why else "")
+                + f"; use one of {known}"
             )
     module_name, class_name = target.split(":")
     cls: type[ResultStore] = getattr(importlib.import_module(module_name), class_name)

@@ -17,7 +17,6 @@ registered and again when a worker or beat finalizes the app.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import types
 from collections.abc import Callable, Mapping
@@ -150,6 +149,8 @@ def check_options(where: str, options: Mapping[str, object]) -> None:
             )
         if key in {"name", "bind", "base", "retry_kwargs"}:
             raise ConfigurationError(f"{where}: {key!r} cannot be annotated: set it on @app.task")
+        import difflib  # only for a suggestion: not loaded at start-up
+
         close = difflib.get_close_matches(str(key), [*OPTIONS, *HOOKS], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigurationError(f"{where}: unknown task option {key!r}{hint}")

@@ -9,14 +9,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 from . import _state
 from ._sqlite import DEFAULT_FILENAME
 from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
-from .beat.scheduler import BeatRunner, BeatRunOptions, run_beat
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, publish_policy, route
@@ -40,6 +39,9 @@ from .signals import SignalsMiddleware
 from .task import Task, current_request, make_task_decorator, shared_tasks
 from .worker import Worker, WorkerOptions
 from .worker.eager import run_eager
+
+if TYPE_CHECKING:
+    from .beat.scheduler import BeatRunner, BeatRunOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -573,6 +575,8 @@ class Conveyor:
         if self.beat_runner is not None:
             self.beat_runner(self, stop, **options)
             return
+        from .beat.scheduler import run_beat  # beat's code loads only where beat runs
+
         run_beat(self, stop, **options)
 
     # -- the command line ------------------------------------------------------------------

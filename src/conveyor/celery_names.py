@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -86,6 +85,8 @@ def describe(name: str, known: Iterable[str]) -> str:
         return f"; Celery's {new}: {fate.reason}"
     upper = name.isupper()
     pool = [*OLD_NAMES] if upper else [*known, *CELERY_SETTINGS]
+    import difflib  # only for a suggestion: not loaded at start-up
+
     matches = difflib.get_close_matches(name, pool, n=1, cutoff=0.6 if upper else 0.5)
     if not matches:
         return ""

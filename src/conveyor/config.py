@@ -9,7 +9,6 @@ happen.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -532,6 +531,8 @@ def _celery_hint(key: str, prefix: str) -> str:
             return f"; {key} names {name} only with config_from_object(..., namespace='CELERY')"
     name = key[len(prefix) :].lower() if prefix else key
     names = [*SETTINGS, *CELERY_SETTINGS]
+    import difflib  # only for a suggestion: not loaded at start-up
+
     matches = difflib.get_close_matches(name, names, n=1, cutoff=0.5) if prefix else []
     if matches:
         return f"; did you mean {prefix + matches[0].upper()!r}?"

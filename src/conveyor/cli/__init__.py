@@ -18,22 +18,34 @@ import click
 
 from ..app import Conveyor
 from ..loading import find_app, redact_text, setup_logging
-from .base import Group, State
-from .beat import beat_command
-from .control import control_group, inspect_group, queue_group
-from .dashboard import dashboard_command
-from .dlq import dlq_group
-from .doctor import doctor
-from .events import events_command
-from .inspection import purge, result, revoke, status
-from .metrics import metrics_command
-from .migrate import migrate_command
-from .worker import worker_command
+from .base import LazyGroup, State
 
 __all__ = ["cli", "find_app", "main", "redact_text", "setup_logging"]
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    # Each command is imported when it runs (``conveyor worker`` never loads the dashboard,
+    # the metrics exporter or beat's scheduler): start-up time is part of the product.
+    lazy_commands={
+        "worker": "conveyor.cli.worker:worker_command",
+        "beat": "conveyor.cli.beat:beat_command",
+        "status": "conveyor.cli.inspection:status",
+        "purge": "conveyor.cli.inspection:purge",
+        "revoke": "conveyor.cli.inspection:revoke",
+        "result": "conveyor.cli.inspection:result",
+        "dlq": "conveyor.cli.dlq:dlq_group",
+        "dashboard": "conveyor.cli.dashboard:dashboard_command",
+        "doctor": "conveyor.cli.doctor:doctor",
+        "migrate": "conveyor.cli.migrate:migrate_command",
+        "events": "conveyor.cli.events:events_command",
+        "inspect": "conveyor.cli.control:inspect_group",
+        "control": "conveyor.cli.control:control_group",
+        "queue": "conveyor.cli.control:queue_group",
+        "metrics": "conveyor.cli.metrics:metrics_command",
+    },
+)
 @click.option(
     "-A",
     "--app",
@@ -72,24 +84,6 @@ def cli(
         os.environ["CONVEYOR_RESULT_BACKEND"] = result_backend
     given = ctx.obj if isinstance(ctx.obj, Conveyor) else None  # from main(app=...)
     ctx.obj = State(app_spec, given)
-
-
-for command in (
-    worker_command,
-    beat_command,
-    status,
-    purge,
-    revoke,
-    result,
-    dlq_group,
-    dashboard_command,
-    doctor,
-    migrate_command,
-):
-    cli.add_command(command)
-for command in (events_command, inspect_group, control_group, queue_group):
-    cli.add_command(command)
-cli.add_command(metrics_command)
 
 
 def main(argv: Sequence[str] | None = None, app: Conveyor | None = None) -> None:

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -48,6 +49,30 @@ class Group(CeleryHints, click.Group):
                 raise
             message = f"{describe_error(exc)} (set CONVEYOR_TRACEBACK=1 for the traceback)"
             raise click.ClickException(redact_text(message)) from None
+
+
+class LazyGroup(Group):
+    """A Group whose commands are imported by name when first needed:
+    ``lazy_commands`` maps a command name to ``"module:attribute"``."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        target = self.lazy_commands.get(cmd_name)
+        if command is None and target is not None:
+            module, _, attribute = target.partition(":")
+            loaded = getattr(importlib.import_module(module), attribute)
+            if not isinstance(loaded, click.Command):
+                raise TypeError(f"{target} is not a click command")
+            self.add_command(loaded, cmd_name)
+            command = loaded
+        return command
 
 
 class State:

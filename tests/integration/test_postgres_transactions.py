@@ -63,7 +63,8 @@ def test_rollback_means_the_task_never_runs(app: Conveyor, conn: psycopg.Connect
         sign_up()
     [result] = sent
     assert ready(app) == 0
-    TestWorker(app).run_until_idle()
+    with TestWorker(app) as worker:
+        worker.run_until_idle()
     assert app.runs == []  # type: ignore[attr-defined]
     assert result.state == states.PENDING  # not even a QUEUED record survived
 
@@ -80,7 +81,8 @@ def test_commit_means_it_runs_once_and_workers_never_see_it_before(
         assert app.broker.lease(["celery", "default"], 10, 0.2) == []
         assert ready(app) == 0
     assert ready(app) == 1
-    TestWorker(app).run_until_idle()
+    with TestWorker(app) as worker:
+        worker.run_until_idle()
     assert app.runs == [email]  # type: ignore[attr-defined]
     assert result.get(timeout=10) == email
 

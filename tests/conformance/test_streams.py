@@ -13,6 +13,7 @@ from conveyor.brokers.base import Broker
 from conveyor.exceptions import ConfigurationError
 from conveyor.streams import START
 
+from .conftest import _url
 from .support import wait_until
 
 BIG = 1000
@@ -161,3 +162,30 @@ def test_rabbitmq_streams_need_a_server_that_keeps_them(
                 _ = made.streams
         finally:
             made.close()
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+def test_rabbitmq_keeps_its_streams_on_its_key_value_server(
+    server: str, request: pytest.FixtureRequest, key_prefix: str
+) -> None:
+    """With a Redis or PostgreSQL result store, RabbitMQ's events are that server's streams
+    under ``<key_prefix>.amqp`` (what the conformance tests above check on SQLite)."""
+    kv_url = _url(server, request)
+    rabbit = request.getfixturevalue("rabbit_server").url
+    options = BrokerOptions(key_prefix=key_prefix, transport_options={"kv_url": kv_url})
+    made = create_broker(rabbit, options)
+    direct = create_broker(kv_url, BrokerOptions(key_prefix=f"{key_prefix}.amqp"))
+    try:
+        made.streams.append("events", [b"a", b"b"], max_length=BIG, max_age=DAY)
+        assert [e.body for e in direct.streams.read("events")] == [b"a", b"b"]
+        assert made.streams.last("events") == direct.streams.last("events") != START
+    finally:
+        made.close()
+        direct.close()

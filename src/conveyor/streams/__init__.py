@@ -2,9 +2,10 @@
 
 Events (:mod:`conveyor.events`) and remote control (:mod:`conveyor.control`: the command
 channel and each request's replies) are streams. A broker hands out one implementation over its
-own connections as ``broker.streams`` (``memory``, ``sqlite``, ``redis`` here; a broker without
-one raises :class:`NotImplementedError` from the contract's default, so events and control
-report that clearly instead of failing later).
+own connections as ``broker.streams`` (``memory``, ``sqlite``, ``redis``, ``postgres`` here;
+RabbitMQ uses those of its key/value server: ``conveyor.brokers.amqp.streams``). A broker
+without one raises :class:`NotImplementedError` from the contract's default, so events and
+control report that clearly instead of failing later.
 
 Promises every implementation keeps (tests/conformance/test_streams.py):
 

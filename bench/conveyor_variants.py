@@ -106,7 +106,7 @@ def start(variant: str, procs: Processes, env: dict[str, str]) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--broker", choices=["sqlite", "redis", "postgres"], default="sqlite")
     parser.add_argument("--drain", type=int, default=10_000)
     parser.add_argument("--results", action="store_true", help="tasks store results")
     parser.add_argument("--variant", action="append", help="worker arguments (repeatable)")
@@ -123,7 +123,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-variants-"))
     procs = Processes(tmp)
-    server = None
+    server: Any = None  # RedisServer or PostgresServer (from tests/)
     server_pid = None
     if args.broker == "redis":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -134,6 +134,15 @@ def main() -> int:
         server.start()
         redis.Redis.from_url(server.url).config_set("appendfsync", "everysec")
         url = server.url
+        assert server.process is not None
+        server_pid = server.process.pid
+    elif args.broker == "postgres":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.pg_server import PostgresServer
+
+        server = PostgresServer(durable=True)
+        server.start()
+        url = server.url()
         assert server.process is not None
         server_pid = server.process.pid
     else:

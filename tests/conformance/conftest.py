@@ -43,9 +43,6 @@ class Backend:
     url: Callable[[pytest.FixtureRequest], str]
     broker: bool = True
     results: bool = True
-    #: Whether its broker keeps streams (events, remote control: tests/conformance/
-    #: test_streams.py, test_control.py); one without says so (test_streams.py).
-    streams: bool = True
     marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
@@ -75,8 +72,8 @@ BACKENDS = [
     Backend("memory", lambda request: "memory://"),
     Backend("sqlite", _sqlite_url),
     Backend("redis", _redis_url, marks=(pytest.mark.redis,)),
-    Backend("postgres", _postgres_url, streams=False, marks=(pytest.mark.postgres,)),
-    Backend("amqp", _amqp_url, results=False, streams=False, marks=(pytest.mark.amqp,)),
+    Backend("postgres", _postgres_url, marks=(pytest.mark.postgres,)),
+    Backend("amqp", _amqp_url, results=False, marks=(pytest.mark.amqp,)),
 ]
 _BY_NAME = {backend.name: backend for backend in BACKENDS}
 
@@ -92,15 +89,6 @@ conformance_redis = redis_fixture(appendonly=False, scope="session")
 
 def _params(kind: str) -> list[object]:
     return [pytest.param(b.name, id=b.name, marks=b.marks) for b in BACKENDS if getattr(b, kind)]
-
-
-def streams_params(value: bool = True) -> list[object]:
-    """Broker backends with (or without) streams."""
-    return [
-        pytest.param(b.name, id=b.name, marks=b.marks)
-        for b in BACKENDS
-        if b.broker and b.streams is value
-    ]
 
 
 def _url(backend: str, request: pytest.FixtureRequest) -> str:

@@ -13,14 +13,7 @@ from conveyor.control import ControlError
 from conveyor.control.protocol import STREAM
 from conveyor.testing import TestWorker
 
-from .conftest import streams_params
 from .support import wait_until
-
-
-@pytest.fixture(params=streams_params())
-def broker_backend(request: pytest.FixtureRequest) -> str:
-    """Only the brokers that keep streams (the others: test_without_streams_brokers_say_so)."""
-    return str(request.param)
 
 
 @pytest.fixture

@@ -10,17 +10,11 @@ import pytest
 
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker
+from conveyor.exceptions import ConfigurationError
 from conveyor.streams import START
 
-from .conftest import _url, streams_params
+from .conftest import _url
 from .support import wait_until
-
-
-@pytest.fixture(params=streams_params())
-def broker_backend(request: pytest.FixtureRequest) -> str:
-    """Only the brokers that keep streams (the others: test_without_streams_brokers_say_so)."""
-    return str(request.param)
-
 
 BIG = 1000
 DAY = 86400.0
@@ -113,15 +107,86 @@ def test_a_bad_position_is_a_clear_error(broker: Broker) -> None:
         broker.streams.read("events", "not-a-position")
 
 
-@pytest.mark.parametrize("backend", streams_params(False))
-def test_without_streams_brokers_say_so(
-    backend: str, request: pytest.FixtureRequest, key_prefix: str
+def test_concurrent_appenders_interleave_whole_batches_in_order(
+    broker: Broker, peer: Broker
 ) -> None:
-    """PostgreSQL and RabbitMQ keep no streams yet: events and remote control are refused
-    with a sentence naming what needs them, never silently dropped."""
-    made = create_broker(_url(backend, request), BrokerOptions(key_prefix=key_prefix))
+    """Writers on several connections at once (every worker process writes events): each
+    batch stays together, positions increase along the stream, nothing is lost, and a
+    follower reading page by page sees every entry exactly once."""
+    writers = [broker, peer, broker, peer]
+
+    def write(n: int) -> None:
+        for batch in range(10):
+            bodies = [f"{n}:{batch}:{i}".encode() for i in range(3)]
+            writers[n].streams.append("busy", bodies, max_length=BIG, max_age=DAY)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(len(writers))]
+    seen: list[bytes] = []
+    position = START
+    for thread in threads:
+        thread.start()
+    while len(seen) < 120:
+        writing = any(t.is_alive() for t in threads)  # before the read: then all is written
+        page = peer.streams.read("busy", position, limit=7, wait=0.5)
+        assert page or writing, "entries went missing"
+        seen += [entry.body for entry in page]
+        position = page[-1].position if page else position
+    for thread in threads:
+        thread.join()
+    everything = [f"{n}:{b}:{i}".encode() for n in range(4) for b in range(10) for i in range(3)]
+    assert sorted(seen) == sorted(everything)
+    positions = [
+        tuple(int(part) for part in e.position.split("-"))
+        for e in broker.streams.read("busy", limit=BIG)
+    ]
+    assert positions == sorted(positions) and len(set(positions)) == 120
+    groups = [body.rsplit(b":", 1)[0] for body in seen]
+    assert all(groups[i] == groups[i - i % 3] for i in range(len(groups)))
+
+
+@pytest.mark.amqp
+def test_rabbitmq_streams_need_a_server_that_keeps_them(
+    request: pytest.FixtureRequest, key_prefix: str
+) -> None:
+    """RabbitMQ keeps its streams on its key/value server (brokers/amqp/streams.py); one
+    that keeps none is refused with a sentence naming the fix, never silently dropped."""
+    url = request.getfixturevalue("rabbit_server").url
+    kv = f"sqlite:///{request.getfixturevalue('tmp_path')}/kv.db"
+    for streams_url, error, match in [
+        ("django://", NotImplementedError, "events and remote control.*streams_url"),
+        (url, ConfigurationError, "must be a Redis, PostgreSQL or SQLite URL"),
+    ]:
+        options = {"kv_url": kv, "streams_url": streams_url}
+        made = create_broker(url, BrokerOptions(key_prefix=key_prefix, transport_options=options))
+        try:
+            with pytest.raises(error, match=match):
+                _ = made.streams
+        finally:
+            made.close()
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+def test_rabbitmq_keeps_its_streams_on_its_key_value_server(
+    server: str, request: pytest.FixtureRequest, key_prefix: str
+) -> None:
+    """With a Redis or PostgreSQL result store, RabbitMQ's events are that server's streams
+    under ``<key_prefix>.amqp`` (what the conformance tests above check on SQLite)."""
+    kv_url = _url(server, request)
+    rabbit = request.getfixturevalue("rabbit_server").url
+    options = BrokerOptions(key_prefix=key_prefix, transport_options={"kv_url": kv_url})
+    made = create_broker(rabbit, options)
+    direct = create_broker(kv_url, BrokerOptions(key_prefix=f"{key_prefix}.amqp"))
     try:
-        with pytest.raises(NotImplementedError, match="events and remote control"):
-            _ = made.streams
+        made.streams.append("events", [b"a", b"b"], max_length=BIG, max_age=DAY)
+        assert [e.body for e in direct.streams.read("events")] == [b"a", b"b"]
+        assert made.streams.last("events") == direct.streams.last("events") != START
     finally:
         made.close()
+        direct.close()

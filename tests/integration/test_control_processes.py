@@ -1,6 +1,7 @@
-"""Inspect and control of real worker processes (``python -m conveyor worker``) on SQLite and
-Redis: replies per process, node commands by the supervisor, durable queue pause (also for
-workers started later), pool size and autoscale, and bad requests refused with nothing sent."""
+"""Inspect and control of real worker processes (``python -m conveyor worker``) on every broker
+(PostgreSQL and RabbitMQ with ``--slow``): replies per process, node commands by the
+supervisor, durable queue pause (also for workers started later), pool size and autoscale, and
+bad requests refused with nothing sent."""
 
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ def _started(harness: Harness, worker: WorkerProcess, processes: int) -> list[st
     return wait_for(lambda: len(found := names()) == processes and found, 20, "workers up")
 
 
-#: The default suite runs a long test on SQLite only; Redis joins with ``-m slow``.
+#: The default suite runs a long test on SQLite only; the other brokers join with ``--slow``.
 SQLITE_FIRST = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=(pytest.mark.redis, pytest.mark.slow)),
+    pytest.param("postgres", id="postgres", marks=(pytest.mark.postgres, pytest.mark.slow)),
+    pytest.param("amqp", id="amqp", marks=(pytest.mark.amqp, pytest.mark.slow)),
 ]
 
 

@@ -1,6 +1,7 @@
-"""Events from real worker processes (``python -m conveyor worker``) on SQLite and Redis:
-each child writes its own batches; the supervisor writes online/offline; history outlives the
-workers; ``conveyor events`` prints, filters and skips malformed entries."""
+"""Events from real worker processes (``python -m conveyor worker``) on every broker
+(PostgreSQL and RabbitMQ with ``--slow``): each child writes its own batches; the supervisor
+writes online/offline; history outlives the workers; ``conveyor events`` prints, filters and
+skips malformed entries."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from tests.integration.test_worker_processes import (  # noqa: F401 - fixtures
     wait_for,
 )
 
-#: The default suite runs a long test on SQLite only; Redis joins with ``-m slow``.
+#: The default suite runs a long test on SQLite only; the other brokers join with ``--slow``.
 SQLITE_FIRST = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=(pytest.mark.redis, pytest.mark.slow)),
+    pytest.param("postgres", id="postgres", marks=(pytest.mark.postgres, pytest.mark.slow)),
+    pytest.param("amqp", id="amqp", marks=(pytest.mark.amqp, pytest.mark.slow)),
 ]
 
 

@@ -64,7 +64,7 @@ def test_tables_live_in_the_configured_schema_with_autovacuum_settings(
     assert "conveyor_messages" in names and "conveyor_meta" in names
     messages = next(line for line in tables if line.startswith("conveyor_messages|"))
     assert "autovacuum_vacuum_scale_factor=0.01" in messages
-    assert postgres_server.sql(f"SELECT version FROM {schema}.conveyor_meta") == "1"
+    assert postgres_server.sql(f"SELECT version FROM {schema}.conveyor_meta") == "2"
     assert broker.stats(["q"])["q"].ready == 1
 
 
@@ -98,7 +98,7 @@ def test_migrate_false_names_conveyor_migrate_which_creates_the_tables(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "version 1" in done.stdout
+    assert "version 2" in done.stdout
     make(url).publish([message()])
 
 

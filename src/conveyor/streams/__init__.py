@@ -2,9 +2,10 @@
 
 Events (:mod:`conveyor.events`) and remote control (:mod:`conveyor.control`: the command
 channel and each request's replies) are streams. A broker hands out one implementation over its
-own connections as ``broker.streams`` (``memory``, ``sqlite``, ``redis`` here; a broker without
-one raises :class:`NotImplementedError` from the contract's default, so events and control
-report that clearly instead of failing later).
+own connections as ``broker.streams`` (``memory``, ``sqlite``, ``redis``, ``postgres`` here;
+RabbitMQ uses those of its key/value server: ``conveyor.brokers.amqp.streams``). A broker
+without one raises :class:`NotImplementedError` from the contract's default, so events and
+control report that clearly instead of failing later.
 
 Promises every implementation keeps (tests/conformance/test_streams.py):
 
@@ -64,3 +65,30 @@ class Streams(Protocol):
     def delete(self, stream: str) -> None:
         """Remove the stream and its entries."""
         ...
+
+
+# Helpers of the SQL rings (sqlite, postgres): a batch is one row, its entries packed.
+def number_position(after: str | None) -> int:
+    """A decimal position (``None``: before the first), or a clear :class:`ValueError`."""
+    if after is None:
+        return 0
+    try:
+        return int(after)
+    except ValueError:
+        raise ValueError(f"not a stream position of this broker: {after!r}") from None
+
+
+def pack(bodies: list[bytes]) -> bytes:
+    """Entries as one blob: each a 4-byte big-endian length, then its bytes."""
+    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
+
+
+def unpack(packed: bytes) -> list[bytes]:
+    """The entries of a :func:`pack` blob."""
+    out: list[bytes] = []
+    at = 0
+    while at + 4 <= len(packed):
+        size = int.from_bytes(packed[at : at + 4], "big")
+        out.append(packed[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out

@@ -17,7 +17,7 @@ import threading
 import time
 
 from .._sqlite import Database
-from . import START, Entry
+from . import START, Entry, number_position, pack, unpack
 
 TABLE = "conveyor_streams"
 HEADS = "conveyor_stream_heads"
@@ -64,7 +64,7 @@ class SQLiteStreams:
             conn.execute(
                 f"INSERT INTO {TABLE} (ns, stream, n, count, at, expires, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (ns, stream, head, len(bodies), now, now + max_age, _pack(bodies)),
+                (ns, stream, head, len(bodies), now, now + max_age, pack(bodies)),
             )
             # Both caps of this stream: its oldest rows, found along the primary key.
             oldest = conn.execute(
@@ -89,7 +89,7 @@ class SQLiteStreams:
         wait: float = 0.0,
         since: float | None = None,
     ) -> list[Entry]:
-        start = _position(after)
+        start = number_position(after)
         deadline = time.monotonic() + wait
         while True:
             with self._db.read() as conn:
@@ -101,7 +101,7 @@ class SQLiteStreams:
             entries: list[Entry] = []
             for last, count, at, body in rows:
                 first = last - count + 1
-                for offset, item in enumerate(_unpack(bytes(body))):
+                for offset, item in enumerate(unpack(bytes(body))):
                     if first + offset > start:
                         entries.append(Entry(str(first + offset), at, item))
             remaining = deadline - time.monotonic()
@@ -120,26 +120,3 @@ class SQLiteStreams:
         with self._db.write() as conn:
             for table in (TABLE, HEADS):
                 conn.execute(f"DELETE FROM {table} WHERE ns = ? AND stream = ?", (self._ns, stream))
-
-
-def _position(after: str | None) -> int:
-    if after is None:
-        return 0
-    try:
-        return int(after)
-    except ValueError:
-        raise ValueError(f"not a stream position of this broker: {after!r}") from None
-
-
-def _pack(bodies: list[bytes]) -> bytes:
-    return b"".join(len(body).to_bytes(4, "big") + body for body in bodies)
-
-
-def _unpack(packed: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    at = 0
-    while at + 4 <= len(packed):
-        size = int.from_bytes(packed[at : at + 4], "big")
-        out.append(packed[at + 4 : at + 4 + size])
-        at += 4 + size
-    return out

@@ -10,7 +10,7 @@ How each promise is kept (docs/rabbitmq.md has the long form):
 * delays live in RabbitMQ's TTL queues (:mod:`.topology`), never in a worker;
 * RabbitMQ holds no key/value data: revocations, beat claims, the worker registry and publish
   dedupe across processes use ``kv``, built from ``kv_url`` (transport option or URL
-  parameter; the app passes its result store's URL by default).
+  parameter; the app passes its result store's URL by default); streams too (:mod:`.streams`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from .convert import (
 )
 from .leases import Held, Leases, Reaper
 from .session import Session
+from .streams import KeptStreams
 from .topology import LEVELS, TICK, Names, Topology, delay_routing_key, ticks
 from .wake import Wake
 
@@ -75,7 +76,7 @@ def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
         broker._after_fork()
 
 
-class AMQPBroker(Broker):
+class AMQPBroker(KeptStreams, Broker):
     schemes = ("amqp", "amqps", "pyamqp")
     lease_checks_revoked = True
 
@@ -117,8 +118,7 @@ class AMQPBroker(Broker):
         self._published: dict[str, float] = {}
         self._published_lock = threading.Lock()
         self._known: set[str] = set()
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(reference))
+        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
 
     def _after_fork(self) -> None:
         """A forked child (a worker's child process) gets its own connections and identity:
@@ -515,4 +515,4 @@ class AMQPBroker(Broker):
             self._reaper = None
         self._wake.close()
         self._session.drop()
-        self._store.close()
+        self.close_kv()

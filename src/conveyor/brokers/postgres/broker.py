@@ -23,6 +23,7 @@ from ..._postgres import (
 )
 from ...exceptions import BrokerError, ConfigurationError
 from ...kv.postgres import PostgresKeyValue
+from ...streams.postgres import PostgresStreams
 from ..base import (
     PUBLISH_DEDUPE_WINDOW,
     Broker,
@@ -89,6 +90,13 @@ class PostgresBroker(Broker):
         self._arrived = threading.Condition()
         self._arrivals = 0
         self._listener = Listener(self.db, self.channel, self._wake)
+        self._streams = PostgresStreams(
+            self.db, self.ns, listen=self.listen, poll_interval=self.poll_interval
+        )
+
+    @property
+    def streams(self) -> PostgresStreams:
+        return self._streams
 
     def __repr__(self) -> str:
         return f"<PostgresBroker {redact_url(self.url)} schema={self.schema}>"
@@ -448,4 +456,5 @@ class PostgresBroker(Broker):
 
     def close(self) -> None:
         self._listener.close()
+        self._streams.close()
         self.db.close()

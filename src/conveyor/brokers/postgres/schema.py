@@ -8,6 +8,7 @@ cost-based pauses that let a busy queue table bloat between runs.
 from __future__ import annotations
 
 from ...kv.postgres import Tables
+from ...streams.postgres import MIGRATION as STREAMS_MIGRATION
 
 #: ``conveyor_messages.state``.
 READY, LEASED, DELAYED = 0, 1, 2
@@ -76,6 +77,8 @@ MIGRATIONS = [
         "REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT "
         "EXECUTE FUNCTION {s}.conveyor_notify_inserted()",
     ),
+    # v2: bounded streams (events, remote control): ``conveyor.streams.postgres``.
+    STREAMS_MIGRATION,
 ]
 
 #: The tables of the broker's ``kv``.

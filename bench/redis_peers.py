@@ -87,37 +87,36 @@ class Peer:
         return sys.modules[self.module]
 
 
-class Conveyor(Peer):
-    name, module, dist = "Conveyor", "bench.peers.conveyor_app", "conveyor"
-
-    def worker(self) -> list[str]:
-        return [PYTHON, "-m", "conveyor", "worker", "-A", self.module, "-c", "2"]
+class DelayPeer(Peer):
+    """Celery's spelling, which Conveyor shares: ``task.delay()``, ``.get()``."""
 
     def enqueue(self, count: int) -> None:
         task = self.app().count
         for _ in range(count):
             task.delay()
-
-    def bulk(self, count: int) -> bool:
-        app = self.app()
-        app.app.send_many([app.count.s() for _ in range(count)])
-        return True
 
     def round_trip(self) -> Callable[[], object]:
         echo = self.app().echo
         return lambda: echo.delay().get(timeout=10)
 
 
-class Celery(Peer):
+class Conveyor(DelayPeer):
+    name, module, dist = "Conveyor", "bench.peers.conveyor_app", "conveyor"
+
+    def worker(self) -> list[str]:
+        return [PYTHON, "-m", "conveyor", "worker", "-A", self.module, "-c", "2"]
+
+    def bulk(self, count: int) -> bool:
+        app = self.app()
+        app.app.send_many([app.count.s() for _ in range(count)])
+        return True
+
+
+class Celery(DelayPeer):
     name, module, dist = "Celery", "bench.peers.celery_app", "celery"
 
     def worker(self) -> list[str]:
         return [str(BIN / "celery"), "-A", self.module, "worker", "-P", "prefork", "-c", "2"]
-
-    def enqueue(self, count: int) -> None:
-        task = self.app().count
-        for _ in range(count):
-            task.delay()
 
     def bulk(self, count: int) -> bool:
         """Celery's fastest way to send many: one producer (connection) for all of them."""
@@ -126,10 +125,6 @@ class Celery(Peer):
             for _ in range(count):
                 app.count.apply_async(producer=producer)
         return True
-
-    def round_trip(self) -> Callable[[], object]:
-        echo = self.app().echo
-        return lambda: echo.delay().get(timeout=10)
 
 
 class Dramatiq(Peer):

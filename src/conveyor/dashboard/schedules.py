@@ -20,7 +20,7 @@ from ..beat.entry import Entry
 from ..beat.progress import LAST_PREFIX
 from ..beat.schedules import InvalidSchedule
 from ..beat.switches import read_switches, set_switch
-from ..exceptions import ConveyorError
+from ..exceptions import ConfigurationError, ConveyorError, SerializationError
 from ..utils.redaction import redact_arguments
 from .operations import ActionError
 
@@ -88,7 +88,7 @@ class Periodic:
             try:
                 if isinstance(spec, Exception):
                     raise InvalidSchedule(str(spec))
-                entry = Entry.from_config(name, spec)
+                entry = self._checked(name, spec)
             except InvalidSchedule as exc:
                 task = str(spec.get("task", "")) if isinstance(spec, Mapping) else ""
                 rows.append(
@@ -143,9 +143,19 @@ class Periodic:
         try:
             if isinstance(spec, Exception):
                 raise InvalidSchedule(str(spec))
-            return Entry.from_config(name, spec), source
+            return self._checked(name, spec), source
         except InvalidSchedule as exc:
             raise ActionError(409, f"periodic task {name!r} is invalid: {exc}") from None
+
+    def _checked(self, name: str, spec: object) -> Entry:
+        """The entry, refused as beat refuses it (arguments the task would not take...)."""
+        entry = Entry.from_config(name, spec)
+        try:
+            task = self.app.tasks.get(entry.task)
+            self.app.prepare(entry.task, entry.args, dict(entry.kwargs), dict(entry.options), task)
+        except (ConfigurationError, SerializationError, TypeError) as exc:
+            raise InvalidSchedule(f"beat_schedule[{name!r}]: {exc}") from None
+        return entry
 
     def set_enabled(self, name: str, enabled: bool) -> int:
         """Turn entry ``name`` on or off; returns 1 if that changed something."""

@@ -250,10 +250,10 @@ def test_periodic_switch_and_run_now(page: Any, ops: Ops, snap: Any) -> None:
         row.locator("button", has_text="Disable").click()
     expect(page.locator('tr[data-periodic="hourly-add"] [data-state]')).to_contain_text("disabled")
     assert read_switches(ops.client.kv) == {"hourly-add": False}
-    snap(page, "dashboard-periodic")
     with page.expect_navigation():
         page.locator('tr[data-periodic="hourly-add"] button', has_text="Enable").click()
     assert read_switches(ops.client.kv) == {}
+    snap(page, "dashboard-periodic")
 
     with page.expect_navigation():
         page.locator('tr[data-periodic="hourly-add"] button', has_text="Run now").click()

@@ -342,3 +342,25 @@ def test_malformed_delayed_bodies_show_their_reason(app: Conveyor, client: TestC
     page = client.get("/scheduled").text
     assert 'data-scheduled="junk-1"' in page and "undecodable" in page
     assert json.dumps("junk-1")  # the id is shown as text, not decoded
+
+
+def live_block(client: TestClient, query: str) -> str:
+    with client.stream("GET", f"/live?{query}") as stream:
+        lines: list[str] = []
+        for line in stream.iter_lines():
+            lines.append(line)
+            if line == "" and lines[:1] == ["event: live"]:
+                break
+    return "\n".join(line.removeprefix("data: ") for line in lines[1:])
+
+
+def test_live_counts_of_scheduled_messages_and_retries(app: Conveyor, client: TestClient) -> None:
+    delayed(app)
+    delayed(app, queue="emails")
+    body = encode_envelope(Envelope(id="retried-2", task="shop.add", args=[1, 2], retries=1))
+    app.broker.publish([Message("retried-2", "default", body, countdown=120)])
+    counted = '<span data-figure="scheduled-count">{}</span>'
+    assert counted.format(3) in live_block(client, "page=scheduled")
+    assert counted.format(1) in live_block(client, "page=scheduled&queue=emails")
+    assert counted.format(1) in live_block(client, "page=retries")
+    assert counted.format(1) in live_block(client, "page=scheduled&task=shop&search=retried")

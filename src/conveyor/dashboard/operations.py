@@ -53,10 +53,6 @@ class Node:
     processes: list[Worker]
 
     @property
-    def host(self) -> str:
-        return self.name.rpartition(".")[0] or self.name
-
-    @property
     def solo(self) -> bool:
         return len(self.processes) == 1 and self.processes[0].name == self.name
 

@@ -17,6 +17,8 @@ from .schedules import Periodic, ScheduleSource
 #: Longest filter value or name accepted from a request (as pages.MAX_FILTER / MAX_ID).
 MAX_FILTER = 200
 MAX_NAME = 255
+#: Most delayed messages a Scheduled or Retries page lists.
+LISTED = 500
 
 type Builder = Callable[[Mapping[str, str]], dict[str, Any]]
 type Action = Callable[[Mapping[str, str], Sequence[str]], tuple[str, int, str]]
@@ -111,9 +113,17 @@ class OpsPages:
             "unsupported": "",
         }
         try:
-            values["rows"], values["count"] = self.ops.scheduled(where, retries=retries)
+            if "page" in params and not (retries or where.task or where.search):
+                # The live count, every 2 s: from the queue counts, not by listing them all.
+                stats = self.fleet.app.broker.stats([where.queue] if where.queue else None)
+                values["count"] = sum(s.delayed for s in stats.values())
+            else:
+                values["rows"], values["count"] = self.ops.scheduled(
+                    where, retries=retries, limit=LISTED
+                )
         except NotImplementedError as exc:
             values["unsupported"] = str(exc)
+        values["listed"] = min(values["count"], LISTED)
         return values
 
     def _periodic(self, params: Mapping[str, str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from conveyor.dashboard import create_dashboard
 from conveyor.message import Envelope, encode_envelope
 from conveyor.testing import TestWorker
 from tests.conftest import wait_until
+from tests.rabbit_server import RabbitServer
 
 
 @pytest.fixture
@@ -364,3 +365,27 @@ def test_live_counts_of_scheduled_messages_and_retries(app: Conveyor, client: Te
     assert counted.format(1) in live_block(client, "page=scheduled&queue=emails")
     assert counted.format(1) in live_block(client, "page=retries")
     assert counted.format(1) in live_block(client, "page=scheduled&task=shop&search=retried")
+
+
+@pytest.mark.amqp
+def test_on_rabbitmq_delayed_messages_are_listed_and_cancelled_not_run_early(
+    rabbit_server: RabbitServer, tmp_path: Path
+) -> None:
+    app = Conveyor(
+        "shop", broker=rabbit_server.url, result_backend=f"sqlite:///{tmp_path}/results.db"
+    )
+    try:
+        result = app.send_task("shop.add", (1, 2), countdown=600, queue="ops-amqp")
+        client = TestClient(create_dashboard(app))
+        page = client.get("/scheduled?queue=ops-amqp").text
+        assert f'data-scheduled="{result.id}"' in page
+        assert "the body waits in the broker&#39;s delay queues" in page
+        status, shown = act(client, "/scheduled", "run-scheduled", {"id": [result.id]})
+        assert status == 409 and "cannot be made ready early" in shown
+        status, _ = act(client, "/scheduled", "cancel-scheduled", {"id": [result.id]})
+        assert status == 200
+        assert app.broker.scheduled(queue="ops-amqp") == []
+        assert app.broker.revoked([result.id]) == {result.id}
+        assert audit(app)[0] == ("cancel-scheduled", f"delayed messages {result.id}", 1)
+    finally:
+        app.close()

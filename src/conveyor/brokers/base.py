@@ -51,8 +51,9 @@ that another worker holds.
 * ``scheduled(limit, queue)`` (soonest due first), ``run_scheduled(ids)`` (ready now, behind
   what is queued) and ``cancel_scheduled(ids)`` (deleted): delayed messages (countdown, ETA,
   retries) for the dashboard; ``ready_by_priority(queues)``: ready counts per priority.
-  Optional: a broker that cannot browse its delayed messages raises NotImplementedError
-  saying why (RabbitMQ: :mod:`conveyor.brokers.amqp.scheduled`).
+  Optional: what a broker cannot do raises NotImplementedError saying why (RabbitMQ lists
+  without bodies, cancels by revocation and cannot run one early:
+  :mod:`conveyor.brokers.amqp.scheduled`).
 * ``time()``: the broker's clock, which judges due times and lease deadlines.
 * ``close()`` (optional): release connections; a later call may reconnect.
 * ``streams`` (optional): bounded append-only logs on the same server or file

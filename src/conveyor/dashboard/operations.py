@@ -22,6 +22,8 @@ from .fleet import Worker
 
 #: Most delayed messages a page or an "everything matching" action considers at once.
 SCHEDULED_LIMIT = 10_000
+#: Shown for a delayed message whose broker does not give its body (RabbitMQ).
+BODY_AWAY = "the body waits in the broker's delay queues"
 #: Seconds an action waits for the workers' replies.
 REPLY_TIMEOUT = 3.0
 #: Most processes a pool grows or shrinks by in one action.
@@ -150,6 +152,10 @@ def scheduled_row(message: Scheduled, width: int = 160) -> ScheduledRow:
     """What a page shows of ``message``: its task, its call with secrets redacted (the log
     rules: secret-looking names, URL passwords), its retries; a body that is not a valid
     message shows its reason."""
+    if not message.body:  # RabbitMQ: the body waits in its delay queues, out of reach
+        return ScheduledRow(
+            message.id, message.queue, message.priority, message.due, "", "", 0, BODY_AWAY
+        )
     try:
         envelope = decode_envelope(message.body)
         args, kwargs = redact_arguments(*decode_arguments(envelope))

@@ -11,6 +11,18 @@ if TYPE_CHECKING:
     from .kv import KeyValue
 
 
+class ActiveTask(TypedDict):
+    """A task running in a worker, as its announcement lists it."""
+
+    id: str
+    name: str
+    started_at: float
+
+
+#: Most running tasks an announcement lists.
+ACTIVE_SHOWN = 50
+
+
 class WorkerInfo(TypedDict, total=False):
     """A worker's announcement (``worker:<hostname>`` in the broker), read by
     ``conveyor status``. A worker writes every key; a reader must expect any to be missing."""
@@ -20,6 +32,11 @@ class WorkerInfo(TypedDict, total=False):
     queues: list[str]
     concurrency: int
     processed: int
+    #: Of ``processed``, the tasks that failed; the host's 1-minute load average; the tasks
+    #: running now (at most :data:`ACTIVE_SHOWN`: id, task name, start time) - the dashboard.
+    failed: int
+    load: float
+    active: list[ActiveTask]
     running: int
     started_at: float
     seen_at: float

@@ -43,6 +43,7 @@ from .entry import CATCH_UP_POLICIES, Entry
 from .progress import Progress
 from .runs import claim_key, due_between, iso, run_id
 from .schedules import InvalidSchedule
+from .switches import apply_switches
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -185,7 +186,7 @@ class Beat:
                     logger.error("%s: %s (%s)", self.name, exc, kept)
                 if name in self._entries:
                     loaded[name] = self._entries[name]
-        self._entries = loaded
+        self._entries = apply_switches(self.app.kv, loaded)
 
     # -- running -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

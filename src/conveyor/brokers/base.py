@@ -48,6 +48,12 @@ that another worker holds.
 * ``dead_letters(limit, queue)`` (oldest first), ``replay_dead(ids)`` (back to the queue with
   a fresh count), ``purge_dead(ids)``; ``purge(queues)`` deletes ready and delayed messages
   (leased ones stay).
+* ``scheduled(limit, queue)`` (soonest due first), ``run_scheduled(ids)`` (ready now, behind
+  what is queued) and ``cancel_scheduled(ids)`` (deleted): delayed messages (countdown, ETA,
+  retries) for the dashboard; ``ready_by_priority(queues)``: ready counts per priority.
+  Optional: what a broker cannot do raises NotImplementedError saying why (RabbitMQ lists
+  without bodies, cancels by revocation and cannot run one early:
+  :mod:`conveyor.brokers.amqp.scheduled`).
 * ``time()``: the broker's clock, which judges due times and lease deadlines.
 * ``close()`` (optional): release connections; a later call may reconnect.
 * ``streams`` (optional): bounded append-only logs on the same server or file
@@ -130,6 +136,17 @@ class DeadLetter:
     detail: str
     dead_at: float
     delivery_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A delayed message (countdown, ETA or retry) waiting for ``due`` (broker clock)."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    due: float
 
 
 @dataclass(slots=True)
@@ -252,6 +269,24 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def purge(self, queues: Sequence[str]) -> int:
         """Delete ready and delayed messages of ``queues``; return count. Leased ones stay."""
+
+    # -- delayed messages (optional: the dashboard's Scheduled and Retries pages) -----------
+    def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
+        """Up to ``limit`` delayed messages (of ``queue``, or all), soonest due first."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its delayed messages")
+
+    def run_scheduled(self, ids: Sequence[str]) -> int:
+        """Make the delayed messages ``ids`` ready now (behind what is queued); return count."""
+        raise NotImplementedError(f"{type(self).__name__} cannot move its delayed messages")
+
+    def cancel_scheduled(self, ids: Sequence[str]) -> int:
+        """Delete the delayed messages ``ids``; return count."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete its delayed messages")
+
+    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+        """Ready messages per priority of each of ``queues`` (only priorities with some);
+        ``{}`` from a broker that cannot tell (the default)."""
+        return {}
 
     @abc.abstractmethod
     def time(self) -> float:

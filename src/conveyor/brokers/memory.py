@@ -24,6 +24,7 @@ from .base import (
     Delivery,
     Message,
     QueueStats,
+    Scheduled,
     clamp_priority,
 )
 
@@ -296,6 +297,49 @@ class MemoryBroker(Broker):
             heapq.heapify(kept)
             self._delayed = kept
         return count
+
+    # -- delayed messages ----------------------------------------------------------------
+    def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
+        with self._lock:
+            found = sorted(
+                (due, entry.seq, entry)
+                for due, _, entry in self._delayed
+                if queue is None or entry.queue == queue
+            )
+        return [
+            Scheduled(e.id, e.queue, e.body, e.priority, due)
+            for due, _, e in found[: max(limit, 0)]
+        ]
+
+    def run_scheduled(self, ids: Sequence[str]) -> int:
+        return self._take_delayed(ids, ready=True)
+
+    def cancel_scheduled(self, ids: Sequence[str]) -> int:
+        return self._take_delayed(ids, ready=False)
+
+    def _take_delayed(self, ids: Sequence[str], *, ready: bool) -> int:
+        wanted = set(ids)
+        with self._lock:
+            taken = sorted(item for item in self._delayed if item[2].id in wanted)
+            if not taken:
+                return 0
+            self._delayed = [item for item in self._delayed if item[2].id not in wanted]
+            heapq.heapify(self._delayed)
+            if ready:
+                for _, _, entry in taken:
+                    entry.seq = next(self._seq)
+                    self._push_ready(entry)
+                self._arrived.notify_all()
+        return len(taken)
+
+    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        with self._lock:
+            for queue in dict.fromkeys(queues):
+                for _, _, entry in self._ready.get(queue, []):
+                    counts = out.setdefault(queue, {})
+                    counts[entry.priority] = counts.get(entry.priority, 0) + 1
+        return out
 
     def time(self) -> float:
         return time.time()

@@ -59,6 +59,7 @@ from .base import (
     Delivery,
     Message,
     QueueStats,
+    Scheduled,
     clamp_priority,
 )
 
@@ -86,6 +87,8 @@ _SCRIPTS = (
     "dead_letters",
     "dead_move",
     "purge",
+    "scheduled",
+    "scheduled_move",
 )
 
 
@@ -337,6 +340,46 @@ class RedisBroker(Broker):
                 deleted += int(count)
                 if not more:
                     return deleted
+
+    # -- delayed messages (the dashboard) ---------------------------------------------------
+    def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
+        if limit <= 0:
+            return []
+        with self._errors:
+            flat = self._run("scheduled", limit, queue or "")
+        return [
+            Scheduled(
+                _text(flat[i]),
+                _text(flat[i + 1]),
+                _blob(flat[i + 2]),
+                int(_number(flat[i + 3])),
+                _number(flat[i + 4]) / 1000,
+            )
+            for i in range(0, len(flat) - 4, 5)
+        ]
+
+    def run_scheduled(self, ids: Sequence[str]) -> int:
+        with self._errors:
+            return int(self._run("scheduled_move", "run", *ids)) if ids else 0
+
+    def cancel_scheduled(self, ids: Sequence[str]) -> int:
+        with self._errors:
+            return int(self._run("scheduled_move", "cancel", *ids)) if ids else 0
+
+    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+        names = list(dict.fromkeys(queues))
+        with self._errors:
+            pipe = self._client.pipeline(transaction=False)
+            for queue in names:
+                for band in range(10):  # band b holds priority 9 - b
+                    pipe.zcount(self._key("ready", queue), band * _BAND, f"({(band + 1) * _BAND}")
+            counts = pipe.execute()
+        out: dict[str, dict[int, int]] = {}
+        for i, queue in enumerate(names):
+            for band in range(10):
+                if counts[i * 10 + band]:
+                    out.setdefault(queue, {})[9 - band] = int(counts[i * 10 + band])
+        return out
 
     def time(self) -> float:
         with self._errors:

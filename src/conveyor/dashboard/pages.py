@@ -19,6 +19,9 @@ from ..exceptions import ConveyorError
 from ..message import from_json_value
 from .audit import AuditLog
 from .fleet import DeadLetterFilter, Fleet
+from .operations import ActionError
+from .ops_pages import OpsPages
+from .schedules import ScheduleSource
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -26,7 +29,7 @@ STATIC = Path(__file__).with_name("static")
 MAX_FILTER = 200
 MAX_ID = 255
 #: Pages whose changing part is streamed by the live endpoint.
-LIVE_PAGES = ("overview", "queues", "workers", "dead")
+LIVE_PAGES = ("overview", "queues", "workers", "dead", "scheduled", "retries")
 
 
 class BadRequest(Exception):
@@ -39,9 +42,16 @@ class BadRequest(Exception):
 
 
 class Pages:
-    """Every page (:meth:`context` + :meth:`render`) and action (:meth:`act`) of one app."""
+    """Every page (:meth:`context` + :meth:`render`) and action (:meth:`act`) of one app.
+    ``schedules``: periodic tasks kept outside the code (the Django mount's database ones)."""
 
-    def __init__(self, fleet: Fleet, audit: AuditLog, read_only: bool) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        audit: AuditLog,
+        read_only: bool,
+        schedules: ScheduleSource | None = None,
+    ) -> None:
         self.fleet = fleet
         self.audit = audit
         self.read_only = read_only
@@ -54,12 +64,14 @@ class Pages:
         self.env.filters.update(ago=ago, when=when, preview=preview)
         self._builders: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
             "overview": self._overview,
-            "queues": self._queues,
-            "workers": self._workers,
             "dead": self._dead,
             "task": self._task,
             "audit": self._audit,
         }
+        # The operations pages (Workers, Queues, Scheduled, Retries, Periodic): ops_pages.py.
+        ops = OpsPages(fleet, audit, schedules)
+        self._builders.update({k: _refusing(v) for k, v in ops.builders().items()})
+        self._ops_actions = {k: _refusing(v) for k, v in ops.actions().items()}
 
     # -- pages ---------------------------------------------------------------------------
     def context(self, page: str, params: Mapping[str, str]) -> dict[str, Any]:
@@ -92,12 +104,6 @@ class Pages:
             for kind in ("ready", "delayed", "leased", "dead")
         }
         return {"queues": queues, "workers": workers, "totals": totals}
-
-    def _queues(self, params: Mapping[str, str]) -> dict[str, Any]:
-        return {"queues": self.fleet.queues()}
-
-    def _workers(self, params: Mapping[str, str]) -> dict[str, Any]:
-        return {"workers": self.fleet.workers()}
 
     def _dead(self, params: Mapping[str, str]) -> dict[str, Any]:
         where = dead_filter(params)
@@ -134,10 +140,8 @@ class Pages:
         if self.read_only:
             raise BadRequest(403, "the dashboard is read-only")
         ids = [i for i in ids if 0 < len(i) <= MAX_ID]
-        if action == "purge-queue":
-            queue = required(fields, "queue")
-            count = self.fleet.purge_queue(queue)
-            target, back = f"queue {queue}", "/queues"
+        if action in self._ops_actions:
+            target, count, back = self._ops_actions[action](fields, ids)
         elif action in ("replay-dead", "purge-dead"):
             where = dead_filter(fields)
             replay = action == "replay-dead"
@@ -158,6 +162,18 @@ class Pages:
             raise BadRequest(404, f"no action {action!r}")
         self.audit.record(who, action, target, count)
         return back
+
+
+def _refusing[**P, R](call: Callable[P, R]) -> Callable[P, R]:
+    """``call`` with its refusals (ActionError) raised as BadRequest."""
+
+    def refusing(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return call(*args, **kwargs)
+        except ActionError as exc:
+            raise BadRequest(exc.status, exc.message) from None
+
+    return refusing
 
 
 def task_path(task_id: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConveyorError
-from ..registry import ANNOUNCEMENT_PREFIX, WorkerInfo
+from ..registry import ACTIVE_SHOWN, ANNOUNCEMENT_PREFIX, ActiveTask, WorkerInfo
 from ..signing import key_ids
 from .inflight import InFlight
 from .loops import LoopErrors
@@ -90,6 +90,9 @@ class Heartbeat:
             "queues": self.queues,
             "concurrency": self.concurrency,
             "processed": self._inflight.processed,
+            "failed": self._inflight.failed,
+            "load": os.getloadavg()[0],
+            "active": self._active(),
             "running": len(self._inflight.running),
             "started_at": self.started_at,
             "broker_time": self.app.broker.time(),
@@ -101,6 +104,15 @@ class Heartbeat:
         ttl = max(10.0, self.interval * 4)
         key = ANNOUNCEMENT_PREFIX + self.hostname
         self.app.kv.set_value(key, json.dumps(info).encode(), ttl)
+
+    def _active(self) -> list[ActiveTask]:
+        shown: list[ActiveTask] = []
+        for control in self._inflight.controls()[:ACTIVE_SHOWN]:
+            if control.active:
+                job = control.job
+                name = job.envelope.task
+                shown.append({"id": job.envelope.id, "name": name, "started_at": job.started_at})
+        return shown
 
     def retire(self) -> None:
         """Remove the announcement (the worker stopped)."""

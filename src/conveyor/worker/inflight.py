@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ..brokers.base import Delivery
 from ..results.base import ResultRecord
+from ..states import FAILURE
 from .job import Action, Job, Outcome
 
 
@@ -59,6 +60,8 @@ class InFlight:
         self.cond = threading.Condition()
         self.count = 0
         self.processed = 0
+        #: Tasks that ended in FAILURE (for the worker's announcement).
+        self.failed = 0
         self.held: dict[str, Delivery] = {}  # receipt -> delivery
         self.running: dict[str, Running] = {}  # task id -> control block
         #: Outcomes for the finisher.
@@ -106,6 +109,9 @@ class InFlight:
                 if delivery is not None:
                     self.held.pop(delivery.receipt, None)
             self.processed += len(jobs)
+            self.failed += sum(
+                1 for outcome, c in batch if c is not None and outcome.state == FAILURE
+            )
             self.pending -= len(batch)
             self.cond.notify_all()
         return jobs

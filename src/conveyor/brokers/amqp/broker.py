@@ -57,6 +57,8 @@ from .convert import (
     to_amqp,
 )
 from .leases import Held, Leases, Reaper
+from .scheduled import DELAYED_KEY, DelayedMarkers
+from .scheduled import marker as delayed_marker
 from .session import Session
 from .streams import KeptStreams
 from .topology import LEVELS, TICK, Names, Topology, delay_routing_key, ticks
@@ -66,8 +68,6 @@ from .wake import Wake
 POLL_SLICE = 0.25
 #: kv key of a queue name this prefix has used (stats() of every queue).
 QUEUE_KEY = "amqp-queue:"
-#: kv keys ``<this><queue>:<id>`` of delayed messages, expiring when due (stats() counts them).
-DELAYED_KEY = "amqp-delayed:"
 
 
 def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
@@ -76,7 +76,7 @@ def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
         broker._after_fork()
 
 
-class AMQPBroker(KeptStreams, Broker):
+class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
     schemes = ("amqp", "amqps", "pyamqp")
     lease_checks_revoked = True
 
@@ -171,7 +171,7 @@ class AMQPBroker(KeptStreams, Broker):
             if n_ticks:
                 # counted for stats(): a kv key per delayed message that expires when due
                 marker = f"{DELAYED_KEY}{message.queue}:{message.id}"
-                self.kv.set_value(marker, b"", n_ticks * TICK)
+                self.kv.set_value(marker, delayed_marker(message, when), n_ticks * TICK)
                 key = delay_routing_key(n_ticks, self.names.queue(message.queue))
                 batch.append(
                     (self.names.delay(LEVELS - 1), key, to_amqp(message, amqp_priority=classic))

@@ -33,9 +33,11 @@ from ..base import (
     Delivery,
     Message,
     QueueStats,
+    Scheduled,
     clamp_priority,
     redact_url,
 )
+from . import scheduled as delayed
 from . import statements as sql
 from .rows import (
     as_blob,
@@ -448,6 +450,46 @@ class PostgresBroker(Broker):
         with self.db.connection() as conn:
             cursor = conn.execute(self.q(sql.PURGE), {"ns": self.ns, "queues": names})
             return max(cursor.rowcount, 0)
+
+    # -- delayed messages (the dashboard) ---------------------------------------------------
+    def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
+        params: Params = {"ns": self.ns, "limit": max(limit, 0), "queue": queue}
+        where = "" if queue is None else "AND queue = %(queue)s"
+        with self.db.connection() as conn:
+            rows = conn.execute(self.q(delayed.LISTING, where=where), params).fetchall()
+        return [
+            Scheduled(as_text(i), as_text(q), as_blob(body), as_int(priority), as_float(due))
+            for i, q, body, priority, due in rows
+        ]
+
+    def run_scheduled(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self.db.transaction() as conn:
+            cursor = conn.execute(self.q(delayed.RUN), {"ns": self.ns, "ids": list(ids)})
+            queues = [as_text(row[0]) for row in cursor.fetchall()]
+            self._notify_queues(conn, set(queues))
+        if queues:
+            self._wake()
+        return len(queues)
+
+    def cancel_scheduled(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self.db.connection() as conn:
+            cursor = conn.execute(self.q(delayed.CANCEL), {"ns": self.ns, "ids": list(ids)})
+            return max(cursor.rowcount, 0)
+
+    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+        names = list(dict.fromkeys(queues))
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self.q(delayed.BY_PRIORITY), {"ns": self.ns, "queues": names}
+            ).fetchall()
+        out: dict[str, dict[int, int]] = {}
+        for queue, priority, count in rows:
+            out.setdefault(as_text(queue), {})[as_int(priority)] = as_int(count)
+        return out
 
     def time(self) -> float:
         with self.db.connection() as conn:

@@ -25,9 +25,10 @@ from ..base import (
     Delivery,
     Message,
     QueueStats,
+    Scheduled,
     clamp_priority,
 )
-from . import maintenance
+from . import maintenance, scheduled
 from .rows import (
     as_int,
     as_text,
@@ -358,6 +359,25 @@ class SQLiteBroker(Broker):
     def purge(self, queues: Sequence[str]) -> int:
         with self._db.write() as conn:
             return maintenance.purge(conn, self.ns, queues)
+
+    def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
+        with self._db.read() as conn:
+            return scheduled.listing(conn, self.ns, limit, queue)
+
+    def run_scheduled(self, ids: Sequence[str]) -> int:
+        with self._db.write() as conn:
+            moved = scheduled.move(conn, self.ns, ids, ready=True)
+        if moved:
+            self._notify()
+        return moved
+
+    def cancel_scheduled(self, ids: Sequence[str]) -> int:
+        with self._db.write() as conn:
+            return scheduled.move(conn, self.ns, ids, ready=False)
+
+    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+        with self._db.read() as conn:
+            return scheduled.ready_by_priority(conn, self.ns, queues, self.time())
 
     def time(self) -> float:
         # SQLite has no server: every process on the host shares this clock.

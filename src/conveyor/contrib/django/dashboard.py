@@ -46,6 +46,8 @@ from conveyor.dashboard.pages import LIVE_PAGES, MAX_ID, STATIC, BadRequest, Pag
 from conveyor.dashboard.security import SECURITY_HEADERS, FormTokens
 from conveyor.exceptions import ConveyorError
 
+from .dashboard_schedules import DatabaseSchedules
+
 app_name = "conveyor_dashboard"
 VIEW = "conveyor.view_dashboard"
 OPERATE = "conveyor.operate_dashboard"
@@ -65,7 +67,8 @@ def _site() -> tuple[Pages, FormTokens]:
     app = default_app()
     secret = hashlib.sha256(b"conveyor.dashboard\0" + settings.SECRET_KEY.encode()).digest()
     kv = lambda: app.kv  # noqa: E731 - asked at each use: the app may reconnect
-    return Pages(Fleet(app), AuditLog(kv), read_only=False), FormTokens(kv, secret)
+    pages = Pages(Fleet(app), AuditLog(kv), read_only=False, schedules=DatabaseSchedules())
+    return pages, FormTokens(kv, secret)
 
 
 def _guarded(view: View) -> View:
@@ -218,6 +221,9 @@ urlpatterns: list[URLPattern] = [
     path("", _rooted(_page("overview"), 0), name="overview"),
     path("queues", _rooted(_page("queues"), 1), name="queues"),
     path("workers", _rooted(_page("workers"), 1), name="workers"),
+    path("scheduled", _rooted(_page("scheduled"), 1), name="scheduled"),
+    path("retries", _rooted(_page("retries"), 1), name="retries"),
+    path("periodic", _rooted(_page("periodic"), 1), name="periodic"),
     path("dead", _rooted(_page("dead"), 1), name="dead"),
     path("audit", _rooted(_page("audit"), 1), name="audit"),
     path("tasks/<str:task_id>", _rooted(_page("task"), 2), name="task"),

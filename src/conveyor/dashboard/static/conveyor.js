@@ -13,7 +13,15 @@
     params.set("page", region.dataset.live);
     source = new EventSource((document.body.dataset.root || "") + "/live?" + params.toString());
     source.addEventListener("live", function (event) {
+      // Rows chosen in a live table stay chosen when it is redrawn.
+      const chosen = new Set();
+      region.querySelectorAll("input[name=id]:checked").forEach(function (box) {
+        chosen.add(box.value);
+      });
       region.innerHTML = event.data;
+      region.querySelectorAll("input[name=id]").forEach(function (box) {
+        if (chosen.has(box.value)) box.checked = true;
+      });
       region.dataset.updated = String(Date.now());
     });
   }
@@ -35,15 +43,24 @@
   // Forms that change things ask first.
   document.addEventListener("submit", function (event) {
     const form = event.target;
-    let question = form.dataset.confirm;
-    if (form.hasAttribute("data-confirm-selection")) {
+    const button = event.submitter;
+    let question = (button && button.dataset.confirm) || form.dataset.confirm;
+    if (button && button.hasAttribute("data-confirm-selection")) {
+      // A bulk button: "Pause {n} selected queue(s)?"
+      const count = form.querySelectorAll("input[name=id]:checked").length;
+      if (count === 0) {
+        event.preventDefault();
+        window.alert("Select rows first.");
+        return;
+      }
+      question = button.dataset.confirmSelection.replace("{n}", String(count));
+    } else if (form.hasAttribute("data-confirm-selection")) {
       const count = form.querySelectorAll("input[name=id]:checked").length;
       if (count === 0) {
         event.preventDefault();
         window.alert("Select dead letters first.");
         return;
       }
-      const button = event.submitter;
       const verb = button && button.value === "purge" ? "Delete" : "Replay";
       question = verb + " " + count + " selected dead letter(s)?";
     }

@@ -1,0 +1,97 @@
+"""Delayed messages for the dashboard (``scheduled``, ``run_scheduled``, ``cancel_scheduled``)
+and ready counts per priority, against every broker. RabbitMQ cannot browse its shared TTL
+delay queues: it lists its delayed messages without their bodies (from its markers), cancels
+by revocation (the message is dropped, revoked, when it falls due) and cannot run one early
+(NotImplementedError); that is what it is held to (brokers/amqp/scheduled.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.brokers.base import Broker, Message
+
+from .support import new_id, weaker
+
+Q = "default"
+OTHER = "other"
+
+
+def delayed(broker: Broker, countdown: float, queue: str = Q, priority: int = 5) -> Message:
+    message = Message(new_id(), queue, f"body-{countdown}".encode(), priority, countdown=countdown)
+    broker.publish([message])
+    return message
+
+
+def test_scheduled_lists_soonest_first_and_filters_by_queue(
+    broker: Broker, broker_backend: str
+) -> None:
+    later = delayed(broker, 600)
+    sooner = delayed(broker, 300, priority=7)
+    other = delayed(broker, 400, queue=OTHER)
+    broker.publish([Message(new_id(), Q, b"ready now")])
+    now = broker.time()
+    listed = broker.scheduled()
+    assert [s.id for s in listed] == [sooner.id, other.id, later.id]
+    first = listed[0]
+    body = b"" if weaker(broker_backend, "scheduled") else sooner.body  # RabbitMQ holds it
+    assert (first.queue, first.body, first.priority) == (Q, body, 7)
+    assert now + 295 < first.due < now + 305
+    assert [s.id for s in broker.scheduled(queue=OTHER)] == [other.id]
+    assert [s.id for s in broker.scheduled(limit=1)] == [sooner.id]
+    assert broker.scheduled(limit=0) == []
+
+
+def test_run_scheduled_makes_them_ready_behind_the_queue(
+    broker: Broker, broker_backend: str
+) -> None:
+    waiting = delayed(broker, 600)
+    kept = delayed(broker, 600)
+    queued = Message(new_id(), Q, b"queued first")
+    broker.publish([queued])
+    if weaker(broker_backend, "scheduled"):
+        with pytest.raises(NotImplementedError):
+            broker.run_scheduled([waiting.id])
+        return
+    assert broker.run_scheduled([waiting.id, "no-such-id"]) == 1
+    assert broker.run_scheduled([waiting.id]) == 0  # ready now: no longer delayed
+    got = broker.lease([Q], 10, 0)
+    assert [d.id for d in got] == [queued.id, waiting.id]
+    assert got[1].body == waiting.body and got[1].delivery_count == 1
+    assert [s.id for s in broker.scheduled()] == [kept.id]
+    assert broker.stats([Q])[Q].delayed == 1
+
+
+def test_cancel_scheduled_deletes_only_delayed_ones(broker: Broker, broker_backend: str) -> None:
+    doomed = delayed(broker, 600)
+    kept = delayed(broker, 600, queue=OTHER)
+    ready = Message(new_id(), Q, b"ready")
+    broker.publish([ready])
+    assert broker.cancel_scheduled([doomed.id, ready.id]) == 1
+    assert broker.cancel_scheduled([]) == 0
+    assert [s.id for s in broker.scheduled()] == [kept.id]
+    assert [d.id for d in broker.lease([Q], 10, 0)] == [ready.id]
+    assert broker.stats([Q])[Q].delayed == 0
+
+
+def test_a_cancelled_message_never_runs(broker: Broker, broker_backend: str) -> None:
+    doomed = delayed(broker, 0.3)
+    assert broker.cancel_scheduled([doomed.id]) == 1
+    if weaker(broker_backend, "scheduled"):
+        # Delivered when due, flagged revoked: the worker drops it.
+        (got,) = broker.lease([Q], 1, 5.0)
+        assert got.id == doomed.id and got.revoked
+        broker.ack([got])
+    else:
+        assert broker.lease([Q], 1, 1.0) == []  # past its due time: deleted
+
+
+def test_ready_by_priority(broker: Broker, broker_backend: str) -> None:
+    broker.publish(
+        [Message(new_id(), Q, b"x", p) for p in (9, 9, 5, 0)] + [Message(new_id(), OTHER, b"y", 3)]
+    )
+    delayed(broker, 600, priority=1)  # not ready: not counted
+    counts = broker.ready_by_priority([Q, OTHER, "empty"])
+    if weaker(broker_backend, "scheduled"):
+        assert counts == {}
+        return
+    assert counts == {Q: {9: 2, 5: 1, 0: 1}, OTHER: {3: 1}}

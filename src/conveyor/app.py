@@ -21,6 +21,7 @@ from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, publish_policy, route
 from .canvas import Signature, as_signature, register_builtin_tasks
+from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
 from .config import Settings, settings_from
 from .control import Control
@@ -131,6 +132,7 @@ class Conveyor:
             SignalsMiddleware(self),
             EventsMiddleware(self, self.events.writer),
             UniqueMiddleware(self),
+            BatchMiddleware(self),
             *middleware,
         ]
         #: The middleware's hooks, ready to call (rebuilt by :meth:`add_middleware`).

@@ -134,7 +134,7 @@ def test_until_finished_is_released_on_every_ending(app: Conveyor, ending: str) 
         if ending == "failure":
             raise ValueError("boom")
         if ending == "reject":
-            raise Reject("poison", requeue=False)
+            raise Reject("poison")
         return n
 
     options: dict[str, object] = {"expires": 0.01} if ending == "expire" else {}

@@ -32,6 +32,14 @@ class UniqueMiddleware(Middleware):
     def __init__(self, app: Conveyor) -> None:
         self.app = app
 
+    def uses_hook(self, hook: str) -> bool:
+        # The per-task hooks only in workers of apps that declare a unique task (asked when
+        # a worker builds its hooks, after the tasks are loaded): no cost for the others.
+        # A call-time-only unique task's key is then freed by the producers' holder check.
+        if hook in ("before_process", "after_process"):
+            return any(task.unique_for is not None for task in list(self.app.tasks.values()))
+        return True
+
     def before_process(self, job: Job) -> None:
         header = _header(job.envelope)
         if header is not None and header.get("mode") in _AT_START:

@@ -96,7 +96,6 @@ class batch:  # a canvas primitive: lower-case like group and chord
     ) -> None:
         if description is not None and not isinstance(description, str):
             raise TypeError(f"description must be a string, got {description!r}")
-        self._app = app
         self.description = description
         self.members: list[Signature | batch] = [_member(m, app) for m in members]
         self.callbacks: dict[str, Signature | None] = {
@@ -104,6 +103,9 @@ class batch:  # a canvas primitive: lower-case like group and chord
             "complete": None if on_complete is None else as_signature(on_complete, app),
             "death": None if on_death is None else as_signature(on_death, app),
         }
+        # Like group: the app of the first part that has one, else the default app.
+        parts = [*self.members, *(s for s in self.callbacks.values() if s is not None)]
+        self._app: Conveyor | None = app or next((p._app for p in parts if p._app), None)
 
     def __repr__(self) -> str:
         return f"<batch of {len(self.members)}>"
@@ -142,6 +144,8 @@ class BatchResult:
     def __init__(self, id: str, app: Conveyor | None = None) -> None:
         self.id = id
         self.app = app if app is not None else _state.default_app()
+        #: The handles of the members this object sent (at apply, or by :meth:`add`).
+        self.results: list[AsyncResult[object] | BatchResult] = []
 
     def __repr__(self) -> str:
         return f"<BatchResult {self.id}>"
@@ -196,6 +200,7 @@ class BatchResult:
         plan.send()
         for child, child_id in nested:
             child._open(app, child_id, self.id)
+        self.results.extend(handles)
         return handles
 
 

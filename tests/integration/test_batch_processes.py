@@ -1,4 +1,4 @@
-"""Batches on real brokers (SQLite, Redis) with a real ``conveyor worker`` process whose
+"""Batches on real brokers (SQLite, Redis, PostgreSQL) with a real ``conveyor worker`` process whose
 member is SIGKILLed at each dangerous point: every callback still runs exactly once.
 
 This module is also that worker's app module (``app`` exists only when ``BATCH_IT_BROKER``
@@ -24,6 +24,7 @@ from tests.conftest import wait_until
 from tests.helpers import redis_fixture
 from tests.integration.test_canvas_brokers import CliWorker as _CanvasCliWorker
 from tests.integration.test_canvas_brokers import first_time, idle, lines, mark
+from tests.pg_server import PostgresServer
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,10 +129,19 @@ class CliWorker(_CanvasCliWorker):
 batch_redis = redis_fixture(appendonly=False)
 
 
-@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/conveyor.db"
+    if request.param == "postgres":
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+        return f"{pg.url()}?schema=b{uuid.uuid4().hex[:12]}"
     server: RedisServer = request.getfixturevalue("batch_redis")
     return server.url
 

@@ -294,3 +294,17 @@ def test_key_function_returning_a_non_string_fails_at_the_call(app: Conveyor) ->
     with pytest.raises(TypeError, match="unique_key"):
         job.delay(3)
     assert queued(app) == 0
+
+
+def test_unique_options_inside_a_workflow_are_refused(app: Conveyor) -> None:
+    from conveyor import group
+
+    @app.task
+    def job(n: int) -> int:
+        return n
+
+    sig = job.s(1).set(unique_for=30)
+    assert sig.apply_async().duplicate_of is None  # a single signature: unique
+    assert job.s(1).set(unique_for=30).apply_async().duplicate_of is not None
+    with pytest.raises(ConfigurationError, match="unique_for"):
+        group(job.s(2).set(unique_for=30), job.s(3)).apply_async()

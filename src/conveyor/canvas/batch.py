@@ -184,7 +184,8 @@ class BatchResult:
         handles: list[AsyncResult[object] | BatchResult] = []
         nested: list[tuple[batch, str]] = []
         for member in members:
-            member_id = str(uuid.uuid4())
+            given = member.options.get("task_id") if isinstance(member, Signature) else None
+            member_id = given if isinstance(given, str) and given else str(uuid.uuid4())
             kv.join(_key(self.id, "members"), member_id, ttl)  # counted before it can end
             if isinstance(member, batch):
                 nested.append((member, member_id))

@@ -83,7 +83,7 @@ def send_unique(
     sent = {**rest, "task_id": task_id, "headers": marked}
     ttl = call.unique_for
     if call.mode is UniqueMode.DEBOUNCE and rest.get("eta") is None:
-        delay = float(rest.get("countdown") or call.unique_for)  # type: ignore[arg-type]  # checked by build_call
+        delay = _seconds(rest.get("countdown"), call.unique_for)
         sent["countdown"] = delay
         ttl = delay + call.unique_for
     locks = locks_of(app)
@@ -107,12 +107,23 @@ def send_unique(
     try:
         result = app.send_call(name, args, kwargs, sent, task=task)
     except BaseException:
-        locks.delete_if(call.key, owner)
+        # Nothing was queued: give the key back (to the debounced task it was taken from).
+        if replaced is None or not locks.swap(call.key, owner, replaced.encode(), ttl):
+            locks.delete_if(call.key, owner)
         raise
     if replaced is not None:
         app.revoke(replaced)  # the replaced call's task never starts
         result.replaced = replaced
     return result
+
+
+def _seconds(value: object, default: float) -> float:
+    """A debounced call's wait: its ``countdown`` if it has one, else ``unique_for``."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"countdown must be a number of seconds, got {value!r}")
+    return max(0.0, float(value))
 
 
 def _stale(app: Conveyor, holder: str, mode: UniqueMode) -> bool:

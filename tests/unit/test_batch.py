@@ -208,3 +208,25 @@ def test_bad_members_and_options(app: Conveyor) -> None:
         batch([], description=42)  # type: ignore[arg-type]
     with pytest.raises(BatchClosedError):
         BatchResult("no-such-batch", app).add(app.signature("b.work", (1,)))
+
+
+def test_on_death_survives_a_transient_store_error(
+    app: Conveyor, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.exceptions import ResultStoreError
+    from conveyor.kv.memory import MemoryKeyValue
+
+    real_join = MemoryKeyValue.join
+    failures = [1]
+
+    def flaky_join(self: MemoryKeyValue, key: str, member: str, ttl: float | None = None) -> int:
+        if key.endswith(":dead") and member != "." and failures:
+            failures.pop()
+            raise ResultStoreError("connection lost")  # once, as a dropped connection would
+        return real_join(self, key, member, ttl)
+
+    monkeypatch.setattr(MemoryKeyValue, "join", flaky_join)
+    batch([app.signature("b.poison", (1,))], **callbacks(app)).apply_async()
+    with TestWorker(app) as worker:
+        worker.run_until_idle(propagate=False)
+    assert not failures and len(calls.of("death")) == 1 and len(calls.of("complete")) == 1

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import _state, states
-from ..exceptions import ConveyorError
+from ..exceptions import BrokerError, ConveyorError, ResultStoreError
 from ..middleware import Middleware
 from ..result import AsyncResult
 from .plan import SendPlan
@@ -50,6 +51,8 @@ logger = logging.getLogger("conveyor.canvas")
 BATCH_HEADER = "conveyor_batch"
 #: The member every set of a batch starts with (a task id is never ".").
 SEED = "."
+#: Seconds a dead member's ``on_death`` is retried through store errors.
+PATIENCE = 30.0
 
 type Member = Signature | SignatureLike | batch
 _KINDS = ("success", "complete", "death")
@@ -318,5 +321,20 @@ class BatchMiddleware(Middleware):
 
     def on_dead_letter(self, envelope: Envelope | None, outcome: Outcome) -> None:
         batch_id = envelope.headers.get(BATCH_HEADER) if envelope is not None else None
-        if envelope is not None and isinstance(batch_id, str):
-            member_died(self.app, batch_id, envelope.id, str(outcome.reason or "dead"))
+        if envelope is None or not isinstance(batch_id, str):
+            return
+        reason = str(outcome.reason or "dead")
+        # Called once, before the message moves: a transient error is retried here, as
+        # follow-ups are (there is no redelivery to try again).
+        deadline = time.monotonic() + PATIENCE
+        delay = 0.05
+        while True:
+            try:
+                member_died(self.app, batch_id, envelope.id, reason)
+                return
+            except (BrokerError, ResultStoreError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("batch %s: on_death failed, retrying: %s", batch_id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)

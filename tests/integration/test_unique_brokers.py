@@ -160,3 +160,33 @@ def test_a_dead_workers_task_keeps_its_key_until_it_ends(app: Conveyor) -> None:
         assert first.get(timeout=20) == 7
         wait_until(lambda: build.delay(7).duplicate_of is None, 10, "key freed after the run")
         worker.run_until_idle()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
+def test_keys_share_the_fate_of_their_messages_across_a_redis_crash(appendonly: bool) -> None:
+    server = RedisServer(appendonly=appendonly)
+    server.start()
+    try:
+        app = create_app(server.url, f"u{uuid.uuid4().hex[:8]}")
+        build = app.tasks["unique_it.build"]
+        first = build.delay(5)
+        server.kill()  # SIGKILL: no shutdown save
+        server.start()
+        wait_until(lambda: _answers(app), 10, "Redis back")
+        again = build.delay(5)
+        if appendonly:  # both kept: the key still guards the queued task (closed)
+            assert again.duplicate_of == first.id and waiting(app) == 1
+        else:  # both lost: the call queues the only task there is (nothing duplicated)
+            assert again.duplicate_of is None and waiting(app) == 1
+        app.close()
+    finally:
+        server.cleanup()
+
+
+def _answers(app: Conveyor) -> bool:
+    try:
+        app.broker.stats(["default"])
+    except Exception:
+        return False
+    return True

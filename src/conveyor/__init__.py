@@ -16,6 +16,7 @@ from ._state import CurrentApp
 from .app import Conveyor, default_app
 from .calling import new_id as uuid
 from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
+from .canvas.batch import BatchResult, batch, current_batch
 from .exceptions import (
     ChordError,
     ConfigurationError,
@@ -57,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncResult",
+    "BatchResult",
     "ChordError",
     "ConfigurationError",
     "Conveyor",
@@ -81,12 +83,14 @@ __all__ = [
     "TimeLimitExceeded",
     "WorkerLostError",
     "allow_join_result",
+    "batch",
     "chain",
     "chord",
     "chunks",
     "clocked",
     "crontab",
     "current_app",
+    "current_batch",
     "current_request",
     "default_app",
     "every",

@@ -20,6 +20,7 @@ from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .calling import build_call, encode_call, publish_policy, route
 from .canvas import Signature, as_signature, register_builtin_tasks
+from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
 from .config import Settings, settings_from
 from .control import Control
@@ -37,6 +38,8 @@ from .settlement import Settlement, open_settlement
 from .signals import Signal as Signal
 from .signals import SignalsMiddleware
 from .task import Task, current_request, make_task_decorator, shared_tasks
+from .unique.middleware import UniqueMiddleware
+from .unique.producer import send_unique, wants_unique
 from .worker import Worker, WorkerOptions
 from .worker.eager import run_eager
 
@@ -130,6 +133,8 @@ class Conveyor:
         self.middleware: list[Middleware] = [
             SignalsMiddleware(self),
             EventsMiddleware(self, self.events.writer),
+            UniqueMiddleware(self),
+            BatchMiddleware(self),
             *middleware,
         ]
         #: The middleware's hooks, ready to call (rebuilt by :meth:`add_middleware`).
@@ -428,6 +433,8 @@ class Conveyor:
         through: call options as a mapping; ``task`` is the registered task if the caller has
         it, ``eager`` runs it here and now (``Task.apply``)."""
         task = task or self.tasks.get(name)
+        if wants_unique(task, options):
+            return send_unique(self, name, args, kwargs, options, task=task, eager=eager)
         options = dict(options)
         on_commit = options.pop("on_commit", None)
         connection = options.pop("connection", None)

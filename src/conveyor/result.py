@@ -68,6 +68,12 @@ class AsyncResult(Generic[R]):
     message, then STARTED, RETRY, and one of the ready states SUCCESS, FAILURE, REVOKED, EXPIRED.
     """
 
+    #: Unique tasks: the id of the task holding the call's key, which this result is (no
+    #: new task was queued); None when the call queued a task.
+    duplicate_of: str | None = None
+    #: Debounced unique tasks: the id of the waiting task this call replaced (revoked).
+    replaced: str | None = None
+
     def __init__(
         self,
         id: str,

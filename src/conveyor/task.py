@@ -17,6 +17,7 @@ from .message import to_json_value
 from .request import Request as Request
 from .result import AsyncResult
 from .results.base import ResultRecord
+from .unique.spec import check_task_options
 
 if TYPE_CHECKING:
     from .app import Conveyor
@@ -91,6 +92,9 @@ class Task(Generic[P, R]):
     priority: int | None = None
     expires: float | datetime | None = None
     rate_limit: str | None = None
+    unique_for: float | None = None  # unique tasks: conveyor.unique, docs/flow-control.md
+    unique_mode: str = "until_finished"
+    unique_key: Callable[..., str] | None = None
     throws: tuple[type[BaseException], ...] = ()
     typing: bool = True
 
@@ -113,6 +117,9 @@ class Task(Generic[P, R]):
             "priority",
             "expires",
             "rate_limit",
+            "unique_for",
+            "unique_mode",
+            "unique_key",
             "throws",
             "typing",
             "retry_kwargs",
@@ -135,6 +142,7 @@ class Task(Generic[P, R]):
                 rate_per_second(self.rate_limit)
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
+        check_task_options(self.unique_for, self.unique_mode, self.unique_key, fn.__name__)
         self.fn = fn
         name = options.get("name")
         self.name = name if isinstance(name, str) and name else default_name(fn, app)

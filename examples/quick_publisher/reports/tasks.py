@@ -22,7 +22,14 @@ from .models import AnnualReport
 COLUMNS = ["month", "posts published", "views of those posts", "new users", "feedback received"]
 
 
-@shared_task(bind=True)
+def _report_key(year: int) -> str:
+    return f"annual-report:{year}"
+
+
+# One build per year at a time: a second click (or a second staff member) while the report of
+# that year is queued or running gets the build under way, not another one (unique tasks,
+# docs/flow-control.md). After an hour the key is free even if the build never ended.
+@shared_task(bind=True, unique_for=3600, unique_key=_report_key)
 def generate_report(self: Task[Any, Any], year: int) -> dict[str, Any]:
     """Add up the site's activity month by month and store it as a CSV file.
 

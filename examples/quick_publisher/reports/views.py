@@ -1,4 +1,5 @@
 from conveyor import states
+from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,7 +16,10 @@ from .tasks import generate_report
 def report_index(request: HttpRequest) -> HttpResponse:
     form = ReportForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        result = generate_report.delay(form.cleaned_data["year"])
+        year = form.cleaned_data["year"]
+        result = generate_report.delay(year)
+        if result.duplicate_of:  # a build of that year is under way: follow it
+            messages.info(request, f"The {year} report is already being built: here it is.")
         return redirect("reports:progress", task_id=result.id)
     reports = AnnualReport.objects.all()[:20]
     return render(request, "reports/index.html", {"form": form, "reports": reports})

@@ -105,3 +105,18 @@ def test_a_failed_report_shows_the_error(client, staff, worker):
     assert body["state"] == "FAILURE" and body["done"] is True
     assert "There is no report for 2999" in body["error"]
     assert not AnnualReport.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_build_per_year_at_a_time(client, staff, worker):
+    client.force_login(staff)
+    first = start(client, 2023)
+    response = client.post(reverse("reports:index"), {"year": 2023}, follow=True)
+    assert response.redirect_chain[-1][0] == reverse("reports:progress", args=[first])
+    assert b"already being built" in response.content
+    other_year = start(client, 2022)
+    assert other_year != first
+    worker.run_until_idle()
+    assert status(client, first)["state"] == "SUCCESS"
+    assert start(client, 2023) != first  # the build ended: a new one starts
+    worker.run_until_idle()

@@ -22,6 +22,7 @@ from ..message import ChordInfo, Envelope, decode_arguments, from_json_value
 from ..request import Request
 from ..results.base import ResultRecord
 from . import chords
+from .batch import BATCH_HEADER, member_finished
 from .errbacks import send_errbacks
 from .plan import SendPlan
 from .signature import (
@@ -59,9 +60,11 @@ def on_task_finished(app: Conveyor, envelope: Envelope, state: str, value: objec
 
     Safe to run more than once for one task (a redelivery): every id sent is deterministic
     and the chord join is an idempotent set-add."""
-    if not (envelope.callbacks or envelope.errbacks or envelope.chord):
-        return
-    _retrying(lambda: _settle(app, envelope, state, value))
+    if envelope.callbacks or envelope.errbacks or envelope.chord:
+        _retrying(lambda: _settle(app, envelope, state, value))
+    batch_id = envelope.headers.get(BATCH_HEADER)
+    if isinstance(batch_id, str):  # a batch member: counted once its links were sent
+        _retrying(lambda: member_finished(app, batch_id, envelope.id, state))
 
 
 def _settle(app: Conveyor, envelope: Envelope, state: str, value: object) -> None:

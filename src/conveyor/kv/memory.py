@@ -61,6 +61,30 @@ class MemoryKeyValue:
             keys = [k for k in self._values if k.startswith(prefix)]
             return {k: v for k in keys if (v := self._live(k, now)) is not None}
 
+    # -- owned locks (conveyor.kv.locks) ------------------------------------------------
+    def put_new(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        now = time.time()
+        with self._lock:
+            held = self._live(key, now)
+            if held is None:
+                self._values[key] = (value, _expiry(now, ttl))
+            return held
+
+    def swap(self, key: str, expected: bytes, value: bytes, ttl: float | None = None) -> bool:
+        now = time.time()
+        with self._lock:
+            if self._live(key, now) != expected:
+                return False
+            self._values[key] = (value, _expiry(now, ttl))
+            return True
+
+    def delete_if(self, key: str, expected: bytes) -> bool:
+        with self._lock:
+            if self._live(key, time.time()) != expected:
+                return False
+            del self._values[key]
+            return True
+
     def delete_expired(self) -> int:
         """Drop expired values and sets (reads skip them anyway); return how many."""
         now = time.time()

@@ -111,6 +111,46 @@ class PostgresKeyValue:
             ).fetchall()
         return {str(key): _blob(value) for key, value in rows}
 
+    # -- owned locks (conveyor.kv.locks): each one statement -----------------------------
+    def put_new(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        while True:
+            with self._db.connection() as conn:
+                created = conn.execute(
+                    f"INSERT INTO {self._values} AS v (ns, key, value, expires) "
+                    "VALUES (%s, %s, %s, now() + make_interval(secs => %s)) "
+                    "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
+                    "expires = excluded.expires "
+                    "WHERE v.expires IS NOT NULL AND v.expires <= now()",
+                    (self._ns, key, value, ttl),
+                ).rowcount
+                if created == 1:
+                    return None
+                row = conn.execute(
+                    f"SELECT value FROM {self._values} WHERE ns = %s AND key = %s AND {_LIVE}",
+                    (self._ns, key),
+                ).fetchone()
+            if row is not None:
+                return _blob(row[0])
+            # deleted or expired between the two statements: try again
+
+    def swap(self, key: str, expected: bytes, value: bytes, ttl: float | None = None) -> bool:
+        with self._db.connection() as conn:
+            changed = conn.execute(
+                f"UPDATE {self._values} SET value = %s, "
+                "expires = now() + make_interval(secs => %s) "
+                f"WHERE ns = %s AND key = %s AND value = %s AND {_LIVE}",
+                (value, ttl, self._ns, key, expected),
+            ).rowcount
+        return changed == 1
+
+    def delete_if(self, key: str, expected: bytes) -> bool:
+        with self._db.connection() as conn:
+            deleted = conn.execute(
+                f"DELETE FROM {self._values} WHERE ns = %s AND key = %s AND value = %s AND {_LIVE}",
+                (self._ns, key, expected),
+            ).rowcount
+        return deleted == 1
+
     def delete_expired(self, conn: Conn) -> None:
         """Delete expired values and sets of this prefix inside the caller's transaction."""
         conn.execute(f"DELETE FROM {self._values} WHERE ns = %s AND expires <= now()", (self._ns,))

@@ -8,6 +8,7 @@ result store's ``<p>:value:`` and ``<p>:join:``). Expiry is Redis' own TTL.
 from __future__ import annotations
 
 import math
+from importlib.resources import files
 from typing import cast
 
 import redis
@@ -27,6 +28,10 @@ class RedisKeyValue:
         self._errors = errors
         self._values = values
         self._sets = sets
+        # Owned locks (conveyor.kv.locks): one key per script, so one slot in a cluster.
+        self._put_new = client.register_script(_lua("kv_put_new"))
+        self._swap = client.register_script(_lua("kv_swap"))
+        self._delete_if = client.register_script(_lua("kv_delete_if"))
 
     def claim(self, key: str, ttl: float | None = None) -> bool:
         with self._errors:
@@ -67,6 +72,30 @@ class RedisKeyValue:
                     if value is not None:  # expired between SCAN and MGET
                         out[key.decode()[start:]] = value
         return out
+
+    # -- owned locks (conveyor.kv.locks) ------------------------------------------------
+    def put_new(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        with self._errors:
+            held = self._put_new(keys=[self._values + key], args=[value, _px_arg(ttl)])
+        return cast("bytes | None", held)
+
+    def swap(self, key: str, expected: bytes, value: bytes, ttl: float | None = None) -> bool:
+        with self._errors:
+            done = self._swap(keys=[self._values + key], args=[expected, value, _px_arg(ttl)])
+        return bool(done)
+
+    def delete_if(self, key: str, expected: bytes) -> bool:
+        with self._errors:
+            return bool(self._delete_if(keys=[self._values + key], args=[expected]))
+
+
+def _lua(name: str) -> str:
+    # The broker's scripts live beside it; read through the top package (kv is below brokers).
+    return files("conveyor").joinpath("brokers", "redis_scripts", f"{name}.lua").read_text("utf-8")
+
+
+def _px_arg(ttl: float | None) -> str:
+    return "" if ttl is None else str(_ms(ttl))
 
 
 def _ms(seconds: float) -> int:

@@ -113,6 +113,44 @@ class SQLiteKeyValue:
         found = {_text(key): _blob(value) for key, value in rows}
         return {key: value for key, value in found.items() if key.startswith(prefix)}
 
+    # -- owned locks (conveyor.kv.locks): each one write transaction ------------------------
+    def put_new(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        values = self._tables.values
+        with self._db.write() as conn:
+            now = time.time()
+            row = conn.execute(
+                f"SELECT value FROM {values} WHERE ns = ? AND key = ? AND {_LIVE}",
+                (self._ns, key, now),
+            ).fetchone()
+            if row is not None:
+                return _blob(row[0])
+            conn.execute(
+                f"INSERT INTO {values} (ns, key, value, expires) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (ns, key) DO UPDATE SET "
+                "value = excluded.value, expires = excluded.expires",
+                (self._ns, key, value, None if ttl is None else now + ttl),
+            )
+        return None
+
+    def swap(self, key: str, expected: bytes, value: bytes, ttl: float | None = None) -> bool:
+        with self._db.write() as conn:
+            now = time.time()
+            changed = conn.execute(
+                f"UPDATE {self._tables.values} SET value = ?, expires = ? "
+                f"WHERE ns = ? AND key = ? AND value = ? AND {_LIVE}",
+                (value, None if ttl is None else now + ttl, self._ns, key, expected, now),
+            ).rowcount
+        return changed == 1
+
+    def delete_if(self, key: str, expected: bytes) -> bool:
+        with self._db.write() as conn:
+            deleted = conn.execute(
+                f"DELETE FROM {self._tables.values} "
+                f"WHERE ns = ? AND key = ? AND value = ? AND {_LIVE}",
+                (self._ns, key, expected, time.time()),
+            ).rowcount
+        return deleted == 1
+
     def delete_expired(self, conn: sqlite3.Connection, now: float) -> int:
         """Delete expired values and sets of this prefix inside the caller's write
         transaction; return how many values and sets."""

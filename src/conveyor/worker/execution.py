@@ -22,6 +22,7 @@ from .. import states
 from .._exceptions_registry import exception_info, format_traceback
 from ..brokers.base import DeadLetterReason, Delivery, Message
 from ..canvas import ONCE_HEADER, on_task_finished, once_guard
+from ..canvas.batch import BATCH_HEADER
 from ..canvas.signature import signature_problem
 from ..exceptions import (
     MalformedMessage,
@@ -434,4 +435,9 @@ def _followups_problem(app: Conveyor, envelope: Envelope) -> str | None:
 def _has_followups(envelope: Envelope) -> bool:
     """Whether :func:`conveyor.canvas.on_task_finished` has anything to do for ``envelope``
     (the same test it makes first)."""
-    return bool(envelope.callbacks or envelope.errbacks or envelope.chord)
+    return bool(
+        envelope.callbacks
+        or envelope.errbacks
+        or envelope.chord
+        or BATCH_HEADER in envelope.headers
+    )

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,6 +21,7 @@ from ..app import Conveyor
 from ..exceptions import ConveyorError
 from .audit import AuditLog
 from .fleet import Fleet
+from .history import TaskHistory
 from .pages import STATIC, BadRequest, Pages
 from .security import DashboardAuth, FormTokens, Guard
 from .views import Views, root_of
@@ -30,11 +35,15 @@ def create_dashboard(
     auth: DashboardAuth | None = None,
     read_only: bool = False,
     secret: bytes | None = None,
+    history: str | os.PathLike[str] | None = None,
 ) -> Starlette:
     """The dashboard of ``app``. ``auth`` None serves everyone who can connect (bind it to
     loopback then); ``read_only`` hides and refuses every action; ``secret`` signs form
-    tokens (give several dashboard processes the same one; default: random per process)."""
-    pages = Pages(Fleet(app), AuditLog(lambda: app.kv), read_only)
+    tokens (give several dashboard processes the same one; default: random per process);
+    ``history`` is the task-history file (default: see :func:`.history.history_path`), kept
+    current from the events stream by a thread while the application runs."""
+    task_history = TaskHistory(Path(history)) if history is not None else None
+    pages = Pages(Fleet(app), AuditLog(lambda: app.kv), read_only, task_history)
     views = Views(pages, FormTokens(lambda: app.kv, secret))
 
     def error(request: Request, status: int, message: str) -> Response:
@@ -57,6 +66,7 @@ def create_dashboard(
         Route("/queues", views.page("queues")),
         Route("/workers", views.page("workers")),
         Route("/dead", views.page("dead")),
+        Route("/tasks", views.page("tasks")),
         Route("/tasks/{task_id:str}", views.page("task")),
         Route("/audit", views.page("audit")),
         Route("/find", views.find),
@@ -64,8 +74,19 @@ def create_dashboard(
         Route("/actions/{action:str}", views.action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        pages.indexer.start()
+        try:
+            yield
+        finally:
+            pages.indexer.stop()
+            pages.history.close()
+
     return Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(Guard, auth=auth)],
         exception_handlers={
             BadRequest: bad_request,

@@ -65,7 +65,9 @@ def _site() -> tuple[Pages, FormTokens]:
     app = default_app()
     secret = hashlib.sha256(b"conveyor.dashboard\0" + settings.SECRET_KEY.encode()).digest()
     kv = lambda: app.kv  # noqa: E731 - asked at each use: the app may reconnect
-    return Pages(Fleet(app), AuditLog(kv), read_only=False), FormTokens(kv, secret)
+    pages = Pages(Fleet(app), AuditLog(kv), read_only=False)
+    pages.indexer.start()  # a daemon thread per web process; they share the history file
+    return pages, FormTokens(kv, secret)
 
 
 def _guarded(view: View) -> View:
@@ -220,6 +222,7 @@ urlpatterns: list[URLPattern] = [
     path("workers", _rooted(_page("workers"), 1), name="workers"),
     path("dead", _rooted(_page("dead"), 1), name="dead"),
     path("audit", _rooted(_page("audit"), 1), name="audit"),
+    path("tasks", _rooted(_page("tasks"), 1), name="tasks"),
     path("tasks/<str:task_id>", _rooted(_page("task"), 2), name="task"),
     path("find", _rooted(_guarded(find), 1), name="find"),
     path("live", _rooted(_guarded(live), 1), name="live"),

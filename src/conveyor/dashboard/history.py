@@ -17,6 +17,7 @@ so no event is folded twice.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -50,6 +51,8 @@ STATES = (
 )
 #: States a task can still leave (revoking makes sense for these).
 UNFINISHED = ("QUEUED", "RECEIVED", "STARTED", "RETRY")
+#: Most distinct task names a name glob is matched against.
+MAX_NAMES = 5000
 #: Rows (and their events) are deleted this long after their last event (30 days).
 DEFAULT_KEEP = 30 * 86400.0
 TABLE = "conveyor_task_history"
@@ -194,8 +197,8 @@ class TaskFilter:
             if value:
                 terms.append(f"h.{column} = ?")
                 params.append(value)
-        if self.name:
-            terms.append("h.name GLOB ?" if _is_glob(self.name) else "h.name = ?")
+        if self.name:  # a glob is expanded to exact names first (TaskHistory._exact)
+            terms.append("h.name = ?")
             params.append(self.name)
         if self.since is not None:
             terms.append("h.first_at >= ?")
@@ -283,47 +286,66 @@ class TaskHistory:
     ) -> list[tuple[TaskRow, int]]:
         """The newest ``limit`` tasks matching ``where`` (by first sight, newest first), each
         with its row number (the cursor of the next page): those older than ``before``."""
-        condition, params = where.where()
-        if before is not None:
-            condition += " AND (h.first_at < ? OR (h.first_at = ? AND h.rowid < ?))"
-            params += [before[0], before[0], before[1]]
-        sql = (
-            f"SELECT {_prefixed()}, h.rowid FROM {TABLE} h WHERE {condition} "
-            "ORDER BY h.first_at DESC, h.rowid DESC LIMIT ?"
-        )
+        found: list[tuple[TaskRow, int]] = []
         with self.db.read() as conn:
-            rows = conn.execute(sql, [*params, limit]).fetchall()
-        return [(TaskRow(*row[:-1]), int(row[-1])) for row in rows]
+            for part in self._exact(conn, where):
+                condition, params = part.where()
+                if before is not None:  # the first term bounds the index range
+                    condition += " AND h.first_at <= ? AND (h.first_at < ? OR h.rowid < ?)"
+                    params += [before[0], before[0], before[1]]
+                sql = (
+                    f"SELECT {_prefixed()}, h.rowid FROM {TABLE} h WHERE {condition} "
+                    "ORDER BY h.first_at DESC, h.rowid DESC LIMIT ?"
+                )
+                rows = conn.execute(sql, [*params, limit]).fetchall()
+                found += [(TaskRow(*row[:-1]), int(row[-1])) for row in rows]
+        found.sort(key=lambda item: (item[0].first_at, item[1]), reverse=True)
+        return found[:limit]
 
     def count(self, where: TaskFilter, *, cap: int = 1_000_000_000) -> int:
         """How many tasks match ``where`` (counting stops at ``cap``)."""
-        condition, params = where.where()
-        sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {TABLE} h WHERE {condition} LIMIT ?)"
+        total = 0
         with self.db.read() as conn:
-            return int(conn.execute(sql, [*params, cap]).fetchone()[0])
+            for part in self._exact(conn, where):
+                condition, params = part.where()
+                sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {TABLE} h WHERE {condition} LIMIT ?)"
+                total += int(conn.execute(sql, [*params, cap - total]).fetchone()[0])
+                if total >= cap:
+                    break
+        return total
 
     def ids(self, where: TaskFilter, *, states: Sequence[str] = (), limit: int) -> list[str]:
         """Ids of up to ``limit`` tasks matching ``where`` and in one of ``states``."""
-        condition, params = where.where()
-        if states:
-            condition += f" AND h.state IN ({marks(len(states))})"
-            params += list(states)
-        sql = f"SELECT h.id FROM {TABLE} h WHERE {condition} ORDER BY h.first_at DESC LIMIT ?"
+        found: list[str] = []
         with self.db.read() as conn:
-            return [row[0] for row in conn.execute(sql, [*params, limit])]
+            for part in self._exact(conn, where):
+                condition, params = part.where()
+                if states:
+                    condition += f" AND h.state IN ({marks(len(states))})"
+                    params += list(states)
+                sql = (
+                    f"SELECT h.id FROM {TABLE} h WHERE {condition} ORDER BY h.first_at DESC LIMIT ?"
+                )
+                found += [row[0] for row in conn.execute(sql, [*params, limit - len(found)])]
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _exact(self, conn: sqlite3.Connection, where: TaskFilter) -> list[TaskFilter]:
+        """``where`` as filters on exact task names: a name glob becomes one filter per
+        matching name (there are few names), so each query walks the (name, first_at) index
+        instead of sorting every match."""
+        if not _is_glob(where.name):
+            return [where]
+        names = [row[0] for row in conn.execute(_skip_scan("name"), (MAX_NAMES,))]
+        return [replace(where, name=n) for n in names if fnmatch.fnmatchcase(n, where.name)]
 
     def distinct(self, column: str, limit: int = 200) -> list[str]:
         """Values of ``column`` (queue, worker) among tasks, for the filter's choices."""
         if column not in ("queue", "worker"):
             raise ValueError(column)
-        # A skip-scan along the column's index: one seek per distinct value.
-        sql = (
-            f"WITH RECURSIVE v(x) AS (SELECT MIN({column}) FROM {TABLE} UNION ALL "
-            f"SELECT (SELECT MIN({column}) FROM {TABLE} WHERE {column} > v.x) FROM v "
-            f"WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL AND x != '' LIMIT ?"
-        )
         with self.db.read() as conn:
-            return [row[0] for row in conn.execute(sql, (limit,))]
+            return [row[0] for row in conn.execute(_skip_scan(column), (limit,))]
 
     # -- one task ------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRow | None:
@@ -408,6 +430,15 @@ class TaskHistory:
             old = load_rows(conn, [new_id])
             merged = row if new_id not in old else replace(old[new_id][0], retry_of=original.id)
             store_rows(conn, [merged], old)
+
+
+def _skip_scan(column: str) -> str:
+    """The distinct non-empty values of ``column`` along its index: one seek per value."""
+    return (
+        f"WITH RECURSIVE v(x) AS (SELECT MIN({column}) FROM {TABLE} UNION ALL "
+        f"SELECT (SELECT MIN({column}) FROM {TABLE} WHERE {column} > v.x) FROM v "
+        f"WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL AND x != '' LIMIT ?"
+    )
 
 
 def _prefixed() -> str:

@@ -33,8 +33,9 @@ PAGE_SIZES = (25, 50, 100, 200)
 #: Most tasks one "everything matching" action changes.
 MAX_BULK_REVOKE = 100_000
 MAX_BULK_RETRY = 10_000
-#: Counting stops here (the page says "more than").
-COUNT_CAP = 2_000_000
+#: Counting stops here (the page says "more than"): a count walks its index, and "everything
+#: matching" acts on at most MAX_BULK_REVOKE tasks anyway.
+COUNT_CAP = 100_000
 #: States a task may be retried from (the bulk action retries FAILURE ones).
 RETRYABLE = ("FAILURE", "REVOKED", "DEAD", "EXPIRED")
 #: The overview's chart ranges: seconds covered and bucket width.
@@ -93,7 +94,7 @@ class TaskPages:
         return {
             "rows": [row for row, _ in rows],
             "count": count,
-            "capped": count >= COUNT_CAP,
+            "count_text": f"more than {COUNT_CAP:,}" if count >= COUNT_CAP else f"{count:,}",
             "where": where,
             "size": size,
             "older": older,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -51,6 +52,9 @@ STATES = (
 )
 #: States a task can still leave (revoking makes sense for these).
 UNFINISHED = ("QUEUED", "RECEIVED", "STARTED", "RETRY")
+#: A search considers the newest this many tasks whose arguments match (the index hands them
+#: out newest first, so a word that every task's arguments hold costs no more than a rare one).
+MAX_SEARCH = 10_000
 #: Most distinct task names a name glob is matched against.
 MAX_NAMES = 5000
 #: Rows (and their events) are deleted this long after their last event (30 days).
@@ -168,6 +172,8 @@ class TaskFilter:
     since: float | None = None
     until: float | None = None
     search: str = ""
+    #: The rows whose arguments hold ``search`` (a JSON array, set by TaskHistory.resolve).
+    matched: str | None = None
 
     def fields(self) -> dict[str, str]:
         """The filter as request fields (what :func:`parse_filter` reads back)."""
@@ -210,14 +216,22 @@ class TaskFilter:
             text = self.search
             match = ["h.id = ?", "(h.id >= ? AND h.id < ?)"]
             params += [text, text, text + "\U0010ffff"]
-            if len(text) >= 3:  # the trigram index needs three characters
-                match.append(f"h.rowid IN (SELECT rowid FROM {SEARCH} WHERE {SEARCH} MATCH ?)")
-                params.append('"' + text.replace('"', '""') + '"')
-            else:
-                match.append("instr(h.args, ?) > 0")
-                params.append(text)
+            if self.matched is not None:  # the argument matches, found once (TaskHistory.resolve)
+                match.append("h.rowid IN (SELECT value FROM json_each(?))")
+                params.append(self.matched)
+            elif len(text) >= 3:  # the trigram index needs three characters
+                match.append(
+                    f"h.rowid IN (SELECT rowid FROM {SEARCH} WHERE {SEARCH} MATCH ? "
+                    "ORDER BY rowid DESC LIMIT ?)"
+                )
+                params += [_phrase(text), MAX_SEARCH]
             terms.append("(" + " OR ".join(match) + ")")
         return (" AND ".join(terms) or "1"), params
+
+
+def _phrase(text: str) -> str:
+    """``text`` as an FTS5 phrase: matched as a substring by the trigram index."""
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _is_glob(text: str) -> bool:
@@ -281,6 +295,18 @@ class TaskHistory:
         self.db.close()
 
     # -- the list ------------------------------------------------------------------------
+    def resolve(self, where: TaskFilter) -> TaskFilter:
+        """``where`` with its argument search looked up once (a page lists and counts with
+        it): the newest MAX_SEARCH rows whose arguments hold the text."""
+        if len(where.search) < 3 or where.matched is not None:
+            return where
+        with self.db.read() as conn:
+            found = conn.execute(
+                f"SELECT rowid FROM {SEARCH} WHERE {SEARCH} MATCH ? ORDER BY rowid DESC LIMIT ?",
+                (_phrase(where.search), MAX_SEARCH),
+            ).fetchall()
+        return replace(where, matched=json.dumps([row[0] for row in found]))
+
     def tasks(
         self, where: TaskFilter, *, limit: int = 50, before: tuple[float, int] | None = None
     ) -> list[tuple[TaskRow, int]]:

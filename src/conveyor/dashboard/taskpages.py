@@ -79,10 +79,12 @@ class TaskPages:
         before = parse_cursor(params.get("before", ""))
         size = parse_size(params.get("size", ""))
         self.refresh()
+        shown = where
+        where = self.history.resolve(where)
         found = self.history.tasks(where, limit=size + 1, before=before)
         rows = found[:size]
         more = len(found) > size
-        base = where.fields()
+        base = shown.fields()
         if size != 50:
             base["size"] = str(size)
         older = None
@@ -95,7 +97,7 @@ class TaskPages:
             "rows": [row for row, _ in rows],
             "count": count,
             "count_text": f"more than {COUNT_CAP:,}" if count >= COUNT_CAP else f"{count:,}",
-            "where": where,
+            "where": shown,
             "size": size,
             "older": older,
             "newest": _query(base) if before is not None else None,
@@ -210,7 +212,7 @@ class TaskPages:
     def _act(
         self, action: str, fields: Mapping[str, str], ids: Sequence[str]
     ) -> tuple[int, str, str]:
-        where = parse_filter(fields)
+        where = self.history.resolve(parse_filter(fields))
         back = "/tasks" + (f"?{where.query()}" if where.query() else "")
         matching = fields.get("scope") == "matching"
         if action == "retry":

@@ -165,6 +165,13 @@ def test_tasks_page_filters_narrow(page: Any, fleet: Fleet, snap: Any) -> None:
     open_list(page, "/tasks?name=orders.charge", len(mine))
     assert set(rows(page)) == mine
     assert "hunter2" not in page.content()
+    # The count of matching tasks follows new ones without a reload (the rows stay put).
+    count = page.locator('[data-figure="task-count"]')
+    assert count.inner_text() == str(len(mine))
+    extra = charge.delay(150, card="visa")
+    extra.get(timeout=30)
+    expect(count).to_have_text(str(len(mine) + 1), timeout=20_000)
+    mine.add(extra.id)
 
     page.select_option("select[name=state]", "FAILURE")
     page.click(".filters button")

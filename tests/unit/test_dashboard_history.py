@@ -383,3 +383,45 @@ def test_parse_time() -> None:
     assert abs(parse_time("1h") - (time.time() - 3600)) < 5
     with pytest.raises(ValueError, match="not a time"):
         parse_time("soon")
+
+
+def test_malformed_events_are_skipped_and_old_rows_swept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Conveyor("x", broker=f"sqlite:///{tmp_path}/b.db", worker_send_task_events=True)
+    history = TaskHistory(tmp_path / "h.db", keep=3600.0)
+    try:
+        streams = app.broker.streams
+        bad = [b"\xff not json", b"[1]", b'{"type": "task-sent", "timestamp": "x"}']
+        streams.append("events", bad, max_length=100, max_age=60)
+        old = time.time() - 7200
+        writer = app.events.writer
+        writer.emit("task-sent", {"uuid": "old", "name": "n", "args": "[1]", "kwargs": "{}"})
+        writer.emit("task-sent", {"uuid": "new", "name": "n", "args": "[2]", "kwargs": "{}"})
+        writer.emit("task-failed", {"uuid": "new", "runtime": True, "exception": 3})
+        app.events.flush()
+        indexer = HistoryIndexer(lambda: streams, history)
+        assert indexer.catch_up() == 6
+        assert "skipping the event" in caplog.text
+        assert {r.id for r, _ in history.tasks(TaskFilter())} == {"old", "new"}
+        new = history.get("new")
+        assert new is not None and new.state == "FAILURE" and new.runtime is None
+        # "old" last changed two hours ago: past keep, the next sweep deletes it.
+        with history.db.write() as conn:
+            conn.execute(
+                "UPDATE conveyor_task_history SET at = ?, first_at = ? WHERE id = 'old'", (old, old)
+            )
+            conn.execute("UPDATE conveyor_history_position SET swept_at = 0")
+        indexer.catch_up()
+        assert [r.id for r, _ in history.tasks(TaskFilter())] == ["new"]
+        assert history.tasks(TaskFilter(search="[1]")) == []
+        with history.db.read() as conn:  # gone from the search index too
+            found = conn.execute(
+                "SELECT rowid FROM conveyor_task_search WHERE conveyor_task_search MATCH ?",
+                ('"[1]"',),
+            ).fetchall()
+        assert found == []
+        assert [r.id for r, _ in history.tasks(TaskFilter(search="[2]"))] == ["new"]
+    finally:
+        history.close()
+        app.close()

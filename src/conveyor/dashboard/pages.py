@@ -27,7 +27,7 @@ STATIC = Path(__file__).with_name("static")
 MAX_FILTER = 200
 MAX_ID = 255
 #: Pages whose changing part is streamed by the live endpoint.
-LIVE_PAGES = ("overview", "queues", "workers", "dead", "task")
+LIVE_PAGES = ("overview", "queues", "workers", "dead", "tasks", "task")
 
 
 class Pages:

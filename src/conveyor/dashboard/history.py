@@ -17,11 +17,14 @@ so no event is folded twice.
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
+import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -276,9 +279,17 @@ def history_path(app: Conveyor) -> Path:
         return broker_file.with_name(broker_file.stem + "-history.sqlite3")
     digest = hashlib.sha256(f"{redact_url(url)}\0{app.main}".encode()).hexdigest()[:16]
     if url.startswith("memory:"):  # a memory broker lives as long as this process
-        return Path(tempfile.gettempdir()) / f"conveyor-history-{os.getpid()}-{digest}.sqlite3"
+        return _scratch() / f"history-{digest}.sqlite3"
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(state) / "conveyor" / f"history-{digest}.sqlite3"
+
+
+@functools.cache
+def _scratch() -> Path:
+    """A directory of this process, removed when it exits (histories of memory brokers)."""
+    path = Path(tempfile.mkdtemp(prefix="conveyor-history-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class TaskHistory:

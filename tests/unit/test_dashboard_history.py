@@ -425,3 +425,8 @@ def test_malformed_events_are_skipped_and_old_rows_swept(
     finally:
         history.close()
         app.close()
+
+
+def test_live_refuses_bad_parameters_with_a_page(client: TestClient) -> None:
+    assert client.get("/live", params={"page": "tasks", "state": "NOPE"}).status_code == 400
+    assert client.get("/live", params={"page": "task", "task_id": "unknown"}).status_code == 404

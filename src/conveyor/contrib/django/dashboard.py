@@ -141,6 +141,7 @@ def live(request: HttpRequest) -> StreamingHttpResponse:
     pages, tokens = _site()
     params = request.GET.dict()
     extra = _adapter_context(request, tokens, pages)
+    pages.context(page, params)  # bad parameters: a 4xx page, no stream
 
     def stream() -> Iterator[str]:
         last, until = None, time.monotonic() + LIVE_FOR
@@ -149,6 +150,8 @@ def live(request: HttpRequest) -> StreamingHttpResponse:
                 html = pages.render_live(page, {**pages.context(page, params), **extra})
             except ConveyorError as exc:
                 html = f"<p class='error'>the broker did not answer: {type(exc).__name__}</p>"
+            except BadRequest:  # e.g. the task was forgotten meanwhile
+                html = "<p class='error'>no longer found</p>"
             if html != last:
                 last = html
                 data = "".join(f"data: {line}\n" for line in html.splitlines())

@@ -19,6 +19,7 @@ from conveyor import Conveyor, chain, group
 from conveyor.dashboard import create_dashboard
 from conveyor.dashboard.history import TaskFilter, TaskHistory, TaskRow, parse_time
 from conveyor.dashboard.indexer import HistoryIndexer, apply
+from conveyor.dashboard.taskpages import parse_filter
 from conveyor.events.model import Event
 from conveyor.results.base import ResultRecord
 from conveyor.testing import TestWorker
@@ -383,6 +384,12 @@ def test_parse_time() -> None:
     assert abs(parse_time("1h") - (time.time() - 3600)) < 5
     with pytest.raises(ValueError, match="not a time"):
         parse_time("soon")
+    # A filter survives its trip through a form or a link (times to the second).
+    where = parse_filter({"since": "1h", "until": "1m", "state": "failure", "name": "a.*"})
+    again = parse_filter(where.fields())
+    assert again.state == "FAILURE" and again.name == "a.*"
+    assert where.since is not None and again.since is not None
+    assert abs(again.since - where.since) < 1
 
 
 def test_malformed_events_are_skipped_and_old_rows_swept(

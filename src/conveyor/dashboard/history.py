@@ -247,7 +247,8 @@ _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 def _stamp(value: float | None) -> str:
     if value is None:
         return ""
-    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(value))
+    # Whole seconds: a form or a next page's link keeps the window ("1h" then is a fixed time).
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(value))
 
 
 def parse_time(text: str) -> float:

@@ -207,6 +207,7 @@ def main() -> None:
             ("since 1h", "/tasks?since=1h"),
             ("state+queue+since 24h", "/tasks?state=FAILURE&queue=emails&since=24h"),
             ("search argument", "/tasks?search=customer-4242"),
+            ("search a word every task has", "/tasks?search=customer"),
             ("search id prefix", f"/tasks?search={sample[:10]}"),
             ("deep page (5 days back)", f"/tasks?before={time.time() - 5 * 86400:.3f}_1"),
             ("task page", f"/tasks/{sample}"),

@@ -109,9 +109,9 @@ class HistoryError(ConveyorError):
     """The history file could not be read or written."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskRow:
-    """What the history knows of one task."""
+    """What the history knows of one task (mutable: the indexer folds events into it)."""
 
     id: str
     name: str = ""
@@ -497,27 +497,38 @@ def store_rows(
     conn: sqlite3.Connection, rows: Iterable[TaskRow], old: dict[str, tuple[TaskRow, int]]
 ) -> None:
     """Write ``rows`` (merged already with ``old``, the stored rows from :func:`load_rows`),
-    keeping the argument search index in step."""
+    keeping the argument search index in step. Unchanged rows are skipped; new and changed
+    ones are written with one statement each (executemany)."""
     columns = [c.strip() for c in _COLUMNS.split(",")]
     assignments = ", ".join(f"{c} = ?" for c in columns[1:])
-    for row in rows:
-        before = old.get(row.id)
-        if before is None:
-            cursor = conn.execute(
-                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({marks(len(columns))})", row.values()
-            )
-            rowid = cursor.lastrowid
-        else:
-            rowid = before[1]
+    rows = list(rows)
+    new = [row for row in rows if row.id not in old]
+    changed = [(row, old[row.id]) for row in rows if row.id in old and row != old[row.id][0]]
+    conn.executemany(
+        f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({marks(len(columns))})",
+        [row.values() for row in new],
+    )
+    conn.executemany(
+        f"UPDATE {TABLE} SET {assignments} WHERE rowid = ?",
+        [(*row.values()[1:], rowid) for row, (_, rowid) in changed],
+    )
+    searched = [row for row in new if row.args]
+    if searched:
+        rowids = {
+            task_id: rowid
+            for task_id, (_, rowid) in load_rows(conn, [r.id for r in searched]).items()
+        }
+        conn.executemany(
+            f"INSERT INTO {SEARCH} (rowid, args) VALUES (?, ?)",
+            [(rowids[row.id], row.args) for row in searched],
+        )
+    for row, (before, rowid) in changed:
+        if row.args == before.args:
+            continue
+        if before.args:
             conn.execute(
-                f"UPDATE {TABLE} SET {assignments} WHERE rowid = ?", (*row.values()[1:], rowid)
+                f"INSERT INTO {SEARCH} ({SEARCH}, rowid, args) VALUES ('delete', ?, ?)",
+                (rowid, before.args),
             )
-        old_args = before[0].args if before else ""
-        if row.args != old_args:
-            if old_args:
-                conn.execute(
-                    f"INSERT INTO {SEARCH} ({SEARCH}, rowid, args) VALUES ('delete', ?, ?)",
-                    (rowid, old_args),
-                )
-            if row.args:
-                conn.execute(f"INSERT INTO {SEARCH} (rowid, args) VALUES (?, ?)", (rowid, row.args))
+        if row.args:
+            conn.execute(f"INSERT INTO {SEARCH} (rowid, args) VALUES (?, ?)", (rowid, row.args))

@@ -13,12 +13,12 @@ with the latest timestamp, and every other field from whichever event carries it
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from ..events.model import STATES, STREAM, Event, MalformedEvent, decode
 from ..exceptions import ConveyorError
@@ -48,6 +48,7 @@ SWEEP_BATCH = 5000
 #: Longest text kept of an event field (errors, arguments).
 MAX_TEXT = 500
 #: Event types whose hostname is the worker that ran the task.
+_COUNTED = {"task-sent": 0, "task-succeeded": 1, "task-failed": 2, "task-retried": 3}
 _WORKER_EVENTS = frozenset({"task-received", "task-started", "task-succeeded", "task-failed"})
 
 
@@ -133,20 +134,23 @@ def fold(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
     if not mine:
         return
     old = load_rows(conn, list({e.task_id or "" for e in mine}))
-    rows: dict[str, TaskRow] = {task_id: found[0] for task_id, found in old.items()}
+    rows: dict[str, TaskRow] = {task_id: copy.copy(found[0]) for task_id, found in old.items()}
     minutes: dict[tuple[int, str], list[float]] = {}
     timeline = []
     for event in mine:
         task_id = event.task_id or ""
-        row = apply(rows.get(task_id) or TaskRow(task_id, first_at=event.timestamp), event)
-        rows[task_id] = row
+        row = rows.get(task_id)
+        if row is None:
+            row = rows[task_id] = TaskRow(task_id, first_at=event.timestamp)
+        fold_event(row, event)
         timeline.append((task_id, event.timestamp, event.type, event.hostname, _detail(event)))
+        slot = _COUNTED.get(event.type)
+        if slot is None:
+            continue
         counts = minutes.setdefault((int(event.timestamp // 60), row.queue), [0, 0, 0, 0, 0, 0])
+        counts[slot] += 1
         runtime = _number(event.fields.get("runtime"))
-        slot = {"task-sent": 0, "task-succeeded": 1, "task-failed": 2, "task-retried": 3}
-        if event.type in slot:
-            counts[slot[event.type]] += 1
-        if event.type in ("task-succeeded", "task-failed") and runtime is not None:
+        if slot in (1, 2) and runtime is not None:
             counts[4] += runtime
             counts[5] = max(counts[5], runtime)
     store_rows(conn, rows.values(), old)
@@ -166,47 +170,58 @@ def fold(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
 
 
 def apply(row: TaskRow, event: Event) -> TaskRow:
-    """``row`` after ``event`` (total: fields of the wrong type are ignored)."""
+    """A copy of ``row`` after ``event``."""
+    row = copy.copy(row)
+    fold_event(row, event)
+    return row
+
+
+def fold_event(row: TaskRow, event: Event) -> None:
+    """Change ``row`` by what ``event`` tells (total: fields of the wrong type are ignored)."""
     f = event.fields
     ts = event.timestamp
-    changes: dict[str, object] = {"first_at": min(row.first_at or ts, ts)}
-    for name in ("name", "queue"):
-        value = f.get(name)
-        if isinstance(value, str) and value and not getattr(row, name):
-            changes[name] = value[:MAX_TEXT]
-    for name in ("parent_id", "root_id", "group_id"):
-        value = f.get(name)
-        if isinstance(value, str) and value and getattr(row, name) is None:
-            changes[name] = value[:MAX_TEXT]
+    kind = event.type
+    row.first_at = min(row.first_at or ts, ts)
+    name, queue = f.get("name"), f.get("queue")
+    if isinstance(name, str) and name and not row.name:
+        row.name = name[:MAX_TEXT]
+    if isinstance(queue, str) and queue and not row.queue:
+        row.queue = queue[:MAX_TEXT]
+    parent, root, group = f.get("parent_id"), f.get("root_id"), f.get("group_id")
+    if isinstance(parent, str) and parent and row.parent_id is None:
+        row.parent_id = parent[:MAX_TEXT]
+    if isinstance(root, str) and root and row.root_id is None:
+        row.root_id = root[:MAX_TEXT]
+    if isinstance(group, str) and group and row.group_id is None:
+        row.group_id = group[:MAX_TEXT]
     retries = f.get("retries")
     if isinstance(retries, int) and not isinstance(retries, bool) and retries > row.retries:
-        changes["retries"] = retries
-    if ts >= row.at:
-        changes["state"] = STATES[event.type]
-        changes["at"] = ts
-    ran_here = event.type in _WORKER_EVENTS or not row.worker
-    if ran_here and event.type != "task-sent" and event.hostname:
-        changes["worker"] = event.hostname[:MAX_TEXT]
-    if event.type == "task-sent":
+        row.retries = retries
+    latest = ts >= row.at
+    if latest:
+        row.state = STATES[kind]
+        row.at = ts
+    if kind != "task-sent" and event.hostname and (kind in _WORKER_EVENTS or not row.worker):
+        row.worker = event.hostname[:MAX_TEXT]
+    if kind == "task-sent":
         args, kwargs = _text(f.get("args")), _text(f.get("kwargs"))
         shown = " ".join(part for part in (args, kwargs if kwargs != "{}" else "") if part)
         if shown and not row.args:
-            changes["args"] = shown
-    elif event.type == "task-started":
-        changes["started_at"] = ts
-    elif event.type in ("task-succeeded", "task-failed"):
-        changes["done_at"] = ts
+            row.args = shown
+    elif kind == "task-started":
+        row.started_at = ts
+    elif kind in ("task-succeeded", "task-failed"):
+        row.done_at = ts
         runtime = _number(f.get("runtime"))
         if runtime is not None:
-            changes["runtime"] = runtime
-    elif event.type in ("task-revoked", "task-dead-lettered", "task-expired"):
-        changes["done_at"] = ts
+            row.runtime = runtime
+    elif kind in ("task-revoked", "task-dead-lettered", "task-expired"):
+        row.done_at = ts
     error = _error(event)
     if error:
-        changes["error"] = error
-    elif event.type == "task-succeeded" and ts >= row.at:
-        changes["error"] = ""
-    return replace(row, **changes)  # type: ignore[arg-type]  # fields checked above
+        row.error = error
+    elif kind == "task-succeeded" and latest:
+        row.error = ""
 
 
 def sweep(conn: sqlite3.Connection, cutoff: float) -> bool:

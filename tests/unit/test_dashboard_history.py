@@ -6,13 +6,16 @@ are in tests/e2e/test_dashboard_history.py."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from conveyor import Conveyor, chain, group
@@ -23,6 +26,7 @@ from conveyor.dashboard.taskpages import parse_filter
 from conveyor.events.model import Event
 from conveyor.results.base import ResultRecord
 from conveyor.testing import TestWorker
+from tests.conftest import wait_until
 
 
 @pytest.fixture
@@ -437,3 +441,28 @@ def test_malformed_events_are_skipped_and_old_rows_swept(
 def test_live_refuses_bad_parameters_with_a_page(client: TestClient) -> None:
     assert client.get("/live", params={"page": "tasks", "state": "NOPE"}).status_code == 400
     assert client.get("/live", params={"page": "task", "task_id": "unknown"}).status_code == 404
+
+
+def test_a_mounted_dashboard_runs_the_history_thread_from_the_outer_lifespan(
+    app: Conveyor, tmp_path: Path
+) -> None:
+    dashboard = create_dashboard(app, history=tmp_path / "h.db")
+    indexer: HistoryIndexer = dashboard.state.history_indexer
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        indexer.start()
+        yield
+        indexer.stop()
+
+    site = Starlette(routes=[Mount("/ops", app=dashboard)], lifespan=lifespan)
+    sent = app.send_task("shop.add", (1, 1))
+    app.events.flush()
+    with TestClient(site) as client:
+        history = TaskHistory(tmp_path / "h.db")
+        try:  # the thread folds without any page being opened
+            wait_until(lambda: history.get(sent.id), 10, "the thread folds the event")
+        finally:
+            history.close()
+        assert task_ids(client.get("/ops/tasks").text) == [sent.id]
+    indexer.history.close()

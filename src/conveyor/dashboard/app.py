@@ -84,7 +84,7 @@ def create_dashboard(
             pages.indexer.stop()
             pages.history.close()
 
-    return Starlette(
+    web = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(Guard, auth=auth)],
@@ -94,3 +94,7 @@ def create_dashboard(
             ConveyorError: broker_error,
         },
     )
+    # Mounted in another application, this one's lifespan does not run: that application
+    # starts (and stops) the history's thread itself.
+    web.state.history_indexer = pages.indexer
+    return web

@@ -284,3 +284,14 @@ def test_overview_charts_update_live(page: Any, fleet: Fleet, snap: Any) -> None
     page.click("text=day")
     page.wait_for_url(re.compile(r"range=day"))
     expect(page.locator("figure.chart")).to_have_count(2)
+
+
+def test_history_pages_and_actions_refuse_strangers(browser: Any, fleet: Fleet) -> None:
+    context = browser.new_context(base_url=fleet.url)
+    try:
+        for path in ("/tasks", "/tasks?state=FAILURE", "/live?page=tasks"):
+            assert context.request.get(path).status == 401, path
+        posted = context.request.post("/actions/revoke-tasks", form={"scope": "matching"})
+        assert posted.status == 401
+    finally:
+        context.close()

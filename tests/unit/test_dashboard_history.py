@@ -466,3 +466,20 @@ def test_a_mounted_dashboard_runs_the_history_thread_from_the_outer_lifespan(
             history.close()
         assert task_ids(client.get("/ops/tasks").text) == [sent.id]
     indexer.history.close()
+
+
+def test_without_kept_arguments_the_page_says_why_there_is_no_retry(tmp_path: Path) -> None:
+    app = Conveyor("bare", broker=f"sqlite:///{tmp_path}/b.db", worker_send_task_events=True)
+
+    @app.task(name="bare.fail")
+    def fail() -> None:
+        raise ValueError("no")
+
+    try:
+        bad = app.send_task("bare.fail")
+        run(app)
+        with TestClient(create_dashboard(app, history=tmp_path / "h.db")) as client:
+            page = client.get(f"/tasks/{bad.id}").text
+            assert 'data-hint="no-retry"' in page and "/actions/retry" not in page
+    finally:
+        app.close()

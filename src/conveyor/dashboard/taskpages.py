@@ -151,6 +151,7 @@ class TaskPages:
             "graph": workflow.draw(family, task_id) if len(family) > 1 else "",
             "family_size": len(family),
             "can_retry": state in RETRYABLE,
+            "args_kept": record is not None and record.args is not None,
             "can_revoke": state not in READY_STATES and state not in RETRYABLE,
         }
 

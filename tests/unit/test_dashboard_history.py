@@ -483,3 +483,23 @@ def test_without_kept_arguments_the_page_says_why_there_is_no_retry(tmp_path: Pa
             assert 'data-hint="no-retry"' in page and "/actions/retry" not in page
     finally:
         app.close()
+
+
+def test_a_broker_without_streams_ends_the_thread_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_streams() -> Any:
+        raise NotImplementedError("ThisBroker keeps no streams")
+
+    history = TaskHistory(tmp_path / "h.db")
+    indexer = HistoryIndexer(no_streams, history)
+    try:
+        indexer.start()
+        thread = indexer._thread
+        assert thread is not None
+        thread.join(10)
+        assert not thread.is_alive()
+        assert caplog.text.count("no task history: ThisBroker keeps no streams") == 1
+    finally:
+        indexer.stop()
+        history.close()

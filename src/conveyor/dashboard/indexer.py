@@ -120,7 +120,10 @@ class HistoryIndexer:
         while not self._stop.is_set():
             try:
                 read = self.catch_up()
-            except (ConveyorError, NotImplementedError, ValueError) as exc:
+            except NotImplementedError as exc:  # the broker keeps no streams: it never will
+                logger.warning("history: no task history: %s", exc)
+                return
+            except (ConveyorError, ValueError) as exc:
                 logger.warning("history: cannot fold events: %s", exc)
                 self._stop.wait(INTERVAL * 5)
                 continue

@@ -66,7 +66,9 @@ class TaskPages:
         background thread is folding)."""
         try:
             self.indexer.catch_up()
-        except (ConveyorError, NotImplementedError, ValueError) as exc:
+        except NotImplementedError:
+            pass  # the broker keeps no streams (the thread said so once)
+        except (ConveyorError, ValueError) as exc:
             logger.warning("history: cannot fold events: %s", exc)
 
     # -- the list ------------------------------------------------------------------------

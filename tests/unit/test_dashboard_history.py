@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from conveyor import Conveyor, chain, group
 from conveyor.dashboard import create_dashboard
 from conveyor.dashboard.history import TaskFilter, TaskHistory, TaskRow, parse_time
-from conveyor.dashboard.indexer import HistoryIndexer, apply
+from conveyor.dashboard.indexer import BATCH, HistoryIndexer, apply
 from conveyor.dashboard.taskpages import parse_filter
 from conveyor.events.model import Event
 from conveyor.results.base import ResultRecord
@@ -503,3 +503,16 @@ def test_a_broker_without_streams_ends_the_thread_once(
     finally:
         indexer.stop()
         history.close()
+
+
+def test_the_page_says_when_the_history_is_behind(app: Conveyor, tmp_path: Path) -> None:
+    for n in range(BATCH + 10):
+        app.events.writer.emit("task-sent", {"uuid": f"t{n}", "name": "shop.add"})
+    app.events.flush()
+    # No lifespan, so no thread: each page folds one batch.
+    client = TestClient(create_dashboard(app, history=tmp_path / "h.db"))
+    first = client.get("/tasks").text
+    assert 'data-hint="behind"' in first
+    later = client.get("/tasks").text
+    assert 'data-hint="behind"' not in later
+    assert f"{BATCH + 10:,}</span> task(s) match" in later

@@ -23,7 +23,7 @@ from . import charts, workflow
 from .errors import BadRequest
 from .fleet import Fleet
 from .history import STATES, UNFINISHED, TaskFilter, TaskHistory, TaskRow, parse_time
-from .indexer import HistoryIndexer
+from .indexer import BATCH, HistoryIndexer
 
 logger = logging.getLogger("conveyor.dashboard")
 
@@ -61,15 +61,16 @@ class TaskPages:
         finally:
             self.history.close()
 
-    def refresh(self) -> None:
-        """Fold the newest events before a page reads the history (bounded; skipped when the
-        background thread is folding)."""
+    def refresh(self) -> bool:
+        """Fold the newest events before a page reads the history (one batch, after the
+        background thread's if it is folding); True if more are waiting (it is behind)."""
         try:
-            self.indexer.catch_up()
+            return self.indexer.catch_up() >= BATCH
         except NotImplementedError:
-            pass  # the broker keeps no streams (the thread said so once)
+            return False  # the broker keeps no streams (the thread said so once)
         except (ConveyorError, ValueError) as exc:
             logger.warning("history: cannot fold events: %s", exc)
+            return False
 
     # -- the list ------------------------------------------------------------------------
     def tasks(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -80,7 +81,7 @@ class TaskPages:
         where = parse_filter(params)
         before = parse_cursor(params.get("before", ""))
         size = parse_size(params.get("size", ""))
-        self.refresh()
+        behind = self.refresh()
         shown = where
         where = self.history.resolve(where)
         found = self.history.tasks(where, limit=size + 1, before=before)
@@ -98,6 +99,7 @@ class TaskPages:
         return {
             "rows": [row for row, _ in rows],
             "count": count,
+            "behind": behind,
             "count_text": f"more than {COUNT_CAP:,}" if count >= COUNT_CAP else f"{count:,}",
             "where": shown,
             "size": size,

@@ -516,3 +516,20 @@ def test_the_page_says_when_the_history_is_behind(app: Conveyor, tmp_path: Path)
     later = client.get("/tasks").text
     assert 'data-hint="behind"' not in later
     assert f"{BATCH + 10:,}</span> task(s) match" in later
+
+
+def test_events_trimmed_before_they_were_folded_are_reported(app: Conveyor, tmp_path: Path) -> None:
+    streams = app.broker.streams
+    client = TestClient(create_dashboard(app, history=tmp_path / "h.db"))  # no thread
+    now = time.time()
+    first = f'{{"type": "task-sent", "timestamp": {now}, "uuid": "a"}}'.encode()
+    streams.append("events", [first], max_length=5, max_age=60)
+    assert 'data-hint="lost"' not in client.get("/tasks").text
+    # Twenty more while nobody folds: the stream keeps the newest five.
+    for n in range(20):
+        body = f'{{"type": "task-sent", "timestamp": {now}, "uuid": "b{n}"}}'.encode()
+        streams.append("events", [body], max_length=5, max_age=60)
+    page = client.get("/tasks").text
+    assert 'data-hint="lost"' in page
+    folded = int(re.findall(r"(\d+)</span> task\(s\) match", page)[0])
+    assert 6 <= folded < 21  # "a" and the newest few (SQLite may keep a batch more)

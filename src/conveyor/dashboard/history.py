@@ -95,7 +95,7 @@ MIGRATIONS = (
         "retried INTEGER NOT NULL, runtime_sum REAL NOT NULL, runtime_max REAL NOT NULL, "
         "PRIMARY KEY (minute, queue)) WITHOUT ROWID",
         f"CREATE TABLE {POSITION} (stream TEXT PRIMARY KEY, position TEXT NOT NULL, "
-        "swept_at REAL NOT NULL)",
+        "swept_at REAL NOT NULL, lost_at REAL NOT NULL DEFAULT 0)",
     ),
 )
 
@@ -420,6 +420,13 @@ class TaskHistory:
                 (value, limit),
             ).fetchall()
         return [TaskRow(*row) for row in rows]
+
+    def lost_at(self) -> float | None:
+        """When the indexer last found events trimmed from the stream before it read them
+        (None: never)."""
+        with self.db.read() as conn:
+            row = conn.execute(f"SELECT MAX(lost_at) FROM {POSITION}").fetchone()
+        return float(row[0]) if row and row[0] else None
 
     # -- charts --------------------------------------------------------------------------
     def buckets(self, since: float, width: float, count: int) -> list[Bucket]:

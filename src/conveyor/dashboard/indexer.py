@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from ..events.model import STATES, STREAM, Event, MalformedEvent, decode
 from ..exceptions import ConveyorError
-from ..streams import Streams
+from ..streams import START, Streams
 from .history import (
     EVENTS,
     MINUTES,
@@ -73,7 +73,17 @@ class HistoryIndexer:
                     f"SELECT position, swept_at FROM {POSITION} WHERE stream = ?", (STREAM,)
                 ).fetchone()
                 position, swept_at = (saved[0], saved[1]) if saved else (None, 0.0)
-                entries = self._streams().read(STREAM, position, limit=limit)
+                streams = self._streams()
+                entries = streams.read(STREAM, position, limit=limit)
+                if (
+                    entries
+                    and position not in (None, START)
+                    and trimmed(streams, position or START)
+                ):
+                    logger.warning("history: events were trimmed before they were folded")
+                    conn.execute(
+                        f"UPDATE {POSITION} SET lost_at = ? WHERE stream = ?", (time.time(), STREAM)
+                    )
                 events = []
                 for entry in entries:
                     try:
@@ -129,6 +139,23 @@ class HistoryIndexer:
                 continue
             if read < BATCH:
                 self._stop.wait(INTERVAL)
+
+
+def trimmed(streams: Streams, position: str) -> bool:
+    """Whether the stream dropped entries after ``position`` before they were read: its
+    oldest kept entry comes after the one following ``position`` (numbered positions), or
+    after ``position`` itself (Redis ids, whose next one is unknown)."""
+    oldest = streams.read(STREAM, None, limit=1)
+    if not oldest:
+        return False
+    try:
+        first = tuple(int(part) for part in oldest[0].position.split("-"))
+        saved = tuple(int(part) for part in position.split("-"))
+    except ValueError:
+        return False
+    if len(first) == len(saved) == 1:
+        return first[0] > saved[0] + 1
+    return first > saved
 
 
 def fold(conn: sqlite3.Connection, events: Sequence[Event]) -> None:

@@ -100,6 +100,7 @@ class TaskPages:
             "rows": [row for row, _ in rows],
             "count": count,
             "behind": behind,
+            "lost_at": self.history.lost_at(),
             "count_text": f"more than {COUNT_CAP:,}" if count >= COUNT_CAP else f"{count:,}",
             "where": shown,
             "size": size,

@@ -54,12 +54,13 @@ def test_staff_need_the_view_permission(app: Conveyor) -> None:
 def test_the_view_permission_shows_pages_without_actions(app: Conveyor) -> None:
     letter = dead_letter(app)
     client = staff("view_dashboard")
-    for path in ("/", "/queues", "/workers", "/dead", "/audit", f"/tasks/{letter}"):
+    for path in ("/", "/queues", "/workers", "/dead", "/audit", "/tasks", f"/tasks/{letter}"):
         answer = client.get(ROOT + path)
         assert answer.status_code == 200, path
         assert "script-src 'self'" in answer["Content-Security-Policy"]
     page = client.get(f"{ROOT}/dead").content.decode()
     assert letter in page and f'href="{ROOT}/static/conveyor.css"' in page
+    assert f'href="{ROOT}/tasks"' in page  # the nav's links stay under the mount
     assert "/actions/" not in page and "read-only" in page
     refused = client.post(f"{ROOT}/actions/purge-dead", {"token": "x", "id": letter})
     assert refused.status_code == 403  # Django's CSRF check, before anything else

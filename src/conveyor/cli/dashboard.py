@@ -22,6 +22,13 @@ from .base import State, app_option
 @click.option("--basic-auth", metavar="USER:PASSWORD", envvar="CONVEYOR_DASHBOARD_BASIC_AUTH")
 @click.option("--token", metavar="TOKEN", envvar="CONVEYOR_DASHBOARD_TOKEN")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing.")
+@click.option(
+    "--history",
+    metavar="FILE",
+    envvar="CONVEYOR_DASHBOARD_HISTORY",
+    help="The task-history SQLite file (default: beside a sqlite:// broker, else in "
+    "$XDG_STATE_HOME/conveyor).",
+)
 @click.pass_obj
 def dashboard_command(
     state: State,
@@ -30,6 +37,7 @@ def dashboard_command(
     basic_auth: str | None,
     token: str | None,
     read_only: bool,
+    history: str | None,
 ) -> None:
     """Serve the web dashboard (needs conveyor[dashboard])."""
     try:
@@ -53,7 +61,11 @@ def dashboard_command(
     secret = os.environ.get("CONVEYOR_DASHBOARD_SECRET")
     app = state.app(app_spec)
     web = create_dashboard(
-        app, auth=auth, read_only=read_only, secret=secret.encode() if secret else None
+        app,
+        auth=auth,
+        read_only=read_only,
+        secret=secret.encode() if secret else None,
+        history=history,
     )
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,6 +21,7 @@ from ..app import Conveyor
 from ..exceptions import ConveyorError
 from .audit import AuditLog
 from .fleet import Fleet
+from .history import TaskHistory
 from .pages import STATIC, BadRequest, Pages
 from .security import DashboardAuth, FormTokens, Guard
 from .views import Views, root_of
@@ -30,11 +35,15 @@ def create_dashboard(
     auth: DashboardAuth | None = None,
     read_only: bool = False,
     secret: bytes | None = None,
+    history: str | os.PathLike[str] | None = None,
 ) -> Starlette:
     """The dashboard of ``app``. ``auth`` None serves everyone who can connect (bind it to
     loopback then); ``read_only`` hides and refuses every action; ``secret`` signs form
-    tokens (give several dashboard processes the same one; default: random per process)."""
-    pages = Pages(Fleet(app), AuditLog(lambda: app.kv), read_only)
+    tokens (give several dashboard processes the same one; default: random per process);
+    ``history`` is the task-history file (default: see :func:`.history.history_path`), kept
+    current from the events stream by a thread while the application runs."""
+    task_history = TaskHistory(Path(history)) if history is not None else None
+    pages = Pages(Fleet(app), AuditLog(lambda: app.kv), read_only, history=task_history)
     views = Views(pages, FormTokens(lambda: app.kv, secret))
 
     def error(request: Request, status: int, message: str) -> Response:
@@ -60,6 +69,7 @@ def create_dashboard(
         Route("/retries", views.page("retries")),
         Route("/periodic", views.page("periodic")),
         Route("/dead", views.page("dead")),
+        Route("/tasks", views.page("tasks")),
         Route("/tasks/{task_id:str}", views.page("task")),
         Route("/audit", views.page("audit")),
         Route("/find", views.find),
@@ -67,8 +77,19 @@ def create_dashboard(
         Route("/actions/{action:str}", views.action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        pages.indexer.start()
+        try:
+            yield
+        finally:
+            pages.indexer.stop()
+            pages.history.close()
+
+    web = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(Guard, auth=auth)],
         exception_handlers={
             BadRequest: bad_request,
@@ -76,3 +97,7 @@ def create_dashboard(
             ConveyorError: broker_error,
         },
     )
+    # Mounted in another application, this one's lifespan does not run: that application
+    # starts (and stops) the history's thread itself.
+    web.state.history_indexer = pages.indexer
+    return web

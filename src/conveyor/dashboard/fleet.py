@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from ..app import Conveyor
 from ..brokers.base import DeadLetter, QueueStats
 from ..describe import preview
+from ..metrics.collectors import ready_since
 from ..registry import WorkerInfo, read_announcements
 from ..results.base import ResultRecord
 
@@ -90,6 +91,15 @@ class Fleet:
             stats = self.app.broker.stats([where.queue] if where.queue else None)
             return sum(s.dead for s in stats.values())
         return len(self.dead_letters(where, DEAD_LETTER_LIMIT))
+
+    def oldest_ages(self) -> dict[str, float]:
+        """Seconds the oldest ready message of each queue with ready messages has been due
+        (brokers that cannot tell cheaply give none)."""
+        ready = [q for q, s in self.app.broker.stats().items() if s.ready]
+        oldest = self.app.broker.oldest_ready(ready) if ready else {}
+        now = self.app.broker.time()
+        found = {q: ready_since(bodies) for q, bodies in oldest.items()}
+        return {q: max(0.0, now - since) for q, since in sorted(found.items()) if since}
 
     def task(self, task_id: str) -> ResultRecord | None:
         return self.app.results.get(task_id)

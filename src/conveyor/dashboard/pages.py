@@ -6,7 +6,6 @@ same pages. Calls here are blocking (broker reads): adapters run them off their 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,15 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..describe import ago, preview, when
-from ..exceptions import ConveyorError
-from ..message import from_json_value
 from .audit import AuditLog
+from .errors import BadRequest as BadRequest  # re-exported: the adapters import it here
 from .fleet import DeadLetterFilter, Fleet
+from .history import TaskHistory, history_path
+from .indexer import HistoryIndexer
 from .operations import ActionError
 from .ops_pages import OpsPages
 from .schedules import ScheduleSource
+from .taskpages import TASK_ACTIONS, TaskPages
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -29,16 +30,7 @@ STATIC = Path(__file__).with_name("static")
 MAX_FILTER = 200
 MAX_ID = 255
 #: Pages whose changing part is streamed by the live endpoint.
-LIVE_PAGES = ("overview", "queues", "workers", "dead", "scheduled", "retries")
-
-
-class BadRequest(Exception):
-    """A request the dashboard refuses with a 4xx page: ``status`` and a sentence."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+LIVE_PAGES = ("overview", "queues", "workers", "dead", "scheduled", "retries", "tasks", "task")
 
 
 class Pages:
@@ -51,10 +43,15 @@ class Pages:
         audit: AuditLog,
         read_only: bool,
         schedules: ScheduleSource | None = None,
+        history: TaskHistory | None = None,
     ) -> None:
         self.fleet = fleet
         self.audit = audit
         self.read_only = read_only
+        #: The task history (see :mod:`.history`); the adapter starts ``indexer``'s thread.
+        self.history = history or TaskHistory(history_path(fleet.app))
+        self.indexer = HistoryIndexer(lambda: fleet.app.broker.streams, self.history)
+        self.task_pages = TaskPages(fleet, self.history, self.indexer)
         self.env = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=select_autoescape(["html"]),
@@ -65,7 +62,8 @@ class Pages:
         self._builders: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
             "overview": self._overview,
             "dead": self._dead,
-            "task": self._task,
+            "tasks": self.task_pages.tasks,
+            "task": self.task_pages.task,
             "audit": self._audit,
         }
         # The operations pages (Workers, Queues, Scheduled, Retries, Periodic): ops_pages.py.
@@ -103,7 +101,8 @@ class Pages:
             kind: sum(getattr(s, kind) for s in queues.values())
             for kind in ("ready", "delayed", "leased", "dead")
         }
-        return {"queues": queues, "workers": workers, "totals": totals}
+        charts = self.task_pages.overview(params)
+        return {"queues": queues, "workers": workers, "totals": totals, **charts}
 
     def _dead(self, params: Mapping[str, str]) -> dict[str, Any]:
         where = dead_filter(params)
@@ -115,20 +114,6 @@ class Pages:
             "queue_names": sorted(self.fleet.queues()),
             "reasons": sorted({d.reason for d in letters} | {where.reason} - {""}),
         }
-
-    def _task(self, params: Mapping[str, str]) -> dict[str, Any]:
-        task_id = params.get("task_id", "")
-        if not 0 < len(task_id) <= MAX_ID:
-            raise BadRequest(404, "no such task")
-        record = self.fleet.task(task_id)
-        if record is None:
-            raise BadRequest(404, f"no task with id {task_id!r} in the result store")
-        shown = {
-            "result": _json_text(record.result),
-            "args": _json_text(record.args),
-            "kwargs": _json_text(record.kwargs),
-        }
-        return {"record": record, "shown": shown}
 
     def _audit(self, params: Mapping[str, str]) -> dict[str, Any]:
         return {"entries": self.audit.entries()}
@@ -158,6 +143,8 @@ class Pages:
             task_id = required(fields, "task_id")
             count = self.fleet.revoke(task_id, action == "terminate")
             target, back = f"task {task_id}", task_path(task_id)
+        elif action in TASK_ACTIONS:
+            count, target, back = self.task_pages.act(action, fields, ids)
         else:
             raise BadRequest(404, f"no action {action!r}")
         self.audit.record(who, action, target, count)
@@ -196,12 +183,3 @@ def required(fields: Mapping[str, str], name: str) -> str:
     if not value or len(value) > MAX_ID:
         raise BadRequest(400, f"the form has no valid {name}")
     return value
-
-
-def _json_text(value: object) -> str:
-    if value is None:
-        return ""
-    try:
-        return json.dumps(from_json_value(value), indent=2, default=str)
-    except (ValueError, TypeError, RecursionError, ConveyorError):
-        return repr(value)

@@ -59,14 +59,20 @@ class Views:
         page = request.query_params.get("page", "")
         if page not in LIVE_PAGES:
             raise BadRequest(404, "no live updates for this page")
+        first = await self._context(request, page)  # bad parameters: a 4xx answer, no stream
 
         async def stream() -> AsyncIterator[str]:
             last = None
+            context: dict[str, object] | None = first
             while not await request.is_disconnected():
                 try:
-                    html = self.pages.render_live(page, await self._context(request, page))
+                    context = context or await self._context(request, page)
+                    html = self.pages.render_live(page, context)
                 except ConveyorError as exc:
                     html = f'<p class="error">the broker did not answer: {_escape(str(exc))}</p>'
+                except BadRequest as exc:  # e.g. the task was forgotten meanwhile
+                    html = f'<p class="error">{_escape(exc.message)}</p>'
+                context = None
                 if html != last:
                     last = html
                     data = "\n".join(f"data: {line}" for line in html.splitlines() or [""])

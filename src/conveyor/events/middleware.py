@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 
 from ..middleware import Middleware, WorkerInfo
+from ..utils.redaction import redact_arguments
 from .model import Fields
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class EventsMiddleware(Middleware):
         if self._sent():
             fields = _task(envelope)
             fields["priority"] = envelope.priority
+            fields["args"], fields["kwargs"] = _arguments(envelope)
             if envelope.eta is not None:
                 fields["eta"] = envelope.eta
             if envelope.expires is not None:
@@ -161,7 +164,20 @@ def _task(envelope: Envelope) -> Fields:
         fields["root_id"] = envelope.root_id
     if envelope.parent_id is not None:
         fields["parent_id"] = envelope.parent_id
+    if envelope.group_id is not None:
+        fields["group_id"] = envelope.group_id
     return fields
+
+
+def _arguments(envelope: Envelope) -> tuple[str, str]:
+    """``args`` and ``kwargs`` as Celery's task-sent carries them: short texts (JSON here),
+    with secret-looking values hidden by the rules of the logs (the dashboard searches them)."""
+    args, kwargs = redact_arguments(envelope.args, envelope.kwargs)
+    return _cut(json.dumps(args, default=str)), _cut(json.dumps(kwargs, default=str))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
 def _worker(worker: WorkerInfo) -> Fields:

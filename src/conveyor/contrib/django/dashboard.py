@@ -68,6 +68,7 @@ def _site() -> tuple[Pages, FormTokens]:
     secret = hashlib.sha256(b"conveyor.dashboard\0" + settings.SECRET_KEY.encode()).digest()
     kv = lambda: app.kv  # noqa: E731 - asked at each use: the app may reconnect
     pages = Pages(Fleet(app), AuditLog(kv), read_only=False, schedules=DatabaseSchedules())
+    pages.indexer.start()  # a daemon thread per web process; they share the history file
     return pages, FormTokens(kv, secret)
 
 
@@ -142,6 +143,7 @@ def live(request: HttpRequest) -> StreamingHttpResponse:
     pages, tokens = _site()
     params = request.GET.dict()
     extra = _adapter_context(request, tokens, pages)
+    pages.context(page, params)  # bad parameters: a 4xx page, no stream
 
     def stream() -> Iterator[str]:
         last, until = None, time.monotonic() + LIVE_FOR
@@ -150,6 +152,8 @@ def live(request: HttpRequest) -> StreamingHttpResponse:
                 html = pages.render_live(page, {**pages.context(page, params), **extra})
             except ConveyorError as exc:
                 html = f"<p class='error'>the broker did not answer: {type(exc).__name__}</p>"
+            except BadRequest:  # e.g. the task was forgotten meanwhile
+                html = "<p class='error'>no longer found</p>"
             if html != last:
                 last = html
                 data = "".join(f"data: {line}\n" for line in html.splitlines())
@@ -226,6 +230,7 @@ urlpatterns: list[URLPattern] = [
     path("periodic", _rooted(_page("periodic"), 1), name="periodic"),
     path("dead", _rooted(_page("dead"), 1), name="dead"),
     path("audit", _rooted(_page("audit"), 1), name="audit"),
+    path("tasks", _rooted(_page("tasks"), 1), name="tasks"),
     path("tasks/<str:task_id>", _rooted(_page("task"), 2), name="task"),
     path("find", _rooted(_guarded(find), 1), name="find"),
     path("live", _rooted(_guarded(live), 1), name="live"),

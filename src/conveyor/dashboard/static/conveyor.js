@@ -11,6 +11,7 @@
     if (!region || source) return;
     const params = new URLSearchParams(window.location.search);
     params.set("page", region.dataset.live);
+    if (region.dataset.liveTask) params.set("task_id", region.dataset.liveTask);
     source = new EventSource((document.body.dataset.root || "") + "/live?" + params.toString());
     source.addEventListener("live", function (event) {
       // Rows chosen in a live table stay chosen when it is redrawn.
@@ -56,13 +57,15 @@
       question = button.dataset.confirmSelection.replace("{n}", String(count));
     } else if (form.hasAttribute("data-confirm-selection")) {
       const count = form.querySelectorAll("input[name=id]:checked").length;
+      const noun = form.dataset.noun || "dead letter";
       if (count === 0) {
         event.preventDefault();
-        window.alert("Select dead letters first.");
+        window.alert("Select " + noun + "s first.");
         return;
       }
-      const verb = button && button.value === "purge" ? "Delete" : "Replay";
-      question = verb + " " + count + " selected dead letter(s)?";
+      let verb = button && button.value === "purge" ? "Delete" : "Replay";
+      if (button && button.dataset.verb) verb = button.dataset.verb;
+      question = verb + " " + count + " selected " + noun + "(s)?";
     }
     if (question && !window.confirm(question)) event.preventDefault();
   });

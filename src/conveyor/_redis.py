@@ -256,14 +256,19 @@ class Script:
 class Calls:
     """Commands and script calls to send in one round trip (:meth:`Connections.execute`)."""
 
-    __slots__ = ("commands", "scripts", "targets")
+    __slots__ = ("commands", "hidden", "later", "scripts", "targets")
 
     def __init__(self) -> None:
         self.commands: list[Command] = []
+        #: Script calls sent once the others are done (on Cluster they may go to other nodes,
+        #: e.g. a wake-up after a publish); their replies are not returned.
+        self.later: list[tuple[Script, Command]] = []
         self.scripts: dict[int, Script] = {}
         #: Commands without keys that go to the node of a key on Cluster (index -> key), e.g.
         #: WAIT after a publish; on one server they go with the rest.
         self.targets: dict[int, str] = {}
+        #: How many replies at the end are not returned (the later calls, once appended).
+        self.hidden = 0
 
     def add(self, commands: Iterable[Command]) -> None:
         self.commands.extend(commands)
@@ -273,6 +278,10 @@ class Calls:
         their node) with ``args``."""
         self.scripts[len(self.commands)] = script
         self.commands.append(script.command(keys, args))
+
+    def script_later(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """A script call sent after the others have run (:attr:`later`)."""
+        self.later.append((script, script.command(keys, args)))
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -332,6 +341,8 @@ class Connections:
     def execute(self, calls: Calls) -> list[Any]:
         """Send ``calls`` in one round trip and return their replies. A script call that met
         NOSCRIPT is loaded and run again on its own; then the first error reply is raised."""
+        if calls.later:  # one connection: its commands run in order anyway
+            calls = _with_later(calls)
         if not calls.commands:
             return []
         replies = self._exchange(calls.commands)
@@ -342,7 +353,7 @@ class Connections:
                 reply = replies[index] = self._exchange([calls.commands[index]])[0]
             if isinstance(reply, Exception):
                 raise reply
-        return replies
+        return replies[: len(replies) - calls.hidden]
 
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script call (one round trip)."""
@@ -369,7 +380,17 @@ class ClusterConnections:
         self._client = client
 
     def execute(self, calls: Calls) -> list[Any]:
-        """As :meth:`Connections.execute`."""
+        """As :meth:`Connections.execute`; then the calls of :attr:`Calls.later`."""
+        replies = self._execute(calls)
+        if calls.later:
+            after = Calls()
+            for script, command in calls.later:
+                after.scripts[len(after.commands)] = script
+                after.commands.append(command)
+            self._execute(after)
+        return replies
+
+    def _execute(self, calls: Calls) -> list[Any]:
         if not calls.commands:
             return []
         pipe = self._client.pipeline()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
@@ -398,6 +419,19 @@ class ClusterConnections:
 
     def close(self) -> None:
         """Nothing of its own: the cluster client's pools are closed with it."""
+
+
+def _with_later(calls: Calls) -> Calls:
+    """``calls`` with its later calls appended (their replies hidden)."""
+    joined = Calls()
+    joined.commands = list(calls.commands)
+    joined.scripts = dict(calls.scripts)
+    joined.targets = dict(calls.targets)
+    for script, command in calls.later:
+        joined.scripts[len(joined.commands)] = script
+        joined.commands.append(command)
+    joined.hidden = len(calls.later)
+    return joined
 
 
 def connections(client: Client) -> Connections | ClusterConnections:

@@ -152,7 +152,7 @@ class RedisBroker(Broker):
         """On Cluster, add calls waking the consumers of ``queues`` (scripts did elsewhere)."""
         if self._cluster:
             for queue in dict.fromkeys(queues):
-                batch.script(self._scripts["wake"], (self.keys.wake(queue),), ())
+                batch.script_later(self._scripts["wake"], (self.keys.wake(queue),), ())
 
     def _per_queue(self, name: str, deliveries: Sequence[Delivery], *args: Any) -> list[Any]:
         """One call of ``name`` per queue of ``deliveries`` (ARGV: ``args``, then receipts),
@@ -278,7 +278,8 @@ class RedisBroker(Broker):
         for queue, share in shares.items():
             self._lease_call(calls, [queue], share)
         replies = self._connections.execute(calls)
-        return self._leased(dict(zip(shares, replies, strict=True)), []), -1
+        found = self._leased(dict(zip(shares, replies, strict=True)), [])
+        return sorted(found, key=lambda d: -d.priority), -1
 
     def _leased(self, by_queue: dict[str, list[Any]], plain: list[list[Any]]) -> list[Delivery]:
         """Deliveries of lease replies; on Cluster (``by_queue``) their revoked flags are read

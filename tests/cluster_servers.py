@@ -166,6 +166,34 @@ class ClusterDeployment:
             self.killed.pop()
         self.wait_healthy(timeout)
 
+    def node_id(self, port: int) -> str:
+        with self.client(self.node(port)) as client:
+            raw = client.execute_command("CLUSTER", "MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def migrate_slot(self, key: str, to_port: int, batch: int = 10) -> int:
+        """Move the slot of ``key`` to the primary on ``to_port`` as ``redis-cli --cluster
+        reshard`` does (IMPORTING, MIGRATING, MIGRATE of its keys a few at a time, then the
+        new owner everywhere), while clients go on using it; returns how many keys moved."""
+        from_port = self.node_of(key)
+        source, target = self.node(from_port), self.node(to_port)
+        source_id, target_id = self.node_id(from_port), self.node_id(to_port)
+        moved = 0
+        with self.client(source) as src, self.client(target) as dst:
+            slot = int(src.execute_command("CLUSTER", "KEYSLOT", key))
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while True:
+                keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+                if not keys:
+                    break
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+            for port in self.primary_ports():
+                with self.client(self.node(port)) as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()

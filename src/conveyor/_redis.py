@@ -265,7 +265,8 @@ class Calls:
         self.later: list[tuple[Script, Command]] = []
         self.scripts: dict[int, Script] = {}
         #: Commands without keys that go to the node of a key on Cluster (index -> key), e.g.
-        #: WAIT after a publish; on one server they go with the rest.
+        #: WAIT after a publish; on one server they go with the rest. On Cluster one that
+        #: fails (its node is no longer the key's primary) replies 0: nothing confirmed.
         self.targets: dict[int, str] = {}
         #: How many replies at the end are not returned (the later calls, once appended).
         self.hidden = 0
@@ -402,6 +403,10 @@ class ClusterConnections:
                 node = self._client.get_node_from_key(target)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                 pipe.execute_command(*command, target_nodes=node)
         replies = pipe.execute(raise_on_error=False)
+        for index in calls.targets:
+            if isinstance(replies[index], RedisError):
+                # The node is no longer the key's primary (a failover): nothing confirmed.
+                replies[index] = 0
         for index, reply in enumerate(replies):
             script = calls.scripts.get(index)
             if isinstance(reply, NoScriptError) and script is not None:

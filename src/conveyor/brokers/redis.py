@@ -41,6 +41,7 @@ of leased ids are read in a second call.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -99,7 +100,9 @@ _SCRIPTS = (
     "dead_move",
     "purge",
     "wake",
+    "migrate",
 )
+logger = logging.getLogger(__name__)
 
 
 class RedisBroker(Broker):
@@ -128,6 +131,8 @@ class RedisBroker(Broker):
         self._wait_replicas = replicas
         self._wait_ms = int(1000 * float(self.options.transport_options.get("wait_timeout", 1.0)))
         self._connections = connections(self._client)
+        #: Whether keys left by Conveyor before hash tags were looked for (first sweep).
+        self._migrated = self._cluster
         keys = self.keys
         self.kv: RedisKeyValue = RedisKeyValue(
             self._client, self._errors, values=keys.spread("kv"), sets=keys.spread("kv-join")
@@ -354,9 +359,41 @@ class RedisBroker(Broker):
         known = cast(set[bytes], self._client.smembers(self.keys.queues))
         return sorted(q.decode() for q in known)
 
+    def _migrate_old_keys(self) -> None:
+        """Move the keys of a Conveyor before hash tags (``<p>:ready:<q>``, ...) to today's
+        names, once: a worker's first sweep does it (docs/scaling.md, upgrading)."""
+        self._migrated = True
+        old, keys = f"{self.options.key_prefix}:", self.keys
+        if not self._client.exists(f"{old}queues"):
+            return
+        known = cast(set[bytes], self._client.smembers(f"{old}queues"))
+        args: list[str] = [old]
+        for queue in sorted(q.decode() for q in known):
+            args += (queue, keys.queue(queue), keys.wake(queue))
+        script = self._scripts["migrate"]
+        moved = self._connections.call(
+            script, (f"{old}queues", keys.queues, f"{old}seq", keys.shared("seq")), args
+        )
+        revoked = 0
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in f"{old}revoked:") + "*"
+        for key in cast(list[bytes], list(self._client.scan_iter(match=pattern, count=1000))):
+            # RENAME keeps the time to live; a key that expired meanwhile is skipped.
+            if self._client.exists(key):
+                self._client.rename(key, keys.revoked(key.decode()[len(old) + 8 :]))
+                revoked += 1
+        logger.warning(
+            "moved %d messages of %d queues and %d revocations to the key names with hash "
+            "tags of this Conveyor version",
+            moved,
+            len(known),
+            revoked,
+        )
+
     def sweep(self) -> int:
         moved = 0
         with self._errors:
+            if not self._migrated:
+                self._migrate_old_keys()
             queues = self._known_queues()
             while queues:
                 batch = Calls()

@@ -31,7 +31,16 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -339,6 +348,35 @@ class Connections:
         finally:
             self._idle.append(conn)
 
+    def send(self, commands: Sequence[Command]) -> Any:
+        """Write ``commands`` on a connection (no retry) and return it for :meth:`receive`."""
+        conn = self._take()
+        try:
+            if self._connect_first:
+                conn.connect()
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            conn.disconnect()
+            self._idle.append(conn)
+            raise
+        return conn
+
+    def receive(self, conn: Any, count: int) -> list[Any]:
+        """Read the ``count`` replies of :meth:`send` (error replies as values)."""
+        try:
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # read in full: the connection stays in step
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()  # it reconnects on its next use
+            raise
+        finally:
+            self._idle.append(conn)
+
     def execute(self, calls: Calls) -> list[Any]:
         """Send ``calls`` in one round trip and return their replies. A script call that met
         NOSCRIPT is loaded and run again on its own; then the first error reply is raised."""
@@ -373,12 +411,17 @@ class Connections:
 
 
 class ClusterConnections:
-    """:class:`Connections` for a Redis Cluster: the calls go out as one cluster pipeline (one
-    write to each node involved, then the replies), routed by the slot of each command's
-    keys; redis-py sends again, one at a time, any that met MOVED, ASK or a lost connection."""
+    """:class:`Connections` for a Redis Cluster: the commands of a call are grouped by the
+    node that serves their keys' slot (in the client's slot map), written to every node
+    involved, then the replies read - one round trip to each node, in parallel, on
+    connections of their own as :class:`Connections` keeps them. A command that met MOVED,
+    ASK, TRYAGAIN, CLUSTERDOWN or a lost connection is sent again on its own through the
+    cluster client, which follows the redirection, refreshes its slot map and retries (a
+    command whose connection was lost may then run twice: at-least-once)."""
 
     def __init__(self, client: RedisCluster) -> None:
         self._client = client
+        self._nodes: dict[str, Connections] = {}
 
     def execute(self, calls: Calls) -> list[Any]:
         """As :meth:`Connections.execute`; then the calls of :attr:`Calls.later`."""
@@ -391,30 +434,64 @@ class ClusterConnections:
             self._execute(after)
         return replies
 
+    def _node(self, node: Any) -> Connections:
+        conns = self._nodes.get(node.name)
+        if conns is None:
+            client = self._client.get_redis_connection(node)
+            conns = self._nodes[node.name] = Connections(client)
+        return conns
+
     def _execute(self, calls: Calls) -> list[Any]:
         if not calls.commands:
             return []
-        pipe = self._client.pipeline()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        client = self._client
+        groups: dict[str, tuple[Connections, list[int]]] = {}
         for index, command in enumerate(calls.commands):
-            target = calls.targets.get(index)
-            if target is None:
-                pipe.execute_command(*command)
-            else:
-                node = self._client.get_node_from_key(target)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-                pipe.execute_command(*command, target_nodes=node)
-        replies = pipe.execute(raise_on_error=False)
-        for index in calls.targets:
-            if isinstance(replies[index], RedisError):
-                # The node is no longer the key's primary (a failover): nothing confirmed.
-                replies[index] = 0
+            node = client.get_node_from_key(calls.targets.get(index) or _key_of(command))  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            group = groups.get(node.name)
+            if group is None:
+                group = groups[node.name] = (self._node(node), [])
+            group[1].append(index)
+        replies: list[Any] = [None] * len(calls.commands)
+        sent = []
+        for conns, indices in groups.values():
+            commands = [calls.commands[i] for i in indices]
+            try:
+                sent.append((conns, indices, conns.send(commands)))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                for i in indices:
+                    replies[i] = exc
+        for conns, indices, conn in sent:
+            try:
+                got = conns.receive(conn, len(indices))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                got = [exc] * len(indices)
+            for i, reply in zip(indices, got, strict=True):
+                replies[i] = reply
         for index, reply in enumerate(replies):
+            command = calls.commands[index]
+            if index in calls.targets:
+                if isinstance(reply, Exception):
+                    # The node is no longer the key's primary (a failover): nothing confirmed.
+                    replies[index] = 0
+                continue
             script = calls.scripts.get(index)
-            if isinstance(reply, NoScriptError) and script is not None:
-                script.load()
-                reply = replies[index] = self._client.execute_command(*calls.commands[index])  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            if isinstance(reply, _REROUTE) or (isinstance(reply, NoScriptError) and script):
+                reply = replies[index] = self._again(command, script)
             if isinstance(reply, Exception):
                 raise reply
-        return list(replies)
+        return replies
+
+    def _again(self, command: Command, script: Script | None) -> Any:
+        """Send ``command`` through the cluster client (following redirections); a script
+        that its node does not know (a new primary, a server restart) is loaded first."""
+        try:
+            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        except NoScriptError:
+            if script is None:
+                raise
+            script.load()
+            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script call."""
@@ -423,7 +500,27 @@ class ClusterConnections:
         return self.execute(calls)[0]
 
     def close(self) -> None:
-        """Nothing of its own: the cluster client's pools are closed with it."""
+        """Disconnect the connections made in this process."""
+        for conns in self._nodes.values():
+            conns.close()
+
+
+#: Replies after which a command is sent again through the cluster client.
+_REROUTE = (
+    MovedError,
+    AskError,
+    TryAgainError,
+    ClusterDownError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+
+
+def _key_of(command: Command) -> str:
+    """The first key of ``command``: EVALSHA's first declared key, else the first argument."""
+    if command[0] == "EVALSHA":
+        return str(command[3])
+    return str(command[1])
 
 
 def _with_later(calls: Calls) -> Calls:

@@ -6,6 +6,7 @@ replicas started by the test (``tests/cluster_servers.py``), and ``conveyor work
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -242,7 +243,9 @@ def test_worker_survives_the_failover_of_its_queues_primary(
     assert isinstance(broker, RedisBroker)
     primary = cluster.node_of(broker.keys.queue("default"))
     try:
+        killed_at = time.monotonic()
         cluster.kill_primary(primary)
+        print(f"failover: the replica took the slots {time.monotonic() - killed_at:.1f} s later")
         publisher = Call(lambda: [harness.send("mark_id", str(path), t) for t in tags[60:]])
         cluster.restart_killed()
         publisher.result(timeout=120)

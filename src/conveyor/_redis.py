@@ -422,6 +422,7 @@ class ClusterConnections:
     def __init__(self, client: RedisCluster) -> None:
         self._client = client
         self._nodes: dict[str, Connections] = {}
+        self._lock = threading.Lock()
 
     def execute(self, calls: Calls) -> list[Any]:
         """As :meth:`Connections.execute`; then the calls of :attr:`Calls.later`."""
@@ -437,8 +438,11 @@ class ClusterConnections:
     def _node(self, node: Any) -> Connections:
         conns = self._nodes.get(node.name)
         if conns is None:
-            client = self._client.get_redis_connection(node)
-            conns = self._nodes[node.name] = Connections(client)
+            with self._lock:
+                conns = self._nodes.get(node.name)
+                if conns is None:
+                    client = self._client.get_redis_connection(node)
+                    conns = self._nodes[node.name] = Connections(client)
         return conns
 
     def _execute(self, calls: Calls) -> list[Any]:
@@ -501,7 +505,9 @@ class ClusterConnections:
 
     def close(self) -> None:
         """Disconnect the connections made in this process."""
-        for conns in self._nodes.values():
+        with self._lock:
+            nodes = list(self._nodes.values())
+        for conns in nodes:
             conns.close()
 
 

@@ -222,13 +222,19 @@ class RedisBroker(Broker):
         self.publish_with(Calls(), messages)
 
     # -- consuming -----------------------------------------------------------------------
-    def _lease_call(self, batch: Calls, names: Sequence[str], limit: int) -> None:
-        """Add one lease script call over ``names`` (one queue on Cluster)."""
+    def _lease_call(
+        self, batch: Calls, names: Sequence[str], limit: int, acks: Sequence[Delivery] = ()
+    ) -> None:
+        """Add one lease script call over ``names`` (one queue on Cluster) that first acks
+        ``acks`` (all of them of those queues)."""
         keys = self.keys
         args: list[Any] = [limit, self._lease_ms, max(limit, CHUNK)]
         args.append("" if self._cluster else keys.revoked())
         for queue in names:
             args += (queue, self._wake_arg(queue))
+        position = {queue: k for k, queue in enumerate(names, 1)}
+        for delivery in acks:
+            args += (position[delivery.queue], delivery.receipt)
         batch.script(
             self._scripts["lease"], (keys.seq(names[0]), *(keys.queue(q) for q in names)), args
         )
@@ -239,14 +245,19 @@ class RedisBroker(Broker):
         return self._lease(list(dict.fromkeys(queues)), limit, wait)
 
     def _lease(
-        self, names: list[str], limit: int, wait: float, first: Calls | None = None
+        self,
+        names: list[str],
+        limit: int,
+        wait: float,
+        first: Calls | None = None,
+        acks: Sequence[Delivery] = (),
     ) -> list[Delivery]:
         wake_keys = [self.keys.wake(q) for q in names]
         deadline = time.monotonic() + wait
         with self._errors:
             while True:
-                found, next_due = self._lease_once(names, limit, first)
-                first = None
+                found, next_due = self._lease_once(names, limit, first, acks)
+                first, acks = None, ()
                 if found:
                     return found
                 remaining = deadline - time.monotonic()
@@ -259,13 +270,17 @@ class RedisBroker(Broker):
                 self._client.blpop(wake_keys, max(1, math.ceil(block * 1000)) / 1000)
 
     def _lease_once(
-        self, names: list[str], limit: int, first: Calls | None
+        self, names: list[str], limit: int, first: Calls | None, acks: Sequence[Delivery]
     ) -> tuple[list[Delivery], float]:
-        """Lease once (after sending ``first``): the deliveries, or none and the milliseconds
-        until the next delayed message is due (-1: none)."""
+        """Lease once (after sending ``first`` and acking ``acks``): the deliveries, or none
+        and the milliseconds until the next delayed message is due (-1: none)."""
         batch = first if first is not None else Calls()
-        if not self._cluster or len(names) == 1:
-            self._lease_call(batch, names, limit)
+        single = not self._cluster or len(names) == 1
+        riding = [d for d in acks if d.queue in names] if single else []
+        if len(riding) < len(acks):  # acks of other queues: calls of their own, first
+            self._queue_publish(batch, (), [d for d in acks if not single or d.queue not in names])
+        if single:
+            self._lease_call(batch, names, limit, riding)
             reply = self._connections.execute(batch)[-1]
             if len(reply) == 1:
                 return [], float(reply[0])
@@ -581,15 +596,14 @@ class RedisBroker(Broker):
         limit: int,
         wait: float,
     ) -> list[Delivery]:
-        """Send ``first`` and calls acking ``acks``, then lease, in one round trip (on Cluster
-        a lease from several queues takes two); then wait for messages as :meth:`lease`
-        does. With ``limit <= 0`` or no queues it only acks."""
+        """Send ``first``, then one lease script call that acks ``acks`` before it leases, in
+        one round trip (on Cluster a lease from several queues takes two, and acks go in calls
+        of their own); then wait for messages as :meth:`lease` does. Everything but the wait
+        is done before the call blocks. With ``limit <= 0`` or no queues it only acks."""
         if limit <= 0 or not queues:
             self.ack_with(first, acks)
             return []
-        if acks:
-            self._queue_publish(first, (), acks)
-        return self._lease(list(dict.fromkeys(queues)), limit, wait, first)
+        return self._lease(list(dict.fromkeys(queues)), limit, wait, first, acks)
 
     def close(self) -> None:
         self._connections.close()

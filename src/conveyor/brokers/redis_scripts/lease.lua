@@ -1,9 +1,11 @@
--- Lease up to limit messages from the given queues: due delayed ones first become ready, then
--- the lowest scores win (priority 9 first, FIFO within a priority, across the queues of the
--- call: on Cluster a call has one queue). With a revoked-key prefix, each leased message says
--- whether its id is revoked (that key exists), so the worker needs no second round trip.
+-- Ack finished messages of the call's queues (as ack_publish does), then lease up to limit
+-- messages from the queues: due delayed ones first become ready, then the lowest scores win
+-- (priority 9 first, FIFO within a priority, across the queues of the call: on Cluster a call
+-- has one queue). With a revoked-key prefix, each leased message says whether its id is
+-- revoked (that key exists), so the worker needs no second round trip.
 -- KEYS: seq, base of each queue. ARGV: limit, lease_ms, promote_max, revoked prefix ('' on
--- Cluster: the client asks), then (queue, wake-up list) per queue.
+-- Cluster: the client asks), then (queue, wake-up list) per queue, then (k, receipt) per ack,
+-- k the position of the receipt's queue among the call's queues (1 = the first).
 -- Returns {next_due_ms} when nothing is ready (-1: nothing delayed), else
 -- {more, (receipt, id, queue, priority, body, deliveries, revoked) * k}, more = 1 when ready
 -- work was left behind (the token was passed on to the next consumer where a wake-up list was
@@ -11,12 +13,27 @@
 -- as 'malformed' instead.
 local limit, lease_ms, promote_max = int_of(ARGV[1]), finite(ARGV[2]), int_of(ARGV[3])
 local revoked_prefix = ARGV[4]
-if not (limit and lease_ms and promote_max) or #ARGV ~= 4 + 2 * (#KEYS - 1) then
+local nq = #KEYS - 1
+local first_ack = 5 + 2 * nq
+if not (limit and lease_ms and promote_max) or #ARGV < first_ack - 1
+    or (#ARGV - first_ack + 1) % 2 ~= 0 then
   return redis.error_reply('conveyor lease: bad arguments')
 end
 local queues = {}
 for k = 2, #KEYS do
   queues[#queues + 1] = {KEYS[k], ARGV[3 + 2 * (k - 1)], ARGV[4 + 2 * (k - 1)]}
+end
+for i = first_ack, #ARGV, 2 do
+  local queue = queues[int_of(ARGV[i]) or 0]
+  if not queue then
+    return redis.error_reply('conveyor lease: bad arguments')
+  end
+end
+for i = first_ack, #ARGV, 2 do
+  local Q = queues[int_of(ARGV[i])][1]
+  if redis.call('ZREM', Q .. ':leased', ARGV[i + 1]) == 1 then
+    redis.call('DEL', Q .. ':msg:' .. uid_of(ARGV[i + 1]))
+  end
 end
 local now = now_ms()
 for _, queue in ipairs(queues) do

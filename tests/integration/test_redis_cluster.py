@@ -261,3 +261,48 @@ def test_worker_survives_the_failover_of_its_queues_primary(
     wait_for(lambda: broker.stats(["default"])["default"] == QueueStats(), 60, "queue settled")
     ran = [line.split()[1] for line in runs(path)]
     print(f"failover: {len(tags)} tasks, ran {len(ran)} times ({len(ran) - len(set(ran))} twice)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_three_failovers_during_10000_tasks_lose_nothing(harness_for: Any) -> None:
+    """The figures of docs/scaling.md: tasks lost and duplicated across 3 failovers of the
+    primary holding the queue, with ``wait_for_replicas=1``, each while a producer publishes
+    and the worker runs tasks; the killed node is started again (a replica) each time."""
+    total, rounds = 9_999, 3
+    with running_cluster() as cluster:
+        settings = {
+            "broker_lease_timeout": 5.0,
+            "task_publish_retry_policy": {"max_retries": 120, "interval_max": 0.5},
+        }
+        harness: Harness = harness_for(cluster.url, settings, wait_for_replicas=1)
+        worker = harness.worker("-c", "2", "--threads", "4")
+        path = harness.file()
+        broker = harness.client.broker
+        assert isinstance(broker, RedisBroker)
+        took = []
+        for round_ in range(rounds):
+            start = len(runs(path))
+            tags = [f"r{round_}-{i}" for i in range(total // rounds)]
+            publisher = Call(
+                lambda tags=tags: [harness.send("mark_id", str(path), t) for t in tags]
+            )
+            wait_for(lambda start=start: len(runs(path)) > start + 300, 120, "work under way")
+            killed_at = time.monotonic()
+            cluster.kill_primary(cluster.node_of(broker.keys.queue("default")))
+            took.append(time.monotonic() - killed_at)
+            cluster.restart_killed(timeout=60)
+            publisher.result(timeout=300)
+        wait_for(
+            lambda: len({line.split()[1] for line in runs(path)}) >= total,
+            300,
+            "every task ran",
+        )
+        ran = [line.split()[1] for line in runs(path)]
+        lost = total - len(set(ran))
+        duplicated = len(ran) - len(set(ran))
+        seconds = ", ".join(f"{t:.1f}" for t in took)
+        print(f"cluster: {total} tasks, {rounds} failovers ({seconds} s each): ", end="")
+        print(f"lost {lost}, duplicated {duplicated}")
+        assert lost == 0
+        assert worker.process.poll() is None

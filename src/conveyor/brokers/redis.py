@@ -56,10 +56,10 @@ from .._redis import (
     Script,
     block_limit,
     connect,
-    connections,
     is_cluster,
     mget,
 )
+from .._redis_cluster import connections
 from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import BrokerError, ConfigurationError
@@ -75,6 +75,8 @@ from .base import (
     QueueStats,
     clamp_priority,
 )
+from .redis_migrate import migrate_old_keys
+from .redis_replies import _blob, _by_queue, _deliveries, _number, _text
 from .redis_shares import lease_shares
 
 
@@ -375,33 +377,10 @@ class RedisBroker(Broker):
         return sorted(q.decode() for q in known)
 
     def _migrate_old_keys(self) -> None:
-        """Move the keys of a Conveyor before hash tags (``<p>:ready:<q>``, ...) to today's
-        names, once: a worker's first sweep does it (docs/scaling.md, upgrading)."""
+        """Move keys of a Conveyor before hash tags to today's names, once (first sweep)."""
         self._migrated = True
-        old, keys = f"{self.options.key_prefix}:", self.keys
-        if not self._client.exists(f"{old}queues"):
-            return
-        known = cast(set[bytes], self._client.smembers(f"{old}queues"))
-        args: list[str] = [old]
-        for queue in sorted(q.decode() for q in known):
-            args += (queue, keys.queue(queue), keys.wake(queue))
-        script = self._scripts["migrate"]
-        moved = self._connections.call(
-            script, (f"{old}queues", keys.queues, f"{old}seq", keys.shared("seq")), args
-        )
-        revoked = 0
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in f"{old}revoked:") + "*"
-        for key in cast(list[bytes], list(self._client.scan_iter(match=pattern, count=1000))):
-            # RENAME keeps the time to live; a key that expired meanwhile is skipped.
-            if self._client.exists(key):
-                self._client.rename(key, keys.revoked(key.decode()[len(old) + 8 :]))
-                revoked += 1
-        logger.warning(
-            "moved %d messages of %d queues and %d revocations to the key names with hash "
-            "tags of this Conveyor version",
-            moved,
-            len(known),
-            revoked,
+        migrate_old_keys(
+            self._client, self._connections, self._scripts["migrate"], self.keys, logger
         )
 
     def sweep(self) -> int:
@@ -608,52 +587,3 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._connections.close()
         self._client.close()
-
-
-def _by_queue(deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
-    """The receipts of ``deliveries`` by queue."""
-    out: dict[str, list[str]] = {}
-    for delivery in deliveries:
-        out.setdefault(delivery.queue, []).append(delivery.receipt)
-    return out
-
-
-def _deliveries(reply: list[Any]) -> list[Delivery]:
-    # The lease script checked every field it returns (see message_problem in common.lua);
-    # the parsing is total all the same.
-    return [
-        Delivery(
-            id=_text(reply[i + 1]),
-            queue=_text(reply[i + 2]),
-            body=_blob(reply[i + 4]),
-            priority=int(_number(reply[i + 3])),
-            receipt=_text(reply[i]),
-            delivery_count=int(_number(reply[i + 5])),
-            revoked=reply[i + 6] == 1,
-        )
-        for i in range(1, len(reply) - 6, 7)
-    ]
-
-
-def _text(value: object) -> str:
-    """A reply field as text (never raising: bytes that are not UTF-8 are replaced)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _blob(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return b"" if value is None else str(value).encode()
-
-
-def _number(value: object) -> float:
-    """A reply field as a finite number, 0 when it is not one."""
-    if isinstance(value, int):
-        return value
-    try:
-        number = float(_text(value))
-    except ValueError:
-        return 0.0
-    return number if math.isfinite(number) else 0.0

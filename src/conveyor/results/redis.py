@@ -19,7 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, connections, mget
+from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, mget
+from .._redis_cluster import connections
 from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import ResultStoreError

@@ -139,6 +139,22 @@ def test_priorities_across_queues_follow_the_peek(broker: RedisBroker) -> None:
     broker.ack(first + rest)
 
 
+def test_inspection_spans_the_shards(broker: RedisBroker) -> None:
+    """Stats, the oldest ready messages, dead letters (oldest first across queues), replay
+    and purge each reach every queue, wherever its primary is."""
+    queues = ["q0", "q1", "q2"]
+    broker.publish([Message(f"id-{q}", q, f"body-{q}".encode(), priority=3) for q in queues])
+    assert broker.oldest_ready(queues) == {q: [f"body-{q}".encode()] for q in queues}
+    for queue in ["q2", "q0"]:  # buried in this order
+        [held] = broker.lease([queue], 1, 0)
+        broker.dead_letter(held, "rejected", queue)
+    assert [d.id for d in broker.dead_letters()] == ["id-q2", "id-q0"]
+    assert broker.stats(queues)["q0"] == QueueStats(dead=1)
+    assert broker.replay_dead() == 2
+    assert sorted(d.id for d in broker.lease(queues, 10, 0)) == ["id-q0", "id-q1", "id-q2"]
+    assert broker.purge_dead() == 0
+
+
 # -- redirections ----------------------------------------------------------------------------
 def test_a_slot_moving_under_producers_and_consumers_loses_and_duplicates_nothing(
     cluster: ClusterDeployment, broker: RedisBroker

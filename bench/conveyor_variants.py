@@ -2,6 +2,11 @@
 
     .venv/bin/python -m bench.conveyor_variants --broker sqlite [--drain 10000]
     .venv/bin/python -m bench.conveyor_variants --broker redis --variant "-l warning"
+    .venv/bin/python -m bench.conveyor_variants --broker redis-cluster --queues 3 --drain 20000
+
+``--broker redis-cluster`` starts a Redis Cluster of three primaries with a replica each
+(``tests/cluster_servers.py``); ``--queues N`` spreads the tasks over queues ``q0..q<N-1>``
+(the worker consumes all of them) and reports how many script calls each Redis primary served.
 
 Each variant is extra arguments for ``python -m conveyor worker -A bench.conveyor_app -c 2``,
 optionally starting with ``patch=timers`` (the workers skip arming the time-limit thread for
@@ -76,7 +81,7 @@ worker.run()
 PATCHED_CLI = PATCHES + "\nimport sys\nfrom conveyor.cli import main\nmain()\n"
 
 
-def start(variant: str, procs: Processes, env: dict[str, str]) -> Any:
+def start(variant: str, procs: Processes, env: dict[str, str], queues: list[str]) -> Any:
     if variant == "inproc" or variant.startswith("inproc "):
         # A parent that only waits, so the tree looks like the supervisor's.
         children = "; ".join(
@@ -98,16 +103,32 @@ def start(variant: str, procs: Processes, env: dict[str, str]) -> Any:
     if words and words[0].startswith("patch="):
         env["BENCH_PATCH"] = words.pop(0).partition("=")[2]
         launcher = [PYTHON, "-c", PATCHED_CLI]
-    args = [*launcher, "worker", "-A", "bench.conveyor_app", "-c", "2"]
+    args = [*launcher, "worker", "-A", "bench.conveyor_app", "-c", "2", "-Q", ",".join(queues)]
     if words != ["default"]:
         args += words
     return procs.start("worker", args, env)
 
 
+def spread_names(prefix: str) -> list[str]:
+    """Queue names ``q<n>`` whose hash tags fall in different thirds of the slots, so that on
+    a fresh three-primary cluster (``redis-cli --cluster create`` gives each a third) they land
+    on different primaries: one for each third, then the rest in turn."""
+    from redis.crc import key_slot
+
+    thirds: list[list[str]] = [[], [], []]
+    for n in range(300):
+        name = f"q{n}"
+        thirds[min(2, key_slot(f"{{{prefix}:{name}}}".encode()) * 3 // 16384)].append(name)
+    return [name for group in zip(*thirds, strict=False) for name in group]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", choices=["sqlite", "redis", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--broker", choices=["sqlite", "redis", "redis-cluster", "postgres"], default="sqlite"
+    )
     parser.add_argument("--drain", type=int, default=10_000)
+    parser.add_argument("--queues", type=int, default=1, help="spread tasks over N queues")
     parser.add_argument("--results", action="store_true", help="tasks store results")
     parser.add_argument("--variant", action="append", help="worker arguments (repeatable)")
     parser.add_argument("--py-spy", type=Path, help="profile the workers into this directory")
@@ -123,9 +144,18 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-variants-"))
     procs = Processes(tmp)
-    server: Any = None  # RedisServer or PostgresServer (from tests/)
+    server: Any = None  # RedisServer, ClusterDeployment or PostgresServer (from tests/)
     server_pid = None
-    if args.broker == "redis":
+    nodes: list[int] = []  # Redis ports whose script calls are counted
+    if args.broker == "redis-cluster":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.cluster_servers import ClusterDeployment
+
+        server = ClusterDeployment()
+        server.start()
+        url = server.url
+        nodes = server.primary_ports()
+    elif args.broker == "redis":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         import redis
         from tests.servers import RedisServer
@@ -136,6 +166,7 @@ def main() -> int:
         url = server.url
         assert server.process is not None
         server_pid = server.process.pid
+        nodes = [server.port]
     elif args.broker == "postgres":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from tests.pg_server import PostgresServer
@@ -152,24 +183,43 @@ def main() -> int:
 
     app = conveyor_app.app
     task = conveyor_app.noop_result if args.results else conveyor_app.noop
-    queue = app.conf.task_default_queue
+    queues = [app.conf.task_default_queue]
+    if args.queues > 1:
+        queues = [f"q{i}" for i in range(args.queues)]
+    if args.broker == "redis-cluster" and args.queues > 1:
+        queues = spread_names(app.conf.broker_transport_options.get("key_prefix", "conveyor"))[
+            : args.queues
+        ]
 
     def depth() -> tuple[int, int]:
-        stats = app.broker.stats([queue])[queue]
-        return stats.ready, stats.leased
+        stats = app.broker.stats(queues).values()
+        return sum(s.ready for s in stats), sum(s.leased for s in stats)
+
+    def script_calls() -> list[int]:
+        import redis
+
+        counts = []
+        for port in nodes:
+            with redis.Redis(port=port) as node:
+                counts.append(node.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+                node.config_resetstat()
+        return counts
 
     print(f"logs in {tmp} (deleted at the end unless --keep)", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     try:
         for variant in variants:
-            app.send_many([task.s() for _ in range(args.drain)])
+            sigs = [task.s().set(queue=queues[i % len(queues)]) for i in range(args.drain)]
+            for start_at in range(0, len(sigs), 5000):
+                app.send_many(sigs[start_at : start_at + 5000])
+            script_calls()
             env = {"CONVEYOR_BROKER_URL": url}
             if variant.startswith("inproc"):
                 for part in variant.split()[1:]:
                     key, _, value = part.partition("=")
                     env[f"BENCH_{key.upper()}"] = value
             started = time.perf_counter()
-            worker = start(variant, procs, env)
+            worker = start(variant, procs, env, queues)
             spies: list[subprocess.Popen[bytes]] = []
             if args.py_spy is not None:
                 args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -195,6 +245,7 @@ def main() -> int:
                 spy.wait(30)
             procs.stop(worker)
             per_task = drain.cpu_per_task()
+            dead = len(app.broker.dead_letters(limit=args.drain))
             row = {
                 "variant": variant,
                 "steady_rate": drain.steady_rate,
@@ -202,10 +253,13 @@ def main() -> int:
                 "worker_cpu_us": None if per_task[0] is None else per_task[0] * 1e6,
                 "server_cpu_us": None if per_task[1] is None else per_task[1] * 1e6,
                 "root_cpu_us": (drain.root_cpu_per_task() or 0.0) * 1e6,
+                "left": sum(depth()),
+                "dead": dead,
+                "script_calls_per_node": script_calls(),
             }
             rows.append(row)
             print(row, file=sys.stderr)
-            app.broker.purge([queue])
+            app.broker.purge(queues)
     finally:
         procs.stop_all()
         if server is not None:
@@ -217,12 +271,16 @@ def main() -> int:
     save(args.json, {"machine": info, "args": vars(args), "rows": rows})
     load = f"load {info['load_before']:.1f}"
     print(f"### Conveyor worker variants on {args.broker} ({info['date']}, {load})\n")
-    print(f"{args.drain:,} no-op tasks, results {'on' if args.results else 'off'}, 2 processes\n")
+    print(
+        f"{args.drain:,} no-op tasks over {len(queues)} queue(s), "
+        f"results {'on' if args.results else 'off'}, 2 processes\n"
+    )
     print(
         "| worker arguments | drain (steady) | worker CPU per task "
-        "| of which the parent process | server CPU per task |"
+        "| of which the parent process | server CPU per task | left, dead "
+        "| script calls per Redis primary |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---|---|")
     for row in rows:
         worker_cpu = row["worker_cpu_us"]
         server_cpu = row["server_cpu_us"]
@@ -230,7 +288,9 @@ def main() -> int:
             f"| `{row['variant']}` | {row['steady_rate']:,.0f}/s "
             f"| {'n/a' if worker_cpu is None else f'{worker_cpu:,.0f} µs'} "
             f"| {row['root_cpu_us']:,.0f} µs "
-            f"| {'n/a' if server_cpu is None or not server_pid else f'{server_cpu:,.0f} µs'} |"
+            f"| {'n/a' if server_cpu is None or not server_pid else f'{server_cpu:,.0f} µs'} "
+            f"| {row['left']}, {row['dead']} "
+            f"| {' / '.join(f'{n:,}' for n in row['script_calls_per_node']) or 'n/a'} |"
         )
     return 0
 

@@ -9,6 +9,12 @@ Blocking calls (BLPOP, BLMOVE) block for at most :func:`block_limit` seconds at 
 below the socket timeout, so a blocked call is never mistaken for a dead server. Script calls
 and the small pipelines of a worker's hot path go through :class:`Connections` (same settings,
 less client overhead per round trip).
+
+A Redis Cluster URL (``redis+cluster://``) gives a ``redis.RedisCluster``: it finds the node of
+each key's slot, follows MOVED and ASK, waits out TRYAGAIN and a failover (CLUSTERDOWN) with
+retries, and refreshes its slot map. Those errors are replies to a command that did not run,
+so following them never runs a script twice; a connection lost during a script may (as on one
+server: at-least-once). Its calls go through ``conveyor._redis_cluster.ClusterConnections``.
 """
 
 from __future__ import annotations
@@ -24,24 +30,31 @@ from urllib.parse import unquote
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ._redis_urls import is_sentinel_url, parse_sentinel_url
+from ._redis_urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 from .brokers.base import redact_url
-from .exceptions import ConfigurationError, ConveyorError
+from .exceptions import BrokerError, ConfigurationError, ConveyorError
 
 DEFAULT_SOCKET_TIMEOUT = 10.0
 MAX_BLOCK = 1.0
 _SAME_SERVER_KEYS = ("host", "port", "path", "db", "username", "password")
 
+#: A client of one server (plain or through Sentinel) or of a Redis Cluster.
+Client = redis.Redis | RedisCluster
 
-def connect(url: str, options: Mapping[str, Any] | None = None) -> redis.Redis:
+
+def connect(
+    url: str, options: Mapping[str, Any] | None = None, error: type[ConveyorError] = BrokerError
+) -> Client:
     """A client for ``url``. ``options`` may set ``socket_timeout``, ``socket_connect_timeout``,
     ``health_check_interval``, ``max_connections``, ``retries``, ``client_name`` and ``ssl_*``;
     for a Sentinel URL also ``master_name`` and ``sentinel_kwargs``
-    (:mod:`conveyor._redis_urls`)."""
+    (:mod:`conveyor._redis_urls`). A Cluster client connects at once: no reachable node, or
+    a cluster whose slots are not all served, raises ``error``."""
     opts = dict(options or {})
     kwargs: dict[str, Any] = {
         "socket_timeout": float(opts.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)),
@@ -62,6 +75,8 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> redis.Redis:
     kwargs.update({k: v for k, v in opts.items() if k.startswith("ssl_")})
     if is_sentinel_url(url):
         return _connect_sentinel(url, opts, kwargs)
+    if is_cluster_url(url):
+        return _connect_cluster(url, opts, kwargs, error)
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError:
@@ -88,14 +103,68 @@ def _connect_sentinel(url: str, opts: Mapping[str, Any], kwargs: dict[str, Any])
     return client
 
 
-def block_limit(client: redis.Redis) -> float:
+def _connect_cluster(
+    url: str, opts: Mapping[str, Any], kwargs: dict[str, Any], error: type[ConveyorError]
+) -> RedisCluster:
+    target = parse_cluster_url(url)
+    retry = kwargs.pop("retry")
+    kwargs.pop("health_check_interval", None)
+    try:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            username=target.username,
+            password=target.password,
+            ssl=target.ssl,
+            require_full_coverage=True,
+            # Failovers take a few seconds (cluster-node-timeout + an election): MOVED, ASK,
+            # TRYAGAIN and CLUSTERDOWN are retried with backoff across that time.
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+                int(opts.get("cluster_retries", 12)),
+            ),
+            **kwargs,
+        )
+    except (RedisClusterException, RedisError) as exc:
+        text = str(exc) or type(exc).__name__
+        for secret in url_passwords(url):
+            text = text.replace(secret, "***")
+        raise error(f"Redis Cluster at {redact_url(url)}: {text}") from None
+    finally:
+        kwargs["retry"] = retry
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def block_limit(client: Client) -> float:
     """Longest single blocking call: below the socket timeout with room for the reply."""
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        conn = node.redis_connection if node is not None else None
+        kwargs = conn.connection_pool.connection_kwargs if conn is not None else {}
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    timeout = kwargs.get("socket_timeout")
     return MAX_BLOCK if timeout is None else max(0.01, min(MAX_BLOCK, timeout / 2))
 
 
-def same_server(a: redis.Redis, b: redis.Redis) -> bool:
-    """True when both clients talk to the same server and database as the same user."""
+def mget(client: Client, keys: Sequence[str | bytes]) -> list[Any]:
+    """GET of every key in ``keys`` (in any slots: split per slot on Cluster)."""
+    if isinstance(client, RedisCluster):
+        return list(client.mget_nonatomic(list(keys)))
+    return list(client.mget(list(keys)))
+
+
+def same_server(a: Client, b: Client) -> bool:
+    """True when both clients talk to the same server (or cluster) and database as the same
+    user."""
+    if isinstance(a, RedisCluster) or isinstance(b, RedisCluster):
+        if not (isinstance(a, RedisCluster) and isinstance(b, RedisCluster)):
+            return False
+        ka, kb = _cluster_kwargs(a), _cluster_kwargs(b)
+        same_user = all(ka.get(k) == kb.get(k) for k in ("username", "password"))
+        return same_user and {n.name for n in a.get_nodes()} == {n.name for n in b.get_nodes()}  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     pa, pb = a.connection_pool, b.connection_pool
     ka, kb = pa.connection_kwargs, pb.connection_kwargs
     if isinstance(pa, SentinelConnectionPool) or isinstance(pb, SentinelConnectionPool):
@@ -107,6 +176,12 @@ def same_server(a: redis.Redis, b: redis.Redis) -> bool:
     else:
         keys = _SAME_SERVER_KEYS
     return pa.connection_class is pb.connection_class and all(ka.get(k) == kb.get(k) for k in keys)
+
+
+def _cluster_kwargs(client: RedisCluster) -> dict[str, Any]:
+    node = client.get_default_node()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    conn = node.redis_connection if node is not None else None
+    return dict(conn.connection_pool.connection_kwargs) if conn is not None else {}
 
 
 def _sentinels(pool: SentinelConnectionPool) -> set[tuple[object, object]]:
@@ -165,33 +240,49 @@ class Script:
     """A Lua script, called by its SHA1 (EVALSHA) and loaded again after NOSCRIPT (a server
     restart or ``SCRIPT FLUSH``)."""
 
-    def __init__(self, client: redis.Redis, source: str) -> None:
+    def __init__(self, client: Client, source: str) -> None:
         self._client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
-    def command(self, args: Sequence[Any]) -> Command:
-        return ("EVALSHA", self.sha, 0, *args)
+    def command(self, keys: Sequence[str], args: Sequence[Any]) -> Command:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def load(self) -> None:
+        """Load the script (on every primary of a cluster)."""
         self._client.script_load(self.source)
 
 
 class Calls:
     """Commands and script calls to send in one round trip (:meth:`Connections.execute`)."""
 
-    __slots__ = ("commands", "scripts")
+    __slots__ = ("commands", "hidden", "later", "scripts", "targets")
 
     def __init__(self) -> None:
         self.commands: list[Command] = []
+        #: Script calls sent once the others are done (on Cluster they may go to other nodes,
+        #: e.g. a wake-up after a publish); their replies are not returned.
+        self.later: list[tuple[Script, Command]] = []
         self.scripts: dict[int, Script] = {}
+        #: Commands without keys that go to the node of a key on Cluster (index -> key), e.g.
+        #: WAIT after a publish; on one server they go with the rest. On Cluster one that
+        #: fails (its node is no longer the key's primary) replies 0: nothing confirmed.
+        self.targets: dict[int, str] = {}
+        #: How many replies at the end are not returned (the later calls, once appended).
+        self.hidden = 0
 
     def add(self, commands: Iterable[Command]) -> None:
         self.commands.extend(commands)
 
-    def script(self, script: Script, args: Sequence[Any]) -> None:
+    def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """A call of ``script`` on ``keys`` (all in one slot on Cluster: the call runs on
+        their node) with ``args``."""
         self.scripts[len(self.commands)] = script
-        self.commands.append(script.command(args))
+        self.commands.append(script.command(keys, args))
+
+    def script_later(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """A script call sent after the others have run (:attr:`later`)."""
+        self.later.append((script, script.command(keys, args)))
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -248,9 +339,40 @@ class Connections:
         finally:
             self._idle.append(conn)
 
+    def send(self, commands: Sequence[Command]) -> Any:
+        """Write ``commands`` on a connection (no retry) and return it for :meth:`receive`."""
+        conn = self._take()
+        try:
+            if self._connect_first:
+                conn.connect()
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            conn.disconnect()
+            self._idle.append(conn)
+            raise
+        return conn
+
+    def receive(self, conn: Any, count: int) -> list[Any]:
+        """Read the ``count`` replies of :meth:`send` (error replies as values)."""
+        try:
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # read in full: the connection stays in step
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()  # it reconnects on its next use
+            raise
+        finally:
+            self._idle.append(conn)
+
     def execute(self, calls: Calls) -> list[Any]:
         """Send ``calls`` in one round trip and return their replies. A script call that met
         NOSCRIPT is loaded and run again on its own; then the first error reply is raised."""
+        if calls.later:  # one connection: its commands run in order anyway
+            calls = _with_later(calls)
         if not calls.commands:
             return []
         replies = self._exchange(calls.commands)
@@ -261,12 +383,12 @@ class Connections:
                 reply = replies[index] = self._exchange([calls.commands[index]])[0]
             if isinstance(reply, Exception):
                 raise reply
-        return replies
+        return replies[: len(replies) - calls.hidden]
 
-    def call(self, script: Script, args: Sequence[Any]) -> Any:
+    def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script call (one round trip)."""
         calls = Calls()
-        calls.script(script, args)
+        calls.script(script, keys, args)
         return self.execute(calls)[0]
 
     def close(self) -> None:
@@ -277,6 +399,19 @@ class Connections:
             made = list(self._made)
         for conn in made:
             conn.disconnect()
+
+
+def _with_later(calls: Calls) -> Calls:
+    """``calls`` with its later calls appended (their replies hidden)."""
+    joined = Calls()
+    joined.commands = list(calls.commands)
+    joined.scripts = dict(calls.scripts)
+    joined.targets = dict(calls.targets)
+    for script, command in calls.later:
+        joined.scripts[len(joined.commands)] = script
+        joined.commands.append(command)
+    joined.hidden = len(calls.later)
+    return joined
 
 
 def _exchange(conn: Any, commands: Sequence[Command], connect_first: bool) -> list[Any]:

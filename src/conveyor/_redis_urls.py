@@ -1,5 +1,6 @@
-"""Redis URLs: the schemes Redis serves, and Sentinel URLs (which sentinels to ask, for which
-primary, as which user). No redis-py import here, so registries can name the schemes.
+"""Redis URLs: the schemes Redis serves, Sentinel URLs (which sentinels to ask, for which
+primary, as which user) and Cluster URLs (which nodes to start from). No redis-py import
+here, so registries can name the schemes.
 
 Two spellings name a Sentinel-managed primary:
 
@@ -11,6 +12,11 @@ Two spellings name a Sentinel-managed primary:
 
 Sentinels that need a password of their own get it from the transport options'
 ``sentinel_kwargs`` (``{"password": ...}``), as in Celery.
+
+A Redis Cluster is ``redis+cluster://[user:password@]host1:6379,host2:6379[/0]``
+(``rediss+cluster://`` for TLS): any reachable nodes of the cluster (redis-py's
+``RedisCluster`` discovers the others and the slot map from them; one is enough, more let the
+client start while some are down). A cluster has database 0 only.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from urllib.parse import unquote, urlsplit
 from .exceptions import ConfigurationError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel", "sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: Every URL scheme of the Redis broker and result store.
-REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_PORT = 6379
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,41 @@ class SentinelTarget:
     username: str | None = None
     password: str | None = None
     ssl: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """The startup ``nodes`` of a Redis Cluster, and how to talk to them."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES if "://" in url else False
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """The :class:`ClusterTarget` of ``url``. Raises :class:`ConfigurationError` naming what is
+    wrong (no node, a port that is not a number, a database other than 0)."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    netloc = netloc.split("?", 1)[0]
+    userinfo, at, hosts = netloc.rpartition("@")
+    username, password = _credentials(userinfo if at else "")
+    nodes = tuple(_host_port(h, DEFAULT_PORT, "cluster node") for h in hosts.split(",") if h)
+    if not nodes:
+        raise ConfigurationError(
+            "a Redis Cluster URL names at least one node: redis+cluster://host1:6379,host2:6379"
+        )
+    db = path.split("?", 1)[0].strip("/")
+    if db not in ("", "0"):
+        raise ConfigurationError(
+            f"a Redis Cluster has only database 0, not {db!r}: redis+cluster://host:6379/0"
+        )
+    return ClusterTarget(nodes, username, password, scheme.lower() == "rediss+cluster")
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -110,16 +153,18 @@ def _credentials(userinfo: str) -> tuple[str | None, str | None]:
     return (unquote(user) or None), (unquote(password) if colon else None)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(
+    text: str, default: int = DEFAULT_SENTINEL_PORT, what: str = "sentinel address"
+) -> tuple[str, int]:
     if text.startswith("["):  # [::1]:26379
         host, _, after = text[1:].partition("]")
         port = after.removeprefix(":")
     else:
         host, _, port = text.partition(":")
     if not port:
-        return host or "127.0.0.1", DEFAULT_SENTINEL_PORT
+        return host or "127.0.0.1", default
     if not port.isdigit():
-        raise ConfigurationError(f"sentinel address {text!r}: the port is not a number")
+        raise ConfigurationError(f"{what} {text!r}: the port is not a number")
     return host or "127.0.0.1", int(port)
 
 

@@ -9,7 +9,8 @@ runs against it (the key/value tests against the ``kv`` of its broker and of its
 
 Each test gets fresh objects with a unique ``key_prefix``: ``memory://`` in-process,
 ``sqlite:///<tmp_path>/conveyor.db`` in a file of its own, ``redis://`` on one redis-server per
-session (started on first use).
+session (started on first use), ``redis+cluster://`` on one three-primary Redis Cluster with
+replicas per session (``tests/cluster_servers.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conveyor.brokers.base import Broker
 from conveyor.kv import KeyValue
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
+from tests.cluster_servers import ClusterDeployment, running_cluster
 from tests.helpers import closing_all, redis_fixture, result_stores
 from tests.pg_server import PostgresServer
 from tests.rabbit_server import RabbitServer
@@ -55,6 +57,11 @@ def _redis_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
+def _cluster_url(request: pytest.FixtureRequest) -> str:
+    cluster: ClusterDeployment = request.getfixturevalue("conformance_cluster")
+    return cluster.url
+
+
 def _postgres_url(request: pytest.FixtureRequest) -> str:
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.url()
@@ -72,6 +79,7 @@ BACKENDS = [
     Backend("memory", lambda request: "memory://"),
     Backend("sqlite", _sqlite_url),
     Backend("redis", _redis_url, marks=(pytest.mark.redis,)),
+    Backend("redis-cluster", _cluster_url, marks=(pytest.mark.redis,)),
     Backend("postgres", _postgres_url, marks=(pytest.mark.postgres,)),
     Backend("amqp", _amqp_url, results=False, marks=(pytest.mark.amqp,)),
 ]
@@ -85,6 +93,12 @@ StoreFactory = Callable[..., ResultStore]
 KeyValueFactory = Callable[..., KeyValue]
 
 conformance_redis = redis_fixture(appendonly=False, scope="session")
+
+
+@pytest.fixture(scope="session")
+def conformance_cluster() -> Iterator[ClusterDeployment]:
+    with running_cluster() as cluster:
+        yield cluster
 
 
 def _params(kind: str) -> list[object]:

@@ -104,6 +104,7 @@ def test_each_broker_gets_its_settlement(
     own = {
         "sqlite": SQLiteSettlement,
         "redis": RedisSettlement,
+        "redis-cluster": RedisSettlement,
         "postgres": PostgresSettlement,
     }.get(broker_backend, Settlement)
     url = own_store_url(broker_backend, broker.url, tmp_path)

@@ -21,6 +21,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conveyor._redis_keys import RedisKeys
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker, Delivery, Message
 from conveyor.brokers.memory import MemoryBroker
@@ -150,7 +151,7 @@ def test_any_redis_hash_field_is_delivered_typed_or_dead_lettered(
     broker = create_broker(redis_server.url, BrokerOptions(key_prefix=prefix))
     try:
         broker.publish([Message("m", Q, b"body")])
-        (key,) = redis_admin.keys(f"{prefix}:msg:*")
+        (key,) = redis_admin.keys(RedisKeys(prefix).queue_key(Q, "msg:*"))
         for name, value in fields.items():
             if value is None:
                 redis_admin.hdel(key, name)

@@ -89,9 +89,11 @@ class Injected:
     def _inject_redis(self, items: list[Bad]) -> None:
         import redis  # optional dependency of the tests' Redis runs
 
-        prefix = self.app.broker.options.key_prefix
+        from conveyor._redis_keys import RedisKeys
+
+        keys = RedisKeys(self.app.broker.options.key_prefix)
         with redis.Redis.from_url(self.url) as client:
-            first = int(client.incrby(f"{prefix}:seq", len(items))) - len(items)
+            first = int(client.incrby(keys.seq(QUEUE), len(items))) - len(items)
             pipe = client.pipeline(transaction=False)
             for n, item in enumerate(items, first + 1):
                 fields: dict[str, object] = {"id": item.id, "q": QUEUE, "b": item.body}
@@ -99,10 +101,10 @@ class Injected:
                     fields["p"] = _redis_value(item.priority)
                 if item.deliveries != 0:
                     fields["n"] = _redis_value(item.deliveries)
-                pipe.hset(f"{prefix}:msg:{n}", mapping=fields)  # type: ignore[arg-type]
-                pipe.zadd(f"{prefix}:ready:{QUEUE}", {str(n): 4 * 1e14 + n})
-            pipe.sadd(f"{prefix}:queues", QUEUE)
-            pipe.rpush(f"{prefix}:wake:{QUEUE}", 1)
+                pipe.hset(keys.queue_key(QUEUE, f"msg:{n}"), mapping=fields)  # type: ignore[arg-type]
+                pipe.zadd(keys.queue_key(QUEUE, "ready"), {str(n): 4 * 1e14 + n})
+            pipe.sadd(keys.queues, QUEUE)
+            pipe.rpush(keys.wake(QUEUE), 1)
             pipe.execute()
 
     def worker(self) -> subprocess.Popen[bytes]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor._redis_keys import RedisKeys
 from conveyor.brokers.base import BrokerOptions, Message, QueueStats
 from conveyor.brokers.redis import RedisBroker
 from conveyor.exceptions import BrokerError
@@ -47,10 +48,14 @@ def msg(body: bytes = b"x", **fields: Any) -> Message:
 
 
 def uid_of(admin: redis.Redis, prefix: str, message_id: str) -> str:
-    for key in admin.scan_iter(f"{prefix}:msg:*"):
+    for key in admin.scan_iter(RedisKeys(prefix).queue_key(Q, "msg:*")):
         if admin.hget(key, "id") == message_id.encode():
             return key.decode().rsplit(":", 1)[1]
     raise AssertionError(f"no hash for {message_id}")
+
+
+def msg_key(prefix: str, uid: object) -> str:
+    return RedisKeys(prefix).queue_key(Q, f"msg:{uid}")
 
 
 def expire_leases(broker: RedisBroker) -> None:
@@ -78,7 +83,7 @@ def test_sweep_dead_letters_an_expired_message_with_a_bad_field(
     bad, good = msg(b"bad"), msg(b"good")
     broker.publish([bad, good])
     assert len(broker.lease([Q], 2, 0)) == 2
-    admin.hset(f"{prefix}:msg:{uid_of(admin, prefix, bad.id)}", field, value)
+    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), field, value)
     expire_leases(broker)
     assert broker.sweep() == 2
     [dead] = broker.dead_letters()
@@ -94,7 +99,7 @@ def test_lease_dead_letters_a_ready_message_with_a_bad_field(
 ) -> None:
     before, bad, after = msg(b"1"), msg(b"2"), msg(b"3")
     broker.publish([before, bad, after])
-    admin.hset(f"{prefix}:msg:{uid_of(admin, prefix, bad.id)}", field, value)
+    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), field, value)
     got = broker.lease([Q], 10, 0)
     assert [d.id for d in got] == [before.id, after.id]
     assert [(d.priority, d.delivery_count) for d in got] == [(5, 1), (5, 1)]
@@ -109,7 +114,7 @@ def test_lease_over_several_queues_dead_letters_a_bad_message(
 ) -> None:
     bad, good = msg(b"bad"), Message(uuid.uuid4().hex, "other", b"good")
     broker.publish([bad, good])
-    admin.hset(f"{prefix}:msg:{uid_of(admin, prefix, bad.id)}", "p", "x")
+    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), "p", "x")
     assert [d.id for d in broker.lease([Q, "other"], 10, 0)] == [good.id]
     assert dead_reasons(broker)[bad.id][0] == "malformed"
 
@@ -119,7 +124,7 @@ def test_a_message_without_a_body_is_dead_lettered(
 ) -> None:
     bad = msg(b"gone")
     broker.publish([bad])
-    admin.hdel(f"{prefix}:msg:{uid_of(admin, prefix, bad.id)}", "b")
+    admin.hdel(msg_key(prefix, uid_of(admin, prefix, bad.id)), "b")
     assert broker.lease([Q], 10, 0) == []
     [dead] = broker.dead_letters()
     assert (dead.id, dead.reason, dead.body) == (bad.id, "malformed", b"")
@@ -131,7 +136,7 @@ def test_promotion_dead_letters_a_delayed_message_with_a_bad_priority(
 ) -> None:
     bad, good = msg(b"bad", countdown=0.2), msg(b"good", countdown=0.2)
     broker.publish([bad, good])
-    admin.hset(f"{prefix}:msg:{uid_of(admin, prefix, bad.id)}", "p", "abc")
+    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), "p", "abc")
     got = wait_until(lambda: broker.lease([Q], 10, 0), 5.0, "the delayed message")
     assert [d.id for d in got] == [good.id]
     assert dead_reasons(broker)[bad.id][0] == "malformed"
@@ -143,7 +148,7 @@ def test_release_dead_letters_a_message_corrupted_while_leased(
 ) -> None:
     broker.publish([msg(b"a")])
     [held] = broker.lease([Q], 1, 0)
-    admin.hset(f"{prefix}:msg:{uid_of(admin, prefix, held.id)}", "u", "x")
+    admin.hset(msg_key(prefix, uid_of(admin, prefix, held.id)), "u", "x")
     broker.release([held])
     assert dead_reasons(broker)[held.id][0] == "malformed"
     assert broker.stats([Q])[Q] == QueueStats(dead=1)
@@ -154,12 +159,12 @@ def test_an_injected_hash_is_dead_lettered_by_the_sweep_never_lost(
 ) -> None:
     """The fault injection of issue 13: a leased message whose priority is not a number. The
     old sweep removed its lease, then failed on the priority: the message vanished."""
-    uid = admin.incr(f"{prefix}:seq")
+    uid = admin.incr(RedisKeys(prefix).seq(Q))
     admin.hset(
-        f"{prefix}:msg:{uid}", mapping={"id": "injected", "q": Q, "p": "abc", "b": "{}", "n": 1}
+        msg_key(prefix, uid), mapping={"id": "injected", "q": Q, "p": "abc", "b": "{}", "n": 1}
     )
-    admin.zadd(f"{prefix}:leased:{Q}", {f"{uid}:1": 0})  # expired long ago
-    admin.sadd(f"{prefix}:queues", Q)
+    admin.zadd(RedisKeys(prefix).queue_key(Q, "leased"), {f"{uid}:1": 0})  # expired long ago
+    admin.sadd(RedisKeys(prefix).queues, Q)
     assert broker.sweep() == 1
     [dead] = broker.dead_letters()
     assert (dead.id, dead.reason, dead.body) == ("injected", "malformed", b"{}")
@@ -176,7 +181,7 @@ def test_dead_letters_list_tolerates_damaged_fields(
     broker.publish([msg(b"a")])
     [held] = broker.lease([Q], 1, 0)
     broker.dead_letter(held, "rejected", "because")
-    key = f"{prefix}:msg:{uid_of(admin, prefix, held.id)}"
+    key = msg_key(prefix, uid_of(admin, prefix, held.id))
     admin.hset(key, mapping={"at": "yesterday", "n": "x"})
     admin.hdel(key, "d")
     [dead] = broker.dead_letters()

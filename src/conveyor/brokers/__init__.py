@@ -16,6 +16,8 @@ _SCHEMES: dict[str, str] = {
     "redis+sentinel": "conveyor.brokers.redis:RedisBroker",
     "rediss+sentinel": "conveyor.brokers.redis:RedisBroker",
     "sentinel": "conveyor.brokers.redis:RedisBroker",
+    "redis+cluster": "conveyor.brokers.redis:RedisBroker",
+    "rediss+cluster": "conveyor.brokers.redis:RedisBroker",
     "postgresql": "conveyor.brokers.postgres:PostgresBroker",
     "postgres": "conveyor.brokers.postgres:PostgresBroker",
     "amqp": "conveyor.brokers.amqp:AMQPBroker",

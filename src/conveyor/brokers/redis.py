@@ -24,29 +24,43 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   with an idle consumer becomes ready within about that much of its due time; a publish
   wakes a consumer at once.
 
-The layout of keys is described in ``redis_scripts/common.lua``; besides those, revocations are
-``<p>:revoked:<id>`` and ``kv`` keeps values under ``<p>:kv:`` and join sets under
-``<p>:kv-join:`` (``conveyor.kv.redis``). Scripts build key names from the prefix, so the
-broker needs a single Redis server (not Cluster), and like any broker kept in Redis it needs
-``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
+The layout of keys is described in ``redis_scripts/common.lua`` and their names are made in
+``conveyor._redis_keys``: every key of a queue carries the queue's hash tag, so each script
+call touches one queue and so one slot of a Redis Cluster (``redis+cluster://``), and queues
+spread over its shards. Revocations are ``{<p>}:revoked:<id>``; ``kv`` keeps values under
+``<p>:kv:`` and join sets under ``<p>:kv-join:`` (``conveyor.kv.redis``). Like any broker kept
+in Redis it needs ``maxmemory-policy noeviction`` and AOF persistence to keep its promises.
+
+What changes on Cluster (docs/scaling.md): a lease from several queues is one script call
+per queue (each queue's share is chosen from a peek at their heads, so 9 first holds across
+queues as of the peek, and exactly within a queue; FIFO within a priority holds within a
+queue only); scripts cannot push the wake-up lists (one slot for the prefix, so a consumer
+blocks on all its queues with one BLPOP), the client does after the call; the revoked flags
+of leased ids are read in a second call.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from .._redis import (
     Calls,
-    Connections,
+    Client,
     ErrorMapper,
     Script,
     block_limit,
     connect,
+    is_cluster,
+    mget,
 )
+from .._redis_cluster import connections
+from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import BrokerError, ConfigurationError
 from ..kv.redis import RedisKeyValue
@@ -62,9 +76,9 @@ from .base import (
     Scheduled,
     clamp_priority,
 )
-
-if TYPE_CHECKING:
-    import redis
+from .redis_migrate import migrate_old_keys
+from .redis_replies import _blob, _by_queue, _deliveries, _number, _text
+from .redis_shares import lease_shares
 
 
 def lua_source(*names: str) -> str:
@@ -80,6 +94,7 @@ _BAND = 10**14
 _SCRIPTS = (
     "ack_publish",
     "lease",
+    "peek",
     "extend",
     "release",
     "dead_letter",
@@ -87,9 +102,12 @@ _SCRIPTS = (
     "dead_letters",
     "dead_move",
     "purge",
+    "wake",
+    "migrate",
     "scheduled",
     "scheduled_move",
 )
+logger = logging.getLogger(__name__)
 
 
 class RedisBroker(Broker):
@@ -98,15 +116,16 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         super().__init__(url, options)
-        self._client = connect(url, self.options.transport_options)
+        self._client = connect(url, self.options.transport_options, BrokerError)
         self._errors = ErrorMapper(BrokerError, url, "Redis broker")
-        self._prefix = self.options.key_prefix
+        self._cluster = is_cluster(self._client)
+        #: The names of every key (:mod:`conveyor._redis_keys`).
+        self.keys = RedisKeys(self.options.key_prefix, cluster=self._cluster)
         self._lease_ms = self.options.lease_timeout * 1000.0
         self._block = block_limit(self._client)
         self._scripts = {
             name: Script(self._client, lua_source("common", name)) for name in _SCRIPTS
         }
-        self._shared: tuple[object, bool] = (None, False)
         replicas = self.options.transport_options.get("wait_for_replicas") or 0
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise ConfigurationError(
@@ -116,22 +135,44 @@ class RedisBroker(Broker):
         #: Replicas that must hold a publish before it returns (Redis WAIT), and for how long.
         self._wait_replicas = replicas
         self._wait_ms = int(1000 * float(self.options.transport_options.get("wait_timeout", 1.0)))
-        self._connections = Connections(self._client)
-        prefix = self._prefix
+        self._connections = connections(self._client)
+        #: Whether keys left by Conveyor before hash tags were looked for (first sweep).
+        self._migrated = self._cluster
+        keys = self.keys
         self.kv: RedisKeyValue = RedisKeyValue(
-            self._client, self._errors, values=f"{prefix}:kv:", sets=f"{prefix}:kv-join:"
+            self._client, self._errors, values=keys.spread("kv"), sets=keys.spread("kv-join")
         )
-        self._streams = RedisStreams(self._client, self._errors, prefix=f"{prefix}:stream:")
+        self._streams = RedisStreams(self._client, self._errors, prefix=keys.spread("stream"))
 
     @property
     def streams(self) -> RedisStreams:
         return self._streams
 
-    def _key(self, kind: str, name: str) -> str:
-        return f"{self._prefix}:{kind}:{name}"
+    # -- script calls ----------------------------------------------------------------------
+    def _script(self, batch: Calls, name: str, queue: str, args: Sequence[Any]) -> None:
+        """Add a call of script ``name`` about one queue (KEYS: its counter and base)."""
+        keys = self.keys
+        batch.script(self._scripts[name], (keys.seq(queue), keys.queue(queue)), args)
 
-    def _run(self, name: str, *args: Any) -> Any:
-        return self._connections.call(self._scripts[name], (self._prefix, *args))
+    def _wake_arg(self, queue: str) -> str:
+        """The wake-up list a script pushes itself; '' on Cluster (another slot)."""
+        return "" if self._cluster else self.keys.wake(queue)
+
+    def _wake(self, batch: Calls, queues: Iterable[str]) -> None:
+        """On Cluster, add calls waking the consumers of ``queues`` (scripts did elsewhere)."""
+        if self._cluster:
+            for queue in dict.fromkeys(queues):
+                batch.script_later(self._scripts["wake"], (self.keys.wake(queue),), ())
+
+    def _per_queue(self, name: str, deliveries: Sequence[Delivery], *args: Any) -> list[Any]:
+        """One call of ``name`` per queue of ``deliveries`` (ARGV: ``args``, then receipts),
+        in one round trip; the replies by queue order."""
+        batch = Calls()
+        queues = _by_queue(deliveries)
+        for queue, receipts in queues.items():
+            self._script(batch, name, queue, (*args, *receipts))
+        with self._errors:
+            return self._connections.execute(batch)
 
     # -- producing -----------------------------------------------------------------------
     def _queue_publish(
@@ -140,41 +181,68 @@ class RedisBroker(Broker):
         messages: Sequence[Message],
         acks: Sequence[Delivery] = (),
         *,
-        if_held: bool = False,
-    ) -> None:
-        """Add script calls that ack ``acks`` (in the first call) and add ``messages``. A
-        plain publish (no acks) skips ids published in the last ``PUBLISH_DEDUPE_WINDOW``."""
-        dedupe = 0 if acks or if_held else int(PUBLISH_DEDUPE_WINDOW * 1000)
-        for start in range(0, max(len(messages), 1), CHUNK):
-            first = start == 0
-            args: list[Any] = [
-                self._prefix,
-                len(acks) if first else 0,
-                "1" if if_held else "0",
-                dedupe,
-            ]
-            if first:
-                args += _receipts(acks)
-            for m in messages[start : start + CHUNK]:
-                eta = -1.0 if m.eta is None else m.eta * 1000.0
-                args += (m.id, m.queue, clamp_priority(m.priority), m.countdown * 1000.0, eta)
-                args.append(m.body)
-            batch.script(self._scripts["ack_publish"], args)
+        dedupe: bool = True,
+    ) -> list[str]:
+        """Add script calls that ack ``acks`` and add ``messages`` (one call per queue and
+        chunk); returns the queues published to. A plain publish (no acks, ``dedupe``) skips
+        ids published to the same queue in the last ``PUBLISH_DEDUPE_WINDOW``."""
+        dedupe_ms = int(PUBLISH_DEDUPE_WINDOW * 1000) if dedupe and not acks else 0
+        keys = self.keys
+        ack_queues = _by_queue(acks)
+        by_queue: dict[str, list[Message]] = {}
+        for m in messages:
+            by_queue.setdefault(m.queue, []).append(m)
+        for queue, receipts in ack_queues.items():
+            if queue in by_queue:
+                continue  # acked with the first publish call to the same queue
+            batch.script(
+                self._scripts["ack_publish"],
+                (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
+                (queue, "", len(receipts), "0", 0, *receipts),
+            )
+        for queue, queued in by_queue.items():
+            batch.add((("SADD", keys.queues, queue),))
+            for start in range(0, len(queued), CHUNK):
+                receipts = ack_queues.get(queue, []) if start == 0 else []
+                args: list[Any] = [
+                    queue,
+                    self._wake_arg(queue),
+                    len(receipts),
+                    "0",
+                    dedupe_ms,
+                    *receipts,
+                ]
+                for m in queued[start : start + CHUNK]:
+                    eta = -1.0 if m.eta is None else m.eta * 1000.0
+                    args += (m.id, clamp_priority(m.priority), m.countdown * 1000.0, eta, m.body)
+                batch.script(
+                    self._scripts["ack_publish"],
+                    (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
+                    args,
+                )
+        self._wake(batch, by_queue)
+        return list(by_queue)
 
     def publish(self, messages: Sequence[Message]) -> None:
         self.publish_with(Calls(), messages)
 
     # -- consuming -----------------------------------------------------------------------
-    def _lease_args(self, names: list[str], limit: int, acks: Sequence[Delivery]) -> list[Any]:
-        return [
-            self._prefix,
-            limit,
-            self._lease_ms,
-            max(limit, CHUNK),
-            len(acks),
-            *_receipts(acks),
-            *names,
-        ]
+    def _lease_call(
+        self, batch: Calls, names: Sequence[str], limit: int, acks: Sequence[Delivery] = ()
+    ) -> None:
+        """Add one lease script call over ``names`` (one queue on Cluster) that first acks
+        ``acks`` (all of them of those queues)."""
+        keys = self.keys
+        args: list[Any] = [limit, self._lease_ms, max(limit, CHUNK)]
+        args.append("" if self._cluster else keys.revoked())
+        for queue in names:
+            args += (queue, self._wake_arg(queue))
+        position = {queue: k for k, queue in enumerate(names, 1)}
+        for delivery in acks:
+            args += (position[delivery.queue], delivery.receipt)
+        batch.script(
+            self._scripts["lease"], (keys.seq(names[0]), *(keys.queue(q) for q in names)), args
+        )
 
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         if limit <= 0 or not queues:
@@ -186,114 +254,208 @@ class RedisBroker(Broker):
         names: list[str],
         limit: int,
         wait: float,
-        acks: Sequence[Delivery] = (),
         first: Calls | None = None,
+        acks: Sequence[Delivery] = (),
     ) -> list[Delivery]:
-        script, connections = self._scripts["lease"], self._connections
-        args = self._lease_args(names, limit, ())
-        wake_keys = [self._key("wake", q) for q in names]
+        wake_keys = [self.keys.wake(q) for q in names]
         deadline = time.monotonic() + wait
-        if first is None:
-            first = Calls()
-        first.script(script, self._lease_args(names, limit, acks) if acks else args)
         with self._errors:
-            reply = connections.execute(first)[-1]
             while True:
-                if len(reply) > 1:
-                    return _deliveries(reply)
+                found, next_due = self._lease_once(names, limit, first, acks)
+                first, acks = None, ()
+                if found:
+                    return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
                 block = min(remaining, self._block)
-                if reply[0] >= 0:  # milliseconds until the next delayed message is due
-                    block = min(block, reply[0] / 1000.0)
+                if next_due >= 0:  # milliseconds until the next delayed message is due
+                    block = min(block, next_due / 1000.0)
                 # Redis counts whole milliseconds, and 0 would mean "forever".
                 self._client.blpop(wake_keys, max(1, math.ceil(block * 1000)) / 1000)
-                reply = connections.call(script, args)
+
+    def _lease_once(
+        self, names: list[str], limit: int, first: Calls | None, acks: Sequence[Delivery]
+    ) -> tuple[list[Delivery], float]:
+        """Lease once (after sending ``first`` and acking ``acks``): the deliveries, or none
+        and the milliseconds until the next delayed message is due (-1: none)."""
+        batch = first if first is not None else Calls()
+        single = not self._cluster or len(names) == 1
+        riding = [d for d in acks if d.queue in names] if single else []
+        if len(riding) < len(acks):  # acks of other queues: calls of their own, first
+            self._queue_publish(batch, (), [d for d in acks if not single or d.queue not in names])
+        if single:
+            self._lease_call(batch, names, limit, riding)
+            reply = self._connections.execute(batch)[-1]
+            if len(reply) == 1:
+                return [], float(reply[0])
+            leased = {names[0]: reply} if self._cluster else {}
+            return self._leased(leased, [] if self._cluster else [reply]), -1
+        # Cluster, several queues: each queue's share of the limit from a peek at their heads.
+        start = len(batch)
+        for queue in names:
+            self._script(batch, "peek", queue, (limit, max(limit, CHUNK)))
+        peeks = self._connections.execute(batch)[start:]
+        shares, next_due = lease_shares(names, peeks, limit)
+        if not shares:
+            return [], next_due
+        calls = Calls()
+        for queue, share in shares.items():
+            self._lease_call(calls, [queue], share)
+        replies = self._connections.execute(calls)
+        found = self._leased(dict(zip(shares, replies, strict=True)), [])
+        return sorted(found, key=lambda d: -d.priority), -1
+
+    def _leased(self, by_queue: dict[str, list[Any]], plain: list[list[Any]]) -> list[Delivery]:
+        """Deliveries of lease replies; on Cluster (``by_queue``) their revoked flags are read
+        and the consumers of queues with work left are woken, in one more round trip."""
+        found = [d for reply in plain for d in _deliveries(reply)]
+        if not by_queue:
+            return found
+        for reply in by_queue.values():
+            found += _deliveries(reply)
+        batch = Calls()
+        self._wake(batch, [q for q, reply in by_queue.items() if len(reply) > 1 and reply[0]])
+        if found:
+            batch.add((("MGET", *(self.keys.revoked(d.id) for d in found)),))
+        replies = self._connections.execute(batch)
+        if found:
+            flags = replies[-1]
+            found = [
+                replace(delivery, revoked=flag is not None)
+                for delivery, flag in zip(found, flags, strict=True)
+            ]
+        return found
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self.ack_with(Calls(), deliveries)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            with self._errors:
-                self._run("extend", self._lease_ms, *_receipts(deliveries))
+            self._per_queue("extend", deliveries, self._lease_ms)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            with self._errors:
-                self._run("release", *_receipts(deliveries))
+        if not deliveries:
+            return
+        batch = Calls()
+        for queue, receipts in _by_queue(deliveries).items():
+            self._script(batch, "release", queue, (self._wake_arg(queue), *receipts))
+        self._wake(batch, _by_queue(deliveries))
+        with self._errors:
+            self._connections.execute(batch)
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:
+        if self._cluster and delivery.queue != message.queue:
+            # Two slots: publish the retry, then ack (a crash between them runs it twice,
+            # never loses it). The receipt is not checked first: see docs/scaling.md.
+            self.publish_with(Calls(), [message], dedupe=False)
+            self.ack((delivery,))
+            return
         batch = Calls()
-        self._queue_publish(batch, (message,), (delivery,), if_held=True)
+        keys = self.keys
+        receipts = _by_queue((delivery,))[delivery.queue]
+        queue = message.queue
+        args: list[Any] = [queue, self._wake_arg(queue), 1, "1", 0, *receipts]
+        eta = -1.0 if message.eta is None else message.eta * 1000.0
+        priority = clamp_priority(message.priority)
+        args += (message.id, priority, message.countdown * 1000.0, eta, message.body)
+        batch.add((("SADD", keys.queues, queue),))
+        batch.script(
+            self._scripts["ack_publish"],
+            (keys.seq(queue), keys.queue(delivery.queue), keys.queue(queue)),
+            args,
+        )
+        self._wake(batch, (queue,))
         with self._errors:
             self._connections.execute(batch)
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         with self._errors:
-            self._run("dead_letter", delivery.queue, delivery.receipt, str(reason), detail)
+            batch = Calls()
+            self._script(batch, "dead_letter", delivery.queue, (delivery.receipt, reason, detail))
+            self._connections.execute(batch)
+
+    def _known_queues(self) -> list[str]:
+        known = cast(set[bytes], self._client.smembers(self.keys.queues))
+        return sorted(q.decode() for q in known)
+
+    def _migrate_old_keys(self) -> None:
+        """Move keys of a Conveyor before hash tags to today's names, once (first sweep)."""
+        self._migrated = True
+        migrate_old_keys(
+            self._client, self._connections, self._scripts["migrate"], self.keys, logger
+        )
 
     def sweep(self) -> int:
         moved = 0
         with self._errors:
-            while True:
-                count, more = self._run("sweep", self.options.max_deliveries, CHUNK)
-                moved += int(count)
-                if not more:
-                    return moved
+            if not self._migrated:
+                self._migrate_old_keys()
+            queues = self._known_queues()
+            while queues:
+                batch = Calls()
+                for queue in queues:
+                    args = (self._wake_arg(queue), self.options.max_deliveries, CHUNK)
+                    self._script(batch, "sweep", queue, args)
+                replies = self._connections.execute(batch)
+                woken = Calls()
+                self._wake(woken, [q for q, r in zip(queues, replies, strict=True) if r[2]])
+                self._connections.execute(woken)
+                moved += sum(int(r[0]) for r in replies)
+                queues = [q for q, r in zip(queues, replies, strict=True) if r[1]]
+        return moved
 
     # -- revocation ----------------------------------------------------------------------
     def revoke(self, ids: Iterable[str], ttl: float) -> None:
         px = max(1, int(ttl * 1000))
+        batch = Calls()
+        batch.add(("SET", self.keys.revoked(task_id), b"1", "PX", px) for task_id in ids)
         with self._errors:
-            pipe = self._client.pipeline(transaction=False)
-            for task_id in ids:
-                pipe.set(self._key("revoked", task_id), b"1", px=px)
-            pipe.execute()
+            self._connections.execute(batch)
 
     def revoked(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
         if not wanted:
             return set()
         with self._errors:
-            found = self._client.mget([self._key("revoked", i) for i in wanted])
+            found = mget(self._client, [self.keys.revoked(i) for i in wanted])
         return {i for i, v in zip(wanted, found, strict=True) if v is not None}
 
     # -- inspection and maintenance ------------------------------------------------------
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         with self._errors:
             if queues is None:
-                known = cast(set[bytes], self._client.smembers(f"{self._prefix}:queues"))
-                queues = sorted(q.decode() for q in known)
-            pipe = self._client.pipeline(transaction=False)
+                queues = self._known_queues()
+            batch = Calls()
             for queue in queues:
-                for kind in ("ready", "delayed", "leased", "dead"):
-                    pipe.zcard(self._key(kind, queue))
-            counts = pipe.execute()
+                kinds = ("ready", "delayed", "leased", "dead")
+                batch.add(("ZCARD", self.keys.queue_key(queue, kind)) for kind in kinds)
+            counts = self._connections.execute(batch)
         return {q: QueueStats(*counts[i * 4 : i * 4 + 4]) for i, q in enumerate(queues)}
 
     def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
         names = list(dict.fromkeys(queues))
+        keys = self.keys
         with self._errors:
             now_ms = self.time() * 1000
-            pipe = self._client.pipeline(transaction=False)
+            batch = Calls()
             for queue in names:
-                ready = self._key("ready", queue)
+                ready = keys.queue_key(queue, "ready")
                 for band in range(10):  # the lowest sequence of each priority's band
                     low, high = band * _BAND, (band + 1) * _BAND
-                    pipe.zrangebyscore(ready, low, f"({high}", start=0, num=1)
-                pipe.zrangebyscore(self._key("delayed", queue), "-inf", now_ms, start=0, num=1)
-            found = pipe.execute()
+                    batch.add((("ZRANGE", ready, low, f"({high}", "BYSCORE", "LIMIT", 0, 1),))
+                delayed = keys.queue_key(queue, "delayed")
+                batch.add((("ZRANGE", delayed, "-inf", now_ms, "BYSCORE", "LIMIT", 0, 1),))
+            found = self._connections.execute(batch)
             uids = [
                 (queue, _text(uid))
                 for i, queue in enumerate(names)
                 for hit in found[i * 11 : i * 11 + 11]
                 for uid in hit
             ]
-            for _, uid in uids:
-                pipe.hget(f"{self._prefix}:msg:{uid}", "b")
-            bodies = pipe.execute() if uids else []
+            reads = Calls()
+            reads.add(("HGET", keys.queue_key(q, f"msg:{uid}"), "b") for q, uid in uids)
+            bodies = self._connections.execute(reads)
         out: dict[str, list[bytes]] = {}
         for (queue, _), body in zip(uids, bodies, strict=True):
             if body is not None:
@@ -304,19 +466,30 @@ class RedisBroker(Broker):
         if limit <= 0:
             return []
         with self._errors:
-            flat = self._run("dead_letters", limit, queue or "")
-        return [
-            DeadLetter(
-                id=_text(flat[i]),
-                queue=_text(flat[i + 1]),
-                body=_blob(flat[i + 2]),
-                reason=_text(flat[i + 3]),
-                detail=_text(flat[i + 4]),
-                dead_at=_number(flat[i + 5]),
-                delivery_count=int(_number(flat[i + 6])),
+            queues = [queue] if queue else self._known_queues()
+            batch = Calls()
+            for name in queues:
+                self._script(batch, "dead_letters", name, (limit,))
+            replies = self._connections.execute(batch)
+        found = [
+            (
+                DeadLetter(
+                    id=_text(flat[i]),
+                    queue=_text(flat[i + 1]),
+                    body=_blob(flat[i + 2]),
+                    reason=_text(flat[i + 3]),
+                    detail=_text(flat[i + 4]),
+                    dead_at=_number(flat[i + 5]),
+                    delivery_count=int(_number(flat[i + 6])),
+                ),
+                _number(flat[i + 7]),
             )
-            for i in range(0, len(flat) - 6, 7)
+            for flat in replies
+            for i in range(0, len(flat) - 7, 8)
         ]
+        # Oldest first: by burial time, then burial order (one sequence on a single server).
+        found.sort(key=lambda pair: (pair[0].dead_at, pair[1]))
+        return [letter for letter, _ in found[:limit]]
 
     def replay_dead(self, ids: Sequence[str] | None = None) -> int:
         return self._move_dead("replay", ids)
@@ -328,26 +501,41 @@ class RedisBroker(Broker):
         if ids is not None and not ids:
             return 0
         with self._errors:
-            return int(self._run("dead_move", mode, "1" if ids is None else "0", *(ids or ())))
+            queues = self._known_queues()
+            batch = Calls()
+            for queue in queues:
+                args = (self._wake_arg(queue), mode, "1" if ids is None else "0", *(ids or ()))
+                self._script(batch, "dead_move", queue, args)
+            replies = self._connections.execute(batch)
+            woken = Calls()
+            self._wake(woken, [q for q, r in zip(queues, replies, strict=True) if r[1]])
+            self._connections.execute(woken)
+        return sum(int(r[0]) for r in replies)
 
     def purge(self, queues: Sequence[str]) -> int:
-        if not queues:
-            return 0
         deleted = 0
+        names = list(dict.fromkeys(queues))
         with self._errors:
-            while True:
-                count, more = self._run("purge", CHUNK, *dict.fromkeys(queues))
-                deleted += int(count)
-                if not more:
-                    return deleted
+            while names:
+                batch = Calls()
+                for queue in names:
+                    self._script(batch, "purge", queue, (CHUNK,))
+                replies = self._connections.execute(batch)
+                deleted += sum(int(r[0]) for r in replies)
+                names = [q for q, r in zip(names, replies, strict=True) if r[1]]
+        return deleted
 
     # -- delayed messages (the dashboard) ---------------------------------------------------
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
         if limit <= 0:
             return []
         with self._errors:
-            flat = self._run("scheduled", limit, queue or "")
-        return [
+            queues = [queue] if queue else self._known_queues()
+            batch = Calls()
+            for name in queues:
+                self._script(batch, "scheduled", name, (limit,))
+            replies = self._connections.execute(batch)
+        found = [
             Scheduled(
                 _text(flat[i]),
                 _text(flat[i + 1]),
@@ -355,25 +543,43 @@ class RedisBroker(Broker):
                 int(_number(flat[i + 3])),
                 _number(flat[i + 4]) / 1000,
             )
+            for flat in replies
             for i in range(0, len(flat) - 4, 5)
         ]
+        found.sort(key=lambda message: message.due)
+        return found[:limit]
 
     def run_scheduled(self, ids: Sequence[str]) -> int:
-        with self._errors:
-            return int(self._run("scheduled_move", "run", *ids)) if ids else 0
+        return self._move_scheduled("run", ids)
 
     def cancel_scheduled(self, ids: Sequence[str]) -> int:
+        return self._move_scheduled("cancel", ids)
+
+    def _move_scheduled(self, mode: str, ids: Sequence[str]) -> int:
+        """Make delayed messages ready now or delete them: one script call per queue (ids
+        are not indexed by queue), in one round trip."""
+        if not ids:
+            return 0
         with self._errors:
-            return int(self._run("scheduled_move", "cancel", *ids)) if ids else 0
+            queues = self._known_queues()
+            batch = Calls()
+            for queue in queues:
+                self._script(batch, "scheduled_move", queue, (self._wake_arg(queue), mode, *ids))
+            replies = self._connections.execute(batch)
+            woken = Calls()
+            self._wake(woken, [q for q, r in zip(queues, replies, strict=True) if r[1]])
+            self._connections.execute(woken)
+        return sum(int(r[0]) for r in replies)
 
     def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
         names = list(dict.fromkeys(queues))
         with self._errors:
-            pipe = self._client.pipeline(transaction=False)
+            batch = Calls()
             for queue in names:
-                for band in range(10):  # band b holds priority 9 - b
-                    pipe.zcount(self._key("ready", queue), band * _BAND, f"({(band + 1) * _BAND}")
-            counts = pipe.execute()
+                ready = self.keys.queue_key(queue, "ready")
+                # band b holds priority 9 - b
+                batch.add(("ZCOUNT", ready, b * _BAND, f"({(b + 1) * _BAND}") for b in range(10))
+            counts = self._connections.execute(batch)
         out: dict[str, dict[int, int]] = {}
         for i, queue in enumerate(names):
             for band in range(10):
@@ -388,23 +594,32 @@ class RedisBroker(Broker):
 
     # -- building blocks of RedisSettlement (conveyor.settlement.redis) -------------------
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Client:
         """The redis-py client (its pool's settings say which server and user)."""
         return self._client
 
-    def publish_with(self, first: Calls, messages: Sequence[Message]) -> None:
+    def publish_with(
+        self, first: Calls, messages: Sequence[Message], *, dedupe: bool = True
+    ) -> None:
         """Send ``first`` (commands for this server, e.g. result records) and publish
         ``messages`` after them, in one round trip."""
+        waits: list[int] = []
         if messages:
-            self._queue_publish(first, messages)
+            published = self._queue_publish(first, messages, dedupe=dedupe)
             if self._wait_replicas:
-                first.add((("WAIT", self._wait_replicas, self._wait_ms),))
+                for queue in published:
+                    # On Cluster the WAIT goes to the node of the queue, on the connection
+                    # that carried its publish (the same one on a single server).
+                    waits.append(len(first))
+                    first.add((("WAIT", self._wait_replicas, self._wait_ms),))
+                    first.targets[waits[-1]] = self.keys.queue(queue)
         with self._errors:
             replies = self._connections.execute(first)
-        if messages and self._wait_replicas and int(replies[-1]) < self._wait_replicas:
+        reached = [int(replies[i]) for i in waits]
+        if reached and min(reached) < self._wait_replicas:
             # On the primary, not yet on enough replicas: a failover now could lose it. The
             # producer's publish retry sends it again; the id dedupe keeps it single.
-            shortfall = f"publish reached {int(replies[-1])} of {self._wait_replicas} replicas"
+            shortfall = f"publish reached {min(reached)} of {self._wait_replicas} replicas"
             # A timeout (an OSError): publish retries treat it as passing, like a lost connection.
             raise BrokerError(f"{shortfall} within {self._wait_ms} ms (wait_for_replicas)") from (
                 TimeoutError(shortfall)
@@ -425,62 +640,15 @@ class RedisBroker(Broker):
         limit: int,
         wait: float,
     ) -> list[Delivery]:
-        """Send ``first``, then one lease script call that acks ``acks`` before it leases,
-        in one round trip; then wait for messages as :meth:`lease` does. Everything but the
-        wait is done before the call blocks. With ``limit <= 0`` or no queues it only acks."""
+        """Send ``first``, then one lease script call that acks ``acks`` before it leases, in
+        one round trip (on Cluster a lease from several queues takes two, and acks go in calls
+        of their own); then wait for messages as :meth:`lease` does. Everything but the wait
+        is done before the call blocks. With ``limit <= 0`` or no queues it only acks."""
         if limit <= 0 or not queues:
             self.ack_with(first, acks)
             return []
-        return self._lease(list(dict.fromkeys(queues)), limit, wait, acks, first)
+        return self._lease(list(dict.fromkeys(queues)), limit, wait, first, acks)
 
     def close(self) -> None:
         self._connections.close()
         self._client.close()
-
-
-def _deliveries(reply: list[Any]) -> list[Delivery]:
-    # The lease script checked every field it returns (see message_problem in common.lua);
-    # the parsing is total all the same.
-    return [
-        Delivery(
-            id=_text(reply[i + 1]),
-            queue=_text(reply[i + 2]),
-            body=_blob(reply[i + 4]),
-            priority=int(_number(reply[i + 3])),
-            receipt=_text(reply[i]),
-            delivery_count=int(_number(reply[i + 5])),
-            revoked=reply[i + 6] == 1,
-        )
-        for i in range(1, len(reply) - 6, 7)
-    ]
-
-
-def _text(value: object) -> str:
-    """A reply field as text (never raising: bytes that are not UTF-8 are replaced)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _blob(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return b"" if value is None else str(value).encode()
-
-
-def _number(value: object) -> float:
-    """A reply field as a finite number, 0 when it is not one."""
-    if isinstance(value, int):
-        return value
-    try:
-        number = float(_text(value))
-    except ValueError:
-        return 0.0
-    return number if math.isfinite(number) else 0.0
-
-
-def _receipts(deliveries: Sequence[Delivery]) -> list[str]:
-    args: list[str] = []
-    for delivery in deliveries:
-        args += (delivery.queue, delivery.receipt)
-    return args

@@ -2,7 +2,9 @@
 
 A value or claim is a string key ``<values><key>``, a join set a Redis set ``<sets><key>``;
 the owner picks both key prefixes (the broker's are ``<p>:kv:`` and ``<p>:kv-join:``, the
-result store's ``<p>:value:`` and ``<p>:join:``). Expiry is Redis' own TTL.
+result store's ``<p>:value:`` and ``<p>:join:``, from ``conveyor._redis_keys``). Expiry is
+Redis' own TTL. Each operation touches one key (``delete_value`` two, deleted per slot), so
+all of it works on Redis Cluster, where ``values`` scans every primary.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ import math
 from importlib.resources import files
 from typing import cast
 
-import redis
-
-from .._redis import ErrorMapper
+from .._redis import Client, ErrorMapper, mget
 
 #: Keys per MGET when reading many values.
 CHUNK = 1000
@@ -23,7 +23,7 @@ class RedisKeyValue:
     """:class:`~conveyor.kv.KeyValue` on ``client``; ``errors`` maps redis-py errors to the
     owner's error type."""
 
-    def __init__(self, client: redis.Redis, errors: ErrorMapper, *, values: str, sets: str) -> None:
+    def __init__(self, client: Client, errors: ErrorMapper, *, values: str, sets: str) -> None:
         self._client = client
         self._errors = errors
         self._values = values
@@ -67,7 +67,7 @@ class RedisKeyValue:
             keys = cast(list[bytes], list(self._client.scan_iter(match=pattern, count=CHUNK)))
             for i in range(0, len(keys), CHUNK):
                 chunk = keys[i : i + CHUNK]
-                found = cast(list["bytes | None"], self._client.mget(chunk))
+                found = cast(list["bytes | None"], mget(self._client, chunk))
                 for key, value in zip(chunk, found, strict=True):
                     if value is not None:  # expired between SCAN and MGET
                         out[key.decode()[start:]] = value

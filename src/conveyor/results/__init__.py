@@ -28,6 +28,8 @@ _SCHEMES: dict[str, str] = {
     "redis+sentinel": "conveyor.results.redis:RedisResultStore",
     "rediss+sentinel": "conveyor.results.redis:RedisResultStore",
     "sentinel": "conveyor.results.redis:RedisResultStore",
+    "redis+cluster": "conveyor.results.redis:RedisResultStore",
+    "rediss+cluster": "conveyor.results.redis:RedisResultStore",
     "postgresql": "conveyor.results.postgres:PostgresResultStore",
     "postgres": "conveyor.results.postgres:PostgresResultStore",
 }

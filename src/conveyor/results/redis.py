@@ -1,4 +1,4 @@
-"""Redis result store (``redis://``, ``rediss://``, ``unix://``).
+"""Redis result store (``redis://``, ``rediss://``, ``unix://``, Sentinel and Cluster URLs).
 
 Keys, under the prefix: ``result:<id>`` (the JSON record, expiring after ``expires``),
 ``result-wake:<id>`` (a short-lived list that gets a token when a ready record is stored),
@@ -7,6 +7,9 @@ Keys, under the prefix: ``result:<id>`` (the JSON record, expiring after ``expir
 ``wait()`` reads the record and, if it is not ready, blocks on the wake list with BLMOVE from
 the list to itself: the token stays in place, so every waiter wakes, and a waiter that arrives
 later finds the ready record on its first read. No polling; TTLs are Redis' own.
+
+Every key belongs to one task id or kv key and carries no hash tag: on Redis Cluster they
+spread over the shards by their whole name, and reads of many (``get_many``) are split per slot.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis
-
-from .._redis import Calls, Command, Connections, ErrorMapper, block_limit, connect
+from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, mget
+from .._redis_cluster import connections
+from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import ResultStoreError
 from ..kv.redis import RedisKeyValue
@@ -42,18 +45,22 @@ class RedisResultStore(ResultStore):
         transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(url, expires=expires, key_prefix=key_prefix)
-        self.client: redis.Redis = connect(url, transport_options)
-        self._connections = Connections(self.client)
+        self.client: Client = connect(url, transport_options, ResultStoreError)
+        self._connections = connections(self.client)
+        self._keys = RedisKeys(key_prefix)
         self._errors = ErrorMapper(ResultStoreError, url, "Redis result store")
         self._px = None if expires is None else _ms(expires)
         self._wake_px = WAKE_TTL_MS if self._px is None else min(WAKE_TTL_MS, self._px)
         self._block = block_limit(self.client)
         self.kv: RedisKeyValue = RedisKeyValue(
-            self.client, self._errors, values=f"{key_prefix}:value:", sets=f"{key_prefix}:join:"
+            self.client,
+            self._errors,
+            values=self._keys.spread("value"),
+            sets=self._keys.spread("join"),
         )
 
     def _key(self, kind: str, name: str) -> str:
-        return f"{self.key_prefix}:{kind}:{name}"
+        return self._keys.spread(kind, name)
 
     def store_commands(self, records: Sequence[ResultRecord]) -> list[Command]:
         """The commands of :meth:`store` (RedisSettlement sends them with the broker's)."""
@@ -84,7 +91,7 @@ class RedisResultStore(ResultStore):
         if not task_ids:
             return []
         with self._errors:
-            found = self.client.mget([self._key("result", i) for i in task_ids])
+            found = mget(self.client, [self._key("result", i) for i in task_ids])
         return [None if data is None else decode_record(data) for data in found]
 
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:

@@ -3,16 +3,15 @@
 ``append`` is one Lua script: ``XADD`` each entry, trim to ``MAXLEN`` and to ``MINID`` (the
 age cap, judged on Redis' own clock), and expire the whole key once nothing was written for
 ``max_age``. Positions are Redis stream ids (``<ms>-<n>``). A waiting ``read`` is a blocking
-``XREAD``. Needs Redis 6.2 (``XTRIM MINID``, exclusive ranges).
+``XREAD``. Needs Redis 6.2 (``XTRIM MINID``, exclusive ranges). Each call touches one key,
+so streams work on Redis Cluster (each stream lives on the node of its name's slot).
 """
 
 from __future__ import annotations
 
 from typing import cast
 
-import redis
-
-from .._redis import ErrorMapper, block_limit
+from .._redis import Client, ErrorMapper, block_limit
 from . import START, Entry
 
 _APPEND = """
@@ -33,7 +32,7 @@ type _Found = list[tuple[bytes, dict[bytes, bytes]]]
 class RedisStreams:
     """:class:`~conveyor.streams.Streams` on ``client`` under ``<prefix>``."""
 
-    def __init__(self, client: redis.Redis, errors: ErrorMapper, *, prefix: str) -> None:
+    def __init__(self, client: Client, errors: ErrorMapper, *, prefix: str) -> None:
         self._client = client
         self._errors = errors
         self._prefix = prefix

@@ -1,20 +1,25 @@
--- Helpers prepended to every broker script. ARGV[1] is the key prefix; keys are built here
--- because a batch touches a varying set of queues (a single server is assumed, not Cluster).
+-- Helpers prepended to every broker script. Key names are made in conveyor/_redis_keys.py
+-- and given to each script in KEYS, so a script touches the keys of one queue, all in one
+-- hash slot (Redis Cluster): KEYS[1] is the sequence counter, KEYS[2..] the base name of
+-- each queue the call is about, '{<p>:<q>}' (one hash tag per queue). Under a base Q:
 --
---   <p>:seq          counter: message uids and FIFO sequence numbers
---   <p>:queues       set of known queue names
---   <p>:ready:<q>    zset uid -> score(priority, sequence), lowest served first
---   <p>:delayed:<q>  zset uid -> due time (ms, Redis TIME)
---   <p>:leased:<q>   zset receipt "<uid>:<n>" -> lease deadline (ms)
---   <p>:dead:<q>     zset uid -> sequence (oldest first)
---   <p>:msg:<uid>    hash id, q, p (priority), b (body),
+--   Q:ready          zset uid -> score(priority, sequence), lowest served first
+--   Q:delayed        zset uid -> due time (ms, Redis TIME)
+--   Q:leased         zset receipt "<uid>:<n>" -> lease deadline (ms)
+--   Q:dead           zset uid -> sequence (oldest first)
+--   Q:msg:<uid>      hash id, q, p (priority), b (body),
 --                    n (leases so far, never decreases: it makes each receipt unique),
 --                    u (leases not charged: released, or before a replay), so the
 --                    delivery count is n - u,
 --                    s (ready score, when it is not the one given at publish),
 --                    r, d, at (dead-letter reason, detail, time)
---   <p>:wake:<q>     list holding at most one token; idle consumers BLPOP it
---   <p>:published:<id>  set by publish(), expiring: that id is not added again meanwhile
+--   Q:published:<id> set by publish(), expiring: that id is not added again meanwhile
+--
+-- The sequence counter (KEYS[1]) is '{<p>}:seq' on a single server, one for all queues, so
+-- FIFO within a priority holds across queues; on Cluster it is 'Q:seq', one per queue.
+-- A queue's wake-up list (at most one token; idle consumers BLPOP it) is '{<p>}:wake:<q>':
+-- on a single server scripts push it themselves (its name is an argument); on Cluster it is
+-- in another slot, the argument is '' and the client pushes it after the call.
 --
 -- Each redis.call costs a few microseconds: hot paths make as few as they can.
 --
@@ -23,7 +28,7 @@
 -- for it, and writes only what cannot fail: a message with a field no script could use
 -- (a priority that is not an integer 0-9, a count that is not an integer, no body) is
 -- dead-lettered as 'malformed' with a detail naming the field - never half-moved or lost.
-local P = ARGV[1] .. ':'
+local SEQ = KEYS[1]
 local BAND = 1e14
 
 -- Redis turns Lua numbers into strings with 14 significant digits; scores need all of them.
@@ -38,12 +43,12 @@ end
 
 -- Reserve n fresh sequence numbers; returns the one before the first.
 local function reserve(n)
-  return redis.call('INCRBY', P .. 'seq', n) - n
+  return redis.call('INCRBY', SEQ, n) - n
 end
 
-local function wake(q)
-  local key = P .. 'wake:' .. q
-  if redis.call('LLEN', key) == 0 then
+-- Push a token on a wake-up list unless it holds one ('' = the client does it: Cluster).
+local function wake(key)
+  if key ~= '' and redis.call('LLEN', key) == 0 then
     redis.call('RPUSH', key, 1)
   end
 end
@@ -54,10 +59,10 @@ local function score(priority, seq)
 end
 
 -- Make uid ready again behind everything queued now (requeue, promotion, replay).
-local function requeue(q, uid, priority)
+local function requeue(Q, uid, priority)
   local s = score(priority, reserve(1) + 1)
-  redis.call('ZADD', P .. 'ready:' .. q, s, uid)
-  redis.call('HSET', P .. 'msg:' .. uid, 's', s)
+  redis.call('ZADD', Q .. ':ready', s, uid)
+  redis.call('HSET', Q .. ':msg:' .. uid, 's', s)
 end
 
 local function uid_of(receipt)
@@ -123,15 +128,15 @@ local function message_problem(uid, p, b, n, u)
   return nil
 end
 
-local function bury(uid, q, reason, detail, now)
-  redis.call('HSET', P .. 'msg:' .. uid, 'r', reason, 'd', detail, 'at', fmt(now / 1000))
-  redis.call('ZADD', P .. 'dead:' .. q, reserve(1) + 1, uid)
+local function bury(Q, uid, reason, detail, now)
+  redis.call('HSET', Q .. ':msg:' .. uid, 'r', reason, 'd', detail, 'at', fmt(now / 1000))
+  redis.call('ZADD', Q .. ':dead', reserve(1) + 1, uid)
 end
 
--- Move up to max due delayed messages of q to its ready set, behind what is already there
+-- Move up to max due delayed messages of Q to its ready set, behind what is already there
 -- (a message whose priority no score can be made of is dead-lettered instead).
-local function promote(q, now, max)
-  local key = P .. 'delayed:' .. q
+local function promote(Q, now, max)
+  local key = Q .. ':delayed'
   local found = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'WITHSCORES', 'LIMIT', 0, max)
   if #found == 0 then
     return 0
@@ -145,16 +150,16 @@ local function promote(q, now, max)
   local uids = {}
   for i, item in ipairs(due) do
     uids[i] = item[1]
-    item[4] = redis.call('HMGET', P .. 'msg:' .. item[1], 'id', 'p')
+    item[4] = redis.call('HMGET', Q .. ':msg:' .. item[1], 'id', 'p')
   end
   for _, item in ipairs(due) do
     local fields = item[4]
     if fields[1] then  -- else the message is gone: only its uid is left to remove
       local problem = priority_problem(item[1], fields[2])
       if problem then
-        bury(item[1], q, 'malformed', problem, now)
+        bury(Q, item[1], 'malformed', problem, now)
       else
-        requeue(q, item[1], int_of(fields[2]))
+        requeue(Q, item[1], int_of(fields[2]))
       end
     end
   end

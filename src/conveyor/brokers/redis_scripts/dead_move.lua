@@ -1,40 +1,39 @@
--- Replay dead letters (back to their queue, fresh delivery count) or purge them.
--- ARGV: prefix, 'replay' | 'purge', '1' for all or '0', id... Returns how many.
+-- Replay one queue's dead letters (back to the queue, fresh delivery count) or purge them.
+-- KEYS: seq, queue base. ARGV: wake-up list ('' on Cluster), 'replay' | 'purge',
+-- '1' for all or '0', id... Returns {how many, how many replayed}.
 -- (A dead uid whose hash is gone is removed, and counted, by either.)
+local Q = KEYS[2]
 local replay, all = ARGV[2] == 'replay', ARGV[3] == '1'
 local wanted = {}
 for i = 4, #ARGV do
   wanted[ARGV[i]] = true
 end
-local count = 0
-for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
-  local dead = P .. 'dead:' .. q
-  local replayed = false
-  for _, uid in ipairs(redis.call('ZRANGE', dead, 0, -1)) do
-    local key = P .. 'msg:' .. uid
-    local fields = redis.call('HMGET', key, 'id', 'p', 'n')
-    if all or wanted[fields[1]] then
-      redis.call('ZREM', dead, uid)
-      if replay and fields[1] then
-        -- n stays (old receipts stay stale); a priority or count no script could use
-        -- (a message dead-lettered as 'malformed' for it) is repaired: 5, 0.
-        local n = int_of(fields[3]) or 0
-        local priority = int_of(fields[2])
-        if not priority or priority > 9 then
-          priority = 5
-        end
-        redis.call('HDEL', key, 'r', 'd', 'at')
-        redis.call('HSET', key, 'p', priority, 'n', n, 'u', n)
-        requeue(q, uid, priority)
-        replayed = true
-      else
-        redis.call('DEL', key)
+local count, replayed = 0, 0
+local dead = Q .. ':dead'
+for _, uid in ipairs(redis.call('ZRANGE', dead, 0, -1)) do
+  local key = Q .. ':msg:' .. uid
+  local fields = redis.call('HMGET', key, 'id', 'p', 'n')
+  if all or wanted[fields[1]] then
+    redis.call('ZREM', dead, uid)
+    if replay and fields[1] then
+      -- n stays (old receipts stay stale); a priority or count no script could use
+      -- (a message dead-lettered as 'malformed' for it) is repaired: 5, 0.
+      local n = int_of(fields[3]) or 0
+      local priority = int_of(fields[2])
+      if not priority or priority > 9 then
+        priority = 5
       end
-      count = count + 1
+      redis.call('HDEL', key, 'r', 'd', 'at')
+      redis.call('HSET', key, 'p', priority, 'n', n, 'u', n)
+      requeue(Q, uid, priority)
+      replayed = replayed + 1
+    else
+      redis.call('DEL', key)
     end
-  end
-  if replayed then
-    wake(q)
+    count = count + 1
   end
 end
-return count
+if replayed > 0 then
+  wake(ARGV[1])
+end
+return {count, replayed}

@@ -1,8 +1,9 @@
--- Renew leases to now + lease_ms. ARGV: prefix, lease_ms, (queue, receipt) * n.
+-- Renew leases of one queue to now + lease_ms. KEYS: seq, queue base. ARGV: lease_ms, receipt...
 -- XX: a receipt that is no longer leased stays gone.
-local deadline = fmt(now_ms() + tonumber(ARGV[2]))
+local leased = KEYS[2] .. ':leased'
+local deadline = fmt(now_ms() + tonumber(ARGV[1]))
 local renewed = 0
-for i = 3, #ARGV, 2 do
-  renewed = renewed + redis.call('ZADD', P .. 'leased:' .. ARGV[i], 'XX', 'CH', deadline, ARGV[i + 1])
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', leased, 'XX', 'CH', deadline, ARGV[i])
 end
 return renewed

@@ -1,20 +1,18 @@
--- Delete up to batch ready and batch delayed messages of each queue (leased ones stay).
--- ARGV: prefix, batch, queue... Returns {deleted, more}.
-local batch = tonumber(ARGV[2])
+-- Delete up to batch ready and batch delayed messages of one queue (leased ones stay).
+-- KEYS: seq, queue base. ARGV: batch. Returns {deleted, more}.
+local Q, batch = KEYS[2], tonumber(ARGV[1])
 local deleted, more = 0, 0
-for i = 3, #ARGV do
-  for _, kind in ipairs({'ready:', 'delayed:'}) do
-    local key = P .. kind .. ARGV[i]
-    local uids = redis.call('ZRANGE', key, 0, batch - 1)
-    if #uids > 0 then
-      for _, uid in ipairs(uids) do
-        redis.call('DEL', P .. 'msg:' .. uid)
-      end
-      redis.call('ZREM', key, unpack(uids))
-      deleted = deleted + #uids
-      if #uids == batch then
-        more = 1
-      end
+for _, kind in ipairs({':ready', ':delayed'}) do
+  local key = Q .. kind
+  local uids = redis.call('ZRANGE', key, 0, batch - 1)
+  if #uids > 0 then
+    for _, uid in ipairs(uids) do
+      redis.call('DEL', Q .. ':msg:' .. uid)
+    end
+    redis.call('ZREM', key, unpack(uids))
+    deleted = deleted + #uids
+    if #uids == batch then
+      more = 1
     end
   end
 end

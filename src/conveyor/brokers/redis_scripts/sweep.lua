@@ -1,50 +1,46 @@
--- Return expired leases to their queue, at the place they had there (or dead-letter them once
--- they reached max_deliveries, or as 'malformed' if their hash cannot be queued), and make due
--- delayed messages ready, at most batch of each per queue.
--- ARGV: prefix, max_deliveries, batch. Returns {moved, more}.
+-- Return one queue's expired leases to it, at the place they had there (or dead-letter them
+-- once they reached max_deliveries, or as 'malformed' if their hash cannot be queued), and
+-- make due delayed messages ready, at most batch of each.
+-- KEYS: seq, queue base. ARGV: wake-up list ('' on Cluster), max_deliveries, batch.
+-- Returns {moved, more, made ready}.
+local Q = KEYS[2]
 local max_deliveries, batch = int_of(ARGV[2]), int_of(ARGV[3])
 if not (max_deliveries and batch) then
   return redis.error_reply('conveyor sweep: bad arguments')
 end
 local now = now_ms()
-local moved, more = 0, 0
-for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
-  local leased = P .. 'leased:' .. q
-  local expired = redis.call('ZRANGEBYSCORE', leased, '-inf', fmt(now), 'LIMIT', 0, batch)
-  -- Read every expired message before the first write for any of them.
-  local found = {}
-  for i, receipt in ipairs(expired) do
-    found[i] = redis.call('HMGET', P .. 'msg:' .. uid_of(receipt), 'id', 'p', 'b', 'n', 'u', 's')
-  end
-  local requeued = 0
-  for i, receipt in ipairs(expired) do
-    redis.call('ZREM', leased, receipt)
-    local uid, fields = uid_of(receipt), found[i]
-    if fields[1] then  -- else the message is gone: only its lease was left to remove
-      local problem = message_problem(uid, fields[2], fields[3], fields[4], fields[5])
-          or (not fields[4] and 'the message has no lease count')
-      if problem then
-        bury(uid, q, 'malformed', problem, now)
+local leased = Q .. ':leased'
+local expired = redis.call('ZRANGEBYSCORE', leased, '-inf', fmt(now), 'LIMIT', 0, batch)
+-- Read every expired message before the first write for any of them.
+local found = {}
+for i, receipt in ipairs(expired) do
+  found[i] = redis.call('HMGET', Q .. ':msg:' .. uid_of(receipt), 'id', 'p', 'b', 'n', 'u', 's')
+end
+local requeued = 0
+for i, receipt in ipairs(expired) do
+  redis.call('ZREM', leased, receipt)
+  local uid, fields = uid_of(receipt), found[i]
+  if fields[1] then  -- else the message is gone: only its lease was left to remove
+    local problem = message_problem(uid, fields[2], fields[3], fields[4], fields[5])
+        or (not fields[4] and 'the message has no lease count')
+    if problem then
+      bury(Q, uid, 'malformed', problem, now)
+    else
+      local count = int_of(fields[4]) - (int_of(fields[5]) or 0)
+      if count >= max_deliveries then
+        bury(Q, uid, 'worker_lost', 'lease expired after ' .. count .. ' deliveries', now)
       else
-        local count = int_of(fields[4]) - (int_of(fields[5]) or 0)
-        if count >= max_deliveries then
-          bury(uid, q, 'worker_lost', 'lease expired after ' .. count .. ' deliveries', now)
-        else
-          -- Its own score: back where it was in the queue, ahead of what came after it.
-          local s = finite(fields[6])
-          redis.call('ZADD', P .. 'ready:' .. q, s and fmt(s) or score(int_of(fields[2]), uid), uid)
-          requeued = requeued + 1
-        end
+        -- Its own score: back where it was in the queue, ahead of what came after it.
+        local s = finite(fields[6])
+        redis.call('ZADD', Q .. ':ready', s and fmt(s) or score(int_of(fields[2]), uid), uid)
+        requeued = requeued + 1
       end
     end
   end
-  local promoted = promote(q, now, batch)
-  if requeued + promoted > 0 then
-    wake(q)
-  end
-  if #expired == batch or promoted == batch then
-    more = 1
-  end
-  moved = moved + #expired + promoted
 end
-return {moved, more}
+local promoted = promote(Q, now, batch)
+if requeued + promoted > 0 then
+  wake(ARGV[1])
+end
+local more = (#expired == batch or promoted == batch) and 1 or 0
+return {#expired + promoted, more, requeued + promoted}

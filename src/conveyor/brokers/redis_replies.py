@@ -1,0 +1,59 @@
+"""Parsing the replies of the Redis broker's scripts: total (never raising on what a damaged
+record holds), so a bad field is a bad value, not a crash."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .base import Delivery
+
+
+def _by_queue(deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
+    """The receipts of ``deliveries`` by queue."""
+    out: dict[str, list[str]] = {}
+    for delivery in deliveries:
+        out.setdefault(delivery.queue, []).append(delivery.receipt)
+    return out
+
+
+def _deliveries(reply: list[Any]) -> list[Delivery]:
+    # The lease script checked every field it returns (see message_problem in common.lua);
+    # the parsing is total all the same.
+    return [
+        Delivery(
+            id=_text(reply[i + 1]),
+            queue=_text(reply[i + 2]),
+            body=_blob(reply[i + 4]),
+            priority=int(_number(reply[i + 3])),
+            receipt=_text(reply[i]),
+            delivery_count=int(_number(reply[i + 5])),
+            revoked=reply[i + 6] == 1,
+        )
+        for i in range(1, len(reply) - 6, 7)
+    ]
+
+
+def _text(value: object) -> str:
+    """A reply field as text (never raising: bytes that are not UTF-8 are replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _blob(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return b"" if value is None else str(value).encode()
+
+
+def _number(value: object) -> float:
+    """A reply field as a finite number, 0 when it is not one."""
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(_text(value))
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0

@@ -59,6 +59,8 @@ Migration = Sequence[str]
 #: (conninfo, schema, component, pid) whose tables this process has checked.
 _CHECKED: set[tuple[str, str, str, int]] = set()
 Conn = psycopg.Connection[tuple[object, ...]]
+#: An application's async connection (transactional enqueue from async code; any row type).
+AsyncConn = psycopg.AsyncConnection[Any]
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -234,7 +236,7 @@ class Database:
             atexit.register(_close_at_exit, weakref.ref(pool), self._pid)
             return pool
 
-    def same_database(self, conn: psycopg.Connection[Any]) -> bool:
+    def same_database(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
         """Whether ``conn`` is connected to this database (host, port and name)."""
         mine = conninfo_to_dict(self.conninfo)
         info = conn.info
@@ -247,8 +249,13 @@ class Database:
 
     def prepared(self) -> None:
         """Open the pool (checking the URL and the tables) if this process has not yet."""
-        if self._pool is None or self._pid != os.getpid():
+        if not self.is_open:
             self._open_pool()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether this process has opened the pool (and so checked the tables)."""
+        return self._pool is not None and self._pid == os.getpid()
 
     @contextmanager
     def connection(self) -> Iterator[Conn]:
@@ -433,6 +440,7 @@ def channel_name(schema: str, what: str) -> str:
 
 __all__ = [
     "DEFAULT_SCHEMA",
+    "AsyncConn",
     "Conn",
     "Connection",
     "Database",

@@ -50,7 +50,7 @@ from .rows import (
 from .schema import DELAYED, KV_TABLES, LEASED, MIGRATIONS, READY
 
 if TYPE_CHECKING:
-    from ..._postgres import Conn
+    from ..._postgres import AsyncConn, Conn
 
 Params = dict[str, Any]
 
@@ -143,6 +143,11 @@ class PostgresBroker(Broker):
         that transaction commits, and vanish if it rolls back. The tables must exist."""
         if messages:
             conn.execute(self.q(sql.PUBLISH), self.publish_params(messages))
+
+    async def apublish_on(self, conn: AsyncConn, messages: Sequence[Message]) -> None:
+        """:meth:`publish_on` on an async connection (awaited on it, not in a thread)."""
+        if messages:
+            await conn.execute(self.q(sql.PUBLISH), self.publish_params(messages))
 
     # -- consuming -----------------------------------------------------------------------
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:

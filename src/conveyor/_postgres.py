@@ -51,7 +51,7 @@ DEFAULT_SCHEMA = "conveyor"
 _LOCAL = ("", "localhost", "127.0.0.1", "::1", "/var/run/postgresql", "/run/postgresql", "/tmp")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: Query parameters of a Conveyor URL that are Conveyor's, not libpq's.
-CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size", "prepare")
+CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size", "prepare", "generic_plans")
 #: First half of the advisory lock key taken while migrating ("CNVY").
 MIGRATION_LOCK = 0x434E5659
 
@@ -174,6 +174,10 @@ class Database:
         #: Server-side prepared statements (psycopg prepares a statement used 5 times);
         #: ``prepare=false`` for a pooler that cannot keep them (PgBouncer before 1.21).
         self.prepare = flag(params.get("prepare", True), "prepare")
+        #: Prepared statements run their generic plan (see :meth:`_configure`).
+        self.generic_plans = self.prepare and flag(
+            params.get("generic_plans", True), "generic_plans"
+        )
         self.component = component
         self.migrations = migrations
         self.error = error
@@ -225,6 +229,7 @@ class Database:
                 min_size=1,
                 max_size=self.pool_size,
                 kwargs={"autocommit": True, **self._prepare_kwargs()},
+                configure=self._configure if self.generic_plans else None,
                 timeout=10.0,
                 name=f"conveyor-{self.component}",
                 open=True,
@@ -235,6 +240,19 @@ class Database:
             # Closed before the interpreter stops its threads, or its __del__ waits for them.
             atexit.register(_close_at_exit, weakref.ref(pool), self._pid)
             return pool
+
+    def _configure(self, conn: Conn) -> None:
+        """Prepared statements of this pool always run their generic plan. The hot
+        statements (a lease that acks, promotes and leases; publishes and records over
+        arrays) make PostgreSQL's default ``plan_cache_mode = auto`` prefer custom plans,
+        i.e. plan them again at every execution: measured, planning cost more than running
+        them. Their generic plans use the same partial indexes (the states are constants).
+        A session setting: ``?generic_plans=false`` behind a transaction-mode pooler whose
+        server sessions other applications share."""
+        try:
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+        except psycopg.Error:  # a pooler or server that refuses it: only slower
+            logger.debug("SET plan_cache_mode refused", exc_info=True)
 
     def same_database(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
         """Whether ``conn`` is connected to this database (host, port and name)."""

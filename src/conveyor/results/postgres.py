@@ -60,7 +60,7 @@ UPSERT = """
 WITH stored AS (
     INSERT INTO {s}.conveyor_results (ns, id, record, expires)
     SELECT %(ns)s, id, record, now() + make_interval(secs => %(expires)s::float8)
-    FROM unnest(%(ids)s::text[], %(records)s::bytea[]) AS r (id, record)
+    FROM unnest(%(ids)b::text[], %(records)b::bytea[]) AS r (id, record)
     ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, expires = excluded.expires
 )
 SELECT pg_notify(%(channel)s, id) FROM unnest(%(ready)s::text[]) AS id

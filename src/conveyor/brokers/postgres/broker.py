@@ -89,6 +89,8 @@ class PostgresBroker(Broker):
         self._arrived = threading.Condition()
         self._arrivals = 0
         self._listener = Listener(self.db, self.channel, self._wake)
+        #: When (monotonic) a lease must next promote due delayed messages.
+        self._promote_at = 0.0
 
     def __repr__(self) -> str:
         return f"<PostgresBroker {redact_url(self.url)} schema={self.schema}>"
@@ -156,7 +158,10 @@ class PostgresBroker(Broker):
             return []
         if wait > 0 and self.listen:
             self._listener.ensure()
-        return self.wait_for(names, limit, wait, self.lease_now(names, limit))
+        # A caller that will not wait sees every due message; a waiting one (the worker)
+        # has the next attempts promote if this one, throttled, finds nothing.
+        found = self.lease_now(names, limit, promote=wait <= 0)
+        return self.wait_for(names, limit, wait, found)
 
     def wait_for(
         self, names: list[str], limit: int, wait: float, found: list[Delivery]
@@ -168,10 +173,11 @@ class PostgresBroker(Broker):
         if self.listen:
             self._listener.ensure()
         deadline = time.monotonic() + wait
+        promote = True  # the first attempt may have skipped due messages (throttled)
         while True:
             with self._arrived:
                 seen = self._arrivals
-            found = self.lease_now(names, limit)
+            found = self.lease_now(names, limit, promote=promote)
             if found:
                 return found
             remaining = deadline - time.monotonic()
@@ -181,6 +187,9 @@ class PostgresBroker(Broker):
             with self._arrived:
                 if self._arrivals == seen:
                     self._arrived.wait(max(pause, 0.001))
+                # Woken by a new message: lease it at once. Otherwise a due time (or the
+                # poll interval) has come: promote.
+                promote = self._arrivals == seen
 
     def _next_due(self, names: list[str]) -> float:
         with self.db.connection() as conn:
@@ -194,9 +203,19 @@ class PostgresBroker(Broker):
         limit: int,
         acks: Sequence[Delivery] = (),
         before: Sequence[tuple[str, Params]] = (),
+        *,
+        promote: bool = False,
     ) -> list[Delivery]:
         """One lease attempt: ``before`` (a settlement's records, each committed on its own,
-        first), then one statement that acks ``acks``, makes due messages ready and leases."""
+        first), then one statement that acks ``acks``, makes due messages ready (if
+        ``promote`` or none of this process's leases did for ``PROMOTE_EVERY`` s) and
+        leases."""
+        now = time.monotonic()
+        if promote or now >= self._promote_at:
+            template = sql.LEASE_PROMOTING
+            self._promote_at = now + sql.PROMOTE_EVERY
+        else:
+            template = sql.LEASE
         token = secrets.randbits(63)
         seqs, tokens = receipts(acks)
         params: Params = {
@@ -208,10 +227,10 @@ class PostgresBroker(Broker):
             "tokens": tokens,
         }
         if len(names) == 1:
-            lease = self.q(sql.LEASE, where=sql.ONE_QUEUE)
+            lease = self.q(template, where=sql.ONE_QUEUE)
             params["queue"] = names[0]
         else:
-            lease = self.q(sql.LEASE, where=sql.SOME_QUEUES)
+            lease = self.q(template, where=sql.SOME_QUEUES)
             params["queues"] = names
         with self.db.connection() as conn:
             for statement, args in before:  # autocommit: stored before anything is acked

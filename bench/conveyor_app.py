@@ -2,12 +2,13 @@
 
 The broker comes from ``$CONVEYOR_BROKER_URL`` (read by Conveyor itself); everything else is
 Conveyor's default (``BENCH_EVENTS=on|off`` turns events on or off). ``noop`` stores no result
-(``ignore_result=True``); ``noop_result`` does.
+(``ignore_result=True``); ``noop_result`` does; ``clock`` returns when it started (time.time()).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from conveyor import Conveyor
 
@@ -25,3 +26,8 @@ def noop() -> None:
 @app.task(name="bench.noop_result")
 def noop_result() -> None:
     return None
+
+
+@app.task(name="bench.clock")
+def clock() -> float:
+    return time.time()

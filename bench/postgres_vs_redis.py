@@ -24,6 +24,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class ConveyorOn(Side):
         self.app = Conveyor("bench", broker=url)
         self.noop = self.app.task(name="bench.noop", ignore_result=True)(lambda: None)
         self.noop_result = self.app.task(name="bench.noop_result")(lambda: None)
+        self.clock = self.app.task(name="bench.clock")(time.time)
         self.queue = self.app.conf.task_default_queue
 
     def reset(self) -> None:
@@ -87,6 +89,17 @@ class ConveyorOn(Side):
     def idle_latency(self, count: int) -> list[float]:
         env = {**os.environ, "CONVEYOR_BROKER_URL": self.url}
         return measure("conveyor", count, env, IDLE_PAUSE)
+
+    def idle_pickup(self, count: int) -> list[float]:
+        """Seconds from ``delay()`` to the task's start, each after ``IDLE_PAUSE`` s idle."""
+        samples = []
+        for n in range(count + 5):  # the first ones open connections
+            time.sleep(IDLE_PAUSE)
+            sent = time.time()
+            started = self.clock.delay().get(timeout=10)
+            if n >= 5:
+                samples.append(float(started) - sent)
+        return samples
 
 
 class ProcrastinateSide(Side):
@@ -152,8 +165,10 @@ def run(sides: Sequence[Side], args: argparse.Namespace) -> dict[str, dict[str, 
             numbers, worker = drain(side, args.drain, args.timeout, False)
         out[side.name]["drain"] = numbers
         if isinstance(side, ConveyorOn):
-            with step(f"{side.name}: pickup after idle"):
+            with step(f"{side.name}: round trip after idle"):
                 out[side.name]["idle_latency"] = percentiles(side.idle_latency(args.latency))
+            with step(f"{side.name}: pickup after idle"):
+                out[side.name]["idle_pickup"] = percentiles(side.idle_pickup(args.latency))
         side.procs.stop(worker)
         side.reset()
     return out
@@ -165,6 +180,8 @@ def report(results: dict[str, dict[str, Any]], names: list[str]) -> str:
         ("enqueue: bulk (`send_many` / `batch_defer`)", "bulk_results_off", ""),
         ("drain, results off (steady state)", "drain.rate", ""),
         ("worker CPU per task", "drain.worker_cpu", "us"),
+        ("pickup (`delay()` to task start) after 0.2 s idle, p50", "idle_pickup.p50", "ms"),
+        ("pickup after 0.2 s idle, p99", "idle_pickup.p99", "ms"),
         ("round trip after 0.2 s idle, p50", "idle_latency.p50", "ms"),
         ("round trip after 0.2 s idle, p99", "idle_latency.p99", "ms"),
     ]

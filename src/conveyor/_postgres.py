@@ -51,7 +51,7 @@ DEFAULT_SCHEMA = "conveyor"
 _LOCAL = ("", "localhost", "127.0.0.1", "::1", "/var/run/postgresql", "/run/postgresql", "/tmp")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 #: Query parameters of a Conveyor URL that are Conveyor's, not libpq's.
-CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size", "prepare")
+CONVEYOR_PARAMS = ("schema", "listen", "migrate", "pool_size", "prepare", "generic_plans")
 #: First half of the advisory lock key taken while migrating ("CNVY").
 MIGRATION_LOCK = 0x434E5659
 
@@ -59,6 +59,8 @@ Migration = Sequence[str]
 #: (conninfo, schema, component, pid) whose tables this process has checked.
 _CHECKED: set[tuple[str, str, str, int]] = set()
 Conn = psycopg.Connection[tuple[object, ...]]
+#: An application's async connection (transactional enqueue from async code; any row type).
+AsyncConn = psycopg.AsyncConnection[Any]
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -172,6 +174,10 @@ class Database:
         #: Server-side prepared statements (psycopg prepares a statement used 5 times);
         #: ``prepare=false`` for a pooler that cannot keep them (PgBouncer before 1.21).
         self.prepare = flag(params.get("prepare", True), "prepare")
+        #: Prepared statements run their generic plan (see :meth:`_configure`).
+        self.generic_plans = self.prepare and flag(
+            params.get("generic_plans", True), "generic_plans"
+        )
         self.component = component
         self.migrations = migrations
         self.error = error
@@ -223,6 +229,7 @@ class Database:
                 min_size=1,
                 max_size=self.pool_size,
                 kwargs={"autocommit": True, **self._prepare_kwargs()},
+                configure=self._configure if self.generic_plans else None,
                 timeout=10.0,
                 name=f"conveyor-{self.component}",
                 open=True,
@@ -234,7 +241,20 @@ class Database:
             atexit.register(_close_at_exit, weakref.ref(pool), self._pid)
             return pool
 
-    def same_database(self, conn: psycopg.Connection[Any]) -> bool:
+    def _configure(self, conn: Conn) -> None:
+        """Prepared statements of this pool always run their generic plan. The hot
+        statements (a lease that acks, promotes and leases; publishes and records over
+        arrays) make PostgreSQL's default ``plan_cache_mode = auto`` prefer custom plans,
+        i.e. plan them again at every execution: measured, planning cost more than running
+        them. Their generic plans use the same partial indexes (the states are constants).
+        A session setting: ``?generic_plans=false`` behind a transaction-mode pooler whose
+        server sessions other applications share."""
+        try:
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+        except psycopg.Error:  # a pooler or server that refuses it: only slower
+            logger.debug("SET plan_cache_mode refused", exc_info=True)
+
+    def same_database(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
         """Whether ``conn`` is connected to this database (host, port and name)."""
         mine = conninfo_to_dict(self.conninfo)
         info = conn.info
@@ -247,8 +267,13 @@ class Database:
 
     def prepared(self) -> None:
         """Open the pool (checking the URL and the tables) if this process has not yet."""
-        if self._pool is None or self._pid != os.getpid():
+        if not self.is_open:
             self._open_pool()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether this process has opened the pool (and so checked the tables)."""
+        return self._pool is not None and self._pid == os.getpid()
 
     @contextmanager
     def connection(self) -> Iterator[Conn]:
@@ -433,6 +458,7 @@ def channel_name(schema: str, what: str) -> str:
 
 __all__ = [
     "DEFAULT_SCHEMA",
+    "AsyncConn",
     "Conn",
     "Connection",
     "Database",

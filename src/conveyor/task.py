@@ -17,6 +17,7 @@ from .message import to_json_value
 from .request import Request as Request
 from .result import AsyncResult
 from .results.base import ResultRecord
+from .transactional import send_on
 from .unique.spec import check_task_options
 
 if TYPE_CHECKING:
@@ -219,6 +220,12 @@ class Task(Generic[P, R]):
         kwargs: Mapping[str, object] | None = None,
         **options: object,
     ) -> AsyncResult[R]:
+        """``apply_async()`` for async code; ``connection=`` a psycopg ``AsyncConnection``
+        enqueues inside its transaction, on it (see :mod:`conveyor.transactional`)."""
+        if options.get("connection") is not None and not self.app.conf.task_always_eager:
+            return cast(
+                AsyncResult[R], await send_on(self.app, self.name, args, kwargs, options, self)
+            )
         return await asyncio.to_thread(lambda: self.apply_async(args, kwargs, **options))
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:

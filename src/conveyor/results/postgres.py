@@ -35,7 +35,7 @@ from ..states import READY_STATES
 from .base import ResultRecord, ResultStore, decode_record, encode_record
 
 if TYPE_CHECKING:
-    from .._postgres import Conn
+    from .._postgres import AsyncConn, Conn
 
 MIGRATIONS = [
     (
@@ -60,7 +60,7 @@ UPSERT = """
 WITH stored AS (
     INSERT INTO {s}.conveyor_results (ns, id, record, expires)
     SELECT %(ns)s, id, record, now() + make_interval(secs => %(expires)s::float8)
-    FROM unnest(%(ids)s::text[], %(records)s::bytea[]) AS r (id, record)
+    FROM unnest(%(ids)b::text[], %(records)b::bytea[]) AS r (id, record)
     ON CONFLICT (ns, id) DO UPDATE SET record = excluded.record, expires = excluded.expires
 )
 SELECT pg_notify(%(channel)s, id) FROM unnest(%(ready)s::text[]) AS id
@@ -154,6 +154,11 @@ class PostgresResultStore(ResultStore):
         with self.db.connection() as own:
             for statement, params in statements:
                 own.execute(statement, params)
+
+    async def astore_on(self, conn: AsyncConn, records: Sequence[ResultRecord]) -> None:
+        """:meth:`store_on` with an application's async connection (in its transaction)."""
+        for statement, params in self.statements(records):
+            await conn.execute(statement, params)
 
     def get(self, task_id: str) -> ResultRecord | None:
         return self.get_many([task_id])[0]

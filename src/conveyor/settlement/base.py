@@ -38,6 +38,12 @@ class Settlement:
             "cannot enqueue inside a database transaction"
         )
 
+    async def apublish_on(
+        self, connection: object, messages: Sequence[Message], records: Sequence[ResultRecord]
+    ) -> None:
+        """:meth:`publish_on` for an async database connection (``aapply_async``)."""
+        self.publish_on(connection, messages, records)
+
     def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
         """Store ``records``, then ack ``deliveries``: no ack takes effect before every
         record is stored."""

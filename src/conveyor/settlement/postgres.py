@@ -5,7 +5,9 @@ generic settlement does, without an explicit transaction's extra round trips).""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
@@ -55,17 +57,15 @@ class PostgresSettlement(Settlement):
         once. Nothing is visible to workers before that transaction commits; a rollback
         removes it all. With the result store elsewhere, its records are stored first and
         stay (a rolled-back task shows QUEUED until its record expires)."""
+        if isinstance(connection, psycopg.AsyncConnection):
+            raise ConfigurationError(
+                "connection= is a psycopg AsyncConnection: enqueue on it from async code with "
+                "`await task.aapply_async(args, connection=conn)` (apply_async and delay are "
+                "synchronous and cannot use it)"
+            )
         if not isinstance(connection, psycopg.Connection):
-            raise ConfigurationError(
-                "connection= takes a psycopg 3 connection (psycopg.Connection), got "
-                f"{type(connection).__name__}"
-            )
-        if not self.broker.db.same_database(connection):
-            raise ConfigurationError(
-                "connection= must be connected to the broker's database "
-                f"({redact_url(self.broker.url)}); it is connected to "
-                f"{connection.info.host}:{connection.info.port}/{connection.info.dbname}"
-            )
+            raise _not_a_connection(connection, "psycopg.Connection")
+        self._check(connection)
         self.broker.db.prepared()  # the tables exist (made on a connection of our own)
         store = self.together
         if records:
@@ -80,6 +80,48 @@ class PostgresSettlement(Settlement):
         except psycopg.Error as exc:
             error = self.broker.db.fail(exc)
             raise error from error.__cause__
+
+    async def apublish_on(
+        self, connection: object, messages: Sequence[Message], records: Sequence[ResultRecord]
+    ) -> None:
+        """:meth:`publish_on` with a psycopg ``AsyncConnection``: the inserts are awaited on
+        that connection, in its open transaction (they commit or roll back with it). Only a
+        process's first use, which opens the pools and checks the tables, runs in a
+        thread."""
+        if isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "aapply_async(connection=...) takes a psycopg AsyncConnection; for a "
+                "synchronous psycopg.Connection use apply_async(connection=conn)"
+            )
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise _not_a_connection(connection, "psycopg.AsyncConnection")
+        self._check(connection)
+        store = self.together
+        if not self.broker.db.is_open or (store is not None and not store.db.is_open):
+            await asyncio.to_thread(self._open_pools)
+        if records and store is None:
+            await asyncio.to_thread(self.results.store, records)
+        try:
+            if records and store is not None:
+                await store.astore_on(connection, records)
+            await self.broker.apublish_on(connection, messages)
+        except psycopg.Error as exc:
+            error = self.broker.db.fail(exc)
+            raise error from error.__cause__
+
+    def _open_pools(self) -> None:
+        self.broker.db.prepared()
+        if self.together is not None:
+            self.together.db.prepared()
+
+    def _check(self, connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        """A clear error unless ``connection`` is connected to the broker's database."""
+        if not self.broker.db.same_database(connection):
+            raise ConfigurationError(
+                "connection= must be connected to the broker's database "
+                f"({redact_url(self.broker.url)}); it is connected to "
+                f"{connection.info.host}:{connection.info.port}/{connection.info.dbname}"
+            )
 
     def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
         store = self.together
@@ -114,3 +156,9 @@ class PostgresSettlement(Settlement):
                 before += store.statements(records)
         found = self.broker.lease_now(names, limit, deliveries, before)
         return self.broker.wait_for(names, limit, wait, found)
+
+
+def _not_a_connection(connection: object, kind: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"connection= takes a psycopg 3 connection ({kind}), got {type(connection).__name__}"
+    )

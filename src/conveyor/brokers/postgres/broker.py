@@ -53,7 +53,7 @@ from .rows import (
 from .schema import DELAYED, KV_TABLES, LEASED, MIGRATIONS, READY
 
 if TYPE_CHECKING:
-    from ..._postgres import Conn
+    from ..._postgres import AsyncConn, Conn
 
 Params = dict[str, Any]
 
@@ -92,6 +92,8 @@ class PostgresBroker(Broker):
         self._arrived = threading.Condition()
         self._arrivals = 0
         self._listener = Listener(self.db, self.channel, self._wake)
+        #: When (monotonic) a lease must next promote due delayed messages.
+        self._promote_at = 0.0
         self._streams = PostgresStreams(
             self.db, self.ns, listen=self.listen, poll_interval=self.poll_interval
         )
@@ -154,6 +156,11 @@ class PostgresBroker(Broker):
         if messages:
             conn.execute(self.q(sql.PUBLISH), self.publish_params(messages))
 
+    async def apublish_on(self, conn: AsyncConn, messages: Sequence[Message]) -> None:
+        """:meth:`publish_on` on an async connection (awaited on it, not in a thread)."""
+        if messages:
+            await conn.execute(self.q(sql.PUBLISH), self.publish_params(messages))
+
     # -- consuming -----------------------------------------------------------------------
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         names = list(dict.fromkeys(queues))
@@ -161,7 +168,10 @@ class PostgresBroker(Broker):
             return []
         if wait > 0 and self.listen:
             self._listener.ensure()
-        return self.wait_for(names, limit, wait, self.lease_now(names, limit))
+        # A caller that will not wait sees every due message; a waiting one (the worker)
+        # has the next attempts promote if this one, throttled, finds nothing.
+        found = self.lease_now(names, limit, promote=wait <= 0)
+        return self.wait_for(names, limit, wait, found)
 
     def wait_for(
         self, names: list[str], limit: int, wait: float, found: list[Delivery]
@@ -173,10 +183,11 @@ class PostgresBroker(Broker):
         if self.listen:
             self._listener.ensure()
         deadline = time.monotonic() + wait
+        promote = True  # the first attempt may have skipped due messages (throttled)
         while True:
             with self._arrived:
                 seen = self._arrivals
-            found = self.lease_now(names, limit)
+            found = self.lease_now(names, limit, promote=promote)
             if found:
                 return found
             remaining = deadline - time.monotonic()
@@ -186,6 +197,9 @@ class PostgresBroker(Broker):
             with self._arrived:
                 if self._arrivals == seen:
                     self._arrived.wait(max(pause, 0.001))
+                # Woken by a new message: lease it at once. Otherwise a due time (or the
+                # poll interval) has come: promote.
+                promote = self._arrivals == seen
 
     def _next_due(self, names: list[str]) -> float:
         with self.db.connection() as conn:
@@ -199,9 +213,19 @@ class PostgresBroker(Broker):
         limit: int,
         acks: Sequence[Delivery] = (),
         before: Sequence[tuple[str, Params]] = (),
+        *,
+        promote: bool = False,
     ) -> list[Delivery]:
         """One lease attempt: ``before`` (a settlement's records, each committed on its own,
-        first), then one statement that acks ``acks``, makes due messages ready and leases."""
+        first), then one statement that acks ``acks``, makes due messages ready (if
+        ``promote`` or none of this process's leases did for ``PROMOTE_EVERY`` s) and
+        leases."""
+        now = time.monotonic()
+        if promote or now >= self._promote_at:
+            template = sql.LEASE_PROMOTING
+            self._promote_at = now + sql.PROMOTE_EVERY
+        else:
+            template = sql.LEASE
         token = secrets.randbits(63)
         seqs, tokens = receipts(acks)
         params: Params = {
@@ -213,10 +237,10 @@ class PostgresBroker(Broker):
             "tokens": tokens,
         }
         if len(names) == 1:
-            lease = self.q(sql.LEASE, where=sql.ONE_QUEUE)
+            lease = self.q(template, where=sql.ONE_QUEUE)
             params["queue"] = names[0]
         else:
-            lease = self.q(sql.LEASE, where=sql.SOME_QUEUES)
+            lease = self.q(template, where=sql.SOME_QUEUES)
             params["queues"] = names
         with self.db.connection() as conn:
             for statement, args in before:  # autocommit: stored before anything is acked

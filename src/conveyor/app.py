@@ -30,7 +30,7 @@ from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue
 from .message import Envelope
 from .middleware import Hooks, Middleware, call_each
-from .publishing import RetryPolicy, publish_with_retry
+from .publishing import RetryPolicy, publish_with_retry, queued_once
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
@@ -521,7 +521,9 @@ class Conveyor:
         """Publish (retrying connection errors as ``policy`` says), then ``after_publish``."""
         settlement = self.settlement
         publish_with_retry(
-            lambda: settlement.publish(messages, records),
+            queued_once(
+                lambda kept: settlement.publish(messages, kept), records, self.results.get_many
+            ),
             policy,
             where=lambda: redact_url(self.broker_url),
         )

@@ -25,10 +25,11 @@ import sqlite3
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from .exceptions import BrokerError, ConfigurationError, ResultStoreError
+from .results.base import ResultRecord
 
 logger = logging.getLogger("conveyor.publishing")
 
@@ -183,3 +184,26 @@ def publish_with_retry(
                 delay,
             )
             sleep(delay)
+
+
+def queued_once(
+    publish: Callable[[Sequence[ResultRecord]], None],
+    records: Sequence[ResultRecord],
+    stored: Callable[[Sequence[str]], Sequence[ResultRecord | None]],
+) -> Callable[[], None]:
+    """The call :func:`publish_with_retry` repeats: ``publish(records)`` stores the QUEUED
+    ``records`` with the messages. A retry stores only the records still missing: the failed
+    attempt may have landed, and its tasks may have finished since - QUEUED written again
+    would hide their states for good (the messages themselves are deduplicated by id)."""
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1 or not records:
+            publish(records)
+            return
+        found = stored([record.id for record in records])
+        publish([record for record, old in zip(records, found, strict=True) if old is None])
+
+    return attempt

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, states
 from conveyor.brokers.base import Message
 from conveyor.calling import publish_policy
 from conveyor.config import Settings
@@ -22,6 +22,7 @@ from conveyor.publishing import (
 )
 from conveyor.results.base import ResultRecord
 from conveyor.settlement import Settlement
+from conveyor.testing import TestWorker
 
 
 def caused(error: type[BrokerError | ResultStoreError], cause: BaseException) -> BaseException:
@@ -270,3 +271,38 @@ def test_send_many_retries_the_batch(app: Conveyor) -> None:
     assert failing.attempts == 3
     got = app.broker.lease(["default"], 10, 0)
     assert [d.id for d in got] == [r.id for r in results]
+
+
+class LandedThenLost(Settlement):
+    """The first publish lands (records and message), then its reply is lost; meanwhile a
+    worker runs the task to the end. The producer's retry must not write QUEUED over that."""
+
+    def __init__(self, real: Settlement, finish: Callable[[], None]) -> None:
+        super().__init__(real.broker, real.results)
+        self.real = real
+        self.finish = finish
+        self.stored: list[list[str]] = []
+
+    def publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+        self.stored.append([record.state for record in records])
+        self.real.publish(messages, records)
+        if len(self.stored) == 1:
+            self.finish()
+            raise connection_lost()
+
+
+def test_a_retried_publish_never_writes_queued_over_a_finished_task(app: Conveyor) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def run_everything() -> None:
+        with TestWorker(app) as worker:
+            worker.run_until_idle()
+
+    landing = LandedThenLost(app.settlement, run_everything)
+    app._settlement = landing
+    result = add.delay(1, 2)
+    assert landing.stored == [[states.QUEUED], []]  # the retry stored no record
+    assert result.state == states.SUCCESS and result.get(timeout=5) == 3
+    assert app.broker.lease(["default"], 10, 0) == []  # and published nothing twice

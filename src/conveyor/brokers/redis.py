@@ -50,6 +50,7 @@ from .._redis import (
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import BrokerError, ConfigurationError
 from ..kv.redis import RedisKeyValue
+from ..limits.redis import RedisLimits
 from ..streams.redis import RedisStreams
 from .base import (
     PUBLISH_DEDUPE_WINDOW,
@@ -119,6 +120,7 @@ class RedisBroker(Broker):
             self._client, self._errors, values=f"{prefix}:kv:", sets=f"{prefix}:kv-join:"
         )
         self._streams = RedisStreams(self._client, self._errors, prefix=f"{prefix}:stream:")
+        self.limits: RedisLimits = RedisLimits(self._client, self._errors, self._key)
 
     @property
     def streams(self) -> RedisStreams:

@@ -8,7 +8,8 @@ docs/flow-control.md). Stores know nothing of tasks: a limit is a string key.
 theoretical arrival time ``tat`` of its next token on the store's clock. A take may *book* a
 token up to ``horizon`` seconds ahead, so a caller that must wait is told exactly when its
 token is due and does not compete for it again (the worker delays the message to then). All
-arithmetic is in :func:`book`; the Redis script mirrors it.
+arithmetic is in :func:`book`; the Redis script mirrors it. Rates are passed with each take,
+so a rate changed at run time applies to the next take (tokens booked before keep their times).
 
 **Slots** (``acquire``/``release``/``renew``) are holders of a key with deadlines: at most
 ``limit`` live holders per key; a holder that is not renewed (its worker died) stops
@@ -60,13 +61,17 @@ def book(
     tat: float | None, now: float, interval: float, tolerance: float, after: float, horizon: float
 ) -> tuple[float | None, Grant]:
     """One take on a bucket whose next token is due at ``tat`` (None: full bucket): the new
-    ``tat`` (None if unchanged) and the grant."""
-    due = now if tat is None or tat < now else tat
+    ``tat`` to store (None: unchanged) and the grant. A ``tat`` further ahead than this rate
+    could have booked (the rate was raised at run time) is brought back to the furthest it
+    could, and stored so even when nothing is granted."""
+    cap = now + horizon + tolerance + interval
+    clamped = tat is not None and tat > cap
+    due = now if tat is None or tat < now else min(tat, cap)
     earliest = max(now + max(after, 0.0), due - tolerance)
     wait = earliest - now
     if wait <= horizon:
         return max(due, earliest) + interval, Grant(wait, True)
-    return None, Grant(wait - horizon, False)
+    return (due if clamped else None), Grant(wait - horizon, False)
 
 
 def slot_member(key: str, holder: str) -> str:

@@ -7,7 +7,8 @@ back into the broker, delayed - never holding a worker slot, never charged a ret
 delivery (the worker's put-back is an uncharged ``retry_later``):
 
 * waiting for a token that is booked (due within the bucket's horizon): delayed exactly until
-  it is due, with the booking noted in its headers, so it runs then without competing again;
+  it is due, with the booking noted in its headers, so it runs then without competing again
+  (a booking used more than :data:`BOOKING_GRACE` late has lapsed: it books again);
 * waiting for a bucket booked beyond its horizon: delayed until the horizon frees up, plus a
   random part, to look again;
 * waiting for a concurrency slot: delayed with a growing backoff (50 ms doubling to 2 s,
@@ -44,6 +45,12 @@ logger = logging.getLogger("conveyor.worker")
 #: Longest wait (s) between two looks of a task waiting for a concurrency slot.
 SLOT_BACKOFF_MAX = 2.0
 SLOT_BACKOFF_BASE = 0.05
+#: Seconds after its due time a booked token may still be used: more than brokers take to
+#: deliver a due message (SQLite polls, Redis wakes on its 100 ms tick). A put-back that
+#: reached the broker much later (a worker busy starting up) would otherwise run together
+#: with the tokens booked after it: a burst. Later than this, it books a new token (the old
+#: one lapses unused). Workers' clocks must agree to well within it (NTP).
+BOOKING_GRACE = 0.25
 #: Seconds a limited task waits when the limit store could not be reached.
 STORE_DOWN_WAIT = 1.0
 
@@ -93,8 +100,7 @@ class FlowGate:
         self, task: Task[..., object], envelope: Envelope, local: RateLimiter
     ) -> float | None:
         headers = envelope.headers
-        booked = headers.pop(BOOKED_HEADER, None)
-        booked_keys = set(booked) if isinstance(booked, list) else set()
+        booked_keys = _booked(headers.pop(BOOKED_HEADER, None), time.time())
         slot = self._slot_key(task, headers)
         store = self.store
         if slot is not None and store is not None and task.concurrency_limit is not None:
@@ -133,7 +139,8 @@ class FlowGate:
             after = grant.wait
             newly.append(key)
         if after > 0:
-            envelope.headers[BOOKED_HEADER] = [*booked, *newly]
+            due = time.time() + after
+            envelope.headers[BOOKED_HEADER] = {"due": due, "keys": [*booked, *newly]}
             return after
         return None
 
@@ -197,3 +204,15 @@ class FlowGate:
             self.store.release(slot, task_id)
         except Exception as exc:  # it lapses at its deadline
             logger.warning("could not give back the concurrency slot of %s: %s", task_id, exc)
+
+
+def _booked(value: object, now: float) -> set[str]:
+    """The buckets a message's booking header holds a token of, if it is not stale."""
+    if not isinstance(value, dict):
+        return set()
+    due, keys = value.get("due"), value.get("keys")
+    if not isinstance(due, int | float) or not isinstance(keys, list):
+        return set()
+    if now > due + BOOKING_GRACE:
+        return set()
+    return {key for key in keys if isinstance(key, str)}

@@ -129,7 +129,10 @@ class FlowGate:
             if key in booked:
                 continue
             if self.store is None:  # per-worker fallback: no booking ahead
-                wait = local.wait(key, rate.per_second, time.time())
+                # the task-wide limit by the task's name: the slot of the worker's shared
+                # limiter (keyed and queue limits are then per process)
+                name = task.name if key == f"task:{task.name}" else key
+                wait = local.wait(name, rate.per_second, time.time())
                 if wait > 0:
                     return wait
                 continue

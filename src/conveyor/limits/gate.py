@@ -10,7 +10,7 @@ delivery (the worker's put-back is an uncharged ``retry_later``):
   it is due, with the booking noted in its headers, so it runs then without competing again
   (a booking used more than :data:`BOOKING_GRACE` late has lapsed: it books again);
 * waiting for a bucket booked beyond its horizon: delayed until the horizon frees up, plus a
-  random part, to look again;
+  random part (from a quarter of the horizon, doubling up to twice it), to look again;
 * waiting for a concurrency slot: delayed with a growing backoff (50 ms doubling to 2 s,
   randomised), to look again.
 
@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import ConfigurationError, ConveyorError
 from ..message import Envelope
-from .options import BOOKED_HEADER, CONCURRENCY_KEY_HEADER, RATE_KEY_HEADER, WAITS_HEADER
+from .options import (
+    BOOKED_HEADER,
+    CONCURRENCY_KEY_HEADER,
+    RATE_KEY_HEADER,
+    RATE_WAITS_HEADER,
+    WAITS_HEADER,
+)
 from .rates import Rate, parse_rate
 from .store import LimitStore
 
@@ -53,6 +59,8 @@ SLOT_BACKOFF_BASE = 0.05
 BOOKING_GRACE = 0.25
 #: Seconds a limited task waits when the limit store could not be reached.
 STORE_DOWN_WAIT = 1.0
+#: Most horizons a task waits before it looks again at a bucket booked beyond its horizon.
+RATE_BACKOFF_MAX = 2.0
 
 
 def horizon(rate: Rate) -> float:
@@ -138,9 +146,10 @@ class FlowGate:
                 continue
             grant = self.store.take(key, rate.interval, rate.tolerance, after, horizon(rate))
             if not grant.granted:
-                return grant.wait + random.uniform(0.5, 1.0) * horizon(rate)
+                return grant.wait + self._rate_backoff(envelope.headers) * horizon(rate)
             after = grant.wait
             newly.append(key)
+        envelope.headers.pop(RATE_WAITS_HEADER, None)
         if after > 0:
             due = time.time() + after
             envelope.headers[BOOKED_HEADER] = {"due": due, "keys": [*booked, *newly]}
@@ -171,6 +180,16 @@ class FlowGate:
             return None
         key = headers.get(CONCURRENCY_KEY_HEADER)
         return f"task:{task.name}:{key}" if isinstance(key, str) else f"task:{task.name}"
+
+    @staticmethod
+    def _rate_backoff(headers: dict[str, object]) -> float:
+        """Horizons to wait before looking again at a bucket booked beyond its horizon: a
+        random half to whole quarter of one, doubling (up to 2) each time the message found
+        it full, so a big backlog returns less and less often while the bucket is busy."""
+        waits = headers.get(RATE_WAITS_HEADER)
+        count = waits if isinstance(waits, int) and not isinstance(waits, bool) else 0
+        headers[RATE_WAITS_HEADER] = count + 1
+        return random.uniform(0.5, 1.0) * min(0.25 * 2.0**count, RATE_BACKOFF_MAX)
 
     @staticmethod
     def _slot_backoff(headers: dict[str, object]) -> float:

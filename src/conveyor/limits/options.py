@@ -25,6 +25,8 @@ CONCURRENCY_KEY_HEADER = "conveyor_concurrency_key"
 BOOKED_HEADER = "conveyor_rate_booked"
 #: Header counting how often a message was put back for a concurrency slot (its backoff).
 WAITS_HEADER = "conveyor_slot_waits"
+#: Header counting how often a message found its bucket booked beyond its horizon.
+RATE_WAITS_HEADER = "conveyor_rate_waits"
 
 TASK_OPTIONS = frozenset({"rate_limit_key", "concurrency_limit", "concurrency_key"})
 CALL_OPTIONS = frozenset({"rate_key", "concurrency_key"})
@@ -91,6 +93,7 @@ def call_headers(
     """Put the call's limit keys into ``headers`` (and drop a forged booking)."""
     headers.pop(BOOKED_HEADER, None)
     headers.pop(WAITS_HEADER, None)
+    headers.pop(RATE_WAITS_HEADER, None)
     pairs = (
         ("rate_key", RATE_KEY_HEADER, "rate_limit", "rate_limit_key"),
         ("concurrency_key", CONCURRENCY_KEY_HEADER, "concurrency_limit", "concurrency_key"),

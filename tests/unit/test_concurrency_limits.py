@@ -137,3 +137,15 @@ def test_a_broker_without_limits_refuses_concurrency_limits(app: Conveyor) -> No
 
     with pytest.raises(ConfigurationError, match="needs a broker that keeps limits"):
         FlowGate(app, None)
+
+
+def test_a_rabbitmq_worker_refuses_concurrency_limits_before_it_forks() -> None:
+    from conveyor.worker.supervisor import Supervisor
+
+    app = Conveyor("limits", broker="amqp://guest@127.0.0.1:1//", result_backend="memory://")
+
+    @app.task(concurrency_limit=1)
+    def one() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="RabbitMQ keeps none"):
+        Supervisor(app, concurrency=1)

@@ -63,6 +63,18 @@ STORE_DOWN_WAIT = 1.0
 RATE_BACKOFF_MAX = 2.0
 
 
+def refuse_concurrency_limits(app: Conveyor) -> None:
+    """Raise :class:`ConfigurationError` if ``app`` has tasks with ``concurrency_limit``: for
+    a broker that keeps no limits (a supervisor calls it with RabbitMQ before it forks, so a
+    worker refuses to start instead of restarting children that cannot run)."""
+    limited = [t.name for t in app.tasks.values() if t.concurrency_limit is not None]
+    if limited:
+        raise ConfigurationError(
+            f"concurrency_limit ({', '.join(sorted(limited))}) needs a broker that keeps "
+            "limits (Redis, SQLite, PostgreSQL); RabbitMQ keeps none (docs/flow-control.md)"
+        )
+
+
 def horizon(rate: Rate) -> float:
     """How far ahead (s) a bucket books tokens: 5 s, or 10 tokens for slow rates."""
     return max(5.0, 10.0 * rate.interval)
@@ -82,12 +94,7 @@ class FlowGate:
         queues = app.conf.task_queues or ()
         self._queue_rates = {q.name: parse_rate(q.rate_limit) for q in queues if q.rate_limit}
         if store is None:
-            limited = [t.name for t in app.tasks.values() if t.concurrency_limit is not None]
-            if limited:
-                raise ConfigurationError(
-                    f"concurrency_limit ({', '.join(sorted(limited))}) needs a broker that keeps "
-                    "limits (Redis, SQLite, PostgreSQL); this broker has none"
-                )
+            refuse_concurrency_limits(app)
 
     # -- admission -----------------------------------------------------------------------
     def admit(

@@ -39,7 +39,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
-from ..brokers import scheme_of
+from ..brokers import AMQP_SCHEMES, scheme_of
 from ..brokers.base import DeadLetterReason, Delivery
 from ..control.protocol import ControlError
 from ..exceptions import (
@@ -48,6 +48,7 @@ from ..exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from ..limits.gate import refuse_concurrency_limits
 from ..middleware import call_each
 from .autoscale import Autoscaler
 from .child import BeatProcess, ChildOptions, run_child
@@ -139,6 +140,8 @@ class Supervisor:
             raise ConfigurationError("this platform cannot fork: start the worker with -A")
         #: Rate limits are per worker: one table of start times for all children.
         self._rate_limiter = SharedRateLimiter.for_app(app, self._context)
+        if scheme_of(app.broker_url) in AMQP_SCHEMES:  # keeps no cluster-wide limits
+            refuse_concurrency_limits(app)
         self._lost_tasks = LostTasks(app, TaskRunner(app, self.hostname))
         self._children: dict[int, _Child] = {}
         self._restart_at: dict[int, float] = {}

@@ -145,3 +145,41 @@ def test_concurrent_takes_never_exceed_the_rate(broker: Broker, store: LimitStor
     assert granted, "no token at all"
     assert len(granted) <= 20 * elapsed + 1
     assert len(granted) >= 10  # and it did grant (a frozen bucket would pass the bound)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_buckets_and_slots_survive_a_reopen(kind: str, request: pytest.FixtureRequest) -> None:
+    """SQLite and PostgreSQL keep limits in their files and tables: a broker opened again
+    (a restart) sees the same buckets and slots."""
+    options = BrokerOptions(key_prefix=f"t{uuid.uuid4().hex[:8]}")
+    url = broker_url(kind, request)
+    first = create_broker(url, options)
+    assert first.limits is not None
+    assert first.limits.take("task:r", 60.0, 0.0).granted
+    assert first.limits.acquire("task:r", 1, "t1", 60)
+    first.close()
+    again = create_broker(url, options)
+    try:
+        assert again.limits is not None
+        assert not again.limits.take("task:r", 60.0, 0.0).granted
+        assert not again.limits.acquire("task:r", 1, "t2", 60)
+    finally:
+        again.close()
+
+
+@pytest.mark.redis
+def test_a_redis_that_lost_its_data_fails_open_by_one_token(redis_server: RedisServer) -> None:
+    import redis
+
+    made = create_broker(redis_server.url, BrokerOptions(key_prefix=uuid.uuid4().hex[:8]))
+    store = made.limits
+    assert store is not None
+    try:
+        assert store.take("task:lost", 60.0, 0.0).granted
+        assert not store.take("task:lost", 60.0, 0.0).granted
+        with redis.Redis.from_url(redis_server.url) as admin:
+            admin.flushall()  # what a restart without persistence leaves
+        assert store.take("task:lost", 60.0, 0.0).granted  # a full bucket: one token
+        assert not store.take("task:lost", 60.0, 0.0).granted  # and limited again
+    finally:
+        made.close()

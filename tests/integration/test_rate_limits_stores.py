@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 
@@ -20,6 +21,7 @@ from conveyor.limits.store import LimitStore, book
 from tests.conftest import wait_until
 from tests.helpers import redis_fixture
 from tests.pg_server import PostgresServer
+from tests.rabbit_server import RabbitServer
 from tests.servers import RedisServer
 
 redis_server = redis_fixture(appendonly=False)
@@ -29,6 +31,8 @@ STORES = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    # RabbitMQ keeps its limits beside its key/value data (here: a SQLite file)
+    pytest.param("amqp", id="amqp", marks=pytest.mark.amqp),
 ]
 
 
@@ -41,6 +45,10 @@ def broker_url(kind: str, request: pytest.FixtureRequest) -> str:
     if kind == "postgres":
         pg: PostgresServer = request.getfixturevalue("postgres_server")
         return pg.url()
+    if kind == "amqp":
+        rabbit: RabbitServer = request.getfixturevalue("rabbit_server")
+        kv = quote(f"sqlite:///{request.getfixturevalue('tmp_path')}/kv.db", safe="")
+        return f"{rabbit.url}?kv_url={kv}"
     return "memory://"
 
 
@@ -183,3 +191,21 @@ def test_a_redis_that_lost_its_data_fails_open_by_one_token(redis_server: RedisS
         assert not store.take("task:lost", 60.0, 0.0).granted  # and limited again
     finally:
         made.close()
+
+
+@pytest.mark.redis
+def test_limits_beside_a_redis_key_value_store(redis_server: RedisServer) -> None:
+    """What RabbitMQ uses when its key/value data lives in a Redis result store."""
+    from conveyor.limits.kvstores import limits_on
+    from conveyor.results import create_result_store
+
+    results = create_result_store(redis_server.url, expires=None, key_prefix=uuid.uuid4().hex[:8])
+    try:
+        store = limits_on(results.kv)
+        assert store is not None
+        assert store.take("task:kv", 60.0, 0.0).granted
+        assert not store.take("task:kv", 60.0, 0.0).granted
+        assert store.acquire("task:kv", 1, "t1", 30)
+        assert not store.acquire("task:kv", 1, "t2", 30)
+    finally:
+        results.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError
 from conveyor.limits.gate import FlowGate
 from conveyor.testing import TestWorker, make_test_app
+from conveyor.worker.supervisor import Supervisor
 
 
 @pytest.fixture
@@ -139,13 +141,17 @@ def test_a_broker_without_limits_refuses_concurrency_limits(app: Conveyor) -> No
         FlowGate(app, None)
 
 
-def test_a_rabbitmq_worker_refuses_concurrency_limits_before_it_forks() -> None:
-    from conveyor.worker.supervisor import Supervisor
-
-    app = Conveyor("limits", broker="amqp://guest@127.0.0.1:1//", result_backend="memory://")
+def test_a_worker_refuses_concurrency_limits_its_broker_cannot_keep(tmp_path: Path) -> None:
+    """A broker without ``limits`` (RabbitMQ with a Django key/value store): the supervisor
+    refuses before it forks children that could not run."""
+    app = Conveyor("limits", broker=f"sqlite:///{tmp_path}/b.db", result_backend="memory://")
 
     @app.task(concurrency_limit=1)
     def one() -> None: ...
 
-    with pytest.raises(ConfigurationError, match="RabbitMQ keeps none"):
-        Supervisor(app, concurrency=1)
+    app.broker.limits = None  # as a broker that keeps none
+    try:
+        with pytest.raises(ConfigurationError, match="needs a broker that keeps limits"):
+            Supervisor(app, concurrency=1).run()
+    finally:
+        app.close()

@@ -16,8 +16,9 @@ delivery (the worker's put-back is an uncharged ``retry_later``):
 
 Slots held by running tasks are renewed by the worker's heartbeat and given back when the
 task ends; a worker that dies stops renewing, and its slots lapse with its leases
-(``broker_lease_timeout``). On a broker without a limit store (RabbitMQ), rate limits fall
-back to per-worker limiters and concurrency limits are refused at worker start.
+(``broker_lease_timeout``). On a broker without a limit store (RabbitMQ with a Django result
+store), rate limits fall back to per-worker limiters and concurrency limits are refused at
+worker start.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The LimitStore contract: token buckets and concurrency slots kept by a broker.
 
 Each broker that can keep them atomically across processes hands out one store as
-``broker.limits`` (memory, SQLite, Redis, PostgreSQL; RabbitMQ has none: see
-docs/flow-control.md). Stores know nothing of tasks: a limit is a string key.
+``broker.limits`` (memory, SQLite, Redis, PostgreSQL; RabbitMQ one beside its key/value data,
+:mod:`.kvstores`, if that backend can). Stores know nothing of tasks: a limit is a string key.
 
 **Buckets** (``take``) follow the generic cell rate algorithm: a bucket is one number, the
 theoretical arrival time ``tat`` of its next token on the store's clock. A take may *book* a

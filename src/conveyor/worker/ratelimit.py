@@ -1,5 +1,6 @@
 """Per-worker task rate limits: the fallback of ``rate_limit="5/s"`` on brokers that keep no
-cluster-wide limits (RabbitMQ; elsewhere ``conveyor.limits`` keeps one bucket for the cluster).
+cluster-wide limits (RabbitMQ with a Django result store; elsewhere ``conveyor.limits`` keeps
+one bucket for the cluster).
 
 A limit here is per worker, as in Celery: a worker of several processes (``-c 2``) starts a
 rate-limited task at most ``rate`` times a second in all, not in each process. A limiter

@@ -39,7 +39,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
-from ..brokers import AMQP_SCHEMES, scheme_of
+from ..brokers import scheme_of
 from ..brokers.base import DeadLetterReason, Delivery
 from ..control.protocol import ControlError
 from ..exceptions import (
@@ -140,8 +140,6 @@ class Supervisor:
             raise ConfigurationError("this platform cannot fork: start the worker with -A")
         #: Rate limits are per worker: one table of start times for all children.
         self._rate_limiter = SharedRateLimiter.for_app(app, self._context)
-        if scheme_of(app.broker_url) in AMQP_SCHEMES:  # keeps no cluster-wide limits
-            refuse_concurrency_limits(app)
         self._lost_tasks = LostTasks(app, TaskRunner(app, self.hostname))
         self._children: dict[int, _Child] = {}
         self._restart_at: dict[int, float] = {}
@@ -174,6 +172,8 @@ class Supervisor:
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
         self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+        if self.app.broker.limits is None:  # before forking children that could not run
+            refuse_concurrency_limits(self.app)
         hooks = self.app.hooks
         if hooks.worker_start:
             call_each(hooks.worker_start, self)

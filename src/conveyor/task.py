@@ -196,7 +196,7 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Queue the task. Options: ``countdown``, ``eta``, ``expires``, ``queue``,
         ``priority``, ``task_id``, ``headers``, ``link``, ``link_error``, ``ignore_result``,
-        ``time_limit``, ``soft_time_limit``, ``on_commit``."""
+        ``time_limit``, ``soft_time_limit``, ``on_commit``, ``rate_key``, ``concurrency_key``."""
         # The result of this task's call holds what the task returns (R).
         return cast(AsyncResult[R], self.app.send_call(self.name, args, kwargs, options, task=self))
 

@@ -147,24 +147,23 @@ def run_at_rate(cluster: Cluster, per_second: float, seconds: float) -> list[flo
     return cluster.times()
 
 
-def check_rate(times: list[float], per_second: float, tolerance: float) -> None:
-    """The observed rate is within ``tolerance`` of ``per_second``; no 1-s window holds more
-    than the bucket allows (``per_second`` + its size, 1) plus the tokens a late delivery
-    may still use (``BOOKING_GRACE`` worth: see docs/flow-control.md)."""
+def check_rate(times: list[float], per_second: float) -> None:
+    """Never faster than ``per_second`` over the run, nor in any 1-s window by more than the
+    bucket allows (its one token) plus the tokens a late delivery may still use
+    (``BOOKING_GRACE`` worth: see docs/flow-control.md); and not far slower (a loaded machine
+    starts processes slowly: the exact figure is the slow test's)."""
     span = times[-1] - times[0]
-    if os.environ.get("LIMITS_DEBUG"):
-        print([round(t - times[0], 3) for t in times])
     observed = (len(times) - 1) / span
     most = most_in_a_window(times)
     print(f"{len(times)} runs in {span:.2f} s: {observed:.2f}/s, at most {most} in 1 s")
-    assert abs(observed - per_second) <= tolerance * per_second
-    assert most_in_a_window(times) <= per_second * (1 + BOOKING_GRACE) + 1
+    assert 0.6 * per_second <= observed <= 1.05 * per_second
+    assert most <= per_second * (1 + BOOKING_GRACE) + 1
 
 
 def test_two_nodes_share_one_rate(cluster_factory: Any) -> None:
     cluster = cluster_factory("20/s")
     times = run_at_rate(cluster, 20, 4)
-    check_rate(times, 20, 0.10)
+    check_rate(times, 20)
     pids = {line.split()[0] for line in cluster.path.read_text().splitlines()}
     assert len(pids) >= 2  # several processes ran them: one bucket, not one per process
 

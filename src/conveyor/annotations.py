@@ -46,6 +46,7 @@ OPTIONS = frozenset(
         "priority",
         "expires",
         "rate_limit",
+        "concurrency_limit",
         "throws",
         "typing",
     }
@@ -164,6 +165,9 @@ def _check_value(where: str, key: str, value: object) -> None:
     bad_priority = not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 9
     if key == "priority" and bad_priority:
         raise ConfigurationError(f"{where} must be 0-9 (9 first), got {value!r}")
+    bad_limit = not isinstance(value, int) or isinstance(value, bool) or value < 1
+    if key == "concurrency_limit" and bad_limit:
+        raise ConfigurationError(f"{where} must be an integer >= 1, got {value!r}")
     if key == "rate_limit":
         try:
             rate_per_second(str(value))

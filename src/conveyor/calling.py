@@ -23,6 +23,7 @@ from .canvas import ONCE_HEADER, as_signature
 from .canvas.signature import chord_option, str_option
 from .config import RouteTarget, Settings
 from .exceptions import ConfigurationError
+from .limits import options as limit_options
 from .message import MAX_TIME_LIMIT, Envelope, encode_arguments, encode_envelope, to_json_value
 from .publishing import RetryPolicy
 from .queues import Exchange, cap_priority, queue_for_routing_key
@@ -67,6 +68,8 @@ CALL_OPTIONS = frozenset(
         # publish options (conveyor.publishing), not envelope fields
         "retry",
         "retry_policy",
+        # flow control (conveyor.limits): keys of per-key limits
+        *limit_options.CALL_OPTIONS,
     }
 )
 
@@ -132,6 +135,7 @@ def build_call(
         if not isinstance(shadow, str):
             raise TypeError(f"shadow of {name} must be a string, got {shadow!r}")
         headers["shadow"] = shadow
+    limit_options.call_headers(headers, name, task, args, kwargs, options)
     if task is not None and task.typing and ONCE_HEADER not in headers:
         # Follow-ups (run-once) are sent by a worker with what their parent returned: a
         # mismatch there fails in the task, as in Celery, not in the sending worker.

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .exceptions import ConfigurationError
+from .limits.rates import parse_rate
 
 __all__ = ["Exchange", "Queue", "declared_queues", "queue_for_routing_key"]
 
@@ -61,7 +62,8 @@ class Queue:
 
     ``exchange`` may be an :class:`Exchange` or its name (a plain name is a direct exchange).
     ``routing_key`` defaults to the queue's name. ``queue_arguments`` accepts only
-    ``{"x-max-priority": n}`` (Celery's spelling of ``max_priority``)."""
+    ``{"x-max-priority": n}`` (Celery's spelling of ``max_priority``). ``rate_limit``
+    limits the starts of all tasks from the queue across the cluster (docs/flow-control.md)."""
 
     name: str
     exchange: Exchange | str | None = None
@@ -71,6 +73,8 @@ class Queue:
     durable: bool = True
     auto_delete: bool = False
     exclusive: bool = False
+    #: A rate limit over every task taken from this queue, across the cluster (``"10/s"``).
+    rate_limit: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -103,6 +107,8 @@ class Queue:
         ):
             raise ConfigurationError(f"{where}: max_priority must be an integer 1-255")
         object.__setattr__(self, "max_priority", priority)
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit, f"{where}: rate_limit")
         if self.durable is not True or self.auto_delete or self.exclusive:
             raise ConfigurationError(
                 f"{where}: Conveyor queues are always durable, shared and kept "

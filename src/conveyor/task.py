@@ -13,6 +13,9 @@ from . import _state, states
 from ._state import current_request as current_request
 from .canvas import Signature, chunks, xmap, xstarmap
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from .limits import options as limit_options
+from .limits.options import KeyFunction
+from .limits.rates import parse_rate
 from .message import to_json_value
 from .request import Request as Request
 from .result import AsyncResult
@@ -58,15 +61,10 @@ def retry_delay(
 
 def rate_per_second(rate_limit: str) -> float:
     """Parse Celery's ``rate_limit`` ("10/s", "100/m", "1000/h", or a number per second)."""
-    count, _, unit = str(rate_limit).partition("/")
-    seconds = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
     try:
-        rate = float(count) / seconds if seconds else 0.0
-    except ValueError:
-        rate = 0.0
-    if rate <= 0:
-        raise ValueError(f"invalid rate_limit {rate_limit!r}: use e.g. '10/s', '100/m', '1000/h'")
-    return rate
+        return parse_rate(rate_limit).per_second
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Task(Generic[P, R]):
@@ -96,6 +94,10 @@ class Task(Generic[P, R]):
     unique_for: float | None = None  # unique tasks: conveyor.unique, docs/flow-control.md
     unique_mode: str = "until_finished"
     unique_key: Callable[..., str] | None = None
+    #: Flow control (conveyor.limits): per-key rate limits, cluster-wide concurrency.
+    rate_limit_key: KeyFunction | None = None
+    concurrency_limit: int | None = None
+    concurrency_key: KeyFunction | None = None
     throws: tuple[type[BaseException], ...] = ()
     typing: bool = True
 
@@ -124,6 +126,7 @@ class Task(Generic[P, R]):
             "throws",
             "typing",
             "retry_kwargs",
+            *limit_options.TASK_OPTIONS,
         }
     )
 
@@ -138,15 +141,11 @@ class Task(Generic[P, R]):
             setattr(self, key, value)
         if self.priority is not None and not 0 <= self.priority <= 9:
             raise ConfigurationError(f"priority must be 0-9, got {self.priority}")
-        if self.rate_limit is not None:
-            try:
-                rate_per_second(self.rate_limit)
-            except ValueError as exc:
-                raise ConfigurationError(str(exc)) from None
         check_task_options(self.unique_for, self.unique_mode, self.unique_key, fn.__name__)
         self.fn = fn
         name = options.get("name")
         self.name = name if isinstance(name, str) and name else default_name(fn, app)
+        limit_options.check_task(self)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.throws = tuple(self.throws)
         self.autoretry_for = tuple(self.autoretry_for)
@@ -206,7 +205,7 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Queue the task. Options: ``countdown``, ``eta``, ``expires``, ``queue``,
         ``priority``, ``task_id``, ``headers``, ``link``, ``link_error``, ``ignore_result``,
-        ``time_limit``, ``soft_time_limit``, ``on_commit``."""
+        ``time_limit``, ``soft_time_limit``, ``on_commit``, ``rate_key``, ``concurrency_key``."""
         # The result of this task's call holds what the task returns (R).
         return cast(AsyncResult[R], self.app.send_call(self.name, args, kwargs, options, task=self))
 

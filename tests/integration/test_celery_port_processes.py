@@ -7,8 +7,8 @@ Tasks live in ``tests/integration/portapp.py``. Every wait is on a fact with a d
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor, states
+from conveyor.limits.gate import BOOKING_GRACE
 from tests.conftest import wait_until
 from tests.helpers import redis_fixture
 
@@ -141,8 +142,11 @@ def test_rate_limit_is_per_worker_not_per_child(port: Port) -> None:
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
     # 5/s for the worker: two children each allowed 5/s ran ~7.5-10/s before the fix.
     assert 2.0 < rate <= 5.5, f"{rate:.2f} tasks/s"
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) > 0.15, gaps
+    # The limit is kept for the cluster (docs/flow-control.md): a start may come up to
+    # BOOKING_GRACE after its booked time, so single gaps can be short; no second holds
+    # more than the rate, one token of bucket and that grace's worth.
+    most = max(bisect.bisect_right(starts, t + 1.0) - i for i, t in enumerate(starts))
+    assert most <= 5 * (1 + BOOKING_GRACE) + 1, starts
 
 
 def test_retry_kwargs_countdown_in_the_worker(port: Port) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import sys
@@ -990,9 +989,10 @@ def test_rate_limit_spaces_starts_in_a_worker(app: Conveyor) -> None:
         limited.delay()
     with TestWorker(app, concurrency=4) as w:
         w.run_until_idle(10)
-    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
     assert len(starts) == 4
-    assert min(gaps) >= 0.09  # 10/s: one start every 0.1 s, not four at once
+    # 10/s: one start every 0.1 s, not four at once (a start may come late, so single gaps
+    # can be shorter: docs/flow-control.md)
+    assert max(starts) - min(starts) >= 0.29
 
 
 def test_invalid_rate_limit_is_refused(app: Conveyor) -> None:

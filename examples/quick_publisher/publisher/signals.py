@@ -1,4 +1,6 @@
-"""Summarize a post after it is saved (once the transaction commits)."""
+"""Summarize a post after it is saved (once the transaction commits), at most
+``SUMMARY_RATE_LIMIT`` per author across all workers (the summaries of one author's burst of
+edits wait in the broker; other authors' go ahead)."""
 
 from typing import Any
 
@@ -15,4 +17,6 @@ def post_saved(sender: type[Post], instance: Post, **kwargs: Any) -> None:
     if kwargs.get("raw") or (update_fields is not None and "content" not in update_fields):
         return
     if not instance.summary_is_current:
-        generate_summary.delay_on_commit(instance.pk)
+        generate_summary.apply_async(
+            (instance.pk,), on_commit=True, rate_key=f"author:{instance.author_id}"
+        )

@@ -20,9 +20,13 @@ from .summarizer import summarize
 logger = logging.getLogger(__name__)
 
 
-@shared_task
+@shared_task(rate_limit=settings.SUMMARY_RATE_LIMIT)
 def generate_summary(post_id: int) -> str:
-    """Summarize a post's current content. Idempotent: an up-to-date summary is left alone."""
+    """Summarize a post's current content. Idempotent: an up-to-date summary is left alone.
+
+    Summarizing stands in for a paid API with a quota per customer: the rate limit is kept
+    per author (the caller gives ``rate_key="author:<id>"``, see ``signals.py``), for the
+    whole cluster, and a summary over it waits in the broker, not in a worker."""
     post = Post.objects.filter(pk=post_id).only("content", "summary_digest").first()
     if post is None:
         return "gone"

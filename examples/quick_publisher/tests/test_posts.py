@@ -166,3 +166,22 @@ def test_cover_image_is_optional_and_must_be_an_image(client, author):
     post = Post.objects.get(slug="good")
     assert post.cover.name.startswith("covers/")
     assert b'class="cover"' in client.get(post.get_absolute_url()).content
+
+
+@pytest.mark.django_db
+def test_summaries_are_rate_limited_per_author(
+    client, author, make_user, conveyor_app, django_capture_on_commit_callbacks
+):
+    from conveyor.message import decode_envelope
+
+    other = make_user("grace@example.com")
+    for user, title in ((author, "One"), (other, "Two")):
+        client.force_login(user)
+        with django_capture_on_commit_callbacks(execute=True):
+            client.post(reverse("publisher:create"), {"title": title, "content": CONTENT})
+    queue = conveyor_app.conf.task_default_queue
+    leased = conveyor_app.broker.lease([queue], 10, 0)
+    conveyor_app.broker.release(leased)
+    keys = {decode_envelope(d.body).headers.get("conveyor_rate_key") for d in leased}
+    assert keys == {f"author:{author.pk}", f"author:{other.pk}"}  # a bucket per author
+    assert generate_summary.rate_limit == "30/m"

@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ..kv import KeyValue
+    from ..limits.store import LimitStore
     from ..streams import Streams
 
 MIN_PRIORITY = 0
@@ -180,6 +181,9 @@ class Broker(abc.ABC):
     #: Small shared state on this broker's server or file (beat claims and progress, the
     #: worker registry), set by each implementation: ``app.kv``.
     kv: KeyValue
+    #: Rate-limit buckets and concurrency slots shared by every worker (conveyor.limits);
+    #: None where the broker cannot keep them atomically (docs/flow-control.md).
+    limits: LimitStore | None = None
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         self.url = url

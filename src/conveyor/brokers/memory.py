@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..kv.memory import MemoryKeyValue
+from ..limits.memory import MemoryLimits
 from ..streams.memory import MemoryStreams
 from .base import (
     PUBLISH_DEDUPE_WINDOW,
@@ -56,6 +57,7 @@ class MemoryBroker(Broker):
         self._revoked: dict[str, float] = {}
         self._published: dict[str, float] = {}  # id -> when publish() forgets it
         self.kv: MemoryKeyValue = MemoryKeyValue()
+        self.limits: MemoryLimits = MemoryLimits()
         self._streams = MemoryStreams()
 
     @property

@@ -64,6 +64,7 @@ from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES
 from ..exceptions import BrokerError, ConfigurationError
 from ..kv.redis import RedisKeyValue
+from ..limits.redis import RedisLimits
 from ..streams.redis import RedisStreams
 from .base import (
     PUBLISH_DEDUPE_WINDOW,
@@ -143,6 +144,7 @@ class RedisBroker(Broker):
             self._client, self._errors, values=keys.spread("kv"), sets=keys.spread("kv-join")
         )
         self._streams = RedisStreams(self._client, self._errors, prefix=keys.spread("stream"))
+        self.limits: RedisLimits = RedisLimits(self._client, self._errors, keys.spread)
 
     @property
     def streams(self) -> RedisStreams:

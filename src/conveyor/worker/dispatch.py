@@ -84,6 +84,8 @@ class Dispatcher:
 
     def submit(self, outcome: Outcome, control: Running | None) -> None:
         """Hand over the outcome of a message that did not run (after its hook)."""
+        if control is not None and self.runner.flow is not None:
+            self.runner.flow.finished(control.job.envelope.id)
         if has_outcome_hooks(self.hooks):  # read each time: signals can connect later
             call_outcome_hooks(self.hooks, outcome)
         self.inflight.submit(outcome, control)
@@ -143,6 +145,8 @@ class Dispatcher:
     def _finished(self, control: Running, outcome: Outcome) -> None:
         """Call the hooks of a task that ran (or was skipped), then hand its outcome over."""
         job = control.job
+        if self.runner.flow is not None:
+            self.runner.flow.finished(job.envelope.id)
         if self.hooks.after_process and not outcome.skipped:
             call_each(self.hooks.after_process, job, outcome)
         if has_outcome_hooks(self.hooks):

@@ -32,6 +32,7 @@ from ..exceptions import (
     SerializationError,
     TaskRevokedError,
 )
+from ..limits.gate import FlowGate
 from ..message import (
     TAG,
     Envelope,
@@ -45,7 +46,7 @@ from ..request import Request
 from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
 from ..signing import signer_for
-from ..task import _current_request, rate_per_second
+from ..task import _current_request
 from .job import Action, Job, Outcome
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .records import RecordBuilder
@@ -70,6 +71,9 @@ class TaskRunner:
         #: Books the starts of rate-limited tasks; a worker of several processes replaces
         #: it with one they share (``SharedRateLimiter``).
         self.rate_limiter: RateLimiter = LocalRateLimiter()
+        #: Rate and concurrency limits (set by the worker: None runs everything unlimited,
+        #: as the supervisor does when it records a lost task).
+        self.flow: FlowGate | None = None
         self.signer = signer_for(app.conf.message_signing_keys)
         self.max_deliveries = int(app.conf.task_max_deliveries)
 
@@ -164,18 +168,13 @@ class TaskRunner:
                 followups=self._then(envelope, states.EXPIRED, None),
                 state=states.EXPIRED,
             )
-        if task.rate_limit and delivery is not None:
-            wait = self.rate_limiter.wait(task.name, rate_per_second(task.rate_limit), now)
-            if wait > 0:  # back to the broker until its turn; not a retry, nothing recorded
-                message = Message(
-                    envelope.id, envelope.queue, delivery.body, envelope.priority, wait
-                )
+        if delivery is not None and self.flow is not None:
+            wait = self.flow.admit(task, envelope, self.rate_limiter)
+            if wait is not None:  # back to the broker until its turn: not a retry, not charged
+                body = encode_envelope(envelope, signer=self.signer)
+                message = Message(envelope.id, envelope.queue, body, envelope.priority, wait)
                 return Outcome(
-                    delivery,
-                    Action.RETRY,
-                    retry_message=message,
-                    state=states.QUEUED,
-                    skipped=True,
+                    delivery, Action.RETRY, retry_message=message, state=states.QUEUED, skipped=True
                 )
         request = Request.from_envelope(
             envelope,

@@ -43,6 +43,7 @@ class Heartbeat:
         sweep_interval: float,
         cleanup_interval: float,
         terminate: Callable[[str], None],
+        renew: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self._inflight = inflight
@@ -55,6 +56,8 @@ class Heartbeat:
         self.sweep_interval = sweep_interval
         self.cleanup_interval = cleanup_interval
         self._terminate = terminate
+        #: Renews what running tasks hold besides leases (concurrency slots).
+        self._renew = renew
 
     def run(self) -> None:
         last_sweep = 0.0
@@ -66,6 +69,8 @@ class Heartbeat:
                 held, running = self._inflight.held_now()
                 if held:
                     self.app.broker.extend(held)
+                if self._renew is not None:
+                    self._renew()
                 if running:
                     self._check_terminate(running)
                 now = time.monotonic()

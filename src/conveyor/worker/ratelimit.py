@@ -1,6 +1,8 @@
-"""Task rate limits (``rate_limit="5/s"``): when may the next run of a task start.
+"""Per-worker task rate limits: the fallback of ``rate_limit="5/s"`` on brokers that keep no
+cluster-wide limits (RabbitMQ with a Django result store; elsewhere ``conveyor.limits`` keeps
+one bucket for the cluster).
 
-A limit is per worker, as in Celery: a worker of several processes (``-c 2``) starts a
+A limit here is per worker, as in Celery: a worker of several processes (``-c 2``) starts a
 rate-limited task at most ``rate`` times a second in all, not in each process. A limiter
 books start times spaced ``1 / rate`` apart; a delivery that comes too early goes back to
 the broker until its turn (:class:`conveyor.worker.execution.TaskRunner`).
@@ -10,8 +12,8 @@ the broker until its turn (:class:`conveyor.worker.execution.TaskRunner`).
 * :class:`SharedRateLimiter`: the start times in shared memory that the supervisor creates
   before it starts its children, so every process of the worker books in one table.
 
-Both implement :class:`RateLimiter`; a cluster-wide limiter (start times kept in the broker)
-is one more implementation of the same method.
+Both implement :class:`RateLimiter`; :class:`conveyor.limits.gate.FlowGate` uses it when the
+broker's ``limits`` is None.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from ..exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from ..limits.gate import refuse_concurrency_limits
 from ..middleware import call_each
 from .autoscale import Autoscaler
 from .child import BeatProcess, ChildOptions, run_child
@@ -171,6 +172,8 @@ class Supervisor:
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
         self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
+        if self.app.broker.limits is None:  # before forking children that could not run
+            refuse_concurrency_limits(self.app)
         hooks = self.app.hooks
         if hooks.worker_start:
             call_each(hooks.worker_start, self)

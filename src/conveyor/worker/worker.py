@@ -33,6 +33,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypedDict
 
 from ..exceptions import BrokerError, ConveyorError, ResultStoreError, TaskRevokedError
+from ..limits.gate import FlowGate
 from ..middleware import Middleware, call_each
 from ..results.base import ResultRecord
 from .consumer import Consumer, default_hostname
@@ -174,6 +175,8 @@ class Worker:
         executor = self._executor or ThreadExecutor(self.concurrency)
         self._executor = executor
         app, inflight, stopped = self.app, self.inflight, self._stopped
+        if self.runner.flow is None:
+            self.runner.flow = FlowGate(app, app.broker.limits)
         dispatcher = Dispatcher(
             app, inflight, self.runner, self.hooks, executor, self._loop, self._timers,
             self.on_task_start,
@@ -210,6 +213,7 @@ class Worker:
             sweep_interval=self.sweep_interval,
             cleanup_interval=self.cleanup_interval,
             terminate=self.terminate,
+            renew=self.runner.flow.renew,
         )
         finisher = Finisher(
             inflight,

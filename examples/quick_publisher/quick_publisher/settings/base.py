@@ -149,3 +149,6 @@ NEWSLETTER_CHUNK_SIZE = 50
 #: Seconds the annual report pauses per month it adds up: a stand-in for real, slow work
 #: (0 in production; the demo sets it so that the progress bar can be watched).
 REPORT_STEP_DELAY = 0.0
+# Post summaries per author, across all workers (docs/flow-control.md): a stand-in for an API
+# quota per customer. Summaries over it wait in the broker.
+SUMMARY_RATE_LIMIT = "30/m"

@@ -29,6 +29,7 @@ import amqp
 
 from ...exceptions import ConfigurationError
 from ...kv import KeyValue
+from ...limits.kvstores import limits_on
 from ...results import create_result_store
 from ...results.base import ResultStore
 from ..base import (
@@ -101,6 +102,7 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
             kv_url, expires=None, key_prefix=f"{opts.key_prefix}.amqp"
         )
         self.kv: KeyValue = self._store.kv
+        self.limits = limits_on(self.kv)  # rate and concurrency limits beside the kv data
         queue_type = str(transport.get("queue_type", "quorum"))
         self.names = Names(opts.key_prefix)
         try:

@@ -23,6 +23,7 @@ from ..._postgres import (
 )
 from ...exceptions import BrokerError, ConfigurationError
 from ...kv.postgres import PostgresKeyValue
+from ...limits.postgres import PostgresLimits
 from ...streams.postgres import PostgresStreams
 from ..base import (
     PUBLISH_DEDUPE_WINDOW,
@@ -86,6 +87,9 @@ class PostgresBroker(Broker):
             pool_size=int(params.get("pool_size", transport.get("pool_size", 4))),
         )
         self.kv: PostgresKeyValue = PostgresKeyValue(self.db, self.ns, KV_TABLES)
+        self.limits: PostgresLimits = PostgresLimits(
+            self.db, self.ns, f"{self.schema}.{KV_TABLES.values}"
+        )
         self.channel = channel_name(self.schema, "messages")
         self._sql: dict[str, str] = {}
         # Notifications and this object's own publishes wake its waiting consumers.

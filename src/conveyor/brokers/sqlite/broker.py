@@ -15,6 +15,7 @@ from typing import Any
 from ..._sqlite import Database, chunks, marks, path_from_url
 from ...exceptions import BrokerError, ConfigurationError
 from ...kv.sqlite import SQLiteKeyValue
+from ...limits.sqlite import SQLiteLimits
 from ...streams.sqlite import SQLiteStreams
 from ..base import (
     PUBLISH_DEDUPE_WINDOW,
@@ -83,6 +84,7 @@ class SQLiteBroker(Broker):
             lock_timeout=float(transport.get("lock_timeout", 60.0)),
         )
         self.kv: SQLiteKeyValue = SQLiteKeyValue(self._db, self.ns, KV_TABLES)
+        self.limits: SQLiteLimits = SQLiteLimits(self._db, self.ns, KV_TABLES.values)
         self._streams = SQLiteStreams(self._db, self.ns)
         self._lease_statements: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
         # Publishes through this object wake its waiting consumers without a poll.

@@ -1,0 +1,190 @@
+"""Rate limits (conveyor.limits): rates and options checked where given, per-key buckets,
+queue limits, waiting in the broker uncharged - with an in-process worker on the memory broker.
+
+Every store's buckets: tests/integration/test_rate_limits_stores.py; real worker processes
+sharing one bucket: tests/integration/test_rate_limits_processes.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor import Conveyor, Queue
+from conveyor.exceptions import ConfigurationError
+from conveyor.limits import parse_rate
+from conveyor.limits.options import BOOKED_HEADER, RATE_KEY_HEADER
+from conveyor.message import Envelope
+from conveyor.middleware import Middleware
+from conveyor.testing import TestWorker, make_test_app
+
+
+@pytest.fixture
+def app() -> Iterator[Conveyor]:
+    app = make_test_app("limits")
+    yield app
+    app.close()
+
+
+# -- rates ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [("10/s", 10.0), ("120/m", 2.0), ("3600/h", 1.0), ("8640/d", 0.1), ("5", 5.0), (2.5, 2.5)],
+)
+def test_rates_parse(text: str | float, per_second: float) -> None:
+    assert parse_rate(text).per_second == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("bad", ["fast", "0/s", "-1/m", "10/w", "nan/s", "inf", "", True, [1]])
+def test_bad_rates_fail_at_definition(app: Conveyor, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="rate_limit"):
+        app.task(rate_limit=bad)(lambda: None)
+
+
+def test_bad_queue_rate_fails_at_declaration() -> None:
+    with pytest.raises(ConfigurationError, match=r"Queue\('mail'\): rate_limit"):
+        Queue("mail", rate_limit="lots")
+
+
+def test_rate_limit_key_needs_a_function_and_a_rate(app: Conveyor) -> None:
+    with pytest.raises(ConfigurationError, match=r"rate_limit_key .* must be a function"):
+        app.task(rate_limit="1/s", rate_limit_key="customer")(lambda: None)
+    with pytest.raises(ConfigurationError, match=r"rate_limit_key .* needs rate_limit"):
+        app.task(rate_limit_key=lambda c: c)(lambda c: None)
+
+
+# -- keys at the call site ----------------------------------------------------------------
+def test_rate_key_is_computed_at_call_time(app: Conveyor) -> None:
+    @app.task(rate_limit="1/s", rate_limit_key=lambda customer, **kw: f"customer:{customer}")
+    def sync(customer: int, full: bool = False) -> None: ...
+
+    seen: list[dict[str, object]] = []
+    app.add_middleware(_Headers(seen))
+    sync.delay(42, full=True)
+    sync.apply_async((7,), rate_key="override")
+    assert [h.get(RATE_KEY_HEADER) for h in seen] == ["customer:42", "override"]
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [(42, TypeError), (b"k", TypeError), ("", ConfigurationError), ("a\nb", ConfigurationError)],
+)
+def test_bad_rate_keys_fail_at_call_time(app: Conveyor, key: object, error: type) -> None:
+    @app.task(rate_limit="1/s", rate_limit_key=lambda k: k)
+    def limited(k: object) -> None: ...
+
+    with pytest.raises(error, match=r"rate_key|rate_limit_key"):
+        limited.apply_async(("x",), rate_key=key)
+    with pytest.raises(error, match="rate_limit_key"):
+        limited.delay(key)
+    assert app.broker.stats(["default"])["default"].ready == 0  # nothing was sent
+
+
+def test_rate_key_for_a_task_without_rate_limit_is_an_error(app: Conveyor) -> None:
+    @app.task
+    def free() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="no rate_limit"):
+        free.apply_async(rate_key="customer:1")
+
+
+def test_a_forged_booking_header_is_dropped(app: Conveyor) -> None:
+    @app.task(rate_limit="1/s")
+    def limited() -> None: ...
+
+    seen: list[dict[str, object]] = []
+    app.add_middleware(_Headers(seen))
+    limited.apply_async(headers={BOOKED_HEADER: ["task:limited"]})
+    assert BOOKED_HEADER not in seen[0]
+
+
+# -- in a worker ----------------------------------------------------------------------------
+def test_each_key_has_its_own_bucket(app: Conveyor) -> None:
+    starts: dict[str, list[float]] = {"a": [], "b": []}
+
+    @app.task(rate_limit="5/s", rate_limit_key=lambda who: who)
+    def call_api(who: str) -> None:
+        starts[who].append(time.monotonic())
+
+    for _ in range(3):
+        call_api.delay("a")
+        call_api.delay("b")
+    with TestWorker(app, concurrency=4) as worker:
+        worker.run_until_idle(15)
+    for times in starts.values():
+        gaps = [b - a for a, b in itertools.pairwise(sorted(times))]
+        assert len(times) == 3 and min(gaps) >= 0.18  # 5/s within one key
+    # the two keys ran side by side, not one after the other (one bucket would take 1 s)
+    assert abs(min(starts["a"]) - min(starts["b"])) < 0.15
+
+
+def test_waiting_for_a_token_is_not_a_retry_nor_a_delivery(app: Conveyor) -> None:
+    seen: list[tuple[int, int, float]] = []
+
+    @app.task(rate_limit="4/s", max_retries=0)
+    def limited() -> None:
+        request = limited.request
+        seen.append((request.retries, request.delivery_count, time.monotonic()))
+
+    for _ in range(6):  # the last ones wait ~1 s for their tokens
+        limited.delay()
+    with TestWorker(app, concurrency=4) as worker:
+        worker.run_until_idle(15)
+    assert len(seen) == 6
+    assert {(retries, count) for retries, count, _ in seen} == {(0, 1)}
+    starts = sorted(at for _, _, at in seen)
+    assert starts[-1] - starts[0] >= 1.2  # 6 starts at 4/s: 1.25 s
+
+
+def test_queue_rate_limit_covers_every_task_of_the_queue() -> None:
+    app = make_test_app("limits", task_queues=[Queue("mail", rate_limit="5/s")])
+    starts: list[float] = []
+
+    @app.task(queue="mail")
+    def one() -> None:
+        starts.append(time.monotonic())
+
+    @app.task(queue="mail")
+    def two() -> None:
+        starts.append(time.monotonic())
+
+    try:
+        for _ in range(3):
+            one.delay()
+            two.delay()
+        with TestWorker(app, concurrency=4, queues=["mail"]) as worker:
+            worker.run_until_idle(15)
+    finally:
+        app.close()
+    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
+    assert len(starts) == 6 and min(gaps) >= 0.18
+
+
+def test_rate_limit_changed_at_run_time_applies_to_the_next_takes(app: Conveyor) -> None:
+    starts: list[float] = []
+
+    @app.task(rate_limit="1/m")
+    def limited() -> None:
+        starts.append(time.monotonic())
+
+    limited.delay()
+    with TestWorker(app, concurrency=2) as worker:
+        worker.run_until_idle(10)
+        limited.rate_limit = "20/s"  # what app.control.rate_limit does in each worker process
+        for _ in range(5):
+            limited.delay()
+        worker.run_until_idle(10)
+    assert len(starts) == 6
+
+
+class _Headers(Middleware):
+    """Keeps the headers of each published envelope."""
+
+    def __init__(self, seen: list[dict[str, object]]) -> None:
+        self.seen = seen
+
+    def after_publish(self, app: Conveyor, envelope: Envelope) -> None:
+        self.seen.append(dict(envelope.headers))

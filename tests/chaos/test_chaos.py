@@ -20,7 +20,7 @@ RECOVERY_BOUND = 30.0 + 5.0 + 15.0
 
 @pytest.fixture(
     params=[
-        pytest.param(b, id=b.name, marks=(pytest.mark.redis,) if b.name == "redis" else ())
+        pytest.param(b, id=b.name, marks=tuple(getattr(pytest.mark, m) for m in b.marks))
         for b in BROKERS
     ]
 )

@@ -52,7 +52,8 @@ SELECT ns, id, queue, priority, body, 0, deliveries FROM moved ORDER BY due, seq
 
 # Lease, in one statement (one round trip): ack the finished messages, make due delayed
 # messages ready (leased from the next statement on: one statement sees one snapshot), pick
-# (skipping rows other consumers are leasing), mark leased, say if revoked.
+# (skipping rows other consumers are leasing), mark leased, say if revoked. The count stops
+# at the column's maximum: a row forged with it would otherwise fail every lease of its queue.
 # Its commit does not wait for the WAL flush (synchronous_commit off for this transaction
 # alone, set in the LIMIT so it is always evaluated): a crash of the server can only lose the
 # latest acks and leases, i.e. redeliver messages (at-least-once), never lose one. Records
@@ -77,7 +78,8 @@ WITH acked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {M} AS m SET state = 1, token = %(token)s,
-    due = now() + make_interval(secs => %(lease)s), deliveries = m.deliveries + 1
+    due = now() + make_interval(secs => %(lease)s),
+    deliveries = least(m.deliveries, 2147483646) + 1
 FROM picked WHERE m.seq = picked.seq
 RETURNING m.seq, m.id, m.queue, m.priority, m.body, m.deliveries,
     EXISTS (SELECT 1 FROM {{s}}.conveyor_revoked AS r

@@ -56,6 +56,7 @@ def test_postgres_schema_version_durability_and_autovacuum(
 ) -> None:
     schema = pg_app.broker.db.schema  # type: ignore[attr-defined]  # a PostgresBroker
     findings = diagnose(pg_app)
+    assert levels(findings, "clock", "this host: clock within") == ["ok"]  # the server's clock
     assert levels(findings, PG, "no broker tables yet") == ["info"]
     # The suite's server runs without fsync (speed): exactly what the check must catch.
     assert levels(findings, PG, "fsync is off") == ["error"]
@@ -146,6 +147,7 @@ def test_rabbitmq_version_consumer_timeout_and_queue_arguments(
         assert levels(findings, MQ, "RabbitMQ 3.") == ["ok"]
         assert levels(findings, MQ, "under consumer_timeout (1800 s") == ["ok"]
         assert levels(findings, MQ, "no memory or disk alarm") == ["ok"]
+        assert levels(findings, "clock") == ["info"]  # RabbitMQ has no clock to compare with
         [queue] = [f for f in findings if f.check == MQ and f"{prefix}.q.default" in f.message]
         assert queue.level == "error" and "inequivalent arg" in queue.message
         assert "delete_queue" in queue.fix

@@ -401,8 +401,12 @@ def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int 
         worker.wait_children(2)
         children = worker.children()
 
+        abandoned = threading.Event()  # the scenario failed: stop sending
+
         def produce() -> None:
             for i in range(tasks):
+                if abandoned.is_set():
+                    return
                 mid = f"r{i}-{uuid.uuid4().hex[:6]}"
                 try:
                     app.send_task("chaos.work", [str(runs), mid, 0.001], task_id=mid)
@@ -411,13 +415,17 @@ def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int 
                     errors.append(f"{type(exc).__name__}: {exc}")
                 time.sleep(0.002)  # a steady producer, not a burst
 
-        producer = threading.Thread(target=produce)
+        producer = threading.Thread(target=produce, daemon=True)
         started = time.monotonic()
         producer.start()
-        for n in range(restarts):
-            target = (n + 1) * tasks // (restarts + 1)
-            wait(lambda: len(sent) >= target, 300, "sends")  # noqa: B023
-            server.crash_and_restart(2.0)
+        try:
+            for n in range(restarts):
+                target = (n + 1) * tasks // (restarts + 1)
+                wait(lambda: len(sent) >= target, 300, "sends")  # noqa: B023
+                server.crash_and_restart(2.0)
+        except BaseException:
+            abandoned.set()
+            raise
         producer.join(600)
         wait(lambda: set(dones(runs)) >= set(sent), 300, "every sent task done", interval=0.5)
         elapsed = time.monotonic() - started

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.postgres
 
 Q = "default"
 FIELDS = settings(
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

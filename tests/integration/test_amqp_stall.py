@@ -28,15 +28,14 @@ Q = "default"
 
 
 @pytest.fixture
-def stalling_rabbit() -> Iterator[RabbitServer]:
-    server = RabbitServer()  # a node of its own: it is stopped mid-test
+def stalling_rabbit(rabbit_server: RabbitServer) -> Iterator[RabbitServer]:
+    """The session's node, continued whatever happens (other tests of this process use it
+    after this one; a few seconds stopped are far below its AMQP heartbeats)."""
     try:
-        server.start()
-        yield server
+        yield rabbit_server
     finally:
-        if server.process is not None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.cleanup()
+        if rabbit_server.process is not None:
+            os.kill(rabbit_server.process.pid, signal.SIGCONT)
 
 
 def outcome(call: Callable[[], object], limit: float) -> tuple[BaseException | None, float]:

@@ -3,7 +3,8 @@ shared by ``tests/chaos/test_chaos.py`` (assertions) and ``scripts/chaos`` (the 
 of docs/reliability.md).
 
 A broker joins every scenario with one entry in :data:`BROKERS`: a name and a context manager
-giving a :class:`Server` (its URL, and how to crash and restart it if it is a server).
+giving a :class:`Server` (its URL, the app settings it needs, and how to crash and restart it
+if it is a server).
 Each scenario returns a flat dict of figures; ``None`` marks a scenario that does not apply.
 """
 
@@ -22,15 +23,18 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from conveyor import Conveyor
 from tests.chaos.chaosapp import create_app
 from tests.integration.test_beat_processes import SCRIPT, BeatProcess, Observer
 from tests.integration.test_worker_processes import child_pids
+from tests.pg_server import PostgresServer
+from tests.rabbit_server import RabbitServer
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +44,9 @@ Figures = dict[str, Any]
 
 class Server(Protocol):
     url: str
+    #: App settings every process of a scenario needs on this broker (e.g. RabbitMQ's result
+    #: store, which also holds its key/value data).
+    settings: dict[str, Any]
 
     def crash_and_restart(self, downtime: float) -> bool | None:
         """SIGKILL the server, keep it down ``downtime`` s, start it again (False: cannot)."""
@@ -49,6 +56,7 @@ class Server(Protocol):
 @dataclass
 class SQLiteFile:
     url: str
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def crash_and_restart(self, downtime: float) -> bool | None:
         return False  # a file: nothing to restart
@@ -57,6 +65,7 @@ class SQLiteFile:
 @dataclass
 class RedisAlways:
     server: RedisServer
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -84,14 +93,88 @@ def redis_broker(tmp: Path) -> Iterator[Server]:
         server.cleanup()
 
 
+@dataclass
+class PostgresCrash:
+    """A PostgreSQL cluster with fsync on; a crash SIGKILLs the postmaster and every backend
+    (no shutdown checkpoint: the restart runs crash recovery from the WAL)."""
+
+    server: PostgresServer
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.server.url()
+
+    def crash_and_restart(self, downtime: float) -> bool | None:
+        process = self.server.process
+        assert process is not None
+        for pid in [process.pid, *child_pids(process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(10)
+        self.server.process = None
+        time.sleep(downtime)  # the length of the outage being injected
+        self.server.start(timeout=60)
+        return True
+
+
+@dataclass
+class RabbitCrash:
+    """A RabbitMQ node; a crash SIGKILLs its Erlang VM (durable queues and persistent
+    messages are recovered from its message store at the next boot)."""
+
+    server: RabbitServer
+    url: str
+    settings: dict[str, Any]
+
+    def crash_and_restart(self, downtime: float) -> bool | None:
+        self.server.kill()
+        time.sleep(downtime)  # the length of the outage being injected
+        self.server.start()
+        return True
+
+
+@contextlib.contextmanager
+def postgres_broker(tmp: Path) -> Iterator[Server]:
+    server = PostgresServer(durable=True)
+    try:
+        server.start()
+        yield PostgresCrash(server)
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def rabbit_broker(tmp: Path) -> Iterator[Server]:
+    """RabbitMQ keeps no results or key/value data (revocations, beat claims, the worker
+    registry): they live in a SQLite file, given both as the result store of the chaos app
+    and as ``kv_url`` in the URL (for the beat processes, which get only the URL)."""
+    server = RabbitServer()
+    results = f"sqlite:///{tmp}/results.db"
+    try:
+        server.start()
+        yield RabbitCrash(
+            server, f"{server.url}?kv_url={quote(results, safe='')}", {"result_backend": results}
+        )
+    finally:
+        server.cleanup()
+
+
 @dataclass(frozen=True)
 class BrokerSpec:
     name: str
     start: Callable[[Path], contextlib.AbstractContextManager[Server]]
+    #: The pytest marks of the server it needs (``redis``, ``postgres``, ``amqp``).
+    marks: tuple[str, ...] = ()
 
 
-#: Every broker of the chaos suite (PostgreSQL and RabbitMQ join with one entry each).
-BROKERS = [BrokerSpec("sqlite", sqlite_broker), BrokerSpec("redis", redis_broker)]
+#: Every broker of the chaos suite.
+BROKERS = [
+    BrokerSpec("sqlite", sqlite_broker),
+    BrokerSpec("redis", redis_broker, ("redis",)),
+    BrokerSpec("postgres", postgres_broker, ("postgres",)),
+    BrokerSpec("amqp", rabbit_broker, ("amqp",)),
+]
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -203,7 +286,7 @@ def kills(server: Server, tmp: Path, tasks: int = 20_000, kill_count: int = 20) 
     """``kill_count`` SIGKILLs, alternating one child and a whole worker (replaced at once),
     while two 2-child workers run ``tasks`` 5-ms tasks published up front. Default lease
     timeout (30 s) and sweep interval (5 s)."""
-    settings: dict[str, Any] = {"worker_log_tasks": False}
+    settings: dict[str, Any] = {**server.settings, "worker_log_tasks": False}
     runs = tmp / "kills.runs"
     app = create_app(server.url, **settings)
     try:
@@ -299,8 +382,11 @@ def _spread(values: list[float]) -> str | None:
 
 def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int = 3) -> Figures:
     """A producer sends ``tasks`` tasks one ``delay()`` at a time while the broker is killed
-    (SIGKILL) ``restarts`` times for 2 s; a 2-child worker runs them."""
+    (SIGKILL) ``restarts`` times for 2 s; a 2-child worker runs them. The outage lasts until
+    the server accepts connections again (RabbitMQ takes 5-10 s to boot, more when loaded):
+    a send whose retries (15 s in all by default) end before that fails, and is counted."""
     settings: dict[str, Any] = {
+        **server.settings,
         "worker_log_tasks": False,
         "broker_lease_timeout": 10.0,
         "broker_sweep_interval": 2.0,
@@ -311,14 +397,18 @@ def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int 
     errors: list[str] = []
     try:
         app.broker.stats(["default"])
-        if server.crash_and_restart(0) is False:
+        if isinstance(server, SQLiteFile):
             return {"restarts": "n/a: a file, not a server"}
         worker = Worker(server.url, settings, tmp / "rw.log", "-c", "2")
         worker.wait_children(2)
         children = worker.children()
 
+        abandoned = threading.Event()  # the scenario failed: stop sending
+
         def produce() -> None:
             for i in range(tasks):
+                if abandoned.is_set():
+                    return
                 mid = f"r{i}-{uuid.uuid4().hex[:6]}"
                 try:
                     app.send_task("chaos.work", [str(runs), mid, 0.001], task_id=mid)
@@ -327,13 +417,20 @@ def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int 
                     errors.append(f"{type(exc).__name__}: {exc}")
                 time.sleep(0.002)  # a steady producer, not a burst
 
-        producer = threading.Thread(target=produce)
+        producer = threading.Thread(target=produce, daemon=True)
         started = time.monotonic()
         producer.start()
-        for n in range(restarts):
-            target = (n + 1) * tasks // (restarts + 1)
-            wait(lambda: len(sent) >= target, 300, "sends")  # noqa: B023
-            server.crash_and_restart(2.0)
+        outages: list[float] = []  # from the kill until the server is back (boot included)
+        try:
+            for n in range(restarts):
+                target = (n + 1) * tasks // (restarts + 1)
+                wait(lambda: len(sent) >= target, 300, "sends")  # noqa: B023
+                crashed = time.monotonic()
+                server.crash_and_restart(2.0)
+                outages.append(time.monotonic() - crashed)
+        except BaseException:
+            abandoned.set()
+            raise
         producer.join(600)
         wait(lambda: set(dones(runs)) >= set(sent), 300, "every sent task done", interval=0.5)
         elapsed = time.monotonic() - started
@@ -344,6 +441,7 @@ def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int 
     done = dones(runs)
     return {
         "restarts": restarts,
+        "longest outage s": round(max(outages), 1),
         "sent": len(sent),
         "send errors": len(errors),
         "lost": len(set(sent) - set(done)),
@@ -356,7 +454,7 @@ def broker_restarts(server: Server, tmp: Path, tasks: int = 3000, restarts: int 
 def sigterm(server: Server, tmp: Path, tasks: int = 2000) -> Figures:
     """SIGTERM a 2-child worker a third of the way through ``tasks`` 20-ms tasks; a second
     worker finishes the rest. Warm shutdown: nothing runs twice, nothing is lost."""
-    settings: dict[str, Any] = {"worker_log_tasks": False}
+    settings: dict[str, Any] = {**server.settings, "worker_log_tasks": False}
     runs = tmp / "sigterm.runs"
     app = create_app(server.url, **settings)
     try:
@@ -390,6 +488,7 @@ def poison(server: Server, tmp: Path, poisons: int = 20, good: int = 2000) -> Fi
     each poison is dead-lettered as worker_lost after task_max_deliveries (4) deliveries;
     every good task runs once."""
     settings: dict[str, Any] = {
+        **server.settings,
         "worker_log_tasks": False,
         "broker_lease_timeout": 2.0,
         "broker_sweep_interval": 1.0,
@@ -474,7 +573,7 @@ def beats(server: Server, tmp: Path, leader_kills: int = 3) -> Figures:
 def soak(server: Server, tmp: Path, tasks: int = 20_000) -> Figures:
     """``tasks`` tiny tasks through one child: its RSS and PSS after the first 1,000 and at
     the end (from /proc/<pid>/smaps_rollup)."""
-    settings: dict[str, Any] = {"worker_log_tasks": False}
+    settings: dict[str, Any] = {**server.settings, "worker_log_tasks": False}
     app = create_app(server.url, **settings)
     try:
         publish = [

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.publishing import DEFAULT_POLICY
 from tests.chaos.scenarios import BROKERS, BrokerSpec, run
 
 #: Poison tasks take about 6 minutes per broker (child restarts back off up to 10 s).
@@ -20,7 +21,7 @@ RECOVERY_BOUND = 30.0 + 5.0 + 15.0
 
 @pytest.fixture(
     params=[
-        pytest.param(b, id=b.name, marks=(pytest.mark.redis,) if b.name == "redis" else ())
+        pytest.param(b, id=b.name, marks=tuple(getattr(pytest.mark, m) for m in b.marks))
         for b in BROKERS
     ]
 )
@@ -48,7 +49,8 @@ def test_broker_crashes_lose_no_sent_task(broker: BrokerSpec) -> None:
     if broker.name == "sqlite":
         pytest.skip("a file: there is no server to crash")
     figures = run(broker, "broker restarts")
-    assert figures["send errors"] == 0  # publish retries ride out each 2-s outage
+    if figures["longest outage s"] < (DEFAULT_POLICY.total_wait or 0.0) - 1.0:
+        assert figures["send errors"] == 0  # publish retries ride out each outage
     assert figures["lost"] == 0
     assert figures["children replaced"] is False  # workers reconnect; no child dies
 

@@ -138,6 +138,29 @@ class Bad:
 GOOD_TASK = "fuzzapp.record"  # tests/fuzz/fuzzapp.py
 SQLITE_BAD_PRIORITIES: list[object] = ["high", 12, -1, 1.5, b"\x05", None]
 BAD_COUNTS: list[object] = ["many", 1.5, b"\x01"]
+#: Delivery counts so far that are over ``task_max_deliveries`` (4).
+OVER_COUNTS: list[object] = [4, 50, 10**9]
+
+
+@dataclass(frozen=True)
+class StoredFields:
+    """The bad priorities and delivery counts a broker's storage can hold (PostgreSQL's columns
+    are typed, RabbitMQ's headers are AMQP table values)."""
+
+    priorities: list[object]
+    bad_counts: list[object]
+    over_counts: list[object]
+
+
+SQLITE_FIELDS = StoredFields(SQLITE_BAD_PRIORITIES, BAD_COUNTS, OVER_COUNTS)
+#: smallint priority and integer count columns: out of range, or at the column's limits.
+POSTGRES_FIELDS = StoredFields(
+    [12, -1, 10, 2**15 - 1, -(2**15)], [-1, -(2**31)], [*OVER_COUNTS, 2**31 - 1]
+)
+#: ``conveyor-priority`` and ``conveyor-delivered-before`` headers of any AMQP type.
+AMQP_FIELDS = StoredFields(
+    ["high", 12, -1, 1.5, None, True], ["many", 1.5, -1, None, [3]], [*OVER_COUNTS, 2**62]
+)
 
 
 def _good_fields(rng: random.Random, mid: str) -> dict[str, object]:
@@ -168,9 +191,12 @@ _IMPOSSIBLE: dict[str, list[object]] = {
 }
 
 
-def malformed_messages(count: int, seed: int, max_bytes: int) -> Iterator[Bad]:
+def malformed_messages(
+    count: int, seed: int, max_bytes: int, stored: StoredFields = SQLITE_FIELDS
+) -> Iterator[Bad]:
     """``count`` labelled bad messages, reproducible from ``seed``. ``max_bytes`` is the
-    worker's body limit (``2 * message_max_bytes``): "huge" bodies exceed it."""
+    worker's body limit (``2 * message_max_bytes``): "huge" bodies exceed it. ``stored``: the
+    forged priorities and delivery counts the broker's storage can hold."""
     rng = random.Random(seed)
     makers: list[Callable[[str], Bad]] = []
 
@@ -222,13 +248,13 @@ def malformed_messages(count: int, seed: int, max_bytes: int) -> Iterator[Bad]:
     def forged_count(mid: str) -> Bad:
         body = json.dumps(_good_fields(rng, mid)).encode()
         if rng.random() < 0.5:  # over the limit: the broker dead-letters it before any run
-            count = rng.choice([4, 50, 10**9])
+            count = rng.choice(stored.over_counts)
             return bad(mid, body, "worker_lost", "count-over", deliveries=count)
-        return bad(mid, body, "malformed", "count-bad", deliveries=rng.choice(BAD_COUNTS))
+        return bad(mid, body, "malformed", "count-bad", deliveries=rng.choice(stored.bad_counts))
 
     def bad_priority(mid: str) -> Bad:
         body = json.dumps(_good_fields(rng, mid)).encode()
-        return bad(mid, body, "malformed", "priority", priority=rng.choice(SQLITE_BAD_PRIORITIES))
+        return bad(mid, body, "malformed", "priority", priority=rng.choice(stored.priorities))
 
     makers = [
         random_bytes,
@@ -253,7 +279,10 @@ def good_message(path: str, mid: str) -> bytes:
 
 
 __all__ = [
+    "AMQP_FIELDS",
+    "POSTGRES_FIELDS",
     "Bad",
+    "StoredFields",
     "envelopes",
     "good_message",
     "hostile_bodies",

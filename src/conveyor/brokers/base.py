@@ -72,6 +72,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..utils.redaction import redact_text
+
 if TYPE_CHECKING:
     from ..kv import KeyValue
     from ..limits.store import LimitStore
@@ -322,7 +324,7 @@ def redact_url(url: str) -> str:
     """Hide the password in a URL (``redis://user:***@host``) for logs and errors. Textual, so
     it also covers several hosts (``redis+sentinel://:pw@h1,h2/...``), Celery's ``;``-joined
     sentinel URLs and malformed ports; when unsure it hides more, never less."""
-    return ";".join(_redact_one(part) for part in url.split(";"))
+    return redact_text(";".join(_redact_one(part) for part in url.split(";")))
 
 
 def _redact_one(url: str) -> str:

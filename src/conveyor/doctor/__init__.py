@@ -5,7 +5,9 @@ message and a fix). :func:`diagnose` runs them all; a check that fails unexpecte
 error finding of its own, so one broken check never hides the others.
 
 * :mod:`.storage`: the broker's and result store's servers (Redis ``maxmemory-policy`` and
-  persistence; SQLite file location, file system and WAL);
+  persistence; SQLite file location, file system and WAL; PostgreSQL in :mod:`.postgres`:
+  schema version, durability, autovacuum, long transactions; RabbitMQ in :mod:`.rabbitmq`:
+  version, ``consumer_timeout``, alarms, queue arguments);
 * :mod:`.fleet`: what live workers announce (clock skew against the broker, tasks the app
   sends that no worker of their queue registers, queues no worker consumes, time zone and
   signing keys that differ from this app's);
@@ -54,7 +56,7 @@ def startup_warnings(app: Conveyor) -> list[Finding]:
     store's server that lose messages (Redis eviction, no AOF; SQLite on a network file
     system). A check that cannot run is not reported here (``conveyor doctor`` says why)."""
     try:
-        found = storage_checks(app)
+        found = storage_checks(app, quick=True)
     except Exception:  # a start-up hint must never stop a worker
         return []
     return [f for f in found if f.level in (Level.WARNING, Level.ERROR)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from ..brokers import scheme_of
 from ..calling import route
 from ..registry import read_announcements
 from ..signing import key_ids
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from ..app import Conveyor
     from ..worker.heartbeat import WorkerInfo
 
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 #: Clock differences up to this are normal (network round trips, NTP slew).
 SKEW_WARNING = 2.0
 
@@ -53,6 +55,13 @@ def _skew_finding(app: Conveyor, who: str, skew: float) -> Finding:
 
 
 def _local_clock(app: Conveyor) -> Finding:
+    if scheme_of(app.broker_url) in AMQP_SCHEMES:
+        return info(
+            "clock",
+            "RabbitMQ does not tell its time over AMQP: workers' clocks are not compared "
+            "(expires= and eta= are judged on the clocks of producers and workers)",
+            "run NTP (chrony / systemd-timesyncd) on every host",
+        )
     before = time.time()
     broker_now = app.broker.time()
     after = time.time()
@@ -60,6 +69,8 @@ def _local_clock(app: Conveyor) -> Finding:
 
 
 def _worker_clocks(app: Conveyor, workers: dict[str, WorkerInfo]) -> list[Finding]:
+    if scheme_of(app.broker_url) in AMQP_SCHEMES:
+        return []  # a worker's "broker time" is its own clock (see _local_clock)
     findings = []
     for name, worker in workers.items():
         seen, broker_time = worker.get("seen_at"), worker.get("broker_time")

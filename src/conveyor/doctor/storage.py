@@ -1,5 +1,6 @@
 """Checks of the servers behind the broker and the result store: Redis memory policy and
-persistence, SQLite file location, file system and journal mode."""
+persistence, SQLite file location, file system and journal mode; PostgreSQL (:mod:`.postgres`)
+and RabbitMQ (:mod:`.rabbitmq`) in modules of their own."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from .._redis_urls import REDIS_SCHEMES
 from .._sqlite import path_from_url
 from ..brokers import redact_url, scheme_of
 from .findings import Finding, error, info, ok, warning
+from .postgres import postgres_findings
+from .rabbitmq import rabbitmq_findings
 
 if TYPE_CHECKING:
     from ..app import Conveyor
@@ -21,7 +24,12 @@ if TYPE_CHECKING:
 NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "glusterfs", "ceph"}
 
 
-def storage_checks(app: Conveyor) -> list[Finding]:
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def storage_checks(app: Conveyor, *, quick: bool = False) -> list[Finding]:
+    """``quick``: leave out what takes a while (RabbitMQ's alarm probe waits a second)."""
     findings: list[Finding] = []
     urls = {"broker": app.broker_url}
     if app.result_backend_url != app.broker_url:
@@ -37,6 +45,13 @@ def storage_checks(app: Conveyor) -> list[Finding]:
             findings += redis_findings(role, url, options)
         elif scheme == "sqlite":
             findings += sqlite_findings(role, url)
+        elif scheme in POSTGRES_SCHEMES:
+            owner = app.broker if role == "broker" else app.results
+            db = getattr(owner, "db", None)  # PostgresBroker / PostgresResultStore
+            if db is not None:
+                findings += postgres_findings(role, db)
+        elif scheme in AMQP_SCHEMES and role == "broker":
+            findings += rabbitmq_findings(app, probe_alarms=not quick)
         elif scheme == "memory":
             findings.append(
                 warning(

@@ -6,6 +6,13 @@ import re
 from collections.abc import Iterable, Mapping
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
+#: A password given as a query parameter (libpq's ``?password=``, ``sslpassword``, ...).
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pass|sslpassword|secret|token)=)[^&\s#]*", re.IGNORECASE
+)
+#: A URL with a password percent-encoded inside a query value
+#: (``amqp://host//?kv_url=redis%3A%2F%2F%3Apw%40host``).
+_ENCODED_PASSWORD = re.compile(r"(?P<head>%3A%2F%2F[^\s&]*?)%3A[^\s&]*%40", re.IGNORECASE)
 
 #: What a redacted value is replaced with.
 REDACTED = "[redacted]"
@@ -26,10 +33,16 @@ SECRET_NAMES: tuple[str, ...] = (
 
 
 def redact_text(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``."""
-    if "@" not in text:  # no URL with credentials: skip the regex (one line per task)
-        return text
-    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    """Replace the password of every URL in ``text`` with ``***``: in its user part, in a
+    password query parameter, and in a percent-encoded URL inside a query value."""
+    # Cheap tests first: most lines (one per task) hold no URL with credentials.
+    if "@" in text:
+        text = _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    if "%40" in text:
+        text = _ENCODED_PASSWORD.sub(r"\g<head>%3A***%40", text)
+    if "=" in text and ("?" in text or "&" in text):
+        text = _QUERY_SECRET.sub(r"\g<head>***", text)
+    return text
 
 
 def _secret(name: str, names: Iterable[str]) -> bool:

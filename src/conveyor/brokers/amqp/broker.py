@@ -55,6 +55,7 @@ from .convert import (
     delivery_count_of,
     message_id_of,
     priority_of,
+    problem_of,
     to_amqp,
 )
 from .leases import Held, Leases, Reaper
@@ -232,6 +233,9 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                 message_id = message_id_of(msg, f"amqp-{self._uid}-{generation}-{tag}")
                 fate = self.kv.get_value(f"{fates.PREFIX}{message_id}")
                 note = fates.note_of(fate)
+                if (problem := problem_of(msg)) is not None:
+                    self._bury(held, DeadLetterReason.MALFORMED, f"AMQP message: {problem}")
+                    continue
                 if note is not None and fates.applies(note, count):
                     self._apply(channel, held, note)
                     fates.forget(self.kv, message_id)

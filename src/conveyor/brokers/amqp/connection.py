@@ -26,6 +26,12 @@ from ...exceptions import BrokerError, ConfigurationError
 from ..base import redact_url
 
 SCHEMES = ("amqp", "amqps", "pyamqp")
+#: Longest wait for RabbitMQ to answer or to take what we send (seconds): a node that is
+#: alive on TCP but does not answer (stalled, or a queue that lost its leader) fails the call,
+#: and the connection is dropped, instead of blocking the caller (and the session lock) forever.
+RPC_TIMEOUT = 30.0
+#: Longest wait for the server's reply to our close (the connection is dropped anyway).
+CLOSE_TIMEOUT = 2.0
 #: Errors of the client and the network that mean "the connection is gone".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     AMQPError,
@@ -135,6 +141,8 @@ class Connector:
             heartbeat=p.heartbeat,
             connect_timeout=p.connect_timeout,
             confirm_publish=False,
+            read_timeout=RPC_TIMEOUT,
+            write_timeout=RPC_TIMEOUT,
         )
         try:
             connection.connect()
@@ -163,6 +171,9 @@ def close_quietly(connection: amqp.Connection | None) -> None:
     if connection is None:
         return
     try:
+        sock = connection.sock
+        if sock is not None:  # a stalled server never answers our close
+            sock.settimeout(CLOSE_TIMEOUT)
         connection.close()
     except Exception:  # already broken: drop the socket
         try:

@@ -64,7 +64,28 @@ def body_of(msg: amqp.Message) -> bytes:
 
 def priority_of(msg: amqp.Message) -> int:
     value = headers_of(msg).get(PRIORITY, msg.properties.get("priority", 5))
-    return clamp_priority(value) if isinstance(value, int) else 5
+    return clamp_priority(value) if type(value) is int else 5
+
+
+def problem_of(msg: amqp.Message) -> str | None:
+    """Why a leased message cannot be delivered: a Conveyor header of the wrong type or out
+    of range (written by a broken or hostile publisher), or None. Messages without Conveyor's
+    headers (other publishers, Celery) pass: the worker judges their body."""
+    headers = headers_of(msg)
+    for name, low, high in (
+        (PRIORITY, 0, 9),
+        (BEFORE, 0, None),
+        ("x-delivery-count", 0, None),
+    ):
+        if name not in headers:
+            continue
+        value = headers[name]
+        if type(value) is not int or value < low or (high is not None and value > high):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            limit = f"{low}-{high}" if high is not None else f">= {low}"
+            return f"header {name} {shown} is not an integer {limit}"
+    return None
 
 
 def message_id_of(msg: amqp.Message, fallback: str) -> str:
@@ -77,9 +98,9 @@ def delivery_count_of(msg: amqp.Message) -> int:
     queues only say whether the message was delivered before (then 2)."""
     headers = headers_of(msg)
     before = headers.get(BEFORE)
-    base = before if isinstance(before, int) and before > 0 else 0
+    base = before if type(before) is int and before > 0 else 0
     count = headers.get("x-delivery-count")
-    if isinstance(count, int):
+    if type(count) is int:
         return base + count + 1
     return base + (2 if msg.delivery_info.get("redelivered") else 1)
 
@@ -130,9 +151,9 @@ def dead_letter_of(msg: amqp.Message) -> DeadLetter:
         when = first.get("time") if isinstance(first, dict) else None
         if isinstance(when, dt.datetime):
             dead_at = when.timestamp()
-    if not isinstance(count, int):
+    if type(count) is not int:
         x_count = headers.get("x-delivery-count")
-        count = x_count + 1 if isinstance(x_count, int) else 0
+        count = x_count + 1 if type(x_count) is int else 0
     return DeadLetter(
         id=message_id_of(msg, ""),
         queue=queue if isinstance(queue, str) else "",

@@ -250,6 +250,13 @@ class PostgresBroker(Broker):
             for statement, args in before:  # autocommit: stored before anything is acked
                 conn.execute(statement, args)
             rows: list[tuple[object, ...]] = conn.execute(lease, params).fetchall()
+        # Only undeliverable rows: lease again at once (each round buries at least one),
+        # rather than wait for a notification that no new message will send.
+        while rows and all(row_problem(row) for row in rows):
+            self._bury_bad(rows, token)
+            params.update(seqs=[], tokens=[])
+            with self.db.connection() as conn:
+                rows = conn.execute(lease, params).fetchall()
         if any(row_problem(row) for row in rows):
             rows = self._bury_bad(rows, token)
         rows.sort(key=lease_order)

@@ -56,6 +56,8 @@ SELECT ns, id, queue, priority, body, 0, deliveries FROM moved ORDER BY due, seq
 # delayed messages ready first (leased from the next statement on: one statement sees one
 # snapshot); it costs several times the server CPU of the rest, so a busy consumer runs it
 # only every PROMOTE_EVERY seconds (see PostgresBroker.lease_now) and an idle one always.
+# The count stops at the column's maximum: a row forged with it would otherwise fail every
+# lease of its queue.
 # Its commit does not wait for the WAL flush (synchronous_commit off for this transaction
 # alone, set in the LIMIT so it is always evaluated): a crash of the server can only lose the
 # latest acks and leases, i.e. redeliver messages (at-least-once), never lose one. Records
@@ -82,7 +84,8 @@ _LEASED = f""", picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE {M} AS m SET state = 1, token = %(token)s,
-    due = now() + make_interval(secs => %(lease)s), deliveries = m.deliveries + 1
+    due = now() + make_interval(secs => %(lease)s),
+    deliveries = least(m.deliveries, 2147483646) + 1
 FROM picked WHERE m.seq = picked.seq
 RETURNING m.seq, m.id, m.queue, m.priority, m.body, m.deliveries,
     EXISTS (SELECT 1 FROM {{s}}.conveyor_revoked AS r

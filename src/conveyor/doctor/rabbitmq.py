@@ -68,7 +68,7 @@ def rabbitmq_findings(app: Conveyor, *, probe_alarms: bool = True) -> list[Findi
         userid=params.userid,
         password=params.password,
         virtual_host=params.vhost,
-        ssl=params.ssl or False,
+        ssl=params.tls or False,
         connect_timeout=min(params.connect_timeout, 10.0),
         on_blocked=blocked.append,
     )

@@ -20,6 +20,8 @@ from redis.exceptions import MovedError
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker, Message, QueueStats
 from conveyor.brokers.redis import RedisBroker
+from conveyor.doctor.findings import Level
+from conveyor.doctor.storage import redis_findings
 from conveyor.exceptions import BrokerError, ConfigurationError, ResultStoreError
 from conveyor.results import create_result_store
 from tests.cluster_servers import ClusterDeployment, running_cluster
@@ -44,6 +46,25 @@ def broker(cluster: ClusterDeployment) -> Iterator[RedisBroker]:
     assert isinstance(built, RedisBroker)
     yield built
     built.close()
+
+
+# -- the settings the promises need --------------------------------------------------------
+def test_doctor_checks_every_primary(cluster: ClusterDeployment) -> None:
+    """Eviction is a per-node setting: one primary that may evict is found and named."""
+
+    ports = cluster.primary_ports()
+    with cluster.client(cluster.node(ports[1])) as node:
+        node.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            findings = redis_findings("broker", cluster.url)
+        finally:
+            node.config_set("maxmemory-policy", "noeviction")
+    policy = [f for f in findings if "maxmemory-policy" in f.message]
+    assert len(policy) == len(ports)  # one per primary
+    bad = [f for f in policy if "allkeys-lru" in f.message]
+    assert len(bad) == 1 and f"127.0.0.1:{ports[1]}" in bad[0].message
+    assert bad[0].level == Level.WARNING and bad[0].fix
+    assert all(f.level == Level.OK for f in policy if f is not bad[0])
 
 
 # -- bad input -----------------------------------------------------------------------------

@@ -65,19 +65,26 @@ def storage_checks(app: Conveyor, *, quick: bool = False) -> list[Finding]:
 
 
 def redis_findings(role: str, url: str, options: Mapping[str, Any] | None = None) -> list[Finding]:
+    """Eviction and persistence of the Redis server at ``url``: of every primary on a Redis
+    Cluster (each holds its own queues)."""
     import redis  # optional dependency (the redis extra), needed only for Redis URLs
+    from redis.cluster import RedisCluster
 
     from .._redis import connect
 
     where = f"{role} Redis {redact_url(url)}"
     check = f"{role}: redis"
+    servers: list[tuple[str, dict[str, Any]]] = []
     with connect(url, {"socket_timeout": 5, **(options or {})}) as client:
         try:
-            config = {
-                **client.config_get("maxmemory*"),
-                **client.config_get("append*"),
-                **client.config_get("save"),
-            }
+            if isinstance(client, RedisCluster):
+                primaries: list[Any] = client.get_primaries()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                for node in primaries:
+                    servers.append(
+                        (f"{where} (primary {node.host}:{node.port})", _config(client, node))
+                    )
+            else:
+                servers.append((where, _config(client)))
         except redis.ResponseError as exc:  # CONFIG renamed or disabled (managed Redis)
             return [
                 info(
@@ -86,6 +93,19 @@ def redis_findings(role: str, url: str, options: Mapping[str, Any] | None = None
                     "check by hand: maxmemory-policy noeviction, appendonly yes",
                 )
             ]
+    return [finding for name, config in servers for finding in _redis_config(check, name, config)]
+
+
+def _config(client: Any, node: Any = None) -> dict[str, Any]:
+    """The settings the promises depend on, of ``client``'s server (or of one Cluster node)."""
+    target = {} if node is None else {"target_nodes": node}
+    config: dict[str, Any] = {}
+    for pattern in ("maxmemory*", "append*", "save"):
+        config.update(client.config_get(pattern, **target))
+    return config
+
+
+def _redis_config(check: str, where: str, config: Mapping[str, Any]) -> list[Finding]:
     findings: list[Finding] = []
     policy = str(config.get("maxmemory-policy", ""))
     limited = str(config.get("maxmemory", "0")) != "0"

@@ -90,9 +90,9 @@ def _connect_sentinel(url: str, opts: Mapping[str, Any], kwargs: dict[str, Any])
     sentinel_kwargs = dict(opts.get("sentinel_kwargs") or {})
     for name in ("socket_timeout", "socket_connect_timeout"):
         sentinel_kwargs.setdefault(name, kwargs[name])
-    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
     kwargs.pop("max_connections", None)  # the sentinel pool sizes itself
-    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.service,
         db=target.db,
         username=target.username,
@@ -111,7 +111,7 @@ def _connect_cluster(
     kwargs.pop("health_check_interval", None)
     try:
         return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
             username=target.username,
             password=target.password,
             ssl=target.ssl,
@@ -140,7 +140,7 @@ def is_cluster(client: Client) -> bool:
 def block_limit(client: Client) -> float:
     """Longest single blocking call: below the socket timeout with room for the reply."""
     if isinstance(client, RedisCluster):
-        node = client.get_default_node()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        node = client.get_default_node()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
         conn = node.redis_connection if node is not None else None
         kwargs = conn.connection_pool.connection_kwargs if conn is not None else {}
     else:
@@ -164,7 +164,7 @@ def same_server(a: Client, b: Client) -> bool:
             return False
         ka, kb = _cluster_kwargs(a), _cluster_kwargs(b)
         same_user = all(ka.get(k) == kb.get(k) for k in ("username", "password"))
-        return same_user and {n.name for n in a.get_nodes()} == {n.name for n in b.get_nodes()}  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        return same_user and {n.name for n in a.get_nodes()} == {n.name for n in b.get_nodes()}  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
     pa, pb = a.connection_pool, b.connection_pool
     ka, kb = pa.connection_kwargs, pb.connection_kwargs
     if isinstance(pa, SentinelConnectionPool) or isinstance(pb, SentinelConnectionPool):
@@ -179,7 +179,7 @@ def same_server(a: Client, b: Client) -> bool:
 
 
 def _cluster_kwargs(client: RedisCluster) -> dict[str, Any]:
-    node = client.get_default_node()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    node = client.get_default_node()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
     conn = node.redis_connection if node is not None else None
     return dict(conn.connection_pool.connection_kwargs) if conn is not None else {}
 

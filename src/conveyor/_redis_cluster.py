@@ -55,7 +55,7 @@ class ClusterConnections:
         client = self._client
         groups: dict[str, tuple[Connections, list[int]]] = {}
         for index, command in enumerate(calls.commands):
-            node = client.get_node_from_key(calls.targets.get(index) or _key_of(command))  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            node = client.get_node_from_key(calls.targets.get(index) or _key_of(command))  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
             group = groups.get(node.name)
             if group is None:
                 group = groups[node.name] = (self._node(node), [])
@@ -94,12 +94,12 @@ class ClusterConnections:
         """Send ``command`` through the cluster client (following redirections); a script
         that its node does not know (a new primary, a server restart) is loaded first."""
         try:
-            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            return self._client.execute_command(*command)  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
         except NoScriptError:
             if script is None:
                 raise
             script.load()
-            return self._client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            return self._client.execute_command(*command)  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
 
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script call."""

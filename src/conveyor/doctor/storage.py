@@ -78,7 +78,7 @@ def redis_findings(role: str, url: str, options: Mapping[str, Any] | None = None
     with connect(url, {"socket_timeout": 5, **(options or {})}) as client:
         try:
             if isinstance(client, RedisCluster):
-                primaries: list[Any] = client.get_primaries()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                primaries: list[Any] = client.get_primaries()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
                 for node in primaries:
                     servers.append(
                         (f"{where} (primary {node.host}:{node.port})", _config(client, node))

@@ -67,7 +67,7 @@ class Streams(Protocol):
         ...
 
 
-# Helpers of the SQL rings (sqlite, postgres): a batch is one row, its entries packed.
+# Helpers of the implementations (the SQL rings of sqlite and postgres pack a batch in one row).
 def number_position(after: str | None) -> int:
     """A decimal position (``None``: before the first), or a clear :class:`ValueError`."""
     if after is None:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import deque
 
-from . import START, Entry
+from . import START, Entry, number_position
 
 
 class MemoryStreams:
@@ -43,7 +43,7 @@ class MemoryStreams:
         wait: float = 0.0,
         since: float | None = None,
     ) -> list[Entry]:
-        start = _position(after)
+        start = number_position(after)
         deadline = time.monotonic() + wait
         with self._cond:
             while True:
@@ -84,12 +84,3 @@ class MemoryStreams:
     def _trim(entries: deque[tuple[int, float, bytes]], oldest: float) -> None:
         while entries and entries[0][1] < oldest:
             entries.popleft()
-
-
-def _position(after: str | None) -> int:
-    if after is None:
-        return 0
-    try:
-        return int(after)
-    except ValueError:
-        raise ValueError(f"not a stream position of this broker: {after!r}") from None

@@ -103,13 +103,17 @@ def test_any_sqlite_column_value_is_delivered_typed_or_dead_lettered(
                 "deliveries) VALUES (?, 'm', ?, ?, ?, 0, NULL, ?)",
                 (ns, Q, priority, body, deliveries),
             )
+            # What SQLite stored: the column's INTEGER affinity turns '0' into 0.
+            [stored] = conn.execute(
+                "SELECT priority FROM conveyor_messages WHERE ns = ? AND id = 'm'", (ns,)
+            ).fetchone()
         conn.close()
         leased = broker.lease([Q], 10, 0)
         dead = broker.dead_letters()
         assert len(leased) + len(dead) == 1
         for delivery in leased:
             check_delivery(delivery)
-            assert delivery.priority == priority  # an integer 0-9 (maybe stored as 5.0)
+            assert delivery.priority == stored  # an integer 0-9 (maybe stored as 5.0)
         for letter in dead:
             assert (letter.id, letter.reason) == ("m", "malformed") and letter.detail
     finally:

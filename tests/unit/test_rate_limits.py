@@ -7,7 +7,6 @@ sharing one bucket: tests/integration/test_rate_limits_processes.py.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 
@@ -102,6 +101,14 @@ def test_a_forged_booking_header_is_dropped(app: Conveyor) -> None:
 
 
 # -- in a worker ----------------------------------------------------------------------------
+def paced(starts: list[float], interval: float) -> bool:
+    """No more than one start per ``interval`` over any span: the n-th start is at least
+    n intervals after the first. (Gaps between neighbours may shrink when one start was late:
+    the bucket does not lose the token it kept.) 20 ms allowed for timer jitter."""
+    ordered = sorted(starts)
+    return all(at - ordered[0] >= n * interval - 0.02 for n, at in enumerate(ordered))
+
+
 def test_each_key_has_its_own_bucket(app: Conveyor) -> None:
     starts: dict[str, list[float]] = {"a": [], "b": []}
 
@@ -115,8 +122,7 @@ def test_each_key_has_its_own_bucket(app: Conveyor) -> None:
     with TestWorker(app, concurrency=4) as worker:
         worker.run_until_idle(15)
     for times in starts.values():
-        gaps = [b - a for a, b in itertools.pairwise(sorted(times))]
-        assert len(times) == 3 and min(gaps) >= 0.18  # 5/s within one key
+        assert len(times) == 3 and paced(times, 0.2)  # 5/s within one key
     # the two keys ran side by side, not one after the other (one bucket would take 1 s)
     assert abs(min(starts["a"]) - min(starts["b"])) < 0.15
 
@@ -159,8 +165,7 @@ def test_queue_rate_limit_covers_every_task_of_the_queue() -> None:
             worker.run_until_idle(15)
     finally:
         app.close()
-    gaps = [b - a for a, b in itertools.pairwise(sorted(starts))]
-    assert len(starts) == 6 and min(gaps) >= 0.18
+    assert len(starts) == 6 and paced(starts, 0.2)
 
 
 def test_rate_limit_changed_at_run_time_applies_to_the_next_takes(app: Conveyor) -> None:

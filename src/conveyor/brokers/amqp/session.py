@@ -1,9 +1,11 @@
 """One AMQP connection with its two channels, shared by a broker's threads under one lock.
 
 py-amqp connections (like pika's) are not thread-safe, so every use holds :attr:`Session.lock`;
-nothing blocks while holding it except a bounded wait for publisher confirms. The *work*
-channel leases (``basic.get``) and settles (``basic.ack``/``nack``) — acks must go on the
-channel that received the message. The *publish* channel is in confirm mode: :meth:`publish`
+nothing blocks while holding it except a bounded wait for publisher confirms: a lease waiting
+for pushed messages waits for the socket to become readable *without* the lock (:meth:`wait`),
+then reads what arrived under it (:meth:`pump`). The *work* channel leases (``basic.consume``,
+``basic.get``) and settles (``basic.ack``/``nack``) — acks must go on the channel that received
+the message. The *publish* channel is in confirm mode: :meth:`publish`
 sends a batch and waits until RabbitMQ confirmed every message (persisted, or replicated by the
 quorum); a nack, a return (unroutable) or a timeout raises ``BrokerError``.
 
@@ -14,6 +16,8 @@ RabbitMQ has already put back) are recognised as stale.
 
 from __future__ import annotations
 
+import select
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +110,35 @@ class Session:
             except CONNECTION_ERRORS as exc:
                 self.drop()
                 raise self.connector.error(f"heartbeat failed ({exc})") from None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def pump(self) -> None:
+        """Dispatch every complete frame already received, without waiting (lock held by
+        the caller; connection errors are the caller's, as in :meth:`run`)."""
+        connection = self._connection
+        if connection is None:
+            return
+        while True:
+            try:
+                connection.drain_events(timeout=0)
+            except TimeoutError:  # nothing more has arrived
+                return
+
+    def wait(self, timeout: float) -> None:
+        """Return when the connection has data to read, or after ``timeout`` seconds; the
+        lock is not held meanwhile (another thread may read it first: callers re-check)."""
+        with self.lock:
+            connection = self._connection
+            sock = connection.sock if connection is not None else None
+            if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                return
+        try:
+            select.select([sock], [], [], timeout)
+        except (OSError, ValueError):  # closed meanwhile: the next call reconnects
+            return
 
     def connection(self) -> amqp.Connection:
         """The open connection (lock held by the caller)."""

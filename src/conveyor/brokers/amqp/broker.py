@@ -70,6 +70,8 @@ from .topology import LEVELS, TICK, Names, Topology, delay_routing_key, ticks
 #: Longest single wait of a blocked lease before it looks again (seconds): another thread
 #: may have read its pushed messages off the connection meanwhile (publisher confirms).
 POLL_SLICE = 0.1
+#: Before cancelling consumers: how long no delivery must arrive (seconds).
+QUIET = 0.03
 #: kv key of a queue name this prefix has used (stats() of every queue).
 QUEUE_KEY = "amqp-queue:"
 
@@ -304,8 +306,13 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         return got
 
     def _stop_pushed(self, channel: amqp.Channel, queues: Sequence[str] | None) -> None:
-        """Stop consuming ``queues`` (None: all) and give back what they pushed."""
+        """Stop consuming ``queues`` (None: all) and give back what they pushed. A delivery
+        still on its way when RabbitMQ sees the cancel is requeued by it and charged a
+        delivery: first take in what is in flight (a consumer whose window is full, or whose
+        queue is empty, has nothing on the way)."""
         self._fresh_generation()
+        if self._pushed.consuming():
+            self._session.quiet(QUIET, 10 * QUIET)
         self._give_back(self._pushed.stop(channel, queues))
 
     def _give_back(self, msgs: Sequence[tuple[str, amqp.Message]]) -> None:

@@ -127,6 +127,18 @@ class Session:
             except TimeoutError:  # nothing more has arrived
                 return
 
+    def quiet(self, interval: float, most: float) -> None:
+        """Read what arrives until nothing did for ``interval`` seconds (at most ``most``;
+        lock held by the caller)."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        deadline = time.monotonic() + most
+        while sock is not None and (remaining := deadline - time.monotonic()) > 0:
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            if not pending and not select.select([sock], [], [], min(interval, remaining))[0]:
+                return
+            self.pump()
+
     def wait(self, timeout: float) -> None:
         """Return when the connection has data to read, or after ``timeout`` seconds; the
         lock is not held meanwhile (another thread may read it first: callers re-check)."""

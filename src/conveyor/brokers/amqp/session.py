@@ -17,6 +17,7 @@ RabbitMQ has already put back) are recognised as stale.
 from __future__ import annotations
 
 import select
+import socket
 import ssl
 import threading
 import time
@@ -32,6 +33,16 @@ from .topology import Topology
 T = TypeVar("T")
 #: How long publish() waits for RabbitMQ's confirms (seconds).
 CONFIRM_TIMEOUT = 30.0
+#: Longest wait for the rest of a frame whose start has arrived (seconds).
+FRAME_WAIT = 0.05
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has data (decrypted TLS data pending counts), waiting up to
+    ``timeout`` seconds."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], timeout)[0])
 
 
 class Session:
@@ -116,15 +127,18 @@ class Session:
         return self._connection is not None
 
     def pump(self) -> None:
-        """Dispatch every complete frame already received, without waiting (lock held by
-        the caller; connection errors are the caller's, as in :meth:`run`)."""
+        """Dispatch the frames already received, without waiting for more (lock held by the
+        caller; connection errors are the caller's, as in :meth:`run`). One frame at a time,
+        only while the socket has data: a frame cut short by a stalled server times out after
+        :data:`FRAME_WAIT` (py-amqp would spin on a non-blocking socket)."""
         connection = self._connection
         if connection is None:
             return
-        while True:
+        sock = connection.sock
+        while sock is not None and _readable(sock, 0):
             try:
-                connection.drain_events(timeout=0)
-            except TimeoutError:  # nothing more has arrived
+                connection.blocking_read(FRAME_WAIT)
+            except TimeoutError:  # the rest of a frame is late: kept for the next read
                 return
 
     def quiet(self, interval: float, most: float) -> None:
@@ -134,8 +148,7 @@ class Session:
         sock = connection.sock if connection is not None else None
         deadline = time.monotonic() + most
         while sock is not None and (remaining := deadline - time.monotonic()) > 0:
-            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
-            if not pending and not select.select([sock], [], [], min(interval, remaining))[0]:
+            if not _readable(sock, min(interval, remaining)):
                 return
             self.pump()
 
@@ -145,10 +158,10 @@ class Session:
         with self.lock:
             connection = self._connection
             sock = connection.sock if connection is not None else None
-            if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if sock is None:
                 return
         try:
-            select.select([sock], [], [], timeout)
+            _readable(sock, timeout)
         except (OSError, ValueError):  # closed meanwhile: the next call reconnects
             return
 

@@ -59,6 +59,23 @@ def test_values_round_trip_ttl_and_delete(kv: KeyValue, kv_peer: KeyValue) -> No
     assert kv.get_value("persisted") == b"new"
 
 
+def test_get_values_reads_many_keys_live_only(kv: KeyValue, kv_peer: KeyValue) -> None:
+    kv.set_value("many.1", b"one")
+    kv.set_value("many.2", b"\x00two")
+    kv.set_value("many.short", b"x", ttl=0.3)
+    assert kv_peer.get_values(["many.1", "many.2", "many.missing", "many.1"]) == {
+        "many.1": b"one",
+        "many.2": b"\x00two",
+    }
+    assert kv.get_values([]) == {}
+    wait_until(lambda: kv.get_value("many.short") is None, 5.0, "value expiry")
+    assert kv.get_values(["many.short", "many.2"]) == {"many.2": b"\x00two"}
+    keys = [f"many.n{i}" for i in range(1200)]  # more than one statement or MGET holds
+    for key in keys[::100]:
+        kv.set_value(key, key.encode())
+    assert kv.get_values(keys) == {key: key.encode() for key in keys[::100]}
+
+
 def test_values_by_literal_prefix(kv: KeyValue) -> None:
     for key in ["w.1", "w.2", "w", "wx.1", "x.1"]:
         kv.set_value(key, key.encode())

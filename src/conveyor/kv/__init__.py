@@ -22,6 +22,7 @@ Promises every implementation keeps (tests/conformance/test_kv.py):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -34,6 +35,10 @@ class KeyValue(Protocol):
 
     def get_value(self, key: str) -> bytes | None:
         """The value of ``key`` (None if missing or expired)."""
+        ...
+
+    def get_values(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The live values of ``keys`` in one round trip (missing or expired keys absent)."""
         ...
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:

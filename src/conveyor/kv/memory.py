@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 
 class MemoryKeyValue:
@@ -35,6 +36,12 @@ class MemoryKeyValue:
     def get_value(self, key: str) -> bytes | None:
         with self._lock:
             return self._live(key, time.time())
+
+    def get_values(self, keys: Sequence[str]) -> dict[str, bytes]:
+        now = time.time()
+        with self._lock:
+            found = {key: self._live(key, now) for key in keys}
+        return {key: value for key, value in found.items() if value is not None}
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ Times are the database's (``now()``). Expired rows are invisible to reads;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -55,6 +56,15 @@ class PostgresKeyValue:
                 (self._ns, key),
             ).fetchone()
         return None if row is None else _blob(row[0])
+
+    def get_values(self, keys: Sequence[str]) -> dict[str, bytes]:
+        with self._db.connection() as conn:
+            rows = conn.execute(
+                f"SELECT key, value FROM {self._values} WHERE ns = %s AND key = ANY(%s) "
+                f"AND {_LIVE}",
+                (self._ns, list(dict.fromkeys(keys))),
+            ).fetchall()
+        return {str(key): _blob(value) for key, value in rows}
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._db.connection() as conn:

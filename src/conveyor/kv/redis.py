@@ -10,6 +10,7 @@ all of it works on Redis Cluster, where ``values`` scans every primary.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from importlib.resources import files
 from typing import cast
 
@@ -40,6 +41,18 @@ class RedisKeyValue:
     def get_value(self, key: str) -> bytes | None:
         with self._errors:
             return cast("bytes | None", self._client.get(self._values + key))
+
+    def get_values(self, keys: Sequence[str]) -> dict[str, bytes]:
+        unique = list(dict.fromkeys(keys))
+        out: dict[str, bytes] = {}
+        with self._errors:
+            for i in range(0, len(unique), CHUNK):
+                chunk = unique[i : i + CHUNK]
+                found = cast(
+                    list["bytes | None"], mget(self._client, [self._values + k for k in chunk])
+                )
+                out.update((k, v) for k, v in zip(chunk, found, strict=True) if v is not None)
+        return out
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._errors:

@@ -10,6 +10,7 @@ reads; :meth:`SQLiteKeyValue.delete_expired` removes them inside the owner's swe
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from .._sqlite import Database
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     import sqlite3
 
 _LIVE = "(expires IS NULL OR expires > ?)"
+#: Keys per statement when reading many values.
+CHUNK = 500
 
 
 class Tables(NamedTuple):
@@ -56,6 +59,22 @@ class SQLiteKeyValue:
                 (self._ns, key, time.time()),
             ).fetchone()
         return None if row is None else _blob(row[0])
+
+    def get_values(self, keys: Sequence[str]) -> dict[str, bytes]:
+        unique = list(dict.fromkeys(keys))
+        out: dict[str, bytes] = {}
+        now = time.time()
+        with self._db.read() as conn:
+            for i in range(0, len(unique), CHUNK):  # SQLite caps the bound parameters
+                chunk = unique[i : i + CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT key, value FROM {self._tables.values} "
+                    f"WHERE ns = ? AND key IN ({marks}) AND {_LIVE}",
+                    (self._ns, *chunk, now),
+                ).fetchall()
+                out.update((_text(key), _blob(value)) for key, value in rows)
+        return out
 
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
         expires = None if ttl is None else time.time() + ttl

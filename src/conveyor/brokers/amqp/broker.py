@@ -2,9 +2,10 @@
 
 How each promise is kept (docs/rabbitmq.md has the long form):
 
-* at-least-once: ``lease()`` takes messages with ``basic.get`` and acks them only in ``ack()``,
-  after the task finished; a dead client's unacked messages go back to the queue when its
-  connection closes, and an expired lease of a live one through :mod:`.leases`;
+* at-least-once: ``lease()`` takes messages RabbitMQ pushed to its consumers (:mod:`.pushed`;
+  ``basic.get`` for a lease that does not wait) and acks them only in ``ack()``, after the
+  task finished; a dead client's unacked messages go back to the queue when its connection
+  closes, and an expired lease of a live one through :mod:`.leases`;
 * every publish waits for publisher confirms (:mod:`.session`) and raises if one is missing;
 * durable quorum queues with ``x-delivery-limit`` and a dead-letter exchange (:mod:`.topology`);
 * delays live in RabbitMQ's TTL queues (:mod:`.topology`), never in a worker;
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import amqp
 
-from ...exceptions import ConfigurationError
+from ...exceptions import BrokerError, ConfigurationError
 from ...kv import KeyValue
 from ...limits.kvstores import limits_on
 from ...results import create_result_store
@@ -59,15 +60,18 @@ from .convert import (
     to_amqp,
 )
 from .leases import Held, Leases, Reaper
+from .pushed import Pushed
 from .scheduled import DELAYED_KEY, DelayedMarkers
 from .scheduled import marker as delayed_marker
 from .session import Session
 from .streams import KeptStreams
 from .topology import LEVELS, TICK, Names, Topology, delay_routing_key, ticks
-from .wake import Wake
 
-#: Longest single wait of a blocked lease before it polls again (seconds).
-POLL_SLICE = 0.25
+#: Longest single wait of a blocked lease before it looks again (seconds): another thread
+#: may have read its pushed messages off the connection meanwhile (publisher confirms).
+POLL_SLICE = 0.1
+#: Before cancelling consumers: how long no delivery must arrive (seconds).
+QUIET = 0.03
 #: kv key of a queue name this prefix has used (stats() of every queue).
 QUEUE_KEY = "amqp-queue:"
 
@@ -113,7 +117,7 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         except ValueError as exc:
             raise ConfigurationError(f"broker_transport_options: {exc}") from None
         self._session = Session(self._connector, self._topology)
-        self._wake = Wake(self._connector, self.names)
+        self._pushed = Pushed()
         self._uid = uuid.uuid4().hex[:10]
         self._leases = Leases()
         self._reaper: Reaper | None = None
@@ -129,7 +133,7 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         parent's broker are foreign to the child's."""
         self._uid = uuid.uuid4().hex[:10]
         self._session.forget()
-        self._wake.forget()
+        self._pushed = Pushed()  # the parent's consumers and what they pushed stay its own
         self._leases = Leases()
         self._reaper = None
         self._reaper_lock = threading.Lock()
@@ -215,46 +219,118 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                     self._reaper = Reaper(self._reap, interval)
                     self._reaper.start()
 
-    def _poll(self, channel: amqp.Channel, queues: Sequence[str], limit: int) -> list[Delivery]:
-        got: list[Delivery] = []
+    def _fresh_generation(self) -> int:
         generation = self._session.generation
         self._leases.forget_before(generation)
-        deadline = time.time() + self.options.lease_timeout
+        if self._pushed.generation != generation:
+            self._pushed.reset(generation)
+        return generation
+
+    def _poll(self, channel: amqp.Channel, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """``basic.get`` up to ``limit`` messages, ``queues`` in the order given: an exact
+        answer to "what is ready now" (a consumer's pushes may still be on the way)."""
+        generation = self._fresh_generation()
+        self._stop_pushed(channel, None)
+        got: list[Delivery] = []
         for queue in queues:
             physical = self._declare(channel, queue)
-            while len(got) < limit:
-                msg = channel.basic_get(physical, no_ack=False)
-                if msg is None:
-                    break
-                tag = msg.delivery_info["delivery_tag"]
-                receipt = f"{self._uid}:{generation}:{tag}"
-                count = delivery_count_of(msg)
-                held = Held(tag, generation, deadline, count, queue, msg)
-                message_id = message_id_of(msg, f"amqp-{self._uid}-{generation}-{tag}")
-                fate = self.kv.get_value(f"{fates.PREFIX}{message_id}")
-                note = fates.note_of(fate)
-                if (problem := problem_of(msg)) is not None:
-                    self._bury(held, DeadLetterReason.MALFORMED, f"AMQP message: {problem}")
-                    continue
-                if note is not None and fates.applies(note, count):
-                    self._apply(channel, held, note)
-                    fates.forget(self.kv, message_id)
-                    continue
-                self._leases.add(receipt, held)
-                got.append(
-                    Delivery(
-                        id=message_id,
-                        queue=queue,
-                        body=body_of(msg),
-                        priority=priority_of(msg),
-                        receipt=receipt,
-                        delivery_count=count,
-                        revoked=fates.is_revoked(fate),
-                    )
-                )
-            if len(got) >= limit:
-                break
+            empty = False
+            while len(got) < limit and not empty:
+                msgs: list[tuple[str, amqp.Message]] = []
+                while len(got) + len(msgs) < limit:
+                    msg = channel.basic_get(physical, no_ack=False)
+                    if msg is None:
+                        empty = True
+                        break
+                    msgs.append((queue, msg))
+                got += self._deliveries(channel, msgs, generation)
         return got
+
+    def _take(self, channel: amqp.Channel, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """What RabbitMQ pushed to this client's consumers of ``queues`` (up to ``limit``)."""
+        generation = self._fresh_generation()
+        for queue in queues:
+            self._declare(channel, queue)
+        window = len(self._leases) + limit
+        self._give_back(self._pushed.follow(channel, self.names.queue, queues, window))
+        got: list[Delivery] = []
+        while len(got) < limit:
+            if self._pushed.buffered(queues) < limit - len(got):
+                self._session.pump()
+            msgs = self._pushed.take(queues, limit - len(got))
+            if not msgs:
+                break
+            got += self._deliveries(channel, msgs, generation)
+        return got
+
+    def _deliveries(
+        self, channel: amqp.Channel, msgs: Sequence[tuple[str, amqp.Message]], generation: int
+    ) -> list[Delivery]:
+        """Hold ``msgs`` (of ``queue``) as leases, reading their fates in one round trip;
+        malformed ones and those a supervisor settled are handled here, not handed out."""
+        if not msgs:
+            return []
+        deadline = time.time() + self.options.lease_timeout
+        ids = [
+            message_id_of(msg, f"amqp-{self._uid}-{generation}-{msg.delivery_info['delivery_tag']}")
+            for _, msg in msgs
+        ]
+        found = self.kv.get_values([f"{fates.PREFIX}{i}" for i in ids])
+        got: list[Delivery] = []
+        for (queue, msg), message_id in zip(msgs, ids, strict=True):
+            tag = msg.delivery_info["delivery_tag"]
+            count = delivery_count_of(msg)
+            held = Held(tag, generation, deadline, count, queue, msg)
+            fate = found.get(f"{fates.PREFIX}{message_id}")
+            if (problem := problem_of(msg)) is not None:
+                self._bury(held, DeadLetterReason.MALFORMED, f"AMQP message: {problem}")
+                continue
+            note = fates.note_of(fate)
+            if note is not None and fates.applies(note, count):
+                self._apply(channel, held, note)
+                fates.forget(self.kv, message_id)
+                continue
+            receipt = f"{self._uid}:{generation}:{tag}"
+            self._leases.add(receipt, held)
+            got.append(
+                Delivery(
+                    id=message_id,
+                    queue=queue,
+                    body=body_of(msg),
+                    priority=priority_of(msg),
+                    receipt=receipt,
+                    delivery_count=count,
+                    revoked=fates.is_revoked(fate),
+                )
+            )
+        return got
+
+    def _stop_pushed(self, channel: amqp.Channel, queues: Sequence[str] | None) -> None:
+        """Stop consuming ``queues`` (None: all) and give back what they pushed. A delivery
+        still on its way when RabbitMQ sees the cancel is requeued by it and charged a
+        delivery: first take in what is in flight (a consumer whose window is full, or whose
+        queue is empty, has nothing on the way)."""
+        self._fresh_generation()
+        if self._pushed.consuming():
+            self._session.quiet(QUIET, 10 * QUIET)
+        self._give_back(self._pushed.stop(channel, queues))
+
+    def _give_back(self, msgs: Sequence[tuple[str, amqp.Message]]) -> None:
+        """Return pushed messages nobody leased, uncharged (see :mod:`.pushed`): a copy to
+        the back of the queue with the deliveries so far, then an ack of the original."""
+        if not msgs:
+            return
+        copies = [
+            (self.names.exchange, queue, copy_of(msg, {BEFORE: delivery_count_of(msg) - 1}))
+            for queue, msg in msgs
+        ]
+        self._session.publish(copies, "return pushed messages")
+
+        def ack(channel: amqp.Channel) -> None:
+            for _, msg in msgs:
+                channel.basic_ack(msg.delivery_info["delivery_tag"])
+
+        self._session.run(ack, "return pushed messages")
 
     def _apply(self, channel: amqp.Channel, held: Held, note: fates.Note) -> None:
         """Settle a message as a supervisor did with its killed child's receipt."""
@@ -276,15 +352,15 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         if limit <= 0 or not queues:
             return []
         self._ensure_reaper()
+        if wait <= 0:
+            return self._session.run(lambda ch: self._poll(ch, queues, limit), "lease")
         deadline = time.monotonic() + wait
-        if wait > 0:
-            self._wake.bind_now(list(queues))
         while True:
-            got = self._session.run(lambda ch: self._poll(ch, queues, limit), "lease")
+            got = self._session.run(lambda ch: self._take(ch, queues, limit), "lease")
             remaining = deadline - time.monotonic()
             if got or remaining <= 0:
                 return got
-            self._wake.wait(list(queues), min(remaining, POLL_SLICE))
+            self._session.wait(min(remaining, POLL_SLICE))
 
     def _receipt(self, held: Held) -> str:
         return f"{self._uid}:{held.generation}:{held.tag}"
@@ -323,6 +399,9 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         if not deliveries:
             return
         with self._session.lock:
+            # stop the consumers of these queues first (the next lease consumes them again)
+            queues = sorted({d.queue for d in deliveries})
+            self._session.run(lambda ch: self._stop_pushed(ch, queues), "release")
             held = self._leases.take((d.receipt for d in deliveries), self._session.generation)
             if not held:
                 return
@@ -346,17 +425,6 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                     channel.basic_ack(entry.tag)
 
             self._session.run(ack, "release")
-
-    def _notify(self, queues: set[str]) -> None:
-        """Wake clients blocked on ``queues`` (after a release: no publish woke them)."""
-        if not queues:
-            return
-
-        def send(channel: amqp.Channel) -> None:
-            for queue in queues:
-                channel.basic_publish(amqp.Message(b""), self.names.wake, queue)
-
-        self._session.run(send, "wake")
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:
         if self._foreign(delivery):
@@ -409,7 +477,6 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
     def _reap(self) -> int:
         """The background pass: AMQP heartbeats, then expired leases, a little past expiry
         (like the other brokers' sweep interval: a late ack just after expiry counts)."""
-        self._wake.heartbeat()
         self._session.heartbeat()
         return self._return_expired(self.options.lease_timeout / 4)
 
@@ -429,7 +496,6 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                 channel.basic_reject(held.tag, requeue=True)
 
         self._session.run(requeue, "sweep")
-        self._notify({held.queue for held in back})
         return len(expired)
 
     # -- revocation ----------------------------------------------------------------------
@@ -438,7 +504,8 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
             fates.revoke(self.kv, task_id, ttl)
 
     def revoked(self, ids: Iterable[str]) -> set[str]:
-        return {i for i in ids if fates.is_revoked(self.kv.get_value(f"{fates.PREFIX}{i}"))}
+        keys = {f"{fates.PREFIX}{i}": i for i in ids}
+        return {keys[k] for k, v in self.kv.get_values(list(keys)).items() if fates.is_revoked(v)}
 
     # -- inspection and maintenance ------------------------------------------------------
     def _with_channel[T](self, action: Callable[[amqp.Channel], T], what: str) -> T:
@@ -519,6 +586,8 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None
-        self._wake.close()
+        with contextlib.suppress(BrokerError), self._session.lock:
+            if self._session.connected and self._pushed.generation == self._session.generation:
+                self._session.run(lambda ch: self._stop_pushed(ch, None), "close")
         self._session.drop()
         self.close_kv()

@@ -1,9 +1,11 @@
 """One AMQP connection with its two channels, shared by a broker's threads under one lock.
 
 py-amqp connections (like pika's) are not thread-safe, so every use holds :attr:`Session.lock`;
-nothing blocks while holding it except a bounded wait for publisher confirms. The *work*
-channel leases (``basic.get``) and settles (``basic.ack``/``nack``) — acks must go on the
-channel that received the message. The *publish* channel is in confirm mode: :meth:`publish`
+nothing blocks while holding it except a bounded wait for publisher confirms: a lease waiting
+for pushed messages waits for the socket to become readable *without* the lock (:meth:`wait`),
+then reads what arrived under it (:meth:`pump`). The *work* channel leases (``basic.consume``,
+``basic.get``) and settles (``basic.ack``/``nack``) — acks must go on the channel that received
+the message. The *publish* channel is in confirm mode: :meth:`publish`
 sends a batch and waits until RabbitMQ confirmed every message (persisted, or replicated by the
 quorum); a nack, a return (unroutable) or a timeout raises ``BrokerError``.
 
@@ -14,6 +16,9 @@ RabbitMQ has already put back) are recognised as stale.
 
 from __future__ import annotations
 
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +33,16 @@ from .topology import Topology
 T = TypeVar("T")
 #: How long publish() waits for RabbitMQ's confirms (seconds).
 CONFIRM_TIMEOUT = 30.0
+#: Longest wait for the rest of a frame whose start has arrived (seconds).
+FRAME_WAIT = 0.05
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has data (decrypted TLS data pending counts), waiting up to
+    ``timeout`` seconds."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], timeout)[0])
 
 
 class Session:
@@ -106,6 +121,49 @@ class Session:
             except CONNECTION_ERRORS as exc:
                 self.drop()
                 raise self.connector.error(f"heartbeat failed ({exc})") from None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def pump(self) -> None:
+        """Dispatch the frames already received, without waiting for more (lock held by the
+        caller; connection errors are the caller's, as in :meth:`run`). One frame at a time,
+        only while the socket has data: a frame cut short by a stalled server times out after
+        :data:`FRAME_WAIT` (py-amqp would spin on a non-blocking socket)."""
+        connection = self._connection
+        if connection is None:
+            return
+        sock = connection.sock
+        while sock is not None and _readable(sock, 0):
+            try:
+                connection.blocking_read(FRAME_WAIT)
+            except TimeoutError:  # the rest of a frame is late: kept for the next read
+                return
+
+    def quiet(self, interval: float, most: float) -> None:
+        """Read what arrives until nothing did for ``interval`` seconds (at most ``most``;
+        lock held by the caller)."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        deadline = time.monotonic() + most
+        while sock is not None and (remaining := deadline - time.monotonic()) > 0:
+            if not _readable(sock, min(interval, remaining)):
+                return
+            self.pump()
+
+    def wait(self, timeout: float) -> None:
+        """Return when the connection has data to read, or after ``timeout`` seconds; the
+        lock is not held meanwhile (another thread may read it first: callers re-check)."""
+        with self.lock:
+            connection = self._connection
+            sock = connection.sock if connection is not None else None
+            if sock is None:
+                return
+        try:
+            _readable(sock, timeout)
+        except (OSError, ValueError):  # closed meanwhile: the next call reconnects
+            return
 
     def connection(self) -> amqp.Connection:
         """The open connection (lock held by the caller)."""

@@ -3,7 +3,7 @@
 Names start with the key prefix ``P`` (``conveyor`` by default):
 
 * ``P`` (direct exchange): ready messages, routing key = the Conveyor queue name; bound to
-  ``P.q.<name>`` (the queue itself) and to the wake-up queues of idle consumers.
+  ``P.q.<name>`` (the queue itself).
 * ``P.q.<name>``: durable **quorum** queue (default) with ``x-delivery-limit`` =
   ``max_deliveries - 1`` and dead-lettering to ``P.dlx``; or, with
   ``broker_transport_options={"queue_type": "classic"}``, a durable classic queue with
@@ -20,9 +20,6 @@ Names start with the key prefix ``P`` (``conveyor`` by default):
   is done by RabbitMQ: a delayed message is never held by a worker, survives restarts (durable
   queues, persistent messages) and is never early: it spends exactly its ticks in TTL queues,
   each of which has one TTL, so expiry order is arrival order.
-* ``P.wake.<uuid>``: an exclusive, auto-delete queue per client (``x-max-length: 1``), bound to
-  the queues that client waits on: a publish or a due delayed message wakes a blocked
-  ``lease()`` at once.
 """
 
 from __future__ import annotations
@@ -70,10 +67,6 @@ class Names:
     @property
     def delayed(self) -> str:
         return f"{DELAY_PREFIX}ed"
-
-    @property
-    def wake(self) -> str:
-        return f"{self.prefix}.wake"
 
 
 def check_queue_name(name: str, physical: str) -> None:
@@ -139,7 +132,6 @@ class Topology:
         channel.exchange_declare(n.exchange, "direct", durable=True, auto_delete=False)
         channel.exchange_declare(n.dlx, "fanout", durable=True, auto_delete=False)
         channel.exchange_declare(n.delayed, "topic", durable=True, auto_delete=False)
-        channel.exchange_declare(n.wake, "direct", durable=True, auto_delete=False)
         channel.queue_declare(n.dead, durable=True, auto_delete=False)
         channel.queue_bind(n.dead, n.dlx, "")
         self._base = True

@@ -365,6 +365,19 @@ class DjangoKeyValue:
 
         return self._store.call(get_value)
 
+    def get_values(self, keys: Sequence[str]) -> dict[str, bytes]:
+        from .models import ResultValue  # models load once Django's apps are ready
+
+        def get_values() -> dict[str, bytes]:
+            rows = (
+                ResultValue.objects.using(self._alias)
+                .filter(_live(), namespace=self._ns, key__in=list(dict.fromkeys(keys)))
+                .values_list("key", "value")
+            )
+            return {key: bytes(value) for key, value in rows}
+
+        return self._store.call(get_values)
+
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
 
         from .models import ResultValue  # models load once Django's apps are ready

@@ -354,7 +354,7 @@ def print_banner(
         f"  results:      {redact_text(app.result_backend_url)}",
         f"  queues:       {', '.join(queues)}",
         f"  concurrency:  {processes} process(es) x {threads} thread(s) ({pool})",
-        f"  prefetch:     {prefetch or app.conf.worker_prefetch_multiplier} per free slot",
+        f"  prefetch:     {_prefetch(prefetch or app.conf.worker_prefetch_multiplier, app)}",
         f"  beat:         {'embedded' if beat else beat_process or 'off'}",
         f"  signing:      {_signing(app.conf.message_signing_keys)}",
         f"  tasks ({len(tasks)}):",
@@ -369,3 +369,9 @@ def _signing(keys: Sequence[str]) -> str:
         return "off"
     ids = key_ids(keys)
     return f"key id {ids[0]} signs; {len(ids)} key(s) accepted; unsigned messages refused"
+
+
+def _prefetch(multiplier: int | None, app: Conveyor) -> str:
+    if multiplier is not None:
+        return f"{multiplier} per free slot"
+    return f"adaptive (up to {app.conf.worker_prefetch_max} per free slot while tasks are short)"

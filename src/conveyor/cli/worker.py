@@ -59,7 +59,7 @@ POOL_REASON = _POOL_FATE.reason if isinstance(_POOL_FATE, Refused) else ""
     "--prefetch",
     "--prefetch-multiplier",
     type=click.IntRange(1),
-    help="Messages leased per free slot (default 1: only what can run now).",
+    help="Messages leased per free slot, fixed (default: adaptive, more only for short tasks).",
 )
 @click.option("--max-tasks-per-child", type=click.IntRange(1), help="Recycle a child after N.")
 @click.option(
@@ -112,7 +112,7 @@ POOL_REASON = _POOL_FATE.reason if isinstance(_POOL_FATE, Refused) else ""
     "-O",
     "optimization",
     type=click.Choice(["fair", "default"]),
-    help="Celery's prefetch optimization: Conveyor always leases only what can run (fair).",
+    help="Celery's prefetch optimization: Conveyor's prefetch is fair (adaptive) already.",
 )
 @click.option("--beat-process", hidden=True, help="Beat runs in this other process (banner).")
 @click.option("--without-gossip", is_flag=True, hidden=True)
@@ -164,7 +164,7 @@ def worker_command(
         if given:
             logger.info("%s: Conveyor's workers do not gossip or mingle; nothing to turn off", flag)
     if optimization:
-        logger.info("-O %s: Conveyor leases only what can run now unless --prefetch", optimization)
+        logger.info("-O %s: Conveyor's adaptive prefetch is fair unless --prefetch", optimization)
     with held_pidfile(pidfile):
         code = run(
             state,

@@ -165,3 +165,30 @@ def test_stop_gives_prefetched_messages_back_uncharged(
     leased = harness.client.broker.lease(["default"], 10, 1.0)
     assert sorted(d.delivery_count for d in leased) == [1, 1, 1]  # no delivery charged
     harness.client.broker.release(leased)
+
+
+def test_warm_stop_during_a_prefetched_task_settles_the_tasks_run_before_it(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # One lease of 4: no-op, no-op, block, no-op (priorities 9, 8, 7, 0). The no-ops before
+    # the block run from the prefetched messages and wait for the next lease to be acked;
+    # a warm stop while the block runs must ack them (not leave them to a cold stop's release,
+    # which would run them twice) and give the last no-op back.
+    harness = harness_factory(worker_prefetch_short=10.0)  # no reclaim within the test
+    worker = harness.worker("-c", "1", "--shutdown-timeout", "60")
+    warm_up(harness, 20)
+    go, path, stamps = tmp_path / "go", harness.file(), harness.file()
+    eta = datetime.now(UTC) + timedelta(seconds=0.5)
+    first = [harness.send("stamp", str(stamps), eta=eta, priority=p) for p in (9, 8)]
+    blocker = harness.send("block", str(path), str(go), 60.0, eta=eta, priority=7)
+    harness.send("stamp", str(stamps), eta=eta, priority=0)
+    wait_for(lambda: runs(path), 30, "the blocking task started")
+    assert len(runs(stamps)) == 2
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: counts(harness) == (1, 3), 10, "the last no-op back in the queue")
+    go.touch()
+    assert worker.wait(30) == 0
+    assert [r.state for r in first] == [states.SUCCESS] * 2
+    assert blocker.state == states.SUCCESS
+    assert counts(harness) == (1, 0)  # only the given-back no-op: the others were acked
+    assert len(runs(stamps)) == 2

@@ -194,6 +194,8 @@ class Consumer:
                     self._settle(settling)
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 self._stopped.wait(backoff)
+        if quick:  # leasing stopped just after prefetched messages ran
+            self._settle(quick)
 
     def _unpaused(self, deliveries: list[Delivery]) -> list[Delivery]:
         """A queue was paused during the lease: give back what came from it (uncharged)."""

@@ -1,6 +1,7 @@
 """Adaptive prefetch (the default) in real worker processes on SQLite and Redis: a short task
 never waits behind a prefetched long one, the prefetch adapts up and down with the queue's
-runtimes, ``--prefetch N`` stays fixed, and a stop gives prefetched messages back uncharged.
+runtimes, ``--prefetch N`` stays fixed, a stop gives prefetched messages back uncharged (and
+acks the tasks that ran before), and a prefetched message revoked while it waited never runs.
 
 Leases are observed from the broker's counts while a ``block`` task holds the only slot
 (it runs until the test creates a file), never by timing.
@@ -35,6 +36,11 @@ harness_factory = processes.harness_factory
 harness = processes.harness
 
 
+#: How far ahead messages meant for one lease are due: all are published by then, even on a
+#: loaded machine.
+AHEAD = timedelta(seconds=2)
+
+
 def counts(harness: Harness) -> tuple[int, int]:
     stats = harness.client.broker.stats(["default"])["default"]
     return stats.ready, stats.leased
@@ -58,7 +64,7 @@ def blocked_lease(harness: Harness, tmp_path: Path, followers: int) -> tuple[Pat
     lease can take them all (the block first: priority 9); wait until the block runs."""
     go = tmp_path / f"go-{uuid.uuid4().hex[:8]}"
     path, stamps = harness.file(), harness.file()
-    eta = datetime.now(UTC) + timedelta(seconds=0.5)
+    eta = datetime.now(UTC) + AHEAD
     blocker = harness.send("block", str(path), str(go), 60.0, eta=eta, priority=9)
     no_ops(harness, stamps, followers, eta=eta, priority=0)
     wait_for(lambda: runs(path), 30, "the blocking task started")
@@ -76,7 +82,7 @@ def test_no_op_never_waits_behind_a_prefetched_long_task(harness: Harness) -> No
     per_round, sent = 40, 0
     for _ in range(3):
         sent += per_round
-        eta = datetime.now(UTC) + timedelta(seconds=0.5)  # one lease can take them all
+        eta = datetime.now(UTC) + AHEAD  # one lease can take them all
         long = harness.send(
             "until_runs", str(long_path), str(stamps), sent, 1.0, 30.0, eta=eta, priority=9
         )
@@ -178,7 +184,7 @@ def test_warm_stop_during_a_prefetched_task_settles_the_tasks_run_before_it(
     worker = harness.worker("-c", "1", "--shutdown-timeout", "60")
     warm_up(harness, 20)
     go, path, stamps = tmp_path / "go", harness.file(), harness.file()
-    eta = datetime.now(UTC) + timedelta(seconds=0.5)
+    eta = datetime.now(UTC) + AHEAD
     first = [harness.send("stamp", str(stamps), eta=eta, priority=p) for p in (9, 8)]
     blocker = harness.send("block", str(path), str(go), 60.0, eta=eta, priority=7)
     harness.send("stamp", str(stamps), eta=eta, priority=0)
@@ -192,3 +198,22 @@ def test_warm_stop_during_a_prefetched_task_settles_the_tasks_run_before_it(
     assert blocker.state == states.SUCCESS
     assert counts(harness) == (1, 0)  # only the given-back no-op: the others were acked
     assert len(runs(stamps)) == 2
+
+
+def test_a_prefetched_message_revoked_while_it_waited_never_runs(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    harness = harness_factory(worker_prefetch_short=10.0)  # no reclaim within the test
+    harness.worker("-c", "1")
+    warm_up(harness, 20)
+    go, path, stamps = tmp_path / "go", harness.file(), harness.file()
+    eta = datetime.now(UTC) + AHEAD
+    blocker = harness.send("block", str(path), str(go), 60.0, eta=eta, priority=9)
+    waiting = harness.send("stamp", str(stamps), eta=eta, priority=0)
+    wait_for(lambda: runs(path), 30, "the blocking task started")
+    assert counts(harness) == (0, 2)  # the no-op is prefetched, its lease-time check passed
+    waiting.revoke()
+    go.touch()
+    assert blocker.get(timeout=30) is True
+    harness.wait_state(waiting.id, states.REVOKED, 30)
+    assert runs(stamps) == []

@@ -320,7 +320,7 @@ _TABLE: dict[str, Fate] = {
     "worker_detect_quorum_queues": Ignored(_NO_AMQP),
     "worker_direct": _no("Conveyor has no per-worker queues", False),
     "worker_disable_prefetch": _no(
-        "set worker_prefetch_multiplier=1 (Conveyor's default: only what can run now)", False
+        "set worker_prefetch_multiplier=1 (one message per free slot, no adaptive prefetch)", False
     ),
     "worker_disable_rate_limits": _no("remove rate_limit= from the tasks instead", False),
     "worker_enable_prefetch_count_reduction": Ignored(_NO_AMQP),

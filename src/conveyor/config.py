@@ -329,7 +329,15 @@ class Settings:
         None, _optional_int(1), "Child processes; default CPUs"
     )
     worker_threads = Setting(1, _int(1), "Threads per child for sync tasks")
-    worker_prefetch_multiplier = Setting(1, _int(1), "Messages leased per free slot")
+    worker_prefetch_multiplier = Setting[int | None](
+        None, _optional_int(1), "Messages leased per free slot; default: adaptive"
+    )
+    worker_prefetch_max = Setting(
+        4, _int(1), "Adaptive prefetch: most messages leased per free slot"
+    )
+    worker_prefetch_short = Setting(
+        0.005, _positive_seconds, "Adaptive prefetch: leases extra while tasks average under this"
+    )
     worker_max_tasks_per_child = Setting[int | None](
         None, _optional_int(1), "Recycle child after N"
     )

@@ -104,6 +104,33 @@ def register(app: Conveyor) -> None:
                 mark(path, "ignored")
         return "done"
 
+    @app.task(name="workerapp.stamp")
+    def stamp(path: str) -> None:
+        """A no-op that records when it started."""
+        mark(path, repr(time.time()))
+
+    @app.task(name="workerapp.block")
+    def block(path: str, go: str, timeout: float) -> bool:
+        """Runs until the file ``go`` exists (at most ``timeout`` seconds)."""
+        mark(path, "start")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.path.exists(go)
+
+    @app.task(name="workerapp.until_runs")
+    def until_runs(path: str, watched: str, count: int, at_least: float, timeout: float) -> bool:
+        """Runs ``at_least`` seconds and until ``watched`` has ``count`` lines (at most
+        ``timeout`` seconds); records its start and end times and whether it saw them."""
+        started = time.time()
+        deadline = time.monotonic() + timeout
+        time.sleep(at_least)
+        while len(runs(watched)) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        saw = len(runs(watched)) >= count
+        mark(path, f"{started!r} {time.time()!r} {saw}")
+        return saw
+
     @app.task(name="workerapp.async_sleep")
     async def async_sleep(seconds: float) -> str:
         import asyncio

@@ -531,3 +531,16 @@ def test_usable_in_a_forked_child(broker: RedisBroker) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert broker.stats([Q])[Q] == QueueStats(leased=2)
     assert broker.time() > 0  # the parent's connection still works
+
+
+def test_dead_letter_many_buries_each_with_its_reason(broker: RedisBroker) -> None:
+    broker.publish([msg(b"a"), msg(b"b", queue="other"), msg(b"c")])
+    leased = broker.lease([Q, "other"], 3, 0)
+    by_body = {d.body: d for d in leased}
+    broker.dead_letter_many(
+        [(by_body[b"a"], "malformed", "x"), (by_body[b"b"], "undecodable", "y")]
+    )
+    dead = {(d.body, d.queue, d.reason, d.detail) for d in broker.dead_letters(queue=None)}
+    assert dead == {(b"a", Q, "malformed", "x"), (b"b", "other", "undecodable", "y")}
+    assert broker.stats([Q])[Q].leased == 1
+    broker.dead_letter_many([])

@@ -486,3 +486,18 @@ def test_fork_child_opens_its_own_connections(broker: SQLiteBroker) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert [d.id for d in broker.lease([Q], 10, 0)] == ["child"]
     assert broker.stats([Q])[Q] == QueueStats(leased=1)
+
+
+def test_dead_letter_many_buries_each_with_its_reason_in_one_transaction(
+    broker: SQLiteBroker,
+) -> None:
+    broker.publish([msg(n) for n in range(4)])
+    leased = broker.lease([Q], 4, 0)
+    broker.ack([leased[2]])  # its receipt is no longer live: skipped
+    broker.dead_letter_many(
+        [(leased[0], "malformed", "a"), (leased[1], "undecodable", "b"), (leased[2], "x", "")]
+    )
+    dead = {d.id: (d.reason, d.detail) for d in broker.dead_letters()}
+    assert dead == {"0": ("malformed", "a"), "1": ("undecodable", "b")}
+    assert broker.stats([Q])[Q] == QueueStats(ready=0, delayed=0, leased=1, dead=2)
+    broker.dead_letter_many([])  # nothing: no transaction

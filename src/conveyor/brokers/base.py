@@ -230,6 +230,12 @@ class Broker(abc.ABC):
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         """Atomically ack ``delivery`` and keep its body in the dead-letter queue."""
 
+    def dead_letter_many(self, letters: Sequence[tuple[Delivery, str, str]]) -> None:
+        """:meth:`dead_letter` each ``(delivery, reason, detail)`` of ``letters``; brokers
+        that can override this to do it in one round trip."""
+        for delivery, reason, detail in letters:
+            self.dead_letter(delivery, reason, detail)
+
     @abc.abstractmethod
     def sweep(self) -> int:
         """Return expired leases to their queues (or dead-letter them with ``worker_lost``

@@ -372,9 +372,16 @@ class RedisBroker(Broker):
             self._connections.execute(batch)
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
+        self.dead_letter_many([(delivery, reason, detail)])
+
+    def dead_letter_many(self, letters: Sequence[tuple[Delivery, str, str]]) -> None:
+        if not letters:
+            return
         with self._errors:
             batch = Calls()
-            self._script(batch, "dead_letter", delivery.queue, (delivery.receipt, reason, detail))
+            for delivery, reason, detail in letters:
+                args = (delivery.receipt, reason, detail)
+                self._script(batch, "dead_letter", delivery.queue, args)
             self._connections.execute(batch)
 
     def _known_queues(self) -> list[str]:

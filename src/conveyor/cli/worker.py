@@ -59,7 +59,7 @@ POOL_REASON = _POOL_FATE.reason if isinstance(_POOL_FATE, Refused) else ""
     "--prefetch",
     "--prefetch-multiplier",
     type=click.IntRange(1),
-    help="Messages leased per free slot (default 1: only what can run now).",
+    help="Messages leased per free slot, fixed (default: adaptive, more only for short tasks).",
 )
 @click.option("--max-tasks-per-child", type=click.IntRange(1), help="Recycle a child after N.")
 @click.option(
@@ -112,7 +112,7 @@ POOL_REASON = _POOL_FATE.reason if isinstance(_POOL_FATE, Refused) else ""
     "-O",
     "optimization",
     type=click.Choice(["fair", "default"]),
-    help="Celery's prefetch optimization: Conveyor always leases only what can run (fair).",
+    help="Celery's prefetch optimization: Conveyor's prefetch is fair (adaptive) already.",
 )
 @click.option("--beat-process", hidden=True, help="Beat runs in this other process (banner).")
 @click.option("--without-gossip", is_flag=True, hidden=True)
@@ -164,7 +164,7 @@ def worker_command(
         if given:
             logger.info("%s: Conveyor's workers do not gossip or mingle; nothing to turn off", flag)
     if optimization:
-        logger.info("-O %s: Conveyor leases only what can run now unless --prefetch", optimization)
+        logger.info("-O %s: Conveyor's adaptive prefetch is fair unless --prefetch", optimization)
     with held_pidfile(pidfile):
         code = run(
             state,
@@ -354,7 +354,7 @@ def print_banner(
         f"  results:      {redact_text(app.result_backend_url)}",
         f"  queues:       {', '.join(queues)}",
         f"  concurrency:  {processes} process(es) x {threads} thread(s) ({pool})",
-        f"  prefetch:     {prefetch or app.conf.worker_prefetch_multiplier} per free slot",
+        f"  prefetch:     {_prefetch(prefetch or app.conf.worker_prefetch_multiplier, app)}",
         f"  beat:         {'embedded' if beat else beat_process or 'off'}",
         f"  signing:      {_signing(app.conf.message_signing_keys)}",
         f"  tasks ({len(tasks)}):",
@@ -369,3 +369,9 @@ def _signing(keys: Sequence[str]) -> str:
         return "off"
     ids = key_ids(keys)
     return f"key id {ids[0]} signs; {len(ids)} key(s) accepted; unsigned messages refused"
+
+
+def _prefetch(multiplier: int | None, app: Conveyor) -> str:
+    if multiplier is not None:
+        return f"{multiplier} per free slot"
+    return f"adaptive (up to {app.conf.worker_prefetch_max} per free slot while tasks are short)"

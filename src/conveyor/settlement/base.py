@@ -73,3 +73,8 @@ class Settlement:
     def dead_letter(self, delivery: Delivery, reason: str, detail: str) -> None:
         """Move ``delivery`` to the dead-letter queue with ``reason``."""
         self.broker.dead_letter(delivery, reason, detail)
+
+    def dead_letter_many(self, letters: Sequence[tuple[Delivery, str, str]]) -> None:
+        """Move each ``(delivery, reason, detail)`` to the dead-letter queue, in one round
+        trip where the broker can."""
+        self.broker.dead_letter_many(letters)

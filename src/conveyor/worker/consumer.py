@@ -2,7 +2,10 @@
 
 The hot path is lease → run → store result → ack; the consumer keeps it short:
 
-* it leases only as many messages as there are free slots times the prefetch multiplier;
+* it leases only as many messages as there are free slots times the prefetch multiplier -
+  fixed (``worker_prefetch_multiplier``: admitted at once, they wait for a thread in the
+  executor) or adaptive (the default: the messages beyond the free slots wait, prefetched
+  and not admitted, for the next free slot; see :mod:`conveyor.worker.prefetch`);
 * revocations come with the lease where the broker can check them there
   (``Broker.lease_checks_revoked``), so admitting needs no extra call;
 * a task that succeeded and has nothing to follow (no callbacks, no chord) is *settled
@@ -35,6 +38,7 @@ from .execution import TaskRunner
 from .inflight import Finished, InFlight, Running
 from .job import Job, Outcome
 from .loops import LoopErrors
+from .prefetch import AdaptivePrefetch, waited
 from .retry import retrying
 from .started import StartedRecords
 
@@ -76,6 +80,7 @@ class Consumer:
         release: Callable[[list[Finished]], None],
         on_max_tasks: Callable[[], None],
         started: StartedRecords | None,
+        prefetch: AdaptivePrefetch | None = None,
     ) -> None:
         self.app = app
         self.inflight = inflight
@@ -92,7 +97,13 @@ class Consumer:
         self._release = release
         self._on_max_tasks = on_max_tasks
         self._started = started
+        self._prefetch = prefetch
+        #: Seconds quickly settled outcomes may wait for a free slot (and the lease that
+        #: acks them) after prefetched messages took the slots.
+        self._hold = prefetch.short if prefetch is not None else 0.0
         self._errors = LoopErrors("consumer")
+        #: Free slots at the last lease (more leased than that: prefetched).
+        self._slots = 0
 
     def run(self) -> None:
         """Lease until leasing stops (or ``max_tasks`` is reached)."""
@@ -106,19 +117,33 @@ class Consumer:
         backoff = 0.0
         inflight, cond = self.inflight, self.inflight.cond
         broker, settlement = self.app.broker, self.app.settlement
+        # Quickly settled outcomes wait for the next lease, past the prefetched messages
+        # run before it, so their acks go with it.
+        quick: list[Finished] = []
         while self._leasing.is_set():
-            quick: list[Finished] = []
             with cond:
-                inflight.wait_for_slot(self.capacity, self._leasing)
-                more, free, leasing = self._next_step()
+                hold = self._hold if quick else None
+                if inflight.wait_for_slot(self.capacity, self._leasing, hold):
+                    more, free, leasing, taken = self._next_step()
+                else:
+                    more = None
+            if more is None:  # no slot freed soon: ack what waits now
+                settling, quick = quick, []
+                self._settle(settling)
+                continue
             while more:
                 # Frees the slots (and lets a stop or a recycling stop leasing) before the
                 # next lease; the acks go with that lease.
                 self._release(more)
                 quick += more
                 with cond:
-                    more, free, leasing = self._next_step()
+                    more, free, leasing, taken = self._next_step()
             try:
+                if taken is not None:
+                    if quick:  # renewed until acked: a prefetched task may run long
+                        inflight.hold([o.delivery for o, _ in quick if o.delivery is not None])
+                    self._dispatch(*taken)
+                    continue
                 if not leasing:
                     if quick:
                         settling, quick = quick, []  # settled (or given up) once
@@ -146,21 +171,31 @@ class Consumer:
                     inflight.lease_failed()
                     raise
                 inflight.leased(deliveries, len(quick))
+                if self._prefetch is not None and quick:
+                    inflight.unhold(acks)
                 quick = []
+                if len(deliveries) > self._slots:
+                    # Adaptive prefetch: one per free slot now, the rest when slots free.
+                    inflight.prefetch(deliveries[self._slots :])
+                    deliveries = deliveries[: self._slots]
                 self._dispatch(deliveries)
                 backoff = 0.0
             except (BrokerError, ResultStoreError) as exc:
                 if quick:  # the records and acks may or may not have happened: again
-                    self._settle(quick)
+                    settling, quick = quick, []
+                    self._settle(settling)
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 logger.error("broker error (retrying in %.1fs): %s", backoff, exc)
                 self._stopped.wait(backoff)
             except Exception as exc:
                 self._errors.failed(exc)
                 if quick:
-                    self._settle(quick)
+                    settling, quick = quick, []
+                    self._settle(settling)
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 self._stopped.wait(backoff)
+        if quick:  # leasing stopped just after prefetched messages ran
+            self._settle(quick)
 
     def _unpaused(self, deliveries: list[Delivery]) -> list[Delivery]:
         """A queue was paused during the lease: give back what came from it (uncharged)."""
@@ -170,16 +205,31 @@ class Consumer:
             self.app.broker.release(back)
         return [d for d in deliveries if d.queue in queues]
 
-    def _next_step(self) -> tuple[list[Finished], int, bool]:
-        """(Lock held.) Outcomes to settle quickly, or how many to lease and whether to."""
+    def _next_step(
+        self,
+    ) -> tuple[list[Finished], int, bool, tuple[list[Delivery], bool] | None]:
+        """(Lock held.) Outcomes to settle quickly; else prefetched messages to start
+        (and whether to re-check their revocation); else how many to lease and whether to."""
         inflight = self.inflight
         free = self.capacity - inflight.count
+        remaining = None
         if self.max_tasks is not None:
-            free = min(free, self.max_tasks - inflight.processed - inflight.count)
+            remaining = self.max_tasks - inflight.processed - inflight.count
+            free = min(free, remaining)
         # No queue to lease from: every queue of this worker is paused (conveyor.control).
         wanted = free > 0 and self._leasing.is_set() and bool(self.queues)
+        if wanted and inflight.prefetched and not inflight.quick:
+            taken, since = inflight.take_prefetched(free)
+            return [], 0, False, (taken, waited(since))
         more, leasing = inflight.next_step(free, wanted)
-        return more, (0 if more else free), leasing
+        self._slots = free
+        if more or not leasing:
+            return more, 0, leasing, None
+        if self._prefetch is not None:
+            free *= self._prefetch.per_slot(self.queues)
+            if remaining is not None:
+                free = min(free, remaining)
+        return more, free, leasing, None
 
     def _settle(self, quick: list[Finished]) -> None:
         """Store and ack quickly settled outcomes without leasing (retried until it works)."""
@@ -190,34 +240,39 @@ class Consumer:
             self._attempt(partial(settlement.ack, acks, records), "ack")
         finally:
             self.inflight.settled(len(quick))
+            if self._prefetch is not None:
+                self.inflight.unhold(acks)
 
-    def _dispatch(self, deliveries: list[Delivery]) -> None:
-        """Admit and start what was leased (already held), ending the hand-over."""
+    def _dispatch(self, deliveries: list[Delivery], recheck: bool = False) -> None:
+        """Admit and start what was leased (already held), ending the hand-over;
+        ``recheck``: ask the broker about revocations again (prefetched messages that
+        waited)."""
         try:
-            controls = self._admit(deliveries) if deliveries else []
+            controls = self._admit(deliveries, recheck) if deliveries else []
         finally:
             self.inflight.handed_over()
         for control in controls:
             self.dispatcher.start(control)
 
-    def _admit(self, deliveries: list[Delivery]) -> list[Running]:
+    def _admit(self, deliveries: list[Delivery], recheck: bool) -> list[Running]:
         """Settle what must not run (revoked, expired, malformed), record STARTED, and count
         the rest as in flight. If this fails half-way, what was not admitted is unheld (its
         lease then expires: delivered again) and the error goes on to the lease loop."""
         settling: set[str] = set()  # receipts of the outcomes handed to the finisher
         try:
-            return self._admit_all(deliveries, settling)
+            return self._admit_all(deliveries, settling, recheck)
         except BaseException:
             self.inflight.unhold([d for d in deliveries if d.receipt not in settling])
             raise
 
-    def _admit_all(self, deliveries: list[Delivery], settling: set[str]) -> list[Running]:
+    def _admit_all(
+        self, deliveries: list[Delivery], settling: set[str], recheck: bool
+    ) -> list[Running]:
         broker = self.app.broker
-        if broker.lease_checks_revoked:
-            revoked = {d.id for d in deliveries if d.revoked}
-        else:
+        revoked = {d.id for d in deliveries if d.revoked}
+        if recheck or not broker.lease_checks_revoked:
             ids = [d.id for d in deliveries]
-            revoked = retrying(partial(broker.revoked, ids), "revoked", give_up=self._cold)
+            revoked |= retrying(partial(broker.revoked, ids), "revoked", give_up=self._cold)
         jobs: list[Job] = []
         for delivery in deliveries:
             prepared = self.runner.prepare(delivery, revoked)

@@ -25,6 +25,7 @@ from .hooks import call_outcome_hooks, has_outcome_hooks
 from .inflight import InFlight, Running
 from .job import Job, Outcome
 from .pools import STRAY, EventLoopThread, TaskExecutor
+from .prefetch import RuntimeEstimate
 from .timelimits import TimeLimits
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Dispatcher:
         loop: EventLoopThread,
         timers: TimeLimits,
         on_task_start: Callable[[Job], None] | None = None,
+        runtimes: RuntimeEstimate | None = None,
     ) -> None:
         self.app = app
         self.inflight = inflight
@@ -58,6 +60,8 @@ class Dispatcher:
         self.loop = loop
         self.timers = timers
         self.on_task_start = on_task_start
+        #: Learns how long the tasks of each queue run (adaptive prefetch), if set.
+        self.runtimes = runtimes
         #: Task name -> (soft, hard) time limits set by remote control (``time_limit``).
         self.time_limits: dict[str, tuple[float | None, float | None]] = {}
 
@@ -145,6 +149,8 @@ class Dispatcher:
     def _finished(self, control: Running, outcome: Outcome) -> None:
         """Call the hooks of a task that ran (or was skipped), then hand its outcome over."""
         job = control.job
+        if self.runtimes is not None and job.delivery is not None:
+            self.runtimes.observe(job.delivery.queue, time.monotonic() - control.since)
         if self.runner.flow is not None:
             self.runner.flow.finished(job.envelope.id)
         if self.hooks.after_process and not outcome.skipped:

@@ -11,9 +11,11 @@ Every count lives under one condition variable, which also wakes whoever waits f
   those it took and has not acked yet (their slots are free already);
 * ``in_lease`` - the lease loop is inside a lease: outcomes go to the finisher, so none
   waits for a lease that blocks;
-* ``handing_over`` - from the start of a lease until what it leased is counted in
-  ``count``: a stop waits for it, so what a lease returns is either run to the end (warm)
-  or released (cold), never run after the finisher stopped.
+* ``handing_over`` - from the start of a lease (or the take of prefetched messages) until
+  what it leased is counted in ``count``: a stop waits for it, so what a lease returns is
+  either run to the end (warm) or released (cold), never run after the finisher stopped;
+* ``prefetched`` - messages leased beyond the free slots (adaptive prefetch,
+  :mod:`conveyor.worker.prefetch`): held, not admitted, with the time they were leased.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +75,9 @@ class InFlight:
         self.in_lease = False
         self.handing_over = False
         self.consumer_active = False
+        self.prefetched: deque[tuple[float, Delivery]] = deque()
+        #: Set while ``prefetched`` may hold messages (wakes the reclaim).
+        self.prefetching = threading.Event()
 
     # -- outcomes ------------------------------------------------------------------------
     def submit(self, outcome: Outcome, control: Running | None) -> None:
@@ -117,11 +123,21 @@ class InFlight:
         return jobs
 
     # -- the lease loop ------------------------------------------------------------------
-    def wait_for_slot(self, capacity: int, leasing: threading.Event) -> None:
-        """(Lock held.) Wait while every slot is taken. Quickly settled outcomes hold no
-        slot: their tasks have finished."""
+    def wait_for_slot(
+        self, capacity: int, leasing: threading.Event, timeout: float | None = None
+    ) -> bool:
+        """(Lock held.) Wait while every slot is taken (up to ``timeout``: False if it
+        passed). Quickly settled outcomes hold no slot: their tasks have finished."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while leasing.is_set() and self.count - len(self.quick) >= capacity:
-            self.cond.wait(0.5)
+            if deadline is None:
+                self.cond.wait(0.5)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.cond.wait(remaining)
+        return True
 
     def next_step(self, free: int, leasing: bool) -> tuple[list[Finished], bool]:
         """(Lock held.) Take the outcomes to settle quickly, if any; else, if ``leasing``
@@ -133,6 +149,48 @@ class InFlight:
             return more, False
         self.in_lease = self.handing_over = leasing
         return more, leasing
+
+    def take_prefetched(self, free: int) -> tuple[list[Delivery], float]:
+        """(Lock held.) Take up to ``free`` prefetched messages for the free slots, marking
+        the hand-over as begun; return them and when the first was leased."""
+        prefetched = self.prefetched
+        since = prefetched[0][0]
+        taken = [prefetched.popleft()[1] for _ in range(min(free, len(prefetched)))]
+        self.handing_over = True
+        return taken, since
+
+    def prefetch(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep ``deliveries`` (held already) for the next free slots."""
+        now = time.monotonic()
+        with self.cond:
+            for delivery in deliveries:
+                self.held[delivery.receipt] = delivery
+                self.prefetched.append((now, delivery))
+            self.prefetching.set()
+
+    def reclaim(self, older_than: float) -> list[Delivery]:
+        """Give up every prefetched message if the oldest waited more than ``older_than``
+        seconds (its slots all run long tasks); return them."""
+        with self.cond:
+            prefetched = self.prefetched
+            if prefetched and time.monotonic() - prefetched[0][0] > older_than:
+                return self._drop_prefetched()
+            if not prefetched:
+                self.prefetching.clear()
+            return []
+
+    def take_all_prefetched(self) -> list[Delivery]:
+        """Give up every prefetched message (a stop gives them back)."""
+        with self.cond:
+            return self._drop_prefetched()
+
+    def _drop_prefetched(self) -> list[Delivery]:
+        back = [delivery for _, delivery in self.prefetched]
+        self.prefetched.clear()
+        self.prefetching.clear()
+        for delivery in back:
+            self.held.pop(delivery.receipt, None)
+        return back
 
     def lease_failed(self) -> None:
         with self.cond:
@@ -184,6 +242,12 @@ class InFlight:
             self.count += len(controls)
             for control in controls:
                 self.running[control.job.envelope.id] = control
+
+    def hold(self, deliveries: Sequence[Delivery]) -> None:
+        """Renew ``deliveries`` (until :meth:`unhold`)."""
+        with self.cond:
+            for delivery in deliveries:
+                self.held[delivery.receipt] = delivery
 
     def unhold(self, deliveries: Sequence[Delivery]) -> None:
         """Stop renewing ``deliveries`` (acked early)."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from ..brokers.base import Delivery
 from .inflight import Finished, InFlight
 from .job import Action, Outcome
 from .loops import LoopErrors
@@ -70,6 +71,7 @@ class Settler:
         ]
         if acks:
             attempt(partial(settlement.ack, acks, ()), "ack")
+        dead: list[tuple[Delivery, str, str]] = []
         for outcome in settled:
             delivery = outcome.delivery
             if delivery is None:
@@ -77,8 +79,9 @@ class Settler:
             if outcome.action is Action.RETRY and outcome.retry_message is not None:
                 attempt(partial(settlement.retry_later, delivery, outcome.retry_message), "retry")
             elif outcome.action is Action.DEAD:
-                dead = partial(settlement.dead_letter, delivery, outcome.reason, outcome.detail)
-                attempt(dead, "dead-letter")
+                dead.append((delivery, outcome.reason, outcome.detail))
+        if dead:  # one round trip for the batch (a flood of malformed messages)
+            attempt(partial(settlement.dead_letter_many, dead), "dead-letter")
         return settled
 
     def _run_followups(self, outcome: Outcome) -> bool:

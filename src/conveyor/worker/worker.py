@@ -46,6 +46,7 @@ from .inflight import Finished, InFlight, Running
 from .job import Job, Outcome
 from .loops import guarded
 from .pools import EventLoopThread, TaskExecutor, ThreadExecutor
+from .prefetch import AdaptivePrefetch, RuntimeEstimate
 from .retry import retrying
 from .settle import Finisher, Settler
 from .started import StartedRecords
@@ -89,8 +90,11 @@ class Worker:
     """Consume tasks of ``app`` from ``queues`` in this process.
 
     ``concurrency`` is the number of tasks run at once (task threads; async tasks share the
-    same slots). Use :meth:`start` / :meth:`stop`, :meth:`run` (blocks), or as a context
-    manager. :meth:`drain` waits until the queues are empty and nothing runs.
+    same slots). ``prefetch_multiplier`` fixes the messages leased per free slot; unset
+    (and ``worker_prefetch_multiplier`` unset) it adapts (:mod:`conveyor.worker.prefetch`)
+    where tasks run in the leasing thread (``consume_in_thread=False``), else it is one.
+    Use :meth:`start` / :meth:`stop`, :meth:`run` (blocks), or as a context manager.
+    :meth:`drain` waits until the queues are empty and nothing runs.
 
     Plug-in points: ``executor`` runs sync tasks (default: ``concurrency`` threads);
     ``consume_in_thread=False`` leaves the lease loop to the caller (:meth:`consume`);
@@ -155,6 +159,18 @@ class Worker:
         self._loop = EventLoopThread()
         self._timers = TimeLimits(self.inflight, self._stopped, self.interrupt, on_hard_time_limit)
         self._dispatcher: Dispatcher | None = None
+        #: Adaptive prefetch (None: a fixed ``prefetch_multiplier``, or a lease loop on a
+        #: thread of its own, whose leases overlap the tasks: one per free slot).
+        self.prefetch: AdaptivePrefetch | None = None
+        if self.prefetch_multiplier is None and not consume_in_thread:
+            self.prefetch = AdaptivePrefetch(
+                self.inflight,
+                short=conf.worker_prefetch_short,
+                most=conf.worker_prefetch_max,
+                release=lambda deliveries: app.broker.release(deliveries),
+                stopped=self._stopped,
+                runtimes=RuntimeEstimate(),
+            )
         self._consumer: Consumer | None = None
         self._heartbeat: Heartbeat | None = None
         #: Whether this worker is a whole node (not a supervisor's child): it then obeys
@@ -177,9 +193,10 @@ class Worker:
         app, inflight, stopped = self.app, self.inflight, self._stopped
         if self.runner.flow is None:
             self.runner.flow = FlowGate(app, app.broker.limits)
+        prefetch = self.prefetch
         dispatcher = Dispatcher(
             app, inflight, self.runner, self.hooks, executor, self._loop, self._timers,
-            self.on_task_start,
+            self.on_task_start, prefetch.runtimes if prefetch is not None else None,
         )  # fmt: skip
         started = None
         if self.started_delay:
@@ -190,7 +207,7 @@ class Worker:
             self.runner,
             dispatcher,
             queues=self.queues,
-            capacity=self.concurrency * self.prefetch_multiplier,
+            capacity=self.concurrency * (self.prefetch_multiplier or 1),
             lease_wait=self.lease_wait,
             max_tasks=self.max_tasks,
             leasing=self._leasing,
@@ -200,6 +217,7 @@ class Worker:
             release=self.release,
             on_max_tasks=self._max_tasks_reached,
             started=started,
+            prefetch=prefetch,
         )
         self._heartbeat = heartbeat = Heartbeat(
             app,
@@ -239,6 +257,8 @@ class Worker:
             loops.insert(0, ("consumer", self._consumer.run))
         if started is not None:
             loops.append(("started", started.run))
+        if prefetch is not None:
+            loops.append(("prefetch", prefetch.run))
         for name, target in loops:
             run = guarded(name, target, self.loop_died)
             thread = threading.Thread(target=run, name=f"conveyor-{name}", daemon=True)
@@ -272,6 +292,7 @@ class Worker:
         # Let a lease in progress return and dispatch first: what it leased is then either
         # finished (warm) or released (cold), never run after the finisher stopped.
         self.inflight.wait_handed_over(self.lease_wait + 10)
+        self._give_back_prefetched()
         if not cold:
             deadline = None if timeout is None else time.monotonic() + timeout
             cold = not self.inflight.wait_idle(deadline)
@@ -300,6 +321,17 @@ class Worker:
                 self._heartbeat.retire()
         if self.lifecycle_hooks and self.hooks.worker_stop:
             call_each(self.hooks.worker_stop, self)
+
+    def _give_back_prefetched(self) -> None:
+        """Return the prefetched messages, which will not start now, uncharged."""
+        prefetched = self.inflight.take_all_prefetched()
+        if not prefetched:
+            return
+        try:
+            self.app.broker.release(prefetched)
+            logger.info("returned %d prefetched message(s)", len(prefetched))
+        except ConveyorError as exc:
+            logger.error("could not return prefetched messages (they are redelivered): %s", exc)
 
     def run(self) -> None:
         """Start and block until :meth:`stop` is called from another thread or a signal."""

@@ -276,21 +276,18 @@ class SQLiteBroker(Broker):
         self._notify()
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
-        held = parse_receipt(delivery.receipt)
-        if held is None:
+        self.dead_letter_many([(delivery, reason, detail)])
+
+    def dead_letter_many(self, letters: Sequence[tuple[Delivery, str, str]]) -> None:
+        held = [(parse_receipt(d.receipt), d, reason, detail) for d, reason, detail in letters]
+        if not any(h is not None for h, *_ in held):
             return
-        row = (
-            self.ns,
-            delivery.id,
-            delivery.queue,
-            delivery.priority,
-            delivery.body,
-            str(reason),
-            detail,
-        )
-        with self._db.write() as conn:
-            if conn.execute(UNLEASE, held).rowcount:
-                conn.execute(BURY, (*row, self.time(), delivery.delivery_count))
+        with self._db.write() as conn:  # one transaction for them all
+            now = self.time()
+            for receipt, d, reason, detail in held:
+                if receipt is not None and conn.execute(UNLEASE, receipt).rowcount:
+                    row = (self.ns, d.id, d.queue, d.priority, d.body, str(reason), detail)
+                    conn.execute(BURY, (*row, now, d.delivery_count))
 
     def sweep(self) -> int:
         with self._db.write() as conn:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..exceptions import ConveyorError
 from ..registry import ACTIVE_SHOWN, ANNOUNCEMENT_PREFIX, ActiveTask, WorkerInfo
 from ..signing import key_ids
+from .departures import Departures
 from .inflight import InFlight
 from .loops import LoopErrors
 
@@ -58,6 +59,7 @@ class Heartbeat:
         self._terminate = terminate
         #: Renews what running tasks hold besides leases (concurrency slots).
         self._renew = renew
+        self._departures = Departures(app, hostname)
 
     def run(self) -> None:
         last_sweep = 0.0
@@ -77,6 +79,7 @@ class Heartbeat:
                 if now - last_sweep >= self.sweep_interval:
                     last_sweep = now
                     self.app.broker.sweep()
+                    self._departures.drain()
                 if now - last_announce >= max(self.interval, 2.0):
                     last_announce = now
                     self.announce()

@@ -17,7 +17,9 @@ def all_departures(broker: Broker) -> list[Departure]:
     return taken
 
 
-def test_sweep_dead_letter_is_a_departure_taken_once_until_forgotten(broker: Broker) -> None:
+def test_sweep_dead_letter_is_a_departure_taken_once_until_forgotten(
+    broker: Broker, peer: Broker
+) -> None:
     sent = message(b"\xffpoison")
     broker.publish([sent])
     lease_one(broker)
@@ -37,6 +39,7 @@ def test_sweep_dead_letter_is_a_departure_taken_once_until_forgotten(broker: Bro
         DeadLetterReason.WORKER_LOST,
     )
     assert broker.take_departures(10) == [], "a claimed departure was taken twice"
+    assert peer.take_departures(10) == [], "another worker took a claimed departure"
     broker.forget_departures([departure])
     broker.forget_departures([departure])  # forgetting again changes nothing
     assert broker.take_departures(10) == []

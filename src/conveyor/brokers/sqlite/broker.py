@@ -364,8 +364,12 @@ class SQLiteBroker(Broker):
             return maintenance.purge(conn, self.ns, queues)
 
     def take_departures(self, limit: int = 100) -> list[Departure]:
+        now = self.time()
+        with self._db.read() as conn:  # the usual answer, without the write lock
+            if not maintenance.has_departures(conn, self.ns, now):
+                return []
         with self._db.write() as conn:
-            return maintenance.take_departures(conn, self.ns, limit, self.time())
+            return maintenance.take_departures(conn, self.ns, limit, now)
 
     def forget_departures(self, departures: Sequence[Departure]) -> None:
         if departures:

@@ -186,6 +186,15 @@ def purge(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> int:
     return removed
 
 
+def has_departures(conn: sqlite3.Connection, ns: str, now: float) -> bool:
+    """Whether a departure is waiting to be taken."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM conveyor_departures WHERE ns = ? AND claimed <= ?)",
+        (ns, now),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def take_departures(conn: sqlite3.Connection, ns: str, limit: int, now: float) -> list[Departure]:
     """Claim up to ``limit`` unclaimed departures, oldest first."""
     rows = conn.execute(

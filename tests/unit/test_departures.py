@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, batch, states
+from conveyor import ChordError, Conveyor, batch, chord, states
 from conveyor.brokers.base import Message
 from conveyor.canvas.batch import BATCH_HEADER, BatchResult
+from conveyor.result import AsyncResult, GroupResult
 from conveyor.testing import TestWorker, make_test_app
 from conveyor.worker.departures import Departures
 from tests.conftest import wait_until
@@ -175,3 +176,19 @@ def test_a_malformed_member_is_dead_and_ends_its_batch(app: Conveyor, calls: Cal
     (complete,) = calls.of("complete")
     assert (complete["total"], complete["failed"], complete["dead"]) == (2, 1, 1)
     assert calls.of("success") == []
+
+
+def test_a_lost_chord_header_task_fails_the_chord_instead_of_stalling_it(app: Conveyor) -> None:
+    flow = chord(
+        [app.signature("d.work", (1,)), app.signature("d.work", (2,))],
+        app.signature("d.work", (3,)),
+    )
+    body = flow.freeze()
+    assert isinstance(body, AsyncResult) and isinstance(body.parent, GroupResult)
+    flow.apply_async()
+    lose(app, 1)  # the first header task
+    Departures(app, "test").drain()
+    with TestWorker(app) as worker:
+        worker.run_until_idle(propagate=False)
+    with pytest.raises(ChordError, match="WorkerLostError"):
+        body.get(timeout=5)

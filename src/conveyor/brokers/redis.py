@@ -535,6 +535,8 @@ class RedisBroker(Broker):
         """Up to ``limit`` of each known queue's departures (one script call per queue)."""
         with self._errors:
             queues = self._known_queues()
+            if not queues:
+                return []
             batch = Calls()
             for queue in queues:
                 args = ("take", max(limit, 1), int(DEPARTURE_CLAIM * 1000))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conveyor import ChordError, Conveyor, batch, chord, states
-from conveyor.brokers.base import Message
+from conveyor.brokers.base import DEPARTURE_CLAIM, Message
 from conveyor.canvas.batch import BATCH_HEADER, BatchResult
 from conveyor.result import AsyncResult, GroupResult
 from conveyor.testing import TestWorker, make_test_app
@@ -192,3 +192,20 @@ def test_a_lost_chord_header_task_fails_the_chord_instead_of_stalling_it(app: Co
         worker.run_until_idle(propagate=False)
     with pytest.raises(ChordError, match="WorkerLostError"):
         body.get(timeout=5)
+
+
+def test_a_departure_whose_worker_died_mid_bookkeeping_is_taken_again_after_its_claim(
+    app: Conveyor, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = batch([app.signature("d.work", (1,))], **callbacks(app)).apply_async()
+    lose(app, 1)
+    assert len(app.broker.take_departures()) == 1  # its worker dies before the bookkeeping
+    assert Departures(app, "test").drain() == 0, "claimed: not taken again yet"
+    later = app.broker.time() + DEPARTURE_CLAIM + 1
+    monkeypatch.setattr(app.broker, "time", lambda: later)
+    assert Departures(app, "test").drain() == 1
+    assert app.broker.take_departures() == []
+    with TestWorker(app) as worker:
+        worker.run_until_idle()
+    assert len(calls.of("death")) == len(calls.of("complete")) == 1
+    assert BatchResult(group.id, app).progress().dead == 1

@@ -1,4 +1,5 @@
-"""The heartbeat: renew leases, obey terminate requests, sweep the broker, announce the
+"""The heartbeat: renew leases, obey terminate requests, sweep the broker (and do the
+bookkeeping of what the sweep dead-lettered or a purge deleted: ``departures``), announce the
 worker (for ``conveyor status``) and delete expired results."""
 
 from __future__ import annotations

@@ -66,12 +66,12 @@ def test_a_task_whose_workers_died_frees_its_key_and_slot_and_ends_its_batch_onc
     assert sorted(d.reason for d in letters) == ["worker_lost"] * 2
     assert len(runs(path)) == 4, "each ran task_max_deliveries times"
     assert "WorkerLostError" in repr(client.AsyncResult(unique.id).result)
+    assert client.broker.limits is not None
+    assert client.broker.limits.holders("task:workerapp.die_limited") == [], "slot held"
 
     flag.touch()  # from now on the task survives: a new one, and the member's replay
     again = harness.send("die_limited", path, str(flag), unique_for=600)
     assert again.duplicate_of is None and again.id != unique.id, "the key is free"
-    assert client.broker.limits is not None
-    assert client.broker.limits.holders("task:workerapp.die_limited") == []
     wait_for(lambda: kinds(calls) == ["complete", "death"], 30, "on_death and on_complete")
     assert sorted(fired(calls)) == [["complete", 2, 1, 1], ["death", 2, 0, 1]]
 

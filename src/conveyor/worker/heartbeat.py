@@ -61,6 +61,7 @@ class Heartbeat:
         #: Renews what running tasks hold besides leases (concurrency slots).
         self._renew = renew
         self._departures = Departures(app, hostname)
+        self._draining: threading.Thread | None = None
 
     def run(self) -> None:
         last_sweep = 0.0
@@ -80,7 +81,7 @@ class Heartbeat:
                 if now - last_sweep >= self.sweep_interval:
                     last_sweep = now
                     self.app.broker.sweep()
-                    self._departures.drain()
+                    self._drain_departures()
                 if now - last_announce >= max(self.interval, 2.0):
                     last_announce = now
                     self.announce()
@@ -91,6 +92,24 @@ class Heartbeat:
                 logger.error("heartbeat failed: %s", exc)
             except Exception as exc:
                 errors.failed(exc)
+
+    def _drain_departures(self) -> None:
+        """Do the bookkeeping of the sweep's departures on a thread of its own: it may wait
+        out a result store's outage (follow-ups retry for 30 s) while leases need renewing."""
+        if self._draining is not None and self._draining.is_alive():
+            return  # the previous pass is still at it
+        self._draining = threading.Thread(
+            target=self._drain_once, name="conveyor-departures", daemon=True
+        )
+        self._draining.start()
+
+    def _drain_once(self) -> None:
+        try:
+            self._departures.drain()
+        except ConveyorError as exc:
+            logger.error("bookkeeping of departed messages failed: %s", exc)
+        except Exception:
+            logger.exception("bookkeeping of departed messages failed")
 
     def announce(self) -> None:
         info: WorkerInfo = {

@@ -76,14 +76,14 @@ def test_a_v1_schema_is_upgraded_in_place(
     old = make()
     old.publish([Message(id="kept", queue="q", body=b"{}")])
     old.close()
-    for table in (pg_streams.TABLE, pg_streams.HEADS):
+    for table in (pg_streams.TABLE, pg_streams.HEADS, "conveyor_departures"):  # v2, v3
         postgres_server.sql(f"DROP TABLE {schema}.{table}")
     postgres_server.sql(f"UPDATE {schema}.conveyor_meta SET version = 1")
     _postgres._CHECKED.clear()  # as in a new process: each checks the version once
     new = make()
     new.streams.append("events", [b"e"], max_length=10, max_age=DAY)
     assert [e.body for e in new.streams.read("events")] == [b"e"]
-    assert postgres_server.sql(f"SELECT version FROM {schema}.conveyor_meta") == "2"
+    assert postgres_server.sql(f"SELECT version FROM {schema}.conveyor_meta") == "3"
     assert [d.id for d in new.lease(["q"], 10, 0)] == ["kept"]
 
 

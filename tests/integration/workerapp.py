@@ -76,6 +76,23 @@ def register(app: Conveyor) -> None:
         mark(path, "run")
         os.kill(os.getpid(), signal.SIGKILL)
 
+    @app.task(name="workerapp.die_until")
+    def die_until(path: str, flag: str, tag: str = "") -> str:
+        """SIGKILL its own process (its worker is lost mid-task) until ``flag`` exists."""
+        mark(path, f"run {tag}")
+        if not Path(flag).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return tag
+
+    @app.task(name="workerapp.die_limited", concurrency_limit=1)
+    def die_limited(path: str, flag: str) -> str:
+        return die_until(path, flag, "limited")
+
+    @app.task(name="workerapp.batch_callback")
+    def batch_callback(summary: dict[str, Any], path: str, kind: str) -> None:
+        fields = [kind, summary["total"], summary["failed"], summary["dead"]]
+        mark(path, json.dumps(fields))
+
     @app.task(name="workerapp.soft_limited", soft_time_limit=0.5)
     def soft_limited(path: str, seconds: float) -> str:
         mark(path, "start")

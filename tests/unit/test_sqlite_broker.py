@@ -125,6 +125,7 @@ def test_a_v1_file_keeps_its_values_and_gains_join_sets(
         conn.execute("DROP TABLE conveyor_published")  # v3
         conn.execute("DROP TABLE conveyor_streams")  # v4
         conn.execute("DROP TABLE conveyor_stream_heads")
+        conn.execute("DROP TABLE conveyor_departures")  # v5
         conn.execute("UPDATE conveyor_meta SET version = 1 WHERE component = 'broker'")
         stored = conn.execute("SELECT key, value FROM conveyor_values ORDER BY key").fetchall()
     assert stored == [("beat:claim:x", b"1"), ("beat:last:x", b"v")]

@@ -48,6 +48,13 @@ that another worker holds.
 * ``dead_letters(limit, queue)`` (oldest first), ``replay_dead(ids)`` (back to the queue with
   a fresh count), ``purge_dead(ids)``; ``purge(queues)`` deletes ready and delayed messages
   (leased ones stay).
+* ``take_departures(limit)`` / ``forget_departures(departures)``: the record of messages that
+  left without a worker settling them - dead-lettered by ``sweep()`` (``worker_lost``) or
+  deleted by ``purge()`` - written in the same atomic step that moved them, so a worker can
+  do their bookkeeping (free unique keys, count batch members: ``conveyor.worker.
+  departures``). ``take`` claims up to ``limit`` for :data:`DEPARTURE_CLAIM` seconds (a
+  concurrent ``take`` skips them; an unforgotten one comes back after the claim);
+  ``forget`` deletes them.
 * ``scheduled(limit, queue)`` (soonest due first), ``run_scheduled(ids)`` (ready now, behind
   what is queued) and ``cancel_scheduled(ids)`` (deleted): delayed messages (countdown, ETA,
   retries) for the dashboard; ``ready_by_priority(queues)``: ready counts per priority.
@@ -85,6 +92,11 @@ MAX_PRIORITY = 9
 #: nothing meanwhile): 4x the waiting of the default publish retry policy (15 s), short enough
 #: that the remembered ids of a busy Redis take little memory (about 100 bytes each).
 PUBLISH_DEDUPE_WINDOW = 60.0
+#: Seconds ``take_departures()`` claims a departure for (taken again after that unless
+#: forgotten: the bookkeeping is done at least once even if its worker dies meanwhile).
+DEPARTURE_CLAIM = 60.0
+#: The reason of a departure removed by ``purge()`` (the sweep's is ``worker_lost``).
+PURGED = "purged"
 
 
 class DeadLetterReason(StrEnum):
@@ -139,6 +151,19 @@ class DeadLetter:
     detail: str
     dead_at: float
     delivery_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A message that left the broker without a worker settling it: dead-lettered by the
+    sweep (``reason`` ``worker_lost``) or purged (:data:`PURGED`). ``receipt`` is the
+    broker's handle for :meth:`Broker.forget_departures`."""
+
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    receipt: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +306,15 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def purge(self, queues: Sequence[str]) -> int:
         """Delete ready and delayed messages of ``queues``; return count. Leased ones stay."""
+
+    # -- departures (unique keys and batches of messages no worker settled) ----------------
+    def take_departures(self, limit: int = 100) -> list[Departure]:
+        """Claim up to ``limit`` recorded departures for :data:`DEPARTURE_CLAIM` seconds
+        (in no promised order). A broker that records none returns ``[]`` (the default)."""
+        return []
+
+    def forget_departures(self, departures: Sequence[Departure]) -> None:  # noqa: B027
+        """Delete departures whose bookkeeping is done; unknown ones are skipped."""
 
     # -- delayed messages (optional: the dashboard's Scheduled and Retries pages) -----------
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:

@@ -17,12 +17,15 @@ from ..kv.memory import MemoryKeyValue
 from ..limits.memory import MemoryLimits
 from ..streams.memory import MemoryStreams
 from .base import (
+    DEPARTURE_CLAIM,
     PUBLISH_DEDUPE_WINDOW,
+    PURGED,
     Broker,
     BrokerOptions,
     DeadLetter,
     DeadLetterReason,
     Delivery,
+    Departure,
     Message,
     QueueStats,
     Scheduled,
@@ -56,6 +59,8 @@ class MemoryBroker(Broker):
         self._dead: dict[int, DeadLetter] = {}
         self._revoked: dict[str, float] = {}
         self._published: dict[str, float] = {}  # id -> when publish() forgets it
+        # seq -> (departure, claimed until): see Broker.take_departures.
+        self._departures: dict[int, tuple[Departure, float]] = {}
         self.kv: MemoryKeyValue = MemoryKeyValue()
         self.limits: MemoryLimits = MemoryLimits()
         self._streams = MemoryStreams()
@@ -98,6 +103,11 @@ class MemoryBroker(Broker):
         self._dead[next(self._seq)] = DeadLetter(
             entry.id, entry.queue, entry.body, str(reason), detail, now, entry.count
         )
+
+    def _depart(self, entry: _Entry, reason: str) -> None:
+        key = next(self._seq)
+        departure = Departure(entry.id, entry.queue, entry.body, str(reason), str(key))
+        self._departures[key] = (departure, 0.0)
 
     # -- producing -----------------------------------------------------------------------
     def publish(self, messages: Sequence[Message]) -> None:
@@ -206,6 +216,7 @@ class MemoryBroker(Broker):
                 del self._leased[receipt]
                 moved += 1
                 if entry.count >= self.options.max_deliveries:
+                    self._depart(entry, DeadLetterReason.WORKER_LOST)
                     self._bury(
                         entry,
                         DeadLetterReason.WORKER_LOST,
@@ -293,12 +304,33 @@ class MemoryBroker(Broker):
     def purge(self, queues: Sequence[str]) -> int:
         wanted = set(queues)
         with self._lock:
-            count = sum(len(self._ready.pop(q, [])) for q in wanted)
+            gone = [item[2] for q in wanted for item in sorted(self._ready.pop(q, []))]
             kept = [item for item in self._delayed if item[2].queue not in wanted]
-            count += len(self._delayed) - len(kept)
+            gone += [item[2] for item in self._delayed if item[2].queue in wanted]
             heapq.heapify(kept)
             self._delayed = kept
-        return count
+            for entry in gone:
+                self._depart(entry, PURGED)
+        return len(gone)
+
+    # -- departures ------------------------------------------------------------------------
+    def take_departures(self, limit: int = 100) -> list[Departure]:
+        now = self.time()
+        with self._lock:
+            taken = [
+                (key, departure)
+                for key, (departure, claimed) in self._departures.items()
+                if claimed <= now
+            ][: max(limit, 0)]
+            for key, departure in taken:
+                self._departures[key] = (departure, now + DEPARTURE_CLAIM)
+        return [departure for _, departure in taken]
+
+    def forget_departures(self, departures: Sequence[Departure]) -> None:
+        with self._lock:
+            for departure in departures:
+                if departure.receipt.isdigit():
+                    self._departures.pop(int(departure.receipt), None)
 
     # -- delayed messages ----------------------------------------------------------------
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:

@@ -67,18 +67,20 @@ from ..kv.redis import RedisKeyValue
 from ..limits.redis import RedisLimits
 from ..streams.redis import RedisStreams
 from .base import (
+    DEPARTURE_CLAIM,
     PUBLISH_DEDUPE_WINDOW,
     Broker,
     BrokerOptions,
     DeadLetter,
     Delivery,
+    Departure,
     Message,
     QueueStats,
     Scheduled,
     clamp_priority,
 )
 from .redis_migrate import migrate_old_keys
-from .redis_replies import _blob, _by_queue, _deliveries, _number, _text
+from .redis_replies import _blob, _by_queue, _deliveries, _departures, _number, _text
 from .redis_shares import lease_shares
 
 
@@ -107,6 +109,7 @@ _SCRIPTS = (
     "migrate",
     "scheduled",
     "scheduled_move",
+    "departures",
 )
 logger = logging.getLogger(__name__)
 
@@ -533,6 +536,33 @@ class RedisBroker(Broker):
                 deleted += sum(int(r[0]) for r in replies)
                 names = [q for q, r in zip(names, replies, strict=True) if r[1]]
         return deleted
+
+    # -- departures ------------------------------------------------------------------------
+    def take_departures(self, limit: int = 100) -> list[Departure]:
+        """Up to ``limit`` of each known queue's departures (one script call per queue)."""
+        with self._errors:
+            queues = self._known_queues()
+            if not queues:
+                return []
+            batch = Calls()
+            for queue in queues:
+                args = ("take", max(limit, 1), int(DEPARTURE_CLAIM * 1000))
+                self._script(batch, "departures", queue, args)
+            replies = self._connections.execute(batch)
+        return [d for q, r in zip(queues, replies, strict=True) for d in _departures(q, r)]
+
+    def forget_departures(self, departures: Sequence[Departure]) -> None:
+        uids: dict[str, list[str]] = {}
+        for departure in departures:
+            uid, _, queue = departure.receipt.partition(":")
+            uids.setdefault(queue, []).append(uid)
+        if not uids:
+            return
+        batch = Calls()
+        for queue, some in uids.items():
+            self._script(batch, "departures", queue, ("forget", *some))
+        with self._errors:
+            self._connections.execute(batch)
 
     # -- delayed messages (the dashboard) ---------------------------------------------------
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:

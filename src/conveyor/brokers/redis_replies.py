@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .base import Delivery
+from .base import Delivery, Departure
 
 
 def _by_queue(deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
@@ -15,6 +15,26 @@ def _by_queue(deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for delivery in deliveries:
         out.setdefault(delivery.queue, []).append(delivery.receipt)
+    return out
+
+
+def _departures(queue: str, reply: list[Any]) -> list[Departure]:
+    """The departures the departures script took from ``queue``: uid, value pairs (a value
+    that is not '<reason> <length> <id><body>' is skipped: it frees and counts nothing)."""
+    out: list[Departure] = []
+    for i in range(0, len(reply) - 1, 2):
+        uid, value = _text(reply[i]), _blob(reply[i + 1])
+        reason, _, rest = value.partition(b" ")
+        length, _, rest = rest.partition(b" ")
+        if not length.isdigit() or int(length) > len(rest):
+            continue
+        size = int(length)
+        task_id = rest[:size].decode("utf-8", "replace")
+        out.append(
+            Departure(
+                task_id, queue, rest[size:], reason.decode("utf-8", "replace"), f"{uid}:{queue}"
+            )
+        )
     return out
 
 

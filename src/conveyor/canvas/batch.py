@@ -314,7 +314,9 @@ def _member(value: Member, app: Conveyor | None) -> Signature | batch:
 
 
 class BatchMiddleware(Middleware):
-    """Built into every app: a batch member being dead-lettered fires ``on_death``."""
+    """Built into every app: a batch member being dead-lettered fires ``on_death``, and
+    counts as ended and failed (by its follow-ups when it has any, here otherwise: a
+    malformed message)."""
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
@@ -331,6 +333,8 @@ class BatchMiddleware(Middleware):
         while True:
             try:
                 member_died(self.app, batch_id, envelope.id, reason)
+                if not outcome.followups:  # nothing else will count it as ended
+                    member_finished(self.app, batch_id, envelope.id, states.FAILURE)
                 return
             except (BrokerError, ResultStoreError) as exc:
                 if time.monotonic() + delay > deadline:

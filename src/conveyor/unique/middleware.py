@@ -55,18 +55,23 @@ class UniqueMiddleware(Middleware):
             self._release(header, job.envelope.id)
 
     def on_dead_letter(self, envelope: Envelope | None, outcome: Outcome) -> None:
-        header = _header(envelope)
-        if header is not None and envelope is not None and header.get("mode") in _NOT_RUN:
-            self._release(header, envelope.id)
+        if envelope is not None:
+            release_not_run(self.app, envelope)
 
     def on_revoked(self, envelope: Envelope, outcome: Outcome) -> None:
-        header = _header(envelope)
-        if header is not None and header.get("mode") in _NOT_RUN:
-            self._release(header, envelope.id)
+        release_not_run(self.app, envelope)
 
     def _release(self, header: Mapping[str, object], task_id: str) -> None:
         # An error here keeps the key until unique_for runs out (logged by call_each).
         release(locks_of(self.app), header, task_id)
+
+
+def release_not_run(app: Conveyor, envelope: Envelope) -> None:
+    """Free the key of a task that will not run (dead-lettered, revoked, purged), unless
+    its mode keeps it (``throttle``) or another task holds it now."""
+    header = _header(envelope)
+    if header is not None and header.get("mode") in _NOT_RUN:
+        release(locks_of(app), header, envelope.id)
 
 
 def _header(envelope: Envelope | None) -> Mapping[str, object] | None:

@@ -1,4 +1,5 @@
-"""The heartbeat: renew leases, obey terminate requests, sweep the broker, announce the
+"""The heartbeat: renew leases, obey terminate requests, sweep the broker (and do the
+bookkeeping of what the sweep dead-lettered or a purge deleted: ``departures``), announce the
 worker (for ``conveyor status``) and delete expired results."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..exceptions import ConveyorError
 from ..registry import ACTIVE_SHOWN, ANNOUNCEMENT_PREFIX, ActiveTask, WorkerInfo
 from ..signing import key_ids
+from .departures import Departures
 from .inflight import InFlight
 from .loops import LoopErrors
 
@@ -58,6 +60,8 @@ class Heartbeat:
         self._terminate = terminate
         #: Renews what running tasks hold besides leases (concurrency slots).
         self._renew = renew
+        self._departures = Departures(app, hostname)
+        self._draining: threading.Thread | None = None
 
     def run(self) -> None:
         last_sweep = 0.0
@@ -77,6 +81,7 @@ class Heartbeat:
                 if now - last_sweep >= self.sweep_interval:
                     last_sweep = now
                     self.app.broker.sweep()
+                    self._drain_departures()
                 if now - last_announce >= max(self.interval, 2.0):
                     last_announce = now
                     self.announce()
@@ -87,6 +92,24 @@ class Heartbeat:
                 logger.error("heartbeat failed: %s", exc)
             except Exception as exc:
                 errors.failed(exc)
+
+    def _drain_departures(self) -> None:
+        """Do the bookkeeping of the sweep's departures on a thread of its own: it may wait
+        out a result store's outage (follow-ups retry for 30 s) while leases need renewing."""
+        if self._draining is not None and self._draining.is_alive():
+            return  # the previous pass is still at it
+        self._draining = threading.Thread(
+            target=self._drain_once, name="conveyor-departures", daemon=True
+        )
+        self._draining.start()
+
+    def _drain_once(self) -> None:
+        try:
+            self._departures.drain()
+        except ConveyorError as exc:
+            logger.error("bookkeeping of departed messages failed: %s", exc)
+        except Exception:
+            logger.exception("bookkeeping of departed messages failed")
 
     def announce(self) -> None:
         info: WorkerInfo = {

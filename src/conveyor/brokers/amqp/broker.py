@@ -35,11 +35,13 @@ from ...results import create_result_store
 from ...results.base import ResultStore
 from ..base import (
     PUBLISH_DEDUPE_WINDOW,
+    PURGED,
     Broker,
     BrokerOptions,
     DeadLetter,
     DeadLetterReason,
     Delivery,
+    Departure,
     Message,
     QueueStats,
 )
@@ -50,6 +52,7 @@ from .convert import (
     DEAD_AT,
     DELIVERIES,
     DETAIL,
+    QUEUE,
     REASON,
     body_of,
     copy_of,
@@ -59,6 +62,7 @@ from .convert import (
     problem_of,
     to_amqp,
 )
+from .departures import SWEPT, Taken, departure_of, tags_of
 from .leases import Held, Leases, Reaper
 from .pushed import Pushed
 from .scheduled import DELAYED_KEY, DelayedMarkers
@@ -120,6 +124,7 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         self._pushed = Pushed()
         self._uid = uuid.uuid4().hex[:10]
         self._leases = Leases()
+        self._departures = Taken()
         self._reaper: Reaper | None = None
         self._reaper_lock = threading.Lock()
         self._published: dict[str, float] = {}
@@ -456,14 +461,17 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                 self._leases.add(delivery.receipt, held[0])
                 raise
 
-    def _bury(self, held: Held, reason: str, detail: str) -> None:
-        """Publish ``held``'s message to the DLQ (confirmed), then ack it."""
-        extra = {
+    def _bury(self, held: Held, reason: str, detail: str, *, swept: bool = False) -> None:
+        """Publish ``held``'s message to the DLQ (confirmed), then ack it (``swept``: an
+        expired lease, recorded as a departure too)."""
+        extra: dict[str, object] = {
             REASON: str(reason),
             DETAIL: detail,
             DEAD_AT: time.time(),
             DELIVERIES: held.delivery_count,
         }
+        if swept:
+            extra[SWEPT] = 1
         copy = copy_of(held.message, extra)
         self._session.publish([(self.names.dlx, "", copy)], "dead_letter")
         self._session.run(lambda ch: ch.basic_ack(held.tag), "dead_letter")
@@ -489,7 +497,7 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         lost = [h for h in expired if h.delivery_count >= self.options.max_deliveries]
         back = [h for h in expired if h.delivery_count < self.options.max_deliveries]
         for held in lost:
-            self._bury(held, DeadLetterReason.WORKER_LOST, "lease expired")
+            self._bury(held, DeadLetterReason.WORKER_LOST, "lease expired", swept=True)
 
         def requeue(channel: amqp.Channel) -> None:
             for held in back:
@@ -572,12 +580,61 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         )
 
     def purge(self, queues: Sequence[str]) -> int:
+        """Move the ready messages of ``queues`` into ``P.departures`` (reason ``purged``):
+        taken and republished in transactions of up to 500, each atomic."""
+
         def run(channel: amqp.Channel, queue: str) -> int:
-            if self._ready(channel, queue) <= 0:
-                return 0
-            return int(channel.queue_purge(self.names.queue(queue)) or 0)
+            count = self._ready(channel, queue)
+            physical, moved = self.names.queue(queue), 0
+            channel.tx_select()
+            while moved < count:
+                msg = channel.basic_get(physical, no_ack=False)
+                if msg is None:
+                    break
+                extra = {REASON: PURGED, QUEUE: queue}
+                channel.basic_publish(copy_of(msg, extra), "", self.names.departures)
+                channel.basic_ack(msg.delivery_info["delivery_tag"])
+                moved += 1
+                if moved % 500 == 0:
+                    channel.tx_commit()
+            channel.tx_commit()
+            return moved
 
         return sum(self._with_channel(functools.partial(run, queue=q), "purge") for q in queues)
+
+    # -- departures ------------------------------------------------------------------------
+    def take_departures(self, limit: int = 100) -> list[Departure]:
+        def run(channel: amqp.Channel) -> list[Departure]:
+            generation = self._session.generation
+            stale = tags_of(self._departures.stale(), generation)
+            for tag in stale:  # their bookkeeping failed: to be taken again
+                channel.basic_reject(tag, requeue=True)
+            out: list[Departure] = []
+            while len(out) < limit:
+                msg = channel.basic_get(self.names.departures, no_ack=False)
+                if msg is None:
+                    break
+                tag = msg.delivery_info["delivery_tag"]
+                departure = departure_of(msg, f"{generation}:{tag}")
+                if departure is None:
+                    channel.basic_ack(tag)
+                    continue
+                self._departures.add(departure.receipt)
+                out.append(departure)
+            return out
+
+        return self._session.run(run, "take_departures")
+
+    def forget_departures(self, departures: Sequence[Departure]) -> None:
+        held = self._departures.pop([d.receipt for d in departures])
+        if not held:
+            return
+
+        def run(channel: amqp.Channel) -> None:
+            for tag in tags_of(held, self._session.generation):
+                channel.basic_ack(tag)
+
+        self._session.run(run, "forget_departures")
 
     def time(self) -> float:
         return time.time()

@@ -8,7 +8,9 @@ Names start with the key prefix ``P`` (``conveyor`` by default):
   ``max_deliveries - 1`` and dead-lettering to ``P.dlx``; or, with
   ``broker_transport_options={"queue_type": "classic"}``, a durable classic queue with
   ``x-max-priority: 9``.
-* ``P.dlx`` (fanout) -> ``P.dead`` (durable classic): every dead letter of the prefix.
+* ``P.dlx`` (fanout) -> ``P.dead`` (durable classic): every dead letter of the prefix; and
+  -> ``P.departures`` (durable classic): a copy of each, for the bookkeeping of those no
+  worker settled (:mod:`conveyor.brokers.amqp.departures`).
 * Delays, shared by every prefix of the vhost: ``LEVELS`` topic exchanges
   ``conveyor.delay.<k>`` and durable classic queues of the same name whose ``x-message-ttl`` is
   ``2**k`` ticks (:data:`TICK` s). A delayed message is published to
@@ -60,6 +62,10 @@ class Names:
     @property
     def dead(self) -> str:
         return f"{self.prefix}.dead"
+
+    @property
+    def departures(self) -> str:
+        return f"{self.prefix}.departures"
 
     def delay(self, level: int) -> str:
         return f"{DELAY_PREFIX}.{level}"
@@ -134,6 +140,8 @@ class Topology:
         channel.exchange_declare(n.delayed, "topic", durable=True, auto_delete=False)
         channel.queue_declare(n.dead, durable=True, auto_delete=False)
         channel.queue_bind(n.dead, n.dlx, "")
+        channel.queue_declare(n.departures, durable=True, auto_delete=False)
+        channel.queue_bind(n.departures, n.dlx, "")
         self._base = True
 
     def queue(self, channel: amqp.Channel, name: str) -> str:

@@ -26,12 +26,14 @@ from ...kv.postgres import PostgresKeyValue
 from ...limits.postgres import PostgresLimits
 from ...streams.postgres import PostgresStreams
 from ..base import (
+    DEPARTURE_CLAIM,
     PUBLISH_DEDUPE_WINDOW,
     Broker,
     BrokerOptions,
     DeadLetter,
     DeadLetterReason,
     Delivery,
+    Departure,
     Message,
     QueueStats,
     Scheduled,
@@ -485,6 +487,23 @@ class PostgresBroker(Broker):
         with self.db.connection() as conn:
             cursor = conn.execute(self.q(sql.PURGE), {"ns": self.ns, "queues": names})
             return max(cursor.rowcount, 0)
+
+    # -- departures ------------------------------------------------------------------------
+    def take_departures(self, limit: int = 100) -> list[Departure]:
+        params: Params = {"ns": self.ns, "limit": max(limit, 0), "claim": DEPARTURE_CLAIM}
+        with self.db.connection() as conn:
+            rows = conn.execute(self.q(sql.TAKE_DEPARTURES), params).fetchall()
+        found = [
+            Departure(as_text(id_), as_text(queue), as_blob(body), as_text(reason), str(seq))
+            for seq, id_, queue, body, reason in rows
+        ]
+        return sorted(found, key=lambda d: int(d.receipt))
+
+    def forget_departures(self, departures: Sequence[Departure]) -> None:
+        seqs = [int(d.receipt) for d in departures if d.receipt.isdigit()]
+        if seqs:
+            with self.db.connection() as conn:
+                conn.execute(self.q(sql.FORGET_DEPARTURES), {"ns": self.ns, "seqs": seqs})
 
     # -- delayed messages (the dashboard) ---------------------------------------------------
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:

@@ -79,6 +79,14 @@ MIGRATIONS = [
     ),
     # v2: bounded streams (events, remote control): ``conveyor.streams.postgres``.
     STREAMS_MIGRATION,
+    # v3: messages the sweep dead-lettered or purge deleted, until a worker did their
+    # bookkeeping (``Broker.take_departures``).
+    (
+        "CREATE TABLE {s}.conveyor_departures (seq bigserial PRIMARY KEY, ns text NOT NULL, "
+        "id text NOT NULL, queue text NOT NULL, body bytea NOT NULL, reason text NOT NULL, "
+        "claimed timestamptz NOT NULL DEFAULT '-infinity')",
+        "CREATE INDEX conveyor_departures_ns ON {s}.conveyor_departures (ns, seq)",
+    ),
 ]
 
 #: The tables of the broker's ``kv``.

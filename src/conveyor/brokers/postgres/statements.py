@@ -3,7 +3,7 @@ one statement or one short transaction; times are the database's ``now()``."""
 
 from __future__ import annotations
 
-from ..base import DeadLetterReason
+from ..base import PURGED, DeadLetterReason
 
 M = "{s}.conveyor_messages"
 
@@ -146,6 +146,9 @@ WITH lost AS (
         SELECT seq FROM {M} WHERE ns = %(ns)s AND state = 1 AND due <= now()
         AND deliveries >= %(max)s FOR UPDATE SKIP LOCKED)
     RETURNING seq, ns, id, queue, priority, body, deliveries
+), noted AS (
+    INSERT INTO {{s}}.conveyor_departures (ns, id, queue, body, reason)
+    SELECT ns, id, queue, body, '{DeadLetterReason.WORKER_LOST}' FROM lost ORDER BY seq
 )
 INSERT INTO {{s}}.conveyor_dead (ns, id, queue, priority, body, reason, detail, dead_at,
     deliveries)
@@ -195,4 +198,20 @@ INSERT INTO {M} (ns, id, queue, priority, body, state)
 SELECT %(ns)s, id, queue, priority, body, 0 FROM moved ORDER BY seq
 """
 PURGE_DEAD = "DELETE FROM {s}.conveyor_dead WHERE ns = %(ns)s {where}"
-PURGE = f"DELETE FROM {M} WHERE ns = %(ns)s AND state != 1 AND queue = ANY(%(queues)s::text[])"
+# Purged messages are recorded as departures (their rowcount is the purge's count).
+PURGE = f"""
+WITH gone AS (
+    DELETE FROM {M} WHERE ns = %(ns)s AND state != 1 AND queue = ANY(%(queues)s::text[])
+    RETURNING seq, ns, id, queue, body
+)
+INSERT INTO {{s}}.conveyor_departures (ns, id, queue, body, reason)
+SELECT ns, id, queue, body, '{PURGED}' FROM gone ORDER BY seq
+"""
+D = "{s}.conveyor_departures"
+TAKE_DEPARTURES = f"""
+UPDATE {D} SET claimed = now() + make_interval(secs => %(claim)s) WHERE seq IN (
+    SELECT seq FROM {D} WHERE ns = %(ns)s AND claimed <= now() ORDER BY seq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING seq, id, queue, body, reason
+"""
+FORGET_DEPARTURES = f"DELETE FROM {D} WHERE ns = %(ns)s AND seq = ANY(%(seqs)s::bigint[])"

@@ -14,6 +14,9 @@
 --                    s (ready score, when it is not the one given at publish),
 --                    r, d, at (dead-letter reason, detail, time)
 --   Q:published:<id> set by publish(), expiring: that id is not added again meanwhile
+--   Q:departures     hash uid -> '<reason> <length of id> <id><body>': a message the sweep
+--                    dead-lettered or purge deleted, until a worker did its bookkeeping
+--   Q:departed       zset uid -> claimed until (ms; 0: not taken): see departures.lua
 --
 -- The sequence counter (KEYS[1]) is '{<p>}:seq' on a single server, one for all queues, so
 -- FIFO within a priority holds across queues; on Cluster it is 'Q:seq', one per queue.
@@ -126,6 +129,12 @@ local function message_problem(uid, p, b, n, u)
     return 'release count ' .. shown(u) .. ' is not an integer'
   end
   return nil
+end
+
+-- Record a message that leaves without a worker settling it (Broker.take_departures).
+local function depart(Q, uid, reason, id, body)
+  redis.call('HSET', Q .. ':departures', uid, reason .. ' ' .. #id .. ' ' .. id .. body)
+  redis.call('ZADD', Q .. ':departed', 0, uid)
 end
 
 local function bury(Q, uid, reason, detail, now)

@@ -1,4 +1,5 @@
--- Delete up to batch ready and batch delayed messages of one queue (leased ones stay).
+-- Delete up to batch ready and batch delayed messages of one queue (leased ones stay), each
+-- recorded as a departure ('purged').
 -- KEYS: seq, queue base. ARGV: batch. Returns {deleted, more}.
 local Q, batch = KEYS[2], tonumber(ARGV[1])
 local deleted, more = 0, 0
@@ -7,6 +8,10 @@ for _, kind in ipairs({':ready', ':delayed'}) do
   local uids = redis.call('ZRANGE', key, 0, batch - 1)
   if #uids > 0 then
     for _, uid in ipairs(uids) do
+      local fields = redis.call('HMGET', Q .. ':msg:' .. uid, 'id', 'b')
+      if fields[1] and fields[2] then
+        depart(Q, uid, 'purged', fields[1], fields[2])
+      end
       redis.call('DEL', Q .. ':msg:' .. uid)
     end
     redis.call('ZREM', key, unpack(uids))

@@ -28,6 +28,7 @@ for i, receipt in ipairs(expired) do
     else
       local count = int_of(fields[4]) - (int_of(fields[5]) or 0)
       if count >= max_deliveries then
+        depart(Q, uid, 'worker_lost', fields[1], fields[3])
         bury(Q, uid, 'worker_lost', 'lease expired after ' .. count .. ' deliveries', now)
       else
         -- Its own score: back where it was in the queue, ahead of what came after it.

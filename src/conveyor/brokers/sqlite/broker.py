@@ -24,6 +24,7 @@ from ..base import (
     DeadLetter,
     DeadLetterReason,
     Delivery,
+    Departure,
     Message,
     QueueStats,
     Scheduled,
@@ -358,6 +359,19 @@ class SQLiteBroker(Broker):
     def purge(self, queues: Sequence[str]) -> int:
         with self._db.write() as conn:
             return maintenance.purge(conn, self.ns, queues)
+
+    def take_departures(self, limit: int = 100) -> list[Departure]:
+        now = self.time()
+        with self._db.read() as conn:  # the usual answer, without the write lock
+            if not maintenance.has_departures(conn, self.ns, now):
+                return []
+        with self._db.write() as conn:
+            return maintenance.take_departures(conn, self.ns, limit, now)
+
+    def forget_departures(self, departures: Sequence[Departure]) -> None:
+        if departures:
+            with self._db.write() as conn:
+                maintenance.forget_departures(conn, self.ns, departures)
 
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
         with self._db.read() as conn:

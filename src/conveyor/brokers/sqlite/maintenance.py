@@ -8,7 +8,14 @@ import sqlite3
 from collections.abc import Sequence
 
 from ..._sqlite import chunks, marks
-from ..base import DeadLetter, DeadLetterReason, QueueStats
+from ..base import (
+    DEPARTURE_CLAIM,
+    PURGED,
+    DeadLetter,
+    DeadLetterReason,
+    Departure,
+    QueueStats,
+)
 from .rows import as_blob, as_float, as_int, as_text
 from .schema import DELAYED, LEASED, PROMOTE, PROMOTED, READY
 
@@ -35,6 +42,12 @@ def sweep(conn: sqlite3.Connection, ns: str, now: float, max_deliveries: int) ->
         (str(DeadLetterReason.WORKER_LOST), now, *lost),
     ).rowcount
     if buried:
+        conn.execute(
+            "INSERT INTO conveyor_departures (ns, id, queue, body, reason) "
+            "SELECT ns, id, queue, body, ? FROM conveyor_messages "
+            "WHERE ns = ? AND state = 1 AND due <= ? AND deliveries >= ? ORDER BY seq",
+            (str(DeadLetterReason.WORKER_LOST), *lost),
+        )
         conn.execute(
             "DELETE FROM conveyor_messages "
             "WHERE ns = ? AND state = 1 AND due <= ? AND deliveries >= ?",
@@ -159,12 +172,52 @@ def purge(conn: sqlite3.Connection, ns: str, queues: Sequence[str]) -> int:
     """Delete the ready and delayed messages of ``queues``."""
     removed = 0
     for part in chunks(list(dict.fromkeys(queues))):
+        conn.execute(
+            "INSERT INTO conveyor_departures (ns, id, queue, body, reason) "
+            "SELECT ns, id, queue, body, ? FROM conveyor_messages WHERE ns = ? AND state != 1 "
+            f"AND queue IN ({marks(len(part))}) ORDER BY seq",
+            (PURGED, ns, *part),
+        )
         removed += conn.execute(
             "DELETE FROM conveyor_messages WHERE ns = ? AND state != 1 "
             f"AND queue IN ({marks(len(part))})",
             (ns, *part),
         ).rowcount
     return removed
+
+
+def has_departures(conn: sqlite3.Connection, ns: str, now: float) -> bool:
+    """Whether a departure is waiting to be taken."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM conveyor_departures WHERE ns = ? AND claimed <= ?)",
+        (ns, now),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def take_departures(conn: sqlite3.Connection, ns: str, limit: int, now: float) -> list[Departure]:
+    """Claim up to ``limit`` unclaimed departures, oldest first."""
+    rows = conn.execute(
+        "UPDATE conveyor_departures SET claimed = ? WHERE seq IN (SELECT seq FROM "
+        "conveyor_departures WHERE ns = ? AND claimed <= ? ORDER BY seq LIMIT ?) "
+        "RETURNING seq, id, queue, body, reason",
+        (now + DEPARTURE_CLAIM, ns, now, max(limit, 0)),
+    ).fetchall()
+    found = [
+        Departure(as_text(id_), as_text(queue), as_blob(body), as_text(reason), str(seq))
+        for seq, id_, queue, body, reason in rows
+    ]
+    return sorted(found, key=lambda d: int(d.receipt))
+
+
+def forget_departures(conn: sqlite3.Connection, ns: str, departures: Sequence[Departure]) -> None:
+    """Delete the departures (by their receipts)."""
+    seqs = [int(d.receipt) for d in departures if d.receipt.isdigit()]
+    for part in chunks(seqs):
+        conn.execute(
+            f"DELETE FROM conveyor_departures WHERE ns = ? AND seq IN ({marks(len(part))})",
+            (ns, *part),
+        )
 
 
 def _dead_filters(ns: str, ids: Sequence[str] | None) -> list[tuple[str, Sequence[object]]]:

@@ -59,6 +59,14 @@ MIGRATIONS = [
     ),
     # v4: bounded streams (events, remote control): ``conveyor.streams.sqlite``.
     STREAMS_MIGRATION,
+    # v5: messages the sweep dead-lettered or purge deleted, until a worker did their
+    # bookkeeping (``Broker.take_departures``).
+    (
+        "CREATE TABLE conveyor_departures (seq INTEGER PRIMARY KEY, ns TEXT NOT NULL, "
+        "id TEXT NOT NULL, queue TEXT NOT NULL, body BLOB NOT NULL, reason TEXT NOT NULL, "
+        "claimed REAL NOT NULL DEFAULT 0)",
+        "CREATE INDEX conveyor_departures_ns ON conveyor_departures (ns, seq)",
+    ),
 ]
 #: The tables of the broker's ``kv``.
 KV_TABLES = Tables("conveyor_values", "conveyor_sets", "conveyor_set_expiry")

@@ -57,7 +57,9 @@ def test_a_task_whose_workers_died_frees_its_key_and_slot_and_ends_its_batch_onc
     ]
     group = batch(members, app=client, **callbacks(harness, calls)).apply_async()
     member = group.results[0]
-    harness.worker("-c", "2")
+    # One message per slot: a neighbour prefetched beside a task that kills its process would
+    # be charged a delivery without running (docs/workers.md, bounded redelivery).
+    harness.worker("-c", "2", "--prefetch", "1")
 
     lost = {unique.id, member.id}
     for task_id in lost:  # recorded by the bookkeeping, after the key and slot were freed

@@ -126,7 +126,7 @@ class RedisBroker(Broker):
         #: The parts of a lease call that depend only on its queues, by queue names (a
         #: worker asks for the same few): keys, the (queue, wake-up list) arguments, and each
         #: queue's position among them.
-        self._lease_parts: dict[tuple[str, ...], tuple[list[str], list[str], dict[str, int]]] = {}
+        self._lease_parts: dict[tuple[str, ...], tuple[list[str], list[bytes], dict[str, int]]] = {}
         self._block = block_limit(self._client)
         self._scripts = {
             name: Script(self._client, lua_source("common", name)) for name in _SCRIPTS
@@ -243,7 +243,9 @@ class RedisBroker(Broker):
             if len(self._lease_parts) >= 64:
                 self._lease_parts.clear()
             keys = self.keys
-            queue_args = [arg for q in names for arg in (q, self._wake_arg(q))]
+            # In bytes: redis-py's encoder passes them as they are (a lease over 50 queues
+            # carries 100 of these).
+            queue_args = [arg.encode() for q in names for arg in (q, self._wake_arg(q))]
             position = {queue: k for k, queue in enumerate(names, 1)}
             script_keys = [keys.seq(names[0]), *(keys.queue(q) for q in names)]
             parts = self._lease_parts[tuple(names)] = (script_keys, queue_args, position)

@@ -126,6 +126,10 @@ class RedisBroker(Broker):
         #: The names of every key (:mod:`conveyor._redis_keys`).
         self.keys = RedisKeys(self.options.key_prefix, cluster=self._cluster)
         self._lease_ms = self.options.lease_timeout * 1000.0
+        #: The parts of a lease call that depend only on its queues, by queue names (a
+        #: worker asks for the same few): keys, the (queue, wake-up list) arguments, and each
+        #: queue's position among them.
+        self._lease_parts: dict[tuple[str, ...], tuple[list[str], list[bytes], dict[str, int]]] = {}
         self._block = block_limit(self._client)
         self._scripts = {
             name: Script(self._client, lua_source("common", name)) for name in _SCRIPTS
@@ -237,17 +241,23 @@ class RedisBroker(Broker):
     ) -> None:
         """Add one lease script call over ``names`` (one queue on Cluster) that first acks
         ``acks`` (all of them of those queues)."""
-        keys = self.keys
-        args: list[Any] = [limit, self._lease_ms, max(limit, CHUNK)]
-        args.append("" if self._cluster else keys.revoked())
-        for queue in names:
-            args += (queue, self._wake_arg(queue))
-        position = {queue: k for k, queue in enumerate(names, 1)}
+        parts = self._lease_parts.get(tuple(names))
+        if parts is None:
+            if len(self._lease_parts) >= 64:
+                self._lease_parts.clear()
+            keys = self.keys
+            # In bytes: redis-py's encoder passes them as they are (a lease over 50 queues
+            # carries 100 of these).
+            queue_args = [arg.encode() for q in names for arg in (q, self._wake_arg(q))]
+            position = {queue: k for k, queue in enumerate(names, 1)}
+            script_keys = [keys.seq(names[0]), *(keys.queue(q) for q in names)]
+            parts = self._lease_parts[tuple(names)] = (script_keys, queue_args, position)
+        script_keys, queue_args, position = parts
+        revoked = "" if self._cluster else self.keys.revoked()
+        args: list[Any] = [limit, self._lease_ms, max(limit, CHUNK), revoked, *queue_args]
         for delivery in acks:
             args += (position[delivery.queue], delivery.receipt)
-        batch.script(
-            self._scripts["lease"], (keys.seq(names[0]), *(keys.queue(q) for q in names)), args
-        )
+        batch.script(self._scripts["lease"], script_keys, args)
 
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
         if limit <= 0 or not queues:

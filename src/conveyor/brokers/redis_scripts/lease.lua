@@ -36,8 +36,17 @@ for i = first_ack, #ARGV, 2 do
   end
 end
 local now = now_ms()
-for _, queue in ipairs(queues) do
-  promote(queue[1], now, promote_max)
+-- Over several queues, one EXISTS says whether any has delayed messages (usually none):
+-- a call per queue would make every lease's cost grow with the number of queues. (Up to
+-- 1000 keys per EXISTS: unpack has a stack limit.)
+local delayed = {}
+for k, queue in ipairs(queues) do
+  delayed[k] = queue[1] .. ':delayed'
+end
+if #queues == 1 or #queues > 1000 or redis.call('EXISTS', unpack(delayed)) > 0 then
+  for _, queue in ipairs(queues) do
+    promote(queue[1], now, promote_max)
+  end
 end
 
 local picked, left = {}, {}
@@ -98,10 +107,21 @@ end
 
 local deadline = fmt(now + lease_ms)
 local more = 0
+local waking = {}
 for k in pairs(left) do
   if left[k] then
     more = 1
-    wake(queues[k][3])  -- work left behind: pass the wake-up on to the next blocked consumer
+    if queues[k][3] ~= '' then
+      waking[#waking + 1] = queues[k][3]
+    end
+  end
+end
+-- Work left behind: pass the wake-up on to the next blocked consumer. A wake-up list holds
+-- at most one token, so when each exists (a busy worker: the usual case) one EXISTS is all.
+if #waking > 0 and (#waking == 1 or #waking > 1000
+    or redis.call('EXISTS', unpack(waking)) < #waking) then
+  for _, key in ipairs(waking) do
+    wake(key)
   end
 end
 local out = {more}

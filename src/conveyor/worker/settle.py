@@ -70,13 +70,18 @@ class Settler:
         ]
         if acks:
             attempt(partial(settlement.ack, acks, ()), "ack")
+        retries = [
+            (o.delivery, o.retry_message)
+            for o in settled
+            if o.action is Action.RETRY and o.delivery is not None and o.retry_message is not None
+        ]
+        if retries:  # together: a rate-limited backlog puts many back at once
+            attempt(partial(settlement.retry_later_many, retries), "retry")
         for outcome in settled:
             delivery = outcome.delivery
             if delivery is None:
                 continue
-            if outcome.action is Action.RETRY and outcome.retry_message is not None:
-                attempt(partial(settlement.retry_later, delivery, outcome.retry_message), "retry")
-            elif outcome.action is Action.DEAD:
+            if outcome.action is Action.DEAD:
                 dead = partial(settlement.dead_letter, delivery, outcome.reason, outcome.detail)
                 attempt(dead, "dead-letter")
         return settled

@@ -700,6 +700,36 @@ def test_retry_later_without_delay_is_ready_now(broker: Broker) -> None:
     assert (got.id, got.body, got.delivery_count) == (sent.id, b"again", 1)
 
 
+def test_retry_later_many_settles_each_pair_and_skips_stale_receipts(
+    broker: Broker, peer: Broker
+) -> None:
+    broker.publish([message(b"first")])
+    stale = lease_one(broker)
+    current = redelivered(peer)  # its lease expired: another receipt holds it now
+    broker.publish([message(f"try {i}".encode()) for i in range(3)])
+    held = broker.lease([Q], 3, 0)
+    assert len(held) == 3
+    due = broker.time() + 0.5
+    retries = [
+        (held[0], Message(held[0].id, Q, b"now", priority=7)),
+        (held[1], Message(held[1].id, Q, b"later", eta=due)),
+        (held[2], Message(held[2].id, Q, b"again")),
+        (held[2], Message(held[2].id, Q, b"twice")),  # one receipt is retried once
+        (stale, Message(stale.id, Q, b"stale")),  # no longer held: publishes nothing
+    ]
+    broker.retry_later_many(retries)
+    broker.retry_later_many([])
+    ready = broker.lease([Q], 10, 0)
+    assert sorted((d.body, d.delivery_count) for d in ready) == [(b"again", 1), (b"now", 1)]
+    assert stats_of(broker).delayed == 1
+    later = wait_until(lambda: broker.lease([Q], 1, 0.05), 5.0, "the delayed retry")[0]
+    assert broker.time() >= due - EARLY_SLACK, "retry served before its due time"
+    assert (later.id, later.body) == (held[1].id, b"later")
+    broker.ack([*ready, later])
+    peer.ack([current])
+    assert stats_of(broker) == QueueStats()
+
+
 # -- revocation --------------------------------------------------------------------------
 def test_revoke_with_ttl(broker: Broker, peer: Broker) -> None:
     revoked_at = time.monotonic()

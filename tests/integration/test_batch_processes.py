@@ -1,5 +1,6 @@
-"""Batches on real brokers (SQLite, Redis, PostgreSQL) with a real ``conveyor worker`` process whose
-member is SIGKILLed at each dangerous point: every callback still runs exactly once.
+"""Batches on real brokers (SQLite, Redis, PostgreSQL; RabbitMQ with the batch state in a Redis
+result store) with a real ``conveyor worker`` process whose member is SIGKILLed at each
+dangerous point: every callback still runs exactly once.
 
 This module is also that worker's app module (``app`` exists only when ``BATCH_IT_BROKER``
 is set); the crash hook named by ``BATCH_IT_CRASH`` is installed in the worker processes.
@@ -25,15 +26,17 @@ from tests.helpers import redis_fixture
 from tests.integration.test_canvas_brokers import CliWorker as _CanvasCliWorker
 from tests.integration.test_canvas_brokers import first_time, idle, lines, mark
 from tests.pg_server import PostgresServer
+from tests.rabbit_server import RabbitServer
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def create_app(broker: str, prefix: str) -> Conveyor:
+def create_app(broker: str, prefix: str, results: str | None = None) -> Conveyor:
     app = Conveyor(
         "batch_it",
         broker=broker,
+        result_backend=results,
         set_as_default=False,
         broker_lease_timeout=1.0,
         broker_sweep_interval=0.5,
@@ -100,7 +103,11 @@ def install_crash_hook(mode: str, folder: Path) -> None:
 
 
 if os.environ.get("BATCH_IT_BROKER"):  # imported by `conveyor worker -A` in the crash test
-    app = create_app(os.environ["BATCH_IT_BROKER"], os.environ["BATCH_IT_PREFIX"])
+    app = create_app(
+        os.environ["BATCH_IT_BROKER"],
+        os.environ["BATCH_IT_PREFIX"],
+        os.environ.get("BATCH_IT_RESULTS"),
+    )
     install_crash_hook(os.environ.get("BATCH_IT_CRASH", ""), Path(os.environ["BATCH_IT_DIR"]))
 
 
@@ -134,6 +141,7 @@ batch_redis = redis_fixture(appendonly=False)
         pytest.param("sqlite"),
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("amqp", marks=(pytest.mark.amqp, pytest.mark.redis)),
     ]
 )
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -142,6 +150,18 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         pg: PostgresServer = request.getfixturevalue("postgres_server")
         return f"{pg.url()}?schema=b{uuid.uuid4().hex[:12]}"
+    if request.param == "amqp":
+        rabbit: RabbitServer = request.getfixturevalue("rabbit_server")
+        return rabbit.url
+    server: RedisServer = request.getfixturevalue("batch_redis")
+    return server.url
+
+
+@pytest.fixture
+def results_url(broker_url: str, request: pytest.FixtureRequest) -> str | None:
+    """RabbitMQ holds messages only: batch state lives in the result store's server."""
+    if not broker_url.startswith("amqp"):
+        return None
     server: RedisServer = request.getfixturevalue("batch_redis")
     return server.url
 
@@ -152,8 +172,8 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def it_app(broker_url: str, prefix: str) -> Iterator[Conveyor]:
-    app = create_app(broker_url, prefix)
+def it_app(broker_url: str, prefix: str, results_url: str | None) -> Iterator[Conveyor]:
+    app = create_app(broker_url, prefix, results_url)
     yield app
     app.close()
 
@@ -168,7 +188,12 @@ def it_app(broker_url: str, prefix: str) -> Iterator[Conveyor]:
     ],
 )
 def test_callbacks_fire_once_when_a_members_worker_is_killed(
-    it_app: Conveyor, broker_url: str, prefix: str, tmp_path: Path, crash: str
+    it_app: Conveyor,
+    broker_url: str,
+    results_url: str | None,
+    prefix: str,
+    tmp_path: Path,
+    crash: str,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(
@@ -178,6 +203,8 @@ def test_callbacks_fire_once_when_a_members_worker_is_killed(
         BATCH_IT_DIR=str(tmp_path),
         PYTHONPATH=str(ROOT),
     )
+    if results_url is not None:
+        env["BATCH_IT_RESULTS"] = results_url
     folder = str(tmp_path)
     callbacks = {
         f"on_{kind}": it_app.signature(

@@ -1,4 +1,4 @@
-"""Cluster-wide concurrency limits with real worker processes (SQLite, Redis, PostgreSQL):
+"""Cluster-wide concurrency limits with real worker processes (SQLite, Redis, PostgreSQL, RabbitMQ):
 two nodes never run more than the limit at once, and the slot of a node killed with SIGKILL
 is freed with its leases. Tasks live in tests/integration/limitsapp.py; the cluster harness
 is the rate-limit process tests'."""
@@ -37,7 +37,9 @@ def test_two_nodes_run_at_most_the_limit(cluster_factory: Any) -> None:
     assert most_at_once(cluster.times("start"), cluster.times("end")) == 2
 
 
-def test_the_slot_of_a_killed_node_is_freed_with_its_leases(cluster_factory: Any) -> None:
+def test_the_slot_of_a_killed_node_is_freed_with_its_leases(
+    cluster_factory: Any, backend: str
+) -> None:
     cluster = cluster_factory()
     first = cluster.node("-c", "1", "--threads", "4")
     # acked when it starts (at-most-once): it is not redelivered, only its slot is left
@@ -52,4 +54,12 @@ def test_the_slot_of_a_killed_node_is_freed_with_its_leases(cluster_factory: Any
     cluster.node("-c", "1")
     # lease timeout 1 s (+ a slot backoff of at most 2 s, + the new node's start)
     wait_until(lambda: waiting.state == states.SUCCESS, 30, "the waiting task ran", interval=0.1)
-    assert len(cluster.times("start-1")) == 2
+    starts = cluster.times("start-1")
+    if backend == "amqp" and len(starts) == 3:
+        # RabbitMQ puts a waiting task back by a confirmed publish, then an ack: a node
+        # killed in between leaves a copy (docs/rabbitmq.md). The copy is the short task,
+        # run after the first under the mutex - not the killed long one again.
+        wait_until(lambda: len(cluster.times("end-1")) == 2, 30, "the copy ended", interval=0.1)
+        assert cluster.times("end-1")[0] <= starts[2]
+    else:
+        assert len(starts) == 2

@@ -1,6 +1,6 @@
-"""Unique tasks in a real ``conveyor worker`` (SQLite, Redis): the worker frees keys at the
-mode's point, and a worker SIGKILLed while running a task leaves its key held until the
-redelivered task ends in another worker.
+"""Unique tasks in a real ``conveyor worker`` (SQLite, Redis; RabbitMQ with its keys in a
+SQLite result store): the worker frees keys at the mode's point, and a worker SIGKILLed while
+running a task leaves its key held until the redelivered task ends in another worker.
 
 This module is also that worker's app module (``app`` exists only when ``UNIQUE_IT_BROKER``
 is set).
@@ -23,15 +23,17 @@ from tests.conftest import wait_until
 from tests.helpers import redis_fixture
 from tests.integration.test_canvas_brokers import CliWorker as _CanvasCliWorker
 from tests.integration.test_canvas_brokers import first_time, lines, mark
+from tests.rabbit_server import RabbitServer
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def create_app(broker: str, prefix: str) -> Conveyor:
+def create_app(broker: str, prefix: str, results: str | None = None) -> Conveyor:
     app = Conveyor(
         "unique_proc",
         broker=broker,
+        result_backend=results,
         set_as_default=False,
         broker_lease_timeout=1.0,
         broker_sweep_interval=0.5,
@@ -64,7 +66,11 @@ def create_app(broker: str, prefix: str) -> Conveyor:
 
 
 if os.environ.get("UNIQUE_IT_BROKER"):  # imported by `conveyor worker -A`
-    app = create_app(os.environ["UNIQUE_IT_BROKER"], os.environ["UNIQUE_IT_PREFIX"])
+    app = create_app(
+        os.environ["UNIQUE_IT_BROKER"],
+        os.environ["UNIQUE_IT_PREFIX"],
+        os.environ.get("UNIQUE_IT_RESULTS"),
+    )
 
 
 class CliWorker(_CanvasCliWorker):
@@ -96,13 +102,23 @@ unique_proc_redis = redis_fixture(appendonly=False)
     params=[
         pytest.param("sqlite"),
         pytest.param("redis", marks=(pytest.mark.redis, pytest.mark.slow)),  # the suite's budget
+        pytest.param("amqp", marks=pytest.mark.amqp),
     ]
 )
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/conveyor.db"
+    if request.param == "amqp":
+        rabbit: RabbitServer = request.getfixturevalue("rabbit_server")
+        return rabbit.url
     server: RedisServer = request.getfixturevalue("unique_proc_redis")
     return server.url
+
+
+@pytest.fixture
+def results_url(broker_url: str, tmp_path: Path) -> str | None:
+    """RabbitMQ holds messages only: its unique keys live in the result store's server."""
+    return f"sqlite:///{tmp_path}/results.db" if broker_url.startswith("amqp") else None
 
 
 @pytest.fixture
@@ -111,17 +127,19 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def it_app(broker_url: str, prefix: str) -> Iterator[Conveyor]:
-    app = create_app(broker_url, prefix)
+def it_app(broker_url: str, prefix: str, results_url: str | None) -> Iterator[Conveyor]:
+    app = create_app(broker_url, prefix, results_url)
     yield app
     app.close()
 
 
 def test_keys_in_a_worker_process_and_after_its_death(
-    it_app: Conveyor, broker_url: str, prefix: str, tmp_path: Path
+    it_app: Conveyor, broker_url: str, results_url: str | None, prefix: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(UNIQUE_IT_BROKER=broker_url, UNIQUE_IT_PREFIX=prefix, PYTHONPATH=str(ROOT))
+    if results_url is not None:
+        env["UNIQUE_IT_RESULTS"] = results_url
     folder = str(tmp_path)
     build, started = it_app.tasks["unique_proc.build"], it_app.tasks["unique_proc.started"]
     cli = CliWorker(env, tmp_path / "worker.log")

@@ -36,6 +36,9 @@ that another worker holds.
 * ``release(deliveries)``: return messages to their queue now without charging the delivery
   (cold shutdown).
 * ``retry_later(delivery, message)``: atomically ack and publish the retry (fresh count).
+  ``retry_later_many(retries)`` does the same for many (delivery, message) pairs, each pair
+  atomic on its own; a broker may do them in one round trip (SQLite, PostgreSQL: one
+  transaction), the default calls ``retry_later`` for each.
 * ``dead_letter(delivery, reason, detail)``: atomically ack and keep the raw body in the
   dead-letter queue with the reason, detail, time and delivery count.
 * ``sweep()``: return expired leases to their queues, or dead-letter them with reason
@@ -250,6 +253,12 @@ class Broker(abc.ABC):
         """Atomically ack ``delivery`` and publish ``message`` (its retry, usually delayed).
 
         The new message starts with a fresh delivery count."""
+
+    def retry_later_many(self, retries: Sequence[tuple[Delivery, Message]]) -> None:
+        """:meth:`retry_later` for each ``(delivery, message)`` pair (a stale receipt's pair
+        does nothing, the others go on). Brokers that can override it with one round trip."""
+        for delivery, message in retries:
+            self.retry_later(delivery, message)
 
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:

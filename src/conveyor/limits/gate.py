@@ -24,6 +24,7 @@ worker start.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -62,6 +63,8 @@ BOOKING_GRACE = 0.25
 STORE_DOWN_WAIT = 1.0
 #: Most horizons a task waits before it looks again at a bucket booked beyond its horizon.
 RATE_BACKOFF_MAX = 2.0
+#: Most buckets a worker process remembers as booked beyond their horizon.
+REFUSED_KEPT = 4096
 
 
 def refuse_concurrency_limits(app: Conveyor) -> None:
@@ -74,6 +77,14 @@ def refuse_concurrency_limits(app: Conveyor) -> None:
             f"concurrency_limit ({', '.join(sorted(limited))}) needs a broker that keeps "
             "limits (Redis, SQLite, PostgreSQL); RabbitMQ keeps none (docs/flow-control.md)"
         )
+
+
+def bucket_size(rate: Rate) -> int:
+    """The most starts a bucket of ``rate`` lets through above the rate in any window (issue
+    18's "bucket size"): its ``burst`` (1), plus the tokens of :data:`BOOKING_GRACE` - a
+    booking may be used that late while the tokens booked after it are used on time. So in
+    any 1-s window at most ``per_second + bucket_size`` start: 50 + 14 for ``"50/s"``."""
+    return rate.burst + math.ceil(rate.per_second * BOOKING_GRACE)
 
 
 def horizon(rate: Rate) -> float:
@@ -92,6 +103,10 @@ class FlowGate:
         self._lock = threading.Lock()
         self._held: dict[str, list[str]] = {}
         self._rates: dict[str, Rate] = {}
+        #: Buckets the store found booked beyond their horizon: key -> (interval, monotonic
+        #: time until which a take is refused). Messages of a backlog then go back to wait
+        #: without a store round trip each.
+        self._refused: dict[str, tuple[float, float]] = {}
         queues = app.conf.task_queues or ()
         self._queue_rates = {q.name: parse_rate(q.rate_limit) for q in queues if q.rate_limit}
         if store is None:
@@ -152,8 +167,12 @@ class FlowGate:
                 if wait > 0:
                     return wait
                 continue
+            refused = self._refused_for(key, rate)
+            if refused is not None:
+                return refused + self._rate_backoff(envelope.headers) * horizon(rate)
             grant = self.store.take(key, rate.interval, rate.tolerance, after, horizon(rate))
             if not grant.granted:
+                self._note_refused(key, rate, grant.wait)
                 return grant.wait + self._rate_backoff(envelope.headers) * horizon(rate)
             after = grant.wait
             newly.append(key)
@@ -163,6 +182,25 @@ class FlowGate:
             envelope.headers[BOOKED_HEADER] = {"due": due, "keys": [*booked, *newly]}
             return after
         return None
+
+    def _refused_for(self, key: str, rate: Rate) -> float | None:
+        """Seconds a take on ``key`` is still known to be refused (None: ask the store).
+        Other processes' takes only book further ahead, so a refusal holds until the horizon
+        frees up - at the same rate (a rate changed at run time asks the store again)."""
+        with self._lock:
+            noted = self._refused.get(key)
+        if noted is None or noted[0] != rate.interval:
+            return None
+        left = noted[1] - time.monotonic()
+        return left if left > 0 else None
+
+    def _note_refused(self, key: str, rate: Rate, wait: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refused) >= REFUSED_KEPT:  # many keyed buckets: forget lapsed ones
+                self._refused = {k: v for k, v in self._refused.items() if v[1] > now}
+            if len(self._refused) < REFUSED_KEPT:
+                self._refused[key] = (rate.interval, now + wait)
 
     def _limits(self, task: Task[..., object], envelope: Envelope) -> Iterator[tuple[str, Rate]]:
         if task.rate_limit:

@@ -70,6 +70,11 @@ class Settlement:
         """Ack ``delivery`` and publish its retry ``message`` atomically."""
         self.broker.retry_later(delivery, message)
 
+    def retry_later_many(self, retries: Sequence[tuple[Delivery, Message]]) -> None:
+        """:meth:`retry_later` for each pair (in one round trip where the broker can)."""
+        if retries:
+            self.broker.retry_later_many(retries)
+
     def dead_letter(self, delivery: Delivery, reason: str, detail: str) -> None:
         """Move ``delivery`` to the dead-letter queue with ``reason``."""
         self.broker.dead_letter(delivery, reason, detail)

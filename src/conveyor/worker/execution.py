@@ -20,7 +20,7 @@ from msgspec.structs import replace
 
 from .. import states
 from .._exceptions_registry import exception_info, format_traceback
-from ..brokers.base import DeadLetterReason, Delivery, Message
+from ..brokers.base import MAX_PRIORITY, DeadLetterReason, Delivery, Message
 from ..canvas import ONCE_HEADER, on_task_finished, once_guard
 from ..canvas.batch import BATCH_HEADER
 from ..canvas.signature import signature_problem
@@ -33,6 +33,7 @@ from ..exceptions import (
     TaskRevokedError,
 )
 from ..limits.gate import FlowGate
+from ..limits.options import BOOKED_HEADER
 from ..message import (
     TAG,
     Envelope,
@@ -172,7 +173,11 @@ class TaskRunner:
             wait = self.flow.admit(task, envelope, self.rate_limiter)
             if wait is not None:  # back to the broker until its turn: not a retry, not charged
                 body = encode_envelope(envelope, signer=self.signer)
-                message = Message(envelope.id, envelope.queue, body, envelope.priority, wait)
+                # Holding a booked token, it is served first once due (a backlog of the
+                # queue would make it late: its token lapses). The task's priority is kept.
+                booked = BOOKED_HEADER in envelope.headers
+                priority = MAX_PRIORITY if booked else envelope.priority
+                message = Message(envelope.id, envelope.queue, body, priority, wait)
                 return Outcome(
                     delivery, Action.RETRY, retry_message=message, state=states.QUEUED, skipped=True
                 )

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..brokers.base import Delivery
 from .inflight import Finished, InFlight
 from .job import Action, Outcome
 from .loops import LoopErrors
@@ -71,15 +70,18 @@ class Settler:
         ]
         if acks:
             attempt(partial(settlement.ack, acks, ()), "ack")
-        dead: list[tuple[Delivery, str, str]] = []
-        for outcome in settled:
-            delivery = outcome.delivery
-            if delivery is None:
-                continue
-            if outcome.action is Action.RETRY and outcome.retry_message is not None:
-                attempt(partial(settlement.retry_later, delivery, outcome.retry_message), "retry")
-            elif outcome.action is Action.DEAD:
-                dead.append((delivery, outcome.reason, outcome.detail))
+        retries = [
+            (o.delivery, o.retry_message)
+            for o in settled
+            if o.action is Action.RETRY and o.delivery is not None and o.retry_message is not None
+        ]
+        if retries:  # together: a rate-limited backlog puts many back at once
+            attempt(partial(settlement.retry_later_many, retries), "retry")
+        dead = [
+            (o.delivery, o.reason, o.detail)
+            for o in settled
+            if o.action is Action.DEAD and o.delivery is not None
+        ]
         if dead:  # one round trip for the batch (a flood of malformed messages)
             attempt(partial(settlement.dead_letter_many, dead), "dead-letter")
         return settled

@@ -447,6 +447,35 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                 raise
             self._session.run(lambda ch: ch.basic_ack(held[0].tag), "retry_later")
 
+    def retry_later_many(self, retries: Sequence[tuple[Delivery, Message]]) -> None:
+        """The held ones' messages in one confirmed publish (one wait for the confirms, not
+        one each), then their acks; a killed child's (foreign) ones as :meth:`retry_later`."""
+        own: dict[str, Message] = {}
+        for delivery, message in retries:
+            if self._foreign(delivery):
+                self.retry_later(delivery, message)
+            else:
+                own.setdefault(delivery.receipt, message)  # a receipt is retried once
+        if not own:
+            return
+        with self._session.lock:
+            generation = self._session.generation
+            taken = [(r, h) for r in own for h in self._leases.take([r], generation)]
+            if not taken:
+                return
+            try:
+                self._send([own[receipt] for receipt, _ in taken], "retry_later")
+            except BaseException:
+                for receipt, held in taken:
+                    self._leases.add(receipt, held)
+                raise
+
+            def ack(channel: amqp.Channel) -> None:
+                for _, held in taken:
+                    channel.basic_ack(held.tag)
+
+            self._session.run(ack, "retry_later")
+
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         if self._foreign(delivery):
             self._note(delivery, str(reason), detail)

@@ -344,6 +344,31 @@ class PostgresBroker(Broker):
             )
         self._wake()
 
+    def retry_later_many(self, retries: Sequence[tuple[Delivery, Message]]) -> None:
+        """All of ``retries`` in one statement (one round trip, one commit)."""
+        pairs: dict[tuple[int, int], Message] = {}
+        for delivery, message in retries:
+            held = parse_receipt(delivery.receipt)
+            if held is not None:
+                pairs.setdefault(held, message)  # a receipt is retried once
+        if not pairs:
+            return
+        messages = list(pairs.values())
+        params: Params = {
+            "ns": self.ns,
+            "seqs": [seq for seq, _ in pairs],
+            "tokens": [token for _, token in pairs],
+            "ids": [m.id for m in messages],
+            "queues": [m.queue for m in messages],
+            "priorities": [clamp_priority(m.priority) for m in messages],
+            "bodies": [m.body for m in messages],
+            "countdowns": [float(m.countdown) for m in messages],
+            "etas": [None if m.eta is None else float(m.eta) for m in messages],
+        }
+        with self.db.connection() as conn:
+            conn.execute(self.q(sql.RETRY_MANY), params)
+        self._wake()
+
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         held = parse_receipt(delivery.receipt)
         if held is None:

@@ -127,6 +127,25 @@ FROM (SELECT greatest(now() + make_interval(secs => %(countdown)s::float8),
     to_timestamp(%(eta)s::float8)) AS due) AS t
 WHERE EXISTS (SELECT 1 FROM gone)
 """
+# RETRY for many (delivery, message) pairs in one statement (one receipt each).
+RETRY_MANY = f"""
+WITH given AS (
+    SELECT * FROM unnest(%(seqs)b::bigint[], %(tokens)b::bigint[], %(ids)b::text[],
+        %(queues)b::text[], %(priorities)b::smallint[], %(bodies)b::bytea[],
+        %(countdowns)b::float8[], %(etas)b::float8[])
+        WITH ORDINALITY AS g (seq, token, id, queue, priority, body, countdown, eta, n)
+), gone AS (
+    DELETE FROM {M} AS m USING given
+    WHERE m.seq = given.seq AND m.token = given.token AND m.state = 1 RETURNING m.seq
+), timed AS (
+    SELECT given.*, greatest(now() + make_interval(secs => countdown), to_timestamp(eta)) AS due
+    FROM given WHERE seq IN (SELECT seq FROM gone)
+)
+INSERT INTO {M} (ns, id, queue, priority, body, state, due)
+SELECT %(ns)b, id, queue, priority, body,
+    CASE WHEN due > now() THEN 2 ELSE 0 END, CASE WHEN due > now() THEN due END
+FROM timed ORDER BY n
+"""
 BURY_HELD = f"""
 WITH gone AS (
     DELETE FROM {M} WHERE seq = %(seq)s AND token = %(token)s AND state = 1 RETURNING seq

@@ -276,6 +276,15 @@ class SQLiteBroker(Broker):
                 self._insert(conn, [message])
         self._notify()
 
+    def retry_later_many(self, retries: Sequence[tuple[Delivery, Message]]) -> None:
+        pairs = [(held, m) for d, m in retries if (held := parse_receipt(d.receipt)) is not None]
+        if not pairs:
+            return
+        with self._db.write() as conn:  # one transaction for all
+            again = [message for held, message in pairs if conn.execute(UNLEASE, held).rowcount]
+            self._insert(conn, again)
+        self._notify()
+
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         self.dead_letter_many([(delivery, reason, detail)])
 

@@ -7,6 +7,7 @@ Screenshots go to ``$CONVEYOR_E2E_SCREENSHOTS`` (``dashboard-*.png``) when it is
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,7 @@ class Fleet:
         for log in self.logs.values():
             log.close()
         self.client.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -73,10 +73,12 @@ from .base import (
     DeadLetter,
     Delivery,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
 )
+from .redis_counts import SPLIT_CAP, counts_of
 from .redis_migrate import migrate_old_keys
 from .redis_replies import _blob, _by_queue, _deliveries, _number, _text
 from .redis_shares import lease_shares
@@ -107,6 +109,7 @@ _SCRIPTS = (
     "migrate",
     "scheduled",
     "scheduled_move",
+    "priority_counts",
 )
 logger = logging.getLogger(__name__)
 
@@ -573,21 +576,14 @@ class RedisBroker(Broker):
             self._connections.execute(woken)
         return sum(int(r[0]) for r in replies)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
         names = list(dict.fromkeys(queues))
         with self._errors:
             batch = Calls()
             for queue in names:
-                ready = self.keys.queue_key(queue, "ready")
-                # band b holds priority 9 - b
-                batch.add(("ZCOUNT", ready, b * _BAND, f"({(b + 1) * _BAND}") for b in range(10))
-            counts = self._connections.execute(batch)
-        out: dict[str, dict[int, int]] = {}
-        for i, queue in enumerate(names):
-            for band in range(10):
-                if counts[i * 10 + band]:
-                    out.setdefault(queue, {})[9 - band] = int(counts[i * 10 + band])
-        return out
+                self._script(batch, "priority_counts", queue, (SPLIT_CAP,))
+            replies = self._connections.execute(batch)
+        return {queue: counts_of(r) for queue, r in zip(names, replies, strict=True)}
 
     def time(self) -> float:
         with self._errors:

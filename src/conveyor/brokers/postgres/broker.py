@@ -33,6 +33,7 @@ from ..base import (
     DeadLetterReason,
     Delivery,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
@@ -515,15 +516,15 @@ class PostgresBroker(Broker):
             cursor = conn.execute(self.q(delayed.CANCEL), {"ns": self.ns, "ids": list(ids)})
             return max(cursor.rowcount, 0)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
+    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
         names = list(dict.fromkeys(queues))
+        out = {queue: PriorityCounts() for queue in names}
         with self.db.connection() as conn:
             rows = conn.execute(
-                self.q(delayed.BY_PRIORITY), {"ns": self.ns, "queues": names}
+                self.q(delayed.PRIORITY_COUNTS), {"ns": self.ns, "queues": names}
             ).fetchall()
-        out: dict[str, dict[int, int]] = {}
-        for queue, priority, count in rows:
-            out.setdefault(as_text(queue), {})[as_int(priority)] = as_int(count)
+        for queue, state, priority, count in rows:
+            out[as_text(queue)].add(as_text(state), as_int(priority), as_int(count))
         return out
 
     def time(self) -> float:

@@ -25,6 +25,7 @@ from ..base import (
     DeadLetterReason,
     Delivery,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
@@ -377,9 +378,9 @@ class SQLiteBroker(Broker):
         with self._db.write() as conn:
             return scheduled.move(conn, self.ns, ids, ready=False)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
-        with self._db.read() as conn:
-            return scheduled.ready_by_priority(conn, self.ns, queues, self.time())
+    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
+        with self._db.snapshot() as conn:
+            return scheduled.priority_counts(conn, self.ns, queues, self.time())
 
     def time(self) -> float:
         # SQLite has no server: every process on the host shares this clock.

@@ -1,5 +1,5 @@
 """The SQLite broker's delayed messages for the dashboard: list, run now, cancel; and the
-ready counts per priority."""
+counts per state and priority."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sqlite3
 from collections.abc import Sequence
 
 from ..._sqlite import chunks, marks
-from ..base import Scheduled
+from ..base import PriorityCounts, Scheduled
 from .rows import as_blob, as_float, as_int, as_text
-from .schema import DELAYED, READY
+from .schema import DELAYED, LEASED, READY
 
 
 def listing(conn: sqlite3.Connection, ns: str, limit: int, queue: str | None) -> list[Scheduled]:
@@ -43,19 +43,24 @@ def move(conn: sqlite3.Connection, ns: str, ids: Sequence[str], *, ready: bool) 
     return moved
 
 
-def ready_by_priority(
+def priority_counts(
     conn: sqlite3.Connection, ns: str, queues: Sequence[str], now: float
-) -> dict[str, dict[int, int]]:
-    """Ready (and due delayed) messages per priority of each of ``queues``."""
-    out: dict[str, dict[int, int]] = {}
-    for part in chunks(list(dict.fromkeys(queues))):
+) -> dict[str, PriorityCounts]:
+    """Messages per state and priority of each of ``queues``, split as ``queue_stats`` splits
+    them (a due delayed message is ready); run it in a read transaction. One pass over each
+    queue's rows, as ``stats()`` makes: a GROUP BY, no row is read twice."""
+    names = list(dict.fromkeys(queues))
+    out = {queue: PriorityCounts() for queue in names}
+    for part in chunks(names, 400):  # each name is given twice
+        where = f"queue IN ({marks(len(part))})"
         rows = conn.execute(
-            "SELECT queue, priority, count(*) FROM conveyor_messages WHERE ns = ? "
-            f"AND (state = {READY} OR (state = {DELAYED} AND due <= ?)) "
-            f"AND queue IN ({marks(len(part))}) GROUP BY 1, 2",
-            (ns, now, *part),
+            "SELECT queue, CASE WHEN state = ? OR (state = ? AND due <= ?) THEN 'ready' "
+            "WHEN state = ? THEN 'leased' ELSE 'delayed' END, priority, count(*) "
+            f"FROM conveyor_messages WHERE ns = ? AND {where} GROUP BY 1, 2, 3 "
+            "UNION ALL SELECT queue, 'dead', priority, count(*) FROM conveyor_dead "
+            f"WHERE ns = ? AND {where} GROUP BY 1, 3",
+            (READY, DELAYED, now, LEASED, ns, *part, ns, *part),
         ).fetchall()
-        for queue, priority, count in rows:
-            counts = out.setdefault(as_text(queue), {})
-            counts[as_int(priority)] = counts.get(as_int(priority), 0) + as_int(count)
+        for queue, state, priority, count in rows:
+            out[as_text(queue)].add(as_text(state), as_int(priority), as_int(count))
     return out

@@ -85,9 +85,15 @@ def test_queues_page_counts_per_priority_and_pauses_durably(
     for priority in (9, 9, 2):
         app.send_task("shop.add", (1, 1), priority=priority)
     app.send_task("shop.add", (1, 1), queue="emails")
+    app.send_task("shop.add", (1, 1), priority=4, countdown=600)
     page = client.get("/queues").text
-    assert "p9: 2" in page and "p2: 1" in page
-    assert 'data-confirm="Delete the 3 waiting message(s) of queue default?"' in page
+    split = re.sub(r"\s+", " ", page.partition('data-queue="default"')[2].partition("</table>")[0])
+    row = '<tr data-priority="{0}"><th><span class="priority">p{0}</span></th>'
+    one, zero = '<td class="num">{}</td>', '<td class="num zero">0</td>'
+    assert row.format(9) + one.format(2) in split  # ready
+    assert row.format(4) + zero + one.format(1) in split  # delayed
+    assert 'data-priority="2"' in split and "data-unsplit" not in page
+    assert 'data-confirm="Delete the 4 waiting message(s) of queue default?"' in page
 
     status, shown = act(client, "/queues", "pause-queue", {"queue": "emails"})
     assert status == 200

@@ -38,7 +38,7 @@ class DeadLetterFilter:
         return (not self.reason or letter.reason == self.reason) and (
             not self.search
             or self.search in letter.id
-            or self.search in preview(letter.body, 10_000)
+            or self.search in preview(letter.body, 10_000, redacted=True)
         )
 
     def query(self) -> str:

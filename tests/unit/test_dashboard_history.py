@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from conveyor import Conveyor, chain, group
 from conveyor.dashboard import create_dashboard
+from conveyor.dashboard.audit import AuditLog
 from conveyor.dashboard.history import TaskFilter, TaskHistory, TaskRow, parse_time
 from conveyor.dashboard.indexer import BATCH, HistoryIndexer, apply
 from conveyor.dashboard.taskpages import parse_filter
@@ -193,6 +194,36 @@ def test_bulk_revoke_selection_and_matching_are_audited(app: Conveyor, client: T
         "/actions/revoke-tasks", data={"token": token_of(page), "scope": "matching"}
     )
     assert refused.status_code == 400
+
+
+def test_bulk_terminate_selection_and_matching_are_audited(
+    app: Conveyor, client: TestClient
+) -> None:
+    sent = [app.send_task("shop.add", (i, 0), queue="later") for i in range(3)]
+    app.events.flush()
+    ids = [r.id for r in sent]
+    terminated = [f"terminate:{i}" for i in ids]
+    page = client.get("/tasks", params={"state": "QUEUED", "queue": "later"}).text
+    assert "Terminate all 3 matching" in page and "Terminate selected" in page
+    form = {"token": token_of(page), "id": [ids[0]], "state": "QUEUED", "queue": "later"}
+    assert client.post("/actions/terminate-tasks", data=form).status_code == 200
+    assert app.broker.revoked(terminated) == {terminated[0]}
+    assert app.broker.revoked(ids) == {ids[0]}  # a terminated task is revoked too
+
+    page = client.get("/tasks", params={"state": "QUEUED", "queue": "later"}).text
+    form = {"token": token_of(page), "scope": "matching", "state": "QUEUED", "queue": "later"}
+    assert client.post("/actions/terminate-tasks", data=form).status_code == 200
+    assert app.broker.revoked(terminated) == set(terminated)
+    entries = AuditLog(lambda: app.kv).entries()
+    assert [(e.action, e.target, e.count) for e in entries[:2]] == [
+        ("terminate-tasks", "tasks matching state=QUEUED, queue=later", 3),
+        ("terminate-tasks", f"tasks {ids[0]}", 1),
+    ]
+    page = client.get("/tasks").text
+    refused = client.post(
+        "/actions/terminate-tasks", data={"token": token_of(page), "scope": "matching"}
+    )
+    assert refused.status_code == 400 and "unfinished state to terminate" in refused.text
 
 
 def test_retry_a_failed_task_links_both_ways(app: Conveyor, client: TestClient) -> None:

@@ -40,7 +40,7 @@ COUNT_CAP = 100_000
 RETRYABLE = ("FAILURE", "REVOKED", "DEAD", "EXPIRED")
 #: The overview's chart ranges: seconds covered and bucket width.
 RANGES = {"hour": (3600.0, 60.0), "day": (86400.0, 900.0)}
-TASK_ACTIONS = ("revoke-tasks", "retry-tasks", "retry")
+TASK_ACTIONS = ("revoke-tasks", "terminate-tasks", "retry-tasks", "retry")
 _CURSOR = re.compile(r"^(\d{1,12}(?:\.\d{1,9})?)_(\d{1,19})$")
 
 
@@ -231,17 +231,18 @@ class TaskPages:
                     "result_extended so the result store keeps them)",
                 )
             return 1, f"task {task_id} (as {new_id})", task_path(new_id)
-        if action == "revoke-tasks":
+        if action in ("revoke-tasks", "terminate-tasks"):
+            verb = action.partition("-")[0]
             if matching:
                 if where.state not in UNFINISHED:
-                    raise BadRequest(400, "filter on an unfinished state to revoke every match")
+                    raise BadRequest(400, f"filter on an unfinished state to {verb} every match")
                 chosen = self.history.ids(where, states=UNFINISHED, limit=MAX_BULK_REVOKE)
                 target = f"tasks matching {where.describe()}"
             else:
                 chosen = _selected(ids)
                 target = _listed(chosen)
             if chosen:
-                self.fleet.app.revoke(chosen)
+                self.fleet.app.revoke(chosen, terminate=verb == "terminate")
             return len(chosen), target, back
         if action == "retry-tasks":
             if matching:

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from conveyor import Conveyor, chain, group
+from conveyor import Conveyor, chain, chord, group
 from conveyor.dashboard import create_dashboard
 from conveyor.dashboard.audit import AuditLog
 from conveyor.dashboard.history import TaskFilter, TaskHistory, TaskRow, parse_time
@@ -42,6 +42,10 @@ def app(tmp_path: Path) -> Iterator[Conveyor]:
     @app.task(name="shop.add")
     def add(x: int, y: int) -> int:
         return x + y
+
+    @app.task(name="shop.sum")
+    def sum_(values: list[int], extra: int = 0) -> int:
+        return sum(values) + extra
 
     @app.task(name="shop.fail")
     def fail(order: int, password: str = "") -> None:
@@ -294,6 +298,24 @@ def test_workflow_graph_children_and_progress(
     run(app)
     done = client.get(f"/tasks/{step.id}").text
     assert 'data-figure="result">2<' in done
+
+
+def test_a_chord_is_drawn_whole_from_any_of_its_tasks(
+    app: Conveyor, client: TestClient, history: TaskHistory
+) -> None:
+    add = app.tasks["shop.add"]
+    done = chord(group(add.s(1, 2), add.s(3, 4)), app.tasks["shop.sum"].s(100)).apply_async()
+    run(app)
+    run(app)  # the body, sent when the header finished
+    assert done.get(timeout=10) == 110
+    client.get("/tasks")
+    chord_rows = [row for row, _ in history.tasks(TaskFilter())]
+    assert len(chord_rows) == 3
+    for row in chord_rows:  # header tasks (two roots, one group) and the body
+        page = client.get(f"/tasks/{row.id}").text
+        nodes = set(re.findall(r'data-node="([^"]+)"', page))
+        assert nodes == {r.id for r in chord_rows}, row
+        assert page.count('class="group"') == 1
 
 
 def test_progress_is_shown_while_running(app: Conveyor, client: TestClient) -> None:

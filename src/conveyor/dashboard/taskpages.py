@@ -133,15 +133,19 @@ class TaskPages:
             raise BadRequest(
                 404, f"no task with id {task_id!r} in the result store or the task history"
             )
-        root_id = (row.root_id if row else None) or (record.root_id if record else None)
-        family = self.history.related("root_id", root_id) if root_id else []
-        if root_id and root_id not in {r.id for r in family}:
-            top = self.history.get(root_id)
-            family = [top, *family] if top else family
+        state = merged_state(record, row)
+        start = row or TaskRow(  # known from the result store only (its events are gone)
+            task_id,
+            name=(record.name if record else None) or "",
+            state=state,
+            parent_id=record.parent_id if record else None,
+            root_id=record.root_id if record else None,
+            group_id=record.group_id if record else None,
+        )
+        family = workflow.family(start, self.history.related, self.history.get)
         children = self.history.related("parent_id", task_id)
         listed = {c.id for c in children}
         extra = [c for c in (record.children or []) if c not in listed] if record else []
-        state = merged_state(record, row)
         return {
             "task_id": task_id,
             "record": record,

@@ -47,6 +47,10 @@ def app(tmp_path: Path) -> Iterator[Conveyor]:
     def sum_(values: list[int], extra: int = 0) -> int:
         return sum(values) + extra
 
+    @app.task(name="shop.connect")
+    def connect(url: str) -> None:
+        raise ConnectionError(f"cannot reach {url}")
+
     @app.task(name="shop.fail")
     def fail(order: int, password: str = "") -> None:
         raise ValueError(f"order {order} is broken")
@@ -228,6 +232,15 @@ def test_bulk_terminate_selection_and_matching_are_audited(
         "/actions/terminate-tasks", data={"token": token_of(page), "scope": "matching"}
     )
     assert refused.status_code == 400 and "unfinished state to terminate" in refused.text
+
+
+def test_url_passwords_in_errors_are_hidden(app: Conveyor, client: TestClient) -> None:
+    failed = app.send_task("shop.connect", ("redis://app:pw-in-url@cache:6379/0",))
+    run(app)
+    client.get("/tasks")
+    for page in (client.get(f"/tasks/{failed.id}").text, client.get("/tasks").text):
+        assert "cannot reach redis://app:***@cache:6379/0" in page
+        assert "pw-in-url" not in page
 
 
 def test_retry_a_failed_task_links_both_ways(app: Conveyor, client: TestClient) -> None:

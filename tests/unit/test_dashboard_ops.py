@@ -341,7 +341,13 @@ def test_unknown_actions_and_bad_fields_get_a_clear_page(app: Conveyor, client: 
     assert status == 400 and "no valid worker" in shown
     status, shown = act(client, "/queues", "pause-queue", {})
     assert status == 400 and "select queues first" in shown
-    assert audit(app) == []
+    # A name no page could show (control characters), alone or in a selection: refused.
+    for form in ({"queue": "a\x00b"}, {"id": ["default", "a\x1bb"]}):
+        status, shown = act(client, "/queues", "pause-queue", form)
+        assert status == 400 and "no valid queue" in shown
+    status, shown = act(client, "/queues", "disable-periodic", {"name": "x\ty"})
+    assert status == 400 and "no valid name" in shown
+    assert audit(app) == [] and app.control.paused_queues() == []
 
 
 def test_malformed_delayed_bodies_show_their_reason(app: Conveyor, client: TestClient) -> None:

@@ -149,6 +149,7 @@ class OpsPages:
     ) -> tuple[str, int, str]:
         # A row's own button names its queue; the bulk buttons send the selected ones.
         queues = [name_field(fields, "queue")] if fields.get("queue") else list(ids)
+        queues = [name_field({"queue": queue}, "queue") for queue in queues]
         if not queues:
             raise ActionError(400, "select queues first")
         count = self.ops.pause(queues, paused)
@@ -204,7 +205,9 @@ def scheduled_filter(values: Mapping[str, str]) -> ScheduledFilter:
 
 
 def name_field(fields: Mapping[str, str], name: str) -> str:
+    """The form's ``name`` (a queue, worker or periodic task name): not empty, not too long,
+    no control characters (a name no page could show)."""
     value = fields.get(name, "").strip()
-    if not value or len(value) > MAX_NAME:
+    if not value or len(value) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ActionError(400, f"the form has no valid {name}")
     return value

@@ -131,6 +131,10 @@ def test_priority_counts(broker: Broker, broker_backend: str) -> None:
     for state, split in _split(counts[Q]).items():
         if split is not None:
             assert sum(split.values()) == getattr(stats, state), state
+    # no names: every known queue, as stats()
+    every = broker.priority_counts()
+    assert set(every) == set(broker.stats())
+    assert {q: _split(every[q]) for q in (Q, OTHER)} == {q: _split(counts[q]) for q in (Q, OTHER)}
 
 
 def test_priority_counts_redis_cap(

@@ -53,9 +53,10 @@ that another worker holds.
   retries) for the dashboard. Optional: what a broker cannot do raises NotImplementedError
   saying why (RabbitMQ lists without bodies, cancels by revocation and cannot run one early:
   :mod:`conveyor.brokers.amqp.scheduled`).
-* ``priority_counts(queues)``: the counts of ``stats()`` split by priority, per state; a state
-  the broker cannot split (RabbitMQ's ready messages, large delayed/leased/dead sets on Redis)
-  is ``None``, never a guess.
+* ``priority_counts(queues)``: the counts of ``stats()`` split by priority, per state (of
+  every known queue when ``queues`` is None, as ``stats()``); a state the broker cannot split
+  (RabbitMQ's ready messages, large delayed/leased/dead sets on Redis) is ``None``, never a
+  guess.
 * ``time()``: the broker's clock, which judges due times and lease deadlines.
 * ``close()`` (optional): release connections; a later call may reconnect.
 * ``streams`` (optional): bounded append-only logs on the same server or file
@@ -316,11 +317,12 @@ class Broker(abc.ABC):
         """Delete the delayed messages ``ids``; return count."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete its delayed messages")
 
-    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
-        """For each of ``queues`` (empty ones too), its messages per state and priority,
-        split as ``stats()`` splits them; states the broker cannot split are ``None`` (the
-        default: all of them)."""
-        return {queue: PriorityCounts(None, None, None, None) for queue in queues}
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        """For each of ``queues`` (empty ones too; every known queue when None, as
+        ``stats()``), its messages per state and priority, split as ``stats()`` splits them;
+        states the broker cannot split are ``None`` (the default: all of them, and no queue
+        for None)."""
+        return {queue: PriorityCounts(None, None, None, None) for queue in queues or ()}
 
     @abc.abstractmethod
     def time(self) -> float:

@@ -338,8 +338,9 @@ class MemoryBroker(Broker):
                 self._arrived.notify_all()
         return len(taken)
 
-    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
-        out = {queue: PriorityCounts() for queue in queues}
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        names = list(self.stats()) if queues is None else queues
+        out = {queue: PriorityCounts() for queue in names}
         with self._lock:
             for queue, heap in self._ready.items():
                 for _, _, entry in heap:

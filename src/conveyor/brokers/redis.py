@@ -576,9 +576,9 @@ class RedisBroker(Broker):
             self._connections.execute(woken)
         return sum(int(r[0]) for r in replies)
 
-    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
-        names = list(dict.fromkeys(queues))
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
         with self._errors:
+            names = list(dict.fromkeys(self._known_queues() if queues is None else queues))
             batch = Calls()
             for queue in names:
                 self._script(batch, "priority_counts", queue, (SPLIT_CAP,))

@@ -242,10 +242,23 @@ class Operations:
         return f"worker {node.name} {command} {shown}".rstrip() + f" ({detail})", ok
 
     # -- queues ----------------------------------------------------------------------------
-    def queue_rows(self, stats: dict[str, QueueStats]) -> list[QueueRow]:
+    def queue_rows(self) -> list[QueueRow]:
+        """Every queue's counts, split by priority. Where the broker splits every state, the
+        totals are the sums of the split: one look at the broker's counts, not two."""
+        broker = self.app.broker
+        split = broker.priority_counts(None)
+        if split and all(getattr(c, s) is not None for c in split.values() for s in STATES):
+            stats = {
+                queue: QueueStats(*(sum(getattr(counts, s).values()) for s in STATES))
+                for queue, counts in split.items()
+            }
+        else:
+            stats = broker.stats()
         paused = set(self.app.control.paused_queues())
-        names = sorted(set(stats) | paused)
-        split = self.app.broker.priority_counts(names)
+        names = sorted(set(stats) | paused | {self.app.conf.task_default_queue})
+        missing = [name for name in names if name not in split]
+        if missing:
+            split.update(broker.priority_counts(missing))
         rows = []
         for name in names:
             counts = split.get(name, PriorityCounts(None, None, None, None))

@@ -482,8 +482,8 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
             )
         return out
 
-    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
-        names = list(dict.fromkeys(queues))
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        names = list(self.stats()) if queues is None else list(dict.fromkeys(queues))
         dead = self._with_channel(lambda ch: counts.dead_by_priority(ch, self.names.dead), "stats")
         delayed = [item for _, item in self._markers(None)]
         return counts.split(names, delayed, self._leases.held(), dead)

@@ -516,15 +516,18 @@ class PostgresBroker(Broker):
             cursor = conn.execute(self.q(delayed.CANCEL), {"ns": self.ns, "ids": list(ids)})
             return max(cursor.rowcount, 0)
 
-    def priority_counts(self, queues: Sequence[str]) -> dict[str, PriorityCounts]:
-        names = list(dict.fromkeys(queues))
-        out = {queue: PriorityCounts() for queue in names}
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        params: Params = {"ns": self.ns}
+        where, out = "", {}
+        if queues is not None:
+            params["queues"] = names = list(dict.fromkeys(queues))
+            where, out = "AND queue = ANY(%(queues)s::text[])", {q: PriorityCounts() for q in names}
         with self.db.connection() as conn:
-            rows = conn.execute(
-                self.q(delayed.PRIORITY_COUNTS), {"ns": self.ns, "queues": names}
-            ).fetchall()
+            rows = conn.execute(self.q(delayed.PRIORITY_COUNTS, where=where), params).fetchall()
         for queue, state, priority, count in rows:
-            out[as_text(queue)].add(as_text(state), as_int(priority), as_int(count))
+            out.setdefault(as_text(queue), PriorityCounts()).add(
+                as_text(state), as_int(priority), as_int(count)
+            )
         return out
 
     def time(self) -> float:

@@ -26,8 +26,8 @@ CANCEL = f"DELETE FROM {M} WHERE ns = %(ns)s AND state = {DELAYED} AND id = ANY(
 PRIORITY_COUNTS = f"""
 SELECT queue, CASE WHEN state = {READY} OR (state = {DELAYED} AND due <= now()) THEN 'ready'
     WHEN state = {LEASED} THEN 'leased' ELSE 'delayed' END, priority, count(*) FROM {M}
-WHERE ns = %(ns)s AND queue = ANY(%(queues)s::text[]) GROUP BY 1, 2, 3
+WHERE ns = %(ns)s {{where}} GROUP BY 1, 2, 3
 UNION ALL
 SELECT queue, 'dead', priority, count(*) FROM {{s}}.conveyor_dead
-WHERE ns = %(ns)s AND queue = ANY(%(queues)s::text[]) GROUP BY 1, 3
+WHERE ns = %(ns)s {{where}} GROUP BY 1, 3
 """

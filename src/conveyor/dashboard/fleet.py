@@ -4,6 +4,8 @@ total: a malformed stored value shows as such, never as an error page."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -17,6 +19,9 @@ from ..results.base import ResultRecord
 
 #: Most dead letters a page or a "everything matching" action considers at once.
 DEAD_LETTER_LIMIT = 10_000
+#: Counting every queue's messages this long (seconds) or longer is slow (a broker holding a
+#: million messages): the counts are then shared by the pages for 4x as long as they took.
+SLOW_COUNT = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,12 +67,31 @@ class Fleet:
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
+        self._lock = threading.Lock()
+        self._counted: tuple[float, dict[str, QueueStats]] | None = None
 
     # -- reads -------------------------------------------------------------------------
     def queues(self) -> dict[str, QueueStats]:
+        """Counts per queue (the default queue always). When counting took
+        :data:`SLOW_COUNT` or longer, the pages (and every viewer) share them for 4x as
+        long, or until the next action: the dashboard never spends more than a fifth of its
+        time counting."""
+        with self._lock:
+            if self._counted is not None and time.monotonic() < self._counted[0]:
+                return dict(self._counted[1])
+        started = time.monotonic()
         stats = self.app.broker.stats()
         stats.setdefault(self.app.conf.task_default_queue, QueueStats(0, 0, 0, 0))
-        return dict(sorted(stats.items()))
+        stats = dict(sorted(stats.items()))
+        took = time.monotonic() - started
+        with self._lock:
+            self._counted = (time.monotonic() + 4 * took, stats) if took >= SLOW_COUNT else None
+        return dict(stats)
+
+    def forget_counts(self) -> None:
+        """Count afresh next time (an action changed them)."""
+        with self._lock:
+            self._counted = None
 
     def workers(self) -> list[Worker]:
         return [
@@ -88,14 +112,14 @@ class Fleet:
         """How many dead letters match ``where`` (from the queue counts when only the queue
         is filtered)."""
         if not where.reason and not where.search:
-            stats = self.app.broker.stats([where.queue] if where.queue else None)
-            return sum(s.dead for s in stats.values())
+            stats = self.queues()
+            return sum(s.dead for q, s in stats.items() if not where.queue or q == where.queue)
         return len(self.dead_letters(where, DEAD_LETTER_LIMIT))
 
     def oldest_ages(self) -> dict[str, float]:
         """Seconds the oldest ready message of each queue with ready messages has been due
         (brokers that cannot tell cheaply give none)."""
-        ready = [q for q, s in self.app.broker.stats().items() if s.ready]
+        ready = [q for q, s in self.queues().items() if s.ready]
         oldest = self.app.broker.oldest_ready(ready) if ready else {}
         now = self.app.broker.time()
         found = {q: ready_since(bodies) for q, bodies in oldest.items()}

@@ -115,8 +115,10 @@ class OpsPages:
         try:
             if "page" in params and not (retries or where.task or where.search):
                 # The live count, every 2 s: from the queue counts, not by listing them all.
-                stats = self.fleet.app.broker.stats([where.queue] if where.queue else None)
-                values["count"] = sum(s.delayed for s in stats.values())
+                stats = self.fleet.queues()
+                values["count"] = sum(
+                    s.delayed for q, s in stats.items() if not where.queue or q == where.queue
+                )
             else:
                 values["rows"], values["count"] = self.ops.scheduled(
                     where, retries=retries, limit=LISTED

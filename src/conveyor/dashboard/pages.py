@@ -151,6 +151,7 @@ class Pages:
             count, target, back = self.task_pages.act(action, fields, ids)
         else:
             raise BadRequest(404, f"no action {action!r}")
+        self.fleet.forget_counts()
         self.audit.record(who, action, target, count)
         return back
 

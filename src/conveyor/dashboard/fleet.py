@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlencode
 
 from ..app import Conveyor
-from ..brokers.base import DeadLetter, QueueStats
+from ..brokers.base import DeadLetter, PriorityCounts, QueueStats
 from ..describe import preview
 from ..metrics.collectors import ready_since
 from ..registry import WorkerInfo, read_announcements
@@ -68,7 +69,7 @@ class Fleet:
     def __init__(self, app: Conveyor) -> None:
         self.app = app
         self._lock = threading.Lock()
-        self._counted: tuple[float, dict[str, QueueStats]] | None = None
+        self._counted: dict[str, tuple[float, Mapping[str, object]]] = {}
 
     # -- reads -------------------------------------------------------------------------
     def queues(self) -> dict[str, QueueStats]:
@@ -76,22 +77,34 @@ class Fleet:
         :data:`SLOW_COUNT` or longer, the pages (and every viewer) share them for 4x as
         long, or until the next action: the dashboard never spends more than a fifth of its
         time counting."""
-        with self._lock:
-            if self._counted is not None and time.monotonic() < self._counted[0]:
-                return dict(self._counted[1])
-        started = time.monotonic()
-        stats = self.app.broker.stats()
+        stats = self._shared("stats", self.app.broker.stats)
         stats.setdefault(self.app.conf.task_default_queue, QueueStats(0, 0, 0, 0))
-        stats = dict(sorted(stats.items()))
+        return dict(sorted(stats.items()))
+
+    def priority_counts(self) -> dict[str, PriorityCounts]:
+        """Every known queue's counts per state and priority, shared as :meth:`queues`."""
+        return self._shared("split", self.app.broker.priority_counts)
+
+    def _shared[T: Mapping[str, object]](self, key: str, count: Callable[[], T]) -> T:
+        """``count()``, or its last result while it is shared (the result is a copy)."""
+        with self._lock:
+            until, value = self._counted.get(key, (0.0, None))
+            if value is not None and time.monotonic() < until:
+                return cast(T, dict(value))
+        started = time.monotonic()
+        counted = count()
         took = time.monotonic() - started
         with self._lock:
-            self._counted = (time.monotonic() + 4 * took, stats) if took >= SLOW_COUNT else None
-        return dict(stats)
+            if took >= SLOW_COUNT:
+                self._counted[key] = (time.monotonic() + 4 * took, dict(counted))
+            else:
+                self._counted.pop(key, None)
+        return counted
 
     def forget_counts(self) -> None:
         """Count afresh next time (an action changed them)."""
         with self._lock:
-            self._counted = None
+            self._counted.clear()
 
     def workers(self) -> list[Worker]:
         return [

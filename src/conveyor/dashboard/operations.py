@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -242,20 +242,22 @@ class Operations:
         return f"worker {node.name} {command} {shown}".rstrip() + f" ({detail})", ok
 
     # -- queues ----------------------------------------------------------------------------
-    def queue_rows(self) -> list[QueueRow]:
-        """Every queue's counts, split by priority. Where the broker splits every state, the
-        totals are the sums of the split: one look at the broker's counts, not two."""
+    def queue_rows(
+        self, split: dict[str, PriorityCounts], stats: Callable[[], dict[str, QueueStats]]
+    ) -> list[QueueRow]:
+        """Every queue's counts (``stats()``), split by priority (``split``: every known
+        queue's). Where the broker splits every state, the totals are the sums of the split:
+        one look at the broker's counts, not two."""
         broker = self.app.broker
-        split = broker.priority_counts(None)
         if split and all(getattr(c, s) is not None for c in split.values() for s in STATES):
-            stats = {
+            totals = {
                 queue: QueueStats(*(sum(getattr(counts, s).values()) for s in STATES))
                 for queue, counts in split.items()
             }
         else:
-            stats = broker.stats()
+            totals = stats()
         paused = set(self.app.control.paused_queues())
-        names = sorted(set(stats) | paused | {self.app.conf.task_default_queue})
+        names = sorted(set(totals) | paused | {self.app.conf.task_default_queue})
         missing = [name for name in names if name not in split]
         if missing:
             split.update(broker.priority_counts(missing))
@@ -270,7 +272,7 @@ class Operations:
             ]
             unsplit = tuple(s for s, c in zip(STATES, states, strict=True) if c is None)
             rows.append(
-                QueueRow(name, stats.get(name, QueueStats()), name in paused, by_priority, unsplit)
+                QueueRow(name, totals.get(name, QueueStats()), name in paused, by_priority, unsplit)
             )
         return rows
 

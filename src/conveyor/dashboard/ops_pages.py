@@ -99,7 +99,7 @@ class OpsPages:
         return {"workers": workers, "nodes": nodes(workers)}
 
     def _queues(self, params: Mapping[str, str]) -> dict[str, Any]:
-        rows = self.ops.queue_rows()
+        rows = self.ops.queue_rows(self.fleet.priority_counts(), self.fleet.queues)
         return {"rows": rows, "queues": {row.name: row.stats for row in rows}}
 
     def _scheduled(self, params: Mapping[str, str], *, retries: bool) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 announcements, serve the dashboard with uvicorn on a free loopback port, and time its pages
 over HTTP.
 
-    .venv/bin/python -m bench.dashboard_history [--tasks 1000000] [--repeat 7] [--keep DIR]
+    .venv/bin/python -m bench.dashboard_history [--tasks 1000000] [--messages 1000000]
+        [--repeat 7] [--keep DIR]
 
 The history rows, their timeline (2 events each) and the per-minute counts are written
 straight into the history file in bulk (folding a million tasks' events through a broker
 would take far longer and measures the indexer, not the pages); the broker is a SQLite file
-with 100 worker announcements and a few queued messages. Each page is fetched ``--repeat``
-times after one warm-up; the median and the slowest are printed (ms). A script, not a test:
-nothing here asserts a time.
+with 100 worker announcements and ``--messages`` queued messages (published through the
+broker in batches: 5 queues, priorities 0-9, 10% delayed, 1% dead-lettered, 1,000 leased),
+which the queues page counts per state and priority. Each page is fetched ``--repeat`` times
+after one warm-up; the median and the slowest are printed (ms). A script, not a test: nothing
+here asserts a time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import uvicorn
 from tests.servers import free_port
 
 from conveyor import Conveyor
+from conveyor.brokers.base import DeadLetterReason, Message
 from conveyor.dashboard import create_dashboard
 from conveyor.dashboard.history import EVENTS, MINUTES, SEARCH, TABLE, TaskFilter, TaskHistory
 from conveyor.dashboard.indexer import HistoryIndexer
@@ -104,6 +108,32 @@ def seed(history: TaskHistory, tasks: int, workers: list[str]) -> tuple[float, s
     return time.perf_counter() - started, sample
 
 
+def queue_messages(app: Conveyor, messages: int) -> float:
+    """Publish ``messages`` messages (10% delayed by an hour, priorities 0-9, over 5 queues),
+    dead-letter 1% of them and keep 1,000 leased; return the seconds it took."""
+    rng = random.Random(16)
+    started = time.perf_counter()
+    batch = 5000
+    for start in range(0, messages, batch):
+        app.broker.publish(
+            [
+                Message(
+                    f"m{n}",
+                    QUEUES[n % len(QUEUES)],
+                    b'{"task": "shop.send_a", "args": [1]}',
+                    rng.randrange(10),
+                    countdown=3600.0 if n % 10 == 0 else 0.0,
+                )
+                for n in range(start, min(messages, start + batch))
+            ]
+        )
+    for queue in QUEUES:
+        for delivery in app.broker.lease([queue], messages // 100 // len(QUEUES), 0):
+            app.broker.dead_letter(delivery, DeadLetterReason.REJECTED, "bench")
+        app.broker.lease([queue], min(200, messages // 1000), 0)  # held: leased
+    return time.perf_counter() - started
+
+
 def indexer_rate(directory: Path, tasks: int = 10_000) -> float:
     """Events folded per second: ``tasks`` tasks' sent/received/started/succeeded events
     written to a SQLite broker's stream, then folded into a fresh history file."""
@@ -168,21 +198,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--keep", type=Path, help="use (and keep) this directory")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     options = parser.parse_args()
     directory = options.keep or Path(tempfile.mkdtemp(prefix="conveyor-dashboard-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
-    app = Conveyor("bench", broker=f"sqlite:///{directory}/broker.db")
+    app = Conveyor("bench", broker=f"sqlite:///{directory}/broker.db", broker_lease_timeout=3600)
     history_file = directory / "history.db"
     try:
         workers = [f"worker{i}@host{i // 10}" for i in range(options.workers)]
         for i, name in enumerate(workers):
             info = {"pid": 1000 + i, "queues": QUEUES, "concurrency": 8, "processed": i * 1000}
             app.kv.set_value(f"worker:{name}", json.dumps(info).encode(), 3600)
-        for i in range(20):
-            app.send_task("shop.send_a", (i,), queue=QUEUES[i % len(QUEUES)])
+        if sum(s.ready for s in app.broker.stats().values()) == 0:
+            took = queue_messages(app, options.messages)
+            print(f"queued {options.messages:,} messages in {took:.0f} s")
+        started = time.perf_counter()
+        split = app.broker.priority_counts(QUEUES)
+        counted = (time.perf_counter() - started) * 1000
+        ready = sum(sum((c.ready or {}).values()) for c in split.values())
+        print(f"broker.priority_counts of {len(QUEUES)} queues: {counted:.0f} ms ({ready:,} ready)")
         history = TaskHistory(history_file)
         took, sample = 0.0, ""
         if history.count(TaskFilter(), cap=1) == 0:
@@ -214,6 +251,7 @@ def main() -> None:
             ("overview (charts, hour)", "/"),
             ("overview (charts, day)", "/?range=day"),
             ("workers (100)", "/workers"),
+            ("queues (per priority)", "/queues"),
         ]
         figures = {}
         print(f"{'page':<28} {'median ms':>10} {'max ms':>8} {'KB':>6}")

@@ -9,19 +9,25 @@ from datetime import UTC, datetime
 
 from .exceptions import ConveyorError, MalformedMessage
 from .message import decode_envelope
+from .utils.redaction import redact_arguments, redact_text
 
 
-def preview(body: bytes, width: int = 60) -> str:
+def preview(body: bytes, width: int = 60, *, redacted: bool = False) -> str:
     """A message body as ``task(args, key=value)``, cut to ``width`` characters; a body that
-    is not a valid envelope shows as ``<reason: first bytes>``."""
+    is not a valid envelope shows as ``<reason: first bytes>``. ``redacted``: secrets hidden
+    as in logs (``password="[redacted]"``, URL passwords), for pages others may see."""
     try:
         envelope = decode_envelope(body)
-        args = json.dumps(envelope.args, default=str)[1:-1]
-        kwargs = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in envelope.kwargs.items())
+        found_args, found_kwargs = envelope.args, envelope.kwargs
+        if redacted:
+            found_args, found_kwargs = redact_arguments(found_args, found_kwargs)
+        args = json.dumps(found_args, default=str)[1:-1]
+        kwargs = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in found_kwargs.items())
         text = f"{envelope.task}({', '.join(filter(None, [args, kwargs]))})"
     except (ConveyorError, ValueError, TypeError, RecursionError) as exc:
         reason = exc.reason if isinstance(exc, MalformedMessage) else type(exc).__name__
         text = f"<{reason}: {bytes(body or b'')[:width]!r}>"
+        text = redact_text(text) if redacted else text
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -1,14 +1,16 @@
 """Delayed messages for the dashboard (``scheduled``, ``run_scheduled``, ``cancel_scheduled``)
-and ready counts per priority, against every broker. RabbitMQ cannot browse its shared TTL
+and counts per state and priority, against every broker. RabbitMQ cannot browse its shared TTL
 delay queues: it lists its delayed messages without their bodies (from its markers), cancels
 by revocation (the message is dropped, revoked, when it falls due) and cannot run one early
-(NotImplementedError); that is what it is held to (brokers/amqp/scheduled.py)."""
+(NotImplementedError) and cannot split its ready messages by priority; that is what it is
+held to (brokers/amqp/scheduled.py, brokers/amqp/counts.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from conveyor.brokers.base import Broker, Message
+from conveyor.brokers import redis as redis_broker
+from conveyor.brokers.base import STATES, Broker, DeadLetterReason, Message, PriorityCounts
 
 from .support import new_id, weaker
 
@@ -85,13 +87,67 @@ def test_a_cancelled_message_never_runs(broker: Broker, broker_backend: str) -> 
         assert broker.lease([Q], 1, 1.0) == []  # past its due time: deleted
 
 
-def test_ready_by_priority(broker: Broker, broker_backend: str) -> None:
+def _split(counts: PriorityCounts) -> dict[str, dict[int, int] | None]:
+    return {state: getattr(counts, state) for state in STATES}
+
+
+def test_priority_counts(broker: Broker, broker_backend: str) -> None:
+    broker.publish([Message(new_id(), Q, b"doomed", 4)])
+    (doomed,) = broker.lease([Q], 1, 5.0)
+    broker.dead_letter(doomed, DeadLetterReason.REJECTED, "no")
     broker.publish(
         [Message(new_id(), Q, b"x", p) for p in (9, 9, 5, 0)] + [Message(new_id(), OTHER, b"y", 3)]
     )
-    delayed(broker, 600, priority=1)  # not ready: not counted
-    counts = broker.ready_by_priority([Q, OTHER, "empty"])
+    (running,) = broker.lease([Q], 1, 5.0)
+    assert running.priority == 9
+    delayed(broker, 600, priority=1)
+    delayed(broker, 600, priority=7)
+
+    counts = broker.priority_counts([Q, OTHER, "empty", Q])
+    assert list(counts) == [Q, OTHER, "empty"]
+    ready: dict[int, int] | None = {9: 1, 5: 1, 0: 1}
     if weaker(broker_backend, "scheduled"):
-        assert counts == {}
-        return
-    assert counts == {Q: {9: 2, 5: 1, 0: 1}, OTHER: {3: 1}}
+        ready = None  # RabbitMQ reports one ready count per queue
+    assert _split(counts[Q]) == {
+        "ready": ready,
+        "delayed": {1: 1, 7: 1},
+        "leased": {9: 1},
+        "dead": {4: 1},
+    }
+    assert _split(counts[OTHER]) == {
+        "ready": None if ready is None else {3: 1},
+        "delayed": {},
+        "leased": {},
+        "dead": {},
+    }
+    assert _split(counts["empty"]) == {
+        "ready": None if ready is None else {},
+        "delayed": {},
+        "leased": {},
+        "dead": {},
+    }
+    # the split adds up to stats()
+    stats = broker.stats([Q])[Q]
+    for state, split in _split(counts[Q]).items():
+        if split is not None:
+            assert sum(split.values()) == getattr(stats, state), state
+    # no names: every known queue, as stats()
+    every = broker.priority_counts()
+    assert set(every) == set(broker.stats())
+    assert {q: _split(every[q]) for q in (Q, OTHER)} == {q: _split(counts[q]) for q in (Q, OTHER)}
+
+
+def test_priority_counts_redis_cap(
+    broker: Broker, broker_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis splits a delayed, leased or dead set only up to SPLIT_CAP messages of a queue
+    (one HGET each); a bigger one is not split, never guessed."""
+    if not broker_backend.startswith("redis"):
+        pytest.skip("the cap is the Redis broker's (brokers/redis_counts.py)")
+    monkeypatch.setattr(redis_broker, "SPLIT_CAP", 1)
+    broker.publish([Message(new_id(), Q, b"x", 6), Message(new_id(), Q, b"y", 2)])
+    broker.lease([Q], 1, 5.0)
+    delayed(broker, 600, priority=1)
+    delayed(broker, 600, priority=8)
+    counts = broker.priority_counts([Q])[Q]
+    assert _split(counts) == {"ready": {2: 1}, "delayed": None, "leased": {6: 1}, "dead": {}}

@@ -223,17 +223,29 @@ def test_retry_a_failed_task_from_its_page(page: Any, fleet: Fleet, snap: Any) -
 
 def test_revoke_everything_matching_the_filter(page: Any, fleet: Fleet) -> None:
     charge = fleet.client.tasks["orders.charge"]
-    parked = [charge.apply_async((400 + i,), queue="parked") for i in range(3)]
-    open_list(page, "/tasks?state=QUEUED&queue=parked", 3)
-    button = page.locator("button", has_text="Revoke all 3 matching")
-    with page.expect_navigation():
-        button.click()
+    queue = f"parked-{uuid.uuid4().hex[:6]}"
+    parked = [charge.apply_async((400 + i,), queue=queue) for i in range(4)]
     ids = [r.id for r in parked]
+    questions: list[str] = []
+    page.on("dialog", lambda dialog: questions.append(dialog.message))
+    open_list(page, f"/tasks?state=QUEUED&queue={queue}", 4)
+    # Terminate a selection of one: the question counts it.
+    page.check(f'tr[data-task="{ids[0]}"] input[name=id]')
+    with page.expect_navigation():
+        page.click("button:text('Terminate selected')")
+    assert questions.pop() == "Terminate 1 selected task(s)?"
+    assert fleet.client.broker.revoked([f"terminate:{ids[0]}"]) == {f"terminate:{ids[0]}"}
+    # Everything matching the filter: the question names the count and the filter.
+    with page.expect_navigation():
+        page.click("button:text('Revoke all 4 matching')")
+    assert questions.pop() == f"Revoke all 4 task(s) matching state=QUEUED, queue={queue}?"
     assert fleet.client.broker.revoked(ids) == set(ids)
     page.goto("/audit")
-    row = page.locator("table.audit tbody tr").first.inner_text()
-    assert "revoke-tasks" in row and "state=QUEUED, queue=parked" in row and "3" in row
+    rows = page.locator("table.audit tbody tr")
+    row = rows.first.inner_text()
+    assert "revoke-tasks" in row and f"state=QUEUED, queue={queue}" in row and "4" in row
     assert "ops (token)" in row
+    assert "terminate-tasks" in rows.nth(1).inner_text() and ids[0] in rows.nth(1).inner_text()
 
 
 def test_progress_updates_live(page: Any, fleet: Fleet) -> None:

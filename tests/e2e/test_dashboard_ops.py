@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,17 +108,20 @@ class Ops:
         for log in self.logs.values():
             log.close()
         self.client.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def ops(request: pytest.FixtureRequest, chromium_path: str) -> Iterator[Ops]:
     server = None
+    db = None
     if request.param == "redis":
         server = RedisServer(appendonly=False)
         server.start()
         url = server.url
     else:
-        url = f"sqlite:///{tempfile.mkdtemp(prefix='conveyor-ops-db-')}/broker.db"
+        db = Path(tempfile.mkdtemp(prefix="conveyor-ops-db-"))
+        url = f"sqlite:///{db}/broker.db"
     running = Ops(request.param, url)
     try:
         running.start()
@@ -127,6 +131,8 @@ def ops(request: pytest.FixtureRequest, chromium_path: str) -> Iterator[Ops]:
         running.stop()
         if server is not None:
             server.cleanup()
+        if db is not None:
+            shutil.rmtree(db, ignore_errors=True)
 
 
 @pytest.fixture
@@ -159,12 +165,26 @@ def audit_rows(page: Any) -> list[str]:
 
 def test_queues_pause_resume_and_purge(page: Any, ops: Ops, snap: Any) -> None:
     client = ops.client
+    # Queue "later" has no worker: a dead letter of priority 4 (made as a worker would),
+    # ready ones of 9 and 1, a delayed one of 7.
+    client.broker.publish([Message("dead-in-later", "later", b"{}", 4)])
+    (doomed,) = client.broker.lease(["later"], 1, 5.0)
+    client.broker.dead_letter(doomed, "rejected", "by the test")
     for priority in (9, 9, 1):
         client.send_task("workerapp.add", (1, 1), queue="later", priority=priority)
+    client.send_task("workerapp.add", (1, 2), queue="later", priority=7, countdown=600)
     page.goto("/queues")
-    row = page.locator('tr[data-queue="later"]')
-    expect(row.locator("td.priorities")).to_contain_text("p9: 2")
-    expect(row.locator("td.priorities")).to_contain_text("p1: 1")
+    split = page.locator('tr[data-queue="later"] table.by-priority')
+    # one row per priority with messages, highest first: ready, delayed, leased, dead
+    expect(split.locator("tbody tr")).to_have_count(4)
+    assert split.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))"
+    ) == [
+        ["p9", "2", "0", "0", "0"],
+        ["p7", "0", "1", "0", "0"],
+        ["p4", "0", "0", "0", "1"],
+        ["p1", "1", "0", "0", "0"],
+    ]
 
     with page.expect_navigation():
         page.locator('tr[data-queue="default"] button', has_text="Pause").click()
@@ -185,10 +205,11 @@ def test_queues_pause_resume_and_purge(page: Any, ops: Ops, snap: Any) -> None:
     page.on("dialog", lambda dialog: questions.append(dialog.message))
     with page.expect_navigation():
         page.locator('tr[data-queue="later"] button', has_text="Purge").click()
-    assert questions == ["Delete the 3 waiting message(s) of queue later?"]
-    assert client.broker.stats(["later"])["later"].ready == 0
+    assert questions == ["Delete the 4 waiting message(s) of queue later?"]
+    later = client.broker.stats(["later"])["later"]
+    assert (later.ready, later.delayed, later.dead) == (0, 0, 1)
     rows = audit_rows(page)
-    assert "purge-queue" in rows[0] and "queue later" in rows[0] and rows[0].endswith("3")
+    assert "purge-queue" in rows[0] and "queue later" in rows[0] and rows[0].endswith("4")
     assert "resume-queue" in rows[1] and "pause-queue" in rows[2]
 
 

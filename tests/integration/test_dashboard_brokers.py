@@ -56,6 +56,12 @@ def test_the_dashboard_shows_the_fleet_and_replays_a_dead_letter(harness: Harnes
     # A lease already under way when the pause came may hold it a moment: the worker gives
     # it back uncharged (worker/consumer.py), so it ends up waiting in the paused queue.
     wait_for(lambda: figure("dead") == 0 and figure("ready") == 1, 30, "waiting while paused")
+    # Its queue's counts per priority: RabbitMQ cannot split ready messages, and says so.
+    queues = client.get("/queues").text.partition('data-queue="default"')[2]
+    if harness.broker_url.startswith("amqp"):
+        assert "not split by priority here: ready" in queues
+    else:
+        assert '<tr data-priority="5">' in queues and "data-unsplit" not in queues
     assert "replay-dead" in client.get("/audit").text
     harness.client.control.resume_queue("default")
     # Back in its queue, a worker dead-letters it again (there is still no such task).

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from conveyor import Conveyor
 from conveyor.brokers.base import Message
 from conveyor.dashboard import DashboardAuth, create_dashboard
-from conveyor.dashboard.security import check_exposure
+from conveyor.dashboard.security import TOKEN_TTL, FormTokens, check_exposure
 from conveyor.exceptions import ConfigurationError
 
 
@@ -164,6 +164,40 @@ def test_a_token_works_once_and_only_for_its_session(app: Conveyor) -> None:
         == 404
     )
     assert len(app.broker.dead_letters()) == 1
+
+
+def test_a_token_expires_and_a_used_one_stays_used(app: Conveyor) -> None:
+    now = [1_700_000_000.0]
+    tokens = FormTokens(lambda: app.kv, b"k" * 32, clock=lambda: now[0])
+    session = "s" * 43
+    used, kept = tokens.issue(session), tokens.issue(session)
+    assert tokens.redeem(session, used)
+    now[0] += TOKEN_TTL + 1  # the claim of ``used`` may be gone by now: the age refuses it
+    assert not tokens.redeem(session, used)
+    assert not tokens.redeem(session, kept)  # never used, but too old
+    nonce, issued, signature = tokens.issue(session).split(".")
+    # an issue time moved forward does not match the signature
+    assert not tokens.redeem(session, f"{nonce}.{int(issued) + 3000}.{signature}")
+    assert not tokens.redeem(session, f"{nonce}.{signature}")  # the old two-part form
+    assert tokens.redeem(session, f"{nonce}.{issued}.{signature}")
+
+
+def test_dead_letters_show_calls_with_secrets_redacted(app: Conveyor) -> None:
+    app.send_task(
+        "billing.charge",
+        (1,),
+        {"password": "hunter2", "dsn": "redis://u:pw123@h/0"},
+        queue="emails",
+    )
+    (delivery,) = app.broker.lease(["emails"], 1, 1.0)
+    app.broker.dead_letter(delivery, "rejected", "could not reach amqp://guest:guest9@mq//")
+    client = client_for(app)
+    page = client.get("/dead").text
+    assert "password=&#34;[redacted]&#34;" in page and "redis://u:***@h/0" in page
+    assert "amqp://guest:***@mq//" in page
+    assert not any(secret in page for secret in ("hunter2", "pw123", "guest9"))
+    # searching for a secret finds nothing (the search reads the redacted text)
+    assert client.get("/dead?search=hunter2").text.count("data-dead=") == 0
 
 
 def test_read_only_shows_no_forms_and_refuses_actions(app: Conveyor) -> None:

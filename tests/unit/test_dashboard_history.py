@@ -18,8 +18,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from conveyor import Conveyor, chain, group
+from conveyor import Conveyor, chain, chord, group
 from conveyor.dashboard import create_dashboard
+from conveyor.dashboard.audit import AuditLog
 from conveyor.dashboard.history import TaskFilter, TaskHistory, TaskRow, parse_time
 from conveyor.dashboard.indexer import BATCH, HistoryIndexer, apply
 from conveyor.dashboard.taskpages import parse_filter
@@ -41,6 +42,14 @@ def app(tmp_path: Path) -> Iterator[Conveyor]:
     @app.task(name="shop.add")
     def add(x: int, y: int) -> int:
         return x + y
+
+    @app.task(name="shop.sum")
+    def sum_(values: list[int], extra: int = 0) -> int:
+        return sum(values) + extra
+
+    @app.task(name="shop.connect")
+    def connect(url: str) -> None:
+        raise ConnectionError(f"cannot reach {url}")
 
     @app.task(name="shop.fail")
     def fail(order: int, password: str = "") -> None:
@@ -195,6 +204,45 @@ def test_bulk_revoke_selection_and_matching_are_audited(app: Conveyor, client: T
     assert refused.status_code == 400
 
 
+def test_bulk_terminate_selection_and_matching_are_audited(
+    app: Conveyor, client: TestClient
+) -> None:
+    sent = [app.send_task("shop.add", (i, 0), queue="later") for i in range(3)]
+    app.events.flush()
+    ids = [r.id for r in sent]
+    terminated = [f"terminate:{i}" for i in ids]
+    page = client.get("/tasks", params={"state": "QUEUED", "queue": "later"}).text
+    assert "Terminate all 3 matching" in page and "Terminate selected" in page
+    form = {"token": token_of(page), "id": [ids[0]], "state": "QUEUED", "queue": "later"}
+    assert client.post("/actions/terminate-tasks", data=form).status_code == 200
+    assert app.broker.revoked(terminated) == {terminated[0]}
+    assert app.broker.revoked(ids) == {ids[0]}  # a terminated task is revoked too
+
+    page = client.get("/tasks", params={"state": "QUEUED", "queue": "later"}).text
+    form = {"token": token_of(page), "scope": "matching", "state": "QUEUED", "queue": "later"}
+    assert client.post("/actions/terminate-tasks", data=form).status_code == 200
+    assert app.broker.revoked(terminated) == set(terminated)
+    entries = AuditLog(lambda: app.kv).entries()
+    assert [(e.action, e.target, e.count) for e in entries[:2]] == [
+        ("terminate-tasks", "tasks matching state=QUEUED, queue=later", 3),
+        ("terminate-tasks", f"tasks {ids[0]}", 1),
+    ]
+    page = client.get("/tasks").text
+    refused = client.post(
+        "/actions/terminate-tasks", data={"token": token_of(page), "scope": "matching"}
+    )
+    assert refused.status_code == 400 and "unfinished state to terminate" in refused.text
+
+
+def test_url_passwords_in_errors_are_hidden(app: Conveyor, client: TestClient) -> None:
+    failed = app.send_task("shop.connect", ("redis://app:pw-in-url@cache:6379/0",))
+    run(app)
+    client.get("/tasks")
+    for page in (client.get(f"/tasks/{failed.id}").text, client.get("/tasks").text):
+        assert "cannot reach redis://app:***@cache:6379/0" in page
+        assert "pw-in-url" not in page
+
+
 def test_retry_a_failed_task_links_both_ways(app: Conveyor, client: TestClient) -> None:
     bad = app.send_task("shop.fail", (5,), {"password": "s3cret"})
     run(app)
@@ -263,6 +311,24 @@ def test_workflow_graph_children_and_progress(
     run(app)
     done = client.get(f"/tasks/{step.id}").text
     assert 'data-figure="result">2<' in done
+
+
+def test_a_chord_is_drawn_whole_from_any_of_its_tasks(
+    app: Conveyor, client: TestClient, history: TaskHistory
+) -> None:
+    add = app.tasks["shop.add"]
+    done = chord(group(add.s(1, 2), add.s(3, 4)), app.tasks["shop.sum"].s(100)).apply_async()
+    run(app)
+    run(app)  # the body, sent when the header finished
+    assert done.get(timeout=10) == 110
+    client.get("/tasks")
+    chord_rows = [row for row, _ in history.tasks(TaskFilter())]
+    assert len(chord_rows) == 3
+    for row in chord_rows:  # header tasks (two roots, one group) and the body
+        page = client.get(f"/tasks/{row.id}").text
+        nodes = set(re.findall(r'data-node="([^"]+)"', page))
+        assert nodes == {r.id for r in chord_rows}, row
+        assert page.count('class="group"') == 1
 
 
 def test_progress_is_shown_while_running(app: Conveyor, client: TestClient) -> None:

@@ -85,9 +85,15 @@ def test_queues_page_counts_per_priority_and_pauses_durably(
     for priority in (9, 9, 2):
         app.send_task("shop.add", (1, 1), priority=priority)
     app.send_task("shop.add", (1, 1), queue="emails")
+    app.send_task("shop.add", (1, 1), priority=4, countdown=600)
     page = client.get("/queues").text
-    assert "p9: 2" in page and "p2: 1" in page
-    assert 'data-confirm="Delete the 3 waiting message(s) of queue default?"' in page
+    split = re.sub(r"\s+", " ", page.partition('data-queue="default"')[2].partition("</table>")[0])
+    row = '<tr data-priority="{0}"><th><span class="priority">p{0}</span></th>'
+    one, zero = '<td class="num">{}</td>', '<td class="num zero">0</td>'
+    assert row.format(9) + one.format(2) in split  # ready
+    assert row.format(4) + zero + one.format(1) in split  # delayed
+    assert 'data-priority="2"' in split and "data-unsplit" not in page
+    assert 'data-confirm="Delete the 4 waiting message(s) of queue default?"' in page
 
     status, shown = act(client, "/queues", "pause-queue", {"queue": "emails"})
     assert status == 200
@@ -335,7 +341,13 @@ def test_unknown_actions_and_bad_fields_get_a_clear_page(app: Conveyor, client: 
     assert status == 400 and "no valid worker" in shown
     status, shown = act(client, "/queues", "pause-queue", {})
     assert status == 400 and "select queues first" in shown
-    assert audit(app) == []
+    # A name no page could show (control characters), alone or in a selection: refused.
+    for form in ({"queue": "a\x00b"}, {"id": ["default", "a\x1bb"]}):
+        status, shown = act(client, "/queues", "pause-queue", form)
+        assert status == 400 and "no valid queue" in shown
+    status, shown = act(client, "/queues", "disable-periodic", {"name": "x\ty"})
+    assert status == 400 and "no valid name" in shown
+    assert audit(app) == [] and app.control.paused_queues() == []
 
 
 def test_malformed_delayed_bodies_show_their_reason(app: Conveyor, client: TestClient) -> None:

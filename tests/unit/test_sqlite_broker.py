@@ -19,7 +19,7 @@ from conveyor._sqlite import APPLICATION_ID, Database, path_from_url
 from conveyor.brokers import create_broker
 from conveyor.brokers.base import BrokerOptions, DeadLetterReason, Delivery, Message, QueueStats
 from conveyor.brokers.sqlite import SQLiteBroker
-from conveyor.brokers.sqlite.schema import MIGRATIONS
+from conveyor.brokers.sqlite.schema import DELAYED, MIGRATIONS, READY
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
 from conveyor.results.base import ResultRecord
 from conveyor.results.sqlite import SQLiteResultStore
@@ -126,6 +126,7 @@ def test_a_v1_file_keeps_its_values_and_gains_join_sets(
         conn.execute("DROP TABLE conveyor_streams")  # v4
         conn.execute("DROP TABLE conveyor_stream_heads")
         conn.execute("DROP TABLE conveyor_departures")  # v5
+        conn.execute("DROP INDEX conveyor_dead_queue")  # v6 (it also remade two others)
         conn.execute("UPDATE conveyor_meta SET version = 1 WHERE component = 'broker'")
         stored = conn.execute("SELECT key, value FROM conveyor_values ORDER BY key").fetchall()
     assert stored == [("beat:claim:x", b"1"), ("beat:last:x", b"v")]
@@ -139,6 +140,25 @@ def test_a_v1_file_keeps_its_values_and_gains_join_sets(
     with raw(db_path) as conn:
         versions = dict(conn.execute("SELECT component, version FROM conveyor_meta"))
     assert versions == {"broker": len(MIGRATIONS)}
+
+
+def test_counts_read_covering_indexes_only(broker: SQLiteBroker, db_path: Path) -> None:
+    """stats() and priority_counts() never read the rows (and their bodies) of ready, delayed
+    or dead messages: with 1,000,000 queued they answer from the indexes (schema v5)."""
+    broker.publish([msg(1), Message("d", Q, b"x", 3, countdown=600)])
+    assert broker.priority_counts([Q])[Q].delayed == {3: 1}
+    with raw(db_path) as conn:
+        plans = []
+        for state, due in ((READY, ""), (DELAYED, "due <= ?, ")):  # as brokers/sqlite/counts.py
+            sql = (
+                f"EXPLAIN QUERY PLAN SELECT queue, priority, {due}count(*) FROM conveyor_messages "
+                f"WHERE ns = ? AND state = {state} AND queue IN (?) GROUP BY 1, 2"
+            )
+            plans += [row[3] for row in conn.execute(sql, (0, "x", Q)[1 - bool(due) :])]
+        sql = "EXPLAIN QUERY PLAN SELECT queue, priority, count(*) FROM conveyor_dead "
+        plans += [row[3] for row in conn.execute(sql + "WHERE ns = ? GROUP BY 1, 2", ("x",))]
+    searches = [plan for plan in plans if plan.startswith("SEARCH")]
+    assert len(searches) == 3 and all("USING COVERING INDEX" in plan for plan in searches)
 
 
 def test_settlement_writes_records_acks_and_leases_in_one_transaction(

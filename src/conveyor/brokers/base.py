@@ -60,10 +60,13 @@ that another worker holds.
   ``forget`` deletes them.
 * ``scheduled(limit, queue)`` (soonest due first), ``run_scheduled(ids)`` (ready now, behind
   what is queued) and ``cancel_scheduled(ids)`` (deleted): delayed messages (countdown, ETA,
-  retries) for the dashboard; ``ready_by_priority(queues)``: ready counts per priority.
-  Optional: what a broker cannot do raises NotImplementedError saying why (RabbitMQ lists
-  without bodies, cancels by revocation and cannot run one early:
+  retries) for the dashboard. Optional: what a broker cannot do raises NotImplementedError
+  saying why (RabbitMQ lists without bodies, cancels by revocation and cannot run one early:
   :mod:`conveyor.brokers.amqp.scheduled`).
+* ``priority_counts(queues)``: the counts of ``stats()`` split by priority, per state (of
+  every known queue when ``queues`` is None, as ``stats()``); a state the broker cannot split
+  (RabbitMQ's ready messages, large delayed/leased/dead sets on Redis) is ``None``, never a
+  guess.
 * ``time()``: the broker's clock, which judges due times and lease deadlines.
 * ``close()`` (optional): release connections; a later call may reconnect.
 * ``streams`` (optional): bounded append-only logs on the same server or file
@@ -188,6 +191,31 @@ class QueueStats:
     delayed: int = 0
     leased: int = 0
     dead: int = 0
+
+
+@dataclass(slots=True)
+class PriorityCounts:
+    """Messages of one queue per state and priority: each state maps priority -> count
+    (only priorities with some), and adds up to that state's count in ``stats()``. ``None``:
+    the broker cannot split that state by priority cheaply (its total is still in ``stats()``).
+    """
+
+    ready: dict[int, int] | None = field(default_factory=dict)
+    delayed: dict[int, int] | None = field(default_factory=dict)
+    leased: dict[int, int] | None = field(default_factory=dict)
+    dead: dict[int, int] | None = field(default_factory=dict)
+
+    def add(self, state: str, priority: int, count: int = 1) -> None:
+        """Count ``count`` more messages of ``priority`` in ``state`` (one of the fields)."""
+        counts: dict[int, int] | None = getattr(self, state)
+        if counts is None:
+            raise ValueError(f"{state} is not counted by priority here")
+        if count:
+            counts[priority] = counts.get(priority, 0) + count
+
+
+#: The states of :class:`QueueStats` and :class:`PriorityCounts`, in display order.
+STATES = ("ready", "delayed", "leased", "dead")
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,10 +366,12 @@ class Broker(abc.ABC):
         """Delete the delayed messages ``ids``; return count."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete its delayed messages")
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
-        """Ready messages per priority of each of ``queues`` (only priorities with some);
-        ``{}`` from a broker that cannot tell (the default)."""
-        return {}
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        """For each of ``queues`` (empty ones too; every known queue when None, as
+        ``stats()``), its messages per state and priority, split as ``stats()`` splits them;
+        states the broker cannot split are ``None`` (the default: all of them, and no queue
+        for None)."""
+        return {queue: PriorityCounts(None, None, None, None) for queue in queues or ()}
 
     @abc.abstractmethod
     def time(self) -> float:

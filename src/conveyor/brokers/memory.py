@@ -27,6 +27,7 @@ from .base import (
     Delivery,
     Departure,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
@@ -56,7 +57,8 @@ class MemoryBroker(Broker):
         self._ready: dict[str, list[tuple[int, int, _Entry]]] = {}
         self._delayed: list[tuple[float, int, _Entry]] = []
         self._leased: dict[str, tuple[_Entry, float]] = {}
-        self._dead: dict[int, DeadLetter] = {}
+        #: Dead letters with the priority they had (a replay keeps it).
+        self._dead: dict[int, tuple[DeadLetter, int]] = {}
         self._revoked: dict[str, float] = {}
         self._published: dict[str, float] = {}  # id -> when publish() forgets it
         # seq -> (departure, claimed until): see Broker.take_departures.
@@ -100,8 +102,9 @@ class MemoryBroker(Broker):
             self._push_ready(entry)
 
     def _bury(self, entry: _Entry, reason: str, detail: str, now: float) -> None:
-        self._dead[next(self._seq)] = DeadLetter(
-            entry.id, entry.queue, entry.body, str(reason), detail, now, entry.count
+        self._dead[next(self._seq)] = (
+            DeadLetter(entry.id, entry.queue, entry.body, str(reason), detail, now, entry.count),
+            entry.priority,
         )
 
     def _depart(self, entry: _Entry, reason: str) -> None:
@@ -272,7 +275,7 @@ class MemoryBroker(Broker):
                 of(entry.queue).delayed += 1
             for entry, _ in self._leased.values():
                 of(entry.queue).leased += 1
-            for dead in self._dead.values():
+            for dead, _ in self._dead.values():
                 of(dead.queue).dead += 1
         if queues is not None:
             return {q: out.get(q, QueueStats()) for q in queues}
@@ -280,23 +283,24 @@ class MemoryBroker(Broker):
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         with self._lock:
-            found = [d for d in self._dead.values() if queue is None or d.queue == queue]
+            found = [d for d, _ in self._dead.values() if queue is None or d.queue == queue]
         return found[:limit]
 
     def replay_dead(self, ids: Sequence[str] | None = None) -> int:
         wanted = None if ids is None else set(ids)
         with self._lock:
-            keys = [k for k, d in self._dead.items() if wanted is None or d.id in wanted]
+            keys = [k for k, (d, _) in self._dead.items() if wanted is None or d.id in wanted]
             for key in keys:
-                dead = self._dead.pop(key)
-                self._push_ready(_Entry(dead.id, dead.queue, dead.body, 5, next(self._seq)))
+                dead, priority = self._dead.pop(key)
+                entry = _Entry(dead.id, dead.queue, dead.body, priority, next(self._seq))
+                self._push_ready(entry)
             self._arrived.notify_all()
         return len(keys)
 
     def purge_dead(self, ids: Sequence[str] | None = None) -> int:
         wanted = None if ids is None else set(ids)
         with self._lock:
-            keys = [k for k, d in self._dead.items() if wanted is None or d.id in wanted]
+            keys = [k for k, (d, _) in self._dead.items() if wanted is None or d.id in wanted]
             for key in keys:
                 del self._dead[key]
         return len(keys)
@@ -366,13 +370,23 @@ class MemoryBroker(Broker):
                 self._arrived.notify_all()
         return len(taken)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
-        out: dict[str, dict[int, int]] = {}
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        names = list(self.stats()) if queues is None else queues
+        out = {queue: PriorityCounts() for queue in names}
         with self._lock:
-            for queue in dict.fromkeys(queues):
-                for _, _, entry in self._ready.get(queue, []):
-                    counts = out.setdefault(queue, {})
-                    counts[entry.priority] = counts.get(entry.priority, 0) + 1
+            for queue, heap in self._ready.items():
+                for _, _, entry in heap:
+                    if queue in out:
+                        out[queue].add("ready", entry.priority)
+            for _, _, entry in self._delayed:
+                if entry.queue in out:
+                    out[entry.queue].add("delayed", entry.priority)
+            for entry, _ in self._leased.values():
+                if entry.queue in out:
+                    out[entry.queue].add("leased", entry.priority)
+            for dead, priority in self._dead.values():
+                if dead.queue in out:
+                    out[dead.queue].add("dead", priority)
         return out
 
     def time(self) -> float:

@@ -75,10 +75,12 @@ from .base import (
     Delivery,
     Departure,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
 )
+from .redis_counts import SPLIT_CAP, counts_of
 from .redis_migrate import migrate_old_keys
 from .redis_replies import _blob, _by_queue, _deliveries, _departures, _number, _text
 from .redis_shares import lease_shares
@@ -110,6 +112,7 @@ _SCRIPTS = (
     "scheduled",
     "scheduled_move",
     "departures",
+    "priority_counts",
 )
 logger = logging.getLogger(__name__)
 
@@ -620,21 +623,14 @@ class RedisBroker(Broker):
             self._connections.execute(woken)
         return sum(int(r[0]) for r in replies)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
-        names = list(dict.fromkeys(queues))
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
         with self._errors:
+            names = list(dict.fromkeys(self._known_queues() if queues is None else queues))
             batch = Calls()
             for queue in names:
-                ready = self.keys.queue_key(queue, "ready")
-                # band b holds priority 9 - b
-                batch.add(("ZCOUNT", ready, b * _BAND, f"({(b + 1) * _BAND}") for b in range(10))
-            counts = self._connections.execute(batch)
-        out: dict[str, dict[int, int]] = {}
-        for i, queue in enumerate(names):
-            for band in range(10):
-                if counts[i * 10 + band]:
-                    out.setdefault(queue, {})[9 - band] = int(counts[i * 10 + band])
-        return out
+                self._script(batch, "priority_counts", queue, (SPLIT_CAP,))
+            replies = self._connections.execute(batch)
+        return {queue: counts_of(r) for queue, r in zip(names, replies, strict=True)}
 
     def time(self) -> float:
         with self._errors:

@@ -4,12 +4,15 @@ total: a malformed stored value shows as such, never as an error page."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlencode
 
 from ..app import Conveyor
-from ..brokers.base import DeadLetter, QueueStats
+from ..brokers.base import DeadLetter, PriorityCounts, QueueStats
 from ..describe import preview
 from ..metrics.collectors import ready_since
 from ..registry import WorkerInfo, read_announcements
@@ -17,6 +20,9 @@ from ..results.base import ResultRecord
 
 #: Most dead letters a page or a "everything matching" action considers at once.
 DEAD_LETTER_LIMIT = 10_000
+#: Counting every queue's messages this long (seconds) or longer is slow (a broker holding a
+#: million messages): the counts are then shared by the pages for 4x as long as they took.
+SLOW_COUNT = 0.05
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class DeadLetterFilter:
         return (not self.reason or letter.reason == self.reason) and (
             not self.search
             or self.search in letter.id
-            or self.search in preview(letter.body, 10_000)
+            or self.search in preview(letter.body, 10_000, redacted=True)
         )
 
     def query(self) -> str:
@@ -62,12 +68,43 @@ class Fleet:
 
     def __init__(self, app: Conveyor) -> None:
         self.app = app
+        self._lock = threading.Lock()
+        self._counted: dict[str, tuple[float, Mapping[str, object]]] = {}
 
     # -- reads -------------------------------------------------------------------------
     def queues(self) -> dict[str, QueueStats]:
-        stats = self.app.broker.stats()
+        """Counts per queue (the default queue always). When counting took
+        :data:`SLOW_COUNT` or longer, the pages (and every viewer) share them for 4x as
+        long, or until the next action: the dashboard never spends more than a fifth of its
+        time counting."""
+        stats = self._shared("stats", self.app.broker.stats)
         stats.setdefault(self.app.conf.task_default_queue, QueueStats(0, 0, 0, 0))
         return dict(sorted(stats.items()))
+
+    def priority_counts(self) -> dict[str, PriorityCounts]:
+        """Every known queue's counts per state and priority, shared as :meth:`queues`."""
+        return self._shared("split", self.app.broker.priority_counts)
+
+    def _shared[T: Mapping[str, object]](self, key: str, count: Callable[[], T]) -> T:
+        """``count()``, or its last result while it is shared (the result is a copy)."""
+        with self._lock:
+            until, value = self._counted.get(key, (0.0, None))
+            if value is not None and time.monotonic() < until:
+                return cast(T, dict(value))
+        started = time.monotonic()
+        counted = count()
+        took = time.monotonic() - started
+        with self._lock:
+            if took >= SLOW_COUNT:
+                self._counted[key] = (time.monotonic() + 4 * took, dict(counted))
+            else:
+                self._counted.pop(key, None)
+        return counted
+
+    def forget_counts(self) -> None:
+        """Count afresh next time (an action changed them)."""
+        with self._lock:
+            self._counted.clear()
 
     def workers(self) -> list[Worker]:
         return [
@@ -88,14 +125,14 @@ class Fleet:
         """How many dead letters match ``where`` (from the queue counts when only the queue
         is filtered)."""
         if not where.reason and not where.search:
-            stats = self.app.broker.stats([where.queue] if where.queue else None)
-            return sum(s.dead for s in stats.values())
+            stats = self.queues()
+            return sum(s.dead for q, s in stats.items() if not where.queue or q == where.queue)
         return len(self.dead_letters(where, DEAD_LETTER_LIMIT))
 
     def oldest_ages(self) -> dict[str, float]:
         """Seconds the oldest ready message of each queue with ready messages has been due
         (brokers that cannot tell cheaply give none)."""
-        ready = [q for q, s in self.app.broker.stats().items() if s.ready]
+        ready = [q for q, s in self.queues().items() if s.ready]
         oldest = self.app.broker.oldest_ready(ready) if ready else {}
         now = self.app.broker.time()
         found = {q: ready_since(bodies) for q, bodies in oldest.items()}

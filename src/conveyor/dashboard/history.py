@@ -97,6 +97,8 @@ MIGRATIONS = (
         f"CREATE TABLE {POSITION} (stream TEXT PRIMARY KEY, position TEXT NOT NULL, "
         "swept_at REAL NOT NULL, lost_at REAL NOT NULL DEFAULT 0)",
     ),
+    # v2: a group's members (a chord's header tasks have roots of their own).
+    (f"CREATE INDEX {TABLE}_group ON {TABLE} (group_id) WHERE group_id IS NOT NULL",),
 )
 
 _COLUMNS = (
@@ -411,8 +413,9 @@ class TaskHistory:
         return [TaskEvent(*row) for row in rows]
 
     def related(self, column: str, value: str, limit: int = 200) -> list[TaskRow]:
-        """Tasks whose ``column`` (parent_id, root_id, retry_of) is ``value``, oldest first."""
-        if column not in ("parent_id", "root_id", "retry_of"):
+        """Tasks whose ``column`` (parent_id, root_id, group_id, retry_of) is ``value``,
+        oldest first."""
+        if column not in ("parent_id", "root_id", "group_id", "retry_of"):
             raise ValueError(column)
         with self.db.read() as conn:
             rows = conn.execute(

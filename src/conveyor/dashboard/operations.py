@@ -1,18 +1,18 @@
 """The dashboard's operations side, without any web code: workers (and remote control of
-them), queues (counts per priority, durable pause, purge) and delayed messages (the Scheduled
-and Retries pages: run now, cancel). Every action returns what an audit entry needs: a
-description of its target and how many things it changed."""
+them), queues (counts per state and priority, durable pause, purge) and delayed messages (the
+Scheduled and Retries pages: run now, cancel). Every action returns what an audit entry needs:
+a description of its target and how many things it changed."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from ..app import Conveyor
-from ..brokers.base import QueueStats, Scheduled
+from ..brokers.base import STATES, PriorityCounts, QueueStats, Scheduled
 from ..control import ControlError
 from ..control.protocol import node_of
 from ..exceptions import ConveyorError, MalformedMessage
@@ -88,12 +88,23 @@ def nodes(workers: Sequence[Worker]) -> list[Node]:
 
 # -- queues --------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class PriorityRow:
+    """One priority's messages in a queue, by state (``STATES`` order); ``None``: the broker
+    does not split that state by priority."""
+
+    priority: int
+    counts: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
 class QueueRow:
     name: str
     stats: QueueStats
     paused: bool
-    #: Ready messages per priority, highest first (empty if the broker cannot tell).
-    by_priority: list[tuple[int, int]] = field(default_factory=list)
+    #: The queue's priorities with messages, highest first.
+    by_priority: list[PriorityRow] = field(default_factory=list)
+    #: The states the broker does not split by priority (their totals are in ``stats``).
+    unsplit: tuple[str, ...] = ()
 
     @property
     def waiting(self) -> int:
@@ -231,19 +242,39 @@ class Operations:
         return f"worker {node.name} {command} {shown}".rstrip() + f" ({detail})", ok
 
     # -- queues ----------------------------------------------------------------------------
-    def queue_rows(self, stats: dict[str, QueueStats]) -> list[QueueRow]:
+    def queue_rows(
+        self, split: dict[str, PriorityCounts], stats: Callable[[], dict[str, QueueStats]]
+    ) -> list[QueueRow]:
+        """Every queue's counts (``stats()``), split by priority (``split``: every known
+        queue's). Where the broker splits every state, the totals are the sums of the split:
+        one look at the broker's counts, not two."""
+        broker = self.app.broker
+        if split and all(getattr(c, s) is not None for c in split.values() for s in STATES):
+            totals = {
+                queue: QueueStats(*(sum(getattr(counts, s).values()) for s in STATES))
+                for queue, counts in split.items()
+            }
+        else:
+            totals = stats()
         paused = set(self.app.control.paused_queues())
-        names = sorted(set(stats) | paused)
-        by_priority = self.app.broker.ready_by_priority(names)
-        return [
-            QueueRow(
-                name,
-                stats.get(name, QueueStats()),
-                name in paused,
-                sorted(by_priority.get(name, {}).items(), reverse=True),
+        names = sorted(set(totals) | paused | {self.app.conf.task_default_queue})
+        missing = [name for name in names if name not in split]
+        if missing:
+            split.update(broker.priority_counts(missing))
+        rows = []
+        for name in names:
+            counts = split.get(name, PriorityCounts(None, None, None, None))
+            states = [getattr(counts, state) for state in STATES]
+            priorities = sorted({p for c in states if c for p in c}, reverse=True)
+            by_priority = [
+                PriorityRow(p, tuple(None if c is None else c.get(p, 0) for c in states))
+                for p in priorities
+            ]
+            unsplit = tuple(s for s, c in zip(STATES, states, strict=True) if c is None)
+            rows.append(
+                QueueRow(name, totals.get(name, QueueStats()), name in paused, by_priority, unsplit)
             )
-            for name in names
-        ]
+        return rows
 
     def pause(self, queues: Sequence[str], paused: bool) -> int:
         """Durably pause (or resume) ``queues``; every worker, also ones started later,

@@ -99,7 +99,7 @@ class OpsPages:
         return {"workers": workers, "nodes": nodes(workers)}
 
     def _queues(self, params: Mapping[str, str]) -> dict[str, Any]:
-        rows = self.ops.queue_rows(self.fleet.queues())
+        rows = self.ops.queue_rows(self.fleet.priority_counts(), self.fleet.queues)
         return {"rows": rows, "queues": {row.name: row.stats for row in rows}}
 
     def _scheduled(self, params: Mapping[str, str], *, retries: bool) -> dict[str, Any]:
@@ -115,8 +115,10 @@ class OpsPages:
         try:
             if "page" in params and not (retries or where.task or where.search):
                 # The live count, every 2 s: from the queue counts, not by listing them all.
-                stats = self.fleet.app.broker.stats([where.queue] if where.queue else None)
-                values["count"] = sum(s.delayed for s in stats.values())
+                stats = self.fleet.queues()
+                values["count"] = sum(
+                    s.delayed for q, s in stats.items() if not where.queue or q == where.queue
+                )
             else:
                 values["rows"], values["count"] = self.ops.scheduled(
                     where, retries=retries, limit=LISTED
@@ -149,6 +151,7 @@ class OpsPages:
     ) -> tuple[str, int, str]:
         # A row's own button names its queue; the bulk buttons send the selected ones.
         queues = [name_field(fields, "queue")] if fields.get("queue") else list(ids)
+        queues = [name_field({"queue": queue}, "queue") for queue in queues]
         if not queues:
             raise ActionError(400, "select queues first")
         count = self.ops.pause(queues, paused)
@@ -204,7 +207,9 @@ def scheduled_filter(values: Mapping[str, str]) -> ScheduledFilter:
 
 
 def name_field(fields: Mapping[str, str], name: str) -> str:
+    """The form's ``name`` (a queue, worker or periodic task name): not empty, not too long,
+    no control characters (a name no page could show)."""
     value = fields.get(name, "").strip()
-    if not value or len(value) > MAX_NAME:
+    if not value or len(value) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ActionError(400, f"the form has no valid {name}")
     return value

@@ -7,6 +7,7 @@ same pages. Calls here are blocking (broker reads): adapters run them off their 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +15,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..describe import ago, preview, when
+from ..utils.redaction import redact_text
 from .audit import AuditLog
 from .errors import BadRequest as BadRequest  # re-exported: the adapters import it here
 from .fleet import DeadLetterFilter, Fleet
@@ -58,7 +60,9 @@ class Pages:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(ago=ago, when=when, preview=preview)
+        self.env.filters.update(
+            ago=ago, when=when, preview=partial(preview, redacted=True), redact=redact_text
+        )
         self._builders: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
             "overview": self._overview,
             "dead": self._dead,
@@ -147,6 +151,7 @@ class Pages:
             count, target, back = self.task_pages.act(action, fields, ids)
         else:
             raise BadRequest(404, f"no action {action!r}")
+        self.fleet.forget_counts()
         self.audit.record(who, action, target, count)
         return back
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ SECURITY_HEADERS: dict[str, str] = {
 SESSION_COOKIE = "conveyor_session"
 #: How long a form token stays usable (a page left open longer is reloaded first).
 TOKEN_TTL = 3600.0
+#: How far the clocks of dashboard processes sharing a secret may differ (seconds).
+CLOCK_SKEW = 60.0
 
 
 @dataclass(frozen=True)
@@ -105,28 +108,41 @@ def check_exposure(host: str, auth: DashboardAuth | None) -> None:
 
 
 class FormTokens:
-    """Single-use tokens for actions: ``nonce.signature``, the signature binding the nonce to
-    the browser's session cookie. A token is accepted once (the nonce is claimed in the
-    broker's key/value store, so several dashboard processes sharing ``secret`` agree), and
-    only with the cookie it was made for: a forged, replayed or cross-site request changes
-    nothing."""
+    """Single-use tokens for actions: ``nonce.issued.signature``, the signature binding the
+    nonce and its issue time to the browser's session cookie. A token is accepted once (the
+    nonce is claimed in the broker's key/value store, so several dashboard processes sharing
+    ``secret`` agree), within :data:`TOKEN_TTL` of being issued, and only with the cookie it
+    was made for: a forged, replayed, stale or cross-site request changes nothing. The claim
+    outlives the token, so a used token never works again."""
 
-    def __init__(self, kv: Callable[[], KeyValue], secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        kv: Callable[[], KeyValue],
+        secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._kv = kv
         self._secret = secret or secrets.token_bytes(32)
+        self._clock = clock
 
     def issue(self, session: str) -> str:
-        nonce = secrets.token_urlsafe(16)
-        return f"{nonce}.{self._sign(session, nonce)}"
+        nonce, issued = secrets.token_urlsafe(16), str(int(self._clock()))
+        return f"{nonce}.{issued}.{self._sign(session, nonce, issued)}"
 
     def redeem(self, session: str, token: str) -> bool:
-        nonce, _, signature = token.partition(".")
-        if not session or not nonce or not _same(signature, self._sign(session, nonce)):
+        nonce, _, rest = token.partition(".")
+        issued, _, signature = rest.partition(".")
+        if not session or not nonce or not issued.isdigit() or len(issued) > 12:
             return False
-        return self._kv().claim(f"dashboard:token:{nonce}", ttl=TOKEN_TTL)
+        if not _same(signature, self._sign(session, nonce, issued)):
+            return False
+        age = self._clock() - int(issued)
+        if not -CLOCK_SKEW <= age <= TOKEN_TTL:
+            return False
+        return self._kv().claim(f"dashboard:token:{nonce}", ttl=TOKEN_TTL + 2 * CLOCK_SKEW)
 
-    def _sign(self, session: str, nonce: str) -> str:
-        digest = hmac.new(self._secret, f"{session}\0{nonce}".encode(), hashlib.sha256)
+    def _sign(self, session: str, nonce: str, issued: str) -> str:
+        digest = hmac.new(self._secret, f"{session}\0{nonce}\0{issued}".encode(), hashlib.sha256)
         return digest.hexdigest()
 
 

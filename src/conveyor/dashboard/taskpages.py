@@ -40,7 +40,7 @@ COUNT_CAP = 100_000
 RETRYABLE = ("FAILURE", "REVOKED", "DEAD", "EXPIRED")
 #: The overview's chart ranges: seconds covered and bucket width.
 RANGES = {"hour": (3600.0, 60.0), "day": (86400.0, 900.0)}
-TASK_ACTIONS = ("revoke-tasks", "retry-tasks", "retry")
+TASK_ACTIONS = ("revoke-tasks", "terminate-tasks", "retry-tasks", "retry")
 _CURSOR = re.compile(r"^(\d{1,12}(?:\.\d{1,9})?)_(\d{1,19})$")
 
 
@@ -95,7 +95,9 @@ class TaskPages:
             last, rowid = rows[-1]
             older = _query({**base, "before": f"{last.first_at!r}_{rowid}"})
         count = self.history.count(where, cap=COUNT_CAP)
-        queues = set(self.history.distinct("queue")) | set(self.fleet.queues())
+        # The history's queues (and the default one): counting the broker's would cost as
+        # much as the page with a million messages queued.
+        queues = set(self.history.distinct("queue")) | {self.fleet.app.conf.task_default_queue}
         return {
             "rows": [row for row, _ in rows],
             "count": count,
@@ -133,15 +135,19 @@ class TaskPages:
             raise BadRequest(
                 404, f"no task with id {task_id!r} in the result store or the task history"
             )
-        root_id = (row.root_id if row else None) or (record.root_id if record else None)
-        family = self.history.related("root_id", root_id) if root_id else []
-        if root_id and root_id not in {r.id for r in family}:
-            top = self.history.get(root_id)
-            family = [top, *family] if top else family
+        state = merged_state(record, row)
+        start = row or TaskRow(  # known from the result store only (its events are gone)
+            task_id,
+            name=(record.name if record else None) or "",
+            state=state,
+            parent_id=record.parent_id if record else None,
+            root_id=record.root_id if record else None,
+            group_id=record.group_id if record else None,
+        )
+        family = workflow.family(start, self.history.related, self.history.get)
         children = self.history.related("parent_id", task_id)
         listed = {c.id for c in children}
         extra = [c for c in (record.children or []) if c not in listed] if record else []
-        state = merged_state(record, row)
         return {
             "task_id": task_id,
             "record": record,
@@ -231,17 +237,18 @@ class TaskPages:
                     "result_extended so the result store keeps them)",
                 )
             return 1, f"task {task_id} (as {new_id})", task_path(new_id)
-        if action == "revoke-tasks":
+        if action in ("revoke-tasks", "terminate-tasks"):
+            verb = action.partition("-")[0]
             if matching:
                 if where.state not in UNFINISHED:
-                    raise BadRequest(400, "filter on an unfinished state to revoke every match")
+                    raise BadRequest(400, f"filter on an unfinished state to {verb} every match")
                 chosen = self.history.ids(where, states=UNFINISHED, limit=MAX_BULK_REVOKE)
                 target = f"tasks matching {where.describe()}"
             else:
                 chosen = _selected(ids)
                 target = _listed(chosen)
             if chosen:
-                self.fleet.app.revoke(chosen)
+                self.fleet.app.revoke(chosen, terminate=verb == "terminate")
             return len(chosen), target, back
         if action == "retry-tasks":
             if matching:

@@ -1,10 +1,11 @@
-"""A workflow (chain, group, chord) drawn as a graph: the tasks that share a root, an arrow
-from each task to the tasks it sent (``parent_id``), members of a group boxed together. Drawn
+"""A workflow (chain, group, chord) drawn as a graph: the tasks linked by a root, a group or a
+parent, an arrow from each task to the tasks it sent (``parent_id``), members of a group boxed
+together. Drawn
 on the server as SVG with links to each task's page (no script: the strict CSP holds)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,6 +25,39 @@ class Placed:
     row: TaskRow
     column: int
     line: int
+
+
+def family(
+    start: TaskRow,
+    related: Callable[[str, str], Sequence[TaskRow]],
+    get: Callable[[str], TaskRow | None],
+) -> list[TaskRow]:
+    """The tasks of ``start``'s workflow: those linked to it by a shared root or group, or as
+    parent and child, and so on from each (a chord's header tasks share a group but each has
+    its own root; its body is a child of one of them). At most :data:`MAX_NODES` tasks, found
+    with a bounded number of indexed look-ups."""
+    found = {start.id: start}
+    todo = [start]
+    asked: set[tuple[str, str]] = set()
+    while todo and len(found) < MAX_NODES and len(asked) < 4 * MAX_NODES:
+        row = todo.pop(0)
+        links = [("root_id", row.root_id), ("group_id", row.group_id), ("parent_id", row.id)]
+        for column, value in links:
+            if not value or (column, value) in asked:
+                continue
+            asked.add((column, value))
+            for other in related(column, value):
+                if other.id not in found:
+                    found[other.id] = other
+                    todo.append(other)
+        for task_id in (row.parent_id, row.root_id):
+            if task_id and task_id not in found and ("id", task_id) not in asked:
+                asked.add(("id", task_id))
+                other_row = get(task_id)
+                if other_row is not None:
+                    found[other_row.id] = other_row
+                    todo.append(other_row)
+    return list(found.values())[:MAX_NODES]
 
 
 def layout(rows: Sequence[TaskRow]) -> list[Placed]:

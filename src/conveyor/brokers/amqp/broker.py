@@ -43,9 +43,10 @@ from ..base import (
     Delivery,
     Departure,
     Message,
+    PriorityCounts,
     QueueStats,
 )
-from . import deadletters, fates
+from . import counts, deadletters, fates
 from .connection import CONNECTION_ERRORS, Connector
 from .convert import (
     BEFORE,
@@ -584,6 +585,12 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                 dead=dead.get(queue, 0),
             )
         return out
+
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        names = list(self.stats()) if queues is None else list(dict.fromkeys(queues))
+        dead = self._with_channel(lambda ch: counts.dead_by_priority(ch, self.names.dead), "stats")
+        delayed = [item for _, item in self._markers(None)]
+        return counts.split(names, delayed, self._leases.held(), dead)
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         found = self._with_channel(

@@ -76,6 +76,11 @@ class Leases:
             for receipt in [r for r, h in self._held.items() if h.generation < generation]:
                 del self._held[receipt]
 
+    def held(self) -> list[Held]:
+        """A snapshot of the leases held."""
+        with self._lock:
+            return list(self._held.values())
+
     def count(self, queue: str) -> int:
         with self._lock:
             return sum(1 for held in self._held.values() if held.queue == queue)

@@ -35,6 +35,7 @@ from ..base import (
     Delivery,
     Departure,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
@@ -559,15 +560,18 @@ class PostgresBroker(Broker):
             cursor = conn.execute(self.q(delayed.CANCEL), {"ns": self.ns, "ids": list(ids)})
             return max(cursor.rowcount, 0)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
-        names = list(dict.fromkeys(queues))
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        params: Params = {"ns": self.ns}
+        where, out = "", {}
+        if queues is not None:
+            params["queues"] = names = list(dict.fromkeys(queues))
+            where, out = "AND queue = ANY(%(queues)s::text[])", {q: PriorityCounts() for q in names}
         with self.db.connection() as conn:
-            rows = conn.execute(
-                self.q(delayed.BY_PRIORITY), {"ns": self.ns, "queues": names}
-            ).fetchall()
-        out: dict[str, dict[int, int]] = {}
-        for queue, priority, count in rows:
-            out.setdefault(as_text(queue), {})[as_int(priority)] = as_int(count)
+            rows = conn.execute(self.q(delayed.PRIORITY_COUNTS, where=where), params).fetchall()
+        for queue, state, priority, count in rows:
+            out.setdefault(as_text(queue), PriorityCounts()).add(
+                as_text(state), as_int(priority), as_int(count)
+            )
         return out
 
     def time(self) -> float:

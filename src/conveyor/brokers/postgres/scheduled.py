@@ -1,9 +1,9 @@
 """The PostgreSQL broker's delayed messages for the dashboard (list, run now, cancel) and its
-ready counts per priority: statements, ``{s}`` standing for the schema name."""
+counts per state and priority: statements, ``{s}`` standing for the schema name."""
 
 from __future__ import annotations
 
-from .schema import DELAYED, READY
+from .schema import DELAYED, LEASED, READY
 
 M = "{s}.conveyor_messages"
 
@@ -22,9 +22,12 @@ SELECT ns, id, queue, priority, body, {READY}, deliveries FROM moved ORDER BY du
 RETURNING queue
 """
 CANCEL = f"DELETE FROM {M} WHERE ns = %(ns)s AND state = {DELAYED} AND id = ANY(%(ids)s::text[])"
-BY_PRIORITY = f"""
-SELECT queue, priority, count(*) FROM {M}
-WHERE ns = %(ns)s AND queue = ANY(%(queues)s::text[])
-    AND (state = {READY} OR (state = {DELAYED} AND due <= now()))
-GROUP BY 1, 2
+# Split as STATS splits (a due delayed message is ready): one GROUP BY pass, like stats().
+PRIORITY_COUNTS = f"""
+SELECT queue, CASE WHEN state = {READY} OR (state = {DELAYED} AND due <= now()) THEN 'ready'
+    WHEN state = {LEASED} THEN 'leased' ELSE 'delayed' END, priority, count(*) FROM {M}
+WHERE ns = %(ns)s {{where}} GROUP BY 1, 2, 3
+UNION ALL
+SELECT queue, 'dead', priority, count(*) FROM {{s}}.conveyor_dead
+WHERE ns = %(ns)s {{where}} GROUP BY 1, 3
 """

@@ -26,11 +26,12 @@ from ..base import (
     Delivery,
     Departure,
     Message,
+    PriorityCounts,
     QueueStats,
     Scheduled,
     clamp_priority,
 )
-from . import maintenance, scheduled
+from . import counts, maintenance, scheduled
 from .rows import (
     as_int,
     as_text,
@@ -348,7 +349,7 @@ class SQLiteBroker(Broker):
         if queues is not None and not queues:
             return {}
         with self._db.snapshot() as conn:
-            return maintenance.queue_stats(conn, self.ns, queues, self.time())
+            return counts.queue_stats(conn, self.ns, queues, self.time())
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         with self._db.read() as conn:
@@ -397,9 +398,9 @@ class SQLiteBroker(Broker):
         with self._db.write() as conn:
             return scheduled.move(conn, self.ns, ids, ready=False)
 
-    def ready_by_priority(self, queues: Sequence[str]) -> dict[str, dict[int, int]]:
-        with self._db.read() as conn:
-            return scheduled.ready_by_priority(conn, self.ns, queues, self.time())
+    def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
+        with self._db.snapshot() as conn:
+            return counts.priority_counts(conn, self.ns, queues, self.time())
 
     def time(self) -> float:
         # SQLite has no server: every process on the host shares this clock.

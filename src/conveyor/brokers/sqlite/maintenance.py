@@ -14,10 +14,9 @@ from ..base import (
     DeadLetter,
     DeadLetterReason,
     Departure,
-    QueueStats,
 )
 from .rows import as_blob, as_float, as_int, as_text
-from .schema import DELAYED, LEASED, PROMOTE, PROMOTED, READY
+from .schema import DELAYED, PROMOTE, PROMOTED, READY
 
 
 def promote(conn: sqlite3.Connection, ns: str, now: float) -> int:
@@ -86,39 +85,6 @@ def oldest_ready(
             bodies.append(as_blob(due[0]))
         if bodies:
             out[queue] = bodies
-    return out
-
-
-def queue_stats(
-    conn: sqlite3.Connection, ns: str, queues: Sequence[str] | None, now: float
-) -> dict[str, QueueStats]:
-    """Counts per queue of ``queues`` (every queue with messages when None); run it in a read
-    transaction so both queries see one state."""
-    out: dict[str, QueueStats] = {}
-    where, params = "", [ns]
-    if queues is not None:
-        names = list(dict.fromkeys(queues))
-        out = {queue: QueueStats() for queue in names}
-        where, params = f"AND queue IN ({marks(len(names))})", [ns, *names]
-    counted = conn.execute(
-        "SELECT queue, state, state = 2 AND due <= ?, count(*) FROM conveyor_messages "
-        f"WHERE ns = ? {where} GROUP BY 1, 2, 3",
-        (now, *params),
-    ).fetchall()
-    dead = conn.execute(
-        f"SELECT queue, count(*) FROM conveyor_dead WHERE ns = ? {where} GROUP BY 1",
-        params,
-    ).fetchall()
-    for queue, state, due_now, count in counted:
-        stats = out.setdefault(as_text(queue), QueueStats())
-        if state == READY or due_now:
-            stats.ready += count
-        elif state == LEASED:
-            stats.leased += count
-        elif state == DELAYED:
-            stats.delayed += count
-    for queue, count in dead:
-        out.setdefault(as_text(queue), QueueStats()).dead += count
     return out
 
 

@@ -1,5 +1,4 @@
-"""The SQLite broker's delayed messages for the dashboard: list, run now, cancel; and the
-ready counts per priority."""
+"""The SQLite broker's delayed messages for the dashboard: list, run now, cancel."""
 
 from __future__ import annotations
 
@@ -41,21 +40,3 @@ def move(conn: sqlite3.Connection, ns: str, ids: Sequence[str], *, ready: bool) 
             )
         moved += conn.execute(f"DELETE FROM conveyor_messages {where}", (ns, *part)).rowcount
     return moved
-
-
-def ready_by_priority(
-    conn: sqlite3.Connection, ns: str, queues: Sequence[str], now: float
-) -> dict[str, dict[int, int]]:
-    """Ready (and due delayed) messages per priority of each of ``queues``."""
-    out: dict[str, dict[int, int]] = {}
-    for part in chunks(list(dict.fromkeys(queues))):
-        rows = conn.execute(
-            "SELECT queue, priority, count(*) FROM conveyor_messages WHERE ns = ? "
-            f"AND (state = {READY} OR (state = {DELAYED} AND due <= ?)) "
-            f"AND queue IN ({marks(len(part))}) GROUP BY 1, 2",
-            (ns, now, *part),
-        ).fetchall()
-        for queue, priority, count in rows:
-            counts = out.setdefault(as_text(queue), {})
-            counts[as_int(priority)] = counts.get(as_int(priority), 0) + as_int(count)
-    return out

@@ -67,6 +67,18 @@ MIGRATIONS = [
         "claimed REAL NOT NULL DEFAULT 0)",
         "CREATE INDEX conveyor_departures_ns ON conveyor_departures (ns, seq)",
     ),
+    # v6: counts per queue, state and priority read indexes only (``counts.py``): the ready
+    # and delayed indexes hold every column the counts read (SQLite 3.40 counts a partial
+    # index as covering only when it holds the column of its WHERE too); dead letters get one.
+    (
+        "DROP INDEX conveyor_messages_ready",
+        "CREATE INDEX conveyor_messages_ready "
+        "ON conveyor_messages (ns, queue, priority DESC, seq, state) WHERE state = 0",
+        "DROP INDEX conveyor_messages_delayed",
+        "CREATE INDEX conveyor_messages_delayed "
+        "ON conveyor_messages (ns, due, queue, priority, state) WHERE state = 2",
+        "CREATE INDEX conveyor_dead_queue ON conveyor_dead (ns, queue, priority)",
+    ),
 ]
 #: The tables of the broker's ``kv``.
 KV_TABLES = Tables("conveyor_values", "conveyor_sets", "conveyor_set_expiry")

@@ -15,6 +15,29 @@ from tests.rabbit_server import rabbit_server  # noqa: F401 - the session's Rabb
 
 T = TypeVar("T")
 
+# Broker variants of long process tests whose other variant runs by default: they run with
+# `scripts/test --slow`, keeping the default suite under 15 minutes on 2 cores.
+SLOW_VARIANTS = frozenset(
+    {
+        "tests/django/test_processes.py::test_beat_process_sends_database_schedules[redis]",
+        "tests/django/test_processes.py::test_worker_with_embedded_beat[redis]",
+        "tests/django/test_processes.py::test_reload_restarts_the_worker_on_code_change[redis]",
+        "tests/integration/test_example_site_brokers.py::test_sign_up_flow_on_the_broker[amqp]",
+        "tests/integration/test_control_processes.py::test_pool_grow_shrink_and_shutdown[sqlite]",
+        "tests/integration/test_bad_input_processes.py::"
+        "test_bad_messages_are_dead_lettered_malformed_and_the_worker_goes_on[sqlite-threads]",
+        "tests/integration/test_bad_input_processes.py::"
+        "test_bad_messages_are_dead_lettered_malformed_and_the_worker_goes_on[sqlite-solo]",
+        "tests/integration/test_beat_processes.py::test_three_beats_send_each_tick_once[sqlite-10]",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in SLOW_VARIANTS:
+            item.add_marker(pytest.mark.slow)
+
 
 def wait_until(
     predicate: Callable[[], T],

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -148,11 +149,15 @@ def open_list(page: Any, url: str, count: int) -> None:
     """Open ``url`` again until it lists ``count`` tasks (events reach the history within a
     flush interval or so; the list page does not update itself)."""
 
-    def listed() -> bool:
+    deadline = time.monotonic() + 40
+    while True:
         page.goto(url)
-        return page.locator("tr[data-task]").count() == count
-
-    wait_until(listed, 20, f"{url} lists {count} tasks", interval=0.3)
+        if page.locator("tr[data-task]").count() == count:
+            return
+        if time.monotonic() > deadline:
+            shown = page.locator("table.tasks").inner_text() if rows(page) else "no rows"
+            pytest.fail(f"{url} lists {count} tasks not met within 40 s; it lists:\n{shown}")
+        time.sleep(0.3)  # the next look (the list page does not update itself)
 
 
 def test_tasks_page_filters_narrow(page: Any, fleet: Fleet, snap: Any) -> None:

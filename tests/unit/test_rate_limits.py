@@ -223,6 +223,33 @@ def test_a_backlog_over_a_full_bucket_waits_without_a_store_round_trip_each(
     assert store.takes == 13
 
 
+def test_a_booking_used_within_the_grace_runs_a_later_one_books_again(
+    app: Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message back on time with its booked token runs without a take; one back more than
+    BOOKING_GRACE late books again, and says how late it was at DEBUG (how issue 18's
+    starvation on RabbitMQ was measured: docs/flow-control.md)."""
+
+    @app.task(rate_limit="2/s")
+    def limited() -> None: ...
+
+    assert app.broker.limits is not None
+    store = _CountingStore(app.broker.limits)
+    gate = FlowGate(app, store)
+    local = LocalRateLimiter()
+    booked = {"due": time.time() - BOOKING_GRACE / 2, "keys": [f"task:{limited.name}"]}
+    on_time = Envelope("on-time", limited.name, headers={BOOKED_HEADER: dict(booked)})
+    assert gate.admit(limited, on_time, local) is None
+    assert store.takes == 0
+    stale = {**booked, "due": time.time() - 3.0}
+    late = Envelope("late", limited.name, headers={BOOKED_HEADER: stale})
+    with caplog.at_level("DEBUG", logger="conveyor.worker"):
+        assert gate.admit(limited, late, local) is None  # a free token: it takes one now
+    assert store.takes == 1
+    (line,) = [r.getMessage() for r in caplog.records if "lapsed" in r.getMessage()]
+    assert re.search(r"\[late\]: its booking lapsed \(3\.\d{3} s late\)", line)
+
+
 class _CountingStore:
     """A limit store that counts the takes it passes on to a real one."""
 

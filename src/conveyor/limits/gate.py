@@ -131,7 +131,16 @@ class FlowGate:
         self, task: Task[..., object], envelope: Envelope, local: RateLimiter
     ) -> float | None:
         headers = envelope.headers
-        booked_keys = _booked(headers.pop(BOOKED_HEADER, None), time.time())
+        booking = headers.pop(BOOKED_HEADER, None)
+        now = time.time()
+        booked_keys = _booked(booking, now)
+        if booking is not None and not booked_keys and logger.isEnabledFor(logging.DEBUG):
+            # how issue 18's starvation on RabbitMQ was measured: bookings that came back late
+            due = booking.get("due") if isinstance(booking, dict) else None
+            late = f"{now - due:.3f} s late" if isinstance(due, int | float) else "unreadable"
+            logger.debug(
+                "%s[%s]: its booking lapsed (%s): books again", task.name, envelope.id, late
+            )
         slot = self._slot_key(task, headers)
         store = self.store
         if slot is not None and store is not None and task.concurrency_limit is not None:

@@ -59,7 +59,7 @@ def as_blob(value: object) -> bytes:
 
 
 def as_int(value: object) -> int:
-    if isinstance(value, int):
+    if type(value) is int:  # not a bool: True is an int to isinstance
         return value
     try:
         return int(value)  # type: ignore[call-overload,no-any-return]  # any column value: bad ones read as 0 below

@@ -83,7 +83,13 @@ def _int(minimum: int | None = None, maximum: int | None = None) -> Check[int]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigurationError(f"{name} must be an integer, got {value!r}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise ConfigurationError(f"{name} must be between {minimum} and {maximum}, got {value}")
+            if maximum is None:
+                wanted = f"at least {minimum}"
+            elif minimum is None:
+                wanted = f"at most {maximum}"
+            else:
+                wanted = f"between {minimum} and {maximum}"
+            raise ConfigurationError(f"{name} must be {wanted}, got {value}")
         return value
 
     return check

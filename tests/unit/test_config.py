@@ -63,6 +63,13 @@ def test_invalid_values_are_rejected(name: str, value: object) -> None:
         Settings(**{name: value})
 
 
+def test_integer_bounds_are_stated_as_they_are() -> None:
+    with pytest.raises(ConfigurationError, match="task_max_deliveries must be at least 1, got 0"):
+        Settings(task_max_deliveries=0)
+    with pytest.raises(ConfigurationError, match="task_default_priority must be between 0 and 9"):
+        Settings(task_default_priority=10)
+
+
 def test_pickle_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="only speaks JSON"):
         Settings(task_serializer="pickle")

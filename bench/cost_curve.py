@@ -22,6 +22,7 @@ backlog is measured at its top, not drained.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import statistics
@@ -180,7 +181,7 @@ class Bench:
             make = self.mod.noop.s
         else:
             data = "x" * payload
-            make = lambda: self.mod.sink.s(data)  # noqa: E731
+            make = functools.partial(self.mod.sink.s, data)
         chunk = 5_000 if payload is None else max(10, 2_000_000 // payload)
         started = time.perf_counter()
         for first in range(0, count, chunk):

@@ -92,7 +92,7 @@ def _connect_sentinel(url: str, opts: Mapping[str, Any], kwargs: dict[str, Any])
         sentinel_kwargs.setdefault(name, kwargs[name])
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
     kwargs.pop("max_connections", None)  # the sentinel pool sizes itself
-    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call, unused-ignore]
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
         target.service,
         db=target.db,
         username=target.username,

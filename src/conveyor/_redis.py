@@ -33,7 +33,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from ._redis_urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 from .brokers.base import redact_url
@@ -227,6 +227,11 @@ class ErrorMapper:
     ) -> None:
         if isinstance(exc, RedisError):
             text = str(exc) or type(exc).__name__
+            if isinstance(exc, MasterNotFoundError):  # its text ends in a repr of the client
+                text = (
+                    f"{text.split(' : ', 1)[0]}: no sentinel of the URL answered with that "
+                    "primary (are the sentinels running, and is the service name right?)"
+                )
             for secret in self._secrets:
                 text = text.replace(secret, "***")
             raise self._error(f"{self._where}: {text}") from exc

@@ -6,7 +6,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor._redis_urls import SentinelTarget, is_sentinel_url, parse_sentinel_url
-from conveyor.exceptions import ConfigurationError
+from conveyor.exceptions import BrokerError, ConfigurationError
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,16 @@ def test_result_store_gets_master_name_from_the_broker_options() -> None:
         assert pool.service_name == "svc"
     finally:
         app.close()
+
+
+def test_sentinels_that_do_not_answer_are_one_clear_error() -> None:
+    app = Conveyor("t", broker="redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster/0")
+    try:
+        with pytest.raises(BrokerError) as caught:
+            app.broker.stats(["default"])
+    finally:
+        app.close()
+    message = str(caught.value)
+    assert "redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster/0" in message
+    assert "No master found for 'mymaster'" in message and "service name" in message
+    assert "ConnectionPool" not in message  # not redis-py's repr of its client

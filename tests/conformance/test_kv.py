@@ -92,6 +92,36 @@ def test_values_by_literal_prefix(kv: KeyValue) -> None:
     assert set(kv.values("")) >= {"w.1", "w.2", "w", "wx.1", "x.1", "ab[1]c.x"}
 
 
+def test_values_of_a_listed_prefix(kv: KeyValue, kv_peer: KeyValue) -> None:
+    """The prefixes Conveyor lists (kept in an index on Redis) keep every promise of
+    ``values``: expiry, overwrite, delete, claims and a narrower prefix."""
+    kv.set_value("worker:a@h", b"a")
+    kv_peer.set_value("worker:b@h", b"b", ttl=60)
+    kv.set_value("worker:gone@h", b"x", ttl=0.4)
+    kv.set_value("worker:deleted@h", b"x")
+    kv.delete_value("worker:deleted@h")
+    kv.set_value("queue-paused:q", b"1", ttl=0.3)
+    kv.set_value("queue-paused:q", b"1")  # persistent now: stays listed
+    kv.set_value("queue-paused:probe", b"1", ttl=0.3)  # expires when q's first write would
+    assert kv.claim("beat:last:nightly", 60) is True
+    assert kv_peer.claim("beat:last:nightly", 1) is False  # must not shorten the listing
+    kv.set_value("workers", b"not under 'worker:'")
+
+    assert kv_peer.values("worker:") == {
+        "worker:a@h": b"a",
+        "worker:b@h": b"b",
+        "worker:gone@h": b"x",
+    }
+    assert kv.values("worker:a") == {"worker:a@h": b"a"}
+    wait_until(lambda: "worker:gone@h" not in kv.values("worker:"), 5.0, "value expiry")
+    assert kv.values("worker:") == {"worker:a@h": b"a", "worker:b@h": b"b"}
+    wait_until(lambda: kv.get_value("queue-paused:probe") is None, 5.0, "probe expiry")
+    assert kv.values("queue-paused:") == {"queue-paused:q": b"1"}
+    assert kv_peer.values("beat:last:") == {"beat:last:nightly": b"1"}
+    kv.delete_value("worker:a@h")
+    assert kv_peer.values("worker:") == {"worker:b@h": b"b"}
+
+
 # -- join --------------------------------------------------------------------------------
 def test_join_counts_distinct_members_under_concurrency(kv: KeyValue, kv_peer: KeyValue) -> None:
     key = f"chord:{new_id()}"

@@ -151,7 +151,11 @@ class RedisBroker(Broker):
         self._migrated = self._cluster
         keys = self.keys
         self.kv: RedisKeyValue = RedisKeyValue(
-            self._client, self._errors, values=keys.spread("kv"), sets=keys.spread("kv-join")
+            self._client,
+            self._errors,
+            values=keys.spread("kv"),
+            sets=keys.spread("kv-join"),
+            index=keys.spread("kv-index"),
         )
         self._streams = RedisStreams(self._client, self._errors, prefix=keys.spread("stream"))
         self.limits: RedisLimits = RedisLimits(self._client, self._errors, keys.spread)

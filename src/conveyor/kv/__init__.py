@@ -18,12 +18,30 @@ Promises every implementation keeps (tests/conformance/test_kv.py):
 * ``delete_value(key)`` deletes the value, claim and join set of ``key``.
 * Keys are plain strings: ``values(prefix)`` matches the prefix literally (no globs).
 * Two instances with different key prefixes never see each other's keys.
+
+``values(prefix)`` is cheap for the prefixes in :data:`LISTED_PREFIXES`, the ones Conveyor
+lists; for any other prefix it may have to look at every key of the storage (on Redis: a
+``SCAN`` of the whole keyspace, where the queued messages are too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol
+
+#: The key prefixes whose values Conveyor lists with ``values()``: the worker registry
+#: (``conveyor.registry``), paused queues (``conveyor.control``), beat's switches and progress
+#: (``conveyor.beat``) and the RabbitMQ broker's records of queues and delayed messages. A
+#: backend that cannot find keys by prefix cheaply keeps an index of the keys under each (the
+#: Redis one does; SQL backends use their primary key's index). None is a prefix of another.
+LISTED_PREFIXES: tuple[str, ...] = (
+    "worker:",
+    "queue-paused:",
+    "beat:enabled:",
+    "beat:last:",
+    "amqp-queue:",
+    "amqp-delayed:",
+)
 
 
 class KeyValue(Protocol):

@@ -57,6 +57,7 @@ class RedisResultStore(ResultStore):
             self._errors,
             values=self._keys.spread("value"),
             sets=self._keys.spread("join"),
+            index=self._keys.spread("index"),
         )
 
     def _key(self, kind: str, name: str) -> str:

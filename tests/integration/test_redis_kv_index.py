@@ -99,3 +99,18 @@ def test_nested_listed_prefixes_are_refused(broker: RedisBroker) -> None:
             index="i:",
             listed=("beat:", "beat:last:"),
         )
+
+
+def test_every_listed_prefix_of_conveyor_is_indexed() -> None:
+    """The prefixes Conveyor's modules list with ``values()`` are the indexed ones: a renamed
+    prefix would silently fall back to scanning the keyspace."""
+    from conveyor.beat.progress import LAST_PREFIX
+    from conveyor.beat.switches import SWITCH_PREFIX
+    from conveyor.brokers.amqp.broker import QUEUE_KEY
+    from conveyor.brokers.amqp.scheduled import DELAYED_KEY
+    from conveyor.control.client import PAUSED
+    from conveyor.kv import LISTED_PREFIXES
+    from conveyor.registry import ANNOUNCEMENT_PREFIX
+
+    used = {LAST_PREFIX, SWITCH_PREFIX, QUEUE_KEY, DELAYED_KEY, PAUSED, ANNOUNCEMENT_PREFIX}
+    assert used == set(LISTED_PREFIXES)

@@ -7,6 +7,9 @@ the SQLite broker has.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -423,6 +426,66 @@ def test_waiting_lease_wakes_at_once_on_publish_through_the_same_object(
     broker: SQLiteBroker,
 ) -> None:
     assert pickup_latency(broker, broker) < 0.1
+
+
+def test_doorbell_wakes_a_waiting_lease_from_another_process(
+    make: Callable[..., SQLiteBroker], db_path: Path
+) -> None:
+    # Polling every 60 s: only the doorbell can deliver the message before the 30-s wait ends.
+    consumer = make(transport_options={"poll_interval": 60.0})
+    got: list[Delivery] = []
+    thread = threading.Thread(target=lambda: got.extend(consumer.lease([Q], 1, 30.0)))
+    thread.start()
+    wait_until(lambda: any(consumer._doorbell.directory.glob("*.sock")), 5.0, "consumer waiting")
+    code = (
+        "import sys; from conveyor.brokers.sqlite import SQLiteBroker;"
+        "from conveyor.brokers.base import Message;"
+        "b = SQLiteBroker(sys.argv[1]); b.publish([Message('rung', 'default', b'x')]); b.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{db_path}"], check=True, timeout=60)
+    thread.join(20.0)
+    assert not thread.is_alive(), "the waiting lease was not woken"
+    assert [d.id for d in got] == ["rung"]
+    assert not any(consumer._doorbell.directory.glob("*.sock")), "socket left after the wait"
+
+
+def test_doorbell_removes_sockets_of_dead_processes(broker: SQLiteBroker) -> None:
+    bell = broker._doorbell
+    bell.directory.mkdir(exist_ok=True)
+    stale = bell.directory / "999999-1-dead.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(stale))
+    sock.close()  # as a killed process leaves it: the file stays, nobody reads
+    broker.publish([msg(1)])
+    assert not stale.exists()
+    assert [d.id for d in broker.lease([Q], 1, 0)] == ["1"]
+
+
+def test_doorbell_of_a_file_deeper_than_a_socket_path(tmp_path: Path) -> None:
+    # Longer than a socket path may be (107 bytes): named through /proc/self/fd on Linux.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    url = f"sqlite:///{deep}/q.db"
+    consumer = SQLiteBroker(url, BrokerOptions(transport_options={"poll_interval": 60.0}))
+    producer = SQLiteBroker(url)
+    try:
+        got: list[Delivery] = []
+        thread = threading.Thread(target=lambda: got.extend(consumer.lease([Q], 1, 30.0)))
+        thread.start()
+        wait_until(lambda: any((deep / "q.db.wake").glob("*.sock")), 5.0, "consumer waiting")
+        producer.publish([msg("deep")])
+        thread.join(20.0)
+        assert [d.id for d in got] == ["deep"]
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def test_without_a_doorbell_a_waiting_lease_polls(make: Callable[..., SQLiteBroker]) -> None:
+    consumer, producer = make(), make()
+    consumer._doorbell.enabled = False  # as on a platform without Unix sockets
+    assert pickup_latency(consumer, producer) < consumer.poll_interval + 0.2
+    assert not any(consumer._doorbell.directory.glob("*.sock"))
 
 
 # -- concurrency -------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from .schema import (
     REMEMBER,
     UNLEASE,
 )
+from .wake import Doorbell
 
 #: Writes a caller adds at the start of a broker transaction (see ``publish_with``).
 Write = Callable[[sqlite3.Connection], None]
@@ -89,9 +90,11 @@ class SQLiteBroker(Broker):
         self.limits: SQLiteLimits = SQLiteLimits(self._db, self.ns, KV_TABLES.values)
         self._streams = SQLiteStreams(self._db, self.ns)
         self._lease_statements: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
-        # Publishes through this object wake its waiting consumers without a poll.
+        # Publishes through this object wake its waiting consumers without a poll; other
+        # processes' through the doorbell (where the platform has one).
         self._arrived = threading.Condition()
         self._arrivals = 0
+        self._doorbell = Doorbell(self.path)
 
     def __repr__(self) -> str:
         return f"<SQLiteBroker {self.path}>"
@@ -104,6 +107,7 @@ class SQLiteBroker(Broker):
         with self._arrived:
             self._arrivals += 1
             self._arrived.notify_all()
+        self._doorbell.ring()
 
     # -- producing -----------------------------------------------------------------------
     def publish(self, messages: Sequence[Message]) -> None:
@@ -132,10 +136,28 @@ class SQLiteBroker(Broker):
     def _wait_for(
         self, names: list[str], limit: int, wait: float, found: list[Delivery]
     ) -> list[Delivery]:
-        """``found`` (a first lease attempt) or, if empty, poll for up to ``wait`` s."""
+        """``found`` (a first lease attempt) or, if empty, wait for up to ``wait`` s: woken by
+        the doorbell, looking at least every ``poll_interval``."""
         if found or wait <= 0:
             return found
         deadline = time.monotonic() + wait
+        with self._doorbell.listening() as bell:
+            if bell is None:
+                return self._poll_for(names, limit, deadline)
+            while True:
+                bell.clear()
+                if self._has_work(names):
+                    found = self._lease(names, limit)
+                    if found:
+                        return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                bell.wait(min(self.poll_interval, remaining))
+
+    def _poll_for(self, names: list[str], limit: int, deadline: float) -> list[Delivery]:
+        """Without a doorbell: look with a backoff up to ``poll_interval``, woken at once by
+        publishes of this process."""
         pause = 0.001
         while True:
             with self._arrived:
@@ -459,4 +481,5 @@ class SQLiteBroker(Broker):
         return self._wait_for(names, limit, wait, found)
 
     def close(self) -> None:
+        self._doorbell.close()
         self._db.close()

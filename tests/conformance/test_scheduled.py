@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.brokers import redis as redis_broker
 from conveyor.brokers.base import STATES, Broker, DeadLetterReason, Message, PriorityCounts
 
 from .support import new_id, weaker
@@ -135,19 +134,3 @@ def test_priority_counts(broker: Broker, broker_backend: str) -> None:
     every = broker.priority_counts()
     assert set(every) == set(broker.stats())
     assert {q: _split(every[q]) for q in (Q, OTHER)} == {q: _split(counts[q]) for q in (Q, OTHER)}
-
-
-def test_priority_counts_redis_cap(
-    broker: Broker, broker_backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Redis splits a delayed, leased or dead set only up to SPLIT_CAP messages of a queue
-    (one HGET each); a bigger one is not split, never guessed."""
-    if not broker_backend.startswith("redis"):
-        pytest.skip("the cap is the Redis broker's (brokers/redis_counts.py)")
-    monkeypatch.setattr(redis_broker, "SPLIT_CAP", 1)
-    broker.publish([Message(new_id(), Q, b"x", 6), Message(new_id(), Q, b"y", 2)])
-    broker.lease([Q], 1, 5.0)
-    delayed(broker, 600, priority=1)
-    delayed(broker, 600, priority=8)
-    counts = broker.priority_counts([Q])[Q]
-    assert _split(counts) == {"ready": {2: 1}, "delayed": None, "leased": {6: 1}, "dead": {}}

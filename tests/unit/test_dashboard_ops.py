@@ -380,7 +380,7 @@ def test_live_counts_of_scheduled_messages_and_retries(app: Conveyor, client: Te
 
 
 @pytest.mark.amqp
-def test_on_rabbitmq_delayed_messages_are_listed_and_cancelled_not_run_early(
+def test_on_rabbitmq_delayed_messages_are_listed_run_now_and_cancelled(
     rabbit_server: RabbitServer, tmp_path: Path
 ) -> None:
     app = Conveyor(
@@ -388,16 +388,21 @@ def test_on_rabbitmq_delayed_messages_are_listed_and_cancelled_not_run_early(
     )
     try:
         result = app.send_task("shop.add", (1, 2), countdown=600, queue="ops-amqp")
+        later = app.send_task("shop.add", (3, 4), countdown=600, queue="ops-amqp")
         client = TestClient(create_dashboard(app))
         page = client.get("/scheduled?queue=ops-amqp").text
         assert f'data-scheduled="{result.id}"' in page
         assert "the body waits in the broker&#39;s delay queues" in page
-        status, shown = act(client, "/scheduled", "run-scheduled", {"id": [result.id]})
-        assert status == 409 and "cannot be made ready early" in shown
-        status, _ = act(client, "/scheduled", "cancel-scheduled", {"id": [result.id]})
+        status, _ = act(client, "/scheduled", "run-scheduled", {"id": [result.id]})
+        assert status == 200
+        assert audit(app)[0] == ("run-scheduled", f"delayed messages {result.id}", 1)
+        (ready,) = app.broker.lease(["ops-amqp"], 5, 5.0)  # ready now (its copy)
+        assert ready.id == result.id
+        app.broker.ack([ready])
+        status, _ = act(client, "/scheduled", "cancel-scheduled", {"id": [later.id]})
         assert status == 200
         assert app.broker.scheduled(queue="ops-amqp") == []
-        assert app.broker.revoked([result.id]) == {result.id}
-        assert audit(app)[0] == ("cancel-scheduled", f"delayed messages {result.id}", 1)
+        assert app.broker.revoked([later.id]) == {later.id}
+        assert audit(app)[0] == ("cancel-scheduled", f"delayed messages {later.id}", 1)
     finally:
         app.close()

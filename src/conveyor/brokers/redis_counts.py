@@ -9,10 +9,12 @@ cancel), in the same atomic call, so they cannot drift: a few ``HINCRBY`` per sc
 one per priority that changed. ``redis_scripts/priority_counts.lua`` reads them.
 
 A queue written by a version without ``Q:tally`` (an upgrade) holds messages nobody counted.
-Each script call counts up to :data:`RECOUNT_STEP` of them (about 2 ms of server time for
-1,000 on this machine), and :func:`priority_counts` calls it again for up to
-:data:`RECOUNT_BUDGET` seconds per request; until a queue's tally is complete its delayed,
-leased and dead states are not split (``None``), never guessed.
+Each script call counts up to :data:`RECOUNT_STEP` of them, and :func:`priority_counts` calls
+it again for up to :data:`RECOUNT_BUDGET` seconds per request; until a queue's tally is
+complete its delayed, leased and dead states are not split (``None``), never guessed.
+Measured on this project's 2-core machine under load (11): about 10 µs of redis-server CPU
+per message recounted (a 500-message step blocks the server ~5 ms), so 100,000 messages cost
+~1 s of server time once; reading a complete tally costs ~0.2 ms whatever the queue holds.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .base import STATES, PriorityCounts
 from .redis_replies import _number
 
 #: Uncounted messages (of a queue written by an older version) counted per script call.
-RECOUNT_STEP = 1_000
+RECOUNT_STEP = 500
 #: Seconds one ``priority_counts`` call may spend completing tallies; the rest is left to
 #: the next call.
 RECOUNT_BUDGET = 0.1

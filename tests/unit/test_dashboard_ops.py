@@ -18,6 +18,7 @@ from conveyor.beat import Beat, every
 from conveyor.beat.switches import read_switches
 from conveyor.brokers.base import Message
 from conveyor.dashboard import create_dashboard
+from conveyor.dashboard import fleet as fleet_module
 from conveyor.message import Envelope, encode_envelope
 from conveyor.testing import TestWorker
 from tests.conftest import wait_until
@@ -122,6 +123,28 @@ def test_a_paused_queue_is_not_leased_from_by_a_worker(app: Conveyor, client: Te
         assert not worker.stopped
         act(client, "/queues", "resume-queue", {"queue": "default"})
         assert result.get(timeout=10) == 5
+
+
+def test_slow_counts_are_served_with_their_age_and_recounted_in_the_background(
+    app: Conveyor, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts that take SLOW_COUNT or longer (a million messages) are made off the request
+    path once there are some: a page shows the last ones with their age while a background
+    thread counts again; after an action the next page counts afresh."""
+    monkeypatch.setattr(fleet_module, "SLOW_COUNT", 0.0)  # every count is slow
+    app.send_task("shop.add", (1, 1))
+
+    def ready(page: str) -> str:
+        return page.partition('data-queue="default"')[2].split('<td class="num">')[1]
+
+    first = client.get("/queues").text
+    assert ready(first).startswith("1<") and "data-counted-ago" in first
+    app.send_task("shop.add", (1, 1))
+    assert ready(client.get("/queues").text).startswith("1<")  # shared, not counted again
+    # Shared for 4x as long as the count took (~ms); then served while a thread recounts.
+    wait_until(lambda: ready(client.get("/queues").text).startswith("2<"), 5, "a recount")
+    status, shown = act(client, "/queues", "purge-queue", {"queue": "default"})
+    assert status == 200 and ready(shown).startswith("0<")  # counted afresh after an action
 
 
 def test_purge_queue_is_audited(app: Conveyor, client: TestClient) -> None:

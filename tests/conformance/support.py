@@ -36,7 +36,8 @@ WEAKER: dict[str, frozenset[str]] = {
             # AMQP reports no unacked count: stats() counts the leases of the client asked
             "leased_per_client",
             # shared TTL queues cannot be browsed or edited: scheduled() lists markers (no
-            # body), cancel_scheduled() revokes, run_scheduled() raises NotImplementedError;
+            # body), cancel_scheduled() revokes, run_scheduled() publishes a copy and drops
+            # the TTL copy (not within a margin of the due time: brokers/amqp/run_now.py);
             # no counts per priority
             "scheduled",
         }

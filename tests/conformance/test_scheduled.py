@@ -1,15 +1,16 @@
 """Delayed messages for the dashboard (``scheduled``, ``run_scheduled``, ``cancel_scheduled``)
 and counts per state and priority, against every broker. RabbitMQ cannot browse its shared TTL
 delay queues: it lists its delayed messages without their bodies (from its markers), cancels
-by revocation (the message is dropped, revoked, when it falls due) and cannot run one early
-(NotImplementedError) and cannot split its ready messages by priority; that is what it is
+by revocation (the message is dropped, revoked, when it falls due), runs one early by
+publishing a copy and dropping the TTL copy when it arrives (not within a margin of its due
+time), and cannot split its ready messages by priority; that is what it is
 held to (brokers/amqp/scheduled.py, brokers/amqp/counts.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from conveyor.brokers import redis as redis_broker
+from conveyor.brokers.amqp import run_now
 from conveyor.brokers.base import STATES, Broker, DeadLetterReason, Message, PriorityCounts
 
 from .support import new_id, weaker
@@ -50,10 +51,6 @@ def test_run_scheduled_makes_them_ready_behind_the_queue(
     kept = delayed(broker, 600)
     queued = Message(new_id(), Q, b"queued first")
     broker.publish([queued])
-    if weaker(broker_backend, "scheduled"):
-        with pytest.raises(NotImplementedError):
-            broker.run_scheduled([waiting.id])
-        return
     assert broker.run_scheduled([waiting.id, "no-such-id"]) == 1
     assert broker.run_scheduled([waiting.id]) == 0  # ready now: no longer delayed
     got = broker.lease([Q], 10, 0)
@@ -61,6 +58,37 @@ def test_run_scheduled_makes_them_ready_behind_the_queue(
     assert got[1].body == waiting.body and got[1].delivery_count == 1
     assert [s.id for s in broker.scheduled()] == [kept.id]
     assert broker.stats([Q])[Q].delayed == 1
+
+
+def test_a_message_run_now_runs_once_and_its_retry_runs(
+    broker: Broker, broker_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run now, then the task fails and is retried under the same id: the retry runs, and
+    the message never runs a second time when it falls due (RabbitMQ: its TTL copy arrives
+    and is dropped as superseded)."""
+    monkeypatch.setattr(run_now, "MARGIN", 0.3)  # RabbitMQ leaves messages due sooner alone
+    soon = delayed(broker, 1.2)
+    assert broker.run_scheduled([soon.id]) == 1
+    (got,) = broker.lease([Q], 5, 5.0)
+    assert (got.id, got.body) == (soon.id, soon.body)
+    broker.retry_later(got, Message(soon.id, Q, b"retry", 5, countdown=0.2))
+    (retry,) = broker.lease([Q], 5, 5.0)
+    assert (retry.id, retry.body) == (soon.id, b"retry")
+    broker.ack([retry])
+    assert broker.lease([Q], 5, 1.5) == []  # past the first due time: nothing more
+    if weaker(broker_backend, "scheduled"):
+        assert broker.kv.get_value(f"{run_now.SUPERSEDED}{soon.id}") is None  # dropped
+
+
+def test_run_now_leaves_a_message_due_within_the_margin_on_rabbitmq(
+    broker: Broker, broker_backend: str
+) -> None:
+    if not weaker(broker_backend, "scheduled"):
+        pytest.skip("RabbitMQ's margin (brokers/amqp/run_now.py)")
+    soon = delayed(broker, run_now.MARGIN / 2)
+    assert broker.run_scheduled([soon.id]) == 0
+    (got,) = broker.lease([Q], 5, run_now.MARGIN)  # on time, once
+    assert got.id == soon.id and got.delivery_count == 1
 
 
 def test_cancel_scheduled_deletes_only_delayed_ones(broker: Broker, broker_backend: str) -> None:
@@ -135,19 +163,3 @@ def test_priority_counts(broker: Broker, broker_backend: str) -> None:
     every = broker.priority_counts()
     assert set(every) == set(broker.stats())
     assert {q: _split(every[q]) for q in (Q, OTHER)} == {q: _split(counts[q]) for q in (Q, OTHER)}
-
-
-def test_priority_counts_redis_cap(
-    broker: Broker, broker_backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Redis splits a delayed, leased or dead set only up to SPLIT_CAP messages of a queue
-    (one HGET each); a bigger one is not split, never guessed."""
-    if not broker_backend.startswith("redis"):
-        pytest.skip("the cap is the Redis broker's (brokers/redis_counts.py)")
-    monkeypatch.setattr(redis_broker, "SPLIT_CAP", 1)
-    broker.publish([Message(new_id(), Q, b"x", 6), Message(new_id(), Q, b"y", 2)])
-    broker.lease([Q], 1, 5.0)
-    delayed(broker, 600, priority=1)
-    delayed(broker, 600, priority=8)
-    counts = broker.priority_counts([Q])[Q]
-    assert _split(counts) == {"ready": {2: 1}, "delayed": None, "leased": {6: 1}, "dead": {}}

@@ -427,6 +427,24 @@ def test_fold_keeps_the_latest_state_whatever_the_order() -> None:
     assert junk.state == "FAILURE" and junk.runtime == 0.5 and junk.retries == 0
 
 
+def test_a_late_stamped_task_sent_never_replaces_a_workers_state() -> None:
+    """The producer stamps task-sent after its publish returns: under load a worker may
+    have failed the task a millisecond before. (The e2e FAILURE filter missed such a task.)"""
+
+    def event(kind: str, at: float) -> Event:
+        return Event(kind, at, "w1", "", {"uuid": "t1"})
+
+    failed = apply(TaskRow("t1"), event("task-failed", 10.0))
+    for folded in (
+        apply(failed, event("task-sent", 10.002)),
+        apply(apply(TaskRow("t1"), event("task-sent", 10.002)), event("task-failed", 10.0)),
+    ):
+        assert folded.state == "FAILURE"
+    sent = apply(TaskRow("t1"), event("task-sent", 9.0))
+    assert sent.state == "QUEUED" and apply(sent, event("task-sent", 9.5)).state == "QUEUED"
+    assert apply(sent, event("task-received", 9.1)).state == "RECEIVED"
+
+
 def test_indexer_folds_each_event_once(tmp_path: Path) -> None:
     app = Conveyor("x", broker=f"sqlite:///{tmp_path}/b.db", worker_send_task_events=True)
     try:

@@ -18,6 +18,7 @@ from conveyor.beat import Beat, every
 from conveyor.beat.switches import read_switches
 from conveyor.brokers.base import Message
 from conveyor.dashboard import create_dashboard
+from conveyor.dashboard import fleet as fleet_module
 from conveyor.message import Envelope, encode_envelope
 from conveyor.testing import TestWorker
 from tests.conftest import wait_until
@@ -122,6 +123,28 @@ def test_a_paused_queue_is_not_leased_from_by_a_worker(app: Conveyor, client: Te
         assert not worker.stopped
         act(client, "/queues", "resume-queue", {"queue": "default"})
         assert result.get(timeout=10) == 5
+
+
+def test_slow_counts_are_served_with_their_age_and_recounted_in_the_background(
+    app: Conveyor, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts that take SLOW_COUNT or longer (a million messages) are made off the request
+    path once there are some: a page shows the last ones with their age while a background
+    thread counts again; after an action the next page counts afresh."""
+    monkeypatch.setattr(fleet_module, "SLOW_COUNT", 0.0)  # every count is slow
+    app.send_task("shop.add", (1, 1))
+
+    def ready(page: str) -> str:
+        return page.partition('data-queue="default"')[2].split('<td class="num">')[1]
+
+    first = client.get("/queues").text
+    assert ready(first).startswith("1<") and "data-counted-ago" in first
+    app.send_task("shop.add", (1, 1))
+    assert ready(client.get("/queues").text).startswith("1<")  # shared, not counted again
+    # Shared for 4x as long as the count took (~ms); then served while a thread recounts.
+    wait_until(lambda: ready(client.get("/queues").text).startswith("2<"), 5, "a recount")
+    status, shown = act(client, "/queues", "purge-queue", {"queue": "default"})
+    assert status == 200 and ready(shown).startswith("0<")  # counted afresh after an action
 
 
 def test_purge_queue_is_audited(app: Conveyor, client: TestClient) -> None:
@@ -380,7 +403,7 @@ def test_live_counts_of_scheduled_messages_and_retries(app: Conveyor, client: Te
 
 
 @pytest.mark.amqp
-def test_on_rabbitmq_delayed_messages_are_listed_and_cancelled_not_run_early(
+def test_on_rabbitmq_delayed_messages_are_listed_run_now_and_cancelled(
     rabbit_server: RabbitServer, tmp_path: Path
 ) -> None:
     app = Conveyor(
@@ -388,16 +411,21 @@ def test_on_rabbitmq_delayed_messages_are_listed_and_cancelled_not_run_early(
     )
     try:
         result = app.send_task("shop.add", (1, 2), countdown=600, queue="ops-amqp")
+        later = app.send_task("shop.add", (3, 4), countdown=600, queue="ops-amqp")
         client = TestClient(create_dashboard(app))
         page = client.get("/scheduled?queue=ops-amqp").text
         assert f'data-scheduled="{result.id}"' in page
         assert "the body waits in the broker&#39;s delay queues" in page
-        status, shown = act(client, "/scheduled", "run-scheduled", {"id": [result.id]})
-        assert status == 409 and "cannot be made ready early" in shown
-        status, _ = act(client, "/scheduled", "cancel-scheduled", {"id": [result.id]})
+        status, _ = act(client, "/scheduled", "run-scheduled", {"id": [result.id]})
+        assert status == 200
+        assert audit(app)[0] == ("run-scheduled", f"delayed messages {result.id}", 1)
+        (ready,) = app.broker.lease(["ops-amqp"], 5, 5.0)  # ready now (its copy)
+        assert ready.id == result.id
+        app.broker.ack([ready])
+        status, _ = act(client, "/scheduled", "cancel-scheduled", {"id": [later.id]})
         assert status == 200
         assert app.broker.scheduled(queue="ops-amqp") == []
-        assert app.broker.revoked([result.id]) == {result.id}
-        assert audit(app)[0] == ("cancel-scheduled", f"delayed messages {result.id}", 1)
+        assert app.broker.revoked([later.id]) == {later.id}
+        assert audit(app)[0] == ("cancel-scheduled", f"delayed messages {later.id}", 1)
     finally:
         app.close()

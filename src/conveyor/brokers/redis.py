@@ -13,9 +13,11 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   queues inside the script. ``delayed:<q>`` is scored by due time, ``leased:<q>`` by lease
   deadline (sweeping is a range query), ``dead:<q>`` by burial order; message fields (body,
   delivery count, ...) live in one hash per message. All times come from Redis ``TIME``.
-* A receipt is ``<uid>:<n>``, n counting the message's leases (never going down; a release
-  is counted apart, so it charges no delivery): an ack, heartbeat or release with a receipt
-  whose lease ran out and was handed to another worker changes nothing.
+* A receipt is ``<uid>:<n>:<priority>``, n counting the message's leases (never going down;
+  a release is counted apart, so it charges no delivery): an ack, heartbeat or release with a
+  receipt whose lease ran out and was handed to another worker changes nothing. The priority
+  lets an ack uncount the lease in ``tally:<q>`` (per-priority counts of delayed, leased and
+  dead messages, kept by the scripts: ``redis_counts``) without reading the message.
 * Blocking: each queue has a wake-up list holding at most one token. Anything that makes
   work appear (publish, requeue, release, replay, a delayed message added) pushes it; an idle
   consumer BLPOPs the lists of its queues, with a timeout no later than the next delayed due
@@ -66,6 +68,7 @@ from ..exceptions import BrokerError, ConfigurationError
 from ..kv.redis import RedisKeyValue
 from ..limits.redis import RedisLimits
 from ..streams.redis import RedisStreams
+from . import redis_counts
 from .base import (
     DEPARTURE_CLAIM,
     PUBLISH_DEDUPE_WINDOW,
@@ -80,7 +83,6 @@ from .base import (
     Scheduled,
     clamp_priority,
 )
-from .redis_counts import SPLIT_CAP, counts_of
 from .redis_migrate import migrate_old_keys
 from .redis_replies import _blob, _by_queue, _deliveries, _departures, _number, _text
 from .redis_shares import lease_shares
@@ -628,13 +630,15 @@ class RedisBroker(Broker):
         return sum(int(r[0]) for r in replies)
 
     def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
-        with self._errors:
-            names = list(dict.fromkeys(self._known_queues() if queues is None else queues))
+        def call(names: Sequence[str]) -> list[Any]:
             batch = Calls()
             for queue in names:
-                self._script(batch, "priority_counts", queue, (SPLIT_CAP,))
-            replies = self._connections.execute(batch)
-        return {queue: counts_of(r) for queue, r in zip(names, replies, strict=True)}
+                self._script(batch, "priority_counts", queue, (redis_counts.RECOUNT_STEP,))
+            return list(self._connections.execute(batch))
+
+        with self._errors:
+            names = list(dict.fromkeys(self._known_queues() if queues is None else queues))
+            return redis_counts.priority_counts(names, call)
 
     def time(self) -> float:
         with self._errors:

@@ -4,6 +4,7 @@ total: a malformed stored value shows as such, never as an error page."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,10 +19,13 @@ from ..metrics.collectors import ready_since
 from ..registry import WorkerInfo, read_announcements
 from ..results.base import ResultRecord
 
+logger = logging.getLogger("conveyor.dashboard")
+
 #: Most dead letters a page or a "everything matching" action considers at once.
 DEAD_LETTER_LIMIT = 10_000
 #: Counting every queue's messages this long (seconds) or longer is slow (a broker holding a
-#: million messages): the counts are then shared by the pages for 4x as long as they took.
+#: million messages): the counts are then shared by the pages for 4x as long as they took,
+#: and after that served as they are while a background thread counts again.
 SLOW_COUNT = 0.05
 
 
@@ -69,14 +73,19 @@ class Fleet:
     def __init__(self, app: Conveyor) -> None:
         self.app = app
         self._lock = threading.Lock()
-        self._counted: dict[str, tuple[float, Mapping[str, object]]] = {}
+        #: Slow counts by kind: (when counted, how long it took, the counts).
+        self._counted: dict[str, tuple[float, float, Mapping[str, object]]] = {}
+        self._recounting: set[str] = set()
+        #: Bumped by each action: a count started before one is not kept.
+        self._generation = 0
 
     # -- reads -------------------------------------------------------------------------
     def queues(self) -> dict[str, QueueStats]:
         """Counts per queue (the default queue always). When counting took
         :data:`SLOW_COUNT` or longer, the pages (and every viewer) share them for 4x as
-        long, or until the next action: the dashboard never spends more than a fifth of its
-        time counting."""
+        long, then get them as they are while a background thread counts again, until the
+        next action: the dashboard never spends more than a fifth of its time counting, and
+        a page waits for a slow count only when there is none yet (see :meth:`counted_ago`)."""
         stats = self._shared("stats", self.app.broker.stats)
         stats.setdefault(self.app.conf.task_default_queue, QueueStats(0, 0, 0, 0))
         return dict(sorted(stats.items()))
@@ -85,26 +94,56 @@ class Fleet:
         """Every known queue's counts per state and priority, shared as :meth:`queues`."""
         return self._shared("split", self.app.broker.priority_counts)
 
+    def counted_ago(self, key: str = "split") -> float | None:
+        """Seconds since the shared counts (``"split"``: :meth:`priority_counts`,
+        ``"stats"``: :meth:`queues`) were made, or None when they are counted per request."""
+        with self._lock:
+            entry = self._counted.get(key)
+        return None if entry is None else time.monotonic() - entry[0]
+
     def _shared[T: Mapping[str, object]](self, key: str, count: Callable[[], T]) -> T:
         """``count()``, or its last result while it is shared (the result is a copy)."""
         with self._lock:
-            until, value = self._counted.get(key, (0.0, None))
-            if value is not None and time.monotonic() < until:
+            entry = self._counted.get(key)
+            if entry is not None:
+                at, took, value = entry
+                if time.monotonic() >= at + 4 * took and key not in self._recounting:
+                    self._recounting.add(key)
+                    threading.Thread(target=self._recount, args=(key, count), daemon=True).start()
                 return cast(T, dict(value))
+        return self._count(key, count)
+
+    def _count[T: Mapping[str, object]](self, key: str, count: Callable[[], T]) -> T:
+        with self._lock:
+            generation = self._generation
         started = time.monotonic()
         counted = count()
         took = time.monotonic() - started
         with self._lock:
-            if took >= SLOW_COUNT:
-                self._counted[key] = (time.monotonic() + 4 * took, dict(counted))
+            if generation != self._generation:
+                pass  # an action changed the counts meanwhile: the next page counts afresh
+            elif took >= SLOW_COUNT:
+                self._counted[key] = (time.monotonic(), took, dict(counted))
             else:
                 self._counted.pop(key, None)
         return counted
+
+    def _recount(self, key: str, count: Callable[[], Mapping[str, object]]) -> None:
+        try:
+            self._count(key, count)
+        except Exception:  # the next page counts itself and shows the error
+            logger.warning("dashboard: counting queues failed", exc_info=True)
+            with self._lock:
+                self._counted.pop(key, None)
+        finally:
+            with self._lock:
+                self._recounting.discard(key)
 
     def forget_counts(self) -> None:
         """Count afresh next time (an action changed them)."""
         with self._lock:
             self._counted.clear()
+            self._generation += 1
 
     def workers(self) -> list[Worker]:
         return [

@@ -7,8 +7,10 @@ one file: the transaction serialises them, so an event is folded once. The dashb
 in a background thread (:meth:`HistoryIndexer.start`) and, briefly, before a history page.
 
 Events of one task may arrive out of order (the producer's ``task-sent`` is flushed by its own
-process, perhaps after the worker's ``task-succeeded``): a row takes the state of its event
-with the latest timestamp, and every other field from whichever event carries it.
+process, perhaps after the worker's ``task-succeeded``, and stamped after its publish returned,
+perhaps later than that event): a row takes the state of its worker event with the latest
+timestamp (``task-sent``'s only until a worker's arrives), and every other field from
+whichever event carries it.
 """
 
 from __future__ import annotations
@@ -227,7 +229,12 @@ def fold_event(row: TaskRow, event: Event) -> None:
     retries = f.get("retries")
     if isinstance(retries, int) and not isinstance(retries, bool) and retries > row.retries:
         row.retries = retries
-    latest = ts >= row.at
+    if kind == "task-sent":
+        # The producer stamps task-sent after its publish returned, in its own process: a
+        # worker may have run the task before that stamp. It never replaces a worker's state.
+        latest = row.state == STATES["task-sent"] and ts >= row.at
+    else:
+        latest = ts >= row.at or row.state == STATES["task-sent"]
     if latest:
         row.state = STATES[kind]
         row.at = ts

@@ -100,7 +100,12 @@ class OpsPages:
 
     def _queues(self, params: Mapping[str, str]) -> dict[str, Any]:
         rows = self.ops.queue_rows(self.fleet.priority_counts(), self.fleet.queues)
-        return {"rows": rows, "queues": {row.name: row.stats for row in rows}}
+        ago = self.fleet.counted_ago()
+        return {
+            "rows": rows,
+            "queues": {row.name: row.stats for row in rows},
+            "counted_ago": None if ago is None else round(ago),
+        }
 
     def _scheduled(self, params: Mapping[str, str], *, retries: bool) -> dict[str, Any]:
         where = scheduled_filter(params)

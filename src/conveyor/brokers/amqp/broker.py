@@ -46,7 +46,7 @@ from ..base import (
     PriorityCounts,
     QueueStats,
 )
-from . import counts, deadletters, fates
+from . import counts, deadletters, fates, run_now
 from .connection import CONNECTION_ERRORS, Connector
 from .convert import (
     BEFORE,
@@ -66,6 +66,7 @@ from .convert import (
 from .departures import SWEPT, Taken, departure_of, tags_of
 from .leases import Held, Leases, Reaper
 from .pushed import Pushed
+from .run_now import RunNow
 from .scheduled import DELAYED_KEY, DelayedMarkers
 from .scheduled import marker as delayed_marker
 from .session import Session
@@ -87,7 +88,7 @@ def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
         broker._after_fork()
 
 
-class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
+class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
     schemes = ("amqp", "amqps", "pyamqp")
     lease_checks_revoked = True
 
@@ -186,9 +187,9 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
                 marker = f"{DELAYED_KEY}{message.queue}:{message.id}"
                 self.kv.set_value(marker, delayed_marker(message, when), n_ticks * TICK)
                 key = delay_routing_key(n_ticks, self.names.queue(message.queue))
-                batch.append(
-                    (self.names.delay(LEVELS - 1), key, to_amqp(message, amqp_priority=classic))
-                )
+                delayed = to_amqp(message, amqp_priority=classic)
+                run_now.keep(self.kv, message, delayed, n_ticks * TICK)
+                batch.append((self.names.delay(LEVELS - 1), key, delayed))
             else:
                 batch.append(
                     (self.names.exchange, message.queue, to_amqp(message, amqp_priority=classic))
@@ -281,7 +282,13 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
             message_id_of(msg, f"amqp-{self._uid}-{generation}-{msg.delivery_info['delivery_tag']}")
             for _, msg in msgs
         ]
-        found = self.kv.get_values([f"{fates.PREFIX}{i}" for i in ids])
+        keys = [f"{fates.PREFIX}{i}" for i in ids]
+        keys += [
+            f"{run_now.SUPERSEDED}{i}"
+            for (_, msg), i in zip(msgs, ids, strict=True)
+            if run_now.token_of(msg)
+        ]
+        found = self.kv.get_values(keys)
         got: list[Delivery] = []
         for (queue, msg), message_id in zip(msgs, ids, strict=True):
             tag = msg.delivery_info["delivery_tag"]
@@ -290,6 +297,10 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
             fate = found.get(f"{fates.PREFIX}{message_id}")
             if (problem := problem_of(msg)) is not None:
                 self._bury(held, DeadLetterReason.MALFORMED, f"AMQP message: {problem}")
+                continue
+            if run_now.superseded(msg, found.get(f"{run_now.SUPERSEDED}{message_id}")):
+                channel.basic_ack(tag)  # its copy was run now (run_scheduled)
+                self.kv.delete_value(f"{run_now.SUPERSEDED}{message_id}")
                 continue
             note = fates.note_of(fate)
             if note is not None and fates.applies(note, count):

@@ -9,7 +9,8 @@ message before it. So:
   only RabbitMQ holds;
 * **cancel**: yes, by revoking the id until it falls due: the worker that leases it then drops
   it (REVOKED), as ``lease_checks_revoked`` promises; the marker goes at once;
-* **run now**: no (a copy under the same id would be revoked with it, or run twice).
+* **run now**: yes, by publishing a copy at once and dropping the TTL copy when it arrives
+  (:mod:`.run_now`).
 """
 
 from __future__ import annotations
@@ -65,12 +66,6 @@ class DelayedMarkers:
     def scheduled(self, limit: int = 100, queue: str | None = None) -> list[Scheduled]:
         """Delayed messages from their markers, soonest first (bodies stay in RabbitMQ)."""
         return [item for _, item in self._markers(queue)[: max(limit, 0)]]
-
-    def run_scheduled(self, ids: Sequence[str]) -> int:
-        raise NotImplementedError(
-            "RabbitMQ keeps delayed messages in shared TTL queues, read only from their head: "
-            "one cannot be made ready early (cancel it and send the task again instead)"
-        )
 
     def cancel_scheduled(self, ids: Sequence[str]) -> int:
         """Revoke the delayed messages ``ids`` until after they fall due (a worker drops

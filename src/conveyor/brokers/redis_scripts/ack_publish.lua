@@ -24,10 +24,12 @@ end
 local held = 0
 for i = 6, 5 + nacks do
   if redis.call('ZREM', A .. ':leased', ARGV[i]) == 1 then
+    unlease_acked(A, ARGV[i])
     redis.call('DEL', A .. ':msg:' .. uid_of(ARGV[i]))
     held = held + 1
   end
 end
+tally_flush()
 if ARGV[4] == '1' and held < nacks then
   return 0
 end
@@ -49,6 +51,8 @@ for k = 1, count do
     redis.call('HSET', Q .. ':msg:' .. uid, 'id', id, 'q', q, 'p', priority, 'b', ARGV[i + 4])
     if due > now then
       redis.call('ZADD', Q .. ':delayed', fmt(due), uid)
+      redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
+      tally(Q, 'd', priority, 1)
     else
       redis.call('ZADD', Q .. ':ready', score(priority, uid), uid)
     end
@@ -58,4 +62,5 @@ end
 if added > 0 then
   wake(wake_key)
 end
+tally_flush()
 return added

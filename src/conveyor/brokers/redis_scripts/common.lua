@@ -17,6 +17,9 @@
 --   Q:departures     hash uid -> '<reason> <length of id> <id><body>': a message the sweep
 --                    dead-lettered or purge deleted, until a worker did its bookkeeping
 --   Q:departed       zset uid -> claimed until (ms; 0: not taken): see departures.lua
+--   Q:tally          hash '<d|l|x><priority>' -> delayed, leased, dead messages of that
+--                    priority ('-': a priority no score can be made of), 'ok' once complete:
+--                    see tally() below and priority_counts.lua
 --
 -- The sequence counter (KEYS[1]) is '{<p>}:seq' on a single server, one for all queues, so
 -- FIFO within a priority holds across queues; on Cluster it is 'Q:seq', one per queue.
@@ -137,9 +140,76 @@ local function depart(Q, uid, reason, id, body)
   redis.call('ZADD', Q .. ':departed', 0, uid)
 end
 
-local function bury(Q, uid, reason, detail, now)
-  redis.call('HSET', Q .. ':msg:' .. uid, 'r', reason, 'd', detail, 'at', fmt(now / 1000))
+-- Q:tally counts each delayed, leased and dead message under its priority, changed by the
+-- same script that moves the message, so it cannot drift. A message entering one of these
+-- states is always counted; one leaving is uncounted only if it was counted: Q:tally may
+-- predate the message (an older version left it there uncounted, priority_counts.lua counts
+-- those once). A delayed or dead message is counted when its hash's c is 'd' or 'x'; a lease
+-- when its receipt is '<uid>:<n>:<priority>' (an older version's '<uid>:<n>': when c is
+-- the receipt). Changes made in a loop gather in `tallied`, written by tally_flush().
+-- (A lease call's acks and leases of one priority cancel out: often no write at all.)
+local tallied = {}
+local function tally(Q, state, p, by)
+  local field
+  if type(p) == 'string' and #p == 1 and p >= '0' and p <= '9' then
+    field = state .. p  -- the usual case, without int_of's pattern
+  else
+    local prio = int_of(p)
+    field = state .. ((prio and prio <= 9) and prio or '-')
+  end
+  local fields = tallied[Q]
+  if not fields then
+    fields = {}
+    tallied[Q] = fields
+  end
+  fields[field] = (fields[field] or 0) + by
+end
+
+local function tally_flush()
+  for Q, fields in pairs(tallied) do
+    for field, by in pairs(fields) do
+      if by ~= 0 then
+        redis.call('HINCRBY', Q .. ':tally', field, by)
+      end
+    end
+  end
+  tallied = {}
+end
+
+-- The priority a receipt of this version carries, or nil.
+local function receipt_priority(receipt)
+  local first = string.find(receipt, ':', 1, true)
+  local second = first and string.find(receipt, ':', first + 1, true)
+  return second and string.sub(receipt, second + 1) or nil
+end
+
+-- Uncount a lease leaving Q:leased; p, c: its hash's fields (used for an old receipt only).
+local function unlease(Q, receipt, p, c)
+  local counted = receipt_priority(receipt)
+  if counted then
+    tally(Q, 'l', counted, -1)
+  elseif c == receipt then
+    tally(Q, 'l', p, -1)
+  end
+end
+
+-- The same before an ack deletes the message: its hash is read for an old receipt only.
+local function unlease_acked(Q, receipt)
+  local counted = receipt_priority(receipt)
+  if counted then
+    tally(Q, 'l', counted, -1)
+  else
+    local fields = redis.call('HMGET', Q .. ':msg:' .. uid_of(receipt), 'p', 'c')
+    unlease(Q, receipt, fields[1], fields[2])
+  end
+end
+
+-- Dead-letter uid (its priority field p).
+local function bury(Q, uid, reason, detail, now, p)
+  local key = Q .. ':msg:' .. uid
+  redis.call('HSET', key, 'r', reason, 'd', detail, 'at', fmt(now / 1000), 'c', 'x')
   redis.call('ZADD', Q .. ':dead', reserve(1) + 1, uid)
+  tally(Q, 'x', p, 1)
 end
 
 -- Move up to max due delayed messages of Q to its ready set, behind what is already there
@@ -159,19 +229,23 @@ local function promote(Q, now, max)
   local uids = {}
   for i, item in ipairs(due) do
     uids[i] = item[1]
-    item[4] = redis.call('HMGET', Q .. ':msg:' .. item[1], 'id', 'p')
+    item[4] = redis.call('HMGET', Q .. ':msg:' .. item[1], 'id', 'p', 'c')
   end
   for _, item in ipairs(due) do
     local fields = item[4]
+    if fields[3] == 'd' then
+      tally(Q, 'd', fields[2], -1)
+    end
     if fields[1] then  -- else the message is gone: only its uid is left to remove
       local problem = priority_problem(item[1], fields[2])
       if problem then
-        bury(Q, item[1], 'malformed', problem, now)
+        bury(Q, item[1], 'malformed', problem, now, fields[2])
       else
         requeue(Q, item[1], int_of(fields[2]))
       end
     end
   end
   redis.call('ZREM', key, unpack(uids))
+  tally_flush()
   return #uids
 end

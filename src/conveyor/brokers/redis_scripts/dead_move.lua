@@ -12,9 +12,12 @@ local count, replayed = 0, 0
 local dead = Q .. ':dead'
 for _, uid in ipairs(redis.call('ZRANGE', dead, 0, -1)) do
   local key = Q .. ':msg:' .. uid
-  local fields = redis.call('HMGET', key, 'id', 'p', 'n')
+  local fields = redis.call('HMGET', key, 'id', 'p', 'n', 'c')
   if all or wanted[fields[1]] then
     redis.call('ZREM', dead, uid)
+    if fields[4] == 'x' then
+      tally(Q, 'x', fields[2], -1)
+    end
     if replay and fields[1] then
       -- n stays (old receipts stay stale); a priority or count no script could use
       -- (a message dead-lettered as 'malformed' for it) is repaired: 5, 0.
@@ -36,4 +39,5 @@ end
 if replayed > 0 then
   wake(ARGV[1])
 end
+tally_flush()
 return {count, replayed}

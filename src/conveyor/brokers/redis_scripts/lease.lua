@@ -32,6 +32,7 @@ end
 for i = first_ack, #ARGV, 2 do
   local Q = queues[int_of(ARGV[i])][1]
   if redis.call('ZREM', Q .. ':leased', ARGV[i + 1]) == 1 then
+    unlease_acked(Q, ARGV[i + 1])
     redis.call('DEL', Q .. ':msg:' .. uid_of(ARGV[i + 1]))
   end
 end
@@ -86,6 +87,7 @@ if #picked == 0 then
       end
     end
   end
+  tally_flush()
   return {next_due}
 end
 
@@ -130,10 +132,11 @@ for _, item in ipairs(picked) do
   if fields[1] then  -- else the message is gone: only its uid was left to remove
     local problem = message_problem(uid, fields[2], fields[3], fields[4], fields[5])
     if problem then
-      bury(Q, uid, 'malformed', problem, now)
+      bury(Q, uid, 'malformed', problem, now, fields[2])
     else
       local n = redis.call('HINCRBY', Q .. ':msg:' .. uid, 'n', 1)
-      local receipt = uid .. ':' .. n
+      local receipt = uid .. ':' .. n .. ':' .. fields[2]
+      tally(Q, 'l', fields[2], 1)
       redis.call('ZADD', Q .. ':leased', deadline, receipt)
       out[#out + 1] = receipt
       out[#out + 1] = fields[1]
@@ -149,4 +152,5 @@ for _, item in ipairs(picked) do
     end
   end
 end
+tally_flush()
 return out

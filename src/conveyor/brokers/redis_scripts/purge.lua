@@ -8,9 +8,12 @@ for _, kind in ipairs({':ready', ':delayed'}) do
   local uids = redis.call('ZRANGE', key, 0, batch - 1)
   if #uids > 0 then
     for _, uid in ipairs(uids) do
-      local fields = redis.call('HMGET', Q .. ':msg:' .. uid, 'id', 'b')
+      local fields = redis.call('HMGET', Q .. ':msg:' .. uid, 'id', 'b', 'p', 'c')
       if fields[1] and fields[2] then
         depart(Q, uid, 'purged', fields[1], fields[2])
+      end
+      if kind == ':delayed' and fields[4] == 'd' then
+        tally(Q, 'd', fields[3], -1)
       end
       redis.call('DEL', Q .. ':msg:' .. uid)
     end
@@ -21,4 +24,5 @@ for _, kind in ipairs({':ready', ':delayed'}) do
     end
   end
 end
+tally_flush()
 return {deleted, more}

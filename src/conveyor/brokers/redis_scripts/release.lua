@@ -7,11 +7,15 @@ for i = 2, #ARGV do
   local receipt = ARGV[i]
   local uid = uid_of(receipt)
   local key = Q .. ':msg:' .. uid
-  local fields = redis.call('HMGET', key, 'id', 'p', 'b', 'n', 'u', 's')
-  if redis.call('ZREM', Q .. ':leased', receipt) == 1 and fields[1] then
+  local fields = redis.call('HMGET', key, 'id', 'p', 'b', 'n', 'u', 's', 'c')
+  local held = redis.call('ZREM', Q .. ':leased', receipt) == 1
+  if held then
+    unlease(Q, receipt, fields[2], fields[7])
+  end
+  if held and fields[1] then
     local problem = message_problem(uid, fields[2], fields[3], fields[4], fields[5])
     if problem then
-      bury(Q, uid, 'malformed', problem, now_ms())
+      bury(Q, uid, 'malformed', problem, now_ms(), fields[2])
     else
       redis.call('HINCRBY', key, 'u', 1)
       local s = finite(fields[6])
@@ -23,4 +27,5 @@ end
 if released > 0 then
   wake(ARGV[1])
 end
+tally_flush()
 return released

@@ -13,14 +13,17 @@ local now = now_ms()
 local delayed = Q .. ':delayed'
 for _, uid in ipairs(redis.call('ZRANGE', delayed, 0, -1)) do
   local key = Q .. ':msg:' .. uid
-  local fields = redis.call('HMGET', key, 'id', 'p')
+  local fields = redis.call('HMGET', key, 'id', 'p', 'c')
   if fields[1] and wanted[fields[1]] then
     local problem = run and priority_problem(uid, fields[2])
     redis.call('ZREM', delayed, uid)
+    if fields[3] == 'd' then
+      tally(Q, 'd', fields[2], -1)
+    end
     if not run then
       redis.call('DEL', key)
     elseif problem then
-      bury(Q, uid, 'malformed', problem, now)
+      bury(Q, uid, 'malformed', problem, now, fields[2])
     else
       requeue(Q, uid, int_of(fields[2]))
       moved = moved + 1
@@ -31,4 +34,5 @@ end
 if moved > 0 then
   wake(ARGV[1])
 end
+tally_flush()
 return {count, moved}

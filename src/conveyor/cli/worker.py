@@ -25,7 +25,7 @@ from .base import State, app_option, held_pidfile, process_options, split
 from .beat import SCHEDULE_NOTE, schedule_option
 from .celery_cli import Command
 from .coverage import unconsumed_warning
-from .output import banner_console
+from .output import echo_banner
 
 logger = logging.getLogger("conveyor.worker")
 _POOL_FATE = CELERY_SETTINGS["worker_pool"]
@@ -348,7 +348,6 @@ def print_banner(
         logging.getLogger("conveyor.worker").info("conveyor %s worker", __version__, extra=fields)
         return
     lines = [
-        f"[bold]conveyor {__version__}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",
         f"  broker:       {redact_text(app.broker_url)}",
         f"  results:      {redact_text(app.result_backend_url)}",
@@ -360,7 +359,7 @@ def print_banner(
         f"  tasks ({len(tasks)}):",
         *(f"    . {name}" for name in tasks),
     ]
-    banner_console().print("\n".join(lines), markup=True)
+    echo_banner(f"conveyor {__version__}", "worker", lines)
 
 
 def _signing(keys: Sequence[str]) -> str:

@@ -27,6 +27,7 @@ can fork; elsewhere they are spawned and import the app again from its ``-A`` sp
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -286,6 +287,10 @@ class Supervisor:
             name=f"worker-{slot}",
             daemon=False,
         )
+        # What is alive now (the app, its modules) stays shared with a forked child: the
+        # collector never visits frozen objects, and a full collection in the child would
+        # otherwise write to every object's header, copying all their pages (~16 MiB).
+        gc.freeze()
         process.start()
         child_conn.close()
         self._children[slot] = _Child(

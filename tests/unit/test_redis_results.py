@@ -128,6 +128,21 @@ def test_wait_wakes_within_milliseconds(
     assert statistics.median(latencies) < 0.05, latencies
 
 
+def test_a_woken_wait_reads_the_record_in_the_same_round_trip(
+    make: Callable[..., RedisResultStore], admin: redis.Redis
+) -> None:
+    waiter_store, writer = make(), make()
+    writer.store([rec("SUCCESS")])  # the writer's connection and handshake
+    task_id = uuid.uuid4().hex
+    call = Call(lambda: waiter_store.wait(task_id, 5.0))
+    wait_until(lambda: blocked(admin))
+    reads = admin.info("stats")["total_reads_processed"]
+    writer.store([rec("SUCCESS", task_id, result=1)])
+    assert call.result().result == 1
+    # The store and this INFO: the GET was sent with the BLMOVE and ran when it returned.
+    assert admin.info("stats")["total_reads_processed"] - reads == 2
+
+
 def test_many_waiters_wake_together(
     make: Callable[..., RedisResultStore], admin: redis.Redis
 ) -> None:

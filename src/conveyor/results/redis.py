@@ -5,8 +5,9 @@ Keys, under the prefix: ``result:<id>`` (the JSON record, expiring after ``expir
 ``join:<key>`` and ``value:<key>`` (join sets, small values and claims of ``kv``).
 
 ``wait()`` reads the record and, if it is not ready, blocks on the wake list with BLMOVE from
-the list to itself: the token stays in place, so every waiter wakes, and a waiter that arrives
-later finds the ready record on its first read. No polling; TTLs are Redis' own.
+the list to itself, with a GET of the record queued behind it (one round trip per wake-up): the
+token stays in place, so every waiter wakes, and a waiter that arrives later finds the ready
+record on its first read. No polling; TTLs are Redis' own.
 
 Every key belongs to one task id or kv key and carries no hash tag: on Redis Cluster they
 spread over the shards by their whole name, and reads of many (``get_many``) are split per slot.
@@ -19,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, mget
+from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, is_cluster, mget
 from .._redis_cluster import connections
 from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES
@@ -52,6 +53,7 @@ class RedisResultStore(ResultStore):
         self._px = None if expires is None else _ms(expires)
         self._wake_px = WAKE_TTL_MS if self._px is None else min(WAKE_TTL_MS, self._px)
         self._block = block_limit(self.client)
+        self._cluster = is_cluster(self.client)
         self.kv: RedisKeyValue = RedisKeyValue(
             self.client,
             self._errors,
@@ -96,22 +98,39 @@ class RedisResultStore(ResultStore):
 
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        wake = self._key("result-wake", task_id)
         woken = False
+        record = self.get(task_id)
         while True:
-            record = self.get(task_id)
             if record is not None and record.ready:
                 return record
+            remaining = self._block if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            block = math.ceil(min(remaining, self._block) * 1000) / 1000
+            woken, record = self._block_and_read(task_id, block, woken)
+
+    def _block_and_read(
+        self, task_id: str, block: float, woken: bool
+    ) -> tuple[bool, ResultRecord | None]:
+        """Block on the wake list (after taking a token an earlier ready state left, so as
+        not to spin on it), then read the record: whether a token came, and the record."""
+        wake = self._key("result-wake", task_id)
+        if self._cluster:  # the record and its wake list live in different slots
             with self._errors:
-                if woken:  # a token left from an earlier ready state; do not spin on it
+                if woken:
                     self.client.lpop(wake)
-                remaining = self._block if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    return record
-                block = math.ceil(min(remaining, self._block) * 1000) / 1000
-                # redis-py annotates the timeout as int; Redis takes fractional seconds.
                 moved = self.client.blmove(wake, wake, block, "RIGHT", "LEFT")  # type: ignore[arg-type]  # redis-py types the timeout as int; Redis takes fractional seconds
-                woken = moved is not None
+            return moved is not None, self.get(task_id)
+        # One round trip: the GET is queued behind the BLMOVE, so Redis reads the record as
+        # soon as the token arrives (or the block times out).
+        calls = Calls()
+        if woken:
+            calls.add([("LPOP", wake)])
+        calls.add([("BLMOVE", wake, wake, "RIGHT", "LEFT", block)])
+        calls.add([("GET", self._key("result", task_id))])
+        with self._errors:
+            *_, moved, data = self._connections.execute(calls)
+        return moved is not None, None if data is None else decode_record(data)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         if not task_ids:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import states
 from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, is_cluster, mget
 from .._redis_cluster import connections
 from .._redis_keys import RedisKeys
@@ -32,6 +33,9 @@ from .base import ResultRecord, ResultStore, decode_record, encode_record
 #: blocking, so it only has to bridge that gap (and a waiter re-reads every second anyway);
 #: short, because every ready task leaves one behind.
 WAKE_TTL_MS = 10_000
+#: How many ids of QUEUED records written by this store :meth:`RedisResultStore.wait` knows
+#: (forgotten all at once beyond that: their waits then read first, as for any other id).
+QUEUED_MEMORY = 1024
 
 
 class RedisResultStore(ResultStore):
@@ -54,6 +58,8 @@ class RedisResultStore(ResultStore):
         self._wake_px = WAKE_TTL_MS if self._px is None else min(WAKE_TTL_MS, self._px)
         self._block = block_limit(self.client)
         self._cluster = is_cluster(self.client)
+        #: When this store wrote the QUEUED record of a task (monotonic seconds), by id.
+        self._queued: dict[str, float] = {}
         self.kv: RedisKeyValue = RedisKeyValue(
             self.client,
             self._errors,
@@ -68,7 +74,13 @@ class RedisResultStore(ResultStore):
         """The commands of :meth:`store` (RedisSettlement sends them with the broker's)."""
         commands: list[Command] = []
         expiry = () if self._px is None else ("PX", self._px)
+        queued = self._queued
+        if len(queued) >= QUEUED_MEMORY:
+            queued.clear()
+        now = time.monotonic()
         for record in records:
+            if record.state == states.QUEUED:
+                queued[record.id] = now
             commands.append(("SET", self._key("result", record.id), encode_record(record), *expiry))
             if record.ready:
                 wake = self._key("result-wake", record.id)
@@ -99,15 +111,26 @@ class RedisResultStore(ResultStore):
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = False
-        record = self.get(task_id)
+        record, read = None, False
+        if not self._just_queued(task_id) or (timeout is not None and timeout <= 0):
+            record, read = self.get(task_id), True
         while True:
             if record is not None and record.ready:
                 return record
             remaining = self._block if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
-                return record
+                return record if read else self.get(task_id)
             block = math.ceil(min(remaining, self._block) * 1000) / 1000
             woken, record = self._block_and_read(task_id, block, woken)
+            read = True
+
+    def _just_queued(self, task_id: str) -> bool:
+        """Whether this store wrote the task's QUEUED record moments ago: then the task is
+        most likely still running, and if it finished since, the wake token of its ready
+        record (pushed after the QUEUED write, kept ``WAKE_TTL_MS``) is still there - so
+        :meth:`wait` blocks at once, without reading the record first."""
+        queued_at = self._queued.get(task_id)
+        return queued_at is not None and time.monotonic() - queued_at < self._wake_px / 2000
 
     def _block_and_read(
         self, task_id: str, block: float, woken: bool

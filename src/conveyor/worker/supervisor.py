@@ -171,7 +171,8 @@ class Supervisor:
         )
 
     # -- main loop -----------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, started: Callable[[], None] | None = None) -> int:
+        """``started`` is called once the first children were forked."""
         self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
         if self.app.broker.limits is None:  # before forking children that could not run
             refuse_concurrency_limits(self.app)
@@ -188,6 +189,11 @@ class Supervisor:
                     self._context, self._target_app(), f"{self.hostname}/beat", self._inherited_fds
                 )
                 self._beat.spawn()
+            if started is not None:
+                try:
+                    started()
+                except Exception:  # a start-up check must not stop a worker whose children run
+                    logger.exception("a start-up check failed")
             beat = self._beat
             while (
                 self._children

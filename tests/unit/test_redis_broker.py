@@ -332,6 +332,20 @@ def test_blocking_lease_wakes_within_milliseconds(
     assert statistics.median(latencies) < 0.05, latencies
 
 
+def test_a_woken_lease_takes_no_second_round_trip(
+    make: Callable[..., RedisBroker], admin: redis.Redis
+) -> None:
+    consumer, producer = make(), make()
+    producer.publish([msg(queue="warm-up")])  # the producer's connection and handshake
+    call = Call(lambda: consumer.lease([Q], 1, 5.0))
+    wait_until(lambda: blocked_in(admin, "blpop"), 5.0, "consumer blocked")
+    reads = admin.info("stats")["total_reads_processed"]
+    producer.publish([msg()])
+    assert len(call.result()) == 1
+    # The publish and this INFO: the lease was sent with the BLPOP and ran when it returned.
+    assert admin.info("stats")["total_reads_processed"] - reads == 2
+
+
 def test_blocked_consumer_does_not_poll(broker: RedisBroker, admin: redis.Redis) -> None:
     admin.config_resetstat()
     began = time.monotonic()

@@ -128,6 +128,47 @@ def test_wait_wakes_within_milliseconds(
     assert statistics.median(latencies) < 0.05, latencies
 
 
+def test_a_woken_wait_reads_the_record_in_the_same_round_trip(
+    make: Callable[..., RedisResultStore], admin: redis.Redis
+) -> None:
+    waiter_store, writer = make(), make()
+    writer.store([rec("SUCCESS")])  # the writer's connection and handshake
+    task_id = uuid.uuid4().hex
+    call = Call(lambda: waiter_store.wait(task_id, 5.0))
+    wait_until(lambda: blocked(admin))
+    reads = admin.info("stats")["total_reads_processed"]
+    writer.store([rec("SUCCESS", task_id, result=1)])
+    assert call.result().result == 1
+    # The store and this INFO: the GET was sent with the BLMOVE and ran when it returned.
+    assert admin.info("stats")["total_reads_processed"] - reads == 2
+
+
+def test_a_wait_for_a_task_this_store_just_queued_blocks_before_reading(
+    make: Callable[..., RedisResultStore], admin: redis.Redis
+) -> None:
+    store, writer = make(), make()
+    task_id = uuid.uuid4().hex
+    store.store([rec("QUEUED", task_id)])  # as a delay() through this store does
+    admin.config_resetstat()
+    call = Call(lambda: store.wait(task_id, 5.0))
+    wait_until(lambda: blocked(admin))
+    writer.store([rec("SUCCESS", task_id, result=1)])
+    assert call.result().result == 1
+    assert admin.info("commandstats")["cmdstat_get"]["calls"] == 1  # behind the BLMOVE
+
+
+def test_a_just_queued_task_that_finished_or_no_time_left_returns_at_once(
+    store: RedisResultStore,
+) -> None:
+    queued, done = uuid.uuid4().hex, uuid.uuid4().hex
+    store.store([rec("QUEUED", queued), rec("QUEUED", done)])
+    assert store.wait(queued, 0) == rec("QUEUED", queued)  # read, never blocked on
+    store.store([rec("SUCCESS", done, result=2)])
+    began = time.monotonic()
+    assert store.wait(done, 5.0) == rec("SUCCESS", done, result=2)  # its wake token
+    assert time.monotonic() - began < 0.5
+
+
 def test_many_waiters_wake_together(
     make: Callable[..., RedisResultStore], admin: redis.Redis
 ) -> None:

@@ -21,7 +21,8 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
 * Blocking: each queue has a wake-up list holding at most one token. Anything that makes
   work appear (publish, requeue, release, replay, a delayed message added) pushes it; an idle
   consumer BLPOPs the lists of its queues, with a timeout no later than the next delayed due
-  time, and a consumer that leaves ready work behind pushes the token on to the next one.
+  time, and its next lease call queued behind the BLPOP (one round trip per wake-up), and a
+  consumer that leaves ready work behind pushes the token on to the next one.
   Redis checks blocking timeouts on its ``hz`` tick (100 ms by default), so a delayed message
   with an idle consumer becomes ready within about that much of its due time; a publish
   wakes a consumer at once.
@@ -296,7 +297,14 @@ class RedisBroker(Broker):
                 if next_due >= 0:  # milliseconds until the next delayed message is due
                     block = min(block, next_due / 1000.0)
                 # Redis counts whole milliseconds, and 0 would mean "forever".
-                self._client.blpop(wake_keys, max(1, math.ceil(block * 1000)) / 1000)
+                seconds = max(1, math.ceil(block * 1000)) / 1000
+                if self._cluster:  # the wake-up lists live in another slot than the queues
+                    self._client.blpop(wake_keys, seconds)
+                else:
+                    # The next lease rides behind the BLPOP: Redis runs it as soon as the pop
+                    # returns (woken or timed out), so a wake-up costs no second round trip.
+                    first = Calls()
+                    first.add([("BLPOP", *wake_keys, seconds)])
 
     def _lease_once(
         self, names: list[str], limit: int, first: Calls | None, acks: Sequence[Delivery]

@@ -11,7 +11,7 @@ from ..app import Conveyor
 from ..loading import LOG_FORMATS, LOG_LEVELS, prepare_app, redact_text, setup_logging
 from .base import State, app_option, held_pidfile, process_options
 from .celery_cli import Command
-from .output import banner_console
+from .output import echo_banner
 
 logger = logging.getLogger("conveyor.beat")
 
@@ -98,15 +98,14 @@ def run(
             extra={"broker": redact_text(app.broker_url), "entries": entries},
         )
     else:
-        banner_console().print(
-            "\n".join(
-                [
-                    f"[bold]conveyor {__version__}[/] beat",
-                    f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
-                    f"  broker:   {redact_text(app.broker_url)}",
-                    f"  entries ({len(entries)}):",
-                    *(f"    . {entry}" for entry in entries),
-                ]
-            )
+        echo_banner(
+            f"conveyor {__version__}",
+            "beat",
+            [
+                f"  app:      {app.main or '__main__'} ({state.spec(app_spec)})",
+                f"  broker:   {redact_text(app.broker_url)}",
+                f"  entries ({len(entries)}):",
+                *(f"    . {entry}" for entry in entries),
+            ],
         )
     app.run_beat(name=name, max_interval=max_interval)

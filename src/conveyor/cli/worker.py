@@ -25,7 +25,7 @@ from .base import State, app_option, held_pidfile, process_options, split
 from .beat import SCHEDULE_NOTE, schedule_option
 from .celery_cli import Command
 from .coverage import unconsumed_warning
-from .output import banner_console
+from .output import echo_banner
 
 logger = logging.getLogger("conveyor.worker")
 _POOL_FATE = CELERY_SETTINGS["worker_pool"]
@@ -228,8 +228,6 @@ def run(
         queue_list = [queue for queue in queue_list if queue not in split(exclude)]
         if not queue_list:
             raise click.UsageError(f"-X {exclude} leaves no queue to consume")
-    if warning := unconsumed_warning(app, queue_list):
-        logger.warning("%s", warning)
     threads = threads or conf.worker_threads
     timeout = float(shutdown_timeout or conf.worker_shutdown_timeout)
     try:
@@ -244,7 +242,7 @@ def run(
         print_banner(
             app, spec, "solo", 1, threads, queue_list, prefetch, beat, beat_process, log_format
         )
-        warn_about_storage(app)
+        warn_about_setup(app, queue_list)
         run_solo(
             app,
             shutdown_timeout=timeout,
@@ -289,8 +287,15 @@ def run(
         beat_process,
         log_format,
     )
+    # The checks ask the broker: the children lease meanwhile.
+    return supervisor.run(started=lambda: warn_about_setup(app, queue_list))
+
+
+def warn_about_setup(app: Conveyor, queues: Sequence[str]) -> None:
+    """Queues that tasks are sent to and no worker consumes, then the server's settings."""
+    if warning := unconsumed_warning(app, queues):
+        logger.warning("%s", warning)
     warn_about_storage(app)
-    return supervisor.run()
 
 
 def warn_about_storage(app: Conveyor) -> None:
@@ -348,7 +353,6 @@ def print_banner(
         logging.getLogger("conveyor.worker").info("conveyor %s worker", __version__, extra=fields)
         return
     lines = [
-        f"[bold]conveyor {__version__}[/] worker",
         f"  app:          {app.main or '__main__'} ({spec})",
         f"  broker:       {redact_text(app.broker_url)}",
         f"  results:      {redact_text(app.result_backend_url)}",
@@ -360,7 +364,7 @@ def print_banner(
         f"  tasks ({len(tasks)}):",
         *(f"    . {name}" for name in tasks),
     ]
-    banner_console().print("\n".join(lines), markup=True)
+    echo_banner(f"conveyor {__version__}", "worker", lines)
 
 
 def _signing(keys: Sequence[str]) -> str:

@@ -16,10 +16,8 @@ from __future__ import annotations
 from .._redis_urls import REDIS_SCHEMES
 from ..brokers import scheme_of
 from ..brokers.base import Broker
-from ..brokers.sqlite.broker import SQLiteBroker
 from ..results.base import ResultStore
 from .base import Settlement
-from .sqlite import SQLiteSettlement
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -28,8 +26,13 @@ def open_settlement(broker: Broker, results: ResultStore) -> Settlement:
     """The settlement for ``broker`` and ``results``: the broker's own if it has one (it
     looks at ``results`` to see whether the records can join its round trips), else the
     generic :class:`Settlement`."""
-    if isinstance(broker, SQLiteBroker):
-        return SQLiteSettlement(broker, results)
+    if scheme_of(broker.url) == "sqlite":
+        # Imported here, not above: a worker on another broker never loads SQLite's modules.
+        from ..brokers.sqlite.broker import SQLiteBroker
+        from .sqlite import SQLiteSettlement
+
+        if isinstance(broker, SQLiteBroker):
+            return SQLiteSettlement(broker, results)
     if scheme_of(broker.url) in REDIS_SCHEMES:
         # Imported here, not above: redis is an optional dependency.
         from ..brokers.redis import RedisBroker

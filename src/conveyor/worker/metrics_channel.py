@@ -13,20 +13,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-
-from ..metrics import (
-    InlineServer,
-    MetricsMiddleware,
-    TallyCollector,
-    find_metrics,
-    serve_in_thread,
-)
-from ..metrics.collectors import SlotsView
+from ..metrics.middleware import MetricsMiddleware, find_metrics
 from ..metrics.tally import Delta
 
 if TYPE_CHECKING:
     from ..app import Conveyor
+    from ..metrics.collectors import SlotsView
     from .process import ProcessWorker, Report
 
 logger = logging.getLogger("conveyor.metrics")
@@ -65,6 +57,12 @@ class SupervisorMetrics:
     def __init__(
         self, app: Conveyor, hostname: str, host: str, port: int, slots: SlotsView
     ) -> None:
+        # Deferred: prometheus_client and the HTTP server only with --metrics-port.
+        from prometheus_client import CollectorRegistry
+
+        from ..metrics.collectors import TallyCollector
+        from ..metrics.server import InlineServer
+
         self.metrics = ensure_metrics(app)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TallyCollector(self.metrics.tally, hostname, slots))
@@ -92,6 +90,12 @@ class SupervisorMetrics:
 
 def serve_solo_metrics(app: Conveyor, worker: ProcessWorker, host: str, port: int) -> None:
     """``--pool solo``: serve this process's figures and slots from a thread."""
+    # Deferred: prometheus_client and the HTTP server only with --metrics-port.
+    from prometheus_client import CollectorRegistry
+
+    from ..metrics.collectors import TallyCollector
+    from ..metrics.server import serve_in_thread
+
     metrics = ensure_metrics(app)
 
     def slots() -> tuple[int, int, int]:

@@ -27,6 +27,7 @@ can fork; elsewhere they are spawned and import the app again from its ``-A`` sp
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -170,7 +171,8 @@ class Supervisor:
         )
 
     # -- main loop -----------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, started: Callable[[], None] | None = None) -> int:
+        """``started`` is called once the first children were forked."""
         self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
         if self.app.broker.limits is None:  # before forking children that could not run
             refuse_concurrency_limits(self.app)
@@ -187,6 +189,11 @@ class Supervisor:
                     self._context, self._target_app(), f"{self.hostname}/beat", self._inherited_fds
                 )
                 self._beat.spawn()
+            if started is not None:
+                try:
+                    started()
+                except Exception:  # a start-up check must not stop a worker whose children run
+                    logger.exception("a start-up check failed")
             beat = self._beat
             while (
                 self._children
@@ -286,6 +293,10 @@ class Supervisor:
             name=f"worker-{slot}",
             daemon=False,
         )
+        # What is alive now (the app, its modules) stays shared with a forked child: the
+        # collector never visits frozen objects, and a full collection in the child would
+        # otherwise write to every object's header, copying all their pages (~16 MiB).
+        gc.freeze()
         process.start()
         child_conn.close()
         self._children[slot] = _Child(

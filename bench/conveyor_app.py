@@ -1,7 +1,8 @@
 """The Conveyor side of the benchmarks: ``conveyor worker -A bench.conveyor_app``.
 
 The broker comes from ``$CONVEYOR_BROKER_URL`` (read by Conveyor itself); everything else is
-Conveyor's default (``BENCH_EVENTS=on|off`` turns events on or off). ``noop`` stores no result
+Conveyor's default (``BENCH_EVENTS=on|off`` turns events on or off,
+``BENCH_PREFETCH_MAX=N`` sets ``worker_prefetch_max``). ``noop`` stores no result
 (``ignore_result=True``); ``noop_result`` does; ``clock`` returns when it started (time.time()).
 """
 
@@ -15,7 +16,10 @@ from conveyor import Conveyor
 #: ``BENCH_EVENTS=on`` / ``off``: the workers (and this producer) emit events or not
 #: (default: Conveyor's default, off).
 _EVENTS = {"on": True, "off": False}.get(os.environ.get("BENCH_EVENTS", ""))
-app = Conveyor("bench", **({} if _EVENTS is None else {"worker_send_task_events": _EVENTS}))
+_SETTINGS: dict[str, object] = {} if _EVENTS is None else {"worker_send_task_events": _EVENTS}
+if os.environ.get("BENCH_PREFETCH_MAX"):  # the adaptive prefetch's cap (a variant to compare)
+    _SETTINGS["worker_prefetch_max"] = int(os.environ["BENCH_PREFETCH_MAX"])
+app = Conveyor("bench", **_SETTINGS)
 
 
 @app.task(name="bench.noop", ignore_result=True)

@@ -339,7 +339,7 @@ class Settings:
         None, _optional_int(1), "Messages leased per free slot; default: adaptive"
     )
     worker_prefetch_max = Setting(
-        4, _int(1), "Adaptive prefetch: most messages leased per free slot"
+        16, _int(1), "Adaptive prefetch: most messages leased per free slot"
     )
     worker_prefetch_short = Setting(
         0.005, _positive_seconds, "Adaptive prefetch: leases extra while tasks average under this"

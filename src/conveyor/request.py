@@ -53,7 +53,11 @@ class Request:
         is_eager: bool = False,
     ) -> Request:
         """The request of the task in ``envelope`` (with its decoded arguments)."""
-        headers = {key: from_json_value(value) for key, value in envelope.headers.items()}
+        headers = (
+            {key: from_json_value(value) for key, value in envelope.headers.items()}
+            if envelope.headers
+            else {}
+        )
         shadow = headers.get("shadow")
         return cls(
             id=envelope.id,

@@ -76,7 +76,7 @@ def test_inspect_replies_per_process_with_celery_shapes(harness: Harness) -> Non
     stats = control.inspect(destination=[names[0]], timeout=10).stats()
     assert stats is not None and list(stats) == [names[0]]
     assert stats[names[0]]["pool"] == {"max-concurrency": 1, "threads": 1}  # type: ignore[index]
-    assert stats[names[0]]["prefetch"].startswith("adaptive: up to 4 per free slot")  # type: ignore[index]
+    assert stats[names[0]]["prefetch"].startswith("adaptive: up to 16 per free slot")  # type: ignore[index]
     registered = inspect.registered()
     assert registered is not None and "workerapp.add" in registered[names[1]]  # type: ignore[operator]
     queues = control.inspect(destination=node, timeout=10).active_queues()

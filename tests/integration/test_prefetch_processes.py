@@ -217,3 +217,30 @@ def test_a_prefetched_message_revoked_while_it_waited_never_runs(
     assert blocker.get(timeout=30) is True
     harness.wait_state(waiting.id, states.REVOKED, 30)
     assert runs(stamps) == []
+
+
+def test_prefetched_messages_revoked_while_they_waited_are_found_in_one_check(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # The first message taken after the block re-checks the revocations of every message
+    # still prefetched; those taken right after it (within 10 ms) rely on that check.
+    harness = harness_factory(worker_prefetch_short=10.0)  # no reclaim within the test
+    harness.worker("-c", "1")
+    warm_up(harness, 20)
+    go, path = tmp_path / "go", harness.file()
+    kept, dropped = harness.file(), harness.file()
+    eta = datetime.now(UTC) + AHEAD
+    blocker = harness.send("block", str(path), str(go), 60.0, eta=eta, priority=9)
+    first = harness.send("stamp", str(kept), eta=eta, priority=5)
+    waiting = [harness.send("stamp", str(dropped), eta=eta, priority=0) for _ in range(3)]
+    wait_for(lambda: runs(path), 30, "the blocking task started")
+    assert counts(harness) == (0, 5)  # 4 prefetched, their lease-time checks passed
+    for result in waiting:
+        result.revoke()
+    go.touch()
+    assert blocker.get(timeout=30) is True
+    for result in waiting:
+        harness.wait_state(result.id, states.REVOKED, 30)
+    first.get(timeout=30)
+    assert len(runs(kept)) == 1
+    assert runs(dropped) == []

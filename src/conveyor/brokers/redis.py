@@ -456,8 +456,14 @@ class RedisBroker(Broker):
         wanted = list(ids)
         if not wanted:
             return set()
+        keys = [self.keys.revoked(i) for i in wanted]
         with self._errors:
-            found = mget(self._client, [self.keys.revoked(i) for i in wanted])
+            if self._cluster:
+                found = mget(self._client, keys)
+            else:  # the worker's re-check before a start: its connections' fast path
+                batch = Calls()
+                batch.add([("MGET", *keys)])
+                [found] = self._connections.execute(batch)
         return {i for i, v in zip(wanted, found, strict=True) if v is not None}
 
     # -- inspection and maintenance ------------------------------------------------------

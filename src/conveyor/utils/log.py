@@ -105,12 +105,15 @@ class RedactingFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created // 1)
+        return self.time_text(int(record.created // 1), int(record.msecs))
+
+    def time_text(self, second: int, msecs: int) -> str:
+        """The default ``asctime`` of a time given in whole seconds and milliseconds."""
         cached_second, text = self._second
         if cached_second != second:
             text = time.strftime(self.default_time_format, self.converter(second))
             self._second = (second, text)
-        return f"{text},{int(record.msecs):03d}"
+        return f"{text},{msecs:03d}"
 
 
 #: LogRecord attributes that are not "extra" fields.

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -104,6 +105,11 @@ class Consumer:
         self._errors = LoopErrors("consumer")
         #: Free slots at the last lease (more leased than that: prefetched).
         self._slots = 0
+        #: When the revocations of every message then prefetched were last re-checked, and
+        #: the ids found revoked among those not yet started (one call for the batch, not
+        #: one per message that waited).
+        self._checked_at = 0.0
+        self._revoked_ahead: set[str] = set()
 
     def run(self) -> None:
         """Lease until leasing stops (or ``max_tasks`` is reached)."""
@@ -131,17 +137,22 @@ class Consumer:
                 settling, quick = quick, []
                 self._settle(settling)
                 continue
+            fresh: list[Finished] = []  # released in this round: not renewed any more
             while more:
                 # Frees the slots (and lets a stop or a recycling stop leasing) before the
                 # next lease; the acks go with that lease.
                 self._release(more)
                 quick += more
+                fresh += more
                 with cond:
                     more, free, leasing, taken = self._next_step()
             try:
                 if taken is not None:
-                    if quick:  # renewed until acked: a prefetched task may run long
-                        inflight.hold([o.delivery for o, _ in quick if o.delivery is not None])
+                    # Renewed until acked: a prefetched task may run long. (Those of earlier
+                    # rounds are held already: holding all of quick each time made a batch's
+                    # cost grow with the square of its size.)
+                    if fresh:
+                        inflight.hold([o.delivery for o, _ in fresh if o.delivery is not None])
                     self._dispatch(*taken)
                     continue
                 if not leasing:
@@ -220,7 +231,7 @@ class Consumer:
         wanted = free > 0 and self._leasing.is_set() and bool(self.queues)
         if wanted and inflight.prefetched and not inflight.quick:
             taken, since = inflight.take_prefetched(free)
-            return [], 0, False, (taken, waited(since))
+            return [], 0, False, (taken, waited(max(since, self._checked_at)))
         more, leasing = inflight.next_step(free, wanted)
         self._slots = free
         if more or not leasing:
@@ -270,7 +281,16 @@ class Consumer:
     ) -> list[Running]:
         broker = self.app.broker
         revoked = {d.id for d in deliveries if d.revoked}
-        if recheck or not broker.lease_checks_revoked:
+        if self._revoked_ahead:
+            revoked |= self._revoked_ahead & {d.id for d in deliveries}
+        if recheck:  # with those still prefetched, which then need no call of their own
+            checked_at = time.monotonic()
+            ahead = [d.id for d in self.inflight.prefetched_now()]
+            ids = [d.id for d in deliveries] + ahead
+            found = retrying(partial(broker.revoked, ids), "revoked", give_up=self._cold)
+            revoked |= found
+            self._checked_at, self._revoked_ahead = checked_at, found.intersection(ahead)
+        elif not broker.lease_checks_revoked:
             ids = [d.id for d in deliveries]
             revoked |= retrying(partial(broker.revoked, ids), "revoked", give_up=self._cold)
         jobs: list[Job] = []

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .. import states
 from ..middleware import Hooks, Middleware, call_each
+from ..utils.log_direct import DirectLine
 from .job import Action, Job, Outcome
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ logger = logging.getLogger("conveyor.worker")
 #: The per-task outcome lines (a logger of their own, so error trackers can skip the
 #: failure lines they report with more context).
 task_logger = logging.getLogger("conveyor.worker.tasks")
+_succeeded = DirectLine(task_logger)
+_SUCCEEDED = "%s[%s] succeeded in %.3fs: %.200r"
 
 
 def worker_hooks(app: Conveyor, *internal: Middleware) -> Hooks:
@@ -68,15 +71,14 @@ def _fields(job: Job) -> dict[str, object]:
 def log_outcome(job: Job, outcome: Outcome) -> None:
     """The line :class:`TaskLog` logs (the supervisor logs it for the tasks it fails)."""
     if outcome.state == states.SUCCESS:
-        if task_logger.isEnabledFor(logging.INFO):
-            task_logger.info(
-                "%s[%s] succeeded in %.3fs: %.200r",
-                job.label,
-                job.envelope.id,
-                outcome.runtime,
-                outcome.retval,
-                extra=_fields(job),
-            )
+        if not task_logger.isEnabledFor(logging.INFO):
+            return
+        args = (job.label, job.envelope.id, outcome.runtime, outcome.retval)
+        handler = _succeeded.handler()
+        if handler is not None:  # the default text setup: written without a LogRecord
+            _succeeded.write(handler, _SUCCEEDED, *args)
+        else:
+            task_logger.info(_SUCCEEDED, *args, extra=_fields(job))
     elif outcome.state == states.FAILURE and outcome.action is Action.ACK:
         task_logger.error(
             "%s[%s] failed in %.3fs: %r",

@@ -159,6 +159,11 @@ class InFlight:
         self.handing_over = True
         return taken, since
 
+    def prefetched_now(self) -> list[Delivery]:
+        """The messages prefetched now (a copy)."""
+        with self.cond:
+            return [delivery for _, delivery in self.prefetched]
+
     def prefetch(self, deliveries: Sequence[Delivery]) -> None:
         """Keep ``deliveries`` (held already) for the next free slots."""
         now = time.monotonic()

@@ -15,8 +15,9 @@ one message per free slot unless ``worker_prefetch_multiplier`` is set.
 * The messages leased beyond the free slots are *prefetched*: leased and held (the heartbeat
   renews their leases) but not admitted - no revocation check, no STARTED, no early ack yet.
   The lease loop takes them, before leasing again, for whichever slot frees first, and checks
-  their revocation again if they waited (:data:`RECHECK_AFTER`). A stop gives them back to
-  the broker uncharged.
+  their revocation again if they waited (:data:`RECHECK_AFTER`) since their lease or the last
+  re-check, which covers every message then prefetched (one call per batch, not per message).
+  A stop gives them back to the broker uncharged.
 * **Reclaim**: a prefetched message that waited more than ``RECLAIM_FACTOR`` times the
   threshold means every slot of this worker runs a long task: :meth:`AdaptivePrefetch.run`
   gives the prefetched messages back to the broker (uncharged), so another worker or child

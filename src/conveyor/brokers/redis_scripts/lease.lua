@@ -29,12 +29,45 @@ for i = first_ack, #ARGV, 2 do
     return redis.error_reply('conveyor lease: bad arguments')
   end
 end
-for i = first_ack, #ARGV, 2 do
-  local Q = queues[int_of(ARGV[i])][1]
-  if redis.call('ZREM', Q .. ':leased', ARGV[i + 1]) == 1 then
-    unlease_acked(Q, ARGV[i + 1])
-    redis.call('DEL', Q .. ':msg:' .. uid_of(ARGV[i + 1]))
+-- redis.call(command, head, items...) in chunks of 1000 items (unpack has a stack limit);
+-- the replies' sum (ZADD, ZREM, DEL, EXISTS count).
+local function chunked(command, head, items)
+  local total = 0
+  for start = 1, #items, 1000 do
+    local last = math.min(#items, start + 999)
+    if head then
+      total = total + redis.call(command, head, unpack(items, start, last))
+    else
+      total = total + redis.call(command, unpack(items, start, last))
+    end
   end
+  return total
+end
+-- The acks of each queue in three calls, not two per ack: which receipts are still leased
+-- (an expired lease's message went to another consumer: its hash stays), then one ZREM of
+-- those and one DEL of their hashes.
+local acked = {}
+for i = first_ack, #ARGV, 2 do
+  local k = int_of(ARGV[i])
+  acked[k] = acked[k] or {}
+  table.insert(acked[k], ARGV[i + 1])
+end
+for k, receipts in pairs(acked) do
+  local Q = queues[k][1]
+  local held, hashes = {}, {}
+  for start = 1, #receipts, 1000 do
+    local last = math.min(#receipts, start + 999)
+    local scores = redis.call('ZMSCORE', Q .. ':leased', unpack(receipts, start, last))
+    for j = start, last do
+      if scores[j - start + 1] then
+        held[#held + 1] = receipts[j]
+        hashes[#hashes + 1] = Q .. ':msg:' .. uid_of(receipts[j])
+        unlease_acked(Q, receipts[j])  -- before the DEL: an old receipt reads the hash
+      end
+    end
+  end
+  chunked('ZREM', Q .. ':leased', held)
+  chunked('DEL', nil, hashes)
 end
 local now = now_ms()
 -- Over several queues, one EXISTS says whether any has delayed messages (usually none):
@@ -127,6 +160,18 @@ if #waking > 0 and (#waking == 1 or #waking > 1000
   end
 end
 local out = {more}
+-- One EXISTS says whether any leased id is revoked (usually none): then no call per message.
+local any_revoked = false
+if revoked_prefix ~= '' then
+  local flags = {}
+  for _, item in ipairs(picked) do
+    if item[5][1] then
+      flags[#flags + 1] = revoked_prefix .. item[5][1]
+    end
+  end
+  any_revoked = chunked('EXISTS', nil, flags) > 0
+end
+local leased = {}  -- the ZADD of every receipt: deadline, receipt pairs
 for _, item in ipairs(picked) do
   local uid, Q, q, fields = item[1], item[2][1], item[2][2], item[5]
   if fields[1] then  -- else the message is gone: only its uid was left to remove
@@ -137,19 +182,26 @@ for _, item in ipairs(picked) do
       local n = redis.call('HINCRBY', Q .. ':msg:' .. uid, 'n', 1)
       local receipt = uid .. ':' .. n .. ':' .. fields[2]
       tally(Q, 'l', fields[2], 1)
-      redis.call('ZADD', Q .. ':leased', deadline, receipt)
+      leased[Q] = leased[Q] or {}
+      table.insert(leased[Q], deadline)
+      table.insert(leased[Q], receipt)
       out[#out + 1] = receipt
       out[#out + 1] = fields[1]
       out[#out + 1] = q
       out[#out + 1] = int_of(fields[2])
       out[#out + 1] = fields[3]
       out[#out + 1] = n - (int_of(fields[5]) or 0)
-      if revoked_prefix == '' then
-        out[#out + 1] = 0
-      else
+      if any_revoked then
         out[#out + 1] = redis.call('EXISTS', revoked_prefix .. fields[1])
+      else
+        out[#out + 1] = 0
       end
     end
+  end
+end
+for Q, pairs_ in pairs(leased) do
+  for start = 1, #pairs_, 2000 do
+    redis.call('ZADD', Q .. ':leased', unpack(pairs_, start, math.min(#pairs_, start + 1999)))
   end
 end
 tally_flush()

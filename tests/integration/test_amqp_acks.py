@@ -107,13 +107,16 @@ def test_pushed_messages_no_lease_asked_for_go_back_uncharged(
     held = worker.lease([Q], 1, 5.0)  # one task runs long: the worker leases no more
     assert len(held) == 1
 
-    def buffered() -> int:
-        with worker._session.lock:
-            worker._session.pump()
-            return worker._pushed.buffered([Q])
+    assert worker._pushed.consuming()
+    with worker._session.lock:  # the window: the held one and HEADROOM - 1 more
+        assert worker._pushed._windows[Q] == HEADROOM
 
-    wait_until(lambda: buffered() == HEADROOM - 1, 10.0, "pushes into the buffer")
-    wait_until(lambda: buffered() == 0, 10.0, "the pushed message given back")
+    def stopped() -> bool:
+        with worker._session.lock:
+            return not worker._pushed.consuming() and worker._pushed.buffered([Q]) == 0
+
+    # only the lease thread's give-back stops consuming here (no lease, release or close)
+    wait_until(stopped, 10.0, "the pushed message given back")
     rest = lease_all(other, 4)
     assert {d.delivery_count for d in rest} == {1}, "a pushed, unleased message was charged"
     other.ack(rest)

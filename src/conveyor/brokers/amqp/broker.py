@@ -522,7 +522,10 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         """Give back what was pushed while no lease asked (every slot of the worker busy):
         it waits for no one here, and another client can run it."""
         with self._session.lock:
-            if self._pushed.generation == self._session.generation and self._pushed.stale():
+            if self._pushed.generation != self._session.generation:
+                return
+            self._session.run(lambda _: self._session.pump(), "return pushed messages")
+            if self._pushed.stale():  # what arrived since the last lease is read now
                 self._session.run(lambda ch: self._stop_pushed(ch, None), "return pushed messages")
 
     def _return_expired(self, grace: float) -> int:

@@ -14,7 +14,7 @@ from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.amqp.acks import Settled
 from conveyor.brokers.amqp.pushed import HEADROOM
-from conveyor.brokers.base import Delivery, Message
+from conveyor.brokers.base import Delivery, Message, QueueStats
 from tests.conftest import wait_until
 from tests.rabbit_server import RabbitServer
 
@@ -108,8 +108,16 @@ def test_pushed_messages_no_lease_asked_for_go_back_uncharged(
     assert len(held) == 1
 
     assert worker._pushed.consuming()
-    with worker._session.lock:  # the window: the held one and HEADROOM - 1 more
-        assert worker._pushed._windows[Q] == HEADROOM
+    with worker._session.lock:  # (held: the lease thread cannot give it back meanwhile)
+        assert worker._pushed._windows[Q] == HEADROOM  # the held one and HEADROOM - 1 more
+
+        def pushed() -> bool:
+            worker._session.pump()
+            return worker._pushed.buffered([Q]) == HEADROOM - 1
+
+        wait_until(pushed, 10.0, "a push into the buffer")
+        # RabbitMQ counts the pushed one out of its ready ones: the client counts it back
+        assert worker.stats([Q])[Q] == QueueStats(ready=4, delayed=0, leased=1, dead=0)
 
     def stopped() -> bool:
         with worker._session.lock:

@@ -585,25 +585,25 @@ class AMQPBroker(KeptStreams, DelayedMarkers, Broker):
         else:
             names = list(queues)
         dead = self._with_channel(lambda ch: deadletters.counts(ch, self.names.dead), "stats")
-        pushed = self._session.run(lambda _: self._unleased(names), "stats")
+        pushed = self._session.run(lambda _: self._unleased(), "stats")
         out: dict[str, QueueStats] = {}
         for queue in names:
             ready = self._with_channel(functools.partial(self._ready, queue=queue), "stats")
             out[queue] = QueueStats(
-                ready=max(ready, 0),
+                ready=max(ready, 0) + pushed.get(queue, 0),
                 delayed=len(self.kv.values(f"{DELAYED_KEY}{queue}:")),
-                leased=self._leases.count(queue) + pushed[queue],
+                leased=self._leases.count(queue),
                 dead=dead.get(queue, 0),
             )
         return out
 
-    def _unleased(self, queues: Sequence[str]) -> dict[str, int]:
-        """Messages pushed to this client and not leased yet, per queue: RabbitMQ counts
-        them out of the ready ones, so they are counted with the leased ones (lock held)."""
+    def _unleased(self) -> dict[str, int]:
+        """Messages pushed to this client and not leased yet, per queue (lock held): RabbitMQ
+        counts them out of its ready ones, yet they wait for a lease like those."""
         if self._pushed.generation != self._session.generation:
-            return dict.fromkeys(queues, 0)
+            return {}
         self._session.pump()
-        return {queue: self._pushed.buffered([queue]) for queue in queues}
+        return self._pushed.counts()
 
     def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
         names = list(self.stats()) if queues is None else list(dict.fromkeys(queues))

@@ -126,6 +126,10 @@ class Pushed:
         """Whether messages wait pushed while no lease looked for ``after`` seconds."""
         return time.monotonic() - self._asked >= after and any(self._buffers.values())
 
+    def counts(self) -> dict[str, int]:
+        """How many messages wait in each queue's buffer."""
+        return {queue: len(buffer) for queue, buffer in self._buffers.items() if buffer}
+
     def buffered(self, queues: Sequence[str]) -> int:
         return sum(len(self._buffers.get(queue, ())) for queue in queues)
 

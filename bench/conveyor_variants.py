@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.conveyor_variants --broker sqlite [--drain 10000]
     .venv/bin/python -m bench.conveyor_variants --broker redis --variant "-l warning"
     .venv/bin/python -m bench.conveyor_variants --broker redis-cluster --queues 3 --drain 20000
+    .venv/bin/python -m bench.conveyor_variants --broker amqp --variant default \
+        --variant "PYTHONPATH=/tmp/old/src default"
 
 ``--broker redis-cluster`` starts a Redis Cluster of three primaries with a replica each
 (``tests/cluster_servers.py``); ``--queues N`` spreads the tasks over queues ``q0..q<N-1>``
@@ -14,7 +16,11 @@ tasks without limits: a monkeypatch, to measure a proposed fix); or
 ``inproc [threads=N] [prefetch=N] [patch=log,timers]``: two plain processes each running
 ``app.Worker()`` - no supervisor, no per-task reports to it, no logging unless ``patch=log``
 (the CLI's setup at level info). Leading ``NAME=value`` words set environment variables of
-the workers (``BENCH_EVENTS=on|off``: events or not, see ``bench/conveyor_app.py``). With
+the workers (``BENCH_EVENTS=on|off``: events or not, see ``bench/conveyor_app.py``;
+``PYTHONPATH=<a checkout>/src``: another version of Conveyor, for before/after runs
+interleaved on one server). ``--broker amqp`` starts the suite's RabbitMQ node
+(``tests/rabbit_server.py``) with a Redis for its key/value data; the "server CPU" is the
+RabbitMQ node's. With
 ``--py-spy DIR``, each variant's worker processes are
 sampled by py-spy while the queue drains (raw stacks of the thread holding the GIL).
 """
@@ -22,6 +28,7 @@ sampled by py-spy while the queue drains (raw stacks of the thread holding the G
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -39,6 +46,7 @@ from bench._common import (
     machine,
     process_tree,
     save,
+    wait_until,
     watch_drain,
 )
 
@@ -124,9 +132,8 @@ def spread_names(prefix: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--broker", choices=["sqlite", "redis", "redis-cluster", "postgres"], default="sqlite"
-    )
+    brokers = ["sqlite", "redis", "redis-cluster", "postgres", "amqp"]
+    parser.add_argument("--broker", choices=brokers, default="sqlite")
     parser.add_argument("--drain", type=int, default=10_000)
     parser.add_argument("--queues", type=int, default=1, help="spread tasks over N queues")
     parser.add_argument("--results", action="store_true", help="tasks store results")
@@ -144,7 +151,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-variants-"))
     procs = Processes(tmp)
-    server: Any = None  # RedisServer, ClusterDeployment or PostgresServer (from tests/)
+    server: Any = None  # RedisServer, ClusterDeployment, PostgresServer or RabbitServer
+    kv_server: Any = None  # the Redis holding the RabbitMQ broker's key/value data
     server_pid = None
     nodes: list[int] = []  # Redis ports whose script calls are counted
     if args.broker == "redis-cluster":
@@ -174,6 +182,18 @@ def main() -> int:
         server = PostgresServer(durable=True)
         server.start()
         url = server.url()
+        assert server.process is not None
+        server_pid = server.process.pid
+    elif args.broker == "amqp":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.rabbit_server import RabbitServer
+        from tests.servers import RedisServer
+
+        kv_server = RedisServer(appendonly=False)
+        kv_server.start()
+        server = RabbitServer()
+        server.start()
+        url = f"{server.url}?kv_url={kv_server.url}"
         assert server.process is not None
         server_pid = server.process.pid
     else:
@@ -223,7 +243,10 @@ def main() -> int:
             spies: list[subprocess.Popen[bytes]] = []
             if args.py_spy is not None:
                 args.py_spy.mkdir(parents=True, exist_ok=True)
-                time.sleep(1.5)  # children started and draining
+                # the children started (a loaded machine takes seconds), then draining
+                children = functools.partial(lambda pid: len(process_tree(pid)) > 2, worker.pid)
+                wait_until(children, 60, "worker children")
+                time.sleep(0.5)
                 name = variant.replace(" ", "_").replace("-", "") or "default"
                 for pid in process_tree(worker.pid):
                     out = args.py_spy / f"{args.broker}-{name}-{pid}"
@@ -264,6 +287,8 @@ def main() -> int:
         procs.stop_all()
         if server is not None:
             server.cleanup()
+        if kv_server is not None:
+            kv_server.cleanup()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     info = machine()

@@ -65,7 +65,7 @@ from .convert import (
 )
 from .departures import SWEPT, Taken, departure_of, tags_of
 from .leases import Held, Leases, Reaper
-from .pushed import Pushed
+from .pushed import HEADROOM, Pushed
 from .run_now import RunNow
 from .scheduled import DELAYED_KEY, DelayedMarkers
 from .scheduled import marker as delayed_marker
@@ -258,7 +258,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         generation = self._fresh_generation()
         for queue in queues:
             self._declare(channel, queue)
-        window = len(self._leases) + limit
+        window = len(self._leases) + HEADROOM * limit
         self._give_back(self._pushed.follow(channel, self.names.queue, queues, window))
         got: list[Delivery] = []
         while len(got) < limit:
@@ -299,7 +299,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
                 self._bury(held, DeadLetterReason.MALFORMED, f"AMQP message: {problem}")
                 continue
             if run_now.superseded(msg, found.get(f"{run_now.SUPERSEDED}{message_id}")):
-                channel.basic_ack(tag)  # its copy was run now (run_scheduled)
+                self._ack_held(channel, [held])  # its copy was run now (run_scheduled)
                 self.kv.delete_value(f"{run_now.SUPERSEDED}{message_id}")
                 continue
             note = fates.note_of(fate)
@@ -341,18 +341,26 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             (self.names.exchange, queue, copy_of(msg, {BEFORE: delivery_count_of(msg) - 1}))
             for queue, msg in msgs
         ]
+        generation = self._session.generation
         self._session.publish(copies, "return pushed messages")
+        tags = [msg.delivery_info["delivery_tag"] for _, msg in msgs]
+        self._session.run(lambda ch: self._ack_tags(ch, tags, generation), "return pushed messages")
 
-        def ack(channel: amqp.Channel) -> None:
-            for _, msg in msgs:
-                channel.basic_ack(msg.delivery_info["delivery_tag"])
+    def _ack_tags(self, channel: amqp.Channel, tags: Sequence[int], generation: int) -> None:
+        """Ack ``tags`` of the work channel of connection ``generation`` (a run of them in
+        one frame, :mod:`.acks`); nothing if that connection is gone (RabbitMQ put them
+        back)."""
+        if generation == self._session.generation:
+            self._session.settled.ack(channel, tags)
 
-        self._session.run(ack, "return pushed messages")
+    def _ack_held(self, channel: amqp.Channel, held: Sequence[Held]) -> None:
+        generation = self._session.generation
+        self._session.settled.ack(channel, [h.tag for h in held if h.generation == generation])
 
     def _apply(self, channel: amqp.Channel, held: Held, note: fates.Note) -> None:
         """Settle a message as a supervisor did with its killed child's receipt."""
         if note.reason is None:
-            channel.basic_ack(held.tag)
+            self._ack_held(channel, [held])
         else:
             self._bury(held, note.reason, note.detail)
 
@@ -389,11 +397,10 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
 
         def act(channel: amqp.Channel) -> list[Held]:
             held = self._leases.take((d.receipt for d in deliveries), self._session.generation)
-            for entry in held:
-                if requeue is None:
-                    channel.basic_ack(entry.tag)
-                else:
-                    channel.basic_reject(entry.tag, requeue=requeue)
+            if requeue is None:
+                self._ack_held(channel, held)
+            else:
+                self._session.settled.reject(channel, [h.tag for h in held], requeue)
             return held
 
         return self._session.run(act, "ack" if requeue is None else "release")
@@ -436,12 +443,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
                 for entry in held:
                     self._leases.add(self._receipt(entry), entry)
                 raise
-
-            def ack(channel: amqp.Channel) -> None:
-                for entry in held:
-                    channel.basic_ack(entry.tag)
-
-            self._session.run(ack, "release")
+            self._session.run(lambda ch: self._ack_held(ch, held), "release")
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:
         if self._foreign(delivery):
@@ -457,7 +459,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             except BaseException:
                 self._leases.add(delivery.receipt, held[0])
                 raise
-            self._session.run(lambda ch: ch.basic_ack(held[0].tag), "retry_later")
+            self._session.run(lambda ch: self._ack_held(ch, held), "retry_later")
 
     def retry_later_many(self, retries: Sequence[tuple[Delivery, Message]]) -> None:
         """The held ones' messages in one confirmed publish (one wait for the confirms, not
@@ -481,12 +483,8 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
                 for receipt, held in taken:
                     self._leases.add(receipt, held)
                 raise
-
-            def ack(channel: amqp.Channel) -> None:
-                for _, held in taken:
-                    channel.basic_ack(held.tag)
-
-            self._session.run(ack, "retry_later")
+            acked = [held for _, held in taken]
+            self._session.run(lambda ch: self._ack_held(ch, acked), "retry_later")
 
     def dead_letter(self, delivery: Delivery, reason: str, detail: str = "") -> None:
         if self._foreign(delivery):
@@ -515,7 +513,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             extra[SWEPT] = 1
         copy = copy_of(held.message, extra)
         self._session.publish([(self.names.dlx, "", copy)], "dead_letter")
-        self._session.run(lambda ch: ch.basic_ack(held.tag), "dead_letter")
+        self._session.run(lambda ch: self._ack_held(ch, [held]), "dead_letter")
 
     def sweep(self) -> int:
         """Return this client's expired leases (RabbitMQ moves due delayed messages and
@@ -524,10 +522,22 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         return self._return_expired(0.0)
 
     def _reap(self) -> int:
-        """The background pass: AMQP heartbeats, then expired leases, a little past expiry
-        (like the other brokers' sweep interval: a late ack just after expiry counts)."""
+        """The background pass: AMQP heartbeats, pushed messages no lease took, then expired
+        leases, a little past expiry (like the other brokers' sweep interval: a late ack just
+        after expiry counts)."""
         self._session.heartbeat()
+        self._return_stale()
         return self._return_expired(self.options.lease_timeout / 4)
+
+    def _return_stale(self) -> None:
+        """Give back what was pushed while no lease asked (every slot of the worker busy):
+        it waits for no one here, and another client can run it."""
+        with self._session.lock:
+            if self._pushed.generation != self._session.generation:
+                return
+            self._session.run(lambda _: self._session.pump(), "return pushed messages")
+            if self._pushed.stale():  # what arrived since the last lease is read now
+                self._session.run(lambda ch: self._stop_pushed(ch, None), "return pushed messages")
 
     def _return_expired(self, grace: float) -> int:
         expired = self._leases.expired(time.time() - grace)
@@ -541,8 +551,8 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             self._bury(held, DeadLetterReason.WORKER_LOST, "lease expired", swept=True)
 
         def requeue(channel: amqp.Channel) -> None:
-            for held in back:
-                channel.basic_reject(held.tag, requeue=True)
+            if generation == self._session.generation:
+                self._session.settled.reject(channel, [h.tag for h in back], True)
 
         self._session.run(requeue, "sweep")
         return len(expired)
@@ -586,16 +596,25 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         else:
             names = list(queues)
         dead = self._with_channel(lambda ch: deadletters.counts(ch, self.names.dead), "stats")
+        pushed = self._session.run(lambda _: self._unleased(), "stats")
         out: dict[str, QueueStats] = {}
         for queue in names:
             ready = self._with_channel(functools.partial(self._ready, queue=queue), "stats")
             out[queue] = QueueStats(
-                ready=max(ready, 0),
+                ready=max(ready, 0) + pushed.get(queue, 0),
                 delayed=len(self.kv.values(f"{DELAYED_KEY}{queue}:")),
                 leased=self._leases.count(queue),
                 dead=dead.get(queue, 0),
             )
         return out
+
+    def _unleased(self) -> dict[str, int]:
+        """Messages pushed to this client and not leased yet, per queue (lock held): RabbitMQ
+        counts them out of its ready ones, yet they wait for a lease like those."""
+        if self._pushed.generation != self._session.generation:
+            return {}
+        self._session.pump()
+        return self._pushed.counts()
 
     def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
         names = list(self.stats()) if queues is None else list(dict.fromkeys(queues))
@@ -654,8 +673,8 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         def run(channel: amqp.Channel) -> list[Departure]:
             generation = self._session.generation
             stale = tags_of(self._departures.stale(), generation)
-            for tag in stale:  # their bookkeeping failed: to be taken again
-                channel.basic_reject(tag, requeue=True)
+            # their bookkeeping failed: to be taken again
+            self._session.settled.reject(channel, stale, True)
             out: list[Departure] = []
             while len(out) < limit:
                 msg = channel.basic_get(self.names.departures, no_ack=False)
@@ -664,7 +683,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
                 tag = msg.delivery_info["delivery_tag"]
                 departure = departure_of(msg, f"{generation}:{tag}")
                 if departure is None:
-                    channel.basic_ack(tag)
+                    self._session.settled.ack(channel, [tag])
                     continue
                 self._departures.add(departure.receipt)
                 out.append(departure)
@@ -678,8 +697,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             return
 
         def run(channel: amqp.Channel) -> None:
-            for tag in tags_of(held, self._session.generation):
-                channel.basic_ack(tag)
+            self._session.settled.ack(channel, tags_of(held, self._session.generation))
 
         self._session.run(run, "forget_departures")
 

@@ -4,20 +4,25 @@ A lease that may wait (``wait > 0``, what a worker does) consumes each of its qu
 session's work channel, so RabbitMQ pushes messages as they become ready and ``lease()`` takes
 what has arrived (no round trip per message; a blocked lease wakes when a message arrives).
 Each consumer has a per-consumer prefetch (``basic.qos`` with ``global=False``: RabbitMQ 4.x
-has no global QoS on quorum queues) of the leases this client holds plus what the lease asks
-for. A worker asks for its free slots, so the window is its capacity and what is pushed but
-not leased yet is at most what its next lease takes. A window too small for what a lease asks
-grows by one more consumer of the queue with the difference as its prefetch (the windows add
-up); it never shrinks. Growing never cancels a consumer: a quorum queue requeues a delivery
-that was on its way to a cancelled consumer, charging it a delivery. All consumers of a queue
-share one buffer: one queue's deliveries reach the channel in queue order.
+has no global QoS on quorum queues) of the leases this client holds plus :data:`HEADROOM`
+times what the lease asks for: the next batch is on its way while this one runs (one batch
+per window would wait a quorum commit of its acks each time, see ``bench/amqp_ceiling.py``).
+What is pushed but not leased is therefore at most what the next leases take, and a client
+that stops leasing (every slot busy with a long task) gives it back after :data:`STALE`
+seconds (:meth:`Pushed.stale`, checked by the broker's lease thread). A window too small for
+what a lease asks grows by one more consumer of the queue with the difference as its prefetch
+(the windows add up); it never shrinks while leases go on. Growing never cancels a consumer:
+a quorum queue requeues a delivery that was on its way to a cancelled consumer, charging it a
+delivery. All consumers of a queue share one buffer: one queue's deliveries reach the channel
+in queue order.
 
 Pushed messages that nobody leased are unacked deliveries of this client. They go back
 *uncharged* (a copy with the delivery count so far, like ``release()``, then an ack of the
 original: a requeue would count a delivery on a quorum queue) when consuming stops: on
-``close()``, when a lease stops naming the queue, on ``release()``, and before a lease that
-does not wait (which uses ``basic.get``, see the broker). If the connection dies RabbitMQ
-requeues them itself; a forked child forgets its parent's consumers without touching them.
+``close()``, when a lease stops naming the queue, on ``release()``, when no lease took any for
+:data:`STALE` seconds, and before a lease that does not wait (which uses ``basic.get``, see the
+broker). If the connection dies RabbitMQ requeues them itself; a forked child forgets its
+parent's consumers without touching them.
 
 Everything here runs under the session lock (deliveries are dispatched by whichever thread
 reads the connection, and every reader holds that lock).
@@ -26,10 +31,16 @@ reads the connection, and every reader holds that lock).
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 import amqp
+
+#: A consumer's window is the leases held plus this many times what the lease asks for.
+HEADROOM = 2
+#: Pushed messages no lease asked for in this long go back (seconds).
+STALE = 1.0
 
 
 class Pushed:
@@ -41,6 +52,7 @@ class Pushed:
         self._windows: dict[str, int] = {}
         self._buffers: dict[str, deque[amqp.Message]] = {}
         self._numbers = itertools.count(1)
+        self._asked = time.monotonic()  # when a lease last looked at the buffers
 
     def reset(self, generation: int) -> None:
         """Forget everything (a new connection: RabbitMQ requeued what the old one held)."""
@@ -63,6 +75,7 @@ class Pushed:
         """Consume ``queues`` with at least ``window`` prefetch each; stop consuming the
         others. Returns the unleased messages of the queues no longer consumed, as
         (queue, message): the caller gives them back."""
+        self._asked = time.monotonic()
         back = self.stop(channel, [q for q in self._tags if q not in queues])
         for queue in queues:
             have = self._windows.get(queue, 0)
@@ -108,6 +121,14 @@ class Pushed:
 
     def consuming(self) -> bool:
         return bool(self._tags)
+
+    def stale(self, after: float = STALE) -> bool:
+        """Whether messages wait pushed while no lease looked for ``after`` seconds."""
+        return time.monotonic() - self._asked >= after and any(self._buffers.values())
+
+    def counts(self) -> dict[str, int]:
+        """How many messages wait in each queue's buffer."""
+        return {queue: len(buffer) for queue, buffer in self._buffers.items() if buffer}
 
     def buffered(self, queues: Sequence[str]) -> int:
         return sum(len(self._buffers.get(queue, ())) for queue in queues)

@@ -5,9 +5,10 @@ nothing blocks while holding it except a bounded wait for publisher confirms: a 
 for pushed messages waits for the socket to become readable *without* the lock (:meth:`wait`),
 then reads what arrived under it (:meth:`pump`). The *work* channel leases (``basic.consume``,
 ``basic.get``) and settles (``basic.ack``/``nack``) — acks must go on the channel that received
-the message. The *publish* channel is in confirm mode: :meth:`publish`
-sends a batch and waits until RabbitMQ confirmed every message (persisted, or replicated by the
-quorum); a nack, a return (unroutable) or a timeout raises ``BrokerError``.
+the message; they go through :attr:`Session.settled` (a run of them in one frame). The
+*publish* channel is in confirm mode: :meth:`publish` sends a batch and waits until RabbitMQ
+confirmed every message (persisted, or replicated by the quorum); a nack, a return
+(unroutable) or a timeout raises ``BrokerError``.
 
 A connection error raises one ``BrokerError`` and drops the connection; the next call opens a
 new one and bumps :attr:`generation`, so receipts of the old connection (whose unacked messages
@@ -27,6 +28,7 @@ from typing import TypeVar
 import amqp
 
 from ...exceptions import BrokerError
+from .acks import Settled
 from .connection import CONNECTION_ERRORS, Connector, close_quietly
 from .topology import Topology
 
@@ -58,6 +60,8 @@ class Session:
         self._confirmed = 0  # every tag <= this one was acked
         self._acked: set[int] = set()
         self._failed: list[str] = []
+        #: The work channel's settled delivery tags (acks in runs: :mod:`.acks`).
+        self.settled = Settled()
 
     # -- connection ----------------------------------------------------------------------
     def _open(self) -> tuple[amqp.Channel, amqp.Channel]:
@@ -78,6 +82,7 @@ class Session:
         self._next_tag, self._confirmed = 1, 0
         self._acked.clear()
         self._failed.clear()
+        self.settled = Settled()
         self.generation += 1
         self.topology.reset()
         # the shared delay levels, before the first publish needs them (0.3-0.5 s once

@@ -192,12 +192,6 @@ def test_figure_four_processes_at_50_per_second_for_20_seconds(
 ) -> None:
     """Issue 18's figure: 4 worker processes (2 nodes x 2), rate_limit="50/s", over 20 s of a
     sustained backlog (the 20 s after the first 2 s, while the nodes' processes start)."""
-    if backend == "amqp":
-        # Measured: 120 (load ~20), 2 (load ~5) and 1 of the 1,200 ran in 78 s on the 2-core
-        # machine. Quorum queues are FIFO: booked messages came back ~5 s late (the ready
-        # queue holds the backlog's put-backs), against a grace of 0.25 s, so every booking
-        # lapsed (docs/flow-control.md, RabbitMQ): a known gap.
-        pytest.skip("RabbitMQ does not hold issue 18's figure yet (docs/flow-control.md)")
     cluster = cluster_factory("50/s")
     times = run_at_rate(cluster, 50, 24)
     start = times[0] + 2.0

@@ -191,15 +191,24 @@ def test_figure_four_processes_at_50_per_second_for_20_seconds(
     cluster_factory: Any, backend: str
 ) -> None:
     """Issue 18's figure: 4 worker processes (2 nodes x 2), rate_limit="50/s", over 20 s of a
-    sustained backlog (the 20 s after the first 2 s, while the nodes' processes start)."""
-    if backend == "amqp":
-        # Measured: 120 (load ~20), 2 (load ~5) and 1 of the 1,200 ran in 78 s on the 2-core
-        # machine. Quorum queues are FIFO: booked messages came back ~5 s late (the ready
-        # queue holds the backlog's put-backs), against a grace of 0.25 s, so every booking
-        # lapsed (docs/flow-control.md, RabbitMQ): a known gap.
-        pytest.skip("RabbitMQ does not hold issue 18's figure yet (docs/flow-control.md)")
+    sustained backlog (the 20 s after the first 2 s, while the nodes' processes start).
+
+    RabbitMQ: booked messages come due into the queue's first-served lane (they used to wait
+    ~5 s behind the backlog: 1 to 120 of the 1,200 ran in 78 s). On the shared 2-core machine
+    (the test at nice 19) it held at load ~4 in two runs of three (49.65/s, 50.00/s;
+    45.55/s); at load 5-23 it ran between 12.25/s and 45.85/s, or not all 1,200 within 78 s:
+    a worker process waiting for the CPU leases due messages later than the booking grace
+    (docs/flow-control.md, RabbitMQ). There a figure below 47.5/s is an expected failure
+    (xfail, with the figure); a start above the rule never is."""
     cluster = cluster_factory("50/s")
-    times = run_at_rate(cluster, 50, 24)
+    try:
+        times = run_at_rate(cluster, 50, 24)
+    except pytest.fail.Exception:
+        if backend != "amqp":
+            raise
+        times = cluster.times()
+        assert not times or most_in_a_window(times) <= most_allowed("50/s")
+        pytest.xfail(f"RabbitMQ: {len(times)} of 1200 ran within the time")
     start = times[0] + 2.0
     window = times[bisect.bisect_left(times, start) : bisect.bisect_left(times, start + 20.0)]
     observed = len(window) / 20.0
@@ -207,5 +216,7 @@ def test_figure_four_processes_at_50_per_second_for_20_seconds(
     if os.environ.get("LIMITS_DEBUG"):
         print(sorted(collections.Counter(int(t - times[0]) for t in times).items()))
     print(f"figure: {observed:.2f}/s over 20 s, at most {most} in any 1 s of the whole run")
-    assert abs(observed - 50) <= 0.05 * 50
     assert most <= most_allowed("50/s")
+    if backend == "amqp" and observed < 0.95 * 50:  # below: CPU-starved; above: a failure
+        pytest.xfail(f"RabbitMQ: {observed:.2f}/s over 20 s (at most {most} in 1 s)")
+    assert abs(observed - 50) <= 0.05 * 50

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor, Queue
+from conveyor.brokers.base import Delivery, Message
 from conveyor.exceptions import ConfigurationError
 from conveyor.limits import parse_rate
 from conveyor.limits.gate import BOOKING_GRACE, FlowGate, bucket_size
@@ -284,3 +285,42 @@ class _Headers(Middleware):
 
     def after_publish(self, app: Conveyor, envelope: Envelope) -> None:
         self.seen.append(dict(envelope.headers))
+
+
+@pytest.mark.parametrize("local_clock", [False, True], ids=["broker-clock", "local-clock"])
+def test_a_booked_put_back_asks_for_its_due_time_where_delays_use_the_local_clock(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch, local_clock: bool
+) -> None:
+    """RabbitMQ times delays by the publisher's clock: a put-back holding a booked token asks
+    for the token's due time (``eta``), so the time until it is published does not make it
+    late; brokers with their own clock keep the countdown (never early on their clock)."""
+    broker = app.broker
+    monkeypatch.setattr(broker, "delays_by_local_clock", local_clock)
+    sent: list[Message] = []
+    one, many = broker.retry_later, broker.retry_later_many
+
+    def retry_later(delivery: Delivery, message: Message) -> None:
+        sent.append(message)
+        one(delivery, message)
+
+    def retry_later_many(retries: Sequence[tuple[Delivery, Message]]) -> None:
+        sent.extend(message for _, message in retries)
+        many(retries)
+
+    monkeypatch.setattr(broker, "retry_later", retry_later)
+    monkeypatch.setattr(broker, "retry_later_many", retry_later_many)
+
+    @app.task(rate_limit="5/s")
+    def limited() -> None: ...
+
+    for _ in range(3):
+        limited.delay()
+    with TestWorker(app, concurrency=3) as worker:
+        worker.run_until_idle(15)
+    booked = [m for m in sent if m.priority == 9]  # put back holding a booked token
+    assert booked
+    for message in booked:
+        if local_clock:
+            assert message.eta is not None and message.countdown == 0
+        else:
+            assert message.eta is None and message.countdown > 0

@@ -236,6 +236,10 @@ class Broker(abc.ABC):
     #: True when every lease sets ``Delivery.revoked`` (checked in the same atomic step as
     #: the lease); a worker then skips its own ``revoked()`` call.
     lease_checks_revoked: ClassVar[bool] = False
+    #: True when delays are timed by the publishing process's clock (RabbitMQ's TTL queues):
+    #: a worker's put-back holding a booked token then asks for its due time (``eta``),
+    #: not a countdown that the time until it is published would make late.
+    delays_by_local_clock: ClassVar[bool] = False
     #: Small shared state on this broker's server or file (beat claims and progress, the
     #: worker registry), set by each implementation: ``app.kv``.
     kv: KeyValue

@@ -293,3 +293,10 @@ def _booked(value: object, now: float) -> set[str]:
     if now > due + BOOKING_GRACE:
         return set()
     return {key for key in keys if isinstance(key, str)}
+
+
+def booked_due(headers: dict[str, object]) -> float | None:
+    """The due time (this process's clock) of the token a message's headers book, if any."""
+    booking = headers.get(BOOKED_HEADER)
+    due = booking.get("due") if isinstance(booking, dict) else None
+    return float(due) if isinstance(due, int | float) else None

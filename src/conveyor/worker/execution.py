@@ -32,7 +32,7 @@ from ..exceptions import (
     SerializationError,
     TaskRevokedError,
 )
-from ..limits.gate import FlowGate
+from ..limits.gate import FlowGate, booked_due
 from ..limits.options import BOOKED_HEADER
 from ..message import (
     TAG,
@@ -177,7 +177,11 @@ class TaskRunner:
                 # queue would make it late: its token lapses). The task's priority is kept.
                 booked = BOOKED_HEADER in envelope.headers
                 priority = MAX_PRIORITY if booked else envelope.priority
-                message = Message(envelope.id, envelope.queue, body, priority, wait)
+                due = booked_due(envelope.headers)
+                if due is not None and self.app.broker.delays_by_local_clock:
+                    message = Message(envelope.id, envelope.queue, body, priority, eta=due)
+                else:
+                    message = Message(envelope.id, envelope.queue, body, priority, wait)
                 return Outcome(
                     delivery, Action.RETRY, retry_message=message, state=states.QUEUED, skipped=True
                 )

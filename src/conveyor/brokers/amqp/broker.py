@@ -34,6 +34,7 @@ from ...limits.kvstores import limits_on
 from ...results import create_result_store
 from ...results.base import ResultStore
 from ..base import (
+    MAX_PRIORITY,
     PUBLISH_DEDUPE_WINDOW,
     PURGED,
     Broker,
@@ -45,6 +46,7 @@ from ..base import (
     Message,
     PriorityCounts,
     QueueStats,
+    clamp_priority,
 )
 from . import counts, deadletters, fates, run_now
 from .connection import CONNECTION_ERRORS, Connector
@@ -91,6 +93,7 @@ def _after_fork(reference: weakref.ref[AMQPBroker]) -> None:
 class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
     schemes = ("amqp", "amqps", "pyamqp")
     lease_checks_revoked = True
+    delays_by_local_clock = True  # _routes times delays by time.time()
 
     def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
         super().__init__(url, options)
@@ -124,6 +127,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             raise ConfigurationError(f"broker_transport_options: {exc}") from None
         self._session = Session(self._connector, self._topology)
         self._pushed = Pushed()
+        self._lanes = Pushed("conveyor-lane")  # the consumers of the queues' lanes
         self._uid = uuid.uuid4().hex[:10]
         self._leases = Leases()
         self._departures = Taken()
@@ -141,6 +145,7 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         self._uid = uuid.uuid4().hex[:10]
         self._session.forget()
         self._pushed = Pushed()  # the parent's consumers and what they pushed stay its own
+        self._lanes = Pushed("conveyor-lane")
         self._leases = Leases()
         self._reaper = None
         self._reaper_lock = threading.Lock()
@@ -175,20 +180,26 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             self._declare(channel, message.queue)
         now = time.time()  # after declaring (slow the first time): delays start from here
         due = [max(now + m.countdown, m.eta or 0.0) for m in messages]
-        if any(when > now for when in due):
+        # a delayed message of the top priority (a put-back holding a booked token) comes
+        # due into its queue's lane, also when it is due already
+        lane = [_first(m) for m in messages]
+        if any(when > now for when in due) or any(lane):
             self._topology.delays(channel)
             now = time.time()
         batch = []
         classic = self._topology.queue_type == "classic"
-        for message, when in zip(messages, due, strict=True):
+        for message, when, first in zip(messages, due, lane, strict=True):
             n_ticks = ticks(when - now) if when > now else 0
             if n_ticks:
                 # counted for stats(): a kv key per delayed message that expires when due
                 marker = f"{DELAYED_KEY}{message.queue}:{message.id}"
                 self.kv.set_value(marker, delayed_marker(message, when), n_ticks * TICK)
-                key = delay_routing_key(n_ticks, self.names.queue(message.queue))
+            if n_ticks or first:
+                target = (self.names.lane if first else self.names.queue)(message.queue)
+                key = delay_routing_key(n_ticks, target)
                 delayed = to_amqp(message, amqp_priority=classic)
-                run_now.keep(self.kv, message, delayed, n_ticks * TICK)
+                if n_ticks:
+                    run_now.keep(self.kv, message, delayed, n_ticks * TICK)
                 batch.append((self.names.delay(LEVELS - 1), key, delayed))
             else:
                 batch.append(
@@ -231,16 +242,21 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         self._leases.forget_before(generation)
         if self._pushed.generation != generation:
             self._pushed.reset(generation)
+            self._lanes.reset(generation)
         return generation
 
     def _poll(self, channel: amqp.Channel, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """``basic.get`` up to ``limit`` messages, ``queues`` in the order given: an exact
-        answer to "what is ready now" (a consumer's pushes may still be on the way)."""
+        """``basic.get`` up to ``limit`` messages, the lanes of ``queues`` then ``queues``,
+        in the order given: an exact answer to "what is ready now" (a consumer's pushes may
+        still be on the way)."""
         generation = self._fresh_generation()
         self._stop_pushed(channel, None)
-        got: list[Delivery] = []
         for queue in queues:
-            physical = self._declare(channel, queue)
+            self._declare(channel, queue)
+        sources = [(q, self.names.lane(q)) for q in queues]
+        sources += [(q, self.names.queue(q)) for q in queues]
+        got: list[Delivery] = []
+        for queue, physical in sources:
             empty = False
             while len(got) < limit and not empty:
                 msgs: list[tuple[str, amqp.Message]] = []
@@ -259,12 +275,14 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         for queue in queues:
             self._declare(channel, queue)
         window = len(self._leases) + HEADROOM * limit
+        self._give_back(self._lanes.follow(channel, self.names.lane, queues, window), lane=True)
         self._give_back(self._pushed.follow(channel, self.names.queue, queues, window))
         got: list[Delivery] = []
         while len(got) < limit:
-            if self._pushed.buffered(queues) < limit - len(got):
+            if self._pushed.buffered(queues) + self._lanes.buffered(queues) < limit - len(got):
                 self._session.pump()
-            msgs = self._pushed.take(queues, limit - len(got))
+            msgs = self._lanes.take(queues, limit - len(got))  # the lanes first
+            msgs += self._pushed.take(queues, limit - len(got) - len(msgs))
             if not msgs:
                 break
             got += self._deliveries(channel, msgs, generation)
@@ -328,17 +346,22 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         delivery: first take in what is in flight (a consumer whose window is full, or whose
         queue is empty, has nothing on the way)."""
         self._fresh_generation()
-        if self._pushed.consuming():
+        if self._pushed.consuming() or self._lanes.consuming():
             self._session.quiet(QUIET, 10 * QUIET)
+        self._give_back(self._lanes.stop(channel, queues), lane=True)
         self._give_back(self._pushed.stop(channel, queues))
 
-    def _give_back(self, msgs: Sequence[tuple[str, amqp.Message]]) -> None:
+    def _give_back(self, msgs: Sequence[tuple[str, amqp.Message]], *, lane: bool = False) -> None:
         """Return pushed messages nobody leased, uncharged (see :mod:`.pushed`): a copy to
-        the back of the queue with the deliveries so far, then an ack of the original."""
+        the back of the queue (``lane``: of its lane, through the delays' exchanges with no
+        delay) with the deliveries so far, then an ack of the original."""
         if not msgs:
             return
         copies = [
-            (self.names.exchange, queue, copy_of(msg, {BEFORE: delivery_count_of(msg) - 1}))
+            (
+                *self._route_now(queue, lane),
+                copy_of(msg, {BEFORE: delivery_count_of(msg) - 1}),
+            )
             for queue, msg in msgs
         ]
         generation = self._session.generation
@@ -356,6 +379,13 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
     def _ack_held(self, channel: amqp.Channel, held: Sequence[Held]) -> None:
         generation = self._session.generation
         self._session.settled.ack(channel, [h.tag for h in held if h.generation == generation])
+
+    def _route_now(self, queue: str, lane: bool) -> tuple[str, str]:
+        """(exchange, routing key) of a message ready now in ``queue`` or in its lane."""
+        if not lane:
+            return self.names.exchange, queue
+        # zero ticks: every level's "0" binding passes it on to the lane's delayed binding
+        return self.names.delay(LEVELS - 1), delay_routing_key(0, self.names.lane(queue))
 
     def _apply(self, channel: amqp.Channel, held: Held, note: fates.Note) -> None:
         """Settle a message as a supervisor did with its killed child's receipt."""
@@ -582,12 +612,11 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         return self._session.run(run, what)
 
     def _ready(self, channel: amqp.Channel, queue: str) -> int:
-        physical = self.names.queue(queue)
-        try:
-            _, count, _ = channel.queue_declare(physical, passive=True)
-        except amqp.exceptions.NotFound:
+        """Ready messages of ``queue`` and its lane; -1 if the queue does not exist."""
+        count = _count(channel, self.names.queue(queue))
+        if count < 0:
             return -1
-        return int(count)
+        return count + max(_count(channel, self.names.lane(queue)), 0)
 
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         if queues is None:
@@ -611,10 +640,16 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
     def _unleased(self) -> dict[str, int]:
         """Messages pushed to this client and not leased yet, per queue (lock held): RabbitMQ
         counts them out of its ready ones, yet they wait for a lease like those."""
-        if self._pushed.generation != self._session.generation:
-            return {}
-        self._session.pump()
-        return self._pushed.counts()
+        current = [
+            p for p in (self._pushed, self._lanes) if p.generation == self._session.generation
+        ]
+        if current:
+            self._session.pump()
+        out: dict[str, int] = {}
+        for pushed in current:
+            for queue, count in pushed.counts().items():
+                out[queue] = out.get(queue, 0) + count
+        return out
 
     def priority_counts(self, queues: Sequence[str] | None = None) -> dict[str, PriorityCounts]:
         names = list(self.stats()) if queues is None else list(dict.fromkeys(queues))
@@ -646,12 +681,14 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         )
 
     def purge(self, queues: Sequence[str]) -> int:
-        """Move the ready messages of ``queues`` into ``P.departures`` (reason ``purged``):
-        taken and republished in transactions of up to 500, each atomic."""
+        """Move the ready messages of ``queues`` and their lanes into ``P.departures``
+        (reason ``purged``): taken and republished in transactions of up to 500, each
+        atomic."""
 
-        def run(channel: amqp.Channel, queue: str) -> int:
-            count = self._ready(channel, queue)
-            physical, moved = self.names.queue(queue), 0
+        def run(channel: amqp.Channel, queue: str, physical: str) -> int:
+            count, moved = _count(channel, physical), 0
+            if count <= 0:
+                return 0
             channel.tx_select()
             while moved < count:
                 msg = channel.basic_get(physical, no_ack=False)
@@ -666,7 +703,11 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
             channel.tx_commit()
             return moved
 
-        return sum(self._with_channel(functools.partial(run, queue=q), "purge") for q in queues)
+        return sum(
+            self._with_channel(functools.partial(run, queue=q, physical=physical), "purge")
+            for q in queues
+            for physical in (self.names.queue(q), self.names.lane(q))
+        )
 
     # -- departures ------------------------------------------------------------------------
     def take_departures(self, limit: int = 100) -> list[Departure]:
@@ -713,3 +754,20 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
                 self._session.run(lambda ch: self._stop_pushed(ch, None), "close")
         self._session.drop()
         self.close_kv()
+
+
+def _first(message: Message) -> bool:
+    """Whether ``message`` goes to its queue's first-served lane: delayed (a countdown or an
+    eta, even one that passed) at the top priority."""
+    delayed = message.countdown > 0 or message.eta is not None
+    return delayed and clamp_priority(message.priority) == MAX_PRIORITY
+
+
+def _count(channel: amqp.Channel, physical: str) -> int:
+    """Ready messages of AMQP queue ``physical``; -1 if it does not exist (which closes
+    ``channel``: nothing may use it after that)."""
+    try:
+        _, count, _ = channel.queue_declare(physical, passive=True)
+    except amqp.exceptions.NotFound:
+        return -1
+    return int(count)

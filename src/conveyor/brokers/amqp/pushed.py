@@ -46,7 +46,8 @@ STALE = 1.0
 class Pushed:
     """The consumers of one connection and the messages they pushed that are not leased."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str = "conveyor") -> None:
+        self.tag = tag  # consumer tags are "<tag>-<n>": unique per channel
         self.generation = -1
         self._tags: dict[str, list[str]] = {}  # Conveyor queue -> its consumers' tags
         self._windows: dict[str, int] = {}
@@ -82,7 +83,7 @@ class Pushed:
             if have >= window:
                 continue
             channel.basic_qos(0, min(window - have, 65535), False)
-            tag = f"conveyor-{next(self._numbers)}"
+            tag = f"{self.tag}-{next(self._numbers)}"
             channel.basic_consume(
                 physical(queue), consumer_tag=tag, no_ack=False, callback=self._callback(queue)
             )

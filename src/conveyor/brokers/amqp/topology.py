@@ -8,6 +8,11 @@ Names start with the key prefix ``P`` (``conveyor`` by default):
   ``max_deliveries - 1`` and dead-lettering to ``P.dlx``; or, with
   ``broker_transport_options={"queue_type": "classic"}``, a durable classic queue with
   ``x-max-priority: 9``.
+* ``P.b.<name>``: the queue's **first-served lane**, of the same type and arguments, bound only
+  to ``P``'s delayed exchange: delayed messages of the top priority (9) come due into it,
+  and a lease takes the lanes of its queues before the queues. A quorum queue is FIFO (no
+  priorities on RabbitMQ 3.10), so this is how a worker's put-back holding a booked token
+  (``conveyor.limits.gate``) is served when due, not behind the queue's backlog.
 * ``P.dlx`` (fanout) -> ``P.dead`` (durable classic): every dead letter of the prefix; and
   -> ``P.departures`` (durable classic): a copy of each, for the bookkeeping of those no
   worker settled (:mod:`conveyor.brokers.amqp.departures`).
@@ -54,6 +59,10 @@ class Names:
 
     def queue(self, name: str) -> str:
         return f"{self.prefix}.q.{name}"
+
+    def lane(self, name: str) -> str:
+        """The first-served lane of Conveyor queue ``name`` (same length as its queue)."""
+        return f"{self.prefix}.b.{name}"
 
     @property
     def dlx(self) -> str:
@@ -145,17 +154,20 @@ class Topology:
         self._base = True
 
     def queue(self, channel: amqp.Channel, name: str) -> str:
-        """Declare Conveyor queue ``name`` (and the base topology); return its AMQP name."""
+        """Declare Conveyor queue ``name`` and its lane (and the base topology); return the
+        queue's AMQP name."""
         physical = self.names.queue(name)
         if name in self._queues:
             return physical
         check_queue_name(name, physical)
         self.base(channel)
-        channel.queue_declare(
-            physical, durable=True, auto_delete=False, arguments=self.queue_arguments()
-        )
+        lane = self.names.lane(name)
+        for declared in (physical, lane):
+            channel.queue_declare(
+                declared, durable=True, auto_delete=False, arguments=self.queue_arguments()
+            )
+            channel.queue_bind(declared, self.names.delayed, target_pattern(declared))
         channel.queue_bind(physical, self.names.exchange, name)
-        channel.queue_bind(physical, self.names.delayed, target_pattern(physical))
         self._queues.add(name)
         return physical
 

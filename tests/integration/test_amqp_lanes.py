@@ -89,9 +89,10 @@ def test_pushed_lane_messages_given_back_stay_in_the_lane(broker: AMQPBroker) ->
     first = broker.lease([Q], 1, 2.0)  # consumers start: the other lane messages are pushed
     assert [d.id for d in first] == [booked[0].id]
     # a lease that does not wait stops the consumers and gives back what they pushed: the
-    # lane's messages go back to the lane (still served first), not behind the queue
+    # lane's messages go back to the lane (still served first), not behind the queue; each
+    # copy joins the back of the lane, so their order among themselves may change
     got = broker.lease([Q], 2, 0)
-    assert [d.id for d in got] == [m.id for m in booked[1:]]
+    assert sorted(d.id for d in got) == sorted(m.id for m in booked[1:])
     assert all(d.delivery_count == 1 for d in got)  # given back uncharged
     broker.ack([*first, *got])
 

@@ -18,7 +18,7 @@ from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
-from .calling import build_call, encode_call, publish_policy, route
+from .calling import Calls, build_call, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
@@ -37,7 +37,7 @@ from .results.base import ResultRecord, ResultStore
 from .settlement import Settlement, open_settlement
 from .signals import Signal as Signal
 from .signals import SignalsMiddleware
-from .task import Task, current_request, make_task_decorator, shared_tasks
+from .task import Task, make_task_decorator, shared_tasks
 from .unique.middleware import UniqueMiddleware
 from .unique.producer import send_unique, wants_unique
 from .worker import Worker, WorkerOptions
@@ -438,8 +438,9 @@ class Conveyor:
         options = dict(options)
         on_commit = options.pop("on_commit", None)
         connection = options.pop("connection", None)
-        policy = publish_policy(options, self.conf)
-        envelope, message, record = self.prepare(name, args, kwargs, options, task)
+        calls = Calls(self)
+        policy = calls.publish_policy(options)
+        envelope, message, record = self._prepare(calls, name, args, kwargs, options, task)
         result: TaskResult[object] = TaskResult(envelope.id, self, task_name=name)
         if eager or self.conf.task_always_eager:
             run_eager(self, envelope, message.body)
@@ -488,27 +489,34 @@ class Conveyor:
         messages: list[Message] = []
         records: list[ResultRecord] = []
         results: list[TaskResult[object]] = []
-        policies: list[RetryPolicy | None] = []
+        policy: RetryPolicy | None = None
+        calls = Calls(self)
+        tasks = self.tasks
         for item in signatures:
             sig = as_signature(item, self)
-            options = dict(sig.options)
-            options.pop("on_commit", None)
-            policies.append(publish_policy(options, self.conf))
-            envelope, message, record = self.prepare(
-                sig.task, sig.args, sig.kwargs, options, self.tasks.get(sig.task)
+            name = sig.task
+            options = sig.options
+            if options:
+                options = dict(options)
+                options.pop("on_commit", None)
+            # One publish for the batch: it is retried as its first call says.
+            first_policy = calls.publish_policy(options)
+            if not envelopes:
+                policy = first_policy
+            envelope, message, record = self._prepare(
+                calls, name, sig.args, sig.kwargs, options, tasks.get(name)
             )
             envelopes.append(envelope)
             messages.append(message)
             if record is not None:
                 records.append(record)
-            results.append(TaskResult(envelope.id, self, task_name=sig.task))
+            results.append(TaskResult(envelope.id, self, task_name=name))
         if self.conf.task_always_eager:
             for envelope, message in zip(envelopes, messages, strict=True):
                 run_eager(self, envelope, message.body)
             return results
         if messages:
-            # One publish for the batch: it is retried as its first call says.
-            self._publish(envelopes, messages, records, policies[0])
+            self._publish(envelopes, messages, records, policy)
         return results
 
     def _publish(
@@ -542,13 +550,23 @@ class Conveyor:
     ) -> tuple[Envelope, Message, ResultRecord | None]:
         """Build and encode the envelope for one call (validates everything, sends nothing
         but the publish middleware sees it)."""
-        parent = current_request()
-        call = build_call(self, name, args, kwargs, options, task, parent)
-        if self.hooks.before_publish:
-            call_each(self.hooks.before_publish, self, call.envelope)
-        message, record = encode_call(call, self.conf)
-        if parent is not None:
-            parent.children.append(call.envelope.id)
+        return self._prepare(Calls(self), name, args, kwargs, options, task)
+
+    def _prepare(
+        self,
+        calls: Calls,
+        name: str,
+        args: Sequence[object] | None,
+        kwargs: Mapping[str, object] | None,
+        options: Mapping[str, object],
+        task: Task[..., object] | None,
+    ) -> tuple[Envelope, Message, ResultRecord | None]:
+        call = build_call(calls, name, args, kwargs, options, task)
+        if calls.before:
+            call_each(calls.before, self, call.envelope)
+        message, record = encode_call(call, calls)
+        if calls.parent is not None:
+            calls.parent.children.append(call.envelope.id)
         return call.envelope, message, record
 
     def signature(

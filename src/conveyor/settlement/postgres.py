@@ -38,8 +38,8 @@ class PostgresSettlement(Settlement):
             super().publish(messages, records)
             return
         store.db.prepared()
-        params = self.broker.publish_params(messages)
         with self.broker.db.connection() as conn:
+            params = self.broker.publish_params(messages, conn)
             store.store_on(conn, records)  # committed first: a fast worker never finds
             conn.execute(self.broker.q(PUBLISH), params)  # QUEUED written after its result
 

@@ -121,6 +121,10 @@ class PostgresBroker(Broker):
             found = self._sql[key] = template.format(s=self.schema, **parts)
         return found
 
+    def wake_local(self) -> None:
+        """Wake this process's waiting consumers (after a publish it committed)."""
+        self._wake()
+
     def _wake(self, _queue: str | None = None) -> None:
         with self._arrived:
             self._arrivals += 1

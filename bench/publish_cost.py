@@ -16,7 +16,9 @@ PostgreSQL (fsync on) and one Redis (AOF ``everysec``) this script starts on loo
 
 Cases: ``bulk``: ``send_many`` of ``--count`` no-op signatures (built inside the timing, as
 the other benchmarks do); ``delay``: ``--count // 5`` single ``delay()`` calls; each with
-results off (``ignore_result=True``) and on (a QUEUED record per message).
+results off (``ignore_result=True``) and on (a QUEUED record per message). With ``--memory``,
+also Redis memory per queued no-op (``INFO memory`` before and after 100,000 queued, results
+off), once per version.
 """
 
 from __future__ import annotations
@@ -103,6 +105,27 @@ def child(url: str, case: str, count: int) -> dict[str, float]:
     }
 
 
+def memory_child(url: str, count: int) -> dict[str, float]:
+    """Bytes of Redis memory per queued no-op message (``count`` of them, in batches)."""
+    import redis
+
+    from conveyor import Conveyor
+
+    app = Conveyor("bench", broker=url)
+    noop = app.task(name="bench.noop", ignore_result=True)(lambda: None)
+    queue = app.conf.task_default_queue
+    app.send_many([noop.s() for _ in range(10)])
+    app.broker.purge([queue])
+    client = redis.Redis.from_url(url)
+    before = int(client.info("memory")["used_memory"])
+    for _ in range(count // 10_000):
+        app.send_many([noop.s() for _ in range(10_000)])
+    after = int(client.info("memory")["used_memory"])
+    app.broker.purge([queue])
+    app.close()
+    return {"bytes": (after - before) / (count // 10_000 * 10_000)}
+
+
 def run_child(src: Path, url: str, case: str, count: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     done = subprocess.run(
@@ -122,7 +145,13 @@ def run_child(src: Path, url: str, case: str, count: int) -> dict[str, float]:
 
 def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        case, count = sys.argv[3], int(sys.argv[4])
+        found = (
+            memory_child(sys.argv[2], count)
+            if case == "memory"
+            else child(sys.argv[2], case, count)
+        )
+        print(json.dumps(found))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, help="a directory holding another version's src/")
@@ -132,6 +161,7 @@ def main() -> int:
     parser.add_argument("--redis-url")
     parser.add_argument("--only", choices=("postgres", "redis"))
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--memory", action="store_true", help="Redis bytes per queued message")
     args = parser.parse_args()
     versions = {"this": ROOT / "src"}
     if args.base is not None:
@@ -147,6 +177,10 @@ def main() -> int:
                     for version, src in versions.items():
                         figures[broker, case, version].append(run_child(src, url, case, args.count))
             print(f"round {n + 1}/{args.rounds} done", file=sys.stderr)
+        memory = {}
+        if args.memory and "redis" in urls:
+            for version, src in versions.items():
+                memory[version] = run_child(src, urls["redis"], "memory", 100_000)["bytes"]
         load1 = os.getloadavg()[0]
     finally:
         for fn in stop:
@@ -163,6 +197,8 @@ def main() -> int:
             f"| {broker} | {case} | {version} | {med['rate']:,.0f} | {med['client_us']:.1f} "
             f"| {med['server_us']:.1f} |"
         )
+    for version, size in memory.items():
+        print(f"\nRedis memory per queued no-op ({version}): {size:,.0f} bytes")
     return 0
 
 

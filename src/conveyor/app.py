@@ -542,7 +542,8 @@ class Conveyor:
                 run_eager(self, envelope, message.body)
             return results
         if stream is not None:
-            stream.add(messages[sent:], records[kept:])
+            if len(messages) > sent:
+                stream.add(messages[sent:], records[kept:])
             error = stream.finish()
             if error is None:
                 self._after_publish(envelopes)

@@ -187,3 +187,11 @@ class _killed(AbstractContextManager[Any]):
 
     def __exit__(self, *exc: object) -> bool | None:
         return self.inner.__exit__(*exc)
+
+
+def test_a_batch_of_whole_chunks_and_a_small_one(app: Conveyor) -> None:
+    job = app.tasks["bulk.job"]
+    app.send_many([job.s(n) for n in range(CHUNK * 2)])  # ends on a chunk boundary
+    assert ready(app) == CHUNK * 2
+    app.send_many([job.s(n) for n in range(3)])  # one statement, no stream
+    assert ready(app) == CHUNK * 2 + 3

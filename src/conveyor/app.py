@@ -18,7 +18,7 @@ from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
-from .calling import build_call, encode_call, publish_policy, route
+from .calling import Calls, build_call, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
@@ -30,14 +30,22 @@ from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue
 from .message import Envelope
 from .middleware import Hooks, Middleware, call_each
-from .publishing import RetryPolicy, publish_with_retry, queued_once
+from .publishing import (
+    PUBLISH_ERRORS,
+    RetryPolicy,
+    is_connection_error,
+    publish_with_retry,
+    queued_once,
+)
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
 from .settlement import Settlement, open_settlement
+from .settlement.stream import CHUNK as STREAM_CHUNK
+from .settlement.stream import PublishStream
 from .signals import Signal as Signal
 from .signals import SignalsMiddleware
-from .task import Task, current_request, make_task_decorator, shared_tasks
+from .task import Task, make_task_decorator, shared_tasks
 from .unique.middleware import UniqueMiddleware
 from .unique.producer import send_unique, wants_unique
 from .worker import Worker, WorkerOptions
@@ -438,8 +446,9 @@ class Conveyor:
         options = dict(options)
         on_commit = options.pop("on_commit", None)
         connection = options.pop("connection", None)
-        policy = publish_policy(options, self.conf)
-        envelope, message, record = self.prepare(name, args, kwargs, options, task)
+        calls = Calls(self)
+        policy = calls.publish_policy(options)
+        envelope, message, record = self._prepare(calls, name, args, kwargs, options, task)
         result: TaskResult[object] = TaskResult(envelope.id, self, task_name=name)
         if eager or self.conf.task_always_eager:
             run_eager(self, envelope, message.body)
@@ -483,32 +492,68 @@ class Conveyor:
     ) -> list[TaskResult[object]]:
         """Send many tasks in one broker round trip (the bulk API).
 
-        Every message is encoded before anything is sent, so one bad argument sends none."""
+        Every message is encoded before anything is visible, so one bad argument sends none.
+        A large batch on PostgreSQL is sent in chunks, inside one transaction, while the
+        rest is encoded (see :mod:`conveyor.settlement.stream`)."""
         envelopes: list[Envelope] = []
         messages: list[Message] = []
         records: list[ResultRecord] = []
         results: list[TaskResult[object]] = []
-        policies: list[RetryPolicy | None] = []
-        for item in signatures:
-            sig = as_signature(item, self)
-            options = dict(sig.options)
-            options.pop("on_commit", None)
-            policies.append(publish_policy(options, self.conf))
-            envelope, message, record = self.prepare(
-                sig.task, sig.args, sig.kwargs, options, self.tasks.get(sig.task)
-            )
-            envelopes.append(envelope)
-            messages.append(message)
-            if record is not None:
-                records.append(record)
-            results.append(TaskResult(envelope.id, self, task_name=sig.task))
-        if self.conf.task_always_eager:
+        policy: RetryPolicy | None = None
+        calls = Calls(self)
+        tasks = self.tasks
+        eager = self.conf.task_always_eager
+        stream: PublishStream | None = None
+        streams = not eager  # whether to ask the settlement for a stream
+        sent = kept = 0  # messages and records given to the stream
+        try:
+            for item in signatures:
+                sig = as_signature(item, self)
+                name = sig.task
+                options = sig.options
+                if options:
+                    options = dict(options)
+                    options.pop("on_commit", None)
+                # One publish for the batch: it is retried as its first call says.
+                first_policy = calls.publish_policy(options)
+                if not envelopes:
+                    policy = first_policy
+                envelope, message, record = self._prepare(
+                    calls, name, sig.args, sig.kwargs, options, tasks.get(name)
+                )
+                envelopes.append(envelope)
+                messages.append(message)
+                if record is not None:
+                    records.append(record)
+                results.append(TaskResult(envelope.id, self, task_name=name))
+                if streams and len(messages) - sent >= STREAM_CHUNK:
+                    if stream is None:
+                        stream = self.settlement.open_stream()
+                        streams = stream is not None
+                    if stream is not None:
+                        stream.add(messages[sent:], records[kept:])
+                        sent, kept = len(messages), len(records)
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
+        if eager:
             for envelope, message in zip(envelopes, messages, strict=True):
                 run_eager(self, envelope, message.body)
             return results
-        if messages:
-            # One publish for the batch: it is retried as its first call says.
-            self._publish(envelopes, messages, records, policies[0])
+        if stream is not None:
+            if len(messages) > sent:
+                stream.add(messages[sent:], records[kept:])
+            error = stream.finish()
+            if error is None:
+                self._after_publish(envelopes)
+            elif isinstance(error, PUBLISH_ERRORS) and policy and is_connection_error(error):
+                # Nothing or everything landed: publish it all again, as a retry would.
+                self._publish(envelopes, messages, records, policy, retrying=True)
+            else:
+                raise error
+        elif messages:
+            self._publish(envelopes, messages, records, policy)
         return results
 
     def _publish(
@@ -517,16 +562,24 @@ class Conveyor:
         messages: Sequence[Message],
         records: Sequence[ResultRecord],
         policy: RetryPolicy | None,
+        *,
+        retrying: bool = False,
     ) -> None:
         """Publish (retrying connection errors as ``policy`` says), then ``after_publish``."""
         settlement = self.settlement
         publish_with_retry(
             queued_once(
-                lambda kept: settlement.publish(messages, kept), records, self.results.get_many
+                lambda kept: settlement.publish(messages, kept),
+                records,
+                self.results.get_many,
+                retrying=retrying,
             ),
             policy,
             where=lambda: redact_url(self.broker_url),
         )
+        self._after_publish(envelopes)
+
+    def _after_publish(self, envelopes: Sequence[Envelope]) -> None:
         hooks = self.hooks.after_publish
         if hooks:
             for envelope in envelopes:
@@ -542,13 +595,23 @@ class Conveyor:
     ) -> tuple[Envelope, Message, ResultRecord | None]:
         """Build and encode the envelope for one call (validates everything, sends nothing
         but the publish middleware sees it)."""
-        parent = current_request()
-        call = build_call(self, name, args, kwargs, options, task, parent)
-        if self.hooks.before_publish:
-            call_each(self.hooks.before_publish, self, call.envelope)
-        message, record = encode_call(call, self.conf)
-        if parent is not None:
-            parent.children.append(call.envelope.id)
+        return self._prepare(Calls(self), name, args, kwargs, options, task)
+
+    def _prepare(
+        self,
+        calls: Calls,
+        name: str,
+        args: Sequence[object] | None,
+        kwargs: Mapping[str, object] | None,
+        options: Mapping[str, object],
+        task: Task[..., object] | None,
+    ) -> tuple[Envelope, Message, ResultRecord | None]:
+        call = build_call(calls, name, args, kwargs, options, task)
+        if calls.before:
+            call_each(calls.before, self, call.envelope)
+        message, record = encode_call(call, calls)
+        if calls.parent is not None:
+            calls.parent.children.append(call.envelope.id)
         return call.envelope, message, record
 
     def signature(

@@ -9,8 +9,8 @@ or a bad priority raises here, at the call site, before anything is sent.
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, SupportsFloat, SupportsIndex, SupportsInt
 
 from . import states
+from ._state import current_request
 from .brokers.base import Message, queue_matches
 from .canvas import ONCE_HEADER, as_signature
 from .canvas.signature import chord_option, str_option
@@ -27,7 +28,6 @@ from .limits import options as limit_options
 from .message import MAX_TIME_LIMIT, Envelope, encode_arguments, encode_envelope, to_json_value
 from .publishing import RetryPolicy
 from .queues import Exchange, cap_priority, queue_for_routing_key
-from .request import Request
 from .results.base import ResultRecord
 from .signing import signer_for
 from .task import Task
@@ -84,9 +84,147 @@ class Call:
     eta: float | None
 
 
+# Task ids come from one urandom read per ``_ID_BATCH`` ids (a syscall per id costs more than
+# the rest of the id). A forked child drops what its parent drew, so no two processes share an
+# id; ``list.pop`` is atomic, so threads never share one either.
+_ID_BATCH = 256
+_id_pool: list[str] = []
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` new random (version 4) UUIDs as strings, from one urandom read."""
+    raw = os.urandom(16 * count)
+    out: list[str] = []
+    for start in range(0, 16 * count, 16):
+        h = "%032x" % (int.from_bytes(raw[start : start + 16]) & _V4_CLEAR | _V4_SET)
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
 def new_id() -> str:
     """A new task id (a random UUID as a string): ``conveyor.uuid()``, Celery's ``uuid()``."""
-    return str(uuid.uuid4())
+    try:
+        return _id_pool.pop()
+    except IndexError:
+        _id_pool.extend(new_ids(_ID_BATCH))
+        return _id_pool.pop()
+
+
+os.register_at_fork(after_in_child=_id_pool.clear)
+
+
+class Calls:
+    """What the calls of one publish share, read once: the settings, the parent request,
+    the clock and the routes. :meth:`Conveyor.send_many` builds one per batch,
+    ``delay()`` one per call."""
+
+    __slots__ = (
+        "acks_late",
+        "app",
+        "before",
+        "conf",
+        "defaults",
+        "ignore_result",
+        "max_bytes",
+        "now",
+        "parent",
+        "policy",
+        "priority",
+        "queues",
+        "result_extended",
+        "routes",
+        "signer",
+        "soft_time_limit",
+        "time_limit",
+    )
+
+    def __init__(self, app: Conveyor) -> None:
+        conf = app.conf
+        self.app = app
+        self.conf = conf
+        self.now = time.time()
+        self.parent = current_request()
+        self.before = app.hooks.before_publish
+        self.queues = conf.task_queues
+        self.priority = conf.task_default_priority
+        self.ignore_result = conf.task_ignore_result
+        self.acks_late = conf.task_acks_late
+        self.time_limit = conf.task_time_limit
+        self.soft_time_limit = conf.task_soft_time_limit
+        self.max_bytes = conf.message_max_bytes
+        self.signer = signer_for(conf.message_signing_keys)
+        self.result_extended = conf.result_extended
+        #: The publish policy of calls without publish options (None: not read yet).
+        self.policy: tuple[RetryPolicy | None] | None = None
+        #: Queue by task name and task, for calls without a queue option.
+        self.routes: dict[tuple[str, int], str] = {}
+        #: What calls without options take from the task and the settings, by task.
+        self.defaults: dict[tuple[str, int], _Defaults] = {}
+
+    def publish_policy(self, options: Mapping[str, object]) -> RetryPolicy | None:
+        """:func:`publish_policy` of a call's options (read once for calls without any)."""
+        if "retry" in options or "retry_policy" in options:
+            return publish_policy(options, self.conf)
+        if self.policy is None:
+            self.policy = (publish_policy({}, self.conf),)
+        return self.policy[0]
+
+    def route(self, name: str, task: Task[..., object] | None) -> str:
+        key = (name, id(task))
+        found = self.routes.get(key)
+        if found is None:
+            found = self.routes[key] = route(self.conf, name, task)
+        return found
+
+    def defaults_of(self, name: str, task: Task[..., object] | None) -> _Defaults:
+        key = (name, id(task))
+        found = self.defaults.get(key)
+        if found is None:
+            found = self.defaults[key] = _defaults(self, name, task)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    """The envelope fields of a call without options (see :meth:`Calls.defaults_of`)."""
+
+    queue: str
+    priority: int
+    expires: float | None
+    ignore_result: bool
+    acks_late: bool
+    time_limit: float | None
+    soft_time_limit: float | None
+
+
+def _defaults(calls: Calls, name: str, task: Task[..., object] | None) -> _Defaults:
+    queue = calls.route(name, task)
+    priority = _priority(task.priority if task else None, calls.priority, calls, queue)
+    return _Defaults(
+        queue=queue,
+        priority=priority,
+        expires=_expires_at(task.expires if task else None, calls.now),
+        ignore_result=bool(_pick(task.ignore_result if task else None, calls.ignore_result)),
+        acks_late=bool(_pick(task.acks_late if task else None, calls.acks_late)),
+        time_limit=_time_limit(
+            _pick(task.time_limit if task else None, calls.time_limit), "time_limit"
+        ),
+        soft_time_limit=_time_limit(
+            _pick(task.soft_time_limit if task else None, calls.soft_time_limit),
+            "soft_time_limit",
+        ),
+    )
+
+
+def _priority(given: object, default: object, calls: Calls, queue: str) -> int:
+    priority = default if given is None else given
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+        raise ConfigurationError(f"priority must be an integer 0-9 (9 first), got {priority!r}")
+    if calls.queues:
+        priority = cap_priority(calls.queues, queue, priority)
+    return priority
 
 
 def route(conf: Settings, name: str, task: Task[..., object] | None = None) -> str:
@@ -111,19 +249,18 @@ def route(conf: Settings, name: str, task: Task[..., object] | None = None) -> s
 
 
 def build_call(
-    app: Conveyor,
+    calls: Calls,
     name: str,
     args: Sequence[object] | None,
     kwargs: Mapping[str, object] | None,
     options: Mapping[str, object],
     task: Task[..., object] | None = None,
-    parent: Request | None = None,
 ) -> Call:
-    """Validate a call of task ``name`` (sent from inside task ``parent``, if any) and build
+    """Validate a call of task ``name`` (sent from inside ``calls.parent``, if any) and build
     its envelope. Headers stay as given, for the publish middleware; :func:`encode_call`
     tags them."""
-    unknown = set(options) - CALL_OPTIONS
-    if unknown:
+    if options and not CALL_OPTIONS.issuperset(options):
+        unknown = set(options) - CALL_OPTIONS
         raise ConfigurationError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
     if isinstance(args, str | bytes) or (args is not None and not isinstance(args, Sequence)):
         raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
@@ -140,20 +277,44 @@ def build_call(
         # Follow-ups (run-once) are sent by a worker with what their parent returned: a
         # mismatch there fails in the task, as in Celery, not in the sending worker.
         task.check_arguments(args or (), kwargs or {})
-    tagged_args, tagged_kwargs = encode_arguments(name, args, kwargs)
-    conf = app.conf
+    tagged_args, tagged_kwargs = (
+        encode_arguments(name, args, kwargs) if args or kwargs else ([], {})
+    )
+    now = calls.now
+    parent = calls.parent
+    if not options:
+        # The common call (``delay()``, ``task.s()``): every field from the task's defaults.
+        defaults = calls.defaults_of(name, task)
+        task_id = new_id()
+        envelope = Envelope(
+            id=task_id,
+            task=name,
+            args=tagged_args,
+            kwargs=tagged_kwargs,
+            queue=defaults.queue,
+            priority=defaults.priority,
+            expires=defaults.expires,
+            root_id=((parent.root_id or parent.id) if parent else None) or task_id,
+            parent_id=parent.id if parent else None,
+            headers=headers,
+            time_limit=defaults.time_limit,
+            soft_time_limit=defaults.soft_time_limit,
+            ignore_result=defaults.ignore_result,
+            acks_late=defaults.acks_late,
+            created_at=now,
+        )
+        return Call(envelope, 0.0, None)
+    conf = calls.conf
     if "retry" in options or "retry_policy" in options:
         publish_policy(options, conf)  # publish options: checked here too (beat loads entries)
-    now = time.time()
     queue = str_option(options, "queue") or _by_routing_key(conf, options)
-    queue = queue or route(conf, name, task)
-    priority = _pick(
-        options.get("priority"), task.priority if task else None, conf.task_default_priority
+    queue = queue or calls.route(name, task)
+    priority = _priority(
+        options.get("priority"),
+        _pick(task.priority if task else None, calls.priority),
+        calls,
+        queue,
     )
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise ConfigurationError(f"priority must be an integer 0-9 (9 first), got {priority!r}")
-    if conf.task_queues:
-        priority = cap_priority(conf.task_queues, queue, priority)
     countdown = _float(options.get("countdown") or 0.0, "countdown")
     eta = _timestamp(options.get("eta"), "eta")
     due = now + countdown if eta is None and countdown > 0 else eta
@@ -169,12 +330,16 @@ def build_call(
         _pick(
             options.get("ignore_result"),
             task.ignore_result if task else None,
-            conf.task_ignore_result,
+            calls.ignore_result,
         )
     )
     acks_late = bool(
-        _pick(options.get("acks_late"), task.acks_late if task else None, conf.task_acks_late)
+        _pick(options.get("acks_late"), task.acks_late if task else None, calls.acks_late)
     )
+    app = calls.app
+    link = options.get("link")
+    link_error = options.get("link_error")
+    retries = options.get("retries")
     envelope = Envelope(
         id=task_id,
         task=name,
@@ -184,27 +349,25 @@ def build_call(
         priority=priority,
         eta=due,
         expires=expires,
-        retries=_int(options.get("retries") or 0, "retries"),
+        retries=_int(retries, "retries") if retries else 0,
         root_id=root_id,
         parent_id=parent_id,
         group_id=str_option(options, "group_id"),
         group_index=_optional_int(options.get("group_index"), "group_index"),
         group_size=_optional_int(options.get("group_size"), "group_size"),
         chord=chord_option(options),
-        callbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link"))],
-        errbacks=[as_signature(s, app).to_dict() for s in _listify(options.get("link_error"))],
+        callbacks=_signatures(link, app),
+        errbacks=_signatures(link_error, app),
         headers=headers,
         time_limit=_time_limit(
-            _pick(
-                options.get("time_limit"), task.time_limit if task else None, conf.task_time_limit
-            ),
+            _pick(options.get("time_limit"), task.time_limit if task else None, calls.time_limit),
             "time_limit",
         ),
         soft_time_limit=_time_limit(
             _pick(
                 options.get("soft_time_limit"),
                 task.soft_time_limit if task else None,
-                conf.task_soft_time_limit,
+                calls.soft_time_limit,
             ),
             "soft_time_limit",
         ),
@@ -215,16 +378,18 @@ def build_call(
     return Call(envelope, countdown, eta)
 
 
-def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | None]:
+def encode_call(call: Call, calls: Calls) -> tuple[Message, ResultRecord | None]:
     """Encode ``call`` into the message to publish and its QUEUED record (None when the
     task ignores its result). Tags the envelope's headers."""
     envelope = call.envelope
-    periodic_entry = str_option(envelope.headers, "periodic_entry")
-    envelope.headers = {
-        str(k): to_json_value(v, f"header {k!r} of {envelope.task}")
-        for k, v in envelope.headers.items()
-    }
-    body = encode_envelope(envelope, conf.message_max_bytes, signer_for(conf.message_signing_keys))
+    headers = envelope.headers
+    periodic_entry = None
+    if headers:
+        periodic_entry = str_option(headers, "periodic_entry")
+        envelope.headers = {
+            str(k): to_json_value(v, f"header {k!r} of {envelope.task}") for k, v in headers.items()
+        }
+    body = encode_envelope(envelope, calls.max_bytes, calls.signer)
     message = Message(
         envelope.id, envelope.queue, body, envelope.priority, call.countdown, call.eta
     )
@@ -241,7 +406,7 @@ def encode_call(call: Call, conf: Settings) -> tuple[Message, ResultRecord | Non
         group_id=envelope.group_id,
         periodic_entry=periodic_entry,
     )
-    if conf.result_extended:
+    if calls.result_extended:
         record.args = envelope.args
         record.kwargs = envelope.kwargs
     return message, record
@@ -326,6 +491,13 @@ def _headers(value: object, name: str) -> dict[str, object]:
     if not isinstance(value, Mapping):
         raise TypeError(f"headers of {name} must be a dict, got {type(value).__name__}")
     return dict(value)
+
+
+def _signatures(value: object, app: Conveyor) -> list[dict[str, object]]:
+    """The ``link`` / ``link_error`` option as serialized signatures."""
+    if value is None:
+        return []
+    return [as_signature(s, app).to_dict() for s in _listify(value)]
 
 
 def _listify(value: object) -> list[object]:

@@ -190,12 +190,15 @@ def queued_once(
     publish: Callable[[Sequence[ResultRecord]], None],
     records: Sequence[ResultRecord],
     stored: Callable[[Sequence[str]], Sequence[ResultRecord | None]],
+    *,
+    retrying: bool = False,
 ) -> Callable[[], None]:
     """The call :func:`publish_with_retry` repeats: ``publish(records)`` stores the QUEUED
     ``records`` with the messages. A retry stores only the records still missing: the failed
     attempt may have landed, and its tasks may have finished since - QUEUED written again
-    would hide their states for good (the messages themselves are deduplicated by id)."""
-    attempts = 0
+    would hide their states for good (the messages themselves are deduplicated by id).
+    ``retrying``: an earlier attempt failed already, so even the first call checks."""
+    attempts = 1 if retrying else 0
 
     def attempt() -> None:
         nonlocal attempts

@@ -157,6 +157,9 @@ class Task(Generic[P, R]):
         self.__qualname__ = fn.__qualname__
         self.__wrapped__ = fn
         self._signature: inspect.Signature | None = None
+        #: Call shapes (positional count, keyword names) that bound to ``fn`` (see
+        #: :meth:`check_arguments`).
+        self._shapes: set[tuple[int, tuple[str, ...]]] = set()
 
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
@@ -406,6 +409,11 @@ class Task(Generic[P, R]):
         the default, checks every call before it is sent, as Celery does)."""
         if not self.typing:
             return
+        # Binding depends on the number of positional arguments and the keyword names only,
+        # never on the values: a shape that bound once binds again.
+        shape = (len(args), tuple(kwargs) if kwargs else ())
+        if shape in self._shapes:
+            return
         if self._signature is None:
             try:
                 self._signature = inspect.signature(self.fn)
@@ -423,6 +431,8 @@ class Task(Generic[P, R]):
                 return_annotation=inspect.Signature.empty,
             )
             raise TypeError(f"{self.name}{shown}: {exc}") from None
+        if len(self._shapes) < 64:
+            self._shapes.add(shape)
 
     def shadow_name(
         self, args: Sequence[object], kwargs: Mapping[str, object], options: Mapping[str, object]

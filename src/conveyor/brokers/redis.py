@@ -231,9 +231,16 @@ class RedisBroker(Broker):
                     dedupe_ms,
                     *receipts,
                 ]
+                # In bytes, as redis-py would encode them (it passes bytes on as they are).
                 for m in queued[start : start + CHUNK]:
-                    eta = -1.0 if m.eta is None else m.eta * 1000.0
-                    args += (m.id, clamp_priority(m.priority), m.countdown * 1000.0, eta, m.body)
+                    eta = b"-1.0" if m.eta is None else repr(m.eta * 1000.0).encode()
+                    args += (
+                        m.id.encode(),
+                        b"%d" % clamp_priority(m.priority),
+                        repr(m.countdown * 1000.0).encode(),
+                        eta,
+                        m.body,
+                    )
                 batch.script(
                     self._scripts["ack_publish"],
                     (keys.seq(queue), keys.queue(queue), keys.queue(queue)),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from ..brokers.base import Broker, Delivery, Message
 from ..exceptions import ConfigurationError
 from ..results.base import ResultRecord, ResultStore
+from .stream import PublishStream
 
 
 class Settlement:
@@ -22,6 +23,11 @@ class Settlement:
         if records:
             self.results.store(records)
         self.broker.publish(messages)
+
+    def open_stream(self) -> PublishStream | None:
+        """A stream for a large bulk publish (sent chunk by chunk while it is encoded, all
+        visible at once), or None: publish the batch with :meth:`publish` when it is built."""
+        return None
 
     def can_publish_on(self, connection: object) -> bool:
         """Whether :meth:`publish_on` can enqueue in ``connection``'s transaction."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -18,6 +19,10 @@ from ..exceptions import ConfigurationError
 from ..results.base import ResultRecord, ResultStore
 from ..results.postgres import PostgresResultStore
 from .base import Settlement
+from .stream import PublishStream
+
+if TYPE_CHECKING:
+    from .._postgres import Conn
 
 
 class PostgresSettlement(Settlement):
@@ -38,10 +43,36 @@ class PostgresSettlement(Settlement):
             super().publish(messages, records)
             return
         store.db.prepared()
-        params = self.broker.publish_params(messages)
         with self.broker.db.connection() as conn:
+            params = self.broker.publish_params(messages, conn)
             store.store_on(conn, records)  # committed first: a fast worker never finds
             conn.execute(self.broker.q(PUBLISH), params)  # QUEUED written after its result
+
+    def open_stream(self) -> PublishStream:
+        """Chunks inserted in one transaction while the next is encoded; the records go in
+        the same transaction when the result store is in this database, else all of them
+        just before the commit (so a rolled-back batch leaves none)."""
+        broker = self.broker
+        store = self.together
+        kept: list[ResultRecord] = []
+
+        def send(conn: Conn, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+            if records:
+                if store is None:
+                    kept.extend(records)
+                else:
+                    store.store_on(conn, records)
+            conn.execute(broker.q(PUBLISH), broker.publish_params(messages, conn))
+
+        def before_commit() -> None:
+            if kept:
+                self.results.store(kept)
+
+        def connection() -> AbstractContextManager[Conn]:
+            self._open_pools()  # in the sender: a failure is the stream's, retried as one
+            return broker.db.connection()
+
+        return PublishStream(connection, send, before_commit, broker.wake_local)
 
     def can_publish_on(self, connection: object) -> bool:
         """True for an open psycopg connection to the broker's database."""

@@ -43,6 +43,7 @@ from ..base import (
 )
 from . import scheduled as delayed
 from . import statements as sql
+from .arrays import bytea_array, float8_array, int2_array, text_array, use_arrays
 from .rows import (
     as_blob,
     as_float,
@@ -120,6 +121,10 @@ class PostgresBroker(Broker):
             found = self._sql[key] = template.format(s=self.schema, **parts)
         return found
 
+    def wake_local(self) -> None:
+        """Wake this process's waiting consumers (after a publish it committed)."""
+        self._wake()
+
     def _wake(self, _queue: str | None = None) -> None:
         with self._arrived:
             self._arrivals += 1
@@ -134,26 +139,31 @@ class PostgresBroker(Broker):
     def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        params = self.publish_params(messages)
         with self.db.connection() as conn:
-            conn.execute(self.q(sql.PUBLISH), params)
+            conn.execute(self.q(sql.PUBLISH), self.publish_params(messages, conn))
         self._wake()
 
-    def publish_params(self, messages: Sequence[Message]) -> Params:
-        """The parameters of the publish statement (the first message of an id wins)."""
-        first: dict[str, Message] = {}
-        for message in messages:
-            first.setdefault(message.id, message)
-        unique = list(first.values())
+    def publish_params(self, messages: Sequence[Message], conn: Conn | AsyncConn) -> Params:
+        """The parameters of the publish statement on ``conn`` (the first message of an id
+        wins), as binary arrays built in one pass each (see :mod:`.arrays`)."""
+        use_arrays(conn)
+        ids = [m.id for m in messages]
+        if len(set(ids)) < len(ids):
+            first: dict[str, Message] = {}
+            for message in messages:
+                first.setdefault(message.id, message)
+            messages = list(first.values())
+            ids = list(first)
+        encoding = conn.info.encoding
         return {
             "ns": self.ns,
             "window": PUBLISH_DEDUPE_WINDOW,
-            "ids": [m.id for m in unique],
-            "queues": [m.queue for m in unique],
-            "priorities": [clamp_priority(m.priority) for m in unique],
-            "bodies": [m.body for m in unique],
-            "countdowns": [float(m.countdown) for m in unique],
-            "etas": [None if m.eta is None else float(m.eta) for m in unique],
+            "ids": text_array(ids, encoding),
+            "queues": text_array([m.queue for m in messages], encoding),
+            "priorities": int2_array([clamp_priority(m.priority) for m in messages]),
+            "bodies": bytea_array([m.body for m in messages]),
+            "countdowns": float8_array([float(m.countdown) for m in messages]),
+            "etas": float8_array([None if m.eta is None else float(m.eta) for m in messages]),
         }
 
     def publish_on(self, conn: Conn, messages: Sequence[Message]) -> None:
@@ -161,12 +171,12 @@ class PostgresBroker(Broker):
         has open (transactional enqueue): they become visible, and wake consumers, when
         that transaction commits, and vanish if it rolls back. The tables must exist."""
         if messages:
-            conn.execute(self.q(sql.PUBLISH), self.publish_params(messages))
+            conn.execute(self.q(sql.PUBLISH), self.publish_params(messages, conn))
 
     async def apublish_on(self, conn: AsyncConn, messages: Sequence[Message]) -> None:
         """:meth:`publish_on` on an async connection (awaited on it, not in a thread)."""
         if messages:
-            await conn.execute(self.q(sql.PUBLISH), self.publish_params(messages))
+            await conn.execute(self.q(sql.PUBLISH), self.publish_params(messages, conn))
 
     # -- consuming -----------------------------------------------------------------------
     def lease(self, queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:

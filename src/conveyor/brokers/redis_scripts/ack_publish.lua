@@ -41,6 +41,8 @@ end
 local now = now_ms()
 local base = reserve(count)
 local added = 0
+-- The zset entries go in one ZADD per zset (a redis.call per message costs more).
+local ready, delayed = {}, {}
 for k = 1, count do
   local id = ARGV[i]
   if dedupe <= 0 or redis.call('SET', Q .. ':published:' .. id, 1, 'NX', 'PX', dedupe) then
@@ -48,16 +50,26 @@ for k = 1, count do
     local priority = tonumber(ARGV[i + 1])
     local due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     local uid = base + k
-    redis.call('HSET', Q .. ':msg:' .. uid, 'id', id, 'q', q, 'p', priority, 'b', ARGV[i + 4])
+    local key = Q .. ':msg:' .. uid
     if due > now then
-      redis.call('ZADD', Q .. ':delayed', fmt(due), uid)
-      redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
+      -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
+      redis.call('HSET', key, 'id', id, 'q', q, 'p', priority, 'b', ARGV[i + 4], 'c', 'd')
       tally(Q, 'd', priority, 1)
+      delayed[#delayed + 1] = fmt(due)
+      delayed[#delayed + 1] = uid
     else
-      redis.call('ZADD', Q .. ':ready', score(priority, uid), uid)
+      redis.call('HSET', key, 'id', id, 'q', q, 'p', priority, 'b', ARGV[i + 4])
+      ready[#ready + 1] = score(priority, uid)
+      ready[#ready + 1] = uid
     end
   end
   i = i + 5
+end
+if #ready > 0 then
+  redis.call('ZADD', Q .. ':ready', unpack(ready))
+end
+if #delayed > 0 then
+  redis.call('ZADD', Q .. ':delayed', unpack(delayed))
 end
 if added > 0 then
   wake(wake_key)

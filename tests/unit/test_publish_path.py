@@ -1,0 +1,132 @@
+"""The publish path's shortcuts: ids drawn in batches, argument shapes checked once, the
+settings read once per batch - each must give what the long way gives."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from conveyor import ConfigurationError, Conveyor
+from conveyor.calling import new_id, new_ids
+from conveyor.message import Envelope, decode_envelope
+
+
+def test_ids_are_random_version_4_uuids_and_unique() -> None:
+    ids = new_ids(5000) + [new_id() for _ in range(600)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:50] + ids[-50:]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_forked_child_never_reuses_the_parents_ids() -> None:
+    new_id()  # the pool holds ids drawn by this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next ids and leave at once
+        os.write(write, ",".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        child = set(f.read().split(","))
+    parent = {new_id() for _ in range(10)}
+    assert len(child) == 10 and not child & parent
+
+
+def test_argument_shapes_are_remembered_but_wrong_calls_still_fail(app: Conveyor) -> None:
+    @app.task
+    def add(x: int, y: int = 1) -> int:
+        return x + y
+
+    add.delay(1)
+    add.delay(2)  # a shape seen before
+    add.delay(1, y=2)
+    with pytest.raises(TypeError, match="too many positional"):
+        add.delay(1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        add.delay(1, z=2)
+    with pytest.raises(TypeError, match="missing a required"):
+        add.delay()
+    with pytest.raises(TypeError, match="missing a required"):
+        add.delay(y=2)
+    with pytest.raises(TypeError, match="too many positional"):
+        app.send_many([add.s(1), add.s(1, 2, 3)])
+    assert app.broker.stats(["default"])["default"].ready == 3
+
+
+def _envelopes(app: Conveyor, queue: str, count: int) -> list[Envelope]:
+    deliveries = app.broker.lease([queue], count, 0)
+    assert len(deliveries) == count
+    return [decode_envelope(d.body) for d in deliveries]
+
+
+def test_a_batch_mixes_defaults_and_options_per_call(app: Conveyor) -> None:
+    @app.task(queue="work", priority=3, time_limit=10, expires=60)
+    def job(n: int) -> int:
+        return n
+
+    @app.task(ignore_result=True)
+    def quiet() -> None:
+        return None
+
+    app.conf.task_default_priority = 4
+    results = app.send_many(
+        [
+            job.s(1),
+            job.s(2).set(priority=9, queue="urgent", headers={"h": 1}),
+            quiet.s(),
+            job.s(3).set(countdown=30),
+            job.s(4),
+        ]
+    )
+    work = _envelopes(app, "work", 2)  # job 3 is delayed
+    assert [e.args for e in work] == [[1], [4]]
+    for envelope in work:
+        assert envelope.priority == 3 and envelope.time_limit == 10
+        assert envelope.expires == pytest.approx(envelope.created_at + 60)
+        assert envelope.root_id == envelope.id
+    (urgent,) = _envelopes(app, "urgent", 1)
+    assert urgent.priority == 9 and urgent.headers == {"h": 1}
+    (default,) = _envelopes(app, "default", 1)
+    assert default.task == quiet.name and default.priority == 4
+    assert default.ignore_result
+    assert app.broker.stats(["work"])["work"].delayed == 1
+    ids = [r.id for r in results]
+    assert len(set(ids)) == 5
+    assert [r.state for r in results] == ["QUEUED", "QUEUED", "PENDING", "QUEUED", "QUEUED"]
+
+
+def test_bad_defaults_of_a_task_fail_each_call_with_the_long_ways_error(
+    app: Conveyor,
+) -> None:
+    @app.task
+    def job() -> None:
+        return None
+
+    job.priority = 12  # set after the decorator checked it
+    with pytest.raises(ConfigurationError, match="priority must be an integer 0-9"):
+        job.delay()
+    with pytest.raises(ConfigurationError, match="priority must be an integer 0-9"):
+        app.send_many([job.s()])
+    job.priority = None
+    app.conf.task_routes = {job.name: {"queue": "routed"}}
+    job.delay()
+    assert _envelopes(app, "routed", 1)
+
+
+def test_settings_changed_between_batches_apply_to_the_next(app: Conveyor) -> None:
+    @app.task
+    def job() -> None:
+        return None
+
+    app.send_many([job.s()])
+    app.conf.task_default_queue = "other"
+    app.conf.task_time_limit = 5
+    app.send_many([job.s()])
+    (first,) = _envelopes(app, "default", 1)
+    (second,) = _envelopes(app, "other", 1)
+    assert first.time_limit is None and second.time_limit == 5

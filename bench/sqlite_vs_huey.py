@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -80,8 +81,11 @@ class ConveyorSide(common.ConveyorSide):
     def reset(self) -> None:
         """Start from a new file (no worker runs now): earlier results slow nothing down."""
         self.mod.app.close()
-        for path in self.tmp.glob("conveyor.sqlite3*"):
-            path.unlink()
+        for path in self.tmp.glob("conveyor.sqlite3*"):  # with -wal, -shm and .wake/
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 class HueySide(Side):

@@ -9,6 +9,7 @@ poison tasks) run on RabbitMQ through the ``amqp`` parameter of test_worker_proc
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -121,4 +122,7 @@ def test_seed_url_pyamqp_guest_at_localhost_reaches_the_local_node(
         worker.stop(timeout=10)
         app.close()
         for leftover in results.parent.glob("conveyor.sqlite3*"):
-            leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()

@@ -494,9 +494,8 @@ class Conveyor:
 
         Every message is encoded before anything is visible, so one bad argument sends none.
         A large batch on PostgreSQL is sent in chunks, inside one transaction, while the
-        rest is encoded (see :mod:`conveyor.settlement.stream`). Calls of unique tasks
-        (``unique_for``) each take their lock, so they are sent one by one after the rest,
-        as ``apply_async`` sends them (a duplicate's handle is the running task's)."""
+        rest is encoded (see :mod:`conveyor.settlement.stream`). Like a group's, its tasks
+        are not deduplicated (``unique_for``): send unique calls with ``apply_async``."""
         envelopes: list[Envelope] = []
         messages: list[Message] = []
         records: list[ResultRecord] = []
@@ -508,7 +507,6 @@ class Conveyor:
         stream: PublishStream | None = None
         streams = not eager  # whether to ask the settlement for a stream
         sent = kept = 0  # messages and records given to the stream
-        unique: list[tuple[int, Signature]] = []  # (position in results, call)
         try:
             for item in signatures:
                 sig = as_signature(item, self)
@@ -517,10 +515,6 @@ class Conveyor:
                 if options:
                     options = dict(options)
                     options.pop("on_commit", None)
-                if wants_unique(tasks.get(name), options):
-                    unique.append((len(results), sig))
-                    results.append(TaskResult("", self, task_name=name))  # replaced below
-                    continue
                 # One publish for the batch: it is retried as its first call says.
                 first_policy = calls.publish_policy(options)
                 if not envelopes:
@@ -547,7 +541,6 @@ class Conveyor:
         if eager:
             for envelope, message in zip(envelopes, messages, strict=True):
                 run_eager(self, envelope, message.body)
-            self._send_unique_calls(unique, results, eager=True)
             return results
         if stream is not None:
             if len(messages) > sent:
@@ -562,22 +555,7 @@ class Conveyor:
                 raise error
         elif messages:
             self._publish(envelopes, messages, records, policy)
-        self._send_unique_calls(unique, results, eager=False)
         return results
-
-    def _send_unique_calls(
-        self,
-        calls: Sequence[tuple[int, Signature]],
-        results: list[TaskResult[object]],
-        *,
-        eager: bool,
-    ) -> None:
-        for position, sig in calls:
-            options = {k: v for k, v in sig.options.items() if k != "on_commit"}
-            task = self.tasks.get(sig.task)
-            results[position] = send_unique(
-                self, sig.task, sig.args, sig.kwargs, options, task=task, eager=eager
-            )
 
     def _publish(
         self,

@@ -51,23 +51,19 @@ def test_same_arguments_return_the_queued_task(app: Conveyor) -> None:
     assert build.delay(42).duplicate_of is None
 
 
-def test_send_many_takes_the_key_of_each_unique_call(app: Conveyor) -> None:
+def test_send_many_does_not_deduplicate_and_refuses_unique_options(app: Conveyor) -> None:
     @app.task(unique_for=60)
     def build(user: int) -> int:
         return user
 
-    @app.task
-    def plain(n: int) -> int:
-        return n
-
     held_already = build.delay(1)
-    results = app.send_many([plain.s(0), build.s(1), build.s(2), build.s(2), plain.s(3)])
-    assert [r.duplicate_of for r in results] == [None, held_already.id, None, results[2].id, None]
-    assert results[1].id == held_already.id
-    assert queued(app) == 4  # held_already, plain 0 and 3, build 2 once
-    with TestWorker(app) as worker:
-        worker.run_until_idle()
-    assert [r.get(timeout=5) for r in results] == [0, 1, 2, 2, 3]
+    results = app.send_many([build.s(1), build.s(1)])  # as a group: one publish, no keys
+    assert [r.duplicate_of for r in results] == [None, None]
+    assert len({held_already.id, *(r.id for r in results)}) == 3
+    assert queued(app) == 3
+    with pytest.raises(ConfigurationError, match="unique_for"):
+        app.send_many([build.s(2).set(unique_for=30)])
+    assert queued(app) == 3
 
 
 def test_given_key_and_call_options(app: Conveyor) -> None:

@@ -228,7 +228,7 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
             f"drain {n}, results off, Conveyor `--prefetch 4`",
             "drain_results_off_prefetch_4.rate",
             "drain_results_off.rate",
-            note="Conveyor's default is 1 per free slot",
+            note="Conveyor's default: adaptive, up to `worker_prefetch_max` per free slot",
         ),
         both.pair(
             f"drain {n}, results off, vs Huey `fsync=False`",

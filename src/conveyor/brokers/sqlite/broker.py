@@ -146,10 +146,8 @@ class SQLiteBroker(Broker):
                 return self._poll_for(names, limit, deadline)
             while True:
                 bell.clear()
-                if self._has_work(names):
-                    found = self._lease(names, limit)
-                    if found:
-                        return found
+                if found := self._lease_if_any(names, limit):
+                    return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
@@ -162,10 +160,8 @@ class SQLiteBroker(Broker):
         while True:
             with self._arrived:
                 seen = self._arrivals
-            if self._has_work(names):
-                found = self._lease(names, limit)
-                if found:
-                    return found
+            if found := self._lease_if_any(names, limit):
+                return found
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -173,6 +169,10 @@ class SQLiteBroker(Broker):
                 if self._arrivals == seen:
                     self._arrived.wait(min(pause, remaining))
             pause = min(pause * 2, self.poll_interval)
+
+    def _lease_if_any(self, names: list[str], limit: int) -> list[Delivery]:
+        """A lease, only if a cheap read says there is something to take."""
+        return self._lease(names, limit) if self._has_work(names) else []
 
     def _lease(
         self,

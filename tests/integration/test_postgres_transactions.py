@@ -92,6 +92,18 @@ def test_in_autocommit_mode_it_is_sent_at_once(app: Conveyor, conn: psycopg.Conn
     assert ready(app) == 1
 
 
+def test_a_client_side_binding_connection_works(
+    app: Conveyor, postgres_server: PostgresServer
+) -> None:
+    # Django's psycopg 3 backend binds parameters on the client (ClientCursor) by default.
+    with psycopg.connect(
+        postgres_server.url(), autocommit=True, cursor_factory=psycopg.ClientCursor
+    ) as client_side:
+        app.tasks["txn.signup"].apply_async(("c@example.com",), connection=client_side)
+        app.send_many([app.tasks["txn.signup"].s("d@example.com")])
+    assert ready(app) == 2
+
+
 def test_a_connection_of_another_kind_is_refused(app: Conveyor) -> None:
     with pytest.raises(ConfigurationError, match="psycopg"):
         app.tasks["txn.signup"].apply_async(("x",), connection=object())

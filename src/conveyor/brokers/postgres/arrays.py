@@ -110,6 +110,19 @@ _DUMPERS = {
 }
 
 
+def sends_binary(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``conn``'s cursors send parameters as the server binds them. Client-side
+    binding cursors (Django's default for psycopg 3: ``ClientCursor``) quote every
+    parameter into the query text, so they take lists, not :class:`Array`."""
+    import psycopg
+
+    factory = conn.cursor_factory
+    return not (
+        isinstance(factory, type)
+        and issubclass(factory, (psycopg.ClientCursor, psycopg.AsyncClientCursor))
+    )
+
+
 def use_arrays(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     """Let ``conn`` send :class:`Array` parameters (registered once per connection)."""
     adapters = conn.adapters

@@ -43,7 +43,14 @@ from ..base import (
 )
 from . import scheduled as delayed
 from . import statements as sql
-from .arrays import bytea_array, float8_array, int2_array, text_array, use_arrays
+from .arrays import (
+    bytea_array,
+    float8_array,
+    int2_array,
+    sends_binary,
+    text_array,
+    use_arrays,
+)
 from .rows import (
     as_blob,
     as_float,
@@ -145,8 +152,8 @@ class PostgresBroker(Broker):
 
     def publish_params(self, messages: Sequence[Message], conn: Conn | AsyncConn) -> Params:
         """The parameters of the publish statement on ``conn`` (the first message of an id
-        wins), as binary arrays built in one pass each (see :mod:`.arrays`)."""
-        use_arrays(conn)
+        wins), as binary arrays built in one pass each (see :mod:`.arrays`), or as lists on
+        a connection that binds parameters on the client (a caller's, e.g. Django's)."""
         ids = [m.id for m in messages]
         if len(set(ids)) < len(ids):
             first: dict[str, Message] = {}
@@ -154,6 +161,18 @@ class PostgresBroker(Broker):
                 first.setdefault(message.id, message)
             messages = list(first.values())
             ids = list(first)
+        if not sends_binary(conn):
+            return {
+                "ns": self.ns,
+                "window": PUBLISH_DEDUPE_WINDOW,
+                "ids": ids,
+                "queues": [m.queue for m in messages],
+                "priorities": [clamp_priority(m.priority) for m in messages],
+                "bodies": [m.body for m in messages],
+                "countdowns": [float(m.countdown) for m in messages],
+                "etas": [None if m.eta is None else float(m.eta) for m in messages],
+            }
+        use_arrays(conn)
         encoding = conn.info.encoding
         return {
             "ns": self.ns,

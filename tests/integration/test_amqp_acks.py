@@ -102,18 +102,19 @@ def test_pushed_messages_no_lease_asked_for_go_back_uncharged(
     make_broker: BrokerMaker,
 ) -> None:
     worker, other = make_broker(), make_broker()
-    assert worker.lease([Q], 1, 0.01) == []  # consuming, a window of HEADROOM x 1
+    # consuming, with a window of HEADROOM x 2 (a lease of more than one prefetches)
+    assert worker.lease([Q], 2, 0.01) == []
     publish(worker, 5)
     held = worker.lease([Q], 1, 5.0)  # one task runs long: the worker leases no more
     assert len(held) == 1
 
     assert worker._pushed.consuming()
     with worker._session.lock:  # (held: the lease thread cannot give it back meanwhile)
-        assert worker._pushed._windows[Q] == HEADROOM  # the held one and HEADROOM - 1 more
+        assert worker._pushed._windows[Q] == 2 * HEADROOM  # the held one and 3 more
 
         def pushed() -> bool:
             worker._session.pump()
-            return worker._pushed.buffered([Q]) == HEADROOM - 1
+            return worker._pushed.buffered([Q]) == 2 * HEADROOM - 1
 
         wait_until(pushed, 10.0, "a push into the buffer")
         # RabbitMQ counts the pushed one out of its ready ones: the client counts it back

@@ -274,7 +274,10 @@ class AMQPBroker(KeptStreams, RunNow, DelayedMarkers, Broker):
         generation = self._fresh_generation()
         for queue in queues:
             self._declare(channel, queue)
-        window = len(self._leases) + HEADROOM * limit
+        # Headroom only for a lease that prefetches: one asking for a single message (a slot
+        # of a worker running long tasks, or with --prefetch 1) gets no neighbour pushed,
+        # which a task that kills its process would get charged a delivery.
+        window = len(self._leases) + (HEADROOM * limit if limit > 1 else limit)
         self._give_back(self._lanes.follow(channel, self.names.lane, queues, window), lane=True)
         self._give_back(self._pushed.follow(channel, self.names.queue, queues, window))
         got: list[Delivery] = []

@@ -7,6 +7,7 @@ Each consumer has a per-consumer prefetch (``basic.qos`` with ``global=False``: 
 has no global QoS on quorum queues) of the leases this client holds plus :data:`HEADROOM`
 times what the lease asks for: the next batch is on its way while this one runs (one batch
 per window would wait a quorum commit of its acks each time, see ``bench/amqp_ceiling.py``).
+A lease that asks for one message (no prefetch) gets a window of exactly one more.
 What is pushed but not leased is therefore at most what the next leases take, and a client
 that stops leasing (every slot busy with a long task) gives it back after :data:`STALE`
 seconds (:meth:`Pushed.stale`, checked by the broker's lease thread). A window too small for

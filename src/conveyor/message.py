@@ -242,28 +242,30 @@ def encode_envelope(
 # A JSON string (escapes included), so that brackets inside strings are not counted.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_SQUARE = bytes.maketrans(b"{}", b"[]")
+_BRACKET_WEIGHTS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
 
 def body_depth_exceeds(data: bytes, limit: int) -> bool:
     """Whether the JSON text ``data`` nests arrays/objects more than ``limit`` levels deep,
-    found without a recursive parser (C-speed passes over the bytes; the slow path only runs
-    for bodies holding more than ``limit`` brackets). Malformed text that is not too deep
-    answers False: the decoder then says what is wrong with it."""
+    found without a recursive parser (C-speed counts over the bytes; it only runs for bodies
+    holding more than ``limit`` brackets). Malformed text that is not too deep answers False:
+    the decoder then says what is wrong with it; unbalanced text that opens more than
+    ``limit`` levels somewhere answers True, as a recursive decoder would descend them."""
     if data.count(b"[") + data.count(b"{") <= limit:
         return False
-    brackets = _JSON_STRING.sub(b"", data).translate(_SQUARE, _NOT_BRACKETS)
-    # Each pass removes the innermost pairs: a body of depth d is empty after d passes.
-    for _ in range(limit):
-        shorter = brackets.replace(b"[]", b"")
-        if not shorter:
-            return False
-        if len(shorter) == len(brackets):
-            # Unbalanced: not JSON, and the decoder says so - unless what is left opens more
-            # than ``limit`` levels, which a recursive decoder would descend before it looks.
-            return shorter.count(b"[") > limit
-        brackets = shorter
-    return True
+    # Opening brackets as 2, closing ones as 0: over n brackets the depth changes by twice
+    # the 2s counted less n. From depth d it cannot pass ``limit`` within the next
+    # ``limit - d`` brackets, so only the depth after each such stretch is computed: a deep
+    # body is found in a few counts, a shallow one in len / limit.
+    brackets = _JSON_STRING.sub(b"", data).translate(_BRACKET_WEIGHTS, _NOT_BRACKETS)
+    at, depth, end = 0, 0, len(brackets)
+    while at < end:
+        stop = min(at + limit - depth + 1, end)
+        depth += 2 * brackets.count(2, at, stop) - (stop - at)
+        if depth > limit:
+            return True
+        at = stop
+    return False
 
 
 def decode_envelope(

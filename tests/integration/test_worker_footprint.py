@@ -1,7 +1,8 @@
 """What a real ``conveyor worker`` on Redis holds in memory: only the modules it uses, and
 the supervisor's objects frozen before the fork (a full collection in a child would otherwise
-write to every inherited object and copy its page). The task reports from inside the child,
-which was forked from the supervisor, so it sees both processes' imports."""
+write to every inherited object and copy its page), and nothing a child needs to lease, run
+and settle left to import after the fork. The task reports from inside the child, which was
+forked from the supervisor, so it sees both processes' imports."""
 
 from __future__ import annotations
 
@@ -23,16 +24,23 @@ footprint_redis = redis_fixture(appendonly=False)
 
 APP = """
 import gc
+import os
 import sys
 
 from conveyor import Conveyor
 
 app = Conveyor("footprint")
+at_fork: set[str] = set()
+os.register_at_fork(after_in_child=lambda: at_fork.update(sys.modules))
 
 
 @app.task(name="footprint.loaded")
 def loaded() -> dict:
-    return {"modules": sorted(sys.modules), "frozen": gc.get_freeze_count()}
+    return {
+        "modules": sorted(sys.modules),
+        "frozen": gc.get_freeze_count(),
+        "after_fork": sorted(set(sys.modules) - at_fork),
+    }
 """
 
 #: Loaded only by the features that need them (none is configured here): the dashboard,
@@ -100,3 +108,13 @@ def test_a_redis_worker_loads_no_optional_feature_and_freezes_before_forking(
     assert "conveyor.brokers.redis" in modules  # it did look where the worker runs
     frozen = worker_modules["frozen"]
     assert isinstance(frozen, int) and frozen > 10_000
+
+
+@pytest.mark.redis
+def test_a_forked_child_imports_nothing_to_lease_run_and_store_a_result(
+    worker_modules: dict[str, object],
+) -> None:
+    """What a child imports after the fork is a private copy in each child: the supervisor
+    builds the settlement (and with it the result store) before forking, so their modules
+    are shared."""
+    assert worker_modules["after_fork"] == []

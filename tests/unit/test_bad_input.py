@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import threading
 import time
 from datetime import timedelta
@@ -120,6 +121,22 @@ def test_body_depth_counts_brackets_outside_strings_only() -> None:
     assert body_depth_exceeds(json.dumps({"s": "]]]]", "v": nested(limit)}).encode(), limit)
     assert not body_depth_exceeds(b"[[[[[]]" + b"[]" * 10, limit)  # unbalanced: for the decoder
     assert body_depth_exceeds(b"[" * (limit + 1), limit)  # unbalanced, but opens too many
+
+
+def test_body_depth_agrees_with_a_running_count_of_the_brackets() -> None:
+    """The counts it skips can hide no peak: against the depth after every bracket, on
+    random walks that climb to the limit, hover near it, pass it or are unbalanced."""
+    rng = random.Random(20)
+    limit = 12
+    for _ in range(400):
+        text, depth, peak = [], 0, 0
+        for _ in range(rng.randint(limit, 6 * limit)):
+            opening = rng.random() < rng.choice((0.5, 0.6, 0.9))
+            text.append(rng.choice("[{") if opening else rng.choice("]}"))
+            depth += 1 if opening else -1
+            peak = max(peak, depth)
+        data = json.dumps({"s": "[[[", "v": 1}).encode() + "".join(text).encode()
+        assert body_depth_exceeds(data, limit) == (peak > limit), data
 
 
 def test_deepest_allowed_values_round_trip() -> None:

@@ -176,6 +176,11 @@ class Supervisor:
         self.app.broker.time()  # fail fast, with a clear error, if the broker is unreachable
         if self.app.broker.limits is None:  # before forking children that could not run
             refuse_concurrency_limits(self.app)
+        if self._context.get_start_method() == "fork":
+            # Built (not connected) once here, so the forked children share its modules and
+            # objects instead of each importing and building a private copy on its first
+            # lease.
+            self.app.settlement  # noqa: B018 - the property builds it
         hooks = self.app.hooks
         if hooks.worker_start:
             call_each(hooks.worker_start, self)

@@ -77,7 +77,7 @@ class Inspection(RedisCore):
             (
                 DeadLetter(
                     id=_text(flat[i]),
-                    queue=_text(flat[i + 1]),
+                    queue=_text(flat[i + 1]) or name,
                     body=_blob(flat[i + 2]),
                     reason=_text(flat[i + 3]),
                     detail=_text(flat[i + 4]),
@@ -86,7 +86,7 @@ class Inspection(RedisCore):
                 ),
                 _number(flat[i + 7]),
             )
-            for flat in replies
+            for name, flat in zip(queues, replies, strict=True)
             for i in range(0, len(flat) - 7, 8)
         ]
         # Oldest first: by burial time, then burial order (one sequence on a single server).
@@ -154,12 +154,12 @@ class Inspection(RedisCore):
         found = [
             Scheduled(
                 _text(flat[i]),
-                _text(flat[i + 1]),
+                _text(flat[i + 1]) or name,
                 _blob(flat[i + 2]),
                 int(_number(flat[i + 3])),
                 _number(flat[i + 4]) / 1000,
             )
-            for flat in replies
+            for name, flat in zip(queues, replies, strict=True)
             for i in range(0, len(flat) - 4, 5)
         ]
         found.sort(key=lambda message: message.due)

@@ -7,13 +7,17 @@
 --   Q:delayed        zset uid -> due time (ms, Redis TIME)
 --   Q:leased         zset receipt "<uid>:<n>" -> lease deadline (ms)
 --   Q:dead           zset uid -> sequence (oldest first)
---   Q:msg:<uid>      hash id, q, p (priority), b (body),
+--   Q:msg:<uid>      hash id, p (priority), b (body), q (the queue's name: written by
+--                    versions before 2026-12; the queue is the one of Q, readers use that),
 --                    n (leases so far, never decreases: it makes each receipt unique),
 --                    u (leases not charged: released, or before a replay), so the
 --                    delivery count is n - u,
 --                    s (ready score, when it is not the one given at publish),
 --                    r, d, at (dead-letter reason, detail, time)
---   Q:published:<id> set by publish(), expiring: that id is not added again meanwhile
+--   Q:pub:<slot>     set of the ids publish() added in one slot of time (the dedupe
+--                    window long), expiring after the next slot: see ack_publish.lua
+--   Q:published:<id> the same, one expiring key per id, left by versions before 2026-12
+--                    (gone a minute after an upgrade; still honoured by publish until then)
 --   Q:departures     hash uid -> '<reason> <length of id> <id><body>': a message the sweep
 --                    dead-lettered or purge deleted, until a worker did its bookkeeping
 --   Q:departed       zset uid -> claimed until (ms; 0: not taken): see departures.lua

@@ -7,8 +7,9 @@ committed and for other versions of ``lease.lua``, interleaved.
 
 ``--lua NAME=FILE`` (repeatable) adds a variant whose lease script is FILE (with
 ``common.lua`` in front, as the broker loads it), e.g. an older version from
-``git show REV:src/conveyor/brokers/redis_scripts/lease.lua``. The client side is always the
-installed broker's. One redis-server (no AOF) is started for the run.
+``git show REV:src/conveyor/brokers/redis/lua/lease.lua`` (``redis_scripts/`` before the
+package split). The client side is always the installed broker's. One redis-server (no AOF)
+is started for the run.
 """
 
 from __future__ import annotations

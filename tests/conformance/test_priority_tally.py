@@ -1,5 +1,5 @@
 """The Redis broker's per-priority counts of delayed, leased and dead messages (``Q:tally``,
-kept by the scripts that move messages: brokers/redis_counts.py) against the truth read
+kept by the scripts that move messages: brokers/redis/counts.py) against the truth read
 from the queue's sorted sets and message hashes, after seeded random sequences of every
 transition: publish (ready and delayed), lease, ack, release, dead-letter, retry, leases of
 a killed worker reclaimed by sweep (requeued, or dead-lettered at max_deliveries), replay,
@@ -17,9 +17,9 @@ from typing import cast
 import pytest
 from redis import Redis
 
-from conveyor.brokers import redis_counts
 from conveyor.brokers.base import STATES, Broker, DeadLetterReason, Delivery, Message
 from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis import counts as redis_counts
 
 from .support import new_id
 
@@ -31,7 +31,7 @@ Split = dict[str, dict[int, int] | None]
 @pytest.fixture
 def redis_broker(broker_backend: str, request: pytest.FixtureRequest) -> RedisBroker:
     if not broker_backend.startswith("redis"):  # before building the broker: skip at once
-        pytest.skip("Q:tally is the Redis broker's (brokers/redis_counts.py)")
+        pytest.skip("Q:tally is the Redis broker's (brokers/redis/counts.py)")
     return cast(RedisBroker, request.getfixturevalue("broker"))
 
 

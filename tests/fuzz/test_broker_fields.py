@@ -25,7 +25,7 @@ from conveyor._redis_keys import RedisKeys
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker, Delivery, Message
 from conveyor.brokers.memory import MemoryBroker
-from conveyor.brokers.redis import _blob, _deliveries, _number, _text
+from conveyor.brokers.redis.replies import _blob, _deliveries, _number, _text
 from conveyor.brokers.sqlite.rows import (
     as_blob,
     as_float,

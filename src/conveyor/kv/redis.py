@@ -216,7 +216,7 @@ class RedisKeyValue:
 
 def _lua(name: str) -> str:
     # The broker's scripts live beside it; read through the top package (kv is below brokers).
-    return files("conveyor").joinpath("brokers", "redis_scripts", f"{name}.lua").read_text("utf-8")
+    return files("conveyor").joinpath("brokers", "redis", "lua", f"{name}.lua").read_text("utf-8")
 
 
 def _expiry(ttl: float | None) -> float:

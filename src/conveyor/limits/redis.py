@@ -3,7 +3,7 @@
 A bucket is a string (its next token's due time, expiring when the bucket is full again), a
 limit's slots one sorted set of holder -> deadline; both named by the broker's own key
 helper (``<p>:limit-rate:<key>``, ``<p>:limit-slots:<key>``). Each change is one Lua script
-(``brokers/redis_scripts/limit_*.lua``) touching that one key, timed by Redis ``TIME``.
+(``brokers/redis/lua/limit_*.lua``) touching that one key, timed by Redis ``TIME``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _source(name: str) -> str:
-    return files("conveyor.brokers").joinpath("redis_scripts", f"{name}.lua").read_text("utf-8")
+    return files("conveyor.brokers").joinpath("redis", "lua", f"{name}.lua").read_text("utf-8")
 
 
 class RedisLimits:

@@ -1,6 +1,6 @@
 """Upgrading a Redis broker's keys from the layout before hash tags (``<p>:ready:<q>``,
 ``<p>:msg:<uid>``, ...) to today's (``conveyor._redis_keys``): one script moves each queue's
-keys and the counter (``redis_scripts/migrate.lua``), then the revocations are renamed (keeping
+keys and the counter (``lua/migrate.lua``), then the revocations are renamed (keeping
 their time to live). A worker's first sweep calls it; docs/scaling.md says when it runs."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from typing import cast
 
-from .._redis import Client, Connections, Script
-from .._redis_cluster import ClusterConnections
-from .._redis_keys import RedisKeys
+from ..._redis import Client, Connections, Script
+from ..._redis_cluster import ClusterConnections
+from ..._redis_keys import RedisKeys
 
 _REVOKED = "revoked:"
 

@@ -1,7 +1,7 @@
 """How a consumer of several queues on a Redis Cluster splits one lease between them.
 
 One script cannot see two queues there (two slots, maybe two nodes), so the broker first peeks
-at the head of each queue (``redis_scripts/peek.lua``: the scores of its first ``limit`` ready
+at the head of each queue (``lua/peek.lua``: the scores of its first ``limit`` ready
 messages, after making its due delayed messages ready), then leases from each queue its share:
 the ``limit`` best of all the heads, 9 first. Within a band the queues take turns (the first of
 each queue, then the second of each, ...), since their sequences are counted apart. Within a

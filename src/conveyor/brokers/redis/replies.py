@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .base import Delivery, Departure
+from ..base import Delivery, Departure
 
 
 def _by_queue(deliveries: Iterable[Delivery]) -> dict[str, list[str]]:

@@ -1,12 +1,12 @@
 """The Redis broker's counts per state and priority (``Broker.priority_counts``).
 
 Ready messages are split by priority for free: their scores sit in one band per priority
-(``redis_scripts/common.lua``), so ten ``ZCOUNT`` calls answer in O(log n) whatever the
+(``lua/common.lua``), so ten ``ZCOUNT`` calls answer in O(log n) whatever the
 queue holds. Delayed, leased and dead messages are sorted by time; their counts per priority
 are kept in a hash per queue, ``Q:tally``, by the same scripts that move messages between
 states (publish, promote, lease, ack, release, sweep, dead-letter, replay, purge, run now,
 cancel), in the same atomic call, so they cannot drift: a few ``HINCRBY`` per script call,
-one per priority that changed. ``redis_scripts/priority_counts.lua`` reads them.
+one per priority that changed. ``lua/priority_counts.lua`` reads them.
 
 A queue written by a version without ``Q:tally`` (an upgrade) holds messages nobody counted.
 Each script call counts up to :data:`RECOUNT_STEP` of them, and :func:`priority_counts` calls
@@ -22,8 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from .base import STATES, PriorityCounts
-from .redis_replies import _number
+from ..base import STATES, PriorityCounts
+from .replies import _number
 
 #: Uncounted messages (of a queue written by an older version) counted per script call.
 RECOUNT_STEP = 500

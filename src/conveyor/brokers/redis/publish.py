@@ -1,0 +1,144 @@
+"""Publishing and acking on Redis: ``ack_publish.lua`` acks and adds messages in one call
+per queue (a retry is an ack and a publish in one call), optionally after the caller's own
+commands (``publish_with``/``ack_with``, the building blocks of ``conveyor.settlement.redis``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..._redis import (
+    Calls,
+)
+from ...exceptions import BrokerError
+from ..base import (
+    PUBLISH_DEDUPE_WINDOW,
+    Delivery,
+    Message,
+    clamp_priority,
+)
+from .core import CHUNK, RedisCore
+from .replies import _by_queue
+
+
+class Publishing(RedisCore):
+    # -- producing -----------------------------------------------------------------------
+    def _queue_publish(
+        self,
+        batch: Calls,
+        messages: Sequence[Message],
+        acks: Sequence[Delivery] = (),
+        *,
+        dedupe: bool = True,
+    ) -> list[str]:
+        """Add script calls that ack ``acks`` and add ``messages`` (one call per queue and
+        chunk); returns the queues published to. A plain publish (no acks, ``dedupe``) skips
+        ids published to the same queue in the last ``PUBLISH_DEDUPE_WINDOW``."""
+        dedupe_ms = int(PUBLISH_DEDUPE_WINDOW * 1000) if dedupe and not acks else 0
+        keys = self.keys
+        ack_queues = _by_queue(acks)
+        by_queue: dict[str, list[Message]] = {}
+        for m in messages:
+            by_queue.setdefault(m.queue, []).append(m)
+        for queue, receipts in ack_queues.items():
+            if queue in by_queue:
+                continue  # acked with the first publish call to the same queue
+            batch.script(
+                self._scripts["ack_publish"],
+                (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
+                (queue, "", len(receipts), "0", 0, *receipts),
+            )
+        for queue, queued in by_queue.items():
+            batch.add((("SADD", keys.queues, queue),))
+            for start in range(0, len(queued), CHUNK):
+                receipts = ack_queues.get(queue, []) if start == 0 else []
+                args: list[Any] = [
+                    queue,
+                    self._wake_arg(queue),
+                    len(receipts),
+                    "0",
+                    dedupe_ms,
+                    *receipts,
+                ]
+                # In bytes, as redis-py would encode them (it passes bytes on as they are).
+                for m in queued[start : start + CHUNK]:
+                    eta = b"-1.0" if m.eta is None else repr(m.eta * 1000.0).encode()
+                    args += (
+                        m.id.encode(),
+                        b"%d" % clamp_priority(m.priority),
+                        repr(m.countdown * 1000.0).encode(),
+                        eta,
+                        m.body,
+                    )
+                batch.script(
+                    self._scripts["ack_publish"],
+                    (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
+                    args,
+                )
+        self._wake(batch, by_queue)
+        return list(by_queue)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        self.publish_with(Calls(), messages)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self.ack_with(Calls(), deliveries)
+
+    def retry_later(self, delivery: Delivery, message: Message) -> None:
+        if self._cluster and delivery.queue != message.queue:
+            # Two slots: publish the retry, then ack (a crash between them runs it twice,
+            # never loses it). The receipt is not checked first: see docs/scaling.md.
+            self.publish_with(Calls(), [message], dedupe=False)
+            self.ack((delivery,))
+            return
+        batch = Calls()
+        keys = self.keys
+        receipts = _by_queue((delivery,))[delivery.queue]
+        queue = message.queue
+        args: list[Any] = [queue, self._wake_arg(queue), 1, "1", 0, *receipts]
+        eta = -1.0 if message.eta is None else message.eta * 1000.0
+        priority = clamp_priority(message.priority)
+        args += (message.id, priority, message.countdown * 1000.0, eta, message.body)
+        batch.add((("SADD", keys.queues, queue),))
+        batch.script(
+            self._scripts["ack_publish"],
+            (keys.seq(queue), keys.queue(delivery.queue), keys.queue(queue)),
+            args,
+        )
+        self._wake(batch, (queue,))
+        with self._errors:
+            self._connections.execute(batch)
+
+    def publish_with(
+        self, first: Calls, messages: Sequence[Message], *, dedupe: bool = True
+    ) -> None:
+        """Send ``first`` (commands for this server, e.g. result records) and publish
+        ``messages`` after them, in one round trip."""
+        waits: list[int] = []
+        if messages:
+            published = self._queue_publish(first, messages, dedupe=dedupe)
+            if self._wait_replicas:
+                for queue in published:
+                    # On Cluster the WAIT goes to the node of the queue, on the connection
+                    # that carried its publish (the same one on a single server).
+                    waits.append(len(first))
+                    first.add((("WAIT", self._wait_replicas, self._wait_ms),))
+                    first.targets[waits[-1]] = self.keys.queue(queue)
+        with self._errors:
+            replies = self._connections.execute(first)
+        reached = [int(replies[i]) for i in waits]
+        if reached and min(reached) < self._wait_replicas:
+            # On the primary, not yet on enough replicas: a failover now could lose it. The
+            # producer's publish retry sends it again; the id dedupe keeps it single.
+            shortfall = f"publish reached {min(reached)} of {self._wait_replicas} replicas"
+            # A timeout (an OSError): publish retries treat it as passing, like a lost connection.
+            raise BrokerError(f"{shortfall} within {self._wait_ms} ms (wait_for_replicas)") from (
+                TimeoutError(shortfall)
+            )
+
+    def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:
+        """Send ``first`` and ack ``deliveries`` after them, in one round trip."""
+        if deliveries:
+            self._queue_publish(first, (), deliveries)
+        with self._errors:
+            self._connections.execute(first)

@@ -18,7 +18,7 @@ from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
-from .calling import Calls, build_call, encode_call, route
+from .calling import Calls, CallSettings, build_call, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
@@ -132,6 +132,8 @@ class Conveyor:
         if include:
             self.conf.include = list(include)
         self.tasks: dict[str, Task[..., object]] = {}
+        #: The settings calls read, kept while they stay (see conveyor.calling.call_settings).
+        self.call_settings: CallSettings | None = None
         #: Read and follow events; the writer of this process (conveyor.events).
         self.events = Events(self)
         #: Inspect and control workers (conveyor.control), as Celery's app.control.

@@ -10,7 +10,9 @@ import pytest
 
 from conveyor import ConfigurationError, Conveyor
 from conveyor.calling import new_id, new_ids
+from conveyor.config import Settings
 from conveyor.message import Envelope, decode_envelope
+from conveyor.signing import signer_for
 
 
 def test_ids_are_random_version_4_uuids_and_unique() -> None:
@@ -130,3 +132,58 @@ def test_settings_changed_between_batches_apply_to_the_next(app: Conveyor) -> No
     (first,) = _envelopes(app, "default", 1)
     (second,) = _envelopes(app, "other", 1)
     assert first.time_limit is None and second.time_limit == 5
+
+
+def test_delay_sees_every_change_to_what_it_keeps_between_calls(app: Conveyor) -> None:
+    """``delay()`` keeps the settings and each task's defaults between calls: a setting set,
+    a route or signing key changed in place, a task option changed - each applies to the
+    next call."""
+
+    @app.task
+    def job() -> None:
+        return None
+
+    job.delay()
+    (first,) = _envelopes(app, "default", 1)
+    app.conf.task_default_priority = 7  # set: a new settings version
+    job.delay()
+    assert _envelopes(app, "default", 1)[0].priority == 7
+    app.conf.task_routes[job.name] = "routed"  # changed in place: no new version
+    job.delay()
+    assert _envelopes(app, "routed", 1)
+    del app.conf.task_routes[job.name]
+    job.priority = 2
+    job.time_limit = 30
+    job.delay()
+    (changed,) = _envelopes(app, "default", 1)
+    assert (changed.priority, changed.time_limit) == (2, 30)
+    assert first.priority == 5 and first.time_limit is None
+    job.expires = 60  # relative: a time of its own for each call
+    job.delay()
+    (expiring,) = _envelopes(app, "default", 1)
+    assert expiring.expires == pytest.approx(expiring.created_at + 60)
+    app.conf.message_signing_keys.append("k" * 32)  # signing turned on in place
+    job.delay()
+    (delivery,) = app.broker.lease(["default"], 1, 0)
+    assert decode_envelope(delivery.body, signer=signer_for(["k" * 32])).task == job.name
+
+
+def test_a_router_function_is_asked_at_every_call(app: Conveyor) -> None:
+    @app.task
+    def job() -> None:
+        return None
+
+    turn = iter(["a", "b"])
+    app.conf.task_routes = [lambda name: next(turn)]
+    job.delay()
+    job.delay()
+    assert _envelopes(app, "a", 1) and _envelopes(app, "b", 1)
+
+
+def test_settings_version_changes_on_every_set() -> None:
+    settings = Settings()
+    start = settings.version
+    settings.task_default_queue = "x"
+    settings.update(task_default_priority=3)
+    settings["task_time_limit"] = 5
+    assert settings.version == start + 3

@@ -346,17 +346,21 @@ def build_call(
     if options and not CALL_OPTIONS.issuperset(options):
         unknown = set(options) - CALL_OPTIONS
         raise ConfigurationError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
-    if isinstance(args, str | bytes) or (args is not None and not isinstance(args, Sequence)):
+    # Exact types first: the ABC check costs more than the rest of this test.
+    if (type(args) is not tuple and type(args) is not list and args is not None) and (
+        isinstance(args, str | bytes) or not isinstance(args, Sequence)
+    ):
         raise TypeError(f"args of {name} must be a list or tuple, got {type(args).__name__}")
-    headers = _headers(options.get("headers"), name)
-    shadow = options.get("shadow")
+    headers = _headers(options.get("headers"), name) if options else {}
+    shadow = options.get("shadow") if options else None
     if shadow is None and task is not None:
         shadow = task.shadow_name(args or (), kwargs or {}, options)
     if shadow is not None:
         if not isinstance(shadow, str):
             raise TypeError(f"shadow of {name} must be a string, got {shadow!r}")
         headers["shadow"] = shadow
-    limit_options.call_headers(headers, name, task, args, kwargs, options)
+    if headers or options or _keys_limits(task):
+        limit_options.call_headers(headers, name, task, args, kwargs, options)
     if task is not None and task.typing and ONCE_HEADER not in headers:
         # Follow-ups (run-once) are sent by a worker with what their parent returned: a
         # mismatch there fails in the task, as in Celery, not in the sending worker.
@@ -460,6 +464,14 @@ def build_call(
         created_at=now,
     )
     return Call(envelope, countdown, eta)
+
+
+def _keys_limits(task: Task[..., object] | None) -> bool:
+    """Whether ``task`` makes limit keys from its arguments (else a call without options or
+    headers has no limit headers to add or drop)."""
+    return task is not None and (
+        task.rate_limit_key is not None or task.concurrency_key is not None
+    )
 
 
 def encode_call(call: Call, calls: Calls) -> tuple[Message, ResultRecord | None]:

@@ -187,3 +187,21 @@ def test_settings_version_changes_on_every_set() -> None:
     settings.update(task_default_priority=3)
     settings["task_time_limit"] = 5
     assert settings.version == start + 3
+
+
+@pytest.mark.parametrize("args", ["ab", b"ab", {1, 2}, iter([1]), 5])
+def test_args_that_are_not_a_list_or_tuple_fail_at_the_call_site(
+    app: Conveyor, args: object
+) -> None:
+    @app.task
+    def job(*items: object) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"args of .* must be a list or tuple"):
+        job.apply_async(args)  # type: ignore[arg-type]  # the wrong type is the point
+    with pytest.raises(TypeError, match=r"args of .* must be a list or tuple"):
+        app.send_task(job.name, args)  # type: ignore[arg-type]
+    job.apply_async((1,))
+    job.apply_async([1, 2])
+    job.apply_async(None)
+    assert app.broker.stats(["default"])["default"].ready == 3

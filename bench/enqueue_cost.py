@@ -9,8 +9,10 @@ a shared machine that is not enough to tell two fast clients apart. Here every r
 each system's ``--calls`` single calls (``task.delay()``, Huey's ``task()``, ...) with no
 worker running, each in a fresh process, one system after the other, on one redis-server
 (AOF ``everysec``, as ``redis_peers``); Conveyor also sends ``--bulk`` tasks with
-``app.send_many`` (0: not). ``--base`` is a directory holding another Conveyor's ``src/``
-(``git archive <commit> src | tar -x -C DIR``): it runs as "Conveyor (base)" in the same
+``app.send_many`` (0: not). With ``--client-only`` (and ``--only Conveyor``) the
+settlement's publish is replaced by a no-op: what is left is Conveyor's own part of a call.
+``--base`` is a directory holding another Conveyor's ``src/`` (``git archive <commit> src |
+tar -x -C DIR``): it runs as "Conveyor (base)" in the same
 rounds. Reported: the median over rounds of the rate, the client's CPU (user + sys) per
 call and redis-server's (``INFO cpu``) per call, and the ratio of each Conveyor's single
 enqueue rate to the fastest peer's.
@@ -52,6 +54,10 @@ def child(system: str, calls: int, bulk: int) -> dict[str, float]:
 
     peer = PEERS[system.removesuffix(" (base)")](url)
     peer.enqueue(200)  # imports, connections, scripts
+    if os.environ.get("BENCH_CLIENT_ONLY"):
+        # Conveyor's own part of a call: the broker's publish (script call, packing, round
+        # trip) replaced by nothing, so only building, encoding and bookkeeping are timed.
+        peer.app().app.settlement.publish = lambda messages, records: None
     if bulk:
         peer.bulk(200)
     redis.flushall()
@@ -75,10 +81,13 @@ def child(system: str, calls: int, bulk: int) -> dict[str, float]:
 def run_child(system: str, url: str, args: argparse.Namespace) -> dict[str, float]:
     src = args.base / "src" if system == BASE else ROOT / "src"
     bulk = args.bulk if system.startswith("Conveyor") else 0
+    env = {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+    if args.client_only:
+        env["BENCH_CLIENT_ONLY"] = "1"
     done = subprocess.run(
         [PYTHON, "-m", "bench.enqueue_cost", "--child", system, str(args.calls), str(bulk)],
         cwd=ROOT,
-        env={**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -100,6 +109,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--base", type=Path, help="a directory holding another version's src/")
     parser.add_argument("--only", default="Conveyor,Huey", help="systems (Conveyor,Huey)")
+    parser.add_argument(
+        "--client-only",
+        action="store_true",
+        help="Conveyor without its broker call (the client's own part; use --only Conveyor)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.servers import RedisServer

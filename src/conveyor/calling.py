@@ -148,7 +148,12 @@ class CallSettings:
         tables = routes if isinstance(routes, list) else [routes]
         #: Routes of tables only (no router functions): a task's queue can be kept.
         self.static_routes = all(isinstance(table, Mapping) for table in tables)
-        self.routes = copy.deepcopy(routes) if self.static_routes else routes
+        self.routes = routes
+        if self.static_routes:
+            try:
+                self.routes = copy.deepcopy(routes)  # compared at each call: in-place changes
+            except Exception:  # a value that cannot be copied: route every call
+                self.static_routes = False
         self.queues = conf.task_queues  # a tuple of frozen Queues: set, never changed
         self.keys = list(conf.message_signing_keys)
         self.priority = conf.task_default_priority

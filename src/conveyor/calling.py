@@ -9,10 +9,12 @@ or a bad priority raises here, at the call site, before anything is sent.
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -314,6 +316,27 @@ def _priority(given: object, default: object, calls: Calls, queue: str) -> int:
     if calls.queues:
         priority = cap_priority(calls.queues, queue, priority)
     return priority
+
+
+#: A batch at least this long is built with the cyclic garbage collector paused.
+PAUSE_GC_FROM = 1000
+
+
+@contextmanager
+def collection_paused(batch: object) -> Iterator[None]:
+    """Pause the cyclic garbage collector while ``batch`` (a list or another sized
+    collection of at least :data:`PAUSE_GC_FROM` calls) is built. Every message of a batch
+    lives until the publish, so each collection walks all of them again for nothing: a third
+    of the client's time for 100,000 messages. Iterators (whose own code may make garbage
+    for as long as they run), small batches and a collector already off are left alone."""
+    if not (isinstance(batch, Sized) and len(batch) >= PAUSE_GC_FROM and gc.isenabled()):
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def route(conf: Settings, name: str, task: Task[..., object] | None = None) -> str:

@@ -3,15 +3,17 @@ settings read once per batch - each must give what the long way gives."""
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor
-from conveyor.calling import new_id, new_ids
+from conveyor import ConfigurationError, Conveyor, SerializationError
+from conveyor.calling import PAUSE_GC_FROM, new_id, new_ids
 from conveyor.config import Settings
 from conveyor.message import Envelope, decode_envelope
+from conveyor.middleware import Middleware
 from conveyor.signing import signer_for
 
 
@@ -205,3 +207,40 @@ def test_args_that_are_not_a_list_or_tuple_fail_at_the_call_site(
     job.apply_async([1, 2])
     job.apply_async(None)
     assert app.broker.stats(["default"])["default"].ready == 3
+
+
+class _CollectorWatch(Middleware):
+    """Records whether the garbage collector ran while each message was built."""
+
+    def __init__(self) -> None:
+        self.enabled: list[bool] = []
+
+    def before_publish(self, app: Conveyor, envelope: Envelope) -> None:
+        self.enabled.append(gc.isenabled())
+
+
+def test_a_large_batch_is_built_with_the_collector_paused_and_restored(app: Conveyor) -> None:
+    @app.task(ignore_result=True)
+    def job(n: int) -> None:
+        return None
+
+    watch = _CollectorWatch()
+    app.add_middleware(watch)
+    assert gc.isenabled()
+    app.send_many([job.s(n) for n in range(PAUSE_GC_FROM)])
+    assert watch.enabled == [False] * PAUSE_GC_FROM and gc.isenabled()
+    watch.enabled.clear()
+    app.send_many([job.s(n) for n in range(PAUSE_GC_FROM - 1)])  # small: left alone
+    app.send_many(job.s(n) for n in range(PAUSE_GC_FROM))  # an iterator: left alone
+    assert all(watch.enabled) and len(watch.enabled) == 2 * PAUSE_GC_FROM - 1
+    bad = [job.s(n) for n in range(PAUSE_GC_FROM)] + [job.s(object())]
+    with pytest.raises(SerializationError):
+        app.send_many(bad)
+    assert gc.isenabled()  # back on after a failed batch
+    gc.disable()  # the caller's choice stays
+    try:
+        app.send_many([job.s(n) for n in range(PAUSE_GC_FROM)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert app.broker.stats(["default"])["default"].ready == 4 * PAUSE_GC_FROM - 1

@@ -18,7 +18,7 @@ from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
-from .calling import Calls, build_call, encode_call, route
+from .calling import Calls, CallSettings, build_call, collection_paused, encode_call, route
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
@@ -132,6 +132,8 @@ class Conveyor:
         if include:
             self.conf.include = list(include)
         self.tasks: dict[str, Task[..., object]] = {}
+        #: The settings calls read, kept while they stay (see conveyor.calling.call_settings).
+        self.call_settings: CallSettings | None = None
         #: Read and follow events; the writer of this process (conveyor.events).
         self.events = Events(self)
         #: Inspect and control workers (conveyor.control), as Celery's app.control.
@@ -495,7 +497,9 @@ class Conveyor:
         Every message is encoded before anything is visible, so one bad argument sends none.
         A large batch on PostgreSQL is sent in chunks, inside one transaction, while the
         rest is encoded (see :mod:`conveyor.settlement.stream`). Like a group's, its tasks
-        are not deduplicated (``unique_for``): send unique calls with ``apply_async``."""
+        are not deduplicated (``unique_for``): send unique calls with ``apply_async``.
+        A list of 1,000 or more is built with Python's cyclic garbage collector paused
+        (:func:`conveyor.calling.collection_paused`)."""
         envelopes: list[Envelope] = []
         messages: list[Message] = []
         records: list[ResultRecord] = []
@@ -508,32 +512,33 @@ class Conveyor:
         streams = not eager  # whether to ask the settlement for a stream
         sent = kept = 0  # messages and records given to the stream
         try:
-            for item in signatures:
-                sig = as_signature(item, self)
-                name = sig.task
-                options = sig.options
-                if options:
-                    options = dict(options)
-                    options.pop("on_commit", None)
-                # One publish for the batch: it is retried as its first call says.
-                first_policy = calls.publish_policy(options)
-                if not envelopes:
-                    policy = first_policy
-                envelope, message, record = self._prepare(
-                    calls, name, sig.args, sig.kwargs, options, tasks.get(name)
-                )
-                envelopes.append(envelope)
-                messages.append(message)
-                if record is not None:
-                    records.append(record)
-                results.append(TaskResult(envelope.id, self, task_name=name))
-                if streams and len(messages) - sent >= STREAM_CHUNK:
-                    if stream is None:
-                        stream = self.settlement.open_stream()
-                        streams = stream is not None
-                    if stream is not None:
-                        stream.add(messages[sent:], records[kept:])
-                        sent, kept = len(messages), len(records)
+            with collection_paused(signatures):
+                for item in signatures:
+                    sig = as_signature(item, self)
+                    name = sig.task
+                    options = sig.options
+                    if options:
+                        options = dict(options)
+                        options.pop("on_commit", None)
+                    # One publish for the batch: it is retried as its first call says.
+                    first_policy = calls.publish_policy(options)
+                    if not envelopes:
+                        policy = first_policy
+                    envelope, message, record = self._prepare(
+                        calls, name, sig.args, sig.kwargs, options, tasks.get(name)
+                    )
+                    envelopes.append(envelope)
+                    messages.append(message)
+                    if record is not None:
+                        records.append(record)
+                    results.append(TaskResult(envelope.id, self, task_name=name))
+                    if streams and len(messages) - sent >= STREAM_CHUNK:
+                        if stream is None:
+                            stream = self.settlement.open_stream()
+                            streams = stream is not None
+                        if stream is not None:
+                            stream.add(messages[sent:], records[kept:])
+                            sent, kept = len(messages), len(records)
         except BaseException:
             if stream is not None:
                 stream.abort()

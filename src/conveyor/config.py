@@ -255,6 +255,7 @@ class Setting[T]:
 
     def __set__(self, settings: Settings, value: object) -> None:
         settings._values[self.name] = self.check(self.name, value)
+        object.__setattr__(settings, "_version", settings._version + 1)
 
 
 class Settings:
@@ -266,9 +267,10 @@ class Settings:
     known one.
     """
 
-    __slots__ = ("_defaults", "_values")
+    __slots__ = ("_defaults", "_values", "_version")
     _values: dict[str, object]  # what was set, checked
     _defaults: dict[str, object]  # this app's copies of mutable defaults
+    _version: int  # see version
 
     # where messages and results live
     broker_url = Setting[str | None](
@@ -385,7 +387,14 @@ class Settings:
     def __init__(self, **values: object) -> None:
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "_defaults", {})
+        object.__setattr__(self, "_version", 0)
         self.update(values)
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever a setting is set (not when a list or dict value
+        is changed in place): what reads settings once may keep them while it stays."""
+        return self._version
 
     if not TYPE_CHECKING:  # unknown names are type errors too, not Any
 
@@ -426,6 +435,7 @@ class Settings:
             if name is not None:
                 checked[name] = _setting(name).check(name, value)
         self._values.update(checked)
+        object.__setattr__(self, "_version", self._version + 1)
 
     def explicit(self) -> dict[str, object]:
         """Settings that were set (not defaults)."""

@@ -4,8 +4,10 @@ Modules: :mod:`.connection` (URLs, connecting, errors), :mod:`.session` (the sha
 channels and publisher confirms), :mod:`.topology` (exchanges, queues, delay levels),
 :mod:`.convert` (messages to AMQP and back), :mod:`.pushed` (consumers of a blocking lease
 and what they pushed), :mod:`.leases` (lease deadlines of held messages), :mod:`.fates`
-(revocations and supervisors' notes), :mod:`.deadletters` (DLQ browsing), :mod:`.broker`
-(the Broker).
+(revocations and supervisors' notes), :mod:`.deadletters` (DLQ browsing); the Broker in
+:mod:`.broker`, composed of :mod:`.core` (state, publishing), :mod:`.holding` (leasing),
+:mod:`.settling` (acks, put-backs, dead letters, revocations) and :mod:`.admin` (stats, DLQ,
+purge, departures).
 """
 
 from .broker import AMQPBroker

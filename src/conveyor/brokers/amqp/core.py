@@ -77,6 +77,7 @@ class AMQPCore(KeptStreams, RunNow, DelayedMarkers, Broker):
         )
         self.kv: KeyValue = self._store.kv
         self.limits = limits_on(self.kv)  # rate and concurrency limits beside the kv data
+        self._watch = fates.Watch(self.kv)
         queue_type = str(transport.get("queue_type", "quorum"))
         self.names = Names(opts.key_prefix)
         try:
@@ -107,6 +108,7 @@ class AMQPCore(KeptStreams, RunNow, DelayedMarkers, Broker):
         self._pushed = Pushed()  # the parent's consumers and what they pushed stay its own
         self._lanes = Pushed("conveyor-lane")
         self._leases = Leases()
+        self._watch = fates.Watch(self.kv)
         self._reaper = None
         self._reaper_lock = threading.Lock()
         self._published_lock = threading.Lock()

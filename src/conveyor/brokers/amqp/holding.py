@@ -124,13 +124,14 @@ class Holding(AMQPCore):
             message_id_of(msg, f"amqp-{self._uid}-{generation}-{msg.delivery_info['delivery_tag']}")
             for _, msg in msgs
         ]
-        keys = [f"{fates.PREFIX}{i}" for i in ids]
+        # their fates only while some fate may be live (fates.Watch): mostly none is
+        keys = [f"{fates.PREFIX}{i}" for i in ids] if self._watch.needed() else []
         keys += [
             f"{run_now.SUPERSEDED}{i}"
             for (_, msg), i in zip(msgs, ids, strict=True)
             if run_now.token_of(msg)
         ]
-        found = self.kv.get_values(keys)
+        found = self.kv.get_values(keys) if keys else {}
         got: list[Delivery] = []
         for (queue, msg), message_id in zip(msgs, ids, strict=True):
             tag = msg.delivery_info["delivery_tag"]

@@ -131,8 +131,7 @@ class Settling(Holding):
                 raise
 
     def revoke(self, ids: Iterable[str], ttl: float) -> None:
-        for task_id in ids:
-            fates.revoke(self.kv, task_id, ttl)
+        fates.revoke(self.kv, list(ids), ttl)
 
     def revoked(self, ids: Iterable[str]) -> set[str]:
         keys = {f"{fates.PREFIX}{i}": i for i in ids}

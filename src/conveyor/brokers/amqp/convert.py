@@ -52,9 +52,18 @@ def to_amqp(message: Message, *, amqp_priority: bool) -> amqp.Message:
     )
 
 
+_NONE: Mapping[str, object] = {}
+
+
 def headers_of(msg: amqp.Message) -> dict[str, object]:
+    """A copy of ``msg``'s headers, to change."""
+    return dict(header_view(msg))
+
+
+def header_view(msg: amqp.Message) -> Mapping[str, object]:
+    """``msg``'s headers, to read (no copy: several are read per leased message)."""
     headers = msg.properties.get("application_headers")
-    return dict(headers) if isinstance(headers, dict) else {}
+    return headers if isinstance(headers, dict) else _NONE
 
 
 def body_of(msg: amqp.Message) -> bytes:
@@ -63,7 +72,7 @@ def body_of(msg: amqp.Message) -> bytes:
 
 
 def priority_of(msg: amqp.Message) -> int:
-    value = headers_of(msg).get(PRIORITY, msg.properties.get("priority", 5))
+    value = header_view(msg).get(PRIORITY, msg.properties.get("priority", 5))
     return clamp_priority(value) if type(value) is int else 5
 
 
@@ -71,7 +80,7 @@ def problem_of(msg: amqp.Message) -> str | None:
     """Why a leased message cannot be delivered: a Conveyor header of the wrong type or out
     of range (written by a broken or hostile publisher), or None. Messages without Conveyor's
     headers (other publishers, Celery) pass: the worker judges their body."""
-    headers = headers_of(msg)
+    headers = header_view(msg)
     for name, low, high in (
         (PRIORITY, 0, 9),
         (BEFORE, 0, None),
@@ -96,7 +105,7 @@ def message_id_of(msg: amqp.Message, fallback: str) -> str:
 def delivery_count_of(msg: amqp.Message) -> int:
     """1 on the first delivery: quorum queues count returns in ``x-delivery-count``; classic
     queues only say whether the message was delivered before (then 2)."""
-    headers = headers_of(msg)
+    headers = header_view(msg)
     before = headers.get(BEFORE)
     base = before if type(before) is int and before > 0 else 0
     count = headers.get("x-delivery-count")
@@ -108,7 +117,7 @@ def delivery_count_of(msg: amqp.Message) -> int:
 def copy_of(msg: amqp.Message, extra: Mapping[str, object]) -> amqp.Message:
     """A new persistent message with ``msg``'s body and properties, headers updated with
     ``extra`` (RabbitMQ's own ``x-`` headers dropped)."""
-    headers = {k: v for k, v in headers_of(msg).items() if not k.startswith("x-")}
+    headers = {k: v for k, v in header_view(msg).items() if not k.startswith("x-")}
     headers.update(extra)
     return amqp.Message(
         body_of(msg),
@@ -123,7 +132,7 @@ def copy_of(msg: amqp.Message, extra: Mapping[str, object]) -> amqp.Message:
 
 def as_message(msg: amqp.Message, fallback_queue: str) -> Message:
     """The Conveyor message inside an AMQP message (to replay a dead letter)."""
-    headers = headers_of(msg)
+    headers = header_view(msg)
     queue = headers.get(QUEUE)
     return Message(
         message_id_of(msg, f"amqp-{time.time_ns()}"),
@@ -136,7 +145,7 @@ def as_message(msg: amqp.Message, fallback_queue: str) -> Message:
 def dead_letter_of(msg: amqp.Message) -> DeadLetter:
     """Read a message of the dead-letter queue: one Conveyor dead-lettered itself (reason in
     its headers) or one RabbitMQ dead-lettered (``x-death``: delivery limit, expiry)."""
-    headers = headers_of(msg)
+    headers = header_view(msg)
     queue = headers.get(QUEUE)
     reason = headers.get(REASON)
     detail = headers.get(DETAIL, "")

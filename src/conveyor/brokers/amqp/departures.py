@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import amqp
 
 from ..base import DEPARTURE_CLAIM, PURGED, DeadLetterReason, Departure
-from .convert import QUEUE, REASON, body_of, dead_letter_of, headers_of, message_id_of
+from .convert import QUEUE, REASON, body_of, dead_letter_of, header_view, message_id_of
 
 #: The header marking a dead letter of a client's sweep (an expired lease).
 SWEPT = "conveyor-swept"
@@ -30,7 +30,7 @@ SWEPT = "conveyor-swept"
 
 def departure_of(msg: amqp.Message, receipt: str) -> Departure | None:
     """The departure a message of ``P.departures`` records, or None (a worker settled it)."""
-    headers = headers_of(msg)
+    headers = header_view(msg)
     reason = headers.get(REASON)
     queue = headers.get(QUEUE)
     if reason == PURGED:

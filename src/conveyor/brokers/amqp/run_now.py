@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import amqp
 
 from ..base import Message, Scheduled
-from .convert import headers_of
+from .convert import header_view, headers_of
 from .scheduled import REVOKED_AFTER_DUE
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def keep(kv: KeyValue, message: Message, msg: amqp.Message, ttl: float) -> None:
 
 def token_of(msg: amqp.Message) -> str | None:
     """The token of a delayed message that came through the TTL queues, or None."""
-    token = headers_of(msg).get(TOKEN)
+    token = header_view(msg).get(TOKEN)
     return token if isinstance(token, str) and len(token) == _TOKEN_LENGTH else None
 
 

@@ -30,6 +30,7 @@ import amqp
 from ...exceptions import BrokerError
 from .acks import Settled
 from .connection import CONNECTION_ERRORS, Connector, close_quietly
+from .frames import frame_buffered, read_ahead
 from .topology import Topology
 
 T = TypeVar("T")
@@ -68,6 +69,7 @@ class Session:
         if self._work is not None and self._publish is not None:
             return self._work, self._publish
         connection = self.connector.open()
+        read_ahead(connection)
         try:
             work = connection.channel()
             publish = connection.channel()
@@ -140,7 +142,12 @@ class Session:
         if connection is None:
             return
         sock = connection.sock
-        while sock is not None and _readable(sock, 0):
+        while sock is not None:
+            if frame_buffered(connection):
+                connection.blocking_read(None)  # served from the buffer (see .frames)
+                continue
+            if not _readable(sock, 0):
+                return
             try:
                 connection.blocking_read(FRAME_WAIT)
             except TimeoutError:  # the rest of a frame is late: kept for the next read
@@ -153,7 +160,7 @@ class Session:
         sock = connection.sock if connection is not None else None
         deadline = time.monotonic() + most
         while sock is not None and (remaining := deadline - time.monotonic()) > 0:
-            if not _readable(sock, min(interval, remaining)):
+            if not frame_buffered(connection) and not _readable(sock, min(interval, remaining)):
                 return
             self.pump()
 
@@ -163,7 +170,7 @@ class Session:
         with self.lock:
             connection = self._connection
             sock = connection.sock if connection is not None else None
-            if sock is None:
+            if sock is None or frame_buffered(connection):
                 return
         try:
             _readable(sock, timeout)

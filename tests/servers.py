@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -14,7 +15,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, for a server a test starts next. Chosen at random
+    below the ephemeral range: a port the kernel hands out for ``bind(0)`` is also handed out
+    as the local port of outgoing connections (another test's client can take it before the
+    server binds it: "address already in use"), which ports below the range never are."""
+    low = _ephemeral_low()
+    if low > 12000:
+        pick = random.SystemRandom()
+        for _ in range(100):
+            port = pick.randrange(10000, low)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

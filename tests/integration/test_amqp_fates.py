@@ -4,6 +4,10 @@ by the next lease of any client, even one that just trusted a reading that found
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -163,3 +167,47 @@ def test_announcing_waits_out_a_trusted_reading() -> None:
     started = time.monotonic()
     fates.announce(kv, 1.0)
     assert time.monotonic() - started >= fates.SETTLE > fates.TRUST
+
+
+CHILD = """
+import json, os, signal, sys
+from conveyor.brokers import BrokerOptions, create_broker
+broker = create_broker(sys.argv[1], BrokerOptions(key_prefix=sys.argv[2]))
+got = []
+while len(got) < 3:
+    got += broker.lease(["q"], 3 - len(got), 1.0)
+fields = [[d.id, d.queue, d.priority, d.receipt, d.delivery_count] for d in got]
+print(json.dumps(fields), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_dead_child_s_messages_released_by_its_supervisor_come_back_uncharged(
+    rabbit_server: RabbitServer, tmp_path: Path
+) -> None:
+    # A child leases three messages and dies: RabbitMQ puts them back charged a delivery.
+    # Its supervisor releases them with the child's receipts (prefetched, never started):
+    # the next lease gives each back with the count it had.
+    prefix = f"fates{uuid.uuid4().hex[:8]}"
+    url = f"{rabbit_server.url}?kv_url=sqlite:///{tmp_path}/kv.db"
+    supervisor = create_broker(url, BrokerOptions(key_prefix=prefix))
+    assert isinstance(supervisor, AMQPBroker)
+    try:
+        ids = send(supervisor, "q", 3)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, url, prefix], capture_output=True, text=True, timeout=60
+        )
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        leased = [
+            Delivery(id_, queue, b"", priority, receipt, count)
+            for id_, queue, priority, receipt, count in json.loads(child.stdout)
+        ]
+        assert sorted(d.id for d in leased) == sorted(ids)
+        assert [d.delivery_count for d in leased] == [1, 1, 1]
+        supervisor.release(leased)
+        again = lease(supervisor, "q", 3)
+        assert sorted(d.id for d in again) == sorted(ids)
+        assert [d.delivery_count for d in again] == [1, 1, 1]
+        supervisor.ack(again)
+    finally:
+        supervisor.close()

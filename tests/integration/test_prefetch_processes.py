@@ -244,3 +244,25 @@ def test_prefetched_messages_revoked_while_they_waited_are_found_in_one_check(
     first.get(timeout=30)
     assert len(runs(kept)) == 1
     assert runs(dropped) == []
+
+
+def test_a_dead_child_s_prefetched_messages_come_back_at_once_uncharged(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # A task kills its process while three no-ops wait prefetched behind it. Its supervisor
+    # gives them back at once (leases last 60 s here) without charging a delivery: a poison
+    # task must not push its neighbours towards the dead-letter queue.
+    harness = harness_factory(
+        worker_prefetch_short=10.0, broker_lease_timeout=60.0, broker_sweep_interval=1.0
+    )
+    harness.worker("-c", "1")
+    warm_up(harness, 20)
+    path, counted = harness.file(), harness.file()
+    eta = datetime.now(UTC) + AHEAD  # one lease takes them all, the poison first
+    harness.send("suicide", str(path), eta=eta, priority=9)
+    for _ in range(3):
+        harness.send("stamp_count", str(counted), eta=eta, priority=0)
+    wait_for(lambda: runs(path), 30, "the poison task ran")
+    wait_for(lambda: len(runs(counted)) == 3, 30, "the prefetched no-ops ran in a new child")
+    assert [line.split()[-1] for line in runs(counted)] == ["1", "1", "1"]  # "<pid> <count>"
+    assert "gave back 3 message(s) child 1 prefetched and never started" in harness.output()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conveyor import Conveyor
+from conveyor import Conveyor, Task
 from conveyor.exceptions import SoftTimeLimitExceeded
 
 DEFAULT_SETTINGS: dict[str, Any] = {"broker_lease_timeout": 1.0, "broker_sweep_interval": 1.0}
@@ -125,6 +125,11 @@ def register(app: Conveyor) -> None:
     def stamp(path: str) -> None:
         """A no-op that records when it started."""
         mark(path, repr(time.time()))
+
+    @app.task(name="workerapp.stamp_count", bind=True)
+    def stamp_count(self: Task[..., None], path: str) -> None:
+        """A no-op that records the delivery count of its message."""
+        mark(path, str(self.request.delivery_count))
 
     @app.task(name="workerapp.block")
     def block(path: str, go: str, timeout: float) -> bool:

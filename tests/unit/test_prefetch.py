@@ -3,6 +3,7 @@ process tests in tests/integration/test_prefetch_processes.py run it against rea
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.worker.inflight import InFlight
+from conveyor.worker.ledger import ChildLedger, PrefetchedReport, PrefetchLedger
 from conveyor.worker.prefetch import AdaptivePrefetch, RuntimeEstimate
 
 
@@ -121,3 +123,29 @@ def test_a_stop_takes_every_prefetched_message() -> None:
     inflight.prefetch([delivery(n) for n in range(3)])
     assert [d.id for d in inflight.take_all_prefetched()] == ["id0", "id1", "id2"]
     assert not inflight.held and not inflight.prefetched
+
+
+def test_the_ledger_gives_back_what_never_left_the_prefetch_queue() -> None:
+    # The child reports batches before their messages can start, and counts in shared
+    # memory what left the queue; the supervisor may read the counter ahead of the reports.
+    reports: list[PrefetchedReport] = []
+    passed = ctypes.c_uint64(0)
+    child = ChildLedger(reports.append, passed)
+    supervisor = PrefetchLedger(passed)
+    inflight = InFlight()
+    inflight.ledger = child
+    first = [Delivery(f"a{i}", "q", b"{}", 0, f"r-a{i}", 1) for i in range(3)]
+    second = [Delivery(f"b{i}", "q", b"{}", 0, f"r-b{i}", 1) for i in range(2)]
+    inflight.prefetch(first)
+    inflight.prefetch(second)
+    with inflight.cond:
+        taken, _ = inflight.take_prefetched(4)  # a0..a2 and b0 start
+    assert [d.id for d in taken] == ["a0", "a1", "a2", "b0"]
+    assert passed.value == 4
+    supervisor.add(reports[0][1])  # the second report is still in the pipe
+    assert supervisor.unstarted() == []
+    supervisor.add(reports[1][1])
+    (left,) = supervisor.unstarted()
+    assert (left.id, left.receipt, left.body) == ("b1", "r-b1", b"")
+    assert inflight.take_all_prefetched() == [second[1]]  # a stop gives it back itself
+    assert supervisor.unstarted() == []

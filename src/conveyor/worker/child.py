@@ -9,6 +9,7 @@ commands (stop, terminate) and sends it snapshots of its running tasks every
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from ..loading import find_app, setup_logging
 from .execution import TaskRunner
+from .ledger import ChildLedger
 from .metrics_channel import ChildFigures, ensure_metrics, serve_solo_metrics
 from .process import SNAPSHOT_INTERVAL, ProcessWorker, ProcessWorkerOptions, Report
 from .ratelimit import SharedRateLimiter
@@ -53,6 +55,9 @@ class ChildOptions:
     runner_class: type[TaskRunner] | None = None
     #: The worker's rate limits, shared by its children (None: none, or per process).
     rate_limiter: SharedRateLimiter | None = None
+    #: Counter shared with the supervisor: prefetched messages that left the prefetch
+    #: queue (:mod:`conveyor.worker.ledger`).
+    prefetch_passed: ctypes.c_uint64 | None = None
 
 
 class _Reporter:
@@ -107,6 +112,8 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
         prefetch_multiplier=options.prefetch_multiplier,
         max_tasks=options.max_tasks,
     )
+    if worker.prefetch is not None and options.prefetch_passed is not None:
+        worker.inflight.ledger = ChildLedger(report, options.prefetch_passed)
     figures = ChildFigures(app, report)
     worker.before_exit.append(figures.flush)
     parent = os.getppid()

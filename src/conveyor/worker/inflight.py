@@ -32,6 +32,7 @@ from ..brokers.base import Delivery
 from ..results.base import ResultRecord
 from ..states import FAILURE
 from .job import Action, Job, Outcome
+from .ledger import ChildLedger
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +79,8 @@ class InFlight:
         self.prefetched: deque[tuple[float, Delivery]] = deque()
         #: Set while ``prefetched`` may hold messages (wakes the reclaim).
         self.prefetching = threading.Event()
+        #: A supervisor's child tells it what waits prefetched (:mod:`.ledger`).
+        self.ledger: ChildLedger | None = None
 
     # -- outcomes ------------------------------------------------------------------------
     def submit(self, outcome: Outcome, control: Running | None) -> None:
@@ -157,6 +160,8 @@ class InFlight:
         since = prefetched[0][0]
         taken = [prefetched.popleft()[1] for _ in range(min(free, len(prefetched)))]
         self.handing_over = True
+        if self.ledger is not None:
+            self.ledger.left(len(taken))
         return taken, since
 
     def prefetched_now(self) -> list[Delivery]:
@@ -166,6 +171,8 @@ class InFlight:
 
     def prefetch(self, deliveries: Sequence[Delivery]) -> None:
         """Keep ``deliveries`` (held already) for the next free slots."""
+        if self.ledger is not None:
+            self.ledger.entered(deliveries)
         now = time.monotonic()
         with self.cond:
             for delivery in deliveries:
@@ -192,6 +199,8 @@ class InFlight:
     def _drop_prefetched(self) -> list[Delivery]:
         back = [delivery for _, delivery in self.prefetched]
         self.prefetched.clear()
+        if self.ledger is not None:
+            self.ledger.left(len(back))
         self.prefetching.clear()
         for delivery in back:
             self.held.pop(delivery.receipt, None)

@@ -52,12 +52,14 @@ class LostTasks:
         slot: int,
         process: BaseProcess,
         tasks: list[RunningTask],
+        unstarted: list[Delivery],
         *,
         killed: bool,
         stopping: bool,
         cold: bool,
     ) -> None:
-        """Account for the tasks of a child that exited, died, or was killed."""
+        """Account for the tasks of a child that exited, died, or was killed, and give
+        back the messages it prefetched and never started."""
         code = process.exitcode
         if killed:
             pass  # the reason was logged when it was killed
@@ -69,11 +71,17 @@ class LostTasks:
         elif not stopping:
             logger.info("child %d (pid %s) exited (recycled)", slot, process.pid)
         innocent = [t.delivery for t in tasks if t.acks_late and (killed or cold)]
-        if innocent:
+        if innocent or unstarted:
             try:
-                self.app.broker.release(innocent)
+                self.app.broker.release(innocent + unstarted)
             except ConveyorError as exc:
                 logger.error("could not release leases: %s", exc)
+            if unstarted:
+                logger.info(
+                    "gave back %d message(s) child %d prefetched and never started",
+                    len(unstarted),
+                    slot,
+                )
         for task in tasks:
             if not task.acks_late:
                 self.fail(

@@ -15,7 +15,8 @@ single-threaded - it forks children, which is only safe from a process with one 
 * handles a **lost child**: its ``acks_late`` messages come back when their lease expires
   (a delivery is charged, so a task that kills its process ends in the DLQ); tasks that were
   acked early (``acks_late=False``) are recorded FAILURE ``WorkerLostError`` at once;
-  innocent tasks of a child killed for another task's limit are released at once;
+  innocent tasks of a child killed for another task's limit, and the messages it prefetched
+  and never started (:mod:`.ledger`), are released at once, uncharged;
 * turns SIGTERM/SIGINT into a **warm shutdown** (children stop leasing and finish their tasks
   within ``shutdown_timeout``) and a second signal, or the timeout, into a **cold** one
   (children return their leases at once; stragglers are killed and their leases released).
@@ -27,6 +28,7 @@ can fork; elsewhere they are spawned and import the app again from its ``-A`` sp
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing
@@ -56,6 +58,7 @@ from .child import BeatProcess, ChildOptions, run_child
 from .consumer import default_hostname
 from .control import NodeControl
 from .execution import TaskRunner
+from .ledger import PrefetchLedger
 from .lost import LostTasks, RunningTask
 from .metrics_channel import SupervisorMetrics
 from .process import Report
@@ -82,6 +85,8 @@ class _Child:
     conn: Connection
     hostname: str
     started: float
+    #: What the child prefetched and never started, as far as it told.
+    ledger: PrefetchLedger
     tasks: dict[str, RunningTask] = field(default_factory=dict)
     stop_sent: bool | None = None  # None: not asked; False: warm; True: cold
 
@@ -278,6 +283,7 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = self._context.Pipe()
         close_fds = [*self._inherited_fds(), parent_conn.fileno()]
+        ledger = PrefetchLedger(self._context.RawValue(ctypes.c_uint64))
         options = ChildOptions(
             slot=slot,
             hostname=f"{self.hostname}/{slot}",
@@ -291,6 +297,7 @@ class Supervisor:
             log_level=logging.getLogger().getEffectiveLevel(),
             runner_class=self.runner_class,
             rate_limiter=self._rate_limiter,
+            prefetch_passed=ledger.passed,
         )
         process = self._context.Process(  # type: ignore[attr-defined]  # BaseContext stubs lack Process
             target=run_child,
@@ -305,7 +312,7 @@ class Supervisor:
         process.start()
         child_conn.close()
         self._children[slot] = _Child(
-            slot, process, parent_conn, options.hostname, time.monotonic()
+            slot, process, parent_conn, options.hostname, time.monotonic(), ledger
         )
         logger.debug("started child %d (pid %s)", slot, process.pid)
 
@@ -342,6 +349,8 @@ class Supervisor:
                         child.tasks[task_id] = RunningTask(
                             task_id, Delivery(*fields), True, None, now, one_by_one=False
                         )
+            case ("prefetched", entries):
+                child.ledger.add(entries)
             case ("ready", pid):
                 logger.debug("child %d (pid %s) ready", child.slot, pid)
             case ("figures", delta):
@@ -371,6 +380,7 @@ class Supervisor:
             child.slot,
             child.process,
             tasks,
+            child.ledger.unstarted(),
             killed=killed,
             stopping=self._stopping,
             cold=self._cold,

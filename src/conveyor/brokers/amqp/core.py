@@ -210,7 +210,7 @@ class AMQPCore(KeptStreams, RunNow, DelayedMarkers, Broker):
 
     def _note(self, delivery: Delivery, reason: str | None, detail: str = "") -> None:
         note = fates.Note(delivery.delivery_count, reason, detail)
-        fates.leave_note(self.kv, delivery.id, note)
+        fates.leave_notes(self.kv, [(delivery.id, note)])
 
     def _bury(self, held: Held, reason: str, detail: str, *, swept: bool = False) -> None:
         """Publish ``held``'s message to the DLQ (confirmed), then ack it (``swept``: an

@@ -5,12 +5,14 @@ any fate may be live (see *Announcements* below):
 
 * **revoked** (``revoke(ids, ttl)``): the lease flags the delivery (``lease_checks_revoked``).
 * **settled elsewhere**: a worker's supervisor settles the messages of a child it killed (hard
-  time limit, terminate past its grace) with the child's receipts. On RabbitMQ a receipt only
-  works on the connection that got the message, and that connection died with the child, so
-  RabbitMQ has already put the message back. The supervisor's ``ack``/``dead_letter``/
-  ``retry_later`` with such a *foreign* receipt therefore leaves a note with the delivery
-  count it saw; the next lease of that message with the next delivery count applies it
-  (drops it, or dead-letters it with the supervisor's reason) instead of handing it out.
+  time limit, terminate past its grace) or that died with messages it never started, with
+  the child's receipts. On RabbitMQ a receipt only works on the connection that got the
+  message, and that connection died with the child, so RabbitMQ has already put the message
+  back (a quorum queue charged it a delivery). The supervisor's ``ack``/``dead_letter``/
+  ``retry_later``/``release`` with such a *foreign* receipt therefore leaves a note with the
+  delivery count it saw; the next lease of that message with the next delivery count applies
+  it (drops it, dead-letters it with the supervisor's reason, or - a release - puts a copy
+  back with the count it had, uncharged) instead of handing it out.
   Receipts of the client's own earlier leases stay plain no-ops, as the contract says.
 
 **Announcements.** Most messages have no fate, and reading every leased message's key cost a
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...kv import KeyValue
@@ -55,11 +58,13 @@ RECHECK_LIVE = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """A settlement made elsewhere: ``reason`` None means drop (it was acked)."""
+    """A settlement made elsewhere: ``reason`` None means drop (it was acked), unless
+    ``released``: given back uncharged."""
 
     delivery_count: int
     reason: str | None
     detail: str
+    released: bool = False
 
 
 def revoke(kv: KeyValue, task_ids: list[str], ttl: float) -> None:
@@ -117,14 +122,25 @@ def is_revoked(value: bytes | None) -> bool:
     return value == REVOKED
 
 
-def leave_note(kv: KeyValue, message_id: str, note: Note) -> None:
-    """Record ``note`` unless the message is revoked (that wins: the worker settles it)."""
-    key = f"{PREFIX}{message_id}"
-    if is_revoked(kv.get_value(key)):
-        return
-    value = {"count": note.delivery_count, "reason": note.reason, "detail": note.detail}
-    kv.set_value(key, json.dumps(value).encode(), NOTE_TTL)
-    announce(kv, NOTE_TTL)
+def leave_notes(kv: KeyValue, notes: Sequence[tuple[str, Note]]) -> None:
+    """Record each (message id, note), except for revoked messages (that wins: the worker
+    settles them); announced once for all."""
+    left = False
+    for message_id, note in notes:
+        key = f"{PREFIX}{message_id}"
+        if is_revoked(kv.get_value(key)):
+            continue
+        value: dict[str, object] = {
+            "count": note.delivery_count,
+            "reason": note.reason,
+            "detail": note.detail,
+        }
+        if note.released:
+            value["released"] = True
+        kv.set_value(key, json.dumps(value).encode(), NOTE_TTL)
+        left = True
+    if left:
+        announce(kv, NOTE_TTL)
 
 
 def note_of(value: bytes | None) -> Note | None:
@@ -137,7 +153,8 @@ def note_of(value: bytes | None) -> Note | None:
         return None
     if not isinstance(count, int) or not isinstance(detail, str):
         return None
-    return Note(count, reason if isinstance(reason, str) else None, detail)
+    released = data.get("released") is True
+    return Note(count, reason if isinstance(reason, str) else None, detail, released)
 
 
 def applies(note: Note, delivery_count: int) -> bool:

@@ -166,8 +166,12 @@ class Holding(AMQPCore):
         return got
 
     def _apply(self, channel: amqp.Channel, held: Held, note: fates.Note) -> None:
-        """Settle a message as a supervisor did with its killed child's receipt."""
-        if note.reason is None:
+        """Settle a message as a supervisor did with its dead child's receipt."""
+        if note.released:  # back with the count it had when the child died: uncharged
+            copy = copy_of(held.message, {BEFORE: note.delivery_count - 1})
+            self._session.publish([(self.names.exchange, held.queue, copy)], "release")
+            self._ack_held(channel, [held])
+        elif note.reason is None:
             self._ack_held(channel, [held])
         else:
             self._bury(held, note.reason, note.detail)

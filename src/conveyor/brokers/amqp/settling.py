@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import amqp
 
@@ -50,6 +51,12 @@ class Settling(Holding):
         """Publish each held message again with its delivery count so far and ack the
         original: ``basic.reject`` with requeue would charge a delivery on a quorum queue
         (and count towards ``x-delivery-limit``). The copy joins the back of its queue."""
+        foreign = [d for d in deliveries if self._foreign(d)]
+        if foreign:  # a dead child's, given back by its supervisor
+            released = fates.Note(0, None, "", released=True)
+            notes = [(d.id, replace(released, delivery_count=d.delivery_count)) for d in foreign]
+            fates.leave_notes(self.kv, notes)
+            deliveries = [d for d in deliveries if not self._foreign(d)]
         if not deliveries:
             return
         with self._session.lock:

@@ -184,6 +184,11 @@ def test_warm_stop_during_a_prefetched_task_settles_the_tasks_run_before_it(
     worker = harness.worker("-c", "1", "--shutdown-timeout", "60")
     warm_up(harness, 20)
     go, path, stamps = tmp_path / "go", harness.file(), harness.file()
+    # A block that ends at once: the worker knows the task ends (one it never saw end
+    # would have the acks sent before it starts; see the test below).
+    done = tmp_path / "done"
+    done.touch()
+    assert harness.send("block", str(harness.file()), str(done), 1.0).get(timeout=30) is True
     eta = datetime.now(UTC) + AHEAD
     first = [harness.send("stamp", str(stamps), eta=eta, priority=p) for p in (9, 8)]
     blocker = harness.send("block", str(path), str(go), 60.0, eta=eta, priority=7)
@@ -246,23 +251,31 @@ def test_prefetched_messages_revoked_while_they_waited_are_found_in_one_check(
     assert runs(dropped) == []
 
 
-def test_a_dead_child_s_prefetched_messages_come_back_at_once_uncharged(
+def test_a_task_that_kills_its_process_costs_its_prefetched_neighbours_nothing(
     harness_factory: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    # A task kills its process while three no-ops wait prefetched behind it. Its supervisor
-    # gives them back at once (leases last 60 s here) without charging a delivery: a poison
-    # task must not push its neighbours towards the dead-letter queue.
+    # One lease takes three no-ops, a task that kills its process, and three more no-ops.
+    # The first three finished before it: their acks (which wait for the next lease) go
+    # out before a task that never ended in this process starts, so they never run again.
+    # The last three waited prefetched: the supervisor gives them back at once (leases last
+    # 60 s here) without charging a delivery.
     harness = harness_factory(
         worker_prefetch_short=10.0, broker_lease_timeout=60.0, broker_sweep_interval=1.0
     )
     harness.worker("-c", "1")
     warm_up(harness, 20)
-    path, counted = harness.file(), harness.file()
-    eta = datetime.now(UTC) + AHEAD  # one lease takes them all, the poison first
-    harness.send("suicide", str(path), eta=eta, priority=9)
+    path, before, after = harness.file(), harness.file(), harness.file()
+    eta = datetime.now(UTC) + AHEAD  # one lease takes them all, in priority order
     for _ in range(3):
-        harness.send("stamp_count", str(counted), eta=eta, priority=0)
+        harness.send("stamp_count", str(before), eta=eta, priority=9)
+    harness.send("suicide", str(path), eta=eta, priority=5)
+    for _ in range(3):
+        harness.send("stamp_count", str(after), eta=eta, priority=0)
     wait_for(lambda: runs(path), 30, "the poison task ran")
-    wait_for(lambda: len(runs(counted)) == 3, 30, "the prefetched no-ops ran in a new child")
-    assert [line.split()[-1] for line in runs(counted)] == ["1", "1", "1"]  # "<pid> <count>"
+    wait_for(lambda: len(runs(after)) == 3, 30, "the prefetched no-ops ran in a new child")
+    # "<pid> <delivery count>": uncharged, run by the new child
+    assert [line.split()[-1] for line in runs(after)] == ["1", "1", "1"]
+    # nothing held any more but the poison's lease (until it expires): the first three acked
+    wait_for(lambda: counts(harness) == (0, 1), 10, "only the poison leased")
+    assert len(runs(before)) == 3
     assert "gave back 3 message(s) child 1 prefetched and never started" in harness.output()

@@ -153,7 +153,8 @@ class Consumer:
                     # cost grow with the square of its size.)
                     if fresh:
                         inflight.hold([o.delivery for o, _ in fresh if o.delivery is not None])
-                    self._dispatch(*taken)
+                    if self._dispatch(*taken, finished=quick):
+                        quick = []
                     continue
                 if not leasing:
                     if quick:
@@ -254,16 +255,30 @@ class Consumer:
             if self._prefetch is not None:
                 self.inflight.unhold(acks)
 
-    def _dispatch(self, deliveries: list[Delivery], recheck: bool = False) -> None:
+    def _dispatch(
+        self,
+        deliveries: list[Delivery],
+        recheck: bool = False,
+        finished: list[Finished] | None = None,
+    ) -> bool:
         """Admit and start what was leased (already held), ending the hand-over;
         ``recheck``: ask the broker about revocations again (prefetched messages that
-        waited)."""
+        waited). ``finished``: quick outcomes whose acks wait for the next lease, settled
+        first if a task about to start never ran to its end in this process - it may kill
+        the process, and theirs would run again. Returns whether they were settled."""
         try:
             controls = self._admit(deliveries, recheck) if deliveries else []
         finally:
             self.inflight.handed_over()
+        settled = False
+        if finished and self._prefetch is not None:
+            ended = self._prefetch.runtimes.ended
+            if any(control.job.task.name not in ended for control in controls):
+                self._settle(finished)
+                settled = True
         for control in controls:
             self.dispatcher.start(control)
+        return settled
 
     def _admit(self, deliveries: list[Delivery], recheck: bool) -> list[Running]:
         """Settle what must not run (revoked, expired, malformed), record STARTED, and count

@@ -151,6 +151,7 @@ class Dispatcher:
         job = control.job
         if self.runtimes is not None and job.delivery is not None:
             self.runtimes.observe(job.delivery.queue, time.monotonic() - control.since)
+            self.runtimes.ended.add(job.task.name)
         if self.runner.flow is not None:
             self.runner.flow.finished(job.envelope.id)
         if self.hooks.after_process and not outcome.skipped:

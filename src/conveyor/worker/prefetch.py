@@ -24,6 +24,12 @@ one message per free slot unless ``worker_prefetch_multiplier`` is set.
   runs them now. A short task never waits behind a long one for longer than that (50 ms at
   the defaults, plus the check's period).
 
+**A task that kills its process** (a poison task, the OOM killer) costs its neighbours
+nothing: the acks of tasks that finished wait for the next lease, but go out first when a
+task that never ran to its end in this process is about to start (one round trip per task
+name per process); and the supervisor gives back the messages still prefetched, uncharged
+(:mod:`conveyor.worker.ledger`).
+
 Priorities: a prefetched message starts before a higher-priority message that reached the
 broker after it was leased at most once - it runs within one lease round (``max - 1``
 short tasks per slot, or it is reclaimed); the next lease sees the higher-priority message.
@@ -61,6 +67,9 @@ class RuntimeEstimate:
             raise ValueError(f"weight must be in (0, 1], got {weight!r}")
         self.weight = weight
         self._average: dict[str, float] = {}
+        #: Names of the tasks that ran to their end in this process. One that never did
+        #: may kill it: the lease loop acks the tasks that finished before it starts one.
+        self.ended: set[str] = set()
 
     def observe(self, queue: str, seconds: float) -> None:
         """One task of ``queue`` ran ``seconds``."""

@@ -3,7 +3,7 @@ process tests in tests/integration/test_prefetch_processes.py run it against rea
 
 from __future__ import annotations
 
-import ctypes
+import multiprocessing
 import threading
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.worker.inflight import InFlight
-from conveyor.worker.ledger import ChildLedger, PrefetchedReport, PrefetchLedger
+from conveyor.worker.ledger import ChildLedger, PrefetchLedger
 from conveyor.worker.prefetch import AdaptivePrefetch, RuntimeEstimate
 
 
@@ -126,26 +126,39 @@ def test_a_stop_takes_every_prefetched_message() -> None:
 
 
 def test_the_ledger_gives_back_what_never_left_the_prefetch_queue() -> None:
-    # The child reports batches before their messages can start, and counts in shared
-    # memory what left the queue; the supervisor may read the counter ahead of the reports.
-    reports: list[PrefetchedReport] = []
-    passed = ctypes.c_uint64(0)
-    child = ChildLedger(reports.append, passed)
-    supervisor = PrefetchLedger(passed)
+    # The child writes its prefetch queue to memory shared with the supervisor, and counts
+    # what leaves it; the supervisor reads what is left once the child ended.
+    supervisor = PrefetchLedger(multiprocessing.get_context())
     inflight = InFlight()
-    inflight.ledger = child
+    inflight.ledger = ChildLedger(supervisor.memory)
     first = [Delivery(f"a{i}", "q", b"{}", 0, f"r-a{i}", 1) for i in range(3)]
-    second = [Delivery(f"b{i}", "q", b"{}", 0, f"r-b{i}", 1) for i in range(2)]
+    second = [Delivery(f"b{i}", "q", b"{}", 5, f"r-b{i}", 2) for i in range(2)]
+    assert supervisor.unstarted() == []  # nothing written yet
     inflight.prefetch(first)
-    inflight.prefetch(second)
     with inflight.cond:
-        taken, _ = inflight.take_prefetched(4)  # a0..a2 and b0 start
-    assert [d.id for d in taken] == ["a0", "a1", "a2", "b0"]
-    assert passed.value == 4
-    supervisor.add(reports[0][1])  # the second report is still in the pipe
-    assert supervisor.unstarted() == []
-    supervisor.add(reports[1][1])
-    (left,) = supervisor.unstarted()
-    assert (left.id, left.receipt, left.body) == ("b1", "r-b1", b"")
+        taken, _ = inflight.take_prefetched(2)
+    assert [d.id for d in taken] == ["a0", "a1"]
+    inflight.prefetch(second)  # a2 still waits: the queue is written again, whole
+    assert [
+        (d.id, d.receipt, d.priority, d.delivery_count, d.body) for d in supervisor.unstarted()
+    ] == [
+        ("a2", "r-a2", 0, 1, b""),
+        ("b0", "r-b0", 5, 2, b""),
+        ("b1", "r-b1", 5, 2, b""),
+    ]
+    with inflight.cond:
+        inflight.take_prefetched(2)
+    assert [d.id for d in supervisor.unstarted()] == ["b1"]
     assert inflight.take_all_prefetched() == [second[1]]  # a stop gives it back itself
+    assert supervisor.unstarted() == []
+
+
+def test_a_prefetch_queue_too_big_for_the_ledger_is_left_to_lease_expiry() -> None:
+    supervisor = PrefetchLedger(multiprocessing.get_context())
+    inflight = InFlight()
+    inflight.ledger = ChildLedger(supervisor.memory)
+    inflight.prefetch([Delivery("a", "q", b"{}", 0, "r-a", 1)])
+    assert len(supervisor.unstarted()) == 1
+    huge = [Delivery(f"b{i}", "q" * 1000, b"{}", 0, f"r{i}", 1) for i in range(100)]
+    inflight.prefetch(huge)
     assert supervisor.unstarted() == []

@@ -55,9 +55,8 @@ class ChildOptions:
     runner_class: type[TaskRunner] | None = None
     #: The worker's rate limits, shared by its children (None: none, or per process).
     rate_limiter: SharedRateLimiter | None = None
-    #: Counter shared with the supervisor: prefetched messages that left the prefetch
-    #: queue (:mod:`conveyor.worker.ledger`).
-    prefetch_passed: ctypes.c_uint64 | None = None
+    #: Memory shared with the supervisor: what waits prefetched (:mod:`.ledger`).
+    prefetch_ledger: ctypes.Array[ctypes.c_char] | None = None
 
 
 class _Reporter:
@@ -112,8 +111,8 @@ def _run_child(app: Conveyor | str, options: ChildOptions, conn: Connection) -> 
         prefetch_multiplier=options.prefetch_multiplier,
         max_tasks=options.max_tasks,
     )
-    if worker.prefetch is not None and options.prefetch_passed is not None:
-        worker.inflight.ledger = ChildLedger(report, options.prefetch_passed)
+    if worker.prefetch is not None and options.prefetch_ledger is not None:
+        worker.inflight.ledger = ChildLedger(options.prefetch_ledger)
     figures = ChildFigures(app, report)
     worker.before_exit.append(figures.flush)
     parent = os.getppid()

@@ -171,13 +171,13 @@ class InFlight:
 
     def prefetch(self, deliveries: Sequence[Delivery]) -> None:
         """Keep ``deliveries`` (held already) for the next free slots."""
-        if self.ledger is not None:
-            self.ledger.entered(deliveries)
         now = time.monotonic()
         with self.cond:
             for delivery in deliveries:
                 self.held[delivery.receipt] = delivery
                 self.prefetched.append((now, delivery))
+            if self.ledger is not None:
+                self.ledger.entered([d for _, d in self.prefetched], len(deliveries))
             self.prefetching.set()
 
     def reclaim(self, older_than: float) -> list[Delivery]:

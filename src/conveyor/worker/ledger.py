@@ -7,81 +7,98 @@ lease expiry they would come back charged a delivery: a poison task would push t
 prefetched beside it towards the dead-letter queue, and a row of poison tasks at the end of
 a queue would be dead-lettered after fewer runs than ``task_max_deliveries``.
 
-So the child keeps its supervisor informed, at little cost:
+So the child keeps, in memory it shares with its supervisor (made before the child starts),
+what waits in its prefetch queue - no system call, nothing for the supervisor to do while
+the child lives:
 
-* each batch it prefetches is reported over the report pipe (ids, queues, receipts; no
-  bodies) before any message of the batch can start - one report per lease, not per task;
-* a counter in shared memory says how many prefetched messages have left the prefetch queue
-  (taken for a slot, or given back), which they do in the order they entered it - a memory
-  write per take, no system call.
+* ``passed``: how many prefetched messages have left the queue (taken for a slot, or given
+  back), which they do in the order they entered it;
+* the queue itself (ids, queues, receipts; no bodies), written again at each prefetch, with
+  the number of messages that had left it then (``base``), under a write counter that is odd
+  while a write is under way.
 
-When the child ends, the supervisor gives back, uncharged, the reported messages past the
-counter: those that never left the prefetch queue.
+When the child ends, the supervisor gives back, uncharged, the messages of the last write
+past ``passed``: those that never left the queue.
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Literal
+import struct
+from collections.abc import Sequence
+from multiprocessing.context import BaseContext
+
+import msgspec
 
 from ..brokers.base import Delivery
 
-#: A prefetched message as reported: ``Delivery(*fields)`` rebuilds it, without its body
-#: (giving it back needs only its queue and receipt).
-type LedgerEntry = tuple[str, str, bytes, int, str, int]
-#: The report of a prefetched batch.
-type PrefetchedReport = tuple[Literal["prefetched"], list[LedgerEntry]]
+#: passed, writes, base, length of the queue's encoding that follows.
+HEADER = struct.Struct("<QQQI")
+#: Bytes of shared memory per child: a prefetch queue whose encoding does not fit is not
+#: written (its messages then come back at their lease expiry, charged).
+SIZE = 64 * 1024
+
+#: A prefetched message as written: id, queue, priority, receipt, delivery count.
+type Entry = tuple[str, str, int, str, int]
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(list[tuple[str, str, int, str, int]]).decode
 
 
 class ChildLedger:
-    """The child's side: reports what it prefetches and counts what leaves the queue."""
+    """The child's side: writes its prefetch queue and counts what leaves it. Called under
+    the in-flight lock (one writer)."""
 
-    def __init__(self, report: Callable[[PrefetchedReport], None], passed: ctypes.c_uint64) -> None:
-        self._report = report
-        self._passed = passed
+    def __init__(self, memory: ctypes.Array[ctypes.c_char]) -> None:
+        self._view = memoryview(memory).cast("B")
+        self._entered = 0
+        self._passed = 0
+        self._writes = 0
 
-    def entered(self, deliveries: Sequence[Delivery]) -> None:
-        """``deliveries`` are about to be prefetched (call before any of them can start)."""
-        self._report(
-            (
-                "prefetched",
-                [(d.id, d.queue, b"", d.priority, d.receipt, d.delivery_count) for d in deliveries],
-            )
+    def entered(self, prefetched: Sequence[Delivery], added: int) -> None:
+        """``added`` messages joined the end of the prefetch queue, now ``prefetched``
+        (call before any of them can start)."""
+        self._entered += added
+        blob = _encode(
+            [(d.id, d.queue, d.priority, d.receipt, d.delivery_count) for d in prefetched]
         )
+        view = self._view
+        if len(blob) > len(view) - HEADER.size:
+            blob = b""  # too big to keep: these come back at their lease expiry
+        self._writes += 1  # odd: a write is under way
+        struct.pack_into("<Q", view, 8, self._writes)
+        view[HEADER.size : HEADER.size + len(blob)] = blob
+        struct.pack_into("<QI", view, 16, self._entered - len(prefetched), len(blob))
+        self._writes += 1
+        struct.pack_into("<Q", view, 8, self._writes)
 
     def left(self, count: int) -> None:
-        """The ``count`` oldest prefetched messages were taken for slots or given back.
-        (Called under the in-flight lock: one writer.)"""
-        self._passed.value += count
+        """The ``count`` oldest prefetched messages were taken for slots or given back."""
+        self._passed += count
+        struct.pack_into("<Q", self._view, 0, self._passed)
 
 
 class PrefetchLedger:
-    """The supervisor's side, for one child: the reported prefetched messages that have
-    not left the child's prefetch queue as far as the counter tells."""
+    """The supervisor's side, for one child: the shared memory, and what it says the child
+    left in its prefetch queue."""
 
-    def __init__(self, passed: ctypes.c_uint64) -> None:
-        #: The counter shared with the child (created before it starts).
-        self.passed = passed
-        self._entries: deque[LedgerEntry] = deque()
-        #: How many reported messages were dropped from the front of ``_entries``.
-        self._dropped = 0
-
-    def add(self, entries: list[LedgerEntry]) -> None:
-        """A report of a prefetched batch arrived."""
-        self._entries.extend(entries)
-        self._trim()
+    def __init__(self, context: BaseContext) -> None:
+        #: Given to the child (made before it starts, so a spawned child can inherit it).
+        self.memory: ctypes.Array[ctypes.c_char] = context.RawArray(ctypes.c_char, SIZE)
 
     def unstarted(self) -> list[Delivery]:
-        """The messages still waiting in the child's prefetch queue (once the child ended
-        and its last reports were read: those it never started)."""
-        self._trim()
-        return [Delivery(*entry) for entry in self._entries]
-
-    def _trim(self) -> None:
-        # The counter may run ahead of the reports read so far; the rest goes next time.
-        entries, passed = self._entries, self.passed.value
-        while self._dropped < passed and entries:
-            entries.popleft()
-            self._dropped += 1
+        """The messages still in the child's prefetch queue (once the child ended: those
+        it never started)."""
+        view = memoryview(self.memory).cast("B")
+        passed, writes, base, length = HEADER.unpack_from(view)
+        if writes % 2 or not length:
+            return []  # it died while writing, or wrote nothing: left to lease expiry
+        try:
+            entries = _decode(view[HEADER.size : HEADER.size + length])
+        except msgspec.DecodeError:
+            return []
+        skip = max(passed - base, 0)
+        return [
+            Delivery(id_, queue, b"", priority, receipt, count)
+            for id_, queue, priority, receipt, count in entries[skip:]
+        ]

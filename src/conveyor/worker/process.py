@@ -43,7 +43,6 @@ from ..middleware import Middleware, call_each
 from .execution import TaskRunner
 from .inflight import Running
 from .job import Job, Outcome
-from .ledger import PrefetchedReport
 from .pools import interrupt_thread
 from .ratelimit import RateLimiter
 from .worker import Worker, WorkerBasics
@@ -66,13 +65,11 @@ LOOP_DIED_EXIT_AFTER = 30.0
 type DeliveryFields = tuple[str, str, bytes, int, str, int]
 #: What a child process reports to its supervisor over the pipe: a task started (task id,
 #: delivery, acks_late, time limit) or ended, a snapshot of the tasks that are not reported
-#: one by one, the child is ready (its pid), metrics gathered since the last report, a batch
-#: of messages was prefetched (:mod:`conveyor.worker.ledger`).
+#: one by one, the child is ready (its pid), metrics gathered since the last report.
 type Report = (
     tuple[Literal["start"], str, DeliveryFields, bool, float | None]
     | tuple[Literal["end"], str]
     | tuple[Literal["running"], dict[str, DeliveryFields]]
-    | PrefetchedReport
     | tuple[Literal["ready"], int]
     | tuple[Literal["figures"], Delta]
 )

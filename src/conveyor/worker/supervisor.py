@@ -28,7 +28,6 @@ can fork; elsewhere they are spawned and import the app again from its ``-A`` sp
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import multiprocessing
@@ -283,7 +282,7 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = self._context.Pipe()
         close_fds = [*self._inherited_fds(), parent_conn.fileno()]
-        ledger = PrefetchLedger(self._context.RawValue(ctypes.c_uint64))
+        ledger = PrefetchLedger(self._context)
         options = ChildOptions(
             slot=slot,
             hostname=f"{self.hostname}/{slot}",
@@ -297,7 +296,7 @@ class Supervisor:
             log_level=logging.getLogger().getEffectiveLevel(),
             runner_class=self.runner_class,
             rate_limiter=self._rate_limiter,
-            prefetch_passed=ledger.passed,
+            prefetch_ledger=ledger.memory,
         )
         process = self._context.Process(  # type: ignore[attr-defined]  # BaseContext stubs lack Process
             target=run_child,
@@ -349,8 +348,6 @@ class Supervisor:
                         child.tasks[task_id] = RunningTask(
                             task_id, Delivery(*fields), True, None, now, one_by_one=False
                         )
-            case ("prefetched", entries):
-                child.ledger.add(entries)
             case ("ready", pid):
                 logger.debug("child %d (pid %s) ready", child.slot, pid)
             case ("figures", delta):

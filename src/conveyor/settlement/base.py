@@ -65,11 +65,19 @@ class Settlement:
         queues: Sequence[str],
         limit: int,
         wait: float,
+        dead: Sequence[tuple[Delivery, str, str]] = (),
     ) -> list[Delivery]:
-        """:meth:`ack`, then lease up to ``limit`` messages from ``queues`` (waiting up to
-        ``wait`` s). The records and acks take effect before the lease waits. If this raises,
-        any part may have happened: ack again (both steps are idempotent)."""
+        """:meth:`ack`, move each ``(delivery, reason, detail)`` of ``dead`` to the
+        dead-letter queue, then lease up to ``limit`` messages from ``queues`` (waiting up to
+        ``wait`` s; ``limit <= 0``: no lease). Records first; records, acks and dead letters
+        take effect before the lease waits. If this raises, any part may have happened: call
+        it again (every step is idempotent: a receipt acked or dead-lettered already is left
+        alone)."""
         self.ack(deliveries, records)
+        if dead:
+            self.broker.dead_letter_many(dead)
+        if limit <= 0 or not queues:
+            return []
         return self.broker.lease(queues, limit, wait)
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:

@@ -101,8 +101,8 @@ class Worker:
     ``middleware`` is called before the app's; ``on_task_start`` / ``on_task_end`` see each
     admitted task when it is dispatched and once it is settled; ``on_hard_time_limit``
     replaces the in-process hard limit; ``before_settle`` sees each batch of outcomes the
-    finisher settles (and may change it); ``lifecycle_hooks=False`` leaves the
-    ``worker_start``/``worker_stop`` hooks to the caller.
+    finisher settles, and the dead letters the lease loop settles (and may change them);
+    ``lifecycle_hooks=False`` leaves the ``worker_start``/``worker_stop`` hooks to the caller.
     """
 
     def __init__(
@@ -218,6 +218,7 @@ class Worker:
             on_max_tasks=self._max_tasks_reached,
             started=started,
             prefetch=prefetch,
+            before_settle=self._before_settle,
         )
         self._heartbeat = heartbeat = Heartbeat(
             app,

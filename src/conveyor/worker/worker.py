@@ -233,6 +233,7 @@ class Worker:
             cleanup_interval=self.cleanup_interval,
             terminate=self.terminate,
             renew=self.runner.flow.renew,
+            on_beat=self.runner.dead_letters.flush,
         )
         finisher = Finisher(
             inflight,
@@ -317,6 +318,7 @@ class Worker:
         if self._executor is not None:
             self._executor.shutdown(wait=not cold, cancel=cold)
         self._loop.stop()
+        self.runner.dead_letters.flush(final=True)
         if self._heartbeat is not None:
             with contextlib.suppress(ConveyorError):
                 self._heartbeat.retire()

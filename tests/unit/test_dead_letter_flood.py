@@ -1,0 +1,199 @@
+"""A flood of malformed messages (issue 20): their dead letters ride on the consumer's next
+lease (no settling call of their own), a failed write is retried, and the log has a line per
+burst and a summary per interval instead of a line per message."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.brokers.base import Delivery, Message
+from conveyor.exceptions import BrokerError
+from conveyor.testing import TestWorker
+from conveyor.worker.deadlog import DeadLetterLog
+from tests.conftest import wait_until
+
+BAD = [b"\xff not json", b"[1, 2]", b'{"id": "x", "task": 5}', b'{"id": "u", "task": "nope"}']
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture) -> tuple[DeadLetterLog, Clock]:
+    caplog.set_level(logging.DEBUG, logger="tests.deadlog")
+    clock = Clock()
+    return DeadLetterLog(logging.getLogger("tests.deadlog"), 10.0, clock), clock
+
+
+def lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+# -- the rate-limited log ------------------------------------------------------------------
+def test_first_of_a_burst_in_full_then_a_summary_per_interval(
+    log: tuple[DeadLetterLog, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    dead, clock = log
+    dead.dead_lettered("m0", "q", "malformed", "not JSON")
+    for i in range(1, 6):
+        clock.now += 1
+        dead.dead_lettered(f"m{i}", "q", "unknown_task" if i % 2 else "malformed", "why")
+    dead.flush()  # 5 s into the interval: nothing due
+    [first] = lines(caplog, logging.WARNING)
+    assert first.startswith("dead-lettered message m0 from q (malformed): not JSON")
+    assert len(lines(caplog, logging.DEBUG)) == 5  # every one after the first, at DEBUG
+
+    clock.now += 5  # the interval passed: the next message brings the summary
+    dead.dead_lettered("m6", "q", "malformed", "why")
+    summary = lines(caplog, logging.WARNING)[1:]
+    assert summary == [
+        "dead-lettered 5 more message(s) from q in the last 10 s: unknown_task 3, malformed 2 "
+        "(reasons and details kept in the dead-letter queue: conveyor dlq list)"
+    ]
+    # The burst goes on: m6 is counted for the next summary, not logged in full.
+    assert len(lines(caplog, logging.WARNING)) == 2
+    clock.now += 10
+    dead.flush()  # the heartbeat's: the burst's last count
+    assert lines(caplog, logging.WARNING)[-1].startswith("dead-lettered 1 more message(s) from q")
+
+
+def test_a_quiet_interval_ends_the_burst(
+    log: tuple[DeadLetterLog, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    dead, clock = log
+    dead.dead_lettered("a", "q", "malformed", "one")
+    clock.now += 10
+    dead.flush()  # nothing followed the first: no summary, the burst is over
+    clock.now += 1
+    dead.dead_lettered("b", "q", "undecodable", "two")
+    warnings = lines(caplog, logging.WARNING)
+    assert len(warnings) == 2
+    assert warnings[1].startswith("dead-lettered message b from q (undecodable): two")
+
+
+def test_bursts_are_per_queue_and_the_final_flush_logs_what_is_left(
+    log: tuple[DeadLetterLog, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    dead, _ = log
+    for queue in ("a", "b", "a", "a", "b"):
+        dead.dead_lettered("m", queue, "malformed", "x", logging.ERROR)
+    assert len(lines(caplog, logging.ERROR)) == 2  # the first of each queue, at its level
+    dead.flush()
+    assert lines(caplog, logging.WARNING) == []
+    dead.flush(final=True)
+    assert sorted(m.split(" in the last")[0] for m in lines(caplog, logging.WARNING)) == [
+        "dead-lettered 1 more message(s) from b",
+        "dead-lettered 2 more message(s) from a",
+    ]
+    dead.flush(final=True)
+    assert len(lines(caplog, logging.WARNING)) == 2
+
+
+def test_nothing_at_debug_is_formatted_when_debug_is_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tests.deadlog-quiet")
+    dead = DeadLetterLog(logging.getLogger("tests.deadlog-quiet"), 10.0, Clock())
+    for i in range(100):
+        dead.dead_lettered(f"m{i}", "q", "malformed", "x")
+    assert len(caplog.records) == 1
+
+
+# -- dead letters ride on the next lease -----------------------------------------------------
+class Spy:
+    """Counts the settlement's dead letters: riding on ``ack_and_lease`` or on their own."""
+
+    def __init__(self, app: Conveyor) -> None:
+        settlement = app.settlement
+        self.riding: list[str] = []
+        self.own_calls = 0
+        ack_and_lease, dead_letter_many = settlement.ack_and_lease, settlement.dead_letter_many
+
+        def riding(*args: Any) -> list[Delivery]:
+            dead: Sequence[tuple[Delivery, str, str]] = args[5] if len(args) > 5 else ()
+            self.riding += [d.id for d, _, _ in dead]
+            return ack_and_lease(*args)
+
+        def own(letters: Sequence[tuple[Delivery, str, str]]) -> None:
+            self.own_calls += 1
+            dead_letter_many(letters)
+
+        settlement.ack_and_lease = riding  # type: ignore[method-assign]
+        settlement.dead_letter_many = own  # type: ignore[method-assign]
+
+
+def flood(app: Conveyor, count: int) -> list[Message]:
+    return [Message(f"bad-{i}", "default", BAD[i % len(BAD)]) for i in range(count)]
+
+
+def test_malformed_messages_ride_on_the_lease_and_good_ones_run_once(
+    app: Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[int] = []
+
+    @app.task(name="good")
+    def good(i: int) -> None:
+        ran.append(i)
+
+    spy = Spy(app)
+    bad = flood(app, 200)
+    for i, message in enumerate(bad):
+        good.delay(i)
+        app.broker.publish([message])
+    with (
+        caplog.at_level(logging.WARNING, logger="conveyor.worker"),
+        TestWorker(app, concurrency=2) as worker,
+    ):
+        wait_until(lambda: len(app.broker.dead_letters(1000)) == 200, 20, "dead letters")
+        wait_until(lambda: len(ran) == 200, 20, "good tasks")
+        worker.drain(10)
+    assert sorted(ran) == list(range(200))
+    letters = app.broker.dead_letters(1000)
+    assert {d.id for d in letters} == {m.id for m in bad}
+    reasons = {d.id: d.reason for d in letters}
+    assert {reasons[f"bad-{i}"] for i in range(4)} == {"undecodable", "malformed", "unknown_task"}
+    assert app.results.get("u") is not None  # an unknown task's FAILURE record, stored first
+    assert sorted(spy.riding) == sorted(m.id for m in bad)
+    assert spy.own_calls == 0
+    dead_lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    # The first in full, then (stop's final flush, or an interval's) summaries of the rest.
+    assert dead_lines[0].startswith("dead-lettered message bad-0 from default")
+    assert len(dead_lines) < 10
+    summed = sum(int(line.split()[1]) for line in dead_lines[1:])
+    assert summed == 199
+
+
+def test_a_dead_letter_that_could_not_be_written_is_written_later(app: Conveyor) -> None:
+    broker = app.broker
+    real = broker.dead_letter_many
+    failures = [BrokerError("injected: broker unreachable")] * 2
+
+    def flaky(letters: Sequence[tuple[Delivery, str, str]]) -> None:
+        if failures:
+            raise failures.pop()
+        real(letters)
+
+    broker.dead_letter_many = flaky  # type: ignore[method-assign]
+
+    @app.task(name="good")
+    def good() -> str:
+        return "ran"
+
+    broker.publish([Message("bad", "default", b"\x00 not json")])
+    with TestWorker(app, concurrency=2):
+        dead = wait_until(broker.dead_letters, 20, "the dead letter, retried")
+        assert good.delay().get(timeout=10) == "ran"
+    assert failures == []
+    assert [(d.id, d.reason, d.delivery_count) for d in dead] == [("bad", "undecodable", 1)]
+    stats = broker.stats(["default"])["default"]
+    assert (stats.ready, stats.leased, stats.dead) == (0, 0, 1)

@@ -5,6 +5,7 @@ burst and a summary per interval instead of a line per message."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from conveyor import Conveyor
 from conveyor.brokers.base import Delivery, Message
 from conveyor.exceptions import BrokerError
 from conveyor.testing import TestWorker
+from conveyor.worker.consumer import more_for_slotless
 from conveyor.worker.deadlog import DeadLetterLog
 from tests.conftest import wait_until
 
@@ -197,3 +199,58 @@ def test_a_dead_letter_that_could_not_be_written_is_written_later(app: Conveyor)
     assert [(d.id, d.reason, d.delivery_count) for d in dead] == [("bad", "undecodable", 1)]
     stats = broker.stats(["default"])["default"]
     assert (stats.ready, stats.leased, stats.dead) == (0, 0, 1)
+
+
+# -- a lease after slotless messages is larger -------------------------------------------------
+@pytest.mark.parametrize(
+    ("seen", "slotless", "extra"),
+    [(0, 0, 0), (16, 0, 0), (16, 8, 16), (32, 16, 16), (16, 16, 16), (20, 2, 1), (16, 4, 5)],
+)
+def test_more_for_slotless_keeps_the_runnable_share_of_a_lease(
+    seen: int, slotless: int, extra: int
+) -> None:
+    assert more_for_slotless(16, seen, slotless) == extra
+
+
+def test_an_adaptive_lease_loop_leases_more_while_half_its_messages_are_malformed(
+    app: Conveyor,
+) -> None:
+    ran: list[int] = []
+
+    @app.task(name="good")
+    def good(i: int) -> None:
+        ran.append(i)
+
+    limits: list[int] = []
+    ack_and_lease, lease = app.settlement.ack_and_lease, app.broker.lease
+
+    def seen_ack_and_lease(*args: Any) -> list[Delivery]:
+        limits.append(args[3])
+        return ack_and_lease(*args)
+
+    def seen_lease(queues: Sequence[str], limit: int, wait: float) -> list[Delivery]:
+        limits.append(limit)
+        return lease(queues, limit, wait)
+
+    app.settlement.ack_and_lease = seen_ack_and_lease  # type: ignore[method-assign]
+    app.broker.lease = seen_lease  # type: ignore[method-assign]
+    for i in range(20):  # short tasks alone first: the prefetch learns they are short
+        good.delay(i)
+    bad = flood(app, 300)
+    for i, message in enumerate(bad, 20):
+        good.delay(i)
+        app.broker.publish([message])
+    worker = TestWorker(app, concurrency=1, consume_in_thread=False)
+    assert worker.prefetch is not None
+    worker.start()
+    consuming = threading.Thread(target=worker.consume, daemon=True)
+    consuming.start()
+    try:
+        wait_until(lambda: len(ran) == 320, 20, "good tasks")
+        wait_until(lambda: len(app.broker.dead_letters(1000)) == 300, 20, "dead letters")
+    finally:
+        worker.stop(timeout=10)
+        consuming.join(10)
+    most = worker.prefetch.most
+    assert max(limits) > most  # one lease per `most` good messages, not per `most` messages
+    assert max(limits) <= 2 * most

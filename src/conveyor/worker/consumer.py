@@ -5,7 +5,9 @@ The hot path is lease → run → store result → ack; the consumer keeps it sh
 * it leases only as many messages as there are free slots times the prefetch multiplier -
   fixed (``worker_prefetch_multiplier``: admitted at once, they wait for a thread in the
   executor) or adaptive (the default: the messages beyond the free slots wait, prefetched
-  and not admitted, for the next free slot; see :mod:`conveyor.worker.prefetch`);
+  and not admitted, for the next free slot; see :mod:`conveyor.worker.prefetch`); after a
+  lease part of which took no slot (malformed messages), an adaptive lease takes as many more
+  as keep its runnable share, at most twice as many (:func:`more_for_slotless`);
 * revocations come with the lease where the broker can check them there
   (``Broker.lease_checks_revoked``), so admitting needs no extra call;
 * a task that succeeded and has nothing to follow (no callbacks, no chord) is *settled
@@ -114,6 +116,10 @@ class Consumer:
         #: one per message that waited).
         self._checked_at = 0.0
         self._revoked_ahead: set[str] = set()
+        #: Messages admitted since the last lease, and how many of them took no slot
+        #: (settled at once: malformed, unknown task, revoked, expired).
+        self._seen = 0
+        self._slotless = 0
 
     def run(self) -> None:
         """Lease until leasing stops (or ``max_tasks`` is reached)."""
@@ -241,9 +247,13 @@ class Consumer:
         if more or not leasing:
             return more, 0, leasing, None
         if self._prefetch is not None:
-            free *= self._prefetch.per_slot(self.queues)
+            per_slot = self._prefetch.per_slot(self.queues)
+            free *= per_slot
+            if per_slot > 1:
+                free += more_for_slotless(free, self._seen, self._slotless)
             if remaining is not None:
                 free = min(free, remaining)
+        self._seen = self._slotless = 0
         return more, free, leasing, None
 
     def _checked(self, more: list[Finished]) -> list[Finished]:
@@ -326,6 +336,8 @@ class Consumer:
                 settling.add(delivery.receipt)
             else:
                 jobs.append(prepared)
+        self._seen += len(deliveries)
+        self._slotless += len(deliveries) - len(jobs)
         if not jobs:
             return []
         controls = [Running(job) for job in jobs]
@@ -364,3 +376,14 @@ def _settling(
         else:
             acks.append(delivery)
     return acks, [record for outcome, _ in quick for record in outcome.records], dead
+
+
+def more_for_slotless(limit: int, seen: int, slotless: int) -> int:
+    """Extra messages for a lease of ``limit`` when ``slotless`` of the ``seen`` messages of
+    the last one took no slot (settled at once: a flood of malformed messages): as many as
+    keep its runnable share at ``limit``, at most ``limit`` more. Each lease is a transaction
+    (SQLite) or a round trip; a lease half full of bad messages would otherwise cost two per
+    ``limit`` good ones."""
+    if not slotless:
+        return 0
+    return min(limit, limit * slotless // max(seen - slotless, 1))

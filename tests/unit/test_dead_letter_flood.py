@@ -254,3 +254,18 @@ def test_an_adaptive_lease_loop_leases_more_while_half_its_messages_are_malforme
     most = worker.prefetch.most
     assert max(limits) > most  # one lease per `most` good messages, not per `most` messages
     assert max(limits) <= 2 * most
+
+
+def test_dead_letters_a_failing_before_settle_saw_are_delivered_again(app: Conveyor) -> None:
+    failures = [RuntimeError("injected: before_settle failed")]
+
+    def before_settle(outcomes: list[Any]) -> None:
+        if failures and any(o.delivery is not None and o.delivery.id == "bad" for o in outcomes):
+            raise failures.pop()
+
+    app.broker.publish([Message("bad", "default", b"\x01 not json")])
+    with TestWorker(app, before_settle=before_settle):
+        dead = wait_until(app.broker.dead_letters, 20, "the dead letter, after a redelivery")
+    assert failures == []
+    # Left unsettled the first time: its lease expired and the next delivery settled it.
+    assert [(d.id, d.reason, d.delivery_count) for d in dead] == [("bad", "undecodable", 2)]

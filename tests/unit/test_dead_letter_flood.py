@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.brokers.base import Delivery, Message
 from conveyor.exceptions import BrokerError
-from conveyor.testing import TestWorker
+from conveyor.testing import TestWorker, make_test_app
 from conveyor.worker.consumer import more_for_slotless
 from conveyor.worker.deadlog import DeadLetterLog
 from tests.conftest import wait_until
@@ -138,32 +139,49 @@ def flood(app: Conveyor, count: int) -> list[Message]:
     return [Message(f"bad-{i}", "default", BAD[i % len(BAD)]) for i in range(count)]
 
 
-def test_malformed_messages_ride_on_the_lease_and_good_ones_run_once(
-    app: Conveyor, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+def sqlite_app(tmp_path: Path) -> Iterator[Conveyor]:
+    """An app on an SQLite file (results in it too): its settlement takes dead letters
+    along with a lease."""
+    app = make_test_app("tests", broker=f"sqlite:///{tmp_path}/broker.db")
+    yield app
+    app.close()
+
+
+def run_flood(app: Conveyor, count: int) -> tuple[list[int], list[Message]]:
+    """``count`` good tasks and ``count`` malformed messages interleaved, drained by a
+    TestWorker; the good tasks' arguments as they ran, and the bad messages."""
     ran: list[int] = []
 
     @app.task(name="good")
     def good(i: int) -> None:
         ran.append(i)
 
-    spy = Spy(app)
-    bad = flood(app, 200)
+    bad = flood(app, count)
     for i, message in enumerate(bad):
         good.delay(i)
         app.broker.publish([message])
-    with (
-        caplog.at_level(logging.WARNING, logger="conveyor.worker"),
-        TestWorker(app, concurrency=2) as worker,
-    ):
-        wait_until(lambda: len(app.broker.dead_letters(1000)) == 200, 20, "dead letters")
-        wait_until(lambda: len(ran) == 200, 20, "good tasks")
+    with TestWorker(app, concurrency=2) as worker:
+        wait_until(lambda: len(app.broker.dead_letters(1000)) == count, 20, "dead letters")
+        wait_until(lambda: len(ran) == count, 20, "good tasks")
         worker.drain(10)
+    return ran, bad
+
+
+def test_malformed_messages_ride_on_the_lease_and_good_ones_run_once(
+    sqlite_app: Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = sqlite_app
+    assert app.settlement.dead_letters_ride
+    spy = Spy(app)
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
+        ran, bad = run_flood(app, 200)
     assert sorted(ran) == list(range(200))
     letters = app.broker.dead_letters(1000)
     assert {d.id for d in letters} == {m.id for m in bad}
     reasons = {d.id: d.reason for d in letters}
     assert {reasons[f"bad-{i}"] for i in range(4)} == {"undecodable", "malformed", "unknown_task"}
+    assert all(d.detail for d in letters)
     assert app.results.get("u") is not None  # an unknown task's FAILURE record, stored first
     assert sorted(spy.riding) == sorted(m.id for m in bad)
     assert spy.own_calls == 0
@@ -175,17 +193,28 @@ def test_malformed_messages_ride_on_the_lease_and_good_ones_run_once(
     assert summed == 199
 
 
-def test_a_dead_letter_that_could_not_be_written_is_written_later(app: Conveyor) -> None:
-    broker = app.broker
-    real = broker.dead_letter_many
+def test_where_nothing_rides_with_the_lease_the_finisher_dead_letters(app: Conveyor) -> None:
+    assert not app.settlement.dead_letters_ride  # the memory broker's generic settlement
+    spy = Spy(app)
+    ran, bad = run_flood(app, 50)
+    assert sorted(ran) == list(range(50))
+    assert {d.id for d in app.broker.dead_letters(1000)} == {m.id for m in bad}
+    assert spy.riding == []
+    assert spy.own_calls > 0
+
+
+def test_a_dead_letter_that_could_not_be_written_is_written_later(sqlite_app: Conveyor) -> None:
+    app, broker = sqlite_app, sqlite_app.broker
+    settlement = app.settlement
+    real = settlement.ack_and_lease
     failures = [BrokerError("injected: broker unreachable")] * 2
 
-    def flaky(letters: Sequence[tuple[Delivery, str, str]]) -> None:
-        if failures:
+    def flaky(*args: Any) -> list[Delivery]:
+        if failures and len(args) > 5 and args[5]:  # a call carrying dead letters
             raise failures.pop()
-        real(letters)
+        return real(*args)
 
-    broker.dead_letter_many = flaky  # type: ignore[method-assign]
+    settlement.ack_and_lease = flaky  # type: ignore[method-assign]
 
     @app.task(name="good")
     def good() -> str:
@@ -256,7 +285,10 @@ def test_an_adaptive_lease_loop_leases_more_while_half_its_messages_are_malforme
     assert max(limits) <= 2 * most
 
 
-def test_dead_letters_a_failing_before_settle_saw_are_delivered_again(app: Conveyor) -> None:
+def test_dead_letters_a_failing_before_settle_saw_are_delivered_again(
+    sqlite_app: Conveyor,
+) -> None:
+    app = sqlite_app
     failures = [RuntimeError("injected: before_settle failed")]
 
     def before_settle(outcomes: list[Any]) -> None:

@@ -13,6 +13,11 @@ from .stream import PublishStream
 class Settlement:
     """Records + queue operations for any broker and result store, one after the other."""
 
+    #: Whether the dead letters of :meth:`ack_and_lease` ride in its transaction or round
+    #: trip: the worker then settles those of messages it could not admit with its next
+    #: lease; otherwise its finisher does, beside the lease loop.
+    dead_letters_ride = False
+
     def __init__(self, broker: Broker, results: ResultStore) -> None:
         self.broker = broker
         self.results = results

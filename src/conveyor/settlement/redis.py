@@ -18,6 +18,7 @@ class RedisSettlement(Settlement):
     """:class:`Settlement` in fewer round trips for a :class:`RedisBroker`."""
 
     broker: RedisBroker
+    dead_letters_ride = True
 
     def __init__(self, broker: RedisBroker, results: ResultStore) -> None:
         super().__init__(broker, results)

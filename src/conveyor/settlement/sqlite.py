@@ -17,6 +17,7 @@ class SQLiteSettlement(Settlement):
     """:class:`Settlement` in fewer transactions for an :class:`SQLiteBroker`."""
 
     broker: SQLiteBroker
+    dead_letters_ride = True
 
     def __init__(self, broker: SQLiteBroker, results: ResultStore) -> None:
         super().__init__(broker, results)

@@ -15,7 +15,9 @@ The hot path is lease → run → store result → ack; the consumer keeps it sh
   stores the result and acks it in the same round trip as its next lease
   (``Settlement.ack_and_lease``: records first, acks before the lease waits, so an idle queue
   never delays them). So does the dead letter of a message the consumer could not admit
-  (malformed, unknown task): a flood of them costs no transaction or round trip of its own.
+  (malformed, unknown task) where the settlement writes it in the lease's transaction or
+  round trip (SQLite, Redis: ``Settlement.dead_letters_ride``): a flood of them costs no
+  transaction or round trip of its own.
   Everything else - failures, retries, rejections, canvas follow-ups, outcomes that arrive
   while the consumer waits in a lease - goes to the finisher (:mod:`conveyor.worker.settle`);
 * ``acks_late=False`` tasks record STARTED at once, in the round trip of their early ack;

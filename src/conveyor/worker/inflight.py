@@ -10,7 +10,8 @@ Every count lives under one condition variable, which also wakes whoever waits f
 * ``quick`` - plain successes the lease loop settles with its next lease (and the dead
   letters of messages it could not admit: malformed, unknown task), and ``settling`` those it
   took and has not settled yet (their slots are free already); ``quick_slots`` - how many of
-  ``quick`` hold a slot (the successes);
+  ``quick`` hold a slot (the successes); ``dead_ride`` - whether such dead letters go to the
+  lease loop (where the settlement writes them with the lease: ``dead_letters_ride``);
 * ``in_lease`` - the lease loop is inside a lease: outcomes go to the finisher, so none
   waits for a lease that blocks;
 * ``handing_over`` - from the start of a lease (or the take of prefetched messages) until
@@ -75,6 +76,7 @@ class InFlight:
         self.pending = 0
         self.quick: list[Finished] = []
         self.quick_slots = 0
+        self.dead_ride = False
         self.settling = 0
         self.in_lease = False
         self.handing_over = False
@@ -96,7 +98,11 @@ class InFlight:
                 if control is not None:
                     quick = outcome.error is None and outcome.action is Action.ACK
                 else:  # a flood of malformed messages costs no transaction of its own
-                    quick = outcome.action is Action.DEAD and outcome.delivery is not None
+                    quick = (
+                        self.dead_ride
+                        and outcome.action is Action.DEAD
+                        and outcome.delivery is not None
+                    )
                 if quick:
                     # The consumer stores, acks or dead-letters it with its next lease.
                     self.quick.append((outcome, control))

@@ -193,6 +193,7 @@ class Worker:
         app, inflight, stopped = self.app, self.inflight, self._stopped
         if self.runner.flow is None:
             self.runner.flow = FlowGate(app, app.broker.limits)
+        inflight.dead_ride = app.settlement.dead_letters_ride
         prefetch = self.prefetch
         dispatcher = Dispatcher(
             app, inflight, self.runner, self.hooks, executor, self._loop, self._timers,

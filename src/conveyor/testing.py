@@ -51,8 +51,9 @@ class TestWorker(Worker):
             raise failures[0]
 
     def before_settle(self, outcomes: list[Outcome]) -> None:
-        """Called by the finisher (which settles every failure) with each batch: remember
-        the failures. Override it to see or change what is settled (call this one too)."""
+        """Called with each batch the finisher settles (every failure) and with the dead
+        letters the lease loop settles: remember the failures. Override it to see or change
+        what is settled (call this one too)."""
         for outcome in outcomes:
             if outcome.error is not None and outcome.state == states.FAILURE:
                 self._failures.append(outcome.error)

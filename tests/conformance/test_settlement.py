@@ -112,6 +112,8 @@ def test_each_broker_gets_its_settlement(
     apart = elsewhere(broker)
     assert type(pair) is own
     assert type(apart) is own
+    # Dead letters cost no round trip of their own where they ride with the lease.
+    assert pair.dead_letters_ride is (broker_backend in ("sqlite", "redis", "redis-cluster"))
     if isinstance(pair, RedisSettlement | SQLiteSettlement | PostgresSettlement):
         assert pair.together is pair.results
         assert isinstance(apart, RedisSettlement | SQLiteSettlement | PostgresSettlement)
@@ -307,6 +309,50 @@ def test_ack_and_lease_with_a_store_elsewhere_and_limit_zero(broker: Broker) -> 
     assert settlement.ack_and_lease([], [], [], 5, 0) == []
     assert other.get(got[0].id) == done(got[0])
     assert stats_of(broker) == QueueStats()
+
+
+def test_ack_and_lease_dead_letters_with_the_acks(
+    broker: Broker, peer: Broker, settlement: Settlement, store: ResultStore
+) -> None:
+    sent = [message(b"ok"), message(b"{bad"), message(b"unknown"), message(b"next")]
+    peer.publish(sent)
+    ok, bad, unknown = broker.lease([Q], 3, 0)
+    failed = done(unknown, "FAILURE")
+    dead = [(bad, "malformed", "not JSON"), (unknown, "unknown_task", "task 'x' is not registered")]
+    got = settlement.ack_and_lease([ok], [done(ok), failed], [Q], 5, 0, dead)
+    assert [d.id for d in got] == [sent[3].id]
+    assert store.get_many([ok.id, unknown.id]) == [done(ok), failed]
+    letters = {d.id: (d.reason, d.detail, d.body) for d in peer.dead_letters()}
+    assert letters == {
+        bad.id: ("malformed", "not JSON", b"{bad"),
+        unknown.id: ("unknown_task", "task 'x' is not registered", b"unknown"),
+    }
+    # Called again (its reply was lost): the dead letters are not written twice.
+    assert settlement.ack_and_lease([ok], [], [Q], 5, 0, dead) == []
+    assert len(peer.dead_letters()) == 2
+    settlement.ack(got, [])
+    assert stats_of(peer) == QueueStats(dead=2)
+
+
+def test_ack_and_lease_with_limit_zero_dead_letters_only(
+    broker: Broker, settlement: Settlement
+) -> None:
+    broker.publish([message(b"x"), message(b"left")])
+    (held,) = broker.lease([Q], 1, 0)
+    assert settlement.ack_and_lease([], [], [Q], 0, 0, [(held, "malformed", "bad")]) == []
+    [dead] = broker.dead_letters()
+    assert (dead.id, dead.reason, dead.detail) == (held.id, "malformed", "bad")
+    assert stats_of(broker) == QueueStats(ready=1, dead=1)
+
+
+def test_ack_and_lease_dead_letters_nothing_when_the_store_fails(broker: Broker) -> None:
+    broker.publish([message()])
+    (held,) = broker.lease([Q], 1, 0)
+    failing = elsewhere(broker, FailingStore())
+    with pytest.raises(ResultStoreError):  # records first: the dead letter waits for them
+        failing.ack_and_lease([], [done(held, "FAILURE")], [Q], 1, 0, [(held, "unknown_task", "")])
+    assert stats_of(broker) == QueueStats(leased=1)
+    assert broker.dead_letters() == []
 
 
 # -- retry_later / dead_letter -------------------------------------------------------------

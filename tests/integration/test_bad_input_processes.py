@@ -14,6 +14,7 @@ from conveyor.brokers.base import Message
 from tests.integration import test_worker_processes as processes
 from tests.integration.test_cli import conveyor
 from tests.integration.test_worker_processes import Harness, wait_for
+from tests.integration.workerapp import runs
 
 # The brokers, harness and workers of the process tests.
 backend = processes.backend
@@ -61,3 +62,51 @@ def test_bad_messages_are_dead_lettered_malformed_and_the_worker_goes_on(
 
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
+
+
+FLOOD_BODIES = [
+    (b"\x00\xff random bytes", "undecodable"),
+    (b'{"id": "t", "task": "workerapp.add", "ar', "undecodable"),
+    (b"[1, 2]", "malformed"),
+    (b'{"id": "w", "task": "workerapp.add", "retries": "3"}', "malformed"),
+    (b'{"id": "u", "task": "workerapp.nope"}', "unknown_task"),
+]
+
+
+def test_a_flood_of_malformed_messages_is_summed_up_not_logged_line_by_line(
+    harness: Harness,
+) -> None:
+    broker = harness.client.broker
+    path = harness.file("good")
+    count = 300
+    bad = [
+        Message(f"bad-{i}", "default", FLOOD_BODIES[i % len(FLOOD_BODIES)][0]) for i in range(count)
+    ]
+    for i, message in enumerate(bad):  # interleaved: good, bad, good, ...
+        harness.send("mark_id", str(path), f"g{i}")
+        broker.publish([message])
+    worker = harness.worker("-c", "2")
+    wait_for(lambda: len(runs(path)) == count, 60, "every good task ran")
+    letters = wait_for(
+        lambda: (found := broker.dead_letters(1000)) and len(found) == count and found,
+        30,
+        "every bad message dead-lettered",
+    )
+    assert sorted(line.split()[1] for line in runs(path)) == sorted(f"g{i}" for i in range(count))
+    expected = {m.id: FLOOD_BODIES[i % len(FLOOD_BODIES)][1] for i, m in enumerate(bad)}
+    assert {d.id: d.reason for d in letters} == expected
+    assert all(d.detail and d.delivery_count == 1 for d in letters)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+
+    logged = [line for line in worker.output().splitlines() if "dead-lettered" in line]
+    firsts = [line for line in logged if "dead-lettered message" in line]
+    summaries = [
+        int(line.split("dead-lettered ")[1].split()[0])
+        for line in logged
+        if " more message(s) " in line
+    ]
+    # Each child logs the first of its burst in full, then sums up the rest (here at its stop).
+    assert 1 <= len(firsts) <= 2, logged
+    assert len(logged) <= 6, logged
+    assert len(firsts) + sum(summaries) == count, logged

@@ -13,6 +13,11 @@ from .stream import PublishStream
 class Settlement:
     """Records + queue operations for any broker and result store, one after the other."""
 
+    #: Whether the dead letters of :meth:`ack_and_lease` ride in its transaction or round
+    #: trip: the worker then settles those of messages it could not admit with its next
+    #: lease; otherwise its finisher does, beside the lease loop.
+    dead_letters_ride = False
+
     def __init__(self, broker: Broker, results: ResultStore) -> None:
         self.broker = broker
         self.results = results
@@ -65,11 +70,19 @@ class Settlement:
         queues: Sequence[str],
         limit: int,
         wait: float,
+        dead: Sequence[tuple[Delivery, str, str]] = (),
     ) -> list[Delivery]:
-        """:meth:`ack`, then lease up to ``limit`` messages from ``queues`` (waiting up to
-        ``wait`` s). The records and acks take effect before the lease waits. If this raises,
-        any part may have happened: ack again (both steps are idempotent)."""
+        """:meth:`ack`, move each ``(delivery, reason, detail)`` of ``dead`` to the
+        dead-letter queue, then lease up to ``limit`` messages from ``queues`` (waiting up to
+        ``wait`` s; ``limit <= 0``: no lease). Records first; records, acks and dead letters
+        take effect before the lease waits. If this raises, any part may have happened: call
+        it again (every step is idempotent: a receipt acked or dead-lettered already is left
+        alone)."""
         self.ack(deliveries, records)
+        if dead:
+            self.broker.dead_letter_many(dead)
+        if limit <= 0 or not queues:
+            return []
         return self.broker.lease(queues, limit, wait)
 
     def retry_later(self, delivery: Delivery, message: Message) -> None:

@@ -172,7 +172,12 @@ class PostgresSettlement(Settlement):
         queues: Sequence[str],
         limit: int,
         wait: float,
+        dead: Sequence[tuple[Delivery, str, str]] = (),
     ) -> list[Delivery]:
+        if dead:  # records first, then the acks and dead letters, in their own round trips
+            self.ack(deliveries, records)
+            self.broker.dead_letter_many(dead)
+            deliveries, records = (), ()
         names = list(dict.fromkeys(queues))
         store = self.together
         if limit <= 0 or not names:

@@ -1,6 +1,6 @@
-"""Settling on a Redis broker: acks ride on the next lease script call, and the records of a
-Redis result store on the same server ride in the same round trip (a pipeline of the store's
-commands before the broker's script call)."""
+"""Settling on a Redis broker: acks ride on the next lease script call; the records of a Redis
+result store on the same server and the dead letters (a script call each) ride in the same round
+trip (a pipeline: the store's commands, the dead letters, then the lease call)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class RedisSettlement(Settlement):
     """:class:`Settlement` in fewer round trips for a :class:`RedisBroker`."""
 
     broker: RedisBroker
+    dead_letters_ride = True
 
     def __init__(self, broker: RedisBroker, results: ResultStore) -> None:
         super().__init__(broker, results)
@@ -51,5 +52,9 @@ class RedisSettlement(Settlement):
         queues: Sequence[str],
         limit: int,
         wait: float,
+        dead: Sequence[tuple[Delivery, str, str]] = (),
     ) -> list[Delivery]:
-        return self.broker.lease_with(self._records(records), deliveries, queues, limit, wait)
+        first = self._records(records)
+        if dead:  # after the records, before the lease: the same round trip
+            self.broker.dead_letter_calls(first, dead)
+        return self.broker.lease_with(first, deliveries, queues, limit, wait)

@@ -1,8 +1,9 @@
-"""Settling on an SQLite broker: acks and the next lease attempt share one transaction, and the
-records of an SQLite result store in the same file are written in it too."""
+"""Settling on an SQLite broker: acks, dead letters and the next lease attempt share one
+transaction, and the records of an SQLite result store in the same file are written in it too."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 from ..brokers.base import Delivery, Message
@@ -16,6 +17,7 @@ class SQLiteSettlement(Settlement):
     """:class:`Settlement` in fewer transactions for an :class:`SQLiteBroker`."""
 
     broker: SQLiteBroker
+    dead_letters_ride = True
 
     def __init__(self, broker: SQLiteBroker, results: ResultStore) -> None:
         super().__init__(broker, results)
@@ -53,13 +55,31 @@ class SQLiteSettlement(Settlement):
         queues: Sequence[str],
         limit: int,
         wait: float,
+        dead: Sequence[tuple[Delivery, str, str]] = (),
     ) -> list[Delivery]:
         store = self.together
-        if store is None or not records:
-            if records:
+        writes: list[Write] = []
+        committed = None
+        if records:
+            if store is None:
                 self.results.store(records)
-            return self.broker.lease_with(None, deliveries, queues, limit, wait)
-        write = self._records(store, records)
+            else:
+                writes.append(self._records(store, records))
+                committed = store.notify
+        if dead and (bury := self.broker.dead_letter_write(dead)) is not None:
+            writes.append(bury)
         return self.broker.lease_with(
-            write, deliveries, queues, limit, wait, committed=store.notify
+            _chained(writes), deliveries, queues, limit, wait, committed=committed
         )
+
+
+def _chained(writes: list[Write]) -> Write | None:
+    """One :data:`Write` doing ``writes`` in order (None for none)."""
+    if len(writes) <= 1:
+        return writes[0] if writes else None
+
+    def write(conn: sqlite3.Connection) -> None:
+        for each in writes:
+            each(conn)
+
+    return write

@@ -5,16 +5,21 @@ The hot path is lease → run → store result → ack; the consumer keeps it sh
 * it leases only as many messages as there are free slots times the prefetch multiplier -
   fixed (``worker_prefetch_multiplier``: admitted at once, they wait for a thread in the
   executor) or adaptive (the default: the messages beyond the free slots wait, prefetched
-  and not admitted, for the next free slot; see :mod:`conveyor.worker.prefetch`);
+  and not admitted, for the next free slot; see :mod:`conveyor.worker.prefetch`); after a
+  lease part of which took no slot (malformed messages), an adaptive lease takes as many more
+  as keep its runnable share, at most twice as many (:func:`more_for_slotless`);
 * revocations come with the lease where the broker can check them there
   (``Broker.lease_checks_revoked``), so admitting needs no extra call;
 * a task that succeeded and has nothing to follow (no callbacks, no chord) is *settled
   quickly*: while the consumer is not inside a lease, its outcome goes to the consumer, which
   stores the result and acks it in the same round trip as its next lease
   (``Settlement.ack_and_lease``: records first, acks before the lease waits, so an idle queue
-  never delays them). Everything else - failures, retries, dead letters, canvas follow-ups,
-  outcomes that arrive while the consumer waits in a lease - goes to the finisher
-  (:mod:`conveyor.worker.settle`);
+  never delays them). So does the dead letter of a message the consumer could not admit
+  (malformed, unknown task) where the settlement writes it in the lease's transaction or
+  round trip (SQLite, Redis: ``Settlement.dead_letters_ride``): a flood of them costs no
+  transaction or round trip of its own.
+  Everything else - failures, retries, rejections, canvas follow-ups, outcomes that arrive
+  while the consumer waits in a lease - goes to the finisher (:mod:`conveyor.worker.settle`);
 * ``acks_late=False`` tasks record STARTED at once, in the round trip of their early ack;
   the others record it only once they ran ``worker_started_delay`` (see
   :mod:`conveyor.worker.started`).
@@ -37,7 +42,7 @@ from ..results.base import ResultRecord
 from .dispatch import Dispatcher
 from .execution import TaskRunner
 from .inflight import Finished, InFlight, Running
-from .job import Job, Outcome
+from .job import Action, Job, Outcome
 from .loops import LoopErrors
 from .prefetch import AdaptivePrefetch, waited
 from .retry import retrying
@@ -82,6 +87,7 @@ class Consumer:
         on_max_tasks: Callable[[], None],
         started: StartedRecords | None,
         prefetch: AdaptivePrefetch | None = None,
+        before_settle: Callable[[list[Outcome]], None] | None = None,
     ) -> None:
         self.app = app
         self.inflight = inflight
@@ -99,6 +105,8 @@ class Consumer:
         self._on_max_tasks = on_max_tasks
         self._started = started
         self._prefetch = prefetch
+        #: Sees the dead letters it settles, as the finisher's batches are seen.
+        self._before_settle = before_settle
         #: Seconds quickly settled outcomes may wait for a free slot (and the lease that
         #: acks them) after prefetched messages took the slots.
         self._hold = prefetch.short if prefetch is not None else 0.0
@@ -110,6 +118,10 @@ class Consumer:
         #: one per message that waited).
         self._checked_at = 0.0
         self._revoked_ahead: set[str] = set()
+        #: Messages admitted since the last lease, and how many of them took no slot
+        #: (settled at once: malformed, unknown task, revoked, expired).
+        self._seen = 0
+        self._slotless = 0
 
     def run(self) -> None:
         """Lease until leasing stops (or ``max_tasks`` is reached)."""
@@ -142,6 +154,7 @@ class Consumer:
                 # Frees the slots (and lets a stop or a recycling stop leasing) before the
                 # next lease; the acks go with that lease.
                 self._release(more)
+                more = self._checked(more)
                 quick += more
                 fresh += more
                 with cond:
@@ -170,10 +183,9 @@ class Consumer:
                 queues = self.queues
                 try:
                     if quick:
-                        acks = [o.delivery for o, _ in quick if o.delivery is not None]
-                        records = [record for o, _ in quick for record in o.records]
+                        acks, records, dead = _settling(quick)
                         deliveries = settlement.ack_and_lease(
-                            acks, records, queues, free, self.lease_wait
+                            acks, records, queues, free, self.lease_wait, dead
                         )
                     else:
                         deliveries = broker.lease(queues, free, self.lease_wait)
@@ -184,7 +196,7 @@ class Consumer:
                     raise
                 inflight.leased(deliveries, len(quick))
                 if self._prefetch is not None and quick:
-                    inflight.unhold(acks)
+                    inflight.unhold([o.delivery for o, _ in quick if o.delivery is not None])
                 quick = []
                 if len(deliveries) > self._slots:
                     # Adaptive prefetch: one per free slot now, the rest when slots free.
@@ -238,22 +250,47 @@ class Consumer:
         if more or not leasing:
             return more, 0, leasing, None
         if self._prefetch is not None:
-            free *= self._prefetch.per_slot(self.queues)
+            per_slot = self._prefetch.per_slot(self.queues)
+            free *= per_slot
+            if per_slot > 1:
+                free += more_for_slotless(free, self._seen, self._slotless)
             if remaining is not None:
                 free = min(free, remaining)
+        self._seen = self._slotless = 0
         return more, free, leasing, None
 
-    def _settle(self, quick: list[Finished]) -> None:
-        """Store and ack quickly settled outcomes without leasing (retried until it works)."""
-        settlement = self.app.settlement
-        acks = [outcome.delivery for outcome, _ in quick if outcome.delivery is not None]
-        records = [record for outcome, _ in quick for record in outcome.records]
+    def _checked(self, more: list[Finished]) -> list[Finished]:
+        """``more`` after ``before_settle`` saw its dead letters; if it raised, they are
+        left unsettled (logged): their leases expire and they are delivered again."""
+        if self._before_settle is None:
+            return more
+        dead = [outcome for outcome, _ in more if outcome.action is Action.DEAD]
+        if not dead:
+            return more
         try:
-            self._attempt(partial(settlement.ack, acks, records), "ack")
+            self._before_settle(dead)
+        except Exception as exc:
+            self._errors.failed(exc)
+            self.inflight.settled(len(dead))
+            return [item for item in more if item[0].action is not Action.DEAD]
+        return more
+
+    def _settle(self, quick: list[Finished]) -> None:
+        """Store, ack and dead-letter quickly settled outcomes without leasing (retried until
+        it works)."""
+        settlement = self.app.settlement
+        acks, records, dead = _settling(quick)
+        call: Callable[[], object]
+        if dead:
+            call = partial(settlement.ack_and_lease, acks, records, (), 0, 0.0, dead)
+        else:
+            call = partial(settlement.ack, acks, records)
+        try:
+            self._attempt(call, "ack")
         finally:
             self.inflight.settled(len(quick))
             if self._prefetch is not None:
-                self.inflight.unhold(acks)
+                self.inflight.unhold([o.delivery for o, _ in quick if o.delivery is not None])
 
     def _dispatch(
         self,
@@ -316,6 +353,8 @@ class Consumer:
                 settling.add(delivery.receipt)
             else:
                 jobs.append(prepared)
+        self._seen += len(deliveries)
+        self._slotless += len(deliveries) - len(jobs)
         if not jobs:
             return []
         controls = [Running(job) for job in jobs]
@@ -337,3 +376,31 @@ class Consumer:
             self._attempt(partial(self.app.results.store, started), "store results")
         self.inflight.admit(controls)
         return controls
+
+
+def _settling(
+    quick: list[Finished],
+) -> tuple[list[Delivery], list[ResultRecord], list[tuple[Delivery, str, str]]]:
+    """The acks, records (all stored first) and dead letters of quickly settled outcomes."""
+    acks: list[Delivery] = []
+    dead: list[tuple[Delivery, str, str]] = []
+    for outcome, _ in quick:
+        delivery = outcome.delivery
+        if delivery is None:
+            continue
+        if outcome.action is Action.DEAD:
+            dead.append((delivery, outcome.reason, outcome.detail))
+        else:
+            acks.append(delivery)
+    return acks, [record for outcome, _ in quick for record in outcome.records], dead
+
+
+def more_for_slotless(limit: int, seen: int, slotless: int) -> int:
+    """Extra messages for a lease of ``limit`` when ``slotless`` of the ``seen`` messages of
+    the last one took no slot (settled at once: a flood of malformed messages): as many as
+    keep its runnable share at ``limit``, at most ``limit`` more. Each lease is a transaction
+    (SQLite) or a round trip; a lease half full of bad messages would otherwise cost two per
+    ``limit`` good ones."""
+    if not slotless:
+        return 0
+    return min(limit, limit * slotless // max(seen - slotless, 1))

@@ -48,6 +48,7 @@ from ..result import AsyncResult, GroupResult
 from ..results.base import ResultRecord
 from ..signing import signer_for
 from ..task import _current_request
+from .deadlog import DeadLetterLog
 from .job import Action, Job, Outcome
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .records import RecordBuilder
@@ -77,6 +78,8 @@ class TaskRunner:
         self.flow: FlowGate | None = None
         self.signer = signer_for(app.conf.message_signing_keys)
         self.max_deliveries = int(app.conf.task_max_deliveries)
+        #: The log of the messages dead-lettered here: a line per burst, not per message.
+        self.dead_letters = DeadLetterLog(logger)
 
     # -- before running ------------------------------------------------------------------
     def prepare(
@@ -92,14 +95,12 @@ class TaskRunner:
             over = count > self.max_deliveries
             reason = DeadLetterReason.WORKER_LOST if over else DeadLetterReason.MALFORMED
             detail = f"delivery count {count} is not within 1-{self.max_deliveries}"
-            logger.warning(
-                "dead-lettered message %s from %s: %s", delivery.id, delivery.queue, detail
-            )
+            self.dead_letters.dead_lettered(delivery.id, delivery.queue, reason, detail)
             return Outcome(delivery, Action.DEAD, reason=reason, detail=detail)
         try:
             envelope = decode_envelope(delivery.body, self.max_body_bytes, self.signer)
         except MalformedMessage as exc:
-            logger.warning("dead-lettered message %s from %s: %s", delivery.id, delivery.queue, exc)
+            self.dead_letters.dead_lettered(delivery.id, delivery.queue, exc.reason, exc.detail)
             return Outcome(delivery, Action.DEAD, reason=exc.reason, detail=exc.detail)
         try:
             return self.prepare_envelope(envelope, delivery, revoked)
@@ -131,13 +132,15 @@ class TaskRunner:
         task = self.app.tasks.get(envelope.task)
         if task is None:
             error = NotRegistered(envelope.task)
-            logger.error("unknown task %r (id %s): dead-lettered", envelope.task, envelope.id)
+            detail = f"task {envelope.task!r} is not registered"
+            reason = DeadLetterReason.UNKNOWN_TASK
+            self._dead_lettered(envelope, delivery, reason, detail, logging.ERROR)
             return Outcome(
                 delivery,
                 Action.DEAD,
                 [self.records.failure(envelope, error, None)],
-                reason=DeadLetterReason.UNKNOWN_TASK,
-                detail=f"task {envelope.task!r} is not registered",
+                reason=reason,
+                detail=detail,
                 followups=self._then(envelope, states.FAILURE, exception_info(error)),
                 state=states.FAILURE,
                 error=error,
@@ -145,16 +148,12 @@ class TaskRunner:
         try:
             args, kwargs = decode_arguments(envelope)
         except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
-            logger.warning("dead-lettered message %s: bad arguments: %s", envelope.id, exc)
-            return Outcome(
-                delivery,
-                Action.DEAD,
-                reason=DeadLetterReason.MALFORMED,
-                detail=f"bad arguments: {exc}",
-            )
+            detail = f"bad arguments: {exc}"
+            self._dead_lettered(envelope, delivery, DeadLetterReason.MALFORMED, detail)
+            return Outcome(delivery, Action.DEAD, reason=DeadLetterReason.MALFORMED, detail=detail)
         problem = _followups_problem(self.app, envelope)
         if problem is not None:
-            logger.warning("dead-lettered message %s: %s", envelope.id, problem)
+            self._dead_lettered(envelope, delivery, DeadLetterReason.MALFORMED, problem)
             return Outcome(delivery, Action.DEAD, reason=DeadLetterReason.MALFORMED, detail=problem)
         if envelope.id in revoked:
             return self.revoked_outcome(envelope, delivery)
@@ -418,6 +417,19 @@ class TaskRunner:
         )
 
     # -- helpers -------------------------------------------------------------------------
+    def _dead_lettered(
+        self,
+        envelope: Envelope,
+        delivery: Delivery | None,
+        reason: str,
+        detail: str,
+        level: int = logging.WARNING,
+    ) -> None:
+        if delivery is None:  # eager: the caller's own call, one at a time
+            logger.log(level, "dead-lettered message %s (%s): %s", envelope.id, reason, detail)
+        else:
+            self.dead_letters.dead_lettered(envelope.id, delivery.queue, reason, detail, level)
+
     def _hook(self, hook: Callable[..., object], *args: object) -> None:
         try:
             hook(*args)

@@ -1,6 +1,7 @@
 """The heartbeat: renew leases, obey terminate requests, sweep the broker (and do the
 bookkeeping of what the sweep dead-lettered or a purge deleted: ``departures``), announce the
-worker (for ``conveyor status``) and delete expired results."""
+worker (for ``conveyor status``), delete expired results and log the summaries of
+dead-lettered messages that are due."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Heartbeat:
         cleanup_interval: float,
         terminate: Callable[[str], None],
         renew: Callable[[], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self._inflight = inflight
@@ -60,6 +62,8 @@ class Heartbeat:
         self._terminate = terminate
         #: Renews what running tasks hold besides leases (concurrency slots).
         self._renew = renew
+        #: Called first at each beat (the summaries of dead-lettered messages that are due).
+        self._on_beat = on_beat
         self._departures = Departures(app, hostname)
         self._draining: threading.Thread | None = None
 
@@ -70,6 +74,8 @@ class Heartbeat:
         errors = LoopErrors("heartbeat")
         while not self._stopped.wait(self.interval):
             try:
+                if self._on_beat is not None:
+                    self._on_beat()
                 held, running = self._inflight.held_now()
                 if held:
                     self.app.broker.extend(held)

@@ -7,8 +7,11 @@ Every count lives under one condition variable, which also wakes whoever waits f
 * ``held`` - leased messages not acked yet, renewed by the heartbeat;
 * ``running`` - control blocks of admitted tasks, by task id;
 * ``pending`` - outcomes submitted and not yet released (finisher or quick settle);
-* ``quick`` - plain successes the lease loop settles with its next lease, and ``settling``
-  those it took and has not acked yet (their slots are free already);
+* ``quick`` - plain successes the lease loop settles with its next lease (and the dead
+  letters of messages it could not admit: malformed, unknown task), and ``settling`` those it
+  took and has not settled yet (their slots are free already); ``quick_slots`` - how many of
+  ``quick`` hold a slot (the successes); ``dead_ride`` - whether such dead letters go to the
+  lease loop (where the settlement writes them with the lease: ``dead_letters_ride``);
 * ``in_lease`` - the lease loop is inside a lease: outcomes go to the finisher, so none
   waits for a lease that blocks;
 * ``handing_over`` - from the start of a lease (or the take of prefetched messages) until
@@ -72,6 +75,8 @@ class InFlight:
         self.done: queue.SimpleQueue[Finished] = queue.SimpleQueue()
         self.pending = 0
         self.quick: list[Finished] = []
+        self.quick_slots = 0
+        self.dead_ride = False
         self.settling = 0
         self.in_lease = False
         self.handing_over = False
@@ -84,22 +89,27 @@ class InFlight:
 
     # -- outcomes ------------------------------------------------------------------------
     def submit(self, outcome: Outcome, control: Running | None) -> None:
-        """Hand an outcome over to be settled: a plain success to the lease loop (when it
-        is not inside a lease), everything else to the finisher."""
+        """Hand an outcome over to be settled: a plain success, or the dead letter of a
+        message that was not admitted, to the lease loop (when it is not inside a lease),
+        everything else to the finisher."""
         with self.cond:
             self.pending += 1
-            if (
-                control is not None
-                and outcome.error is None
-                and outcome.action is Action.ACK
-                and not outcome.followups
-                and self.consumer_active
-                and not self.in_lease
-            ):
-                # A plain success: the consumer stores and acks it with its next lease.
-                self.quick.append((outcome, control))
-                self.cond.notify_all()
-                return
+            if self.consumer_active and not self.in_lease and not outcome.followups:
+                if control is not None:
+                    quick = outcome.error is None and outcome.action is Action.ACK
+                else:  # a flood of malformed messages costs no transaction of its own
+                    quick = (
+                        self.dead_ride
+                        and outcome.action is Action.DEAD
+                        and outcome.delivery is not None
+                    )
+                if quick:
+                    # The consumer stores, acks or dead-letters it with its next lease.
+                    self.quick.append((outcome, control))
+                    if control is not None:
+                        self.quick_slots += 1
+                    self.cond.notify_all()
+                    return
         self.done.put((outcome, control))
 
     def release(self, batch: Sequence[Finished]) -> list[Job]:
@@ -132,7 +142,7 @@ class InFlight:
         """(Lock held.) Wait while every slot is taken (up to ``timeout``: False if it
         passed). Quickly settled outcomes hold no slot: their tasks have finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while leasing.is_set() and self.count - len(self.quick) >= capacity:
+        while leasing.is_set() and self.count - self.quick_slots >= capacity:
             if deadline is None:
                 self.cond.wait(0.5)
                 continue
@@ -148,6 +158,7 @@ class InFlight:
         until it returns, so none waits for a lease that blocks."""
         more, self.quick = self.quick, []
         if more:
+            self.quick_slots = 0
             self.settling += len(more)
             return more, False
         self.in_lease = self.handing_over = leasing
@@ -247,6 +258,7 @@ class InFlight:
         with self.cond:
             self.consumer_active = False
             quick, self.quick = self.quick, []
+            self.quick_slots = 0
             for item in quick:
                 self.done.put(item)
 

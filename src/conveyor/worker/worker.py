@@ -101,8 +101,8 @@ class Worker:
     ``middleware`` is called before the app's; ``on_task_start`` / ``on_task_end`` see each
     admitted task when it is dispatched and once it is settled; ``on_hard_time_limit``
     replaces the in-process hard limit; ``before_settle`` sees each batch of outcomes the
-    finisher settles (and may change it); ``lifecycle_hooks=False`` leaves the
-    ``worker_start``/``worker_stop`` hooks to the caller.
+    finisher settles, and the dead letters the lease loop settles (and may change them);
+    ``lifecycle_hooks=False`` leaves the ``worker_start``/``worker_stop`` hooks to the caller.
     """
 
     def __init__(
@@ -193,6 +193,7 @@ class Worker:
         app, inflight, stopped = self.app, self.inflight, self._stopped
         if self.runner.flow is None:
             self.runner.flow = FlowGate(app, app.broker.limits)
+        inflight.dead_ride = app.settlement.dead_letters_ride
         prefetch = self.prefetch
         dispatcher = Dispatcher(
             app, inflight, self.runner, self.hooks, executor, self._loop, self._timers,
@@ -218,6 +219,7 @@ class Worker:
             on_max_tasks=self._max_tasks_reached,
             started=started,
             prefetch=prefetch,
+            before_settle=self._before_settle,
         )
         self._heartbeat = heartbeat = Heartbeat(
             app,
@@ -232,6 +234,7 @@ class Worker:
             cleanup_interval=self.cleanup_interval,
             terminate=self.terminate,
             renew=self.runner.flow.renew,
+            on_beat=self.runner.dead_letters.flush,
         )
         finisher = Finisher(
             inflight,
@@ -316,6 +319,7 @@ class Worker:
         if self._executor is not None:
             self._executor.shutdown(wait=not cold, cancel=cold)
         self._loop.stop()
+        self.runner.dead_letters.flush(final=True)
         if self._heartbeat is not None:
             with contextlib.suppress(ConveyorError):
                 self._heartbeat.retire()

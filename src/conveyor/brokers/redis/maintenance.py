@@ -25,10 +25,15 @@ class Maintenance(RedisCore):
             return
         with self._errors:
             batch = Calls()
-            for delivery, reason, detail in letters:
-                args = (delivery.receipt, reason, detail)
-                self._script(batch, "dead_letter", delivery.queue, args)
+            self.dead_letter_calls(batch, letters)
             self._connections.execute(batch)
+
+    def dead_letter_calls(self, batch: Calls, letters: Sequence[tuple[Delivery, str, str]]) -> None:
+        """Add to ``batch`` the script calls dead-lettering each ``(delivery, reason,
+        detail)`` whose lease is still held (one call each; a stale receipt is left alone)."""
+        for delivery, reason, detail in letters:
+            args = (delivery.receipt, reason, detail)
+            self._script(batch, "dead_letter", delivery.queue, args)
 
     def _migrate_old_keys(self) -> None:
         """Move keys of a Conveyor before hash tags to today's names, once (first sweep)."""

@@ -312,15 +312,10 @@ class SQLiteBroker(Broker):
         self.dead_letter_many([(delivery, reason, detail)])
 
     def dead_letter_many(self, letters: Sequence[tuple[Delivery, str, str]]) -> None:
-        held = [(parse_receipt(d.receipt), d, reason, detail) for d, reason, detail in letters]
-        if not any(h is not None for h, *_ in held):
-            return
-        with self._db.write() as conn:  # one transaction for them all
-            now = self.time()
-            for receipt, d, reason, detail in held:
-                if receipt is not None and conn.execute(UNLEASE, receipt).rowcount:
-                    row = (self.ns, d.id, d.queue, d.priority, d.body, str(reason), detail)
-                    conn.execute(BURY, (*row, now, d.delivery_count))
+        write = self.dead_letter_write(letters)
+        if write is not None:
+            with self._db.write() as conn:  # one transaction for them all
+                write(conn)
 
     def sweep(self) -> int:
         with self._db.write() as conn:
@@ -445,6 +440,26 @@ class SQLiteBroker(Broker):
             ]
             self._insert(conn, fresh)
         self._notify()
+
+    def dead_letter_write(self, letters: Sequence[tuple[Delivery, str, str]]) -> Write | None:
+        """Dead-lettering each ``(delivery, reason, detail)`` whose lease is still held, as
+        a :data:`Write` for a broker transaction (None: no receipt of this broker)."""
+        held = [
+            (receipt, d, str(reason), detail)
+            for d, reason, detail in letters
+            if (receipt := parse_receipt(d.receipt)) is not None
+        ]
+        if not held:
+            return None
+
+        def write(conn: sqlite3.Connection) -> None:
+            now = self.time()
+            for receipt, d, reason, detail in held:
+                if conn.execute(UNLEASE, receipt).rowcount:
+                    row = (self.ns, d.id, d.queue, d.priority, d.body, reason, detail)
+                    conn.execute(BURY, (*row, now, d.delivery_count))
+
+        return write
 
     def ack_with(self, first: Write | None, deliveries: Sequence[Delivery]) -> None:
         """Run ``first(conn)`` and ack ``deliveries`` in one transaction."""

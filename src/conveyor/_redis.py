@@ -72,6 +72,7 @@ def connect(
             kwargs[name] = opts[name]
     if not url.startswith("unix:"):
         kwargs["socket_keepalive"] = True
+    kwargs.update(_without_maintenance_notifications())
     kwargs.update({k: v for k, v in opts.items() if k.startswith("ssl_")})
     if is_sentinel_url(url):
         return _connect_sentinel(url, opts, kwargs)
@@ -81,6 +82,19 @@ def connect(
         return redis.Redis.from_url(url, **kwargs)
     except ValueError:
         raise ConfigurationError(f"invalid Redis URL {redact_url(url)!r}") from None
+
+
+def _without_maintenance_notifications() -> dict[str, Any]:
+    """redis-py 7+ gives each connection handlers of Redis Enterprise's maintenance
+    notifications that hold it in a reference cycle. A connection dropped without a
+    disconnect then waits for the garbage collector, which may finalize its socket first
+    (an "unclosed socket" ResourceWarning) instead of letting the connection close it.
+    Conveyor does not use those notifications (they need RESP3)."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py before 7: no such handlers
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def _connect_sentinel(url: str, opts: Mapping[str, Any], kwargs: dict[str, Any]) -> redis.Redis:

@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -463,6 +464,23 @@ def test_worker_calls_share_few_connections(broker: RedisBroker, admin: redis.Re
     broker.close()
     assert all(conn._sock is None for conn in broker._connections._made)
     assert broker.stats([Q])[Q] == QueueStats()
+
+
+def test_a_dropped_connection_closes_its_socket_without_the_garbage_collector(
+    server: RedisServer,
+) -> None:
+    # Not in a reference cycle (redis-py's maintenance-notification handlers make one): a
+    # connection nobody disconnected is freed at once, closing its socket itself, instead of
+    # waiting for a collection that may finalize the socket first (ResourceWarning).
+    client = connect(server.url)
+    try:
+        conn = client.connection_pool.make_connection()
+        conn.connect()
+        gone = weakref.ref(conn)
+        del conn
+        assert gone() is None
+    finally:
+        client.close()
 
 
 def test_a_call_that_times_out_leaves_no_reply_behind(server: RedisServer) -> None:

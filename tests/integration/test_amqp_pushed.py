@@ -97,6 +97,26 @@ def test_release_gives_back_the_released_and_the_unleased_uncharged(
     assert {d.delivery_count for d in rest} == {1}
 
 
+def test_give_back_unleased_returns_what_was_pushed_and_keeps_the_lease(
+    make_broker: BrokerMaker,
+) -> None:
+    # What a worker calls before a task that may kill its process: the pushed messages go
+    # back uncharged now (they would come back charged with the dead connection).
+    worker, other = make_broker(), make_broker()
+    held = with_unleased(worker, 6, 3)
+    worker.give_back_unleased()
+    assert buffered(worker, [Q]) == 0
+    rest = drain(other, [Q])
+    assert len(rest) == 5 and held[0].id not in {d.id for d in rest}
+    assert {d.delivery_count for d in rest} == {1}
+    worker.ack(held)  # its lease is untouched
+    worker.publish(messages(2))
+    again: list[Delivery] = []
+    for _ in range(2):  # the next lease consumes again
+        again += worker.lease([Q], 2 - len(again), 5.0)
+    assert len(again) == 2
+
+
 def test_a_forked_child_never_hands_out_its_parents_pushed_messages(
     make_broker: BrokerMaker,
 ) -> None:

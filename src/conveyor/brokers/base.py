@@ -280,6 +280,12 @@ class Broker(abc.ABC):
         """Return leased messages to their queue now, without charging a delivery
         (cold shutdown)."""
 
+    def give_back_unleased(self) -> None:
+        """Return, uncharged, the messages this client holds that no lease handed out
+        (pushed ahead of the leases, as RabbitMQ's consumers do), so that they do not come
+        back charged if this process dies now. Nothing to do for a broker whose leases take
+        messages one call at a time (the default)."""
+
     @abc.abstractmethod
     def retry_later(self, delivery: Delivery, message: Message) -> None:
         """Atomically ack ``delivery`` and publish ``message`` (its retry, usually delayed).

@@ -301,21 +301,32 @@ class Consumer:
         """Admit and start what was leased (already held), ending the hand-over;
         ``recheck``: ask the broker about revocations again (prefetched messages that
         waited). ``finished``: quick outcomes whose acks wait for the next lease, settled
-        first if a task about to start never ran to its end in this process - it may kill
-        the process, and theirs would run again. Returns whether they were settled."""
+        first if a task about to start never ran to its end in this process
+        (:meth:`_before_untried`). Returns whether they were settled."""
         try:
             controls = self._admit(deliveries, recheck) if deliveries else []
         finally:
             self.inflight.handed_over()
         settled = False
-        if finished and self._prefetch is not None:
+        if self._prefetch is not None and controls:
             ended = self._prefetch.runtimes.ended
             if any(control.job.task.name not in ended for control in controls):
-                self._settle(finished)
-                settled = True
+                settled = self._before_untried(finished)
         for control in controls:
             self.dispatcher.start(control)
         return settled
+
+    def _before_untried(self, finished: list[Finished] | None) -> bool:
+        """A task that never ran to its end in this process is about to start, and may kill
+        it: settle ``finished`` (returns whether there were any) and have the broker give
+        back what it pushed ahead of the leases, so neither runs again nor is charged."""
+        if finished:
+            self._settle(finished)
+        try:
+            self.app.broker.give_back_unleased()
+        except BrokerError as exc:  # they come back charged if the process dies: no loss
+            logger.warning("could not give back messages pushed ahead of leases: %s", exc)
+        return bool(finished)
 
     def _admit(self, deliveries: list[Delivery], recheck: bool) -> list[Running]:
         """Settle what must not run (revoked, expired, malformed), record STARTED, and count

@@ -27,8 +27,9 @@ one message per free slot unless ``worker_prefetch_multiplier`` is set.
 **A task that kills its process** (a poison task, the OOM killer) costs its neighbours
 nothing: the acks of tasks that finished wait for the next lease, but go out first when a
 task that never ran to its end in this process is about to start (one round trip per task
-name per process); and the supervisor gives back the messages still prefetched, uncharged
-(:mod:`conveyor.worker.ledger`).
+name per process), and the broker then gives back what it pushed ahead of the leases
+(RabbitMQ's consumers: ``Broker.give_back_unleased``); the supervisor gives back the
+messages still prefetched, uncharged (:mod:`conveyor.worker.ledger`).
 
 Priorities: a prefetched message starts before a higher-priority message that reached the
 broker after it was leased at most once - it runs within one lease round (``max - 1``

@@ -39,6 +39,13 @@ class AMQPBroker(Admin, Settling):
     def time(self) -> float:
         return time.time()
 
+    def give_back_unleased(self) -> None:
+        """Stop consuming and give back what was pushed and not leased (copies with the
+        deliveries so far, see :mod:`.pushed`); the next lease consumes again."""
+        with self._session.lock:
+            if self._session.connected and self._pushed.generation == self._session.generation:
+                self._session.run(lambda ch: self._stop_pushed(ch, None), "give back")
+
     def close(self) -> None:
         if self._reaper is not None:
             self._reaper.stop()

@@ -167,7 +167,7 @@ def main() -> int:
         f"RabbitMQ 3.10 (Debian), results in Redis; Conveyor {info['conveyor']}, "
         f"Celery {info['celery']} (kombu {info['kombu']}), py-amqp {info['py_amqp']}",
     )
-    print(on_redis.report(results["Conveyor"], results["Celery"], args))
+    print(on_redis.report(results["Conveyor"], results["Celery"], args, "RabbitMQ node"))
     return 0
 
 

@@ -201,8 +201,13 @@ def run(sides: Sequence[RedisSide], args: argparse.Namespace, server: int) -> di
     return out
 
 
-def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespace) -> str:
-    """The markdown table, Conveyor against Celery."""
+def report(
+    ours: dict[str, Any],
+    theirs: dict[str, Any],
+    args: argparse.Namespace,
+    server: str = "redis-server",
+) -> str:
+    """The markdown table, Conveyor against Celery (``server``: the broker's process)."""
     n = f"{args.drain:,}"
     e = f"{args.extra_drain:,}"
     best_bulk = {
@@ -257,8 +262,8 @@ def report(ours: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespac
         ),
         both.same(f"drain {n}, results on", "drain_results_on.rate"),
         *both.worker_cpu(),
-        both.cpu("redis-server CPU per task, results off", "drain_results_off.server_cpu"),
-        both.cpu("redis-server CPU per task, results on", "drain_results_on.server_cpu"),
+        both.cpu(f"{server} CPU per task, results off", "drain_results_off.server_cpu"),
+        both.cpu(f"{server} CPU per task, results on", "drain_results_on.server_cpu"),
         both.same(
             "round trip `delay().get()` p50",
             "latency.p50",

@@ -116,7 +116,7 @@ def test_nothing_at_debug_is_formatted_when_debug_is_off(
 class Spy:
     """Counts the settlement's dead letters: riding on ``ack_and_lease`` or on their own."""
 
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> None:
         settlement = app.settlement
         self.riding: list[str] = []
         self.own_calls = 0
@@ -131,8 +131,8 @@ class Spy:
             self.own_calls += 1
             dead_letter_many(letters)
 
-        settlement.ack_and_lease = riding  # type: ignore[method-assign]
-        settlement.dead_letter_many = own  # type: ignore[method-assign]
+        monkeypatch.setattr(settlement, "ack_and_lease", riding)
+        monkeypatch.setattr(settlement, "dead_letter_many", own)
 
 
 def flood(app: Conveyor, count: int) -> list[Message]:
@@ -169,11 +169,11 @@ def run_flood(app: Conveyor, count: int) -> tuple[list[int], list[Message]]:
 
 
 def test_malformed_messages_ride_on_the_lease_and_good_ones_run_once(
-    sqlite_app: Conveyor, caplog: pytest.LogCaptureFixture
+    sqlite_app: Conveyor, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = sqlite_app
     assert app.settlement.dead_letters_ride
-    spy = Spy(app)
+    spy = Spy(app, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
         ran, bad = run_flood(app, 200)
     assert sorted(ran) == list(range(200))
@@ -193,9 +193,11 @@ def test_malformed_messages_ride_on_the_lease_and_good_ones_run_once(
     assert summed == 199
 
 
-def test_where_nothing_rides_with_the_lease_the_finisher_dead_letters(app: Conveyor) -> None:
+def test_where_nothing_rides_with_the_lease_the_finisher_dead_letters(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert not app.settlement.dead_letters_ride  # the memory broker's generic settlement
-    spy = Spy(app)
+    spy = Spy(app, monkeypatch)
     ran, bad = run_flood(app, 50)
     assert sorted(ran) == list(range(50))
     assert {d.id for d in app.broker.dead_letters(1000)} == {m.id for m in bad}
@@ -203,7 +205,9 @@ def test_where_nothing_rides_with_the_lease_the_finisher_dead_letters(app: Conve
     assert spy.own_calls > 0
 
 
-def test_a_dead_letter_that_could_not_be_written_is_written_later(sqlite_app: Conveyor) -> None:
+def test_a_dead_letter_that_could_not_be_written_is_written_later(
+    sqlite_app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app, broker = sqlite_app, sqlite_app.broker
     settlement = app.settlement
     real = settlement.ack_and_lease
@@ -214,7 +218,7 @@ def test_a_dead_letter_that_could_not_be_written_is_written_later(sqlite_app: Co
             raise failures.pop()
         return real(*args)
 
-    settlement.ack_and_lease = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(settlement, "ack_and_lease", flaky)
 
     @app.task(name="good")
     def good() -> str:
@@ -242,7 +246,7 @@ def test_more_for_slotless_keeps_the_runnable_share_of_a_lease(
 
 
 def test_an_adaptive_lease_loop_leases_more_while_half_its_messages_are_malformed(
-    app: Conveyor,
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[int] = []
 
@@ -261,8 +265,8 @@ def test_an_adaptive_lease_loop_leases_more_while_half_its_messages_are_malforme
         limits.append(limit)
         return lease(queues, limit, wait)
 
-    app.settlement.ack_and_lease = seen_ack_and_lease  # type: ignore[method-assign]
-    app.broker.lease = seen_lease  # type: ignore[method-assign]
+    monkeypatch.setattr(app.settlement, "ack_and_lease", seen_ack_and_lease)
+    monkeypatch.setattr(app.broker, "lease", seen_lease)
     for i in range(20):  # short tasks alone first: the prefetch learns they are short
         good.delay(i)
     bad = flood(app, 300)

@@ -1,6 +1,7 @@
 """RabbitMQ-only process tests: the broker restarted under running workers, an ETA task across
 a restart, foreign messages (Celery's format, raw bytes, no properties) on a Conveyor queue,
-the seeds' ``pyamqp://guest@localhost//``.
+the seeds' ``pyamqp://guest@localhost//``, a task that kills its process among prefetched
+neighbours.
 
 The worker scenarios of every broker (kill -9 of a child or a whole worker, SIGTERM under load,
 poison tasks) run on RabbitMQ through the ``amqp`` parameter of test_worker_processes.py.
@@ -12,6 +13,8 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import amqp
@@ -20,6 +23,7 @@ import pytest
 from conveyor import Conveyor, states
 from conveyor.testing import TestWorker
 from tests.integration import test_worker_processes as processes
+from tests.integration.test_prefetch_processes import AHEAD, warm_up
 from tests.integration.test_worker_processes import Harness, pids_of, wait_for
 from tests.integration.workerapp import runs
 from tests.rabbit_server import RabbitServer
@@ -66,6 +70,33 @@ def test_broker_restart_mid_run_loses_nothing_and_workers_reconnect(
     assert len(runs(late)) == 1
     assert len(pids_of(path, "end")) >= 8  # tasks cut off by the restart ran again
     assert worker.process.poll() is None
+
+
+def test_a_task_that_kills_its_process_costs_its_prefetched_neighbours_nothing(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    # One lease takes three no-ops, a task that kills its process, and three more no-ops.
+    # RabbitMQ puts a dead connection's unacked messages back at once, charged, before the
+    # supervisor could give them back uncharged: so before a task that never ended in this
+    # process starts, the child acks what finished (and waits until RabbitMQ applied the
+    # acks) and gives back what it prefetched.
+    harness = harness_factory(worker_prefetch_short=10.0, broker_lease_timeout=60.0)
+    harness.worker("-c", "1")
+    warm_up(harness, 20)
+    path, before, after = harness.file(), harness.file(), harness.file()
+    eta = datetime.now(UTC) + AHEAD  # one lease takes them all, in publishing order
+    for _ in range(3):
+        harness.send("stamp_count", str(before), eta=eta)
+    harness.send("suicide", str(path), eta=eta)
+    for _ in range(3):
+        harness.send("stamp_count", str(after), eta=eta)
+    wait_for(lambda: runs(path), 30, "the poison task ran")
+    wait_for(lambda: len(runs(after)) == 3, 30, "the prefetched no-ops ran in a new child")
+    # "<pid> <delivery count>": uncharged
+    assert [line.split()[-1] for line in runs(after)] == ["1", "1", "1"]
+    # a task sent last ran after anything RabbitMQ put back when the child died
+    assert harness.send("add", 1, 1).get(timeout=30) == 2
+    assert [line.split()[-1] for line in runs(before)] == ["1", "1", "1"]
 
 
 def test_foreign_messages_are_dead_lettered_with_a_reason(

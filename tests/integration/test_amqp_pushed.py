@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -186,3 +187,32 @@ def test_pushed_messages_of_the_first_queue_are_served_first(make_broker: Broker
     got += broker.lease(["a", "b"], 3, 5.0)
     assert [d.queue for d in got] == ["a", "a", "b", "b"], "b's message passed one of a"
     broker.ack(got)
+
+
+def test_close_waits_for_a_lease_reaper_pass_under_way(
+    make_broker: BrokerMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass of the reaper that began before ``close()`` ends before the connection is
+    dropped: run after it, the pass would open a new connection that nothing closes."""
+    broker = make_broker()
+    broker.lease([Q], 1, 0.01)  # starts the reaper
+    reaper = broker._reaper
+    assert reaper is not None
+    in_pass, go = threading.Event(), threading.Event()
+    real_pass = reaper._reap
+
+    def held_pass() -> int:
+        in_pass.set()
+        go.wait(10)
+        return real_pass()
+
+    monkeypatch.setattr(reaper, "_reap", held_pass)
+    assert in_pass.wait(5)
+    closer = threading.Thread(target=broker.close)
+    closer.start()
+    closer.join(0.5)  # unfixed, close() is done by now and the pass reconnects below
+    go.set()
+    closer.join(15)
+    assert not closer.is_alive()
+    assert not reaper.is_alive()
+    assert not broker._session.connected

@@ -240,6 +240,11 @@ class Broker(abc.ABC):
     #: a worker's put-back holding a booked token then asks for its due time (``eta``),
     #: not a countdown that the time until it is published would make late.
     delays_by_local_clock: ClassVar[bool] = False
+    #: True when the server returns a client's leased messages the moment its connection
+    #: drops, charging each a delivery (RabbitMQ). A worker's supervisor would give back a
+    #: dead child's prefetched messages uncharged too late (another client may hold them
+    #: by then), so the child gives them back itself before a task that may end its process.
+    leases_end_with_connection: ClassVar[bool] = False
     #: Small shared state on this broker's server or file (beat claims and progress, the
     #: worker registry), set by each implementation: ``app.kv``.
     kv: KeyValue
@@ -283,8 +288,10 @@ class Broker(abc.ABC):
     def give_back_unleased(self) -> None:  # noqa: B027 - optional hook
         """Return, uncharged, the messages this client holds that no lease handed out
         (pushed ahead of the leases, as RabbitMQ's consumers do), so that they do not come
-        back charged if this process dies now. Nothing to do for a broker whose leases take
-        messages one call at a time (the default)."""
+        back charged if this process dies now; on return, every settlement this client made
+        has reached the server (none is lost with the process). Nothing to do for a broker
+        whose leases take messages one call at a time and whose settlements are synchronous
+        (the default)."""
 
     @abc.abstractmethod
     def retry_later(self, delivery: Delivery, message: Message) -> None:

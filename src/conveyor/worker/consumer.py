@@ -319,9 +319,13 @@ class Consumer:
     def _before_untried(self, finished: list[Finished] | None) -> bool:
         """A task that never ran to its end in this process is about to start, and may kill
         it: settle ``finished`` (returns whether there were any) and have the broker give
-        back what it pushed ahead of the leases, so neither runs again nor is charged."""
+        back what it pushed ahead of the leases, so neither runs again nor is charged. On a
+        broker that returns a dead connection's leases itself, charged, the prefetched
+        messages go back too (the supervisor's uncharged release would come too late)."""
         if finished:
             self._settle(finished)
+        if self.app.broker.leases_end_with_connection and self._prefetch is not None:
+            self._prefetch.give_back_all()
         try:
             self.app.broker.give_back_unleased()
         except BrokerError as exc:  # they come back charged if the process dies: no loss

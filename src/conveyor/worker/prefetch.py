@@ -138,18 +138,29 @@ class AdaptivePrefetch:
         """Give back the prefetched messages if the oldest waited more than
         ``reclaim_after``; return how many."""
         back = self.inflight.reclaim(self.reclaim_after)
-        if not back:
+        if not self._give_back(back):
             return 0
+        logger.debug("gave back %d prefetched message(s) waiting behind long tasks", len(back))
+        return len(back)
+
+    def give_back_all(self) -> int:
+        """Give back every prefetched message now; return how many."""
+        back = self.inflight.take_all_prefetched()
+        return len(back) if self._give_back(back) else 0
+
+    def _give_back(self, back: list[Delivery]) -> bool:
+        """Release ``back`` (uncharged); on failure keep them prefetched (renewed)."""
+        if not back:
+            return False
         try:
             self._release(back)
         except ConveyorError as exc:
             # Keep them (renewed): the lease loop runs them once a slot frees.
             logger.error("could not give back %d prefetched message(s): %s", len(back), exc)
             self.inflight.prefetch(back)
-            return 0
+            return False
         self.reclaimed += len(back)
-        logger.debug("gave back %d prefetched message(s) waiting behind long tasks", len(back))
-        return len(back)
+        return True
 
 
 def waited(since: float) -> bool:

@@ -21,7 +21,10 @@ purge, departures).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+
+import amqp
 
 from ...exceptions import BrokerError
 from .admin import Admin
@@ -30,25 +33,46 @@ from .settling import Settling
 
 __all__ = ["QUEUE_KEY", "AMQPBroker"]
 
+#: How long ``close()`` waits for a pass of the lease reaper under way (seconds).
+REAPER_JOIN = 10.0
+
 
 class AMQPBroker(Admin, Settling):
     schemes = ("amqp", "amqps", "pyamqp")
     lease_checks_revoked = True
     delays_by_local_clock = True  # _routes times delays by time.time()
+    leases_end_with_connection = True
 
     def time(self) -> float:
         return time.time()
 
     def give_back_unleased(self) -> None:
         """Stop consuming and give back what was pushed and not leased (copies with the
-        deliveries so far, see :mod:`.pushed`); the next lease consumes again."""
+        deliveries so far, see :mod:`.pushed`); the next lease consumes again. Then one round
+        trip on the work channel: RabbitMQ handles a channel's frames in order, so once it
+        answers, every ack sent before has been applied. Without it, acks written just
+        before the process dies may be lost with the connection (a socket closed with unread
+        data is reset, and the server may drop what it had not read yet): a message given
+        back would then run twice, a finished task again."""
         with self._session.lock:
-            if self._session.connected and self._pushed.generation == self._session.generation:
+            if not self._session.connected:
+                return
+            if self._pushed.generation == self._session.generation:
                 self._session.run(lambda ch: self._stop_pushed(ch, None), "give back")
+            self._session.run(self._round_trip, "give back")
+
+    @staticmethod
+    def _round_trip(channel: amqp.Channel) -> None:
+        # basic.qos is synchronous and harmless: every consumer is started after its own.
+        channel.basic_qos(0, 1, False)
 
     def close(self) -> None:
         if self._reaper is not None:
+            # Wait out a pass under way: it would open a new connection after the drop below,
+            # left for the garbage collector (an unclosed socket).
             self._reaper.stop()
+            if self._reaper is not threading.current_thread():
+                self._reaper.join(REAPER_JOIN)
             self._reaper = None
         with contextlib.suppress(BrokerError), self._session.lock:
             if self._session.connected and self._pushed.generation == self._session.generation:

@@ -216,3 +216,27 @@ def test_close_waits_for_a_lease_reaper_pass_under_way(
     assert not closer.is_alive()
     assert not reaper.is_alive()
     assert not broker._session.connected
+
+
+def test_nothing_is_on_its_way_to_a_consumer_whose_window_is_full(
+    make_broker: BrokerMaker,
+) -> None:
+    """Before cancelling its consumers the broker waits for what RabbitMQ pushed (a delivery
+    on its way to a cancelled consumer is requeued charged): a consumer holding as many
+    unsettled deliveries as its prefetch gets nothing more; one with room gets what its
+    queue holds ready."""
+    broker = make_broker()
+    names = broker.names
+    broker.publish(messages(3))
+    got = broker.lease([Q], 2, 5.0)  # consumers of Q and its lane, prefetch 2 x 2 each
+    assert len(got) == 2
+    wait_until(lambda: buffered(broker, [Q]) == 1, 5, "the third message pushed")
+    consumed = [names.queue(Q), names.lane(Q)]
+    assert broker._unfilled() == consumed  # room for one more in Q, four in its lane
+    assert not broker._session.run(lambda ch: broker._ready_in(ch, consumed), "test")
+
+    broker.publish(messages(4))
+    wait_until(lambda: buffered(broker, [Q]) == 2, 5, "a fourth message pushed")
+    assert broker._unfilled() == [names.lane(Q)]  # 2 leased + 2 pushed: Q's prefetch
+    assert broker._session.run(lambda ch: broker._ready_in(ch, [names.queue(Q)]), "test")
+    broker.ack(got)

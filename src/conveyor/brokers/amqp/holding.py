@@ -6,6 +6,7 @@ took, and the reaper's pass over expired leases."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import amqp
@@ -29,8 +30,10 @@ from .topology import LEVELS, delay_routing_key
 #: Longest single wait of a blocked lease before it looks again (seconds): another thread
 #: may have read its pushed messages off the connection meanwhile (publisher confirms).
 POLL_SLICE = 0.1
-#: Before cancelling consumers: how long no delivery must arrive (seconds).
+#: Before cancelling consumers whose windows are not full: how long no delivery must arrive
+#: (seconds), and how long to wait at most for what is on its way.
 QUIET = 0.03
+PUSHES_MOST = 1.0
 
 
 class Holding(AMQPCore):
@@ -179,13 +182,35 @@ class Holding(AMQPCore):
     def _stop_pushed(self, channel: amqp.Channel, queues: Sequence[str] | None) -> None:
         """Stop consuming ``queues`` (None: all) and give back what they pushed. A delivery
         still on its way when RabbitMQ sees the cancel is requeued by it and charged a
-        delivery: first take in what is in flight (a consumer whose window is full, or whose
-        queue is empty, has nothing on the way)."""
+        delivery: first take in what is on its way (:meth:`_await_pushes`)."""
         self._fresh_generation()
         if self._pushed.consuming() or self._lanes.consuming():
-            self._session.quiet(QUIET, 10 * QUIET)
+            self._await_pushes(channel)
         self._give_back(self._lanes.stop(channel, queues), lane=True)
         self._give_back(self._pushed.stop(channel, queues))
+
+    def _await_pushes(self, channel: amqp.Channel) -> None:
+        """Read deliveries until none can be on their way: to a consumer whose window is
+        full RabbitMQ sends nothing (exact); to the others, once nothing arrived for
+        :data:`QUIET` seconds and their queues hold no ready message (what arrives then is a
+        new publish). At most :data:`PUSHES_MOST` seconds."""
+        deadline = time.monotonic() + PUSHES_MOST
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._session.quiet(QUIET, remaining, done=lambda: not self._unfilled())
+            unfilled = self._unfilled()
+            if not unfilled or not self._ready_in(channel, unfilled):
+                return
+
+    def _unfilled(self) -> list[str]:
+        """The RabbitMQ queues with a consumer that RabbitMQ may still push to."""
+        held = Counter(h.message.delivery_info.get("consumer_tag", "") for h in self._leases.held())
+        unfilled = [self.names.queue(queue) for queue in self._pushed.unfilled(held)]
+        return unfilled + [self.names.lane(queue) for queue in self._lanes.unfilled(held)]
+
+    @staticmethod
+    def _ready_in(channel: amqp.Channel, physical: Sequence[str]) -> bool:
+        """Whether one of the RabbitMQ queues ``physical`` holds a ready message."""
+        return any(channel.queue_declare(name, passive=True).message_count for name in physical)
 
     def _give_back(self, msgs: Sequence[tuple[str, amqp.Message]], *, lane: bool = False) -> None:
         """Return pushed messages nobody leased, uncharged (see :mod:`.pushed`): a copy to

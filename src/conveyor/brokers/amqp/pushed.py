@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 import amqp
@@ -52,6 +52,7 @@ class Pushed:
         self.generation = -1
         self._tags: dict[str, list[str]] = {}  # Conveyor queue -> its consumers' tags
         self._windows: dict[str, int] = {}
+        self._prefetch: dict[str, int] = {}  # consumer tag -> its prefetch
         self._buffers: dict[str, deque[amqp.Message]] = {}
         self._numbers = itertools.count(1)
         self._asked = time.monotonic()  # when a lease last looked at the buffers
@@ -61,6 +62,7 @@ class Pushed:
         self.generation = generation
         self._tags.clear()
         self._windows.clear()
+        self._prefetch.clear()
         self._buffers.clear()
 
     def _callback(self, queue: str) -> Callable[[amqp.Message], None]:
@@ -83,8 +85,10 @@ class Pushed:
             have = self._windows.get(queue, 0)
             if have >= window:
                 continue
-            channel.basic_qos(0, min(window - have, 65535), False)
+            prefetch = min(window - have, 65535)
+            channel.basic_qos(0, prefetch, False)
             tag = f"{self.tag}-{next(self._numbers)}"
+            self._prefetch[tag] = prefetch
             channel.basic_consume(
                 physical(queue), consumer_tag=tag, no_ack=False, callback=self._callback(queue)
             )
@@ -95,6 +99,7 @@ class Pushed:
     def _cancel(self, channel: amqp.Channel, queue: str) -> None:
         self._windows.pop(queue, None)
         for tag in self._tags.pop(queue):
+            self._prefetch.pop(tag, None)
             callback = channel.callbacks.get(tag)
             channel.basic_cancel(tag)
             # A delivery sent before RabbitMQ saw the cancel is still ours (unacked on this
@@ -123,6 +128,19 @@ class Pushed:
 
     def consuming(self) -> bool:
         return bool(self._tags)
+
+    def unfilled(self, held: Counter[str]) -> list[str]:
+        """The queues with a consumer that holds fewer unsettled deliveries than its prefetch
+        (``held``: the leases held per consumer tag; what waits buffered is counted here):
+        RabbitMQ may still push to it. A full consumer gets nothing more."""
+        have = Counter(held)
+        for buffer in self._buffers.values():
+            have.update(msg.delivery_info.get("consumer_tag", "") for msg in buffer)
+        return [
+            queue
+            for queue, tags in self._tags.items()
+            if any(have[tag] < self._prefetch.get(tag, 0) for tag in tags)
+        ]
 
     def stale(self, after: float = STALE) -> bool:
         """Whether messages wait pushed while no lease looked for ``after`` seconds."""

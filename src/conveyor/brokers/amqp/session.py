@@ -153,13 +153,15 @@ class Session:
             except TimeoutError:  # the rest of a frame is late: kept for the next read
                 return
 
-    def quiet(self, interval: float, most: float) -> None:
-        """Read what arrives until nothing did for ``interval`` seconds (at most ``most``;
-        lock held by the caller)."""
+    def quiet(self, interval: float, most: float, done: Callable[[], bool] | None = None) -> None:
+        """Read what arrives until nothing did for ``interval`` seconds, or ``done()`` (at
+        most ``most``; lock held by the caller)."""
         connection = self._connection
         sock = connection.sock if connection is not None else None
         deadline = time.monotonic() + most
         while sock is not None and (remaining := deadline - time.monotonic()) > 0:
+            if done is not None and done():
+                return
             if not frame_buffered(connection) and not _readable(sock, min(interval, remaining)):
                 return
             self.pump()

@@ -85,6 +85,7 @@ def problem_of(msg: amqp.Message) -> str | None:
         (PRIORITY, 0, 9),
         (BEFORE, 0, None),
         ("x-delivery-count", 0, None),
+        ("x-acquired-count", 0, None),
     ):
         if name not in headers:
             continue
@@ -103,12 +104,16 @@ def message_id_of(msg: amqp.Message, fallback: str) -> str:
 
 
 def delivery_count_of(msg: amqp.Message) -> int:
-    """1 on the first delivery: quorum queues count returns in ``x-delivery-count``; classic
+    """1 on the first delivery: quorum queues count returns in ``x-delivery-count``, and
+    from RabbitMQ 4.3 every return in ``x-acquired-count`` (its ``x-delivery-count`` then only
+    counts the returns it judges failures, which may leave out a consumer that died); classic
     queues only say whether the message was delivered before (then 2)."""
     headers = header_view(msg)
     before = headers.get(BEFORE)
     base = before if type(before) is int and before > 0 else 0
-    count = headers.get("x-delivery-count")
+    count = headers.get("x-acquired-count")
+    if type(count) is not int:
+        count = headers.get("x-delivery-count")
     if type(count) is int:
         return base + count + 1
     return base + (2 if msg.delivery_info.get("redelivered") else 1)

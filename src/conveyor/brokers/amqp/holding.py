@@ -153,6 +153,10 @@ class Holding(AMQPCore):
                 self._apply(channel, held, note)
                 fates.forget(self.kv, message_id)
                 continue
+            if count > self.options.max_deliveries:  # where the queue's own limit did not
+                detail = f"delivered {count} times (at most {self.options.max_deliveries})"
+                self._bury(held, DeadLetterReason.WORKER_LOST, detail, swept=True)
+                continue
             receipt = f"{self._uid}:{generation}:{tag}"
             self._leases.add(receipt, held)
             got.append(

@@ -285,7 +285,7 @@ class Broker(abc.ABC):
         """Return leased messages to their queue now, without charging a delivery
         (cold shutdown)."""
 
-    def give_back_unleased(self) -> None:  # noqa: B027 - optional hook
+    def give_back_unleased(self) -> None:  # noqa: B027 - no-op default; pushing brokers override
         """Return, uncharged, the messages this client holds that no lease handed out
         (pushed ahead of the leases, as RabbitMQ's consumers do), so that they do not come
         back charged if this process dies now; on return, every settlement this client made

@@ -57,8 +57,7 @@ class AMQPBroker(Admin, Settling):
         with self._session.lock:
             if not self._session.connected:
                 return
-            if self._pushed.generation == self._session.generation:
-                self._session.run(lambda ch: self._stop_pushed(ch, None), "give back")
+            self._stop_consuming("give back")
             self._session.run(self._round_trip, "give back")
 
     @staticmethod
@@ -75,7 +74,6 @@ class AMQPBroker(Admin, Settling):
                 self._reaper.join(REAPER_JOIN)
             self._reaper = None
         with contextlib.suppress(BrokerError), self._session.lock:
-            if self._session.connected and self._pushed.generation == self._session.generation:
-                self._session.run(lambda ch: self._stop_pushed(ch, None), "close")
+            self._stop_consuming("close")
         self._session.drop()
         self.close_kv()

@@ -193,6 +193,12 @@ class Holding(AMQPCore):
         self._give_back(self._lanes.stop(channel, queues), lane=True)
         self._give_back(self._pushed.stop(channel, queues))
 
+    def _stop_consuming(self, what: str) -> None:
+        """(Session lock held.) :meth:`_stop_pushed` for every queue, if this connection
+        consumes (a new one has no consumers; a forked child's are its parent's)."""
+        if self._session.connected and self._pushed.generation == self._session.generation:
+            self._session.run(lambda ch: self._stop_pushed(ch, None), what)
+
     def _await_pushes(self, channel: amqp.Channel) -> None:
         """Read deliveries until none can be on their way: to a consumer whose window is
         full RabbitMQ sends nothing (exact); to the others, once nothing arrived for
@@ -263,7 +269,7 @@ class Holding(AMQPCore):
                 return
             self._session.run(lambda _: self._session.pump(), "return pushed messages")
             if self._pushed.stale():  # what arrived since the last lease is read now
-                self._session.run(lambda ch: self._stop_pushed(ch, None), "return pushed messages")
+                self._stop_consuming("return pushed messages")
 
     def _return_expired(self, grace: float) -> int:
         expired = self._leases.expired(time.time() - grace)

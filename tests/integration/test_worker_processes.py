@@ -392,7 +392,12 @@ def test_terminate_kills_a_task_that_ignores_it_after_the_grace(harness: Harness
     assert pids_of(path, "ignored")  # it was asked first
     assert harness.send("add", 2, 3).get(timeout=15) == 5
     assert worker.children() != kids
-    assert harness.client.broker.stats(["default"])["default"].leased == 0
+    # The supervisor settles the killed task's message after the kill; the result comes first.
+    wait_for(
+        lambda: harness.client.broker.stats(["default"])["default"].leased == 0,
+        15,
+        "the killed task's message settled",
+    )
 
 
 # -- limits ----------------------------------------------------------------------------------

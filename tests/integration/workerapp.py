@@ -16,6 +16,7 @@ from typing import Any
 
 from conveyor import Conveyor, Task
 from conveyor.exceptions import SoftTimeLimitExceeded
+from conveyor.worker.process import INTERRUPT_SIGNAL
 
 DEFAULT_SETTINGS: dict[str, Any] = {"broker_lease_timeout": 1.0, "broker_sweep_interval": 1.0}
 
@@ -111,14 +112,20 @@ def register(app: Conveyor) -> None:
 
     @app.task(name="workerapp.stubborn")
     def stubborn(path: str, seconds: float) -> str:
-        """Ignores every interruption: only killing its process stops it."""
+        """Ignores every interruption, like a task stuck in C code: only killing its process
+        stops it. The interrupt signal is blocked and only noted (``ignored``); catching the
+        exception instead would let a second interrupt land in the handler and end the task."""
         mark(path, "start")
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                time.sleep(0.05)
-            except BaseException:  # the point is to ignore every interruption
-                mark(path, "ignored")
+        assert INTERRUPT_SIGNAL is not None  # POSIX only, like the process tests
+        asks = {INTERRUPT_SIGNAL}
+        signal.pthread_sigmask(signal.SIG_BLOCK, asks)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if signal.sigtimedwait(asks, 0.05) is not None:
+                    mark(path, "ignored")
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, asks)
         return "done"
 
     @app.task(name="workerapp.stamp")

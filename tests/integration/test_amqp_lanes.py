@@ -15,6 +15,7 @@ import amqp
 import pytest
 
 from conveyor.brokers import BrokerOptions, create_broker
+from conveyor.brokers.amqp import attempts
 from conveyor.brokers.amqp.broker import AMQPBroker
 from conveyor.brokers.base import PURGED, Message
 from tests.conftest import wait_until
@@ -121,11 +122,20 @@ def test_a_lane_message_dead_letters_under_its_queue(broker: AMQPBroker) -> None
     assert broker.priority_counts([Q])[Q].dead == {9: 1}
 
 
+def take_and_die(server: RabbitServer, physical: str) -> None:
+    """A consumer of the RabbitMQ queue ``physical`` takes a message and its connection
+    closes with it unacked."""
+    with amqp.Connection(f"127.0.0.1:{server.port}", "guest", "guest") as connection:
+        channel = connection.channel()
+        assert wait_until(lambda: channel.basic_get(physical), 10, "a message")
+
+
 def test_a_lane_message_whose_consumers_died_is_dead_lettered_by_rabbitmq(
     rabbit_server: RabbitServer, tmp_path: Path
 ) -> None:
-    """The lane's delivery limit and dead-letter exchange: RabbitMQ dead-letters it into
-    ``P.dead`` and records its departure, under its Conveyor queue."""
+    """The lane's delivery limit (the backstop above the worker's limit, for deaths no
+    kept count explains) and dead-letter exchange: RabbitMQ dead-letters it into ``P.dead``
+    and records its departure, under its Conveyor queue."""
     options = BrokerOptions(key_prefix=f"ld{uuid.uuid4().hex[:8]}", max_deliveries=2)
     broker = create_broker(f"{rabbit_server.url}?kv_url=sqlite:///{tmp_path}/kv.db", options)
     assert isinstance(broker, AMQPBroker)
@@ -133,9 +143,10 @@ def test_a_lane_message_whose_consumers_died_is_dead_lettered_by_rabbitmq(
         booked = message(9, countdown=0.01)
         broker.publish([booked])
         ready(broker, 1)
-        for _ in range(2):  # its consumer's connection dies with it unacked, twice
-            assert [d.id for d in broker.lease([Q], 1, 0)] == [booked.id]
-            broker._session.drop()
+        limit = broker._topology.queue_arguments()["x-delivery-limit"]
+        assert limit == options.max_deliveries - 1 + attempts.SPURIOUS_MARGIN
+        for _ in range(limit + 1):  # a consumer's connection dies with it unacked, each time
+            take_and_die(rabbit_server, broker.names.lane(Q))
         wait_until(lambda: broker.dead_letters(10, Q), 10, "the dead letter")
         (dead,) = broker.dead_letters(10, Q)
         assert (dead.id, dead.queue, dead.reason) == (booked.id, Q, "worker_lost")

@@ -1,18 +1,22 @@
 """The adaptive prefetch's estimate and its holding of prefetched messages (no broker: the
-process tests in tests/integration/test_prefetch_processes.py run it against real ones)."""
+process tests in tests/integration/test_prefetch_processes.py run it against real ones), and
+which runs a worker has the broker record before they start (memory broker)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
+from collections.abc import Sequence
 
 import pytest
 
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
+from conveyor.testing import TestWorker, make_test_app
 from conveyor.worker.inflight import InFlight
 from conveyor.worker.ledger import ChildLedger, PrefetchLedger
 from conveyor.worker.prefetch import AdaptivePrefetch, RuntimeEstimate
+from tests.conftest import wait_until
 
 
 def delivery(n: int) -> Delivery:
@@ -162,3 +166,42 @@ def test_a_prefetch_queue_too_big_for_the_ledger_is_left_to_lease_expiry() -> No
     huge = [Delivery(f"b{i}", "q" * 1000, b"{}", 0, f"r{i}", 1) for i in range(100)]
     inflight.prefetch(huge)
     assert supervisor.unstarted() == []
+
+
+def test_the_broker_records_the_attempts_of_tasks_that_never_ended_in_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Broker.record_attempts (RabbitMQ keeps its own count from it): the first run of each
+    # task name in the process, where a task that kills its process would go unseen; not
+    # the runs after one ended (failed or not).
+    app = make_test_app()
+    recorded: list[str] = []
+
+    def record(deliveries: Sequence[Delivery]) -> None:
+        recorded.extend(d.id for d in deliveries)
+
+    monkeypatch.setattr(app.broker, "record_attempts", record)
+
+    @app.task
+    def fine() -> int:
+        return 1
+
+    @app.task
+    def fails() -> None:
+        raise ValueError("expected")
+
+    worker = TestWorker(app, concurrency=1, consume_in_thread=False)
+    assert worker.prefetch is not None
+    worker.start()
+    consuming = threading.Thread(target=worker.consume, daemon=True)
+    consuming.start()
+    try:
+        sent = []
+        for task in (fine, fine, fails, fails, fine):
+            result = task.delay()
+            wait_until(result.ready, 10, "the task ended")
+            sent.append(result.id)
+    finally:
+        worker.stop(timeout=10)
+        consuming.join(10)
+    assert recorded == [sent[0], sent[2]]

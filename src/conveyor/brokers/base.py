@@ -293,6 +293,13 @@ class Broker(abc.ABC):
         whose leases take messages one call at a time and whose settlements are synchronous
         (the default)."""
 
+    def record_attempts(self, deliveries: Sequence[Delivery]) -> None:  # noqa: B027 - see below
+        """``deliveries`` (leased by this client) are about to run a task that may end the
+        process. A broker whose server counts returns that were no failed run keeps their
+        delivery counts itself from here (RabbitMQ: :mod:`conveyor.brokers.amqp.attempts`).
+        Nothing to do where every counted return is a lease that ended unsettled (the
+        default)."""
+
     @abc.abstractmethod
     def retry_later(self, delivery: Delivery, message: Message) -> None:
         """Atomically ack ``delivery`` and publish ``message`` (its retry, usually delayed).

@@ -37,7 +37,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..brokers.base import Delivery
-from ..exceptions import BrokerError, ResultStoreError
+from ..exceptions import BrokerError, ConveyorError, ResultStoreError
 from ..results.base import ResultRecord
 from .dispatch import Dispatcher
 from .execution import TaskRunner
@@ -310,26 +310,34 @@ class Consumer:
         settled = False
         if self._prefetch is not None and controls:
             ended = self._prefetch.runtimes.ended
-            if any(control.job.task.name not in ended for control in controls):
-                settled = self._before_untried(finished)
+            fresh = [c.job for c in controls if c.job.task.name not in ended]
+            if fresh:
+                untried = [job.delivery for job in fresh if job.delivery is not None]
+                settled = self._before_untried(untried, finished)
         for control in controls:
             self.dispatcher.start(control)
         return settled
 
-    def _before_untried(self, finished: list[Finished] | None) -> bool:
-        """A task that never ran to its end in this process is about to start, and may kill
-        it: settle ``finished`` (returns whether there were any) and have the broker give
-        back what it pushed ahead of the leases, so neither runs again nor is charged. On a
-        broker that returns a dead connection's leases itself, charged, the prefetched
-        messages go back too (the supervisor's uncharged release would come too late)."""
+    def _before_untried(self, untried: list[Delivery], finished: list[Finished] | None) -> bool:
+        """Tasks that never ran to their end in this process (``untried``) are about to
+        start, and may kill it: settle ``finished`` (returns whether there were any) and have
+        the broker give back what it pushed ahead of the leases, so neither runs again nor
+        is charged. On a broker that returns a dead connection's leases itself, charged,
+        the prefetched messages go back too (the supervisor's uncharged release would come
+        too late), and the broker records the attempts (``Broker.record_attempts``)."""
         if finished:
             self._settle(finished)
-        if self.app.broker.leases_end_with_connection and self._prefetch is not None:
+        broker = self.app.broker
+        if broker.leases_end_with_connection and self._prefetch is not None:
             self._prefetch.give_back_all()
         try:
-            self.app.broker.give_back_unleased()
+            broker.give_back_unleased()
         except BrokerError as exc:  # they come back charged if the process dies: no loss
             logger.warning("could not give back messages pushed ahead of leases: %s", exc)
+        try:
+            broker.record_attempts(untried)
+        except ConveyorError as exc:  # the broker's own count applies: no loss
+            logger.warning("could not record the delivery counts of tasks to start: %s", exc)
         return bool(finished)
 
     def _admit(self, deliveries: list[Delivery], recheck: bool) -> list[Running]:

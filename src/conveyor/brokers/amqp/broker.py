@@ -8,6 +8,7 @@ How each promise is kept (docs/rabbitmq.md has the long form):
   closes, and an expired lease of a live one through :mod:`.leases`;
 * every publish waits for publisher confirms (:mod:`.session`) and raises if one is missing;
 * durable quorum queues with ``x-delivery-limit`` and a dead-letter exchange (:mod:`.topology`);
+  the count of a delivery that may end its process is kept in ``kv`` (:mod:`.attempts`);
 * delays live in RabbitMQ's TTL queues (:mod:`.topology`), never in a worker;
 * RabbitMQ holds no key/value data: revocations, beat claims, the worker registry and publish
   dedupe across processes use ``kv``, built from ``kv_url`` (transport option or URL
@@ -23,10 +24,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 
 import amqp
 
 from ...exceptions import BrokerError
+from ..base import Delivery
+from . import attempts
 from .admin import Admin
 from .core import QUEUE_KEY
 from .settling import Settling
@@ -59,6 +63,13 @@ class AMQPBroker(Admin, Settling):
                 return
             self._stop_consuming("give back")
             self._session.run(self._round_trip, "give back")
+
+    def record_attempts(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep the counts of ``deliveries`` (this client's leases) in the kv store before
+        they run: RabbitMQ's own count may include returns that were no failed run
+        (:mod:`.attempts`)."""
+        held = self._leases.find(d.receipt for d in deliveries)
+        attempts.record(self.kv, [(h.message_id, h) for h in held])
 
     @staticmethod
     def _round_trip(channel: amqp.Channel) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import amqp
 
-from ...exceptions import ConfigurationError
+from ...exceptions import ConfigurationError, ConveyorError
 from ...kv import KeyValue
 from ...limits.kvstores import limits_on
 from ...results import create_result_store
@@ -29,11 +29,11 @@ from ..base import (
     Message,
     clamp_priority,
 )
-from . import fates, run_now
+from . import attempts, fates, run_now
 from .connection import CONNECTION_ERRORS, Connector
 from .convert import DEAD_AT, DELIVERIES, DETAIL, REASON, copy_of, to_amqp
 from .departures import SWEPT, Taken
-from .leases import Held, Leases, Reaper
+from .leases import Held, Leases, Reaper, logger
 from .pushed import Pushed
 from .run_now import RunNow
 from .scheduled import DELAYED_KEY, DelayedMarkers
@@ -199,6 +199,11 @@ class AMQPCore(KeptStreams, RunNow, DelayedMarkers, Broker):
     def _ack_held(self, channel: amqp.Channel, held: Sequence[Held]) -> None:
         generation = self._session.generation
         self._session.settled.ack(channel, [h.tag for h in held if h.generation == generation])
+        if recorded := [h.message_id for h in held if h.recorded]:
+            try:
+                attempts.forget(self.kv, recorded)  # settled: its kept count is done
+            except ConveyorError as exc:  # the record expires; the message is settled
+                logger.warning("could not delete kept delivery counts: %s", exc)
 
     def _receipt(self, held: Held) -> str:
         return f"{self._uid}:{held.generation}:{held.tag}"

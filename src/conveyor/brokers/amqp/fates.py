@@ -157,9 +157,12 @@ def note_of(value: bytes | None) -> Note | None:
     return Note(count, reason if isinstance(reason, str) else None, detail, released)
 
 
-def applies(note: Note, delivery_count: int) -> bool:
+def applies(note: Note, delivery_count: int, *, kept: bool = False) -> bool:
     """A note is for the delivery right after the one it saw (a retry with the same id
-    starts again at 1 and is not affected)."""
+    starts again at 1 and is not affected). With a count Conveyor kept (``kept``,
+    :mod:`.attempts`), the one it saw may not have been charged: then its count again."""
+    if kept:
+        return note.delivery_count <= delivery_count <= note.delivery_count + 1
     return delivery_count == note.delivery_count + 1
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import amqp
 
 from ..base import DeadLetterReason, Delivery
-from . import fates, run_now
+from . import attempts, fates, run_now
 from .convert import (
     BEFORE,
     body_of,
@@ -127,8 +127,11 @@ class Holding(AMQPCore):
             message_id_of(msg, f"amqp-{self._uid}-{generation}-{msg.delivery_info['delivery_tag']}")
             for _, msg in msgs
         ]
+        counted = [delivery_count_of(msg) for _, msg in msgs]
         # their fates only while some fate may be live (fates.Watch): mostly none is
         keys = [f"{fates.PREFIX}{i}" for i in ids] if self._watch.needed() else []
+        # the kept counts of those RabbitMQ says came back (attempts)
+        keys += [attempts.key(i) for i, n in zip(ids, counted, strict=True) if n > 1]
         keys += [
             f"{run_now.SUPERSEDED}{i}"
             for (_, msg), i in zip(msgs, ids, strict=True)
@@ -136,10 +139,11 @@ class Holding(AMQPCore):
         ]
         found = self.kv.get_values(keys) if keys else {}
         got: list[Delivery] = []
-        for (queue, msg), message_id in zip(msgs, ids, strict=True):
+        for (queue, msg), message_id, rabbit_count in zip(msgs, ids, counted, strict=True):
             tag = msg.delivery_info["delivery_tag"]
-            count = delivery_count_of(msg)
-            held = Held(tag, generation, deadline, count, queue, msg)
+            kept = attempts.kept_count(found.get(attempts.key(message_id)), rabbit_count)
+            count = rabbit_count if kept is None else kept
+            held = Held(tag, generation, deadline, count, queue, msg, message_id, kept is not None)
             fate = found.get(f"{fates.PREFIX}{message_id}")
             if (problem := problem_of(msg)) is not None:
                 self._bury(held, DeadLetterReason.MALFORMED, f"AMQP message: {problem}")
@@ -149,7 +153,7 @@ class Holding(AMQPCore):
                 self.kv.delete_value(f"{run_now.SUPERSEDED}{message_id}")
                 continue
             note = fates.note_of(fate)
-            if note is not None and fates.applies(note, count):
+            if note is not None and fates.applies(note, count, kept=held.recorded):
                 self._apply(channel, held, note)
                 fates.forget(self.kv, message_id)
                 continue

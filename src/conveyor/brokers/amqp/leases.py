@@ -33,6 +33,10 @@ class Held:
     delivery_count: int
     queue: str
     message: amqp.Message
+    message_id: str
+    #: Whether a kept count (:mod:`.attempts`) exists for the message: its settlement
+    #: deletes it.
+    recorded: bool = False
 
 
 class Leases:
@@ -56,6 +60,11 @@ class Leases:
                     del self._held[receipt]
                     out.append(held)
         return out
+
+    def find(self, receipts: Iterable[str]) -> list[Held]:
+        """The entries of ``receipts`` still held."""
+        with self._lock:
+            return [held for r in receipts if (held := self._held.get(r)) is not None]
 
     def extend(self, receipts: Iterable[str], deadline: float) -> None:
         with self._lock:

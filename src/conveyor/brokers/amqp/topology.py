@@ -5,7 +5,9 @@ Names start with the key prefix ``P`` (``conveyor`` by default):
 * ``P`` (direct exchange): ready messages, routing key = the Conveyor queue name; bound to
   ``P.q.<name>`` (the queue itself).
 * ``P.q.<name>``: durable **quorum** queue (default) with ``x-delivery-limit`` =
-  ``max_deliveries - 1`` and dead-lettering to ``P.dlx``; or, with
+  ``max_deliveries - 1 + SPURIOUS_MARGIN`` (a backstop: the lease dead-letters a message
+  delivered more than ``max_deliveries`` times, :mod:`.attempts`) and dead-lettering to
+  ``P.dlx``; or, with
   ``broker_transport_options={"queue_type": "classic"}``, a durable classic queue with
   ``x-max-priority: 9``.
 * ``P.b.<name>``: the queue's **first-served lane**, of the same type and arguments, bound only
@@ -35,6 +37,8 @@ import math
 from dataclasses import dataclass
 
 import amqp
+
+from .attempts import SPURIOUS_MARGIN
 
 #: Resolution of delays (seconds); delays are rounded up to a whole number of ticks.
 TICK = 0.01
@@ -135,7 +139,8 @@ class Topology:
         args: dict[str, object] = {"x-dead-letter-exchange": self.names.dlx}
         if self.queue_type == "quorum":
             args["x-queue-type"] = "quorum"
-            args["x-delivery-limit"] = max(0, self.max_deliveries - 1)
+            # a backstop: the lease dead-letters at max_deliveries (attempts.SPURIOUS_MARGIN)
+            args["x-delivery-limit"] = max(0, self.max_deliveries - 1) + SPURIOUS_MARGIN
         else:
             args["x-max-priority"] = 9
         return args

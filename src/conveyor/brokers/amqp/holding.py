@@ -17,6 +17,7 @@ from .convert import (
     BEFORE,
     body_of,
     copy_of,
+    counts_returns,
     delivery_count_of,
     message_id_of,
     priority_of,
@@ -141,7 +142,8 @@ class Holding(AMQPCore):
         got: list[Delivery] = []
         for (queue, msg), message_id, rabbit_count in zip(msgs, ids, counted, strict=True):
             tag = msg.delivery_info["delivery_tag"]
-            kept = attempts.kept_count(found.get(attempts.key(message_id)), rabbit_count)
+            record = found.get(attempts.key(message_id))
+            kept = attempts.kept_count(record, rabbit_count, exact=counts_returns(msg))
             count = rabbit_count if kept is None else kept
             held = Held(tag, generation, deadline, count, queue, msg, message_id, kept is not None)
             fate = found.get(f"{fates.PREFIX}{message_id}")

@@ -90,10 +90,16 @@ class Setup:
         return self.broker.kv.get_value(attempts.key(message_id))
 
 
-def make_setup(server: RabbitServer, tmp_path: Path, queue_type: str) -> Setup:
+def make_setup(
+    server: RabbitServer, tmp_path: Path, queue_type: str, lease_timeout: float = 30.0
+) -> Setup:
     prefix = f"tries{uuid.uuid4().hex[:8]}"
     url = f"{server.url}?kv_url=sqlite:///{tmp_path}/kv.db"
-    options = BrokerOptions(key_prefix=prefix, transport_options={"queue_type": queue_type})
+    options = BrokerOptions(
+        key_prefix=prefix,
+        lease_timeout=lease_timeout,
+        transport_options={"queue_type": queue_type},
+    )
     broker = create_broker(url, options)
     assert isinstance(broker, AMQPBroker)
     return Setup(server, url, prefix, queue_type, broker)
@@ -193,3 +199,25 @@ def test_record_attempts_ignores_receipts_this_client_does_not_hold(setup: Setup
     setup.broker.ack([delivery])
     setup.broker.record_attempts([delivery])
     assert setup.record_of(message_id) is None
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_expired_leases_count_on_every_queue_type(
+    rabbit_server: RabbitServer, tmp_path: Path, queue_type: str
+) -> None:
+    setup = make_setup(rabbit_server, tmp_path, queue_type, lease_timeout=0.2)
+    try:
+        most = setup.broker.options.max_deliveries
+        message_id = send_one(setup.broker)
+        counts = []
+        for _ in range(most):
+            delivery = setup.lease_one()
+            counts.append(delivery.delivery_count)  # its lease expires: the reaper returns it
+        assert counts == list(range(1, most + 1))
+        dead = wait_until(lambda: setup.broker.dead_letters(queue=Q), 10.0, "the dead letter")
+        assert [(d.id, d.reason, d.delivery_count) for d in dead] == [
+            (message_id, "worker_lost", most)
+        ]
+        assert setup.record_of(message_id) is None
+    finally:
+        setup.broker.close()

@@ -7,7 +7,7 @@ charge made a task that kills its process reach ``task_max_deliveries`` one run 
 
 So before a task that may end its process starts (one that never ran to its end in that
 process, ``Broker.record_attempts``), the worker records the count of its delivery under
-``tries:<message id>``. A lease of a message that RabbitMQ says came back (its count is
+``tries:<message id>``; the lease reaper does the same for a lease that expired. A lease of a message that RabbitMQ says came back (its count is
 above 1) reads that record with the fates, in the same round trip, and counts from it: the
 delivery after a recorded one is the next, whatever RabbitMQ charged meanwhile. A message
 that has no record (nothing risky ran it, or the record expired) keeps RabbitMQ's count. On a

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import amqp
 
+from ...exceptions import ConveyorError
 from ..base import DeadLetterReason, Delivery
 from . import attempts, fates, run_now
 from .convert import (
@@ -24,7 +25,7 @@ from .convert import (
     problem_of,
 )
 from .core import AMQPCore
-from .leases import Held, Reaper
+from .leases import Held, Reaper, logger
 from .pushed import HEADROOM
 from .topology import LEVELS, delay_routing_key
 
@@ -287,6 +288,10 @@ class Holding(AMQPCore):
         back = [h for h in expired if h.delivery_count < self.options.max_deliveries]
         for held in lost:
             self._bury(held, DeadLetterReason.WORKER_LOST, "lease expired", swept=True)
+        try:  # a counted run: the next delivery is the next one on any queue type
+            attempts.record(self.kv, [(held.message_id, held) for held in back])
+        except ConveyorError as exc:  # RabbitMQ's own count applies
+            logger.warning("could not record the counts of expired leases: %s", exc)
 
         def requeue(channel: amqp.Channel) -> None:
             if generation == self._session.generation:

@@ -30,7 +30,8 @@ Q = "q"
 DIES_RUNNING = """
 import os, signal, sys
 from conveyor.brokers import BrokerOptions, create_broker
-broker = create_broker(sys.argv[1], BrokerOptions(key_prefix=sys.argv[2]))
+options = BrokerOptions(key_prefix=sys.argv[2], transport_options={"queue_type": sys.argv[3]})
+broker = create_broker(sys.argv[1], options)
 got = []
 while not got:
     got = broker.lease(["q"], 1, 1.0)
@@ -45,12 +46,13 @@ class Setup:
     server: RabbitServer
     url: str
     prefix: str
+    queue_type: str
     broker: AMQPBroker
 
     def die_running(self) -> int:
         """A process leases the message, records the attempt and is killed: its count."""
         child = subprocess.run(
-            [sys.executable, "-c", DIES_RUNNING, self.url, self.prefix],
+            [sys.executable, "-c", DIES_RUNNING, self.url, self.prefix, self.queue_type],
             capture_output=True,
             text=True,
             timeout=60,
@@ -88,14 +90,35 @@ class Setup:
         return self.broker.kv.get_value(attempts.key(message_id))
 
 
+def make_setup(
+    server: RabbitServer, tmp_path: Path, queue_type: str, lease_timeout: float = 30.0
+) -> Setup:
+    prefix = f"tries{uuid.uuid4().hex[:8]}"
+    url = f"{server.url}?kv_url=sqlite:///{tmp_path}/kv.db"
+    options = BrokerOptions(
+        key_prefix=prefix,
+        lease_timeout=lease_timeout,
+        transport_options={"queue_type": queue_type},
+    )
+    broker = create_broker(url, options)
+    assert isinstance(broker, AMQPBroker)
+    return Setup(server, url, prefix, queue_type, broker)
+
+
 @pytest.fixture
 def setup(rabbit_server: RabbitServer, tmp_path: Path) -> Iterator[Setup]:
-    prefix = f"tries{uuid.uuid4().hex[:8]}"
-    url = f"{rabbit_server.url}?kv_url=sqlite:///{tmp_path}/kv.db"
-    broker = create_broker(url, BrokerOptions(key_prefix=prefix))
-    assert isinstance(broker, AMQPBroker)
-    yield Setup(rabbit_server, url, prefix, broker)
-    broker.close()
+    made = make_setup(rabbit_server, tmp_path, "quorum")
+    yield made
+    made.broker.close()
+
+
+@pytest.fixture(params=["quorum", "classic"])
+def each_queue_type(
+    request: pytest.FixtureRequest, rabbit_server: RabbitServer, tmp_path: Path
+) -> Iterator[Setup]:
+    made = make_setup(rabbit_server, tmp_path, request.param)
+    yield made
+    made.broker.close()
 
 
 def send_one(broker: AMQPBroker) -> str:
@@ -118,8 +141,10 @@ def test_a_recorded_attempt_counts_once_whatever_rabbitmq_charged(setup: Setup) 
 
 
 def test_the_delivery_after_the_last_allowed_recorded_one_is_dead_lettered(
-    setup: Setup,
+    each_queue_type: Setup,
 ) -> None:
+    # A classic queue only flags a redelivery: past 2, the kept count is the only count.
+    setup = each_queue_type
     most = setup.broker.options.max_deliveries
     message_id = send_one(setup.broker)
     counts = [setup.die_running() for _ in range(most)]
@@ -174,3 +199,25 @@ def test_record_attempts_ignores_receipts_this_client_does_not_hold(setup: Setup
     setup.broker.ack([delivery])
     setup.broker.record_attempts([delivery])
     assert setup.record_of(message_id) is None
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_expired_leases_count_on_every_queue_type(
+    rabbit_server: RabbitServer, tmp_path: Path, queue_type: str
+) -> None:
+    setup = make_setup(rabbit_server, tmp_path, queue_type, lease_timeout=0.2)
+    try:
+        most = setup.broker.options.max_deliveries
+        message_id = send_one(setup.broker)
+        counts = []
+        for _ in range(most):
+            delivery = setup.lease_one()
+            counts.append(delivery.delivery_count)  # its lease expires: the reaper returns it
+        assert counts == list(range(1, most + 1))
+        dead = wait_until(lambda: setup.broker.dead_letters(queue=Q), 10.0, "the dead letter")
+        assert [(d.id, d.reason, d.delivery_count) for d in dead] == [
+            (message_id, "worker_lost", most)
+        ]
+        assert setup.record_of(message_id) is None
+    finally:
+        setup.broker.close()

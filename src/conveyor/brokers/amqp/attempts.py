@@ -7,10 +7,12 @@ charge made a task that kills its process reach ``task_max_deliveries`` one run 
 
 So before a task that may end its process starts (one that never ran to its end in that
 process, ``Broker.record_attempts``), the worker records the count of its delivery under
-``tries:<message id>``. A lease of a message that RabbitMQ says came back (its count is
+``tries:<message id>``; the lease reaper does the same for a lease that expired. A lease of a message that RabbitMQ says came back (its count is
 above 1) reads that record with the fates, in the same round trip, and counts from it: the
 delivery after a recorded one is the next, whatever RabbitMQ charged meanwhile. A message
-that has no record (nothing risky ran it, or the record expired) keeps RabbitMQ's count.
+that has no record (nothing risky ran it, or the record expired) keeps RabbitMQ's count. On a
+classic queue, which only flags a redelivery (counted as 2), the record is the only count
+past 2 of a task that kills its process.
 Any settlement of a lease that read or wrote a record deletes it (an ack, a retry - which
 starts again at 1 -, a dead letter, a copy put back with its count in its headers).
 
@@ -45,11 +47,12 @@ def record(kv: KeyValue, attempts: Sequence[tuple[str, Held]]) -> None:
         held.recorded = True
 
 
-def kept_count(value: bytes | None, counted: int) -> int | None:
+def kept_count(value: bytes | None, counted: int, *, exact: bool) -> int | None:
     """The count of a delivery whose message has the record ``value`` and which RabbitMQ
-    counts ``counted``: one more than the recorded delivery, never more than RabbitMQ's
-    count (a record that says more is not about this message's history). None without a
-    valid record."""
+    counts ``counted``: one more than the recorded delivery - never more than RabbitMQ's
+    count where it counted every return (``exact``: a record that says more is not about
+    this message's history; a classic queue's count says only "delivered before"). None
+    without a valid record."""
     if value is None:
         return None
     try:
@@ -58,7 +61,7 @@ def kept_count(value: bytes | None, counted: int) -> int | None:
         return None
     if recorded < 1:
         return None
-    return min(recorded + 1, counted)
+    return min(recorded + 1, counted) if exact else recorded + 1
 
 
 def forget(kv: KeyValue, message_ids: Iterable[str]) -> None:

@@ -103,6 +103,13 @@ def message_id_of(msg: amqp.Message, fallback: str) -> str:
     return value if isinstance(value, str) and value else fallback
 
 
+def counts_returns(msg: amqp.Message) -> bool:
+    """Whether RabbitMQ counted every return of ``msg`` (a quorum queue's header); a
+    classic queue only says whether it was delivered before."""
+    headers = header_view(msg)
+    return type(headers.get("x-acquired-count", headers.get("x-delivery-count"))) is int
+
+
 def delivery_count_of(msg: amqp.Message) -> int:
     """1 on the first delivery: quorum queues count returns in ``x-delivery-count``, and
     from RabbitMQ 4.3 every return in ``x-acquired-count`` (its ``x-delivery-count`` then only

@@ -11,19 +11,21 @@ from collections.abc import Sequence
 
 import amqp
 
+from ...exceptions import ConveyorError
 from ..base import DeadLetterReason, Delivery
 from . import attempts, fates, run_now
 from .convert import (
     BEFORE,
     body_of,
     copy_of,
+    counts_returns,
     delivery_count_of,
     message_id_of,
     priority_of,
     problem_of,
 )
 from .core import AMQPCore
-from .leases import Held, Reaper
+from .leases import Held, Reaper, logger
 from .pushed import HEADROOM
 from .topology import LEVELS, delay_routing_key
 
@@ -141,7 +143,8 @@ class Holding(AMQPCore):
         got: list[Delivery] = []
         for (queue, msg), message_id, rabbit_count in zip(msgs, ids, counted, strict=True):
             tag = msg.delivery_info["delivery_tag"]
-            kept = attempts.kept_count(found.get(attempts.key(message_id)), rabbit_count)
+            record = found.get(attempts.key(message_id))
+            kept = attempts.kept_count(record, rabbit_count, exact=counts_returns(msg))
             count = rabbit_count if kept is None else kept
             held = Held(tag, generation, deadline, count, queue, msg, message_id, kept is not None)
             fate = found.get(f"{fates.PREFIX}{message_id}")
@@ -285,6 +288,10 @@ class Holding(AMQPCore):
         back = [h for h in expired if h.delivery_count < self.options.max_deliveries]
         for held in lost:
             self._bury(held, DeadLetterReason.WORKER_LOST, "lease expired", swept=True)
+        try:  # a counted run: the next delivery is the next one on any queue type
+            attempts.record(self.kv, [(held.message_id, held) for held in back])
+        except ConveyorError as exc:  # RabbitMQ's own count applies
+            logger.warning("could not record the counts of expired leases: %s", exc)
 
         def requeue(channel: amqp.Channel) -> None:
             if generation == self._session.generation:

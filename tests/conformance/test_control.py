@@ -5,10 +5,12 @@ requests are refused before anything is stored."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from conveyor import Conveyor
+from conveyor.brokers import scheme_of
 from conveyor.control import ControlError
 from conveyor.control.protocol import STREAM
 from conveyor.testing import TestWorker
@@ -17,10 +19,15 @@ from .support import wait_until
 
 
 @pytest.fixture
-def app(broker_url: str, key_prefix: str) -> Iterator[Conveyor]:
+def app(broker_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Conveyor]:
+    # RabbitMQ keeps no key/value data: the result store does (by default a file beside the
+    # app's module, here in the test's directory).
+    amqp = scheme_of(broker_url) == "amqp"
+    results = f"sqlite:///{tmp_path / 'results.sqlite3'}" if amqp else None
     app = Conveyor(
         "control",
         broker=broker_url,
+        result_backend=results,
         broker_transport_options={"key_prefix": key_prefix},
         broker_lease_timeout=1.0,
     )
@@ -57,7 +64,12 @@ def test_pause_is_durable_and_obeyed(app: Conveyor) -> None:
     app.control.pause_queue("default")
     if not app.broker_url.startswith("memory"):  # memory:// lives in one app object
         options = app.conf.broker_transport_options
-        other = Conveyor("other", broker=app.broker_url, broker_transport_options=options)
+        other = Conveyor(
+            "other",
+            broker=app.broker_url,
+            result_backend=app.conf.result_backend,
+            broker_transport_options=options,
+        )
         try:
             assert other.control.paused_queues() == ["default"]  # kept in the broker
         finally:

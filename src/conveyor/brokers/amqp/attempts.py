@@ -7,19 +7,19 @@ charge made a task that kills its process reach ``task_max_deliveries`` one run 
 
 So before a task that may end its process starts (one that never ran to its end in that
 process, ``Broker.record_attempts``), the worker records the count of its delivery under
-``tries:<message id>``; the lease reaper does the same for a lease that expired. A lease of a message that RabbitMQ says came back (its count is
-above 1) reads that record with the fates, in the same round trip, and counts from it: the
-delivery after a recorded one is the next, whatever RabbitMQ charged meanwhile. A message
-that has no record (nothing risky ran it, or the record expired) keeps RabbitMQ's count. On a
-classic queue, which only flags a redelivery (counted as 2), the record is the only count
-past 2 of a task that kills its process.
-Any settlement of a lease that read or wrote a record deletes it (an ack, a retry - which
+``tries:<message id>``; the lease reaper does the same for a lease that expired. A lease of
+a message that RabbitMQ says came back (its count is above 1) reads that record with the
+fates, in the same round trip, and counts from it: the delivery after a recorded one is the
+next, whatever RabbitMQ charged meanwhile. A message that has no record (nothing risky ran
+it, or the record expired) keeps RabbitMQ's count. On a classic queue, which only flags a
+redelivery (counted as 2), the record is the only count past 2 of a task that kills its
+process. Any settlement of a lease that read or wrote a record deletes it (an ack, a retry - which
 starts again at 1 -, a dead letter, a copy put back with its count in its headers).
 
-Runs RabbitMQ saw end and no record explains (a task that ran to its end elsewhere, then
-killed a whole worker) are left to the queue's own ``x-delivery-limit``, which is set
-:data:`SPURIOUS_MARGIN` above the worker's limit so that a spurious charge or two never
-dead-letters a message early there.
+Runs RabbitMQ saw end and no record explains (a task that had run to its end in that
+process before, then killed the whole worker) are left to a quorum queue's own
+``x-delivery-limit``, set :data:`SPURIOUS_MARGIN` above the worker's limit so that a
+spurious charge or two never dead-letters a message early there (a classic queue has none).
 """
 
 from __future__ import annotations

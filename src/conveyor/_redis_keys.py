@@ -35,8 +35,8 @@ class RedisKeys:
         return f"{{{self.prefix}:{queue}}}"
 
     def queue_key(self, queue: str, kind: str) -> str:
-        """A key of ``queue`` (``ready``, ``delayed``, ``leased``, ``dead``, ``msg:<uid>``,
-        or a new kind of another module), in the queue's slot."""
+        """A key of ``queue`` (``ready``, ``delayed``, ``leased``, ``dead``, ``m``,
+        ``msg:<uid>``, or a new kind of another module), in the queue's slot."""
         return f"{self.queue(queue)}:{kind}"
 
     def seq(self, queue: str) -> str:

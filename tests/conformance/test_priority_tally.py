@@ -36,7 +36,7 @@ def redis_broker(broker_backend: str, request: pytest.FixtureRequest) -> RedisBr
 
 
 def truth(broker: RedisBroker, queue: str) -> Split:
-    """Each state's messages by the priority in their hashes (as the dashboard did before)."""
+    """Each state's messages by the priority in their records (as the dashboard did before)."""
     client = cast(Redis, broker.client)
     out: Split = {}
     for state in STATES:
@@ -44,7 +44,9 @@ def truth(broker: RedisBroker, queue: str) -> Split:
         for member in client.zrange(broker.keys.queue_key(queue, state), 0, -1):
             uid = member.decode().split(":")[0]
             priority = client.hget(broker.keys.queue_key(queue, f"msg:{uid}"), "p")
-            assert priority is not None, f"{state} member {member!r} has no hash"
+            packed = client.hget(broker.keys.queue_key(queue, "m"), uid)  # '<p> <length> ...'
+            priority = priority or (packed and packed.split(b" ", 1)[0])
+            assert priority is not None, f"{state} member {member!r} has no record"
             counts[int(priority)] = counts.get(int(priority), 0) + 1
         out[state] = counts
     return out

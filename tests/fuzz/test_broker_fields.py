@@ -155,7 +155,12 @@ def test_any_redis_hash_field_is_delivered_typed_or_dead_lettered(
     broker = create_broker(redis_server.url, BrokerOptions(key_prefix=prefix))
     try:
         broker.publish([Message("m", Q, b"body")])
-        (key,) = redis_admin.keys(RedisKeys(prefix).queue_key(Q, "msg:*"))
+        # Moved to the layout before 2026-12, a hash holding the whole message.
+        keys = RedisKeys(prefix)
+        (uid,) = redis_admin.zrange(keys.queue_key(Q, "ready"), 0, -1)
+        redis_admin.hdel(keys.queue_key(Q, "m"), uid)
+        key = keys.queue_key(Q, f"msg:{uid.decode()}")
+        redis_admin.hset(key, mapping={"id": "m", "p": "5", "b": "body"})
         for name, value in fields.items():
             if value is None:
                 redis_admin.hdel(key, name)
@@ -174,6 +179,46 @@ def test_any_redis_hash_field_is_delivered_typed_or_dead_lettered(
         for letter in dead:
             assert letter.reason == "malformed" and letter.detail
         assert stats.ready == 0 and stats.leased == len(leased)
+    finally:
+        broker.close()
+
+
+#: A ``Q:m`` value: well shaped (``<priority> <length of id> <id><body>``) or not.
+packed_values = st.one_of(
+    st.binary(max_size=30),
+    st.builds(
+        lambda p, n, rest: p + b" " + n + b" " + rest,
+        redis_fields.map(lambda v: v or b""),
+        st.sampled_from([b"0", b"1", b"2", b"5", b"99", b"x", b"", b"1:1", b"3:2", b"0:9", b"9:"]),
+        st.binary(max_size=12),
+    ),
+)
+
+
+@pytest.mark.redis
+@FIELDS
+@given(packed_values, st.fixed_dictionaries({}, optional={"n": redis_fields, "u": redis_fields}))
+def test_any_packed_record_is_delivered_typed_or_dead_lettered(
+    redis_server: RedisServer, redis_admin: redis.Redis, value: bytes, fields: dict[str, bytes]
+) -> None:
+    prefix = f"f{uuid.uuid4().hex[:10]}"
+    broker = create_broker(redis_server.url, BrokerOptions(key_prefix=prefix))
+    try:
+        broker.publish([Message("m", Q, b"body")])
+        keys = RedisKeys(prefix)
+        (uid,) = redis_admin.zrange(keys.queue_key(Q, "ready"), 0, -1)
+        redis_admin.hset(keys.queue_key(Q, "m"), uid, value)
+        for name, field in fields.items():
+            if field is not None:
+                redis_admin.hset(keys.queue_key(Q, f"msg:{uid.decode()}"), name, field)
+        leased = broker.lease([Q], 10, 0)
+        dead = broker.dead_letters()
+        assert len(leased) + len(dead) == 1, (leased, dead)
+        for delivery in leased:
+            check_delivery(delivery)
+        for letter in dead:
+            assert letter.reason == "malformed" and letter.detail
+        assert broker.stats([Q])[Q].leased == len(leased)
     finally:
         broker.close()
 

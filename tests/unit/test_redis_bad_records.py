@@ -48,14 +48,31 @@ def msg(body: bytes = b"x", **fields: Any) -> Message:
 
 
 def uid_of(admin: redis.Redis, prefix: str, message_id: str) -> str:
-    for key in admin.scan_iter(RedisKeys(prefix).queue_key(Q, "msg:*")):
-        if admin.hget(key, "id") == message_id.encode():
-            return key.decode().rsplit(":", 1)[1]
-    raise AssertionError(f"no hash for {message_id}")
+    """The uid of a message of today's layout (its ``Q:m`` value holds its id)."""
+    for uid, value in admin.hgetall(RedisKeys(prefix).queue_key(Q, "m")).items():
+        _, length, rest = value.split(b" ", 2)
+        size, _, position = length.partition(b":")  # the id in the body, or written before it
+        start = int(position or 1) - 1
+        if rest[start : start + int(size)] == message_id.encode():
+            return str(uid.decode())
+    raise AssertionError(f"no record for {message_id}")
 
 
 def msg_key(prefix: str, uid: object) -> str:
     return RedisKeys(prefix).queue_key(Q, f"msg:{uid}")
+
+
+def damage(admin: redis.Redis, prefix: str, message_id: str, field: str, value: str) -> None:
+    """Give a message a bad field: ``p`` in its packed ``Q:m`` value, the others (what
+    changes) in its hash."""
+    uid = uid_of(admin, prefix, message_id)
+    if field != "p":
+        admin.hset(msg_key(prefix, uid), field, value)
+        return
+    packed_key = RedisKeys(prefix).queue_key(Q, "m")
+    packed = admin.hget(packed_key, uid)
+    assert packed is not None
+    admin.hset(packed_key, uid, value.encode() + packed[packed.index(b" ") :])
 
 
 def expire_leases(broker: RedisBroker) -> None:
@@ -83,7 +100,7 @@ def test_sweep_dead_letters_an_expired_message_with_a_bad_field(
     bad, good = msg(b"bad"), msg(b"good")
     broker.publish([bad, good])
     assert len(broker.lease([Q], 2, 0)) == 2
-    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), field, value)
+    damage(admin, prefix, bad.id, field, value)
     expire_leases(broker)
     assert broker.sweep() == 2
     [dead] = broker.dead_letters()
@@ -99,7 +116,7 @@ def test_lease_dead_letters_a_ready_message_with_a_bad_field(
 ) -> None:
     before, bad, after = msg(b"1"), msg(b"2"), msg(b"3")
     broker.publish([before, bad, after])
-    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), field, value)
+    damage(admin, prefix, bad.id, field, value)
     got = broker.lease([Q], 10, 0)
     assert [d.id for d in got] == [before.id, after.id]
     assert [(d.priority, d.delivery_count) for d in got] == [(5, 1), (5, 1)]
@@ -114,7 +131,7 @@ def test_lease_over_several_queues_dead_letters_a_bad_message(
 ) -> None:
     bad, good = msg(b"bad"), Message(uuid.uuid4().hex, "other", b"good")
     broker.publish([bad, good])
-    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), "p", "x")
+    damage(admin, prefix, bad.id, "p", "x")
     assert [d.id for d in broker.lease([Q, "other"], 10, 0)] == [good.id]
     assert dead_reasons(broker)[bad.id][0] == "malformed"
 
@@ -124,7 +141,9 @@ def test_a_message_without_a_body_is_dead_lettered(
 ) -> None:
     bad = msg(b"gone")
     broker.publish([bad])
-    admin.hdel(msg_key(prefix, uid_of(admin, prefix, bad.id)), "b")
+    packed_key = RedisKeys(prefix).queue_key(Q, "m")
+    # The id's length running past the end of the value: no body after it.
+    admin.hset(packed_key, uid_of(admin, prefix, bad.id), f"5 999 {bad.id}")
     assert broker.lease([Q], 10, 0) == []
     [dead] = broker.dead_letters()
     assert (dead.id, dead.reason, dead.body) == (bad.id, "malformed", b"")
@@ -136,7 +155,7 @@ def test_promotion_dead_letters_a_delayed_message_with_a_bad_priority(
 ) -> None:
     bad, good = msg(b"bad", countdown=0.2), msg(b"good", countdown=0.2)
     broker.publish([bad, good])
-    admin.hset(msg_key(prefix, uid_of(admin, prefix, bad.id)), "p", "abc")
+    damage(admin, prefix, bad.id, "p", "abc")
     got = wait_until(lambda: broker.lease([Q], 10, 0), 5.0, "the delayed message")
     assert [d.id for d in got] == [good.id]
     assert dead_reasons(broker)[bad.id][0] == "malformed"
@@ -148,7 +167,7 @@ def test_release_dead_letters_a_message_corrupted_while_leased(
 ) -> None:
     broker.publish([msg(b"a")])
     [held] = broker.lease([Q], 1, 0)
-    admin.hset(msg_key(prefix, uid_of(admin, prefix, held.id)), "u", "x")
+    damage(admin, prefix, held.id, "u", "x")
     broker.release([held])
     assert dead_reasons(broker)[held.id][0] == "malformed"
     assert broker.stats([Q])[Q] == QueueStats(dead=1)

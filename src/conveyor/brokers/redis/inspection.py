@@ -19,7 +19,7 @@ from ..base import (
 )
 from . import counts
 from .core import BAND, RedisCore
-from .replies import _blob, _departures, _number, _text
+from .replies import _blob, _departures, _number, _packed_body, _text
 
 
 class Inspection(RedisCore):
@@ -55,13 +55,19 @@ class Inspection(RedisCore):
                 for hit in found[i * 11 : i * 11 + 11]
                 for uid in hit
             ]
-            reads = Calls()
-            reads.add(("HGET", keys.queue_key(q, f"msg:{uid}"), "b") for q, uid in uids)
-            bodies = self._connections.execute(reads)
+            reads = Calls()  # the body in Q:m, or in the message's hash (before 2026-12)
+            for q, uid in uids:
+                reads.add((("HGET", keys.queue_key(q, "m"), uid),))
+                reads.add((("HGET", keys.queue_key(q, f"msg:{uid}"), "b"),))
+            found = self._connections.execute(reads)
         out: dict[str, list[bytes]] = {}
-        for (queue, _), body in zip(uids, bodies, strict=True):
+        for i, (queue, _) in enumerate(uids):
+            packed, old = found[2 * i], found[2 * i + 1]
+            body = _blob(old) if old is not None else None
+            if body is None and packed is not None:
+                body = _packed_body(_blob(packed))
             if body is not None:
-                out.setdefault(queue, []).append(_blob(body))
+                out.setdefault(queue, []).append(body)
         return out
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:

@@ -18,6 +18,19 @@ def _by_queue(deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
     return out
 
 
+def _packed_body(value: bytes) -> bytes | None:
+    """The body of a ``Q:m`` value, ``<priority> <length of id> <id><body>`` or ``<priority>
+    <length of id>:<position in the body> <body>`` (None when it is neither: see common.lua)."""
+    _, _, rest = value.partition(b" ")
+    length, _, rest = rest.partition(b" ")
+    length, at, position = length.partition(b":")
+    if at:
+        return rest if length.isdigit() and position.isdigit() else None
+    if not length.isdigit() or int(length) > len(rest):
+        return None
+    return rest[int(length) :]
+
+
 def _departures(queue: str, reply: list[Any]) -> list[Departure]:
     """The departures the departures script took from ``queue``: uid, value pairs (a value
     that is not '<reason> <length> <id><body>' is skipped: it frees and counts nothing)."""

@@ -21,14 +21,15 @@ for j = 6 + nacks, #ARGV, 5 do
     return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
   end
 end
-local held = 0
+local held = {}
 for i = 6, 5 + nacks do
   if redis.call('ZREM', A .. ':leased', ARGV[i]) == 1 then
     unlease_acked(A, ARGV[i])
-    redis.call('DEL', A .. ':msg:' .. uid_of(ARGV[i]))
-    held = held + 1
+    held[#held + 1] = uid_of(ARGV[i])
   end
 end
+forget(A, held)
+held = #held
 tally_flush()
 if ARGV[4] == '1' and held < nacks then
   return 0
@@ -75,8 +76,9 @@ if dedupe > 0 then
     end
   end
 end
--- The zset entries go in one ZADD per zset (a redis.call per message costs more).
-local ready, delayed, remembered = {}, {}, {}
+-- The Q:m values go in one HSET and the zset entries in one ZADD per zset (a redis.call per
+-- message costs more).
+local values, ready, delayed, remembered = {}, {}, {}, {}
 for k = 1, count do
   local id = ARGV[i]
   if not seen[k] then
@@ -85,20 +87,23 @@ for k = 1, count do
     local priority = tonumber(ARGV[i + 1])
     local due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     local uid = base + k
-    local key = Q .. ':msg:' .. uid
+    values[#values + 1] = uid
+    values[#values + 1] = pack(priority, id, ARGV[i + 4])
     if due > now then
       -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
-      redis.call('HSET', key, 'id', id, 'p', priority, 'b', ARGV[i + 4], 'c', 'd')
+      redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
       tally(Q, 'd', priority, 1)
       delayed[#delayed + 1] = fmt(due)
       delayed[#delayed + 1] = uid
     else
-      redis.call('HSET', key, 'id', id, 'p', priority, 'b', ARGV[i + 4])
       ready[#ready + 1] = score(priority, uid)
       ready[#ready + 1] = uid
     end
   end
   i = i + 5
+end
+for start = 1, #values, 2000 do
+  redis.call('HSET', Q .. ':m', unpack(values, start, math.min(#values, start + 1999)))
 end
 if #ready > 0 then
   redis.call('ZADD', Q .. ':ready', unpack(ready))

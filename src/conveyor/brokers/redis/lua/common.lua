@@ -7,13 +7,24 @@
 --   Q:delayed        zset uid -> due time (ms, Redis TIME)
 --   Q:leased         zset receipt "<uid>:<n>" -> lease deadline (ms)
 --   Q:dead           zset uid -> sequence (oldest first)
---   Q:msg:<uid>      hash id, p (priority), b (body), q (the queue's name: written by
---                    versions before 2026-12; the queue is the one of Q, readers use that),
---                    n (leases so far, never decreases: it makes each receipt unique),
+--   Q:m              hash uid -> '<priority> <length of id> <id><body>', or, when the body
+--                    holds the id (an envelope does, near its start), '<priority> <length of
+--                    id>:<its position in the body> <body>': what never changes of each
+--                    message (one hash per queue: a hash per message holding a body over
+--                    hash-max-listpack-value is a hash table, ~50 bytes a field; see pack())
+--   Q:msg:<uid>      hash of what changes, made by the first change (a delay, a lease ending
+--                    unacked, a burial): a ready message never leased has none.
+--                    n (leases so far, never decreases: it makes each receipt unique;
+--                    written when a lease ends unacked - sweep, release, burial - as the
+--                    receipt carries it: a lease itself writes nothing),
 --                    u (leases not charged: released, or before a replay), so the
 --                    delivery count is n - u,
 --                    s (ready score, when it is not the one given at publish),
---                    r, d, at (dead-letter reason, detail, time)
+--                    c (tally mark, below), r, d, at (dead-letter reason, detail, time),
+--                    p (a priority a replay repaired). Versions before 2026-12 kept the whole
+--                    message here (id, p, b, and before that q, the queue's name: the queue
+--                    is the one of Q, readers use that) and no Q:m entry: record() reads
+--                    both layouts, a field of this hash winning over the packed one
 --   Q:pub:<slot>     set of the ids publish() added in one slot of time (the dedupe
 --                    window long), expiring after the next slot: see ack_publish.lua
 --   Q:published:<id> the same, one expiring key per id, left by versions before 2026-12
@@ -75,6 +86,83 @@ local function requeue(Q, uid, priority)
   redis.call('HSET', Q .. ':msg:' .. uid, 's', s)
 end
 
+-- The Q:m value of a message. The id is looked for in the body's first KiB only (a bounded
+-- search): writing it once saves a 36-byte uuid, which takes a no-op's value a jemalloc size
+-- class lower.
+local function pack(priority, id, body)
+  local at = #id > 0 and string.find(string.sub(body, 1, 1024), id, 1, true)
+  if at then
+    return priority .. ' ' .. #id .. ':' .. at .. ' ' .. body
+  end
+  return priority .. ' ' .. #id .. ' ' .. id .. body
+end
+
+-- id, priority, body of a Q:m value. A damaged one gives what message_problem() names: a
+-- priority that is not one, no body (an id running past the end), no priority (no shape).
+local function unpacked(v)
+  local p, len, pos, at = string.match(v, '^([^ ]*) (%d+):?(%d*) ()')
+  if not p then
+    return '', nil, v
+  end
+  if pos ~= '' then
+    local body = string.sub(v, at)
+    return string.sub(body, tonumber(pos), tonumber(pos) + tonumber(len) - 1), p, body
+  end
+  local stop = at + tonumber(len)
+  if stop > #v + 1 then
+    return string.sub(v, at), p, nil
+  end
+  return string.sub(v, at, stop - 1), p, string.sub(v, stop)
+end
+
+-- Each uid's fields {id, p, b, then the names given} (false: missing), from both layouts (see
+-- Q:m and Q:msg above): per 1000 uids one HMGET of Q:m and one EXISTS of their hashes, then
+-- an HMGET of each hash only if any exists (fresh messages have none: the usual lease).
+local function records(Q, uids, ...)
+  local out, none = {}, {false, false, false}
+  for _ = 1, select('#', ...) do
+    none[#none + 1] = false
+  end
+  for start = 1, #uids, 1000 do
+    local last = math.min(#uids, start + 999)
+    local packed = redis.call('HMGET', Q .. ':m', unpack(uids, start, last))
+    local hashes = {}
+    for i = start, last do
+      hashes[#hashes + 1] = Q .. ':msg:' .. uids[i]
+    end
+    local any = redis.call('EXISTS', unpack(hashes)) > 0
+    for i = start, last do
+      local f = any and redis.call('HMGET', hashes[i - start + 1], 'id', 'p', 'b', ...)
+          or {unpack(none)}
+      local v = packed[i - start + 1]
+      if v then
+        local id, p, b = unpacked(v)
+        -- false, as HMGET gives a missing field: a nil would end a reply's array there
+        f[1], f[2], f[3] = f[1] or id, f[2] or p or false, f[3] or b or false
+      end
+      out[i] = f
+    end
+  end
+  return out
+end
+
+local function record(Q, uid, ...)
+  return records(Q, {uid}, ...)[1]
+end
+
+-- Delete messages of Q (acked, purged, cancelled) in both layouts, up to 1000 a call.
+local function forget(Q, uids)
+  for start = 1, #uids, 1000 do
+    local last = math.min(#uids, start + 999)
+    local hashes = {}
+    for i = start, last do
+      hashes[#hashes + 1] = Q .. ':msg:' .. uids[i]
+    end
+    redis.call('DEL', unpack(hashes))
+    redis.call('HDEL', Q .. ':m', unpack(uids, start, last))
+  end
+end
+
 local function uid_of(receipt)
   return string.match(receipt, '^[^:]+') or ''
 end
@@ -90,6 +178,13 @@ local function int_of(x)
     return n
   end
   return nil
+end
+
+-- The lease count of a lease ending unacked: its receipt's ('<uid>:<n>[:<priority>]'), or
+-- the hash's n (the greater: an older version counted in the hash first).
+local function leases_of(receipt, n)
+  local counted = int_of(string.match(receipt, '^[^:]*:([^:]*)')) or 0
+  return math.max(counted, int_of(n) or 0)
 end
 
 -- x as a finite number, or nil.
@@ -203,15 +298,19 @@ local function unlease_acked(Q, receipt)
   if counted then
     tally(Q, 'l', counted, -1)
   else
-    local fields = redis.call('HMGET', Q .. ':msg:' .. uid_of(receipt), 'p', 'c')
-    unlease(Q, receipt, fields[1], fields[2])
+    local fields = record(Q, uid_of(receipt), 'c')
+    unlease(Q, receipt, fields[2], fields[4])
   end
 end
 
--- Dead-letter uid (its priority field p).
-local function bury(Q, uid, reason, detail, now, p)
+-- Dead-letter uid (its priority field p; n: the lease count of the lease it ends, if any).
+local function bury(Q, uid, reason, detail, now, p, n)
   local key = Q .. ':msg:' .. uid
-  redis.call('HSET', key, 'r', reason, 'd', detail, 'at', fmt(now / 1000), 'c', 'x')
+  if n then
+    redis.call('HSET', key, 'r', reason, 'd', detail, 'at', fmt(now / 1000), 'c', 'x', 'n', n)
+  else
+    redis.call('HSET', key, 'r', reason, 'd', detail, 'at', fmt(now / 1000), 'c', 'x')
+  end
   redis.call('ZADD', Q .. ':dead', reserve(1) + 1, uid)
   tally(Q, 'x', p, 1)
 end
@@ -233,11 +332,11 @@ local function promote(Q, now, max)
   local uids = {}
   for i, item in ipairs(due) do
     uids[i] = item[1]
-    item[4] = redis.call('HMGET', Q .. ':msg:' .. item[1], 'id', 'p', 'c')
   end
-  for _, item in ipairs(due) do
-    local fields = item[4]
-    if fields[3] == 'd' then
+  local found = records(Q, uids, 'c')
+  for i, item in ipairs(due) do
+    local fields = found[i]
+    if fields[4] == 'd' then
       tally(Q, 'd', fields[2], -1)
     end
     if fields[1] then  -- else the message is gone: only its uid is left to remove

@@ -4,8 +4,8 @@ local Q, receipt = KEYS[2], ARGV[1]
 if redis.call('ZREM', Q .. ':leased', receipt) == 0 then
   return 0
 end
-local fields = redis.call('HMGET', Q .. ':msg:' .. uid_of(receipt), 'p', 'c')
-unlease(Q, receipt, fields[1], fields[2])
-bury(Q, uid_of(receipt), ARGV[2], ARGV[3], now_ms(), fields[1])
+local fields = record(Q, uid_of(receipt), 'c', 'n')
+unlease(Q, receipt, fields[2], fields[4])
+bury(Q, uid_of(receipt), ARGV[2], ARGV[3], now_ms(), fields[2], leases_of(receipt, fields[5]))
 tally_flush()
 return 1

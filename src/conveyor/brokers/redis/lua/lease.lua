@@ -43,9 +43,9 @@ local function chunked(command, head, items)
   end
   return total
 end
--- The acks of each queue in three calls, not two per ack: which receipts are still leased
--- (an expired lease's message went to another consumer: its hash stays), then one ZREM of
--- those and one DEL of their hashes.
+-- The acks of each queue in four calls, not two per ack: which receipts are still leased
+-- (an expired lease's message went to another consumer: its record stays), then one ZREM of
+-- those and forget() (a DEL of their hashes, an HDEL of Q:m).
 local acked = {}
 for i = first_ack, #ARGV, 2 do
   local k = int_of(ARGV[i])
@@ -54,20 +54,20 @@ for i = first_ack, #ARGV, 2 do
 end
 for k, receipts in pairs(acked) do
   local Q = queues[k][1]
-  local held, hashes = {}, {}
+  local held, uids = {}, {}
   for start = 1, #receipts, 1000 do
     local last = math.min(#receipts, start + 999)
     local scores = redis.call('ZMSCORE', Q .. ':leased', unpack(receipts, start, last))
     for j = start, last do
       if scores[j - start + 1] then
         held[#held + 1] = receipts[j]
-        hashes[#hashes + 1] = Q .. ':msg:' .. uid_of(receipts[j])
-        unlease_acked(Q, receipts[j])  -- before the DEL: an old receipt reads the hash
+        uids[#uids + 1] = uid_of(receipts[j])
+        unlease_acked(Q, receipts[j])  -- before forget(): an old receipt reads the record
       end
     end
   end
   chunked('ZREM', Q .. ':leased', held)
-  chunked('DEL', nil, hashes)
+  forget(Q, uids)
 end
 local now = now_ms()
 -- Over several queues, one EXISTS says whether any has delayed messages (usually none):
@@ -125,8 +125,20 @@ if #picked == 0 then
 end
 
 -- Read every picked message before the first write for any of them.
+local by_queue = {}
 for _, item in ipairs(picked) do
-  item[5] = redis.call('HMGET', item[2][1] .. ':msg:' .. item[1], 'id', 'p', 'b', 'n', 'u')
+  local group = by_queue[item[2][1]] or {}
+  by_queue[item[2][1]] = group
+  group[#group + 1] = item
+end
+for Q, items in pairs(by_queue) do
+  local uids = {}
+  for i, item in ipairs(items) do
+    uids[i] = item[1]
+  end
+  for i, fields in ipairs(records(Q, uids, 'n', 'u')) do
+    items[i][5] = fields
+  end
 end
 if #queues == 1 then
   local uids = {}
@@ -179,7 +191,7 @@ for _, item in ipairs(picked) do
     if problem then
       bury(Q, uid, 'malformed', problem, now, fields[2])
     else
-      local n = redis.call('HINCRBY', Q .. ':msg:' .. uid, 'n', 1)
+      local n = (int_of(fields[4]) or 0) + 1  -- written when the lease ends unacked
       local receipt = uid .. ':' .. n .. ':' .. fields[2]
       tally(Q, 'l', fields[2], 1)
       leased[Q] = leased[Q] or {}

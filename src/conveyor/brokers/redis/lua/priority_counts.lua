@@ -27,11 +27,11 @@ if not complete then
     local member = found[i]
     -- A lease of this version ('<uid>:<n>:<priority>') was counted when it was made.
     if not (state == 'l' and receipt_priority(member)) then
-      local key = Q .. ':msg:' .. uid_of(member)
+      local uid = uid_of(member)
       local mark = state == 'l' and member or state
-      local fields = redis.call('HMGET', key, 'id', 'p', 'c')
-      if fields[1] and fields[3] ~= mark then
-        redis.call('HSET', key, 'c', mark)
+      local fields = record(Q, uid, 'c')
+      if fields[1] and fields[4] ~= mark then
+        redis.call('HSET', Q .. ':msg:' .. uid, 'c', mark)
         tally(Q, state, fields[2], 1)
       end
     end

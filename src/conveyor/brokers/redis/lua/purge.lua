@@ -7,16 +7,15 @@ for _, kind in ipairs({':ready', ':delayed'}) do
   local key = Q .. kind
   local uids = redis.call('ZRANGE', key, 0, batch - 1)
   if #uids > 0 then
-    for _, uid in ipairs(uids) do
-      local fields = redis.call('HMGET', Q .. ':msg:' .. uid, 'id', 'b', 'p', 'c')
-      if fields[1] and fields[2] then
-        depart(Q, uid, 'purged', fields[1], fields[2])
+    for i, fields in ipairs(records(Q, uids, 'c')) do
+      if fields[1] and fields[3] then
+        depart(Q, uids[i], 'purged', fields[1], fields[3])
       end
       if kind == ':delayed' and fields[4] == 'd' then
-        tally(Q, 'd', fields[3], -1)
+        tally(Q, 'd', fields[2], -1)
       end
-      redis.call('DEL', Q .. ':msg:' .. uid)
     end
+    forget(Q, uids)
     redis.call('ZREM', key, unpack(uids))
     deleted = deleted + #uids
     if #uids == batch then

@@ -9,14 +9,17 @@ for i = 1, #top, 2 do
 end
 -- Equal due times in publish order (uids compare as numbers, the zset compares strings).
 table.sort(found, function(a, b) return a[2] < b[2] or (a[2] == b[2] and a[3] < b[3]) end)
-local out = {}
+local uids = {}
 for i = 1, #found do
-  local f = redis.call('HMGET', Q .. ':msg:' .. found[i][1], 'id', 'q', 'b', 'p')
+  uids[i] = found[i][1]
+end
+local out = {}
+for i, f in ipairs(records(Q, uids, 'q')) do
   if f[1] and f[3] then
     out[#out + 1] = f[1]
-    out[#out + 1] = f[2] or ''
+    out[#out + 1] = f[4] or ''
     out[#out + 1] = f[3]
-    out[#out + 1] = int_of(f[4]) or 5
+    out[#out + 1] = int_of(f[2]) or 5
     out[#out + 1] = fmt(found[i][2])
   end
 end

@@ -12,16 +12,15 @@ local count, moved = 0, 0
 local now = now_ms()
 local delayed = Q .. ':delayed'
 for _, uid in ipairs(redis.call('ZRANGE', delayed, 0, -1)) do
-  local key = Q .. ':msg:' .. uid
-  local fields = redis.call('HMGET', key, 'id', 'p', 'c')
+  local fields = record(Q, uid, 'c')
   if fields[1] and wanted[fields[1]] then
     local problem = run and priority_problem(uid, fields[2])
     redis.call('ZREM', delayed, uid)
-    if fields[3] == 'd' then
+    if fields[4] == 'd' then
       tally(Q, 'd', fields[2], -1)
     end
     if not run then
-      redis.call('DEL', key)
+      forget(Q, {uid})
     elseif problem then
       bury(Q, uid, 'malformed', problem, now, fields[2])
     else

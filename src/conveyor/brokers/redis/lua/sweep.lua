@@ -12,10 +12,11 @@ local now = now_ms()
 local leased = Q .. ':leased'
 local expired = redis.call('ZRANGEBYSCORE', leased, '-inf', fmt(now), 'LIMIT', 0, batch)
 -- Read every expired message before the first write for any of them.
-local found = {}
+local uids = {}
 for i, receipt in ipairs(expired) do
-  found[i] = redis.call('HMGET', Q .. ':msg:' .. uid_of(receipt), 'id', 'p', 'b', 'n', 'u', 's', 'c')
+  uids[i] = uid_of(receipt)
 end
+local found = records(Q, uids, 'n', 'u', 's', 'c')
 local requeued = 0
 for i, receipt in ipairs(expired) do
   redis.call('ZREM', leased, receipt)
@@ -23,15 +24,20 @@ for i, receipt in ipairs(expired) do
   unlease(Q, receipt, fields[2], fields[7])
   if fields[1] then  -- else the message is gone: only its lease was left to remove
     local problem = message_problem(uid, fields[2], fields[3], fields[4], fields[5])
-        or (not fields[4] and 'the message has no lease count')
+    local n = leases_of(receipt, fields[4])
+    if not problem and n == 0 then
+      problem = 'the message has no lease count'
+    end
     if problem then
-      bury(Q, uid, 'malformed', problem, now, fields[2])
+      bury(Q, uid, 'malformed', problem, now, fields[2], n > 0 and n or nil)
     else
-      local count = int_of(fields[4]) - (int_of(fields[5]) or 0)
+      local count = n - (int_of(fields[5]) or 0)
       if count >= max_deliveries then
         depart(Q, uid, 'worker_lost', fields[1], fields[3])
-        bury(Q, uid, 'worker_lost', 'lease expired after ' .. count .. ' deliveries', now, fields[2])
+        local detail = 'lease expired after ' .. count .. ' deliveries'
+        bury(Q, uid, 'worker_lost', detail, now, fields[2], n)
       else
+        redis.call('HSET', Q .. ':msg:' .. uid, 'n', n)
         -- Its own score: back where it was in the queue, ahead of what came after it.
         local s = finite(fields[6])
         redis.call('ZADD', Q .. ':ready', s and fmt(s) or score(int_of(fields[2]), uid), uid)

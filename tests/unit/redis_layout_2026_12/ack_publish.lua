@@ -1,0 +1,117 @@
+-- Ack leased messages of one queue, then add new ones to one queue (publish, retry_later).
+-- KEYS: seq, base of the acked queue, base of the queue published to (the same on Cluster,
+-- unless the client checked both are in one slot).
+-- ARGV: queue published to, its wake-up list ('' on Cluster), nacks,
+-- all_held ('1': add nothing unless every receipt was still held), dedupe_ms (> 0: skip a
+-- message whose id was published to this queue in the last dedupe_ms; publish() only, so a
+-- retried publish whose reply was lost adds nothing: see published() below), receipt * nacks,
+-- then (id, priority, countdown_ms, eta_ms, body) * n. Returns how many were added.
+-- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
+-- Every message is checked before the first write: a bad one fails the call, adding nothing.
+local A, Q = KEYS[2], KEYS[3]
+local wake_key = ARGV[2]
+local nacks = int_of(ARGV[3])
+local dedupe = tonumber(ARGV[5])
+if not nacks or not dedupe or (#ARGV - 5 - nacks) % 5 ~= 0 then
+  return redis.error_reply('conveyor publish: bad arguments')
+end
+for j = 6 + nacks, #ARGV, 5 do
+  local priority = int_of(ARGV[j + 1])
+  if not priority or priority > 9 or not finite(ARGV[j + 2]) or not finite(ARGV[j + 3]) then
+    return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
+  end
+end
+local held = 0
+for i = 6, 5 + nacks do
+  if redis.call('ZREM', A .. ':leased', ARGV[i]) == 1 then
+    unlease_acked(A, ARGV[i])
+    redis.call('DEL', A .. ':msg:' .. uid_of(ARGV[i]))
+    held = held + 1
+  end
+end
+tally_flush()
+if ARGV[4] == '1' and held < nacks then
+  return 0
+end
+local i = 6 + nacks
+local count = (#ARGV - i + 1) / 5
+if count == 0 then
+  return 0
+end
+local now = now_ms()
+local base = reserve(count)
+local added = 0
+-- Publish dedupe: the ids published to Q are kept in one set per dedupe_ms-long slot of
+-- time, Q:pub:<slot>, expiring when the slot after it ends; an id is skipped when the
+-- current slot's set or the one before holds it, so an id is remembered for at least
+-- dedupe_ms (at most twice that). One set entry per message (no key and no expiry of its
+-- own), and a few calls per publish call whatever its size. Keys 'Q:published:<id>' that
+-- a version before these sets left (a minute at most) are honoured too, in one EXISTS.
+local seen, fresh, slot_key = {}, {}, nil
+if dedupe > 0 then
+  local ids, old_keys = {}, {}
+  for j = i, #ARGV, 5 do
+    ids[#ids + 1] = ARGV[j]
+    old_keys[#old_keys + 1] = Q .. ':published:' .. ARGV[j]
+  end
+  local slot = math.floor(now / dedupe)
+  slot_key = Q .. ':pub:' .. slot
+  local here = redis.call('SMISMEMBER', slot_key, unpack(ids))
+  local before = redis.call('SMISMEMBER', Q .. ':pub:' .. (slot - 1), unpack(ids))
+  local old = redis.call('EXISTS', unpack(old_keys)) > 0
+  for j, id in ipairs(ids) do
+    if here[j] == 1 or before[j] == 1 or (old and redis.call('EXISTS', old_keys[j]) == 1) then
+      seen[j] = true
+    end
+  end
+  -- An id twice in one call is added once.
+  for j, id in ipairs(ids) do
+    if not seen[j] then
+      if fresh[id] then
+        seen[j] = true
+      else
+        fresh[id] = true
+      end
+    end
+  end
+end
+-- The zset entries go in one ZADD per zset (a redis.call per message costs more).
+local ready, delayed, remembered = {}, {}, {}
+for k = 1, count do
+  local id = ARGV[i]
+  if not seen[k] then
+    remembered[#remembered + 1] = id
+    added = added + 1
+    local priority = tonumber(ARGV[i + 1])
+    local due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
+    local uid = base + k
+    local key = Q .. ':msg:' .. uid
+    if due > now then
+      -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
+      redis.call('HSET', key, 'id', id, 'p', priority, 'b', ARGV[i + 4], 'c', 'd')
+      tally(Q, 'd', priority, 1)
+      delayed[#delayed + 1] = fmt(due)
+      delayed[#delayed + 1] = uid
+    else
+      redis.call('HSET', key, 'id', id, 'p', priority, 'b', ARGV[i + 4])
+      ready[#ready + 1] = score(priority, uid)
+      ready[#ready + 1] = uid
+    end
+  end
+  i = i + 5
+end
+if #ready > 0 then
+  redis.call('ZADD', Q .. ':ready', unpack(ready))
+end
+if #delayed > 0 then
+  redis.call('ZADD', Q .. ':delayed', unpack(delayed))
+end
+if slot_key and #remembered > 0 then
+  redis.call('SADD', slot_key, unpack(remembered))
+  redis.call('PEXPIREAT', slot_key, fmt((math.floor(now / dedupe) + 2) * dedupe))
+end
+if added > 0 then
+  wake(wake_key)
+end
+tally_flush()
+return added

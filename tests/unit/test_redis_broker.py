@@ -25,6 +25,7 @@ import redis
 from conveyor._redis import Calls, Connections, connect
 from conveyor.brokers.base import BrokerOptions, Delivery, Message, QueueStats
 from conveyor.brokers.redis import CHUNK, RedisBroker
+from conveyor.brokers.redis import publish as redis_publish
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.results.base import ResultRecord
 from conveyor.results.memory import MemoryResultStore
@@ -583,3 +584,19 @@ def test_dead_letter_many_buries_each_with_its_reason(broker: RedisBroker) -> No
     assert dead == {(b"a", Q, "malformed", "x"), (b"b", "other", "undecodable", "y")}
     assert broker.stats([Q])[Q].leased == 1
     broker.dead_letter_many([])
+
+
+def test_a_process_adds_a_queue_to_the_known_queues_once_a_while(
+    broker: RedisBroker, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_publish, "REGISTER_AGAIN", 0.5)
+    broker.publish([msg()])
+    assert admin.smembers(broker.keys.queues) == {Q.encode()}
+    admin.delete(broker.keys.queues)  # a server that lost its data
+    broker.publish([msg()])
+    assert admin.exists(broker.keys.queues) == 0  # not added again with every publish
+    window = time.monotonic() + 0.5
+    wait_until(lambda: time.monotonic() > window, 5.0, "the end of the window")
+    broker.publish([msg()])
+    assert admin.smembers(broker.keys.queues) == {Q.encode()}
+    assert broker.stats()[Q].ready == 3

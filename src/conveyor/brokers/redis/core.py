@@ -101,6 +101,9 @@ class RedisCore(Broker):
         )
         self._streams = RedisStreams(self._client, self._errors, prefix=keys.spread("stream"))
         self.limits: RedisLimits = RedisLimits(self._client, self._errors, keys.spread)
+        #: When this process last added each queue it published to to ``keys.queues``
+        #: (time.monotonic()): see ``Publishing._register``.
+        self._registered: dict[str, float] = {}
 
     @property
     def streams(self) -> RedisStreams:

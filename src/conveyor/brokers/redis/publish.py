@@ -4,7 +4,8 @@ commands (``publish_with``/``ack_with``, the building blocks of ``conveyor.settl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..._redis import (
@@ -19,6 +20,11 @@ from ..base import (
 )
 from .core import CHUNK, RedisCore
 from .replies import _by_queue
+
+#: How long a process trusts that a queue it published to is in the set of known queues
+#: (seconds). Conveyor never removes one from the set, but a server that lost its data has
+#: forgotten it: the next publish after this adds it again.
+REGISTER_AGAIN = 60.0
 
 
 class Publishing(RedisCore):
@@ -49,7 +55,7 @@ class Publishing(RedisCore):
                 (queue, "", len(receipts), "0", 0, *receipts),
             )
         for queue, queued in by_queue.items():
-            batch.add((("SADD", keys.queues, queue),))
+            self._register(batch, queue)
             for start in range(0, len(queued), CHUNK):
                 receipts = ack_queues.get(queue, []) if start == 0 else []
                 args: list[Any] = [
@@ -78,6 +84,20 @@ class Publishing(RedisCore):
         self._wake(batch, by_queue)
         return list(by_queue)
 
+    def _register(self, batch: Calls, queue: str) -> None:
+        """Add ``queue`` to the set of known queues (``stats()`` of every queue, the
+        dashboard), unless this process did within ``REGISTER_AGAIN`` seconds: a command
+        and a reply less per publish."""
+        if time.monotonic() >= self._registered.get(queue, 0.0):
+            batch.add((("SADD", self.keys.queues, queue),))
+
+    def _registered_now(self, queues: Iterable[str]) -> None:
+        """The batch with the ``_register`` calls of ``queues`` ran (not before: a publish
+        that failed adds them again)."""
+        until = time.monotonic() + REGISTER_AGAIN
+        for queue in queues:
+            self._registered[queue] = until
+
     def publish(self, messages: Sequence[Message]) -> None:
         self.publish_with(Calls(), messages)
 
@@ -99,7 +119,7 @@ class Publishing(RedisCore):
         eta = -1.0 if message.eta is None else message.eta * 1000.0
         priority = clamp_priority(message.priority)
         args += (message.id, priority, message.countdown * 1000.0, eta, message.body)
-        batch.add((("SADD", keys.queues, queue),))
+        self._register(batch, queue)
         batch.script(
             self._scripts["ack_publish"],
             (keys.seq(queue), keys.queue(delivery.queue), keys.queue(queue)),
@@ -108,6 +128,7 @@ class Publishing(RedisCore):
         self._wake(batch, (queue,))
         with self._errors:
             self._connections.execute(batch)
+        self._registered_now((queue,))
 
     def publish_with(
         self, first: Calls, messages: Sequence[Message], *, dedupe: bool = True
@@ -126,6 +147,8 @@ class Publishing(RedisCore):
                     first.targets[waits[-1]] = self.keys.queue(queue)
         with self._errors:
             replies = self._connections.execute(first)
+        if messages:
+            self._registered_now(published)
         reached = [int(replies[i]) for i in waits]
         if reached and min(reached) < self._wait_replicas:
             # On the primary, not yet on enough replicas: a failover now could lose it. The

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar
 
 import pytest
 
+from conveyor import Conveyor
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
+from conveyor.testing import TestWorker
 from tests.servers import RedisServer, running_redis
 
 if TYPE_CHECKING:
@@ -104,6 +106,23 @@ class Call(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.value
+
+
+@contextmanager
+def consuming(app: Conveyor) -> Iterator[TestWorker]:
+    """A one-slot in-process worker whose lease loop runs as a production process's does
+    (``consume_in_thread=False``: adaptive prefetch, tasks in the leasing thread), on a thread
+    of its own; stopped on exit."""
+    worker = TestWorker(app, concurrency=1, consume_in_thread=False)
+    assert worker.prefetch is not None
+    worker.start()
+    loop = threading.Thread(target=worker.consume, daemon=True)
+    loop.start()
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=10)
+        loop.join(10)
 
 
 @contextmanager

@@ -5,7 +5,6 @@ burst and a summary per interval instead of a line per message."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from conveyor.testing import TestWorker, make_test_app
 from conveyor.worker.consumer import more_for_slotless
 from conveyor.worker.deadlog import DeadLetterLog
 from tests.conftest import wait_until
+from tests.helpers import consuming
 
 BAD = [b"\xff not json", b"[1, 2]", b'{"id": "x", "task": 5}', b'{"id": "u", "task": "nope"}']
 
@@ -273,17 +273,10 @@ def test_an_adaptive_lease_loop_leases_more_while_half_its_messages_are_malforme
     for i, message in enumerate(bad, 20):
         good.delay(i)
         app.broker.publish([message])
-    worker = TestWorker(app, concurrency=1, consume_in_thread=False)
-    assert worker.prefetch is not None
-    worker.start()
-    consuming = threading.Thread(target=worker.consume, daemon=True)
-    consuming.start()
-    try:
+    with consuming(app) as worker:
         wait_until(lambda: len(ran) == 320, 20, "good tasks")
         wait_until(lambda: len(app.broker.dead_letters(1000)) == 300, 20, "dead letters")
-    finally:
-        worker.stop(timeout=10)
-        consuming.join(10)
+    assert worker.prefetch is not None
     most = worker.prefetch.most
     assert max(limits) > most  # one lease per `most` good messages, not per `most` messages
     assert max(limits) <= 2 * most

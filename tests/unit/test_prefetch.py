@@ -12,11 +12,12 @@ import pytest
 
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
-from conveyor.testing import TestWorker, make_test_app
+from conveyor.testing import make_test_app
 from conveyor.worker.inflight import InFlight
 from conveyor.worker.ledger import ChildLedger, PrefetchLedger
 from conveyor.worker.prefetch import AdaptivePrefetch, RuntimeEstimate
 from tests.conftest import wait_until
+from tests.helpers import consuming
 
 
 def delivery(n: int) -> Delivery:
@@ -190,18 +191,10 @@ def test_the_broker_records_the_attempts_of_tasks_that_never_ended_in_the_proces
     def fails() -> None:
         raise ValueError("expected")
 
-    worker = TestWorker(app, concurrency=1, consume_in_thread=False)
-    assert worker.prefetch is not None
-    worker.start()
-    consuming = threading.Thread(target=worker.consume, daemon=True)
-    consuming.start()
-    try:
-        sent = []
+    sent = []
+    with consuming(app):
         for task in (fine, fine, fails, fails, fine):
             result = task.delay()
             wait_until(result.ready, 10, "the task ended")
             sent.append(result.id)
-    finally:
-        worker.stop(timeout=10)
-        consuming.join(10)
     assert recorded == [sent[0], sent[2]]

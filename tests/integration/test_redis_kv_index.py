@@ -15,6 +15,7 @@ from conveyor.brokers.base import BrokerOptions
 from conveyor.brokers.redis import RedisBroker
 from conveyor.exceptions import BrokerError
 from conveyor.kv.redis import RedisKeyValue
+from tests import helpers
 from tests.helpers import redis_fixture
 from tests.servers import RedisServer
 
@@ -23,10 +24,7 @@ pytestmark = pytest.mark.redis
 server = redis_fixture(appendonly=False)
 
 
-@pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(server.url) as client:
-        yield client
+admin = helpers.redis_admin
 
 
 @pytest.fixture

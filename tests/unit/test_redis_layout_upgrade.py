@@ -15,6 +15,7 @@ import redis
 from conveyor._redis import Calls
 from conveyor.brokers.base import PUBLISH_DEDUPE_WINDOW, BrokerOptions, Message
 from conveyor.brokers.redis import RedisBroker
+from tests import helpers
 from tests.helpers import redis_fixture
 from tests.servers import RedisServer
 
@@ -25,10 +26,7 @@ OLD = Path(__file__).parent / "redis_layout_2026_11"
 Q = "upgrade"
 
 
-@pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(server.url) as client:
-        yield client
+admin = helpers.redis_admin
 
 
 @pytest.fixture

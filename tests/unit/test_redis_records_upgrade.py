@@ -17,6 +17,7 @@ import redis
 
 from conveyor.brokers.base import PUBLISH_DEDUPE_WINDOW, BrokerOptions, Delivery, Message
 from conveyor.brokers.redis import RedisBroker
+from tests import helpers
 from tests.helpers import redis_fixture
 from tests.servers import RedisServer
 
@@ -28,10 +29,7 @@ Q = "mixed"
 LEASE = 0.3
 
 
-@pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(server.url) as client:
-        yield client
+admin = helpers.redis_admin
 
 
 @pytest.fixture

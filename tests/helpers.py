@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar
 import pytest
 
 from conveyor import Conveyor
+from conveyor.brokers.base import PUBLISH_DEDUPE_WINDOW, Message
 from conveyor.results import create_result_store
 from conveyor.results.base import ResultStore
 from conveyor.testing import TestWorker
@@ -21,6 +22,8 @@ from tests.servers import RedisServer, running_redis
 
 if TYPE_CHECKING:
     import redis
+
+    from conveyor.brokers.redis import RedisBroker
 
 P = ParamSpec("P")
 
@@ -106,6 +109,17 @@ class Call(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def old_publish_args(broker: RedisBroker, queue: str, messages: list[Message]) -> list[object]:
+    """The arguments ``ack_publish.lua`` of the frozen Redis layouts takes for a plain
+    publish of ``messages`` to ``queue`` (no acks, dedupe on)."""
+    dedupe_ms = int(PUBLISH_DEDUPE_WINDOW * 1000)
+    args: list[object] = [queue, broker.keys.wake(queue), 0, "0", dedupe_ms]
+    for m in messages:
+        eta = -1.0 if m.eta is None else m.eta * 1000.0
+        args += (m.id, m.priority, m.countdown * 1000.0, eta, m.body)
+    return args
 
 
 @contextmanager

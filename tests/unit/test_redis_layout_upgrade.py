@@ -40,10 +40,7 @@ def old_publish(admin: redis.Redis, broker: RedisBroker, messages: list[Message]
     """Publish as the version before 2026-12 did (its script, its arguments, dedupe on)."""
     source = "\n".join((OLD / f"{n}.lua").read_text("utf-8") for n in ("common", "ack_publish"))
     keys = broker.keys
-    args: list[object] = [Q, keys.wake(Q), 0, "0", int(PUBLISH_DEDUPE_WINDOW * 1000)]
-    for m in messages:
-        eta = -1.0 if m.eta is None else m.eta * 1000.0
-        args += (m.id, m.priority, m.countdown * 1000.0, eta, m.body)
+    args = helpers.old_publish_args(broker, Q, messages)
     admin.sadd(keys.queues, Q)
     script = admin.register_script(source)
     return int(script(keys=[keys.seq(Q), keys.queue(Q), keys.queue(Q)], args=args))

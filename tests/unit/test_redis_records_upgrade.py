@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from conveyor.brokers.base import PUBLISH_DEDUPE_WINDOW, BrokerOptions, Delivery, Message
+from conveyor.brokers.base import BrokerOptions, Delivery, Message
 from conveyor.brokers.redis import RedisBroker
 from tests import helpers
 from tests.helpers import redis_fixture
@@ -51,12 +51,8 @@ def old_call(admin: redis.Redis, broker: RedisBroker, name: str, args: list[obje
 
 
 def old_publish(admin: redis.Redis, broker: RedisBroker, messages: list[Message]) -> None:
-    keys = broker.keys
-    args: list[object] = [Q, keys.wake(Q), 0, "0", int(PUBLISH_DEDUPE_WINDOW * 1000)]
-    for m in messages:
-        eta = -1.0 if m.eta is None else m.eta * 1000.0
-        args += (m.id, m.priority, m.countdown * 1000.0, eta, m.body)
-    admin.sadd(keys.queues, Q)
+    admin.sadd(broker.keys.queues, Q)
+    args = helpers.old_publish_args(broker, Q, messages)
     assert old_call(admin, broker, "ack_publish", args) == len(messages)
 
 

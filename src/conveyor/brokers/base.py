@@ -293,7 +293,7 @@ class Broker(abc.ABC):
         whose leases take messages one call at a time and whose settlements are synchronous
         (the default)."""
 
-    def record_attempts(self, deliveries: Sequence[Delivery]) -> None:  # noqa: B027 - see below
+    def record_attempts(self, deliveries: Sequence[Delivery]) -> None:  # noqa: B027 - no-op default; RabbitMQ overrides
         """``deliveries`` (leased by this client) are about to run a task that may end the
         process. A broker whose server counts returns that were no failed run keeps their
         delivery counts itself from here (RabbitMQ: :mod:`conveyor.brokers.amqp.attempts`).

@@ -143,8 +143,12 @@ class Holding(AMQPCore):
         got: list[Delivery] = []
         for (queue, msg), message_id, rabbit_count in zip(msgs, ids, counted, strict=True):
             tag = msg.delivery_info["delivery_tag"]
-            record = found.get(attempts.key(message_id))
-            kept = attempts.kept_count(record, rabbit_count, exact=counts_returns(msg))
+            record = found.get(attempts.key(message_id)) if found else None
+            kept = (
+                None
+                if record is None
+                else attempts.kept_count(record, rabbit_count, exact=counts_returns(msg))
+            )
             count = rabbit_count if kept is None else kept
             held = Held(tag, generation, deadline, count, queue, msg, message_id, kept is not None)
             fate = found.get(f"{fates.PREFIX}{message_id}")

@@ -46,22 +46,19 @@ local added = 0
 -- time, Q:pub:<slot>, expiring when the slot after it ends; an id is skipped when the
 -- current slot's set or the one before holds it, so an id is remembered for at least
 -- dedupe_ms (at most twice that). One set entry per message (no key and no expiry of its
--- own), and a few calls per publish call whatever its size. Keys 'Q:published:<id>' that
--- a version before these sets left (a minute at most) are honoured too, in one EXISTS.
+-- own), and a few calls per publish call whatever its size.
 local seen, fresh, slot_key = {}, {}, nil
 if dedupe > 0 then
-  local ids, old_keys = {}, {}
+  local ids = {}
   for j = i, #ARGV, 5 do
     ids[#ids + 1] = ARGV[j]
-    old_keys[#old_keys + 1] = Q .. ':published:' .. ARGV[j]
   end
   local slot = math.floor(now / dedupe)
   slot_key = Q .. ':pub:' .. slot
   local here = redis.call('SMISMEMBER', slot_key, unpack(ids))
   local before = redis.call('SMISMEMBER', Q .. ':pub:' .. (slot - 1), unpack(ids))
-  local old = redis.call('EXISTS', unpack(old_keys)) > 0
   for j, id in ipairs(ids) do
-    if here[j] == 1 or before[j] == 1 or (old and redis.call('EXISTS', old_keys[j]) == 1) then
+    if here[j] == 1 or before[j] == 1 then
       seen[j] = true
     end
   end

@@ -27,8 +27,6 @@
 --                    both layouts, a field of this hash winning over the packed one
 --   Q:pub:<slot>     set of the ids publish() added in one slot of time (the dedupe
 --                    window long), expiring after the next slot: see ack_publish.lua
---   Q:published:<id> the same, one expiring key per id, left by versions before 2026-12
---                    (gone a minute after an upgrade; still honoured by publish until then)
 --   Q:departures     hash uid -> '<reason> <length of id> <id><body>': a message the sweep
 --                    dead-lettered or purge deleted, until a worker did its bookkeeping
 --   Q:departed       zset uid -> claimed until (ms; 0: not taken): see departures.lua

@@ -5,7 +5,9 @@
 -- all_held ('1': add nothing unless every receipt was still held), dedupe_ms (> 0: skip a
 -- message whose id was published to this queue in the last dedupe_ms; publish() only, so a
 -- retried publish whose reply was lost adds nothing: see published() below), receipt * nacks,
--- then (id, priority, countdown_ms, eta_ms, body) * n. Returns how many were added.
+-- then (id, priority, countdown_ms, eta_ms, value) * n, value being the message's Q:m value
+-- (packed by the client: it costs Lua a string copy and search per message). Returns how many
+-- were added.
 -- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
 -- Every message is checked before the first write: a bad one fails the call, adding nothing.
 local A, Q = KEYS[2], KEYS[3]
@@ -85,7 +87,7 @@ for k = 1, count do
     local due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     local uid = base + k
     values[#values + 1] = uid
-    values[#values + 1] = pack(priority, id, ARGV[i + 4])
+    values[#values + 1] = ARGV[i + 4]
     if due > now then
       -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
       redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')

@@ -11,7 +11,8 @@
 --                    holds the id (an envelope does, near its start), '<priority> <length of
 --                    id>:<its position in the body> <body>': what never changes of each
 --                    message (one hash per queue: a hash per message holding a body over
---                    hash-max-listpack-value is a hash table, ~50 bytes a field; see pack())
+--                    hash-max-listpack-value is a hash table, ~50 bytes a field; packed by the
+--                    client: packed_value() in conveyor/brokers/redis/publish.py)
 --   Q:msg:<uid>      hash of what changes, made by the first change (a delay, a lease ending
 --                    unacked, a burial): a ready message never leased has none.
 --                    n (leases so far, never decreases: it makes each receipt unique;
@@ -82,17 +83,6 @@ local function requeue(Q, uid, priority)
   local s = score(priority, reserve(1) + 1)
   redis.call('ZADD', Q .. ':ready', s, uid)
   redis.call('HSET', Q .. ':msg:' .. uid, 's', s)
-end
-
--- The Q:m value of a message. The id is looked for in the body's first KiB only (a bounded
--- search): writing it once saves a 36-byte uuid, which takes a no-op's value a jemalloc size
--- class lower.
-local function pack(priority, id, body)
-  local at = #id > 0 and string.find(string.sub(body, 1, 1024), id, 1, true)
-  if at then
-    return priority .. ' ' .. #id .. ':' .. at .. ' ' .. body
-  end
-  return priority .. ' ' .. #id .. ' ' .. id .. body
 end
 
 -- id, priority, body of a Q:m value. A damaged one gives what message_problem() names: a

@@ -46,9 +46,7 @@ def old_publish(admin: redis.Redis, broker: RedisBroker, messages: list[Message]
     return int(script(keys=[keys.seq(Q), keys.queue(Q), keys.queue(Q)], args=args))
 
 
-def test_old_layout_messages_are_served_and_listed(
-    admin: redis.Redis, broker: RedisBroker
-) -> None:
+def test_old_layout_messages_are_served_and_listed(admin: redis.Redis, broker: RedisBroker) -> None:
     low = Message(id="old-low", queue=Q, body=b"low", priority=0)
     high = Message(id="old-high", queue=Q, body=b"high", priority=9)
     later = Message(id="old-later", queue=Q, body=b"later", countdown=3600)

@@ -395,7 +395,11 @@ class Connections:
             calls = _with_later(calls)
         if not calls.commands:
             return []
-        replies = self._exchange(calls.commands)
+        return self._settled(calls, self._exchange(calls.commands))
+
+    def _settled(self, calls: Calls, replies: list[Any]) -> list[Any]:
+        """The replies of ``calls`` once the script calls that met NOSCRIPT ran again; the
+        first error reply raised."""
         for index, reply in enumerate(replies):
             script = calls.scripts.get(index)
             if isinstance(reply, NoScriptError) and script is not None:
@@ -404,6 +408,12 @@ class Connections:
             if isinstance(reply, Exception):
                 raise reply
         return replies[: len(replies) - calls.hidden]
+
+    def stream(self, calls: Calls) -> Stream:
+        """A :class:`Stream` of ``calls`` (no later calls): the commands added to it are
+        sent as they come, so the server runs the first while the caller builds the next."""
+        assert not calls.later
+        return Stream(self, calls)
 
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script call (one round trip)."""
@@ -419,6 +429,72 @@ class Connections:
             made = list(self._made)
         for conn in made:
             conn.disconnect()
+
+
+class Stream:
+    """Commands of one :class:`Calls` written to one connection as the caller adds them
+    (:meth:`send`), their replies read at the end (:meth:`finish`): what
+    :meth:`Connections.execute` returns for them, with the server's work overlapping the
+    caller's. A connection error on the way sends them all again through ``execute`` (and its
+    retries), so every command must be safe to run twice, as there."""
+
+    def __init__(self, connections: Connections, calls: Calls) -> None:
+        self._connections = connections
+        self._calls = calls
+        self._conn: Any = None
+        self._sent = 0
+        self._broken = False
+
+    def send(self) -> None:
+        """Write the commands added since the last call."""
+        commands = self._calls.commands
+        if self._broken or self._sent == len(commands):
+            return
+        connections = self._connections
+        if self._conn is None:
+            self._conn = connections._take()
+        try:
+            if connections._connect_first:
+                self._conn.connect()
+            self._conn.send_packed_command(packed(self._conn, commands[self._sent :]))
+        except redis.ConnectionError:
+            self._drop()
+            self._broken = True  # finish() sends everything again
+            return
+        except BaseException:
+            self._drop()
+            raise
+        self._sent = len(commands)
+
+    def finish(self) -> list[Any]:
+        """Send the rest, read every reply; as :meth:`Connections.execute`."""
+        self.send()
+        calls, connections = self._calls, self._connections
+        if self._broken:
+            return connections.execute(calls)
+        conn = self._conn
+        replies: list[Any] = []
+        try:
+            for _ in range(self._sent):
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # read in full: the connection stays in step
+                    replies.append(exc)
+        except redis.ConnectionError:
+            self._drop()
+            return connections.execute(calls)
+        except BaseException:
+            self._drop()
+            raise
+        connections._idle.append(conn)
+        self._conn = None
+        return connections._settled(calls, replies)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()  # it reconnects on its next use
+            self._connections._idle.append(self._conn)
+            self._conn = None
 
 
 def _with_later(calls: Calls) -> Calls:

@@ -5,11 +5,12 @@ commands (``publish_with``/``ack_with``, the building blocks of ``conveyor.settl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..._redis import (
     Calls,
+    Connections,
 )
 from ...exceptions import BrokerError
 from ..base import (
@@ -39,10 +40,12 @@ class Publishing(RedisCore):
         acks: Sequence[Delivery] = (),
         *,
         dedupe: bool = True,
+        each_chunk: Callable[[], None] | None = None,
     ) -> list[str]:
         """Add script calls that ack ``acks`` and add ``messages`` (one call per queue and
-        chunk); returns the queues published to. A plain publish (no acks, ``dedupe``) skips
-        ids published to the same queue in the last ``PUBLISH_DEDUPE_WINDOW``."""
+        chunk; ``each_chunk`` is called after each); returns the queues published to. A plain
+        publish (no acks, ``dedupe``) skips ids published to the same queue in the last
+        ``PUBLISH_DEDUPE_WINDOW``."""
         dedupe_ms = int(PUBLISH_DEDUPE_WINDOW * 1000) if dedupe and not acks else 0
         keys = self.keys
         ack_queues = _by_queue(acks)
@@ -86,6 +89,8 @@ class Publishing(RedisCore):
                     (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
                     args,
                 )
+                if each_chunk is not None:
+                    each_chunk()
         self._wake(batch, by_queue)
         return list(by_queue)
 
@@ -142,6 +147,9 @@ class Publishing(RedisCore):
     ) -> None:
         """Send ``first`` (commands for this server, e.g. result records) and publish
         ``messages`` after them, in one round trip."""
+        if len(messages) > CHUNK and not self._cluster and not self._wait_replicas:
+            self._publish_streamed(first, messages, dedupe)
+            return
         waits: list[int] = []
         if messages:
             published = self._queue_publish(first, messages, dedupe=dedupe)
@@ -165,6 +173,17 @@ class Publishing(RedisCore):
             raise BrokerError(f"{shortfall} within {self._wait_ms} ms (wait_for_replicas)") from (
                 TimeoutError(shortfall)
             )
+
+    def _publish_streamed(self, first: Calls, messages: Sequence[Message], dedupe: bool) -> None:
+        """``publish_with`` of more than a chunk on one server: each chunk's call is written
+        as soon as it is built, so redis-server runs one while the next is packed."""
+        connections = self._connections
+        assert isinstance(connections, Connections)  # one server: not a cluster's
+        stream = connections.stream(first)
+        with self._errors:
+            published = self._queue_publish(first, messages, dedupe=dedupe, each_chunk=stream.send)
+            stream.finish()
+        self._registered_now(published)
 
     def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:
         """Send ``first`` and ack ``deliveries`` after them, in one round trip."""

@@ -211,9 +211,23 @@ for _, item in ipairs(picked) do
     end
   end
 end
+-- A queue's leases are few (those in flight), so Redis keeps Q:leased as a listpack, where
+-- every insert scans the whole set: 16 leases added to 50 cost it ~21 us instead of ~3.6 us
+-- as a skiplist (and ZMSCORE, ZREM likewise). A member longer than zset-max-listpack-value
+-- (64 bytes by default) converts the set for the rest of its life, so when a batch is large
+-- enough to matter, one is added before the leases and removed after them (never seen).
+local SKIPLIST_MEMBER = string.rep('~', 512)
 for Q, pairs_ in pairs(leased) do
+  local key = Q .. ':leased'
+  local convert = #pairs_ >= 16 and redis.call('OBJECT', 'ENCODING', key) ~= 'skiplist'
+  if convert then
+    redis.call('ZADD', key, 0, SKIPLIST_MEMBER)
+  end
   for start = 1, #pairs_, 2000 do
-    redis.call('ZADD', Q .. ':leased', unpack(pairs_, start, math.min(#pairs_, start + 1999)))
+    redis.call('ZADD', key, unpack(pairs_, start, math.min(#pairs_, start + 1999)))
+  end
+  if convert then
+    redis.call('ZREM', key, SKIPLIST_MEMBER)
   end
 end
 tally_flush()

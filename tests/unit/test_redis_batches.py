@@ -1,6 +1,7 @@
-"""A publish of more than a chunk on one Redis server is streamed (``Stream``): each chunk's
-script call is written as soon as it is built. It lands whole and in order, survives a script
-cache flush, and a connection lost on the way sends everything again, added once."""
+"""Large batches on one Redis server. A publish of more than a chunk is streamed (``Stream``):
+each chunk's script call is written as soon as it is built; it lands whole and in order,
+survives a script cache flush, and a connection lost on the way sends everything again, added
+once. A large lease keeps the queue's leases in a skiplist (cheap inserts)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,21 @@ def test_a_connection_lost_mid_stream_sends_it_all_again_once(
     assert killed[0] >= 1
     assert resent == [4]  # the queue registration and every chunk again, in one exchange
     assert leased_ids(broker, len(messages)) == [m.id for m in messages]
+
+
+def test_a_large_lease_keeps_the_leases_in_a_skiplist(
+    broker: RedisBroker, admin: redis.Redis
+) -> None:
+    """Inserts into a listpack scan it whole: a lease of 8 or more converts the queue's set of
+    leases, without the member that converts it ever being seen."""
+    broker.publish(batch(40))
+    leased = f"{broker.keys.queue(Q)}:leased"
+    first = broker.lease([Q], 2, 0)
+    assert admin.object("encoding", leased) == b"listpack"  # small: left as it is
+    more = broker.lease([Q], 10, 0)
+    assert admin.object("encoding", leased) == b"skiplist"
+    receipts = {d.receipt.encode() for d in first + more}
+    assert set(admin.zrange(leased, 0, -1)) == receipts
+    assert broker.stats([Q])[Q].leased == 12
+    broker.ack(first + more)
+    assert not admin.exists(leased)

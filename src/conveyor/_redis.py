@@ -490,6 +490,11 @@ class Stream:
         self._conn = None
         return connections._settled(calls, replies)
 
+    def abort(self) -> None:
+        """Give up (the caller failed while adding): drop the connection with whatever
+        replies it still owes. What was sent may have run, as with any interrupted call."""
+        self._drop()
+
     def _drop(self) -> None:
         if self._conn is not None:
             self._conn.disconnect()  # it reconnects on its next use

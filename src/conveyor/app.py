@@ -496,7 +496,8 @@ class Conveyor:
 
         Every message is encoded before anything is visible, so one bad argument sends none.
         A large batch on PostgreSQL is sent in chunks, inside one transaction, while the
-        rest is encoded (see :mod:`conveyor.settlement.stream`). Like a group's, its tasks
+        rest is encoded (see :mod:`conveyor.settlement.stream`); on Redis its chunks are
+        written as they are packed, once all are encoded. Like a group's, its tasks
         are not deduplicated (``unique_for``): send unique calls with ``apply_async``.
         A list of 1,000 or more is built with Python's cyclic garbage collector paused
         (:func:`conveyor.calling.collection_paused`)."""

@@ -14,7 +14,9 @@ import redis
 from conveyor._redis import Calls, Connections, Stream
 from conveyor.brokers.base import BrokerOptions, Message
 from conveyor.brokers.redis import CHUNK, RedisBroker
+from conveyor.brokers.redis import publish as redis_publish
 from tests import helpers
+from tests.conftest import wait_until
 from tests.helpers import redis_fixture
 from tests.servers import RedisServer
 
@@ -108,3 +110,31 @@ def test_a_large_lease_keeps_the_leases_in_a_skiplist(
     assert broker.stats([Q])[Q].leased == 12
     broker.ack(first + more)
     assert not admin.exists(leased)
+
+
+def test_a_stream_that_fails_half_way_leaves_no_connection_behind(
+    broker: RedisBroker, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the chunks are built drops the connection that owes replies (it
+    reconnects for the broker's next call), instead of keeping it open, out of step."""
+    broker.publish([Message("warm", "warm", b"")])  # the broker's connection is made
+    clients = admin.info("clients")["connected_clients"]
+    packed = redis_publish.packed_value
+    count = 0
+
+    def failing(priority: int, message_id: bytes, body: bytes) -> bytes:
+        nonlocal count
+        count += 1
+        if count > CHUNK + 1:  # the first chunk was sent
+            raise RuntimeError("failed half-way")
+        return packed(priority, message_id, body)
+
+    monkeypatch.setattr(redis_publish, "packed_value", failing)
+    with pytest.raises(RuntimeError, match="half-way"):
+        broker.publish(batch(2 * CHUNK + 1))
+    monkeypatch.setattr(redis_publish, "packed_value", packed)
+    broker.publish([Message("after", Q, b"")])
+    wait_until(lambda: admin.info("clients")["connected_clients"] == clients, timeout=5)
+    leased = leased_ids(broker, 2 * CHUNK + 2)
+    assert leased[-1] == "after"
+    assert leased[:-1] == [f"m{i}" for i in range(len(leased) - 1)]  # the first chunk, if any

@@ -181,7 +181,13 @@ class Publishing(RedisCore):
         assert isinstance(connections, Connections)  # one server: not a cluster's
         stream = connections.stream(first)
         with self._errors:
-            published = self._queue_publish(first, messages, dedupe=dedupe, each_chunk=stream.send)
+            try:
+                published = self._queue_publish(
+                    first, messages, dedupe=dedupe, each_chunk=stream.send
+                )
+            except BaseException:
+                stream.abort()
+                raise
             stream.finish()
         self._registered_now(published)
 

@@ -35,7 +35,7 @@ def main() -> int:
     from tests.servers import RedisServer
 
     from conveyor import Conveyor
-    from conveyor._redis import Calls
+    from conveyor._redis_calls import Calls
     from conveyor.brokers.redis import RedisBroker, lua_source
 
     variants = {"committed": lua_source("common", "lease")}

@@ -1,5 +1,5 @@
 """Calls to a Redis Cluster: :class:`ClusterConnections`, the cluster's counterpart of
-:class:`conveyor._redis.Connections`, and :func:`connections`, which picks one for a client."""
+:class:`conveyor._redis_calls.Connections`, and :func:`connections`, which picks one for a client."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
-from ._redis import Calls, Client, Command, Connections, Script
+from ._redis import Client
+from ._redis_calls import Calls, Command, Connections, Script
 
 
 class ClusterConnections:

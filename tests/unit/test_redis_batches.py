@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from conveyor._redis import Calls, Connections, Stream
+from conveyor._redis_calls import Calls, Connections, Stream
 from conveyor.brokers.base import BrokerOptions, Message
 from conveyor.brokers.redis import CHUNK, RedisBroker
 from conveyor.brokers.redis import publish as redis_publish

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from conveyor._redis import Calls, Connections, connect
+from conveyor._redis import connect
+from conveyor._redis_calls import Calls, Connections
 from conveyor.brokers.base import BrokerOptions, Delivery, Message, QueueStats
 from conveyor.brokers.redis import CHUNK, RedisBroker
 from conveyor.brokers.redis import publish as redis_publish

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conveyor._redis import Calls
+from conveyor._redis_calls import Calls
 from conveyor.brokers.base import PUBLISH_DEDUPE_WINDOW, BrokerOptions, Message
 from conveyor.brokers.redis import RedisBroker
 from tests import helpers

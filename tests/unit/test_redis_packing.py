@@ -1,4 +1,4 @@
-"""Commands packed by hiredis (``conveyor._redis.packed``) are the bytes redis-py's own
+"""Commands packed by hiredis (``conveyor._redis_calls.packed``) are the bytes redis-py's own
 serializer writes, and what hiredis does not take is refused by redis-py, with its error; the
 ``Q:m`` values the client packs (``packed_value``) are what the broker's scripts read back."""
 
@@ -12,7 +12,7 @@ import redis
 from redis.connection import Connection
 from redis.exceptions import DataError
 
-from conveyor._redis import Command, packed
+from conveyor._redis_calls import Command, packed
 from conveyor.brokers.base import BrokerOptions, Message
 from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.redis.publish import ID_SEARCH, packed_value

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import states
-from .._redis import Calls, Client, Command, ErrorMapper, block_limit, connect, is_cluster, mget
+from .._redis import Client, ErrorMapper, block_limit, connect, is_cluster, mget
+from .._redis_calls import Calls, Command
 from .._redis_cluster import connections
 from .._redis_keys import RedisKeys
 from .._redis_urls import REDIS_SCHEMES

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._redis import Calls, same_server
+from .._redis import same_server
+from .._redis_calls import Calls
 from ..brokers.base import Delivery, Message
 from ..brokers.redis import RedisBroker
 from ..results.base import ResultRecord, ResultStore

@@ -8,15 +8,8 @@ from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import Any, cast
 
-from ..._redis import (
-    Calls,
-    Client,
-    ErrorMapper,
-    Script,
-    block_limit,
-    connect,
-    is_cluster,
-)
+from ..._redis import Client, ErrorMapper, block_limit, connect, is_cluster
+from ..._redis_calls import Calls, Script
 from ..._redis_cluster import connections
 from ..._redis_keys import RedisKeys
 from ...exceptions import BrokerError, ConfigurationError

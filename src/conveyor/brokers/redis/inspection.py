@@ -6,9 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..._redis import (
-    Calls,
-)
+from ..._redis_calls import Calls
 from ..base import (
     DEPARTURE_CLAIM,
     DeadLetter,

@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..._redis import (
-    Calls,
-)
+from ..._redis_calls import Calls
 from ..base import (
     Delivery,
 )

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..._redis import (
-    Calls,
-    mget,
-)
+from ..._redis import mget
+from ..._redis_calls import Calls
 from ..base import (
     Delivery,
 )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import cast
 
-from ..._redis import Client, Connections, Script
+from ..._redis import Client
+from ..._redis_calls import Connections, Script
 from ..._redis_cluster import ClusterConnections
 from ..._redis_keys import RedisKeys
 

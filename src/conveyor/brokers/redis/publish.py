@@ -8,10 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..._redis import (
-    Calls,
-    Connections,
-)
+from ..._redis_calls import Calls, Connections
 from ...exceptions import BrokerError
 from ..base import (
     PUBLISH_DEDUPE_WINDOW,

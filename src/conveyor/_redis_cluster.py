@@ -1,5 +1,6 @@
 """Calls to a Redis Cluster: :class:`ClusterConnections`, the cluster's counterpart of
-:class:`conveyor._redis_calls.Connections`, and :func:`connections`, which picks one for a client."""
+:class:`conveyor._redis_calls.Connections`, and :func:`connections`, which picks one for a
+client."""
 
 from __future__ import annotations
 

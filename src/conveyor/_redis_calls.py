@@ -129,18 +129,25 @@ class Connections:
         finally:
             self._idle.append(conn)
 
-    def send(self, commands: Sequence[Command]) -> Any:
-        """Write ``commands`` on a connection (no retry) and return it for :meth:`receive`."""
-        conn = self._take()
+    def send(self, commands: Sequence[Command], conn: Any = None) -> Any:
+        """Write ``commands`` on a connection (no retry) and return it for :meth:`receive`:
+        ``conn``, one that :meth:`send` returned and nobody read yet, or a free one."""
+        if conn is None:
+            conn = self._take()
         try:
             if self._connect_first:
                 conn.connect()
             conn.send_packed_command(packed(conn, commands))
         except BaseException:
-            conn.disconnect()
-            self._idle.append(conn)
+            self.drop(conn)
             raise
         return conn
+
+    def drop(self, conn: Any) -> None:
+        """Disconnect ``conn`` (owing replies, or broken) and make it free again: it
+        reconnects on its next use."""
+        conn.disconnect()
+        self._idle.append(conn)
 
     def receive(self, conn: Any, count: int) -> list[Any]:
         """Read the ``count`` replies of :meth:`send` (error replies as values)."""
@@ -211,7 +218,7 @@ class Stream:
     def __init__(self, connections: Connections, calls: Calls) -> None:
         self._connections = connections
         self._calls = calls
-        self._conn: Any = None
+        self._conn: Any = None  # holding the replies of the first _sent commands
         self._sent = 0
         self._broken = False
 
@@ -220,19 +227,13 @@ class Stream:
         commands = self._calls.commands
         if self._broken or self._sent == len(commands):
             return
-        connections = self._connections
-        if self._conn is None:
-            self._conn = connections._take()
         try:
-            if connections._connect_first:
-                self._conn.connect()
-            self._conn.send_packed_command(packed(self._conn, commands[self._sent :]))
-        except redis.ConnectionError:
-            self._drop()
-            self._broken = True  # finish() sends everything again
+            self._conn = self._connections.send(commands[self._sent :], self._conn)
+        except redis.ConnectionError:  # dropped by send(); finish() sends everything again
+            self._conn, self._broken = None, True
             return
         except BaseException:
-            self._drop()
+            self._conn = None
             raise
         self._sent = len(commands)
 
@@ -240,35 +241,20 @@ class Stream:
         """Send the rest, read every reply; as :meth:`Connections.execute`."""
         self.send()
         calls, connections = self._calls, self._connections
-        if self._broken:
+        conn, self._conn = self._conn, None
+        if self._broken or conn is None:
             return connections.execute(calls)
-        conn = self._conn
-        replies: list[Any] = []
         try:
-            for _ in range(self._sent):
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:  # read in full: the connection stays in step
-                    replies.append(exc)
-        except redis.ConnectionError:
-            self._drop()
+            replies = connections.receive(conn, self._sent)
+        except redis.ConnectionError:  # dropped by receive()
             return connections.execute(calls)
-        except BaseException:
-            self._drop()
-            raise
-        connections._idle.append(conn)
-        self._conn = None
         return connections._settled(calls, replies)
 
     def abort(self) -> None:
         """Give up (the caller failed while adding): drop the connection with whatever
         replies it still owes. What was sent may have run, as with any interrupted call."""
-        self._drop()
-
-    def _drop(self) -> None:
         if self._conn is not None:
-            self._conn.disconnect()  # it reconnects on its next use
-            self._connections._idle.append(self._conn)
+            self._connections.drop(self._conn)
             self._conn = None
 
 

@@ -9,12 +9,13 @@ body round-trip (the priority clamped to 0-9).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -140,6 +141,22 @@ def redis_admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield client
 
 
+@contextlib.contextmanager
+def one_queued(
+    server: RedisServer, admin: redis.Redis
+) -> Iterator[tuple[Broker, RedisKeys, bytes]]:
+    """A broker under a fresh prefix with one message queued: (broker, keys, its uid)."""
+    prefix = f"f{uuid.uuid4().hex[:10]}"
+    broker = create_broker(server.url, BrokerOptions(key_prefix=prefix))
+    try:
+        broker.publish([Message("m", Q, b"body")])
+        keys = RedisKeys(prefix)
+        (uid,) = cast(list[bytes], admin.zrange(keys.queue_key(Q, "ready"), 0, -1))
+        yield broker, keys, uid
+    finally:
+        broker.close()
+
+
 @pytest.mark.redis
 @FIELDS
 @given(
@@ -151,13 +168,8 @@ def redis_admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def test_any_redis_hash_field_is_delivered_typed_or_dead_lettered(
     redis_server: RedisServer, redis_admin: redis.Redis, fields: dict[str, bytes | None]
 ) -> None:
-    prefix = f"f{uuid.uuid4().hex[:10]}"
-    broker = create_broker(redis_server.url, BrokerOptions(key_prefix=prefix))
-    try:
-        broker.publish([Message("m", Q, b"body")])
+    with one_queued(redis_server, redis_admin) as (broker, keys, uid):
         # Moved to the layout before 2026-12, a hash holding the whole message.
-        keys = RedisKeys(prefix)
-        (uid,) = redis_admin.zrange(keys.queue_key(Q, "ready"), 0, -1)
         redis_admin.hdel(keys.queue_key(Q, "m"), uid)
         key = keys.queue_key(Q, f"msg:{uid.decode()}")
         redis_admin.hset(key, mapping={"id": "m", "p": "5", "b": "body"})
@@ -179,8 +191,6 @@ def test_any_redis_hash_field_is_delivered_typed_or_dead_lettered(
         for letter in dead:
             assert letter.reason == "malformed" and letter.detail
         assert stats.ready == 0 and stats.leased == len(leased)
-    finally:
-        broker.close()
 
 
 #: A ``Q:m`` value: well shaped (``<priority> <length of id> <id><body>``) or not.
@@ -201,12 +211,7 @@ packed_values = st.one_of(
 def test_any_packed_record_is_delivered_typed_or_dead_lettered(
     redis_server: RedisServer, redis_admin: redis.Redis, value: bytes, fields: dict[str, bytes]
 ) -> None:
-    prefix = f"f{uuid.uuid4().hex[:10]}"
-    broker = create_broker(redis_server.url, BrokerOptions(key_prefix=prefix))
-    try:
-        broker.publish([Message("m", Q, b"body")])
-        keys = RedisKeys(prefix)
-        (uid,) = redis_admin.zrange(keys.queue_key(Q, "ready"), 0, -1)
+    with one_queued(redis_server, redis_admin) as (broker, keys, uid):
         redis_admin.hset(keys.queue_key(Q, "m"), uid, value)
         for name, field in fields.items():
             if field is not None:
@@ -219,8 +224,6 @@ def test_any_packed_record_is_delivered_typed_or_dead_lettered(
         for letter in dead:
             assert letter.reason == "malformed" and letter.detail
         assert broker.stats([Q])[Q].leased == len(leased)
-    finally:
-        broker.close()
 
 
 # -- memory ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Adaptive prefetch (the default) in real worker processes on SQLite and Redis: a short task
-never waits behind a prefetched long one, the prefetch adapts up and down with the queue's
-runtimes, ``--prefetch N`` stays fixed, a stop gives prefetched messages back uncharged (and
-acks the tasks that ran before), and a prefetched message revoked while it waited never runs.
+never waits behind a prefetched long one (on processes or task threads), the prefetch adapts
+up and down with the queue's runtimes, a worker with task threads prefetches too,
+``--prefetch N`` stays fixed, a stop gives prefetched messages back uncharged (and acks the
+tasks that ran before), and a prefetched message revoked while it waited never runs.
 
 Leases are observed from the broker's counts while a ``block`` task holds the only slot
 (it runs until the test creates a file), never by timing.
@@ -71,12 +72,17 @@ def blocked_lease(harness: Harness, tmp_path: Path, followers: int) -> tuple[Pat
     return go, blocker, stamps
 
 
-def test_no_op_never_waits_behind_a_prefetched_long_task(harness: Harness) -> None:
-    # 2 slots, default settings. Each round: one long task (1 s, and until the round's
-    # no-ops all ran) followed by no-ops. A no-op prefetched with the long task and kept
-    # behind it would only run after it: the long task would then see its count only at
-    # its timeout (30 s) and return False.
-    harness.worker("-c", "2")
+@pytest.mark.parametrize(
+    "slots", [("-c", "2"), ("-c", "1", "--threads", "2")], ids=["processes", "threads"]
+)
+def test_no_op_never_waits_behind_a_prefetched_long_task(
+    harness: Harness, slots: tuple[str, ...]
+) -> None:
+    # 2 slots (2 processes, or 2 threads of one), default settings. Each round: one long
+    # task (1 s, and until the round's no-ops all ran) followed by no-ops. A no-op
+    # prefetched with the long task and kept behind it would only run after it: the long
+    # task would then see its count only at its timeout (30 s) and return False.
+    harness.worker(*slots)
     warm_up(harness, 100)
     long_path, stamps = harness.file(), harness.file()
     per_round, sent = 40, 0
@@ -123,6 +129,30 @@ def test_prefetch_adapts_up_and_down_with_the_runtimes(
     wait_for(lambda: counts(harness) == (0, 4), 10, "4 leased again")
     go.touch()
     assert blocker.get(timeout=30) is True
+
+
+def test_a_worker_with_task_threads_prefetches_short_tasks_too(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    # 2 threads, both free: one lease takes 2 blocks and 6 no-ops (up to 16 per free slot
+    # once the tasks are known to be short). The no-ops wait prefetched while the blocks
+    # hold both threads, then run from there without a lease of their own, uncharged.
+    harness = harness_factory(worker_prefetch_short=10.0)  # no reclaim within the test
+    harness.worker("-c", "1", "--threads", "2")
+    warm_up(harness, 20)
+    go = tmp_path / "go"
+    blocks, stamps = harness.file(), harness.file()
+    eta = datetime.now(UTC) + AHEAD
+    blockers = [harness.send("block", str(blocks), str(go), 60.0, eta=eta, priority=9)]
+    blockers.append(harness.send("block", str(blocks), str(go), 60.0, eta=eta, priority=9))
+    no_ops(harness, stamps, 6, eta=eta, priority=0)
+    wait_for(lambda: len(runs(blocks)) == 2, 30, "both blocks started")
+    assert counts(harness) == (0, 8)  # one per free slot would have leased 2: (6, 2)
+    assert runs(stamps) == []
+    go.touch()
+    assert [b.get(timeout=30) for b in blockers] == [True, True]
+    wait_for(lambda: len(runs(stamps)) == 6, 30, "the prefetched no-ops ran")
+    wait_for(lambda: counts(harness) == (0, 0), 10, "every message acked")
 
 
 def test_prefetched_messages_behind_a_long_task_are_given_back(

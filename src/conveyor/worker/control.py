@@ -248,7 +248,7 @@ class ControlListener:
             "pool": {"max-concurrency": worker.concurrency, "threads": worker.concurrency},
             "queues": list(worker.queues),
             "paused_queues": sorted(self.paused),
-            "prefetch_multiplier": worker.prefetch_multiplier,  # None: adaptive or one per slot
+            "prefetch_multiplier": worker.prefetch_multiplier,  # None: adaptive
             "prefetch": self._prefetch(),
             "broker": {"url": redact_url(self.app.broker_url)},
             "rusage": {"maxrss": usage.ru_maxrss, "utime": usage.ru_utime, "stime": usage.ru_stime},
@@ -259,8 +259,6 @@ class ControlListener:
         worker, conf = self.worker, self.app.conf
         if worker.prefetch_multiplier is not None:
             return f"fixed: {worker.prefetch_multiplier} per free slot"
-        if getattr(worker, "prefetch", None) is None:
-            return "one per free slot (the lease loop runs on a thread of its own)"
         return (
             f"adaptive: up to {conf.worker_prefetch_max} per free slot while tasks take under "
             f"{conf.worker_prefetch_short * 1000:g} ms"

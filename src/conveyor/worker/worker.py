@@ -91,8 +91,7 @@ class Worker:
 
     ``concurrency`` is the number of tasks run at once (task threads; async tasks share the
     same slots). ``prefetch_multiplier`` fixes the messages leased per free slot; unset
-    (and ``worker_prefetch_multiplier`` unset) it adapts (:mod:`conveyor.worker.prefetch`)
-    where tasks run in the leasing thread (``consume_in_thread=False``), else it is one.
+    (and ``worker_prefetch_multiplier`` unset) it adapts (:mod:`conveyor.worker.prefetch`).
     Use :meth:`start` / :meth:`stop`, :meth:`run` (blocks), or as a context manager.
     :meth:`drain` waits until the queues are empty and nothing runs.
 
@@ -159,10 +158,9 @@ class Worker:
         self._loop = EventLoopThread()
         self._timers = TimeLimits(self.inflight, self._stopped, self.interrupt, on_hard_time_limit)
         self._dispatcher: Dispatcher | None = None
-        #: Adaptive prefetch (None: a fixed ``prefetch_multiplier``, or a lease loop on a
-        #: thread of its own, whose leases overlap the tasks: one per free slot).
+        #: Adaptive prefetch (None: a fixed ``prefetch_multiplier``).
         self.prefetch: AdaptivePrefetch | None = None
-        if self.prefetch_multiplier is None and not consume_in_thread:
+        if self.prefetch_multiplier is None:
             self.prefetch = AdaptivePrefetch(
                 self.inflight,
                 short=conf.worker_prefetch_short,

@@ -3,15 +3,21 @@
 The broker comes from ``$CONVEYOR_BROKER_URL`` (read by Conveyor itself); everything else is
 Conveyor's default (``BENCH_EVENTS=on|off`` turns events on or off,
 ``BENCH_PREFETCH_MAX=N`` sets ``worker_prefetch_max``). ``noop`` stores no result
-(``ignore_result=True``); ``noop_result`` does; ``clock`` returns when it started (time.time()).
+(``ignore_result=True``); ``noop_result`` does; ``clock`` returns when it started (time.time());
+``incr`` INCRs a counter in the Redis at ``$BENCH_REDIS_URL`` (no result), the task body of
+``bench.redis_peers``: a task that does one blocking round trip of its own.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from conveyor import Conveyor
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 #: ``BENCH_EVENTS=on`` / ``off``: the workers (and this producer) emit events or not
 #: (default: Conveyor's default, off).
@@ -30,6 +36,19 @@ def noop() -> None:
 @app.task(name="bench.noop_result")
 def noop_result() -> None:
     return None
+
+
+_counter: Redis | None = None
+
+
+@app.task(name="bench.incr", ignore_result=True)
+def incr() -> None:
+    global _counter
+    if _counter is None:  # made in the worker process that runs it (connections and fork)
+        from redis import Redis
+
+        _counter = Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    _counter.incr("bench:done")
 
 
 @app.task(name="bench.clock")

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.conveyor_variants --broker sqlite [--drain 10000]
     .venv/bin/python -m bench.conveyor_variants --broker redis --variant "-l warning"
+    .venv/bin/python -m bench.conveyor_variants --broker redis --incr --variant "--threads 2"
     .venv/bin/python -m bench.conveyor_variants --broker redis-cluster --queues 3 --drain 20000
     .venv/bin/python -m bench.conveyor_variants --broker amqp --variant default \
         --variant "PYTHONPATH=/tmp/old/src default"
@@ -137,6 +138,11 @@ def main() -> int:
     parser.add_argument("--drain", type=int, default=10_000)
     parser.add_argument("--queues", type=int, default=1, help="spread tasks over N queues")
     parser.add_argument("--results", action="store_true", help="tasks store results")
+    parser.add_argument(
+        "--incr",
+        action="store_true",
+        help="tasks INCR a counter in Redis (--broker redis: the peers' task body)",
+    )
     parser.add_argument("--variant", action="append", help="worker arguments (repeatable)")
     parser.add_argument("--py-spy", type=Path, help="profile the workers into this directory")
     parser.add_argument(
@@ -203,6 +209,10 @@ def main() -> int:
 
     app = conveyor_app.app
     task = conveyor_app.noop_result if args.results else conveyor_app.noop
+    if args.incr:
+        if args.broker != "redis":
+            parser.error("--incr needs --broker redis")
+        task = conveyor_app.incr
     queues = [app.conf.task_default_queue]
     if args.queues > 1:
         queues = [f"q{i}" for i in range(args.queues)]
@@ -233,7 +243,7 @@ def main() -> int:
             for start_at in range(0, len(sigs), 5000):
                 app.send_many(sigs[start_at : start_at + 5000])
             script_calls()
-            env = {"CONVEYOR_BROKER_URL": url}
+            env = {"CONVEYOR_BROKER_URL": url, "BENCH_REDIS_URL": url}
             if variant.startswith("inproc"):
                 for part in variant.split()[1:]:
                     key, _, value = part.partition("=")
@@ -297,7 +307,7 @@ def main() -> int:
     load = f"load {info['load_before']:.1f}"
     print(f"### Conveyor worker variants on {args.broker} ({info['date']}, {load})\n")
     print(
-        f"{args.drain:,} no-op tasks over {len(queues)} queue(s), "
+        f"{args.drain:,} {'INCR' if args.incr else 'no-op'} tasks over {len(queues)} queue(s), "
         f"results {'on' if args.results else 'off'}, 2 processes\n"
     )
     print(

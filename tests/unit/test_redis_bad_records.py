@@ -15,6 +15,8 @@ import redis
 from conveyor._redis_keys import RedisKeys
 from conveyor.brokers.base import BrokerOptions, Message, QueueStats
 from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis.core import lua_source
+from conveyor.brokers.redis.publish import packed_value
 from conveyor.exceptions import BrokerError
 from tests import helpers
 from tests.conftest import wait_until
@@ -219,3 +221,21 @@ def test_publish_checks_every_message_before_writing_any(broker: RedisBroker, ba
     with pytest.raises(BrokerError, match="bad priority, countdown or eta"):
         broker.publish([msg(b"fine"), bad])
     assert broker.stats([Q])[Q] == QueueStats()
+
+
+@pytest.mark.parametrize("value", [b"x 4:1 body", b"12 4:1 body", b"7", b""])
+def test_a_plain_publish_checks_that_each_value_starts_with_its_priority(
+    broker: RedisBroker, admin: redis.Redis, prefix: str, value: bytes
+) -> None:
+    # Messages ready now go as (id, value) pairs, the priority read from the value's first
+    # digit: a value without one fails the whole call.
+    keys = RedisKeys(prefix)
+    script = admin.register_script(lua_source("common", "ack_publish"))
+    fine = packed_value(3, b"fine", b"fine body")
+    args = [Q, "", 0, "0", 0, 2, b"fine", fine, b"bad", value]
+    with pytest.raises(redis.ResponseError, match="bad priority, countdown or eta for bad"):
+        script(keys=[keys.seq(Q), keys.queue(Q), keys.queue(Q)], args=args)
+    assert broker.stats([Q])[Q] == QueueStats()
+    args[-1] = packed_value(9, b"bad", b"bad body")  # both fine: both added, 9 first
+    assert script(keys=[keys.seq(Q), keys.queue(Q), keys.queue(Q)], args=args) == 2
+    assert [(d.id, d.priority) for d in broker.lease([Q], 5, 0)] == [("bad", 9), ("fine", 3)]

@@ -55,32 +55,36 @@ class Publishing(RedisCore):
             batch.script(
                 self._scripts["ack_publish"],
                 (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
-                (queue, "", len(receipts), "0", 0, *receipts),
+                (queue, "", len(receipts), "0", 0, 2, *receipts),
             )
         for queue, queued in by_queue.items():
             self._register(batch, queue)
             for start in range(0, len(queued), CHUNK):
                 receipts = ack_queues.get(queue, []) if start == 0 else []
+                chunk = queued[start : start + CHUNK]
+                # Messages ready now go as (id, value) pairs, the value starting with the
+                # priority; any countdown or eta in the chunk: all go as five arguments.
+                plain = all(not m.countdown and m.eta is None for m in chunk)
                 args: list[Any] = [
                     queue,
                     self._wake_arg(queue),
                     len(receipts),
                     "0",
                     dedupe_ms,
+                    2 if plain else 5,
                     *receipts,
                 ]
                 # In bytes, as redis-py would encode them (it passes bytes on as they are).
-                for m in queued[start : start + CHUNK]:
-                    eta = b"-1.0" if m.eta is None else repr(m.eta * 1000.0).encode()
+                for m in chunk:
                     message_id = m.id.encode()
                     priority = clamp_priority(m.priority)
-                    args += (
-                        message_id,
-                        b"%d" % priority,
-                        repr(m.countdown * 1000.0).encode(),
-                        eta,
-                        packed_value(priority, message_id, m.body),
-                    )
+                    value = packed_value(priority, message_id, m.body)
+                    if plain:
+                        args += (message_id, value)
+                    else:
+                        eta = b"-1.0" if m.eta is None else repr(m.eta * 1000.0).encode()
+                        countdown = repr(m.countdown * 1000.0).encode()
+                        args += (message_id, b"%d" % priority, countdown, eta, value)
                 batch.script(
                     self._scripts["ack_publish"],
                     (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
@@ -122,7 +126,7 @@ class Publishing(RedisCore):
         keys = self.keys
         receipts = _by_queue((delivery,))[delivery.queue]
         queue = message.queue
-        args: list[Any] = [queue, self._wake_arg(queue), 1, "1", 0, *receipts]
+        args: list[Any] = [queue, self._wake_arg(queue), 1, "1", 0, 5, *receipts]
         eta = -1.0 if message.eta is None else message.eta * 1000.0
         priority = clamp_priority(message.priority)
         message_id = message.id.encode()

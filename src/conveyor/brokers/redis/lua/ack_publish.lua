@@ -4,27 +4,45 @@
 -- ARGV: queue published to, its wake-up list ('' on Cluster), nacks,
 -- all_held ('1': add nothing unless every receipt was still held), dedupe_ms (> 0: skip a
 -- message whose id was published to this queue in the last dedupe_ms; publish() only, so a
--- retried publish whose reply was lost adds nothing: see published() below), receipt * nacks,
--- then (id, priority, countdown_ms, eta_ms, value) * n, value being the message's Q:m value
--- (packed by the client: it costs Lua a string copy and search per message). Returns how many
--- were added.
+-- retried publish whose reply was lost adds nothing: see published() below), stride,
+-- receipt * nacks, then the messages: stride 5, (id, priority, countdown_ms, eta_ms, value)
+-- each; stride 2, (id, value) each, a message ready now whose priority is its value's first
+-- digit (most calls: three arguments less to read per message). A value is the message's
+-- Q:m value (packed by the client: it costs Lua a string copy and search per message).
+-- Returns how many were added.
 -- A receipt no longer held (its lease expired and was reclaimed) acks nothing.
 -- Every message is checked before the first write: a bad one fails the call, adding nothing.
 local A, Q = KEYS[2], KEYS[3]
 local wake_key = ARGV[2]
 local nacks = int_of(ARGV[3])
 local dedupe = tonumber(ARGV[5])
-if not nacks or not dedupe or (#ARGV - 5 - nacks) % 5 ~= 0 then
+local stride = tonumber(ARGV[6])
+if not nacks or not dedupe or (stride ~= 5 and stride ~= 2)
+    or (#ARGV - 6 - nacks) % stride ~= 0 then
   return redis.error_reply('conveyor publish: bad arguments')
 end
-for j = 6 + nacks, #ARGV, 5 do
-  local priority = int_of(ARGV[j + 1])
-  if not priority or priority > 9 or not finite(ARGV[j + 2]) or not finite(ARGV[j + 3]) then
+local first = 7 + nacks
+local priorities = {}
+for j = first, #ARGV, stride do
+  local priority
+  if stride == 2 then
+    local digit, space = string.byte(ARGV[j + 1], 1, 2)
+    if digit and digit >= 48 and digit <= 57 and space == 32 then
+      priority = digit - 48
+    end
+  else
+    priority = int_of(ARGV[j + 1])
+    if not finite(ARGV[j + 2]) or not finite(ARGV[j + 3]) then
+      priority = nil
+    end
+  end
+  if not priority or priority > 9 then
     return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
   end
+  priorities[#priorities + 1] = priority
 end
 local held = {}
-for i = 6, 5 + nacks do
+for i = 7, 6 + nacks do
   if redis.call('ZREM', A .. ':leased', ARGV[i]) == 1 then
     unlease_acked(A, ARGV[i])
     held[#held + 1] = uid_of(ARGV[i])
@@ -36,8 +54,8 @@ tally_flush()
 if ARGV[4] == '1' and held < nacks then
   return 0
 end
-local i = 6 + nacks
-local count = (#ARGV - i + 1) / 5
+local i = first
+local count = #priorities
 if count == 0 then
   return 0
 end
@@ -52,7 +70,7 @@ local added = 0
 local seen, fresh, slot_key = {}, {}, nil
 if dedupe > 0 then
   local ids = {}
-  for j = i, #ARGV, 5 do
+  for j = i, #ARGV, stride do
     ids[#ids + 1] = ARGV[j]
   end
   local slot = math.floor(now / dedupe)
@@ -83,11 +101,14 @@ for k = 1, count do
   if not seen[k] then
     remembered[#remembered + 1] = id
     added = added + 1
-    local priority = tonumber(ARGV[i + 1])
-    local due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
+    local priority = priorities[k]
+    local due = now
+    if stride == 5 then
+      due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
+    end
     local uid = base + k
     values[#values + 1] = uid
-    values[#values + 1] = ARGV[i + 4]
+    values[#values + 1] = ARGV[i + stride - 1]
     if due > now then
       -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
       redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
@@ -99,7 +120,7 @@ for k = 1, count do
       ready[#ready + 1] = uid
     end
   end
-  i = i + 5
+  i = i + stride
 end
 for start = 1, #values, 2000 do
   redis.call('HSET', Q .. ':m', unpack(values, start, math.min(#values, start + 1999)))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import replace
 from typing import cast
 
 import pytest
+from msgspec.structs import replace
 from redis import Redis
 
 from conveyor.brokers.base import STATES, Broker, DeadLetterReason, Delivery, Message

@@ -51,7 +51,8 @@
 local SEQ = KEYS[1]
 local BAND = 1e14
 
--- Redis turns Lua numbers into strings with 14 significant digits; scores need all of them.
+-- Lua's tostring and '..' write numbers with 14 significant digits; scores need all of them.
+-- (A number given to redis.call goes on with 17, as '%.17g': exact for every score.)
 local function fmt(x)
   return string.format('%.17g', x)
 end
@@ -73,9 +74,10 @@ local function wake(key)
   end
 end
 
--- 9 first, then FIFO: a message published ready gets its uid as sequence.
+-- 9 first, then FIFO: a message published ready gets its uid as sequence. A number, for
+-- redis.call (formatting it here cost a bulk publish ~0.3 us per message).
 local function score(priority, seq)
-  return fmt((9 - priority) * BAND + seq)
+  return (9 - priority) * BAND + seq
 end
 
 -- Make uid ready again behind everything queued now (requeue, promotion, replay).

@@ -25,6 +25,10 @@ DELIVERIES = "conveyor-deliveries"
 #: Deliveries a released message had before it was published again (``release()``).
 BEFORE = "conveyor-delivered-before"
 PERSISTENT = 2
+#: The largest delivery count a header may hold. A larger one is malformed: counted on, it
+#: would pass the 64-bit integers an AMQP header carries, and publishing the message's copy
+#: (a release, a dead letter) would fail.
+MAX_COUNT = 2**31 - 1
 
 #: ``x-death`` reasons of RabbitMQ's own dead-lettering, as Conveyor reasons.
 _X_DEATH_REASONS = {
@@ -83,18 +87,17 @@ def problem_of(msg: amqp.Message) -> str | None:
     headers = header_view(msg)
     for name, low, high in (
         (PRIORITY, 0, 9),
-        (BEFORE, 0, None),
-        ("x-delivery-count", 0, None),
-        ("x-acquired-count", 0, None),
+        (BEFORE, 0, MAX_COUNT),
+        ("x-delivery-count", 0, MAX_COUNT),
+        ("x-acquired-count", 0, MAX_COUNT),
     ):
         if name not in headers:
             continue
         value = headers[name]
-        if type(value) is not int or value < low or (high is not None and value > high):
+        if type(value) is not int or not low <= value <= high:
             shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            limit = f"{low}-{high}" if high is not None else f">= {low}"
-            return f"header {name} {shown} is not an integer {limit}"
+            return f"header {name} {shown} is not an integer {low}-{high}"
     return None
 
 
@@ -116,14 +119,19 @@ def delivery_count_of(msg: amqp.Message) -> int:
     counts the returns it judges failures, which may leave out a consumer that died); classic
     queues only say whether the message was delivered before (then 2)."""
     headers = header_view(msg)
-    before = headers.get(BEFORE)
-    base = before if type(before) is int and before > 0 else 0
-    count = headers.get("x-acquired-count")
-    if type(count) is not int:
-        count = headers.get("x-delivery-count")
-    if type(count) is int:
+    base = _count(headers.get(BEFORE)) or 0
+    count = _count(headers.get("x-acquired-count"))
+    if count is None:
+        count = _count(headers.get("x-delivery-count"))
+    if count is not None:
         return base + count + 1
     return base + (2 if msg.delivery_info.get("redelivered") else 1)
+
+
+def _count(value: object) -> int | None:
+    """A count header's value if it is one (an integer 0-MAX_COUNT), else None (a malformed
+    header, which problem_of() reports)."""
+    return value if type(value) is int and 0 <= value <= MAX_COUNT else None
 
 
 def copy_of(msg: amqp.Message, extra: Mapping[str, object]) -> amqp.Message:

@@ -173,7 +173,8 @@ def test_delivery_count_reads_the_acquired_count_where_rabbitmq_4_3_gives_one() 
 @given(
     fields=headers, priority=st.one_of(st.none(), st.integers(0, 255)), body=st.binary(max_size=20)
 )
-# A count that, counted on, passes 64 bits: its dead letter's copy could not be published.
+# Counts that, counted on, pass 64 bits: over the limit, their dead letter's copy must still
+# be published (the count stops at 2**63 - 1).
 @example(fields={BEFORE: 2**63 - 1}, priority=None, body=b"")
 @example(fields={"x-acquired-count": 2**63 - 1}, priority=None, body=b"")
 def test_any_amqp_header_is_delivered_typed_or_dead_lettered(

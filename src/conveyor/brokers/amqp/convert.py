@@ -25,10 +25,10 @@ DELIVERIES = "conveyor-deliveries"
 #: Deliveries a released message had before it was published again (``release()``).
 BEFORE = "conveyor-delivered-before"
 PERSISTENT = 2
-#: The largest delivery count a header may hold. A larger one is malformed: counted on, it
-#: would pass the 64-bit integers an AMQP header carries, and publishing the message's copy
-#: (a release, a dead letter) would fail.
-MAX_COUNT = 2**31 - 1
+#: The largest delivery count: what an AMQP header (a signed 64-bit integer) can carry. A
+#: count made of forged headers stops there, so the copy of its message (a release, a dead
+#: letter) can still be published.
+MAX_COUNT = 2**63 - 1
 
 #: ``x-death`` reasons of RabbitMQ's own dead-lettering, as Conveyor reasons.
 _X_DEATH_REASONS = {
@@ -87,17 +87,18 @@ def problem_of(msg: amqp.Message) -> str | None:
     headers = header_view(msg)
     for name, low, high in (
         (PRIORITY, 0, 9),
-        (BEFORE, 0, MAX_COUNT),
-        ("x-delivery-count", 0, MAX_COUNT),
-        ("x-acquired-count", 0, MAX_COUNT),
+        (BEFORE, 0, None),
+        ("x-delivery-count", 0, None),
+        ("x-acquired-count", 0, None),
     ):
         if name not in headers:
             continue
         value = headers[name]
-        if type(value) is not int or not low <= value <= high:
+        if type(value) is not int or value < low or (high is not None and value > high):
             shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            return f"header {name} {shown} is not an integer {low}-{high}"
+            limit = f"{low}-{high}" if high is not None else f">= {low}"
+            return f"header {name} {shown} is not an integer {limit}"
     return None
 
 
@@ -119,19 +120,14 @@ def delivery_count_of(msg: amqp.Message) -> int:
     counts the returns it judges failures, which may leave out a consumer that died); classic
     queues only say whether the message was delivered before (then 2)."""
     headers = header_view(msg)
-    base = _count(headers.get(BEFORE)) or 0
-    count = _count(headers.get("x-acquired-count"))
-    if count is None:
-        count = _count(headers.get("x-delivery-count"))
-    if count is not None:
-        return base + count + 1
-    return base + (2 if msg.delivery_info.get("redelivered") else 1)
-
-
-def _count(value: object) -> int | None:
-    """A count header's value if it is one (an integer 0-MAX_COUNT), else None (a malformed
-    header, which problem_of() reports)."""
-    return value if type(value) is int and 0 <= value <= MAX_COUNT else None
+    before = headers.get(BEFORE)
+    base = before if type(before) is int and before > 0 else 0
+    count = headers.get("x-acquired-count")
+    if type(count) is not int:
+        count = headers.get("x-delivery-count")
+    if type(count) is int:
+        return min(base + count + 1, MAX_COUNT)
+    return min(base + (2 if msg.delivery_info.get("redelivered") else 1), MAX_COUNT)
 
 
 def copy_of(msg: amqp.Message, extra: Mapping[str, object]) -> amqp.Message:
@@ -182,7 +178,7 @@ def dead_letter_of(msg: amqp.Message) -> DeadLetter:
             dead_at = when.timestamp()
     if type(count) is not int:
         x_count = headers.get("x-delivery-count")
-        count = x_count + 1 if type(x_count) is int else 0
+        count = min(x_count + 1, MAX_COUNT) if type(x_count) is int else 0
     return DeadLetter(
         id=message_id_of(msg, ""),
         queue=queue if isinstance(queue, str) else "",

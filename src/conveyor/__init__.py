@@ -14,7 +14,6 @@ from typing import cast
 from . import signals, states
 from ._state import CurrentApp
 from .app import Conveyor, default_app
-from .calling import new_id as uuid
 from .canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from .canvas.batch import BatchResult, batch, current_batch
 from .exceptions import (
@@ -31,6 +30,7 @@ from .exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from .ids import new_id as uuid
 from .middleware import Middleware
 from .queues import Exchange, Queue
 from .result import (

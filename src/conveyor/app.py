@@ -18,7 +18,8 @@ from ._state import registered_apps as registered_apps
 from .annotations import annotate_task
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
-from .calling import Calls, CallSettings, build_call, collection_paused, encode_call, route
+from .call_settings import Calls, CallSettings
+from .calling import build_call, collection_paused, encode_call
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
@@ -40,6 +41,7 @@ from .publishing import (
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
+from .routing import route
 from .settlement import Settlement, open_settlement
 from .settlement.stream import CHUNK as STREAM_CHUNK
 from .settlement.stream import PublishStream
@@ -132,7 +134,7 @@ class Conveyor:
         if include:
             self.conf.include = list(include)
         self.tasks: dict[str, Task[..., object]] = {}
-        #: The settings calls read, kept while they stay (see conveyor.calling.call_settings).
+        #: The settings calls read, kept while they stay (see conveyor.call_settings.call_settings).
         self.call_settings: CallSettings | None = None
         #: Read and follow events; the writer of this process (conveyor.events).
         self.events = Events(self)
@@ -413,7 +415,7 @@ class Conveyor:
 
     # -- sending -------------------------------------------------------------------------
     def route(self, name: str, task: Task[..., object] | None = None) -> str:
-        """The queue for task ``name`` (see :func:`conveyor.calling.route`)."""
+        """The queue for task ``name`` (see :func:`conveyor.routing.route`)."""
         return route(self.conf, name, task)
 
     def send_task(

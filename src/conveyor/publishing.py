@@ -27,9 +27,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .exceptions import BrokerError, ConfigurationError, ResultStoreError
 from .results.base import ResultRecord
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 logger = logging.getLogger("conveyor.publishing")
 
@@ -210,3 +215,29 @@ def queued_once(
         publish([record for record, old in zip(records, found, strict=True) if old is None])
 
     return attempt
+
+
+def publish_policy(options: Mapping[str, object], conf: Settings) -> RetryPolicy | None:
+    """How the publish of a call is retried: the ``retry`` / ``retry_policy`` call options
+    over the ``task_publish_retry`` / ``task_publish_retry_policy`` settings (None: no
+    retries). A bad option raises ConfigurationError here, naming the bad key."""
+    retry = options.get("retry")
+    if retry is None:
+        retry = conf.task_publish_retry
+    elif not isinstance(retry, bool):
+        raise ConfigurationError(f"retry must be True or False, got {retry!r}")
+    base = _configured_policy(tuple(conf.task_publish_retry_policy.items()))
+    given = options.get("retry_policy")
+    if given is not None:
+        if not isinstance(given, Mapping):
+            raise ConfigurationError(f"retry_policy must be a mapping, got {type(given).__name__}")
+        policy = RetryPolicy.from_mapping(given, base)
+    else:
+        policy = base
+    return policy if retry else None
+
+
+@lru_cache(maxsize=16)
+def _configured_policy(items: tuple[tuple[str, int | float | None], ...]) -> RetryPolicy:
+    # The setting is checked when set; this saves building the policy on every call.
+    return RetryPolicy.from_mapping(dict(items))

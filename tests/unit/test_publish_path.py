@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 from conveyor import ConfigurationError, Conveyor, SerializationError
-from conveyor.calling import PAUSE_GC_FROM, new_id, new_ids
+from conveyor.calling import PAUSE_GC_FROM
 from conveyor.config import Settings
+from conveyor.ids import new_id, new_ids
 from conveyor.message import Envelope, decode_envelope
 from conveyor.middleware import Middleware
 from conveyor.signing import signer_for

@@ -11,13 +11,13 @@ import pytest
 
 from conveyor import Conveyor, states
 from conveyor.brokers.base import Message
-from conveyor.calling import publish_policy
 from conveyor.config import Settings
 from conveyor.exceptions import BrokerError, ConfigurationError, ResultStoreError
 from conveyor.publishing import (
     DEFAULT_POLICY,
     RetryPolicy,
     is_connection_error,
+    publish_policy,
     publish_with_retry,
 )
 from conveyor.results.base import ResultRecord

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ..app import Conveyor
-from ..calling import route
 from ..exceptions import ConveyorError
 from ..registry import WorkerInfo, read_announcements
+from ..routing import route
 
 #: Celery's default queue name, which Celery users put in ``-Q``.
 CELERY_DEFAULT_QUEUE = "celery"

@@ -7,8 +7,8 @@ import time
 from typing import TYPE_CHECKING
 
 from ..brokers import scheme_of
-from ..calling import route
 from ..registry import read_announcements
+from ..routing import route
 from ..signing import key_ids
 from .findings import Finding, error, info, ok, warning
 

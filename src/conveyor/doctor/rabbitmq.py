@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..brokers import redact_url
-from ..calling import route
+from ..routing import route
 from .findings import Finding, error, info, ok
 
 if TYPE_CHECKING:

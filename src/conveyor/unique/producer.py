@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .. import states
-from ..calling import new_id
 from ..exceptions import ConfigurationError
+from ..ids import new_id
 from ..kv.locks import Locks
 from .spec import UNIQUE_CALL_OPTIONS, UNIQUE_HEADER, UniqueMode, unique_call
 

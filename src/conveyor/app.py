@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
-from . import _state
+from . import _state, sending
 from ._sqlite import DEFAULT_FILENAME
 from ._state import default_app as default_app
 from ._state import registered_apps as registered_apps
@@ -19,7 +19,6 @@ from .annotations import annotate_task
 from .brokers import AMQP_SCHEMES, create_broker, scheme_of
 from .brokers.base import Broker, BrokerOptions, Message, redact_url
 from .call_settings import Calls, CallSettings
-from .calling import build_call, collection_paused, encode_call
 from .canvas import Signature, as_signature, register_builtin_tasks
 from .canvas.batch import BatchMiddleware
 from .celery_names import constructor_keywords
@@ -30,28 +29,17 @@ from .events.middleware import EventsMiddleware
 from .exceptions import ConfigurationError, NotRegistered
 from .kv import KeyValue
 from .message import Envelope
-from .middleware import Hooks, Middleware, call_each
-from .publishing import (
-    PUBLISH_ERRORS,
-    RetryPolicy,
-    is_connection_error,
-    publish_with_retry,
-    queued_once,
-)
+from .middleware import Hooks, Middleware
 from .result import AsyncResult, GroupResult
 from .results import create_result_store
 from .results.base import ResultRecord, ResultStore
 from .routing import route
 from .settlement import Settlement, open_settlement
-from .settlement.stream import CHUNK as STREAM_CHUNK
-from .settlement.stream import PublishStream
 from .signals import Signal as Signal
 from .signals import SignalsMiddleware
 from .task import Task, make_task_decorator, shared_tasks
 from .unique.middleware import UniqueMiddleware
-from .unique.producer import send_unique, wants_unique
 from .worker import Worker, WorkerOptions
-from .worker.eager import run_eager
 
 if TYPE_CHECKING:
     from .beat.scheduler import BeatRunner, BeatRunOptions
@@ -444,52 +432,7 @@ class Conveyor:
         """What :meth:`send_task`, ``Task.apply_async`` / ``apply`` and signatures send
         through: call options as a mapping; ``task`` is the registered task if the caller has
         it, ``eager`` runs it here and now (``Task.apply``)."""
-        task = task or self.tasks.get(name)
-        if wants_unique(task, options):
-            return send_unique(self, name, args, kwargs, options, task=task, eager=eager)
-        options = dict(options)
-        on_commit = options.pop("on_commit", None)
-        connection = options.pop("connection", None)
-        calls = Calls(self)
-        policy = calls.publish_policy(options)
-        envelope, message, record = self._prepare(calls, name, args, kwargs, options, task)
-        result: TaskResult[object] = TaskResult(envelope.id, self, task_name=name)
-        if eager or self.conf.task_always_eager:
-            run_eager(self, envelope, message.body)
-            return result
-        if connection is None and on_commit is None:
-            # Inside a transaction of the broker's database: enqueue in it (on_commit=False
-            # still means "send now, on a connection of its own").
-            connection = self._enclosing_connection()
-        if connection is not None:
-            # Part of the caller's transaction: no retry (a failure must reach the caller).
-            self.settlement.publish_on(connection, [message], [record] if record else [])
-            hooks = self.hooks.after_publish
-            if hooks:
-                call_each(hooks, self, envelope)
-            return result
-        if on_commit is None and self.conf.task_enqueue_on_commit:
-            on_commit = self.in_transaction()
-        if on_commit:
-            if self.commit_hook is None:
-                raise ConfigurationError(
-                    "on_commit=True needs a transaction hook: add 'conveyor.contrib.django' "
-                    "to INSTALLED_APPS"
-                )
-            self.commit_hook(
-                lambda: self._publish([envelope], [message], [record] if record else [], policy)
-            )
-            return result
-        self._publish([envelope], [message], [record] if record else [], policy)
-        return result
-
-    def _enclosing_connection(self) -> object | None:
-        """The connection of the enclosing database transaction (Django's atomic block) if
-        the broker can enqueue in it, else None."""
-        found = self.transaction_connection()
-        if found is None or not self.settlement.can_publish_on(found):
-            return None
-        return found
+        return sending.send_call(self, name, args, kwargs, options, task=task, eager=eager)
 
     def send_many(
         self, signatures: Iterable[Signature | Task[..., object]]
@@ -503,96 +446,7 @@ class Conveyor:
         are not deduplicated (``unique_for``): send unique calls with ``apply_async``.
         A list of 1,000 or more is built with Python's cyclic garbage collector paused
         (:func:`conveyor.calling.collection_paused`)."""
-        envelopes: list[Envelope] = []
-        messages: list[Message] = []
-        records: list[ResultRecord] = []
-        results: list[TaskResult[object]] = []
-        policy: RetryPolicy | None = None
-        calls = Calls(self)
-        tasks = self.tasks
-        eager = self.conf.task_always_eager
-        stream: PublishStream | None = None
-        streams = not eager  # whether to ask the settlement for a stream
-        sent = kept = 0  # messages and records given to the stream
-        try:
-            with collection_paused(signatures):
-                for item in signatures:
-                    sig = as_signature(item, self)
-                    name = sig.task
-                    options = sig.options
-                    if options:
-                        options = dict(options)
-                        options.pop("on_commit", None)
-                    # One publish for the batch: it is retried as its first call says.
-                    first_policy = calls.publish_policy(options)
-                    if not envelopes:
-                        policy = first_policy
-                    envelope, message, record = self._prepare(
-                        calls, name, sig.args, sig.kwargs, options, tasks.get(name)
-                    )
-                    envelopes.append(envelope)
-                    messages.append(message)
-                    if record is not None:
-                        records.append(record)
-                    results.append(TaskResult(envelope.id, self, task_name=name))
-                    if streams and len(messages) - sent >= STREAM_CHUNK:
-                        if stream is None:
-                            stream = self.settlement.open_stream()
-                            streams = stream is not None
-                        if stream is not None:
-                            stream.add(messages[sent:], records[kept:])
-                            sent, kept = len(messages), len(records)
-        except BaseException:
-            if stream is not None:
-                stream.abort()
-            raise
-        if eager:
-            for envelope, message in zip(envelopes, messages, strict=True):
-                run_eager(self, envelope, message.body)
-            return results
-        if stream is not None:
-            if len(messages) > sent:
-                stream.add(messages[sent:], records[kept:])
-            error = stream.finish()
-            if error is None:
-                self._after_publish(envelopes)
-            elif isinstance(error, PUBLISH_ERRORS) and policy and is_connection_error(error):
-                # Nothing or everything landed: publish it all again, as a retry would.
-                self._publish(envelopes, messages, records, policy, retrying=True)
-            else:
-                raise error
-        elif messages:
-            self._publish(envelopes, messages, records, policy)
-        return results
-
-    def _publish(
-        self,
-        envelopes: Sequence[Envelope],
-        messages: Sequence[Message],
-        records: Sequence[ResultRecord],
-        policy: RetryPolicy | None,
-        *,
-        retrying: bool = False,
-    ) -> None:
-        """Publish (retrying connection errors as ``policy`` says), then ``after_publish``."""
-        settlement = self.settlement
-        publish_with_retry(
-            queued_once(
-                lambda kept: settlement.publish(messages, kept),
-                records,
-                self.results.get_many,
-                retrying=retrying,
-            ),
-            policy,
-            where=lambda: redact_url(self.broker_url),
-        )
-        self._after_publish(envelopes)
-
-    def _after_publish(self, envelopes: Sequence[Envelope]) -> None:
-        hooks = self.hooks.after_publish
-        if hooks:
-            for envelope in envelopes:
-                call_each(hooks, self, envelope)
+        return sending.send_many(self, signatures)
 
     def prepare(
         self,
@@ -604,24 +458,7 @@ class Conveyor:
     ) -> tuple[Envelope, Message, ResultRecord | None]:
         """Build and encode the envelope for one call (validates everything, sends nothing
         but the publish middleware sees it)."""
-        return self._prepare(Calls(self), name, args, kwargs, options, task)
-
-    def _prepare(
-        self,
-        calls: Calls,
-        name: str,
-        args: Sequence[object] | None,
-        kwargs: Mapping[str, object] | None,
-        options: Mapping[str, object],
-        task: Task[..., object] | None,
-    ) -> tuple[Envelope, Message, ResultRecord | None]:
-        call = build_call(calls, name, args, kwargs, options, task)
-        if calls.before:
-            call_each(calls.before, self, call.envelope)
-        message, record = encode_call(call, calls)
-        if calls.parent is not None:
-            calls.parent.children.append(call.envelope.id)
-        return call.envelope, message, record
+        return sending.prepare(self, Calls(self), name, args, kwargs, options, task)
 
     def signature(
         self,

@@ -152,13 +152,7 @@ class Connections:
     def receive(self, conn: Any, count: int) -> list[Any]:
         """Read the ``count`` replies of :meth:`send` (error replies as values)."""
         try:
-            replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:  # read in full: the connection stays in step
-                    replies.append(exc)
-            return replies
+            return _replies(conn, count)
         except BaseException:
             conn.disconnect()  # it reconnects on its next use
             raise
@@ -285,10 +279,16 @@ def _exchange(conn: Any, commands: Sequence[Command], connect_first: bool) -> li
     if connect_first:
         conn.connect()
     conn.send_packed_command(packed(conn, commands))
+    return _replies(conn, len(commands))
+
+
+def _replies(conn: Any, count: int) -> list[Any]:
+    """The next ``count`` replies on ``conn``, error replies as values (read in full: the
+    connection stays in step)."""
     replies: list[Any] = []
-    for _ in commands:
+    for _ in range(count):
         try:
             replies.append(conn.read_response())
-        except ResponseError as exc:  # read in full: the connection stays in step
+        except ResponseError as exc:
             replies.append(exc)
     return replies

@@ -126,8 +126,10 @@ def delivery_count_of(msg: amqp.Message) -> int:
     if type(count) is not int:
         count = headers.get("x-delivery-count")
     if type(count) is int:
-        return min(base + count + 1, MAX_COUNT)
-    return min(base + (2 if msg.delivery_info.get("redelivered") else 1), MAX_COUNT)
+        total = base + count + 1
+    else:
+        total = base + (2 if msg.delivery_info.get("redelivered") else 1)
+    return min(total, MAX_COUNT)
 
 
 def copy_of(msg: amqp.Message, extra: Mapping[str, object]) -> amqp.Message:

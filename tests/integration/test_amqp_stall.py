@@ -38,6 +38,25 @@ def stalling_rabbit(rabbit_server: RabbitServer) -> Iterator[RabbitServer]:
             os.kill(rabbit_server.process.pid, signal.SIGCONT)
 
 
+def stop(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every thread of it is stopped: the kernel stops the
+    threads only once one of them runs, and on a busy machine the node kept answering for
+    milliseconds after ``kill`` returned (it confirmed the publish this test expects to
+    fail)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:  # the state follows the parenthesised command name
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):  # a thread that just ended
+                continue
+        return bool(states) and all(state in "tT" for state in states)
+
+    wait_until(stopped, 10, f"process {pid} stopped")
+
+
 def outcome(call: Callable[[], object], limit: float) -> tuple[BaseException | None, float]:
     """Run ``call`` on a thread; its exception (None: it returned) and how long it took."""
     result: list[BaseException | None] = []
@@ -70,7 +89,7 @@ def test_calls_to_a_stalled_node_fail_in_bounded_time_and_recover(
         broker.publish([Message("before", Q, b"{}")])
         broker.ack(broker.lease([Q], 10, 0))
         assert stalling_rabbit.process is not None
-        os.kill(stalling_rabbit.process.pid, signal.SIGSTOP)
+        stop(stalling_rabbit.process.pid)
         try:
             error, took = outcome(lambda: broker.publish([Message("during", Q, b"{}")]), 30)
             assert isinstance(error, BrokerError) and took < 15, (error, took)

@@ -46,7 +46,7 @@ class Script:
 class Calls:
     """Commands and script calls to send in one round trip (:meth:`Connections.execute`)."""
 
-    __slots__ = ("commands", "hidden", "later", "scripts", "targets")
+    __slots__ = ("commands", "hidden", "later", "reads", "scripts", "targets")
 
     def __init__(self) -> None:
         self.commands: list[Command] = []
@@ -60,6 +60,9 @@ class Calls:
         self.targets: dict[int, str] = {}
         #: How many replies at the end are not returned (the later calls, once appended).
         self.hidden = 0
+        #: The commands after a script call read what it wrote, and running them again is
+        #: harmless: after a NOSCRIPT the whole batch is sent again, not the script alone.
+        self.reads = False
 
     def add(self, commands: Iterable[Command]) -> None:
         self.commands.extend(commands)
@@ -175,6 +178,10 @@ class Connections:
             script = calls.scripts.get(index)
             if isinstance(reply, NoScriptError) and script is not None:
                 script.load()
+                if calls.reads:
+                    replies = self._exchange(calls.commands)
+                    calls.reads = False  # once; then as any batch
+                    return self._settled(calls, replies)
                 reply = replies[index] = self._exchange([calls.commands[index]])[0]
             if isinstance(reply, Exception):
                 raise reply
@@ -258,6 +265,7 @@ def _with_later(calls: Calls) -> Calls:
     joined.commands = list(calls.commands)
     joined.scripts = dict(calls.scripts)
     joined.targets = dict(calls.targets)
+    joined.reads = calls.reads
     for script, command in calls.later:
         joined.scripts[len(joined.commands)] = script
         joined.commands.append(command)

@@ -59,6 +59,12 @@ class RedisKeys:
         """The set of known queue names."""
         return self.shared("queues")
 
+    @property
+    def ingress(self) -> str:
+        """The list small publishes push their messages on, queued by the next script
+        (``lua/common.lua``); single server only."""
+        return self.shared("in")
+
     def revoked(self, task_id: str = "") -> str:
         """A revocation flag (or, with no id, the prefix of all of them)."""
         return self.shared(f"revoked:{task_id}")

@@ -38,6 +38,7 @@ def redis_broker(broker_backend: str, request: pytest.FixtureRequest) -> RedisBr
 def truth(broker: RedisBroker, queue: str) -> Split:
     """Each state's messages by the priority in their records (as the dashboard did before)."""
     client = cast(Redis, broker.client)
+    broker.absorb_ingress()  # the raw keys, as every script sees them
     out: Split = {}
     for state in STATES:
         counts: dict[int, int] = {}

@@ -26,6 +26,7 @@ from conveyor._redis_keys import RedisKeys
 from conveyor.brokers import BrokerOptions, create_broker
 from conveyor.brokers.base import Broker, Delivery, Message
 from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.redis.replies import _blob, _deliveries, _number, _text
 from conveyor.brokers.sqlite.rows import (
     as_blob,
@@ -150,6 +151,7 @@ def one_queued(
     broker = create_broker(server.url, BrokerOptions(key_prefix=prefix))
     try:
         broker.publish([Message("m", Q, b"body")])
+        cast(RedisBroker, broker).absorb_ingress()  # the raw keys, as every script sees them
         keys = RedisKeys(prefix)
         (uid,) = cast(list[bytes], admin.zrange(keys.queue_key(Q, "ready"), 0, -1))
         yield broker, keys, uid

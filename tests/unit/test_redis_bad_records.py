@@ -51,6 +51,7 @@ def msg(body: bytes = b"x", **fields: Any) -> Message:
 
 def uid_of(admin: redis.Redis, prefix: str, message_id: str) -> str:
     """The uid of a message of today's layout (its ``Q:m`` value holds its id)."""
+    absorb(admin, prefix)
     for uid, value in admin.hgetall(RedisKeys(prefix).queue_key(Q, "m")).items():
         _, length, rest = value.split(b" ", 2)
         size, _, position = length.partition(b":")  # the id in the body, or written before it
@@ -58,6 +59,11 @@ def uid_of(admin: redis.Redis, prefix: str, message_id: str) -> str:
         if rest[start : start + int(size)] == message_id.encode():
             return str(uid.decode())
     raise AssertionError(f"no record for {message_id}")
+
+
+def absorb(admin: redis.Redis, prefix: str) -> None:
+    """Queue what small publishes left on the ingress list, as the next script would."""
+    admin.eval(lua_source("common", "absorb"), 1, RedisKeys(prefix).shared("seq"))
 
 
 def msg_key(prefix: str, uid: object) -> str:

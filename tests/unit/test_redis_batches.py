@@ -46,7 +46,7 @@ def test_a_streamed_publish_lands_whole_and_in_order(
     broker: RedisBroker, admin: redis.Redis
 ) -> None:
     messages = batch(2 * CHUNK + 7)
-    broker.publish([Message("warm", "warm", b"")])  # the script is loaded
+    broker.publish([Message("warm", "warm", b"", countdown=60)])  # the script is loaded
     admin.config_resetstat()
     broker.publish(messages)
     assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == 3  # one call a chunk

@@ -418,7 +418,7 @@ def test_settlement_writes_records_then_messages_in_one_go(
     with admin.monitor() as monitor:
         settlement.publish(sent, records)
         seen = [monitor.next_command() for _ in range(4)]
-    assert [c["command"].split()[0] for c in seen] == ["SET", "SET", "SADD", "EVALSHA"]
+    assert [c["command"].split()[0] for c in seen] == ["SET", "SET", "SADD", "RPUSH"]
     assert len({(c["client_address"], c["client_port"]) for c in seen}) == 1
     assert results.get(sent[0].id) == records[0]
     assert [d.id for d in broker.lease([Q], 10, 0)] == [m.id for m in sent]

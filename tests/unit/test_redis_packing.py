@@ -82,6 +82,7 @@ def test_packed_values_are_stored_as_is_and_read_back(
 ) -> None:
     assert packed_value(message.priority, message.id.encode(), message.body) == value
     broker.publish([message])
+    broker.absorb_ingress()  # the raw keys, as every script sees them
     base = broker.keys.queue("q")
     [uid] = admin.zrange(f"{base}:ready", 0, -1)
     assert admin.hget(f"{base}:m", uid) == value

@@ -51,6 +51,7 @@ SCRIPTS = (
     "scheduled_move",
     "departures",
     "priority_counts",
+    "absorb",
 )
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,15 @@ class RedisCore(Broker):
         """Add a call of script ``name`` about one queue (KEYS: its counter and base)."""
         keys = self.keys
         batch.script(self._scripts[name], (keys.seq(queue), keys.queue(queue)), args)
+
+    def _absorb_first(self, batch: Calls) -> int:
+        """Add a call queueing the ingress list (``lua/common.lua``) before reads of queue
+        keys outside a script; how many replies it adds to the front of ``batch``'s."""
+        if self._cluster:
+            return 0
+        batch.script(self._scripts["absorb"], (self.keys.shared("seq"),), ())
+        batch.reads = True
+        return 1
 
     def _wake_arg(self, queue: str) -> str:
         """The wake-up list a script pushes itself; '' on Cluster (another slot)."""

@@ -27,10 +27,11 @@ class Inspection(RedisCore):
             if queues is None:
                 queues = self._known_queues()
             batch = Calls()
+            skip = self._absorb_first(batch)
             for queue in queues:
                 kinds = ("ready", "delayed", "leased", "dead")
                 batch.add(("ZCARD", self.keys.queue_key(queue, kind)) for kind in kinds)
-            counts = self._connections.execute(batch)
+            counts = self._connections.execute(batch)[skip:]
         return {q: QueueStats(*counts[i * 4 : i * 4 + 4]) for i, q in enumerate(queues)}
 
     def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
@@ -39,6 +40,7 @@ class Inspection(RedisCore):
         with self._errors:
             now_ms = self.time() * 1000
             batch = Calls()
+            skip = self._absorb_first(batch)
             for queue in names:
                 ready = keys.queue_key(queue, "ready")
                 for band in range(10):  # the lowest sequence of each priority's band
@@ -46,7 +48,7 @@ class Inspection(RedisCore):
                     batch.add((("ZRANGE", ready, low, f"({high}", "BYSCORE", "LIMIT", 0, 1),))
                 delayed = keys.queue_key(queue, "delayed")
                 batch.add((("ZRANGE", delayed, "-inf", now_ms, "BYSCORE", "LIMIT", 0, 1),))
-            found = self._connections.execute(batch)
+            found = self._connections.execute(batch)[skip:]
             uids = [
                 (queue, _text(uid))
                 for i, queue in enumerate(names)

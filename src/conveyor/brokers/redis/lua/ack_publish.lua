@@ -4,7 +4,7 @@
 -- ARGV: queue published to, its wake-up list ('' on Cluster), nacks,
 -- all_held ('1': add nothing unless every receipt was still held), dedupe_ms (> 0: skip a
 -- message whose id was published to this queue in the last dedupe_ms; publish() only, so a
--- retried publish whose reply was lost adds nothing: see published() below), stride,
+-- retried publish whose reply was lost adds nothing: see published() in common.lua), stride,
 -- receipt * nacks, then the messages: stride 5, (id, priority, countdown_ms, eta_ms, value)
 -- each; stride 2, (id, value) each, a message ready now whose priority is its value's first
 -- digit (most calls: three arguments less to read per message). A value is the message's
@@ -62,36 +62,13 @@ end
 local now = now_ms()
 local base = reserve(count)
 local added = 0
--- Publish dedupe: the ids published to Q are kept in one set per dedupe_ms-long slot of
--- time, Q:pub:<slot>, expiring when the slot after it ends; an id is skipped when the
--- current slot's set or the one before holds it, so an id is remembered for at least
--- dedupe_ms (at most twice that). One set entry per message (no key and no expiry of its
--- own), and a few calls per publish call whatever its size.
-local seen, fresh, slot_key = {}, {}, nil
+local seen, slot_key = {}, nil
 if dedupe > 0 then
   local ids = {}
   for j = i, #ARGV, stride do
     ids[#ids + 1] = ARGV[j]
   end
-  local slot = math.floor(now / dedupe)
-  slot_key = Q .. ':pub:' .. slot
-  local here = redis.call('SMISMEMBER', slot_key, unpack(ids))
-  local before = redis.call('SMISMEMBER', Q .. ':pub:' .. (slot - 1), unpack(ids))
-  for j, id in ipairs(ids) do
-    if here[j] == 1 or before[j] == 1 then
-      seen[j] = true
-    end
-  end
-  -- An id twice in one call is added once.
-  for j, id in ipairs(ids) do
-    if not seen[j] then
-      if fresh[id] then
-        seen[j] = true
-      else
-        fresh[id] = true
-      end
-    end
-  end
+  seen, slot_key = published(Q, ids, dedupe, now)
 end
 -- The Q:m values go in one HSET and the zset entries in one ZADD per zset (a redis.call per
 -- message costs more).
@@ -131,9 +108,8 @@ end
 if #delayed > 0 then
   redis.call('ZADD', Q .. ':delayed', unpack(delayed))
 end
-if slot_key and #remembered > 0 then
-  redis.call('SADD', slot_key, unpack(remembered))
-  redis.call('PEXPIREAT', slot_key, fmt((math.floor(now / dedupe) + 2) * dedupe))
+if slot_key then
+  remember(slot_key, remembered, dedupe, now)
 end
 if added > 0 then
   wake(wake_key)

@@ -29,20 +29,6 @@ for i = first_ack, #ARGV, 2 do
     return redis.error_reply('conveyor lease: bad arguments')
   end
 end
--- redis.call(command, head, items...) in chunks of 1000 items (unpack has a stack limit);
--- the replies' sum (ZADD, ZREM, DEL, EXISTS count).
-local function chunked(command, head, items)
-  local total = 0
-  for start = 1, #items, 1000 do
-    local last = math.min(#items, start + 999)
-    if head then
-      total = total + redis.call(command, head, unpack(items, start, last))
-    else
-      total = total + redis.call(command, unpack(items, start, last))
-    end
-  end
-  return total
-end
 -- The acks of each queue in four calls, not two per ack: which receipts are still leased
 -- (an expired lease's message went to another consumer: its record stays), then one ZREM of
 -- those and forget() (a DEL of their hashes, an HDEL of Q:m).

@@ -71,6 +71,8 @@ class RedisCore(Broker):
         #: worker asks for the same few): keys, the (queue, wake-up list) arguments, and each
         #: queue's position among them.
         self._lease_parts: dict[tuple[str, ...], tuple[list[str], list[bytes], dict[str, int]]] = {}
+        #: Each queue's ingress entry head and wake-up list (``Publishing._ingress_part``).
+        self._ingress_parts: dict[str, tuple[bytes, str]] = {}
         self._block = block_limit(self._client)
         self._scripts = {name: Script(self._client, lua_source("common", name)) for name in SCRIPTS}
         replicas = self.options.transport_options.get("wait_for_replicas") or 0

@@ -117,22 +117,28 @@ class Publishing(RedisCore):
         """Add the RPUSH of ``messages`` on the ingress list (one entry each, see
         ``lua/common.lua``), then the wake-ups of their queues; returns the RPUSH's index
         in ``batch`` and the queues."""
-        keys = self.keys
-        dedupe_ms = int(PUBLISH_DEDUPE_WINDOW * 1000)
         entries = []
-        bases: dict[str, bytes] = {}
+        queues: dict[str, str] = {}  # queue -> its wake-up list
         for m in messages:
-            base = bases.get(m.queue) or bases.setdefault(m.queue, keys.queue(m.queue).encode())
+            parts = self._ingress_parts.get(m.queue) or self._ingress_part(m.queue)
             value = packed_value(clamp_priority(m.priority), m.id.encode(), m.body)
-            entries.append(b"%d %d %s%s" % (dedupe_ms, len(base), base, value))
-        for queue in bases:
+            entries.append(parts[0] + value)
+            queues[m.queue] = parts[1]
+        for queue in queues:
             self._register(batch, queue)
         pushed = len(batch)
-        batch.add((("RPUSH", keys.ingress, *entries),))
-        for queue in bases:
-            wake = keys.wake(queue)  # at most one token, as the scripts' wake()
+        batch.add((("RPUSH", self.keys.ingress, *entries),))
+        for wake in queues.values():  # at most one token, as the scripts' wake()
             batch.add((("LPUSH", wake, 1), ("LTRIM", wake, 0, 0)))
-        return pushed, list(bases)
+        return pushed, list(queues)
+
+    def _ingress_part(self, queue: str) -> tuple[bytes, str]:
+        """An ingress entry's head for ``queue`` (``<dedupe_ms> <length of base> <base>``)
+        and its wake-up list, kept (a producer sends to the same few)."""
+        base = self.keys.queue(queue).encode()
+        head = b"%d %d %s" % (int(PUBLISH_DEDUPE_WINDOW * 1000), len(base), base)
+        parts = self._ingress_parts[queue] = (head, self.keys.wake(queue))
+        return parts
 
     def _absorbing(self) -> Calls:
         batch = Calls()

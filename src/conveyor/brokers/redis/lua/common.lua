@@ -421,20 +421,28 @@ local function absorb()
       local key = dedupe .. ' ' .. Q
       local group = groups[key]
       if not group then
-        group = {Q = Q, dedupe = tonumber(dedupe), ids = {}, uids = {}, values = {}, prios = {}}
+        group = {Q = Q, dedupe = tonumber(dedupe), ids = {}, uids = {}, values = {}, prios = {},
+                 bad = {}}
         groups[key] = group
         order[#order + 1] = group
       end
       local value = string.sub(entry, at + #Q)
-      local id, p = unpacked(value)
-      local j = #group.ids + 1
-      group.ids[j], group.uids[j], group.values[j] = id, base + k, value
-      group.prios[j] = (type(p) == 'string' and string.match(p, '^%d$')) and tonumber(p) or 9
+      -- The id and priority only (unpacked() would copy the body too).
+      local p, len, pos, from = string.match(value, '^(%d) (%d+):?(%d*) ()')
+      if p then
+        from = from + (tonumber(pos) or 1) - 1
+        local j = #group.ids + 1
+        group.ids[j], group.uids[j], group.values[j] = string.sub(value, from, from + len - 1),
+            base + k, value
+        group.prios[j] = tonumber(p)
+      else  -- queued first, never deduplicated: the lease dead-letters it as 'malformed'
+        group.bad[#group.bad + 1] = {base + k, value}
+      end
     end
   end
   for _, group in ipairs(order) do
     local seen, slot_key = {}, nil
-    if group.dedupe > 0 then
+    if group.dedupe > 0 and #group.ids > 0 then
       seen, slot_key = published(group.Q, group.ids, group.dedupe, now)
     end
     local values, ready, remembered = {}, {}, {}
@@ -446,6 +454,12 @@ local function absorb()
         ready[#ready + 1] = uid
         remembered[#remembered + 1] = group.ids[j]
       end
+    end
+    for _, item in ipairs(group.bad) do
+      values[#values + 1] = item[1]
+      values[#values + 1] = item[2]
+      ready[#ready + 1] = score(9, item[1])
+      ready[#ready + 1] = item[1]
     end
     chunked('HSET', group.Q .. ':m', values)
     chunked('ZADD', group.Q .. ':ready', ready)

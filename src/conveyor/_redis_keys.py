@@ -65,6 +65,11 @@ class RedisKeys:
         (``lua/common.lua``); single server only."""
         return self.shared("in")
 
+    @property
+    def unroutable(self) -> str:
+        """Where scripts set aside ingress entries that name no queue (the last 1,000)."""
+        return self.shared("in:unroutable")
+
     def revoked(self, task_id: str = "") -> str:
         """A revocation flag (or, with no id, the prefix of all of them)."""
         return self.shared(f"revoked:{task_id}")

@@ -14,8 +14,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conveyor import Conveyor
 from conveyor.brokers.base import BrokerOptions, Message
 from conveyor.brokers.redis import RedisBroker, publish
+from conveyor.doctor import Level, diagnose, startup_warnings
 from tests import helpers
 from tests.helpers import redis_fixture
 from tests.servers import RedisServer
@@ -126,7 +128,8 @@ def test_entries_no_script_can_use_are_set_aside_or_dead_lettered(
     good = msg(priority=4)
     broker.publish([good])
     assert leased_ids(broker, ["a"]) == [good.id]
-    assert admin.lrange(broker.keys.ingress + ":unroutable", 0, -1) == no_queue
+    assert admin.lrange(broker.keys.unroutable, 0, -1) == no_queue
+    assert broker.unroutable() == len(no_queue)
     dead = broker.dead_letters(10, "a")
     assert sorted((d.id, d.reason) for d in dead) == [
         ("", "malformed"),
@@ -170,3 +173,19 @@ def test_any_entry_leaves_good_messages_leased_once(
     stats = broker.stats(["a"])["a"]
     assert stats.ready == stats.leased == 0
     broker.purge_dead([d.id for d in broker.dead_letters(100, "a")])
+
+
+def test_the_doctor_and_the_worker_start_report_entries_set_aside(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    app = Conveyor("t", broker=server.url, broker_transport_options={"key_prefix": prefix})
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    [clean] = [f for f in diagnose(app) if f.check == "broker: redis ingress"]
+    assert clean.level is Level.OK
+    admin.rpush(broker.keys.ingress, b"garbage")
+    broker.stats(["a"])  # a script ran: set aside
+    [found] = [f for f in startup_warnings(app) if f.check == "broker: redis ingress"]
+    assert found.level is Level.WARNING
+    assert "1 entries" in found.message and broker.keys.unroutable in found.fix

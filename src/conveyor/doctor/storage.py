@@ -43,6 +43,8 @@ def storage_checks(app: Conveyor, *, quick: bool = False) -> list[Finding]:
                 else app.conf.result_backend_transport_options
             )
             findings += redis_findings(role, url, options)
+            if role == "broker":
+                findings += ingress_findings(app)
         elif scheme == "sqlite":
             findings += sqlite_findings(role, url)
         elif scheme in POSTGRES_SCHEMES:
@@ -94,6 +96,30 @@ def redis_findings(role: str, url: str, options: Mapping[str, Any] | None = None
                 )
             ]
     return [finding for name, config in servers for finding in _redis_config(check, name, config)]
+
+
+def ingress_findings(app: Conveyor) -> list[Finding]:
+    """Entries of the Redis broker's ingress list that named no queue: the scripts set them
+    aside rather than drop them (docs/reliability.md); no Conveyor producer writes one."""
+    from ..brokers.redis import RedisBroker  # the redis extra: a Redis URL has it
+
+    broker = app.broker
+    if not isinstance(broker, RedisBroker):
+        return []
+    check = "broker: redis ingress"
+    count = broker.unroutable()
+    if not count:
+        return [ok(check, "no ingress entries were set aside")]
+    key = broker.keys.unroutable
+    return [
+        warning(
+            check,
+            f"{count} entries pushed on the ingress list named no queue and were set aside on "
+            f"{key} (the last 1,000 are kept): something other than a Conveyor producer "
+            "wrote them, or they were damaged",
+            f"LRANGE {key} 0 -1 shows them; DEL {key} once understood",
+        )
+    ]
 
 
 def _config(client: Any, node: Any = None) -> dict[str, Any]:

@@ -34,6 +34,14 @@ class Inspection(RedisCore):
             counts = self._connections.execute(batch)[skip:]
         return {q: QueueStats(*counts[i * 4 : i * 4 + 4]) for i, q in enumerate(queues)}
 
+    def unroutable(self) -> int:
+        """How many ingress entries named no queue and were set aside (``lua/common.lua``;
+        0 on Cluster, where nothing is pushed there)."""
+        if self._cluster:
+            return 0
+        with self._errors:
+            return int(self._client.llen(self.keys.unroutable))
+
     def oldest_ready(self, queues: Sequence[str]) -> dict[str, list[bytes]]:
         names = list(dict.fromkeys(queues))
         keys = self.keys

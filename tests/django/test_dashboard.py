@@ -102,3 +102,12 @@ def test_bad_input_gets_a_page_not_a_traceback(app: Conveyor, admin_client: Clie
 def test_the_admin_links_to_the_dashboard(app: Conveyor, admin_client: Client) -> None:
     page = admin_client.get("/admin/conveyor/taskresult/").content.decode()
     assert f'href="{ROOT}/"' in page and "Conveyor dashboard" in page
+
+
+def test_live_updates_skip_what_the_page_shows(app: Conveyor, admin_client: Client) -> None:
+    page = admin_client.get(f"{ROOT}/").content.decode()
+    [shown] = re.findall(r'data-live-digest="([0-9a-f]{16})"', page)
+    same = admin_client.get(f"{ROOT}/live?page=overview&digest={shown}")
+    assert next(iter(same.streaming_content)) == b": still here\n\n"
+    fresh = admin_client.get(f"{ROOT}/live?page=overview")
+    assert next(iter(fresh.streaming_content)).startswith(f"id: {shown}\nevent: live\n".encode())

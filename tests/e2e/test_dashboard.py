@@ -281,9 +281,12 @@ def test_live_updates_pause_while_the_tab_is_hidden(browser: Any, fleet: Fleet) 
         watched.on("request", lambda r: streams.append(r.url) if "/live?" in r.url else None)
         for tab in (watched, observer):
             tab.goto("/")
-            expect(tab.locator("#live[data-updated]")).to_have_count(1)  # streaming
+            expect(tab.locator("#live[data-streaming]")).to_have_count(1)
         ready = int(watched.locator('[data-figure="ready"]').inner_text())
         assert len(streams) == 1
+        # It says what the page shows: the stream sends the block only once it changes.
+        shown = watched.locator("#live").get_attribute("data-live-digest")
+        assert shown and f"digest={shown}" in streams[0]
         # What the browser does when the tab goes to the background.
         watched.evaluate(
             """() => {

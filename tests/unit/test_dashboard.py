@@ -262,14 +262,41 @@ def test_live_updates_stream_the_changing_part(app: Conveyor) -> None:
     client = client_for(app)
     with client.stream("GET", "/live?page=overview") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
-        lines = []
-        for line in stream.iter_lines():
-            lines.append(line)
-            if line == "" and lines[:1] == ["event: live"]:
-                break
-    html = "\n".join(line.removeprefix("data: ") for line in lines[1:])
+    lines = first_message(client, "/live?page=overview")
+    assert lines[0].startswith("id: ") and lines[1] == "event: live"
+    html = "\n".join(line.removeprefix("data: ") for line in lines[2:])
     assert 'data-figure="ready">0<' in html and "<html" not in html
     assert client.get("/live?page=nope").status_code == 404
+
+
+def first_message(client: TestClient, url: str, **headers: str) -> list[str]:
+    """The first thing the live stream at ``url`` sends: an event's lines, or a comment."""
+    lines: list[str] = []
+    with client.stream("GET", url, headers=headers) as stream:
+        for line in stream.iter_lines():
+            if line == "" and lines:
+                break
+            lines.append(line)
+    return lines
+
+
+def test_live_updates_skip_what_the_browser_shows(app: Conveyor) -> None:
+    client = client_for(app)
+    page = client.get("/").text
+    [shown] = re.findall(r'data-live-digest="([0-9a-f]{16})"', page)
+    # The page's block again: nothing to redraw (a redraw would swallow a click).
+    assert first_message(client, f"/live?page=overview&digest={shown}") == [": still here"]
+    # The browser reconnecting by itself says what it got last.
+    assert first_message(client, "/live?page=overview", **{"last-event-id": shown}) == [
+        ": still here"
+    ]
+    # Unknown to the browser (none given, or the data changed): the block, with its digest.
+    event = first_message(client, "/live?page=overview")
+    assert event[:2] == [f"id: {shown}", "event: live"]
+    app.broker.publish([Message(id="m-1", queue="default", body=b"{}")])
+    changed = first_message(client, f"/live?page=overview&digest={shown}")
+    assert changed[0].startswith("id: ") and changed[0] != f"id: {shown}"
+    assert any('data-figure="ready">1<' in line for line in changed)
 
 
 def test_malformed_dead_letters_show_their_reason(app: Conveyor) -> None:

@@ -385,9 +385,9 @@ def live_block(client: TestClient, query: str) -> str:
         lines: list[str] = []
         for line in stream.iter_lines():
             lines.append(line)
-            if line == "" and lines[:1] == ["event: live"]:
+            if line == "" and lines[1:2] == ["event: live"]:  # after the event's id
                 break
-    return "\n".join(line.removeprefix("data: ") for line in lines[1:])
+    return "\n".join(line.removeprefix("data: ") for line in lines[2:])
 
 
 def test_live_counts_of_scheduled_messages_and_retries(app: Conveyor, client: TestClient) -> None:

@@ -6,6 +6,7 @@ same pages. Calls here are blocking (broker reads): adapters run them off their 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,24 @@ MAX_FILTER = 200
 MAX_ID = 255
 #: Pages whose changing part is streamed by the live endpoint.
 LIVE_PAGES = ("overview", "queues", "workers", "dead", "scheduled", "retries", "tasks", "task")
+
+
+def live_digest(html: str) -> str:
+    """What identifies a rendering of a live block: the page's ``data-live-digest``, the
+    stream's event ids (``Last-Event-ID`` when the browser reconnects)."""
+    return hashlib.blake2b(html.encode(), digest_size=8).hexdigest()
+
+
+def live_event(html: str, shown: str | None) -> tuple[str, str | None]:
+    """The server-sent text for a rendering ``html`` of a live block, and the digest the
+    browser shows after it: an event carrying the block (its digest as the event id) when it
+    differs from ``shown`` (the browser's), else a comment that keeps proxies from closing
+    the stream. Never the same block twice: a redraw would swallow a click on it."""
+    digest = live_digest(html)
+    if digest == shown:
+        return ": still here\n\n", shown
+    data = "\n".join(f"data: {line}" for line in html.splitlines() or [""])
+    return f"id: {digest}\nevent: live\n{data}\n\n", digest
 
 
 class Pages:
@@ -84,7 +103,10 @@ class Pages:
         return {"page": page, "app_name": self.fleet.app.main or "conveyor", **build(params)}
 
     def render(self, page: str, context: Mapping[str, Any]) -> str:
-        """The whole page; ``context`` also holds the adapter's root, token and read_only."""
+        """The whole page; ``context`` also holds the adapter's root, token and read_only.
+        A live page carries its live block's digest, so the stream sends only changes."""
+        if page in LIVE_PAGES:
+            context = {**context, "live_digest": live_digest(self.render_live(page, context))}
         return self.env.get_template(f"{page}.html").render(context)
 
     def render_live(self, page: str, context: Mapping[str, Any]) -> str:

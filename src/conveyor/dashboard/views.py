@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from ..exceptions import ConveyorError
-from .pages import LIVE_PAGES, MAX_ID, BadRequest, Pages, task_path
+from .pages import LIVE_PAGES, MAX_ID, BadRequest, Pages, live_event, task_path
 from .security import FormTokens
 
 #: Seconds between two looks at the broker for a live page.
@@ -61,8 +61,11 @@ class Views:
             raise BadRequest(404, "no live updates for this page")
         first = await self._context(request, page)  # bad parameters: a 4xx answer, no stream
 
+        # What the browser shows already: the page's block, or the last event it received.
+        shown = request.headers.get("last-event-id") or request.query_params.get("digest")
+
         async def stream() -> AsyncIterator[str]:
-            last = None
+            last = shown
             context: dict[str, object] | None = first
             while not await request.is_disconnected():
                 try:
@@ -73,12 +76,8 @@ class Views:
                 except BadRequest as exc:  # e.g. the task was forgotten meanwhile
                     html = f'<p class="error">{_escape(exc.message)}</p>'
                 context = None
-                if html != last:
-                    last = html
-                    data = "\n".join(f"data: {line}" for line in html.splitlines() or [""])
-                    yield f"event: live\n{data}\n\n"
-                else:
-                    yield ": still here\n\n"  # a comment keeps proxies from closing the stream
+                text, last = live_event(html, last)
+                yield text
                 await asyncio.sleep(LIVE_INTERVAL)
 
         return StreamingResponse(

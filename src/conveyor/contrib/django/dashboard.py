@@ -42,7 +42,15 @@ from django.views.decorators.csrf import csrf_protect
 from conveyor._state import default_app
 from conveyor.dashboard.audit import AuditLog
 from conveyor.dashboard.fleet import Fleet
-from conveyor.dashboard.pages import LIVE_PAGES, MAX_ID, STATIC, BadRequest, Pages, task_path
+from conveyor.dashboard.pages import (
+    LIVE_PAGES,
+    MAX_ID,
+    STATIC,
+    BadRequest,
+    Pages,
+    live_event,
+    task_path,
+)
 from conveyor.dashboard.security import SECURITY_HEADERS, FormTokens
 from conveyor.exceptions import ConveyorError
 
@@ -145,8 +153,11 @@ def live(request: HttpRequest) -> StreamingHttpResponse:
     extra = _adapter_context(request, tokens, pages)
     pages.context(page, params)  # bad parameters: a 4xx page, no stream
 
+    # What the browser shows already: the page's block, or the last event it received.
+    shown = request.headers.get("last-event-id") or request.GET.get("digest")
+
     def stream() -> Iterator[str]:
-        last, until = None, time.monotonic() + LIVE_FOR
+        last, until = shown, time.monotonic() + LIVE_FOR
         while time.monotonic() < until:
             try:
                 html = pages.render_live(page, {**pages.context(page, params), **extra})
@@ -154,12 +165,8 @@ def live(request: HttpRequest) -> StreamingHttpResponse:
                 html = f"<p class='error'>the broker did not answer: {type(exc).__name__}</p>"
             except BadRequest:  # e.g. the task was forgotten meanwhile
                 html = "<p class='error'>no longer found</p>"
-            if html != last:
-                last = html
-                data = "".join(f"data: {line}\n" for line in html.splitlines())
-                yield f"event: live\n{data}\n"
-            else:
-                yield ": still here\n\n"
+            text, last = live_event(html, last)
+            yield text
             time.sleep(LIVE_INTERVAL)
 
     response = StreamingHttpResponse(stream(), content_type="text/event-stream")

@@ -12,7 +12,12 @@
     const params = new URLSearchParams(window.location.search);
     params.set("page", region.dataset.live);
     if (region.dataset.liveTask) params.set("task_id", region.dataset.liveTask);
+    // What is shown already: the stream sends the block only once it differs.
+    if (region.dataset.liveDigest) params.set("digest", region.dataset.liveDigest);
     source = new EventSource((document.body.dataset.root || "") + "/live?" + params.toString());
+    source.addEventListener("open", function () {
+      region.dataset.streaming = "1";
+    });
     source.addEventListener("live", function (event) {
       // Rows chosen in a live table stay chosen when it is redrawn.
       const chosen = new Set();
@@ -23,6 +28,7 @@
       region.querySelectorAll("input[name=id]").forEach(function (box) {
         if (chosen.has(box.value)) box.checked = true;
       });
+      region.dataset.liveDigest = event.lastEventId;
       region.dataset.updated = String(Date.now());
     });
   }
@@ -31,6 +37,7 @@
     if (source) {
       source.close();
       source = null;
+      delete region.dataset.streaming;
     }
   }
 

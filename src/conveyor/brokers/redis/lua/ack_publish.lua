@@ -22,7 +22,7 @@ if not nacks or not dedupe or (stride ~= 5 and stride ~= 2)
   return redis.error_reply('conveyor publish: bad arguments')
 end
 local first = 7 + nacks
-local priorities = {}
+local priorities, count = {}, 0
 for j = first, #ARGV, stride do
   local priority
   if stride == 2 then
@@ -39,7 +39,8 @@ for j = first, #ARGV, stride do
   if not priority or priority > 9 then
     return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
   end
-  priorities[#priorities + 1] = priority
+  count = count + 1
+  priorities[count] = priority
 end
 local held = {}
 for i = 7, 6 + nacks do
@@ -55,7 +56,6 @@ if ARGV[4] == '1' and held < nacks then
   return 0
 end
 local i = first
-local count = #priorities
 if count == 0 then
   return 0
 end
@@ -65,36 +65,34 @@ local added = 0
 local seen, slot_key = {}, nil
 if dedupe > 0 then
   local ids = {}
-  for j = i, #ARGV, stride do
-    ids[#ids + 1] = ARGV[j]
+  for k = 1, count do
+    ids[k] = ARGV[i + (k - 1) * stride]
   end
   seen, slot_key = published(Q, ids, dedupe, now)
 end
 -- The Q:m values go in one HSET and the zset entries in one ZADD per zset (a redis.call per
 -- message costs more).
+-- (Counters rather than #t: Lua finds a table's length by a binary search.)
 local values, ready, delayed, remembered = {}, {}, {}, {}
+local nv, nr, nd = 0, 0, 0
 for k = 1, count do
-  local id = ARGV[i]
   if not seen[k] then
-    remembered[#remembered + 1] = id
     added = added + 1
+    remembered[added] = ARGV[i]
     local priority = priorities[k]
     local due = now
     if stride == 5 then
       due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     end
     local uid = base + k
-    values[#values + 1] = uid
-    values[#values + 1] = ARGV[i + stride - 1]
+    values[nv + 1], values[nv + 2], nv = uid, ARGV[i + stride - 1], nv + 2
     if due > now then
       -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
       redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
       tally(Q, 'd', priority, 1)
-      delayed[#delayed + 1] = fmt(due)
-      delayed[#delayed + 1] = uid
+      delayed[nd + 1], delayed[nd + 2], nd = fmt(due), uid, nd + 2
     else
-      ready[#ready + 1] = score(priority, uid)
-      ready[#ready + 1] = uid
+      ready[nr + 1], ready[nr + 2], nr = (9 - priority) * BAND + uid, uid, nr + 2
     end
   end
   i = i + stride

@@ -36,12 +36,12 @@ def main() -> int:
 
     from conveyor import Conveyor
     from conveyor._redis_calls import Calls
-    from conveyor.brokers.redis import RedisBroker, lua_source
+    from conveyor.brokers.redis import PRELUDE, RedisBroker, lua_source, script_source
 
-    variants = {"committed": lua_source("common", "lease")}
+    variants = {"committed": script_source("lease")}
     for spec in args.lua:
         name, _, path = spec.partition("=")
-        variants[name] = lua_source("common") + "\n" + Path(path).read_text()
+        variants[name] = lua_source(*PRELUDE) + "\n" + Path(path).read_text()
     server = RedisServer(appendonly=False)
     server.start()
     assert server.process is not None

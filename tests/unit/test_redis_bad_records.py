@@ -15,7 +15,7 @@ import redis
 from conveyor._redis_keys import RedisKeys
 from conveyor.brokers.base import BrokerOptions, Message, QueueStats
 from conveyor.brokers.redis import RedisBroker
-from conveyor.brokers.redis.core import lua_source
+from conveyor.brokers.redis.core import script_source
 from conveyor.brokers.redis.publish import packed_value
 from conveyor.exceptions import BrokerError
 from tests import helpers
@@ -63,7 +63,7 @@ def uid_of(admin: redis.Redis, prefix: str, message_id: str) -> str:
 
 def absorb(admin: redis.Redis, prefix: str) -> None:
     """Queue what small publishes left on the ingress list, as the next script would."""
-    admin.eval(lua_source("common", "absorb"), 1, RedisKeys(prefix).shared("seq"))
+    admin.eval(script_source("absorb"), 1, RedisKeys(prefix).shared("seq"))
 
 
 def msg_key(prefix: str, uid: object) -> str:
@@ -236,7 +236,7 @@ def test_a_plain_publish_checks_that_each_value_starts_with_its_priority(
     # Messages ready now go as (id, value) pairs, the priority read from the value's first
     # digit: a value without one fails the whole call.
     keys = RedisKeys(prefix)
-    script = admin.register_script(lua_source("common", "ack_publish"))
+    script = admin.register_script(script_source("ack_publish"))
     fine = packed_value(3, b"fine", b"fine body")
     args = [Q, "", 0, "0", 0, 2, b"fine", fine, b"bad", value]
     with pytest.raises(redis.ResponseError, match="bad priority, countdown or eta for bad"):

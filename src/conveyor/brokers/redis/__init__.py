@@ -55,6 +55,6 @@ revocations, purge), ``inspection`` (counts, dead letters, delayed messages, dep
 """
 
 from .broker import RedisBroker
-from .core import CHUNK, lua_source
+from .core import CHUNK, PRELUDE, lua_source, script_source
 
-__all__ = ["CHUNK", "RedisBroker", "lua_source"]
+__all__ = ["CHUNK", "PRELUDE", "RedisBroker", "lua_source", "script_source"]

@@ -30,6 +30,15 @@ def lua_source(*names: str) -> str:
     return "\n".join(folder.joinpath(f"{name}.lua").read_text("utf-8") for name in names)
 
 
+#: What every broker script starts with: the helpers, then the dedupe and the ingress list.
+PRELUDE = ("common", "ingress")
+
+
+def script_source(name: str) -> str:
+    """The source of broker script ``name``: the prelude, then ``lua/<name>.lua``."""
+    return lua_source(*PRELUDE, name)
+
+
 #: Messages per script call when publishing, sweeping or purging big batches.
 CHUNK = 1000
 #: Width of one priority's band of ready scores (``BAND`` in the scripts).
@@ -74,7 +83,7 @@ class RedisCore(Broker):
         #: Each queue's ingress entry head and wake-up list (``Publishing._ingress_part``).
         self._ingress_parts: dict[str, tuple[bytes, str]] = {}
         self._block = block_limit(self._client)
-        self._scripts = {name: Script(self._client, lua_source("common", name)) for name in SCRIPTS}
+        self._scripts = {name: Script(self._client, script_source(name)) for name in SCRIPTS}
         replicas = self.options.transport_options.get("wait_for_replicas") or 0
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise ConfigurationError(
@@ -112,7 +121,7 @@ class RedisCore(Broker):
         batch.script(self._scripts[name], (keys.seq(queue), keys.queue(queue)), args)
 
     def _absorb_first(self, batch: Calls) -> int:
-        """Add a call queueing the ingress list (``lua/common.lua``) before reads of queue
+        """Add a call queueing the ingress list (``lua/ingress.lua``) before reads of queue
         keys outside a script; how many replies it adds to the front of ``batch``'s."""
         if self._cluster:
             return 0

@@ -35,7 +35,7 @@ class Inspection(RedisCore):
         return {q: QueueStats(*counts[i * 4 : i * 4 + 4]) for i, q in enumerate(queues)}
 
     def unroutable(self) -> int:
-        """How many ingress entries named no queue and were set aside (``lua/common.lua``;
+        """How many ingress entries named no queue and were set aside (``lua/ingress.lua``;
         0 on Cluster, where nothing is pushed there)."""
         if self._cluster:
             return 0

@@ -23,7 +23,7 @@ from .replies import _by_queue
 ID_SEARCH = 1024
 
 #: A publish of at most this many messages, all ready now, pushes them on the ingress list
-#: (``lua/common.lua``) on a single server: an RPUSH costs redis-server ~15 us less than a
+#: (``lua/ingress.lua``) on a single server: an RPUSH costs redis-server ~15 us less than a
 #: script call. Larger ones go through ``ack_publish.lua``, which costs less per message.
 INGRESS_MAX = 16
 #: A publish that finds more entries than this on the ingress list queues them itself (one
@@ -115,7 +115,7 @@ class Publishing(RedisCore):
 
     def _queue_ingress(self, batch: Calls, messages: Sequence[Message]) -> tuple[int, list[str]]:
         """Add the RPUSH of ``messages`` on the ingress list (one entry each, see
-        ``lua/common.lua``), then the wake-ups of their queues; returns the RPUSH's index
+        ``lua/ingress.lua``), then the wake-ups of their queues; returns the RPUSH's index
         in ``batch`` and the queues."""
         entries = []
         queues: dict[str, str] = {}  # queue -> its wake-up list

@@ -1,2 +1,2 @@
--- Queue what the ingress list holds (the prelude, common.lua, does it). KEYS: seq.
+-- Queue what the ingress list holds (the prelude, ingress.lua, does it). KEYS: seq.
 return 0

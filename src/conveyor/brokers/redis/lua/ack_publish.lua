@@ -4,7 +4,7 @@
 -- ARGV: queue published to, its wake-up list ('' on Cluster), nacks,
 -- all_held ('1': add nothing unless every receipt was still held), dedupe_ms (> 0: skip a
 -- message whose id was published to this queue in the last dedupe_ms; publish() only, so a
--- retried publish whose reply was lost adds nothing: see published() in common.lua), stride,
+-- retried publish whose reply was lost adds nothing: see published() in ingress.lua), stride,
 -- receipt * nacks, then the messages: stride 5, (id, priority, countdown_ms, eta_ms, value)
 -- each; stride 2, (id, value) each, a message ready now whose priority is its value's first
 -- digit (most calls: three arguments less to read per message). A value is the message's

@@ -1,0 +1,123 @@
+-- Prepended to every broker script after common.lua (core.py: PRELUDE): the publish dedupe
+-- and the ingress list, queued before the script's own work.
+
+-- Publish dedupe: the ids published to Q are kept in one set per dedupe_ms-long slot of
+-- time, Q:pub:<slot>, expiring when the slot after it ends; an id is skipped when the
+-- current slot's set or the one before holds it, so an id is remembered for at least
+-- dedupe_ms (at most twice that). One set entry per message (no key and no expiry of its
+-- own), and a few calls per publish call whatever its size.
+-- Returns seen (seen[j]: skip ids[j], also when it came earlier in ids) and the slot's set.
+local function published(Q, ids, dedupe, now)
+  local slot = math.floor(now / dedupe)
+  local slot_key, before_key = Q .. ':pub:' .. slot, Q .. ':pub:' .. (slot - 1)
+  local seen, fresh = {}, {}
+  for start = 1, #ids, 1000 do
+    local last = math.min(#ids, start + 999)
+    local here = redis.call('SMISMEMBER', slot_key, unpack(ids, start, last))
+    local before = redis.call('SMISMEMBER', before_key, unpack(ids, start, last))
+    for j = start, last do
+      local id = ids[j]
+      if here[j - start + 1] == 1 or before[j - start + 1] == 1 or fresh[id] then
+        seen[j] = true
+      else
+        fresh[id] = true
+      end
+    end
+  end
+  return seen, slot_key
+end
+
+-- Remember ids as published in the slot's set (see published()).
+local function remember(slot_key, ids, dedupe, now)
+  if #ids > 0 then
+    chunked('SADD', slot_key, ids)
+    redis.call('PEXPIREAT', slot_key, fmt((math.floor(now / dedupe) + 2) * dedupe))
+  end
+end
+
+-- The ingress list. A publish of a few messages ready now (publish.py, most delay() calls)
+-- pushes each as one entry, '<dedupe_ms> <length of base> <base><Q:m value>', on
+-- '{<p>}:in' with one RPUSH: the cheapest write for redis-server (a publish script call
+-- costs it ~15 us more, mostly the script machinery). The first script of any queue after
+-- that (this prelude, below) queues every entry in the order they were pushed, before it
+-- reads or writes anything: so FIFO across queues and priorities, the dedupe and every
+-- count and read hold as if the messages had been published by ack_publish.lua. Producers
+-- keep the list short (INGRESS_LIMIT in publish.py): queueing is ~4 us per message.
+-- A value whose priority is not one is queued first and dead-lettered as 'malformed' by the
+-- lease; an entry naming no queue is moved to '{<p>}:in:unroutable' (the last 1000 kept).
+-- On Cluster nothing is pushed: the name below is then the queue's own, always empty.
+local INGRESS = string.sub(SEQ, 1, -4) .. 'in'
+local function absorb()
+  local entries = redis.call('LRANGE', INGRESS, 0, -1)
+  if #entries == 0 then
+    return
+  end
+  local now = now_ms()
+  local base = reserve(#entries)
+  local groups, order, unroutable = {}, {}, {}
+  for k, entry in ipairs(entries) do
+    local dedupe, n, at = string.match(entry, '^(%d+) (%d+) ()')
+    local Q = n and string.sub(entry, at, at + tonumber(n) - 1)
+    if not Q or #Q ~= tonumber(n) or not string.match(Q, '^%b{}$') then
+      unroutable[#unroutable + 1] = entry
+    else
+      local key = dedupe .. ' ' .. Q
+      local group = groups[key]
+      if not group then
+        group = {Q = Q, dedupe = tonumber(dedupe), n = 0, ids = {}, uids = {}, values = {},
+                 prios = {}, bad = {}}
+        groups[key] = group
+        order[#order + 1] = group
+      end
+      local value = string.sub(entry, at + #Q)
+      -- The id and priority only (unpacked() would copy the body too).
+      local p, len, pos, from = string.match(value, '^(%d) (%d+):?(%d*) ()')
+      if p then
+        from = from + (tonumber(pos) or 1) - 1
+        local j = group.n + 1  -- (a counter: Lua finds #t by a binary search)
+        group.n = j
+        group.ids[j], group.uids[j], group.values[j] = string.sub(value, from, from + len - 1),
+            base + k, value
+        group.prios[j] = tonumber(p)
+      else  -- queued first, never deduplicated: the lease dead-letters it as 'malformed'
+        group.bad[#group.bad + 1] = {base + k, value}
+      end
+    end
+  end
+  for _, group in ipairs(order) do
+    local seen, slot_key = {}, nil
+    if group.dedupe > 0 and #group.ids > 0 then
+      seen, slot_key = published(group.Q, group.ids, group.dedupe, now)
+    end
+    local values, ready, remembered, n, kept = {}, {}, {}, 0, 0
+    for j, uid in ipairs(group.uids) do
+      if not seen[j] then
+        values[n + 1], values[n + 2] = uid, group.values[j]
+        ready[n + 1], ready[n + 2] = score(group.prios[j], uid), uid
+        n, kept = n + 2, kept + 1
+        remembered[kept] = group.ids[j]
+      end
+    end
+    for _, item in ipairs(group.bad) do
+      values[n + 1], values[n + 2] = item[1], item[2]
+      ready[n + 1], ready[n + 2] = score(9, item[1]), item[1]
+      n = n + 2
+    end
+    chunked('HSET', group.Q .. ':m', values)
+    chunked('ZADD', group.Q .. ':ready', ready)
+    if slot_key then
+      remember(slot_key, remembered, group.dedupe, now)
+    end
+  end
+  if #unroutable > 0 then
+    chunked('RPUSH', INGRESS .. ':unroutable', unroutable)
+    redis.call('LTRIM', INGRESS .. ':unroutable', -1000, -1)
+  end
+  -- Last: a call that failed half-way queues them again (twice, never lost).
+  redis.call('LTRIM', INGRESS, #entries, -1)
+end
+
+-- Every broker script (KEYS[1] its sequence counter) queues the ingress list first.
+if string.match(SEQ or '', '^%b{}:seq$') then
+  absorb()
+end

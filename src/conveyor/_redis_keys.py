@@ -46,7 +46,8 @@ class RedisKeys:
 
     def wake(self, queue: str) -> str:
         """``queue``'s wake-up list. All of them share one slot, so a consumer of several
-        queues blocks on all of them with one BLPOP, on Cluster too."""
+        queues blocks on all of them with one BLPOP, on Cluster too. (An ingress entry names
+        its queue by this list: ``lua/ingress.lua`` makes :meth:`queue` of it.)"""
         return self.shared(f"wake:{queue}")
 
     # -- one prefix: all in the prefix's slot ----------------------------------------------

@@ -110,6 +110,15 @@ def test_producers_keep_the_list_short(
     assert leased_ids(broker, ["a"]) == [m.id for m in sent]
 
 
+def test_the_queueing_leaves_one_wake_up_token(broker: RedisBroker, admin: redis.Redis) -> None:
+    for _ in range(5):
+        broker.publish([msg()])  # a token each: keeping one would cost a command more
+    assert admin.llen(broker.keys.wake("a")) == 5
+    broker.stats(["a"])  # any script queues the entries and the tokens become one
+    assert admin.llen(broker.keys.wake("a")) == 1
+    assert len(leased_ids(broker, ["a"])) == 5
+
+
 def test_delays_and_big_batches_skip_the_list(broker: RedisBroker, admin: redis.Redis) -> None:
     broker.publish([Message("d", "a", b"{}", countdown=60)])
     broker.publish([msg() for _ in range(publish.INGRESS_MAX + 1)])
@@ -119,10 +128,11 @@ def test_delays_and_big_batches_skip_the_list(broker: RedisBroker, admin: redis.
 def test_entries_no_script_can_use_are_set_aside_or_dead_lettered(
     broker: RedisBroker, admin: redis.Redis
 ) -> None:
-    base = broker.keys.queue("a").encode()
-    no_queue = [b"", b"garbage", b"60000 999 " + base, b"60000 3 abc" + b"9 1 x{}"]
+    wake = broker.keys.wake("a").encode()
+    no_queue = [b"", b"garbage", b"60000 999 " + wake, b"60000 3 abc" + b"9 1 x{}"]
+    no_queue.append(b"60000 %d %s" % (len(wake) - 2, wake[:-2]) + b"9 1 x{}")  # no queue name
     admin.rpush(broker.keys.ingress, *no_queue)
-    header = b"60000 %d %s" % (len(base), base)
+    header = b"60000 %d %s" % (len(wake), wake)
     # A priority that is not one, and twice a value of no shape (no id: never deduplicated).
     admin.rpush(broker.keys.ingress, header + b"p 8 " + b"z" * 8, header + b"?", header + b"?")
     good = msg(priority=4)
@@ -153,9 +163,9 @@ def test_entries_no_script_can_use_are_set_aside_or_dead_lettered(
 def test_any_entry_leaves_good_messages_leased_once(
     broker: RedisBroker, admin: redis.Redis, entries: list[bytes | tuple[int, bytes]]
 ) -> None:
-    base = broker.keys.queue("a").encode()
+    wake = broker.keys.wake("a").encode()
     raw = [
-        e if isinstance(e, bytes) else b"%d %d %s%s" % (e[0], len(base), base, e[1])
+        e if isinstance(e, bytes) else b"%d %d %s%s" % (e[0], len(wake), wake, e[1])
         for e in entries
     ]
     before = msg(priority=2)

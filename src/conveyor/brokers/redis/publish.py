@@ -128,16 +128,17 @@ class Publishing(RedisCore):
             self._register(batch, queue)
         pushed = len(batch)
         batch.add((("RPUSH", self.keys.ingress, *entries),))
-        for wake in queues.values():  # at most one token, as the scripts' wake()
-            batch.add((("LPUSH", wake, 1), ("LTRIM", wake, 0, 0)))
+        for wake in queues.values():  # one token a publish: the queueing keeps one
+            batch.add((("LPUSH", wake, 1),))
         return pushed, list(queues)
 
     def _ingress_part(self, queue: str) -> tuple[bytes, str]:
-        """An ingress entry's head for ``queue`` (``<dedupe_ms> <length of base> <base>``)
-        and its wake-up list, kept (a producer sends to the same few)."""
-        base = self.keys.queue(queue).encode()
-        head = b"%d %d %s" % (int(PUBLISH_DEDUPE_WINDOW * 1000), len(base), base)
-        parts = self._ingress_parts[queue] = (head, self.keys.wake(queue))
+        """An ingress entry's head for ``queue`` (``<dedupe_ms> <length of wake> <wake>``,
+        its wake-up list naming the queue) and that list, kept (a producer sends to the same
+        few)."""
+        wake = self.keys.wake(queue)
+        head = b"%d %d %s" % (int(PUBLISH_DEDUPE_WINDOW * 1000), len(wake), wake.encode())
+        parts = self._ingress_parts[queue] = (head, wake)
         return parts
 
     def _absorbing(self) -> Calls:

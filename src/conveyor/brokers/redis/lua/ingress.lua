@@ -36,13 +36,16 @@ local function remember(slot_key, ids, dedupe, now)
 end
 
 -- The ingress list. A publish of a few messages ready now (publish.py, most delay() calls)
--- pushes each as one entry, '<dedupe_ms> <length of base> <base><Q:m value>', on
--- '{<p>}:in' with one RPUSH: the cheapest write for redis-server (a publish script call
--- costs it ~15 us more, mostly the script machinery). The first script of any queue after
--- that (this prelude, below) queues every entry in the order they were pushed, before it
--- reads or writes anything: so FIFO across queues and priorities, the dedupe and every
--- count and read hold as if the messages had been published by ack_publish.lua. Producers
--- keep the list short (INGRESS_LIMIT in publish.py): queueing is ~4 us per message.
+-- pushes each as one entry, '<dedupe_ms> <length of wake> <wake><Q:m value>', on
+-- '{<p>}:in' with one RPUSH, and a token on the queue's wake-up list <wake>,
+-- '{<p>}:wake:<q>' (the queue's base, '{<p>:<q>}', is made from it): the cheapest writes
+-- for redis-server (a publish script call costs it ~15 us more, mostly the script
+-- machinery). The first script of any queue after that (this prelude, below) queues every
+-- entry in the order they were pushed, before it reads or writes anything: so FIFO across
+-- queues and priorities, the dedupe and every count and read hold as if the messages had
+-- been published by ack_publish.lua; and it leaves at most one token on each wake-up list
+-- it fed (the producers push one per message, a command less than keeping them single).
+-- Producers keep the list short (INGRESS_LIMIT in publish.py): queueing is ~4 us per message.
 -- A value whose priority is not one is queued first and dead-lettered as 'malformed' by the
 -- lease; an entry naming no queue is moved to '{<p>}:in:unroutable' (the last 1000 kept).
 -- On Cluster nothing is pushed: the name below is then the queue's own, always empty.
@@ -57,19 +60,20 @@ local function absorb()
   local groups, order, unroutable = {}, {}, {}
   for k, entry in ipairs(entries) do
     local dedupe, n, at = string.match(entry, '^(%d+) (%d+) ()')
-    local Q = n and string.sub(entry, at, at + tonumber(n) - 1)
-    if not Q or #Q ~= tonumber(n) or not string.match(Q, '^%b{}$') then
+    local wake = n and string.sub(entry, at, at + tonumber(n) - 1)
+    local prefix, queue = string.match(wake or '', '^{([^}]*)}:wake:(.+)$')
+    if not queue or #wake ~= tonumber(n) then
       unroutable[#unroutable + 1] = entry
     else
-      local key = dedupe .. ' ' .. Q
+      local key = dedupe .. ' ' .. wake
       local group = groups[key]
       if not group then
-        group = {Q = Q, dedupe = tonumber(dedupe), n = 0, ids = {}, uids = {}, values = {},
-                 prios = {}, bad = {}}
+        group = {Q = '{' .. prefix .. ':' .. queue .. '}', wake = wake, dedupe = tonumber(dedupe),
+                 n = 0, ids = {}, uids = {}, values = {}, prios = {}, bad = {}}
         groups[key] = group
         order[#order + 1] = group
       end
-      local value = string.sub(entry, at + #Q)
+      local value = string.sub(entry, at + #wake)
       -- The id and priority only (unpacked() would copy the body too).
       local p, len, pos, from = string.match(value, '^(%d) (%d+):?(%d*) ()')
       if p then
@@ -108,6 +112,7 @@ local function absorb()
     if slot_key then
       remember(slot_key, remembered, group.dedupe, now)
     end
+    redis.call('LTRIM', group.wake, 0, 0)
   end
   if #unroutable > 0 then
     chunked('RPUSH', INGRESS .. ':unroutable', unroutable)

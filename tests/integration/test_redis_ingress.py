@@ -131,6 +131,8 @@ def test_entries_no_script_can_use_are_set_aside_or_dead_lettered(
     wake = broker.keys.wake("a").encode()
     no_queue = [b"", b"garbage", b"60000 999 " + wake, b"60000 3 abc" + b"9 1 x{}"]
     no_queue.append(b"60000 %d %s" % (len(wake) - 2, wake[:-2]) + b"9 1 x{}")  # no queue name
+    other = b"{elsewhere}:wake:a"  # another prefix's queue: keys this one does not own
+    no_queue.append(b"60000 %d %s" % (len(other), other) + b"9 1 x{}")
     admin.rpush(broker.keys.ingress, *no_queue)
     header = b"60000 %d %s" % (len(wake), wake)
     # A priority that is not one, and twice a value of no shape (no id: never deduplicated).

@@ -47,9 +47,11 @@ end
 -- it fed (the producers push one per message, a command less than keeping them single).
 -- Producers keep the list short (INGRESS_LIMIT in publish.py): queueing is ~4 us per message.
 -- A value whose priority is not one is queued first and dead-lettered as 'malformed' by the
--- lease; an entry naming no queue is moved to '{<p>}:in:unroutable' (the last 1000 kept).
+-- lease; an entry naming no queue of this prefix is moved to '{<p>}:in:unroutable' (the
+-- last 1000 kept): a script writes only keys of its own prefix, whose types it knows.
 -- On Cluster nothing is pushed: the name below is then the queue's own, always empty.
 local INGRESS = string.sub(SEQ, 1, -4) .. 'in'
+local PREFIX = string.match(SEQ, '^{(.*)}:seq$')
 local function absorb()
   local entries = redis.call('LRANGE', INGRESS, 0, -1)
   if #entries == 0 then
@@ -62,7 +64,7 @@ local function absorb()
     local dedupe, n, at = string.match(entry, '^(%d+) (%d+) ()')
     local wake = n and string.sub(entry, at, at + tonumber(n) - 1)
     local prefix, queue = string.match(wake or '', '^{([^}]*)}:wake:(.+)$')
-    if not queue or #wake ~= tonumber(n) then
+    if not queue or #wake ~= tonumber(n) or prefix ~= PREFIX then
       unroutable[#unroutable + 1] = entry
     else
       local key = dedupe .. ' ' .. wake

@@ -18,6 +18,7 @@ from conveyor import Conveyor
 from conveyor.brokers.base import BrokerOptions, Message
 from conveyor.brokers.redis import RedisBroker, publish
 from conveyor.doctor import Level, diagnose, startup_warnings
+from conveyor.exceptions import BrokerError
 from tests import helpers
 from tests.helpers import redis_fixture
 from tests.servers import RedisServer
@@ -148,6 +149,19 @@ def test_entries_no_script_can_use_are_set_aside_or_dead_lettered(
         ("", "malformed"),
         ("z" * 8, "malformed"),
     ], dead
+
+
+def test_a_list_key_of_another_type_fails_small_publishes_not_the_workers(
+    broker: RedisBroker, admin: redis.Redis
+) -> None:
+    queued = msg()
+    broker.publish([queued])
+    broker.absorb_ingress()
+    admin.set(broker.keys.ingress, "not a list")
+    with pytest.raises(BrokerError, match="WRONGTYPE"):
+        broker.publish([msg()])
+    assert leased_ids(broker, ["a"]) == [queued.id]  # every script still runs
+    admin.delete(broker.keys.ingress)
 
 
 @settings(

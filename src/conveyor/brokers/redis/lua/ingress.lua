@@ -53,8 +53,9 @@ end
 local INGRESS = string.sub(SEQ, 1, -4) .. 'in'
 local PREFIX = string.match(SEQ, '^{(.*)}:seq$')
 local function absorb()
-  local entries = redis.call('LRANGE', INGRESS, 0, -1)
-  if #entries == 0 then
+  -- pcall: a key of another type there (not ours) fails the producers' RPUSH, not every script
+  local entries = redis.pcall('LRANGE', INGRESS, 0, -1)
+  if entries.err or #entries == 0 then
     return
   end
   local now = now_ms()

@@ -111,6 +111,21 @@ def test_producers_keep_the_list_short(
     assert leased_ids(broker, ["a"]) == [m.id for m in sent]
 
 
+def test_a_publish_stands_when_queueing_the_list_after_it_fails(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(publish, "INGRESS_LIMIT", 0)
+
+    def unreachable() -> None:
+        raise BrokerError("connection lost")
+
+    monkeypatch.setattr(broker, "absorb_ingress", unreachable)
+    sent = msg()
+    broker.publish([sent])  # published: only the queueing it triggered failed
+    assert "could not queue the ingress list: connection lost" in caplog.text
+    assert leased_ids(broker, ["a"]) == [sent.id]  # the next script queued it
+
+
 def test_the_queueing_leaves_one_wake_up_token(broker: RedisBroker, admin: redis.Redis) -> None:
     for _ in range(5):
         broker.publish([msg()])  # a token each: keeping one would cost a command more

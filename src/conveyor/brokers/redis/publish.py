@@ -4,6 +4,7 @@ commands (``publish_with``/``ack_with``, the building blocks of ``conveyor.settl
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ from ..base import (
 )
 from .core import CHUNK, RedisCore
 from .replies import _by_queue
+
+logger = logging.getLogger(__name__)
 
 #: The id is looked for in this many bytes at the start of a body (a bounded search).
 ID_SEARCH = 1024
@@ -227,7 +230,10 @@ class Publishing(RedisCore):
         if messages:
             self._registered_now(published)
         if pushed >= 0 and int(replies[pushed]) > INGRESS_LIMIT:
-            self.absorb_ingress()
+            try:
+                self.absorb_ingress()
+            except BrokerError as exc:  # published all the same: the next script queues them
+                logger.warning("could not queue the ingress list: %s", exc)
         reached = [int(replies[i]) for i in waits]
         if reached and min(reached) < self._wait_replicas:
             # On the primary, not yet on enough replicas: a failover now could lose it. The

@@ -144,16 +144,13 @@ class Publishing(RedisCore):
         parts = self._ingress_parts[queue] = (head, wake)
         return parts
 
-    def _absorbing(self) -> Calls:
-        batch = Calls()
-        self._absorb_first(batch)
-        return batch
-
     def absorb_ingress(self) -> None:
         """Queue what small publishes left on the ingress list. Every broker script does
         it first; this is for readers of the raw keys (tests, debugging)."""
+        batch = Calls()
+        self._absorb_first(batch)
         with self._errors:
-            self._connections.execute(self._absorbing())
+            self._connections.execute(batch)
 
     def _register(self, batch: Calls, queue: str) -> None:
         """Add ``queue`` to the set of known queues (``stats()`` of every queue, the

@@ -97,9 +97,7 @@ for k = 1, count do
   end
   i = i + stride
 end
-for start = 1, #values, 2000 do
-  redis.call('HSET', Q .. ':m', unpack(values, start, math.min(#values, start + 1999)))
-end
+chunked('HSET', Q .. ':m', values)
 if #ready > 0 then
   redis.call('ZADD', Q .. ':ready', unpack(ready))
 end

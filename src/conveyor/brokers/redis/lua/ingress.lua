@@ -50,8 +50,8 @@ end
 -- lease; an entry naming no queue of this prefix is moved to '{<p>}:in:unroutable' (the
 -- last 1000 kept): a script writes only keys of its own prefix, whose types it knows.
 -- On Cluster nothing is pushed: the name below is then the queue's own, always empty.
-local INGRESS = string.sub(SEQ, 1, -4) .. 'in'
-local PREFIX = string.match(SEQ, '^{(.*)}:seq$')
+local PREFIX = string.match(SEQ or '', '^{([^}]*)}:seq$')
+local INGRESS = PREFIX and '{' .. PREFIX .. '}:in'
 local function absorb()
   -- pcall: a key of another type there (not ours) fails the producers' RPUSH, not every script
   local entries = redis.pcall('LRANGE', INGRESS, 0, -1)
@@ -126,6 +126,6 @@ local function absorb()
 end
 
 -- Every broker script (KEYS[1] its sequence counter) queues the ingress list first.
-if string.match(SEQ or '', '^%b{}:seq$') then
+if INGRESS then
   absorb()
 end

@@ -1,5 +1,5 @@
 """Helpers shared by test modules: fixtures that close what they built, redis-server fixtures,
-a call run in a thread, a raw SQLite connection."""
+a call run in a thread, a raw SQLite connection, a wait past the minute's turn."""
 
 from __future__ import annotations
 
@@ -147,3 +147,13 @@ def raw_sqlite(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def clear_of_the_minute_turn(seconds: float) -> None:
+    """Return once the next ``seconds`` all fall in one minute of the clock.
+
+    The dashboard's charts are labelled by the minute, so its overview changes when the minute
+    turns: a test comparing two renderings of it waits here first, when the turn is near."""
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.05)  # the event waited for is the clock's turn itself

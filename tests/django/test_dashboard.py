@@ -9,6 +9,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from conveyor import Conveyor
+from tests.helpers import clear_of_the_minute_turn
 
 from .testproj.shop.tasks import add
 
@@ -105,6 +106,7 @@ def test_the_admin_links_to_the_dashboard(app: Conveyor, admin_client: Client) -
 
 
 def test_live_updates_skip_what_the_page_shows(app: Conveyor, admin_client: Client) -> None:
+    clear_of_the_minute_turn(5)
     page = admin_client.get(f"{ROOT}/").content.decode()
     [shown] = re.findall(r'data-live-digest="([0-9a-f]{16})"', page)
     same = admin_client.get(f"{ROOT}/live?page=overview&digest={shown}")

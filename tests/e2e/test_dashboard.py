@@ -26,6 +26,7 @@ from playwright.sync_api import expect
 from conveyor import Conveyor, states
 from tests.conftest import wait_until
 from tests.e2e.conftest import ROOT
+from tests.helpers import clear_of_the_minute_turn
 from tests.integration.workerapp import create_app
 from tests.servers import free_port
 
@@ -279,6 +280,7 @@ def test_live_updates_pause_while_the_tab_is_hidden(browser: Any, fleet: Fleet) 
         watched, observer = context.new_page(), context.new_page()
         streams: list[str] = []
         watched.on("request", lambda r: streams.append(r.url) if "/live?" in r.url else None)
+        clear_of_the_minute_turn(15)
         for tab in (watched, observer):
             tab.goto("/")
             expect(tab.locator("#live[data-streaming]")).to_have_count(1)

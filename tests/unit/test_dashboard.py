@@ -17,6 +17,7 @@ from conveyor.brokers.base import Message
 from conveyor.dashboard import DashboardAuth, create_dashboard
 from conveyor.dashboard.security import TOKEN_TTL, FormTokens, check_exposure
 from conveyor.exceptions import ConfigurationError
+from tests.helpers import clear_of_the_minute_turn
 
 
 @pytest.fixture
@@ -282,6 +283,7 @@ def first_message(client: TestClient, url: str, **headers: str) -> list[str]:
 
 def test_live_updates_skip_what_the_browser_shows(app: Conveyor) -> None:
     client = client_for(app)
+    clear_of_the_minute_turn(5)
     page = client.get("/").text
     [shown] = re.findall(r'data-live-digest="([0-9a-f]{16})"', page)
     # The page's block again: nothing to redraw (a redraw would swallow a click).

@@ -26,7 +26,6 @@ from playwright.sync_api import expect
 from conveyor import Conveyor, states
 from tests.conftest import wait_until
 from tests.e2e.conftest import ROOT
-from tests.helpers import clear_of_the_minute_turn
 from tests.integration.workerapp import create_app
 from tests.servers import free_port
 
@@ -280,15 +279,17 @@ def test_live_updates_pause_while_the_tab_is_hidden(browser: Any, fleet: Fleet) 
         watched, observer = context.new_page(), context.new_page()
         streams: list[str] = []
         watched.on("request", lambda r: streams.append(r.url) if "/live?" in r.url else None)
-        clear_of_the_minute_turn(15)
+        rendered = []
         for tab in (watched, observer):
-            tab.goto("/")
+            response = tab.goto("/")
+            assert response is not None
+            rendered += re.findall(r'data-live-digest="([0-9a-f]{16})"', response.text())
             expect(tab.locator("#live[data-streaming]")).to_have_count(1)
         ready = int(watched.locator('[data-figure="ready"]').inner_text())
         assert len(streams) == 1
-        # It says what the page shows: the stream sends the block only once it changes.
-        shown = watched.locator("#live").get_attribute("data-live-digest")
-        assert shown and f"digest={shown}" in streams[0]
+        # It says what the page shows, so the stream sends the block only once it changes
+        # (the fleet's other work may have changed it already: the block then came at once).
+        assert f"digest={rendered[0]}" in streams[0]
         # What the browser does when the tab goes to the background.
         watched.evaluate(
             """() => {

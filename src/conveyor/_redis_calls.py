@@ -34,13 +34,21 @@ class Script:
         self._client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+        #: Whether this process loaded it or saw a stream of its calls run (the server may
+        #: have lost it since: a restart). A :class:`Stream` of calls to a script not known
+        #: loaded loads it first, so its calls do not all meet NOSCRIPT and run again.
+        self.loaded = False
 
     def command(self, keys: Sequence[str], args: Sequence[Any]) -> Command:
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
+    def load_command(self) -> Command:
+        return ("SCRIPT", "LOAD", self.source)
+
     def load(self) -> None:
         """Load the script (on every primary of a cluster)."""
         self._client.script_load(self.source)
+        self.loaded = True
 
 
 class Calls:
@@ -172,19 +180,32 @@ class Connections:
         return self._settled(calls, self._exchange(calls.commands))
 
     def _settled(self, calls: Calls, replies: list[Any]) -> list[Any]:
-        """The replies of ``calls`` once the script calls that met NOSCRIPT ran again; the
-        first error reply raised."""
+        """The replies of ``calls`` once the script calls that met NOSCRIPT ran again (all
+        in one round trip, in order); the first error reply raised."""
+        missing: list[int] = []
+        failed = False
         for index, reply in enumerate(replies):
-            script = calls.scripts.get(index)
-            if isinstance(reply, NoScriptError) and script is not None:
-                script.load()
-                if calls.reads:
-                    replies = self._exchange(calls.commands)
-                    calls.reads = False  # once; then as any batch
-                    return self._settled(calls, replies)
-                reply = replies[index] = self._exchange([calls.commands[index]])[0]
             if isinstance(reply, Exception):
-                raise reply
+                if isinstance(reply, NoScriptError) and index in calls.scripts:
+                    missing.append(index)
+                else:
+                    failed = True
+        if missing:
+            for script in {
+                calls.scripts[index].sha: calls.scripts[index] for index in missing
+            }.values():
+                script.load()
+            if calls.reads:
+                calls.reads = False  # once; then as any batch
+                return self._settled(calls, self._exchange(calls.commands))
+            again = self._exchange([calls.commands[index] for index in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+            failed = True  # looked for below: a call run again may have failed otherwise
+        if failed:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         return replies[: len(replies) - calls.hidden]
 
     def stream(self, calls: Calls) -> Stream:

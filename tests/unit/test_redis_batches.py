@@ -53,12 +53,31 @@ def test_a_streamed_publish_lands_whole_and_in_order(
     assert leased_ids(broker, len(messages)) == [m.id for m in messages]
 
 
+@pytest.mark.parametrize("known_loaded", [False, True], ids=["unknown", "known-but-flushed"])
 def test_a_streamed_publish_reloads_flushed_scripts(
-    broker: RedisBroker, admin: redis.Redis
+    broker: RedisBroker, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch, known_loaded: bool
 ) -> None:
-    messages = batch(CHUNK + 1)
+    messages = batch(3 * CHUNK + 1)
     admin.script_flush()
+    broker._scripts["ack_publish"].loaded = known_loaded
+    exchanges: list[int] = []
+    exchange = Connections._exchange
+
+    def counted(self: Connections, commands: list[tuple[object, ...]]) -> list[object]:
+        exchanges.append(len(commands))
+        return exchange(self, commands)
+
+    monkeypatch.setattr(Connections, "_exchange", counted)
+    admin.config_resetstat()
     broker.publish(messages)
+    evalsha = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    if known_loaded:
+        # Every chunk met NOSCRIPT: loaded once, all run again in one round trip, in order.
+        assert exchanges == [4] and evalsha == 8
+    else:
+        # Not known to this process: the stream loads it first, no chunk runs twice.
+        assert exchanges == [] and evalsha == 4
+    assert broker._scripts["ack_publish"].loaded
     assert leased_ids(broker, len(messages)) == [m.id for m in messages]
 
 
@@ -88,6 +107,7 @@ def test_a_connection_lost_mid_stream_sends_it_all_again_once(
 
     monkeypatch.setattr(Connections, "stream", stream)
     monkeypatch.setattr(Connections, "execute", counted)
+    broker._scripts["ack_publish"].loaded = True  # else the stream loads it first
     broker.publish(messages)
     assert killed[0] >= 1
     assert resent == [4]  # the queue registration and every chunk again, in one exchange

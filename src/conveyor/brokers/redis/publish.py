@@ -246,6 +246,9 @@ class Publishing(RedisCore):
         as soon as it is built, so redis-server runs one while the next is packed."""
         connections = self._connections
         assert isinstance(connections, Connections)  # one server: not a cluster's
+        script = self._scripts["ack_publish"]
+        if not script.loaded:  # else, on a server that lacks it, every chunk would run twice
+            first.add((script.load_command(),))
         stream = connections.stream(first)
         with self._errors:
             try:
@@ -256,6 +259,7 @@ class Publishing(RedisCore):
                 stream.abort()
                 raise
             stream.finish()
+        script.loaded = True
         self._registered_now(published)
 
     def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:

@@ -71,6 +71,11 @@ class RedisKeys:
         """Where scripts set aside ingress entries that name no queue (the last 1,000)."""
         return self.shared("in:unroutable")
 
+    def stage(self, token: str) -> str:
+        """The chunks of one staged bulk publish, waiting for its commit
+        (``lua/staging.lua``); single server only."""
+        return self.shared(f"stage:{token}")
+
     def revoked(self, task_id: str = "") -> str:
         """A revocation flag (or, with no id, the prefix of all of them)."""
         return self.shared(f"revoked:{task_id}")

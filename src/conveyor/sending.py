@@ -27,7 +27,7 @@ from .publishing import (
 from .result import AsyncResult
 from .results.base import ResultRecord
 from .settlement.stream import CHUNK as STREAM_CHUNK
-from .settlement.stream import PublishStream
+from .settlement.stream import BulkStream
 from .unique.producer import send_unique, wants_unique
 from .worker.eager import run_eager
 
@@ -110,7 +110,7 @@ def send_many(
     calls = Calls(app)
     tasks = app.tasks
     eager = app.conf.task_always_eager
-    stream: PublishStream | None = None
+    stream: BulkStream | None = None
     streams = not eager  # whether to ask the settlement for a stream
     sent = kept = 0  # messages and records given to the stream
     try:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ..brokers.base import Broker, Delivery, Message
 from ..exceptions import ConfigurationError
 from ..results.base import ResultRecord, ResultStore
-from .stream import PublishStream
+from .stream import BulkStream
 
 
 class Settlement:
@@ -29,7 +29,7 @@ class Settlement:
             self.results.store(records)
         self.broker.publish(messages)
 
-    def open_stream(self) -> PublishStream | None:
+    def open_stream(self) -> BulkStream | None:
         """A stream for a large bulk publish (sent chunk by chunk while it is encoded, all
         visible at once), or None: publish the batch with :meth:`publish` when it is built."""
         return None

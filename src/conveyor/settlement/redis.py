@@ -10,9 +10,11 @@ from .._redis import same_server
 from .._redis_calls import Calls
 from ..brokers.base import Delivery, Message
 from ..brokers.redis import RedisBroker
+from ..brokers.redis.staging import StagedPublish
 from ..results.base import ResultRecord, ResultStore
 from ..results.redis import RedisResultStore
 from .base import Settlement
+from .stream import BulkStream
 
 
 class RedisSettlement(Settlement):
@@ -43,6 +45,12 @@ class RedisSettlement(Settlement):
     def publish(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
         self.broker.publish_with(self._records(records), messages)
 
+    def open_stream(self) -> BulkStream | None:
+        """Chunks staged on the server while the next is encoded (one server: not on
+        Cluster or with ``wait_for_replicas``); the records stored just before the commit."""
+        staged = self.broker.staged()
+        return None if staged is None else _StagedStream(self, staged)
+
     def ack(self, deliveries: Sequence[Delivery], records: Sequence[ResultRecord]) -> None:
         self.broker.ack_with(self._records(records), deliveries)
 
@@ -59,3 +67,27 @@ class RedisSettlement(Settlement):
         if dead:  # after the records, before the lease: the same round trip
             self.broker.dead_letter_calls(first, dead)
         return self.broker.lease_with(first, deliveries, queues, limit, wait)
+
+
+class _StagedStream:
+    """:class:`BulkStream` of a Redis broker: :class:`StagedPublish`, with the QUEUED
+    records kept until the commit (a batch aborted before it leaves none)."""
+
+    def __init__(self, settlement: RedisSettlement, staged: StagedPublish) -> None:
+        self._settlement = settlement
+        self._staged = staged
+        self._records: list[ResultRecord] = []
+
+    def add(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+        self._records.extend(records)
+        self._staged.add(messages)
+
+    def finish(self) -> BaseException | None:
+        try:
+            self._staged.commit(self._settlement._records(self._records))
+        except Exception as exc:  # reported as the PostgreSQL stream does
+            return exc
+        return None
+
+    def abort(self) -> None:
+        self._staged.abort()

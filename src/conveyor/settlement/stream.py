@@ -1,5 +1,7 @@
-"""A bulk publish sent while it is being built: the messages of a large ``send_many`` go to
-the broker chunk by chunk, inside one transaction, while the next chunk is encoded.
+"""A bulk publish sent while it is being built (:class:`BulkStream`): the messages of a large
+``send_many`` go to the broker chunk by chunk while the next chunk is encoded. On PostgreSQL
+(:class:`PublishStream`) they go inside one transaction; Redis stages them
+(``conveyor.brokers.redis.staging``).
 
 On two cores the producer's encoding and the database's inserts then overlap instead of
 taking turns. All-or-nothing holds: nothing is visible before the commit, which comes after
@@ -13,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..brokers.base import Message
 from ..results.base import ResultRecord
@@ -25,6 +27,21 @@ if TYPE_CHECKING:
 CHUNK = 1000
 
 type Chunk = tuple[Sequence[Message], Sequence[ResultRecord]]
+
+
+class BulkStream(Protocol):
+    """What ``send_many`` hands the chunks of a large batch to (``Settlement.open_stream``).
+    All-or-nothing: none of it is visible before :meth:`finish`."""
+
+    def add(self, messages: Sequence[Message], records: Sequence[ResultRecord]) -> None:
+        """Send a chunk (and its QUEUED records, stored before any message is visible)."""
+
+    def finish(self) -> BaseException | None:
+        """Make it all visible; the error that stopped it (nothing, or everything, landed:
+        a lost connection is retried by publishing it all again), or None."""
+
+    def abort(self) -> None:
+        """Drop everything sent (a later message could not be encoded)."""
 
 
 class _Abort(Exception):

@@ -34,8 +34,15 @@ def lua_source(*names: str) -> str:
 PRELUDE = ("common", "ingress")
 
 
+#: Scripts that also need the helpers of a staged bulk publish (``lua/staging.lua``).
+STAGING = frozenset({"stage", "commit_stage", "abort_stage", "sweep"})
+
+
 def script_source(name: str) -> str:
-    """The source of broker script ``name``: the prelude, then ``lua/<name>.lua``."""
+    """The source of broker script ``name``: the prelude (and ``lua/staging.lua`` for those
+    in :data:`STAGING`), then ``lua/<name>.lua``."""
+    if name in STAGING:
+        return lua_source(*PRELUDE, "staging", name)
     return lua_source(*PRELUDE, name)
 
 
@@ -61,6 +68,9 @@ SCRIPTS = (
     "departures",
     "priority_counts",
     "absorb",
+    "stage",
+    "commit_stage",
+    "abort_stage",
 )
 logger = logging.getLogger(__name__)
 

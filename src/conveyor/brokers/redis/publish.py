@@ -19,6 +19,7 @@ from ..base import (
 )
 from .core import CHUNK, RedisCore
 from .replies import _by_queue
+from .staging import StagedPublish
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,13 @@ class Publishing(RedisCore):
         *,
         dedupe: bool = True,
         each_chunk: Callable[[], None] | None = None,
+        stage: str | None = None,
     ) -> list[str]:
         """Add script calls that ack ``acks`` and add ``messages`` (one call per queue and
         chunk; ``each_chunk`` is called after each); returns the queues published to. A plain
         publish (no acks, ``dedupe``) skips ids published to the same queue in the last
-        ``PUBLISH_DEDUPE_WINDOW``."""
+        ``PUBLISH_DEDUPE_WINDOW``. With ``stage`` (a stage list: ``staging.py``) the calls
+        stage the messages instead, for a commit to add."""
         dedupe_ms = int(PUBLISH_DEDUPE_WINDOW * 1000) if dedupe and not acks else 0
         keys = self.keys
         ack_queues = _by_queue(acks)
@@ -96,11 +99,16 @@ class Publishing(RedisCore):
                         eta = b"-1.0" if m.eta is None else repr(m.eta * 1000.0).encode()
                         countdown = repr(m.countdown * 1000.0).encode()
                         args += (message_id, b"%d" % priority, countdown, eta, value)
-                batch.script(
-                    self._scripts["ack_publish"],
-                    (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
-                    args,
-                )
+                if stage is None:
+                    batch.script(
+                        self._scripts["ack_publish"],
+                        (keys.seq(queue), keys.queue(queue), keys.queue(queue)),
+                        args,
+                    )
+                else:
+                    batch.script(
+                        self._scripts["stage"], (keys.seq(queue), keys.queue(queue), stage), args
+                    )
                 if each_chunk is not None:
                     each_chunk()
         self._wake(batch, by_queue)
@@ -261,6 +269,15 @@ class Publishing(RedisCore):
             stream.finish()
         script.loaded = True
         self._registered_now(published)
+
+    def staged(self) -> StagedPublish | None:
+        """A :class:`StagedPublish` for a bulk publish sent while it is encoded, or None
+        (Cluster, ``wait_for_replicas``): then publish it once built."""
+        if self._cluster or self._wait_replicas:
+            return None
+        connections = self._connections
+        assert isinstance(connections, Connections)  # one server: not a cluster's
+        return StagedPublish(self, connections)
 
     def ack_with(self, first: Calls, deliveries: Sequence[Delivery]) -> None:
         """Send ``first`` and ack ``deliveries`` after them, in one round trip."""

@@ -39,6 +39,8 @@
 -- FIFO within a priority holds across queues; on Cluster it is 'Q:seq', one per queue.
 -- Small publishes wait on the prefix's ingress list, '{<p>}:in', until the next script
 -- queues them (ingress.lua; entries that name no queue go to '{<p>}:in:unroutable').
+-- A large bulk publish waits, staged, on '{<p>}:stage:<token>' (its deadline in '{<p>}:stages')
+-- until its commit queues it (staging.lua).
 -- A queue's wake-up list (at most one token; idle consumers BLPOP it) is '{<p>}:wake:<q>':
 -- on a single server scripts push it themselves (its name is an argument); on Cluster it is
 -- in another slot, the argument is '' and the client pushes it after the call.

@@ -9,6 +9,13 @@ if not (max_deliveries and batch) then
   return redis.error_reply('conveyor sweep: bad arguments')
 end
 local now = now_ms()
+-- A stage whose producer never committed it (it died: staging.lua) is dropped, one a call.
+if STAGES then
+  local stale = redis.call('ZRANGEBYSCORE', STAGES, '-inf', fmt(now), 'LIMIT', 0, 1)[1]
+  if stale then
+    unstage(stale)
+  end
+end
 local leased = Q .. ':leased'
 local expired = redis.call('ZRANGEBYSCORE', leased, '-inf', fmt(now), 'LIMIT', 0, batch)
 -- Read every expired message before the first write for any of them.

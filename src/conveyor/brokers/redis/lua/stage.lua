@@ -1,0 +1,49 @@
+-- Stage one chunk of a bulk publish (conveyor/brokers/redis/staging.py) while its producer
+-- encodes the next: each message gets its uid and its Q:m value now and waits, as a chunk
+-- record on the stage list, for commit_stage.lua to index it. Until then no reader sees it
+-- (every reader finds messages through the queue's zsets; nothing lists Q:m).
+-- KEYS: seq, queue base, stage list. ARGV: as ack_publish.lua's without receipts (queue,
+-- wake-up list, 0, '0', dedupe_ms, stride, then the messages).
+-- Returns how many were staged. Every message is checked before the first write.
+local Q, stage = KEYS[2], KEYS[3]
+local dedupe, stride = tonumber(ARGV[5]), tonumber(ARGV[6])
+if not is_stage(stage) or ARGV[3] ~= '0' or not dedupe or (stride ~= 5 and stride ~= 2)
+    or (#ARGV - 6) % stride ~= 0 then
+  return redis.error_reply('conveyor stage: bad arguments')
+end
+local now = now_ms()
+local ids, prios, dues, count = {}, {}, {}, 0
+for j = 7, #ARGV, stride do
+  local priority, due = nil, 0
+  if stride == 2 then
+    local digit, space = string.byte(ARGV[j + 1], 1, 2)
+    if digit and digit >= 48 and digit <= 57 and space == 32 then
+      priority = digit - 48
+    end
+  else
+    priority = int_of(ARGV[j + 1])
+    local countdown, eta = finite(ARGV[j + 2]), finite(ARGV[j + 3])
+    if not countdown or not eta then
+      priority = nil
+    elseif math.max(now + countdown, eta) > now then
+      due = math.max(now + countdown, eta)
+    end
+  end
+  if not priority or priority > 9 then
+    return redis.error_reply('conveyor stage: bad priority, countdown or eta for ' .. ARGV[j])
+  end
+  count = count + 1
+  ids[count], prios[count], dues[count] = ARGV[j], priority, due
+end
+if count == 0 then
+  return 0
+end
+local base = reserve(count)
+local values = {}
+for k = 1, count do
+  values[2 * k - 1], values[2 * k] = base + k, ARGV[6 + k * stride]
+end
+chunked('HSET', Q .. ':m', values)
+redis.call('RPUSH', stage, cmsgpack.pack({Q, ARGV[2], dedupe, base, ids, prios, dues}))
+redis.call('ZADD', STAGES, fmt(now + STAGE_TTL), stage)
+return count

@@ -25,6 +25,12 @@ letters need sorted sets anyway. Here each operation is one script call for a wh
   FIFO, priorities, the dedupe and every count hold as for a scripted publish; a producer
   that finds over 1,000 entries queues them itself. Larger and delayed publishes, and every
   publish on Cluster, go through ``ack_publish.lua``.
+* A ``send_many`` of more than a chunk (1,000) on one server is staged while it is encoded
+  (``staging``): each chunk's stage call numbers its messages and stores their values at once,
+  outside every zset, so redis-server works while the producer encodes the next chunk; one
+  commit call per chunk queues them at the end. A bad argument anywhere still sends nothing
+  (the stage is dropped), a stage that went wrong is published again whole, and the sweep
+  drops a stage its producer never committed.
 * Blocking: each queue has a wake-up list holding at most one token. Anything that makes
   work appear (publish, requeue, release, replay, a delayed message added) pushes it; an idle
   consumer BLPOPs the lists of its queues, with a timeout no later than the next delayed due
@@ -51,7 +57,8 @@ of leased ids are read in a second call.
 Modules: ``core`` (client, keys, scripts, helpers), ``publish`` (publish, ack, retry),
 ``lease`` (lease and wait, heartbeat, release), ``maintenance`` (dead-letter, sweep,
 revocations, purge), ``inspection`` (counts, dead letters, delayed messages, departures),
-``counts``, ``shares``, ``replies``, ``migrate``; the Lua scripts are in ``lua/``.
+``staging`` (large bulk publishes), ``counts``, ``shares``, ``replies``, ``migrate``; the Lua
+scripts are in ``lua/``.
 """
 
 from .broker import RedisBroker

@@ -20,35 +20,47 @@ local chunk = chunk_of(packed)
 if not chunk then
   return 0  -- not one stage.lua wrote: nothing of it can be indexed
 end
-local Q, wake_key, dedupe, base, ids, prios, dues = unpack(chunk)
+local Q, wake_key, dedupe, base, ids, ready, delayed = unpack(chunk)
 local now = now_ms()
 local seen, slot_key = {}, nil
 if dedupe > 0 then
   seen, slot_key = published(Q, ids, dedupe, now)
 end
-local ready, delayed, dropped, remembered = {}, {}, {}, {}
-local nr, nd, added = 0, 0, 0
-for k = 1, #ids do
-  local uid = base + k
-  if seen[k] then
-    dropped[#dropped + 1] = uid
-  else
-    added = added + 1
-    remembered[added] = ids[k]
-    local due = dues[k]
-    if due > now then
-      -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
-      redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
-      tally(Q, 'd', prios[k], 1)
-      delayed[nd + 1], delayed[nd + 2], nd = fmt(due), uid, nd + 2
+local remembered, added = ids, #ids
+if next(seen) then
+  -- Some were published already (a retry): leave them out, and drop their staged values.
+  local dropped, kept, n = {}, {}, 0
+  remembered, added = {}, 0
+  for k = 1, #ids do
+    if seen[k] then
+      dropped[#dropped + 1] = base + k
     else
-      ready[nr + 1], ready[nr + 2], nr = score(prios[k], uid), uid, nr + 2
+      added = added + 1
+      remembered[added] = ids[k]
     end
   end
+  for i = 1, #ready, 2 do
+    if not seen[ready[i + 1] - base] then
+      kept[n + 1], kept[n + 2], n = ready[i], ready[i + 1], n + 2
+    end
+  end
+  ready = kept
+  chunked('HDEL', Q .. ':m', dropped)
 end
 chunked('ZADD', Q .. ':ready', ready)
-chunked('ZADD', Q .. ':delayed', delayed)
-chunked('HDEL', Q .. ':m', dropped)
+local due, nd = {}, 0
+for i = 1, #delayed, 3 do
+  local k = delayed[i]
+  if not seen[k] then
+    local uid = base + k
+    -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua); a due time passed
+    -- meanwhile is made ready by the next lease or sweep (promote())
+    redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
+    tally(Q, 'd', delayed[i + 1], 1)
+    due[nd + 1], due[nd + 2], nd = fmt(delayed[i + 2]), uid, nd + 2
+  end
+end
+chunked('ZADD', Q .. ':delayed', due)
 if slot_key then
   remember(slot_key, remembered, dedupe, now)
 end

@@ -39,11 +39,18 @@ if count == 0 then
   return 0
 end
 local base = reserve(count)
-local values = {}
+-- The zset entries too, so that the commit has no per-message work but the dedupe's.
+local values, ready, delayed, nr, nd = {}, {}, {}, 0, 0
 for k = 1, count do
-  values[2 * k - 1], values[2 * k] = base + k, ARGV[6 + k * stride]
+  local uid = base + k
+  values[2 * k - 1], values[2 * k] = uid, ARGV[6 + k * stride]
+  if dues[k] > 0 then
+    delayed[nd + 1], delayed[nd + 2], delayed[nd + 3], nd = k, prios[k], dues[k], nd + 3
+  else
+    ready[nr + 1], ready[nr + 2], nr = score(prios[k], uid), uid, nr + 2
+  end
 end
 chunked('HSET', Q .. ':m', values)
-redis.call('RPUSH', stage, cmsgpack.pack({Q, ARGV[2], dedupe, base, ids, prios, dues}))
+redis.call('RPUSH', stage, cmsgpack.pack({Q, ARGV[2], dedupe, base, ids, ready, delayed}))
 redis.call('ZADD', STAGES, fmt(now + STAGE_TTL), stage)
 return count

@@ -12,7 +12,8 @@ local function is_stage(key)
 end
 
 -- The fields of a chunk record: queue base, wake-up list, dedupe_ms, the uid before the
--- first, then the ids, priorities and due times (0: ready now) of its messages.
+-- first, the ids of its messages, then the ready zset's entries of those ready now (score,
+-- uid, ...) and (index in ids, priority, due time, ...) of the others.
 local function chunk_of(packed)
   local ok, chunk = pcall(cmsgpack.unpack, packed)
   if not ok or type(chunk) ~= 'table' or type(chunk[1]) ~= 'string' or type(chunk[4]) ~= 'number'

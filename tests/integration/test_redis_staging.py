@@ -8,14 +8,14 @@ committed is dropped by the sweep."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from conveyor import Conveyor, SerializationError, sending, states
+from conveyor import AsyncResult, Conveyor, SerializationError, sending, states
 from conveyor._redis_calls import Connections
 from conveyor.brokers.base import Message
 from conveyor.brokers.redis import RedisBroker
@@ -205,6 +205,11 @@ def republishes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
+def assert_each_once(app: Conveyor, results: Sequence[AsyncResult[object]]) -> None:
+    leased = app.broker.lease(["default"], COUNT + 10, 0)
+    assert sorted(d.id for d in leased) == sorted(r.id for r in results)
+
+
 def drop_stale_stages(app: Conveyor, admin: redis.Redis) -> None:
     """Run the sweep as if every stage's deadline had passed."""
     stages = broker_of(app).keys.shared("stages")
@@ -230,8 +235,7 @@ def test_a_connection_lost_while_staging_publishes_it_all_again_once(
     job = app.tasks["staged.job"]
     results = app.send_many([job.s(n) for n in range(COUNT)])
     assert killed[0] >= 1 and counts == [COUNT]  # the whole batch, once, the ordinary way
-    leased = app.broker.lease(["default"], COUNT + 10, 0)
-    assert sorted(d.id for d in leased) == sorted(r.id for r in results)
+    assert_each_once(app, results)
     drop_stale_stages(app, admin)  # what the lost stage held is dropped by the sweep
     assert leftovers(app, admin) == {"values": COUNT, "stages": 0, "stage lists": 0}
 
@@ -247,8 +251,7 @@ def test_a_server_that_lost_the_scripts_gets_it_all_the_ordinary_way(
     counts = republishes(monkeypatch)
     results = app.send_many([job.s(n) for n in range(COUNT)])
     assert counts == [COUNT]
-    leased = app.broker.lease(["default"], COUNT + 10, 0)
-    assert sorted(d.id for d in leased) == sorted(r.id for r in results)
+    assert_each_once(app, results)
     assert leftovers(app, admin) == {"values": COUNT, "stages": 0, "stage lists": 0}
 
 
@@ -267,8 +270,7 @@ def test_a_stage_dropped_before_its_commit_is_published_again_whole(
     job = app.tasks["staged.job"]
     results = app.send_many([job.s(n) for n in range(COUNT)])
     assert counts == [COUNT]
-    leased = app.broker.lease(["default"], COUNT + 10, 0)
-    assert sorted(d.id for d in leased) == sorted(r.id for r in results)
+    assert_each_once(app, results)
     assert leftovers(app, admin) == {"values": COUNT, "stages": 0, "stage lists": 0}
 
 
@@ -351,5 +353,4 @@ def test_the_send_path_retries_a_lost_commit_as_one_publish(
     job = app.tasks["staged.job"]
     results = app.send_many([job.s(n) for n in range(COUNT)])
     assert cut == [1] and republished == [COUNT]
-    leased = app.broker.lease(["default"], COUNT + 10, 0)
-    assert sorted(d.id for d in leased) == sorted(r.id for r in results)  # each once
+    assert_each_once(app, results)

@@ -22,25 +22,10 @@ if not nacks or not dedupe or (stride ~= 5 and stride ~= 2)
   return redis.error_reply('conveyor publish: bad arguments')
 end
 local first = 7 + nacks
-local priorities, count = {}, 0
-for j = first, #ARGV, stride do
-  local priority
-  if stride == 2 then
-    local digit, space = string.byte(ARGV[j + 1], 1, 2)
-    if digit and digit >= 48 and digit <= 57 and space == 32 then
-      priority = digit - 48
-    end
-  else
-    priority = int_of(ARGV[j + 1])
-    if not finite(ARGV[j + 2]) or not finite(ARGV[j + 3]) then
-      priority = nil
-    end
-  end
-  if not priority or priority > 9 then
-    return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. ARGV[j])
-  end
-  count = count + 1
-  priorities[count] = priority
+local now = now_ms()
+local priorities, dues, count = checked_messages(first, stride, now)
+if not priorities then
+  return redis.error_reply('conveyor publish: bad priority, countdown or eta for ' .. dues)
 end
 local held = {}
 for i = 7, 6 + nacks do
@@ -59,7 +44,6 @@ local i = first
 if count == 0 then
   return 0
 end
-local now = now_ms()
 local base = reserve(count)
 local added = 0
 local seen, slot_key = {}, nil
@@ -79,14 +63,10 @@ for k = 1, count do
   if not seen[k] then
     added = added + 1
     remembered[added] = ARGV[i]
-    local priority = priorities[k]
-    local due = now
-    if stride == 5 then
-      due = math.max(now + tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
-    end
+    local priority, due = priorities[k], dues[k]
     local uid = base + k
     values[nv + 1], values[nv + 2], nv = uid, ARGV[i + stride - 1], nv + 2
-    if due > now then
+    if due > 0 then
       -- c = 'd': counted in Q:tally as delayed (see tally() in common.lua)
       redis.call('HSET', Q .. ':msg:' .. uid, 'c', 'd')
       tally(Q, 'd', priority, 1)

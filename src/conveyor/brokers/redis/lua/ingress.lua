@@ -35,6 +35,37 @@ local function remember(slot_key, ids, dedupe, now)
   end
 end
 
+-- The messages of a publish call (ack_publish.lua, stage.lua): ARGV from first on, stride 5
+-- (id, priority, countdown_ms, eta_ms, value) or 2 (id, value: ready now, its priority the
+-- value's first digit). Returns each one's priority and due time (0: ready now) and their
+-- count, or nil and the id of the first whose priority, countdown or eta is not one.
+local function checked_messages(first, stride, now)
+  local priorities, dues, count = {}, {}, 0
+  for j = first, #ARGV, stride do
+    local priority, due = nil, 0
+    if stride == 2 then
+      local digit, space = string.byte(ARGV[j + 1], 1, 2)
+      if digit and digit >= 48 and digit <= 57 and space == 32 then
+        priority = digit - 48
+      end
+    else
+      priority = int_of(ARGV[j + 1])
+      local countdown, eta = finite(ARGV[j + 2]), finite(ARGV[j + 3])
+      if not countdown or not eta then
+        priority = nil
+      elseif math.max(now + countdown, eta) > now then
+        due = math.max(now + countdown, eta)
+      end
+    end
+    if not priority or priority > 9 then
+      return nil, ARGV[j]
+    end
+    count = count + 1
+    priorities[count], dues[count] = priority, due
+  end
+  return priorities, dues, count
+end
+
 -- The ingress list. A publish of a few messages ready now (publish.py, most delay() calls)
 -- pushes each as one entry, '<dedupe_ms> <length of wake> <wake><Q:m value>', on
 -- '{<p>}:in' with one RPUSH, and a token on the queue's wake-up list <wake>,

@@ -12,28 +12,13 @@ if not is_stage(stage) or ARGV[3] ~= '0' or not dedupe or (stride ~= 5 and strid
   return redis.error_reply('conveyor stage: bad arguments')
 end
 local now = now_ms()
-local ids, prios, dues, count = {}, {}, {}, 0
-for j = 7, #ARGV, stride do
-  local priority, due = nil, 0
-  if stride == 2 then
-    local digit, space = string.byte(ARGV[j + 1], 1, 2)
-    if digit and digit >= 48 and digit <= 57 and space == 32 then
-      priority = digit - 48
-    end
-  else
-    priority = int_of(ARGV[j + 1])
-    local countdown, eta = finite(ARGV[j + 2]), finite(ARGV[j + 3])
-    if not countdown or not eta then
-      priority = nil
-    elseif math.max(now + countdown, eta) > now then
-      due = math.max(now + countdown, eta)
-    end
-  end
-  if not priority or priority > 9 then
-    return redis.error_reply('conveyor stage: bad priority, countdown or eta for ' .. ARGV[j])
-  end
-  count = count + 1
-  ids[count], prios[count], dues[count] = ARGV[j], priority, due
+local prios, dues, count = checked_messages(7, stride, now)
+if not prios then
+  return redis.error_reply('conveyor stage: bad priority, countdown or eta for ' .. dues)
+end
+local ids = {}
+for k = 1, count do
+  ids[k] = ARGV[7 + (k - 1) * stride]
 end
 if count == 0 then
   return 0

@@ -22,7 +22,9 @@ Transport options (or URL query parameters): ``schema``, ``poll_interval`` (s), 
 ``pool_size`` (connections per process, default 4).
 
 Modules: ``schema`` (tables by version), ``statements`` (the SQL), ``rows`` (rows to objects,
-receipts) and ``broker`` (:class:`PostgresBroker`).
+receipts), ``arrays`` (binary publish arrays), and :class:`PostgresBroker` (``broker``) put
+together from ``core`` (state, shared helpers), ``publish``, ``lease``, ``maintenance`` and
+``inspection``.
 """
 
 from .broker import PostgresBroker

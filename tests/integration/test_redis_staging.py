@@ -240,6 +240,29 @@ def test_a_connection_lost_while_staging_publishes_it_all_again_once(
     assert leftovers(app, admin) == {"values": COUNT, "stages": 0, "stage lists": 0}
 
 
+def test_a_write_that_times_out_while_staging_publishes_it_all_again_once(
+    app: Conveyor, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send = Connections.send
+    failed: list[int] = []
+
+    def timing_out(self: Connections, commands: Any, conn: Any = None) -> Any:
+        if conn is not None and not failed:  # the second chunk's write, on the stage's conn
+            failed.append(1)
+            self.drop(conn)
+            raise redis.TimeoutError("Timeout writing to socket")
+        return send(self, commands, conn)
+
+    monkeypatch.setattr(Connections, "send", timing_out)
+    counts = republishes(monkeypatch)
+    job = app.tasks["staged.job"]
+    results = app.send_many([job.s(n) for n in range(COUNT)])
+    assert failed == [1] and counts == [COUNT]
+    assert_each_once(app, results)
+    drop_stale_stages(app, admin)
+    assert leftovers(app, admin) == {"values": COUNT, "stages": 0, "stage lists": 0}
+
+
 def test_a_server_that_lost_the_scripts_gets_it_all_the_ordinary_way(
     app: Conveyor, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

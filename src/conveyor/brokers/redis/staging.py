@@ -67,9 +67,12 @@ class StagedPublish:
             return
         try:
             self._conn = self._connections.send(commands[self._sent :], self._conn)
-        except redis.ConnectionError:  # send() dropped the connection
+        except redis.RedisError:  # send() dropped the connection (lost, timed out)
             self._conn, self._broken = None, True
             return
+        except BaseException:
+            self._conn = None  # dropped by send() too
+            raise
         self._sent = len(commands)
 
     def commit(self, first: Calls) -> None:
@@ -103,7 +106,7 @@ class StagedPublish:
         conn, self._conn = self._conn, None
         try:
             replies = self._connections.receive(conn, self._sent)
-        except redis.ConnectionError:  # dropped by receive(): the sweep drops the stage
+        except redis.RedisError:  # dropped by receive(): the sweep drops the stage
             return False
         if any(isinstance(reply, Exception) for reply in replies):
             self._drop()

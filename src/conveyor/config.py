@@ -11,27 +11,38 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator, Mapping
-from datetime import timedelta
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast, overload
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .annotations import Annotation, check_annotations
-from .celery_names import check_transport_options, describe, reads_as, resolve
+from .celery_names import describe, reads_as, resolve
 from .celery_settings import CELERY_PREFIXES, CELERY_SETTINGS, OLD_NAMES
 from .exceptions import ConfigurationError
 from .publishing import check_policy_setting
 from .queues import Queue, declared_queues
+from .setting_checks import (
+    Check,
+    Routes,
+    boolean,
+    content_types,
+    integer,
+    mapping,
+    non_negative_seconds,
+    optional_boolean,
+    optional_integer,
+    optional_port,
+    optional_string,
+    positive_seconds,
+    routes,
+    seconds,
+    serializer,
+    string,
+    strings,
+    time_zone,
+    transport_options,
+)
 from .signing import check_keys
-
-type Check[T] = Callable[[str, object], T]
-#: Where a task goes: a queue name or ``{"queue": name}``.
-type RouteTarget = str | Mapping[str, object]
-#: A routing table: names/globs to targets, or a function of the task name.
-type RouteTable = Mapping[str, RouteTarget] | Callable[[str], RouteTarget | None]
-#: ``task_routes``: one table (a mapping) or a list of tables tried in order.
-type Routes = dict[str, RouteTarget] | list[RouteTable]
 
 #: Environment variables that override settings (highest precedence; the first one set wins).
 #: Celery reads ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` the same way.
@@ -39,175 +50,6 @@ ENV_OVERRIDES = {
     "broker_url": ("CONVEYOR_BROKER_URL", "CELERY_BROKER_URL"),
     "result_backend": ("CONVEYOR_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
 }
-
-
-# -- checks: each turns a configured value into the setting's type or raises -------------
-
-
-def _seconds(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigurationError(
-            f"{name} must be a number of seconds or a timedelta, got {value!r}"
-        )
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}") from None
-    if seconds < 0:
-        raise ConfigurationError(f"{name} must not be negative, got {value!r}")
-    return seconds
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    seconds = _seconds(name, value)
-    if seconds is None or seconds <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    return seconds
-
-
-def _non_negative_seconds(name: str, value: object) -> float:
-    seconds = _seconds(name, value)
-    if seconds is None:
-        raise ConfigurationError(f"{name} must be a number of seconds, got None")
-    return seconds
-
-
-def _int(minimum: int | None = None, maximum: int | None = None) -> Check[int]:
-    def check(name: str, value: object) -> int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigurationError(f"{name} must be an integer, got {value!r}")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            if maximum is None:
-                wanted = f"at least {minimum}"
-            elif minimum is None:
-                wanted = f"at most {maximum}"
-            else:
-                wanted = f"between {minimum} and {maximum}"
-            raise ConfigurationError(f"{name} must be {wanted}, got {value}")
-        return value
-
-    return check
-
-
-def _optional_int(minimum: int | None = None) -> Check[int | None]:
-    required = _int(minimum)
-
-    def check(name: str, value: object) -> int | None:
-        return None if value is None else required(name, value)
-
-    return check
-
-
-def _optional_port(name: str, value: object) -> int | None:
-    return None if value is None else _int(0, 65535)(name, value)
-
-
-def _bool(name: str, value: object) -> bool:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off", ""}:
-            return False
-    if isinstance(value, bool):
-        return value
-    raise ConfigurationError(f"{name} must be true or false, got {value!r}")
-
-
-def _optional_bool(name: str, value: object) -> bool | None:
-    return None if value is None else _bool(name, value)
-
-
-def _str(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_str(name: str, value: object) -> str | None:
-    return None if value is None else _str(name, value)
-
-
-def _mapping(name: str, value: object) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
-    return {str(key): item for key, item in value.items()}
-
-
-def _transport_options(name: str, value: object) -> dict[str, Any]:
-    return check_transport_options(name, _mapping(name, value))
-
-
-def _routes(name: str, value: object) -> Routes:
-    if value is None:
-        return {}
-    tables = [value] if isinstance(value, Mapping) else value
-    if isinstance(tables, list | tuple):
-        for table in tables:
-            keys = table.keys() if isinstance(table, Mapping) else ()
-            if bad := [key for key in keys if not isinstance(key, str)]:
-                raise ConfigurationError(
-                    f"{name}: route keys are task names or globs ('reports.*'), got {bad[0]!r} "
-                    "(Celery's regular-expression keys are not supported)"
-                )
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, list | tuple) and all(
-        isinstance(v, Mapping) or callable(v) for v in value
-    ):
-        return list(value)
-    raise ConfigurationError(f"{name} must map task names/globs to queues, got {value!r}")
-
-
-def _json_only[T: str | list[str]](name: str, value: T) -> T:
-    values = [value] if isinstance(value, str) else list(value or [])
-    bad = [v for v in values if str(v).lower() not in {"json", "application/json"}]
-    if bad:
-        raise ConfigurationError(
-            f"{name}={value!r}: Conveyor only speaks JSON (pickle and other formats can run "
-            "arbitrary code on workers). Remove this setting or set it to 'json'."
-        )
-    return value
-
-
-def _serializer(name: str, value: object) -> str:
-    return _json_only(name, _str(name, value))
-
-
-def _content_types(name: str, value: object) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigurationError(f"{name} must be a list of content types, got {value!r}")
-    return _json_only(name, [str(v) for v in value])
-
-
-def _strings(name: str, value: object) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return [str(v) for v in value]
-    raise ConfigurationError(f"{name} must be a list of module names, got {value!r}")
-
-
-def _timezone(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be an IANA time zone name, got {value!r}")
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigurationError(f"{name}: unknown time zone {value!r}") from None
-    return value
 
 
 # -- the settings ------------------------------------------------------------------------
@@ -274,114 +116,120 @@ class Settings:
 
     # where messages and results live
     broker_url = Setting[str | None](
-        None, _optional_str, "Broker URL; default: conveyor.sqlite3 beside the app's module"
+        None,
+        optional_string,
+        "Broker URL; default: conveyor.sqlite3 beside the app's module",
     )
     result_backend = Setting[str | None](
-        None, _optional_str, "Result store URL; default: the broker's"
+        None, optional_string, "Result store URL; default: the broker's"
     )
     result_expires = Setting[float | None](
-        86400.0, _seconds, "Seconds results are kept (None: forever)"
+        86400.0, seconds, "Seconds results are kept (None: forever)"
     )
-    result_extended = Setting(False, _bool, "Also store name, args, kwargs, worker, queue")
+    result_extended = Setting(False, boolean, "Also store name, args, kwargs, worker, queue")
     broker_transport_options = Setting[dict[str, Any]](
-        {}, _transport_options, "Broker options, e.g. {'key_prefix': 'x'}"
+        {}, transport_options, "Broker options, e.g. {'key_prefix': 'x'}"
     )
     result_backend_transport_options = Setting[dict[str, Any]](
-        {}, _transport_options, "Redis result store options (as broker_transport_options)"
+        {}, transport_options, "Redis result store options (as broker_transport_options)"
     )
-    broker_lease_timeout = Setting(30.0, _positive_seconds, "Lease length; renewed by heartbeat")
+    broker_lease_timeout = Setting(30.0, positive_seconds, "Lease length; renewed by heartbeat")
     broker_sweep_interval = Setting(
-        5.0, _positive_seconds, "How often workers return expired leases"
+        5.0, positive_seconds, "How often workers return expired leases"
     )
-    task_max_deliveries = Setting(4, _int(1), "Deliveries before a message is dead-lettered")
-    message_max_bytes = Setting(256 * 1024, _int(1024), "Largest encoded message accepted")
+    task_max_deliveries = Setting(4, integer(1), "Deliveries before a message is dead-lettered")
+    message_max_bytes = Setting(256 * 1024, integer(1024), "Largest encoded message accepted")
     message_signing_keys = Setting[list[str]](
         [], check_keys, "HMAC keys: the first signs, any verifies (conveyor.signing)"
     )
-    revoke_expires = Setting(7 * 86400.0, _positive_seconds, "Seconds a revocation is remembered")
+    revoke_expires = Setting(7 * 86400.0, positive_seconds, "Seconds a revocation is remembered")
     # time
-    timezone = Setting("UTC", _timezone, "IANA time zone for crontab schedules")
-    enable_utc = Setting(True, _bool, "Kept for Celery compatibility; times are always UTC")
+    timezone = Setting("UTC", time_zone, "IANA time zone for crontab schedules")
+    enable_utc = Setting(True, boolean, "Kept for Celery compatibility; times are always UTC")
     # tasks
-    task_default_queue = Setting("default", _str, "Queue of tasks with no route")
-    task_routes = Setting[Routes]({}, _routes, "Task name or glob -> queue name or {'queue': ...}")
+    task_default_queue = Setting("default", string, "Queue of tasks with no route")
+    task_routes = Setting[Routes]({}, routes, "Task name or glob -> queue name or {'queue': ...}")
     task_queues = Setting[tuple[Queue, ...]](
         (), declared_queues, "Declared queues (conveyor.Queue): consumed by default, routing keys"
     )
     task_annotations = Setting[tuple[Annotation, ...]](
         (), check_annotations, "Task options by task name or '*' (conveyor.annotations)"
     )
-    task_default_priority = Setting(5, _int(0, 9), "Priority 0-9; 9 is served first")
-    task_acks_late = Setting(True, _bool, "Ack after the task finished (at-least-once)")
-    task_time_limit = Setting[float | None](None, _seconds, "Hard time limit (process killed)")
-    task_soft_time_limit = Setting[float | None](
-        None, _seconds, "Soft limit: SoftTimeLimitExceeded"
-    )
-    task_always_eager = Setting(False, _bool, "Run delay() inline (tests); args still serialized")
-    task_eager_propagates = Setting(False, _bool, "Eager failures raise at the call site")
-    task_ignore_result = Setting(False, _bool, "Do not store results by default")
-    task_enqueue_on_commit = Setting(False, _bool, "Inside a Django atomic block, send on commit")
-    task_publish_retry = Setting(True, _bool, "Retry a publish that meets a connection error")
+    task_default_priority = Setting(5, integer(0, 9), "Priority 0-9; 9 is served first")
+    task_acks_late = Setting(True, boolean, "Ack after the task finished (at-least-once)")
+    task_time_limit = Setting[float | None](None, seconds, "Hard time limit (process killed)")
+    task_soft_time_limit = Setting[float | None](None, seconds, "Soft limit: SoftTimeLimitExceeded")
+    task_always_eager = Setting(False, boolean, "Run delay() inline (tests); args still serialized")
+    task_eager_propagates = Setting(False, boolean, "Eager failures raise at the call site")
+    task_ignore_result = Setting(False, boolean, "Do not store results by default")
+    task_enqueue_on_commit = Setting(False, boolean, "Inside a Django atomic block, send on commit")
+    task_publish_retry = Setting(True, boolean, "Retry a publish that meets a connection error")
     task_publish_retry_policy = Setting[dict[str, int | float | None]](
         check_policy_setting("task_publish_retry_policy", None),
         check_policy_setting,
         "max_retries, interval_start, interval_step, interval_max (conveyor.publishing)",
     )
-    task_serializer = Setting("json", _serializer, "Only 'json' (Celery compatibility)")
-    result_serializer = Setting("json", _serializer, "Only 'json' (Celery compatibility)")
-    accept_content = Setting(["json"], _content_types, "Only ['json'] (Celery compatibility)")
-    imports = Setting[list[str]]([], _strings, "Modules to import when the worker starts")
-    include = Setting[list[str]]([], _strings, "Alias of imports (Celery compatibility)")
+    task_serializer = Setting("json", serializer, "Only 'json' (Celery compatibility)")
+    result_serializer = Setting("json", serializer, "Only 'json' (Celery compatibility)")
+    accept_content = Setting(["json"], content_types, "Only ['json'] (Celery compatibility)")
+    imports = Setting[list[str]]([], strings, "Modules to import when the worker starts")
+    include = Setting[list[str]]([], strings, "Alias of imports (Celery compatibility)")
     # worker
     worker_concurrency = Setting[int | None](
-        None, _optional_int(1), "Child processes; default CPUs"
+        None, optional_integer(1), "Child processes; default CPUs"
     )
-    worker_threads = Setting(1, _int(1), "Threads per child for sync tasks")
+    worker_threads = Setting(1, integer(1), "Threads per child for sync tasks")
     worker_prefetch_multiplier = Setting[int | None](
-        None, _optional_int(1), "Messages leased per free slot; default: adaptive"
+        None, optional_integer(1), "Messages leased per free slot; default: adaptive"
     )
     worker_prefetch_max = Setting(
-        16, _int(1), "Adaptive prefetch: most messages leased per free slot"
+        16, integer(1), "Adaptive prefetch: most messages leased per free slot"
     )
     worker_prefetch_short = Setting(
-        0.005, _positive_seconds, "Adaptive prefetch: leases extra while tasks average under this"
+        0.005,
+        positive_seconds,
+        "Adaptive prefetch: leases extra while tasks average under this",
     )
     worker_max_tasks_per_child = Setting[int | None](
-        None, _optional_int(1), "Recycle child after N"
+        None, optional_integer(1), "Recycle child after N"
     )
     worker_max_memory_per_child = Setting[int | None](
-        None, _optional_int(1), "Recycle child over KiB"
+        None, optional_integer(1), "Recycle child over KiB"
     )
-    worker_shutdown_timeout = Setting(30.0, _positive_seconds, "Warm shutdown grace period")
-    worker_log_tasks = Setting(True, _bool, "One log line per task outcome")
+    worker_shutdown_timeout = Setting(30.0, positive_seconds, "Warm shutdown grace period")
+    worker_log_tasks = Setting(True, boolean, "One log line per task outcome")
     worker_autoscale_keepalive = Setting(
-        30.0, _positive_seconds, "--autoscale: seconds idle before the pool shrinks by one"
+        30.0, positive_seconds, "--autoscale: seconds idle before the pool shrinks by one"
     )
     worker_metrics_port = Setting[int | None](
-        None, _optional_port, "Serve Prometheus metrics on this port (0: any free one)"
+        None, optional_port, "Serve Prometheus metrics on this port (0: any free one)"
     )
-    worker_metrics_host = Setting("127.0.0.1", _str, "Address the metrics endpoint listens on")
+    worker_metrics_host = Setting("127.0.0.1", string, "Address the metrics endpoint listens on")
     worker_started_delay = Setting(
-        0.1, _non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
+        0.1, non_negative_seconds, "Record STARTED once a task ran this long (0: at once)"
     )
     task_track_started = Setting(
-        False, _bool, "Celery compatibility: True records STARTED at once (started delay 0)"
+        False,
+        boolean,
+        "Celery compatibility: True records STARTED at once (started delay 0)",
     )
     # events (conveyor.events)
     worker_send_task_events = Setting(
-        False, _bool, "Emit events (workers: task and worker events; -E); see docs/events.md"
+        False,
+        boolean,
+        "Emit events (workers: task and worker events; -E); see docs/events.md",
     )
     task_send_sent_event = Setting[bool | None](
-        None, _optional_bool, "Producers emit task-sent (None: as worker_send_task_events)"
+        None, optional_boolean, "Producers emit task-sent (None: as worker_send_task_events)"
     )
-    events_max_length = Setting(100_000, _int(10), "Events kept in the broker (newest)")
-    events_max_age = Setting(86400.0, _positive_seconds, "Seconds events are kept")
+    events_max_length = Setting(100_000, integer(10), "Events kept in the broker (newest)")
+    events_max_age = Setting(86400.0, positive_seconds, "Seconds events are kept")
     events_flush_interval = Setting(
-        0.25, _positive_seconds, "Seconds between batched event writes of a process"
+        0.25, positive_seconds, "Seconds between batched event writes of a process"
     )
     # beat
     beat_schedule = Setting[dict[str, Any]](
-        {}, _mapping, "Periodic tasks: {name: {'task', 'schedule', ...}}"
+        {}, mapping, "Periodic tasks: {name: {'task', 'schedule', ...}}"
     )
 
     def __init__(self, **values: object) -> None:

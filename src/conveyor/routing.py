@@ -13,7 +13,8 @@ from .exceptions import ConfigurationError
 from .queues import Exchange, queue_for_routing_key
 
 if TYPE_CHECKING:
-    from .config import RouteTarget, Settings
+    from .config import Settings
+    from .setting_checks import RouteTarget
     from .task import Task
 
 
